@@ -1,0 +1,29 @@
+# Two commands: `make run` starts the platform, `make test` runs the whole suite.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench lint clean
+
+$(VENV)/.installed: requirements.txt
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or make PY=python3)"; exit 2; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+.venv: $(VENV)/.installed
+
+run: .venv
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py start
+
+# pytest exits 5 when it collects nothing: that is a failure here, as is any other non-zero code.
+test: .venv
+	$(BIN)/python -m pytest
+
+bench: .venv
+	$(BIN)/python -m bench.jobs
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,104 @@
+"""The demo slice's job types: images.resize -> notifications.send-email, and diagnostics."""
+from __future__ import annotations
+
+import io
+import os
+import time
+
+from pydantic import BaseModel, EmailStr, Field
+
+from jobs import Context, job_type
+from jobs.registry import Backoff
+
+
+class Resize(BaseModel):
+    width: int = Field(256, ge=1, le=4096)
+    height: int = Field(256, ge=1, le=4096)
+    #: Size of the generated source image (the CPU work grows with it).
+    source: int = Field(1024, ge=16, le=4096)
+    #: Where to send the "your image is ready" e-mail; none: the chain ends here.
+    email: EmailStr | None = None
+
+
+@job_type("images.resize", queue="images", input=Resize, retries=3, timeout=120)
+def resize(ctx: Context, data: Resize) -> dict:
+    """CPU work: render a gradient image and resize it with Lanczos, then e-mail about it."""
+    from PIL import Image
+
+    source = Image.linear_gradient("L").resize((data.source, data.source)).convert("RGB")
+    ctx.progress(50, "source rendered")
+    result = source.resize((data.width, data.height), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    result.save(buffer, format="PNG")
+    if data.email:
+        ctx.continue_with(
+            "notifications.send-email",
+            {"to": data.email, "subject": f"Your {data.width}x{data.height} image is ready", "body": f"{buffer.tell()} bytes"},
+        )
+    return {"width": data.width, "height": data.height, "bytes": buffer.tell()}
+
+
+class Email(BaseModel):
+    to: EmailStr
+    subject: str = Field(min_length=1, max_length=200)
+    body: str = ""
+
+
+@job_type("notifications.send-email", queue="notifications", input=Email, retries=5, timeout=30)
+def send_email(ctx: Context, data: Email) -> dict:
+    """I/O work: write the e-mail to the outbox table once per idempotency key."""
+    from examples.models import OutboxEmail
+
+    email, created = OutboxEmail.objects.get_or_create(
+        idempotency_key=ctx.idempotency_key,
+        defaults={"to": data.to, "subject": data.subject, "body": data.body},
+    )
+    return {"outbox_id": email.pk, "sent": created}
+
+
+@job_type("examples.echo", queue="default", timeout=30)
+def echo(ctx: Context, data: dict) -> dict:
+    """Returns its input: the cheapest job, for benchmarks."""
+    return data
+
+
+class Sleep(BaseModel):
+    seconds: float = Field(ge=0, le=3000)
+
+
+@job_type("examples.sleep", queue="default", input=Sleep, timeout=3000)
+def sleep(ctx: Context, data: Sleep) -> dict:
+    """Sleeps in small steps, stopping early when cancelled."""
+    deadline = time.monotonic() + data.seconds
+    while time.monotonic() < deadline:
+        if ctx.cancelled:
+            return {"slept": data.seconds - (deadline - time.monotonic()), "cancelled": True}
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    return {"slept": data.seconds}
+
+
+class Fail(BaseModel):
+    times: int = Field(ge=0, le=100)
+
+
+@job_type("examples.fail", queue="default", input=Fail, retries=3, backoff=Backoff(base=0.2, cap=2.0), timeout=30)
+def fail(ctx: Context, data: Fail) -> dict:
+    """Fails its first `times` attempts, then succeeds: for retry and dead-letter checks."""
+    if ctx.attempt <= data.times:
+        raise RuntimeError(f"examples.fail: failing attempt {ctx.attempt} of the first {data.times}")
+    return {"attempt": ctx.attempt}
+
+
+class Count(BaseModel):
+    sleep: float = Field(0, ge=0, le=60)
+
+
+@job_type("examples.count", queue="default", input=Count, timeout=120)
+def count(ctx: Context, data: Count) -> dict:
+    """Records one side effect per run (a row), so tests can count runs per job."""
+    from examples.models import Effect
+
+    if data.sleep:
+        time.sleep(data.sleep)
+    Effect.objects.create(job_id=ctx.job_id, attempt=ctx.attempt, worker_pid=os.getpid())
+    return {"attempt": ctx.attempt}

@@ -1,0 +1,190 @@
+"""HTTP API for jobs and chains (mounted by project.api under /api/)."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Query, Router, Schema
+from ninja.errors import HttpError
+from ninja.pagination import LimitOffsetPagination, paginate
+from pydantic import ConfigDict, Field
+
+from jobs import admin_actions
+from jobs.api_python import Step, enqueue, start_chain
+from jobs.models import Chain, Job
+
+router = Router(tags=["jobs"])
+chains = Router(tags=["chains"])
+
+
+class Strict(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnqueueIn(Strict):
+    type: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    run_after: dt.datetime | None = None
+    priority: int | None = Field(default=None, ge=0, le=9)
+    retries: int | None = Field(default=None, ge=0, le=100)
+
+
+class JobOut(Schema):
+    id: int
+    type: str
+    queue: str
+    status: str
+    attempt: int
+    max_attempts: int
+    priority: int
+    input: Any
+    output: Any
+    error: str
+    chain: int | None = Field(None, alias="chain_id")
+    chain_index: int | None
+    progress: int
+    progress_message: str
+    worker: str
+    idempotency_key: str | None
+    run_after: dt.datetime
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class StepIn(Strict):
+    type: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChainIn(Strict):
+    steps: list[StepIn] = Field(min_length=1, max_length=100)
+
+
+class StepOut(Schema):
+    index: int
+    type: str
+    status: str
+    job: JobOut | None
+    #: Seconds from the previous step's finish to this step's start (the handoff).
+    handoff_seconds: float | None
+    duration_seconds: float | None
+
+
+class ChainOut(Schema):
+    id: int
+    status: str
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    steps: list[StepOut]
+
+
+class JobFilters(Strict):
+    status: Literal["pending", "running", "succeeded", "failed", "dead", "cancelled"] | None = None
+    type: str | None = None
+    chain: int | None = None
+
+
+class Error(Schema):
+    detail: str
+    fields: dict[str, str] | None = None
+
+
+ERRORS = {400: Error, 401: Error, 404: Error, 409: Error, 413: Error}
+
+
+@router.post("", response={201: JobOut, **ERRORS}, summary="Enqueue a job")
+def create_job(request: HttpRequest, payload: EnqueueIn):  # noqa: ANN201
+    job = enqueue(
+        payload.type,
+        payload.input,
+        idempotency_key=payload.idempotency_key,
+        run_after=payload.run_after,
+        priority=payload.priority,
+        retries=payload.retries,
+    )
+    return 201, job
+
+
+@router.get("", response=list[JobOut], summary="List jobs, newest first")
+@paginate(LimitOffsetPagination)
+def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
+    jobs = Job.objects.all()
+    if filters.status:
+        jobs = jobs.filter(status=filters.status)
+    if filters.type:
+        jobs = jobs.filter(type=filters.type)
+    if filters.chain is not None:
+        jobs = jobs.filter(chain_id=filters.chain)
+    return jobs
+
+
+@router.get("/{int:job_id}", response={200: JobOut, **ERRORS}, summary="Get a job")
+def get_job(request: HttpRequest, job_id: int):  # noqa: ANN201
+    return get_object_or_404(Job, pk=job_id)
+
+
+@router.post("/{int:job_id}/cancel", response={200: JobOut, **ERRORS}, summary="Cancel a job")
+def cancel_job(request: HttpRequest, job_id: int):  # noqa: ANN201
+    job = get_object_or_404(Job, pk=job_id)
+    if not admin_actions.cancel(job):
+        raise HttpError(409, f"job {job_id} is {job.status}: only pending, failed or running jobs can be cancelled")
+    job.refresh_from_db()
+    return job
+
+
+@router.post("/{int:job_id}/retry", response={200: JobOut, **ERRORS}, summary="Retry a dead, failed or cancelled job")
+def retry_job(request: HttpRequest, job_id: int):  # noqa: ANN201
+    job = get_object_or_404(Job, pk=job_id)
+    if not admin_actions.retry(job):
+        raise HttpError(409, f"job {job_id} is {job.status}: only dead, failed or cancelled jobs can be retried")
+    job.refresh_from_db()
+    return job
+
+
+@chains.post("", response={201: ChainOut, **ERRORS}, summary="Start a chain of steps")
+def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
+    chain = start_chain([Step(step.type, step.input) for step in payload.steps])
+    return 201, chain_view(chain)
+
+
+@chains.get("/{int:chain_id}", response={200: ChainOut, **ERRORS}, summary="A chain and every step in order")
+def get_chain(request: HttpRequest, chain_id: int):  # noqa: ANN201
+    return chain_view(get_object_or_404(Chain, pk=chain_id))
+
+
+def chain_view(chain: Chain) -> dict[str, Any]:
+    """The chain with one entry per planned step: its latest job, timings and handoff."""
+    jobs = {job.chain_index: job for job in chain.jobs.order_by("chain_index", "id")}
+    steps = []
+    previous: Job | None = None
+    for index, planned in enumerate(chain.steps):
+        job = jobs.get(index)
+        handoff = None
+        if job and previous and previous.finished_at and job.started_at:
+            handoff = (job.started_at - previous.finished_at).total_seconds()
+        steps.append(
+            {
+                "index": index,
+                "type": planned["type"],
+                "status": job.status if job else "waiting",
+                "job": job,
+                "handoff_seconds": handoff,
+                "duration_seconds": job.duration if job else None,
+            }
+        )
+        previous = job
+    return {
+        "id": chain.pk,
+        "status": chain.status,
+        "created_at": chain.created_at,
+        "finished_at": chain.finished_at,
+        "steps": steps,
+    }
+
+
+_ = transaction  # enqueue runs in the request's autocommit: publish happens at once

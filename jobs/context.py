@@ -1,0 +1,46 @@
+"""What a handler receives besides its input: identity, continuation, progress, cancellation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs import registry
+
+
+@dataclass
+class Context:
+    job_id: int
+    type: str
+    attempt: int
+    max_attempts: int
+    chain_id: int | None
+    chain_index: int | None
+    parent_id: int | None
+    #: Stable across attempts: give it to outside systems so a re-run has no double effect.
+    idempotency_key: str
+    #: Set by the heartbeat when the job is cancelled while it runs; check it in long loops.
+    cancelled: bool = False
+    continuations: list[dict[str, Any]] = field(default_factory=list)
+
+    def continue_with(self, type: str, input: dict[str, Any] | None = None) -> None:
+        """After this handler succeeds, run `type` as the next step of the chain.
+
+        The input is validated now, so a wrong continuation fails this attempt, not a later one.
+        """
+        jt = registry.get(type)
+        self.continuations.append({"type": jt.name, "input": jt.validate(input)})
+
+    def progress(self, percent: int, message: str = "") -> None:
+        """Record progress (0-100) on the row, visible in the API and the admin."""
+        from jobs import runner
+
+        runner.record_progress(self.job_id, self.attempt, percent, message)
+
+    @property
+    def previous_output(self) -> Any:
+        """The output of the step before this one in the chain (None for a first step)."""
+        if self.parent_id is None:
+            return None
+        from jobs.models import Job
+
+        return Job.objects.filter(pk=self.parent_id).values_list("output", flat=True).first()

@@ -1,0 +1,111 @@
+"""Jobs and chains as rows: the row, not the Celery message, is the truth."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # failed an attempt; runs again at run_after
+    DEAD = "dead"  # failed its last attempt
+    CANCELLED = "cancelled"
+
+
+RUNNABLE = (Status.PENDING, Status.FAILED)
+FINISHED = (Status.SUCCEEDED, Status.DEAD, Status.CANCELLED)
+
+
+class ChainStatus(models.TextChoices):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Chain(models.Model):
+    #: The plan: [{"type": ..., "input": ...}, ...]; a handler's continue_with inserts into it.
+    steps = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=ChainStatus.choices, default=ChainStatus.RUNNING)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "-id"], name="chain_status_idx")]
+
+    def __str__(self) -> str:
+        names = " -> ".join(step["type"] for step in self.steps)
+        return f"chain {self.pk}: {names}"
+
+
+class Job(models.Model):
+    #: The job type's stable name (`images.resize`).
+    type = models.CharField(max_length=200)
+    queue = models.CharField(max_length=200)
+    #: Validated against the type's schema at enqueue.
+    input = models.JSONField(default=dict)
+    output = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    #: Attempts started so far; a claim increments it, and a completion names it.
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=4)
+    #: 0 runs first, 9 last, within a queue.
+    priority = models.PositiveSmallIntegerField(default=5)
+    #: Not claimed before this time: delays and retry backoff live here, not in Celery ETAs.
+    run_after = models.DateTimeField(default=timezone.now)
+    #: When the relay or enqueue last published a message for the row.
+    published_at = models.DateTimeField(null=True, blank=True)
+    #: The worker holding the lease (node name and pid), kept after the run for the admin.
+    worker = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    chain = models.ForeignKey(Chain, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    chain_index = models.PositiveIntegerField(null=True, blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    progress = models.PositiveSmallIntegerField(default=0)
+    progress_message = models.CharField(max_length=500, blank=True, default="")
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The relay: runnable rows by due time.
+            models.Index(fields=["run_after"], name="job_runnable_idx", condition=Q(status__in=RUNNABLE)),
+            # The reaper: running rows by lease expiry.
+            models.Index(fields=["lease_expires_at"], name="job_lease_idx", condition=Q(status="running")),
+            # Listing and the admin's filters.
+            models.Index(fields=["status", "-id"], name="job_status_idx"),
+            models.Index(fields=["type", "-id"], name="job_type_idx"),
+            # Retention cleanup of finished rows.
+            models.Index(fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.pk} ({self.status})"
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class ApiToken(models.Model):
+    """A bearer token for /api/: only its keyed hash is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"token {self.pk} of {self.user}"

@@ -1,0 +1,61 @@
+"""Publishing job messages: a message is the job id and nothing else, sent after commit."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, NamedTuple
+
+from django.db import transaction
+
+from jobs import registry
+
+log = logging.getLogger("conveyor.publish")
+HARD_LIMIT_GRACE = 10  # seconds between the soft time limit (an exception) and the kill
+
+
+class Message(NamedTuple):
+    job_id: int
+    queue: str
+    priority: int
+    type: str
+
+
+def publish(messages: Iterable[Message]) -> int:
+    """Send one message per job over one producer connection; return how many were sent.
+
+    A failure is logged, not raised: the row is already committed, and the relay publishes it
+    again once it is stale (Redis down, or a crash between commit and publish loses nothing).
+    """
+    from jobs.tasks import run_job
+
+    sent = 0
+    try:
+        with run_job.app.producer_or_acquire() as producer:
+            for message in messages:
+                timeout = _timeout(message.type)
+                run_job.apply_async(
+                    (message.job_id,),
+                    queue=message.queue,
+                    routing_key=message.queue,
+                    priority=message.priority,
+                    soft_time_limit=timeout,
+                    time_limit=timeout + HARD_LIMIT_GRACE,
+                    producer=producer,
+                    retry=False,
+                )
+                sent += 1
+    except Exception as exc:  # broker away: the relay will publish these rows again
+        log.warning("publish failed after %d message(s), the relay will retry: %s", sent, exc)
+    return sent
+
+
+def publish_on_commit(messages: list[Message], using: str = "default") -> None:
+    """Publish after the current transaction commits (at once in autocommit)."""
+    if messages:
+        transaction.on_commit(lambda: publish(messages), using=using)
+
+
+def _timeout(type_name: str) -> int:
+    try:
+        return registry.get(type_name).timeout
+    except registry.InvalidJob:  # a row of a type removed from the code: default limits
+        return 300

@@ -1,0 +1,170 @@
+"""Job types: declared in code per feature slice with @job_type, merged into one registry."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from django.conf import settings
+from pydantic import BaseModel, ValidationError
+
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5  # 0 runs first, as in kombu's Redis transport
+
+
+class InvalidJob(ValueError):
+    """A job that cannot be enqueued: unknown type or input that fails its schema.
+
+    `errors` maps a field path (`input.width`) to its message, for 400 responses.
+    """
+
+    def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: base * 2**(attempt-1), capped, times 0.5..1.0."""
+
+    base: float = 1.0
+    cap: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        raw = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
+        return raw * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class JobType:
+    #: Stable public name (`images.resize`), never a module path.
+    name: str
+    handler: Callable[..., Any]
+    #: The Celery queue its messages go to; workers choose queues with --queues.
+    queue: str = "default"
+    #: Pydantic model the input is validated against at enqueue; None accepts any JSON object.
+    input: type[BaseModel] | None = None
+    #: Attempts after the first before the job is dead.
+    retries: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    #: Seconds a run may take (Celery soft limit; hard limit a few seconds later).
+    timeout: int = 300
+    priority: int = PRIORITY_DEFAULT
+    aliases: tuple[str, ...] = ()
+    #: A celery.schedules schedule (crontab, schedule, clocked) synced into django-celery-beat.
+    schedule: Any = None
+    schedule_input: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, data: Any) -> dict[str, Any]:
+        """Validate `data` against the input schema; return the JSON form stored in the row."""
+        if self.input is None:
+            if data is None:
+                return {}
+            if not isinstance(data, dict):
+                raise InvalidJob("input must be a JSON object", {"input": "must be a JSON object"})
+            return data
+        try:
+            model = self.input.model_validate(data if data is not None else {})
+        except ValidationError as exc:
+            errors = {
+                ".".join(["input", *map(str, err["loc"])]): err["msg"] for err in exc.errors()
+            }
+            raise InvalidJob(f"input does not match {self.name}'s schema", errors) from None
+        return model.model_dump(mode="json")
+
+    def parse(self, stored: dict[str, Any]) -> Any:
+        """The handler's argument: the schema's model, or the dict itself."""
+        return self.input.model_validate(stored) if self.input is not None else stored
+
+
+_types: dict[str, JobType] = {}
+_aliases: dict[str, str] = {}
+
+
+def job_type(
+    name: str,
+    *,
+    queue: str = "default",
+    input: type[BaseModel] | None = None,
+    retries: int = 3,
+    backoff: Backoff | None = None,
+    timeout: int = 300,
+    priority: int = PRIORITY_DEFAULT,
+    aliases: tuple[str, ...] = (),
+    schedule: Any = None,
+    schedule_input: dict[str, Any] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a job type: `@job_type("images.resize", queue="images", input=Resize)`.
+
+    The handler is called as `handler(ctx, data)` and returns a JSON-serializable output (or None).
+    """
+
+    def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+        add(
+            JobType(
+                name=name,
+                handler=handler,
+                queue=queue,
+                input=input,
+                retries=retries,
+                backoff=backoff or Backoff(),
+                timeout=timeout,
+                priority=priority,
+                aliases=tuple(aliases),
+                schedule=schedule,
+                schedule_input=dict(schedule_input or {}),
+            )
+        )
+        return handler
+
+    return register
+
+
+def add(jt: JobType) -> None:
+    """Register a job type; refuse a duplicate name or alias and impossible settings."""
+    for taken in (jt.name, *jt.aliases):
+        if taken in _types or taken in _aliases:
+            owner = _types.get(taken) or _types[_aliases[taken]]
+            raise ImproperlyDeclared(
+                f"job type {taken!r} is declared twice "
+                f"({owner.handler.__module__}.{owner.handler.__qualname__} and "
+                f"{jt.handler.__module__}.{jt.handler.__qualname__})"
+            )
+    if not PRIORITY_MIN <= jt.priority <= PRIORITY_MAX:
+        raise ImproperlyDeclared(f"job type {jt.name!r}: priority must be 0..9, got {jt.priority}")
+    if jt.retries < 0 or jt.timeout < 1:
+        raise ImproperlyDeclared(f"job type {jt.name!r}: retries >= 0 and timeout >= 1 required")
+    # Redis redelivers a message unacked for longer than the visibility timeout (kombu#337).
+    if jt.timeout + 60 > settings.CELERY_VISIBILITY_TIMEOUT:
+        raise ImproperlyDeclared(
+            f"job type {jt.name!r}: timeout {jt.timeout}s must stay 60s under "
+            f"CONVEYOR_VISIBILITY_TIMEOUT ({settings.CELERY_VISIBILITY_TIMEOUT}s)"
+        )
+    _types[jt.name] = jt
+    for alias in jt.aliases:
+        _aliases[alias] = jt.name
+
+
+class ImproperlyDeclared(Exception):
+    """A job type declaration that cannot work (duplicate name, bad priority...)."""
+
+
+def get(name: str) -> JobType:
+    jt = _types.get(name) or _types.get(_aliases.get(name, ""))
+    if jt is None:
+        raise InvalidJob(f"unknown job type {name!r}", {"type": f"unknown job type {name!r}"})
+    return jt
+
+
+def all_types() -> list[JobType]:
+    return sorted(_types.values(), key=lambda jt: jt.name)
+
+
+def queues() -> list[str]:
+    """Every queue some job type uses: the default list a worker consumes."""
+    return sorted({jt.queue for jt in _types.values()} | {"default"})
+
+
+def autodiscover() -> None:
+    from django.utils.module_loading import autodiscover_modules
+
+    autodiscover_modules("jobs")

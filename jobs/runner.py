@@ -1,0 +1,335 @@
+"""The runner: claim -> run -> complete -> continue, plus the relay and the reaper.
+
+A worker that receives a job id claims the row (SELECT ... FOR UPDATE SKIP LOCKED, runnable, due),
+commits a lease, runs the handler outside any transaction while a heartbeat extends the lease,
+then records the outcome and the chain's next step in one transaction, publishing after commit.
+A completion names the attempt it belongs to: a run whose lease was taken over records nothing.
+
+Claims, heartbeats and relay marks go through the `claims` connection, whose commits do not wait
+for the WAL flush (synchronous_commit=off): losing one in a crash only means the job is claimed or
+published again. Outcomes go through `default`, durable.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import traceback
+from contextlib import nullcontext
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import connections, transaction
+from django.utils import timezone
+from psycopg.types.json import Jsonb
+
+from jobs import registry
+from jobs.context import Context
+from jobs.models import Chain, ChainStatus, Job, Status
+from jobs.publish import Message, publish, publish_on_commit
+
+log = logging.getLogger("conveyor.runner")
+
+CLAIMS = "claims"
+
+CLAIM_SQL = """
+UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, started_at = now(),
+       lease_expires_at = now() + make_interval(secs => %s), updated_at = now(), finished_at = NULL
+ WHERE id = (SELECT id FROM jobs_job
+              WHERE id = %s AND status IN ('pending', 'failed') AND run_after <= now()
+                AND NOT cancel_requested
+              FOR UPDATE SKIP LOCKED)
+RETURNING id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key
+"""
+
+SUCCEED_SQL = """
+UPDATE jobs_job SET status = 'succeeded', output = %s, progress = 100, finished_at = now(),
+       updated_at = now(), lease_expires_at = NULL, error = ''
+ WHERE id = %s AND status = 'running' AND attempt = %s
+RETURNING cancel_requested, input
+"""
+
+# A failed attempt: retried later, dead after the last attempt, cancelled if asked meanwhile.
+FAIL_SQL = """
+UPDATE jobs_job SET
+       status = CASE WHEN cancel_requested THEN 'cancelled'
+                     WHEN attempt < max_attempts THEN 'failed' ELSE 'dead' END,
+       finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN now() END,
+       run_after = now() + make_interval(secs => %s), published_at = NULL,
+       lease_expires_at = NULL, error = %s, updated_at = now()
+ WHERE id = %s AND status = 'running' AND attempt = %s
+RETURNING status, chain_id
+"""
+
+HEARTBEAT_SQL = """
+UPDATE jobs_job SET lease_expires_at = now() + make_interval(secs => %s)
+ WHERE id = ANY(%s) AND status = 'running'
+RETURNING id, attempt, cancel_requested
+"""
+
+PROGRESS_SQL = """
+UPDATE jobs_job SET progress = %s, progress_message = %s, updated_at = now()
+ WHERE id = %s AND status = 'running' AND attempt = %s
+"""
+
+# Due rows never published (delayed jobs, retries after backoff, reaped rows).
+RELAY_DUE_SQL = """
+WITH due AS (
+  SELECT id FROM jobs_job
+   WHERE status IN ('pending', 'failed') AND published_at IS NULL AND run_after <= now()
+     AND NOT cancel_requested
+   ORDER BY run_after LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE jobs_job j SET published_at = now() FROM due WHERE j.id = due.id
+RETURNING j.id, j.queue, j.priority, j.type
+"""
+
+# Rows published long ago and still not claimed: their message may be lost (Redis restarted,
+# a crash between commit and publish). A duplicate message is harmless: it finds nothing to claim.
+RELAY_STALE_SQL = """
+WITH stale AS (
+  SELECT id FROM jobs_job
+   WHERE status IN ('pending', 'failed') AND published_at < now() - make_interval(secs => %s)
+     AND run_after <= now() AND NOT cancel_requested
+   ORDER BY published_at LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE jobs_job j SET published_at = now() FROM stale WHERE j.id = stale.id
+RETURNING j.id, j.queue, j.priority, j.type
+"""
+
+# Running rows whose lease expired: their worker died. Back to pending (or dead, or cancelled).
+REAP_SQL = """
+UPDATE jobs_job SET
+       status = CASE WHEN cancel_requested THEN 'cancelled'
+                     WHEN attempt < max_attempts THEN 'pending' ELSE 'dead' END,
+       finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN now() END,
+       error = 'lease expired: the worker running attempt ' || attempt || ' (' || worker || ') was lost',
+       run_after = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
+ WHERE id IN (SELECT id FROM jobs_job
+               WHERE status = 'running' AND lease_expires_at < now()
+               ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING id, status, chain_id
+"""
+
+
+def _lease_seconds() -> int:
+    return int(settings.CONVEYOR["LEASE_SECONDS"])
+
+
+# --- Running one job --------------------------------------------------------------------------
+
+
+def execute(job_id: int, worker: str) -> str:
+    """Claim and run one job; return what happened (for logs and tests)."""
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(CLAIM_SQL, [worker, _lease_seconds(), job_id])
+        row = cursor.fetchone()
+    if row is None:
+        return "skipped"  # a duplicate or stale message: locked, finished or not yet due
+    (job_id, type_name, data, attempt, max_attempts, chain_id, chain_index, parent_id, key) = row
+    ctx = Context(
+        job_id=job_id,
+        type=type_name,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        chain_id=chain_id,
+        chain_index=chain_index,
+        parent_id=parent_id,
+        idempotency_key=key or f"conveyor-job-{job_id}",
+    )
+    heartbeat.track(ctx)
+    try:
+        jt = registry.get(type_name)
+        output = jt.handler(ctx, jt.parse(data))
+        output = output.model_dump(mode="json") if hasattr(output, "model_dump") else output
+    except SoftTimeLimitExceeded:
+        return _fail(ctx, f"timeout: the run took longer than {_safe_timeout(type_name)}s", type_name)
+    except Exception:
+        return _fail(ctx, traceback.format_exc(limit=20), type_name)
+    finally:
+        heartbeat.untrack(ctx)
+    return _succeed(ctx, output)
+
+
+def _safe_timeout(type_name: str) -> int | str:
+    try:
+        return registry.get(type_name).timeout
+    except registry.InvalidJob:
+        return "?"
+
+
+def _succeed(ctx: Context, output: Any) -> str:
+    needs_chain = ctx.chain_id is not None or bool(ctx.continuations)
+    with transaction.atomic(durable=True) if needs_chain else nullcontext():
+        with connections["default"].cursor() as cursor:
+            cursor.execute(SUCCEED_SQL, [Jsonb(output), ctx.job_id, ctx.attempt])
+            row = cursor.fetchone()
+        if row is None:
+            log.warning("job %s attempt %s lost its lease before completing", ctx.job_id, ctx.attempt)
+            return "lost"
+        cancel_requested, data = row
+        if needs_chain:
+            _continue_chain(ctx, data, cancelled=cancel_requested)
+    return "succeeded"
+
+
+def _continue_chain(ctx: Context, data: dict[str, Any], *, cancelled: bool) -> None:
+    """Inside the completion's transaction: insert the chain's next step, or finish the chain."""
+    if ctx.chain_id is None:
+        # A lone job continued by its handler becomes step 0 of a new chain.
+        chain = Chain.objects.create(steps=[{"type": ctx.type, "input": data}, *ctx.continuations])
+        Job.objects.filter(pk=ctx.job_id).update(chain=chain, chain_index=0)
+        index = 0
+    else:
+        chain = Chain.objects.select_for_update().get(pk=ctx.chain_id)
+        index = ctx.chain_index or 0
+        if ctx.continuations:
+            chain.steps[index + 1 : index + 1] = ctx.continuations
+            chain.save(update_fields=["steps"])
+    if cancelled or chain.status != ChainStatus.RUNNING:
+        _finish_chain(chain.pk, ChainStatus.CANCELLED if cancelled else chain.status)
+        return
+    if index + 1 >= len(chain.steps):
+        _finish_chain(chain.pk, ChainStatus.SUCCEEDED)
+        return
+    step = chain.steps[index + 1]
+    jt = registry.get(step["type"])
+    job = Job.objects.create(
+        type=jt.name,
+        queue=jt.queue,
+        input=step["input"],
+        priority=jt.priority,
+        max_attempts=jt.retries + 1,
+        chain=chain,
+        chain_index=index + 1,
+        parent_id=ctx.job_id,
+        published_at=_now(),
+    )
+    publish_on_commit([Message(job.pk, job.queue, job.priority, job.type)])
+
+
+def _finish_chain(chain_id: int, status: str) -> None:
+    Chain.objects.filter(pk=chain_id, status=ChainStatus.RUNNING).update(status=status, finished_at=_now())
+
+
+def _fail(ctx: Context, error: str, type_name: str) -> str:
+    try:
+        delay = registry.get(type_name).backoff.delay(ctx.attempt)
+    except registry.InvalidJob:
+        delay = 0.0
+    with transaction.atomic(durable=True):
+        with connections["default"].cursor() as cursor:
+            cursor.execute(FAIL_SQL, [delay, error[-10_000:], ctx.job_id, ctx.attempt])
+            row = cursor.fetchone()
+        if row is None:
+            log.warning("job %s attempt %s lost its lease before failing", ctx.job_id, ctx.attempt)
+            return "lost"
+        status, chain_id = row
+        _settle_chain(status, chain_id)
+    log.info("job %s attempt %s/%s %s", ctx.job_id, ctx.attempt, ctx.max_attempts, status)
+    return status
+
+
+def _settle_chain(job_status: str, chain_id: int | None) -> None:
+    """A job that ended without success ends its chain the same way."""
+    if chain_id is None:
+        return
+    if job_status == Status.DEAD:
+        _finish_chain(chain_id, ChainStatus.FAILED)
+    elif job_status == Status.CANCELLED:
+        _finish_chain(chain_id, ChainStatus.CANCELLED)
+
+
+def record_progress(job_id: int, attempt: int, percent: int, message: str) -> None:
+    percent = max(0, min(100, int(percent)))
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(PROGRESS_SQL, [percent, message[:500], job_id, attempt])
+
+
+def _now() -> dt.datetime:
+    return timezone.now()
+
+
+# --- The heartbeat: one thread per process extends the leases of its running jobs --------------
+
+
+class Heartbeat:
+    def __init__(self) -> None:
+        self._running: dict[int, Context] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def track(self, ctx: Context) -> None:
+        with self._lock:
+            self._running[ctx.job_id] = ctx
+            # After a fork the parent's thread is gone: start one in this process.
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._loop, name="conveyor-heartbeat", daemon=True)
+                self._thread.start()
+
+    def untrack(self, ctx: Context) -> None:
+        with self._lock:
+            self._running.pop(ctx.job_id, None)
+
+    def running(self) -> list[Context]:
+        with self._lock:
+            return list(self._running.values())
+
+    def _loop(self) -> None:
+        interval = max(0.5, _lease_seconds() / 3)
+        stop = threading.Event()
+        while not stop.wait(interval):
+            contexts = {ctx.job_id: ctx for ctx in self.running()}
+            if not contexts:
+                continue
+            try:
+                with connections[CLAIMS].cursor() as cursor:
+                    cursor.execute(HEARTBEAT_SQL, [_lease_seconds(), list(contexts)])
+                    for job_id, attempt, cancel_requested in cursor.fetchall():
+                        ctx = contexts.get(job_id)
+                        if ctx is not None and ctx.attempt == attempt and cancel_requested:
+                            ctx.cancelled = True
+            except Exception as exc:  # the database is away: keep trying, the lease may lapse
+                log.warning("heartbeat failed: %s", exc)
+                connections[CLAIMS].close()
+
+
+heartbeat = Heartbeat()
+
+
+# --- Recovery: the relay and the reaper (safe in any number of copies) --------------------------
+
+
+def relay(batch: int = 500) -> int:
+    """Publish due rows that were never published, and stale ones whose message may be lost."""
+    stale = int(settings.CONVEYOR["RELAY_STALE_SECONDS"])
+    messages: list[Message] = []
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(RELAY_DUE_SQL, [batch])
+        messages += [Message(*row) for row in cursor.fetchall()]
+        cursor.execute(RELAY_STALE_SQL, [stale, batch])
+        messages += [Message(*row) for row in cursor.fetchall()]
+    if messages:
+        publish(messages)
+    return len(messages)
+
+
+def reap(batch: int = 100) -> int:
+    """Return running rows whose lease expired (their worker died) to pending, dead or cancelled."""
+    with transaction.atomic():
+        with connections["default"].cursor() as cursor:
+            cursor.execute(REAP_SQL, [batch])
+            rows = cursor.fetchall()
+        for job_id, status, chain_id in rows:
+            log.warning("reaped job %s: lease expired, now %s", job_id, status)
+            _settle_chain(status, chain_id)
+    return len(rows)
+
+
+def recover_once() -> tuple[int, int]:
+    """One pass of the reaper then the relay (the relay publishes what the reaper returned)."""
+    reaped = reap()
+    relayed = relay()
+    return reaped, relayed

