@@ -12,6 +12,7 @@ published again. Outcomes go through `default`, durable.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -127,6 +128,7 @@ def execute(job_id: int, worker: str) -> str:
     if row is None:
         return "skipped"  # a duplicate or stale message: locked, finished or not yet due
     (job_id, type_name, data, attempt, max_attempts, chain_id, chain_index, parent_id, key) = row
+    data = _json(data)
     ctx = Context(
         job_id=job_id,
         type=type_name,
@@ -167,7 +169,7 @@ def _succeed(ctx: Context, output: Any) -> str:
         if row is None:
             log.warning("job %s attempt %s lost its lease before completing", ctx.job_id, ctx.attempt)
             return "lost"
-        cancel_requested, data = row
+        cancel_requested, data = row[0], _json(row[1])
         if needs_chain:
             _continue_chain(ctx, data, cancelled=cancel_requested)
     return "succeeded"
@@ -244,6 +246,11 @@ def record_progress(job_id: int, attempt: int, percent: int, message: str) -> No
     percent = max(0, min(100, int(percent)))
     with connections[CLAIMS].cursor() as cursor:
         cursor.execute(PROGRESS_SQL, [percent, message[:500], job_id, attempt])
+
+
+def _json(value: Any) -> Any:
+    # Django has psycopg hand jsonb over as text (its JSONField decodes it); raw SQL decodes here.
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def _now() -> dt.datetime:

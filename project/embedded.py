@@ -55,7 +55,10 @@ def start_database(folder: Path) -> str:
     """Start or join the embedded PostgreSQL of `folder`; return its URL (database `conveyor`)."""
     # pgserver keeps its lock file in the user's runtime folder; containers rarely set one.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"))
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    if runtime.stat().st_uid == os.getuid():
+        runtime.chmod(0o700)
     import pgserver
 
     with _folder_lock(folder):
