@@ -102,3 +102,9 @@ def count(ctx: Context, data: Count) -> dict:
         time.sleep(data.sleep)
     Effect.objects.create(job_id=ctx.job_id, attempt=ctx.attempt, worker_pid=os.getpid())
     return {"attempt": ctx.attempt}
+
+
+@job_type("examples.ping", queue="notifications", timeout=30)
+def ping(ctx: Context, data: dict) -> dict:
+    """A no-op on the notifications queue: the second step of handoff benchmarks."""
+    return {"pong": True}

@@ -1,0 +1,180 @@
+"""Helpers for tests that run real processes: start them, wait for them, count what they did."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = str(ROOT / "manage.py")
+
+# Fast recovery for tests: a lost worker's lease lapses in 3 s, a lost message is re-sent after 3 s.
+FAST = {
+    "CONVEYOR_LEASE_SECONDS": "3",
+    "CONVEYOR_RELAY_STALE_SECONDS": "3",
+    "CONVEYOR_RECOVERY_INTERVAL_MS": "200",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition") -> object:
+    """Poll until `predicate()` is truthy; fail the test with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_database_url() -> str:
+    """The URL of the database pytest-django created, for child processes."""
+    s = connection.settings_dict
+    host = s["HOST"] or s.get("OPTIONS", {}).get("host", "")
+    from urllib.parse import quote
+
+    auth = s["USER"] + (f":{quote(s['PASSWORD'], safe='')}" if s["PASSWORD"] else "")
+    port = f":{s['PORT']}" if s["PORT"] else ""
+    return f"postgresql://{auth}@{quote(host, safe='')}{port}/{s['NAME']}"
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    port: int | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_tree(self.process.pid)
+                self.process.wait(10)
+        return self.process.returncode
+
+    def wait_ready(self, timeout: float = 60.0) -> "Proc":
+        """A server answers /health/ready; a worker logs `ready.` (every worker in the process)."""
+        expected = self.log_markers
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            text = self.log()
+            if text.count(" ready.") < expected:
+                return False
+            if self.port is not None:
+                try:
+                    return http_get(self.url("/health/ready"), timeout=2)[0] == 200
+                except OSError:
+                    return False
+            return True
+        wait_for(ready, timeout, interval=0.2, what=f"{self.name} to be ready")
+        return self
+
+    log_markers: int = 0
+
+
+def kill_tree(pid: int, signum: int = signal.SIGKILL) -> None:
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for child in parent.children(recursive=True):
+        try:
+            child.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        parent.send_signal(signum)
+    except psutil.NoSuchProcess:
+        pass
+
+
+@dataclass
+class LiveEnv:
+    procs: list[Proc] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {**os.environ, **FAST, "DATABASE_URL": test_database_url(), "REDIS_URL": settings.REDIS_URL}
+        env.pop("WORKER_QUEUES", None)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def start(self, *args: str, mode: str = "shared", name: str | None = None, wait: bool = True, env: dict[str, str] | None = None, workers: int | None = None) -> Proc:
+        """`manage.py start ARGS` in WORKER_MODE=mode; waits until it serves and consumes."""
+        port = free_port()
+        name = name or f"{mode}-{len(self.procs) + 1}"
+        log_path = Path(os.environ["CONVEYOR_DATA"]) / f"{name}-{port}.log"
+        argv = [sys.executable, MANAGE, "start", "--port", str(port), "--grace", "20", *args]
+        extra = {"WORKER_MODE": mode, "WORKER_ID": f"{name}@test", **(env or {})}
+        with open(log_path, "wb") as out:
+            process = subprocess.Popen(argv, cwd=ROOT, env=self.env(**extra), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        serves = mode in ("shared", "server") if "--cluster" not in args else True
+        proc = Proc(name, process, log_path, port if serves else None)
+        proc.log_markers = workers if workers is not None else (1 if mode in ("shared", "worker") else 0)
+        self.procs.append(proc)
+        return proc.wait_ready() if wait else proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        self.procs.clear()
+
+    def flush_redis(self) -> None:
+        redis_client().flushall()
+
+
+def redis_client():  # noqa: ANN201
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def queue_length(queue: str) -> int:
+    """Messages waiting in a Celery queue on Redis, over its priority lists (`queue`, `queue:1`...)."""
+    client = redis_client()
+    return sum(client.llen(queue if p == 0 else f"{queue}:{p}") for p in range(10))
