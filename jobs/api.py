@@ -1,13 +1,12 @@
 """HTTP API for jobs and chains (mounted by project.api under /api/)."""
-from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from django.db import transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ConfigDict, Field
@@ -69,7 +68,7 @@ class StepOut(Schema):
     index: int
     type: str
     status: str
-    job: JobOut | None
+    job: Optional[JobOut]
     #: Seconds from the previous step's finish to this step's start (the handoff).
     handoff_seconds: float | None
     duration_seconds: float | None
@@ -107,7 +106,7 @@ def create_job(request: HttpRequest, payload: EnqueueIn):  # noqa: ANN201
         priority=payload.priority,
         retries=payload.retries,
     )
-    return 201, job
+    return Status(201, job)
 
 
 @router.get("", response=list[JobOut], summary="List jobs, newest first")
@@ -149,7 +148,7 @@ def retry_job(request: HttpRequest, job_id: int):  # noqa: ANN201
 @chains.post("", response={201: ChainOut, **ERRORS}, summary="Start a chain of steps")
 def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     chain = start_chain([Step(step.type, step.input) for step in payload.steps])
-    return 201, chain_view(chain)
+    return Status(201, chain_view(chain))
 
 
 @chains.get("/{int:chain_id}", response={200: ChainOut, **ERRORS}, summary="A chain and every step in order")

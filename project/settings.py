@@ -100,8 +100,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
-WHITENOISE_USE_FINDERS = True  # serve the admin's files without a collectstatic step
+STATIC_ROOT = BASE_DIR / "staticfiles"  # `collectstatic` fills it for production
+WHITENOISE_USE_FINDERS = True  # development serves the admin's files without collectstatic
+WHITENOISE_AUTOREFRESH = not PRODUCTION
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # 1 MiB: larger API bodies are refused with 413
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
 
