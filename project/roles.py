@@ -42,16 +42,17 @@ def _amount(raw: str | None, total: int, flag: str) -> int:
     if raw is None or raw == "":
         return 0
     text = raw.strip()
+    is_percent = text.endswith("%")
     try:
-        if text.endswith("%"):
-            percent = float(text[:-1])
-            if percent < 0 or percent > 100:
-                raise SplitError(f"{flag} {raw}: a percentage must be between 0% and 100%")
-            count = int(total * percent // 100)
-            return max(1, count) if percent > 0 else 0
-        count = int(text)
+        number = float(text[:-1]) if is_percent else int(text)
     except ValueError:
         raise SplitError(f"{flag} {raw!r}: expected a count like 2 or a percentage like 25%") from None
+    if is_percent:
+        if not 0 <= number <= 100:
+            raise SplitError(f"{flag} {raw}: a percentage must be between 0% and 100%")
+        count = int(total * number // 100)
+        return max(1, count) if number > 0 else 0
+    count = int(number)
     if count < 0:
         raise SplitError(f"{flag} {raw}: must not be negative")
     return count

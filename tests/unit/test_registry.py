@@ -1,0 +1,73 @@
+"""Job type declarations: validation at enqueue, refusal of duplicates, backoff with jitter."""
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from jobs import registry
+from jobs.registry import Backoff, ImproperlyDeclared, InvalidJob, JobType
+
+
+class Point(BaseModel):
+    x: int
+    y: int = 0
+
+
+def handler(ctx, data):  # noqa: ANN001, ANN201
+    return None
+
+
+def test_input_is_validated_and_normalized():
+    jt = JobType("t.point", handler, input=Point)
+    assert jt.validate({"x": "3"}) == {"x": 3, "y": 0}
+
+
+def test_invalid_input_names_the_field():
+    jt = JobType("t.point", handler, input=Point)
+    with pytest.raises(InvalidJob) as info:
+        jt.validate({"y": "nope"})
+    assert set(info.value.errors) == {"input.x", "input.y"}
+
+
+def test_schemaless_input_must_be_an_object():
+    jt = JobType("t.any", handler)
+    assert jt.validate(None) == {}
+    with pytest.raises(InvalidJob):
+        jt.validate([1, 2])
+
+
+def test_duplicate_names_are_refused():
+    with pytest.raises(ImproperlyDeclared, match="declared twice"):
+        registry.add(JobType("examples.echo", handler))
+
+
+def test_alias_of_an_existing_name_is_refused():
+    with pytest.raises(ImproperlyDeclared, match="declared twice"):
+        registry.add(JobType("t.new-name", handler, aliases=("images.resize",)))
+
+
+def test_timeout_must_stay_under_the_visibility_timeout():
+    with pytest.raises(ImproperlyDeclared, match="VISIBILITY_TIMEOUT"):
+        registry.add(JobType("t.too-long", handler, timeout=10**6))
+
+
+def test_priority_out_of_range_is_refused():
+    with pytest.raises(ImproperlyDeclared, match="priority"):
+        registry.add(JobType("t.prio", handler, priority=12))
+
+
+def test_unknown_type_is_invalid():
+    with pytest.raises(InvalidJob, match="unknown job type"):
+        registry.get("no.such.type")
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    backoff = Backoff(base=1.0, cap=10.0)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (9, 10.0)]:
+        delays = [backoff.delay(attempt) for _ in range(50)]
+        assert all(ceiling * 0.5 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1  # jittered
+
+
+def test_queues_come_from_the_registry():
+    assert {"default", "images", "notifications"} <= set(registry.queues())
