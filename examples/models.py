@@ -25,3 +25,23 @@ class Effect(models.Model):
     attempt = models.PositiveIntegerField()
     worker_pid = models.PositiveIntegerField()
     created_at = models.DateTimeField(default=timezone.now)
+
+
+class AuditEntry(models.Model):
+    """Kept by the `order.*` subscriber: one row per order event it saw."""
+
+    event_id = models.BigIntegerField(unique=True)
+    name = models.CharField(max_length=200)
+    key = models.CharField(max_length=200, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+
+class Arrival(models.Model):
+    """Kept by diagnostics subscribers: which subscriber saw which event, in arrival order."""
+
+    subscriber = models.CharField(max_length=200)
+    event_id = models.BigIntegerField()
+    key = models.CharField(max_length=200, null=True, blank=True)
+    sequence = models.IntegerField(null=True)
+    attempt = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now)

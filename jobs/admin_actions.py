@@ -20,9 +20,9 @@ def cancel(job: Job) -> bool:
             status=Status.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now
         )
         if waiting:
-            Chain.objects.filter(pk=job.chain_id, status=ChainStatus.RUNNING).update(
-                status=ChainStatus.CANCELLED, finished_at=now
-            )
+            from jobs.runner import settle
+
+            settle(job.pk, job.type, Status.CANCELLED, job.chain_id)
             return True
         return bool(
             Job.objects.filter(pk=job.pk, status=Status.RUNNING).update(cancel_requested=True, updated_at=now)

@@ -53,6 +53,9 @@ class JobType:
     #: A celery.schedules schedule (crontab, schedule, clocked) synced into django-celery-beat.
     schedule: Any = None
     schedule_input: dict[str, Any] = field(default_factory=dict)
+    #: Called as on_finish(job_id, status) inside the transaction that records a final outcome
+    #: (succeeded, dead or cancelled): the event bus uses it to release a key's next delivery.
+    on_finish: Callable[[int, str], None] | None = None
 
     def validate(self, data: Any) -> dict[str, Any]:
         """Validate `data` against the input schema; return the JSON form stored in the row."""

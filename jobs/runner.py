@@ -18,7 +18,7 @@ import os
 import threading
 import traceback
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -109,7 +109,7 @@ UPDATE jobs_job SET
  WHERE id IN (SELECT id FROM jobs_job
                WHERE status = 'running' AND lease_expires_at < now()
                ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED)
-RETURNING id, status, chain_id
+RETURNING id, status, chain_id, type
 """
 
 
@@ -162,7 +162,8 @@ def _safe_timeout(type_name: str) -> int | str:
 
 def _succeed(ctx: Context, output: Any) -> str:
     needs_chain = ctx.chain_id is not None or bool(ctx.continuations)
-    with transaction.atomic(durable=True) if needs_chain else nullcontext():
+    hook = _on_finish(ctx.type)
+    with transaction.atomic(durable=True) if needs_chain or hook else nullcontext():
         with connections["default"].cursor() as cursor:
             cursor.execute(SUCCEED_SQL, [Jsonb(output), ctx.job_id, ctx.attempt])
             row = cursor.fetchone()
@@ -172,6 +173,8 @@ def _succeed(ctx: Context, output: Any) -> str:
         cancel_requested, data = row[0], _json(row[1])
         if needs_chain:
             _continue_chain(ctx, data, cancelled=cancel_requested)
+        if hook:
+            hook(ctx.job_id, Status.SUCCEEDED)
     return "succeeded"
 
 
@@ -227,19 +230,28 @@ def _fail(ctx: Context, error: str, type_name: str) -> str:
             log.warning("job %s attempt %s lost its lease before failing", ctx.job_id, ctx.attempt)
             return "lost"
         status, chain_id = row
-        _settle_chain(status, chain_id)
+        settle(ctx.job_id, type_name, status, chain_id)
     log.info("job %s attempt %s/%s %s", ctx.job_id, ctx.attempt, ctx.max_attempts, status)
     return status
 
 
-def _settle_chain(job_status: str, chain_id: int | None) -> None:
-    """A job that ended without success ends its chain the same way."""
-    if chain_id is None:
+def settle(job_id: int, type_name: str, job_status: str, chain_id: int | None) -> None:
+    """Inside the outcome's transaction: a job that ended without success ends its chain the
+    same way, and its type's on_finish hook (event deliveries: the next one of the key) runs."""
+    if job_status not in (Status.DEAD, Status.CANCELLED):
         return
-    if job_status == Status.DEAD:
-        _finish_chain(chain_id, ChainStatus.FAILED)
-    elif job_status == Status.CANCELLED:
-        _finish_chain(chain_id, ChainStatus.CANCELLED)
+    if chain_id is not None:
+        _finish_chain(chain_id, ChainStatus.FAILED if job_status == Status.DEAD else ChainStatus.CANCELLED)
+    hook = _on_finish(type_name)
+    if hook:
+        hook(job_id, job_status)
+
+
+def _on_finish(type_name: str) -> Callable[[int, str], None] | None:
+    try:
+        return registry.get(type_name).on_finish
+    except registry.InvalidJob:
+        return None
 
 
 def record_progress(job_id: int, attempt: int, percent: int, message: str) -> None:
@@ -329,9 +341,9 @@ def reap(batch: int = 100) -> int:
         with connections["default"].cursor() as cursor:
             cursor.execute(REAP_SQL, [batch])
             rows = cursor.fetchall()
-        for job_id, status, chain_id in rows:
+        for job_id, status, chain_id, type_name in rows:
             log.warning("reaped job %s: lease expired, now %s", job_id, status)
-            _settle_chain(status, chain_id)
+            settle(job_id, type_name, status, chain_id)
     return len(rows)
 
 

@@ -54,3 +54,7 @@ from jobs.api import chains as chains_router  # noqa: E402
 
 api.add_router("/jobs", jobs_router)
 api.add_router("/chains", chains_router)
+
+from subscribers.api import router as events_router  # noqa: E402
+
+api.add_router("/events", events_router)

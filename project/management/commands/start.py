@@ -62,6 +62,14 @@ class Command(BaseCommand):
             + (f"; HTTP on http://{self._bind(int(opts['port']))}/" if any(map(roles.serves_http, modes)) else "")
             + f"; queues {','.join(queues)}"
         )
+        if any(map(roles.serves_http, modes)):
+            base = f"http://{self._bind(int(opts['port']))}"
+            self.stdout.write(f"conveyor: API {base}/api/docs, health {base}/health/ready, metrics {base}/metrics")
+            if not settings.ADMIN_DISABLED:
+                self.stdout.write(
+                    f"conveyor: admin {base}/admin/ (make a login: python manage.py user --email you@example.com --password ...;"
+                    " an API token: python manage.py token --email you@example.com)"
+                )
         self.stdout.flush()
         code = Supervisor(children, grace=float(opts["grace"])).run()
         sys.exit(code)
