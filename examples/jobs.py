@@ -9,6 +9,7 @@ from pydantic import BaseModel, EmailStr, Field
 
 from jobs import Context, job_type
 from jobs.registry import Backoff
+from jobs.schedules import Schedule
 
 
 class Resize(BaseModel):
@@ -108,3 +109,23 @@ def count(ctx: Context, data: Count) -> dict:
 def ping(ctx: Context, data: dict) -> dict:
     """A no-op on the notifications queue: the second step of handoff benchmarks."""
     return {"pong": True}
+
+
+@job_type(
+    "examples.nightly-report",
+    queue="default",
+    timeout=120,
+    schedule=Schedule(cron="0 2 * * *", timezone="Europe/Paris", description="Yesterday's job counts, at 02:00 Paris time"),
+)
+def nightly_report(ctx: Context, data: dict) -> dict:
+    """Count yesterday's jobs by type and status (the report a shop reads in the morning)."""
+    import datetime as dt
+
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from jobs.models import Job
+
+    since = timezone.now() - dt.timedelta(days=1)
+    rows = Job.objects.filter(created_at__gte=since).values("type", "status").annotate(n=Count("id")).order_by("type", "status")
+    return {"since": since.isoformat(), "counts": [dict(row) for row in rows]}

@@ -71,3 +71,40 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # `manage.py token --email E` prints a new token once
+
+
+# --- Schedules: django-celery-beat's admin, with each schedule's next run and last job ------------
+from django.utils import timezone  # noqa: E402
+from django.utils.html import format_html  # noqa: E402
+from django_celery_beat.admin import PeriodicTaskAdmin  # noqa: E402
+from django_celery_beat.models import PeriodicTask  # noqa: E402
+
+from jobs.schedules import PREFIX  # noqa: E402
+
+
+class ScheduleAdmin(PeriodicTaskAdmin):
+    list_display = ("name", "enabled", "scheduler", "next_run", "last_job", "last_run_at", "total_run_count")
+
+    @admin.display(description="next run")
+    def next_run(self, task: PeriodicTask) -> str:
+        if not task.enabled:
+            return "disabled"
+        try:
+            remaining = task.schedule.remaining_estimate(task.last_run_at or timezone.now())
+        except Exception:  # a schedule django-celery-beat cannot evaluate (removed row...)
+            return "-"
+        return (timezone.now() + remaining).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    @admin.display(description="last job")
+    def last_job(self, task: PeriodicTask) -> str:
+        if not task.name.startswith(PREFIX):
+            return "-"
+        key = f"schedule:{task.name[len(PREFIX):]}:"
+        job = Job.objects.filter(idempotency_key__startswith=key).order_by("-id").only("id", "status").first()
+        if job is None:
+            return "-"
+        return format_html('<a href="../../jobs/job/{}/change/">#{} {}</a>', job.pk, job.pk, job.status)
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, ScheduleAdmin)

@@ -109,3 +109,14 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"token {self.pk} of {self.user}"
+
+
+class ScheduleDeclaration(models.Model):
+    """What the code declared for a schedule when it was last synced (see jobs.schedules)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    fingerprint = models.CharField(max_length=64)
+    task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, on_delete=models.SET_NULL, related_name="conveyor_declaration")
+
+    def __str__(self) -> str:
+        return self.name

@@ -50,7 +50,7 @@ class JobType:
     timeout: int = 300
     priority: int = PRIORITY_DEFAULT
     aliases: tuple[str, ...] = ()
-    #: A celery.schedules schedule (crontab, schedule, clocked) synced into django-celery-beat.
+    #: A jobs.schedules.Schedule: synced into django-celery-beat by `manage.py sync_schedules`.
     schedule: Any = None
     schedule_input: dict[str, Any] = field(default_factory=dict)
     #: Called as on_finish(job_id, status) inside the transaction that records a final outcome

@@ -141,7 +141,11 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat reads schedules from the database (editable in the admin), fires only while it holds the
+# leader lock, and saves each entry's last run at once so a standby takes over from fresh state.
+CELERY_BEAT_SCHEDULER = "jobs.beat:LeaderScheduler"
+CELERY_BEAT_SYNC_EVERY = 1
+CELERY_TIMEZONE = "UTC"
 
 # --- Conveyor -------------------------------------------------------------------------------
 CONVEYOR = {
@@ -152,6 +156,8 @@ CONVEYOR = {
     # How often each worker's relay and reaper look for due and orphaned rows.
     "RECOVERY_INTERVAL": float(env.get_int("CONVEYOR_RECOVERY_INTERVAL_MS", 500, minimum=50)) / 1000,
     "RETENTION_DAYS": env.get_int("CONVEYOR_RETENTION_DAYS", 7, minimum=1),
+    # A beat that stops renewing its leader lock for this long is replaced by a standby.
+    "BEAT_LOCK_SECONDS": env.get_int("CONVEYOR_BEAT_LOCK_SECONDS", 10, minimum=2),
 }
 WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)

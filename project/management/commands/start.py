@@ -56,6 +56,10 @@ class Command(BaseCommand):
                 raise CommandError("--servers and --workers need --cluster", returncode=2)
             modes = [settings.WORKER_MODE]
         children = self._children(modes, queues, opts)
+        # One beat per start (shared mode or a cluster); more beats elsewhere wait as standbys.
+        if not opts["no_beat"] and (opts["cluster"] is not None or modes == ["shared"]):
+            beat = [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO"]
+            children.append(Child("beat", beat, {"WORKER_MODE": "worker"}))
         self.stdout.write(
             f"conveyor: {len(modes)} instance(s): "
             + ", ".join(f"{modes.count(m)} {m}" for m in roles_order(modes))

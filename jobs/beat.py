@@ -1,0 +1,119 @@
+"""Beat: django-celery-beat's database scheduler with a leader lock and exactly-once ticks.
+
+- Only the beat holding the Redis lock `conveyor:beat:leader` fires ticks; every other beat
+  waits as a standby and takes over within CONVEYOR_BEAT_LOCK_SECONDS (+1 s) of the leader's
+  death (django-celery-beat#558, celery#1495).
+- A Conveyor tick writes the job row itself (no intermediate Celery message) with the
+  idempotency key `schedule:<name>:<tick time>`, so a beat restarted mid-tick, or two beats
+  that both believe they lead, produce one job per tick.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import uuid
+from typing import Any
+
+from celery.schedules import crontab, schedule as interval_schedule
+from django.conf import settings
+from django_celery_beat.clockedschedule import clocked
+from django_celery_beat.schedulers import DatabaseScheduler
+
+from jobs.schedules import TASK
+
+log = logging.getLogger("conveyor.beat")
+LOCK_NAME = "conveyor:beat:leader"
+
+
+def tick_time(entry: Any) -> dt.datetime:
+    """The nominal time of the tick being fired, the same in every beat process.
+
+    Interval schedules tick on multiples of their period since the epoch; crontab schedules at
+    the first occurrence after the entry's last run; one-off schedules at their clocked time.
+    """
+    sched = entry.schedule
+    now = dt.datetime.now(dt.timezone.utc)
+    if isinstance(sched, clocked):
+        return sched.clocked_time.astimezone(dt.timezone.utc)
+    if isinstance(sched, crontab) and entry.last_run_at is not None:
+        nominal = now + sched.remaining_estimate(entry.last_run_at)
+        return nominal.astimezone(dt.timezone.utc).replace(microsecond=0)
+    if isinstance(sched, interval_schedule):
+        period = max(1.0, sched.run_every.total_seconds())
+        return dt.datetime.fromtimestamp(math.floor(now.timestamp() / period) * period, dt.timezone.utc)
+    return now.replace(microsecond=0)
+
+
+def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt.datetime) -> Any:
+    """Write the tick's job (or find the one already written for this tick)."""
+    from jobs import enqueue
+
+    key = f"schedule:{schedule_name}:{at.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return enqueue(job_type, data, idempotency_key=key)
+
+
+class _Sent:
+    def __init__(self, job_id: int) -> None:
+        self.id = f"job-{job_id}"
+
+
+class LeaderScheduler(DatabaseScheduler):
+    """DatabaseScheduler that fires only while it holds the leader lock."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lock_ttl = float(settings.CONVEYOR["BEAT_LOCK_SECONDS"])
+        self._lock = None
+        self._leading = False
+        super().__init__(*args, **kwargs)
+
+    def _client(self) -> Any:
+        from django.core.cache import cache
+
+        return cache._cache.get_client(write=True)  # noqa: SLF001 - Redis client of the cache
+
+    def _hold_lock(self) -> bool:
+        try:
+            if self._lock is None:
+                self._lock = self._client().lock(LOCK_NAME, timeout=self._lock_ttl, thread_local=False)
+                self._lock.local.token = uuid.uuid4().hex.encode()  # noqa: SLF001
+            if self._leading:
+                self._lock.reacquire()
+                return True
+            if self._lock.acquire(blocking=False, token=self._lock.local.token):
+                log.warning("beat: this process is now the leader")
+                # Read every entry afresh: the previous leader may have fired since we loaded.
+                self._initial_read = True
+                self._heap = None
+                self._leading = True
+                return True
+        except Exception as exc:  # Redis away or the lock lost: stand by until it is back
+            if self._leading:
+                log.warning("beat: lost the leader lock (%s); standing by", exc)
+            self._leading = False
+            self._lock = None
+        return False
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        if not self._hold_lock():
+            return 1.0  # standby: try for the lock every second
+        delay = super().tick(*args, **kwargs)
+        return min(delay, self._lock_ttl / 3)
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        if entry.task != TASK:
+            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        entry = self.reserve(entry) if advance else entry
+        params = entry.kwargs or {}
+        at = tick_time(entry)
+        job = enqueue_tick(params["schedule"], params["type"], params.get("input") or {}, at)
+        log.info("beat: schedule %s tick %s -> job %s", params["schedule"], at.isoformat(), job.pk)
+        return _Sent(job.pk)
+
+    def close(self) -> None:
+        if self._leading and self._lock is not None:
+            try:
+                self._lock.release()
+            except Exception:  # already expired: nothing to hand over
+                pass
+        super().close()

@@ -1,0 +1,20 @@
+"""`manage.py sync_schedules`: make django-celery-beat's table match the schedules in code."""
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs import schedules
+
+
+class Command(BaseCommand):
+    help = "Create or update beat schedules declared in code; disable the ones removed from it."
+
+    def handle(self, *args: object, **options: object) -> None:
+        try:
+            report = schedules.sync()
+        except schedules.ScheduleError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        for action in ("created", "updated", "kept", "disabled"):
+            for name in report[action]:
+                self.stdout.write(f"{action:>8} {name}")
+        self.stdout.write(f"schedules: {sum(map(len, report.values()))} declared or known")
