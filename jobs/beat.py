@@ -18,7 +18,7 @@ from typing import Any
 from celery.schedules import crontab, schedule as interval_schedule
 from django.conf import settings
 from django_celery_beat.clockedschedule import clocked
-from django_celery_beat.schedulers import DatabaseScheduler
+from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from jobs.schedules import TASK
 
@@ -53,6 +53,30 @@ def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt
     return enqueue(job_type, data, idempotency_key=key)
 
 
+class AlignedInterval(interval_schedule):
+    """An interval schedule that ticks on multiples of its period since the epoch.
+
+    Celery's interval counts from the last run, which drifts later at every firing until a tick
+    is skipped; aligned ticks are also the same instants in every beat process.
+    """
+
+    def is_due(self, last_run_at: dt.datetime) -> tuple[bool, float]:
+        period = max(1.0, self.run_every.total_seconds())
+        now = self.now().timestamp()
+        until_next = period - (now % period)
+        if math.floor(now / period) > math.floor(self.maybe_make_aware(last_run_at).timestamp() / period):
+            return True, until_next
+        return False, until_next
+
+
+class AlignedEntry(ModelEntry):
+    def __init__(self, model: Any, app: Any = None) -> None:
+        super().__init__(model, app=app)
+        sched = getattr(self, "schedule", None)
+        if type(sched) is interval_schedule:
+            self.schedule = AlignedInterval(sched.run_every, app=sched._app)
+
+
 class _Sent:
     def __init__(self, job_id: int) -> None:
         self.id = f"job-{job_id}"
@@ -60,6 +84,8 @@ class _Sent:
 
 class LeaderScheduler(DatabaseScheduler):
     """DatabaseScheduler that fires only while it holds the leader lock."""
+
+    Entry = AlignedEntry
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock_ttl = float(settings.CONVEYOR["BEAT_LOCK_SECONDS"])
