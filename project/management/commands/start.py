@@ -9,6 +9,7 @@ child joins the embedded PostgreSQL and Redis this process started (or the confi
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs import registry
+from jobs.handback import hand_back
 from project import roles
 from project.supervisor import Child, Supervisor
 
@@ -59,7 +61,7 @@ class Command(BaseCommand):
         # One beat per start (shared mode or a cluster); more beats elsewhere wait as standbys.
         if not opts["no_beat"] and (opts["cluster"] is not None or modes == ["shared"]):
             beat = [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO"]
-            children.append(Child("beat", beat, {"WORKER_MODE": "worker"}))
+            children.append(Child("beat", beat, {"WORKER_MODE": "worker"}, {"role": "beat"}))
         self.stdout.write(
             f"conveyor: {len(modes)} instance(s): "
             + ", ".join(f"{modes.count(m)} {m}" for m in roles_order(modes))
@@ -75,7 +77,13 @@ class Command(BaseCommand):
                     " an API token: python manage.py token --email you@example.com)"
                 )
         self.stdout.flush()
-        code = Supervisor(children, grace=float(opts["grace"])).run()
+        supervisor = Supervisor(
+            children,
+            grace=float(opts["grace"]),
+            state_dir=settings.DATA_DIR / "run",
+            on_killed=lambda child: hand_back(str(child.info.get("node", ""))),
+        )
+        code = supervisor.run()
         sys.exit(code)
 
     def _queues(self, raw: str) -> list[str]:
@@ -110,9 +118,13 @@ class Command(BaseCommand):
                     "--access-logfile", "-",
                     "--name", f"conveyor-{label}",
                 ]
-                children.append(Child(f"{label}/web", argv, env))
+                children.append(Child(f"{label}/web", argv, env, {"role": mode, "port": int(opts["port"])}))
             if roles.consumes(mode):
-                worker_id = settings.WORKER_ID if single and settings.WORKER_ID else f"{label}@{host}"
+                # Unique per supervisor: a node's running jobs are handed back by name when it dies.
+                if single:
+                    worker_id = settings.WORKER_ID or f"{mode}.{os.getpid()}@{host}"
+                else:
+                    worker_id = f"{label}@{settings.WORKER_ID}" if settings.WORKER_ID else f"{label}.{os.getpid()}@{host}"
                 argv = [
                     python, "-m", "celery", "-A", "project", "worker",
                     "--hostname", worker_id,
@@ -124,7 +136,7 @@ class Command(BaseCommand):
                 ]
                 if opts["concurrency"]:
                     argv += ["--concurrency", str(opts["concurrency"])]
-                children.append(Child(f"{label}/worker", argv, env))
+                children.append(Child(f"{label}/worker", argv, env, {"role": mode, "node": worker_id, "queues": ",".join(queues)}))
         return children
 
 
