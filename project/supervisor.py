@@ -49,7 +49,7 @@ class Child:
     def start(self) -> None:
         env = {**os.environ, **self.env}
         # Its own process group: the whole tree (gunicorn's or Celery's pool) can be killed at once.
-        self.process = subprocess.Popen(self.argv, env=env, start_new_session=True)
+        self.process = subprocess.Popen(self.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -176,6 +176,17 @@ class Supervisor:
             if child in alive and self.on_killed:
                 self.on_killed(child)
         sys.stdout.flush()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies (even by SIGKILL), so no
+    instance outlives it unsupervised (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def describe(info: dict[str, object]) -> str:

@@ -35,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=settings.PORT, help="HTTP port of servers (PORT, default 8000)")
         parser.add_argument("--web-concurrency", type=int, default=2, help="gunicorn worker processes per server")
         parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM before killing (default 30)")
-        parser.add_argument("--cluster", nargs="?", type=int, const=0, default=None, help="run N instances (no N: one per CPU)")
+        parser.add_argument("--cluster", nargs="?", type=int, const=-1, default=None, help="run N instances (no N: one per CPU)")
         parser.add_argument("--servers", default=None, help="how many instances serve HTTP only: a count or a percentage")
         parser.add_argument("--workers", default=None, help="how many instances only consume queues: a count or a percentage")
         parser.add_argument("--no-beat", action="store_true", help="run no beat scheduler in this start")
@@ -49,7 +49,8 @@ class Command(BaseCommand):
             raise CommandError("--grace must not be negative", returncode=2)
         if opts["cluster"] is not None:
             try:
-                plan = roles.split(int(opts["cluster"]) or None, opts["servers"], opts["workers"])
+                cluster = int(opts["cluster"])
+                plan = roles.split(None if cluster == -1 else cluster, opts["servers"], opts["workers"])
             except roles.SplitError as exc:
                 raise CommandError(str(exc), returncode=2) from None
             modes = plan.modes()
