@@ -3,7 +3,6 @@
 import datetime as dt
 from typing import Any, Literal, Optional
 
-from django.db import transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Query, Router, Schema, Status
@@ -185,5 +184,3 @@ def chain_view(chain: Chain) -> dict[str, Any]:
         "steps": steps,
     }
 
-
-_ = transaction  # enqueue runs in the request's autocommit: publish happens at once

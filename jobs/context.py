@@ -21,6 +21,9 @@ class Context:
     #: Set by the heartbeat when the job is cancelled while it runs; check it in long loops.
     cancelled: bool = False
     continuations: list[dict[str, Any]] = field(default_factory=list)
+    #: time.monotonic() after which the heartbeat stops extending the lease (timeout + grace):
+    #: a run stuck past its time limit loses the job to the reaper instead of holding it forever.
+    lease_deadline: float = float("inf")
 
     def continue_with(self, type: str, input: dict[str, Any] | None = None) -> None:
         """After this handler succeeds, run `type` as the next step of the chain.

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 import traceback
 from contextlib import nullcontext
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from psycopg.types.json import Jsonb
 from jobs import registry
 from jobs.context import Context
 from jobs.models import Chain, ChainStatus, Job, Status
-from jobs.publish import Message, publish, publish_on_commit
+from jobs.publish import HARD_LIMIT_GRACE, Message, publish, publish_on_commit
 
 log = logging.getLogger("conveyor.runner")
 
@@ -139,6 +140,10 @@ def execute(job_id: int, worker: str) -> str:
         parent_id=parent_id,
         idempotency_key=key or f"conveyor-job-{job_id}",
     )
+    try:
+        ctx.lease_deadline = time.monotonic() + registry.get(type_name).timeout + HARD_LIMIT_GRACE
+    except registry.InvalidJob:
+        pass
     heartbeat.track(ctx)
     try:
         jt = registry.get(type_name)
@@ -300,7 +305,8 @@ class Heartbeat:
         interval = max(0.5, _lease_seconds() / 3)
         stop = threading.Event()
         while not stop.wait(interval):
-            contexts = {ctx.job_id: ctx for ctx in self.running()}
+            now = time.monotonic()
+            contexts = {ctx.job_id: ctx for ctx in self.running() if ctx.lease_deadline > now}
             if not contexts:
                 continue
             try:
