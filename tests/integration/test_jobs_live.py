@@ -1,0 +1,323 @@
+"""Jobs and chains across real processes: `manage.py start` workers on the session's PostgreSQL and
+Redis, no eager mode and no mocks. Each test is one promise of DESIGN.md ("Jobs and chains",
+"Guarantees"), checked on rows in PostgreSQL, HTTP answers and counted side effects.
+
+Timings come from tests.support.FAST: a lost worker's lease lapses in 3 s, a lost message is sent
+again after 3 s, and every worker runs the relay and the reaper every 200 ms.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import psutil
+import pytest
+from django.contrib.auth import get_user_model
+from django.db.models import Count
+from django.test import Client
+
+from examples.models import Effect, OutboxEmail
+from jobs import Step, enqueue, enqueue_many, start_chain
+from jobs.api_python import build
+from jobs.models import Chain, ChainStatus, Job, Status
+from jobs.publish import Message, publish
+from tests.factories import api_token
+from tests.support import (
+    crash_embedded_redis,
+    embedded_redis,
+    kill_tree,
+    redis_up,
+    start_embedded_redis,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+# Drain for at most 5 s when a test ends: after a few hundred jobs a prefork pool process may wait
+# up to 30 s in billiard's Worker._ensure_messages_consumed before it exits (a Celery/billiard
+# shutdown delay that none of these tests is about).
+GRACE = ("--grace", "5")
+
+
+@pytest.fixture(autouse=True)
+def stop_together(live):
+    """At the end of a test, ask every process to drain at once (the fixture then waits for each)."""
+    yield
+    for proc in live.procs:
+        proc.signal(signal.SIGTERM)
+
+
+def api() -> Client:
+    """Django's test client carrying a real API token (the same view code a server runs)."""
+    return Client(HTTP_AUTHORIZATION=f"Bearer {api_token()}")
+
+
+def chain_status(chain_id: int) -> str:
+    return Chain.objects.values_list("status", flat=True).get(pk=chain_id)
+
+
+def wait_chain(chain_id: int, status: str, timeout: float) -> Chain:
+    wait_for(lambda: chain_status(chain_id) == status, timeout, what=f"chain {chain_id} to be {status}")
+    return Chain.objects.get(pk=chain_id)
+
+
+def wait_job(job_id: int, status: str, timeout: float) -> Job:
+    wait_for(
+        lambda: Job.objects.filter(pk=job_id, status=status).exists(),
+        timeout,
+        what=f"job {job_id} to be {status} (now {Job.objects.get(pk=job_id).status})",
+    )
+    return Job.objects.get(pk=job_id)
+
+
+def is_dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def start_workers(live, *specs: tuple[str, tuple[str, ...]]) -> list:
+    """Start several worker-mode instances at once (their start-ups overlap), then wait for each."""
+    procs = [live.start(*args, *GRACE, mode="worker", name=name, wait=False) for name, args in specs]
+    return [proc.wait_ready() for proc in procs]
+
+
+# --- 1. a chain hands off between specialized workers -------------------------------------------
+
+
+def test_chain_hands_off_from_the_images_worker_to_the_notifications_worker(live):
+    # given one worker consuming only `images` and another consuming only `notifications`
+    start_workers(
+        live,
+        ("images-worker", ("--queues", "images", "--concurrency", "1")),
+        ("mail-worker", ("--queues", "notifications", "--concurrency", "1")),
+    )
+
+    # when images.resize is enqueued with an e-mail address (its handler continues with send-email)
+    resize = enqueue("images.resize", {"width": 32, "height": 32, "source": 128, "email": "ada@example.com"})
+
+    # then the chain it became succeeds, each step run by the worker of its queue
+    chain_id = wait_for(
+        lambda: Job.objects.filter(pk=resize.pk).values_list("chain_id", flat=True).first(),
+        30,
+        what="images.resize to complete and start its chain",
+    )
+    wait_chain(chain_id, ChainStatus.SUCCEEDED, 30)
+    first, second = Job.objects.filter(chain_id=chain_id).order_by("chain_index")
+    assert (first.pk, first.type, first.queue, first.chain_index) == (resize.pk, "images.resize", "images", 0)
+    assert (second.type, second.queue, second.chain_index, second.parent_id) == ("notifications.send-email", "notifications", 1, resize.pk)
+    assert first.status == second.status == Status.SUCCEEDED
+    assert first.attempt == second.attempt == 1
+    assert first.worker.startswith("images-worker@test/"), first.worker
+    assert second.worker.startswith("mail-worker@test/"), second.worker
+    # and the e-mail was "sent" exactly once
+    assert list(OutboxEmail.objects.values_list("to", flat=True)) == ["ada@example.com"]
+
+    # and GET /api/chains/{id} shows both steps in order, with their timings and the handoff
+    response = api().get(f"/api/chains/{chain_id}")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "succeeded" and body["finished_at"]
+    steps = body["steps"]
+    assert [(s["index"], s["type"], s["status"]) for s in steps] == [
+        (0, "images.resize", "succeeded"),
+        (1, "notifications.send-email", "succeeded"),
+    ]
+    assert [s["job"]["id"] for s in steps] == [first.pk, second.pk]
+    assert [s["job"]["worker"] for s in steps] == [first.worker, second.worker]
+    assert all(s["duration_seconds"] is not None and s["duration_seconds"] >= 0 for s in steps)
+    assert steps[0]["duration_seconds"] > 0  # rendering and resizing an image takes some time
+    assert steps[0]["handoff_seconds"] is None  # nothing before the first step
+    assert 0 <= steps[1]["handoff_seconds"] < 30
+
+    # and the admin's chain page lists both steps (with the worker that ran each) to a superuser
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "unused-password")
+    browser = Client()
+    browser.force_login(admin)
+    page = browser.get(f"/admin/jobs/chain/{chain_id}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    for job in (first, second):
+        assert job.type in html and job.worker in html
+        assert f"/admin/jobs/job/{job.pk}/change/" in html  # each step's row links to its job
+
+
+# --- 2. a duplicated message runs the job once ---------------------------------------------------
+
+
+def test_same_job_published_three_times_runs_and_completes_once(live):
+    # given a worker with three pool processes, so three messages are taken at the same moment
+    [worker] = start_workers(live, ("dup-worker", ("--concurrency", "3")))
+    # and one examples.count row (which writes one Effect row per run), not yet published
+    job = build(Step("examples.count", {"sleep": 0.5}))
+    job.save(force_insert=True)
+
+    # when its id is published three times
+    sent = publish([Message(job.pk, job.queue, job.priority, job.type)] * 3)
+    assert sent == 3
+
+    # then the job succeeds after one run: one Effect row, attempt 1
+    job = wait_job(job.pk, Status.SUCCEEDED, 30)
+    assert job.attempt == 1
+    assert list(Effect.objects.values_list("job_id", "attempt")) == [(job.pk, 1)]
+    # and the two other deliveries were acknowledged without running (the row was locked or running)
+    wait_for(lambda: worker.log().count("'skipped'") >= 2, 10, what="both duplicates to be skipped")
+    time.sleep(1.0)  # and nothing runs late either
+    assert Effect.objects.count() == 1
+    assert worker.log().count("'succeeded'") == 1  # the task's result, logged by Celery per delivery
+
+
+# --- 3. a worker killed mid-job ---------------------------------------------------------------------
+
+
+def test_job_of_a_worker_killed_mid_run_is_completed_by_another_and_its_chain_goes_on(live):
+    # given a worker running the first step of a 2-step chain (a 4 s job that then records its run)
+    [doomed] = start_workers(live, ("doomed", ("--concurrency", "1")))
+    chain = start_chain([Step("examples.count", {"sleep": 4}), Step("examples.echo", {"after": "count"})])
+    first = Job.objects.get(chain=chain, chain_index=0)
+    wait_for(lambda: Job.objects.filter(pk=first.pk, status=Status.RUNNING).exists(), 30, what="step 0 to run")
+    assert Job.objects.get(pk=first.pk).worker.startswith("doomed@test/")
+
+    # when that worker and every process under it are killed with SIGKILL in the middle of the job
+    pids = [doomed.process.pid, *(p.pid for p in psutil.Process(doomed.process.pid).children(recursive=True))]
+    kill_tree(doomed.process.pid)
+    wait_for(lambda: all(map(is_dead, pids)), 10, what="the doomed processes to die")
+    assert Job.objects.get(pk=first.pk).status == Status.RUNNING  # nobody finished it
+    assert Effect.objects.count() == 0  # the killed run never reached its side effect
+    # and another worker is started
+    start_workers(live, ("rescuer", ("--concurrency", "1")))
+
+    # then, once the lease lapses, the other worker runs the job again (attempt 2) and completes it
+    job = wait_job(first.pk, Status.SUCCEEDED, 40)
+    assert job.attempt == 2
+    assert job.worker.startswith("rescuer@test/"), job.worker
+    assert list(Effect.objects.values_list("job_id", "attempt")) == [(first.pk, 2)]
+    # and the chain goes on to its second step and succeeds
+    wait_chain(chain.pk, ChainStatus.SUCCEEDED, 30)
+    steps = list(Job.objects.filter(chain=chain).order_by("chain_index"))
+    assert [(j.chain_index, j.type, j.status, j.attempt) for j in steps] == [
+        (0, "examples.count", Status.SUCCEEDED, 2),
+        (1, "examples.echo", Status.SUCCEEDED, 1),
+    ]
+    assert steps[1].output == {"after": "count"}
+
+
+# --- 4. Redis restarted, its queued messages lost ---------------------------------------------------
+
+
+def test_every_chain_completes_when_redis_restarts_empty_in_the_middle_of_200_chains(live):
+    if embedded_redis() is None:
+        pytest.skip("needs the session's embedded Redis (REDIS_URL names an outside server)")
+    # given a worker consuming every queue, and 200 chains examples.count -> examples.ping under way
+    start_workers(live, ("steady", ()))
+    chains = [start_chain([Step("examples.count", {}), Step("examples.ping", {})]).pk for _ in range(200)]
+    jobs = Job.objects.filter(chain_id__in=chains)
+    wait_for(lambda: jobs.filter(status=Status.SUCCEEDED).count() >= 100, 60, interval=0.02, what="a quarter of the 400 steps to succeed")
+
+    try:
+        # when Redis is killed with SIGKILL mid-way and its append-only file deleted, so every
+        # queued and unacked message is lost, and it is started again a second later (same socket)
+        crash_embedded_redis(lose_data=True)
+        waiting_at_crash = jobs.filter(status=Status.PENDING).count()  # rows whose message is gone
+        time.sleep(1.0)
+    finally:
+        start_embedded_redis()
+    assert waiting_at_crash > 0, "no step was waiting for its message when Redis went away: nothing was tested"
+
+    # then every chain succeeds (the relay publishes the rows whose messages were lost)
+    succeeded = Chain.objects.filter(pk__in=chains, status=ChainStatus.SUCCEEDED)
+    wait_for(lambda: succeeded.count() == 200, 90, interval=0.2, what=f"all 200 chains to succeed ({waiting_at_crash} steps had lost their message)")
+    # and every step ran and completed exactly once: two jobs per chain, one per index, attempt 1
+    assert jobs.count() == 400
+    per_step = jobs.values("chain_id", "chain_index").annotate(n=Count("id"))
+    assert {(row["chain_index"], row["n"]) for row in per_step} == {(0, 1), (1, 1)}
+    assert jobs.filter(status=Status.SUCCEEDED, attempt=1).count() == 400
+    # and the first steps' side effect happened once each
+    first_steps = set(jobs.filter(chain_index=0).values_list("id", flat=True))
+    assert Effect.objects.count() == 200
+    assert set(Effect.objects.values_list("job_id", flat=True)) == first_steps
+    assert redis_up()
+
+
+# --- 5. many jobs, two competing workers ------------------------------------------------------------
+
+
+def test_two_workers_run_500_jobs_each_exactly_once(live):
+    # given two workers on the same queues
+    start_workers(live, ("left", ()), ("right", ()))
+
+    # when 500 examples.count jobs are enqueued in one batch
+    created = enqueue_many([Step("examples.count", {}) for _ in range(500)])
+    ids = {job.pk for job in created}
+    assert len(ids) == 500
+
+    # then all 500 succeed on their first attempt
+    done = Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED)
+    wait_for(lambda: done.count() == 500, 120, interval=0.25, what="500 jobs to succeed")
+    assert done.filter(attempt=1).count() == 500
+    # and each ran exactly once: 500 Effect rows, one per job, all from attempt 1
+    time.sleep(1.0)  # no late duplicate run
+    assert Effect.objects.count() == 500
+    assert set(Effect.objects.values_list("job_id", flat=True)) == ids
+    assert Effect.objects.filter(attempt=1).count() == 500
+    # and both workers took a share
+    workers = {w.split("@")[0] for w in Job.objects.filter(pk__in=ids).values_list("worker", flat=True)}
+    assert workers == {"left", "right"}
+
+
+# --- 6. retries, dead jobs, failed chains, and a retry through the API ------------------------------
+
+
+def test_failing_job_succeeds_on_its_third_attempt_within_its_retries(live):
+    # given a worker
+    start_workers(live, ("retrier", ()))
+
+    # when examples.fail, set to fail its first two attempts, is enqueued with 3 retries
+    job = enqueue("examples.fail", {"times": 2}, retries=3)
+
+    # then it fails twice, is retried after its backoff, and succeeds on the third attempt
+    job = wait_job(job.pk, Status.SUCCEEDED, 30)
+    assert (job.attempt, job.max_attempts) == (3, 4)
+    assert job.output == {"attempt": 3}
+    assert job.error == ""
+
+
+def test_job_out_of_retries_is_dead_and_fails_its_chain_until_retried_through_the_api(live):
+    # given a worker
+    start_workers(live, ("retrier", ()))
+
+    # when a chain starts with examples.fail set to fail twice but allowed only 1 retry
+    chain = start_chain([Step("examples.fail", {"times": 2}, retries=1), Step("examples.echo", {"after": "fail"})])
+    first = Job.objects.get(chain=chain, chain_index=0)
+
+    # then the job is dead after its second attempt, the chain failed, and no next step was made
+    job = wait_job(first.pk, Status.DEAD, 30)
+    assert (job.attempt, job.max_attempts) == (2, 2)
+    assert "failing attempt 2" in job.error
+    assert job.finished_at is not None
+    assert chain_status(chain.pk) == ChainStatus.FAILED
+    assert Job.objects.filter(chain=chain).count() == 1
+
+    # when POST /api/jobs/{id}/retry is called
+    response = api().post(f"/api/jobs/{first.pk}/retry")
+
+    # then it answers with the job pending again, with a fresh budget of attempts
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "pending"
+    # and the job runs once more and succeeds (attempt 3 gets past the two failures)
+    job = wait_job(first.pk, Status.SUCCEEDED, 30)
+    assert job.attempt == 3
+    # and the chain goes on to its next step and succeeds
+    wait_chain(chain.pk, ChainStatus.SUCCEEDED, 30)
+    steps = list(Job.objects.filter(chain=chain).order_by("chain_index"))
+    assert [(j.chain_index, j.type, j.status) for j in steps] == [
+        (0, "examples.fail", Status.SUCCEEDED),
+        (1, "examples.echo", Status.SUCCEEDED),
+    ]
+    assert steps[1].output == {"after": "fail"}
+    # and a second retry of a succeeded job is refused
+    assert api().post(f"/api/jobs/{first.pk}/retry").status_code == 409
