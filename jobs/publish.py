@@ -30,6 +30,9 @@ def publish(messages: Iterable[Message]) -> int:
     sent = 0
     try:
         with run_job.app.producer_or_acquire() as producer:
+            # Fail at once when the broker is away (kombu would retry for seconds per message,
+            # stalling the request or the worker that publishes): the relay sends these later.
+            producer.connection.ensure_connection(max_retries=0)
             for message in messages:
                 timeout = _timeout(message.type)
                 run_job.apply_async(

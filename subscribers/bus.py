@@ -43,6 +43,7 @@ def emit(name: str, data: dict[str, Any] | None = None, *, key: str | None = Non
             delivery = Delivery(event=event, subscriber=sub.name, key=key)
             if key is None or not _key_busy(sub.name, key):
                 delivery.job = _delivery_job(event.pk, sub)
+                delivery.released_at = delivery.job.created_at
             deliveries.append(delivery)
         Delivery.objects.bulk_create(deliveries)
     return event
@@ -56,11 +57,19 @@ def _lock_key(subscriber: str, key: str) -> None:
 def _key_busy(subscriber: str, key: str) -> bool:
     """Does the subscriber still have an unfinished (or waiting) delivery of this key?"""
     _lock_key(subscriber, key)
-    latest = Delivery.objects.filter(subscriber=subscriber, key=key).order_by("-id").values_list("job__status", "job_id").first()
+    latest = (
+        Delivery.objects.filter(subscriber=subscriber, key=key)
+        .order_by("-id")
+        .values_list("released_at", "job_id", "job__status")
+        .first()
+    )
     if latest is None:
         return False
-    status, job_id = latest
-    return job_id is None or status not in FINISHED
+    released_at, job_id, status = latest
+    if released_at is None:
+        return True  # it waits itself: the new one queues behind it
+    # A released delivery's job deleted by retention had finished long ago.
+    return job_id is not None and status not in FINISHED
 
 
 def _delivery_job(event_id: int, sub: Subscriber, replay: int = 0) -> Job:
@@ -78,10 +87,11 @@ def release_next(job_id: int, status: str) -> None:
         return
     subscriber, key = finished
     _lock_key(subscriber, key)
-    waiting = Delivery.objects.filter(subscriber=subscriber, key=key, job__isnull=True).order_by("id").first()
+    waiting = Delivery.objects.filter(subscriber=subscriber, key=key, released_at__isnull=True).order_by("id").first()
     if waiting is not None:
         waiting.job = _delivery_job(waiting.event_id, registry.get(subscriber))
-        waiting.save(update_fields=["job"])
+        waiting.released_at = waiting.job.created_at
+        waiting.save(update_fields=["job", "released_at"])
 
 
 def replay(event: Event, subscriber: str | None = None) -> list[Delivery]:
@@ -98,7 +108,8 @@ def replay(event: Event, subscriber: str | None = None) -> list[Delivery]:
             )
             delivery.replays += 1
             delivery.job = _delivery_job(event.pk, sub, replay=delivery.replays)
-            delivery.save(update_fields=["replays", "job"])
+            delivery.released_at = delivery.released_at or delivery.job.created_at
+            delivery.save(update_fields=["replays", "job", "released_at"])
             replayed.append(delivery)
     return replayed
 

@@ -25,8 +25,8 @@ class Event(models.Model):
 class Delivery(models.Model):
     """One subscriber's copy of an event: a job on the subscriber's queue once it may run.
 
-    A keyed delivery waits (job is null) while an earlier delivery of the same key to the same
-    subscriber is unfinished; that one's outcome releases it, in the same transaction.
+    A keyed delivery waits (released_at is null) while an earlier delivery of the same key to
+    the same subscriber is unfinished; that one's outcome releases it, in the same transaction.
     """
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
@@ -34,6 +34,8 @@ class Delivery(models.Model):
     key = models.CharField(max_length=200, null=True, blank=True)
     #: The latest job carrying this delivery (a replay makes a new one).
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    #: When its job was made; null while it waits for an earlier delivery of its key.
+    released_at = models.DateTimeField(null=True, blank=True)
     replays = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -52,7 +54,10 @@ class Delivery(models.Model):
 
     @property
     def status(self) -> str:
-        return self.job.status if self.job_id else "waiting"
+        if self.released_at is None:
+            return "waiting"
+        # A released delivery whose job row is gone was finished and removed by retention.
+        return self.job.status if self.job_id else "expired"
 
     @property
     def attempt(self) -> int | None:

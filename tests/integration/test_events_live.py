@@ -388,16 +388,6 @@ def test_no_delivery_is_lost_when_redis_restarts_empty_mid_stream(live):
     assert redis_answers()
 
 
-OUTAGE_BUG = (
-    "with Redis away, every publish after the first blocks its caller ~6 s: jobs.publish.publish "
-    "gets a pooled producer whose connection kombu re-establishes in Connection.default_channel "
-    "with _ensure_connection retrying until broker_connection_timeout (4 s) plus backoff; emit "
-    "publishes one on_commit batch per delivery, so POST /api/events of order.placed (3 "
-    "subscribers) takes 12-18 s instead of answering at once and leaving the rows to the relay"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=OUTAGE_BUG)
 def test_emit_over_http_while_redis_is_down_answers_at_once_and_is_delivered_once_it_is_back(live):
     if embedded_redis() is None:
         pytest.skip("needs the session's embedded Redis (REDIS_URL names an outside server)")
@@ -425,15 +415,6 @@ def test_emit_over_http_while_redis_is_down_answers_at_once_and_is_delivered_onc
     assert OutboxEmail.objects.filter(idempotency_key=f"delivery:{event.pk}:shop.send-confirmation").count() == 1
 
 
-RETENTION_BUG = (
-    "conveyor.cleanup deletes a delivery's finished job after CONVEYOR_RETENTION_DAYS, and "
-    "Delivery.job is on_delete=SET_NULL, so the delivery then reads as `waiting` (job NULL); "
-    "bus._key_busy takes the key's latest delivery with a NULL job as busy, so every later event "
-    "of that key to that subscriber waits forever (nothing is left to release it)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=RETENTION_BUG)
 def test_key_whose_last_delivery_was_cleaned_up_by_retention_still_delivers_new_events(live):
     # given a worker, and a keyed event delivered long ago: its delivery job finished 8 days back,
     # past the retention period (CONVEYOR_RETENTION_DAYS, 7 by default)
