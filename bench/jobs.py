@@ -72,7 +72,8 @@ class Procs:
     """Every process the benchmark starts, each the leader of its own process group."""
 
     folder: Path
-    procs: list[Proc] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)  # running
+    started: list[Proc] = field(default_factory=list)  # all, for their logs
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         log_path = self.folder / f"{name}.log"
@@ -83,6 +84,7 @@ class Procs:
             )
         proc = Proc(name, process, log_path)
         self.procs.append(proc)
+        self.started.append(proc)
         return proc
 
     def wait_ready(self, proc: Proc, timeout: float = 90.0) -> None:
@@ -333,10 +335,12 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
     from jobs.models import Job
 
     client = redis_client()
+    started = time.perf_counter()
     bare_worker, worker = (
         start_bare_workers(procs, args, **{"bare-worker": bare.QUEUE})
         + start_conveyor_workers(procs, args, **{"conveyor-worker": "default"})
     )
+    print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
     def bare_run(n: int) -> Throughput:
         client.set(bare.DONE_KEY, 0)
@@ -382,9 +386,14 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         for round_ in range(args.rounds):
             if args.rounds > 1:
                 print(f"bench.jobs:   round {round_ + 1}/{args.rounds}", flush=True)
-            results["bare"].append(bare_run(args.jobs))
-            results["single"].append(conveyor_run(args.jobs, one_by_one))
-            results["bulk"].append(conveyor_run(args.jobs, in_bulk))
+            for key, label, run in (
+                ("bare", "bare Celery", lambda: bare_run(args.jobs)),
+                ("single", "Conveyor, enqueue one by one", lambda: conveyor_run(args.jobs, one_by_one)),
+                ("bulk", "Conveyor, enqueue_many", lambda: conveyor_run(args.jobs, in_bulk)),
+            ):
+                result = run()
+                results[key].append(result)
+                print(f"bench.jobs:   {label}: {result.jobs:,} in {result.seconds:.2f}s, {result.rate:,.0f} jobs/s", flush=True)
         truncate_jobs()
         return results
     finally:
@@ -411,10 +420,12 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
     from jobs.models import Chain, ChainStatus, Job
 
     client = redis_client()
+    started = time.perf_counter()
     workers = start_conveyor_workers(
         procs, args, **{"conveyor-default": "default", "conveyor-notifications": "notifications"}
     ) + start_bare_workers(procs, args, **{"bare-a": bare.QUEUE_A, "bare-b": bare.QUEUE_B})
     conveyor_workers, bare_workers = workers[:2], workers[2:]
+    print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
     def conveyor_run(n: int) -> list[float]:
         truncate_jobs()
@@ -449,8 +460,14 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
         bare_run(warmup)
         results: dict[str, list[float]] = {"conveyor": [], "bare": []}
         for _ in range(args.rounds):
-            results["conveyor"] += conveyor_run(args.chains)
-            results["bare"] += bare_run(args.chains)
+            for key, label, run in (("conveyor", "Conveyor chains", conveyor_run), ("bare", "bare Celery task -> task", bare_run)):
+                started = time.perf_counter()
+                latencies = run(args.chains)
+                results[key] += latencies
+                print(
+                    f"bench.jobs:   {label}: {len(latencies)} in {time.perf_counter() - started:.1f}s, "
+                    f"p50 {percentile(latencies, 0.5):.2f} ms", flush=True,
+                )
         truncate_jobs()
         return results
     finally:
@@ -583,7 +600,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _on_signal)
     procs = Procs(folder)
     servers: list[Any] = []
-    failed = True
     try:
         print(f"bench.jobs: setting up in {folder} ...", flush=True)
         setup_django(folder)
@@ -610,15 +626,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.jobs:   done in {time.perf_counter() - started:.1f}s", flush=True)
         print()
         print(report(args, results, time.perf_counter() - began, context), flush=True)
-        failed = False
         return 0
     except BenchError as exc:
         print(f"bench.jobs: failed: {exc}", file=sys.stderr)
+        for proc in procs.started:
+            print(f"--- {proc.name} (pid {proc.process.pid}) log, last lines ---\n{tail(proc.log(), 15)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bench.jobs: interrupted", file=sys.stderr)
+        return 130
     finally:
-        if failed:
-            for proc in procs.procs:
-                print(f"--- {proc.name} log (last lines) ---\n{tail(proc.log())}", file=sys.stderr)
         procs.stop_all()
         _cleanup(servers)
         shutil.rmtree(folder, ignore_errors=True)
