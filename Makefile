@@ -26,5 +26,8 @@ test: .venv
 bench: .venv
 	$(BIN)/python -m bench.jobs
 
+lint: .venv
+	$(BIN)/ruff check .
+
 clean:
 	rm -rf $(VENV) var

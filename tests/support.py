@@ -9,9 +9,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from django.conf import settings
 from django.db import connection
@@ -160,6 +161,9 @@ class LiveEnv:
         return proc.wait_ready() if wait else proc
 
     def stop_all(self) -> None:
+        # SIGTERM to all first, so they drain in parallel, then wait for each.
+        for proc in self.procs:
+            proc.signal(signal.SIGTERM)
         for proc in self.procs:
             proc.stop()
         self.procs.clear()
@@ -224,8 +228,9 @@ def crash_embedded_redis(lose_data: bool = True) -> int:
     if lose_data:
         import shutil
 
-        # Redis 6.2 keeps one appendonly.aof in its `dir` (7.x would use an appendonlydir folder).
-        for name in ("appendonly.aof", "appendonlydir"):
+        # Redis 6.2 keeps one appendonly.aof in its `dir` (7.x would use an appendonlydir folder);
+        # the RDB snapshot goes too, or the restart would reload what it held then.
+        for name in ("appendonly.aof", "appendonlydir", server.dbfilename):
             path = Path(server.dbdir) / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -248,3 +253,16 @@ def start_embedded_redis(timeout: float = 15.0) -> int:
     wait_for(redis_up, timeout, interval=0.05, what="the embedded Redis to answer again")
     server.connection_pool.disconnect()  # the handle's pooled sockets point at the dead server
     return server.pid
+
+
+@contextmanager
+def redis_crashed_and_emptied() -> Iterator[None]:
+    """The session's Redis killed with every queued and unacked message lost, for the block;
+    started again (same socket) on leaving, even when the block fails."""
+    server = embedded_redis()
+    try:
+        crash_embedded_redis(lose_data=True)
+        yield
+    finally:
+        start_embedded_redis()
+        server.connection_pool.disconnect()

