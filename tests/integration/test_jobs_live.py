@@ -321,3 +321,16 @@ def test_job_out_of_retries_is_dead_and_fails_its_chain_until_retried_through_th
     assert steps[1].output == {"after": "fail"}
     # and a second retry of a succeeded job is refused
     assert api().post(f"/api/jobs/{first.pk}/retry").status_code == 409
+
+
+def test_priority_is_honoured_within_a_queue(live):
+    # given a backlog of ten low-priority jobs, then one urgent job, with no worker running yet
+    low = [enqueue("examples.count", {"sleep": 0.1}, priority=9) for _ in range(10)]
+    urgent = enqueue("examples.count", {"sleep": 0.1}, priority=0)
+    # when a worker taking one job at a time starts
+    live.start("--concurrency", "1", mode="worker", name="one-at-a-time")
+    ids = [job.pk for job in low] + [urgent.pk]
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == 11, 60, what="the backlog to drain")
+    # then the urgent job ran first, although it was enqueued last
+    order = list(Job.objects.filter(pk__in=ids).order_by("started_at").values_list("pk", flat=True))
+    assert order[0] == urgent.pk, order
