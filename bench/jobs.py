@@ -557,7 +557,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], elapsed: float, co
         "  ".join("-" * w for w in widths[:5]),
         *map(line, rows),
         "",
-        f"end to end = first publish until the last job is done; publish only = first until last publish.",
+        "end to end = first publish until the last job is done; publish only = first until last publish.",
         f"run times: bare {runs('bare')}; Conveyor one by one {runs('single')}, enqueue_many {runs('bulk')}; "
         f"duplicate messages seen by Conveyor (nothing to claim): {skipped}",
         f"handoff samples: bare {len(bare_lat)}, Conveyor {len(conveyor_lat)}; mean bare {sum(bare_lat) / len(bare_lat):.2f} ms, "
