@@ -62,3 +62,26 @@ def _timeout(type_name: str) -> int:
         return registry.get(type_name).timeout
     except registry.InvalidJob:  # a row of a type removed from the code: default limits
         return 300
+
+
+def backlogged(queues: Iterable[str]) -> set[str]:
+    """The queues whose Redis lists still hold messages (over every priority list).
+
+    The relay does not re-send a "stale" row of such a queue: its message is most likely still
+    waiting behind the others, and re-sending a whole backlog every RELAY_STALE_SECONDS would
+    double the work. A message really lost there is re-sent once its queue has drained.
+    """
+    from jobs.tasks import run_job
+
+    queues = list(queues)
+    options = run_job.app.conf.broker_transport_options
+    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
+    with run_job.app.pool.acquire(block=True) as conn:
+        client = conn.default_channel.client
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            for step in steps:
+                pipe.llen(f"{queue}{sep}{step}" if step else queue)
+        lengths = pipe.execute()
+    per_queue = len(steps)
+    return {queue for i, queue in enumerate(queues) if any(lengths[i * per_queue : (i + 1) * per_queue])}

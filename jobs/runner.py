@@ -18,7 +18,6 @@ import os
 import threading
 import time
 import traceback
-from contextlib import nullcontext
 from typing import Any, Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -30,7 +29,7 @@ from psycopg.types.json import Jsonb
 from jobs import registry
 from jobs.context import Context
 from jobs.models import Chain, ChainStatus, Job, Status
-from jobs.publish import HARD_LIMIT_GRACE, Message, publish, publish_on_commit
+from jobs.publish import HARD_LIMIT_GRACE, Message, backlogged, publish, publish_on_commit
 
 log = logging.getLogger("conveyor.runner")
 
@@ -51,6 +50,12 @@ UPDATE jobs_job SET status = 'succeeded', output = %s, progress = 100, finished_
        updated_at = now(), lease_expires_at = NULL, error = ''
  WHERE id = %s AND status = 'running' AND attempt = %s
 RETURNING cancel_requested, input
+"""
+
+SUCCEED_IN_CHAIN_SQL = f"""
+WITH done AS ({SUCCEED_SQL.strip()}),
+     chain AS (SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE)
+SELECT done.cancel_requested, done.input, chain.steps, chain.status FROM done, chain
 """
 
 # A failed attempt: retried later, dead after the last attempt, cancelled if asked meanwhile.
@@ -93,7 +98,7 @@ RELAY_STALE_SQL = """
 WITH stale AS (
   SELECT id FROM jobs_job
    WHERE status IN ('pending', 'failed') AND published_at < now() - make_interval(secs => %s)
-     AND run_after <= now() AND NOT cancel_requested
+     AND run_after <= now() AND NOT cancel_requested AND queue <> ALL(%s)
    ORDER BY published_at LIMIT %s FOR UPDATE SKIP LOCKED)
 UPDATE jobs_job j SET published_at = now() FROM stale WHERE j.id = stale.id
 RETURNING j.id, j.queue, j.priority, j.type
@@ -166,43 +171,62 @@ def _safe_timeout(type_name: str) -> int | str:
 
 
 def _succeed(ctx: Context, output: Any) -> str:
-    needs_chain = ctx.chain_id is not None or bool(ctx.continuations)
     hook = _on_finish(ctx.type)
-    with transaction.atomic(durable=True) if needs_chain or hook else nullcontext():
+    in_chain = ctx.chain_id is not None
+    if not (in_chain or ctx.continuations or hook):
+        # The common case: one statement in autocommit.
         with connections["default"].cursor() as cursor:
             cursor.execute(SUCCEED_SQL, [Jsonb(output), ctx.job_id, ctx.attempt])
+            if cursor.fetchone() is None:
+                return _lost(ctx)
+        return "succeeded"
+    with transaction.atomic(durable=True):
+        with connections["default"].cursor() as cursor:
+            if in_chain:
+                # The outcome and the chain's lock in one round trip.
+                cursor.execute(SUCCEED_IN_CHAIN_SQL, [Jsonb(output), ctx.job_id, ctx.attempt, ctx.chain_id])
+            else:
+                cursor.execute(SUCCEED_SQL, [Jsonb(output), ctx.job_id, ctx.attempt])
             row = cursor.fetchone()
         if row is None:
-            log.warning("job %s attempt %s lost its lease before completing", ctx.job_id, ctx.attempt)
-            return "lost"
-        cancel_requested, data = row[0], _json(row[1])
-        if needs_chain:
-            _continue_chain(ctx, data, cancelled=cancel_requested)
+            return _lost(ctx)
+        if in_chain or ctx.continuations:
+            cancelled, data = row[0], _json(row[1])
+            steps, status = (_json(row[2]), row[3]) if in_chain else (None, None)
+            _continue_chain(ctx, data, cancelled, steps, status)
         if hook:
             hook(ctx.job_id, Status.SUCCEEDED)
     return "succeeded"
 
 
-def _continue_chain(ctx: Context, data: dict[str, Any], *, cancelled: bool) -> None:
-    """Inside the completion's transaction: insert the chain's next step, or finish the chain."""
+def _lost(ctx: Context) -> str:
+    log.warning("job %s attempt %s lost its lease before completing", ctx.job_id, ctx.attempt)
+    return "lost"
+
+
+def _continue_chain(ctx: Context, data: dict[str, Any], cancelled: bool, steps: list | None, status: str | None) -> None:
+    """Inside the completion's transaction: insert the chain's next step, or finish the chain.
+
+    `steps` and `status` are the chain's, read under its row lock (None for a lone job that
+    continued: it becomes step 0 of a new chain).
+    """
     if ctx.chain_id is None:
-        # A lone job continued by its handler becomes step 0 of a new chain.
-        chain = Chain.objects.create(steps=[{"type": ctx.type, "input": data}, *ctx.continuations])
-        Job.objects.filter(pk=ctx.job_id).update(chain=chain, chain_index=0)
-        index = 0
+        steps = [{"type": ctx.type, "input": data}, *ctx.continuations]
+        chain_id = Chain.objects.create(steps=steps).pk
+        Job.objects.filter(pk=ctx.job_id).update(chain_id=chain_id, chain_index=0)
+        index, status = 0, ChainStatus.RUNNING
     else:
-        chain = Chain.objects.select_for_update().get(pk=ctx.chain_id)
-        index = ctx.chain_index or 0
+        chain_id, index = ctx.chain_id, ctx.chain_index or 0
         if ctx.continuations:
-            chain.steps[index + 1 : index + 1] = ctx.continuations
-            chain.save(update_fields=["steps"])
-    if cancelled or chain.status != ChainStatus.RUNNING:
-        _finish_chain(chain.pk, ChainStatus.CANCELLED if cancelled else chain.status)
+            steps[index + 1 : index + 1] = ctx.continuations
+            Chain.objects.filter(pk=chain_id).update(steps=steps)
+    if cancelled or status != ChainStatus.RUNNING:
+        _finish_chain(chain_id, ChainStatus.CANCELLED if cancelled else status)
         return
-    if index + 1 >= len(chain.steps):
-        _finish_chain(chain.pk, ChainStatus.SUCCEEDED)
+    if index + 1 >= len(steps):
+        _finish_chain(chain_id, ChainStatus.SUCCEEDED)
         return
-    step = chain.steps[index + 1]
+    step = steps[index + 1]
     jt = registry.get(step["type"])
     job = Job.objects.create(
         type=jt.name,
@@ -210,7 +234,7 @@ def _continue_chain(ctx: Context, data: dict[str, Any], *, cancelled: bool) -> N
         input=step["input"],
         priority=jt.priority,
         max_attempts=jt.retries + 1,
-        chain=chain,
+        chain_id=chain_id,
         chain_index=index + 1,
         parent_id=ctx.job_id,
         published_at=_now(),
@@ -334,7 +358,12 @@ def relay(batch: int = 500) -> int:
     with connections[CLAIMS].cursor() as cursor:
         cursor.execute(RELAY_DUE_SQL, [batch])
         messages += [Message(*row) for row in cursor.fetchall()]
-        cursor.execute(RELAY_STALE_SQL, [stale, batch])
+        try:
+            busy = sorted(backlogged(registry.queues()))
+        except Exception as exc:  # Redis away: publishing fails too; try again next pass
+            log.warning("relay cannot read queue lengths: %s", exc)
+            busy = []
+        cursor.execute(RELAY_STALE_SQL, [stale, busy, batch])
         messages += [Message(*row) for row in cursor.fetchall()]
     if messages:
         publish(messages)

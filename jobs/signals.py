@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections, connections
 
 log = logging.getLogger("conveyor.recovery")
 _stop = threading.Event()
@@ -39,3 +39,11 @@ def start_recovery(sender: object = None, **kwargs: object) -> None:
 @worker_shutting_down.connect
 def stop_recovery(sender: object = None, **kwargs: object) -> None:
     _stop.set()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def drop_unusable_connections(sender: object = None, **kwargs: object) -> None:
+    """Connections live across tasks (CELERY_DB_REUSE_MAX); one that failed or grew older than
+    CONN_MAX_AGE is closed here, so a restarted PostgreSQL costs one failed task at most."""
+    close_old_connections()

@@ -136,6 +136,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # Keep trying the broker on start-up and forever after a loss (celery#8030).
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Keep each worker process's database connections across tasks (Celery's Django fixup closes
+# them around every task otherwise: a new PostgreSQL backend per job); jobs.signals drops the
+# broken or expired ones after each task, as Django does after each request.
+CELERY_DB_REUSE_MAX = 1_000_000
 # Task events for Flower.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
