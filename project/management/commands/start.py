@@ -117,6 +117,8 @@ class Command(BaseCommand):
                     "--workers", str(opts["web_concurrency"]),
                     "--graceful-timeout", str(int(float(opts["grace"]))),
                     "--access-logfile", "-",
+                    # gunicorn's control socket has one default path: servers of a cluster would share it.
+                    "--no-control-socket",
                     "--name", f"conveyor-{label}",
                 ]
                 children.append(Child(f"{label}/web", argv, env, {"role": mode, "port": int(opts["port"])}))
