@@ -99,3 +99,44 @@ def live_env_for_subprocess() -> dict[str, str]:
     from django.conf import settings
 
     return {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
+
+
+def test_honcho_brings_up_the_procfile_roles(live):
+    # given the Procfile's long-running lines under honcho, on a free port
+    import os
+    import signal
+
+    from tests.support import free_port
+
+    port = free_port()
+    env = live.env(PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    env.pop("WORKER_MODE", None)
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-p", str(port), "web", "worker", "beat"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        # then web answers on its port, and a job enqueued through it is run by the worker line
+        wait_for(lambda: _ready(port), 60, interval=0.3, what="honcho's web to be ready")
+        token = api_token()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/jobs", data=json.dumps({"type": "examples.echo", "input": {"via": "honcho"}}).encode(),
+            method="POST", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            job_id = json.loads(response.read())["id"]
+        wait_for(lambda: Job.objects.filter(pk=job_id, status=Status.SUCCEEDED).exists(), 60, what="the job to run")
+    finally:
+        os.killpg(honcho.pid, signal.SIGINT)
+        try:
+            honcho.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait(5)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return http_get(f"http://127.0.0.1:{port}/health/ready", timeout=2)[0] == 200
+    except OSError:
+        return False
