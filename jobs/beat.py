@@ -37,8 +37,12 @@ def tick_time(entry: Any) -> dt.datetime:
     if isinstance(sched, clocked):
         return sched.clocked_time.astimezone(dt.timezone.utc)
     if isinstance(sched, crontab) and entry.last_run_at is not None:
-        nominal = now + sched.remaining_estimate(entry.last_run_at)
-        return nominal.astimezone(dt.timezone.utc).replace(microsecond=0)
+        # The next occurrence after the last run, exactly: celery's remaining_delta gives it as
+        # (last run in the schedule's zone, delta); adding them is wall-clock arithmetic in that
+        # zone, which keeps "03:00 Paris" at 03:00 across daylight-saving changes.
+        start, delta, _ = sched.remaining_delta(entry.last_run_at)
+        nominal = (start + delta).replace(second=0, microsecond=0)
+        return nominal.astimezone(dt.timezone.utc)
     if isinstance(sched, interval_schedule):
         period = max(1.0, sched.run_every.total_seconds())
         return dt.datetime.fromtimestamp(math.floor(now.timestamp() / period) * period, dt.timezone.utc)
