@@ -140,3 +140,21 @@ def _ready(port: int) -> bool:
         return http_get(f"http://127.0.0.1:{port}/health/ready", timeout=2)[0] == 200
     except OSError:
         return False
+
+
+def test_ready_is_503_naming_the_part_that_does_not_answer(live):
+    # given a server whose Redis is unreachable (nothing listens on port 1)
+    server = live.start(mode="server", wait=False, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    wait_for(lambda: _answers(server.url("/health/live")), 60, interval=0.3, what="the server to answer")
+    # then it is live but not ready, and says which part fails
+    status, body = http_get(server.url("/health/ready"))
+    assert status == 503
+    report = json.loads(body)
+    assert set(report["failing"]) == {"redis"}
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http_get(url, timeout=2)[0] == 200
+    except OSError:
+        return False
