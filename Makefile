@@ -25,6 +25,7 @@ test: .venv
 
 bench: .venv
 	$(BIN)/python -m bench.jobs
+	$(BIN)/python -m bench.cluster
 
 lint: .venv
 	$(BIN)/ruff check .

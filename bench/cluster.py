@@ -1,0 +1,454 @@
+"""`python -m bench.cluster`: the HTTP server's latency while the workers are saturated.
+
+    python -m bench.cluster                        500 requests per scenario, 4 client threads
+    python -m bench.cluster --requests 200         a quicker run
+    python -m bench.cluster --rate 0               requests back to back (the server's capacity)
+
+Three scenarios, each on a fresh `manage.py start` cluster (no beat) on a free port of 127.0.0.1:
+1. idle: `--cluster 2 --servers 1 --workers 1` (one server: gunicorn x2; one worker: Celery
+   prefork x2), nothing to do.
+2. loaded, split: the same cluster with a backlog of CPU-heavy `images.resize` jobs (512x512 out of
+   a 2048x2048 source, ~0.3 s of CPU each), enough to keep both worker processes busy for the
+   whole measurement (--load-seconds of work), queued before the cluster starts.
+3. loaded, shared: the same backlog on shared instances with as many processes of each kind as
+   in 2: `--cluster 2` with gunicorn x1 and Celery x1 in each (default), or `--shared single`:
+   one shared instance (WORKER_MODE=shared) with gunicorn x2 and Celery x2.
+In each, once the servers answer and (loaded) the workers have finished their first jobs, the
+bench sends --requests GET requests (--endpoint job: GET /api/jobs/{id} with a bearer token, a
+token lookup and a row read; ready: GET /health/ready, a PostgreSQL and a Redis round trip) from
+--clients threads, a new connection each (gunicorn's sync workers close it), after an untimed
+warm-up; latency is connect to last byte. Requests are paced (--rate per second, default 50): a
+steady load well under what the server can take when idle, so that the idle run measures service
+time rather than the clients' own queueing (--rate 0 sends them back to back, which on a small
+machine saturates the CPU even with the workers idle). It also counts the resize jobs that finished during the
+measurement (jobs/s), so a low latency cannot come from starved workers unnoticed.
+
+Bare Celery has no HTTP server: there is no bare baseline here; the ratios are to the idle run.
+The client threads run in this process on the same machine and take CPU of their own.
+
+With no DATABASE_URL / REDIS_URL it runs on embedded servers in a fresh folder under /tmp,
+stopped and removed at the end. Otherwise it uses the configured ones, and TRUNCATEs the jobs
+tables there: point it at a database you can empty.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from bench.common import (
+    MANAGE,
+    BenchError,
+    Proc,
+    Procs,
+    child_env,
+    context,
+    load_average,
+    percentile,
+    redis_client,
+    session,
+    table,
+    tail,
+    truncate_jobs,
+    wait_until,
+)
+
+RESIZE = "images.resize"
+PROG = "bench.cluster"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    loaded: bool
+    argv: list[str]  # `manage.py start` options
+    env: dict[str, str]
+    celery_workers: int  # Celery worker instances (each logs `ready.`)
+    processes: str  # what runs, for the report
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    latencies: list[float]  # ms, successful requests
+    seconds: float  # first request sent -> last answer read
+    errors: int
+    late: int  # paced requests sent late: every client thread was busy
+    jobs_done: int = 0  # resize jobs finished during the measurement
+    backlog_left: int = 0  # resize jobs still pending or running at the end
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind of process, during it
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    @property
+    def jobs_rate(self) -> float:
+        return self.jobs_done / self.seconds
+
+
+# --- Scenarios ----------------------------------------------------------------------------------
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    split = ["--cluster", "2", "--servers", "1", "--workers", "1", "--web-concurrency", "2", "--concurrency", "2"]
+    split_desc = "1 server (gunicorn x2) + 1 worker (Celery prefork x2)"
+    if args.shared == "cluster":
+        shared, shared_env, shared_workers = ["--cluster", "2", "--web-concurrency", "1", "--concurrency", "1"], {}, 2
+        shared_desc = "2 shared instances, each gunicorn x1 + Celery prefork x1"
+    else:
+        shared, shared_env, shared_workers = ["--web-concurrency", "2", "--concurrency", "2"], {"WORKER_MODE": "shared"}, 1
+        shared_desc = "1 shared instance (WORKER_MODE=shared), gunicorn x2 + Celery prefork x2"
+    return [
+        Scenario("idle", "idle, split", False, split, {}, 1, split_desc),
+        Scenario("split", "loaded, split", True, split, {}, 1, split_desc),
+        Scenario("shared", "loaded, shared", True, shared, shared_env, shared_workers, shared_desc),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_cluster(procs: Procs, scenario: Scenario, port: int, args: argparse.Namespace) -> Proc:
+    argv = [
+        sys.executable, MANAGE, "start", *scenario.argv, "--pool", "prefork", "--port", str(port),
+        "--no-beat", "--grace", "10",
+    ]
+    return procs.spawn(f"cluster-{scenario.key}", argv, child_env(**scenario.env))
+
+
+def wait_cluster_ready(proc: Proc, scenario: Scenario, port: int, timeout: float) -> None:
+    """Every Celery worker consumes (`ready.` in the log) and /health/ready answers 200."""
+    wait_until(lambda: proc.log().count(" ready.") >= scenario.celery_workers, timeout, f"{scenario.celery_workers} Celery worker(s) of {proc.name}", [proc])
+
+    def answers() -> bool:
+        try:
+            return get(port, "/health/ready", {}, 2.0)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(answers, timeout, f"GET /health/ready on port {port}", [proc])
+
+
+# --- Load ---------------------------------------------------------------------------------------
+
+
+def resize_input(args: argparse.Namespace) -> dict[str, int]:
+    return {"width": args.size, "height": args.size, "source": args.source}
+
+
+def calibrate(args: argparse.Namespace) -> float:
+    """Seconds of CPU one resize job's work takes here (the handler's image work, in-process)."""
+    from PIL import Image
+
+    best = math.inf
+    for _ in range(3):
+        began = time.perf_counter()
+        source = Image.linear_gradient("L").resize((args.source, args.source)).convert("RGB")
+        result = source.resize((args.size, args.size), Image.Resampling.LANCZOS)
+        result.save(io.BytesIO(), format="PNG")
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def enqueue_backlog(n: int, args: argparse.Namespace) -> None:
+    from jobs import Step, enqueue_many
+
+    for first in range(0, n, 500):
+        enqueue_many([Step(RESIZE, resize_input(args)) for _ in range(first, min(n, first + 500))])
+
+
+def resize_counts() -> tuple[int, int]:
+    """(succeeded, not finished yet) images.resize rows."""
+    from django.db import connection
+
+    from jobs.models import Job
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT count(*) FILTER (WHERE status = 'succeeded'),
+                       count(*) FILTER (WHERE status IN ('pending', 'running', 'failed'))
+                  FROM {Job._meta.db_table} WHERE type = %s""",
+            [RESIZE],
+        )
+        done, left = cursor.fetchone()
+        return int(done), int(left)
+
+
+def purge_queues() -> None:
+    """Drop the messages a stopped cluster left in Redis (their rows are truncated too)."""
+    from django.conf import settings
+
+    from jobs import registry
+
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    sep, steps = options.get("sep", "\x06\x16"), options.get("priority_steps", [0])
+    keys = [queue if not step else f"{queue}{sep}{step}" for queue in registry.queues() for step in steps]
+    redis_client().delete(*keys)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+def get(port: int, path: str, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+LATE_MS = 10.0  # a request sent this much after its slot: every client thread was still busy
+
+
+@dataclass
+class Fired:
+    latencies: list[float]  # ms, successful requests
+    errors: list[str]
+    seconds: float  # first slot -> last answer
+    late: int  # requests sent more than LATE_MS after their slot
+
+
+def fire(port: int, path: str, headers: dict[str, str], n: int, args: argparse.Namespace) -> Fired:
+    """n GET requests from --clients threads, request i due at i / --rate seconds (0: at once,
+    each thread sending its next request as soon as it has the previous answer)."""
+    lock = threading.Lock()
+    next_index = [0]
+    fired = Fired([], [], 0.0, 0)
+    interval = 1.0 / args.rate if args.rate else 0.0
+    began = time.perf_counter() + 0.05  # every thread started
+
+    def client() -> None:
+        while True:
+            with lock:
+                index = next_index[0]
+                if index >= n:
+                    return
+                next_index[0] += 1
+            slot = began + index * interval
+            delay = slot - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent = time.perf_counter()
+            try:
+                status, body = get(port, path, headers, args.request_timeout)
+                problem = "" if status == 200 else f"HTTP {status}: {body[:200]!r}"
+            except OSError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            elapsed = (time.perf_counter() - sent) * 1000
+            with lock:
+                if problem:
+                    fired.errors.append(problem)
+                else:
+                    fired.latencies.append(elapsed)
+                if interval and (sent - slot) * 1000 > LATE_MS:
+                    fired.late += 1
+
+    threads = [threading.Thread(target=client, daemon=True, name=f"bench-client-{i}") for i in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    # Each request is bounded by --request-timeout (connect, then each read): so is the whole.
+    limit = n * interval + args.request_timeout * (n / args.clients + 2) + 10
+    deadline = time.monotonic() + limit
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        raise BenchError(f"HTTP clients still running after {limit:.0f}s")
+    fired.seconds = time.perf_counter() - began
+    return fired
+
+
+# --- CPU ----------------------------------------------------------------------------------------
+
+
+def cpu_by_kind(proc: Proc) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the cluster's processes: gunicorn, Celery, other."""
+    import psutil
+
+    totals = {"gunicorn": 0.0, "celery": 0.0}
+    try:
+        members = psutil.Process(proc.process.pid).children(recursive=True)
+    except psutil.Error:
+        return totals
+    for member in members:
+        try:
+            cmdline = " ".join(member.cmdline())
+            times = member.cpu_times()
+        except psutil.Error:
+            continue
+        kind = "gunicorn" if "gunicorn" in cmdline else "celery" if "celery" in cmdline else None
+        if kind:
+            totals[kind] += times.user + times.system
+    return totals
+
+
+# --- Run ----------------------------------------------------------------------------------------
+
+
+def run_scenario(procs: Procs, scenario: Scenario, args: argparse.Namespace, backlog: int, token: str) -> Result:
+    from jobs import enqueue
+
+    truncate_jobs()
+    purge_queues()
+    target = enqueue("examples.echo", {"bench": "cluster"})  # the row GET /api/jobs/{id} reads
+    if args.endpoint == "job":
+        path, headers = f"/api/jobs/{target.pk}", {"Authorization": f"Bearer {token}"}
+    else:
+        path, headers = "/health/ready", {}
+    if scenario.loaded:
+        enqueue_backlog(backlog, args)
+    port = free_port()
+    began = time.perf_counter()
+    proc = start_cluster(procs, scenario, port, args)
+    try:
+        wait_cluster_ready(proc, scenario, port, args.timeout)
+        if scenario.loaded:
+            # Both worker processes have picked up work (and imported, connected): saturated.
+            wait_until(lambda: resize_counts()[0] >= 4, args.timeout, f"the first {RESIZE} jobs", [proc])
+        print(f"{PROG}:   cluster ready in {time.perf_counter() - began:.1f}s on port {port}", flush=True)
+        warm = fire(port, path, headers, args.warmup, args)
+        if len(warm.errors) == args.warmup:
+            raise BenchError(f"every warm-up request to {path} failed, e.g. {warm.errors[0]}")
+        done_before, _ = resize_counts()
+        cpu_before = cpu_by_kind(proc)
+        fired = fire(port, path, headers, args.requests, args)
+        cpu_after = cpu_by_kind(proc)
+        done_after, left = resize_counts()
+        if not fired.latencies:
+            raise BenchError(f"every request to {path} failed, e.g. {fired.errors[0]}")
+        if fired.errors:
+            print(f"{PROG}:   {len(fired.errors)} of {args.requests} requests failed, e.g. {fired.errors[0]}", flush=True)
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited during the measurement:\n{tail(proc.log())}")
+        result = Result(
+            scenario, fired.latencies, fired.seconds, len(fired.errors), fired.late, done_after - done_before, left,
+            {kind: cpu_after[kind] - cpu_before.get(kind, 0.0) for kind in cpu_after},
+        )
+        print(
+            f"{PROG}:   {len(result.latencies)} requests in {result.seconds:.2f}s ({result.late} late), "
+            f"p50 {percentile(result.latencies, 0.5):.1f} ms, p99 {percentile(result.latencies, 0.99):.1f} ms; {RESIZE} done {result.jobs_done} ({result.jobs_rate:.1f}/s), "
+            f"left {left}", flush=True,
+        )
+        if scenario.loaded and left == 0:
+            print(f"{PROG}:   warning: the backlog ran out during the measurement (raise --load-seconds)", flush=True)
+        return result
+    finally:
+        procs.stop(proc, grace=30.0)
+
+
+def report(args: argparse.Namespace, results: list[Result], backlog: int, job_seconds: float, elapsed: float, machine: str, load_start: str) -> str:
+    idle = results[0]
+    idle_p50, idle_p99 = percentile(idle.latencies, 0.5), percentile(idle.latencies, 0.99)
+    rows = []
+    for result in results:
+        p50, p99 = percentile(result.latencies, 0.5), percentile(result.latencies, 0.99)
+        cpu = result.cpu
+        rows.append((
+            result.scenario.label,
+            f"{p50:.1f}", f"{p99:.1f}", f"{max(result.latencies):.1f}", f"{result.rps:,.0f}",
+            f"{result.jobs_rate:.1f}" if result.scenario.loaded else "-",
+            f"{p50 / idle_p50:.1f}x", f"{p99 / idle_p99:.1f}x",
+            f"{cpu.get('gunicorn', 0.0) / result.seconds:.2f} / {cpu.get('celery', 0.0) / result.seconds:.2f}",
+            f"{result.late}" if args.rate else "-",
+            f"{result.errors}",
+            "" if not result.scenario.loaded or result.backlog_left else "backlog ran out",
+        ))
+    header = ("", "p50 ms", "p99 ms", "max ms", "requests/s", "jobs/s", "p50/idle", "p99/idle", "CPU cores web / worker", "late", "errors", "")
+    endpoint = (
+        "GET /api/jobs/{id} with a bearer token (token lookup + row read)" if args.endpoint == "job"
+        else "GET /health/ready (PostgreSQL + Redis round trip)"
+    )
+    split, shared = results[1].scenario, results[2].scenario
+    out = [
+        f"{PROG}: {args.requests:,} requests per scenario to {endpoint}, "
+        + (f"paced at {args.rate:g}/s over " if args.rate else "back to back from ")
+        + f"{args.clients} client threads in the bench process, a new connection each, 127.0.0.1",
+        f"               no bare Celery baseline: bare Celery has no HTTP server; ratios are to the idle run. {machine}",
+        "",
+        *table(header, rows),
+        "",
+        f"idle, split and loaded, split: manage.py start --cluster 2 --servers 1 --workers 1 = {split.processes}",
+        f"loaded, shared: manage.py start {' '.join(shared.argv)}{' (WORKER_MODE=shared)' if shared.env else ''} = {shared.processes}: "
+        "as many gunicorn workers and Celery pool processes as split",
+        f"load: {backlog} {RESIZE} jobs {resize_input(args)} queued before each loaded cluster starts "
+        f"(~{job_seconds * 1000:.0f} ms of CPU each, measured here: ~{backlog * job_seconds / 2:.0f}s of work for 2 processes); "
+        "jobs/s = resize jobs finished during the measurement",
+        "CPU cores = CPU seconds used by the cluster's gunicorn and Celery processes during the measurement / its wall time "
+        f"(of {os.cpu_count()})",
+        f"warm-up: {args.warmup} untimed requests per scenario; latency = connect to last byte; requests/s = successful requests / wall time"
+        + (f"; late = sent over {LATE_MS:g} ms after their slot (all {args.clients} clients busy: the server fell behind)" if args.rate else ""),
+        f"total run {elapsed:.1f}s; load average at start {load_start}, at end {load_average()}",
+    ]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=500, help="timed requests per scenario (default 500)")
+    parser.add_argument("--clients", type=int, default=4, help="client threads (default 4)")
+    parser.add_argument("--rate", type=float, default=50.0, help="requests sent per second, paced (default 50; 0: as fast as the clients go)")
+    parser.add_argument("--endpoint", choices=("job", "ready"), default="job", help="job: GET /api/jobs/{id} with a token (default); ready: GET /health/ready")
+    parser.add_argument("--shared", choices=("cluster", "single"), default="cluster", help="the shared layout: 2 instances x1 (default) or 1 instance x2")
+    parser.add_argument("--load-seconds", type=float, default=90.0, help="seconds of resize work the backlog holds for 2 worker processes (default 90)")
+    parser.add_argument("--source", type=int, default=2048, help="resize jobs' source image size (default 2048)")
+    parser.add_argument("--size", type=int, default=512, help="resize jobs' output width and height (default 512)")
+    parser.add_argument("--warmup", type=int, default=40, help="untimed requests before each measurement (default 40)")
+    parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds a cluster may take to get ready (default 120)")
+    args = parser.parse_args(argv)
+    for name in ("requests", "clients", "warmup"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.rate < 0:
+        parser.error("--rate must not be negative")
+    if args.load_seconds <= 0 or args.request_timeout <= 0 or args.timeout <= 0:
+        parser.error("--load-seconds, --request-timeout and --timeout must be positive")
+    if not 16 <= args.source <= 4096 or not 1 <= args.size <= 4096:
+        parser.error("--source must be 16..4096 and --size 1..4096 (the images.resize schema)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.perf_counter()
+
+    def body(procs: Procs) -> str:
+        from django.contrib.auth import get_user_model
+
+        from jobs.auth import issue_token
+
+        load_start = load_average()
+        machine = context()
+        user, _ = get_user_model().objects.get_or_create(username="bench@example.com", defaults={"email": "bench@example.com"})
+        token = issue_token(user)
+        job_seconds = calibrate(args)
+        backlog = max(20, min(10_000, math.ceil(args.load_seconds * 2 / job_seconds)))
+        print(f"{PROG}: one {RESIZE} job ~{job_seconds * 1000:.0f} ms here: backlog of {backlog} per loaded scenario", flush=True)
+        results: list[Result] = []
+        for scenario in scenarios(args):
+            started = time.perf_counter()
+            print(f"{PROG}: {scenario.label}: {scenario.processes} ...", flush=True)
+            results.append(run_scenario(procs, scenario, args, backlog, token))
+            print(f"{PROG}:   done in {time.perf_counter() - started:.1f}s", flush=True)
+        truncate_jobs()
+        purge_queues()
+        return report(args, results, backlog, job_seconds, time.perf_counter() - began, machine, load_start)
+
+    return session(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
