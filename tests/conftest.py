@@ -1,19 +1,17 @@
 """Test harness: real PostgreSQL and Redis (the embedded servers, or DATABASE_URL/REDIS_URL),
 real `manage.py start` processes for every path that crosses a queue.
 
-The embedded servers live in a fresh short folder for the session (Unix socket paths are limited
-to ~100 characters) and are stopped before the folder is removed.
+The embedded servers live in a fresh short folder for the session (made by tests/bootstrap.py,
+loaded before pytest-django reads the settings) and are stopped before the folder is removed.
 """
 from __future__ import annotations
 
 import os
 import shutil
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.support import LiveEnv  # noqa: E402
-
-pytest_plugins: list[str] = []
+from tests.support import LiveEnv
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -26,7 +24,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture
-def live(transactional_db: None, django_db_blocker: object, request: pytest.FixtureRequest):  # noqa: ANN201
+def live(transactional_db: None):  # noqa: ANN201 - committed rows: other processes must see them
     """Start real Conveyor processes on the test database; everything is stopped afterwards."""
     env = LiveEnv()
     env.flush_redis()
