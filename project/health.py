@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+from project.services import redis_client
 
 
 def live(request: HttpRequest) -> JsonResponse:
@@ -17,9 +18,7 @@ def _check_postgres() -> None:
 
 
 def _check_redis() -> None:
-    # The cache is Django's Redis backend on REDIS_URL, the broker's server.
-    client = cache._cache.get_client(write=True)  # noqa: SLF001 - the backend's own client
-    client.ping()
+    redis_client().ping()
 
 
 def ready(request: HttpRequest) -> JsonResponse:

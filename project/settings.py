@@ -169,7 +169,6 @@ WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)
 WORKER_ID = env.get("WORKER_ID")
 PORT = env.get_int("PORT", 8000, minimum=1)
-FLOWER_BASIC_AUTH = env.get("FLOWER_BASIC_AUTH")
 
 LOGGING = {
     "version": 1,

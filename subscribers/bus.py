@@ -46,6 +46,8 @@ def emit(name: str, data: dict[str, Any] | None = None, *, key: str | None = Non
                 delivery.released_at = delivery.job.created_at
             deliveries.append(delivery)
         Delivery.objects.bulk_create(deliveries)
+        # One publish, over one producer connection, for all the deliveries released now.
+        publish_due([d.job for d in deliveries if d.job is not None])
     return event
 
 
@@ -73,10 +75,10 @@ def _key_busy(subscriber: str, key: str) -> bool:
 
 
 def _delivery_job(event_id: int, sub: Subscriber, replay: int = 0) -> Job:
+    """The delivery's job row; the caller publishes it (after commit, with publish_due)."""
     idempotency_key = f"delivery:{event_id}:{sub.name}" + (f":replay-{replay}" if replay else "")
     job = build(Step(sub.job_type, {"event": event_id}, idempotency_key=idempotency_key))
     job.save(force_insert=True)
-    publish_due([job])
     return job
 
 
@@ -92,6 +94,7 @@ def release_next(job_id: int, status: str) -> None:
         waiting.job = _delivery_job(waiting.event_id, registry.get(subscriber))
         waiting.released_at = waiting.job.created_at
         waiting.save(update_fields=["job", "released_at"])
+        publish_due([waiting.job])
 
 
 def replay(event: Event, subscriber: str | None = None) -> list[Delivery]:
@@ -111,6 +114,7 @@ def replay(event: Event, subscriber: str | None = None) -> list[Delivery]:
             delivery.released_at = delivery.released_at or delivery.job.created_at
             delivery.save(update_fields=["replays", "job", "released_at"])
             replayed.append(delivery)
+        publish_due([d.job for d in replayed])
     return replayed
 
 

@@ -20,7 +20,7 @@ def run_manage(*args: str, env: dict[str, str], timeout: float = 90) -> subproce
 
 
 def production_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CONVEYOR_EMBEDDED")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
         CONVEYOR_ENV="production",
         JWT_SECRET=STRONG,
@@ -86,7 +86,7 @@ print("RESULT", started, client.info()["process_id"], rows, (client.get("probe")
 
 
 def probe(folder: str, **extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CONVEYOR_EMBEDDED")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(CONVEYOR_DATA=folder, CONVEYOR_ENV="development", DJANGO_SETTINGS_MODULE="project.settings", **extra)
     return subprocess.Popen([sys.executable, "-c", PROBE], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
