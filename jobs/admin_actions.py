@@ -49,6 +49,8 @@ def retry(job: Job) -> bool:
             updated_at=now,
         )
         if updated:
+            # The row as the retry left it, read before its message can reach a worker.
+            job.refresh_from_db()
             publish_on_commit([message(job)])
             if job.chain_id:
                 Chain.objects.filter(pk=job.chain_id).update(status=ChainStatus.RUNNING, finished_at=None)

@@ -140,8 +140,7 @@ def retry_job(request: HttpRequest, job_id: int):  # noqa: ANN201
     job = get_object_or_404(Job, pk=job_id)
     if not admin_actions.retry(job):
         raise HttpError(409, f"job {job_id} is {job.status}: only dead, failed or cancelled jobs can be retried")
-    job.refresh_from_db()
-    return job
+    return job  # as the retry left it (a worker may claim it any moment now)
 
 
 @chains.post("", response={201: ChainOut, **ERRORS}, summary="Start a chain of steps")
