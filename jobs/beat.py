@@ -134,6 +134,12 @@ class LeaderScheduler(DatabaseScheduler):
         at = tick_time(entry)
         job = enqueue_tick(params["schedule"], params["type"], params.get("input") or {}, at)
         log.info("beat: schedule %s tick %s -> job %s", params["schedule"], at.isoformat(), job.pk)
+        # Save the entry's last run now, as the base apply_async does (beat_sync_every=1): a
+        # beat that re-reads the schedule (on taking the lead, or again after losing it for a
+        # moment) must not see a stale last run and fire the same tick again.
+        self._tasks_since_sync += 1
+        if self.should_sync():
+            self._do_sync()
         return _Sent(job.pk)
 
     def close(self) -> None:
