@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(procs: Procs) -> str:
         from django.contrib.auth import get_user_model
 
-        from jobs.auth import issue_token
+        from api.auth import issue_token
 
         load_start = load_average()
         machine = context()

@@ -1,25 +1,26 @@
 """Jobs and chains: rows in PostgreSQL, claimed with SKIP LOCKED, carried by Celery messages.
 
-Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` from here.
+Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` from here; the
+event bus and the schedules make their jobs with `new_job` and `submit`, like everything else.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["job_type", "enqueue", "enqueue_many", "start_chain", "Step", "Context", "InvalidJob"]
+__all__ = ["job_type", "enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Context", "InvalidJob"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from jobs.api_python import Step, enqueue, enqueue_many, start_chain
     from jobs.context import Context
+    from jobs.creation import Step, enqueue, enqueue_many, new_job, start_chain, submit
     from jobs.registry import InvalidJob, job_type
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing `jobs` must not import models before Django's app registry is ready.
-    if name in ("enqueue", "enqueue_many", "start_chain", "Step"):
-        from jobs import api_python
+    if name in ("enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step"):
+        from jobs import creation
 
-        return getattr(api_python, name)
+        return getattr(creation, name)
     if name == "Context":
         from jobs.context import Context
 

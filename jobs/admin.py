@@ -5,19 +5,19 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from jobs import admin_actions
-from jobs.models import ApiToken, Chain, Job
+from jobs import control
+from jobs.models import Chain, Job
 
 
 @admin.action(description="Retry selected jobs (dead, failed or cancelled)")
 def retry_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-    done = sum(admin_actions.retry(job) for job in queryset)
+    done = sum(control.retry(job) for job in queryset)
     modeladmin.message_user(request, f"{done} job(s) queued again", messages.SUCCESS)
 
 
 @admin.action(description="Cancel selected jobs")
 def cancel_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-    done = sum(admin_actions.cancel(job) for job in queryset)
+    done = sum(control.cancel(job) for job in queryset)
     modeladmin.message_user(request, f"{done} job(s) cancelled or asked to stop", messages.SUCCESS)
 
 
@@ -62,15 +62,6 @@ class ChainAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
-
-
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("id", "user", "created_at")
-    readonly_fields = ("user", "key_hash", "created_at")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # `manage.py token --email E` prints a new token once
 
 
 # --- Schedules: django-celery-beat's admin, with each schedule's next run and last job ------------

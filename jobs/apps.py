@@ -6,8 +6,7 @@ class JobsConfig(AppConfig):
     verbose_name = "Jobs and chains"
 
     def ready(self) -> None:
-        from jobs import registry
+        from jobs import housekeeping, registry, signals  # noqa: F401 - declare and connect
 
         # Every installed app's `jobs` module declares its job types (one feature slice each).
         registry.autodiscover()
-        from jobs import signals  # noqa: F401 - connects the worker's recovery loop

@@ -109,6 +109,9 @@ class LeaderScheduler(DatabaseScheduler):
             if self._lock.acquire(blocking=False, token=self._lock.local.token):
                 log.warning("beat: this process is now the leader")
                 # Read every entry afresh: the previous leader may have fired since we loaded.
+                # Private state of the pinned django-celery-beat and Celery: a fresh read is what
+                # DatabaseScheduler.schedule does when `_initial_read` is set, and Scheduler.tick
+                # rebuilds its heap when `_heap` is None (tests/unit/test_beat_hooks.py).
                 self._initial_read = True
                 self._heap = None
                 self._leading = True
@@ -134,12 +137,10 @@ class LeaderScheduler(DatabaseScheduler):
         at = tick_time(entry)
         job = enqueue_tick(params["schedule"], params["type"], params.get("input") or {}, at)
         log.info("beat: schedule %s tick %s -> job %s", params["schedule"], at.isoformat(), job.pk)
-        # Save the entry's last run now, as the base apply_async does (beat_sync_every=1): a
+        # Save the entry's last run now (the base apply_async would, with beat_sync_every=1): a
         # beat that re-reads the schedule (on taking the lead, or again after losing it for a
         # moment) must not see a stale last run and fire the same tick again.
-        self._tasks_since_sync += 1
-        if self.should_sync():
-            self._do_sync()
+        self.sync()
         return _Sent(job.pk)
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import registry
+from jobs import registry, store
 
 
 @dataclass
@@ -35,15 +35,4 @@ class Context:
 
     def progress(self, percent: int, message: str = "") -> None:
         """Record progress (0-100) on the row, visible in the API and the admin."""
-        from jobs import runner
-
-        runner.record_progress(self.job_id, self.attempt, percent, message)
-
-    @property
-    def previous_output(self) -> Any:
-        """The output of the step before this one in the chain (None for a first step)."""
-        if self.parent_id is None:
-            return None
-        from jobs.models import Job
-
-        return Job.objects.filter(pk=self.parent_id).values_list("output", flat=True).first()
+        store.progress(self.job_id, self.attempt, percent, message)

@@ -1,7 +1,6 @@
 """Jobs and chains as rows: the row, not the Celery message, is the truth."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -98,17 +97,6 @@ class Job(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
-
-
-class ApiToken(models.Model):
-    """A bearer token for /api/: only its keyed hash is stored."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
-    key_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    def __str__(self) -> str:
-        return f"token {self.pk} of {self.user}"
 
 
 class ScheduleDeclaration(models.Model):

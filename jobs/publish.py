@@ -1,14 +1,22 @@
-"""Publishing job messages: a message is the job id and nothing else, sent after commit."""
+"""Publishing job messages: a message is the job id and nothing else, sent after commit.
+
+Messages are sent by task name (`conveyor.run`, defined in jobs.tasks): publishing needs the
+Celery app, not the task's module, so the runner's imports never lead back here.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Iterable, NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from django.db import transaction
 
 from jobs import registry
 
+if TYPE_CHECKING:  # pragma: no cover
+    from jobs.models import Job
+
 log = logging.getLogger("conveyor.publish")
+TASK = "conveyor.run"
 HARD_LIMIT_GRACE = 10  # seconds between the soft time limit (an exception) and the kill
 
 
@@ -18,6 +26,10 @@ class Message(NamedTuple):
     priority: int
     type: str
 
+    @classmethod
+    def of(cls, job: Job) -> Message:
+        return cls(job.pk, job.queue, job.priority, job.type)
+
 
 def publish(messages: Iterable[Message]) -> int:
     """Send one message per job over one producer connection; return how many were sent.
@@ -25,17 +37,18 @@ def publish(messages: Iterable[Message]) -> int:
     A failure is logged, not raised: the row is already committed, and the relay publishes it
     again once it is stale (Redis down, or a crash between commit and publish loses nothing).
     """
-    from jobs.tasks import run_job
+    from project.celery import app
 
     sent = 0
     try:
-        with run_job.app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer:
             # Fail at once when the broker is away (kombu would retry for seconds per message,
             # stalling the request or the worker that publishes): the relay sends these later.
             producer.connection.ensure_connection(max_retries=0)
             for message in messages:
                 timeout = _timeout(message.type)
-                run_job.apply_async(
+                app.send_task(
+                    TASK,
                     (message.job_id,),
                     queue=message.queue,
                     routing_key=message.queue,
@@ -62,26 +75,3 @@ def _timeout(type_name: str) -> int:
         return registry.get(type_name).timeout
     except registry.InvalidJob:  # a row of a type removed from the code: default limits
         return 300
-
-
-def backlogged(queues: Iterable[str]) -> set[str]:
-    """The queues whose Redis lists still hold messages (over every priority list).
-
-    The relay does not re-send a "stale" row of such a queue: its message is most likely still
-    waiting behind the others, and re-sending a whole backlog every RELAY_STALE_SECONDS would
-    double the work. A message really lost there is re-sent once its queue has drained.
-    """
-    from jobs.tasks import run_job
-
-    queues = list(queues)
-    options = run_job.app.conf.broker_transport_options
-    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
-    with run_job.app.pool.acquire(block=True) as conn:
-        client = conn.default_channel.client
-        pipe = client.pipeline(transaction=False)
-        for queue in queues:
-            for step in steps:
-                pipe.llen(f"{queue}{sep}{step}" if step else queue)
-        lengths = pipe.execute()
-    per_queue = len(steps)
-    return {queue for i, queue in enumerate(queues) if any(lengths[i * per_queue : (i + 1) * per_queue])}

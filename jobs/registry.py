@@ -8,18 +8,16 @@ from typing import Any, Callable
 from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
+from api.errors import BadInput
+
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5  # 0 runs first, as in kombu's Redis transport
 
 
-class InvalidJob(ValueError):
+class InvalidJob(BadInput):
     """A job that cannot be enqueued: unknown type or input that fails its schema.
 
     `errors` maps a field path (`input.width`) to its message, for 400 responses.
     """
-
-    def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or {}
 
 
 @dataclass(frozen=True)
@@ -134,10 +132,11 @@ def add(jt: JobType) -> None:
     if jt.retries < 0 or jt.timeout < 1:
         raise ImproperlyDeclared(f"job type {jt.name!r}: retries >= 0 and timeout >= 1 required")
     # Redis redelivers a message unacked for longer than the visibility timeout (kombu#337).
-    if jt.timeout + 60 > settings.CELERY_VISIBILITY_TIMEOUT:
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    if jt.timeout + 60 > visibility:
         raise ImproperlyDeclared(
             f"job type {jt.name!r}: timeout {jt.timeout}s must stay 60s under "
-            f"CONVEYOR_VISIBILITY_TIMEOUT ({settings.CELERY_VISIBILITY_TIMEOUT}s)"
+            f"CONVEYOR_VISIBILITY_TIMEOUT ({visibility}s)"
         )
     _types[jt.name] = jt
     for alias in jt.aliases:

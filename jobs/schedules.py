@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import transaction
 
+#: The task name of Conveyor's beat rows. No Celery task has it: jobs.beat.LeaderScheduler writes
+#: the tick's job row itself, and a beat run with another scheduler fails loudly on it.
 TASK = "conveyor.tick"
 PREFIX = "conveyor:"
 

@@ -1,44 +1,21 @@
-"""Worker life cycle: every worker runs the relay and the reaper in its main process.
-
-Both claim rows with SKIP LOCKED, so every worker of every machine may run them at once; a
-deployment with no beat still recovers lost messages and dead workers' jobs.
-"""
+"""Worker life-cycle signals: the recovery loop starts and stops with the worker; connections
+are checked around each task."""
 from __future__ import annotations
 
-import logging
-import threading
-
 from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
-from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections
 
-log = logging.getLogger("conveyor.recovery")
-_stop = threading.Event()
-
-
-def recovery_loop(stop: threading.Event, interval: float) -> None:
-    from jobs import runner
-
-    while not stop.wait(interval):
-        try:
-            runner.recover_once()
-        except Exception as exc:  # PostgreSQL or Redis away: try again next tick
-            log.warning("recovery pass failed: %s", exc)
-            for conn in connections.all():
-                conn.close()
+from jobs import recovery
 
 
 @worker_ready.connect
 def start_recovery(sender: object = None, **kwargs: object) -> None:
-    _stop.clear()
-    interval = float(settings.CONVEYOR["RECOVERY_INTERVAL"])
-    threading.Thread(target=recovery_loop, args=(_stop, interval), name="conveyor-recovery", daemon=True).start()
-    log.info("relay and reaper running every %.2fs", interval)
+    recovery.start()
 
 
 @worker_shutting_down.connect
 def stop_recovery(sender: object = None, **kwargs: object) -> None:
-    _stop.set()
+    recovery.stop()
 
 
 @task_prerun.connect

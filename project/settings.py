@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "corsheaders",
     "django_celery_beat",
     "project",
+    "api",
     "jobs",
     "subscribers",
     "examples",
@@ -126,9 +127,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Redis redelivers an unacked message after the visibility timeout: keep it above every job
 # timeout (the job registry refuses a longer one). Priorities 0-9 within a queue, 0 first.
-CELERY_VISIBILITY_TIMEOUT = env.get_int("CONVEYOR_VISIBILITY_TIMEOUT", 3600, minimum=60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "visibility_timeout": env.get_int("CONVEYOR_VISIBILITY_TIMEOUT", 3600, minimum=60),
     "queue_order_strategy": "priority",
     "priority_steps": list(range(10)),
     "sep": ":",

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import path
 
 from project import health, metrics
-from project.api import api
+from api.root import api
 
 urlpatterns = [
     path("health/live", health.live, name="health-live"),

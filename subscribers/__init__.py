@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["emit", "subscriber", "EventData", "replay"]
+__all__ = ["emit", "subscriber", "EventData", "InvalidEvent", "replay"]
 
 
 def __getattr__(name: str) -> Any:
@@ -12,7 +12,7 @@ def __getattr__(name: str) -> Any:
         from subscribers import bus
 
         return getattr(bus, name)
-    if name in ("subscriber", "EventData"):
+    if name in ("subscriber", "EventData", "InvalidEvent"):
         from subscribers import registry
 
         return getattr(registry, name)

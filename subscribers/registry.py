@@ -10,22 +10,20 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from api.errors import BadInput
 from jobs import registry as job_registry
-from jobs.registry import Backoff, InvalidJob, JobType
+from jobs.registry import Backoff, JobType
+from subscribers import delivery
+from subscribers.delivery import EventData
+
+__all__ = ["EventData", "InvalidEvent", "Subscriber", "subscriber", "matching", "get", "autodiscover"]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 PATTERN = re.compile(r"^[a-z0-9*][a-z0-9_.\-*]*$")
-JOB_PREFIX = "deliver:"
 
 
-@dataclass(frozen=True)
-class EventData:
-    """What a subscriber's handler receives."""
-
-    id: int
-    name: str
-    data: dict[str, Any]
-    key: str | None
+class InvalidEvent(BadInput):
+    """An event that cannot be emitted or replayed: bad name, data or key, unknown subscriber."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class Subscriber:
 
     @property
     def job_type(self) -> str:
-        return JOB_PREFIX + self.name
+        return delivery.job_type(self.name)
 
     def matches(self, event_name: str) -> bool:
         return fnmatch.fnmatchcase(event_name, self.pattern)
@@ -72,18 +70,16 @@ def subscriber(
         if sub_name in _subscribers:
             raise job_registry.ImproperlyDeclared(f"subscriber {sub_name!r} is declared twice")
         sub = Subscriber(sub_name, pattern, handler, queue)
-        from subscribers import bus
-
         job_registry.add(
             JobType(
                 name=sub.job_type,
-                handler=bus.delivery_handler(sub),
+                handler=delivery.handler(handler, sub_name),
                 queue=queue,
                 retries=retries,
                 backoff=backoff or Backoff(),
                 timeout=timeout,
                 priority=priority,
-                on_finish=bus.release_next,
+                on_finish=delivery.release_next,
             )
         )
         _subscribers[sub_name] = sub
@@ -100,11 +96,7 @@ def get(name: str) -> Subscriber:
     try:
         return _subscribers[name]
     except KeyError:
-        raise InvalidJob(f"unknown subscriber {name!r}", {"subscriber": f"unknown subscriber {name!r}"}) from None
-
-
-def all_subscribers() -> list[Subscriber]:
-    return sorted(_subscribers.values(), key=lambda s: s.name)
+        raise InvalidEvent(f"unknown subscriber {name!r}", {"subscriber": f"unknown subscriber {name!r}"}) from None
 
 
 def autodiscover() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 
-from jobs.auth import issue_token
+from api.auth import issue_token
 
 
 def api_token(email: str = "admin@example.com") -> str:

@@ -17,8 +17,7 @@ from django.db.models import Count
 from django.test import Client
 
 from examples.models import Effect, OutboxEmail
-from jobs import Step, enqueue, enqueue_many, start_chain
-from jobs.api_python import build
+from jobs import Step, enqueue, enqueue_many, new_job, start_chain, store
 from jobs.models import Chain, ChainStatus, Job, Status
 from jobs.publish import Message, publish
 from tests.factories import api_token
@@ -153,8 +152,7 @@ def test_same_job_published_three_times_runs_and_completes_once(live):
     # given a worker with three pool processes, so three messages are taken at the same moment
     [worker] = start_workers(live, ("dup-worker", ("--concurrency", "3")))
     # and one examples.count row (which writes one Effect row per run), not yet published
-    job = build(Step("examples.count", {"sleep": 0.5}))
-    job.save(force_insert=True)
+    [job] = store.insert([new_job(Step("examples.count", {"sleep": 0.5}))])
 
     # when its id is published three times
     sent = publish([Message(job.pk, job.queue, job.priority, job.type)] * 3)

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs import registry
-from jobs.handback import hand_back
+from jobs.recovery import hand_back
 from project import roles
 from project.supervisor import Child, Supervisor
 

@@ -1,4 +1,4 @@
-"""HTTP API for events (mounted by project.api under /api/events)."""
+"""HTTP API for events (mounted by api.root under /api/events)."""
 import datetime as dt
 from typing import Any, Optional
 
@@ -8,7 +8,7 @@ from ninja import Query, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ConfigDict, Field
 
-from jobs.api import ERRORS, Strict
+from api.schemas import ERRORS, Strict
 from subscribers.bus import emit
 from subscribers.models import Event
 

@@ -6,8 +6,8 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 
-from jobs.auth import TokenAuth
-from jobs.registry import InvalidJob
+from api.auth import TokenAuth
+from api.errors import BadInput
 
 api = NinjaAPI(
     title="Conveyor",
@@ -32,8 +32,8 @@ def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse
     return api.create_response(request, {"detail": "invalid request", "fields": fields}, status=400)
 
 
-@api.exception_handler(InvalidJob)
-def invalid_job(request: HttpRequest, exc: InvalidJob) -> HttpResponse:
+@api.exception_handler(BadInput)
+def bad_input(request: HttpRequest, exc: BadInput) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc), "fields": exc.errors}, status=400)
 
 
@@ -49,12 +49,10 @@ def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return api.create_response(request, {"detail": "request body over 1 MiB"}, status=413)
 
 
-from jobs.api import router as jobs_router  # noqa: E402 - routers after the handlers
-from jobs.api import chains as chains_router  # noqa: E402
+from jobs.http import chains as chains_router  # noqa: E402 - routers after the handlers
+from jobs.http import router as jobs_router  # noqa: E402
+from subscribers.http import router as events_router  # noqa: E402
 
 api.add_router("/jobs", jobs_router)
 api.add_router("/chains", chains_router)
-
-from subscribers.api import router as events_router  # noqa: E402
-
 api.add_router("/events", events_router)

@@ -1,4 +1,4 @@
-"""HTTP API for jobs and chains (mounted by project.api under /api/)."""
+"""HTTP API for jobs and chains (mounted by api.root under /api/jobs and /api/chains)."""
 
 import datetime as dt
 from typing import Any, Literal, Optional
@@ -8,18 +8,15 @@ from django.shortcuts import get_object_or_404
 from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from jobs import admin_actions
-from jobs.api_python import Step, enqueue, start_chain
+from api.schemas import ERRORS, Strict
+from jobs import control
+from jobs.creation import Step, enqueue, start_chain
 from jobs.models import Chain, Job
 
 router = Router(tags=["jobs"])
 chains = Router(tags=["chains"])
-
-
-class Strict(Schema):
-    model_config = ConfigDict(extra="forbid")
 
 
 class EnqueueIn(Strict):
@@ -87,14 +84,6 @@ class JobFilters(Strict):
     chain: int | None = None
 
 
-class Error(Schema):
-    detail: str
-    fields: dict[str, str] | None = None
-
-
-ERRORS = {400: Error, 401: Error, 404: Error, 409: Error, 413: Error}
-
-
 @router.post("", response={201: JobOut, **ERRORS}, summary="Enqueue a job")
 def create_job(request: HttpRequest, payload: EnqueueIn):  # noqa: ANN201
     job = enqueue(
@@ -129,7 +118,7 @@ def get_job(request: HttpRequest, job_id: int):  # noqa: ANN201
 @router.post("/{int:job_id}/cancel", response={200: JobOut, **ERRORS}, summary="Cancel a job")
 def cancel_job(request: HttpRequest, job_id: int):  # noqa: ANN201
     job = get_object_or_404(Job, pk=job_id)
-    if not admin_actions.cancel(job):
+    if not control.cancel(job):
         raise HttpError(409, f"job {job_id} is {job.status}: only pending, failed or running jobs can be cancelled")
     job.refresh_from_db()
     return job
@@ -138,7 +127,7 @@ def cancel_job(request: HttpRequest, job_id: int):  # noqa: ANN201
 @router.post("/{int:job_id}/retry", response={200: JobOut, **ERRORS}, summary="Retry a dead, failed or cancelled job")
 def retry_job(request: HttpRequest, job_id: int):  # noqa: ANN201
     job = get_object_or_404(Job, pk=job_id)
-    if not admin_actions.retry(job):
+    if not control.retry(job):
         raise HttpError(409, f"job {job_id} is {job.status}: only dead, failed or cancelled jobs can be retried")
     return job  # as the retry left it (a worker may claim it any moment now)
 

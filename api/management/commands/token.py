@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.auth import issue_token
+from api.auth import issue_token
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""The platform's own job types: housekeeping of the jobs tables."""
+"""The platform's own job types: housekeeping of the jobs tables (imported by JobsConfig.ready)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -17,14 +17,14 @@ def cleanup(ctx: Context, data: dict) -> dict:
 
     Old finished rows slow every scan of the jobs table (DESIGN.md, "Where the time goes").
     """
-    from jobs.models import FINISHED, Chain, Job
+    from jobs import store
 
     cutoff = timezone.now() - dt.timedelta(days=int(settings.CONVEYOR["RETENTION_DAYS"]))
     deleted = 0
     for _ in range(100):  # at most 100 batches a run; the next tick continues
-        ids = list(Job.objects.filter(status__in=FINISHED, finished_at__lt=cutoff).values_list("id", flat=True)[:1000])
-        if not ids:
+        batch = store.delete_finished(cutoff, 1000)
+        if not batch:
             break
-        deleted += Job.objects.filter(id__in=ids).delete()[0]
-    chains = Chain.objects.filter(finished_at__lt=cutoff, jobs__isnull=True).delete()[0]
+        deleted += batch
+    chains = store.delete_empty_chains(cutoff)
     return {"deleted_jobs": deleted, "deleted_chains": chains, "cutoff": cutoff.isoformat()}

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
-from jobs.models import ApiToken
+from api.models import ApiToken
 
 
 def _hash(token: str) -> str:

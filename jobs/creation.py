@@ -1,7 +1,10 @@
-"""The Python API for application code: enqueue, enqueue_many, start_chain.
+"""Creating jobs: enqueue, enqueue_many, start_chain, and the one path every new job takes.
 
-Each writes rows in the caller's transaction and publishes their messages after it commits; a
-rolled-back transaction leaves neither row nor message.
+`new_job` validates a Step against its job type and returns an unsaved row; `submit` inserts rows
+(the job store's one INSERT) and publishes the due ones after the caller's transaction commits.
+Everything that makes a job goes through both: the Python API here, the HTTP API, a chain's next
+step, an event's deliveries and a schedule's tick. A rolled-back transaction leaves neither row
+nor message.
 """
 from __future__ import annotations
 
@@ -9,10 +12,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.db import transaction
 
-from jobs import registry
+from jobs import registry, store
 from jobs.models import Chain, Job
 from jobs.publish import Message, publish_on_commit
 
@@ -29,8 +31,11 @@ class Step:
     retries: int | None = None
 
 
-def build(step: Step, **fields: Any) -> Job:
-    """Validate a step against its job type and return an unsaved Job row."""
+def new_job(step: Step, **fields: Any) -> Job:
+    """Validate a step against its job type and return an unsaved Job row.
+
+    `fields` sets the row's place in a chain (chain_id, chain_index, parent_id).
+    """
     jt = registry.get(step.type)
     data = jt.validate(step.input)
     priority = jt.priority if step.priority is None else step.priority
@@ -39,9 +44,7 @@ def build(step: Step, **fields: Any) -> Job:
     retries = jt.retries if step.retries is None else step.retries
     if retries < 0:
         raise registry.InvalidJob("retries must be >= 0", {"retries": "must be 0 or more"})
-    now = timezone.now()
-    run_after = step.run_after or now
-    if timezone.is_naive(run_after):
+    if step.run_after is not None and (not isinstance(step.run_after, dt.datetime) or step.run_after.tzinfo is None):
         raise registry.InvalidJob("run_after needs a timezone", {"run_after": "must include a timezone"})
     return Job(
         type=jt.name,
@@ -49,22 +52,20 @@ def build(step: Step, **fields: Any) -> Job:
         input=data,
         priority=priority,
         max_attempts=retries + 1,
-        run_after=run_after,
-        # Due now: published after commit. Later: the relay publishes it when due.
-        published_at=now if run_after <= now else None,
+        run_after=step.run_after,  # None: now, by the database's clock
         idempotency_key=step.idempotency_key,
-        created_at=now,
-        updated_at=now,
         **fields,
     )
 
 
-def message(job: Job) -> Message:
-    return Message(job.pk, job.queue, job.priority, job.type)
+def submit(jobs: list[Job]) -> list[Job]:
+    """Insert the rows in the caller's transaction; publish the due ones after it commits.
 
-
-def publish_due(jobs: Iterable[Job]) -> None:
-    publish_on_commit([message(job) for job in jobs if job.published_at is not None])
+    Returns the rows inserted: one whose idempotency key is already taken is left out.
+    """
+    inserted = store.insert(jobs)
+    publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None])
+    return inserted
 
 
 def enqueue(
@@ -80,17 +81,10 @@ def enqueue(
 
     With an idempotency key already used, the existing job is returned and nothing is enqueued.
     """
-    job = build(Step(type, input, idempotency_key, run_after, priority, retries))
-    if idempotency_key is None:
-        job.save(force_insert=True)
-    else:
-        try:
-            with transaction.atomic():
-                job.save(force_insert=True)
-        except IntegrityError:
-            return Job.objects.get(idempotency_key=idempotency_key)
-    publish_due([job])
-    return job
+    job = new_job(Step(type, input, idempotency_key, run_after, priority, retries))
+    if submit([job]):
+        return job
+    return Job.objects.get(idempotency_key=idempotency_key)
 
 
 def enqueue_many(steps: Iterable[Step]) -> list[Job]:
@@ -98,12 +92,9 @@ def enqueue_many(steps: Iterable[Step]) -> list[Job]:
 
     Steps with an idempotency key already used are skipped (not returned).
     """
-    jobs = [build(step) for step in steps]
+    jobs = [new_job(step) for step in steps]
     with transaction.atomic():
-        created = Job.objects.bulk_create(jobs, ignore_conflicts=any(j.idempotency_key for j in jobs))
-        created = [job for job in created if job.pk is not None]
-        publish_due(created)
-    return created
+        return submit(jobs)
 
 
 def start_chain(steps: list[Step | dict[str, Any]]) -> Chain:
@@ -120,9 +111,9 @@ def start_chain(steps: list[Step | dict[str, Any]]) -> Chain:
             raise registry.InvalidJob(
                 f"step {index}: {exc}", {f"steps.{index}.{k}": v for k, v in exc.errors.items()}
             ) from None
+    first = new_job(parsed[0])
     with transaction.atomic():
-        chain = Chain.objects.create(steps=plan)
-        first = build(parsed[0], chain=chain, chain_index=0)
-        first.save(force_insert=True)
-        publish_due([first])
+        chain = store.create_chain(plan)
+        first.chain, first.chain_index = chain, 0
+        submit([first])
     return chain

@@ -1,0 +1,13 @@
+"""The error a caller's bad input raises anywhere in Conveyor: the HTTP API answers it with 400.
+
+`errors` maps each wrong field, as the client named it (`input.width`, `steps.1.type`, `key`), to
+its message. Jobs raise `jobs.InvalidJob` and the event bus `subscribers.InvalidEvent`, both kinds
+of this one.
+"""
+from __future__ import annotations
+
+
+class BadInput(ValueError):
+    def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}

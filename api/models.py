@@ -1,0 +1,21 @@
+"""API tokens: random bearer tokens of which only a keyed hash is stored."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class ApiToken(models.Model):
+    """A bearer token for /api/: only its keyed hash is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # The table the jobs app created first; only the model moved (jobs 0004, api 0001).
+        db_table = "jobs_apitoken"
+
+    def __str__(self) -> str:
+        return f"token {self.pk} of {self.user}"

@@ -1,0 +1,125 @@
+"""Recovery: the relay, the reaper and hand-back, and the loop every worker runs them in.
+
+- The relay publishes due rows never published (delays, retries after backoff, reaped rows) and
+  re-sends rows published long ago and still unclaimed (their message may be lost).
+- The reaper settles running rows whose lease expired: their worker died.
+- Hand-back returns the running rows of a worker known to be gone (the supervisor killed its
+  whole process tree) at once, without waiting for the leases.
+
+Each statement claims rows with SKIP LOCKED, so every worker of every machine runs the loop: a
+deployment with no beat still recovers lost messages and dead workers' jobs.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterable
+
+from django.conf import settings
+from django.db import connections, transaction
+
+from jobs import registry, store
+from jobs.outcome import settle
+from jobs.publish import publish
+
+log = logging.getLogger("conveyor.recovery")
+
+
+def relay(batch: int = 500) -> int:
+    """Publish due rows that were never published, and stale ones whose message may be lost."""
+    stale = int(settings.CONVEYOR["RELAY_STALE_SECONDS"])
+    messages = store.mark_due(batch)
+    try:
+        busy = sorted(backlogged(registry.queues()))
+    except Exception as exc:  # Redis away: publishing fails too; try again next pass
+        log.warning("relay cannot read queue lengths: %s", exc)
+        busy = []
+    messages += store.mark_stale(stale, busy, batch)
+    if messages:
+        publish(messages)
+    return len(messages)
+
+
+def backlogged(queues: Iterable[str]) -> set[str]:
+    """The queues whose Redis lists still hold messages (over every priority list).
+
+    The relay does not re-send a "stale" row of such a queue: its message is most likely still
+    waiting behind the others, and re-sending a whole backlog every RELAY_STALE_SECONDS would
+    double the work. A message really lost there is re-sent once its queue has drained.
+    """
+    from project.celery import app
+
+    queues = list(queues)
+    options = app.conf.broker_transport_options
+    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
+    with app.pool.acquire(block=True) as conn:
+        client = conn.default_channel.client
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            for step in steps:
+                pipe.llen(f"{queue}{sep}{step}" if step else queue)
+        lengths = pipe.execute()
+    per_queue = len(steps)
+    return {queue for i, queue in enumerate(queues) if any(lengths[i * per_queue : (i + 1) * per_queue])}
+
+
+def reap(batch: int = 100) -> int:
+    """Return running rows whose lease expired (their worker died) to pending, dead or cancelled."""
+    with transaction.atomic():
+        ended = store.reap(batch)
+        for row in ended:
+            log.warning("reaped job %s: lease expired, now %s", row.id, row.status)
+            settle(row)
+    return len(ended)
+
+
+def hand_back(node: str) -> int:
+    """Return `node`'s running jobs to pending, their interrupted attempt not counted.
+
+    Only for a worker whose processes are all dead: none of them can record an outcome later.
+    """
+    if not node:
+        return 0
+    try:
+        count = store.hand_back(node)
+    except Exception as exc:  # the database is away: the reaper returns them when leases expire
+        log.warning("could not hand back the jobs of %s (%s); their leases will expire", node, exc)
+        for conn in connections.all():
+            conn.close()
+        return 0
+    if count:
+        log.warning("handed back %d running job(s) of %s", count, node)
+    return count
+
+
+def recover_once() -> tuple[int, int]:
+    """One pass of the reaper then the relay (the relay publishes what the reaper returned)."""
+    reaped = reap()
+    relayed = relay()
+    return reaped, relayed
+
+
+# --- The loop: a thread in every worker's main process -------------------------------------------
+
+_stop = threading.Event()
+
+
+def loop(stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            recover_once()
+        except Exception as exc:  # PostgreSQL or Redis away: try again next tick
+            log.warning("recovery pass failed: %s", exc)
+            for conn in connections.all():
+                conn.close()
+
+
+def start() -> None:
+    _stop.clear()
+    interval = float(settings.CONVEYOR["RECOVERY_INTERVAL"])
+    threading.Thread(target=loop, args=(_stop, interval), name="conveyor-recovery", daemon=True).start()
+    log.info("relay and reaper running every %.2fs", interval)
+
+
+def stop() -> None:
+    _stop.set()

@@ -1,0 +1,409 @@
+"""The job store: every statement that writes `jobs_job` or `jobs_chain`, and nothing else does.
+
+Two rules are written here once and used by every statement:
+- RUNNABLE: a row a worker may claim and the relay may publish (pending or failed, no cancel
+  asked). A claim adds "due" (`run_after <= now()`).
+- ENDED: where a run that did not succeed goes: `cancelled` if a cancel was asked, `dead` after
+  its last attempt, otherwise back to run again (`failed` after an error, `pending` after a lost
+  worker).
+
+Every time a statement compares or stamps comes from PostgreSQL's clock (`now()`), never from the
+caller's host, so hosts whose clocks disagree still agree on what is due.
+
+Claims, heartbeats, progress and relay marks go through the `claims` connection, whose commits do
+not wait for the WAL flush (synchronous_commit=off): losing one in a crash only means a job is
+claimed or published again. Outcomes go through `default`, durable, inside the caller's
+transaction where the caller has one.
+
+Rows come back as named tuples.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, NamedTuple, Sequence
+
+from django.db import connections
+from psycopg.types.json import Jsonb
+
+from jobs.models import Chain, ChainStatus, Job
+from jobs.publish import Message
+
+CLAIMS = "claims"
+
+RUNNABLE = "status IN ('pending', 'failed') AND NOT cancel_requested"
+#: Where a run that did not succeed goes; `{again}` is the status of a row that will run again.
+ENDED = """CASE WHEN cancel_requested THEN 'cancelled'
+                WHEN attempt < max_attempts THEN '{again}' ELSE 'dead' END"""
+#: Does the ENDED rule end the row (it will not run again)?
+ENDS = "(cancel_requested OR attempt >= max_attempts)"
+
+
+# --- Named rows ---------------------------------------------------------------------------------
+
+
+class Claimed(NamedTuple):
+    id: int
+    type: str
+    input: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    chain_id: int | None
+    chain_index: int | None
+    parent_id: int | None
+    idempotency_key: str | None
+
+
+class Beat(NamedTuple):
+    id: int
+    attempt: int
+    cancel_requested: bool
+
+
+class Succeeded(NamedTuple):
+    cancel_requested: bool
+    input: dict[str, Any]
+    #: The chain's plan and status, read under its row lock (None outside a chain).
+    chain_steps: list[dict[str, Any]] | None
+    chain_status: str | None
+
+
+class Ended(NamedTuple):
+    id: int
+    type: str
+    status: str
+    chain_id: int | None
+
+
+def _json(value: Any) -> Any:
+    # Django has psycopg hand jsonb over as text (its JSONField decodes it); raw SQL decodes here.
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _messages(cursor: Any) -> list[Message]:
+    return [Message._make(row) for row in cursor.fetchall()]
+
+
+# --- Insert -------------------------------------------------------------------------------------
+
+INSERT_SQL = """
+INSERT INTO jobs_job (type, queue, input, priority, max_attempts, idempotency_key, chain_id,
+                      chain_index, parent_id, run_after, published_at, status, attempt, worker,
+                      progress, progress_message, cancel_requested, error, created_at, updated_at)
+SELECT v.type, v.queue, v.input::jsonb, v.priority, v.max_attempts, v.key, v.chain_id,
+       v.chain_index, v.parent_id, COALESCE(v.run_after, now()),
+       -- Due now: its message is published after commit. Later: the relay publishes it when due.
+       CASE WHEN COALESCE(v.run_after, now()) <= now() THEN now() END,
+       'pending', 0, '', 0, '', false, '', now(), now()
+  FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::bigint[],
+              %s::int[], %s::bigint[], %s::timestamptz[])
+       WITH ORDINALITY AS v(type, queue, input, priority, max_attempts, key, chain_id,
+                            chain_index, parent_id, run_after, n)
+ ORDER BY v.n
+    ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id, idempotency_key, run_after, published_at, created_at
+"""
+_INSERTED = ("run_after", "published_at", "created_at")
+
+
+def insert(jobs: Sequence[Job]) -> list[Job]:
+    """Insert unsaved rows in one statement; return those inserted, with their ids and times.
+
+    A row whose idempotency key is already taken is skipped (not returned), and so is a second
+    row with the same key in one call. `run_after` None means now, by the database's clock.
+    """
+    if not jobs:
+        return []
+    columns = [
+        [job.type for job in jobs],
+        [job.queue for job in jobs],
+        [json.dumps(job.input) for job in jobs],
+        [job.priority for job in jobs],
+        [job.max_attempts for job in jobs],
+        [job.idempotency_key for job in jobs],
+        [job.chain_id for job in jobs],
+        [job.chain_index for job in jobs],
+        [job.parent_id for job in jobs],
+        [job.run_after for job in jobs],
+    ]
+    with connections["default"].cursor() as cursor:
+        cursor.execute(INSERT_SQL, columns)
+        rows = cursor.fetchall()
+    # RETURNING follows the insert order; skipped rows are missing, known by their keys.
+    keyed = {key: row for row in rows if (key := row[1]) is not None}
+    unkeyed = iter(row for row in rows if row[1] is None)
+    inserted = []
+    for job in jobs:
+        row = next(unkeyed) if job.idempotency_key is None else keyed.pop(job.idempotency_key, None)
+        if row is None:
+            continue
+        job.pk = row[0]
+        for name, value in zip(_INSERTED, row[2:]):
+            setattr(job, name, value)
+        job.updated_at = job.created_at
+        job._state.adding, job._state.db = False, "default"
+        inserted.append(job)
+    return inserted
+
+
+def create_chain(steps: list[dict[str, Any]]) -> Chain:
+    return Chain.objects.create(steps=steps)
+
+
+# --- A run: claim, heartbeat, progress, outcome ---------------------------------------------------
+
+CLAIM_SQL = f"""
+UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, started_at = now(),
+       lease_expires_at = now() + make_interval(secs => %s), updated_at = now(), finished_at = NULL
+ WHERE id = (SELECT id FROM jobs_job
+              WHERE id = %s AND {RUNNABLE} AND run_after <= now()
+              FOR UPDATE SKIP LOCKED)
+RETURNING id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key
+"""
+
+
+def claim(job_id: int, worker: str, lease_seconds: float) -> Claimed | None:
+    """Take the row for one attempt, or None: locked, finished, cancelled or not yet due."""
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    claimed = Claimed._make(row)
+    return claimed._replace(input=_json(claimed.input))
+
+
+HEARTBEAT_SQL = """
+UPDATE jobs_job SET lease_expires_at = now() + make_interval(secs => %s)
+ WHERE id = ANY(%s) AND status = 'running'
+RETURNING id, attempt, cancel_requested
+"""
+
+
+def heartbeat(job_ids: list[int], lease_seconds: float) -> list[Beat]:
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(HEARTBEAT_SQL, [lease_seconds, job_ids])
+        return [Beat._make(row) for row in cursor.fetchall()]
+
+
+PROGRESS_SQL = """
+UPDATE jobs_job SET progress = %s, progress_message = %s, updated_at = now()
+ WHERE id = %s AND status = 'running' AND attempt = %s
+"""
+
+
+def progress(job_id: int, attempt: int, percent: int, message: str) -> None:
+    percent = max(0, min(100, int(percent)))
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(PROGRESS_SQL, [percent, message[:500], job_id, attempt])
+
+
+SUCCEED_SQL = """
+UPDATE jobs_job SET status = 'succeeded', output = %s, progress = 100, finished_at = now(),
+       updated_at = now(), lease_expires_at = NULL, error = ''
+ WHERE id = %s AND status = 'running' AND attempt = %s
+RETURNING cancel_requested, input
+"""
+
+SUCCEED_IN_CHAIN_SQL = f"""
+WITH done AS ({SUCCEED_SQL.strip()}),
+     chain AS (SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE)
+SELECT done.cancel_requested, done.input, chain.steps, chain.status FROM done, chain
+"""
+
+
+def succeed(job_id: int, attempt: int, output: Any, chain_id: int | None = None) -> Succeeded | None:
+    """Record attempt `attempt`'s success (None: the attempt lost its lease, nothing recorded).
+
+    In a chain, the chain's row is locked in the same round trip and its plan returned.
+    """
+    with connections["default"].cursor() as cursor:
+        if chain_id is None:
+            cursor.execute(SUCCEED_SQL, [Jsonb(output), job_id, attempt])
+        else:
+            cursor.execute(SUCCEED_IN_CHAIN_SQL, [Jsonb(output), job_id, attempt, chain_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    if chain_id is None:
+        return Succeeded(row[0], _json(row[1]), None, None)
+    return Succeeded(row[0], _json(row[1]), _json(row[2]), row[3])
+
+
+FAIL_SQL = f"""
+UPDATE jobs_job SET status = {ENDED.format(again="failed")},
+       finished_at = CASE WHEN {ENDS} THEN now() END,
+       run_after = now() + make_interval(secs => %s), published_at = NULL,
+       lease_expires_at = NULL, error = %s, updated_at = now()
+ WHERE id = %s AND status = 'running' AND attempt = %s
+RETURNING id, type, status, chain_id
+"""
+
+
+def fail(job_id: int, attempt: int, error: str, delay: float) -> Ended | None:
+    """Record a failed attempt: retried after `delay` seconds, dead, or cancelled (ENDED)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(FAIL_SQL, [delay, error[-10_000:], job_id, attempt])
+        row = cursor.fetchone()
+    return None if row is None else Ended._make(row)
+
+
+# --- Recovery: relay marks, the reaper, hand-back -------------------------------------------------
+
+# Due rows never published (delayed jobs, retries after backoff, reaped rows).
+RELAY_DUE_SQL = f"""
+WITH due AS (
+  SELECT id FROM jobs_job
+   WHERE {RUNNABLE} AND published_at IS NULL AND run_after <= now()
+   ORDER BY run_after LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE jobs_job j SET published_at = now() FROM due WHERE j.id = due.id
+RETURNING j.id, j.queue, j.priority, j.type
+"""
+
+# Rows published long ago and still not claimed: their message may be lost (Redis restarted,
+# a crash between commit and publish). A duplicate message is harmless: it finds nothing to claim.
+RELAY_STALE_SQL = f"""
+WITH stale AS (
+  SELECT id FROM jobs_job
+   WHERE {RUNNABLE} AND published_at < now() - make_interval(secs => %s)
+     AND run_after <= now() AND queue <> ALL(%s)
+   ORDER BY published_at LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE jobs_job j SET published_at = now() FROM stale WHERE j.id = stale.id
+RETURNING j.id, j.queue, j.priority, j.type
+"""
+
+
+def mark_due(batch: int) -> list[Message]:
+    """Mark due, never-published rows as published now; return their messages to send."""
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(RELAY_DUE_SQL, [batch])
+        return _messages(cursor)
+
+
+def mark_stale(stale_seconds: float, skip_queues: list[str], batch: int) -> list[Message]:
+    """Mark rows published over `stale_seconds` ago and still unclaimed as published again."""
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(RELAY_STALE_SQL, [stale_seconds, skip_queues, batch])
+        return _messages(cursor)
+
+
+# Running rows whose lease expired: their worker died. Back to pending (or dead, or cancelled).
+REAP_SQL = f"""
+UPDATE jobs_job SET status = {ENDED.format(again="pending")},
+       finished_at = CASE WHEN {ENDS} THEN now() END,
+       error = 'lease expired: the worker running attempt ' || attempt || ' (' || worker || ') was lost',
+       run_after = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
+ WHERE id IN (SELECT id FROM jobs_job
+               WHERE status = 'running' AND lease_expires_at < now()
+               ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING id, type, status, chain_id
+"""
+
+
+def reap(batch: int) -> list[Ended]:
+    """Settle running rows whose lease expired (ENDED); the caller settles their chains."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(REAP_SQL, [batch])
+        return [Ended._make(row) for row in cursor.fetchall()]
+
+
+HAND_BACK_SQL = """
+UPDATE jobs_job SET status = 'pending', attempt = GREATEST(attempt - 1, 0),
+       lease_expires_at = NULL, published_at = NULL, run_after = now(), updated_at = now(),
+       error = 'handed back: worker ' || %s || ' stopped before finishing'
+ WHERE status = 'running' AND worker LIKE %s
+"""
+
+
+def hand_back(node: str) -> int:
+    """Return `node`'s running rows to pending, the interrupted attempt not counted."""
+    pattern = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    with connections["default"].cursor() as cursor:
+        cursor.execute(HAND_BACK_SQL, [node, pattern])
+        return cursor.rowcount
+
+
+# --- An operator's decisions: cancel and retry ----------------------------------------------------
+
+CANCEL_WAITING_SQL = """
+UPDATE jobs_job SET status = 'cancelled', cancel_requested = true, finished_at = now(),
+       updated_at = now()
+ WHERE id = %s AND status IN ('pending', 'failed')
+RETURNING id, type, status, chain_id
+"""
+
+CANCEL_RUNNING_SQL = """
+UPDATE jobs_job SET cancel_requested = true, updated_at = now()
+ WHERE id = %s AND status = 'running'
+"""
+
+
+def cancel(job_id: int) -> Ended | bool:
+    """Cancel a waiting row at once (returned, for the caller to settle), or ask a running one
+    to stop (True). False: the row had already finished."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(CANCEL_WAITING_SQL, [job_id])
+        row = cursor.fetchone()
+        if row is not None:
+            return Ended._make(row)
+        cursor.execute(CANCEL_RUNNING_SQL, [job_id])
+        return cursor.rowcount > 0
+
+
+RETRY_SQL = """
+UPDATE jobs_job SET status = 'pending', cancel_requested = false,
+       max_attempts = attempt + %s + 1, run_after = now(), published_at = now(),
+       finished_at = NULL, updated_at = now()
+ WHERE id = %s AND status IN ('dead', 'failed', 'cancelled')
+RETURNING chain_id
+"""
+
+
+def retry(job_id: int, retries: int) -> bool:
+    """Give an ended (or failed) row `retries` more attempts, due now; reopen its chain."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(RETRY_SQL, [retries, job_id])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    if row[0] is not None:
+        Chain.objects.filter(pk=row[0]).update(status=ChainStatus.RUNNING, finished_at=None)
+    return True
+
+
+# --- Chains -------------------------------------------------------------------------------------
+
+
+def finish_chain(chain_id: int, status: str) -> None:
+    """End a running chain (a chain already ended keeps its first outcome)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "UPDATE jobs_chain SET status = %s, finished_at = now() WHERE id = %s AND status = 'running'",
+            [status, chain_id],
+        )
+
+
+def set_chain_steps(chain_id: int, steps: list[dict[str, Any]]) -> None:
+    Chain.objects.filter(pk=chain_id).update(steps=steps)
+
+
+def start_chain_from(job_id: int, steps: list[dict[str, Any]]) -> int:
+    """A lone job that continued becomes step 0 of a new chain; return the chain's id."""
+    chain_id = Chain.objects.create(steps=steps).pk
+    Job.objects.filter(pk=job_id).update(chain_id=chain_id, chain_index=0)
+    return chain_id
+
+
+# --- Retention ----------------------------------------------------------------------------------
+
+
+def delete_finished(cutoff: dt.datetime, batch: int) -> int:
+    """Delete one batch of rows that ended before `cutoff`; return how many."""
+    from jobs.models import FINISHED
+
+    ids = list(Job.objects.filter(status__in=FINISHED, finished_at__lt=cutoff).values_list("id", flat=True)[:batch])
+    return Job.objects.filter(id__in=ids).delete()[0] if ids else 0
+
+
+def delete_empty_chains(cutoff: dt.datetime) -> int:
+    return Chain.objects.filter(finished_at__lt=cutoff, jobs__isnull=True).delete()[0]
