@@ -18,8 +18,12 @@ class Context:
     parent_id: int | None
     #: Stable across attempts: give it to outside systems so a re-run has no double effect.
     idempotency_key: str
-    #: Set by the heartbeat when the job is cancelled while it runs; check it in long loops.
+    #: Set by the heartbeat when the job is cancelled while it runs, or when this run lost its
+    #: row (`lost`); check it in long loops and stop early.
     cancelled: bool = False
+    #: Set by the heartbeat when the row is no longer this run's (its lease lapsed and it was
+    #: reaped, handed back or claimed again): whatever this run returns will not be recorded.
+    lost: bool = False
     continuations: list[dict[str, Any]] = field(default_factory=list)
     #: time.monotonic() after which the heartbeat stops extending the lease (timeout + grace):
     #: a run stuck past its time limit loses the job to the reaper instead of holding it forever.

@@ -73,23 +73,28 @@ def reap(batch: int = 100) -> int:
     return len(ended)
 
 
-def hand_back(node: str) -> int:
-    """Return `node`'s running jobs to pending, their interrupted attempt not counted.
+def hand_back(node: str, instance: str = "") -> int:
+    """Return `node`'s running jobs to pending, their interrupted attempt not counted; a job
+    whose cancel was asked ends cancelled (its chain and its key's next delivery with it).
 
     Only for a worker whose processes are all dead: none of them can record an outcome later.
+    `instance` narrows it to one start of the node (the supervisor's token for that start).
     """
     if not node:
         return 0
     try:
-        count = store.hand_back(node)
+        with transaction.atomic():
+            rows = store.hand_back(node, instance)
+            for row in rows:
+                settle(row)
     except Exception as exc:  # the database is away: the reaper returns them when leases expire
         log.warning("could not hand back the jobs of %s (%s); their leases will expire", node, exc)
         for conn in connections.all():
             conn.close()
         return 0
-    if count:
-        log.warning("handed back %d running job(s) of %s", count, node)
-    return count
+    if rows:
+        log.warning("handed back %d running job(s) of %s", len(rows), node)
+    return len(rows)
 
 
 def recover_once() -> tuple[int, int]:

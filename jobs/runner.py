@@ -161,9 +161,13 @@ class Heartbeat:
             if not contexts:
                 continue
             try:
-                for beat in store.heartbeat(list(contexts), lease_seconds()):
-                    ctx = contexts.get(beat.id)
-                    if ctx is not None and ctx.attempt == beat.attempt and beat.cancel_requested:
+                beats = store.heartbeat([(ctx.job_id, ctx.attempt) for ctx in contexts.values()], lease_seconds())
+                held = {beat.id: beat for beat in beats}
+                for job_id, ctx in contexts.items():
+                    beat = held.get(job_id)
+                    if beat is None:  # reaped or handed back: this run's outcome will be refused
+                        ctx.lost = ctx.cancelled = True
+                    elif beat.cancel_requested:
                         ctx.cancelled = True
             except Exception as exc:  # the database is away: keep trying, the lease may lapse
                 log.warning("heartbeat failed: %s", exc)

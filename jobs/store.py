@@ -173,16 +173,21 @@ def claim(job_id: int, worker: str, lease_seconds: float) -> Claimed | None:
     return claimed._replace(input=_json(claimed.input))
 
 
+# Fenced by attempt: a runner whose lease lapsed (and whose row another worker claimed since)
+# extends nothing, and learns it lost the row.
 HEARTBEAT_SQL = """
-UPDATE jobs_job SET lease_expires_at = now() + make_interval(secs => %s)
- WHERE id = ANY(%s) AND status = 'running'
-RETURNING id, attempt, cancel_requested
+UPDATE jobs_job j SET lease_expires_at = now() + make_interval(secs => %s)
+  FROM unnest(%s::bigint[], %s::int[]) AS h(id, attempt)
+ WHERE j.id = h.id AND j.attempt = h.attempt AND j.status = 'running'
+RETURNING j.id, j.attempt, j.cancel_requested
 """
 
 
-def heartbeat(job_ids: list[int], lease_seconds: float) -> list[Beat]:
+def heartbeat(runs: list[tuple[int, int]], lease_seconds: float) -> list[Beat]:
+    """Extend the leases of these (job id, attempt) runs; a run missing from the answer has lost
+    its row (reaped, handed back, or claimed again by another worker)."""
     with connections[CLAIMS].cursor() as cursor:
-        cursor.execute(HEARTBEAT_SQL, [lease_seconds, job_ids])
+        cursor.execute(HEARTBEAT_SQL, [lease_seconds, [r[0] for r in runs], [r[1] for r in runs]])
         return [Beat._make(row) for row in cursor.fetchall()]
 
 
@@ -307,20 +312,34 @@ def reap(batch: int) -> list[Ended]:
         return [Ended._make(row) for row in cursor.fetchall()]
 
 
+# The interrupted attempt is not counted (one more is granted) and its number is not reused; a
+# row whose cancel was asked ends cancelled rather than waiting to run again.
 HAND_BACK_SQL = """
-UPDATE jobs_job SET status = 'pending', attempt = GREATEST(attempt - 1, 0),
-       lease_expires_at = NULL, published_at = NULL, run_after = now(), updated_at = now(),
+UPDATE jobs_job SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+       finished_at = CASE WHEN cancel_requested THEN now() END,
+       max_attempts = max_attempts + 1, lease_expires_at = NULL, published_at = NULL,
+       run_after = now(), updated_at = now(),
        error = 'handed back: worker ' || %s || ' stopped before finishing'
  WHERE status = 'running' AND worker LIKE %s
+RETURNING id, type, status, chain_id
 """
 
 
-def hand_back(node: str) -> int:
-    """Return `node`'s running rows to pending, the interrupted attempt not counted."""
-    pattern = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+def worker_name(node: str, pid: int, instance: str = "") -> str:
+    """What a claim writes in `worker`: the Celery node, the process, and the supervisor's token
+    for this start of the node (two starts with one node name are told apart by it)."""
+    return f"{node}/{pid}/{instance}" if instance else f"{node}/{pid}"
+
+
+def hand_back(node: str, instance: str = "") -> list[Ended]:
+    """Return the running rows of `node` (of that start of it, given its instance token) to
+    pending, or end them cancelled when a cancel was asked; the caller settles the ended ones."""
+    like = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    if instance:
+        like += "/" + instance.replace("%", "\\%").replace("_", "\\_")
     with connections["default"].cursor() as cursor:
-        cursor.execute(HAND_BACK_SQL, [node, pattern])
-        return cursor.rowcount
+        cursor.execute(HAND_BACK_SQL, [node, like])
+        return [Ended._make(row) for row in cursor.fetchall()]
 
 
 # --- An operator's decisions: cancel and retry ----------------------------------------------------

@@ -5,10 +5,13 @@ import os
 
 from celery import shared_task
 
-from jobs import runner
+from jobs import runner, store
 from jobs.publish import TASK
+
+#: The supervisor's token for this start of the node (see jobs.store.worker_name).
+INSTANCE = os.environ.get("CONVEYOR_INSTANCE", "")
 
 
 @shared_task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(self, job_id: int) -> str:  # noqa: ANN001 - Celery's bound task
-    return runner.execute(int(job_id), f"{self.request.hostname}/{os.getpid()}")
+    return runner.execute(int(job_id), store.worker_name(self.request.hostname, os.getpid(), INSTANCE))
