@@ -11,3 +11,7 @@ class BadInput(ValueError):
     def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or {}
+
+
+class Conflict(BadInput):
+    """A request that contradicts what is already recorded: the HTTP API answers 409."""

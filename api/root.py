@@ -7,7 +7,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 
 from api.auth import TokenAuth
-from api.errors import BadInput
+from api.errors import BadInput, Conflict
 
 api = NinjaAPI(
     title="Conveyor",
@@ -30,6 +30,11 @@ def _field(loc: list | tuple) -> str:
 def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     fields = {_field(err.get("loc", ())): err.get("msg", "invalid") for err in exc.errors}
     return api.create_response(request, {"detail": "invalid request", "fields": fields}, status=400)
+
+
+@api.exception_handler(Conflict)
+def conflict(request: HttpRequest, exc: Conflict) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc), "fields": exc.errors}, status=409)
 
 
 @api.exception_handler(BadInput)

@@ -78,6 +78,27 @@ def sleep(ctx: Context, data: Sleep) -> dict:
     return {"slept": data.seconds}
 
 
+class Hang(BaseModel):
+    seconds: float = Field(ge=0, le=600)
+    #: One blocking call (which no exception interrupts) instead of short steps.
+    block: bool = False
+
+
+@job_type("examples.hang", queue="default", input=Hang, retries=0, timeout=2)
+def hang(ctx: Context, data: Hang) -> dict:
+    """Runs past its 2-second time limit, ignoring cancellation: for time-limit checks."""
+    from examples.models import Effect
+
+    Effect.objects.create(job_id=ctx.job_id, attempt=ctx.attempt, worker_pid=os.getpid())
+    if data.block:
+        time.sleep(data.seconds)
+    else:
+        deadline = time.monotonic() + data.seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    return {"hung": data.seconds}
+
+
 class Fail(BaseModel):
     times: int = Field(ge=0, le=100)
 

@@ -70,6 +70,7 @@ from django.utils.html import format_html  # noqa: E402
 from django_celery_beat.admin import PeriodicTaskAdmin  # noqa: E402
 from django_celery_beat.models import PeriodicTask  # noqa: E402
 
+from jobs.creation import platform_key  # noqa: E402
 from jobs.schedules import PREFIX  # noqa: E402
 
 
@@ -90,7 +91,7 @@ class ScheduleAdmin(PeriodicTaskAdmin):
     def last_job(self, task: PeriodicTask) -> str:
         if not task.name.startswith(PREFIX):
             return "-"
-        key = f"schedule:{task.name[len(PREFIX):]}:"
+        key = platform_key("schedule", task.name[len(PREFIX) :], "")
         job = Job.objects.filter(idempotency_key__startswith=key).order_by("-id").only("id", "status").first()
         if job is None:
             return "-"

@@ -4,7 +4,7 @@
   waits as a standby and takes over within CONVEYOR_BEAT_LOCK_SECONDS (+1 s) of the leader's
   death (django-celery-beat#558, celery#1495).
 - A Conveyor tick writes the job row itself (no intermediate Celery message) with the
-  idempotency key `schedule:<name>:<tick time>`, so a beat restarted mid-tick, or two beats
+  idempotency key `conveyor:schedule:<name>:<tick time>`, so a beat restarted mid-tick, or two beats
   that both believe they lead, produce one job per tick.
 """
 from __future__ import annotations
@@ -52,10 +52,10 @@ def tick_time(entry: Any) -> dt.datetime:
 
 def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt.datetime) -> Any:
     """Write the tick's job (or find the one already written for this tick)."""
-    from jobs import enqueue
+    from jobs.creation import Step, enqueue_step, platform_key
 
-    key = f"schedule:{schedule_name}:{at.strftime('%Y-%m-%dT%H:%M:%SZ')}"
-    return enqueue(job_type, data, idempotency_key=key)
+    key = platform_key("schedule", schedule_name, at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return enqueue_step(Step(job_type, data, idempotency_key=key), platform=True)[0]
 
 
 class AlignedInterval(interval_schedule):

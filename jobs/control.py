@@ -31,7 +31,9 @@ def retry(job: Job) -> bool:
     with transaction.atomic():
         if not store.retry(job.pk, retries):
             return False
-        # The row as the retry left it, read before its message can reach a worker.
+        # The row as the retry left it, read before its message can reach a worker. A row
+        # due later is published by the relay when its time comes.
         job.refresh_from_db()
-        publish_on_commit([Message.of(job)])
+        if job.published_at is not None:
+            publish_on_commit([Message.of(job)])
     return True

@@ -14,9 +14,23 @@ from typing import Any, Iterable
 
 from django.db import transaction
 
+from api.errors import Conflict
 from jobs import registry, store
 from jobs.models import Chain, Job
 from jobs.publish import Message, publish_on_commit
+
+
+#: Idempotency keys the platform makes itself (schedule ticks, event deliveries) start with this,
+#: and a caller's may not: no client can take a key that a tick or a delivery will need.
+PLATFORM_KEY_PREFIX = "conveyor:"
+
+
+class IdempotencyConflict(Conflict):
+    """An idempotency key already used for a job of another type or input."""
+
+
+def platform_key(*parts: object) -> str:
+    return PLATFORM_KEY_PREFIX + ":".join(str(part) for part in parts)
 
 
 @dataclass(frozen=True)
@@ -31,11 +45,16 @@ class Step:
     retries: int | None = None
 
 
-def new_job(step: Step, **fields: Any) -> Job:
+def new_job(step: Step, *, platform: bool = False, **fields: Any) -> Job:
     """Validate a step against its job type and return an unsaved Job row.
 
-    `fields` sets the row's place in a chain (chain_id, chain_index, parent_id).
+    `fields` sets the row's place in a chain (chain_id, chain_index, parent_id). Only the
+    platform's own jobs (`platform=True`) may carry a key starting with PLATFORM_KEY_PREFIX.
     """
+    key = step.idempotency_key
+    if key is not None and key.startswith(PLATFORM_KEY_PREFIX) != platform:
+        message = f"must not start with {PLATFORM_KEY_PREFIX!r} (reserved for the platform's own jobs)"
+        raise registry.InvalidJob(f"idempotency_key {message}", {"idempotency_key": message})
     jt = registry.get(step.type)
     data = jt.validate(step.input)
     priority = jt.priority if step.priority is None else step.priority
@@ -79,12 +98,29 @@ def enqueue(
 ) -> Job:
     """Write a job row in the caller's transaction; its message is published after commit.
 
-    With an idempotency key already used, the existing job is returned and nothing is enqueued.
+    With an idempotency key already used for the same type and input, the existing job is
+    returned and nothing is enqueued; for another type or input, IdempotencyConflict is raised.
     """
-    job = new_job(Step(type, input, idempotency_key, run_after, priority, retries))
-    if submit([job]):
-        return job
-    return Job.objects.get(idempotency_key=idempotency_key)
+    return enqueue_step(Step(type, input, idempotency_key, run_after, priority, retries))[0]
+
+
+def enqueue_step(step: Step, *, platform: bool = False) -> tuple[Job, bool]:
+    """Enqueue one step: (the job, True) when inserted; (the existing job, False) when its
+    idempotency key was already used for the same type and input."""
+    job = new_job(step, platform=platform)
+    for _ in range(3):  # the existing row may be deleted by retention between insert and read
+        if submit([job]):
+            return job, True
+        existing = Job.objects.filter(idempotency_key=job.idempotency_key).first()
+        if existing is None:
+            continue
+        if existing.type != job.type or existing.input != job.input:
+            raise IdempotencyConflict(
+                f"idempotency key {job.idempotency_key!r} was used for job {existing.pk} of another type or input",
+                {"idempotency_key": f"already used by job {existing.pk} ({existing.type}) with another type or input"},
+            )
+        return existing, False
+    raise IdempotencyConflict("idempotency key keeps changing hands", {"idempotency_key": "try again"})
 
 
 def enqueue_many(steps: Iterable[Step]) -> list[Job]:

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from api.schemas import ERRORS, Strict
 from jobs import control
-from jobs.creation import Step, enqueue, start_chain
+from jobs.creation import Step, enqueue_step, start_chain
 from jobs.models import Chain, Job
 
 router = Router(tags=["jobs"])
@@ -43,6 +43,8 @@ class JobOut(Schema):
     chain_index: int | None
     progress: int
     progress_message: str
+    #: A cancel was asked while the job ran: it stops at its next check of ctx.cancelled.
+    cancel_requested: bool
     worker: str
     idempotency_key: str | None
     run_after: dt.datetime
@@ -84,17 +86,18 @@ class JobFilters(Strict):
     chain: int | None = None
 
 
-@router.post("", response={201: JobOut, **ERRORS}, summary="Enqueue a job")
+@router.post(
+    "",
+    response={201: JobOut, 200: JobOut, **ERRORS},
+    summary="Enqueue a job",
+    description="201 with the new job; 200 with the existing one when `idempotency_key` was already "
+    "used for the same type and input; 409 when it was used for another type or input.",
+)
 def create_job(request: HttpRequest, payload: EnqueueIn):  # noqa: ANN201
-    job = enqueue(
-        payload.type,
-        payload.input,
-        idempotency_key=payload.idempotency_key,
-        run_after=payload.run_after,
-        priority=payload.priority,
-        retries=payload.retries,
+    job, created = enqueue_step(
+        Step(payload.type, payload.input, payload.idempotency_key, payload.run_after, payload.priority, payload.retries)
     )
-    return Status(201, job)
+    return Status(201 if created else 200, job)
 
 
 @router.get("", response=list[JobOut], summary="List jobs, newest first")
@@ -115,13 +118,19 @@ def get_job(request: HttpRequest, job_id: int):  # noqa: ANN201
     return get_object_or_404(Job, pk=job_id)
 
 
-@router.post("/{int:job_id}/cancel", response={200: JobOut, **ERRORS}, summary="Cancel a job")
+@router.post(
+    "/{int:job_id}/cancel",
+    response={200: JobOut, 202: JobOut, **ERRORS},
+    summary="Cancel a job",
+    description="200: a waiting job, cancelled at once. 202: a running job, asked to stop "
+    "(`cancel_requested` is true; it ends `cancelled` when its handler returns). 409: already ended.",
+)
 def cancel_job(request: HttpRequest, job_id: int):  # noqa: ANN201
     job = get_object_or_404(Job, pk=job_id)
     if not control.cancel(job):
         raise HttpError(409, f"job {job_id} is {job.status}: only pending, failed or running jobs can be cancelled")
     job.refresh_from_db()
-    return job
+    return Status(202 if job.status == "running" else 200, job)
 
 
 @router.post("/{int:job_id}/retry", response={200: JobOut, **ERRORS}, summary="Retry a dead, failed or cancelled job")

@@ -34,7 +34,7 @@ def relay(batch: int = 500) -> int:
     except Exception as exc:  # Redis away: publishing fails too; try again next pass
         log.warning("relay cannot read queue lengths: %s", exc)
         busy = []
-    messages += store.mark_stale(stale, busy, batch)
+    messages += store.mark_stale(stale, busy, max(stale, int(settings.CONVEYOR["RELAY_BACKLOG_SECONDS"])), batch)
     if messages:
         publish(messages)
     return len(messages)
@@ -43,9 +43,10 @@ def relay(batch: int = 500) -> int:
 def backlogged(queues: Iterable[str]) -> set[str]:
     """The queues whose Redis lists still hold messages (over every priority list).
 
-    The relay does not re-send a "stale" row of such a queue: its message is most likely still
-    waiting behind the others, and re-sending a whole backlog every RELAY_STALE_SECONDS would
-    double the work. A message really lost there is re-sent once its queue has drained.
+    The relay re-sends a "stale" row of such a queue only after RELAY_BACKLOG_SECONDS (not
+    RELAY_STALE_SECONDS): its message is most likely still waiting behind the others, and
+    re-sending a whole backlog every RELAY_STALE_SECONDS would double the work; a message really
+    lost there still goes out again within that bound, however long the queue stays busy.
     """
     from project.celery import app
 
@@ -64,13 +65,25 @@ def backlogged(queues: Iterable[str]) -> set[str]:
 
 
 def reap(batch: int = 100) -> int:
-    """Return running rows whose lease expired (their worker died) to pending, dead or cancelled."""
-    with transaction.atomic():
-        ended = store.reap(batch)
-        for row in ended:
+    """Return running rows whose lease expired (their worker died) to pending, dead or cancelled.
+
+    Each row in its own transaction: a row whose settlement fails (a hook raising, say) is
+    logged and left for the next pass, and the others are reaped.
+    """
+    reaped = 0
+    for job_id in store.expired(batch):
+        try:
+            with transaction.atomic():
+                row = store.reap(job_id)
+                if row is not None:
+                    settle(row)
+        except Exception:
+            log.exception("could not reap job %s; trying again next pass", job_id)
+            continue
+        if row is not None:
             log.warning("reaped job %s: lease expired, now %s", row.id, row.status)
-            settle(row)
-    return len(ended)
+            reaped += 1
+    return reaped
 
 
 def hand_back(node: str, instance: str = "") -> int:
@@ -98,10 +111,21 @@ def hand_back(node: str, instance: str = "") -> int:
 
 
 def recover_once() -> tuple[int, int]:
-    """One pass of the reaper then the relay (the relay publishes what the reaper returned)."""
-    reaped = reap()
-    relayed = relay()
-    return reaped, relayed
+    """One pass of the reaper then the relay (the relay publishes what the reaper returned).
+
+    Each runs even when the other fails: a reaper stuck on one row must not stop delayed jobs,
+    retries and lost messages from being published. Returns (-1 for a part that failed).
+    """
+    results = []
+    for part in (reap, relay):
+        try:
+            results.append(part())
+        except Exception as exc:  # PostgreSQL or Redis away: try again next pass
+            log.warning("recovery: %s failed: %s", part.__name__, exc)
+            for conn in connections.all():
+                conn.close()
+            results.append(-1)
+    return results[0], results[1]
 
 
 # --- The loop: a thread in every worker's main process -------------------------------------------
@@ -111,12 +135,7 @@ _stop = threading.Event()
 
 def loop(stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
-        try:
-            recover_once()
-        except Exception as exc:  # PostgreSQL or Redis away: try again next tick
-            log.warning("recovery pass failed: %s", exc)
-            for conn in connections.all():
-                conn.close()
+        recover_once()
 
 
 def start() -> None:

@@ -143,6 +143,13 @@ def add(jt: JobType) -> None:
         _aliases[alias] = jt.name
 
 
+def remove(name: str) -> None:
+    """Forget a job type and its aliases (tests that declare a type of their own clean up)."""
+    jt = _types.pop(name, None)
+    for alias in jt.aliases if jt else ():
+        _aliases.pop(alias, None)
+
+
 class ImproperlyDeclared(Exception):
     """A job type declaration that cannot work (duplicate name, bad priority...)."""
 

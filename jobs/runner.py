@@ -8,16 +8,19 @@ nothing. Every statement is the job store's (jobs.store).
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 
 from jobs import registry, store
 from jobs.context import Context
@@ -27,6 +30,13 @@ from jobs.outcome import settle
 from jobs.publish import HARD_LIMIT_GRACE
 
 log = logging.getLogger("conveyor.runner")
+
+#: How long an outcome is retried while PostgreSQL is away before the run gives up on recording
+#: it (the lease then lapses and the reaper runs the job again).
+OUTCOME_RETRY_SECONDS = 30.0
+#: True in a prefork pool process (set by jobs.signals on worker_process_init): Celery enforces
+#: the time limits there. The threads and solo pools ignore them, so the runner enforces them.
+POOL_ENFORCES_TIME_LIMITS = False
 
 
 def lease_seconds() -> int:
@@ -55,29 +65,67 @@ def execute(job_id: int, worker: str) -> str:
     if jt is not None:
         ctx.lease_deadline = time.monotonic() + jt.timeout + HARD_LIMIT_GRACE
     heartbeat.track(ctx)
+    limit = None if POOL_ENFORCES_TIME_LIMITS or jt is None else TimeLimit(ctx, jt.timeout, jt)
     try:
         if jt is None:
             raise registry.InvalidJob(f"unknown job type {claimed.type!r}")
-        output = jt.handler(ctx, jt.parse(claimed.input))
+        try:
+            output = jt.handler(ctx, jt.parse(claimed.input))
+        finally:
+            if limit is not None:
+                limit.stop()
         output = output.model_dump(mode="json") if hasattr(output, "model_dump") else output
     except SoftTimeLimitExceeded:
-        return _fail(ctx, f"timeout: the run took longer than {jt.timeout}s", jt)
+        return _record(ctx, lambda: _fail(ctx, f"timeout: the run took longer than {jt.timeout}s", jt))
     except Exception:
-        return _fail(ctx, traceback.format_exc(limit=20), jt)
+        return _record(ctx, lambda: _fail(ctx, traceback.format_exc(limit=20), jt))
     finally:
         heartbeat.untrack(ctx)
-    return _succeed(ctx, output, jt)
+    try:
+        encoded = json.dumps(output, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        error = f"the handler's output cannot be stored as JSON: {exc}"
+        return _record(ctx, lambda: _fail(ctx, error, jt))
+    if "\\u0000" in encoded:
+        return _record(ctx, lambda: _fail(ctx, "the handler's output holds a NUL character, which PostgreSQL's JSON cannot store", jt))
+    return _record(ctx, lambda: _succeed(ctx, encoded, jt))
 
 
-def _succeed(ctx: Context, output: Any, jt: registry.JobType) -> str:
+def _record(ctx: Context, write: Callable[[], str]) -> str:
+    """Run an outcome transaction until PostgreSQL takes it, for up to OUTCOME_RETRY_SECONDS.
+
+    A handler that ran must not run again because its outcome met a restarting database: the
+    outcome is fenced by its attempt, so writing it again after an unknown commit is safe (a
+    second write finds the row ended and records nothing).
+    """
+    deadline = time.monotonic() + OUTCOME_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("job %s attempt %s: recording the outcome failed (%s); trying again", ctx.job_id, ctx.attempt, exc)
+            for alias in ("default", store.CLAIMS):
+                connections[alias].close()
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
     hook = jt.on_finish
     if not (ctx.chain_id is not None or ctx.continuations or hook):
         # The common case: one statement in autocommit.
-        return "succeeded" if store.succeed(ctx.job_id, ctx.attempt, output) else _lost(ctx)
+        done = store.succeed(ctx.job_id, ctx.attempt, output_json)
+        return done.status if done else _lost(ctx)
     with transaction.atomic(durable=True):
-        done = store.succeed(ctx.job_id, ctx.attempt, output, ctx.chain_id)
+        done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id)
         if done is None:
             return _lost(ctx)
+        if done.status == Status.CANCELLED:
+            settle(store.Ended(done.id, done.type, done.status, done.chain_id))
+            return done.status
         if ctx.chain_id is not None or ctx.continuations:
             _continue_chain(ctx, done)
         if hook:
@@ -104,8 +152,8 @@ def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
         if ctx.continuations:
             steps[index + 1 : index + 1] = ctx.continuations
             store.set_chain_steps(chain_id, steps)
-    if done.cancel_requested or status != ChainStatus.RUNNING:
-        store.finish_chain(chain_id, ChainStatus.CANCELLED if done.cancel_requested else status)
+    if status != ChainStatus.RUNNING:
+        store.finish_chain(chain_id, status)
     elif index + 1 >= len(steps):
         store.finish_chain(chain_id, ChainStatus.SUCCEEDED)
     else:
@@ -123,6 +171,59 @@ def _fail(ctx: Context, error: str, jt: registry.JobType | None) -> str:
         settle(ended)
     log.info("job %s attempt %s/%s %s", ctx.job_id, ctx.attempt, ctx.max_attempts, ended.status)
     return ended.status
+
+
+# --- Time limits where the pool has none (threads, solo) ------------------------------------------
+
+
+class TimeLimit:
+    """The soft and hard time limits of one run, for pools that ignore Celery's.
+
+    At the soft limit SoftTimeLimitExceeded is raised in the handler's thread (at its next Python
+    instruction: a call blocked in C finishes first). Past the hard limit (HARD_LIMIT_GRACE
+    later) a handler still running has its attempt recorded as failed and its process ended, as
+    Celery's prefork pool kills its process: the supervisor restarts the worker, and no second
+    copy of the job can start beside the stuck one.
+    """
+
+    def __init__(self, ctx: Context, seconds: float, jt: registry.JobType) -> None:
+        self.ctx, self.seconds, self.jt = ctx, seconds, jt
+        self.thread_id = threading.get_ident()
+        self._lock = threading.Lock()
+        self._done = False
+        self._fired = False
+        self._timer = threading.Timer(seconds, self._soft)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done = True
+            self._timer.cancel()
+            if self._fired:  # raised too late to matter: drop it if it is still pending
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
+
+    def _soft(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            log.warning("job %s attempt %s passed its time limit (%ss)", self.ctx.job_id, self.ctx.attempt, self.seconds)
+            self._fired = True
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(SoftTimeLimitExceeded))
+            self._timer = threading.Timer(HARD_LIMIT_GRACE, self._hard)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _hard(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            log.error("job %s attempt %s still runs %ss past its time limit: ending worker process %s",
+                      self.ctx.job_id, self.ctx.attempt, HARD_LIMIT_GRACE, os.getpid())
+            try:
+                _fail(self.ctx, f"timeout: the run took longer than {self.seconds}s and did not stop; its worker process was ended", self.jt)
+            finally:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- The heartbeat: one thread per process extends the leases of its running jobs --------------

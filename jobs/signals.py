@@ -2,15 +2,24 @@
 are checked around each task."""
 from __future__ import annotations
 
-from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready, worker_shutting_down
 from django.db import close_old_connections
 
-from jobs import recovery
+from jobs import recovery, runner
 
 
 @worker_ready.connect
 def start_recovery(sender: object = None, **kwargs: object) -> None:
     recovery.start()
+
+
+@worker_process_init.connect
+def in_a_prefork_pool_process(sender: object = None, **kwargs: object) -> None:
+    """Celery sends this in each prefork pool process, the one pool that enforces time limits,
+    and in the solo pool's main process too (which enforces none)."""
+    from billiard.process import current_process
+
+    runner.POOL_ENFORCES_TIME_LIMITS = current_process().name != "MainProcess"
 
 
 @worker_shutting_down.connect

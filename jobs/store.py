@@ -24,7 +24,6 @@ import json
 from typing import Any, NamedTuple, Sequence
 
 from django.db import connections
-from psycopg.types.json import Jsonb
 
 from jobs.models import Chain, ChainStatus, Job
 from jobs.publish import Message
@@ -61,7 +60,11 @@ class Beat(NamedTuple):
 
 
 class Succeeded(NamedTuple):
-    cancel_requested: bool
+    id: int
+    type: str
+    #: succeeded, or cancelled when a cancel was asked while it ran.
+    status: str
+    chain_id: int | None
     input: dict[str, Any]
     #: The chain's plan and status, read under its row lock (None outside a chain).
     chain_steps: list[dict[str, Any]] | None
@@ -78,6 +81,11 @@ class Ended(NamedTuple):
 def _json(value: Any) -> Any:
     # Django has psycopg hand jsonb over as text (its JSONField decodes it); raw SQL decodes here.
     return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def text(value: str) -> str:
+    """Text PostgreSQL can store: a NUL character (which it refuses) is written as `\\x00`."""
+    return value.replace("\x00", "\\x00")
 
 
 def _messages(cursor: Any) -> list[Message]:
@@ -203,36 +211,38 @@ def progress(job_id: int, attempt: int, percent: int, message: str) -> None:
         cursor.execute(PROGRESS_SQL, [percent, message[:500], job_id, attempt])
 
 
+# A run that returns after a cancel was asked ends cancelled, its output kept.
 SUCCEED_SQL = """
-UPDATE jobs_job SET status = 'succeeded', output = %s, progress = 100, finished_at = now(),
-       updated_at = now(), lease_expires_at = NULL, error = ''
+UPDATE jobs_job SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'succeeded' END,
+       output = %s::jsonb, progress = 100, finished_at = now(), updated_at = now(),
+       lease_expires_at = NULL, error = ''
  WHERE id = %s AND status = 'running' AND attempt = %s
-RETURNING cancel_requested, input
+RETURNING id, type, status, chain_id, input
 """
 
 SUCCEED_IN_CHAIN_SQL = f"""
 WITH done AS ({SUCCEED_SQL.strip()}),
      chain AS (SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE)
-SELECT done.cancel_requested, done.input, chain.steps, chain.status FROM done, chain
+SELECT done.*, chain.steps, chain.status FROM done, chain
 """
 
 
-def succeed(job_id: int, attempt: int, output: Any, chain_id: int | None = None) -> Succeeded | None:
-    """Record attempt `attempt`'s success (None: the attempt lost its lease, nothing recorded).
-
-    In a chain, the chain's row is locked in the same round trip and its plan returned.
-    """
+def succeed(job_id: int, attempt: int, output_json: str, chain_id: int | None = None) -> Succeeded | None:
+    """Record attempt `attempt`'s success, its output given as JSON text (None: the attempt lost
+    its lease, nothing recorded). In a chain, the chain's row is locked in the same round trip
+    and its plan returned."""
     with connections["default"].cursor() as cursor:
         if chain_id is None:
-            cursor.execute(SUCCEED_SQL, [Jsonb(output), job_id, attempt])
+            cursor.execute(SUCCEED_SQL, [output_json, job_id, attempt])
         else:
-            cursor.execute(SUCCEED_IN_CHAIN_SQL, [Jsonb(output), job_id, attempt, chain_id])
+            cursor.execute(SUCCEED_IN_CHAIN_SQL, [output_json, job_id, attempt, chain_id])
         row = cursor.fetchone()
     if row is None:
         return None
     if chain_id is None:
-        return Succeeded(row[0], _json(row[1]), None, None)
-    return Succeeded(row[0], _json(row[1]), _json(row[2]), row[3])
+        row = (*row, None, None)
+    done = Succeeded._make(row)
+    return done._replace(input=_json(done.input), chain_steps=_json(done.chain_steps))
 
 
 FAIL_SQL = f"""
@@ -248,7 +258,7 @@ RETURNING id, type, status, chain_id
 def fail(job_id: int, attempt: int, error: str, delay: float) -> Ended | None:
     """Record a failed attempt: retried after `delay` seconds, dead, or cancelled (ENDED)."""
     with connections["default"].cursor() as cursor:
-        cursor.execute(FAIL_SQL, [delay, error[-10_000:], job_id, attempt])
+        cursor.execute(FAIL_SQL, [delay, text(error)[-10_000:], job_id, attempt])
         row = cursor.fetchone()
     return None if row is None else Ended._make(row)
 
@@ -271,7 +281,8 @@ RELAY_STALE_SQL = f"""
 WITH stale AS (
   SELECT id FROM jobs_job
    WHERE {RUNNABLE} AND published_at < now() - make_interval(secs => %s)
-     AND run_after <= now() AND queue <> ALL(%s)
+     AND run_after <= now()
+     AND (queue <> ALL(%s) OR published_at < now() - make_interval(secs => %s))
    ORDER BY published_at LIMIT %s FOR UPDATE SKIP LOCKED)
 UPDATE jobs_job j SET published_at = now() FROM stale WHERE j.id = stale.id
 RETURNING j.id, j.queue, j.priority, j.type
@@ -285,31 +296,46 @@ def mark_due(batch: int) -> list[Message]:
         return _messages(cursor)
 
 
-def mark_stale(stale_seconds: float, skip_queues: list[str], batch: int) -> list[Message]:
-    """Mark rows published over `stale_seconds` ago and still unclaimed as published again."""
+def mark_stale(stale_seconds: float, busy_queues: list[str], busy_seconds: float, batch: int) -> list[Message]:
+    """Mark rows published over `stale_seconds` ago and still unclaimed as published again; in a
+    queue whose Redis list still holds messages (`busy_queues`), over `busy_seconds` ago."""
     with connections[CLAIMS].cursor() as cursor:
-        cursor.execute(RELAY_STALE_SQL, [stale_seconds, skip_queues, batch])
+        cursor.execute(RELAY_STALE_SQL, [stale_seconds, busy_queues, busy_seconds, batch])
         return _messages(cursor)
 
 
-# Running rows whose lease expired: their worker died. Back to pending (or dead, or cancelled).
+EXPIRED_SQL = """
+SELECT id FROM jobs_job WHERE status = 'running' AND lease_expires_at < now()
+ ORDER BY lease_expires_at LIMIT %s
+"""
+
+# A running row whose lease expired: its worker died. Back to pending (or dead, or cancelled).
 REAP_SQL = f"""
 UPDATE jobs_job SET status = {ENDED.format(again="pending")},
        finished_at = CASE WHEN {ENDS} THEN now() END,
        error = 'lease expired: the worker running attempt ' || attempt || ' (' || worker || ') was lost',
        run_after = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
- WHERE id IN (SELECT id FROM jobs_job
-               WHERE status = 'running' AND lease_expires_at < now()
-               ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED)
+ WHERE id = (SELECT id FROM jobs_job
+              WHERE id = %s AND status = 'running' AND lease_expires_at < now()
+              FOR UPDATE SKIP LOCKED)
 RETURNING id, type, status, chain_id
 """
 
 
-def reap(batch: int) -> list[Ended]:
-    """Settle running rows whose lease expired (ENDED); the caller settles their chains."""
+def expired(batch: int) -> list[int]:
+    """Running rows whose lease expired, oldest first (read only: reap each with `reap`)."""
     with connections["default"].cursor() as cursor:
-        cursor.execute(REAP_SQL, [batch])
-        return [Ended._make(row) for row in cursor.fetchall()]
+        cursor.execute(EXPIRED_SQL, [batch])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def reap(job_id: int) -> Ended | None:
+    """Settle one running row whose lease expired (ENDED); None if another reaper took it, or its
+    worker renewed it meanwhile. The caller settles its chain in the same transaction."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(REAP_SQL, [job_id])
+        row = cursor.fetchone()
+    return None if row is None else Ended._make(row)
 
 
 # The interrupted attempt is not counted (one more is granted) and its number is not reused; a
@@ -369,19 +395,24 @@ def cancel(job_id: int) -> Ended | bool:
         return cursor.rowcount > 0
 
 
+# Due now, except a row cancelled before its time came: it keeps its later run_after.
 RETRY_SQL = """
-UPDATE jobs_job SET status = 'pending', cancel_requested = false,
-       max_attempts = attempt + %s + 1, run_after = now(), published_at = now(),
+WITH old AS (SELECT id, CASE WHEN status = 'cancelled' THEN GREATEST(run_after, now())
+                             ELSE now() END AS due
+               FROM jobs_job WHERE id = %s AND status IN ('dead', 'failed', 'cancelled') FOR UPDATE)
+UPDATE jobs_job j SET status = 'pending', cancel_requested = false,
+       max_attempts = attempt + %s + 1, run_after = old.due,
+       published_at = CASE WHEN old.due <= now() THEN now() END,
        finished_at = NULL, updated_at = now()
- WHERE id = %s AND status IN ('dead', 'failed', 'cancelled')
-RETURNING chain_id
+  FROM old WHERE j.id = old.id
+RETURNING j.chain_id
 """
 
 
 def retry(job_id: int, retries: int) -> bool:
-    """Give an ended (or failed) row `retries` more attempts, due now; reopen its chain."""
+    """Give an ended (or failed) row `retries` more attempts; reopen its chain."""
     with connections["default"].cursor() as cursor:
-        cursor.execute(RETRY_SQL, [retries, job_id])
+        cursor.execute(RETRY_SQL, [job_id, retries])
         row = cursor.fetchone()
     if row is None:
         return False

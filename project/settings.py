@@ -159,6 +159,8 @@ CONVEYOR = {
     "LEASE_SECONDS": env.get_int("CONVEYOR_LEASE_SECONDS", 30, minimum=2),
     # A runnable row whose message has not been consumed this long is published again.
     "RELAY_STALE_SECONDS": env.get_int("CONVEYOR_RELAY_STALE_SECONDS", 30, minimum=1),
+    # ... or this long when its queue still holds messages (it is most likely waiting its turn).
+    "RELAY_BACKLOG_SECONDS": env.get_int("CONVEYOR_RELAY_BACKLOG_SECONDS", 300, minimum=1),
     # How often each worker's relay and reaper look for due and orphaned rows.
     "RECOVERY_INTERVAL": float(env.get_int("CONVEYOR_RECOVERY_INTERVAL_MS", 500, minimum=50)) / 1000,
     "RETENTION_DAYS": env.get_int("CONVEYOR_RETENTION_DAYS", 7, minimum=1),

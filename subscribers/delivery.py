@@ -17,6 +17,7 @@ from typing import Any, Callable
 from django.db import connection
 
 from jobs import Context, Step, new_job, submit
+from jobs.creation import platform_key
 from jobs.models import FINISHED, Job
 from subscribers.models import Delivery, Event
 
@@ -40,8 +41,8 @@ def job_type(subscriber: str) -> str:
 
 def delivery_job(event_id: int, subscriber: str, replay: int = 0) -> Job:
     """An unsaved job row for one delivery; save it with jobs.submit."""
-    key = f"delivery:{event_id}:{subscriber}" + (f":replay-{replay}" if replay else "")
-    return new_job(Step(job_type(subscriber), {"event": event_id}, idempotency_key=key))
+    key = platform_key("delivery", event_id, subscriber) + (f":replay-{replay}" if replay else "")
+    return new_job(Step(job_type(subscriber), {"event": event_id}, idempotency_key=key), platform=True)
 
 
 def lock_key(subscriber: str, key: str) -> None:

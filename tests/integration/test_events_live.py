@@ -205,7 +205,7 @@ def test_emit_in_a_committed_transaction_delivers_once_to_each_subscriber(live):
 
     # and shop.process-images started exactly one images.resize -> notifications.send-email chain
     resize = Job.objects.get(type="images.resize")
-    assert resize.idempotency_key == f"delivery:{event.pk}:shop.process-images:resize"
+    assert resize.idempotency_key == f"conveyor:delivery:{event.pk}:shop.process-images:resize"
 
     def chain_succeeded() -> Chain | None:
         chain_id = Job.objects.filter(pk=resize.pk).values_list("chain_id", flat=True).get()
@@ -219,7 +219,7 @@ def test_emit_in_a_committed_transaction_delivers_once_to_each_subscriber(live):
     ]
 
     # and shop.send-confirmation wrote exactly one e-mail for its delivery, the chain one more
-    confirmation_key = f"delivery:{event.pk}:shop.send-confirmation"
+    confirmation_key = f"conveyor:delivery:{event.pk}:shop.send-confirmation"
     assert list(OutboxEmail.objects.filter(idempotency_key=confirmation_key).values_list("to", "subject")) == [
         ("ada@example.com", "Order 42 confirmed")
     ]
@@ -352,7 +352,7 @@ def test_emit_over_http_while_redis_is_down_answers_at_once_and_is_delivered_onc
     for sub in ("shop.send-confirmation", "shop.process-images", "shop.audit"):
         assert wait_delivery(event, sub, Status.SUCCEEDED, 40).job.attempt == 1
     assert AuditEntry.objects.filter(event_id=event.pk).count() == 1
-    assert OutboxEmail.objects.filter(idempotency_key=f"delivery:{event.pk}:shop.send-confirmation").count() == 1
+    assert OutboxEmail.objects.filter(idempotency_key=f"conveyor:delivery:{event.pk}:shop.send-confirmation").count() == 1
 
 
 def test_key_whose_last_delivery_was_cleaned_up_by_retention_still_delivers_new_events(live):

@@ -56,7 +56,7 @@ def every_second(name: str = "every-second") -> PeriodicTask:
 
 
 def tick_times(name: str) -> list[dt.datetime]:
-    keys = Job.objects.filter(idempotency_key__startswith=f"schedule:{name}:").values_list("idempotency_key", flat=True)
+    keys = Job.objects.filter(idempotency_key__startswith=f"conveyor:schedule:{name}:").values_list("idempotency_key", flat=True)
     return sorted(dt.datetime.fromisoformat(k.rsplit(":", 3)[-3] + ":" + k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1].rstrip("Z")) for k in keys)
 
 
@@ -172,7 +172,7 @@ def test_sync_schedules_creates_the_code_schedules():
 
 def test_schedule_admin_shows_next_run_and_last_job(admin_client):
     call_command("sync_schedules")
-    Job.objects.create(type="examples.echo", queue="default", idempotency_key="schedule:conveyor.cleanup:2026-01-01T00:00:00Z")
+    Job.objects.create(type="examples.echo", queue="default", idempotency_key="conveyor:schedule:conveyor.cleanup:2026-01-01T00:00:00Z")
     page = admin_client.get("/admin/django_celery_beat/periodictask/").content.decode().lower()
     assert "next run" in page and "last job" in page
     assert "utc" in page and "#" in page
