@@ -41,6 +41,13 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def is_embedded(kind: str) -> bool:
+    """Whether this process started or joined the embedded `kind` ("database" or "redis")."""
+    if kind not in ("database", "redis"):
+        raise ValueError(f"unknown embedded server kind {kind!r} (database or redis)")
+    return kind in _handles
+
+
 def start_database(folder: Path) -> str:
     """Start or join the embedded PostgreSQL of `folder`; return its URL (database `conveyor`)."""
     # pgserver keeps its lock file in the user's runtime folder; containers rarely set one.
