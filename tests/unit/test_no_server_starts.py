@@ -21,6 +21,7 @@ import json, os, django
 django.setup()
 from django.conf import settings
 from project import embedded
+from tests.unit.server_probe import server_traces
 folder = os.environ["CONVEYOR_DATA"]
 print(json.dumps({
     "urls": [settings.DATABASE_URL, settings.REDIS_URL, settings.CELERY_BROKER_URL],
