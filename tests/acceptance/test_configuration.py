@@ -95,9 +95,21 @@ print("RESULT", started, client.info()["process_id"], rows, (client.get("probe")
 
 
 def probe(folder: str, **extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(CONVEYOR_DATA=folder, CONVEYOR_ENV="development", DJANGO_SETTINGS_MODULE="project.settings", **extra)
+    env = {**embedded_env(folder), **extra}
     return subprocess.Popen([sys.executable, "-c", PROBE], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def end(processes: list[subprocess.Popen]) -> None:
+    """Probes still running after a failure: stop them before their folder goes (they would make
+    it again on exit, to count their release of its Redis)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
 
 
 def result_of(process: subprocess.Popen) -> list[str]:
@@ -109,15 +121,16 @@ def result_of(process: subprocess.Popen) -> list[str]:
 
 def test_processes_on_one_data_folder_share_one_pair_of_servers_and_keep_data():
     folder = tempfile.mkdtemp(prefix="cvs-", dir="/tmp")
+    probes: list[subprocess.Popen] = []
     try:
         # given two processes started together on one data folder
-        first = probe(folder, PROBE_WRITE="a", PROBE_HOLD="3")
-        second = probe(folder, PROBE_WRITE="b", PROBE_HOLD="3")
-        a, b = result_of(first), result_of(second)
+        probes += [probe(folder, PROBE_WRITE="a", PROBE_HOLD="3"), probe(folder, PROBE_WRITE="b", PROBE_HOLD="3")]
+        a, b = map(result_of, probes)
         # then they used one PostgreSQL (same start time) and one Redis (same server pid)
         assert a[0] == b[0] and a[1] == b[1], (a, b)
         # when both have exited, the servers stop; a new process starts them again
-        again = result_of(probe(folder))
+        probes.append(probe(folder))
+        again = result_of(probes[-1])
         # then the data written before the restart is there
         assert again[1] != a[1], "a new Redis server should have started"
         assert again[2] == "a,b"
@@ -125,6 +138,7 @@ def test_processes_on_one_data_folder_share_one_pair_of_servers_and_keep_data():
     finally:
         import shutil
 
+        end(probes)
         _stop_leftovers(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
