@@ -168,6 +168,9 @@ def setup_django(folder: Path) -> None:
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
 
+    from project import embedded
+
+    embedded.start()  # as manage.py does: settings only name the embedded servers' sockets
     django.setup()
     from django.core.management import call_command
 

@@ -2,10 +2,26 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+
+def run_by_celery_command(argv: list[str]) -> bool:
+    """Whether this process is `celery -A project ...` (the script, or `python -m celery`)."""
+    program = Path(argv[0]) if argv and argv[0] else Path()
+    return program.name == "celery" or (program.name == "__main__.py" and program.parent.name == "celery")
+
+
+if run_by_celery_command(sys.argv):
+    # A worker, beat or flower started on its own: the embedded servers, unless DATABASE_URL /
+    # REDIS_URL name others (every other importer of this module starts its own, or none).
+    from project import embedded
+
+    embedded.start()
 
 app = Celery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")

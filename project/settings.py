@@ -1,7 +1,9 @@
 """Conveyor's settings, read entirely from the environment (see README, "Configuration").
 
-Development (the default) may start embedded PostgreSQL and Redis; production
+Development (the default) may use embedded PostgreSQL and Redis; production
 (CONVEYOR_ENV=production) refuses them, and refuses missing or weak secrets, naming the variable.
+Importing the settings starts nothing: with no DATABASE_URL / REDIS_URL they name the embedded
+servers' sockets in the data folder, and the entry points start those servers (project.embedded).
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ if PRODUCTION:
     for variable in ("DATABASE_URL", "REDIS_URL"):
         if not env.get(variable):
             env.fail(f"{variable} is not set (embedded services are for development only)")
-DATABASE_URL = env.get("DATABASE_URL") or embedded.start_database(DATA_DIR)
-REDIS_URL = env.get("REDIS_URL") or embedded.start_redis(DATA_DIR)
+# Without a URL, the embedded server's (known in advance; started by the entry points, not here).
+DATABASE_URL = env.get("DATABASE_URL") or embedded.database_url(DATA_DIR)
+REDIS_URL = env.get("REDIS_URL") or embedded.redis_url(DATA_DIR)
 
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 # The same database through connections whose commits do not wait for the WAL flush: claims,

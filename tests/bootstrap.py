@@ -1,7 +1,8 @@
 """Loaded with `-p tests.bootstrap` before pytest-django reads the settings.
 
 Each test session gets its own data folder (short: Unix socket paths are limited to ~100
-characters), so its embedded PostgreSQL and Redis are its own, even beside another session.
+characters), so its embedded PostgreSQL and Redis are its own, even beside another session. They
+are started only when a test needs them (tests/conftest.py); unit tests start none.
 """
 from __future__ import annotations
 

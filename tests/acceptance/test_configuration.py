@@ -1,7 +1,9 @@
 """Configuration at boot: production refuses weak secrets and embedded services; the embedded
-servers are one pair per data folder, shared by every process and kept across restarts."""
+servers are started by the entry points (not by importing the settings), one pair per data folder,
+shared by every process and kept across restarts."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import MANAGE, ROOT
+from tests.support import MANAGE, ROOT, wait_for
+from tests.unit.server_probe import server_traces
 
 STRONG = "s" * 40
 
@@ -62,8 +65,11 @@ def test_production_with_everything_set_passes_the_checks():
     assert result.returncode == 0, result.stderr
 
 
+# A process of its own, as an entry point starts one: the embedded servers first, then Django.
 PROBE = """
 import django, os
+from project import embedded
+embedded.start()
 django.setup()
 from django.conf import settings
 from django.db import connection
@@ -71,7 +77,10 @@ from django.core.cache import cache
 with connection.cursor() as c:
     c.execute("SELECT pg_postmaster_start_time()::text")
     started = c.fetchone()[0]
+    # Two probes at once: CREATE TABLE IF NOT EXISTS races on PostgreSQL's catalog, so one at a time.
+    c.execute("SELECT pg_advisory_lock(4242)")
     c.execute("CREATE TABLE IF NOT EXISTS probe (v text)")
+    c.execute("SELECT pg_advisory_unlock(4242)")
     if os.environ.get("PROBE_WRITE"):
         c.execute("INSERT INTO probe VALUES (%s)", [os.environ["PROBE_WRITE"]])
     c.execute("SELECT string_agg(v, ',' ORDER BY v) FROM probe")
@@ -86,9 +95,21 @@ print("RESULT", started, client.info()["process_id"], rows, (client.get("probe")
 
 
 def probe(folder: str, **extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(CONVEYOR_DATA=folder, CONVEYOR_ENV="development", DJANGO_SETTINGS_MODULE="project.settings", **extra)
+    env = {**embedded_env(folder), **extra}
     return subprocess.Popen([sys.executable, "-c", PROBE], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def end(processes: list[subprocess.Popen]) -> None:
+    """Probes still running after a failure: stop them before their folder goes (they would make
+    it again on exit, to count their release of its Redis)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
 
 
 def result_of(process: subprocess.Popen) -> list[str]:
@@ -100,19 +121,97 @@ def result_of(process: subprocess.Popen) -> list[str]:
 
 def test_processes_on_one_data_folder_share_one_pair_of_servers_and_keep_data():
     folder = tempfile.mkdtemp(prefix="cvs-", dir="/tmp")
+    probes: list[subprocess.Popen] = []
     try:
         # given two processes started together on one data folder
-        first = probe(folder, PROBE_WRITE="a", PROBE_HOLD="3")
-        second = probe(folder, PROBE_WRITE="b", PROBE_HOLD="3")
-        a, b = result_of(first), result_of(second)
+        probes += [probe(folder, PROBE_WRITE="a", PROBE_HOLD="3"), probe(folder, PROBE_WRITE="b", PROBE_HOLD="3")]
+        a, b = map(result_of, probes)
         # then they used one PostgreSQL (same start time) and one Redis (same server pid)
         assert a[0] == b[0] and a[1] == b[1], (a, b)
         # when both have exited, the servers stop; a new process starts them again
-        again = result_of(probe(folder))
+        probes.append(probe(folder))
+        again = result_of(probes[-1])
         # then the data written before the restart is there
         assert again[1] != a[1], "a new Redis server should have started"
         assert again[2] == "a,b"
         assert again[3] in ("a", "b")
+    finally:
+        import shutil
+
+        end(probes)
+        _stop_leftovers(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# What each entry point's process then does with both servers.
+USE_BOTH = (
+    "from django.db import connection; from project.services import redis_client; c = connection.cursor(); "
+    "c.execute('SELECT 41 + 1'); print('USED', c.fetchone()[0], redis_client().ping(), flush=True)"
+)
+ENTRY_POINTS = {
+    "manage.py": [MANAGE, "shell", "-c", USE_BOTH],
+    "wsgi": ["-c", "from project.wsgi import application\n" + USE_BOTH],
+    # Celery's own command on the broker: it answers only if project/celery.py started Redis.
+    "celery": ["-m", "celery", "-A", "project", "purge", "-f"],
+}
+
+
+def embedded_env(folder: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(CONVEYOR_DATA=folder, CONVEYOR_ENV="development", DJANGO_SETTINGS_MODULE="project.settings")
+    return env
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_each_entry_point_starts_the_embedded_servers_and_they_stop_when_it_exits(entry):
+    folder = tempfile.mkdtemp(prefix="cve-", dir="/tmp")
+    try:
+        # when an entry point runs with no DATABASE_URL / REDIS_URL, on an empty data folder
+        out = subprocess.run([sys.executable, *ENTRY_POINTS[entry]], cwd=ROOT, env=embedded_env(folder), capture_output=True, text=True, timeout=120)
+        # then it used the servers it started
+        assert out.returncode == 0, out.stderr[-3000:]
+        if entry == "celery":
+            assert "purged" in out.stdout.lower(), out.stdout + out.stderr[-2000:]
+        else:
+            assert "USED 42 True" in out.stdout, out.stdout + out.stderr[-2000:]
+        # on the sockets the settings name, in the data folder (Redis removes its socket on exit)
+        assert f"embedded PostgreSQL (development only): postgresql://postgres@{folder.replace('/', '%2F')}%2Fpostgres/conveyor" in out.stderr
+        assert f"embedded Redis (development only): unix://{folder}/redis.sock" in out.stderr
+        assert {"postgres", "redis.db.settings"} <= set(os.listdir(folder))
+        # and they stopped when it exited, as its last holder
+        wait_for(lambda: not server_traces(folder)["processes"], 20, interval=0.2, what=f"the servers of {folder} to stop")
+    finally:
+        import shutil
+
+        _stop_leftovers(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+SETUP_THEN_START = """
+import json, os, django
+django.setup()
+from project import embedded
+from tests.unit.server_probe import server_traces
+folder = os.environ["CONVEYOR_DATA"]
+before = server_traces(folder)
+embedded.start()
+print(json.dumps([before, server_traces(folder)]), flush=True)
+"""
+
+
+def test_setting_django_up_starts_nothing_until_start_is_called():
+    folder = tempfile.mkdtemp(prefix="cvp-", dir="/tmp")
+    try:
+        out = subprocess.run([sys.executable, "-c", SETUP_THEN_START], cwd=ROOT, env=embedded_env(folder), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        before, after = json.loads(out.stdout.strip().splitlines()[-1])
+        # then the probe of tests/unit/test_no_server_starts.py saw nothing after django.setup()
+        assert (before["handles"], before["exported"], before["files"], before["processes"]) == ([], [], [], [])
+        # and sees both servers once embedded.start() has run: handles, URLs, files and processes
+        assert after["handles"] == ["database", "redis"]
+        assert after["exported"] == ["DATABASE_URL", "REDIS_URL"]
+        assert {"postgres", "redis.sock", ".redis-users.json"} <= set(after["files"])
+        assert any(f"{folder}/postgres" in cmdline for cmdline in after["processes"]), after["processes"]
     finally:
         import shutil
 

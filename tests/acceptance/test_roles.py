@@ -1,25 +1,30 @@
 """`manage.py start` in each WORKER_MODE, as real processes on the embedded servers."""
 from __future__ import annotations
 
+import http.cookiejar
 import json
+import re
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import psutil
 import pytest
+from django.contrib.auth import get_user_model
 
 from jobs.models import Job, Status
 from tests.factories import api_token
-from tests.support import MANAGE, ROOT, http_get, queue_length, wait_for
+from tests.support import MANAGE, ROOT, http_get, http_ok, queue_length, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 
-def post_job(proc, token: str, body: dict) -> dict:
+def post_job(base: str, token: str, body: dict) -> dict:
+    """POST /api/jobs on the server at `base` (http://127.0.0.1:PORT); its 201 answer."""
     request = urllib.request.Request(
-        proc.url("/api/jobs"), data=json.dumps(body).encode(), method="POST",
+        f"{base}/api/jobs", data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -44,7 +49,7 @@ def test_server_serves_http_and_leaves_its_message_unconsumed(live):
     server = live.start(mode="server")
     token = api_token()
     # when a job is enqueued through its API
-    job = post_job(server, token, {"type": "examples.echo", "input": {"n": 1}})
+    job = post_job(server.url(""), token, {"type": "examples.echo", "input": {"n": 1}})
     # then the message waits in Redis and the row stays pending: a server consumes nothing
     time.sleep(2)
     assert queue_length("default") == 1
@@ -55,7 +60,7 @@ def test_server_serves_http_and_leaves_its_message_unconsumed(live):
 def test_worker_consumes_and_opens_no_http_port(live):
     # given a message waiting in the queue, published by a server
     server = live.start(mode="server")
-    job = post_job(server, api_token(), {"type": "examples.echo", "input": {"n": 2}})
+    job = post_job(server.url(""), api_token(), {"type": "examples.echo", "input": {"n": 2}})
     # when a worker-mode instance starts
     worker = live.start(mode="worker")
     # then it runs the job, and neither it nor its children listen on any TCP port
@@ -66,17 +71,36 @@ def test_worker_consumes_and_opens_no_http_port(live):
 
 def test_shared_mode_serves_and_consumes(live):
     shared = live.start(mode="shared")
-    job = post_job(shared, api_token(), {"type": "examples.echo", "input": {"n": 3}})
+    job = post_job(shared.url(""), api_token(), {"type": "examples.echo", "input": {"n": 3}})
     done = wait_for(lambda: Job.objects.filter(pk=job["id"], status=Status.SUCCEEDED).first(), 30, what="the job")
     assert done.output == {"n": 3}
     assert http_get(shared.url("/health/live"))[0] == 200
 
 
 def test_admin_login_renders_in_shared_mode(live):
-    shared = live.start(mode="server")
-    status, body = http_get(shared.url("/admin/login/"))
-    assert status == 200
-    assert b"Conveyor" in body or b"Django administration" in body
+    # given a shared-mode instance (it serves HTTP and consumes) and a staff user
+    shared = live.start(mode="shared")
+    get_user_model().objects.create_superuser("ops", "ops@example.com", "a-long-test-password")
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    # then /admin/login/ is Django admin's login form
+    with browser.open(shared.url("/admin/login/?next=/admin/"), timeout=10) as response:
+        assert response.status == 200
+        page = response.read().decode()
+    assert re.search(r"<title>Log in \| [^<]*</title>", page), page[:500]
+    assert 'id="login-form"' in page and 'name="username"' in page and 'name="password"' in page
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token, "no CSRF token in the login form"
+
+    # and logging in through it as the staff user opens the admin index, with the jobs admin
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1), "username": "ops", "password": "a-long-test-password", "next": "/admin/"})
+    with browser.open(urllib.request.Request(shared.url("/admin/login/?next=/admin/"), data=form.encode(), method="POST"), timeout=10) as response:
+        assert response.status == 200
+        assert urllib.parse.urlsplit(response.url).path == "/admin/", response.url  # redirected: logged in
+        index = response.read().decode()
+    assert 'href="/admin/jobs/job/"' in index and 'href="/admin/jobs/chain/"' in index
+    with browser.open(shared.url("/admin/jobs/job/"), timeout=10) as response:
+        assert response.status == 200 and 'id="changelist"' in response.read().decode()
 
 
 def test_admin_disabled_is_404(live):
@@ -117,14 +141,9 @@ def test_honcho_brings_up_the_procfile_roles(live):
     )
     try:
         # then web answers on its port, and a job enqueued through it is run by the worker line
-        wait_for(lambda: _ready(port), 60, interval=0.3, what="honcho's web to be ready")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health/ready"), 60, interval=0.3, what="honcho's web to be ready")
         token = api_token()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/jobs", data=json.dumps({"type": "examples.echo", "input": {"via": "honcho"}}).encode(),
-            method="POST", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            job_id = json.loads(response.read())["id"]
+        job_id = post_job(f"http://127.0.0.1:{port}", token, {"type": "examples.echo", "input": {"via": "honcho"}})["id"]
         wait_for(lambda: Job.objects.filter(pk=job_id, status=Status.SUCCEEDED).exists(), 60, what="the job to run")
     finally:
         os.killpg(honcho.pid, signal.SIGINT)
@@ -135,26 +154,12 @@ def test_honcho_brings_up_the_procfile_roles(live):
             honcho.wait(5)
 
 
-def _ready(port: int) -> bool:
-    try:
-        return http_get(f"http://127.0.0.1:{port}/health/ready", timeout=2)[0] == 200
-    except OSError:
-        return False
-
-
 def test_ready_is_503_naming_the_part_that_does_not_answer(live):
     # given a server whose Redis is unreachable (nothing listens on port 1)
     server = live.start(mode="server", wait=False, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
-    wait_for(lambda: _answers(server.url("/health/live")), 60, interval=0.3, what="the server to answer")
+    wait_for(lambda: http_ok(server.url("/health/live")), 60, interval=0.3, what="the server to answer")
     # then it is live but not ready, and says which part fails
     status, body = http_get(server.url("/health/ready"))
     assert status == 503
     report = json.loads(body)
     assert set(report["failing"]) == {"redis"}
-
-
-def _answers(url: str) -> bool:
-    try:
-        return http_get(url, timeout=2)[0] == 200
-    except OSError:
-        return False

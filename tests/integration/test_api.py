@@ -1,29 +1,14 @@
 """The HTTP API's contract: bad input is a 400/401/404/413 JSON answer naming the problem."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from django.test import Client
 
 from jobs.models import Chain, Job
-from tests.factories import api_token
 from tests.support import queue_length
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-@pytest.fixture
-def api():
-    token = api_token()
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
-
-    def call(method: str, path: str, body: object = None, raw: bytes | None = None, **extra):
-        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
-        response = getattr(client, method)(f"/api{path}", data=data, content_type="application/json", **extra)
-        return response.status_code, (response.json() if response.content else None)
-
-    return call
 
 
 def test_enqueue_writes_the_row_and_publishes_its_id(api):

@@ -13,26 +13,11 @@ from django.test import Client
 
 from jobs.models import Job
 from subscribers.models import Delivery, Event
-from tests.factories import api_token
 from tests.support import queue_length, redis_client
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 ORDER_PLACED_SUBSCRIBERS = ["shop.audit", "shop.process-images", "shop.send-confirmation"]
-
-
-@pytest.fixture
-def api():
-    """call(method, path, body) -> (status, JSON body), authenticated with a real API token."""
-    token = api_token()
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
-
-    def call(method: str, path: str, body: object = None, raw: bytes | None = None):
-        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
-        response = getattr(client, method)(f"/api{path}", data=data, content_type="application/json")
-        return response.status_code, (response.json() if response.content else None)
-
-    return call
 
 
 @pytest.fixture
