@@ -1,6 +1,8 @@
 """The JSON API under /api/: one NinjaAPI, a router per capability, errors as JSON with fields."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
@@ -8,8 +10,17 @@ from ninja.errors import AuthenticationError, ValidationError
 
 from api.auth import TokenAuth
 from api.errors import BadInput, Conflict
+from api.validation import UNION_TAGS, JsonParser, constrain
 
-api = NinjaAPI(
+
+class ConveyorAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        # What the server refuses, the document says: storable strings, free JSON as JsonValue.
+        return constrain(super().get_openapi_schema(**kwargs))
+
+
+api = ConveyorAPI(
+    parser=JsonParser(),
     title="Conveyor",
     version="1",
     description="Durable jobs, chains and events on Django, Celery, Redis and PostgreSQL.",
@@ -20,15 +31,20 @@ api = NinjaAPI(
 )
 
 
-def _field(loc: list | tuple) -> str:
-    # Ninja reports ("body", "payload", "input", "width"): keep what the client sent.
-    parts = [str(part) for part in loc if part not in ("body", "payload", "query", "path")]
+def _field(error: dict[str, Any]) -> str:
+    """The field as the client wrote it: ninja reports ("body", "payload", "steps", 1,
+    "examples.fail", "input", "times"), with the tag of a discriminated union in the path."""
+    parts = [
+        str(part) for part in error.get("loc", ()) if part not in ("body", "payload", "query", "path") and part not in UNION_TAGS
+    ]
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append(str(error.get("ctx", {}).get("discriminator", "type")).strip("'"))
     return ".".join(parts) or "body"
 
 
 @api.exception_handler(ValidationError)
 def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    fields = {_field(err.get("loc", ())): err.get("msg", "invalid") for err in exc.errors}
+    fields = {_field(err): err.get("msg", "invalid") for err in exc.errors}
     return api.create_response(request, {"detail": "invalid request", "fields": fields}, status=400)
 
 
@@ -54,10 +70,11 @@ def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return api.create_response(request, {"detail": "request body over 1 MiB"}, status=413)
 
 
-from jobs.http import chains as chains_router  # noqa: E402 - routers after the handlers
-from jobs.http import router as jobs_router  # noqa: E402
-from subscribers.http import router as events_router  # noqa: E402
+from jobs import http as jobs_http  # noqa: E402 - routers after the handlers
+from subscribers import http as events_http  # noqa: E402
 
-api.add_router("/jobs", jobs_router)
-api.add_router("/chains", chains_router)
-api.add_router("/events", events_router)
+api.add_router("/jobs", jobs_http.router)
+api.add_router("/chains", jobs_http.chains)
+api.add_router("/events", events_http.router)
+api.add_router("", jobs_http.catalog)
+api.add_router("", events_http.catalog)

@@ -5,11 +5,18 @@ import io
 import os
 import time
 
-from pydantic import BaseModel, EmailStr, Field
+from typing import Annotated
+
+from pydantic import BaseModel, Field
 
 from jobs import Context, job_type
 from jobs.registry import Backoff
 from jobs.schedules import Schedule
+
+
+#: An address as the schema can state it (a local part, @, a dotted domain): what is accepted is
+#: what the OpenAPI document says, so no schema-valid request is refused.
+Address = Annotated[str, Field(pattern=r"^[^@\x00-\x20]+@[^@\x00-\x20]+\.[^@\x00-\x20]+$", max_length=254)]
 
 
 class Resize(BaseModel):
@@ -18,10 +25,10 @@ class Resize(BaseModel):
     #: Size of the generated source image (the CPU work grows with it).
     source: int = Field(1024, ge=16, le=4096)
     #: Where to send the "your image is ready" e-mail; none: the chain ends here.
-    email: EmailStr | None = None
+    email: Address | None = None
 
 
-@job_type("images.resize", queue="images", input=Resize, retries=3, timeout=120)
+@job_type("images.resize", queue="images", input=Resize, retries=3, timeout=120, public=True)
 def resize(ctx: Context, data: Resize) -> dict:
     """CPU work: render a gradient image and resize it with Lanczos, then e-mail about it."""
     from PIL import Image
@@ -40,12 +47,12 @@ def resize(ctx: Context, data: Resize) -> dict:
 
 
 class Email(BaseModel):
-    to: EmailStr
+    to: Address
     subject: str = Field(min_length=1, max_length=200)
     body: str = ""
 
 
-@job_type("notifications.send-email", queue="notifications", input=Email, retries=5, timeout=30)
+@job_type("notifications.send-email", queue="notifications", input=Email, retries=5, timeout=30, public=True)
 def send_email(ctx: Context, data: Email) -> dict:
     """I/O work: write the e-mail to the outbox table once per idempotency key."""
     from examples.models import OutboxEmail
@@ -57,7 +64,7 @@ def send_email(ctx: Context, data: Email) -> dict:
     return {"outbox_id": email.pk, "sent": created}
 
 
-@job_type("examples.echo", queue="default", timeout=30)
+@job_type("examples.echo", queue="default", timeout=30, public=True)
 def echo(ctx: Context, data: dict) -> dict:
     """Returns its input: the cheapest job, for benchmarks."""
     return data
@@ -67,7 +74,7 @@ class Sleep(BaseModel):
     seconds: float = Field(ge=0, le=3000)
 
 
-@job_type("examples.sleep", queue="default", input=Sleep, timeout=3000)
+@job_type("examples.sleep", queue="default", input=Sleep, timeout=3000, public=True)
 def sleep(ctx: Context, data: Sleep) -> dict:
     """Sleeps in small steps, stopping early when cancelled."""
     deadline = time.monotonic() + data.seconds
@@ -84,7 +91,7 @@ class Hang(BaseModel):
     block: bool = False
 
 
-@job_type("examples.hang", queue="default", input=Hang, retries=0, timeout=2)
+@job_type("examples.hang", queue="default", input=Hang, retries=0, timeout=2, public=True)
 def hang(ctx: Context, data: Hang) -> dict:
     """Runs past its 2-second time limit, ignoring cancellation: for time-limit checks."""
     from examples.models import Effect
@@ -103,7 +110,7 @@ class Fail(BaseModel):
     times: int = Field(ge=0, le=100)
 
 
-@job_type("examples.fail", queue="default", input=Fail, retries=3, backoff=Backoff(base=0.2, cap=2.0), timeout=30)
+@job_type("examples.fail", queue="default", input=Fail, retries=3, backoff=Backoff(base=0.2, cap=2.0), timeout=30, public=True)
 def fail(ctx: Context, data: Fail) -> dict:
     """Fails its first `times` attempts, then succeeds: for retry and dead-letter checks."""
     if ctx.attempt <= data.times:
@@ -115,7 +122,7 @@ class Count(BaseModel):
     sleep: float = Field(0, ge=0, le=60)
 
 
-@job_type("examples.count", queue="default", input=Count, timeout=120)
+@job_type("examples.count", queue="default", input=Count, timeout=120, public=True)
 def count(ctx: Context, data: Count) -> dict:
     """Records one side effect per run (a row), so tests can count runs per job."""
     from examples.models import Effect
@@ -126,7 +133,7 @@ def count(ctx: Context, data: Count) -> dict:
     return {"attempt": ctx.attempt}
 
 
-@job_type("examples.ping", queue="notifications", timeout=30)
+@job_type("examples.ping", queue="notifications", timeout=30, public=True)
 def ping(ctx: Context, data: dict) -> dict:
     """A no-op on the notifications queue: the second step of handoff benchmarks."""
     return {"pong": True}

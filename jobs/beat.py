@@ -55,7 +55,7 @@ def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt
     from jobs.creation import Step, enqueue_step, platform_key
 
     key = platform_key("schedule", schedule_name, at.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    return enqueue_step(Step(job_type, data, idempotency_key=key), platform=True)[0]
+    return enqueue_step(Step(job_type, data, idempotency_key=key))[0]
 
 
 class AlignedInterval(interval_schedule):

@@ -20,8 +20,9 @@ from jobs.models import Chain, Job
 from jobs.publish import Message, publish_on_commit
 
 
-#: Idempotency keys the platform makes itself (schedule ticks, event deliveries) start with this,
-#: and a caller's may not: no client can take a key that a tick or a delivery will need.
+#: Idempotency keys the platform makes itself (schedule ticks, event deliveries) start with this.
+#: An HTTP client's may not (jobs.http), so no client can take a key a tick or a delivery needs;
+#: code may, to derive keys from `ctx.idempotency_key` (a delivery's handler enqueueing a job).
 PLATFORM_KEY_PREFIX = "conveyor:"
 
 
@@ -45,16 +46,11 @@ class Step:
     retries: int | None = None
 
 
-def new_job(step: Step, *, platform: bool = False, **fields: Any) -> Job:
+def new_job(step: Step, **fields: Any) -> Job:
     """Validate a step against its job type and return an unsaved Job row.
 
-    `fields` sets the row's place in a chain (chain_id, chain_index, parent_id). Only the
-    platform's own jobs (`platform=True`) may carry a key starting with PLATFORM_KEY_PREFIX.
+    `fields` sets the row's place in a chain (chain_id, chain_index, parent_id).
     """
-    key = step.idempotency_key
-    if key is not None and key.startswith(PLATFORM_KEY_PREFIX) != platform:
-        message = f"must not start with {PLATFORM_KEY_PREFIX!r} (reserved for the platform's own jobs)"
-        raise registry.InvalidJob(f"idempotency_key {message}", {"idempotency_key": message})
     jt = registry.get(step.type)
     data = jt.validate(step.input)
     priority = jt.priority if step.priority is None else step.priority
@@ -63,15 +59,21 @@ def new_job(step: Step, *, platform: bool = False, **fields: Any) -> Job:
     retries = jt.retries if step.retries is None else step.retries
     if retries < 0:
         raise registry.InvalidJob("retries must be >= 0", {"retries": "must be 0 or more"})
-    if step.run_after is not None and (not isinstance(step.run_after, dt.datetime) or step.run_after.tzinfo is None):
-        raise registry.InvalidJob("run_after needs a timezone", {"run_after": "must include a timezone"})
+    run_after = step.run_after
+    if run_after is not None:
+        if not isinstance(run_after, dt.datetime) or run_after.tzinfo is None:
+            raise registry.InvalidJob("run_after needs a timezone", {"run_after": "must include a timezone"})
+        try:  # in UTC: PostgreSQL refuses offsets past 15:59, Python allows up to 23:59
+            run_after = run_after.astimezone(dt.timezone.utc)
+        except OverflowError:
+            raise registry.InvalidJob("run_after is out of range", {"run_after": "out of range"}) from None
     return Job(
         type=jt.name,
         queue=jt.queue,
         input=data,
         priority=priority,
         max_attempts=retries + 1,
-        run_after=step.run_after,  # None: now, by the database's clock
+        run_after=run_after,  # None: now, by the database's clock
         idempotency_key=step.idempotency_key,
         **fields,
     )
@@ -104,10 +106,10 @@ def enqueue(
     return enqueue_step(Step(type, input, idempotency_key, run_after, priority, retries))[0]
 
 
-def enqueue_step(step: Step, *, platform: bool = False) -> tuple[Job, bool]:
+def enqueue_step(step: Step) -> tuple[Job, bool]:
     """Enqueue one step: (the job, True) when inserted; (the existing job, False) when its
     idempotency key was already used for the same type and input."""
-    job = new_job(step, platform=platform)
+    job = new_job(step)
     for _ in range(3):  # the existing row may be deleted by retention between insert and read
         if submit([job]):
             return job, True

@@ -1,31 +1,31 @@
-"""HTTP API for jobs and chains (mounted by api.root under /api/jobs and /api/chains)."""
+"""HTTP API for jobs, chains and the job-type catalog (mounted by api.root under /api/).
+
+The request schemas are built from the registry: `POST /api/jobs` and a chain's steps take a
+union of the public job types discriminated by `type`, each with its own input schema, so the
+OpenAPI document names every type a client may enqueue and what each one takes.
+"""
 
 import datetime as dt
-from typing import Any, Literal, Optional
+import re
+from typing import Annotated, Any, Literal, Optional, Union
 
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema, Status
+from ninja import Body, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
-from ninja.pagination import LimitOffsetPagination, paginate
-from pydantic import Field
+from pydantic import BaseModel, Field, create_model
 
-from api.schemas import ERRORS, Strict
-from jobs import control
-from jobs.creation import Step, enqueue_step, start_chain
+from api.schemas import MAX_ID, PageQuery, Strict, errors, page
+from api.validation import UNION_TAGS, JsonObject, Text, strict_body
+from jobs import control, registry
+from jobs.creation import PLATFORM_KEY_PREFIX, Step, enqueue_step, start_chain
 from jobs.models import Chain, Job
 
 router = Router(tags=["jobs"])
 chains = Router(tags=["chains"])
+catalog = Router(tags=["catalog"])
 
-
-class EnqueueIn(Strict):
-    type: str = Field(min_length=1, max_length=200)
-    input: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, max_length=255)
-    run_after: dt.datetime | None = None
-    priority: int | None = Field(default=None, ge=0, le=9)
-    retries: int | None = Field(default=None, ge=0, le=100)
+JobId = Path(..., ge=1, le=MAX_ID)
 
 
 class JobOut(Schema):
@@ -53,13 +53,10 @@ class JobOut(Schema):
     finished_at: dt.datetime | None
 
 
-class StepIn(Strict):
-    type: str = Field(min_length=1, max_length=200)
-    input: dict[str, Any] = Field(default_factory=dict)
-
-
-class ChainIn(Strict):
-    steps: list[StepIn] = Field(min_length=1, max_length=100)
+class JobPage(Schema):
+    items: list[JobOut]
+    #: Pass as `before` for the next page; null on the last page.
+    next: int | None
 
 
 class StepOut(Schema):
@@ -80,28 +77,99 @@ class ChainOut(Schema):
     steps: list[StepOut]
 
 
-class JobFilters(Strict):
+class JobFilters(PageQuery):
     status: Literal["pending", "running", "succeeded", "failed", "dead", "cancelled"] | None = None
-    type: str | None = None
-    chain: int | None = None
+    type: Text | None = Field(None, max_length=200)
+    chain: int | None = Field(None, ge=1, le=MAX_ID)
+
+
+# --- Request schemas from the registry ----------------------------------------------------------
+
+
+class StepBase(Strict):
+    pass
+
+
+class EnqueueBase(Strict):
+    idempotency_key: Text | None = Field(default=None, min_length=1, max_length=255)
+    run_after: dt.datetime | None = None
+    priority: int | None = Field(default=None, ge=0, le=9)
+    retries: int | None = Field(default=None, ge=0, le=100)
+
+
+def _needs_input(jt: registry.JobType) -> bool:
+    return jt.input is not None and any(field.is_required() for field in jt.input.model_fields.values())
+
+
+def _variant(jt: registry.JobType, base: type[BaseModel], prefix: str) -> type[BaseModel]:
+    input_type = jt.input if jt.input is not None else JsonObject
+    input_field = (input_type, ...) if _needs_input(jt) else (Optional[input_type], None)
+    return create_model(
+        prefix + re.sub(r"\W+", "_", jt.name).strip("_").title().replace("_", ""),
+        __base__=base,
+        __doc__=(jt.handler.__doc__ or "").strip().split("\n")[0] or None,
+        type=(Literal[jt.name], ...),
+        input=input_field,
+    )
+
+
+def _union(base: type[BaseModel], prefix: str) -> Any:
+    variants = [_variant(jt, base, prefix) for jt in registry.all_types() if jt.public]
+    UNION_TAGS.update(jt.name for jt in registry.all_types() if jt.public)
+    if not variants:  # no public type (production without the demo): nothing to enqueue
+        return create_model(prefix + "NoPublicType", __base__=base, type=(Literal["no public job type"], ...))
+    if len(variants) == 1:
+        return variants[0]
+    return Annotated[Union[tuple(variants)], Field(discriminator="type")]
+
+
+EnqueueIn = _union(EnqueueBase, "Enqueue")
+StepIn = _union(StepBase, "Step")
+
+
+class ChainIn(Strict):
+    steps: list[StepIn] = Field(min_length=1, max_length=100)
+
+
+def _public(type_name: str, field: str) -> None:
+    """Refuse a type that is not enqueueable over HTTP (the schema names only public ones)."""
+    try:
+        public = registry.get(type_name).public
+    except registry.InvalidJob:
+        public = False
+    if not public:
+        raise registry.InvalidJob(f"{type_name!r} is not a public job type", {field: "not a job type enqueueable over HTTP (GET /api/types)"})
+
+
+def _input(payload: Any) -> Any:
+    data = getattr(payload, "input", None)
+    return data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+
+
+# --- Jobs ---------------------------------------------------------------------------------------
 
 
 @router.post(
     "",
-    response={201: JobOut, 200: JobOut, **ERRORS},
+    response={201: JobOut, 200: JobOut, **errors(400, 401, 409, 413)},
     summary="Enqueue a job",
     description="201 with the new job; 200 with the existing one when `idempotency_key` was already "
-    "used for the same type and input; 409 when it was used for another type or input.",
+    "used for the same type and input; 409 when it was used for another type or input. `type` is one "
+    "of the public job types (GET /api/types), and `input` follows that type's schema.",
 )
-def create_job(request: HttpRequest, payload: EnqueueIn):  # noqa: ANN201
+def create_job(request: HttpRequest, payload: EnqueueIn = Body(...)):  # noqa: ANN201
+    payload = strict_body(request, EnqueueIn)
+    _public(payload.type, "type")
+    if (payload.idempotency_key or "").startswith(PLATFORM_KEY_PREFIX):
+        message = f"must not start with {PLATFORM_KEY_PREFIX!r} (the platform's own keys: schedule ticks, deliveries)"
+        raise registry.InvalidJob(f"idempotency_key {message}", {"idempotency_key": message})
     job, created = enqueue_step(
-        Step(payload.type, payload.input, payload.idempotency_key, payload.run_after, payload.priority, payload.retries)
+        Step(payload.type, _input(payload), payload.idempotency_key, payload.run_after, payload.priority, payload.retries)
     )
     return Status(201 if created else 200, job)
 
 
-@router.get("", response=list[JobOut], summary="List jobs, newest first")
-@paginate(LimitOffsetPagination)
+@router.get("", response={200: JobPage, **errors(400, 401)}, summary="List jobs, newest first")
 def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
     jobs = Job.objects.all()
     if filters.status:
@@ -110,22 +178,22 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
         jobs = jobs.filter(type=filters.type)
     if filters.chain is not None:
         jobs = jobs.filter(chain_id=filters.chain)
-    return jobs
+    return page(jobs, filters)
 
 
-@router.get("/{int:job_id}", response={200: JobOut, **ERRORS}, summary="Get a job")
-def get_job(request: HttpRequest, job_id: int):  # noqa: ANN201
+@router.get("/{int:job_id}", response={200: JobOut, **errors(400, 401, 404)}, summary="Get a job")
+def get_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
     return get_object_or_404(Job, pk=job_id)
 
 
 @router.post(
     "/{int:job_id}/cancel",
-    response={200: JobOut, 202: JobOut, **ERRORS},
+    response={200: JobOut, 202: JobOut, **errors(400, 401, 404, 409)},
     summary="Cancel a job",
     description="200: a waiting job, cancelled at once. 202: a running job, asked to stop "
     "(`cancel_requested` is true; it ends `cancelled` when its handler returns). 409: already ended.",
 )
-def cancel_job(request: HttpRequest, job_id: int):  # noqa: ANN201
+def cancel_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
     job = get_object_or_404(Job, pk=job_id)
     if not control.cancel(job):
         raise HttpError(409, f"job {job_id} is {job.status}: only pending, failed or running jobs can be cancelled")
@@ -133,22 +201,32 @@ def cancel_job(request: HttpRequest, job_id: int):  # noqa: ANN201
     return Status(202 if job.status == "running" else 200, job)
 
 
-@router.post("/{int:job_id}/retry", response={200: JobOut, **ERRORS}, summary="Retry a dead, failed or cancelled job")
-def retry_job(request: HttpRequest, job_id: int):  # noqa: ANN201
+@router.post(
+    "/{int:job_id}/retry",
+    response={200: JobOut, **errors(400, 401, 404, 409)},
+    summary="Retry a dead, failed or cancelled job",
+)
+def retry_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
     job = get_object_or_404(Job, pk=job_id)
     if not control.retry(job):
         raise HttpError(409, f"job {job_id} is {job.status}: only dead, failed or cancelled jobs can be retried")
     return job  # as the retry left it (a worker may claim it any moment now)
 
 
-@chains.post("", response={201: ChainOut, **ERRORS}, summary="Start a chain of steps")
+# --- Chains -------------------------------------------------------------------------------------
+
+
+@chains.post("", response={201: ChainOut, **errors(400, 401, 413)}, summary="Start a chain of steps")
 def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
-    chain = start_chain([Step(step.type, step.input) for step in payload.steps])
+    payload = strict_body(request, ChainIn)
+    for index, step in enumerate(payload.steps):
+        _public(step.type, f"steps.{index}.type")
+    chain = start_chain([Step(step.type, _input(step)) for step in payload.steps])
     return Status(201, chain_view(chain))
 
 
-@chains.get("/{int:chain_id}", response={200: ChainOut, **ERRORS}, summary="A chain and every step in order")
-def get_chain(request: HttpRequest, chain_id: int):  # noqa: ANN201
+@chains.get("/{int:chain_id}", response={200: ChainOut, **errors(400, 401, 404)}, summary="A chain and every step in order")
+def get_chain(request: HttpRequest, chain_id: int = Path(..., ge=1, le=MAX_ID)):  # noqa: ANN201
     return chain_view(get_object_or_404(Chain, pk=chain_id))
 
 
@@ -181,3 +259,39 @@ def chain_view(chain: Chain) -> dict[str, Any]:
         "steps": steps,
     }
 
+
+
+# --- The catalog --------------------------------------------------------------------------------
+
+
+class TypeOut(Schema):
+    name: str
+    queue: str
+    retries: int
+    timeout: int
+    priority: int
+    aliases: list[str]
+    #: Enqueueable over HTTP.
+    public: bool
+    #: The schedule declared in code (cron, every or at, with its timezone), if any.
+    schedule: dict[str, Any] | None
+    #: The JSON schema of its input.
+    input_schema: dict[str, Any]
+
+
+@catalog.get("/types", response={200: list[TypeOut], **errors(401)}, summary="Every job type, with its input schema")
+def list_types(request: HttpRequest):  # noqa: ANN201
+    return [
+        {
+            "name": jt.name,
+            "queue": jt.queue,
+            "retries": jt.retries,
+            "timeout": jt.timeout,
+            "priority": jt.priority,
+            "aliases": list(jt.aliases),
+            "public": jt.public,
+            "schedule": jt.schedule.describe() if jt.schedule is not None else None,
+            "input_schema": jt.input_schema(),
+        }
+        for jt in registry.all_types()
+    ]

@@ -9,6 +9,7 @@ from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
 from api.errors import BadInput
+from api.validation import problems
 
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5  # 0 runs first, as in kombu's Redis transport
 
@@ -53,6 +54,9 @@ class JobType:
     #: Called as on_finish(job_id, status) inside the transaction that records a final outcome
     #: (succeeded, dead or cancelled): the event bus uses it to release a key's next delivery.
     on_finish: Callable[[int, str], None] | None = None
+    #: Enqueueable over HTTP (`POST /api/jobs`, a chain's steps). Platform and delivery types
+    #: are not: only code enqueues them.
+    public: bool = False
 
     def validate(self, data: Any) -> dict[str, Any]:
         """Validate `data` against the input schema; return the JSON form stored in the row."""
@@ -61,15 +65,23 @@ class JobType:
                 return {}
             if not isinstance(data, dict):
                 raise InvalidJob("input must be a JSON object", {"input": "must be a JSON object"})
-            return data
-        try:
-            model = self.input.model_validate(data if data is not None else {})
-        except ValidationError as exc:
-            errors = {
-                ".".join(["input", *map(str, err["loc"])]): err["msg"] for err in exc.errors()
-            }
-            raise InvalidJob(f"input does not match {self.name}'s schema", errors) from None
-        return model.model_dump(mode="json")
+            stored = data
+        else:
+            try:
+                model = self.input.model_validate(data if data is not None else {})
+            except ValidationError as exc:
+                errors = {
+                    ".".join(["input", *map(str, err["loc"])]): err["msg"] for err in exc.errors()
+                }
+                raise InvalidJob(f"input does not match {self.name}'s schema", errors) from None
+            stored = model.model_dump(mode="json")
+        if found := problems(stored, "input"):
+            raise InvalidJob("input holds what PostgreSQL cannot store", found)
+        return stored
+
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON schema of the input (any JSON object when the type declares none)."""
+        return self.input.model_json_schema() if self.input is not None else {"type": "object"}
 
     def parse(self, stored: dict[str, Any]) -> Any:
         """The handler's argument: the schema's model, or the dict itself."""
@@ -91,10 +103,12 @@ def job_type(
     priority: int = PRIORITY_DEFAULT,
     aliases: tuple[str, ...] = (),
     schedule: Any = None,
+    public: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type: `@job_type("images.resize", queue="images", input=Resize)`.
 
     The handler is called as `handler(ctx, data)` and returns a JSON-serializable output (or None).
+    `public=True` lets HTTP clients enqueue it (`POST /api/jobs`); code can enqueue any type.
     """
 
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,6 +124,7 @@ def job_type(
                 priority=priority,
                 aliases=tuple(aliases),
                 schedule=schedule,
+                public=public,
             )
         )
         return handler

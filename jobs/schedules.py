@@ -42,8 +42,9 @@ class Schedule:
     input: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
-    def fingerprint(self) -> str:
-        declared = {
+    def describe(self) -> dict[str, Any]:
+        """The declaration as JSON: when it fires, in which zone, which job with which input."""
+        return {
             "cron": self.cron,
             "every": self.every,
             "at": self.at.isoformat() if self.at else None,
@@ -51,7 +52,9 @@ class Schedule:
             "job": self.job,
             "input": self.input,
         }
-        return hashlib.sha256(json.dumps(declared, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def declared() -> list[Schedule]:

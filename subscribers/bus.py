@@ -11,6 +11,8 @@ from typing import Any
 
 from django.db import transaction
 
+from api.validation import problems
+
 from jobs import submit
 from subscribers import delivery, registry
 from subscribers.models import Delivery, Event
@@ -32,6 +34,8 @@ def emit(name: str, data: dict[str, Any] | None = None, *, key: str | None = Non
         raise InvalidEvent("event data must be a JSON object", {"data": "must be a JSON object"})
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
         raise InvalidEvent("bad key", {"key": "a string of 1 to 200 characters"})
+    if found := problems(data, "data") | problems(key, "key"):
+        raise InvalidEvent("the event holds what PostgreSQL cannot store", found)
     with transaction.atomic():
         event = Event.objects.create(name=name, data=data, key=key)
         deliveries = [Delivery(event=event, subscriber=sub.name, key=key) for sub in registry.matching(name)]

@@ -42,7 +42,7 @@ def job_type(subscriber: str) -> str:
 def delivery_job(event_id: int, subscriber: str, replay: int = 0) -> Job:
     """An unsaved job row for one delivery; save it with jobs.submit."""
     key = platform_key("delivery", event_id, subscriber) + (f":replay-{replay}" if replay else "")
-    return new_job(Step(job_type(subscriber), {"event": event_id}, idempotency_key=key), platform=True)
+    return new_job(Step(job_type(subscriber), {"event": event_id}, idempotency_key=key))
 
 
 def lock_key(subscriber: str, key: str) -> None:

@@ -1,24 +1,28 @@
-"""HTTP API for events (mounted by api.root under /api/events)."""
+"""HTTP API for events and the subscriber catalog (mounted by api.root under /api/)."""
 import datetime as dt
 from typing import Any, Optional
 
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema, Status
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja import Path, Query, Router, Schema, Status
 from pydantic import ConfigDict, Field
 
-from api.schemas import ERRORS, Strict
-from subscribers.bus import emit
+from api.schemas import MAX_ID, PageQuery, Strict, errors, page
+from api.validation import JsonObject, Text, strict_body
+from subscribers import registry
+from subscribers.bus import EVENT_NAME, emit
 from subscribers.models import Event
 
 router = Router(tags=["events"])
+catalog = Router(tags=["catalog"])
 
 
 class EmitIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    data: dict[str, Any] = Field(default_factory=dict)
-    key: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    name: str = Field(pattern=EVENT_NAME.pattern, description="lowercase letters, digits and . _ - (at most 200)")
+    data: JsonObject = Field(default_factory=dict)
+    key: Optional[Text] = Field(
+        default=None, min_length=1, max_length=200, description="events of one key reach each subscriber in order"
+    )
 
 
 class DeliveryOut(Schema):
@@ -42,28 +46,51 @@ class EventOut(Schema):
     deliveries: list[DeliveryOut]
 
 
-class EventFilters(Strict):
-    name: Optional[str] = None
-    key: Optional[str] = None
+class EventPage(Schema):
+    items: list[EventOut]
+    #: Pass as `before` for the next page; null on the last page.
+    next: int | None
 
 
-@router.post("", response={202: EventOut, **ERRORS}, summary="Emit an event")
+class EventFilters(PageQuery):
+    name: Optional[Text] = Field(None, max_length=200)
+    key: Optional[Text] = Field(None, max_length=200)
+
+
+@router.post("", response={202: EventOut, **errors(400, 401, 413)}, summary="Emit an event")
 def create_event(request: HttpRequest, payload: EmitIn):  # noqa: ANN201
+    payload = strict_body(request, EmitIn)
     event = emit(payload.name, payload.data, key=payload.key)
     return Status(202, Event.objects.prefetch_related("deliveries__job").get(pk=event.pk))
 
 
-@router.get("", response=list[EventOut], summary="List events, newest first")
-@paginate(LimitOffsetPagination)
+@router.get("", response={200: EventPage, **errors(400, 401)}, summary="List events, newest first")
 def list_events(request: HttpRequest, filters: Query[EventFilters]):  # noqa: ANN201
     events = Event.objects.all()
     if filters.name:
         events = events.filter(name=filters.name)
     if filters.key:
         events = events.filter(key=filters.key)
-    return events.prefetch_related("deliveries__job")
+    return page(events.prefetch_related("deliveries__job"), filters)
 
 
-@router.get("/{int:event_id}", response={200: EventOut, **ERRORS}, summary="An event and each delivery's status")
-def get_event(request: HttpRequest, event_id: int):  # noqa: ANN201
+@router.get("/{int:event_id}", response={200: EventOut, **errors(400, 401, 404)}, summary="An event and each delivery's status")
+def get_event(request: HttpRequest, event_id: int = Path(..., ge=1, le=MAX_ID)):  # noqa: ANN201
     return get_object_or_404(Event.objects.prefetch_related("deliveries__job"), pk=event_id)
+
+
+class SubscriberOut(Schema):
+    name: str
+    #: An event name, or a pattern with `*`.
+    pattern: str
+    queue: str
+    #: The job type that carries its deliveries (not enqueueable over HTTP).
+    job_type: str
+
+
+@catalog.get("/subscribers", response={200: list[SubscriberOut], **errors(401)}, summary="Every subscriber and the events it follows")
+def list_subscribers(request: HttpRequest):  # noqa: ANN201
+    return [
+        {"name": sub.name, "pattern": sub.pattern, "queue": sub.queue, "job_type": sub.job_type}
+        for sub in registry.all_subscribers()
+    ]

@@ -16,7 +16,7 @@ from jobs.registry import Backoff, JobType
 from subscribers import delivery
 from subscribers.delivery import EventData
 
-__all__ = ["EventData", "InvalidEvent", "Subscriber", "subscriber", "matching", "get", "autodiscover"]
+__all__ = ["EventData", "InvalidEvent", "Subscriber", "subscriber", "matching", "all_subscribers", "get", "autodiscover"]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 PATTERN = re.compile(r"^[a-z0-9*][a-z0-9_.\-*]*$")
@@ -89,7 +89,12 @@ def subscriber(
 
 
 def matching(event_name: str) -> list[Subscriber]:
-    return [sub for sub in sorted(_subscribers.values(), key=lambda s: s.name) if sub.matches(event_name)]
+    return [sub for sub in all_subscribers() if sub.matches(event_name)]
+
+
+def all_subscribers() -> list[Subscriber]:
+    """Every subscriber, by name (the catalog, GET /api/subscribers)."""
+    return sorted(_subscribers.values(), key=lambda s: s.name)
 
 
 def get(name: str) -> Subscriber:

@@ -84,7 +84,9 @@ def test_list_filters_and_paginates(api):
     api("post", "/jobs", {"type": "examples.sleep", "input": {"seconds": 0}})
     status, page = api("get", "/jobs?type=examples.echo&limit=2")
     assert status == 200
-    assert page["count"] == 3 and len(page["items"]) == 2
+    assert [job["input"]["n"] for job in page["items"]] == [2, 1] and page["next"] == page["items"][-1]["id"]
+    status, rest = api("get", f"/jobs?type=examples.echo&limit=2&before={page['next']}")
+    assert [job["input"]["n"] for job in rest["items"]] == [0] and rest["next"] is None
     assert api("get", "/jobs?status=bogus")[0] == 400
 
 

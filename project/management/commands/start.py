@@ -117,6 +117,7 @@ class Command(BaseCommand):
                     "--workers", str(opts["web_concurrency"]),
                     "--graceful-timeout", str(int(float(opts["grace"]))),
                     "--access-logfile", "-",
+                    "--limit-request-line", "8190",  # gunicorn's largest (api.validation: the 414)
                     # gunicorn's control socket has one default path: servers of a cluster would share it.
                     "--no-control-socket",
                     "--name", f"conveyor-{label}",
