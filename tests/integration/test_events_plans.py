@@ -61,3 +61,35 @@ def test_next_waiting_delivery_scan_walks_the_keys_whole_history():
     # and reads a handful of pages, not the key's history (5000 index entries span ~20 pages)
     pages = sum(plan.get(f"Shared {kind} Blocks", 0) for kind in ("Hit", "Read"))
     assert pages <= 6, json.dumps(plan, indent=1)
+
+
+def test_lane_lookups_are_index_probes():
+    # given 3000 keys of one subscriber whose lanes are held, each by its first delivery's job
+    from subscribers.delivery import LANE_SQL
+    from subscribers.models import Lane
+
+    rows = []
+    for k in range(3000):
+        rows += history(1, 0, key=f"key-{k}") if k % 100 else history(1, 2, key=f"key-{k}")
+    held = [d for d in rows if d.released_at is not None]
+    Lane.objects.bulk_create([Lane(subscriber=SUB, key=d.key, job_id=10_000 + n, delivery=d) for n, d in enumerate(held)])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE subscribers_delivery")
+        cursor.execute("ANALYZE subscribers_lane")
+
+    # when an ending job looks its lane up (release_next), and an emit its key's lane (lane_taken)
+    by_job = explain(Lane.objects.filter(job_id=10_500).values_list("pk", "subscriber", "key"))
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + LANE_SQL, {"sub": SUB, "key": "key-500"})
+        result = cursor.fetchone()[0]
+    by_key = (json.loads(result) if isinstance(result, str) else result)[0]["Plan"]
+
+    # then each reads the lane through its unique index, and the waiting deliveries through theirs
+    def scans(plan: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+        return {n["Relation Name"]: (n["Node Type"], n.get("Index Name")) for n in nodes(plan) if "Relation Name" in n}
+
+    assert scans(by_job) == {"subscribers_lane": ("Index Scan", "one_lane_per_job")}, json.dumps(by_job, indent=1)
+    found = scans(by_key)
+    assert found["subscribers_lane"] == ("Index Scan", "one_lane_per_key"), json.dumps(by_key, indent=1)
+    assert found["subscribers_delivery"][1] == "delivery_waiting_idx", json.dumps(by_key, indent=1)
+    assert sum(n.get("Rows Removed by Filter", 0) for plan in (by_job, by_key) for n in nodes(plan)) == 0
