@@ -112,3 +112,18 @@ def test_emit_on_a_stuck_key_releases_the_oldest_waiting_delivery_first():
     assert Delivery.objects.get(event=third).status == "waiting"
     assert Lane.objects.get(key="k").delivery == Delivery.objects.get(event=second)
     assert Event.objects.count() == 3
+
+
+def test_admin_shows_which_job_holds_each_keys_lane(admin_client):
+    # given a key whose first delivery holds the lane, a second waiting
+    first = emit("diagnostics.first", {}, key="k-admin")
+    emit("diagnostics.second", {}, key="k-admin")
+    holder = Delivery.objects.get(event=first)
+
+    # then the admin's lane list names the key and the job holding it, read only
+    page = admin_client.get("/admin/subscribers/lane/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "k-admin" in text
+    assert f"deliver:diagnostics.record #{holder.job_id} (pending)" in text
+    assert admin_client.get("/admin/subscribers/lane/add/").status_code == 403
