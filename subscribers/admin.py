@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from subscribers import bus
-from subscribers.models import Delivery, Event
+from subscribers.models import Delivery, Event, Lane
 
 
 class DeliveryInline(admin.TabularInline):
@@ -57,4 +57,23 @@ class DeliveryAdmin(admin.ModelAdmin):
     actions = (replay_deliveries,)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Lane)
+class LaneAdmin(admin.ModelAdmin):
+    """Which job holds each (subscriber, key)'s turn (read only: the bus moves lanes itself)."""
+
+    list_display = ("subscriber", "key", "job", "delivery")
+    list_filter = ("subscriber",)
+    search_fields = ("=key",)
+    readonly_fields = ("subscriber", "key", "job", "delivery")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False

@@ -1,8 +1,8 @@
 """emit() and replay(): an event row and one delivery per subscriber, in the caller's transaction.
 
 Deliveries are jobs (subscribers.delivery), made with jobs.new_job and jobs.submit like every
-job, and published after commit. A keyed event's delivery waits while its subscriber still has
-an unfinished delivery of the same key.
+job, and published after commit. A keyed event's delivery waits while its key's lane (for that
+subscriber) is held by an unfinished delivery; released at once, it takes the lane.
 """
 from __future__ import annotations
 
@@ -39,23 +39,30 @@ def emit(name: str, data: dict[str, Any] | None = None, *, key: str | None = Non
     with transaction.atomic():
         event = Event.objects.create(name=name, data=data, key=key)
         deliveries = [Delivery(event=event, subscriber=sub.name, key=key) for sub in registry.matching(name)]
-        released = [d for d in deliveries if key is None or not delivery.key_busy(d.subscriber, key)]
+        released = [d for d in deliveries if key is None or not delivery.lane_taken(d.subscriber, key)]
         # One INSERT and one publish for all the deliveries released now.
         jobs = submit([delivery.delivery_job(event.pk, d.subscriber) for d in released])
         for d, job in zip(released, jobs, strict=True):
             d.job, d.released_at = job, job.created_at
         Delivery.objects.bulk_create(deliveries)
+        if key is not None:
+            delivery.take_lanes(released)
     return event
 
 
 def replay(event: Event, subscriber: str | None = None) -> list[Delivery]:
     """Deliver an event again to one subscriber or to every subscriber it matches now.
 
-    A replay is an operator's decision: it runs at once, outside its key's order.
+    A replay is an operator's decision: it runs at once, outside its key's order. It neither takes
+    nor releases the key's lane: a delivery still running in its key's order keeps the lane with
+    its first job, and a waiting one replayed is delivered now and no longer waits.
     """
     subs = [registry.get(subscriber)] if subscriber else registry.matching(event.name)
     replayed = []
     with transaction.atomic():
+        # Retention deletes an event only once it holds this row's lock and saw nothing of it run.
+        if not Event.objects.select_for_update(no_key=True).filter(pk=event.pk).values_list("pk", flat=True):
+            raise InvalidEvent(f"event {event.pk} no longer exists", {"event": "deleted by retention"})
         for sub in subs:
             d, _ = Delivery.objects.select_for_update().get_or_create(
                 event=event, subscriber=sub.name, defaults={"key": event.key}

@@ -1,10 +1,16 @@
 """A subscriber's deliveries as jobs: the delivery job type's handler, and per-key order.
 
-A keyed delivery waits (`released_at` is null) while the same subscriber has an unfinished
-delivery of the same key; when that one ends, its outcome releases the next, in the transaction
-that records it (`release_next`, the delivery job type's on_finish). A transaction-scoped
-advisory lock on (subscriber, key) makes an emitter's check and a completion's release see each
-other.
+Per-key order is a lane per (subscriber, key) (subscribers.models.Lane): the one job running a
+delivery of the key in its order. A keyed delivery emitted while its key has a lane waits
+(`released_at` is null); when the lane's job ends (succeeded, dead, cancelled), the transaction
+that records it hands the lane to the key's next waiting delivery, released now, or deletes it
+when none waits (`release_next`, the delivery job type's on_finish). Every read or move of a lane
+happens under a transaction-scoped advisory lock on (subscriber, key), so an emitter's check and
+a completion's release see each other.
+
+A retry of an ended delivery job, or a replay, runs outside its key's order: its job does not hold
+the lane, so its end releases nothing, and a replayed delivery's first job keeps the lane until it
+ends. A key never has two deliveries running in its order.
 
 This module knows subscribers by name only, so the registry can import it to declare the job
 types without an import cycle.
@@ -14,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from django.db import connection
+from django.db import connection, transaction
 
-from jobs import Context, Step, new_job, submit
+from jobs import Context, InvalidJob, Step, new_job, submit
 from jobs.creation import platform_key
 from jobs.models import FINISHED, Job
-from subscribers.models import Delivery, Event
+from subscribers.models import Delivery, Event, Lane
 
 JOB_PREFIX = "deliver:"
 
@@ -50,43 +56,131 @@ def lock_key(subscriber: str, key: str) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", [subscriber, key])
 
 
-def key_busy(subscriber: str, key: str) -> bool:
-    """Does the subscriber still have an unfinished (or waiting) delivery of this key?"""
+# The key's lane with its holder's status, and whether a delivery of the key waits: index probes
+# (one_lane_per_key, the jobs primary key, delivery_waiting_idx).
+LANE_SQL = """
+SELECT l.id, j.status,
+       EXISTS (SELECT 1 FROM subscribers_delivery w
+                WHERE w.subscriber = %(sub)s AND w.key = %(key)s AND w.released_at IS NULL)
+  FROM (VALUES (1)) AS one (x)
+  LEFT JOIN subscribers_lane l ON l.subscriber = %(sub)s AND l.key = %(key)s
+  LEFT JOIN jobs_job j ON j.id = l.job_id
+"""
+
+
+def _lane(subscriber: str, key: str) -> tuple[int | None, str]:
+    """Take the key's lock for the rest of the transaction; return its lane's id and state:
+    `held` by an unfinished job, `free` (no lane, none waiting), or `stuck`: a lane whose holder
+    ended without handing it on (a job type whose hook did not run), or deliveries waiting with no
+    lane (rows from before lanes)."""
     lock_key(subscriber, key)
-    latest = (
-        Delivery.objects.filter(subscriber=subscriber, key=key)
-        .order_by("-id")
-        .values_list("released_at", "job_id", "job__status")
-        .first()
+    with connection.cursor() as cursor:
+        cursor.execute(LANE_SQL, {"sub": subscriber, "key": key})
+        lane_id, holder_status, waiting = cursor.fetchone()
+    if lane_id is not None and holder_status is not None and holder_status not in FINISHED:
+        return lane_id, "held"
+    if lane_id is None and not waiting:
+        return None, "free"
+    return lane_id, "stuck"
+
+
+def lane_taken(subscriber: str, key: str) -> bool:
+    """For emit: must a new delivery of the key wait? It waits while the key's lane is held.
+
+    A stuck key is set right first, as its holder's end would have: the first waiting delivery is
+    released and takes the lane, and the new one queues behind it.
+    """
+    lane_id, state = _lane(subscriber, key)
+    if state == "stuck":
+        return _hand_on(subscriber, key, lane_id)
+    return state == "held"
+
+
+def take_lanes(released: list[Delivery]) -> None:
+    """Keyed deliveries just released by emit (their keys had no lane) take their keys' lanes."""
+    Lane.objects.bulk_create(
+        [Lane(subscriber=d.subscriber, key=d.key, job_id=d.job_id, delivery=d) for d in released if d.key is not None]
     )
-    if latest is None:
+
+
+def next_waiting(subscriber: str, key: str) -> Delivery | None:
+    """The key's oldest waiting delivery: a probe of delivery_waiting_idx."""
+    return Delivery.objects.filter(subscriber=subscriber, key=key, released_at__isnull=True).order_by("id").first()
+
+
+def _hand_on(subscriber: str, key: str, lane_id: int | None) -> bool:
+    """Under the key's lock: release the key's next waiting delivery and give it the lane (True),
+    or, none waiting, delete the lane (False)."""
+    waiting = next_waiting(subscriber, key)
+    if waiting is None:
+        if lane_id is not None:
+            Lane.objects.filter(pk=lane_id).delete()
         return False
-    released_at, job_id, status = latest
-    if released_at is None:
-        return True  # it waits itself: the new one queues behind it
-    # A released delivery's job deleted by retention had finished long ago.
-    return job_id is not None and status not in FINISHED
+    (waiting.job,) = submit([delivery_job(waiting.event_id, subscriber)])
+    waiting.released_at = waiting.job.created_at
+    waiting.save(update_fields=["job", "released_at"])
+    if lane_id is None:
+        Lane.objects.create(subscriber=subscriber, key=key, job=waiting.job, delivery=waiting)
+    else:
+        Lane.objects.filter(pk=lane_id).update(job=waiting.job, delivery=waiting)
+    return True
 
 
 def release_next(job_id: int, status: str) -> None:
-    """on_finish of every delivery job: start the next waiting delivery of the same key."""
-    finished = Delivery.objects.filter(job_id=job_id).values_list("subscriber", "key").first()
-    if finished is None or finished[1] is None:
+    """on_finish of every delivery job: if it held its key's lane, hand the lane on.
+
+    A job that holds no lane (an unkeyed delivery, a retry of an ended job, a replay) releases
+    nothing. The lane is read before the key's lock: only this job's end moves a lane it holds
+    (`unstick` leaves a lane alone while its holder has not ended, and this end is not committed).
+    """
+    lane = Lane.objects.filter(job_id=job_id).values_list("pk", "subscriber", "key").first()
+    if lane is None:
         return
-    subscriber, key = finished
+    lane_id, subscriber, key = lane
     lock_key(subscriber, key)
-    waiting = Delivery.objects.filter(subscriber=subscriber, key=key, released_at__isnull=True).order_by("id").first()
-    if waiting is not None:
-        (waiting.job,) = submit([delivery_job(waiting.event_id, subscriber)])
-        waiting.released_at = waiting.job.created_at
-        waiting.save(update_fields=["job", "released_at"])
+    _hand_on(subscriber, key, lane_id)
+
+
+# Keys left stuck: a lane whose holder ended without handing it on (or is gone), or deliveries
+# waiting with no lane at all (rows from before lanes).
+STUCK_SQL = """
+(SELECT l.subscriber, l.key FROM subscribers_lane l LEFT JOIN jobs_job j ON j.id = l.job_id
+  WHERE j.id IS NULL OR j.status = ANY(%(finished)s) LIMIT %(limit)s)
+UNION
+(SELECT DISTINCT w.subscriber, w.key FROM subscribers_delivery w
+  WHERE w.released_at IS NULL AND w.key IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM subscribers_lane l WHERE l.subscriber = w.subscriber AND l.key = w.key)
+  LIMIT %(limit)s)
+"""
+
+
+def unstick(limit: int = 100) -> int:
+    """Set right up to `limit` stuck keys, each in its own transaction under its lock; return how
+    many. A key of a subscriber gone from the code is left as it is."""
+    with connection.cursor() as cursor:
+        cursor.execute(STUCK_SQL, {"finished": list(FINISHED), "limit": limit})
+        keys = cursor.fetchall()
+    fixed = 0
+    for subscriber, key in keys:
+        try:
+            with transaction.atomic():
+                lane_id, state = _lane(subscriber, key)  # again, under the lock: it may have moved on
+                if state == "stuck":
+                    _hand_on(subscriber, key, lane_id)
+                    fixed += 1
+        except InvalidJob:  # deliver:<subscriber> is no longer declared
+            continue
+    return fixed
 
 
 def handler(subscriber: Callable[..., Any], name: str) -> Callable[[Context, dict[str, Any]], Any]:
     """The job handler of a subscriber's deliveries: load the event, call the subscriber."""
 
     def deliver(ctx: Context, data: dict[str, Any]) -> Any:
-        event = Event.objects.get(pk=data["event"])
+        try:
+            event = Event.objects.get(pk=data["event"])
+        except Event.DoesNotExist:
+            raise LookupError(f"event {data['event']} no longer exists (deleted by retention?)") from None
         return subscriber(ctx, EventData(event.pk, event.name, event.data, event.key))
 
     deliver.__qualname__ = deliver.__name__ = f"deliver_{name}"
