@@ -34,6 +34,21 @@ def short_lease(settings):
     settings.CONVEYOR = {**settings.CONVEYOR, "LEASE_SECONDS": 3}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_the_heartbeats_connection(django_db_blocker):
+    """The runner's heartbeat thread (one per process, never stopped) keeps its `claims`
+    connection open once it has beaten; end that backend so the test database can be dropped.
+    The thread closes its connection on its next failed beat, as after any database loss."""
+    yield
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
+            " AND query LIKE %s",
+            ["%UPDATE jobs_job j SET lease_expires_at%"],
+        )
+
+
 @pytest.fixture(autouse=True)
 def empty_redis():
     redis_client().flushall()
