@@ -362,7 +362,7 @@ def hand_back(node: str, instance: str = "") -> list[Ended]:
     pending, or end them cancelled when a cancel was asked; the caller settles the ended ones."""
     like = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
     if instance:
-        like += "/" + instance.replace("%", "\\%").replace("_", "\\_")
+        like += "/" + instance.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     with connections["default"].cursor() as cursor:
         cursor.execute(HAND_BACK_SQL, [node, like])
         return [Ended._make(row) for row in cursor.fetchall()]

@@ -686,11 +686,6 @@ def test_hand_back_matches_node_names_literally_not_as_like_patterns():
     assert row(lookalike.pk).status == Status.RUNNING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.hand_back escapes a backslash in the node name but not in the instance token: "
-    "the LIKE pattern then reads `\\y` as `y`, and the start's rows are not handed back",
-)
 def test_hand_back_matches_an_instance_token_literally():
     # given
     job = enqueue("examples.echo", {})
