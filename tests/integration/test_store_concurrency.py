@@ -9,6 +9,7 @@ end; every loop is bounded by a stop event, and every thread is joined with a ti
 """
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -111,7 +112,7 @@ def runner_loop(i: int, ledger: Ledger, stop: threading.Event) -> None:
                     settle(ended)
             ledger.add("failed" if ended is not None else "refused", run)
         else:
-            done = store.succeed(claimed.id, claimed.attempt, {"attempt": claimed.attempt, "runner": i})
+            done = store.succeed(claimed.id, claimed.attempt, json.dumps({"attempt": claimed.attempt, "runner": i}))
             ledger.add("succeeded" if done is not None else "refused", run)
         with ledger.lock:
             ledger.in_flight.pop(run, None)  # (a run claimed twice would be in it once)
@@ -146,13 +147,15 @@ def taken(ended: list[store.Ended]) -> list[tuple[int, int]]:
 def reaper_loop(ledger: Ledger, stop: threading.Event) -> None:
     """recovery.reap, also noting which attempt of each row it took."""
     while not stop.wait(REAP_EVERY):
-        with transaction.atomic():
-            ended = store.reap(100)
-            runs = taken(ended)
-            for row in ended:
+        for job_id in store.expired(100):
+            with transaction.atomic():  # one row per transaction, as recovery.reap does
+                row = store.reap(job_id)
+                if row is None:
+                    continue
+                runs = taken([row])
                 settle(row)
-        with ledger.lock:
-            ledger.reaped.extend(runs)
+            with ledger.lock:
+                ledger.reaped.extend(runs)
 
 
 def hand_back_loop(ledger: Ledger, stop: threading.Event) -> None:

@@ -370,7 +370,7 @@ def test_outcome_of_an_older_attempt_is_refused():
     second_attempt(job.pk, worker="node@test/2")
 
     # when
-    succeeded = store.succeed(job.pk, 1, {"from": "attempt 1"})
+    succeeded = store.succeed(job.pk, 1, json.dumps({"from": "attempt 1"}))
     failed = store.fail(job.pk, 1, "attempt 1 failed", 0)
 
     # then
