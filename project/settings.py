@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "django_celery_beat",
+    "ninja",  # /api/docs: Swagger UI from ninja's bundled static files, not from a CDN
     "project",
     "api",
     "jobs",
@@ -105,7 +106,7 @@ TIME_ZONE = "UTC"
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"  # `collectstatic` fills it for production
-WHITENOISE_USE_FINDERS = True  # development serves the admin's files without collectstatic
+WHITENOISE_USE_FINDERS = True  # the admin's and /api/docs' files are served without collectstatic too
 WHITENOISE_AUTOREFRESH = not PRODUCTION
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # 1 MiB: larger API bodies are refused with 413
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
