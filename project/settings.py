@@ -175,6 +175,9 @@ WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)
 WORKER_ID = env.get("WORKER_ID")
 PORT = env.get_int("PORT", 8000, minimum=1)
+# /metrics wants `Authorization: Bearer <METRICS_TOKEN>` when set; in production it is always
+# required (unset, /metrics answers 401 saying so), in development an unset token leaves it open.
+METRICS_TOKEN = env.get("METRICS_TOKEN")
 
 LOGGING = {
     "version": 1,
