@@ -58,6 +58,9 @@ def _kombu_url(url: str) -> str:
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 
 # --- Django ---------------------------------------------------------------------------------
+# The demo slice (examples/: job types, subscribers, a schedule, their tables) is installed in
+# development and tests; in production only on request.
+DEMO = env.get_bool("CONVEYOR_DEMO", default=not PRODUCTION)
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -72,7 +75,7 @@ INSTALLED_APPS = [
     "api",
     "jobs",
     "subscribers",
-    "examples",
+    *(["examples"] if DEMO else []),
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
