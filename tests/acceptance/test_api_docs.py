@@ -49,7 +49,7 @@ def chromium() -> str:
 
 def run_chromium(binary: str, url: str, *args: str, timeout: float = 60.0) -> tuple[str, list[str]]:
     """Load `url` in a headless Chromium that can resolve no host but 127.0.0.1; return the DOM
-    after the page's JavaScript ran and every URL the browser requested (from its net log).
+    after the page's JavaScript ran and every URL the page requested (from the browser's net log).
 
     Chromium runs in a session and process group of its own, with a profile of its own: on a
     timeout the whole group is killed, and no process of that profile may survive the call."""
@@ -149,6 +149,7 @@ def rendered_operations(dom: str) -> set[tuple[str, str, str]]:
     return {(row["method"].upper(), row["path"], row["summary"]) for row in parser.rows}
 
 
+@pytest.mark.timeout(900)  # the first run may install chromium (a download of ~100 MB) first
 def test_api_docs_render_every_operation_from_local_files_only(live, chromium):
     # given a real server
     server = live.start(mode="server")
