@@ -1,11 +1,23 @@
-"""Health endpoints: /health/live (the process answers) and /health/ready (its services answer)."""
+"""Health endpoints: /health/live (the process answers) and /health/ready (its services answer).
+
+A readiness answer names the failing part and a kind (`unreachable`, `error`), never the
+exception: its text can carry the database's host and user. The exception goes to the log.
+"""
 from __future__ import annotations
 
+import logging
+
+import redis
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection
 from django.http import HttpRequest, JsonResponse
 
 from project.services import redis_client
+
+logger = logging.getLogger(__name__)
+
+#: Failures that mean the service did not answer (refused, timed out, closed on us).
+UNREACHABLE = (OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 def live(request: HttpRequest) -> JsonResponse:
@@ -28,7 +40,9 @@ def ready(request: HttpRequest) -> JsonResponse:
         try:
             check()
         except Exception as exc:  # any failure of a dependency is a "not ready" answer
-            failing[name] = f"{type(exc).__name__}: {exc}".strip()[:300]
+            failing[name] = "unreachable" if isinstance(exc, UNREACHABLE) else "error"
+            detail = " ".join(str(exc).split())[:500]  # one line: psycopg's messages span several
+            logger.warning("not ready: %s %s (%s: %s)", name, failing[name], type(exc).__name__, detail)
             if name == "postgres":
                 connection.close()
     if failing:

@@ -58,6 +58,9 @@ def _kombu_url(url: str) -> str:
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 
 # --- Django ---------------------------------------------------------------------------------
+# The demo slice (examples/: job types, subscribers, a schedule, their tables) is installed in
+# development and tests; in production only on request.
+DEMO = env.get_bool("CONVEYOR_DEMO", default=not PRODUCTION)
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -67,11 +70,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "django_celery_beat",
+    "ninja",  # /api/docs: Swagger UI from ninja's bundled static files, not from a CDN
     "project",
     "api",
     "jobs",
     "subscribers",
-    "examples",
+    *(["examples"] if DEMO else []),
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -106,7 +110,7 @@ TIME_ZONE = "UTC"
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"  # `collectstatic` fills it for production
-WHITENOISE_USE_FINDERS = True  # development serves the admin's files without collectstatic
+WHITENOISE_USE_FINDERS = True  # the admin's and /api/docs' files are served without collectstatic too
 WHITENOISE_AUTOREFRESH = not PRODUCTION
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # 1 MiB: larger API bodies are refused with 413
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
@@ -175,6 +179,9 @@ WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)
 WORKER_ID = env.get("WORKER_ID")
 PORT = env.get_int("PORT", 8000, minimum=1)
+# /metrics wants `Authorization: Bearer <METRICS_TOKEN>` when set; in production it is always
+# required (unset, /metrics answers 401 saying so), in development an unset token leaves it open.
+METRICS_TOKEN = env.get("METRICS_TOKEN")
 
 LOGGING = {
     "version": 1,

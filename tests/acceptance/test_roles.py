@@ -154,12 +154,27 @@ def test_honcho_brings_up_the_procfile_roles(live):
             honcho.wait(5)
 
 
-def test_ready_is_503_naming_the_part_that_does_not_answer(live):
-    # given a server whose Redis is unreachable (nothing listens on port 1)
-    server = live.start(mode="server", wait=False, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
-    wait_for(lambda: http_ok(server.url("/health/live")), 60, interval=0.3, what="the server to answer")
-    # then it is live but not ready, and says which part fails
-    status, body = http_get(server.url("/health/ready"))
-    assert status == 503
-    report = json.loads(body)
-    assert set(report["failing"]) == {"redis"}
+# Services nothing answers for, named with a user, a password and a host an answer must not show.
+UNREACHABLE = {
+    "redis": {"REDIS_URL": "redis://redisuser:redispass@127.0.0.1:1/0"},
+    "postgres": {"DATABASE_URL": "postgresql://conveyor_dbuser:dbpass@127.0.0.1:1/conveyor_db"},
+}
+
+
+def test_ready_is_503_naming_the_part_that_does_not_answer_without_its_details(live):
+    # given two servers: one whose Redis is unreachable, one whose PostgreSQL is (nothing listens on port 1)
+    servers = {part: live.start(mode="server", name=f"no-{part}", wait=False, env=env) for part, env in UNREACHABLE.items()}
+    for part, server in servers.items():
+        wait_for(lambda: http_ok(server.url("/health/live")), 60, interval=0.3, what=f"the server without {part} to answer")
+        # then it is live but not ready, and names the failing part and nothing else
+        status, body = http_get(server.url("/health/ready"))
+        assert status == 503
+        assert json.loads(body) == {"status": "unavailable", "failing": {part: "unreachable"}}
+        # no URL, host, port, user, password, database or exception text
+        text = body.decode().lower()
+        for detail in ("127.0.0.1", ":1", "redisuser", "redispass", "conveyor_dbuser", "dbpass", "conveyor_db", "error", "refused", "connect", "exception"):
+            assert detail not in text, (detail, text)
+        # and the exception is in the server's log, with the part it concerns
+        wait_for(lambda: f"not ready: {part} unreachable (" in server.log(), 10, what=f"the {part} failure in the log")
+        line = next(line for line in server.log().splitlines() if f"not ready: {part} unreachable (" in line)
+        assert "WARNING" in line and ("refused" in line.lower() or "connect" in line.lower()), line
