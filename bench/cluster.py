@@ -130,7 +130,12 @@ def start_cluster(procs: Procs, scenario: Scenario, port: int, args: argparse.Na
 
 def wait_cluster_ready(proc: Proc, scenario: Scenario, port: int, timeout: float) -> None:
     """Every Celery worker consumes (`ready.` in the log) and /health/ready answers 200."""
-    wait_until(lambda: proc.log().count(" ready.") >= scenario.celery_workers, timeout, f"{scenario.celery_workers} Celery worker(s) of {proc.name}", [proc])
+    wait_until(
+        lambda: proc.log().count(" ready.") >= scenario.celery_workers,
+        timeout,
+        f"{scenario.celery_workers} Celery worker(s) of {proc.name}",
+        [proc],
+    )
 
     def answers() -> bool:
         try:
@@ -339,8 +344,10 @@ def run_scenario(procs: Procs, scenario: Scenario, args: argparse.Namespace, bac
         )
         print(
             f"{PROG}:   {len(result.latencies)} requests in {result.seconds:.2f}s ({result.late} late), "
-            f"p50 {percentile(result.latencies, 0.5):.1f} ms, p99 {percentile(result.latencies, 0.99):.1f} ms; {RESIZE} done {result.jobs_done} ({result.jobs_rate:.1f}/s), "
-            f"left {left}", flush=True,
+            f"p50 {percentile(result.latencies, 0.5):.1f} ms, p99 {percentile(result.latencies, 0.99):.1f} ms; "
+            f"{RESIZE} done {result.jobs_done} ({result.jobs_rate:.1f}/s), "
+            f"left {left}",
+            flush=True,
         )
         if scenario.loaded and left == 0:
             print(f"{PROG}:   warning: the backlog ran out during the measurement (raise --load-seconds)", flush=True)
@@ -349,7 +356,9 @@ def run_scenario(procs: Procs, scenario: Scenario, args: argparse.Namespace, bac
         procs.stop(proc, grace=30.0)
 
 
-def report(args: argparse.Namespace, results: list[Result], backlog: int, job_seconds: float, elapsed: float, machine: str, load_start: str) -> str:
+def report(
+    args: argparse.Namespace, results: list[Result], backlog: int, job_seconds: float, elapsed: float, machine: str, load_start: str
+) -> str:
     idle = results[0]
     idle_p50, idle_p99 = percentile(idle.latencies, 0.5), percentile(idle.latencies, 0.99)
     rows = []
@@ -366,7 +375,20 @@ def report(args: argparse.Namespace, results: list[Result], backlog: int, job_se
             f"{result.errors}",
             "" if not result.scenario.loaded or result.backlog_left else "backlog ran out",
         ))
-    header = ("", "p50 ms", "p99 ms", "max ms", "requests/s", "jobs/s", "p50/idle", "p99/idle", "CPU cores web / worker", "late", "errors", "")
+    header = (
+        "",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "requests/s",
+        "jobs/s",
+        "p50/idle",
+        "p99/idle",
+        "CPU cores web / worker",
+        "late",
+        "errors",
+        "",
+    )
     endpoint = (
         "GET /api/jobs/{id} with a bearer token (token lookup + row read)" if args.endpoint == "job"
         else "GET /health/ready (PostgreSQL + Redis round trip)"
@@ -388,8 +410,13 @@ def report(args: argparse.Namespace, results: list[Result], backlog: int, job_se
         "jobs/s = resize jobs finished during the measurement",
         "CPU cores = CPU seconds used by the cluster's gunicorn and Celery processes during the measurement / its wall time "
         f"(of {os.cpu_count()})",
-        f"warm-up: {args.warmup} untimed requests per scenario; latency = connect to last byte; requests/s = successful requests / wall time"
-        + (f"; late = sent over {LATE_MS:g} ms after their slot (all {args.clients} clients busy: the server fell behind)" if args.rate else ""),
+        f"warm-up: {args.warmup} untimed requests per scenario; latency = connect to last byte; "
+        "requests/s = successful requests / wall time"
+        + (
+            f"; late = sent over {LATE_MS:g} ms after their slot (all {args.clients} clients busy: the server fell behind)"
+            if args.rate
+            else ""
+        ),
         f"total run {elapsed:.1f}s; load average at start {load_start}, at end {load_average()}",
     ]
     return "\n".join(out)
@@ -399,10 +426,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500, help="timed requests per scenario (default 500)")
     parser.add_argument("--clients", type=int, default=4, help="client threads (default 4)")
-    parser.add_argument("--rate", type=float, default=50.0, help="requests sent per second, paced (default 50; 0: as fast as the clients go)")
-    parser.add_argument("--endpoint", choices=("job", "ready"), default="job", help="job: GET /api/jobs/{id} with a token (default); ready: GET /health/ready")
-    parser.add_argument("--shared", choices=("cluster", "single"), default="cluster", help="the shared layout: 2 instances x1 (default) or 1 instance x2")
-    parser.add_argument("--load-seconds", type=float, default=90.0, help="seconds of resize work the backlog holds for 2 worker processes (default 90)")
+    parser.add_argument(
+        "--rate", type=float, default=50.0, help="requests sent per second, paced (default 50; 0: as fast as the clients go)"
+    )
+    parser.add_argument(
+        "--endpoint",
+        choices=("job", "ready"),
+        default="job",
+        help="job: GET /api/jobs/{id} with a token (default); ready: GET /health/ready",
+    )
+    parser.add_argument(
+        "--shared", choices=("cluster", "single"), default="cluster", help="the shared layout: 2 instances x1 (default) or 1 instance x2"
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=90.0, help="seconds of resize work the backlog holds for 2 worker processes (default 90)"
+    )
     parser.add_argument("--source", type=int, default=2048, help="resize jobs' source image size (default 2048)")
     parser.add_argument("--size", type=int, default=512, help="resize jobs' output width and height (default 512)")
     parser.add_argument("--warmup", type=int, default=40, help="untimed requests before each measurement (default 40)")

@@ -97,7 +97,7 @@ class Procs:
                     if member.is_running():
                         _kill_group(os.getpgid(member.pid))
                         member.kill()
-                except Exception:  # noqa: BLE001 - already gone
+                except Exception:
                     pass
             try:
                 proc.process.wait(10)
@@ -359,7 +359,7 @@ def cleanup(servers: list[Any]) -> None:
             from bench import bare
 
             _redis.delete(*bare.KEYS)
-        except Exception:  # noqa: BLE001 - Redis away
+        except Exception:
             pass
         _redis.close()
         _redis.connection_pool.disconnect()
@@ -368,21 +368,21 @@ def cleanup(servers: list[Any]) -> None:
         from django.db import connections
 
         connections.close_all()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     for app in _celery_apps():
         try:
             app.amqp.producer_pool.force_close_all()
             app.pool.force_close_all()
             app.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     try:  # Django's Redis cache keeps its pools open (its close() does nothing)
         from django.core.cache import cache
 
         for pool in getattr(getattr(cache, "_cache", None), "_pools", {}).values():
             pool.disconnect()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     if "project.embedded" in sys.modules:
         from project import embedded

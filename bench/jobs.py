@@ -305,7 +305,10 @@ def events(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
         for round_ in range(args.rounds):
             if args.rounds > 1:
                 print(f"bench.jobs:   round {round_ + 1}/{args.rounds}", flush=True)
-            for key, label, run in (("bare", f"bare Celery, {fanout} tasks per event", bare_run), ("conveyor", "Conveyor, emit one by one", conveyor_run)):
+            for key, label, run in (
+                ("bare", f"bare Celery, {fanout} tasks per event", bare_run),
+                ("conveyor", "Conveyor, emit one by one", conveyor_run),
+            ):
                 result = run(args.events)
                 results[key].append(result)
                 print(
@@ -480,12 +483,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per throughput phase (default 5000)")
     parser.add_argument("--chains", type=int, default=300, help="two-step chains for the handoff latency (default 300)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes, both sides (default 2)")
-    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"), help="Celery pool, both sides (default prefork)")
+    parser.add_argument(
+        "--pool", default="prefork", choices=("prefork", "threads", "solo"), help="Celery pool, both sides (default prefork)"
+    )
     parser.add_argument("--batch", type=int, default=500, help="jobs per enqueue_many call (default 500)")
     parser.add_argument("--chain-interval", type=float, default=50.0, help="ms between chain starts (default 50)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed jobs before each phase (default jobs/20, 20..200)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved runs of each measurement; the median is shown (default 1)")
-    parser.add_argument("--events", type=int, default=2000, help=f"events emitted per run of the events phase, {FANOUT_EVENT} to 3 subscribers (default 2000; 0 skips the phase)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=2000,
+        help=f"events emitted per run of the events phase, {FANOUT_EVENT} to 3 subscribers (default 2000; 0 skips the phase)",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds each throughput run may take (default 120 + jobs/10)")
     args = parser.parse_args(argv)
     for name in ("jobs", "chains", "concurrency", "batch", "rounds"):

@@ -53,7 +53,9 @@ def record(ctx: Context, event: EventData) -> dict:
 
     if event.data.get("sleep"):
         time.sleep(float(event.data["sleep"]))
-    Arrival.objects.create(subscriber="diagnostics.record", event_id=event.id, key=event.key, sequence=event.data.get("seq"), attempt=ctx.attempt)
+    Arrival.objects.create(
+        subscriber="diagnostics.record", event_id=event.id, key=event.key, sequence=event.data.get("seq"), attempt=ctx.attempt
+    )
     return {"recorded": event.id}
 
 

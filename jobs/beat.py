@@ -79,7 +79,7 @@ class AlignedEntry(ModelEntry):
         super().__init__(model, app=app)
         sched = getattr(self, "schedule", None)
         if type(sched) is interval_schedule:
-            self.schedule = AlignedInterval(sched.run_every, app=sched._app)
+            self.schedule = AlignedInterval(sched.run_every, app=sched.app)
 
 
 class _Sent:
@@ -102,7 +102,7 @@ class LeaderScheduler(DatabaseScheduler):
         try:
             if self._lock is None:
                 self._lock = redis_client().lock(LOCK_NAME, timeout=self._lock_ttl, thread_local=False)
-                self._lock.local.token = uuid.uuid4().hex.encode()  # noqa: SLF001
+                self._lock.local.token = uuid.uuid4().hex.encode()
             if self._leading:
                 self._lock.reacquire()
                 return True

@@ -29,7 +29,7 @@ class Context:
     #: a run stuck past its time limit loses the job to the reaper instead of holding it forever.
     lease_deadline: float = float("inf")
 
-    def continue_with(self, type: str, input: dict[str, Any] | None = None) -> None:
+    def continue_with(self, type: str, input: dict[str, Any] | None = None) -> None:  # noqa: A002 - the API's names
         """After this handler succeeds, run `type` as the next step of the chain.
 
         The input is validated now, so a wrong continuation fails this attempt, not a later one.

@@ -90,8 +90,8 @@ def submit(jobs: list[Job]) -> list[Job]:
 
 
 def enqueue(
-    type: str,
-    input: dict[str, Any] | None = None,
+    type: str,  # noqa: A002 - the API's names: a job's type and input
+    input: dict[str, Any] | None = None,  # noqa: A002
     *,
     idempotency_key: str | None = None,
     run_after: dt.datetime | None = None,

@@ -138,7 +138,9 @@ def _public(type_name: str, field: str) -> None:
     except registry.InvalidJob:
         public = False
     if not public:
-        raise registry.InvalidJob(f"{type_name!r} is not a public job type", {field: "not a job type enqueueable over HTTP (GET /api/types)"})
+        raise registry.InvalidJob(
+            f"{type_name!r} is not a public job type", {field: "not a job type enqueueable over HTTP (GET /api/types)"}
+        )
 
 
 def _input(payload: Any) -> Any:

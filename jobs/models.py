@@ -104,7 +104,9 @@ class ScheduleDeclaration(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     fingerprint = models.CharField(max_length=64)
-    task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, on_delete=models.SET_NULL, related_name="conveyor_declaration")
+    task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", null=True, on_delete=models.SET_NULL, related_name="conveyor_declaration"
+    )
 
     def __str__(self) -> str:
         return self.name

@@ -96,7 +96,7 @@ def job_type(
     name: str,
     *,
     queue: str = "default",
-    input: type[BaseModel] | None = None,
+    input: type[BaseModel] | None = None,  # noqa: A002 - the declaration's name for the input schema
     retries: int = 3,
     backoff: Backoff | None = None,
     timeout: int = 300,

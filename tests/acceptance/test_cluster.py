@@ -66,15 +66,30 @@ def test_each_split_starts_the_right_roles(live, split, expected):
 
 
 def test_refused_splits_exit_2_before_starting(live):
-    for split in (["--cluster", "4", "--servers", "3", "--workers", "2"], ["--cluster", "0"], ["--cluster", "2", "--servers", "150%"], ["--servers", "1"]):
-        out = subprocess.run([sys.executable, MANAGE, "start", *split], cwd=ROOT, env=live.env(), capture_output=True, text=True, timeout=60, start_new_session=True)
+    for split in (
+        ["--cluster", "4", "--servers", "3", "--workers", "2"],
+        ["--cluster", "0"],
+        ["--cluster", "2", "--servers", "150%"],
+        ["--servers", "1"],
+    ):
+        out = subprocess.run(
+            [sys.executable, MANAGE, "start", *split],
+            cwd=ROOT,
+            env=live.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,
+        )
         assert out.returncode == 2, (split, out.stderr)
         assert "Traceback" not in out.stderr and out.stderr.strip()
 
 
 def test_a_killed_worker_is_restarted_and_its_jobs_complete(live):
     # given a cluster of two workers running slow jobs
-    proc = start_cluster(live, "--cluster", "2", "--workers", "2", "--pool", "threads", "--concurrency", "4", "--no-beat", workers=2, http=False)
+    proc = start_cluster(
+        live, "--cluster", "2", "--workers", "2", "--pool", "threads", "--concurrency", "4", "--no-beat", workers=2, http=False
+    )
     jobs = enqueue_many([Step("examples.count", {"sleep": 3}) for _ in range(6)])
     wait_for(lambda: Job.objects.filter(status=Status.RUNNING).count() >= 4, 30, what="jobs to be running")
     victim = next(c for c in status(live) if c["name"] == "worker-1/worker")

@@ -167,7 +167,9 @@ def test_each_entry_point_starts_the_embedded_servers_and_they_stop_when_it_exit
     folder = tempfile.mkdtemp(prefix="cve-", dir="/tmp")
     try:
         # when an entry point runs with no DATABASE_URL / REDIS_URL, on an empty data folder
-        out = subprocess.run([sys.executable, *ENTRY_POINTS[entry]], cwd=ROOT, env=embedded_env(folder), capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, *ENTRY_POINTS[entry]], cwd=ROOT, env=embedded_env(folder), capture_output=True, text=True, timeout=120
+        )
         # then it used the servers it started
         assert out.returncode == 0, out.stderr[-3000:]
         if entry == "celery":
@@ -175,7 +177,9 @@ def test_each_entry_point_starts_the_embedded_servers_and_they_stop_when_it_exit
         else:
             assert "USED 42 True" in out.stdout, out.stdout + out.stderr[-2000:]
         # on the sockets the settings name, in the data folder (Redis removes its socket on exit)
-        assert f"embedded PostgreSQL (development only): postgresql://postgres@{folder.replace('/', '%2F')}%2Fpostgres/conveyor" in out.stderr
+        assert (
+            f"embedded PostgreSQL (development only): postgresql://postgres@{folder.replace('/', '%2F')}%2Fpostgres/conveyor" in out.stderr
+        )
         assert f"embedded Redis (development only): unix://{folder}/redis.sock" in out.stderr
         assert {"postgres", "redis.db.settings"} <= set(os.listdir(folder))
         # and they stopped when it exited, as its last holder
@@ -202,7 +206,9 @@ print(json.dumps([before, server_traces(folder)]), flush=True)
 def test_setting_django_up_starts_nothing_until_start_is_called():
     folder = tempfile.mkdtemp(prefix="cvp-", dir="/tmp")
     try:
-        out = subprocess.run([sys.executable, "-c", SETUP_THEN_START], cwd=ROOT, env=embedded_env(folder), capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", SETUP_THEN_START], cwd=ROOT, env=embedded_env(folder), capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         before, after = json.loads(out.stdout.strip().splitlines()[-1])
         # then the probe of tests/unit/test_no_server_starts.py saw nothing after django.setup()

@@ -199,7 +199,12 @@ def test_every_chain_completes_when_redis_restarts_empty_in_the_middle_of_200_ch
 
     # then every chain succeeds (the relay publishes the rows whose messages were lost)
     succeeded = Chain.objects.filter(pk__in=chains, status=ChainStatus.SUCCEEDED)
-    wait_for(lambda: succeeded.count() == 200, 90, interval=0.2, what=f"all 200 chains to succeed ({waiting_at_crash} steps had lost their message)")
+    wait_for(
+        lambda: succeeded.count() == 200,
+        90,
+        interval=0.2,
+        what=f"all 200 chains to succeed ({waiting_at_crash} steps had lost their message)",
+    )
     # and every step ran and completed exactly once: two jobs per chain, one per index, attempt 1
     assert jobs.count() == 400
     per_step = jobs.values("chain_id", "chain_index").annotate(n=Count("id"))

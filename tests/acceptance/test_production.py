@@ -44,7 +44,7 @@ def production_env(database_url: str | None = None, **extra: str) -> dict[str, s
 
 
 @pytest.fixture
-def production_server():  # noqa: ANN201
+def production_server():
     """start(**env) -> a gunicorn server of project.wsgi in production, ready; all stopped after."""
     started: list[Proc] = []
 
@@ -54,7 +54,9 @@ def production_server():  # noqa: ANN201
         argv = [sys.executable, "-m", "gunicorn", "project.wsgi:application", "--bind", f"127.0.0.1:{port}",
                 "--workers", "1", "--no-control-socket", "--access-logfile", "-"]
         with open(log_path, "wb") as out:
-            process = subprocess.Popen(argv, cwd=ROOT, env=production_env(**extra), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env=production_env(**extra), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         proc = Proc(f"production-{port}", process, log_path, port)
         started.append(proc)
         return proc
@@ -121,7 +123,7 @@ def known(env: dict[str, str]) -> dict:
 
 
 @pytest.fixture
-def empty_database():  # noqa: ANN201
+def empty_database():
     """The URL of a new, empty database on the session's PostgreSQL; dropped afterwards."""
     name = f"cv_prod_{uuid.uuid4().hex[:12]}"
     with connection.cursor() as cursor:

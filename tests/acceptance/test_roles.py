@@ -93,8 +93,12 @@ def test_admin_login_renders_in_shared_mode(live):
     assert token, "no CSRF token in the login form"
 
     # and logging in through it as the staff user opens the admin index, with the jobs admin
-    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1), "username": "ops", "password": "a-long-test-password", "next": "/admin/"})
-    with browser.open(urllib.request.Request(shared.url("/admin/login/?next=/admin/"), data=form.encode(), method="POST"), timeout=10) as response:
+    form = urllib.parse.urlencode(
+        {"csrfmiddlewaretoken": token.group(1), "username": "ops", "password": "a-long-test-password", "next": "/admin/"}
+    )
+    with browser.open(
+        urllib.request.Request(shared.url("/admin/login/?next=/admin/"), data=form.encode(), method="POST"), timeout=10
+    ) as response:
         assert response.status == 200
         assert urllib.parse.urlsplit(response.url).path == "/admin/", response.url  # redirected: logged in
         index = response.read().decode()
@@ -111,7 +115,9 @@ def test_admin_disabled_is_404(live):
 
 def test_worker_mode_mounts_no_admin():
     # Worker mode serves no HTTP at all; its URLconf has no admin either.
-    code = "from django.urls import resolve, Resolver404\ntry:\n resolve('/admin/')\n print('mounted')\nexcept Resolver404:\n print('absent')"
+    code = (
+        "from django.urls import resolve, Resolver404\ntry:\n resolve('/admin/')\n print('mounted')\nexcept Resolver404:\n print('absent')"
+    )
     env = {**live_env_for_subprocess(), "WORKER_MODE": "worker"}
     out = subprocess.run([sys.executable, MANAGE, "shell", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "absent", out.stderr
@@ -172,7 +178,19 @@ def test_ready_is_503_naming_the_part_that_does_not_answer_without_its_details(l
         assert json.loads(body) == {"status": "unavailable", "failing": {part: "unreachable"}}
         # no URL, host, port, user, password, database or exception text
         text = body.decode().lower()
-        for detail in ("127.0.0.1", ":1", "redisuser", "redispass", "conveyor_dbuser", "dbpass", "conveyor_db", "error", "refused", "connect", "exception"):
+        for detail in (
+            "127.0.0.1",
+            ":1",
+            "redisuser",
+            "redispass",
+            "conveyor_dbuser",
+            "dbpass",
+            "conveyor_db",
+            "error",
+            "refused",
+            "connect",
+            "exception",
+        ):
             assert detail not in text, (detail, text)
         # and the exception is in the server's log, with the part it concerns
         wait_for(lambda: f"not ready: {part} unreachable (" in server.log(), 10, what=f"the {part} failure in the log")

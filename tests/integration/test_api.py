@@ -91,14 +91,18 @@ def test_list_filters_and_paginates(api):
 
 
 def test_chain_validates_every_step_up_front(api):
-    status, body = api("post", "/chains", {"steps": [{"type": "examples.echo", "input": {}}, {"type": "images.resize", "input": {"width": 0}}]})
+    status, body = api(
+        "post", "/chains", {"steps": [{"type": "examples.echo", "input": {}}, {"type": "images.resize", "input": {"width": 0}}]}
+    )
     assert status == 400
     assert "steps.1.input.width" in body["fields"]
     assert Chain.objects.count() == 0 and Job.objects.count() == 0
 
 
 def test_chain_starts_with_its_first_step(api):
-    status, chain = api("post", "/chains", {"steps": [{"type": "examples.echo", "input": {"a": 1}}, {"type": "examples.ping", "input": {}}]})
+    status, chain = api(
+        "post", "/chains", {"steps": [{"type": "examples.echo", "input": {"a": 1}}, {"type": "examples.ping", "input": {}}]}
+    )
     assert status == 201
     assert [s["status"] for s in chain["steps"]] == ["pending", "waiting"]
     assert Job.objects.filter(chain_id=chain["id"]).count() == 1

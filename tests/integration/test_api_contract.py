@@ -21,7 +21,7 @@ def client() -> Client:
     return Client(HTTP_AUTHORIZATION=f"Bearer {api_token()}")
 
 
-def post_raw(client: Client, path: str, body: str):  # noqa: ANN201 - a test client response
+def post_raw(client: Client, path: str, body: str):
     return client.post(path, body, content_type="application/json")
 
 
@@ -60,7 +60,9 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(client, path, bo
 
 def test_a_run_after_with_an_offset_postgresql_refuses_is_stored_in_utc(client):
     # PostgreSQL takes offsets up to 15:59; Python (and RFC 3339) up to 23:59
-    response = client.post("/api/jobs", {"type": "examples.echo", "run_after": "2026-01-01T00:00:00+23:59"}, content_type="application/json")
+    response = client.post(
+        "/api/jobs", {"type": "examples.echo", "run_after": "2026-01-01T00:00:00+23:59"}, content_type="application/json"
+    )
     assert response.status_code == 201 and response.json()["run_after"] == "2025-12-31T00:01:00Z"
 
 

@@ -29,7 +29,7 @@ def empty_redis():
     redis_client().flushall()
 
 
-def migrate(target: list[tuple[str, str]]):  # noqa: ANN201 - the apps of the target state
+def migrate(target: list[tuple[str, str]]):
     executor = MigrationExecutor(connection)
     executor.migrate(target)
     return MigrationExecutor(connection).loader.project_state(target).apps
@@ -48,7 +48,9 @@ def test_migration_opens_a_lane_for_each_key_whose_latest_released_delivery_runs
     # given the schema before lanes, and deliveries of diagnostics.record on four keys:
     old = migrate([BEFORE])
     try:
-        OldJob, OldEvent, OldDelivery = (old.get_model(*m) for m in (("jobs", "Job"), ("subscribers", "Event"), ("subscribers", "Delivery")))
+        OldJob, OldEvent, OldDelivery = (
+            old.get_model(*m) for m in (("jobs", "Job"), ("subscribers", "Event"), ("subscribers", "Delivery"))
+        )
         now = timezone.now()
 
         def row(key: str | None, status: str | None) -> int:

@@ -24,7 +24,7 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from nodes(child)
 
 
-def explain(queryset) -> dict[str, Any]:  # noqa: ANN001
+def explain(queryset) -> dict[str, Any]:
     (result,) = json.loads(queryset.explain(format="json", analyze=True, buffers=True))
     return result["Plan"]
 

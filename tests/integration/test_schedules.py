@@ -70,7 +70,9 @@ def test_schedule_admin_shows_next_run_and_last_job(admin_client):
     PeriodicTask.objects.filter(name="conveyor:conveyor.cleanup").update(last_run_at=last_run)
     # and the jobs of two of its ticks, and one of another schedule's
     Job.objects.create(type="conveyor.cleanup", queue="default", idempotency_key="conveyor:schedule:conveyor.cleanup:2026-01-01T00:00:00Z")
-    last = Job.objects.create(type="conveyor.cleanup", queue="default", idempotency_key="conveyor:schedule:conveyor.cleanup:2026-01-01T00:01:00Z")
+    last = Job.objects.create(
+        type="conveyor.cleanup", queue="default", idempotency_key="conveyor:schedule:conveyor.cleanup:2026-01-01T00:01:00Z"
+    )
     Job.objects.create(type="examples.echo", queue="default", idempotency_key="conveyor:schedule:conveyor.cleanup-not:2026-01-01T00:02:00Z")
     # and the nightly report disabled
     PeriodicTask.objects.filter(name="conveyor:examples.nightly-report").update(enabled=False)
@@ -119,10 +121,18 @@ def test_tick_time_is_the_same_for_every_beat():
     # "now") and a crontab one in Paris, last run 0.7 s past a tick just before the DST change
     period = 10
     interval, _ = IntervalSchedule.objects.get_or_create(every=period, period=IntervalSchedule.SECONDS)
-    PeriodicTask.objects.create(name="conveyor:every-10", task=schedules.TASK, interval=interval, kwargs=json.dumps({"schedule": "every-10", "type": "examples.echo", "input": {}}))
+    PeriodicTask.objects.create(
+        name="conveyor:every-10",
+        task=schedules.TASK,
+        interval=interval,
+        kwargs=json.dumps({"schedule": "every-10", "type": "examples.echo", "input": {}}),
+    )
     paris = CrontabSchedule.objects.create(minute="*/5", hour="*", timezone="Europe/Paris")
     PeriodicTask.objects.create(
-        name="conveyor:five-minutes", task=schedules.TASK, crontab=paris, kwargs=json.dumps({"schedule": "five-minutes", "type": "examples.echo", "input": {}}),
+        name="conveyor:five-minutes",
+        task=schedules.TASK,
+        crontab=paris,
+        kwargs=json.dumps({"schedule": "five-minutes", "type": "examples.echo", "input": {}}),
         last_run_at=dt.datetime(2026, 3, 29, 0, 55, 0, 700_000, tzinfo=dt.timezone.utc),
     )
     # when two processes compute them 3 s apart, within one period of the interval
@@ -131,7 +141,9 @@ def test_tick_time_is_the_same_for_every_beat():
     env = LiveEnv().env()
     argv = ["conveyor:every-10", "conveyor:five-minutes"]
     procs = [
-        subprocess.Popen([sys.executable, "-c", TICK_PROBE, str(at), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", TICK_PROBE, str(at), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for at in moments
     ]
     results = []

@@ -124,7 +124,7 @@ def run_in_thread(job_id: int, worker: str = WORKER) -> tuple[threading.Thread, 
     return thread, result
 
 
-def tracked_context(job_id: int):  # noqa: ANN201 - the runner's Context of the run in flight
+def tracked_context(job_id: int):
     return wait_for(
         lambda: next((ctx for ctx in runner.heartbeat.running() if ctx.job_id == job_id), None),
         15,
@@ -288,7 +288,12 @@ def test_claim_leaves_a_row_that_is_not_runnable_now(make_row: Callable[[], int]
     # then
     assert claimed is None
     after = row(job_id)
-    assert (after.status, after.attempt, after.worker, after.updated_at) == (before.status, before.attempt, before.worker, before.updated_at)
+    assert (after.status, after.attempt, after.worker, after.updated_at) == (
+        before.status,
+        before.attempt,
+        before.worker,
+        before.updated_at,
+    )
 
 
 # --- heartbeat ------------------------------------------------------------------------------------

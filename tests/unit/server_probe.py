@@ -35,5 +35,9 @@ def server_traces(folder: str) -> dict[str, object]:
 
 @pytest.hookimpl(tryfirst=True)  # before tests/conftest.py removes the session's data folder
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    report = {"exitstatus": int(exitstatus), "data": os.environ.get("CONVEYOR_DATA", ""), **server_traces(os.environ.get("CONVEYOR_DATA", ""))}
+    report = {
+        "exitstatus": int(exitstatus),
+        "data": os.environ.get("CONVEYOR_DATA", ""),
+        **server_traces(os.environ.get("CONVEYOR_DATA", "")),
+    }
     Path(os.environ["SERVER_PROBE_REPORT"]).write_text(json.dumps(report))

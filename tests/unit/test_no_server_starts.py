@@ -46,7 +46,9 @@ def test_setting_django_up_starts_no_server_and_names_the_embedded_sockets():
     folder = tempfile.mkdtemp(prefix="cvu-", dir="/tmp")
     try:
         # when a fresh process on an empty data folder sets Django up and reads the settings
-        out = subprocess.run([sys.executable, "-c", SETUP], cwd=ROOT, env=clean_env(CONVEYOR_DATA=folder), capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", SETUP], cwd=ROOT, env=clean_env(CONVEYOR_DATA=folder), capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout.strip().splitlines()[-1])
         # then no server was started or joined: no handle, no URL exported, nothing in the folder
@@ -65,7 +67,17 @@ def test_setting_django_up_starts_no_server_and_names_the_embedded_sockets():
 def test_the_unit_tests_run_with_no_server_started(tmp_path: Path):
     # when the unit tests (all but this file) run in a session of their own, with no server URL set
     report_path = tmp_path / "report.json"
-    argv = [sys.executable, "-m", "pytest", "tests/unit", "-q", "-p", "tests.unit.server_probe", "--ignore", "tests/unit/test_no_server_starts.py"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/unit",
+        "-q",
+        "-p",
+        "tests.unit.server_probe",
+        "--ignore",
+        "tests/unit/test_no_server_starts.py",
+    ]
     out = subprocess.run(argv, cwd=ROOT, env=clean_env(SERVER_PROBE_REPORT=str(report_path)), capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout, out.stdout[-3000:]

@@ -13,7 +13,7 @@ class Point(BaseModel):
     y: int = 0
 
 
-def handler(ctx, data):  # noqa: ANN001, ANN201
+def handler(ctx, data):
     return None
 
 

@@ -13,7 +13,7 @@ PARIS = ZoneInfo("Europe/Paris")
 
 
 class Entry:
-    def __init__(self, schedule, last_run_at):  # noqa: ANN001
+    def __init__(self, schedule, last_run_at):
         self.schedule = schedule
         self.last_run_at = last_run_at
 
