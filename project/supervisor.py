@@ -2,11 +2,11 @@
 
 Used by `manage.py start` for one instance (shared mode = a web child, a worker child and beat)
 and for a cluster of instances. On SIGTERM, SIGINT or SIGHUP (the terminal went away) every
-child gets SIGTERM: gunicorn stops
-accepting and finishes in-flight requests; a Celery worker stops taking messages, gives its
-prefetched ones back and finishes its running jobs. A child still running after the grace
-period is killed with its whole process group, and the jobs its worker held are handed back
-(`pending`, the attempt not counted) at once rather than after their lease expires.
+child gets SIGTERM: gunicorn stops accepting and finishes in-flight requests; a Celery worker
+stops taking messages, gives its prefetched ones back and finishes its running jobs. A child
+still running after the grace period is killed with its whole process group, and the jobs its
+worker held are handed back (`pending`, the attempt not counted) at once rather than after their
+lease expires.
 
 A child that dies is restarted, after a backoff that doubles while it keeps dying soon after
 starting (capped at BACKOFF_MAX): a child that cannot start yet (beat while the database
