@@ -1,17 +1,88 @@
-"""The one Celery task: a message is a job id; the row says everything else."""
+"""The one Celery task: a message is a job id; the row says everything else.
+
+PostgreSQL away at claim time: the claim failed before anything ran, so the message is kept (not
+acked and dropped, which would leave the row to the stale relay): the broken connections are
+closed and the claim tried again with backoff, for a bounded time, after which the message goes
+back to its queue (Reject, requeue). Only a failed claim is retried so: a handler never runs twice
+because of it (an error while recording an outcome is left to the lease and the reaper).
+"""
 from __future__ import annotations
 
+import logging
 import os
+import time
+from types import TracebackType
 
+import psycopg
 from celery import shared_task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from django.db import InterfaceError, OperationalError, connections
 
 from jobs import runner, store
 from jobs.publish import TASK
 
+log = logging.getLogger("conveyor.tasks")
+
 #: The supervisor's token for this start of the node (see jobs.store.worker_name).
 INSTANCE = os.environ.get("CONVEYOR_INSTANCE", "")
+
+#: What a database that is down, restarting or refusing connections raises.
+DATABASE_AWAY = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+#: How long one delivery keeps trying its claim before giving its message back, at most; and at
+#: most a quarter of the job's soft time limit (the wait comes out of the handler's time).
+CLAIM_PATIENCE_SECONDS = 60.0
+CLAIM_BACKOFF_START, CLAIM_BACKOFF_MAX = 0.2, 2.0
 
 
 @shared_task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(self, job_id: int) -> str:  # noqa: ANN001 - Celery's bound task
-    return runner.execute(int(job_id), store.worker_name(self.request.hostname, os.getpid(), INSTANCE))
+    worker = store.worker_name(self.request.hostname, os.getpid(), INSTANCE)
+    deadline = time.monotonic() + claim_patience(self.request.timelimit)
+    delay, failures = CLAIM_BACKOFF_START, 0
+    while True:
+        try:
+            return runner.execute(int(job_id), worker)
+        except DATABASE_AWAY as exc:
+            if not raised_in_claim(exc.__traceback__):
+                raise  # after the claim: the run's outcome is the lease's and the reaper's
+            error: BaseException = exc
+        except SoftTimeLimitExceeded as exc:
+            # Out of time in the claim (the database hangs): nothing ran, give the message back.
+            if raised_in_claim(exc.__traceback__):
+                raise Reject(f"job {job_id}: claim timed out while the database was away", requeue=True) from exc
+            raise
+        failures += 1
+        close_connections()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.warning("job %s: database still away after %d claim attempts (%s); giving its message back", job_id, failures, error)
+            raise Reject(f"job {job_id}: database away at claim time", requeue=True) from error
+        log.warning("job %s: database away at claim time (%s); claiming again in %.1fs", job_id, str(error).strip(), min(delay, remaining))
+        try:
+            time.sleep(min(delay, remaining))
+        except SoftTimeLimitExceeded as exc:
+            raise Reject(f"job {job_id}: claim timed out while the database was away", requeue=True) from exc
+        delay = min(CLAIM_BACKOFF_MAX, delay * 2)
+
+
+def claim_patience(timelimit: tuple[float | None, float | None] | None) -> float:
+    soft = (timelimit or (None, None))[1]
+    return min(CLAIM_PATIENCE_SECONDS, soft / 4) if soft else CLAIM_PATIENCE_SECONDS
+
+
+def raised_in_claim(tb: TracebackType | None) -> bool:
+    """Did the exception come out of store.claim (so no handler ran for this delivery)?"""
+    while tb is not None:
+        if tb.tb_frame.f_code is store.claim.__code__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def close_connections() -> None:
+    """Drop this process's database connections: a broken one is not reopened by Django."""
+    for conn in connections.all(initialized_only=True):
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - already broken: closing is best effort
+            pass

@@ -144,6 +144,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # Keep trying the broker on start-up and forever after a loss (celery#8030).
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Redis lost mid-job: let it finish and record once (outcomes are fenced by attempt; its redelivery is skipped), not cancel and rerun it.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Keep each worker process's database connections across tasks (Celery's Django fixup closes
 # them around every task otherwise: a new PostgreSQL backend per job); jobs.signals drops the
 # broken or expired ones after each task, as Django does after each request.

@@ -1,11 +1,20 @@
 """A small process supervisor: start children, restart the ones that die, drain on SIGTERM.
 
 Used by `manage.py start` for one instance (shared mode = a web child, a worker child and beat)
-and for a cluster of instances. On SIGTERM or SIGINT every child gets SIGTERM: gunicorn stops
-accepting and finishes in-flight requests; a Celery worker stops taking messages, gives its
-prefetched ones back and finishes its running jobs. A child still running after the grace
-period is killed with its whole process group, and the jobs its worker held are handed back
-(`pending`, the attempt not counted) at once rather than after their lease expires.
+and for a cluster of instances. On SIGTERM, SIGINT or SIGHUP (the terminal went away) every
+child gets SIGTERM: gunicorn stops accepting and finishes in-flight requests; a Celery worker
+stops taking messages, gives its prefetched ones back and finishes its running jobs. A child
+still running after the grace period is killed with its whole process group, and the jobs its
+worker held are handed back (`pending`, the attempt not counted) at once rather than after their
+lease expires.
+
+A child that dies is restarted, after a backoff that doubles while it keeps dying soon after
+starting (capped at BACKOFF_MAX): a child that cannot start yet (beat while the database
+restarts) never takes the others down with it.
+
+Each start of a child gets a fresh random instance token (CONVEYOR_INSTANCE in its environment,
+`instance` in its info): its worker records it with every claim, so hand-back touches the jobs of
+that start only, never those of another supervisor whose worker has the same node name.
 
 Each supervisor writes its plan to CONVEYOR_DATA/run/supervisor-<pid>.json for `manage.py status`.
 """
@@ -14,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,7 +36,9 @@ log = logging.getLogger("conveyor.supervisor")
 
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 FAST_CRASH_SECONDS = 10.0  # a child that dies sooner than this after start "crashed fast"
-MAX_FAST_CRASHES = 5  # in a row: give up on the whole supervisor
+#: Signals that drain: SIGHUP too, or a closed terminal would kill the supervisor (its children
+#: would get only the death signal: no supervised drain, no hand-back).
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -47,7 +59,9 @@ class Child:
         return self.process.pid if self.process else None
 
     def start(self) -> None:
-        env = {**os.environ, **self.env}
+        # A fresh token for this start: hand-back after it dies touches its own jobs only.
+        self.info["instance"] = secrets.token_hex(8)
+        env = {**os.environ, **self.env, "CONVEYOR_INSTANCE": str(self.info["instance"])}
         # Its own process group: the whole tree (gunicorn's or Celery's pool) can be killed at once.
         self.process = subprocess.Popen(self.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
@@ -88,9 +102,9 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (exit 0) or a child keeps crashing (exit 1)."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        """Run until SIGTERM, SIGINT or SIGHUP (exit 0), or, with restart off, a child exits (exit 1)."""
+        for signum in DRAIN_SIGNALS:
+            signal.signal(signum, self._on_signal)
         for child in self.children:
             child.start()
         self.print_plan()
@@ -126,13 +140,13 @@ class Supervisor:
         tmp.replace(self.state_file)
 
     def _check(self, child: Child) -> bool:
-        """Restart a dead child with backoff; True when it crashed fast too many times."""
+        """Restart a dead child with backoff; True when it died and restarting is off."""
         now = time.monotonic()
         if child.restart_at is not None:
             if now >= child.restart_at and not self.stopping:
                 child.start()
                 child.restarts += 1
-                log.warning("restarted %s as pid %s", child.name, child.pid)
+                log.warning("restarted %s as pid %s (restart %d)", child.name, child.pid, child.restarts)
                 self.write_state()
             return False
         code = child.process.poll() if child.process else None
@@ -150,11 +164,13 @@ class Supervisor:
         if not self.restart:
             log.error("%s (pid %s) exited with %s", child.name, child.pid, code)
             return True
-        if child.fast_crashes >= MAX_FAST_CRASHES:
-            log.error("%s crashed %d times in a row within %.0fs of starting: giving up", child.name, child.fast_crashes, FAST_CRASH_SECONDS)
-            return True
-        delay = min(BACKOFF_MAX, BACKOFF_START * (2 ** max(0, child.fast_crashes - 1)))
-        log.warning("%s (pid %s) exited with %s after %.1fs; restarting in %.1fs", child.name, child.pid, code, lived, delay)
+        # Never give up on a child: one that cannot start yet (beat while the database restarts)
+        # is retried at most every BACKOFF_MAX seconds while the others go on.
+        delay = min(BACKOFF_MAX, BACKOFF_START * (2 ** min(max(0, child.fast_crashes - 1), 16)))
+        log.warning(
+            "%s (pid %s) exited with %s after %.1fs; restarting in %.1fs%s", child.name, child.pid, code, lived, delay,
+            f" ({child.fast_crashes} quick crashes in a row)" if child.fast_crashes > 1 else "",
+        )
         child.restart_at = now + delay
         return False
 

@@ -9,6 +9,7 @@ child joins the embedded PostgreSQL and Redis this process started (or the confi
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -58,6 +59,8 @@ class Command(BaseCommand):
             if opts["servers"] is not None or opts["workers"] is not None:
                 raise CommandError("--servers and --workers need --cluster", returncode=2)
             modes = [settings.WORKER_MODE]
+        if any(map(roles.serves_http, modes)):
+            self._refuse_busy_port(int(opts["port"]))
         children = self._children(modes, queues, opts)
         # One beat per start (shared mode or a cluster); more beats elsewhere wait as standbys.
         if not opts["no_beat"] and (opts["cluster"] is not None or modes == ["shared"]):
@@ -82,7 +85,8 @@ class Command(BaseCommand):
             children,
             grace=float(opts["grace"]),
             state_dir=settings.DATA_DIR / "run",
-            on_killed=lambda child: hand_back(str(child.info.get("node", ""))),
+            # That start's jobs only: another supervisor may run a worker with the same node name.
+            on_killed=lambda child: hand_back(str(child.info.get("node", "")), str(child.info.get("instance", ""))),
         )
         code = supervisor.run()
         sys.exit(code)
@@ -97,9 +101,27 @@ class Command(BaseCommand):
             raise CommandError(f"--queues: no job type uses {', '.join(unknown)} (known queues: {', '.join(known)})", returncode=2)
         return wanted
 
+    def _host(self) -> str:
+        return "0.0.0.0" if settings.PRODUCTION else "127.0.0.1"
+
     def _bind(self, port: int) -> str:
-        host = "0.0.0.0" if settings.PRODUCTION else "127.0.0.1"
-        return f"{host}:{port}"
+        return f"{self._host()}:{port}"
+
+    def _refuse_busy_port(self, port: int) -> None:
+        """Exit 2 when the port is already served, before starting anything.
+
+        The servers of one start share their port through SO_REUSEPORT, which would just as
+        silently let a second start share it with the first. The probe binds without it (with
+        SO_REUSEADDR, so a closed port's TIME_WAIT does not count): a listener refuses it.
+        """
+        host = self._host()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                reason = "already in use (another start or program serves it)" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise CommandError(f"port {port} on {host}: {reason}; stop it or choose another --port", returncode=2) from None
 
     def _children(self, modes: list[str], queues: list[str], opts: dict) -> list[Child]:
         host = socket.gethostname()
