@@ -43,9 +43,17 @@ def lease_seconds() -> int:
     return int(settings.CONVEYOR["LEASE_SECONDS"])
 
 
+class ClaimFailed(Exception):
+    """The claim itself failed (PostgreSQL away, or the time limit hit it): no handler ran for
+    this delivery, so the message may be kept and the claim tried again (jobs.tasks)."""
+
+
 def execute(job_id: int, worker: str) -> str:
     """Claim and run one job; return what happened (for logs and tests)."""
-    claimed = store.claim(job_id, worker, lease_seconds())
+    try:
+        claimed = store.claim(job_id, worker, lease_seconds())
+    except (OperationalError, InterfaceError, SoftTimeLimitExceeded) as exc:
+        raise ClaimFailed(f"{type(exc).__name__}: {exc}".strip()) from exc
     if claimed is None:
         return "skipped"  # a duplicate or stale message: locked, finished or not yet due
     ctx = Context(

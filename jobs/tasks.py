@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from types import TracebackType
 
-import psycopg
 from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from django.db import InterfaceError, OperationalError, connections
+from django.db import connections
 
 from jobs import runner, store
 from jobs.publish import TASK
@@ -26,8 +24,6 @@ log = logging.getLogger("conveyor.tasks")
 #: The supervisor's token for this start of the node (see jobs.store.worker_name).
 INSTANCE = os.environ.get("CONVEYOR_INSTANCE", "")
 
-#: What a database that is down, restarting or refusing connections raises.
-DATABASE_AWAY = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 #: How long one delivery keeps trying its claim before giving its message back, at most; and at
 #: most a quarter of the job's soft time limit (the wait comes out of the handler's time).
 CLAIM_PATIENCE_SECONDS = 60.0
@@ -42,22 +38,15 @@ def run_job(self, job_id: int) -> str:  # noqa: ANN001 - Celery's bound task
     while True:
         try:
             return runner.execute(int(job_id), worker)
-        except DATABASE_AWAY as exc:
-            if not raised_in_claim(exc.__traceback__):
-                raise  # after the claim: the run's outcome is the lease's and the reaper's
-            error: BaseException = exc
-        except SoftTimeLimitExceeded as exc:
-            # Out of time in the claim (the database hangs): nothing ran, give the message back.
-            if raised_in_claim(exc.__traceback__):
-                raise Reject(f"job {job_id}: claim timed out while the database was away", requeue=True) from exc
-            raise
+        except runner.ClaimFailed as exc:
+            error = exc
         failures += 1
         close_connections()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             log.warning("job %s: database still away after %d claim attempts (%s); giving its message back", job_id, failures, error)
             raise Reject(f"job {job_id}: database away at claim time", requeue=True) from error
-        log.warning("job %s: database away at claim time (%s); claiming again in %.1fs", job_id, str(error).strip(), min(delay, remaining))
+        log.warning("job %s: database away at claim time (%s); claiming again in %.1fs", job_id, error, min(delay, remaining))
         try:
             time.sleep(min(delay, remaining))
         except SoftTimeLimitExceeded as exc:
@@ -70,19 +59,10 @@ def claim_patience(timelimit: tuple[float | None, float | None] | None) -> float
     return min(CLAIM_PATIENCE_SECONDS, soft / 4) if soft else CLAIM_PATIENCE_SECONDS
 
 
-def raised_in_claim(tb: TracebackType | None) -> bool:
-    """Did the exception come out of store.claim (so no handler ran for this delivery)?"""
-    while tb is not None:
-        if tb.tb_frame.f_code is store.claim.__code__:
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def close_connections() -> None:
     """Drop this process's database connections: a broken one is not reopened by Django."""
     for conn in connections.all(initialized_only=True):
         try:
             conn.close()
-        except Exception:  # noqa: BLE001 - already broken: closing is best effort
+        except Exception:
             pass

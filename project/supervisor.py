@@ -5,7 +5,7 @@ and for a cluster of instances. On SIGTERM, SIGINT or SIGHUP (the terminal went 
 child gets SIGTERM: gunicorn stops accepting and finishes in-flight requests; a Celery worker
 stops taking messages, gives its prefetched ones back and finishes its running jobs. A child
 still running after the grace period is killed with its whole process group, and the jobs its
-worker held are handed back (`pending`, the attempt not counted) at once rather than after their
+worker held are handed back (`pending`, one attempt granted back) at once rather than after their
 lease expires.
 
 A child that dies is restarted, after a backoff that doubles while it keeps dying soon after

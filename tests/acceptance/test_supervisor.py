@@ -98,7 +98,9 @@ def test_five_quick_crashes_of_one_child_do_not_stop_the_instance(tmp_path):
     # given a supervisor with a child that exits at once and a long-lived one
     log_path = tmp_path / "supervisor.log"
     with open(log_path, "wb") as out:
-        sup = subprocess.Popen([sys.executable, "-c", CRASHING, str(tmp_path)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        sup = subprocess.Popen(
+            [sys.executable, "-c", CRASHING, str(tmp_path)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     state_file = tmp_path / f"supervisor-{sup.pid}.json"
     steady_pid = None
 
@@ -147,7 +149,15 @@ def test_second_start_on_a_busy_port_is_refused(live):
     first = live.start("--web-concurrency", "1", mode="server", name="first")
     # when a second start is asked for the same port
     argv = [sys.executable, MANAGE, "start", "--port", str(first.port), "--web-concurrency", "1", "--no-beat"]
-    second = subprocess.Popen(argv, cwd=ROOT, env=live.env(WORKER_MODE="server"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    second = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=live.env(WORKER_MODE="server"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = second.communicate(timeout=30)
     except subprocess.TimeoutExpired:

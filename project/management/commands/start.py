@@ -30,8 +30,17 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
-        parser.add_argument("--queues", default=",".join(settings.WORKER_QUEUES), help="comma-separated queues to consume (default: every job type's queue; WORKER_QUEUES)")
-        parser.add_argument("--concurrency", type=int, default=settings.WORKER_CONCURRENCY or None, help="worker processes or threads (WORKER_CONCURRENCY; default: CPUs)")
+        parser.add_argument(
+            "--queues",
+            default=",".join(settings.WORKER_QUEUES),
+            help="comma-separated queues to consume (default: every job type's queue; WORKER_QUEUES)",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=settings.WORKER_CONCURRENCY or None,
+            help="worker processes or threads (WORKER_CONCURRENCY; default: CPUs)",
+        )
         parser.add_argument("--pool", default="prefork", choices=POOLS, help="Celery pool: prefork for CPU work, threads for I/O")
         parser.add_argument("--port", type=int, default=settings.PORT, help="HTTP port of servers (PORT, default 8000)")
         parser.add_argument("--web-concurrency", type=int, default=2, help="gunicorn worker processes per server")
