@@ -20,6 +20,7 @@ import pytest
 from jobs import Step, enqueue, start_chain
 from jobs.control import cancel
 from jobs.models import Job, Status
+from jobs.publish import Message, publish
 from tests.support import ROOT, free_port, http_get, http_ok, kill_tree, redis_client, wait_for, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -70,9 +71,10 @@ def tasks_of(base: str, job_id: int) -> list[dict]:
 
 
 def final(base: str, job_id: int, state: str) -> dict:
-    """The one task of `job_id` once Flower shows it in `state`, read from /api/task/info."""
+    """The task of `job_id` that ran (not a skipped duplicate) once Flower shows it in `state`,
+    read from /api/task/info."""
     def seen() -> dict | None:
-        found = [t for t in tasks_of(base, job_id) if t["state"] == state]
+        found = [t for t in tasks_of(base, job_id) if t["state"] == state and t["result"] != "'skipped'"]
         return found[0] if found else None
     task = wait_for(seen, 30, interval=0.2, what=f"flower to show job {job_id}'s task as {state}")
     return flower_json(f"{base}/api/task/info/{task['uuid']}")
@@ -92,6 +94,11 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     # and a job fails its only attempt (dead)
     doomed = enqueue("examples.fail", {"times": 100}, retries=0)
     wait_job(doomed.pk, Status.DEAD, 30)
+    # and a job fails its first attempt and succeeds on its second
+    flaky = enqueue("examples.fail", {"times": 1}, retries=1)
+    wait_job(flaky.pk, Status.SUCCEEDED, 30)
+    # and a duplicate message of the succeeded job arrives (it claims nothing)
+    assert publish([Message.of(Job.objects.get(pk=echo.pk))]) == 1
     # and a job is cancelled while it runs
     sleeper = enqueue("examples.sleep", {"seconds": 30})
     wait_for(lambda: Job.objects.filter(pk=sleeper.pk, status=Status.RUNNING).exists(), 30, what="examples.sleep to run")
@@ -113,6 +120,16 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     assert (dead["args"], dead["kwargs"]) == (f"({doomed.pk},)", "{}")
     assert dead["exception"].startswith(f"JobFailed('job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail: failing attempt 1")
 
+    retried = sorted(wait_for(lambda: len(tasks_of(flower, flaky.pk)) == 2 and tasks_of(flower, flaky.pk), 30,
+                              what="flower to show both runs of the flaky job"), key=lambda t: t["received"])
+    assert [(t["name"], t["state"]) for t in retried] == [("examples.fail", "FAILURE"), ("examples.fail", "SUCCESS")]
+    assert retried[0]["exception"].startswith(f"JobFailed('job {flaky.pk} attempt 1/2 failed (retried later): RuntimeError:")
+    assert retried[1]["result"] == f"'job {flaky.pk} attempt 2/2 succeeded'"
+
+    echo_runs = sorted(wait_for(lambda: len(tasks_of(flower, echo.pk)) == 2 and tasks_of(flower, echo.pk), 30,
+                                what="flower to show the duplicate message of the echo job"), key=lambda t: t["received"])
+    assert [(t["name"], t["state"], t["result"]) for t in echo_runs][1] == ("examples.echo", "SUCCESS", "'skipped'")
+
     stopped = final(flower, sleeper.pk, "REVOKED")
     print("REVOKED", json.dumps(stopped, indent=1, sort_keys=True))
     assert stopped["name"] == "examples.sleep"
@@ -126,7 +143,7 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
 
     # and Flower's filters and counts go by job type
     failed = flower_json(f"{flower}/api/tasks?taskname=examples.fail&state=FAILURE")
-    assert [t["args"] for t in failed.values()] == [f"({doomed.pk},)"]
+    assert sorted(t["args"] for t in failed.values()) == sorted([f"({doomed.pk},)", f"({flaky.pk},)"])
     types = flower_json(f"{flower}/api/task/types")
     assert {"examples.echo", "examples.ping", "examples.fail", "examples.sleep"} <= set(types["task-types"])
     assert "conveyor.run" not in types["task-types"]
@@ -141,6 +158,7 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     # and the worker's log has one ERROR line for the dead job, and no traceback of it
     worker_log = live.procs[0].log()
     errors = [line for line in worker_log.splitlines() if " ERROR " in line]
-    assert [line for line in errors if f"job {doomed.pk} " in line] == [line for line in errors], errors
-    assert len(errors) == 1, errors
+    assert len(errors) == 2, errors  # the dead job's attempt and the flaky job's first attempt
+    assert any(f"job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail" in line for line in errors), errors
+    assert any(f"job {flaky.pk} attempt 1/2 failed (retried later)" in line for line in errors), errors
     assert "Traceback" not in worker_log, worker_log[-3000:]
