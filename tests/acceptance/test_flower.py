@@ -80,10 +80,11 @@ def final(base: str, job_id: int, state: str) -> dict:
     return flower_json(f"{base}/api/task/info/{task['uuid']}")
 
 
-def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(live, flower):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(live, flower, pool):
     # given a platform worker, and a Flower that already receives its events (its Prometheus
     # metrics count the worker online once a heartbeat event arrived)
-    live.start("--concurrency", "2", mode="worker", name="flower-worker")
+    live.start("--pool", pool, "--concurrency", "2", mode="worker", name="flower-worker")
     wait_for(lambda: b"flower_worker_online{worker=\"flower-worker@test\"} 1.0" in http_get(f"{flower}/metrics")[1],
              30, interval=0.5, what="flower to receive the worker's heartbeat events")
 
