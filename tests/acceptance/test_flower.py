@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,12 +33,13 @@ HEADERS = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
 
 @pytest.fixture
 def flower(live):  # noqa: ANN201 - the base URL of a running Flower
-    """`python -m celery -A project flower` on a free loopback port, in its own session; the
-    whole group is stopped by its pid afterwards."""
+    """The Procfile's `flower` line (`python -m celery -A project flower ...`) on a free loopback
+    port, in its own session; the whole group is stopped by its pid afterwards."""
     port = free_port()
     log_path = Path(os.environ["CONVEYOR_DATA"]) / f"flower-{port}.log"
-    argv = [sys.executable, "-m", "celery", "-A", "project", "flower", f"--port={port}", "--address=127.0.0.1",
-            "--max_tasks=10000", "--purge_offline_workers=300"]
+    argv = procfile_command("flower", FLOWER_PORT=str(port))
+    assert argv[:5] == [sys.executable, "-m", "celery", "-A", "project"] and "flower" in argv, argv
+    assert "--address=127.0.0.1" in argv and "--max_tasks=10000" in argv, argv
     with open(log_path, "wb") as out:
         process = subprocess.Popen(argv, cwd=ROOT, env=live.env(FLOWER_BASIC_AUTH=AUTH), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -56,6 +59,17 @@ def flower(live):  # noqa: ANN201 - the base URL of a running Flower
             except subprocess.TimeoutExpired:
                 kill_tree(process.pid)
                 process.wait(10)
+
+
+def procfile_command(process: str, **variables: str) -> list[str]:
+    """A Procfile line as argv: `${NAME:-default}` expanded from `variables`, `python` this one."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            command = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: variables.get(m[1], m[2]), command)
+            argv = shlex.split(command)
+            return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+    raise AssertionError(f"no {process!r} line in the Procfile")
 
 
 def flower_json(url: str) -> object:
