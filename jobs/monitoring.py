@@ -89,7 +89,7 @@ def revoked(task: Task, summary: str) -> None:
         return
     try:
         task.send_event("task-revoked", retry=False, terminated=False, signum=None, expired=False, result=summary)
-    except Exception as exc:  # noqa: BLE001 - display only: the outcome is committed
+    except Exception as exc:  # display only: the outcome is committed
         log.warning("%s; the task-revoked event was not sent: %s", summary, exc)
     log.info("%s", summary)
 

@@ -32,7 +32,7 @@ HEADERS = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
 
 
 @pytest.fixture
-def flower(live):  # noqa: ANN201 - the base URL of a running Flower
+def flower(live):  # the base URL of a running Flower
     """The Procfile's `flower` line (`python -m celery -A project flower ...`) on a free loopback
     port, in its own session; the whole group is stopped by its pid afterwards."""
     port = free_port()
