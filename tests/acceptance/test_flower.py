@@ -23,7 +23,7 @@ from jobs import Step, enqueue, start_chain
 from jobs.control import cancel
 from jobs.models import Job, Status
 from jobs.publish import Message, publish
-from tests.support import ROOT, free_port, http_get, http_ok, kill_tree, redis_client, wait_for, wait_job
+from tests.support import ROOT, all_messages_consumed, free_port, http_get, http_ok, kill_tree, redis_client, wait_for, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -177,3 +177,24 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     assert any(f"job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail" in line for line in errors), errors
     assert any(f"job {flaky.pk} attempt 1/2 failed (retried later)" in line for line in errors), errors
     assert "Traceback" not in worker_log, worker_log[-3000:]
+
+
+def test_a_killed_pool_process_still_gives_its_message_back(live):
+    """acks_on_failure (for JobFailed) leaves reject_on_worker_lost alone: a message whose pool
+    process died mid-run goes back to its queue, as before."""
+    # given a prefork worker running a job
+    worker = live.start("--pool", "prefork", "--concurrency", "1", mode="worker", name="lost-worker")
+    job = enqueue("examples.sleep", {"seconds": 3})
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status=Status.RUNNING).exists(), 30, what="examples.sleep to run")
+    received = re.compile(r"Task examples\.sleep\[([0-9a-f-]+)\] received")
+    [task_id] = received.findall(worker.log())
+
+    # when its pool process is killed (the row names it: node/pid)
+    os.kill(int(Job.objects.get(pk=job.pk).worker.split("/")[1]), signal.SIGKILL)
+
+    # then Celery gives the message back (not acked): the worker receives the same task again
+    wait_for(lambda: received.findall(worker.log()).count(task_id) == 2, 30, what="the message to be delivered again")
+    # and the job completes once its lease lapsed (reaped, published again): attempt 2
+    done = wait_job(job.pk, Status.SUCCEEDED, 40)
+    assert done.attempt == 2
+    wait_for(all_messages_consumed, 10, what="every message to be acked")
