@@ -2,6 +2,10 @@
 
 Messages are sent by task name (`conveyor.run`, defined in jobs.tasks): publishing needs the
 Celery app, not the task's module, so the runner's imports never lead back here.
+
+For monitors (Flower), two message headers describe the job without changing what a worker
+reads: `shadow`, the job type's name (Celery's name of the task in events and logs), and
+`kwargsrepr`, the chain and step (display only: the body's arguments stay `(job_id,)`).
 """
 from __future__ import annotations
 
@@ -25,10 +29,19 @@ class Message(NamedTuple):
     queue: str
     priority: int
     type: str
+    #: For display only (the row is the truth): the job's chain and its step in it.
+    chain_id: int | None = None
+    chain_index: int | None = None
 
     @classmethod
     def of(cls, job: Job) -> Message:
-        return cls(job.pk, job.queue, job.priority, job.type)
+        return cls(job.pk, job.queue, job.priority, job.type, job.chain_id, job.chain_index)
+
+    def display(self) -> str:
+        """What monitors show as the task's keyword arguments (the `kwargsrepr` header)."""
+        if self.chain_id is None:
+            return "{}"
+        return f"{{'chain': {self.chain_id}, 'step': {self.chain_index}}}"
 
 
 def publish(messages: Iterable[Message]) -> int:
@@ -50,6 +63,8 @@ def publish(messages: Iterable[Message]) -> int:
                 app.send_task(
                     TASK,
                     (message.job_id,),
+                    shadow=message.type,
+                    kwargsrepr=message.display(),
                     queue=message.queue,
                     routing_key=message.queue,
                     priority=message.priority,

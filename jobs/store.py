@@ -272,7 +272,7 @@ WITH due AS (
    WHERE {RUNNABLE} AND published_at IS NULL AND run_after <= now()
    ORDER BY run_after LIMIT %s FOR UPDATE SKIP LOCKED)
 UPDATE jobs_job j SET published_at = now() FROM due WHERE j.id = due.id
-RETURNING j.id, j.queue, j.priority, j.type
+RETURNING j.id, j.queue, j.priority, j.type, j.chain_id, j.chain_index
 """
 
 # Rows published long ago and still not claimed: their message may be lost (Redis restarted,
@@ -285,7 +285,7 @@ WITH stale AS (
      AND (queue <> ALL(%s) OR published_at < now() - make_interval(secs => %s))
    ORDER BY published_at LIMIT %s FOR UPDATE SKIP LOCKED)
 UPDATE jobs_job j SET published_at = now() FROM stale WHERE j.id = stale.id
-RETURNING j.id, j.queue, j.priority, j.type
+RETURNING j.id, j.queue, j.priority, j.type, j.chain_id, j.chain_index
 """
 
 

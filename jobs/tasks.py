@@ -17,6 +17,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.db import connections
 
 from jobs import runner, store
+from jobs.monitoring import JobFailed, reported
 from jobs.publish import TASK
 
 log = logging.getLogger("conveyor.tasks")
@@ -30,7 +31,11 @@ CLAIM_PATIENCE_SECONDS = 60.0
 CLAIM_BACKOFF_START, CLAIM_BACKOFF_MAX = 0.2, 2.0
 
 
-@shared_task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+# Monitors see the job (jobs.monitoring): its FAILURE (JobFailed, after the outcome is committed)
+# is acked like a success, and logged by Celery at INFO without a traceback (`throws`).
+@shared_task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+             acks_on_failure=True, throws=(JobFailed,))
+@reported
 def run_job(self, job_id: int) -> str:  # noqa: ANN001 - Celery's bound task
     worker = store.worker_name(self.request.hostname, os.getpid(), INSTANCE)
     deadline = time.monotonic() + claim_patience(self.request.timelimit)

@@ -1,0 +1,107 @@
+"""What monitors (Flower) see of a job's run: its state in Celery's terms, after the row has it.
+
+The runner records every outcome in PostgreSQL (the record) and returns a status; this wrapper of
+the task then ends the Celery task in the state a monitor understands, and names the job and its
+attempt in what the monitor shows:
+
+- succeeded: SUCCESS, the result "job 12 attempt 1/4 succeeded";
+- failed (retried later) and dead: FAILURE, the exception `JobFailed("job 12 attempt 4/4 dead:
+  RuntimeError: ...")`, raised after the outcome is committed. The task is declared to throw it
+  (Celery then logs one INFO line, no traceback) and acks on failure, so the message is acked as
+  after a success: nothing is redelivered, nothing runs twice. The one ERROR line is this module's;
+- cancelled: REVOKED (a `task-revoked` event, as Celery's own revoke sends), then `Ignore`, which
+  Celery acks without a further event;
+- skipped (a duplicate or stale message: nothing claimed): SUCCESS, result "skipped", no query;
+- lost (the run's lease lapsed; its outcome did not count): FAILURE, `JobFailed("job 12: ...
+  lost its lease")`, logged by the runner.
+
+The attempt comes from the row, read after the outcome (one primary-key SELECT): when the row has
+moved on since (retried already, or claimed again) the attempt is left out rather than guessed.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, NamedTuple
+
+from celery import Task
+from celery.exceptions import Ignore
+from django.db import connections
+
+log = logging.getLogger("conveyor.tasks")
+
+
+class JobFailed(Exception):
+    """Celery's FAILURE for a job's attempt that failed, a dead job, or a run that lost its row.
+
+    Raised after the outcome is in PostgreSQL: the row is the record, this is only what a monitor
+    shows."""
+
+
+class Run(NamedTuple):
+    attempt: int
+    max_attempts: int
+    status: str
+    error: str
+
+
+RUN_SQL = "SELECT attempt, max_attempts, status, right(error, 2000) FROM jobs_job WHERE id = %s"
+
+
+def reported(run: Callable[..., str]) -> Callable[..., str]:
+    """Decorate the bound task `run(self, job_id)`, which returns runner.execute's status."""
+
+    @functools.wraps(run)
+    def task(self: Task, job_id: int, *args: Any, **kwargs: Any) -> str:
+        return report(self, int(job_id), run(self, job_id, *args, **kwargs))
+
+    return task
+
+
+def report(task: Task, job_id: int, status: str) -> str:
+    """Return the task's result for a success; raise what makes the task FAILURE or REVOKED."""
+    if status == "skipped":
+        return status  # nothing was claimed: no query, the same quiet line as ever
+    run = _row(job_id)
+    if status == "lost":
+        raise JobFailed(f"job {job_id}: this run lost its lease and the row; its outcome was not recorded")
+    held = run is not None and run.status == status  # the row still shows this run's outcome
+    attempt = f" attempt {run.attempt}/{run.max_attempts}" if held else ""
+    if status in ("failed", "dead"):
+        message = f"job {job_id}{attempt} {status}" + (" (retried later)" if status == "failed" else "")
+        reason = _last_line(run.error) if held else ""
+        if reason:
+            message += f": {reason}"
+        log.error("%s", message)
+        raise JobFailed(message)
+    if status == "cancelled":
+        revoked(task, f"job {job_id}{attempt} cancelled")
+        raise Ignore()
+    return f"job {job_id}{attempt} {status}"
+
+
+def revoked(task: Task, summary: str) -> None:
+    """Send the task's `task-revoked` event (a monitor's REVOKED), as Celery's revoke does.
+
+    Only where the worker sends task events; a broker that is away loses the event, not the job
+    (it is in the row already): logged, not raised."""
+    if not (task.send_events and task.app.conf.worker_send_task_events):
+        return
+    try:
+        task.send_event("task-revoked", retry=False, terminated=False, signum=None, expired=False, result=summary)
+    except Exception as exc:  # display only: the outcome is committed
+        log.warning("%s; the task-revoked event was not sent: %s", summary, exc)
+    log.info("%s", summary)
+
+
+def _row(job_id: int) -> Run | None:
+    with connections["default"].cursor() as cursor:
+        cursor.execute(RUN_SQL, [job_id])
+        row = cursor.fetchone()
+    return None if row is None else Run._make(row)
+
+
+def _last_line(error: str) -> str:
+    """The error's last line (a traceback's exception line), at most 300 characters."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""

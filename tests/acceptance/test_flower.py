@@ -1,0 +1,200 @@
+"""Flower shows jobs as jobs: a real platform worker and a real Flower process (`celery -A project
+flower`, as the Procfile runs it), read through Flower's own HTTP API (`/api/tasks`,
+`/api/task/info/<id>`) with basic auth. Each task is named by its job type (Celery's `shadow`),
+shows the job id and its chain in its arguments, and ends SUCCESS (with the attempt in its
+result), FAILURE (a dead job: the exception names the job, the attempt and the outcome) or
+REVOKED (a job cancelled while it ran), while PostgreSQL keeps the record.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs import Step, enqueue, start_chain
+from jobs.control import cancel
+from jobs.models import Job, Status
+from jobs.publish import Message, publish
+from tests.support import ROOT, all_messages_consumed, free_port, http_get, http_ok, kill_tree, redis_client, wait_for, wait_job
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+AUTH = "flower-test:a-long-flower-password"
+HEADERS = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
+
+
+@pytest.fixture
+def flower(live):  # the base URL of a running Flower
+    """The Procfile's `flower` line (`python -m celery -A project flower ...`) on a free loopback
+    port, in its own session; the whole group is stopped by its pid afterwards."""
+    port = free_port()
+    log_path = Path(os.environ["CONVEYOR_DATA"]) / f"flower-{port}.log"
+    argv = procfile_command("flower", FLOWER_PORT=str(port))
+    assert argv[:5] == [sys.executable, "-m", "celery", "-A", "project"] and "flower" in argv, argv
+    assert "--address=127.0.0.1" in argv and "--max_tasks=10000" in argv, argv
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(argv, cwd=ROOT, env=live.env(FLOWER_BASIC_AUTH=AUTH), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"flower exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+            return http_ok(f"{url}/healthcheck")
+        wait_for(up, 60, interval=0.2, what="flower to answer /healthcheck")
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                kill_tree(process.pid)
+                process.wait(10)
+
+
+def procfile_command(process: str, **variables: str) -> list[str]:
+    """A Procfile line as argv: `${NAME:-default}` expanded from `variables`, `python` this one."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            command = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: variables.get(m[1], m[2]), command)
+            argv = shlex.split(command)
+            return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+    raise AssertionError(f"no {process!r} line in the Procfile")
+
+
+def flower_json(url: str) -> object:
+    status, body = http_get(url, headers=HEADERS)
+    assert status == 200, (status, body[:500])
+    return json.loads(body)
+
+
+def tasks_of(base: str, job_id: int) -> list[dict]:
+    """Flower's tasks whose arguments are this job's id (args "(12,)")."""
+    tasks = flower_json(f"{base}/api/tasks")
+    return [task for task in tasks.values() if task.get("args") == f"({job_id},)"]
+
+
+def final(base: str, job_id: int, state: str) -> dict:
+    """The task of `job_id` that ran (not a skipped duplicate) once Flower shows it in `state`,
+    read from /api/task/info."""
+    def seen() -> dict | None:
+        found = [t for t in tasks_of(base, job_id) if t["state"] == state and t["result"] != "'skipped'"]
+        return found[0] if found else None
+    task = wait_for(seen, 30, interval=0.2, what=f"flower to show job {job_id}'s task as {state}")
+    return flower_json(f"{base}/api/task/info/{task['uuid']}")
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(live, flower, pool):
+    # given a platform worker, and a Flower that already receives its events (its Prometheus
+    # metrics count the worker online once a heartbeat event arrived)
+    live.start("--pool", pool, "--concurrency", "2", mode="worker", name="flower-worker")
+    wait_for(lambda: b"flower_worker_online{worker=\"flower-worker@test\"} 1.0" in http_get(f"{flower}/metrics")[1],
+             30, interval=0.5, what="flower to receive the worker's heartbeat events")
+
+    # when a job succeeds, in a chain of two steps
+    chain = start_chain([Step("examples.echo", {"hello": "flower"}), Step("examples.ping", {})])
+    echo = Job.objects.get(chain=chain, chain_index=0)
+    wait_job(echo.pk, Status.SUCCEEDED, 30)
+    # and a job fails its only attempt (dead)
+    doomed = enqueue("examples.fail", {"times": 100}, retries=0)
+    wait_job(doomed.pk, Status.DEAD, 30)
+    # and a job fails its first attempt and succeeds on its second
+    flaky = enqueue("examples.fail", {"times": 1}, retries=1)
+    wait_job(flaky.pk, Status.SUCCEEDED, 30)
+    # and a duplicate message of the succeeded job arrives (it claims nothing)
+    assert publish([Message.of(Job.objects.get(pk=echo.pk))]) == 1
+    # and a job is cancelled while it runs
+    sleeper = enqueue("examples.sleep", {"seconds": 30})
+    wait_for(lambda: Job.objects.filter(pk=sleeper.pk, status=Status.RUNNING).exists(), 30, what="examples.sleep to run")
+    assert cancel(Job.objects.get(pk=sleeper.pk)) is True
+    wait_job(sleeper.pk, Status.CANCELLED, 30)
+
+    # then Flower names each task by its job type, shows the job id and its chain in the
+    # arguments, and its attempt in the result or the exception
+    ok = final(flower, echo.pk, "SUCCESS")
+    print("SUCCESS", json.dumps(ok, indent=1, sort_keys=True))
+    assert ok["name"] == "examples.echo"
+    assert (ok["args"], ok["kwargs"]) == (f"({echo.pk},)", f"{{'chain': {chain.pk}, 'step': 0}}")
+    assert ok["result"] == f"'job {echo.pk} attempt 1/{echo.max_attempts} succeeded'"
+    assert ok["worker"] == "flower-worker@test"
+
+    dead = final(flower, doomed.pk, "FAILURE")
+    print("FAILURE", json.dumps(dead, indent=1, sort_keys=True))
+    assert dead["name"] == "examples.fail"
+    assert (dead["args"], dead["kwargs"]) == (f"({doomed.pk},)", "{}")
+    assert dead["exception"].startswith(f"JobFailed('job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail: failing attempt 1")
+
+    retried = sorted(wait_for(lambda: len(tasks_of(flower, flaky.pk)) == 2 and tasks_of(flower, flaky.pk), 30,
+                              what="flower to show both runs of the flaky job"), key=lambda t: t["received"])
+    assert [(t["name"], t["state"]) for t in retried] == [("examples.fail", "FAILURE"), ("examples.fail", "SUCCESS")]
+    assert retried[0]["exception"].startswith(f"JobFailed('job {flaky.pk} attempt 1/2 failed (retried later): RuntimeError:")
+    assert retried[1]["result"] == f"'job {flaky.pk} attempt 2/2 succeeded'"
+
+    echo_runs = sorted(wait_for(lambda: len(tasks_of(flower, echo.pk)) == 2 and tasks_of(flower, echo.pk), 30,
+                                what="flower to show the duplicate message of the echo job"), key=lambda t: t["received"])
+    assert [(t["name"], t["state"], t["result"]) for t in echo_runs][1] == ("examples.echo", "SUCCESS", "'skipped'")
+
+    stopped = final(flower, sleeper.pk, "REVOKED")
+    print("REVOKED", json.dumps(stopped, indent=1, sort_keys=True))
+    assert stopped["name"] == "examples.sleep"
+    assert stopped["result"] == f"job {sleeper.pk} attempt 1/{sleeper.max_attempts} cancelled"
+
+    # and the next step of the chain shows under its own type, with its step
+    ping = Job.objects.get(chain=chain, chain_index=1)
+    wait_job(ping.pk, Status.SUCCEEDED, 30)
+    step = final(flower, ping.pk, "SUCCESS")
+    assert (step["name"], step["kwargs"]) == ("examples.ping", f"{{'chain': {chain.pk}, 'step': 1}}")
+
+    # and Flower's filters and counts go by job type
+    failed = flower_json(f"{flower}/api/tasks?taskname=examples.fail&state=FAILURE")
+    assert sorted(t["args"] for t in failed.values()) == sorted([f"({doomed.pk},)", f"({flaky.pk},)"])
+    types = flower_json(f"{flower}/api/task/types")
+    assert {"examples.echo", "examples.ping", "examples.fail", "examples.sleep"} <= set(types["task-types"])
+    assert "conveyor.run" not in types["task-types"]
+
+    # and every message was acked once: nothing is waiting or unacked in Redis, nothing redelivered
+    client = redis_client()
+    assert client.hlen("unacked") == 0
+    assert sum(client.llen(q if p == 0 else f"{q}:{p}") for q in ("default",) for p in range(10)) == 0
+    # and the rows stay the record
+    assert Job.objects.get(pk=doomed.pk).attempt == 1
+    assert Job.objects.get(pk=sleeper.pk).attempt == 1
+    # and the worker's log has one ERROR line for the dead job, and no traceback of it
+    worker_log = live.procs[0].log()
+    errors = [line for line in worker_log.splitlines() if " ERROR " in line]
+    assert len(errors) == 2, errors  # the dead job's attempt and the flaky job's first attempt
+    assert any(f"job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail" in line for line in errors), errors
+    assert any(f"job {flaky.pk} attempt 1/2 failed (retried later)" in line for line in errors), errors
+    assert "Traceback" not in worker_log, worker_log[-3000:]
+
+
+def test_a_killed_pool_process_still_gives_its_message_back(live):
+    """acks_on_failure (for JobFailed) leaves reject_on_worker_lost alone: a message whose pool
+    process died mid-run goes back to its queue, as before."""
+    # given a prefork worker running a job
+    worker = live.start("--pool", "prefork", "--concurrency", "1", mode="worker", name="lost-worker")
+    job = enqueue("examples.sleep", {"seconds": 3})
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status=Status.RUNNING).exists(), 30, what="examples.sleep to run")
+    received = re.compile(r"Task examples\.sleep\[([0-9a-f-]+)\] received")
+    [task_id] = received.findall(worker.log())
+
+    # when its pool process is killed (the row names it: node/pid)
+    os.kill(int(Job.objects.get(pk=job.pk).worker.split("/")[1]), signal.SIGKILL)
+
+    # then Celery gives the message back (not acked): the worker receives the same task again
+    wait_for(lambda: received.findall(worker.log()).count(task_id) == 2, 30, what="the message to be delivered again")
+    # and the job completes once its lease lapsed (reaped, published again): attempt 2
+    done = wait_job(job.pk, Status.SUCCEEDED, 40)
+    assert done.attempt == 2
+    wait_for(all_messages_consumed, 10, what="every message to be acked")
