@@ -15,18 +15,16 @@ attempt in what the monitor shows:
 - lost (the run's lease lapsed; its outcome did not count): FAILURE, `JobFailed("job 12: ...
   lost its lease")`, logged by the runner.
 
-The attempt comes from the row, read after the outcome (one primary-key SELECT): when the row has
-moved on since (retried already, or claimed again) the attempt is left out rather than guessed.
+The attempt and a failure's error come with the runner's Outcome: no second read of the row.
 """
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from celery import Task
 from celery.exceptions import Ignore
-from django.db import connections
 
 log = logging.getLogger("conveyor.tasks")
 
@@ -36,16 +34,6 @@ class JobFailed(Exception):
 
     Raised after the outcome is in PostgreSQL: the row is the record, this is only what a monitor
     shows."""
-
-
-class Run(NamedTuple):
-    attempt: int
-    max_attempts: int
-    status: str
-    error: str
-
-
-RUN_SQL = "SELECT attempt, max_attempts, status, right(error, 2000) FROM jobs_job WHERE id = %s"
 
 
 def reported(run: Callable[..., str]) -> Callable[..., str]:
@@ -61,15 +49,14 @@ def reported(run: Callable[..., str]) -> Callable[..., str]:
 def report(task: Task, job_id: int, status: str) -> str:
     """Return the task's result for a success; raise what makes the task FAILURE or REVOKED."""
     if status == "skipped":
-        return status  # nothing was claimed: no query, the same quiet line as ever
-    run = _row(job_id)
+        return status  # nothing was claimed: the same quiet line as ever
     if status == "lost":
         raise JobFailed(f"job {job_id}: this run lost its lease and the row; its outcome was not recorded")
-    held = run is not None and run.status == status  # the row still shows this run's outcome
-    attempt = f" attempt {run.attempt}/{run.max_attempts}" if held else ""
+    attempt_no, max_attempts = getattr(status, "attempt", None), getattr(status, "max_attempts", None)
+    attempt = f" attempt {attempt_no}/{max_attempts}" if attempt_no is not None else ""
     if status in ("failed", "dead"):
         message = f"job {job_id}{attempt} {status}" + (" (retried later)" if status == "failed" else "")
-        reason = _last_line(run.error) if held else ""
+        reason = _last_line(getattr(status, "error", ""))
         if reason:
             message += f": {reason}"
         log.error("%s", message)
@@ -92,13 +79,6 @@ def revoked(task: Task, summary: str) -> None:
     except Exception as exc:  # display only: the outcome is committed
         log.warning("%s; the task-revoked event was not sent: %s", summary, exc)
     log.info("%s", summary)
-
-
-def _row(job_id: int) -> Run | None:
-    with connections["default"].cursor() as cursor:
-        cursor.execute(RUN_SQL, [job_id])
-        row = cursor.fetchone()
-    return None if row is None else Run._make(row)
 
 
 def _last_line(error: str) -> str:

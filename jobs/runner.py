@@ -48,14 +48,29 @@ class ClaimFailed(Exception):
     this delivery, so the message may be kept and the claim tried again (jobs.tasks)."""
 
 
-def execute(job_id: int, worker: str) -> str:
-    """Claim and run one job; return what happened (for logs and tests)."""
+class Outcome(str):
+    """What `execute` returns: the status ("succeeded", "failed", "dead", "cancelled", "lost",
+    "skipped"), a str as ever, with the attempt it belongs to and a failure's error, for what a
+    monitor shows (jobs.monitoring) without reading the row again."""
+
+    attempt: int | None
+    max_attempts: int | None
+    error: str
+
+    def __new__(cls, status: str, attempt: int | None = None, max_attempts: int | None = None, error: str = "") -> Outcome:
+        outcome = super().__new__(cls, status)
+        outcome.attempt, outcome.max_attempts, outcome.error = attempt, max_attempts, error
+        return outcome
+
+
+def execute(job_id: int, worker: str) -> Outcome:
+    """Claim and run one job; return what happened (for logs, monitors and tests)."""
     try:
         claimed = store.claim(job_id, worker, lease_seconds())
     except (OperationalError, InterfaceError, SoftTimeLimitExceeded) as exc:
         raise ClaimFailed(f"{type(exc).__name__}: {exc}".strip()) from exc
     if claimed is None:
-        return "skipped"  # a duplicate or stale message: locked, finished or not yet due
+        return Outcome("skipped")  # a duplicate or stale message: locked, finished or not yet due
     ctx = Context(
         job_id=claimed.id,
         type=claimed.type,
@@ -66,6 +81,12 @@ def execute(job_id: int, worker: str) -> str:
         parent_id=claimed.parent_id,
         idempotency_key=claimed.idempotency_key or f"conveyor-job-{claimed.id}",
     )
+    status, error = _run(ctx, claimed)
+    return Outcome(status, ctx.attempt, ctx.max_attempts, error)
+
+
+def _run(ctx: Context, claimed: store.Claimed) -> tuple[str, str]:
+    """Run the handler and record its outcome: (the status, the error of a failure)."""
     try:
         jt: registry.JobType | None = registry.get(claimed.type)
     except registry.InvalidJob:
@@ -84,19 +105,22 @@ def execute(job_id: int, worker: str) -> str:
                 limit.stop()
         output = output.model_dump(mode="json") if hasattr(output, "model_dump") else output
     except SoftTimeLimitExceeded:
-        return _record(ctx, lambda: _fail(ctx, f"timeout: the run took longer than {jt.timeout}s", jt))
+        error = f"timeout: the run took longer than {jt.timeout}s"
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
     except Exception:
-        return _record(ctx, lambda: _fail(ctx, traceback.format_exc(limit=20), jt))
+        error = traceback.format_exc(limit=20)
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
     finally:
         heartbeat.untrack(ctx)
     try:
         encoded = json.dumps(output, allow_nan=False)
     except (TypeError, ValueError) as exc:
         error = f"the handler's output cannot be stored as JSON: {exc}"
-        return _record(ctx, lambda: _fail(ctx, error, jt))
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
     if "\\u0000" in encoded:
-        return _record(ctx, lambda: _fail(ctx, "the handler's output holds a NUL character, which PostgreSQL's JSON cannot store", jt))
-    return _record(ctx, lambda: _succeed(ctx, encoded, jt))
+        error = "the handler's output holds a NUL character, which PostgreSQL's JSON cannot store"
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
+    return _record(ctx, lambda: _succeed(ctx, encoded, jt)), ""
 
 
 def _record(ctx: Context, write: Callable[[], str]) -> str:
