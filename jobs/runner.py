@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs import registry, store
+from jobs import registry, store, telemetry
 from jobs.context import Context
 from jobs.creation import Step, new_job, submit
 from jobs.models import ChainStatus, Status
@@ -48,6 +48,12 @@ def execute(job_id: int, worker: str) -> str:
     claimed = store.claim(job_id, worker, lease_seconds())
     if claimed is None:
         return "skipped"  # a duplicate or stale message: locked, finished or not yet due
+    # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
+    with telemetry.running(claimed, worker) as run:
+        return run.done(_run(claimed))
+
+
+def _run(claimed: store.Claimed) -> str:
     ctx = Context(
         job_id=claimed.id,
         type=claimed.type,
