@@ -137,7 +137,7 @@ def resent(messages: Iterable[Any]) -> None:
 
 
 class Run:
-    def __init__(self, claimed: Any, worker: str) -> None:
+    def __init__(self, claimed: Any) -> None:
         self.claimed = claimed
         self.started = time.monotonic()
 
@@ -160,7 +160,7 @@ def running(claimed: Any, worker: str) -> Iterator[Run]:
     """Around one run: its identity in the log context; `done(outcome)` records its metrics."""
     token = current.set(JobRun(claimed.id, claimed.chain_id, claimed.type, claimed.queue, claimed.attempt, worker))
     try:
-        yield Run(claimed, worker)
+        yield Run(claimed)
     finally:
         current.reset(token)
 
