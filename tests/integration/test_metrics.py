@@ -225,12 +225,15 @@ def test_a_live_prefork_worker_s_workload_is_counted_exactly_by_type_and_outcome
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
-def test_lease_expiries_relay_resends_and_operator_cancels_are_counted():
+def test_lease_expiries_relay_resends_hand_backs_and_operator_cancels_are_counted():
     redis_client().flushall()
     # given a claimed job whose worker is gone (its lease expired), an old unclaimed message,
-    # and a waiting job an operator cancels
+    # a waiting job an operator cancels, and a running one asked to stop whose worker is killed
     lost = enqueue("examples.echo", {})
     assert store.claim(lost.pk, "gone@test/1", 30) is not None
+    stopped = enqueue("examples.ping", {})
+    assert store.claim(stopped.pk, "killed@test/7", 30) is not None
+    assert control.cancel(Job.objects.get(pk=stopped.pk)) is True  # running: asked to stop
     stale = enqueue("examples.echo", {})
     waiting = enqueue("examples.sleep", {"seconds": 1}, run_after=None)
     with connection.cursor() as cursor:
@@ -241,12 +244,17 @@ def test_lease_expiries_relay_resends_and_operator_cancels_are_counted():
     assert recovery.reap() == 1
     assert recovery.relay() >= 1
     assert control.cancel(Job.objects.get(pk=waiting.pk)) is True
+    # and the supervisor hands the killed worker's jobs back
+    assert recovery.hand_back("killed@test") == 1
 
     # then
     metrics = scrape()
     assert values(metrics["conveyor_lease_expired"], "_total") == {("examples.echo",): 1.0}
     assert values(metrics["conveyor_relay_resent"], "_total")[("default",)] >= 1.0
-    assert values(metrics["conveyor_jobs_finished"], "_total") == {("cancelled", "examples.sleep"): 1.0}
+    assert values(metrics["conveyor_jobs_finished"], "_total") == {
+        ("cancelled", "examples.sleep"): 1.0,
+        ("cancelled", "examples.ping"): 1.0,
+    }
     redis_client().flushall()
 
 
