@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from jobs import registry, store
+from jobs import registry, store, telemetry
 from jobs.models import Job
 from jobs.outcome import settle
 from jobs.publish import Message, publish_on_commit
@@ -18,6 +18,7 @@ def cancel(job: Job) -> bool:
         result = store.cancel(job.pk)
         if isinstance(result, store.Ended):
             settle(result)
+            transaction.on_commit(lambda: telemetry.ended([result]))
             return True
         return result
 

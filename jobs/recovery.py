@@ -18,7 +18,7 @@ from typing import Iterable
 from django.conf import settings
 from django.db import connections, transaction
 
-from jobs import registry, store
+from jobs import registry, store, telemetry
 from jobs.outcome import settle
 from jobs.publish import publish
 
@@ -34,9 +34,11 @@ def relay(batch: int = 500) -> int:
     except Exception as exc:  # Redis away: publishing fails too; try again next pass
         log.warning("relay cannot read queue lengths: %s", exc)
         busy = []
-    messages += store.mark_stale(stale, busy, max(stale, int(settings.CONVEYOR["RELAY_BACKLOG_SECONDS"])), batch)
+    resent = store.mark_stale(stale, busy, max(stale, int(settings.CONVEYOR["RELAY_BACKLOG_SECONDS"])), batch)
+    messages += resent
     if messages:
         publish(messages)
+        telemetry.resent(resent)
     return len(messages)
 
 
@@ -70,7 +72,7 @@ def reap(batch: int = 100) -> int:
     Each row in its own transaction: a row whose settlement fails (a hook raising, say) is
     logged and left for the next pass, and the others are reaped.
     """
-    reaped = 0
+    reaped = []
     for job_id in store.expired(batch):
         try:
             with transaction.atomic():
@@ -82,8 +84,9 @@ def reap(batch: int = 100) -> int:
             continue
         if row is not None:
             log.warning("reaped job %s: lease expired, now %s", row.id, row.status)
-            reaped += 1
-    return reaped
+            reaped.append(row)
+    telemetry.reaped(reaped)
+    return len(reaped)
 
 
 def hand_back(node: str, instance: str = "") -> int:
@@ -107,6 +110,7 @@ def hand_back(node: str, instance: str = "") -> int:
         return 0
     if rows:
         log.warning("handed back %d running job(s) of %s", len(rows), node)
+        telemetry.ended(rows)
     return len(rows)
 
 

@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs import registry, store
+from jobs import registry, store, telemetry
 from jobs.context import Context
 from jobs.creation import Step, new_job, submit
 from jobs.models import ChainStatus, Status
@@ -81,7 +81,10 @@ def execute(job_id: int, worker: str) -> Outcome:
         parent_id=claimed.parent_id,
         idempotency_key=claimed.idempotency_key or f"conveyor-job-{claimed.id}",
     )
-    status, error = _run(ctx, claimed)
+    # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
+    with telemetry.running(claimed, worker) as run:
+        status, error = _run(ctx, claimed)
+        run.done(status)
     return Outcome(status, ctx.attempt, ctx.max_attempts, error)
 
 

@@ -51,6 +51,9 @@ class Claimed(NamedTuple):
     chain_index: int | None
     parent_id: int | None
     idempotency_key: str | None
+    queue: str
+    #: Seconds from when the row was due (enqueued, or its delay or backoff ended) to this claim.
+    waited: float
 
 
 class Beat(NamedTuple):
@@ -166,7 +169,8 @@ UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, star
  WHERE id = (SELECT id FROM jobs_job
               WHERE id = %s AND {RUNNABLE} AND run_after <= now()
               FOR UPDATE SKIP LOCKED)
-RETURNING id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key
+RETURNING id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
+          queue, EXTRACT(EPOCH FROM now() - run_after)::float8
 """
 
 

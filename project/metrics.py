@@ -1,8 +1,20 @@
-"""/metrics for Prometheus: unfinished jobs by queue, type and status, read from PostgreSQL.
+"""/metrics for Prometheus: the whole deployment's job counters and histograms (kept in Redis by
+every process of every host), queue depths (Redis), and unfinished jobs (PostgreSQL).
 
-Cheap to scrape: only the unfinished rows are counted (pending, running, failed), which the
-partial indexes `job_runnable_idx` and `job_lease_idx` cover, so a table holding millions of
-finished jobs costs a scrape nothing more. Finished jobs are not counted here.
+- `conveyor_jobs_finished_total{type,outcome}` (succeeded, failed: an attempt failed and will be
+  retried, dead, cancelled), `conveyor_lease_expired_total{type}` (rows the reaper settled),
+  `conveyor_relay_resent_total{queue}` (messages the relay sent again): counters.
+- `conveyor_job_run_seconds{type}` (claim to committed outcome), `conveyor_job_queue_wait_seconds{type}`
+  (due time, i.e. enqueue or end of delay/backoff, to claim), `conveyor_chain_handoff_seconds{type}`
+  (previous step's outcome to this step's first claim): histograms.
+- `conveyor_queue_depth{queue}`: messages waiting in the queue's Redis lists (every priority).
+- `conveyor_jobs{queue,type,status}` (unfinished rows) and `conveyor_jobs_running{queue,type}`.
+
+The counters and histograms are read from Redis hashes (jobs/telemetry.py) and rendered with
+custom collectors: correct across gunicorn workers, pool processes and hosts, at the cost of one
+Redis round trip per scrape. The one query counts unfinished rows only (pending, running, failed),
+which the partial indexes `job_runnable_idx` and `job_lease_idx` cover, so a table holding
+millions of finished jobs costs a scrape nothing more.
 
 Guarded by METRICS_TOKEN (`Authorization: Bearer <token>`): always in production, where an unset
 token makes /metrics answer 401 saying so; in development only when the token is set.
@@ -10,12 +22,18 @@ token makes /metrics answer 401 saying so; in development only when the token is
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Iterator
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from jobs import telemetry
+
+log = logging.getLogger("conveyor.metrics")
 
 
 def unfinished_counts():  # noqa: ANN201 - a QuerySet of (queue, type, status, count)
@@ -31,18 +49,94 @@ def unfinished_counts():  # noqa: ANN201 - a QuerySet of (queue, type, status, c
     return Job.objects.filter(unfinished).order_by().values_list("queue", "type", "status").annotate(n=Count("id"))
 
 
-class JobCollector:
+class JobCollector(Collector):
+    """Unfinished rows from PostgreSQL (one index-backed query)."""
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily(
             "conveyor_jobs", "Unfinished jobs (pending, running, failed) by queue, type and status", labels=["queue", "type", "status"]
         )
+        running = GaugeMetricFamily("conveyor_jobs_running", "Jobs running now, by queue and type", labels=["queue", "type"])
         for queue, type_name, status, count in unfinished_counts():
             jobs.add_metric([queue, type_name, status], count)
+            if status == "running":
+                running.add_metric([queue, type_name], count)
         yield jobs
+        yield running
+
+
+COUNTER_HELP = {
+    "jobs_finished": "Job attempts that ended, by type and outcome (succeeded; failed: retried later; dead; cancelled)",
+    "lease_expired": "Running jobs whose lease expired (their worker was lost), settled by the reaper",
+    "relay_resent": "Messages the relay published again for rows published long ago and still unclaimed",
+}
+HISTOGRAM_HELP = {
+    "job_run_seconds": "Seconds from a job's claim to its committed outcome",
+    "job_queue_wait_seconds": "Seconds from when a job was due (enqueued, or its delay or backoff ended) to its claim",
+    "chain_handoff_seconds": "Seconds from a chain step's outcome to the next step's first claim (labelled by the next step's type)",
+}
+
+
+def histogram_buckets(fields: dict[tuple[str, ...], float]) -> Iterator[tuple[list[str], list[tuple[str, float]], float]]:
+    """(labels, cumulative buckets ending with +Inf, sum) per label set, from the stored
+    per-bucket counts (a bucket bound no longer in BUCKETS is folded into the next one up)."""
+    series: dict[tuple[str, ...], dict[str, float]] = {}
+    for key, value in fields.items():
+        series.setdefault(key[:-1], {})[key[-1]] = value
+    for labels, stored in sorted(series.items()):
+        per_bound = [(float(le), n) for le, n in stored.items() if le not in ("sum", "count")]
+        buckets = [(repr(bound), sum(n for le, n in per_bound if le <= bound)) for bound in telemetry.BUCKETS]
+        buckets.append(("+Inf", stored.get("count", sum(n for _, n in per_bound))))
+        yield list(labels), buckets, stored.get("sum", 0.0)
+
+
+class RedisCollector(Collector):
+    """Counters and histograms of every process and host, and queue depths, from Redis."""
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily | GaugeMetricFamily]:
+        from jobs.registry import queues as job_queues
+
+        queues = job_queues()
+        try:
+            stored = telemetry.read()
+            depths = queue_depths(queues)
+        except Exception as exc:  # Redis away: the scrape says so by missing these families
+            log.warning("/metrics cannot read Redis: %s", exc)
+            return
+        for name, labels in telemetry.COUNTERS.items():
+            family = CounterMetricFamily(f"conveyor_{name}", COUNTER_HELP[name], labels=list(labels))
+            for key, value in sorted(stored[name].items()):
+                family.add_metric(list(key), value)
+            yield family
+        for name, labels in telemetry.HISTOGRAMS.items():
+            family = HistogramMetricFamily(f"conveyor_{name}", HISTOGRAM_HELP[name], labels=list(labels))
+            for key, buckets, total in histogram_buckets(stored[name]):
+                family.add_metric(key, buckets, total)
+            yield family
+        depth = GaugeMetricFamily("conveyor_queue_depth", "Messages waiting in the queue's Redis lists (every priority)", labels=["queue"])
+        for queue, length in depths.items():
+            depth.add_metric([queue], length)
+        yield depth
+
+
+def queue_depths(queues: list[str]) -> dict[str, int]:
+    """Messages waiting per queue, over its priority lists, named as kombu names them (the same
+    mapping as jobs.recovery.backlogged: `queue` for priority 0, `queue<sep><step>` otherwise)."""
+    from project.celery import app
+
+    options = app.conf.broker_transport_options
+    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
+    pipe = telemetry.client().pipeline(transaction=False)
+    for queue in queues:
+        for step in steps:
+            pipe.llen(f"{queue}{sep}{step}" if step else queue)
+    lengths = pipe.execute()
+    return {queue: sum(lengths[i * len(steps) : (i + 1) * len(steps)]) for i, queue in enumerate(queues)}
 
 
 registry = CollectorRegistry()
 registry.register(JobCollector())
+registry.register(RedisCollector())
 
 
 def _refusal(request: HttpRequest) -> JsonResponse | None:

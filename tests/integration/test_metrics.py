@@ -1,7 +1,15 @@
 """/metrics: unfinished jobs by queue, type and status, in Prometheus' text format; guarded by
 METRICS_TOKEN; one query that reads the partial indexes of unfinished rows, not the whole table.
+The deployment's counters and histograms (kept in Redis by every process) after a known workload
+on a live prefork worker; lease expiries, relay re-sends and operator cancels; the running job's
+ids on log lines (JSON from a live worker's log file, and a handler's own lines in process).
 (A production server without the token: tests/acceptance/test_production.py.)"""
 from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -9,7 +17,10 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.models import Job
+from jobs import Step, control, enqueue, recovery, registry, runner, start_chain, store
+from jobs.models import Job, Status
+from project.logs import JobContext, JsonFormatter
+from tests.support import redis_client, wait_for, wait_job
 
 pytestmark = pytest.mark.django_db
 
@@ -109,8 +120,187 @@ def test_a_scrape_reads_the_unfinished_rows_through_indexes_not_the_whole_table(
     # it reads the partial indexes of runnable and running rows, whatever the finished rows' number
     scrape = [q["sql"] for q in queries.captured_queries if "jobs_job" in q["sql"]]
     assert len(scrape) == 1, scrape
+    assert len(queries.captured_queries) == 1, queries.captured_queries  # and no other query at all
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + scrape[0])
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan" not in plan, plan
     assert "job_runnable_idx" in plan and "job_lease_idx" in plan, plan
+
+
+# --- Counters and histograms of every process, from Redis --------------------------------------------
+
+
+def families(text: str) -> dict[str, Any]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def values(family: Any, suffix: str = "", **fixed: str) -> dict[tuple[str, ...], float]:
+    """{label values (minus `fixed` ones): value} of the family's samples named name+suffix."""
+    found = {}
+    for sample in family.samples:
+        if sample.name != family.name + suffix or any(sample.labels.get(k) != v for k, v in fixed.items()):
+            continue
+        found[tuple(v for k, v in sorted(sample.labels.items()) if k not in fixed)] = sample.value
+    return found
+
+
+def scrape() -> dict[str, Any]:
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    return families(response.content.decode())
+
+
+def status(job_id: int) -> str:
+    return Job.objects.values_list("status", flat=True).get(pk=job_id)
+
+
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_live_prefork_worker_s_workload_is_counted_exactly_by_type_and_outcome(live):
+    # given a worker of two prefork processes writing JSON logs
+    worker = live.start("--grace", "5", "--pool", "prefork", "--concurrency", "2", mode="worker", name="metrics", env={"LOG_FORMAT": "json"})
+    # and a known workload: 5 echoes, 2 jobs failing all 4 attempts, a chain ping -> ping, a sleep
+    echoes = [enqueue("examples.echo", {"n": n}) for n in range(5)]
+    failing = [enqueue("examples.fail", {"times": 100}) for _ in range(2)]
+    chain = start_chain([Step("examples.ping", {}), Step("examples.ping", {})])
+    sleeper = enqueue("examples.sleep", {"seconds": 30})
+    wait_for(lambda: status(sleeper.pk) == Status.RUNNING, 30, what="the sleep to run")
+
+    # when it runs, the scrape shows it running
+    assert values(scrape()["conveyor_jobs_running"]) == {("default", "examples.sleep"): 1.0}
+    time.sleep(0.6)
+    assert control.cancel(Job.objects.get(pk=sleeper.pk)) is True  # a running job: asked to stop
+    wait_job(sleeper.pk, Status.CANCELLED, 20)
+    for job in echoes:
+        wait_job(job.pk, Status.SUCCEEDED, 20)
+    for job in failing:
+        wait_job(job.pk, Status.DEAD, 30)
+    wait_for(lambda: Job.objects.filter(chain_id=chain.pk, status=Status.SUCCEEDED).count() == 2, 20, what="the chain to end")
+
+    # then the counters say exactly what ended, by type and outcome
+    metrics = wait_for(
+        lambda: (m := scrape()) and values(m["conveyor_jobs_finished"], "_total").get(("dead", "examples.fail")) == 2 and m,
+        5, what="the last outcome's metrics",
+    )
+    assert values(metrics["conveyor_jobs_finished"], "_total") == {
+        ("succeeded", "examples.echo"): 5.0,
+        ("failed", "examples.fail"): 6.0,  # attempts 1-3 of each, retried
+        ("dead", "examples.fail"): 2.0,
+        ("succeeded", "examples.ping"): 2.0,
+        ("cancelled", "examples.sleep"): 1.0,
+    }
+    # one run time and one queue wait per claim
+    runs = {"examples.echo": 5.0, "examples.fail": 8.0, "examples.ping": 2.0, "examples.sleep": 1.0}
+    assert values(metrics["conveyor_job_run_seconds"], "_count") == {(t,): n for t, n in runs.items()}
+    assert values(metrics["conveyor_job_queue_wait_seconds"], "_count") == {(t,): n for t, n in runs.items()}
+    # the chain's second step was handed off once
+    assert values(metrics["conveyor_chain_handoff_seconds"], "_count") == {("examples.ping",): 1.0}
+    for name in ("conveyor_job_run_seconds", "conveyor_job_queue_wait_seconds", "conveyor_chain_handoff_seconds"):
+        for (type_name,), count in values(metrics[name], "_count").items():
+            buckets = {float(le): v for (le,), v in values(metrics[name], "_bucket", type=type_name).items()}
+            bounds = sorted(buckets)
+            assert bounds[-1] == float("inf") and buckets[float("inf")] == count, (name, type_name, buckets)
+            assert all(buckets[a] <= buckets[b] for a, b in zip(bounds, bounds[1:])), (name, type_name, buckets)
+    # the sleep ran at least 0.6 s before its cancel: nothing in the buckets below that
+    sleep_buckets = values(metrics["conveyor_job_run_seconds"], "_bucket", type="examples.sleep")
+    assert sleep_buckets[("0.5",)] == 0.0 and sleep_buckets[("+Inf",)] == 1.0
+    assert values(metrics["conveyor_job_run_seconds"], "_sum")[("examples.sleep",)] >= 0.6
+    # an echo takes well under 5 s
+    assert values(metrics["conveyor_job_run_seconds"], "_bucket", type="examples.echo")[("5.0",)] == 5.0
+    # every queue is there, and empty now
+    depths = values(metrics["conveyor_queue_depth"])
+    assert set(depths) == {(q,) for q in registry.queues()} and set(depths.values()) == {0.0}
+    assert values(metrics["conveyor_jobs_running"]) == {}
+
+    # and the worker's JSON log line of each failing job's death carries its ids
+    worker.stop()
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    for job in failing:
+        [death] = [line for line in lines if line.get("job") == job.pk and line["message"].endswith(" dead")]
+        assert death["level"] == "INFO" and death["logger"] == "conveyor.runner"
+        assert (death["job_type"], death["queue"], death["attempt"], death["chain"]) == ("examples.fail", "default", 4, None)
+        assert "metrics@test" in death["worker"], death
+        assert death["time"].endswith("+00:00")
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_lease_expiries_relay_resends_hand_backs_and_operator_cancels_are_counted():
+    redis_client().flushall()
+    # given a claimed job whose worker is gone (its lease expired), an old unclaimed message,
+    # a waiting job an operator cancels, and a running one asked to stop whose worker is killed
+    lost = enqueue("examples.echo", {})
+    assert store.claim(lost.pk, "gone@test/1", 30) is not None
+    stopped = enqueue("examples.ping", {})
+    assert store.claim(stopped.pk, "killed@test/7", 30) is not None
+    assert control.cancel(Job.objects.get(pk=stopped.pk)) is True  # running: asked to stop
+    stale = enqueue("examples.echo", {})
+    waiting = enqueue("examples.sleep", {"seconds": 1}, run_after=None)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs_job SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [lost.pk])
+        cursor.execute("UPDATE jobs_job SET published_at = now() - interval '1 hour' WHERE id = %s", [stale.pk])
+
+    # when the reaper and the relay pass, and the operator cancels
+    assert recovery.reap() == 1
+    assert recovery.relay() >= 1
+    assert control.cancel(Job.objects.get(pk=waiting.pk)) is True
+    # and the supervisor hands the killed worker's jobs back
+    assert recovery.hand_back("killed@test") == 1
+
+    # then
+    metrics = scrape()
+    assert values(metrics["conveyor_lease_expired"], "_total") == {("examples.echo",): 1.0}
+    assert values(metrics["conveyor_relay_resent"], "_total")[("default",)] >= 1.0
+    assert values(metrics["conveyor_jobs_finished"], "_total") == {
+        ("cancelled", "examples.sleep"): 1.0,
+        ("cancelled", "examples.ping"): 1.0,
+    }
+    redis_client().flushall()
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_handler_s_own_log_lines_carry_the_running_job_s_ids():
+    redis_client().flushall()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    handler.addFilter(JobContext())
+    logging.getLogger().addHandler(handler)
+
+    def handler_fn(ctx, data):  # noqa: ANN001, ANN202
+        logging.getLogger("tests.handler").warning("about to fail")
+        raise RuntimeError("boom")
+
+    registry.add(registry.JobType("tests.logs", handler=handler_fn, retries=0))
+    try:
+        job = enqueue("tests.logs", {})
+        assert runner.execute(job.pk, "logger@test/1") == "dead"
+    finally:
+        registry.remove("tests.logs")
+        logging.getLogger().removeHandler(handler)
+
+    mine = [r for r in records if r.name == "tests.handler"] + [r for r in records if r.name == "conveyor.runner"]
+    assert [r.getMessage() for r in mine] == ["about to fail", f"job {job.pk} attempt 1/1 dead"]
+    for record in mine:
+        assert (record.job, record.chain, record.job_type, record.queue, record.attempt, record.worker) == (
+            job.pk, None, "tests.logs", "default", 1, "logger@test/1")
+        assert record.job_context == f" [job={job.pk} chain=- type=tests.logs queue=default attempt=1 worker=logger@test/1]"
+        line = json.loads(JsonFormatter().format(record))
+        assert (line["job"], line["job_type"], line["attempt"], line["worker"]) == (job.pk, "tests.logs", 1, "logger@test/1")
+    # after the run, lines carry no job
+    other = logging.LogRecord("x", logging.INFO, __file__, 1, "later", None, None)
+    JobContext().filter(other)
+    assert other.job_context == "" and "job" not in json.loads(JsonFormatter().format(other))
+    redis_client().flushall()
+
+
+def test_a_json_line_carries_the_exception_text():
+    try:
+        raise ValueError("the cause")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "it broke: %s", ("here",), sys.exc_info())
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["level"], line["logger"], line["message"]) == ("ERROR", "x", "it broke: here")
+    assert "ValueError: the cause" in line["exception"] and "Traceback" in line["exception"]

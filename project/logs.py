@@ -1,0 +1,55 @@
+"""Log lines: plain text or one JSON object per line (LOG_FORMAT=json), with the running job's ids.
+
+`JobContext` (a filter on the console handler) adds the job being run by this thread, if any
+(jobs.telemetry.current, set by the runner around each run), to every record: `job`, `chain`,
+`job_type`, `queue`, `attempt`, `worker` as attributes, and `job_context` as the text
+` [job=12 chain=3 type=examples.echo queue=default attempt=2 worker=...]` for plain lines.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+
+from jobs.telemetry import current
+
+FIELDS = ("job", "chain", "job_type", "queue", "attempt", "worker")
+
+
+class JobContext(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = current.get()
+        if run is None:
+            record.job_context = ""
+            return True
+        for name, value in zip(FIELDS, (run.job, run.chain, run.type, run.queue, run.attempt, run.worker)):
+            setattr(record, name, value)
+        record.job_context = (
+            f" [job={run.job} chain={'-' if run.chain is None else run.chain} type={run.type} queue={run.queue}"
+            f" attempt={run.attempt} worker={run.worker}]"
+        )
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, exception (the
+    traceback's text, when there is one), process, and the running job's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        for name in FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        return json.dumps(line, default=str, ensure_ascii=False)
