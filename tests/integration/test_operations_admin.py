@@ -97,3 +97,69 @@ def test_retry_and_cancel_need_csrf_and_redirect_back(admin_user):
     dead.refresh_from_db()
     assert dead.status == Status.CANCELLED
     assert client.get(f"/admin/operations/jobs/{dead.pk}/retry/").status_code == 405
+
+
+# --- Admin polish --------------------------------------------------------------------------------
+
+
+def test_job_page_is_read_only_with_utc_seconds_duration_pre_error_and_buttons(admin_client):
+    started = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+    job = make_job(status=Status.DEAD, attempt=1, max_attempts=1, started_at=started, finished_at=started + dt.timedelta(seconds=1.5),
+                   error="Traceback (most recent call last):\n  File \"x\"\nRuntimeError: <boom>")
+    page = admin_client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert "2026-03-04 05:06:07 UTC" in page and "2026-03-04 05:06:08 UTC" in page
+    assert "1.500 s" in page
+    assert '<pre class="conveyor-pre">Traceback (most recent call last):\n  File &quot;x&quot;\nRuntimeError: &lt;boom&gt;</pre>' in page
+    assert f'action="/admin/operations/jobs/{job.pk}/retry/"' in page and 'id="job-retry"' in page
+    assert 'id="job-cancel"' not in page  # a dead job cannot be cancelled
+    assert 'name="_save"' not in page and "/delete/" not in page
+    listing = admin_client.get("/admin/jobs/job/").content.decode()
+    assert "2026-03-04 05:06:08 UTC" in listing
+
+    job.status = Status.PENDING
+    job.save()
+    page = admin_client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert 'id="job-cancel"' in page and 'id="job-retry"' not in page
+
+
+def test_chain_page_lists_every_planned_step_with_handoff(admin_client):
+    t0 = dt.datetime(2026, 3, 4, 5, 6, 0, tzinfo=dt.timezone.utc)
+    chain = Chain.objects.create(steps=[{"type": "examples.sleep"}, {"type": "examples.echo"}, {"type": "examples.echo"}], created_at=t0)
+    make_job(chain=chain, chain_index=0, status=Status.SUCCEEDED, started_at=t0, finished_at=t0 + dt.timedelta(seconds=3))
+    make_job(chain=chain, chain_index=1, status=Status.RUNNING, started_at=t0 + dt.timedelta(seconds=3.25))
+    page = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
+    assert page.count('class="chain-step"') == 3
+    assert 'data-status="waiting"' in page  # step 2 never got a job
+    assert "0.250 s" in page and "3.000 s" in page
+    assert "2026-03-04 05:06:00 UTC" in page
+    assert 'name="_save"' not in page
+
+
+def test_deliveries_filter_by_status(admin_client):
+    from subscribers.models import Delivery, Event
+
+    event = Event.objects.create(name="demo.happened")
+    done = make_job(status=Status.SUCCEEDED)
+    Delivery.objects.create(event=event, subscriber="sub.done", job=done, released_at=timezone.now())
+    Delivery.objects.create(event=event, subscriber="sub.waiting")
+    Delivery.objects.create(event=event, subscriber="sub.expired", released_at=timezone.now())
+    for status, shown in (("waiting", "sub.waiting"), ("succeeded", "sub.done"), ("expired", "sub.expired")):
+        response = admin_client.get(f"/admin/subscribers/delivery/?status={status}")
+        assert response.status_code == 200
+        assert [d.subscriber for d in response.context["cl"].result_list] == [shown], status
+
+
+def test_sync_schedules_removes_celery_backend_cleanup():
+    from django.conf import settings
+    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+    from jobs import schedules
+    from project.celery import app
+
+    assert settings.CELERY_RESULT_EXPIRES is None and app.conf.result_expires is None  # beat adds none
+    crontab = CrontabSchedule.objects.create(minute="0", hour="4")
+    PeriodicTask.objects.create(name="celery.backend_cleanup", task="celery.backend_cleanup", crontab=crontab)
+    report = schedules.sync()
+    assert report["removed"] == ["celery.backend_cleanup"]
+    assert not PeriodicTask.objects.filter(name="celery.backend_cleanup").exists()
+    assert schedules.sync()["removed"] == []
