@@ -136,6 +136,20 @@ def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
     return view
 
 
+def last_line(error: str) -> str:
+    """A traceback's last line (the exception and its message): what a list has room for."""
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def dead_jobs() -> list[Job]:
+    """The newest dead jobs (job_status_idx: status, then id descending)."""
+    jobs = list(Job.objects.filter(status=Status.DEAD).order_by("-id")[: LIMITS["dead"]])
+    for job in jobs:
+        job.error_summary = last_line(job.error)
+    return jobs
+
+
 def context(now: dt.datetime) -> dict[str, Any]:
     chains = list(Chain.objects.order_by("-id")[: LIMITS["chains"]])
     events = Event.objects.order_by("-id")[: LIMITS["events"]].prefetch_related(
@@ -146,7 +160,7 @@ def context(now: dt.datetime) -> dict[str, Any]:
         "queues": queue_rows(),
         "throughput": throughput(now),
         "workers": workers(),
-        "dead": Job.objects.filter(status=Status.DEAD).order_by("-id")[: LIMITS["dead"]],
+        "dead": dead_jobs(),
         "chains": [timeline(chain, now) for chain in chains],
         "events": events,
         "window_minutes": int(WINDOW.total_seconds() // 60),
