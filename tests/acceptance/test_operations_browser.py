@@ -174,15 +174,34 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     assert driver.execute_script("return window.conveyorNoReload === true"), "the page reloaded instead of swapping its fragment"
     shoot(driver, tmp_path, "2-operations-chain-succeeded")
 
-    # when a job dies (one attempt, failing it)
+    # and the chain's own page lists each planned step with its job, worker, timings and handoff
+    chain_box.find_element(By.CSS_SELECTOR, f'a[href="/admin/jobs/chain/{chain.pk}/change/"]').click()
+    rows = wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.chain-plan tr.chain-step"), 15, "the chain's steps")
+    assert [row.get_attribute("data-status") for row in rows] == ["succeeded", "succeeded"]
+    assert rows[1].text.rstrip().endswith(" s") and "UTC" in rows[1].text, rows[1].text
+    shoot(driver, tmp_path, "2b-chain-page")
+    driver.back()
+    wait_dom(driver, lambda d: d.find_elements(By.ID, "ops-queues"), 15, "the operations page again")
+
+    # when two jobs die (one attempt each, failing it)
     job, _ = enqueue_step(Step("examples.fail", {"times": 1}, retries=0))
+    other, _ = enqueue_step(Step("examples.fail", {"times": 1}, retries=0))
     wait_job(job.pk, "dead", 30)
+    wait_job(other.pk, "dead", 30)
 
     # then the operations page lists it with a retry button
     dead_row = f'#ops-dead tr[data-job="{job.pk}"]'
     wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"{dead_row} button.ops-retry"), 10, f"dead job {job.pk}'s row")
     assert "RuntimeError: examples.fail: failing attempt 1" in driver.find_element(By.CSS_SELECTOR, dead_row).text
     shoot(driver, tmp_path, "3-operations-dead-job")
+
+    # then the operations page's own Retry button (a POST with CSRF) brings one back
+    other_row = f'#ops-dead tr[data-job="{other.pk}"]'
+    wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"{other_row} button.ops-retry"), 10, f"dead job {other.pk}'s row")
+    driver.find_element(By.CSS_SELECTOR, f"{other_row} button.ops-retry").click()
+    wait_dom(driver, lambda d: f"Job {other.pk} (examples.fail) queued again" in d.find_element(By.CSS_SELECTOR, "ul.messagelist").text, 15, "the retry's message")
+    assert wait_job(other.pk, "succeeded", 30).attempt == 2
+    wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, dead_row) and not d.find_elements(By.CSS_SELECTOR, other_row), 10, f"job {other.pk} gone from the dead list")
 
     # when the user opens the job's page: its error preformatted, a Retry button, no Save or Delete
     driver.find_element(By.CSS_SELECTOR, f'{dead_row} a[href="/admin/jobs/job/{job.pk}/change/"]').click()

@@ -8,8 +8,10 @@
     var url = box.getAttribute("data-fragment-url");
     var interval = parseInt(box.getAttribute("data-interval"), 10) || 2000;
     var busy = false;
+    var pressed = 0;  // a press on a button or link in the fragment: no swap under the click
+    box.addEventListener("pointerdown", function () { pressed = Date.now(); });
     function refresh() {
-      if (busy) return;
+      if (busy || Date.now() - pressed < 1500) return;
       busy = true;
       fetch(url, {credentials: "same-origin", headers: {"X-Requested-With": "XMLHttpRequest"}, cache: "no-store"})
         .then(function (response) {
