@@ -163,3 +163,49 @@ def test_sync_schedules_removes_celery_backend_cleanup():
     assert report["removed"] == ["celery.backend_cleanup"]
     assert not PeriodicTask.objects.filter(name="celery.backend_cleanup").exists()
     assert schedules.sync()["removed"] == []
+
+
+def test_the_page_reads_jobs_through_indexes_not_the_whole_table(admin_client):
+    # given many finished jobs (a day old, 1% dead) and a few unfinished and recent ones
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO jobs_job (type, queue, input, status, attempt, max_attempts, priority, run_after,
+                                  worker, progress, progress_message, cancel_requested, error,
+                                  created_at, updated_at, started_at, finished_at)
+            SELECT 'examples.echo', 'default', '{}'::jsonb, CASE WHEN i %% 100 = 0 THEN 'dead' ELSE 'succeeded' END,
+                   1, 4, 5, now(), 'w@old', 100, '', false, '', now(), now(),
+                   now() - interval '1 day' - interval '1 second', now() - interval '1 day'
+            FROM generate_series(1, %s) AS i
+            """,
+            [20_000],
+        )
+    now = timezone.now()
+    for status in (Status.PENDING, Status.FAILED, Status.RUNNING):
+        make_job(status=status, worker="w@new")
+    make_job(status=Status.SUCCEEDED, started_at=now - dt.timedelta(seconds=1), finished_at=now)
+    Chain.objects.create(steps=[{"type": "examples.echo"}])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_job")
+
+    # when the page's fragment renders
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get("/admin/operations/fragment/")
+    assert response.status_code == 200
+    default = next(q for q in response.context["queues"] if q["queue"] == "default")
+    assert (default["waiting"], default["running"], default["retrying"], default["dead"]) == (1, 1, 1, 200)
+    assert [t["finished"] for t in response.context["throughput"]] == [1]
+
+    # then no query on jobs_job walks the table
+    job_queries = [q["sql"] for q in queries if "jobs_job" in q["sql"]]
+    assert len(job_queries) >= 6, job_queries
+    plans = []
+    for sql in job_queries:
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + sql)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "Seq Scan on jobs_job" not in plan, f"{sql}\n{plan}"
+        plans.append(plan)
+    # and the counts, the window and the lists use the indexes made for them
+    for index in ("job_runnable_idx", "job_lease_idx", "job_status_idx", "job_finished_idx"):
+        assert any(index in plan for plan in plans), (index, plans)
