@@ -13,7 +13,6 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from jobs import control
-from jobs.http import chain_view
 from jobs.models import RUNNABLE, Chain, Job, Status
 
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
@@ -173,6 +172,11 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
     @admin.display(description="steps")
     def plan(self, chain: Chain) -> str:
         """Every planned step, with or without a job yet, as jobs.http.chain_view computes it."""
+        # Not at the module's top: jobs.http builds its request schemas from the registry when
+        # first imported, which must come after every job type has registered (the admin loads
+        # earlier, during Django's setup).
+        from jobs.http import chain_view
+
         rows = []
         for step in chain_view(chain)["steps"]:
             job = step["job"]

@@ -24,7 +24,6 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from jobs import control, registry
-from jobs.http import chain_view
 from jobs.models import RUNNABLE, Chain, Job, Status
 from subscribers.models import Delivery, Event
 
@@ -115,6 +114,10 @@ def workers() -> list[dict[str, Any]]:
 
 def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
     """chain_view's steps (handoffs included) with each bar's place on the chain's time axis."""
+    # Not at the module's top: jobs.http builds its request schemas from the registry when first
+    # imported, which must come after every job type has registered.
+    from jobs.http import chain_view
+
     view = chain_view(chain)
     start = chain.created_at
     end = chain.finished_at or now
