@@ -190,7 +190,7 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
             ))
         body = format_html_join(
             "", '<tr class="chain-step" data-status="{3}"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td>'
-            "<td>{6}</td><td>{7}</td><td>{8}</td><td>{9}</td></tr>", rows,
+            "<td>{6}</td><td>{7}</td><td class=\"n\">{8}</td><td class=\"n\">{9}</td></tr>", rows,
         )
         return format_html(
             '<table class="chain-plan"><thead><tr><th>#</th><th>type</th><th>job</th><th>status</th><th>queue</th>'
