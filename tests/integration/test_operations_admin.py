@@ -55,6 +55,16 @@ def test_operations_page_shows_queues_throughput_workers_dead_chains(admin_clien
     assert f'action="/admin/operations/jobs/{dead.pk}/retry/"' in page and "csrfmiddlewaretoken" in page
     assert f'data-chain="{chain.pk}"' in page and 'data-status="waiting"' in page  # step 1: no job yet
 
+    from subscribers.models import Delivery, Event
+
+    event = Event.objects.create(name="orders.placed", key="order-7")
+    Delivery.objects.create(event=event, subscriber="mail.receipt", job=first, released_at=now)
+    Delivery.objects.create(event=event, subscriber="stock.reserve")
+    page = admin_client.get("/admin/operations/fragment/").content.decode()
+    assert f'data-event="{event.pk}"' in page and "order-7" in page
+    assert "mail.receipt: succeeded" in page and f'href="/admin/jobs/job/{first.pk}/change/"' in page
+    assert "stock.reserve: waiting" in page
+
     fragment = admin_client.get("/admin/operations/fragment/")
     assert fragment.status_code == 200 and b"<html" not in fragment.content and b"ops-queues" in fragment.content
 
