@@ -1,44 +1,142 @@
-"""Admin for jobs and chains: filters, retry and cancel actions, a chain's steps with timings."""
+"""Admin for jobs and chains: read-only pages with UTC timestamps to the second, retry and cancel
+(bulk actions and buttons on a job's page), a chain's planned steps with timings and handoffs."""
 from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Callable
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from jobs import control
-from jobs.models import Chain, Job
+from jobs.models import RUNNABLE, Chain, Job, Status
+
+STAMP = "%Y-%m-%d %H:%M:%S UTC"
 
 
-@admin.action(description="Retry selected jobs (dead, failed or cancelled)")
+def stamp_text(value: dt.datetime | None) -> str:
+    """A timestamp to the second, in UTC, saying so."""
+    return value.astimezone(dt.timezone.utc).strftime(STAMP) if value else "-"
+
+
+def stamp(field: str, description: str | None = None) -> Callable[[Any, Any], str]:
+    """A ModelAdmin method showing `field` as stamp_text (sortable by the field)."""
+
+    @admin.display(description=description or field.replace("_", " "), ordering=field)
+    def show(self: Any, obj: Any) -> str:
+        return stamp_text(getattr(obj, field))
+
+    show.__name__ = f"{field}_utc"
+    return show
+
+
+def pre(text: str) -> str:
+    return format_html('<pre class="conveyor-pre">{}</pre>', text) if text else "-"
+
+
+def pretty_json(value: Any) -> str:
+    return pre(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)) if value is not None else "-"
+
+
+class ReadOnly:
+    """Rows written by the platform only: viewable, never changed or deleted from the admin."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.action(description="Retry selected jobs (dead, failed or cancelled)", permissions=["operate"])
 def retry_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
     done = sum(control.retry(job) for job in queryset)
     modeladmin.message_user(request, f"{done} job(s) queued again", messages.SUCCESS)
 
 
-@admin.action(description="Cancel selected jobs")
+@admin.action(description="Cancel selected jobs", permissions=["operate"])
 def cancel_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
     done = sum(control.cancel(job) for job in queryset)
     modeladmin.message_user(request, f"{done} job(s) cancelled or asked to stop", messages.SUCCESS)
 
 
+RETRYABLE = (Status.DEAD, Status.FAILED, Status.CANCELLED)
+CANCELLABLE = (*RUNNABLE, Status.RUNNING)
+
+
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "type", "queue", "status", "attempt", "max_attempts", "priority", "progress", "worker", "chain", "created_at", "finished_at")
+class JobAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ("id", "type", "queue", "status", "attempt", "max_attempts", "priority", "progress", "worker", "chain", "created_at_utc", "finished_at_utc")
     list_filter = ("status", "type", "queue")
     search_fields = ("=id", "type", "idempotency_key")
     actions = (retry_jobs, cancel_jobs)
-    readonly_fields = tuple(f.name for f in Job._meta.fields)
     list_select_related = ("chain",)
     show_full_result_count = False  # no COUNT(*) over a large table on every page
+    change_form_template = "admin/jobs/job/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("type", "queue", "status", "attempt", "max_attempts", "priority", "worker", "progress", "progress_message", "cancel_requested")}),
+        ("Timing", {"fields": ("created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "duration_text", "lease_expires_at_utc", "updated_at_utc")}),
+        ("Data", {"fields": ("input_json", "output_json", "error_text")}),
+        ("Links", {"fields": ("chain", "chain_index", "parent", "idempotency_key")}),
+    )
+    readonly_fields = (
+        "created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "lease_expires_at_utc",
+        "updated_at_utc", "duration_text", "input_json", "output_json", "error_text",
+    )
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # jobs are enqueued by code or the API, with validation
+    created_at_utc = stamp("created_at", "created at")
+    run_after_utc = stamp("run_after", "run after")
+    published_at_utc = stamp("published_at", "published at")
+    started_at_utc = stamp("started_at", "started at")
+    finished_at_utc = stamp("finished_at", "finished at")
+    lease_expires_at_utc = stamp("lease_expires_at", "lease expires at")
+    updated_at_utc = stamp("updated_at", "updated at")
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.change_job")
+
+    @admin.display(description="duration")
+    def duration_text(self, job: Job) -> str:
+        if job.duration is not None:
+            return f"{job.duration:.3f} s"
+        return "running" if job.status == Status.RUNNING else "-"
+
+    @admin.display(description="input")
+    def input_json(self, job: Job) -> str:
+        return pretty_json(job.input)
+
+    @admin.display(description="output")
+    def output_json(self, job: Job) -> str:
+        return pretty_json(job.output)
+
+    @admin.display(description="error")
+    def error_text(self, job: Job) -> str:
+        return pre(job.error)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        job = self.get_object(request, object_id)
+        operate = job is not None and self.has_operate_permission(request)
+        extra = {
+            "can_retry": operate and job.status in RETRYABLE,
+            "can_cancel": operate and job.status in CANCELLABLE,
+        }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
 
 class StepInline(admin.TabularInline):
+    """Every job the chain ran (a retried step shows each of its jobs)."""
+
     model = Job
     fk_name = "chain"
-    fields = ("chain_index", "type", "queue", "status", "attempt", "worker", "started_at", "finished_at", "duration", "error")
+    verbose_name_plural = "jobs"
+    fields = ("chain_index", "type", "queue", "status", "attempt", "worker", "started", "finished", "duration", "error")
     readonly_fields = fields
     ordering = ("chain_index", "id")
     extra = 0
@@ -48,25 +146,61 @@ class StepInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    started = stamp("started_at", "started at")
+    finished = stamp("finished_at", "finished at")
+
     @admin.display(description="seconds")
     def duration(self, job: Job) -> str:
         return f"{job.duration:.3f}" if job.duration is not None else "-"
 
 
 @admin.register(Chain)
-class ChainAdmin(admin.ModelAdmin):
-    list_display = ("id", "__str__", "status", "created_at", "finished_at")
+class ChainAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ("id", "__str__", "status", "created_at_utc", "finished_at_utc")
     list_filter = ("status",)
-    readonly_fields = ("steps", "status", "created_at", "finished_at")
+    show_full_result_count = False
+    fields = ("status", "created_at_utc", "finished_at_utc", "plan")
+    readonly_fields = fields
     inlines = (StepInline,)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    created_at_utc = stamp("created_at", "created at")
+    finished_at_utc = stamp("finished_at", "finished at")
+
+    @admin.display(description="steps")
+    def plan(self, chain: Chain) -> str:
+        """Every planned step, with or without a job yet, as jobs.http.chain_view computes it."""
+        # Not at the module's top: jobs.http builds its request schemas from the registry when
+        # first imported, which must come after every job type has registered (the admin loads
+        # earlier, during Django's setup).
+        from jobs.http import chain_view
+
+        rows = []
+        for step in chain_view(chain)["steps"]:
+            job = step["job"]
+            link = format_html('<a href="{}">#{}</a>', reverse("admin:jobs_job_change", args=[job.pk]), job.pk) if job else "-"
+            rows.append((
+                step["index"], step["type"], link, step["status"],
+                job.queue if job else "-", (job.worker or "-") if job else "-",
+                stamp_text(job.started_at) if job else "-", stamp_text(job.finished_at) if job else "-",
+                f"{step['duration_seconds']:.3f} s" if step["duration_seconds"] is not None else "-",
+                f"{step['handoff_seconds']:.3f} s" if step["handoff_seconds"] is not None else "-",
+            ))
+        body = format_html_join(
+            "", '<tr class="chain-step" data-status="{3}"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td>'
+            "<td>{6}</td><td>{7}</td><td class=\"n\">{8}</td><td class=\"n\">{9}</td></tr>", rows,
+        )
+        return format_html(
+            '<table class="chain-plan"><thead><tr><th>#</th><th>type</th><th>job</th><th>status</th><th>queue</th>'
+            "<th>worker</th><th>started</th><th>finished</th><th>ran</th><th>handoff</th></tr></thead><tbody>{}</tbody></table>",
+            body,
+        )
 
 
 # --- Schedules: django-celery-beat's admin, with each schedule's next run and last job ------------
 from django.utils import timezone  # noqa: E402
-from django.utils.html import format_html  # noqa: E402
 from django_celery_beat.admin import PeriodicTaskAdmin  # noqa: E402
 from django_celery_beat.models import PeriodicTask  # noqa: E402
 
@@ -75,7 +209,8 @@ from jobs.schedules import PREFIX  # noqa: E402
 
 
 class ScheduleAdmin(PeriodicTaskAdmin):
-    list_display = ("name", "enabled", "scheduler", "next_run", "last_job", "last_run_at", "total_run_count")
+    list_display = ("name", "enabled", "scheduler", "next_run", "last_job", "last_run_utc", "total_run_count")
+    last_run_utc = stamp("last_run_at", "last run at")
 
     @admin.display(description="next run")
     def next_run(self, task: PeriodicTask) -> str:

@@ -116,6 +116,9 @@ def validate(sched: Schedule) -> None:
         raise ScheduleError(f"schedule {sched.name!r}: at needs a timezone-aware datetime")
 
 
+BACKEND_CLEANUP = "celery.backend_cleanup"
+
+
 def sync(schedules: list[Schedule] | None = None) -> dict[str, list[str]]:
     """Create, update or disable PeriodicTasks to match the code; return what was done."""
     from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
@@ -129,8 +132,13 @@ def sync(schedules: list[Schedule] | None = None) -> dict[str, list[str]]:
         raise ScheduleError(f"schedule {duplicates[0]!r} is declared twice")
     for sched in schedules:
         validate(sched)
-    report: dict[str, list[str]] = {"created": [], "updated": [], "kept": [], "disabled": []}
+    report: dict[str, list[str]] = {"created": [], "updated": [], "kept": [], "disabled": [], "removed": []}
     with transaction.atomic():
+        # Celery's beat adds `celery.backend_cleanup` whenever a result expiry is set, and
+        # django-celery-beat keeps it as a row: results are off here (CELERY_RESULT_EXPIRES is
+        # None), so a row left by an earlier configuration only clutters the admin.
+        if PeriodicTask.objects.filter(name=BACKEND_CLEANUP).delete()[0]:
+            report["removed"].append(BACKEND_CLEANUP)
         for sched in schedules:
             task_name = PREFIX + sched.name
             fingerprint = sched.fingerprint()

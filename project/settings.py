@@ -125,6 +125,9 @@ CELERY_BROKER_URL = _kombu_url(REDIS_URL)
 # Jobs never use a result backend: the row in PostgreSQL is the result (nothing grows in Redis).
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
+# No result expiry either: with one set, beat installs a `celery.backend_cleanup` periodic task
+# (django-celery-beat persists it) that has no results to clean (jobs.schedules removes old rows).
+CELERY_RESULT_EXPIRES = None
 # JSON only: a message is a job id, never a pickled object.
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -1,7 +1,7 @@
 """URLs. The admin is mounted only where the role serves HTTP and ADMIN_DISABLED is not true."""
 from django.conf import settings
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from project import health, metrics
 from api.root import api
@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/", api.urls),
 ]
 if not settings.ADMIN_DISABLED:
-    urlpatterns.append(path("admin/", admin.site.urls))
+    # The operations page (jobs.operations) before the admin's own URLs, under its prefix.
+    urlpatterns += [path("admin/operations/", include("jobs.operations")), path("admin/", admin.site.urls)]

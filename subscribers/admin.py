@@ -1,24 +1,37 @@
-"""Admin for events and deliveries: each event with its deliveries; replay to one or to all."""
+"""Admin for events and deliveries: each event with its deliveries; replay to one or to all.
+
+Read-only pages (the bus writes these rows), with UTC timestamps to the second; deliveries filter
+by status (waiting, each job status, expired)."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from jobs.admin import ReadOnly, pre, pretty_json, stamp, stamp_text
+from jobs.models import Status
 from subscribers import bus
 from subscribers.models import Delivery, Event, Lane
 
 
 class DeliveryInline(admin.TabularInline):
     model = Delivery
-    fields = ("subscriber", "status", "job", "replays", "created_at")
+    fields = ("subscriber", "status", "job", "replays", "created")
     readonly_fields = fields
     extra = 0
     can_delete = False
     show_change_link = True
 
+    created = stamp("created_at", "created at")
+
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        return super().get_queryset(request).select_related("job")
 
 
 @admin.action(description="Replay selected events to all their subscribers")
@@ -28,17 +41,21 @@ def replay_events(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: 
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
-    list_display = ("id", "name", "key", "created_at")
+class EventAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ("id", "name", "key", "created_at_utc")
     list_filter = ("name",)
     search_fields = ("=id", "name", "key")
-    readonly_fields = ("name", "data", "key", "created_at")
+    fields = ("name", "key", "created_at_utc", "data_json")
+    readonly_fields = fields
     inlines = (DeliveryInline,)
     actions = (replay_events,)
     show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    created_at_utc = stamp("created_at", "created at")
+
+    @admin.display(description="data")
+    def data_json(self, event: Event) -> str:
+        return pretty_json(event.data)
 
 
 @admin.action(description="Replay selected deliveries (to their subscriber only)")
@@ -48,32 +65,54 @@ def replay_deliveries(modeladmin: admin.ModelAdmin, request: HttpRequest, querys
     modeladmin.message_user(request, f"{queryset.count()} delivery(ies) replayed", messages.SUCCESS)
 
 
-@admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
-    list_display = ("id", "event", "subscriber", "key", "status", "job", "replays")
-    list_filter = ("subscriber",)
-    list_select_related = ("event", "job")
-    readonly_fields = ("event", "subscriber", "key", "job", "replays", "created_at")
-    actions = (replay_deliveries,)
+class DeliveryStatusFilter(admin.SimpleListFilter):
+    """Delivery.status as a filter: waiting (not released), its job's status, or expired (released,
+    its job removed by retention)."""
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("waiting", "waiting"), *((s.value, s.label) for s in Status), ("expired", "expired")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
+        value = self.value()
+        if value == "waiting":
+            return queryset.filter(released_at__isnull=True)
+        if value == "expired":
+            return queryset.filter(released_at__isnull=False, job__isnull=True)
+        if value in Status.values:
+            return queryset.filter(released_at__isnull=False, job__status=value)
+        return queryset
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ("id", "event", "subscriber", "key", "status", "job", "replays", "created_at_utc")
+    list_filter = (DeliveryStatusFilter, "subscriber")
+    list_select_related = ("event", "job")
+    fields = ("event", "subscriber", "key", "status", "job", "attempt", "replays", "created_at_utc", "released_at_utc", "finished_at_utc", "error_text")
+    readonly_fields = fields
+    actions = (replay_deliveries,)
+    show_full_result_count = False
+
+    created_at_utc = stamp("created_at", "created at")
+    released_at_utc = stamp("released_at", "released at")
+
+    @admin.display(description="finished at")
+    def finished_at_utc(self, delivery: Delivery) -> str:
+        return stamp_text(delivery.finished_at)
+
+    @admin.display(description="error")
+    def error_text(self, delivery: Delivery) -> str:
+        return pre(delivery.error)
 
 
 @admin.register(Lane)
-class LaneAdmin(admin.ModelAdmin):
+class LaneAdmin(ReadOnly, admin.ModelAdmin):
     """Which job holds each (subscriber, key)'s turn (read only: the bus moves lanes itself)."""
 
     list_display = ("subscriber", "key", "job", "delivery")
     list_filter = ("subscriber",)
     search_fields = ("=key",)
     readonly_fields = ("subscriber", "key", "job", "delivery")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False

@@ -14,7 +14,8 @@ class Command(BaseCommand):
             report = schedules.sync()
         except schedules.ScheduleError as exc:
             raise CommandError(str(exc), returncode=2) from None
-        for action in ("created", "updated", "kept", "disabled"):
+        for action in ("created", "updated", "kept", "disabled", "removed"):
             for name in report[action]:
                 self.stdout.write(f"{action:>8} {name}")
-        self.stdout.write(f"schedules: {sum(map(len, report.values()))} declared or known")
+        known = sum(len(report[action]) for action in ("created", "updated", "kept", "disabled"))
+        self.stdout.write(f"schedules: {known} declared or known")

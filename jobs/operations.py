@@ -1,0 +1,233 @@
+"""The admin's operations page (/admin/operations/): queues, throughput, workers, dead jobs,
+chains and events, live.
+
+Server-rendered: the page is the fragment inside the admin's layout, and a small static script
+(jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
+query is bounded (LIMITs) or runs on a partial index whose rows are few (unfinished jobs), so the
+page stays fast however large the finished history is.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
+from django.db import connection
+from django.db.models import Count, Prefetch
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from jobs import control, registry
+from jobs.models import RUNNABLE, Chain, Job, Status
+from subscribers.models import Delivery, Event
+
+WINDOW = dt.timedelta(minutes=5)
+LIMITS = {"workers": 200, "dead": 20, "chains": 8, "events": 10, "deliveries": 20}
+
+
+def redis_depths(queues: list[str]) -> dict[str, int | None]:
+    """Messages waiting in each queue's Redis lists (every priority list), through the Celery
+    app's connection pool; None for each queue when Redis cannot be read."""
+    from project.celery import app
+
+    options = app.conf.broker_transport_options
+    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
+    try:
+        with app.pool.acquire(block=True, timeout=2) as conn:
+            pipe = conn.default_channel.client.pipeline(transaction=False)
+            for queue in queues:
+                for step in steps:
+                    pipe.llen(f"{queue}{sep}{step}" if step else queue)
+            lengths = pipe.execute()
+    except Exception:  # Redis away: the page still shows what PostgreSQL knows
+        return dict.fromkeys(queues)
+    per = len(steps)
+    return {queue: sum(lengths[i * per : (i + 1) * per]) for i, queue in enumerate(queues)}
+
+
+def queue_rows() -> list[dict[str, Any]]:
+    counts: dict[str, dict[str, int]] = {}
+
+    def add(rows: Any) -> None:
+        for row in rows:
+            counts.setdefault(row["queue"], {})[row["status"]] = row["n"]
+
+    # Pending and failed rows: job_runnable_idx's predicate; running: job_lease_idx's; dead:
+    # job_status_idx's leading column. Finished succeeded/cancelled rows are never counted.
+    add(Job.objects.filter(status__in=RUNNABLE).values("queue", "status").annotate(n=Count("id")).order_by())
+    add(Job.objects.filter(status=Status.RUNNING).values("queue", "status").annotate(n=Count("id")).order_by())
+    add(Job.objects.filter(status=Status.DEAD).values("queue", "status").annotate(n=Count("id")).order_by())
+    queues = sorted(set(registry.queues()) | set(counts))
+    depths = redis_depths(queues)
+    return [
+        {
+            "queue": queue,
+            "waiting": counts.get(queue, {}).get(Status.PENDING, 0),
+            "running": counts.get(queue, {}).get(Status.RUNNING, 0),
+            "retrying": counts.get(queue, {}).get(Status.FAILED, 0),
+            "dead": counts.get(queue, {}).get(Status.DEAD, 0),
+            "redis": depths[queue],
+        }
+        for queue in queues
+    ]
+
+
+THROUGHPUT_SQL = """
+SELECT type,
+       count(*) AS finished,
+       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) AS p95
+  FROM jobs_job
+ WHERE finished_at IS NOT NULL AND finished_at >= %s
+ GROUP BY type
+ ORDER BY type
+"""
+
+
+def throughput(now: dt.datetime) -> list[dict[str, Any]]:
+    """Jobs finished in the last 5 minutes per type (job_finished_idx), with p50/p95 run time."""
+    with connection.cursor() as cursor:
+        cursor.execute(THROUGHPUT_SQL, [now - WINDOW])
+        names = [col[0] for col in cursor.description]
+        rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+    for row in rows:
+        row["per_minute"] = row["finished"] / (WINDOW.total_seconds() / 60)
+    return rows
+
+
+def workers() -> list[dict[str, Any]]:
+    """Running rows (job_lease_idx) grouped by the worker holding them."""
+    running = Job.objects.filter(status=Status.RUNNING).order_by("worker", "id")[: LIMITS["workers"]]
+    grouped: dict[str, list[Job]] = {}
+    for job in running:
+        grouped.setdefault(job.worker or "(unknown)", []).append(job)
+    return [{"name": name, "jobs": jobs} for name, jobs in grouped.items()]
+
+
+def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
+    """chain_view's steps (handoffs included) with each bar's place on the chain's time axis."""
+    # Not at the module's top: jobs.http builds its request schemas from the registry when first
+    # imported, which must come after every job type has registered.
+    from jobs.http import chain_view
+
+    view = chain_view(chain)
+    start = chain.created_at
+    end = chain.finished_at or now
+    for step in view["steps"]:
+        job = step["job"]
+        if job and job.finished_at and job.finished_at > end:
+            end = job.finished_at
+    span = max((end - start).total_seconds(), 0.001)
+    for step in view["steps"]:
+        job = step["job"]
+        if job and job.started_at:
+            left = (job.started_at - start).total_seconds()
+            right = ((job.finished_at or now) - start).total_seconds()
+            step["left"] = round(100 * max(left, 0) / span, 2)
+            step["width"] = round(max(100 * (right - max(left, 0)) / span, 0.5), 2)
+        else:
+            step["left"] = step["width"] = None
+    view["span"] = span
+    return view
+
+
+def last_line(error: str) -> str:
+    """A traceback's last line (the exception and its message): what a list has room for."""
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def dead_jobs() -> list[Job]:
+    """The newest dead jobs (job_status_idx: status, then id descending)."""
+    jobs = list(Job.objects.filter(status=Status.DEAD).order_by("-id")[: LIMITS["dead"]])
+    for job in jobs:
+        job.error_summary = last_line(job.error)
+    return jobs
+
+
+def context(now: dt.datetime) -> dict[str, Any]:
+    chains = list(Chain.objects.order_by("-id")[: LIMITS["chains"]])
+    events = Event.objects.order_by("-id")[: LIMITS["events"]].prefetch_related(
+        Prefetch("deliveries", queryset=Delivery.objects.select_related("job").order_by("id"))
+    )
+    return {
+        "now": now,
+        "queues": queue_rows(),
+        "throughput": throughput(now),
+        "workers": workers(),
+        "dead": dead_jobs(),
+        "chains": [timeline(chain, now) for chain in chains],
+        "events": events,
+        "window_minutes": int(WINDOW.total_seconds() // 60),
+    }
+
+
+@staff_member_required
+def page(request: HttpRequest) -> HttpResponse:
+    from django.contrib import admin
+
+    now = timezone.now()
+    return render(
+        request,
+        "admin/operations.html",
+        {**admin.site.each_context(request), "title": "Operations", **context(now)},
+    )
+
+
+@staff_member_required
+def fragment(request: HttpRequest) -> HttpResponse:
+    return render(request, "admin/operations_fragment.html", context(timezone.now()))
+
+
+def _back(request: HttpRequest) -> HttpResponseRedirect:
+    target = request.POST.get("next") or request.META.get("HTTP_REFERER") or ""
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
+        target = reverse("operations")
+    return HttpResponseRedirect(target)
+
+
+def _operator(request: HttpRequest) -> None:
+    if not request.user.has_perm("jobs.change_job"):
+        raise PermissionDenied("retrying or cancelling a job needs the jobs.change_job permission")
+
+
+@require_POST
+@staff_member_required
+def retry(request: HttpRequest, job_id: int) -> HttpResponse:
+    _operator(request)
+    job = get_object_or_404(Job, pk=job_id)
+    if control.retry(job):
+        messages.success(request, f"Job {job_id} ({job.type}) queued again.")
+    else:
+        messages.warning(request, f"Job {job_id} is {job.status}: only dead, failed or cancelled jobs can be retried.")
+    return _back(request)
+
+
+@require_POST
+@staff_member_required
+def cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    _operator(request)
+    job = get_object_or_404(Job, pk=job_id)
+    if control.cancel(job):
+        job.refresh_from_db()
+        state = "asked to stop" if job.status == Status.RUNNING else "cancelled"
+        messages.success(request, f"Job {job_id} ({job.type}) {state}.")
+    else:
+        messages.warning(request, f"Job {job_id} is {job.status}: it has already ended.")
+    return _back(request)
+
+
+urlpatterns = [
+    path("", page, name="operations"),
+    path("fragment/", fragment, name="operations-fragment"),
+    path("jobs/<int:job_id>/retry/", retry, name="operations-retry"),
+    path("jobs/<int:job_id>/cancel/", cancel, name="operations-cancel"),
+]
