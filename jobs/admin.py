@@ -73,7 +73,20 @@ CANCELLABLE = (*RUNNABLE, Status.RUNNING)
 
 @admin.register(Job)
 class JobAdmin(ReadOnly, admin.ModelAdmin):
-    list_display = ("id", "type", "queue", "status", "attempt", "max_attempts", "priority", "progress", "worker", "chain", "created_at_utc", "finished_at_utc")
+    list_display = (
+        "id",
+        "type",
+        "queue",
+        "status",
+        "attempt",
+        "max_attempts",
+        "priority",
+        "progress",
+        "worker",
+        "chain",
+        "created_at_utc",
+        "finished_at_utc",
+    )
     list_filter = ("status", "type", "queue")
     search_fields = ("=id", "type", "idempotency_key")
     actions = (retry_jobs, cancel_jobs)
@@ -81,8 +94,38 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
     show_full_result_count = False  # no COUNT(*) over a large table on every page
     change_form_template = "admin/jobs/job/change_form.html"
     fieldsets = (
-        (None, {"fields": ("type", "queue", "status", "attempt", "max_attempts", "priority", "worker", "progress", "progress_message", "cancel_requested")}),
-        ("Timing", {"fields": ("created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "duration_text", "lease_expires_at_utc", "updated_at_utc")}),
+        (
+            None,
+            {
+                "fields": (
+                    "type",
+                    "queue",
+                    "status",
+                    "attempt",
+                    "max_attempts",
+                    "priority",
+                    "worker",
+                    "progress",
+                    "progress_message",
+                    "cancel_requested",
+                )
+            },
+        ),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "created_at_utc",
+                    "run_after_utc",
+                    "published_at_utc",
+                    "started_at_utc",
+                    "finished_at_utc",
+                    "duration_text",
+                    "lease_expires_at_utc",
+                    "updated_at_utc",
+                )
+            },
+        ),
         ("Data", {"fields": ("input_json", "output_json", "error_text")}),
         ("Links", {"fields": ("chain", "chain_index", "parent", "idempotency_key")}),
     )

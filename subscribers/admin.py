@@ -91,7 +91,19 @@ class DeliveryAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ("id", "event", "subscriber", "key", "status", "job", "replays", "created_at_utc")
     list_filter = (DeliveryStatusFilter, "subscriber")
     list_select_related = ("event", "job")
-    fields = ("event", "subscriber", "key", "status", "job", "attempt", "replays", "created_at_utc", "released_at_utc", "finished_at_utc", "error_text")
+    fields = (
+        "event",
+        "subscriber",
+        "key",
+        "status",
+        "job",
+        "attempt",
+        "replays",
+        "created_at_utc",
+        "released_at_utc",
+        "finished_at_utc",
+        "error_text",
+    )
     readonly_fields = fields
     actions = (replay_deliveries,)
     show_full_result_count = False

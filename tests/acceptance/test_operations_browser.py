@@ -95,7 +95,7 @@ def browser(chromium: str, chromedriver: str) -> Iterator[object]:  # noqa: F811
             assert not left, f"chromium processes survived their browser: {[p.pid for p in left]}"
 
 
-def wait_dom(driver, predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
+def wait_dom(driver, predicate, timeout: float, what: str):
     """Poll the live DOM (as the page's own script changes it) until `predicate(driver)` is truthy."""
     from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
@@ -112,7 +112,7 @@ def wait_dom(driver, predicate, timeout: float, what: str):  # noqa: ANN001, ANN
         time.sleep(0.1)
 
 
-def shoot(driver, tmp_path: Path, name: str) -> Path:  # noqa: ANN001
+def shoot(driver, tmp_path: Path, name: str) -> Path:
     """A PNG of the whole page: in the test's tmp dir and copied to /tmp/conveyor-screens/."""
     height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
     driver.set_window_size(1400, min(max(int(height) + 40, 800), 6000))
@@ -124,7 +124,7 @@ def shoot(driver, tmp_path: Path, name: str) -> Path:  # noqa: ANN001
     return path
 
 
-def step_status(driver, chain_id: int, index: int) -> str | None:  # noqa: ANN001
+def step_status(driver, chain_id: int, index: int) -> str | None:
     from selenium.webdriver.common.by import By
 
     found = driver.find_elements(By.CSS_SELECTOR, f'#operations [data-chain="{chain_id}"] [data-step="{index}"]')
@@ -199,9 +199,19 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     other_row = f'#ops-dead tr[data-job="{other.pk}"]'
     wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"{other_row} button.ops-retry"), 10, f"dead job {other.pk}'s row")
     driver.find_element(By.CSS_SELECTOR, f"{other_row} button.ops-retry").click()
-    wait_dom(driver, lambda d: f"Job {other.pk} (examples.fail) queued again" in d.find_element(By.CSS_SELECTOR, "ul.messagelist").text, 15, "the retry's message")
+    wait_dom(
+        driver,
+        lambda d: f"Job {other.pk} (examples.fail) queued again" in d.find_element(By.CSS_SELECTOR, "ul.messagelist").text,
+        15,
+        "the retry's message",
+    )
     assert wait_job(other.pk, "succeeded", 30).attempt == 2
-    wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, dead_row) and not d.find_elements(By.CSS_SELECTOR, other_row), 10, f"job {other.pk} gone from the dead list")
+    wait_dom(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, dead_row) and not d.find_elements(By.CSS_SELECTOR, other_row),
+        10,
+        f"job {other.pk} gone from the dead list",
+    )
 
     # when the user opens the job's page: its error preformatted, a Retry button, no Save or Delete
     driver.find_element(By.CSS_SELECTOR, f'{dead_row} a[href="/admin/jobs/job/{job.pk}/change/"]').click()
@@ -218,7 +228,9 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     done = wait_job(job.pk, "succeeded", 30)
     assert done.attempt == 2 and done.output == {"attempt": 2}
     driver.refresh()
-    wait_dom(driver, lambda d: "succeeded" in d.find_element(By.CSS_SELECTOR, ".field-status").text.lower(), 15, "the job page saying succeeded")
+    wait_dom(
+        driver, lambda d: "succeeded" in d.find_element(By.CSS_SELECTOR, ".field-status").text.lower(), 15, "the job page saying succeeded"
+    )
     assert not driver.find_elements(By.ID, "job-retry")
     shoot(driver, tmp_path, "5-job-succeeded-page")
 
