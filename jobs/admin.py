@@ -81,7 +81,7 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
         "attempt",
         "max_attempts",
         "priority",
-        "progress",
+        "progress_bar",
         "worker",
         "chain",
         "created_at_utc",
@@ -105,7 +105,7 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
                     "max_attempts",
                     "priority",
                     "worker",
-                    "progress",
+                    "progress_bar",
                     "progress_message",
                     "cancel_requested",
                 )
@@ -131,7 +131,7 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
     )
     readonly_fields = (
         "created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "lease_expires_at_utc",
-        "updated_at_utc", "duration_text", "input_json", "output_json", "error_text",
+        "updated_at_utc", "duration_text", "input_json", "output_json", "error_text", "progress_bar",
     )
 
     created_at_utc = stamp("created_at", "created at")
@@ -146,6 +146,11 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
         return request.user.has_perm("jobs.change_job")
 
     @admin.display(description="duration")
+    @admin.display(description="progress", ordering="progress")
+    def progress_bar(self, job: Job) -> str:
+        """ctx.progress as a bar, as on the operations page."""
+        return format_html('<progress value="{}" max="100">{}%</progress> {}%', job.progress, job.progress, job.progress)
+
     def duration_text(self, job: Job) -> str:
         if job.duration is not None:
             return f"{job.duration:.3f} s"

@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import transaction
@@ -119,8 +119,10 @@ def validate(sched: Schedule) -> None:
 BACKEND_CLEANUP = "celery.backend_cleanup"
 
 
-def sync(schedules: list[Schedule] | None = None) -> dict[str, list[str]]:
-    """Create, update or disable PeriodicTasks to match the code; return what was done."""
+def sync(schedules: list[Schedule] | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, list[str]]:
+    """Create, update or disable PeriodicTasks to match the code; return what was done.
+
+    `progress(done, total)` is called after each schedule (a long sync shows where it is)."""
     from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
     from jobs.models import ScheduleDeclaration
@@ -139,7 +141,9 @@ def sync(schedules: list[Schedule] | None = None) -> dict[str, list[str]]:
         # None), so a row left by an earlier configuration only clutters the admin.
         if PeriodicTask.objects.filter(name=BACKEND_CLEANUP).delete()[0]:
             report["removed"].append(BACKEND_CLEANUP)
-        for sched in schedules:
+        for done, sched in enumerate(schedules, start=1):
+            if progress is not None and done > 1:
+                progress(done - 1, len(schedules))
             task_name = PREFIX + sched.name
             fingerprint = sched.fingerprint()
             record = ScheduleDeclaration.objects.filter(name=sched.name).select_related("task").first()
@@ -166,6 +170,8 @@ def sync(schedules: list[Schedule] | None = None) -> dict[str, list[str]]:
             )
             ScheduleDeclaration.objects.update_or_create(name=sched.name, defaults={"fingerprint": fingerprint, "task": task})
             report["created" if created else "updated"].append(sched.name)
+        if progress is not None and schedules:
+            progress(len(schedules), len(schedules))
         gone = ScheduleDeclaration.objects.exclude(name__in=names).select_related("task")
         for record in gone:
             if record.task and record.task.enabled:

@@ -4,14 +4,16 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs import schedules
+from jobs.progress import Progress
 
 
 class Command(BaseCommand):
     help = "Create or update beat schedules declared in code; disable the ones removed from it."
 
     def handle(self, *args: object, **options: object) -> None:
+        progress = Progress(self.stderr, "sync_schedules")
         try:
-            report = schedules.sync()
+            report = schedules.sync(progress=progress)
         except schedules.ScheduleError as exc:
             raise CommandError(str(exc), returncode=2) from None
         for action in ("created", "updated", "kept", "disabled", "removed"):
