@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from jobs import control, registry
+from jobs import control, publish, registry
 from jobs.models import RUNNABLE, Chain, Job, Status
 from subscribers.models import Delivery, Event
 
@@ -34,21 +34,10 @@ LIMITS = {"workers": 200, "dead": 20, "chains": 8, "events": 10, "deliveries": 2
 def redis_depths(queues: list[str]) -> dict[str, int | None]:
     """Messages waiting in each queue's Redis lists (every priority list), through the Celery
     app's connection pool; None for each queue when Redis cannot be read."""
-    from project.celery import app
-
-    options = app.conf.broker_transport_options
-    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
     try:
-        with app.pool.acquire(block=True, timeout=2) as conn:
-            pipe = conn.default_channel.client.pipeline(transaction=False)
-            for queue in queues:
-                for step in steps:
-                    pipe.llen(f"{queue}{sep}{step}" if step else queue)
-            lengths = pipe.execute()
+        return publish.queue_depths(queues, timeout=2)
     except Exception:  # Redis away: the page still shows what PostgreSQL knows
         return dict.fromkeys(queues)
-    per = len(steps)
-    return {queue: sum(lengths[i * per : (i + 1) * per]) for i, queue in enumerate(queues)}
 
 
 def queue_rows() -> list[dict[str, Any]]:

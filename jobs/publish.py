@@ -90,3 +90,22 @@ def _timeout(type_name: str) -> int:
         return registry.get(type_name).timeout
     except registry.InvalidJob:  # a row of a type removed from the code: default limits
         return 300
+
+
+def queue_depths(queues: Iterable[str], timeout: float | None = None) -> dict[str, int]:
+    """Messages waiting in each queue's Redis lists, over every priority list, named as kombu's
+    Redis transport names them (`queue` for priority 0, `queue<sep><step>` otherwise); one
+    pipelined round trip through the Celery app's connection pool. Raises when Redis is away."""
+    from project.celery import app
+
+    queues = list(queues)
+    options = app.conf.broker_transport_options
+    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
+    with app.pool.acquire(block=True, timeout=timeout) as conn:
+        pipe = conn.default_channel.client.pipeline(transaction=False)
+        for queue in queues:
+            for step in steps:
+                pipe.llen(f"{queue}{sep}{step}" if step else queue)
+        lengths = pipe.execute()
+    per = len(steps)
+    return {queue: sum(lengths[i * per : (i + 1) * per]) for i, queue in enumerate(queues)}

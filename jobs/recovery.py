@@ -20,7 +20,7 @@ from django.db import connections, transaction
 
 from jobs import registry, store, telemetry
 from jobs.outcome import settle
-from jobs.publish import publish
+from jobs.publish import publish, queue_depths
 
 log = logging.getLogger("conveyor.recovery")
 
@@ -50,20 +50,7 @@ def backlogged(queues: Iterable[str]) -> set[str]:
     re-sending a whole backlog every RELAY_STALE_SECONDS would double the work; a message really
     lost there still goes out again within that bound, however long the queue stays busy.
     """
-    from project.celery import app
-
-    queues = list(queues)
-    options = app.conf.broker_transport_options
-    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
-    with app.pool.acquire(block=True) as conn:
-        client = conn.default_channel.client
-        pipe = client.pipeline(transaction=False)
-        for queue in queues:
-            for step in steps:
-                pipe.llen(f"{queue}{sep}{step}" if step else queue)
-        lengths = pipe.execute()
-    per_queue = len(steps)
-    return {queue for i, queue in enumerate(queues) if any(lengths[i * per_queue : (i + 1) * per_queue])}
+    return {queue for queue, depth in queue_depths(queues).items() if depth}
 
 
 def reap(batch: int = 100) -> int:

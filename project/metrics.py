@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from jobs import telemetry
+from jobs.publish import queue_depths
 
 log = logging.getLogger("conveyor.metrics")
 
@@ -117,21 +118,6 @@ class RedisCollector(Collector):
         for queue, length in depths.items():
             depth.add_metric([queue], length)
         yield depth
-
-
-def queue_depths(queues: list[str]) -> dict[str, int]:
-    """Messages waiting per queue, over its priority lists, named as kombu names them (the same
-    mapping as jobs.recovery.backlogged: `queue` for priority 0, `queue<sep><step>` otherwise)."""
-    from project.celery import app
-
-    options = app.conf.broker_transport_options
-    sep, steps = options.get("sep", ":"), options.get("priority_steps", [0])
-    pipe = telemetry.client().pipeline(transaction=False)
-    for queue in queues:
-        for step in steps:
-            pipe.llen(f"{queue}{sep}{step}" if step else queue)
-    lengths = pipe.execute()
-    return {queue: sum(lengths[i * len(steps) : (i + 1) * len(steps)]) for i, queue in enumerate(queues)}
 
 
 registry = CollectorRegistry()
