@@ -158,3 +158,11 @@ def test_a_server_or_worker_with_migrations_pending_refuses_to_start_until_the_r
         assert "not applied" not in server.log()
     finally:
         assert server.stop(timeout=30) == 0
+
+
+def test_the_procfile_and_make_run_use_the_release_step():
+    lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ":" in line)
+    assert lines["release"].strip() == "python manage.py release"
+    run = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "manage.py release" in run and "migrate" not in run, run
+    assert run.index("manage.py release") < run.index("manage.py start"), run
