@@ -44,7 +44,7 @@ def empty_database():
 def process_env(database_url: str, production: bool, **extra: str) -> dict[str, str]:
     """A process on `database_url` and the session's Redis; in production with its secrets."""
     start_servers()
-    env = {k: v for k, v in os.environ.items() if k not in ("CONVEYOR_DATA", "WORKER_QUEUES")}
+    env = {k: v for k, v in os.environ.items() if k != "WORKER_QUEUES"}  # CONVEYOR_DATA kept: the session's folder
     env.update(DATABASE_URL=database_url, REDIS_URL=settings.REDIS_URL, DJANGO_SETTINGS_MODULE="project.settings")
     if production:
         env.update(CONVEYOR_ENV="production", COOKIE_SECRET=COOKIE, JWT_SECRET=JWT, ALLOWED_HOSTS="127.0.0.1")
