@@ -15,8 +15,7 @@ $(VENV)/.installed: requirements.txt
 .venv: $(VENV)/.installed
 
 run: .venv
-	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py sync_schedules
+	$(BIN)/python manage.py release
 	$(BIN)/python manage.py start
 
 # pytest exits 5 when it collects nothing: that is a failure here, as is any other non-zero code.

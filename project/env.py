@@ -12,8 +12,12 @@ from pathlib import Path
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 MODES = ("shared", "server", "worker")
-MIN_SECRET_LENGTH = 32
+MIN_SECRET_LENGTH = 50  # Django's own deploy check (security.W009) wants 50+ characters
+MIN_SECRET_DISTINCT = 5  # ... and 5+ different ones
 DEV_SECRET = "conveyor-development-secret-not-for-production-use"
+# Values copied from examples and templates: refused in production whatever their length.
+KNOWN_DEFAULTS = (DEV_SECRET, "changeme", "change-me", "change_me", "secret", "password")
+INSECURE_PREFIX = "django-insecure"  # what `django-admin startproject` generates
 
 
 class ConfigError(SystemExit):
@@ -86,11 +90,16 @@ def data_dir() -> Path:
 
 
 def secret(name: str, production: bool) -> str:
-    """A secret from the environment; in production it must be set and long enough."""
+    """A secret from the environment; in production it must be set, long, and not a known default."""
     value = get(name)
     if production:
         if not value:
             fail(f"{name} is not set (production needs a random value of {MIN_SECRET_LENGTH}+ characters)")
         if len(value) < MIN_SECRET_LENGTH:
             fail(f"{name} is too short ({len(value)} characters; production needs {MIN_SECRET_LENGTH}+)")
+        lowered = value.lower()
+        if lowered.startswith(INSECURE_PREFIX) or any(known in lowered for known in KNOWN_DEFAULTS):
+            fail(f"{name} is a known default or placeholder; production needs a random value")
+        if len(set(value)) < MIN_SECRET_DISTINCT:
+            fail(f"{name} has fewer than {MIN_SECRET_DISTINCT} different characters; production needs a random value")
     return value or DEV_SECRET

@@ -7,6 +7,7 @@ servers' sockets in the data folder, and the entry points start those servers (p
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -24,7 +25,11 @@ ADMIN_DISABLED = env.get_bool("ADMIN_DISABLED") or WORKER_MODE == "worker"
 # --- Secrets --------------------------------------------------------------------------------
 SECRET_KEY = env.secret("COOKIE_SECRET", PRODUCTION)
 JWT_SECRET = env.secret("JWT_SECRET", PRODUCTION)  # keys the hashes of API tokens
+if PRODUCTION and SECRET_KEY == JWT_SECRET:
+    env.fail("COOKIE_SECRET and JWT_SECRET are the same value (production needs two different random values)")
 DEBUG = env.get_bool("DEBUG", default=False)
+if PRODUCTION and DEBUG:
+    env.fail("DEBUG is on (production never runs with DEBUG: unset it or set DEBUG=false)")
 ALLOWED_HOSTS = env.get_list("ALLOWED_HOSTS") or (["*"] if not PRODUCTION else [])
 if PRODUCTION and not ALLOWED_HOSTS:
     env.fail("ALLOWED_HOSTS is not set (production needs the host names it serves)")
@@ -114,6 +119,24 @@ WHITENOISE_USE_FINDERS = True  # the admin's and /api/docs' files are served wit
 WHITENOISE_AUTOREFRESH = not PRODUCTION
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # 1 MiB: larger API bodies are refused with 413
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+
+# --- HTTPS (clean `manage.py check --deploy` in production) ----------------------------------
+# TLS ends at a load balancer or proxy in front of gunicorn: it says so in a header it sets
+# (FORWARDED_PROTO_HEADER=X-Forwarded-Proto: the request came over https when it says "https").
+# The proxy must set it on every request and strip a client's own.
+FORWARDED_PROTO_HEADER = env.get("FORWARDED_PROTO_HEADER")
+if FORWARDED_PROTO_HEADER and not re.fullmatch(r"[A-Za-z0-9-]+", FORWARDED_PROTO_HEADER):
+    env.fail(f"FORWARDED_PROTO_HEADER={FORWARDED_PROTO_HEADER!r} is not a header name (e.g. X-Forwarded-Proto)")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + FORWARDED_PROTO_HEADER.upper().replace("-", "_"), "https") if FORWARDED_PROTO_HEADER else None
+)
+# Plain HTTP is redirected to https (production default), except the health endpoints, which a
+# load balancer probes over plain HTTP.
+SECURE_SSL_REDIRECT = env.get_bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^health/"]
+SECURE_HSTS_SECONDS = env.get_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.get_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
+SECURE_HSTS_PRELOAD = env.get_bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
 
 # --- CORS (django-cors-headers): the API's origins; the admin is same-origin ------------------
 CORS_ALLOWED_ORIGINS = env.get_list("STORE_CORS") + env.get_list("AUTH_CORS")

@@ -15,7 +15,9 @@ import pytest
 from tests.support import MANAGE, ROOT, wait_for
 from tests.unit.server_probe import server_traces
 
-STRONG = "s" * 40
+# Two different random values of 64 characters (production wants 50+, not equal, not a default).
+COOKIE = "Qm9vN3kY2x7Zt0aB1cD4eF5gH6iJ7kL8mN9oP0qR1sT2uV3wX4yZ5aB6cD7eF8gH"
+JWT = "LjYZmSlVSwLiTOrVB7gbj3ZkoTLd2DEM8usLN8XDhYuWW4Slx6EUk9RXSHOXZvyk"
 
 
 def run_manage(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess:
@@ -26,8 +28,8 @@ def production_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
         CONVEYOR_ENV="production",
-        JWT_SECRET=STRONG,
-        COOKIE_SECRET=STRONG,
+        JWT_SECRET=JWT,
+        COOKIE_SECRET=COOKIE,
         ALLOWED_HOSTS="conveyor.example.com",
         DATABASE_URL="postgresql://conveyor@127.0.0.1:1/conveyor",
         REDIS_URL="redis://127.0.0.1:1/0",
@@ -45,15 +47,27 @@ def production_env(**overrides: str) -> dict[str, str]:
     [
         ({"JWT_SECRET": None}, "JWT_SECRET"),
         ({"JWT_SECRET": "short"}, "JWT_SECRET"),
+        ({"JWT_SECRET": JWT[:49]}, "JWT_SECRET"),
+        ({"JWT_SECRET": "changeme" * 7}, "JWT_SECRET"),
+        ({"JWT_SECRET": "conveyor-development-secret-not-for-production-use"}, "JWT_SECRET"),
+        ({"JWT_SECRET": "ab" * 30}, "JWT_SECRET"),
         ({"COOKIE_SECRET": None}, "COOKIE_SECRET"),
         ({"COOKIE_SECRET": "short"}, "COOKIE_SECRET"),
+        ({"COOKIE_SECRET": COOKIE[:49]}, "COOKIE_SECRET"),
+        ({"COOKIE_SECRET": "django-insecure-" + COOKIE}, "COOKIE_SECRET"),
+        ({"COOKIE_SECRET": "CHANGEME-" + COOKIE}, "COOKIE_SECRET"),
+        ({"COOKIE_SECRET": "conveyor-development-secret-not-for-production-use"}, "COOKIE_SECRET"),
+        ({"COOKIE_SECRET": JWT}, "JWT_SECRET"),
+        ({"DEBUG": "true"}, "DEBUG"),
+        ({"DEBUG": "1"}, "DEBUG"),
+        ({"FORWARDED_PROTO_HEADER": "X-Forwarded-Proto: https"}, "FORWARDED_PROTO_HEADER"),
         ({"DATABASE_URL": None}, "DATABASE_URL"),
         ({"REDIS_URL": None}, "REDIS_URL"),
     ],
 )
 def test_production_refuses_to_boot_naming_the_variable(overrides, variable):
     result = run_manage("check", env=production_env(**overrides))
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert variable in lines[0]
@@ -63,6 +77,48 @@ def test_production_refuses_to_boot_naming_the_variable(overrides, variable):
 def test_production_with_everything_set_passes_the_checks():
     result = run_manage("check", "--deploy", "--fail-level", "ERROR", env=production_env())
     assert result.returncode == 0, result.stderr
+
+
+def test_equal_secrets_are_refused_naming_both():
+    result = run_manage("check", env=production_env(COOKIE_SECRET=JWT))
+    assert result.returncode == 2
+    assert "COOKIE_SECRET and JWT_SECRET" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_development_values_still_boot_outside_production():
+    # the same (development) value for both secrets, DEBUG on: development accepts them
+    env = production_env(CONVEYOR_ENV="development", COOKIE_SECRET=None, JWT_SECRET=None, DEBUG="true")
+    result = run_manage("check", env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_production_deploy_checks_are_clean_even_at_warning_level():
+    # given production's defaults (HSTS, secure cookies, redirect to https) behind a proxy ending TLS
+    env = production_env(FORWARDED_PROTO_HEADER="X-Forwarded-Proto")
+    # then Django's deploy checks find nothing, not even a warning
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout, result.stdout + result.stderr
+    assert "WARNINGS" not in result.stdout + result.stderr
+    # and the settings say what they are
+    code = (
+        "from django.conf import settings as s; print('SETTINGS', s.SECURE_HSTS_SECONDS, s.SECURE_HSTS_INCLUDE_SUBDOMAINS, "
+        "s.SECURE_HSTS_PRELOAD, s.SECURE_SSL_REDIRECT, s.SECURE_REDIRECT_EXEMPT, s.SECURE_PROXY_SSL_HEADER, "
+        "s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.DEBUG, sep='|')"
+    )
+    out = run_manage("shell", "-c", code, env=env)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("SETTINGS"))
+    assert line.split("|")[1:] == [
+        "31536000", "True", "True", "True", "['^health/']", "('HTTP_X_FORWARDED_PROTO', 'https')", "True", "True", "False"
+    ], line
+    # and each is configurable: a shorter HSTS without subdomains or preload, no redirect
+    env.update(SECURE_HSTS_SECONDS="3600", SECURE_HSTS_INCLUDE_SUBDOMAINS="false", SECURE_HSTS_PRELOAD="false",
+               SECURE_SSL_REDIRECT="false")
+    env.pop("FORWARDED_PROTO_HEADER")
+    out = run_manage("shell", "-c", code, env=env)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("SETTINGS"))
+    assert line.split("|")[1:6] == ["3600", "False", "False", "False", "['^health/']"], line
+    assert line.split("|")[6] == "None", line
 
 
 # A process of its own, as an entry point starts one: the embedded servers first, then Django.

@@ -22,7 +22,9 @@ from tests.support import MANAGE, ROOT, Proc, free_port, http_get, http_ok, star
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
-STRONG = "p" * 40
+# Two different random values of 64 characters (production wants 50+, not equal, not a default).
+COOKIE = "Qm9vN3kY2x7Zt0aB1cD4eF5gH6iJ7kL8mN9oP0qR1sT2uV3wX4yZ5aB6cD7eF8gH"
+JWT = "LjYZmSlVSwLiTOrVB7gbj3ZkoTLd2DEM8usLN8XDhYuWW4Slx6EUk9RXSHOXZvyk"
 METRICS_TOKEN = "scrape-" + "t" * 40
 
 
@@ -32,9 +34,12 @@ def production_env(database_url: str | None = None, **extra: str) -> dict[str, s
     env = {k: v for k, v in os.environ.items() if k not in ("CONVEYOR_DEMO", "METRICS_TOKEN", "CONVEYOR_DATA")}
     env.update(
         CONVEYOR_ENV="production",
-        JWT_SECRET=STRONG,
-        COOKIE_SECRET=STRONG,
+        JWT_SECRET=JWT,
+        COOKIE_SECRET=COOKIE,
         ALLOWED_HOSTS="127.0.0.1",
+        # These servers are reached over plain HTTP, with no proxy ending TLS in front: no redirect
+        # to https (test_production_redirects_plain_http_except_health turns it back on).
+        SECURE_SSL_REDIRECT="false",
         DATABASE_URL=database_url or support.test_database_url(),
         REDIS_URL=settings.REDIS_URL,
         DJANGO_SETTINGS_MODULE="project.settings",
@@ -93,11 +98,48 @@ def test_production_metrics_refuse_anonymous_scrapes(production_server):
         assert "Authorization: Bearer <METRICS_TOKEN>" in json.loads(body)["detail"]
     status, body = http_get(guarded.url("/metrics"), headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert status == 200
-    names = {family.name for family in text_string_to_metric_families(body.decode())}
-    assert {"conveyor_jobs", "conveyor_jobs_running", "conveyor_queue_depth", "conveyor_jobs_finished"} <= names
+    names = [family.name for family in text_string_to_metric_families(body.decode())]
+    # every family project/metrics.py documents, each once (counters without their _total suffix)
+    assert sorted(names) == sorted([
+        "conveyor_jobs", "conveyor_jobs_running", "conveyor_jobs_finished", "conveyor_lease_expired", "conveyor_relay_resent",
+        "conveyor_job_run_seconds", "conveyor_job_queue_wait_seconds", "conveyor_chain_handoff_seconds", "conveyor_queue_depth",
+    ]), names
 
     # and production serves /api/docs' own files too (no CDN, no collectstatic needed)
     assert http_get(bare.url("/static/ninja/swagger-ui-bundle.js"))[0] == 200
+
+
+def get_unredirected(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    """(status, headers) of one GET, without following a redirect."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        conn.request("GET", parts.path, headers={"Host": "127.0.0.1", **(headers or {})})
+        response = conn.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+def test_production_redirects_plain_http_except_health(production_server):
+    start, ready = production_server
+    # given a production server with its defaults (redirect to https, HSTS) behind a proxy ending TLS
+    server = ready(start(SECURE_SSL_REDIRECT="true", FORWARDED_PROTO_HEADER="X-Forwarded-Proto"))
+    # then a load balancer's plain-HTTP probe of the health endpoints is answered, not redirected
+    for path in ("/health/live", "/health/ready"):
+        status, headers = get_unredirected(server.url(path))
+        assert status == 200, (path, status, headers)
+    # and any other plain-HTTP request is sent to https
+    status, headers = get_unredirected(server.url("/api/types"))
+    assert status == 301 and headers["location"] == "https://127.0.0.1/api/types", (status, headers)
+    # and a request the proxy says came over https is served, with HSTS (a year, subdomains, preload)
+    status, headers = get_unredirected(server.url("/api/types"), {"X-Forwarded-Proto": "https"})
+    assert status == 401, (status, headers)  # the API's own answer: no token
+    assert headers["strict-transport-security"] == "max-age=31536000; includeSubDomains; preload", headers
 
 
 # What a process of this configuration knows: its apps, job types and subscribers of order.placed.

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs import registry
 from jobs.recovery import hand_back
-from project import roles
+from project import release, roles
 from project.supervisor import Child, Supervisor
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -68,6 +68,7 @@ class Command(BaseCommand):
             if opts["servers"] is not None or opts["workers"] is not None:
                 raise CommandError("--servers and --workers need --cluster", returncode=2)
             modes = [settings.WORKER_MODE]
+        self._refuse_pending_migrations()
         if any(map(roles.serves_http, modes)):
             self._refuse_busy_port(int(opts["port"]))
         children = self._children(modes, queues, opts)
@@ -99,6 +100,25 @@ class Command(BaseCommand):
         )
         code = supervisor.run()
         sys.exit(code)
+
+    def _refuse_pending_migrations(self) -> None:
+        """Exit 2 when the database lacks migrations: servers and workers never migrate, the
+        release step does (`manage.py release`, under its lock). In development too: `make run`
+        runs the release step first, and code ahead of its tables fails the same way everywhere.
+
+        A database that does not answer is not a reason to refuse: the instance starts, its
+        /health/ready says postgres is unreachable, and workers wait for it (as before this check).
+        """
+        try:
+            missing = release.pending()
+        except release.Unreachable as exc:
+            self.stderr.write(f"conveyor: could not check migrations (PostgreSQL did not answer: {exc}); starting anyway")
+            return
+        if missing:
+            raise CommandError(
+                f"{len(missing)} migration(s) not applied (first: {missing[0]}); run `python manage.py release` first",
+                returncode=2,
+            )
 
     def _queues(self, raw: str) -> list[str]:
         known = registry.queues()
