@@ -310,3 +310,12 @@ def test_admin_lists_tokens_with_user_scope_dates_and_revokes_them():
     assert [str(m) for m in response.context["messages"]] == ["revoked 1 token(s)"]
     assert not ApiToken.objects.filter(pk=row.pk).exists()
     assert _bearer(token).get("/api/jobs").status_code == 401
+
+
+def test_errors_under_auth_are_json_too():
+    missing = Client().get("/auth/nothing-here")
+    assert missing.status_code == 404 and missing["Content-Type"].startswith("application/json")
+    wrong_method = Client().get("/auth/token")
+    assert wrong_method.status_code == 405 and wrong_method.json()["detail"]
+    malformed = _client().post("/auth/token", data=b'{"email": ', content_type="application/json")
+    assert malformed.status_code == 400 and malformed.json()["detail"]
