@@ -18,10 +18,20 @@ from django.utils import timezone
 
 from api.auth import issue_jwt, issue_token
 from api.models import ApiToken
+from tests.support import redis_client
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 _ips = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis():
+    """Jobs enqueued here leave wake-ups in Redis, and attempts their counters: none outlive a test."""
+    yield
+    redis_client().flushall()
+
+
 PASSWORD = "a-long-password"
 
 
