@@ -12,7 +12,7 @@ def json_errors(get_response: Callable[[HttpRequest], HttpResponse]) -> Callable
     def middleware(request: HttpRequest) -> HttpResponse:
         response = get_response(request)
         if (
-            request.path.startswith("/api/")
+            request.path.startswith(("/api/", "/auth/"))
             and response.status_code >= 400
             and not response.get("Content-Type", "").startswith("application/json")
         ):

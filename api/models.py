@@ -5,13 +5,21 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+READ, WRITE = "read", "write"
+SCOPES = (READ, WRITE)
+
 
 class ApiToken(models.Model):
-    """A bearer token for /api/: only its keyed hash is stored."""
+    """A bearer token for /api/: only its keyed hash is stored. `write` includes `read`."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     key_hash = models.CharField(max_length=64, unique=True)
+    scope = models.CharField(max_length=8, choices=[(READ, "read"), (WRITE, "write (includes read)")], default=WRITE)
     created_at = models.DateTimeField(default=timezone.now)
+    #: None: never expires.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    #: Updated at most once a minute per token (one UPDATE, not one per request).
+    last_used_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         # The table the jobs app created first; only the model moved (jobs 0004, api 0001).
@@ -19,3 +27,7 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"token {self.pk} of {self.user}"
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

@@ -153,7 +153,7 @@ def _input(payload: Any) -> Any:
 
 @router.post(
     "",
-    response={201: JobOut, 200: JobOut, **errors(400, 401, 409, 413)},
+    response={201: JobOut, 200: JobOut, **errors(400, 401, 403, 409, 413)},
     summary="Enqueue a job",
     description="201 with the new job; 200 with the existing one when `idempotency_key` was already "
     "used for the same type and input; 409 when it was used for another type or input. `type` is one "
@@ -190,7 +190,7 @@ def get_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
 
 @router.post(
     "/{int:job_id}/cancel",
-    response={200: JobOut, 202: JobOut, **errors(400, 401, 404, 409)},
+    response={200: JobOut, 202: JobOut, **errors(400, 401, 403, 404, 409)},
     summary="Cancel a job",
     description="200: a waiting job, cancelled at once. 202: a running job, asked to stop "
     "(`cancel_requested` is true; it ends `cancelled` when its handler returns). 409: already ended.",
@@ -205,7 +205,7 @@ def cancel_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
 
 @router.post(
     "/{int:job_id}/retry",
-    response={200: JobOut, **errors(400, 401, 404, 409)},
+    response={200: JobOut, **errors(400, 401, 403, 404, 409)},
     summary="Retry a dead, failed or cancelled job",
 )
 def retry_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
@@ -218,7 +218,7 @@ def retry_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
 # --- Chains -------------------------------------------------------------------------------------
 
 
-@chains.post("", response={201: ChainOut, **errors(400, 401, 413)}, summary="Start a chain of steps")
+@chains.post("", response={201: ChainOut, **errors(400, 401, 403, 413)}, summary="Start a chain of steps")
 def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     payload = strict_body(request, ChainIn)
     for index, step in enumerate(payload.steps):

@@ -138,10 +138,21 @@ SECURE_HSTS_SECONDS = env.get_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.get_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
 SECURE_HSTS_PRELOAD = env.get_bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
 
-# --- CORS (django-cors-headers): the API's origins; the admin is same-origin ------------------
-CORS_ALLOWED_ORIGINS = env.get_list("STORE_CORS") + env.get_list("AUTH_CORS")
-CORS_URLS_REGEX = r"^/api/.*$"
-CSRF_TRUSTED_ORIGINS = env.get_list("ADMIN_CORS")
+# --- CORS (django-cors-headers) per family of routes: api.cors answers its check_request_enabled
+# signal with the family's own list (storefront: /api/events; admin: /admin/ and the operator
+# routes; auth: /auth/). Nothing is enabled by the global settings, so an origin not listed for
+# the family of the path gets no CORS headers.
+STORE_CORS = env.get_list("STORE_CORS")
+ADMIN_CORS = env.get_list("ADMIN_CORS")
+AUTH_CORS = env.get_list("AUTH_CORS")
+CORS_ALLOWED_ORIGINS: list[str] = []
+CORS_URLS_REGEX = r"^$"  # no path by the regex: only the signal enables CORS
+CSRF_TRUSTED_ORIGINS = ADMIN_CORS
+
+# --- Auth: POST /auth/token's JWTs and its rate limit -------------------------------------------
+JWT_TTL_SECONDS = env.get_int("JWT_TTL_SECONDS", 900, minimum=30)
+#: Attempts per minute at POST /auth/token, per client IP and per email (counted in the cache).
+AUTH_RATE_LIMIT = env.get_int("AUTH_RATE_LIMIT", 10, minimum=1)
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) ---------------
 CELERY_BROKER_URL = _kombu_url(REDIS_URL)

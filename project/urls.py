@@ -5,12 +5,14 @@ from django.urls import include, path
 
 from project import health, metrics
 from api.root import api
+from api.token_http import auth_api
 
 urlpatterns = [
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     path("metrics", metrics.view, name="metrics"),
     path("api/", api.urls),
+    path("auth/", auth_api.urls),
 ]
 if not settings.ADMIN_DISABLED:
     # The operations page (jobs.operations) before the admin's own URLs, under its prefix.

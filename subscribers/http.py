@@ -57,7 +57,7 @@ class EventFilters(PageQuery):
     key: Optional[Text] = Field(None, max_length=200)
 
 
-@router.post("", response={202: EventOut, **errors(400, 401, 413)}, summary="Emit an event")
+@router.post("", response={202: EventOut, **errors(400, 401, 403, 413)}, summary="Emit an event")
 def create_event(request: HttpRequest, payload: EmitIn):  # noqa: ANN201
     payload = strict_body(request, EmitIn)
     event = emit(payload.name, payload.data, key=payload.key)
