@@ -31,7 +31,9 @@ pytestmark = [pytest.mark.live]
 
 SERVICES = [sys.executable, str(ROOT / "scripts" / "services.py")]
 SECRET = "s3cr3t-" + "x" * 60
-HAS_RELEASE_COMMAND = (ROOT / "project" / "management" / "commands" / "release.py").exists()
+# Concurrent releases must both succeed once the release step is `manage.py release` (an advisory
+# lock); tests/unit/test_deploy_commands.py insists on the switch as soon as that command exists.
+LOCKED_RELEASE = commands.RELEASE == [["python", "manage.py", "release"]]
 
 
 def argv(command: list[str]) -> list[str]:
@@ -123,7 +125,7 @@ def test_production_on_real_servers_loses_nothing_across_worker_and_redis_restar
     # given the release step run twice at the same moment on an empty database
     first, second = release(env), release(env)
     outcomes = [(p.wait(180), p.stdout.read()) for p in (first, second)]
-    if HAS_RELEASE_COMMAND:
+    if LOCKED_RELEASE:
         assert [code for code, _ in outcomes] == [0, 0], outcomes
     else:
         # Until `manage.py release` (advisory lock) lands, two concurrent `migrate` may race on

@@ -75,3 +75,10 @@ def test_the_production_acceptance_test_runs_these_commands():
     source = (ROOT / "tests" / "acceptance" / "test_real_servers.py").read_text()
     for name in ("commands.RELEASE", "commands.WEB", "commands.WEB_ENV", "commands.WORKER", "commands.WORKER_ENV"):
         assert name in source, name
+
+
+def test_the_release_step_is_manage_py_release_once_that_command_exists():
+    if (ROOT / "project" / "management" / "commands" / "release.py").exists():
+        assert commands.RELEASE == [["python", "manage.py", "release"]], "switch deploy/commands.py, compose.yaml and the Procfile"
+    else:
+        assert commands.RELEASE == [["python", "manage.py", "migrate", "--no-input"], ["python", "manage.py", "sync_schedules"]]
