@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from project import embedded, env
+from project import connections, embedded, env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PRODUCTION = env.is_production()
@@ -156,6 +156,8 @@ AUTH_RATE_LIMIT = env.get_int("AUTH_RATE_LIMIT", 10, minimum=1)
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) ---------------
 CELERY_BROKER_URL = _kombu_url(REDIS_URL)
+# rediss://: verify the server's certificate as redis-py does (project/connections.py).
+CELERY_BROKER_USE_SSL = connections.broker_ssl(REDIS_URL)
 # Jobs never use a result backend: the row in PostgreSQL is the result (nothing grows in Redis).
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

@@ -8,6 +8,7 @@ REVOKED (a job cancelled while it ran), while PostgreSQL keeps the record.
 from __future__ import annotations
 
 import base64
+import secrets
 import json
 import os
 import re
@@ -33,15 +34,14 @@ HEADERS = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
 
 @pytest.fixture
 def flower(live):  # the base URL of a running Flower
-    """The Procfile's `flower` line (`python -m celery -A project flower ...`) on a free loopback
-    port, in its own session; the whole group is stopped by its pid afterwards."""
+    """The Procfile's `flower` line (`python manage.py flower`, which becomes `celery -A project
+    flower ...` on 127.0.0.1) on a free port, in its own session; stopped by its pid afterwards."""
     port = free_port()
     log_path = Path(os.environ["CONVEYOR_DATA"]) / f"flower-{port}.log"
-    argv = procfile_command("flower", FLOWER_PORT=str(port))
-    assert argv[:5] == [sys.executable, "-m", "celery", "-A", "project"] and "flower" in argv, argv
-    assert "--address=127.0.0.1" in argv and "--max_tasks=10000" in argv, argv
+    argv = procfile_command("flower")
+    assert argv == [sys.executable, "manage.py", "flower"], argv
     with open(log_path, "wb") as out:
-        process = subprocess.Popen(argv, cwd=ROOT, env=live.env(FLOWER_BASIC_AUTH=AUTH), stdout=out,
+        process = subprocess.Popen(argv, cwd=ROOT, env=live.env(FLOWER_BASIC_AUTH=AUTH, FLOWER_PORT=str(port)), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -198,3 +198,56 @@ def test_a_killed_pool_process_still_gives_its_message_back(live):
     done = wait_job(job.pk, Status.SUCCEEDED, 40)
     assert done.attempt == 2
     wait_for(all_messages_consumed, 10, what="every message to be acked")
+
+
+PRODUCTION = {
+    "CONVEYOR_ENV": "production",
+    "COOKIE_SECRET": secrets.token_urlsafe(48),
+    "JWT_SECRET": secrets.token_urlsafe(48),
+    "ALLOWED_HOSTS": "127.0.0.1",
+}
+
+
+def test_production_flower_refuses_to_start_without_basic_auth(live):
+    # given production without FLOWER_BASIC_AUTH (nor an OAuth provider)
+    env = {k: v for k, v in live.env(**PRODUCTION).items() if not k.startswith("FLOWER_")}
+    # when the Procfile's flower starts
+    done = subprocess.run(procfile_command("flower"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    # then it exits 2 with one line naming the variable, and started nothing
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "FLOWER_BASIC_AUTH is not set" in lines[0], done.stderr
+
+
+def test_production_flower_with_basic_auth_answers_401_without_credentials(live):
+    # given production with FLOWER_BASIC_AUTH, on a free port (loopback by default)
+    port = free_port()
+    env = {**live.env(**PRODUCTION), "FLOWER_BASIC_AUTH": AUTH, "FLOWER_PORT": str(port)}
+    log_path = Path(os.environ["CONVEYOR_DATA"]) / f"flower-prod-{port}.log"
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(procfile_command("flower"), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        def answers() -> int:
+            if process.poll() is not None:
+                raise AssertionError(f"flower exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                return http_get(f"http://127.0.0.1:{port}/api/workers", timeout=2)[0]
+            except OSError:
+                return 0
+        # then it answers 401 without credentials, 200 with them
+        assert wait_for(answers, 60, interval=0.2, what="flower to answer") == 401
+        assert http_get(f"http://127.0.0.1:{port}/api/workers", headers=HEADERS)[0] == 200
+        # and it listens on loopback only (the same pid: manage.py flower became Flower)
+        import psutil
+
+        listening = {c.laddr.ip for c in psutil.Process(process.pid).net_connections() if c.status == psutil.CONN_LISTEN}
+        assert listening == {"127.0.0.1"}, listening
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                kill_tree(process.pid)
+                process.wait(10)

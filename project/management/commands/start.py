@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs import registry
 from jobs.recovery import hand_back
+from project import env as environment
 from project import release, roles
 from project.supervisor import Child, Supervisor
 
@@ -131,7 +132,8 @@ class Command(BaseCommand):
         return wanted
 
     def _host(self) -> str:
-        return "0.0.0.0" if settings.PRODUCTION else "127.0.0.1"
+        """HOST when set (a production test binds loopback), else 0.0.0.0 in production, 127.0.0.1 otherwise."""
+        return environment.get("HOST") or ("0.0.0.0" if settings.PRODUCTION else "127.0.0.1")
 
     def _bind(self, port: int) -> str:
         return f"{self._host()}:{port}"
