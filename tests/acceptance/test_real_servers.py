@@ -4,7 +4,7 @@ deploy/commands.py (the image's and compose's: tests/unit/test_deploy_commands.p
 CONVEYOR_ENV=production and only DATABASE_URL / REDIS_URL pointing at those servers.
 
 The release step twice at the same moment, a server and a worker as separate processes, a chain
-and an event over HTTP with an API token, then a worker restart and a Redis restart (stopped by
+and an event over HTTP with a JWT from POST /auth/token, then a worker restart and a Redis restart (stopped by
 pid, started again on the same port and folder) while a batch of examples.count jobs is enqueued:
 every job succeeds and ran exactly once (one examples_effect row each).
 """
@@ -155,11 +155,20 @@ def test_production_on_real_servers_loses_nothing_across_worker_and_redis_restar
         wait_for(lambda: server.alive() and http_ok(f"http://127.0.0.1:{port}/health/ready"), 60, interval=0.2, what="the server")
         wait_for(lambda: worker.alive() and " ready." in worker.log(), 60, interval=0.2, what="the worker")
 
-        # when a chain and an event go in over HTTP
-        status, chain = call(base, token, "POST", "/chains",
+        # and a JWT for that user, from POST /auth/token (the API token does the rest of the test)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/auth/token", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"email": "ops@example.com", "password": "a-long-password-for-ops"}).encode(),
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            jwt = json.loads(response.read())["access_token"]
+        assert jwt.count(".") == 2
+
+        # when a chain and an event go in over HTTP with that JWT
+        status, chain = call(base, jwt, "POST", "/chains",
                              {"steps": [{"type": "examples.echo", "input": {"hello": "real"}}, {"type": "examples.ping"}]})
         assert status == 201, chain
-        status, event = call(base, token, "POST", "/events", {"name": "order.placed", "data": {"order": 7}, "key": "order-7"})
+        status, event = call(base, jwt, "POST", "/events", {"name": "order.placed", "data": {"order": 7}, "key": "order-7"})
         assert status == 202, event
 
         # then both end: the chain succeeded step after step, every delivery succeeded
