@@ -368,3 +368,72 @@ def redis_crashed_and_emptied() -> Iterator[None]:
     finally:
         start_embedded_redis()
         server.connection_pool.disconnect()
+
+
+# --- An outside fuzzer: schemathesis against a live server's OpenAPI document ------------------------
+
+
+@dataclass
+class FuzzRun:
+    output: str
+    #: API operations tested and test cases generated, as schemathesis' summary counts them.
+    tested: int
+    generated: int
+
+
+def run_schemathesis(
+    schema_url: str, folder: Path, *extra: str, seed: int = 20261123, max_examples: int = 40, time_limit: float = 240
+) -> FuzzRun:
+    """`schemathesis run` with every check, bounded in examples and time, in its own session (its
+    process group is killed if it overruns); fails the test unless it finds nothing."""
+    import pytest
+
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "run", schema_url, *extra,
+        "--checks", "all", "--max-examples", str(max_examples), "--seed", str(seed), "--no-color",
+    ]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "HOME": str(folder)}  # no user config
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=folder, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"schemathesis ran past {time_limit}s:\n{output[-4000:]}")
+    assert process.returncode == 0, output[-8000:]
+    assert "No issues found" in output, output[-4000:]
+    tested = next(line for line in output.splitlines() if line.strip().startswith("Tested:"))
+    generated = next(line for line in output.splitlines() if " generated" in line)
+    return FuzzRun(output, int(tested.split()[-1]), int(generated.split()[0]))
+
+
+# --- Tools from Debian's packages, installed by the test setup where missing ------------------------
+
+APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+# Other sessions may run apt at the same time: wait for dpkg's lock instead of failing at once.
+APT_GET = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-q"]
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of `command`, installed from Debian's `package` when missing (as root, with
+    apt-get; a clean container has no package lists yet, so `update` once if the install fails).
+    Skips the test, saying why, only where it cannot be installed."""
+    import shutil
+
+    import pytest
+
+    found = shutil.which(command)
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{command} is not installed and cannot be installed here (needs root and apt-get: apt-get install {package})")
+    install = subprocess.run([*APT_GET, "install", package], env=APT_ENV, capture_output=True, text=True, timeout=900)
+    if install.returncode != 0:
+        subprocess.run([*APT_GET, "update"], env=APT_ENV, capture_output=True, text=True, timeout=300, check=True)
+        install = subprocess.run([*APT_GET, "install", package], env=APT_ENV, capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, f"apt-get install {package} failed:\n{install.stdout[-2000:]}\n{install.stderr[-2000:]}"
+    found = shutil.which(command)
+    assert found, f"apt-get installed {package} but {command} is not on the PATH"
+    return found

@@ -24,29 +24,6 @@ from tests.support import http_get
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
-APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-# Other sessions may run apt at the same time: wait for dpkg's lock instead of failing at once.
-APT_GET = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-q"]
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """The path of a headless-capable Chromium, installed from Debian's mirrors when missing."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get: apt-get install chromium)")
-    install = subprocess.run([*APT_GET, "install", "chromium"], env=APT_ENV, capture_output=True, text=True, timeout=900)
-    if install.returncode != 0:  # a clean container has no package lists yet
-        subprocess.run([*APT_GET, "update"], env=APT_ENV, capture_output=True, text=True, timeout=300, check=True)
-        install = subprocess.run([*APT_GET, "install", "chromium"], env=APT_ENV, capture_output=True, text=True, timeout=900)
-    assert install.returncode == 0, f"apt-get install chromium failed:\n{install.stdout[-2000:]}\n{install.stderr[-2000:]}"
-    found = shutil.which("chromium")
-    assert found, "apt-get installed chromium but it is not on the PATH"
-    return found
-
-
 def run_chromium(binary: str, url: str, *args: str, timeout: float = 60.0) -> tuple[str, list[str]]:
     """Load `url` in a headless Chromium that can resolve no host but 127.0.0.1; return the DOM
     after the page's JavaScript ran and every URL the page requested (from the browser's net log).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,6 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from jobs.creation import Step, enqueue_step, start_chain
-from tests.acceptance.test_api_docs import APT_ENV, APT_GET, chromium  # noqa: F401 - the session fixture
 from tests.support import wait_chain, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -34,26 +32,8 @@ SCREENS = Path("/tmp/conveyor-screens")
 PASSWORD = "a-long-browser-test-password"
 
 
-@pytest.fixture(scope="session")
-def chromedriver(chromium: str) -> str:  # noqa: F811 - the imported fixture
-    """Debian's chromedriver (the `chromium-driver` package, same version as its chromium)."""
-    found = shutil.which("chromedriver")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromedriver is not installed and cannot be installed here (needs root and apt-get: apt-get install chromium-driver)")
-    install = subprocess.run([*APT_GET, "install", "chromium-driver"], env=APT_ENV, capture_output=True, text=True, timeout=900)
-    if install.returncode != 0:
-        subprocess.run([*APT_GET, "update"], env=APT_ENV, capture_output=True, text=True, timeout=300, check=True)
-        install = subprocess.run([*APT_GET, "install", "chromium-driver"], env=APT_ENV, capture_output=True, text=True, timeout=900)
-    assert install.returncode == 0, f"apt-get install chromium-driver failed:\n{install.stdout[-2000:]}\n{install.stderr[-2000:]}"
-    found = shutil.which("chromedriver")
-    assert found, "apt-get installed chromium-driver but chromedriver is not on the PATH"
-    return found
-
-
 @pytest.fixture
-def browser(chromium: str, chromedriver: str) -> Iterator[object]:  # noqa: F811
+def browser(chromium: str, chromedriver: str) -> Iterator[object]:
     """A selenium WebDriver on a headless Chromium that resolves no host but 127.0.0.1."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

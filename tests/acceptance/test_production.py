@@ -9,12 +9,10 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import support
@@ -162,19 +160,6 @@ def known(env: dict[str, str]) -> dict:
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(line for line in out.stdout.splitlines() if line.startswith("KNOWN "))
     return json.loads(line[len("KNOWN "):])
-
-
-@pytest.fixture
-def empty_database():
-    """The URL of a new, empty database on the session's PostgreSQL; dropped afterwards."""
-    name = f"cv_prod_{uuid.uuid4().hex[:12]}"
-    with connection.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield support.test_database_url().rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def tables(database_url: str) -> set[str]:

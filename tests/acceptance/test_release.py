@@ -11,34 +11,18 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection
 
-from tests import support
 from tests.support import MANAGE, ROOT, Proc, free_port, http_ok, start_servers, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 COOKIE = "Qm9vN3kY2x7Zt0aB1cD4eF5gH6iJ7kL8mN9oP0qR1sT2uV3wX4yZ5aB6cD7eF8gH"
 JWT = "LjYZmSlVSwLiTOrVB7gbj3ZkoTLd2DEM8usLN8XDhYuWW4Slx6EUk9RXSHOXZvyk"
-
-
-@pytest.fixture
-def empty_database():
-    """The URL of a new, empty database on the session's PostgreSQL; dropped afterwards."""
-    name = f"cv_rel_{uuid.uuid4().hex[:12]}"
-    with connection.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield support.test_database_url().rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def process_env(database_url: str, production: bool, **extra: str) -> dict[str, str]:
