@@ -15,7 +15,7 @@ from jobs.schedules import Schedule
 def cleanup(ctx: Context, data: dict) -> dict:
     """Delete finished jobs and chains older than CONVEYOR_RETENTION_DAYS, in batches.
 
-    Old finished rows slow every scan of the jobs table (DESIGN.md, "Where the time goes").
+    Old finished rows slow every scan of the jobs table (docs/architecture.md, "Guarantees").
     """
     from jobs import store
 

@@ -1,5 +1,5 @@
 """The event bus across real processes: `manage.py start` workers on the session's PostgreSQL and
-Redis, no eager mode and no mocks. Each test is one promise of DESIGN.md ("Events", "Guarantees"),
+Redis, no eager mode and no mocks. Each test is one promise of docs/architecture.md ("Events", "Guarantees"),
 checked on rows in PostgreSQL, messages in Redis, HTTP answers and counted side effects.
 
 The subscribers are the demo slice's (examples/subscribers.py): order.placed reaches

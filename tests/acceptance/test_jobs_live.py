@@ -1,5 +1,5 @@
 """Jobs and chains across real processes: `manage.py start` workers on the session's PostgreSQL and
-Redis, no eager mode and no mocks. Each test is one promise of DESIGN.md ("Jobs and chains",
+Redis, no eager mode and no mocks. Each test is one promise of docs/architecture.md ("The path of one job",
 "Guarantees"), checked on rows in PostgreSQL, HTTP answers and counted side effects.
 
 Timings come from tests.support.FAST: a lost worker's lease lapses in 3 s, a lost message is sent
