@@ -51,6 +51,9 @@ DATABASES["claims"] = {
     "OPTIONS": {**DATABASES["default"].get("OPTIONS", {}), "options": "-c synchronous_commit=off"},
     "TEST": {"MIRROR": "default"},
 }
+# The job store prepares the statements of every job's path (jobs/store.py); false behind a
+# pooler that cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
