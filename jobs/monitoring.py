@@ -13,7 +13,9 @@ attempt in what the monitor shows:
   Celery acks without a further event;
 - skipped (a duplicate or stale message: nothing claimed): SUCCESS, result "skipped", no query;
 - lost (the run's lease lapsed; its outcome did not count): FAILURE, `JobFailed("job 12: ...
-  lost its lease")`, logged by the runner.
+  lost its lease")`, logged by the runner;
+- a batch message (several jobs, jobs.publish): SUCCESS, the result one line per job, e.g. "job
+  12 attempt 1/4 succeeded; job 13 skipped"; each job's failure is in its row and the log.
 
 The attempt and a failure's error come with the runner's Outcome: no second read of the row.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from celery import Task
 from celery.exceptions import Ignore
@@ -40,10 +42,24 @@ def reported(run: Callable[..., str]) -> Callable[..., str]:
     """Decorate the bound task `run(self, job_id)`, which returns runner.execute's status."""
 
     @functools.wraps(run)
-    def task(self: Task, job_id: int, *args: Any, **kwargs: Any) -> str:
-        return report(self, int(job_id), run(self, job_id, *args, **kwargs))
+    def task(self: Task, job_id: int, *more_ids: int) -> str:
+        outcome = run(self, job_id, *more_ids)
+        if not more_ids:
+            return report(self, int(job_id), outcome)
+        return "; ".join(describe(int(one), status) for one, status in zip((job_id, *more_ids), outcome, strict=True))
 
     return task
+
+
+def describe(job_id: int, status: str) -> str:
+    """One job's line in a batch message's result."""
+    if status == "skipped":
+        return f"job {job_id} skipped"
+    attempt_no, max_attempts = getattr(status, "attempt", None), getattr(status, "max_attempts", None)
+    attempt = f" attempt {attempt_no}/{max_attempts}" if attempt_no is not None else ""
+    if status in ("failed", "dead"):
+        log.error("job %s%s %s%s", job_id, attempt, status, f": {_last_line(getattr(status, 'error', ''))}")
+    return f"job {job_id}{attempt} {status}"
 
 
 def report(task: Task, job_id: int, status: str) -> str:
@@ -70,9 +86,11 @@ def report(task: Task, job_id: int, status: str) -> str:
 def revoked(task: Task, summary: str) -> None:
     """Send the task's `task-revoked` event (a monitor's REVOKED), as Celery's revoke does.
 
-    Only where the worker sends task events; a broker that is away loses the event, not the job
-    (it is in the row already): logged, not raised."""
-    if not (task.send_events and task.app.conf.worker_send_task_events):
+    Sent whether or not the worker sends task events now (Flower may have turned them on in the
+    main process, which this pool process cannot see); cancellations are rare and an event nobody
+    listens to costs Redis one PUBLISH. A broker that is away loses the event, not the job (it is
+    in the row already): logged, not raised."""
+    if not task.send_events:
         return
     try:
         task.send_event("task-revoked", retry=False, terminated=False, signum=None, expired=False, result=summary)

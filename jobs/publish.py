@@ -6,6 +6,12 @@ Celery app, not the task's module, so the runner's imports never lead back here.
 For monitors (Flower), two message headers describe the job without changing what a worker
 reads: `shadow`, the job type's name (Celery's name of the task in events and logs), and
 `kwargsrepr`, the chain and step (display only: the body's arguments stay `(job_id,)`).
+
+Many jobs of one type published at once (enqueue_many, the relay) share messages: a message's
+arguments are then several job ids, `(id1, id2, ...)`, which one worker claims and runs one after
+the other (jobs.tasks). A batch is split over at least SPREAD messages, so that as many workers
+can take part, with at most PER_MESSAGE ids each. A batch message carries no Celery time limit:
+the runner enforces each job's own (jobs.runner.TimeLimit).
 """
 from __future__ import annotations
 
@@ -22,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("conveyor.publish")
 TASK = "conveyor.run"
 HARD_LIMIT_GRACE = 10  # seconds between the soft time limit (an exception) and the kill
+#: A batch of jobs of one type and queue goes out in at least this many messages (when it has
+#: that many jobs), with at most PER_MESSAGE job ids in one message.
+SPREAD = 16
+PER_MESSAGE = 100
 
 
 class Message(NamedTuple):
@@ -44,8 +54,21 @@ class Message(NamedTuple):
         return f"{{'chain': {self.chain_id}, 'step': {self.chain_index}}}"
 
 
+def batches(messages: Iterable[Message]) -> list[list[Message]]:
+    """The jobs grouped into Celery messages: one job per message up to SPREAD jobs of one
+    (queue, priority, type); beyond, the group split evenly over messages of consecutive jobs."""
+    groups: dict[tuple[str, int, str], list[Message]] = {}
+    for message in messages:
+        groups.setdefault((message.queue, message.priority, message.type), []).append(message)
+    out = []
+    for group in groups.values():
+        size = min(PER_MESSAGE, -(-len(group) // SPREAD))
+        out.extend(group[i : i + size] for i in range(0, len(group), size))
+    return out
+
+
 def publish(messages: Iterable[Message]) -> int:
-    """Send one message per job over one producer connection; return how many were sent.
+    """Send the jobs' messages over one producer connection; return how many jobs were sent.
 
     A failure is logged, not raised: the row is already committed, and the relay publishes it
     again once it is stale (Redis down, or a crash between commit and publish loses nothing).
@@ -58,22 +81,24 @@ def publish(messages: Iterable[Message]) -> int:
             # Fail at once when the broker is away (kombu would retry for seconds per message,
             # stalling the request or the worker that publishes): the relay sends these later.
             producer.connection.ensure_connection(max_retries=0)
-            for message in messages:
-                timeout = _timeout(message.type)
+            for batch in batches(messages):
+                first = batch[0]
+                # One job: Celery's time limits are its own. Several: the runner keeps each one's.
+                timeout = _timeout(first.type) if len(batch) == 1 else None
                 app.send_task(
                     TASK,
-                    (message.job_id,),
-                    shadow=message.type,
-                    kwargsrepr=message.display(),
-                    queue=message.queue,
-                    routing_key=message.queue,
-                    priority=message.priority,
+                    tuple(message.job_id for message in batch),
+                    shadow=first.type,
+                    kwargsrepr=first.display() if len(batch) == 1 else f"{{'jobs': {len(batch)}}}",
+                    queue=first.queue,
+                    routing_key=first.queue,
+                    priority=first.priority,
                     soft_time_limit=timeout,
-                    time_limit=timeout + HARD_LIMIT_GRACE,
+                    time_limit=timeout + HARD_LIMIT_GRACE if timeout else None,
                     producer=producer,
                     retry=False,
                 )
-                sent += 1
+                sent += len(batch)
     except Exception as exc:  # broker away: the relay will publish these rows again
         log.warning("publish failed after %d message(s), the relay will retry: %s", sent, exc)
     return sent

@@ -63,8 +63,11 @@ class Outcome(str):
         return outcome
 
 
-def execute(job_id: int, worker: str) -> Outcome:
-    """Claim and run one job; return what happened (for logs, monitors and tests)."""
+def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
+    """Claim and run one job; return what happened (for logs, monitors and tests).
+
+    `own_time_limit`: the runner enforces the job's time limit even where the pool would (a batch
+    message carries none for Celery to enforce)."""
     try:
         claimed = store.claim(job_id, worker, lease_seconds())
     except (OperationalError, InterfaceError, SoftTimeLimitExceeded) as exc:
@@ -83,12 +86,12 @@ def execute(job_id: int, worker: str) -> Outcome:
     )
     # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
     with telemetry.running(claimed, worker) as run:
-        status, error = _run(ctx, claimed)
+        status, error = _run(ctx, claimed, own_time_limit)
         run.done(status)
     return Outcome(status, ctx.attempt, ctx.max_attempts, error)
 
 
-def _run(ctx: Context, claimed: store.Claimed) -> tuple[str, str]:
+def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> tuple[str, str]:
     """Run the handler and record its outcome: (the status, the error of a failure)."""
     try:
         jt: registry.JobType | None = registry.get(claimed.type)
@@ -97,7 +100,8 @@ def _run(ctx: Context, claimed: store.Claimed) -> tuple[str, str]:
     if jt is not None:
         ctx.lease_deadline = time.monotonic() + jt.timeout + HARD_LIMIT_GRACE
     heartbeat.track(ctx)
-    limit = None if POOL_ENFORCES_TIME_LIMITS or jt is None else TimeLimit(ctx, jt.timeout, jt)
+    enforced_by_pool = POOL_ENFORCES_TIME_LIMITS and not own_time_limit
+    limit = None if enforced_by_pool or jt is None else TimeLimit(ctx, jt.timeout, jt)
     try:
         if jt is None:
             raise registry.InvalidJob(f"unknown job type {claimed.type!r}")

@@ -2,10 +2,17 @@
 are checked around each task."""
 from __future__ import annotations
 
-from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 from django.db import close_old_connections
 
-from jobs import recovery, runner
+from jobs import recovery, runner, telemetry
 
 
 @worker_ready.connect
@@ -25,6 +32,13 @@ def in_a_prefork_pool_process(sender: object = None, **kwargs: object) -> None:
 @worker_shutting_down.connect
 def stop_recovery(sender: object = None, **kwargs: object) -> None:
     recovery.stop()
+    telemetry.runs.flush()
+
+
+@worker_process_shutdown.connect
+def send_last_metrics(sender: object = None, **kwargs: object) -> None:
+    """A prefork pool process ends without atexit: its runs' last increments go now."""
+    telemetry.runs.flush()
 
 
 @task_prerun.connect

@@ -15,6 +15,11 @@ not wait for the WAL flush (synchronous_commit=off): losing one in a crash only 
 claimed or published again. Outcomes go through `default`, durable, inside the caller's
 transaction where the caller has one.
 
+The statements of every job's path (insert, claim, heartbeat, outcome) are prepared: sent with
+server-side parameters and planned once per connection (`prepared`), where Django's cursors would
+have PostgreSQL parse and plan each one again. Set DATABASE_PREPARED=false behind a pooler that
+cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+
 Rows come back as named tuples.
 """
 from __future__ import annotations
@@ -23,6 +28,11 @@ import datetime as dt
 import json
 from typing import Any, NamedTuple, Sequence
 
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from django.conf import settings
 from django.db import connections
 
 from jobs.models import Chain, ChainStatus, Job
@@ -91,6 +101,38 @@ def text(value: str) -> str:
     return value.replace("\x00", "\\x00")
 
 
+@contextmanager
+def prepared(alias: str = "default") -> Iterator[Any]:
+    """A cursor of Django's connection `alias` (its transaction, its errors as Django's) whose
+    `execute(sql, params)` binds the parameters server-side and prepares the statement."""
+    if not settings.DATABASE_PREPARED:
+        with connections[alias].cursor() as cursor:
+            yield cursor
+        return
+    conn = connections[alias]
+    conn.ensure_connection()
+    conn.validate_no_broken_transaction()
+    pg = conn.connection
+    if pg.prepare_threshold is None:  # Django turns preparing off: on only when asked (prepare=True)
+        pg.prepare_threshold = 2**31 - 1
+    with conn.wrap_database_errors, psycopg.Cursor(pg) as cursor:
+        yield _Prepared(cursor)
+
+
+class _Prepared:
+    def __init__(self, cursor: psycopg.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any]) -> None:
+        self._cursor.execute(sql, params, prepare=True)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+
 def _messages(cursor: Any) -> list[Message]:
     return [Message._make(row) for row in cursor.fetchall()]
 
@@ -137,7 +179,7 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
         [job.parent_id for job in jobs],
         [job.run_after for job in jobs],
     ]
-    with connections["default"].cursor() as cursor:
+    with prepared() as cursor:
         cursor.execute(INSERT_SQL, columns)
         rows = cursor.fetchall()
     # RETURNING follows the insert order; skipped rows are missing, known by their keys.
@@ -176,7 +218,7 @@ RETURNING id, type, input, attempt, max_attempts, chain_id, chain_index, parent_
 
 def claim(job_id: int, worker: str, lease_seconds: float) -> Claimed | None:
     """Take the row for one attempt, or None: locked, finished, cancelled or not yet due."""
-    with connections[CLAIMS].cursor() as cursor:
+    with prepared(CLAIMS) as cursor:
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id])
         row = cursor.fetchone()
     if row is None:
@@ -198,7 +240,7 @@ RETURNING j.id, j.attempt, j.cancel_requested
 def heartbeat(runs: list[tuple[int, int]], lease_seconds: float) -> list[Beat]:
     """Extend the leases of these (job id, attempt) runs; a run missing from the answer has lost
     its row (reaped, handed back, or claimed again by another worker)."""
-    with connections[CLAIMS].cursor() as cursor:
+    with prepared(CLAIMS) as cursor:
         cursor.execute(HEARTBEAT_SQL, [lease_seconds, [r[0] for r in runs], [r[1] for r in runs]])
         return [Beat._make(row) for row in cursor.fetchall()]
 
@@ -235,7 +277,7 @@ def succeed(job_id: int, attempt: int, output_json: str, chain_id: int | None = 
     """Record attempt `attempt`'s success, its output given as JSON text (None: the attempt lost
     its lease, nothing recorded). In a chain, the chain's row is locked in the same round trip
     and its plan returned."""
-    with connections["default"].cursor() as cursor:
+    with prepared() as cursor:
         if chain_id is None:
             cursor.execute(SUCCEED_SQL, [output_json, job_id, attempt])
         else:
@@ -261,7 +303,7 @@ RETURNING id, type, status, chain_id
 
 def fail(job_id: int, attempt: int, error: str, delay: float) -> Ended | None:
     """Record a failed attempt: retried after `delay` seconds, dead, or cancelled (ENDED)."""
-    with connections["default"].cursor() as cursor:
+    with prepared() as cursor:
         cursor.execute(FAIL_SQL, [delay, text(error)[-10_000:], job_id, attempt])
         row = cursor.fetchone()
     return None if row is None else Ended._make(row)

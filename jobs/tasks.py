@@ -36,13 +36,22 @@ CLAIM_BACKOFF_START, CLAIM_BACKOFF_MAX = 0.2, 2.0
 @shared_task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              acks_on_failure=True, throws=(JobFailed,))
 @reported
-def run_job(self, job_id: int) -> str:  # noqa: ANN001 - Celery's bound task
+def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN001 - Celery's bound task
+    """Run the job a message names; a batch message names several, run one after the other
+    (each claimed when its turn comes, so a job not yet started is still the others' to take
+    when its message is redelivered or relayed)."""
     worker = store.worker_name(self.request.hostname, os.getpid(), INSTANCE)
+    if not more_ids:
+        return claim_and_run(self, job_id, worker, own_time_limit=False)
+    return [claim_and_run(self, one, worker, own_time_limit=True) for one in (job_id, *more_ids)]
+
+
+def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool) -> str:  # noqa: ANN001 - Celery's bound task
     deadline = time.monotonic() + claim_patience(self.request.timelimit)
     delay, failures = CLAIM_BACKOFF_START, 0
     while True:
         try:
-            return runner.execute(int(job_id), worker)
+            return runner.execute(int(job_id), worker, own_time_limit)
         except runner.ClaimFailed as exc:
             error = exc
         failures += 1

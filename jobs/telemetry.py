@@ -5,10 +5,12 @@ field is a JSON list of label values (a histogram's ends with the bucket's upper
 "count"), incremented with HINCRBY / HINCRBYFLOAT. Every gunicorn worker, Celery pool process and
 host adds to the same hashes, so whichever server Prometheus scrapes renders the whole
 deployment's counts (project/metrics.py); prometheus_client's multiprocess mode would only see
-one host's files. Increments are sent after the outcome's commit, in one pipelined round trip,
-and a failure is logged (at most once a minute per process), never raised: metrics must not
-cost a job its outcome. A Redis that restarts empty resets the counters, which Prometheus'
-rate() reads as a counter reset.
+one host's files. Increments are sent after the outcome's commit, in one pipelined round trip;
+a run's increments are sent at once when the process sent none in the last FLUSH_SECONDS, else
+merged with the next ones and sent by a timer at most FLUSH_SECONDS later (and at the process's
+exit), so a busy worker makes a few round trips a second, not one per job. A failure is logged
+(at most once a minute per process), never raised: metrics must not cost a job its outcome. A Redis that
+restarts empty resets the counters, which Prometheus' rate() reads as a counter reset.
 
 The run's identity (job, chain, type, queue, attempt, worker) is also kept in a contextvar while
 the runner runs it (`running`), for the log filter of project/logs.py.
@@ -18,6 +20,7 @@ configuration import this module.
 """
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
@@ -93,6 +96,12 @@ class Batch:
         self.floats[key] = self.floats.get(key, 0.0) + seconds
         return self
 
+    def merge(self, other: Batch) -> None:
+        for key, n in other.ints.items():
+            self.ints[key] = self.ints.get(key, 0) + n
+        for key, value in other.floats.items():
+            self.floats[key] = self.floats.get(key, 0.0) + value
+
     def send(self) -> None:
         """One round trip; a failure is logged (rate-limited), never raised."""
         if not (self.ints or self.floats):
@@ -151,8 +160,50 @@ class Run:
         if kind is not None:
             batch.count("jobs_finished", claimed.type, kind)
             batch.observe("job_run_seconds", time.monotonic() - self.started, claimed.type)
-        batch.send()
+        runs.add(batch)
         return outcome
+
+
+#: A run's increments wait at most this long for the next runs' before they are sent.
+FLUSH_SECONDS = 0.25
+
+
+class Coalesced:
+    """Runs' increments of this process, sent together: at once after a quiet FLUSH_SECONDS,
+    otherwise by a timer when it has passed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = Batch()
+        self._last = 0.0
+        self._timer: threading.Timer | None = None
+        self._pid = 0
+
+    def add(self, batch: Batch) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's pending increments are its own
+                self._pending, self._timer, self._last, self._pid = Batch(), None, 0.0, os.getpid()
+            self._pending.merge(batch)
+            wait = self._last + FLUSH_SECONDS - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, Batch()
+            self._timer, self._last = None, time.monotonic()
+            if self._pid != os.getpid():
+                return
+        pending.send()
+
+
+runs = Coalesced()
+atexit.register(runs.flush)
 
 
 @contextmanager

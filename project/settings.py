@@ -51,6 +51,9 @@ DATABASES["claims"] = {
     "OPTIONS": {**DATABASES["default"].get("OPTIONS", {}), "options": "-c synchronous_commit=off"},
     "TEST": {"MIRROR": "default"},
 }
+# The job store prepares the statements of every job's path (jobs/store.py); false behind a
+# pooler that cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
@@ -189,10 +192,12 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # them around every task otherwise: a new PostgreSQL backend per job); jobs.signals drops the
 # broken or expired ones after each task, as Django does after each request.
 CELERY_DB_REUSE_MAX = 1_000_000
-# Task events for Flower (received, started, succeeded...). Not the "sent" event: it would cost
-# every publish, chain handoffs included, one more Redis round trip, and the row already says
-# when a job was enqueued.
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Task events (received, started, succeeded...) are for Flower, and cost every job a Redis publish:
+# off unless TASK_EVENTS=true. Flower turns them on in the running workers itself (`manage.py
+# flower` at once, then Flower every 2 s, Celery's `enable_events`), and workers started later
+# get them within that interval. Never the "sent" event: it would cost every publish, chain
+# handoffs included, one more Redis round trip, and the row already says when a job was enqueued.
+CELERY_WORKER_SEND_TASK_EVENTS = env.get_bool("TASK_EVENTS", False)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

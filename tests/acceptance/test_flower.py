@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,19 @@ def final(base: str, job_id: int, state: str) -> dict:
     return flower_json(f"{base}/api/task/info/{task['uuid']}")
 
 
+def shown_ping(base: str, attempts: int = 10) -> int:
+    """Enqueue pings until Flower shows one as SUCCESS (the worker's task events are on); its id."""
+    for _ in range(attempts):
+        ping = enqueue("examples.ping", {})
+        wait_job(ping.pk, Status.SUCCEEDED, 30)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if any(t["state"] == "SUCCESS" for t in tasks_of(base, ping.pk)):
+                return ping.pk
+            time.sleep(0.2)
+    raise AssertionError(f"flower showed none of {attempts} pings: the worker's task events stayed off")
+
+
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(live, flower, pool):
     # given a platform worker, and a Flower that already receives its events (its Prometheus
@@ -101,6 +115,10 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     live.start("--pool", pool, "--concurrency", "2", mode="worker", name="flower-worker")
     wait_for(lambda: b"flower_worker_online{worker=\"flower-worker@test\"} 1.0" in http_get(f"{flower}/metrics")[1],
              30, interval=0.5, what="flower to receive the worker's heartbeat events")
+    # and the worker, started without task events (TASK_EVENTS is off), sends them once Flower
+    # asked for them (every 2 s): a ping run after that shows in Flower
+    assert "task events: OFF" in live.procs[0].log()
+    shown_ping(flower)
 
     # when a job succeeds, in a chain of two steps
     chain = start_chain([Step("examples.echo", {"hello": "flower"}), Step("examples.ping", {})])

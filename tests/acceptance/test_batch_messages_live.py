@@ -1,0 +1,109 @@
+"""Many jobs of one type share Celery messages (jobs.publish.batches): a bulk enqueue goes out in
+SPREAD messages of several job ids each, which a real `manage.py start` worker runs one after the
+other. Each job still runs once, a pool process killed in the middle of a batch loses nothing,
+and each job's time limit holds inside a batch on the prefork pool (where the message carries no
+Celery time limit). The session's PostgreSQL and Redis; tests.support.FAST (leases of 3 s).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+from collections import Counter
+
+import pytest
+
+from examples.models import Effect
+from jobs import Step, enqueue_many, publish
+from jobs.models import Job, Status
+from tests.support import all_messages_consumed, redis_client, wait_for, wait_job
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+GRACE = ("--grace", "5")
+
+
+def waiting_messages(queue: str) -> list[tuple[int, ...]]:
+    """The job ids of each message waiting in `queue`'s Redis lists (kombu's JSON envelope, the
+    body base64-encoded JSON `[args, kwargs, embed]`)."""
+    client = redis_client()
+    found = []
+    for priority in range(10):
+        for raw in client.lrange(queue if priority == 0 else f"{queue}:{priority}", 0, -1):
+            envelope = json.loads(raw)
+            body = envelope["body"]
+            if envelope["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args, _kwargs, _embed = json.loads(body)
+            found.append(tuple(args))
+    return found
+
+
+def statuses(ids: list[int]) -> Counter:
+    return Counter(Job.objects.filter(pk__in=ids).values_list("status", flat=True))
+
+
+def all_succeeded(ids: list[int]) -> bool:
+    return statuses(ids) == Counter({Status.SUCCEEDED: len(ids)})
+
+
+def test_a_bulk_enqueue_goes_out_in_spread_messages_and_each_job_runs_once(live):
+    # given 200 jobs of one type enqueued at once, before any worker runs
+    jobs = enqueue_many([Step("examples.count", {}) for _ in range(200)])
+    ids = [job.pk for job in jobs]
+
+    # then they wait in SPREAD messages of 13 ids at most, every job in exactly one, in order
+    messages = waiting_messages("default")
+    assert len(messages) == publish.SPREAD == 16
+    assert max(len(m) for m in messages) == 13
+    assert sorted(i for m in messages for i in m) == ids
+
+    # when a prefork worker of two processes takes them
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "2", mode="worker", name="batch-worker")
+    wait_for(lambda: all_succeeded(ids), 60, what="the 200 jobs to succeed")
+
+    # then each ran once, on its first attempt, and every message was acked
+    assert Counter(Effect.objects.filter(job_id__in=ids).values_list("job_id", flat=True)) == Counter({i: 1 for i in ids})
+    assert set(Job.objects.filter(pk__in=ids).values_list("attempt", flat=True)) == {1}
+    wait_for(all_messages_consumed, 10, what="every message to be acked")
+    # and both pool processes took part
+    assert len(set(Effect.objects.filter(job_id__in=ids).values_list("worker_pid", flat=True))) == 2
+
+
+def test_a_pool_process_killed_in_the_middle_of_a_batch_loses_nothing_and_runs_nothing_twice(live, monkeypatch):
+    # given eight half-second jobs in one message (SPREAD 1 for this publisher)
+    monkeypatch.setattr(publish, "SPREAD", 1)
+    ids = [job.pk for job in enqueue_many([Step("examples.count", {"sleep": 0.5}) for _ in range(8)])]
+    assert waiting_messages("default") == [tuple(ids)]
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="killed-batch-worker")
+
+    # when its pool process is killed after three of them, in the middle of the fourth
+    wait_for(lambda: Effect.objects.filter(job_id__in=ids).count() >= 3, 30, what="three jobs of the batch to run")
+    pid = Effect.objects.filter(job_id__in=ids).values_list("worker_pid", flat=True).first()
+    os.kill(pid, signal.SIGKILL)
+
+    # then every job of the batch ends succeeded (the message came back; the killed run's lease
+    # lapsed and its job ran again), each with one recorded run
+    wait_for(lambda: all_succeeded(ids), 60, what=f"the batch to succeed ({statuses(ids)})")
+    effects = Counter(Effect.objects.filter(job_id__in=ids).values_list("job_id", flat=True))
+    assert effects == Counter({i: 1 for i in ids}), effects
+    attempts = dict(Job.objects.filter(pk__in=ids).values_list("id", "attempt"))
+    assert set(attempts.values()) <= {1, 2} and list(attempts.values()).count(2) <= 1, attempts
+    wait_for(all_messages_consumed, 15, what="every message to be acked")
+
+
+def test_each_job_keeps_its_time_limit_inside_a_batch_on_the_prefork_pool(live, monkeypatch):
+    # given, in one message, a job that runs past its 2 s limit, then a quick one
+    monkeypatch.setattr(publish, "SPREAD", 1)
+    hang, after = enqueue_many([Step("examples.hang", {"seconds": 30}), Step("examples.hang", {"seconds": 0})])
+    assert waiting_messages("default") == [(hang.pk, after.pk)]
+
+    # when a prefork worker runs the message
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="limit-batch-worker")
+
+    # then the first is stopped at its limit (dead: no retries), and the second runs after it
+    dead = wait_job(hang.pk, Status.DEAD, 20)
+    assert dead.attempt == 1 and "timeout" in dead.error
+    wait_job(after.pk, Status.SUCCEEDED, 20)
+    assert Effect.objects.filter(job_id=hang.pk).count() == 1
