@@ -28,6 +28,9 @@ class Context:
     #: time.monotonic() after which the heartbeat stops extending the lease (timeout + grace):
     #: a run stuck past its time limit loses the job to the reaper instead of holding it forever.
     lease_deadline: float = float("inf")
+    #: False when the run knows its type's on_finish hook has nothing to do after a success (an
+    #: unkeyed event's delivery holds no lane): the outcome is then one statement, no transaction.
+    finish_hook_needed: bool = True
 
     def continue_with(self, type: str, input: dict[str, Any] | None = None) -> None:  # noqa: A002 - the API's names
         """After this handler succeeds, run `type` as the next step of the chain.

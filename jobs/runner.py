@@ -153,7 +153,7 @@ def _record(ctx: Context, write: Callable[[], str]) -> str:
 
 
 def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
-    hook = jt.on_finish
+    hook = jt.on_finish if ctx.finish_hook_needed else None
     if not (ctx.chain_id is not None or ctx.continuations or hook):
         # The common case: one statement in autocommit.
         done = store.succeed(ctx.job_id, ctx.attempt, output_json)

@@ -181,6 +181,8 @@ def handler(subscriber: Callable[..., Any], name: str) -> Callable[[Context, dic
             event = Event.objects.get(pk=data["event"])
         except Event.DoesNotExist:
             raise LookupError(f"event {data['event']} no longer exists (deleted by retention?)") from None
+        # An unkeyed event's delivery never holds a lane: its success has nothing to hand on.
+        ctx.finish_hook_needed = event.key is not None
         return subscriber(ctx, EventData(event.pk, event.name, event.data, event.key))
 
     deliver.__qualname__ = deliver.__name__ = f"deliver_{name}"
