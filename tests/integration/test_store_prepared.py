@@ -1,0 +1,62 @@
+"""The job path's statements are prepared on their connection (jobs.store.prepared), on the session's
+real PostgreSQL: planned once per connection, their errors Django's, inside Django's transactions;
+and DATABASE_PREPARED=false takes Django's own cursors."""
+from __future__ import annotations
+
+import pytest
+from django.db import DataError, connections, transaction
+
+from jobs import enqueue, runner, store
+from jobs.models import Job, Status
+from tests.support import redis_client
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture(autouse=True)
+def empty_redis():
+    redis_client().flushall()
+    yield
+    redis_client().flushall()
+
+
+def prepared_statements(alias: str, like: str) -> int:
+    """Statements prepared in this process's session on `alias` whose text matches `like`."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", [like])
+        return cursor.fetchone()[0]
+
+
+def test_the_claim_and_the_outcome_are_prepared_once_per_connection():
+    for _ in range(3):
+        job = enqueue("examples.echo", {"n": 1})
+        assert runner.execute(job.pk, "node@test/1") == Status.SUCCEEDED
+    # one prepared claim on `claims`, one prepared success and one insert on `default`, reused
+    assert prepared_statements(store.CLAIMS, "%SET status = 'running', attempt = attempt + 1%") == 1
+    assert prepared_statements("default", "%output = $%::jsonb%") == 1
+    assert prepared_statements("default", "%INSERT INTO jobs_job%unnest%") == 1
+
+
+def test_without_prepared_statements_the_same_path_runs_on_django_cursors(settings):
+    settings.DATABASE_PREPARED = False
+    for alias in ("default", store.CLAIMS):
+        connections[alias].close()  # a fresh session: nothing prepared yet
+    job = enqueue("examples.echo", {"n": 2})
+    assert runner.execute(job.pk, "node@test/1") == Status.SUCCEEDED
+    assert Job.objects.get(pk=job.pk).output == {"n": 2}
+    assert prepared_statements(store.CLAIMS, "%jobs_job%") == 0
+    assert prepared_statements("default", "%jobs_job%") == 0
+
+
+def test_an_error_in_a_prepared_statement_is_django_s_and_rolls_back_its_transaction():
+    job = enqueue("examples.echo", {})
+    claimed = store.claim(job.pk, "node@test/1", 30)
+    assert claimed is not None
+    # when the outcome statement fails inside a transaction (output that is not JSON)
+    with pytest.raises(DataError):
+        with transaction.atomic():
+            store.succeed(job.pk, claimed.attempt, "not json")
+    # then nothing was recorded, and the connection goes on working for the right outcome
+    assert Job.objects.get(pk=job.pk).status == Status.RUNNING
+    assert store.succeed(job.pk, claimed.attempt, '{"ok": true}') is not None
+    assert Job.objects.get(pk=job.pk).status == Status.SUCCEEDED
