@@ -5,11 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: run test bench lint clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt bench/requirements.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or make PY=python3)"; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r bench/requirements.txt
 	touch $@
 
 .venv: $(VENV)/.installed

@@ -1,8 +1,11 @@
 """A bare Celery app for the benchmarks' baseline: no Django, no database, no Conveyor.
 
-Its configuration is Conveyor's own Celery configuration (broker URL and transport options, JSON,
-acks_late, prefetch 1, no result backend, task events), handed over by the benchmark as JSON in
-BENCH_BARE_CONFIG, so both sides run with the same broker settings. Its worker is started as
+Two baselines share it. Its worker's configuration is handed over by the benchmark as JSON in
+BENCH_BARE_CONFIG: either Conveyor's own Celery configuration (broker URL and transport options,
+JSON, acks_late, prefetch 1, no result backend), so both sides run with the same broker settings,
+or only the broker URL: Celery's defaults, what a user would run instead. The benchmark publishes
+through `app` (configured like Conveyor) or `defaults_app` (Celery's defaults). Its worker is
+started as
 
     python -m celery -A bench.bare worker --queues Q --pool prefork --concurrency 2 ...
 
@@ -22,6 +25,7 @@ CONFIG_ENV = "BENCH_BARE_CONFIG"
 
 # Queues of the bare side, apart from Conveyor's (`default`, `notifications`).
 QUEUE = "bench-bare"
+QUEUE_DEFAULTS = "bench-bare-defaults"
 QUEUE_A = "bench-bare-a"
 QUEUE_B = "bench-bare-b"
 
@@ -57,10 +61,17 @@ def redis_client() -> Any:
     return _client
 
 
-@app.task(name="bench.noop", ignore_result=True)
-def noop() -> None:
+def _noop() -> None:
     """The no-op job; the INCR is how the benchmark sees it done."""
     redis_client().incr(DONE_KEY)
+
+
+noop = app.task(name="bench.noop", ignore_result=True)(_noop)
+
+# The publishing side of the Celery-defaults baseline (its worker is this module's `app`, started
+# with only the broker URL in BENCH_BARE_CONFIG).
+defaults_app = Celery("bench-bare-defaults", set_as_current=False)
+noop_defaults = defaults_app.task(name="bench.noop", ignore_result=True)(_noop)
 
 
 @app.task(name="bench.hop_a", ignore_result=True)

@@ -394,6 +394,13 @@ def report(
         else "GET /health/ready (PostgreSQL + Redis round trip)"
     )
     split, shared = results[1].scenario, results[2].scenario
+    loaded_p99 = percentile(results[1].latencies, 0.99)
+    ratio = loaded_p99 / idle_p99
+    target = (
+        "HTTP p99 under saturated workers (split) <= 1.2x idle",
+        f"{ratio:.2f}x ({loaded_p99:.1f} / {idle_p99:.1f} ms)",
+        "met" if ratio <= 1.2 else "MISSED",
+    )
     out = [
         f"{PROG}: {args.requests:,} requests per scenario to {endpoint}, "
         + (f"paced at {args.rate:g}/s over " if args.rate else "back to back from ")
@@ -401,6 +408,8 @@ def report(
         f"               no bare Celery baseline: bare Celery has no HTTP server; ratios are to the idle run. {machine}",
         "",
         *table(header, rows),
+        "",
+        *table(("target (issue 14)", "measured", ""), [target]),
         "",
         f"idle, split and loaded, split: manage.py start --cluster 2 --servers 1 --workers 1 = {split.processes}",
         f"loaded, shared: manage.py start {' '.join(shared.argv)}{' (WORKER_MODE=shared)' if shared.env else ''} = {shared.processes}: "

@@ -66,10 +66,10 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    def wait_ready(self, proc: Proc, timeout: float = 90.0) -> None:
-        """A Celery worker logs `... ready.` once it consumes."""
+    def wait_ready(self, proc: Proc, timeout: float = 90.0, marker: str = " ready.") -> None:
+        """A Celery worker logs `... ready.` once it consumes (other workers: their own `marker`)."""
         deadline = time.monotonic() + timeout
-        while " ready." not in proc.log():
+        while marker not in proc.log():
             if not proc.alive():
                 raise BenchError(f"{proc.name} exited with {proc.process.returncode}:\n{tail(proc.log())}")
             if time.monotonic() > deadline:
@@ -156,6 +156,115 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, procs: 
         time.sleep(POLL)
 
 
+# --- Where the CPU goes: client, workers, PostgreSQL, Redis ----------------------------------------
+
+
+def _tree(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used by a process, its live descendants and the children they reaped."""
+    import psutil
+
+    total = 0.0
+    for process in _tree(pid):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and its descendants, in bytes."""
+    import psutil
+
+    total = 0
+    for process in _tree(pid):
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+_postmaster: int | None = -1
+
+
+def postmaster_pid() -> int | None:
+    """The PostgreSQL server's pid when it runs on this machine (our backend's parent), else None."""
+    global _postmaster
+    if _postmaster == -1:
+        import psutil
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        try:
+            _postmaster = psutil.Process(backend).ppid()
+        except psutil.Error:
+            _postmaster = None  # another machine (or a container): its CPU is not ours to read
+    return _postmaster
+
+
+def redis_cpu() -> float:
+    """CPU seconds the Redis server has used (its own INFO: works for a remote one too)."""
+    info = redis_client().info("cpu")
+    return sum(float(info.get(key, 0.0)) for key in ("used_cpu_sys", "used_cpu_user", "used_cpu_sys_children", "used_cpu_user_children"))
+
+
+SIDES = ("client", "workers", "PostgreSQL", "Redis")
+
+
+@dataclass
+class Cpu:
+    """CPU seconds per side over one measured run (client: the publishing process, publish only)."""
+
+    client: float = 0.0
+    workers: float = 0.0
+    postgres: float | None = 0.0
+    redis: float = 0.0
+
+    def per_item_ms(self, n: int) -> str:
+        """`0.27 / 0.57 / 0.00 / 0.07`: ms of CPU per job on each side."""
+        pg = "-" if self.postgres is None else f"{self.postgres * 1000 / n:.2f}"
+        return f"{self.client * 1000 / n:.2f} / {self.workers * 1000 / n:.2f} / {pg} / {self.redis * 1000 / n:.2f}"
+
+
+class CpuMeter:
+    """`start()` before the first publish, `published()` after the last, `stop()` when all is done."""
+
+    def __init__(self, workers: list[Proc]) -> None:
+        self.pids = [proc.process.pid for proc in workers]
+
+    def _servers(self) -> tuple[float, float | None, float]:
+        workers = sum(tree_cpu(pid) for pid in self.pids)
+        postmaster = postmaster_pid()
+        return workers, (tree_cpu(postmaster) if postmaster else None), redis_cpu()
+
+    def start(self) -> None:
+        self.client0 = time.process_time()
+        self.client = 0.0
+        self.servers0 = self._servers()
+
+    def published(self) -> None:
+        self.client = time.process_time() - self.client0
+
+    def stop(self) -> Cpu:
+        workers, postgres, redis = self._servers()
+        w0, p0, r0 = self.servers0
+        return Cpu(self.client, workers - w0, None if postgres is None or p0 is None else postgres - p0, redis - r0)
+
+
 # --- Setup --------------------------------------------------------------------------------------
 
 
@@ -207,6 +316,16 @@ def bare_config() -> dict[str, Any]:
             if key.startswith("beat_") or key == "visibility_timeout":  # beat's; Conveyor's own
                 continue
             config[key] = getattr(settings, name)
+    return config
+
+
+def bare_defaults_config() -> dict[str, Any]:
+    """Celery's own defaults, only pointed at the same broker: what a user would run instead."""
+    from django.conf import settings
+
+    config: dict[str, Any] = {"broker_url": settings.CELERY_BROKER_URL}
+    if getattr(settings, "CELERY_BROKER_USE_SSL", None):
+        config["broker_use_ssl"] = settings.CELERY_BROKER_USE_SSL
     return config
 
 
@@ -405,7 +524,7 @@ def cleanup(servers: list[Any]) -> None:
 def _celery_apps() -> list[Any]:
     apps = []
     if "bench.bare" in sys.modules:
-        apps.append(sys.modules["bench.bare"].app)
+        apps += [sys.modules["bench.bare"].app, sys.modules["bench.bare"].defaults_app]
     if "project.celery" in sys.modules:
         apps.append(sys.modules["project.celery"].app)
     return apps

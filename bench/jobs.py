@@ -1,39 +1,47 @@
-"""`python -m bench.jobs`: Conveyor's jobs against bare Celery on the same Redis, in one run.
+"""`python -m bench.jobs`: Conveyor's jobs against the Celery a user would otherwise run, in one run.
 
-    python -m bench.jobs                          5,000 jobs, 300 chains, prefork pool x2
-    python -m bench.jobs --jobs 500 --chains 50   a quick run (well under a minute)
-    python -m bench.jobs --events 0               without the events phase
+    python -m bench.jobs                          5,000 jobs, 300 chains, 2,000 events, 100,000 for memory
+    python -m bench.jobs --jobs 500 --chains 50 --events 200 --memory-jobs 10000   a quick run
+    python -m bench.jobs --events 0 --memory-jobs 0                               throughput and handoff only
 
-Two phases, each with its own workers (started here with the same pool and concurrency, stopped
-at the end of the phase), the two sides interleaved round by round so that load from elsewhere
-on the machine falls on both alike:
-1. Throughput. Bare Celery: N no-op tasks (a Redis INCR each: how completion is counted)
-   published one by one to a `celery worker` of the bare app (bench/bare.py) configured with
-   Conveyor's own Celery settings. Conveyor: N `examples.echo` jobs (a durable row each) enqueued
-   one by one with jobs.enqueue, then N with jobs.enqueue_many (batches of --batch), run by
-   `manage.py start` in WORKER_MODE=worker; done when COUNT(succeeded rows) = N.
-2. Handoff. Conveyor: --chains chains examples.echo (queue default) -> examples.ping (queue
+Four phases, each with its own workers (started here with the same pool and concurrency, stopped
+at the end of the phase), the sides interleaved round by round so that load from elsewhere on the
+machine falls on all alike:
+1. Throughput. Bare Celery twice: N no-op tasks (a Redis INCR each: how completion is counted)
+   published one by one to a `celery worker` of the bare app (bench/bare.py) with Celery's own
+   defaults (only the broker URL: what a user would run instead, and the base of every ratio),
+   and with Conveyor's Celery settings (prefetch 1, late acks, its transport options). Conveyor:
+   N `examples.echo` jobs (a durable row each) enqueued one by one with jobs.enqueue, then N with
+   jobs.enqueue_many (batches of --batch), run by `manage.py start` in WORKER_MODE=worker; done
+   when COUNT(succeeded rows) = N. Procrastinate (bench/procra.py, pinned in
+   bench/requirements.txt; skipped with a line when not installed): N no-op tasks deferred one
+   by one, then with batch_defer, on the same PostgreSQL, one worker process per pool process.
+2. Events (--events N, default 2000; 0 skips it). Conveyor: N `bench.fanout` events emitted one
+   by one with subscribers.emit; each has three no-op subscribers (bench.fanout-1/2/3, queue
+   default), so three deliveries, each a job; done when all 3N `deliver:bench.fanout-*` rows
+   succeeded. Bare Celery (defaults): the equivalent fan-out, three no-op tasks per event.
+3. Handoff. Conveyor: --chains chains examples.echo (queue default) -> examples.ping (queue
    notifications), one worker per queue; handoff = step 2 started_at - step 1 finished_at (DB
-   timestamps). Bare Celery: a task on queue A publishes a task on queue B, one worker per queue;
-   handoff = B's start - A's end (time.time(), stored in Redis). Starts are paced
+   timestamps). Bare Celery (defaults): a task on queue A publishes a task on queue B, one worker
+   per queue; handoff = B's start - A's end (time.time(), stored in Redis). Starts are paced
    (--chain-interval), so this is latency at light load, not under a backlog.
-3. Events (--events N, default 2000; 0 skips it), run between 1 and 2. Conveyor: N
-   `bench.fanout` events emitted one by one with subscribers.emit; each has three no-op
-   subscribers (bench.fanout-1/2/3, queue default), so three deliveries, each a job, run by one
-   `manage.py start` worker; done when all 3N `deliver:bench.fanout-*` rows succeeded. Bare
-   Celery: the equivalent fan-out, three no-op tasks published per event. Same workers' pool and
-   concurrency as phase 1, runs interleaved the same way.
+4. Memory (--memory-jobs N, default 100,000; 0 skips it): the RSS of a whole worker (main
+   process and pool) after N/10 and after N jobs, Conveyor (enqueue_many) and bare Celery.
 Throughput is end to end: from the first publish until the last job is done. Every phase starts
-with a short warm-up (worker processes connect, import, fill caches) that is not timed.
+with a short warm-up (worker processes connect, import, fill caches) that is not timed. Beside
+every rate, the CPU milliseconds per job each side spent: the publishing client, the workers,
+PostgreSQL (when it runs on this machine) and Redis. The last table is issue 14's targets, each
+met or MISSED in this run; bench.cluster measures the HTTP target.
 
 With no DATABASE_URL / REDIS_URL it runs on embedded servers in a fresh folder under /tmp,
-stopped and removed at the end. Otherwise it uses the configured ones, and TRUNCATEs the jobs
-and events tables there: point it at a database you can empty.
+stopped and removed at the end. Otherwise it uses the configured ones, and TRUNCATEs the jobs,
+events and procrastinate_jobs tables there: point it at a database you can empty.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +54,10 @@ from bench.common import (  # noqa: F401 - re-exported: the helpers used to live
     BenchError,
     Proc,
     Procs,
+    Cpu,
+    CpuMeter,
     bare_config,
+    bare_defaults_config,
     child_env,
     cleanup,
     context,
@@ -59,12 +70,11 @@ from bench.common import (  # noqa: F401 - re-exported: the helpers used to live
     setup_django,
     table,
     tail,
+    tree_rss,
     truncate_jobs,
     wait_until,
 )
 
-THROUGHPUT_TARGET = 0.5  # Conveyor >= 0.5x bare Celery's jobs/s
-HANDOFF_P50_TARGET_MS = 10.0  # chain handoff p50 < 10 ms
 
 
 # --- Workers ------------------------------------------------------------------------------------
@@ -84,10 +94,12 @@ def start_conveyor_workers(procs: Procs, args: argparse.Namespace, **queues: str
     return started
 
 
-def start_bare_workers(procs: Procs, args: argparse.Namespace, **queues: str) -> list[Proc]:
-    """Bare Celery workers, one per name=queue: the command line `manage.py start` builds."""
+def start_bare_workers(procs: Procs, args: argparse.Namespace, defaults: bool = False, **queues: str) -> list[Proc]:
+    """Bare Celery workers, one per name=queue: the command line `manage.py start` builds, with
+    Conveyor's Celery configuration, or with Celery's own defaults (`defaults`)."""
     from bench import bare
 
+    config = bare_defaults_config() if defaults else bare_config()
     started = []
     for name, queue in queues.items():
         argv = [
@@ -95,9 +107,22 @@ def start_bare_workers(procs: Procs, args: argparse.Namespace, **queues: str) ->
             "--queues", queue, "--pool", args.pool, "--concurrency", str(args.concurrency),
             "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]
-        started.append(procs.spawn(name, argv, child_env(**{bare.CONFIG_ENV: json.dumps(bare_config())})))
+        started.append(procs.spawn(name, argv, child_env(**{bare.CONFIG_ENV: json.dumps(config)})))
     for proc in started:
         procs.wait_ready(proc)
+    return started
+
+
+def start_procrastinate_workers(procs: Procs, args: argparse.Namespace) -> list[Proc]:
+    """Procrastinate workers: one process per pool process of the other sides."""
+    from bench import procra
+
+    started = [
+        procs.spawn(f"procrastinate-{i + 1}", procra.worker_argv(sys.executable), child_env())
+        for i in range(args.concurrency)
+    ]
+    for proc in started:
+        procs.wait_ready(proc, marker=procra.READY)
     return started
 
 
@@ -113,6 +138,7 @@ class Throughput:
     seconds: float  # first publish -> last job done
     publish_seconds: float  # first publish -> last publish
     skipped: int = 0  # Conveyor: duplicate messages seen (nothing to claim)
+    cpu: Cpu | None = None  # CPU seconds per side over the run
 
     @property
     def rate(self) -> float:
@@ -127,40 +153,57 @@ def timeout_for(jobs: int, args: argparse.Namespace) -> float:
     return args.timeout if args.timeout else 120.0 + jobs / 10.0  # a stall, not a slow machine
 
 
-def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Throughput]]:
-    """Bare Celery and Conveyor side by side: one worker each, runs interleaved round by round.
+# The throughput phase's systems, in the order they run each round: key, label.
+SYSTEMS = (
+    ("defaults", "bare Celery, Celery's defaults"),
+    ("bare", "bare Celery, Conveyor's configuration"),
+    ("single", "Conveyor, enqueue one by one"),
+    ("bulk", "Conveyor, enqueue_many"),
+    ("procrastinate", "Procrastinate, defer one by one"),
+    ("procrastinate_bulk", "Procrastinate, batch_defer"),
+)
 
-    Both workers stay up for the whole phase (an idle worker costs next to nothing), so a
-    neighbour's load on the machine falls on both sides alike rather than on one phase.
+
+def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Throughput]]:
+    """Bare Celery (twice), Conveyor and Procrastinate side by side, runs interleaved round by round.
+
+    Every worker stays up for the whole phase (an idle worker costs next to nothing), so a
+    neighbour's load on the machine falls on every side alike rather than on one phase.
     """
     from django.db import connection
 
-    from bench import bare
+    from bench import bare, procra
     from jobs import Step, enqueue, enqueue_many
     from jobs.models import Job
 
     client = redis_client()
     started = time.perf_counter()
-    bare_worker, worker = (
-        start_bare_workers(procs, args, **{"bare-worker": bare.QUEUE})
+    defaults_worker, bare_worker, worker = (
+        start_bare_workers(procs, args, defaults=True, **{"bare-defaults": bare.QUEUE_DEFAULTS})
+        + start_bare_workers(procs, args, **{"bare-worker": bare.QUEUE})
         + start_conveyor_workers(procs, args, **{"conveyor-worker": "default"})
     )
+    procrastinate_workers: list[Proc] = []
+    if args.procrastinate:
+        procrastinate_workers = start_procrastinate_workers(procs, args)
+        procra.app.open()
     print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
-    def bare_run(n: int) -> Throughput:
+    def bare_run(n: int, task: Any, queue: str, workers: list[Proc]) -> Throughput:
         client.set(bare.DONE_KEY, 0)
+        meter = CpuMeter(workers)
+        meter.start()
         start = time.perf_counter()
         for _ in range(n):
-            bare.noop.apply_async(queue=bare.QUEUE, routing_key=bare.QUEUE)
+            task.apply_async(queue=queue, routing_key=queue)
         published = time.perf_counter()
-        done = wait_until(
-            lambda: int(client.get(bare.DONE_KEY) or 0) >= n, timeout_for(n, args), f"{n} bare tasks", [bare_worker]
-        )
-        return Throughput(n, done - start, published - start)
+        meter.published()
+        done = wait_until(lambda: int(client.get(bare.DONE_KEY) or 0) >= n, timeout_for(n, args), f"{n} bare tasks", workers)
+        return Throughput(n, done - start, published - start, cpu=meter.stop())
 
-    def succeeded() -> int:
+    def count(sql: str) -> int:
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM {Job._meta.db_table} WHERE status = 'succeeded'")
+            cursor.execute(sql)
             return cursor.fetchone()[0]
 
     def one_by_one(n: int) -> None:
@@ -174,38 +217,73 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
     def conveyor_run(n: int, enqueue_all: Callable[[int], None]) -> Throughput:
         truncate_jobs()
         skipped_before = worker.log().count(SKIPPED)
+        meter = CpuMeter([worker])
+        meter.start()
         start = time.perf_counter()
         enqueue_all(n)
         published = time.perf_counter()
-        done = wait_until(lambda: succeeded() >= n, timeout_for(n, args), f"{n} succeeded rows", [worker])
+        meter.published()
+        done = wait_until(
+            lambda: count(f"SELECT count(*) FROM {Job._meta.db_table} WHERE status = 'succeeded'") >= n,
+            timeout_for(n, args), f"{n} succeeded rows", [worker],
+        )
+        cpu = meter.stop()
         # Every row is done, but duplicate messages (the relay's) may still wait in the queue:
         # let the worker drain them, untimed, so that they neither slow the next run down nor
         # are left out of the count of messages that found nothing to claim.
         wait_until(lambda: queue_length("default") == 0, timeout_for(n, args), "the queue to drain", [worker])
         time.sleep(0.5)  # the last prefetched messages
         skipped = worker.log().count(SKIPPED) - skipped_before
-        return Throughput(n, done - start, published - start, skipped)
+        return Throughput(n, done - start, published - start, skipped, cpu)
 
+    def procrastinate_run(n: int, bulk: bool) -> Throughput:
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE procrastinate_jobs CASCADE")
+        meter = CpuMeter(procrastinate_workers)
+        meter.start()
+        start = time.perf_counter()
+        if bulk:
+            for first in range(0, n, args.batch):
+                procra.noop.batch_defer(*({"i": i} for i in range(first, min(n, first + args.batch))))
+        else:
+            for i in range(n):
+                procra.noop.defer(i=i)
+        published = time.perf_counter()
+        meter.published()
+        done = wait_until(
+            lambda: count("SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'") >= n,
+            timeout_for(n, args), f"{n} succeeded Procrastinate jobs", procrastinate_workers,
+        )
+        return Throughput(n, done - start, published - start, cpu=meter.stop())
+
+    runs: dict[str, Callable[[int], Throughput]] = {
+        "defaults": lambda n: bare_run(n, bare.noop_defaults, bare.QUEUE_DEFAULTS, [defaults_worker]),
+        "bare": lambda n: bare_run(n, bare.noop, bare.QUEUE, [bare_worker]),
+        "single": lambda n: conveyor_run(n, one_by_one),
+        "bulk": lambda n: conveyor_run(n, in_bulk),
+    }
+    if args.procrastinate:
+        runs["procrastinate"] = lambda n: procrastinate_run(n, bulk=False)
+        runs["procrastinate_bulk"] = lambda n: procrastinate_run(n, bulk=True)
     try:
-        bare_run(args.warmup)
-        conveyor_run(args.warmup, one_by_one)
-        conveyor_run(args.warmup, in_bulk)
-        results: dict[str, list[Throughput]] = {"bare": [], "single": [], "bulk": []}
+        for run in runs.values():
+            run(args.warmup)
+        results: dict[str, list[Throughput]] = {key: [] for key in runs}
         for round_ in range(args.rounds):
             if args.rounds > 1:
                 print(f"bench.jobs:   round {round_ + 1}/{args.rounds}", flush=True)
-            for key, label, run in (
-                ("bare", "bare Celery", lambda: bare_run(args.jobs)),
-                ("single", "Conveyor, enqueue one by one", lambda: conveyor_run(args.jobs, one_by_one)),
-                ("bulk", "Conveyor, enqueue_many", lambda: conveyor_run(args.jobs, in_bulk)),
-            ):
-                result = run()
+            for key, label in SYSTEMS:
+                if key not in runs:
+                    continue
+                result = runs[key](args.jobs)
                 results[key].append(result)
                 print(f"bench.jobs:   {label}: {result.jobs:,} in {result.seconds:.2f}s, {result.rate:,.0f} jobs/s", flush=True)
         truncate_jobs()
         return results
     finally:
-        procs.stop(bare_worker, worker)
+        if args.procrastinate:
+            procra.app.close()
+        procs.stop(defaults_worker, bare_worker, worker, *procrastinate_workers)
 
 
 FANOUT_EVENT = "bench.fanout"  # three no-op subscribers: examples/subscribers.py
@@ -243,23 +321,26 @@ def events(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
     client = redis_client()
     started = time.perf_counter()
     bare_worker, worker = (
-        start_bare_workers(procs, args, **{"bare-events": bare.QUEUE})
+        start_bare_workers(procs, args, defaults=True, **{"bare-events": bare.QUEUE_DEFAULTS})
         + start_conveyor_workers(procs, args, **{"conveyor-events": ",".join(queues)})
     )
     print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
     def bare_run(n: int) -> Throughput:
         client.set(bare.DONE_KEY, 0)
+        meter = CpuMeter([bare_worker])
+        meter.start()
         start = time.perf_counter()
         for _ in range(n):
             for _ in range(fanout):
-                bare.noop.apply_async(queue=bare.QUEUE, routing_key=bare.QUEUE)
+                bare.noop_defaults.apply_async(queue=bare.QUEUE_DEFAULTS, routing_key=bare.QUEUE_DEFAULTS)
         published = time.perf_counter()
+        meter.published()
         done = wait_until(
             lambda: int(client.get(bare.DONE_KEY) or 0) >= n * fanout, timeout_for(n * fanout, args),
             f"{n * fanout} bare tasks ({n} events)", [bare_worker],
         )
-        return Throughput(n, done - start, published - start)
+        return Throughput(n, done - start, published - start, cpu=meter.stop())
 
     def delivered() -> int:
         with connection.cursor() as cursor:
@@ -282,20 +363,24 @@ def events(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
     def conveyor_run(n: int) -> Throughput:
         truncate_events()
         skipped_before = worker.log().count(SKIPPED)
+        meter = CpuMeter([worker])
+        meter.start()
         start = time.perf_counter()
         for i in range(n):
             emit(FANOUT_EVENT, {"i": i})
         published = time.perf_counter()
+        meter.published()
         done = wait_until(
             lambda: delivered() >= n * fanout, timeout_for(n * fanout, args), f"{n * fanout} succeeded deliveries ({n} events)", [worker]
         )
+        cpu = meter.stop()
         if fully_delivered() != n:
             raise BenchError(f"{n * fanout} deliveries succeeded but only {fully_delivered()} of {n} events have all {fanout}")
         # As in the throughput phase: drain duplicate messages, untimed, and count them.
         wait_until(lambda: sum(map(queue_length, queues)) == 0, timeout_for(n * fanout, args), "the queue to drain", [worker])
         time.sleep(0.5)
         skipped = worker.log().count(SKIPPED) - skipped_before
-        return Throughput(n, done - start, published - start, skipped)
+        return Throughput(n, done - start, published - start, skipped, cpu)
 
     try:
         warmup = max(10, min(100, args.events // 20))
@@ -344,7 +429,7 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
     started = time.perf_counter()
     workers = start_conveyor_workers(
         procs, args, **{"conveyor-default": "default", "conveyor-notifications": "notifications"}
-    ) + start_bare_workers(procs, args, **{"bare-a": bare.QUEUE_A, "bare-b": bare.QUEUE_B})
+    ) + start_bare_workers(procs, args, defaults=True, **{"bare-a": bare.QUEUE_A, "bare-b": bare.QUEUE_B})
     conveyor_workers, bare_workers = workers[:2], workers[2:]
     print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
@@ -366,7 +451,10 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
 
     def bare_run(n: int) -> list[float]:
         client.delete(bare.HOPS_DONE_KEY, bare.A_END_KEY, bare.B_START_KEY)
-        paced(n, args.chain_interval / 1000, lambda i: bare.hop_a.apply_async((i,), queue=bare.QUEUE_A, routing_key=bare.QUEUE_A))
+        def start_one(i: int) -> None:
+            bare.defaults_app.send_task("bench.hop_a", (i,), queue=bare.QUEUE_A, routing_key=bare.QUEUE_A)
+
+        paced(n, args.chain_interval / 1000, start_one)
         wait_until(
             lambda: int(client.get(bare.HOPS_DONE_KEY) or 0) >= n, 60.0 + n * 0.2, f"{n} bare hand-offs", bare_workers
         )
@@ -395,7 +483,67 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
         procs.stop(*workers)
 
 
-# --- Report -------------------------------------------------------------------------------------
+def memory(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
+    """Worker memory over a long run: RSS of the whole worker (main process and pool) after a
+    tenth of --memory-jobs and after all of them, Conveyor (enqueue_many) and bare Celery with
+    its defaults, each on a worker of its own; Redis' key count beside Conveyor's."""
+    from django.db import connection
+
+    from bench import bare
+    from jobs import Step, enqueue_many
+    from jobs.models import Job
+
+    client = redis_client()
+    bare_worker, worker = (
+        start_bare_workers(procs, args, defaults=True, **{"bare-memory": bare.QUEUE_DEFAULTS})
+        + start_conveyor_workers(procs, args, **{"conveyor-memory": "default"})
+    )
+    total = args.memory_jobs
+    checkpoints = sorted({max(1, total // 10), total})
+    chunk = max(1, min(10_000, total // 10))
+
+    def succeeded() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {Job._meta.db_table} WHERE status = 'succeeded'")
+            return cursor.fetchone()[0]
+
+    def conveyor_upto(done_before: int, n: int) -> None:
+        for first in range(done_before, n, chunk):
+            last = min(n, first + chunk)
+            for start in range(first, last, args.batch):
+                enqueue_many([Step("examples.echo", {"i": i}) for i in range(start, min(last, start + args.batch))])
+            wait_until(lambda: succeeded() >= last, timeout_for(chunk, args), f"{last} succeeded rows", [worker])
+
+    def bare_upto(done_before: int, n: int) -> None:
+        for first in range(done_before, n, chunk):
+            last = min(n, first + chunk)
+            for _ in range(first, last):
+                bare.noop_defaults.apply_async(queue=bare.QUEUE_DEFAULTS, routing_key=bare.QUEUE_DEFAULTS)
+            wait_until(lambda: int(client.get(bare.DONE_KEY) or 0) >= last, timeout_for(chunk, args), f"{last} bare tasks", [bare_worker])
+
+    try:
+        truncate_jobs()
+        client.set(bare.DONE_KEY, 0)
+        results: dict[str, Any] = {"checkpoints": checkpoints, "conveyor": [], "bare": [], "keys": []}
+        started = time.perf_counter()
+        done = 0
+        for point in checkpoints:
+            conveyor_upto(done, point)
+            bare_upto(done, point)
+            time.sleep(0.5)  # the last acks, the metrics' flush
+            results["conveyor"].append(tree_rss(worker.process.pid))
+            results["bare"].append(tree_rss(bare_worker.process.pid))
+            results["keys"].append(client.dbsize())
+            done = point
+            print(
+                f"bench.jobs:   {point:,} jobs each: worker RSS Conveyor {results['conveyor'][-1] / 2**20:.1f} MiB, "
+                f"bare Celery {results['bare'][-1] / 2**20:.1f} MiB, Redis keys {results['keys'][-1]}", flush=True,
+            )
+        results["seconds"] = time.perf_counter() - started
+        truncate_jobs()
+        return results
+    finally:
+        procs.stop(bare_worker, worker)
 
 
 # --- Report -------------------------------------------------------------------------------------
@@ -405,73 +553,134 @@ def median_run(runs: list[Throughput]) -> Throughput:
     return sorted(runs, key=lambda run: run.rate)[(len(runs) - 1) // 2]
 
 
-def report(args: argparse.Namespace, results: dict[str, Any], elapsed: float, context: str) -> str:
-    bare_tp = median_run(results["throughput"]["bare"])
-    single = median_run(results["throughput"]["single"])
-    bulk = median_run(results["throughput"]["bulk"])
-    conveyor_lat: list[float] = results["handoff"]["conveyor"]
-    bare_lat: list[float] = results["handoff"]["bare"]
+@dataclass
+class Target:
+    what: str
+    measured: str
+    met: bool | None  # None: not measured in this run
 
-    rows: list[tuple[str, str, str, str, str, str]] = []
+    def row(self) -> tuple[str, str, str]:
+        return (self.what, self.measured, "-" if self.met is None else ("met" if self.met else "MISSED"))
 
-    def throughput_row(label: str, bare_rate: float, rate: float, target: bool) -> None:
-        ratio = rate / bare_rate
-        verdict = ("meets" if ratio >= THROUGHPUT_TARGET else "MISSES") if target else ""
-        rows.append((label, f"{bare_rate:,.0f}", f"{rate:,.0f}", f"{ratio:.2f}x",
-                     f">= {THROUGHPUT_TARGET}x" if target else "", verdict))
 
-    throughput_row("end to end, enqueue one by one (jobs/s)", bare_tp.rate, single.rate, True)
-    throughput_row(f"end to end, enqueue_many x{args.batch} (jobs/s)", bare_tp.rate, bulk.rate, True)
-    throughput_row("  publish only, one by one (jobs/s)", bare_tp.publish_rate, single.publish_rate, False)
-    throughput_row(f"  publish only, enqueue_many x{args.batch} (jobs/s)", bare_tp.publish_rate, bulk.publish_rate, False)
+def targets(args: argparse.Namespace, results: dict[str, Any]) -> list[Target]:
+    """Issue 14's targets, each a ratio or a figure measured in this run."""
+    tp = {key: median_run(runs) for key, runs in results["throughput"].items()}
+    out: list[Target] = []
+
+    def ratio(what: str, key: str, base: str, at_least: float) -> None:
+        if key in tp and base in tp:
+            value = tp[key].rate / tp[base].rate
+            out.append(Target(what, f"{value:.2f}x ({tp[key].rate:,.0f} / {tp[base].rate:,.0f} jobs/s)", value >= at_least))
+        else:
+            out.append(Target(what, "not run", None))
+
+    ratio("durable jobs one by one >= 1.0x bare Celery defaults", "single", "defaults", 1.0)
+    ratio(f"durable jobs enqueue_many x{args.batch} >= 1.0x bare Celery defaults", "bulk", "defaults", 1.0)
     if "events" in results:
-        fanout = results["events"]["fanout"]
-        bare_ev, conveyor_ev = median_run(results["events"]["bare"]), median_run(results["events"]["conveyor"])
-        throughput_row("events end to end, emit one by one (events/s)", bare_ev.rate, conveyor_ev.rate, False)
-        throughput_row(f"  deliveries end to end, {fanout} per event (jobs/s)", bare_ev.rate * fanout, conveyor_ev.rate * fanout, False)
-        throughput_row("  publish only, emit one by one (events/s)", bare_ev.publish_rate, conveyor_ev.publish_rate, False)
-    for q, label in ((0.5, "p50"), (0.99, "p99")):
-        b, c = percentile(bare_lat, q), percentile(conveyor_lat, q)
-        target = label == "p50"
-        verdict = ("meets" if c < HANDOFF_P50_TARGET_MS else "MISSES") if target else ""
-        rows.append((f"chain handoff {label} (ms)", f"{b:.2f}", f"{c:.2f}", f"{c / b:.1f}x" if b > 0 else "-",
-                     f"< {HANDOFF_P50_TARGET_MS:g} ms" if target else "", verdict))
-    rows.append(("chain handoff max (ms)", f"{max(bare_lat):.2f}", f"{max(conveyor_lat):.2f}",
-                 f"{max(conveyor_lat) / max(bare_lat):.1f}x", "", ""))
+        ev = results["events"]
+        fanout, bare_ev, conveyor_ev = ev["fanout"], median_run(ev["bare"]), median_run(ev["conveyor"])
+        value = conveyor_ev.rate / bare_ev.rate
+        measured = f"{value:.2f}x ({conveyor_ev.rate:,.0f} / {bare_ev.rate:,.0f} events/s)"
+        out.append(Target("events end to end >= 1.0x bare Celery's fan-out", measured, value >= 1.0))
+        per_sub = conveyor_ev.cpu.client * 1000 / (conveyor_ev.jobs * fanout)
+        out.append(Target("emit's CPU per subscriber < 1 ms", f"{per_sub:.2f} ms", per_sub < 1.0))
+    else:
+        out.append(Target("events end to end >= 1.0x bare Celery's fan-out", "not run (--events 0)", None))
+    lat_c, lat_b = results["handoff"]["conveyor"], results["handoff"]["bare"]
+    p50, p99, bare_p50 = percentile(lat_c, 0.5), percentile(lat_c, 0.99), percentile(lat_b, 0.5)
+    out.append(Target("chain handoff p50 <= 3 ms", f"{p50:.2f} ms", p50 <= 3.0))
+    out.append(Target("chain handoff p99 <= 10 ms", f"{p99:.2f} ms", p99 <= 10.0))
+    measured = f"{p50 / bare_p50:.2f}x ({p50:.2f} / {bare_p50:.2f} ms)"
+    out.append(Target("chain handoff p50 below bare Celery's task -> task p50", measured, p50 < bare_p50))
+    ratio("one by one >= 2x Procrastinate (defer)", "single", "procrastinate", 2.0)
+    ratio("in bulk >= 2x Procrastinate (batch_defer)", "bulk", "procrastinate_bulk", 2.0)
+    if "memory" in results:
+        mem = results["memory"]
+        first, last = mem["checkpoints"][0], mem["checkpoints"][-1]
+        value = mem["conveyor"][-1] / mem["conveyor"][0]
+        out.append(Target(
+            f"worker RSS after {last:,} jobs within 20% of after {first:,}",
+            f"{value:.2f}x ({mem['conveyor'][0] / 2**20:.1f} -> {mem['conveyor'][-1] / 2**20:.1f} MiB; "
+            f"bare {mem['bare'][-1] / mem['bare'][0]:.2f}x)",
+            value <= 1.2,
+        ))
+    else:
+        out.append(Target("worker RSS flat over a long run", "not run (--memory-jobs 0)", None))
+    out.append(Target("HTTP p99 under saturated workers <= 1.2x idle", "see python -m bench.cluster", None))
+    return out
 
-    header = ("", "bare Celery", "Conveyor", "Conveyor/bare", "target", "")
+
+def report(args: argparse.Namespace, results: dict[str, Any], elapsed: float, context: str) -> str:
+    tp = {key: median_run(runs) for key, runs in results["throughput"].items()}
+    base = tp["defaults"]
+    rows: list[tuple[str, ...]] = []
+    for key, label in SYSTEMS:
+        if key not in tp:
+            rows.append((label, "-", "-", "-", "not run (pip install -r bench/requirements.txt)", ""))
+            continue
+        run = tp[key]
+        rate, publish, ratio = f"{run.rate:,.0f}", f"{run.publish_rate:,.0f}", f"{run.rate / base.rate:.2f}x"
+        rows.append((label, rate, publish, ratio, run.cpu.per_item_ms(run.jobs), ""))
+    if "events" in results:
+        ev = results["events"]
+        fanout = ev["fanout"]
+        bare_ev, conveyor_ev = median_run(ev["bare"]), median_run(ev["conveyor"])
+        for label, run in (
+            (f"events: bare Celery defaults, {fanout} tasks per event", bare_ev),
+            (f"events: Conveyor emit, {fanout} subscribers", conveyor_ev),
+        ):
+            rows.append((label + " (events/s)", f"{run.rate:,.0f}", f"{run.publish_rate:,.0f}", f"{run.rate / bare_ev.rate:.2f}x",
+                         run.cpu.per_item_ms(run.jobs * fanout), "per delivery"))
+    header = ("end to end", "jobs/s", "publish/s", "x base", "CPU ms per job: client / workers / PostgreSQL / Redis", "")
+    lat_c, lat_b = results["handoff"]["conveyor"], results["handoff"]["bare"]
+    lat_rows = [
+        (f"chain handoff {name} (ms)", f"{b:.2f}", f"{c:.2f}", f"{c / b:.2f}x", "")
+        for name, b, c in ((name, percentile(lat_b, q), percentile(lat_c, q)) for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)))
+    ]
 
     def runs(key: str, phase: str = "throughput") -> str:
-        return ", ".join(f"{run.seconds:.2f}s" for run in results[phase][key])
+        return ", ".join(f"{run.rate:,.0f}" for run in results[phase].get(key, []))
 
     skipped = sum(run.skipped for key in ("single", "bulk") for run in results["throughput"][key])
     rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
     out = [
-        f"bench.jobs: {args.jobs:,} jobs per run (Conveyor: examples.echo rows; bare: a no-op task + INCR){rounds}; "
-        f"{args.chains:,} chains per round (examples.echo -> examples.ping, one started every {args.chain_interval:g} ms)",
-        f"            {args.pool} pool x{args.concurrency} per worker, both sides; {context}",
+        f"bench.jobs: {args.jobs:,} jobs per run{rounds}; {args.pool} pool x{args.concurrency} per worker on every side "
+        f"(Procrastinate: {args.concurrency} worker processes); {context}",
+        "x base = jobs/s / bare Celery with Celery's defaults (events: / bare Celery's fan-out, defaults)",
         "",
         *table(header, rows),
         "",
-        "end to end = first publish until the last job is done; publish only = first until last publish.",
-        f"run times: bare {runs('bare')}; Conveyor one by one {runs('single')}, enqueue_many {runs('bulk')}; "
+        *table(("", "bare Celery", "Conveyor", "Conveyor/bare", ""), lat_rows),
+        "",
+        *table(("target (issue 14)", "measured", ""), [t.row() for t in targets(args, results)]),
+        "",
+        "end to end = first publish until the last job is done; publish = first until last publish.",
+        "CPU = CPU time of each side during the run (client: the publishing process, publish only; workers: every "
+        "process of the side's workers; PostgreSQL: the server's processes, '-' when not on this machine; Redis: its INFO)",
+        "Conveyor: examples.echo rows; bare Celery: a no-op task + INCR (defaults: only the broker URL; Conveyor's "
+        "configuration: prefetch 1, late acks, its transport options); Procrastinate: a no-op task on the same PostgreSQL",
+        f"runs (jobs/s): defaults {runs('defaults')}; Conveyor's configuration {runs('bare')}; one by one {runs('single')}; "
+        f"enqueue_many {runs('bulk')}; Procrastinate {runs('procrastinate') or '-'}, batch {runs('procrastinate_bulk') or '-'}; "
         f"duplicate messages seen by Conveyor (nothing to claim): {skipped}",
-        f"handoff samples: bare {len(bare_lat)}, Conveyor {len(conveyor_lat)}; mean bare {sum(bare_lat) / len(bare_lat):.2f} ms, "
-        f"Conveyor {sum(conveyor_lat) / len(conveyor_lat):.2f} ms",
+        f"handoff: {args.chains:,} chains per round (examples.echo -> examples.ping, one started every {args.chain_interval:g} ms); "
+        f"bare Celery: a task on queue A publishes one on queue B (Celery's defaults); samples bare {len(lat_b)}, Conveyor {len(lat_c)}",
     ]
     if "events" in results:
         fanout = results["events"]["fanout"]
         out.append(
             f"events: {args.events:,} per run; Conveyor: {FANOUT_EVENT} emitted (an event row, {fanout} delivery rows and "
-            f"{fanout} jobs each), done when all {fanout} no-op deliveries of every event succeeded; bare: {fanout} no-op tasks per event"
+            f"{fanout} jobs each), done when all {fanout} no-op deliveries of every event succeeded; runs bare {runs('bare', 'events')}, "
+            f"Conveyor {runs('conveyor', 'events')} events/s"
         )
-        out.append(
-            f"events run times: bare {runs('bare', 'events')}; Conveyor {runs('conveyor', 'events')}; "
-            f"duplicate messages seen by Conveyor: {sum(run.skipped for run in results['events']['conveyor'])}"
+    if "memory" in results:
+        mem = results["memory"]
+        points = ", ".join(
+            f"{point:,}: Conveyor {c / 2**20:.1f} MiB, bare {b / 2**20:.1f} MiB, Redis keys {k}"
+            for point, c, b, k in zip(mem["checkpoints"], mem["conveyor"], mem["bare"], mem["keys"])
         )
-    out += [
-        f"total run {elapsed:.1f}s; load average at start {results['load'][0]}, at end {load_average()}",
-    ]
+        out.append(f"memory: worker RSS (main process + pool) after {points} ({mem['seconds']:.0f}s)")
+    out.append(f"total run {elapsed:.1f}s; load average at start {results['load'][0]}, at end {load_average()}")
     return "\n".join(out)
 
 
@@ -496,6 +705,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2000,
         help=f"events emitted per run of the events phase, {FANOUT_EVENT} to 3 subscribers (default 2000; 0 skips the phase)",
     )
+    parser.add_argument(
+        "--memory-jobs", type=int, default=100_000,
+        help="jobs of the memory phase: worker RSS after a tenth of them and after all (default 100000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--no-procrastinate", dest="procrastinate", action="store_false",
+        help="without the Procrastinate baseline (it also skips itself when bench/requirements.txt is not installed)",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds each throughput run may take (default 120 + jobs/10)")
     args = parser.parse_args(argv)
     for name in ("jobs", "chains", "concurrency", "batch", "rounds"):
@@ -503,6 +720,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.events < 0:
         parser.error("--events must not be negative")
+    if args.memory_jobs < 0:
+        parser.error("--memory-jobs must not be negative")
     if args.chain_interval < 0:
         parser.error("--chain-interval must not be negative")
     if args.warmup is None:
@@ -519,7 +738,16 @@ def main(argv: list[str] | None = None) -> int:
         from bench import bare
 
         bare.configure(bare_config())
+        bare.defaults_app.conf.update(bare_defaults_config())
         redis_client().delete(*bare.KEYS)
+        if args.procrastinate:
+            from bench import procra
+
+            if procra.available():
+                procra.ensure_schema(os.environ["DATABASE_URL"])
+            else:
+                print("bench.jobs: Procrastinate is not installed (pip install -r bench/requirements.txt): skipped", flush=True)
+                args.procrastinate = False
         results: dict[str, Any] = {"load": (load_average(),)}
         machine = context()
         steps = [
@@ -528,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.events:
             steps.insert(1, ("events", f"events: bare Celery fan-out, Conveyor emit ({FANOUT_EVENT})", events))
+        if args.memory_jobs:
+            steps.append(("memory", f"memory: worker RSS over {args.memory_jobs:,} jobs, Conveyor and bare Celery", memory))
         for key, label, phase in steps:
             started = time.perf_counter()
             print(f"bench.jobs: {label} ...", flush=True)
