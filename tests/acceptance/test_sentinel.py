@@ -12,7 +12,6 @@ The master and the sentinels ask for passwords (different ones), and the databas
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import signal
