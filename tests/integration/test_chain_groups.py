@@ -382,3 +382,50 @@ def test_a_member_cannot_fan_out_or_continue_its_attempt_fails():
     job = Job.objects.get(pk=member.pk)
     assert "is a member of a group" in job.error
     assert Job.objects.count() == 1
+
+
+# --- shown as one step with its members ---------------------------------------------------------
+
+
+def test_the_api_admin_and_operations_page_show_a_group_as_one_step_with_its_members(api, admin_client):
+    # given a chain echo -> group of 3 (member 1 dead, collected) -> gather, the group ended
+    chain = start_chain([
+        Step("examples.echo"),
+        Group([Step("examples.member", {"n": 0}), Step("examples.member-images", {"n": 1, "fail": True}),
+               Step("examples.member", {"n": 2})], on_failure="collect"),
+        Step("examples.gather"),
+    ])
+    runner.execute(Job.objects.get(chain=chain, chain_index=0).pk, worker=WORKER)
+    ok, doomed, last = members(chain, 1)
+    runner.execute(ok.pk, worker=WORKER)
+    execute_until_ended(doomed.pk)
+    runner.execute(last.pk, worker=WORKER)
+
+    # then GET /api/chains/{id} has one step for the group, its members in order
+    status, body = api("get", f"/chains/{chain.pk}")
+    assert status == 200
+    assert [(s["index"], s["type"], s["status"]) for s in body["steps"]] == [
+        (0, "examples.echo", "succeeded"), (1, "group", "dead"), (2, "examples.gather", "pending"),
+    ]
+    group = body["steps"][1]
+    assert [(m["member"], m["type"], m["status"], m["job"]["id"]) for m in group["members"]] == [
+        (0, "examples.member", "succeeded", ok.pk), (1, "examples.member-images", "dead", doomed.pk),
+        (2, "examples.member", "succeeded", last.pk),
+    ]
+    assert "failing as asked" in group["members"][1]["job"]["error"]
+    assert group["duration_seconds"] > 0 and group["handoff_seconds"] is not None
+    assert body["steps"][2]["handoff_seconds"] is None  # not started yet
+    assert body["steps"][2]["job"]["results"][1]["status"] == "dead"
+
+    # and the admin's chain page: a row for the group, a row per member linking its job
+    html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
+    assert "group of 3 (on failure: collect)" in html
+    for job in (ok, doomed, last):
+        assert f'href="/admin/jobs/job/{job.pk}/change/"' in html
+    assert html.count('class="chain-member"') == 3
+
+    # and the operations page: the group as one step, each member under it with its own bar
+    page = admin_client.get("/admin/operations/fragment/").content.decode()
+    assert f'data-chain="{chain.pk}"' in page and "group of 3" in page
+    for job in (ok, doomed, last):
+        assert f'data-member="{job.member}"' in page and f'href="/admin/jobs/job/{job.pk}/change/"' in page
