@@ -471,19 +471,22 @@ UPDATE jobs_job j SET status = 'pending', cancel_requested = false,
        published_at = CASE WHEN old.due <= now() THEN now() END,
        finished_at = NULL, updated_at = now()
   FROM old WHERE j.id = old.id
-RETURNING j.chain_id
+RETURNING j.chain_id, j.chain_index, j.member
 """
 
 
 def retry(job_id: int, retries: int) -> bool:
-    """Give an ended (or failed) row `retries` more attempts; reopen its chain."""
+    """Give an ended (or failed) row `retries` more attempts; reopen its chain, unless it is a
+    member of a group that has already handed its results on (one that collects failures): the
+    chain went on without waiting for it, and its new run changes nothing there."""
     with connections["default"].cursor() as cursor:
         cursor.execute(RETRY_SQL, [job_id, retries])
         row = cursor.fetchone()
     if row is None:
         return False
-    if row[0] is not None:
-        Chain.objects.filter(pk=row[0]).update(status=ChainStatus.RUNNING, finished_at=None)
+    chain_id, index, member = row
+    if chain_id is not None and not (member is not None and step_released(chain_id, index + 1)):
+        Chain.objects.filter(pk=chain_id).update(status=ChainStatus.RUNNING, finished_at=None)
     return True
 
 

@@ -429,3 +429,21 @@ def test_the_api_admin_and_operations_page_show_a_group_as_one_step_with_its_mem
     assert f'data-chain="{chain.pk}"' in page and "group of 3" in page
     for job in (ok, doomed, last):
         assert f'data-member="{job.member}"' in page and f'href="/admin/jobs/job/{job.pk}/change/"' in page
+
+
+def test_retrying_a_collected_member_after_the_fan_in_runs_it_again_and_leaves_the_chain_alone():
+    chain = start_chain([Group([Step("examples.member", {"n": 0}), Step("examples.fail", {"times": 1})], on_failure="collect"),
+                         Step("examples.echo")])
+    ok, flaky = members(chain, 0)
+    runner.execute(ok.pk, worker=WORKER)
+    with connection.cursor() as cursor:  # setup: its last attempt is the next one
+        cursor.execute("UPDATE jobs_job SET max_attempts = 1 WHERE id = %s", [flaky.pk])
+    assert runner.execute(flaky.pk, worker=WORKER) == "dead"
+    [echo] = step_jobs(chain, 1)
+    assert runner.execute(echo.pk, worker=WORKER) == "succeeded"
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED
+
+    assert control.retry(Job.objects.get(pk=flaky.pk))
+    assert execute_until_ended(flaky.pk) == "succeeded"
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED  # not reopened
+    assert step_jobs(chain, 1) == [echo]  # released once
