@@ -5,11 +5,11 @@ import io
 import os
 import time
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from jobs import Context, job_type
+from jobs import Context, Step, job_type
 from jobs.registry import Backoff
 from jobs.schedules import Schedule
 
@@ -131,6 +131,55 @@ def count(ctx: Context, data: Count) -> dict:
         time.sleep(data.sleep)
     Effect.objects.create(job_id=ctx.job_id, attempt=ctx.attempt, worker_pid=os.getpid())
     return {"attempt": ctx.attempt}
+
+
+class Member(BaseModel):
+    n: int = Field(ge=0, le=1_000_000)
+    sleep: float = Field(0, ge=0, le=60)
+    #: Fail every attempt (it ends dead after its 3 attempts, a second or so).
+    fail: bool = False
+
+
+@job_type("examples.member", queue="default", input=Member, retries=2, backoff=Backoff(base=0.2, cap=1.0), timeout=90, public=True)
+@job_type("examples.member-images", queue="images", input=Member, retries=2, backoff=Backoff(base=0.2, cap=1.0), timeout=90, public=True)
+def member(ctx: Context, data: Member) -> dict:
+    """A group's member: sleeps, records one side effect per run that finishes, returns its n."""
+    from examples.models import Effect
+
+    if data.sleep:
+        time.sleep(data.sleep)
+    if data.fail:
+        raise RuntimeError(f"examples.member {data.n}: failing as asked")
+    Effect.objects.create(job_id=ctx.job_id, attempt=ctx.attempt, worker_pid=os.getpid())
+    return {"n": data.n}
+
+
+class FanOut(BaseModel):
+    count: int = Field(ge=1, le=500)
+    sleep: float = Field(0, ge=0, le=60)
+    #: The members (by n) that fail every attempt.
+    fail: list[int] = Field(default_factory=list, max_length=500)
+    on_failure: Literal["fail", "collect"] = "fail"
+
+
+@job_type("examples.fan-out", queue="default", input=FanOut, timeout=30, public=True)
+def fan_out(ctx: Context, data: FanOut) -> dict:
+    """Fans out `count` examples.member jobs, alternately on the default and images queues; the
+    chain's next step gets their outputs in order (ctx.results)."""
+    ctx.fan_out(
+        [
+            Step("examples.member" if n % 2 == 0 else "examples.member-images", {"n": n, "sleep": data.sleep, "fail": n in data.fail})
+            for n in range(data.count)
+        ],
+        on_failure=data.on_failure,
+    )
+    return {"fanned_out": data.count}
+
+
+@job_type("examples.gather", queue="default", timeout=30, public=True)
+def gather(ctx: Context, data: dict) -> dict:
+    """Returns what the group before it handed on (ctx.results), beside its own input."""
+    return {"input": data, "results": ctx.results}
 
 
 @job_type("examples.ping", queue="notifications", timeout=30, public=True)

@@ -1,23 +1,24 @@
 """Jobs and chains: rows in PostgreSQL, claimed with SKIP LOCKED, carried by Celery messages.
 
-Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` from here; the
-event bus and the schedules make their jobs with `new_job` and `submit`, like everything else.
+Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` (with `Step` and
+`Group`) from here; the event bus and the schedules make their jobs with `new_job` and `submit`,
+like everything else.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["job_type", "enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Context", "InvalidJob"]
+__all__ = ["job_type", "enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Group", "Context", "InvalidJob"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from jobs.context import Context
-    from jobs.creation import Step, enqueue, enqueue_many, new_job, start_chain, submit
+    from jobs.creation import Group, Step, enqueue, enqueue_many, new_job, start_chain, submit
     from jobs.registry import InvalidJob, job_type
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing `jobs` must not import models before Django's app registry is ready.
-    if name in ("enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step"):
+    if name in ("enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Group"):
         from jobs import creation
 
         return getattr(creation, name)

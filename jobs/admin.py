@@ -184,9 +184,9 @@ class StepInline(admin.TabularInline):
     model = Job
     fk_name = "chain"
     verbose_name_plural = "jobs"
-    fields = ("chain_index", "type", "queue", "status", "attempt", "worker", "started", "finished", "duration", "error")
+    fields = ("chain_index", "member", "type", "queue", "status", "attempt", "worker", "started", "finished", "duration", "error")
     readonly_fields = fields
-    ordering = ("chain_index", "id")
+    ordering = ("chain_index", "member", "id")
     extra = 0
     can_delete = False
     show_change_link = True
@@ -225,20 +225,32 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
         # earlier, during Django's setup).
         from jobs.http import chain_view
 
+        def seconds(value: float | None) -> str:
+            return f"{value:.3f} s" if value is not None else "-"
+
+        def job_cells(job: Job | None) -> tuple[str, ...]:
+            if job is None:
+                return ("-", "-", "-", "-", "-")
+            link = format_html('<a href="{}">#{}</a>', reverse("admin:jobs_job_change", args=[job.pk]), job.pk)
+            return (link, job.queue, job.worker or "-", stamp_text(job.started_at), stamp_text(job.finished_at))
+
         rows = []
         for step in chain_view(chain)["steps"]:
-            job = step["job"]
-            link = format_html('<a href="{}">#{}</a>', reverse("admin:jobs_job_change", args=[job.pk]), job.pk) if job else "-"
-            rows.append((
-                step["index"], step["type"], link, step["status"],
-                job.queue if job else "-", (job.worker or "-") if job else "-",
-                stamp_text(job.started_at) if job else "-", stamp_text(job.finished_at) if job else "-",
-                f"{step['duration_seconds']:.3f} s" if step["duration_seconds"] is not None else "-",
-                f"{step['handoff_seconds']:.3f} s" if step["handoff_seconds"] is not None else "-",
-            ))
+            if step.get("members") is not None:  # a group: one row for the step, one per member
+                name = f"group of {len(step['members'])} (on failure: {step['on_failure']})"
+                rows.append(("chain-step chain-group", step["index"], name, "-", step["status"], "-", "-", "-", "-",
+                             seconds(step["duration_seconds"]), seconds(step["handoff_seconds"])))
+                for member in step["members"]:
+                    link, queue, worker, started, finished = job_cells(member["job"])
+                    rows.append(("chain-member", f"{step['index']}.{member['member']}", member["type"], link, member["status"],
+                                 queue, worker, started, finished, seconds(member["duration_seconds"]), ""))
+                continue
+            link, queue, worker, started, finished = job_cells(step["job"])
+            rows.append(("chain-step", step["index"], step["type"], link, step["status"], queue, worker, started, finished,
+                         seconds(step["duration_seconds"]), seconds(step["handoff_seconds"])))
         body = format_html_join(
-            "", '<tr class="chain-step" data-status="{3}"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td>'
-            "<td>{6}</td><td>{7}</td><td class=\"n\">{8}</td><td class=\"n\">{9}</td></tr>", rows,
+            "", '<tr class="{0}" data-status="{4}"><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6}</td>'
+            "<td>{7}</td><td>{8}</td><td class=\"n\">{9}</td><td class=\"n\">{10}</td></tr>", rows,
         )
         return format_html(
             '<table class="chain-plan"><thead><tr><th>#</th><th>type</th><th>job</th><th>status</th><th>queue</th>'

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import registry, store
+from jobs.creation import Group, Step, plan_step
 
 
 @dataclass
@@ -31,14 +32,39 @@ class Context:
     #: False when the run knows its type's on_finish hook has nothing to do after a success (an
     #: unkeyed event's delivery holds no lane): the outcome is then one statement, no transaction.
     finish_hook_needed: bool = True
+    #: Its place in its chain step's group (0, 1, ...); None for a step that is one job.
+    member: int | None = None
+    #: What the group before this step handed on: each member's output in member order (in a
+    #: group that collects failures, {"error", "status", "job"} in a failed member's place).
+    #: None when the step before was one job (or there was none).
+    results: list[Any] | None = None
 
     def continue_with(self, type: str, input: dict[str, Any] | None = None) -> None:  # noqa: A002 - the API's names
         """After this handler succeeds, run `type` as the next step of the chain.
 
         The input is validated now, so a wrong continuation fails this attempt, not a later one.
         """
+        self._may_continue("continue_with")
         jt = registry.get(type)
         self.continuations.append({"type": jt.name, "input": jt.validate(input)})
+
+    def fan_out(self, steps: list[Step | dict[str, Any]], on_failure: str = "fail") -> None:
+        """After this handler succeeds, run `steps` side by side as the chain's next step: a group,
+        as if it had been declared there up front. The step after it (the chain's next, or a
+        later continue_with) gets their outputs in order as ctx.results.
+
+        Outside a chain the job becomes step 0 of a new chain, as with continue_with: the chain
+        succeeds when every member has (or, with on_failure="collect", when every member ended).
+        Validated now: a wrong step fails this attempt. A group's member cannot fan out."""
+        self._may_continue("fan_out")
+        self.continuations.append(plan_step(Group(list(steps), on_failure), "fan_out"))
+
+    def _may_continue(self, what: str) -> None:
+        if self.member is not None:
+            raise registry.InvalidJob(
+                f"{what}: job {self.job_id} is a member of a group; its chain goes on when every member has ended",
+                {what: "not from a group's member"},
+            )
 
     def progress(self, percent: int, message: str = "") -> None:
         """Record progress (0-100) on the row, visible in the API and the admin."""

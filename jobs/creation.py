@@ -1,5 +1,9 @@
 """Creating jobs: enqueue, enqueue_many, start_chain, and the one path every new job takes.
 
+A chain's plan (`Chain.steps`) holds one entry per step: `{"type", "input"}` for one job, or
+`{"group": [{"type", "input"}, ...], "on_failure": "fail" | "collect"}` for a group of jobs that
+run side by side (`plan` validates both; `step_jobs` makes the rows of either).
+
 `new_job` validates a Step against its job type and returns an unsaved row; `submit` inserts rows
 (the job store's one INSERT) and publishes the due ones after the caller's transaction commits.
 Everything that makes a job goes through both: the Python API here, the HTTP API, a chain's next
@@ -44,6 +48,23 @@ class Step:
     run_after: dt.datetime | None = None
     priority: int | None = None
     retries: int | None = None
+
+
+#: The most members a group may have (declared up front, over HTTP, or by ctx.fan_out).
+MAX_MEMBERS = 500
+#: What a group does when a member ends badly (dead or cancelled): "fail" ends the chain at
+#: once (the other members are left to finish; nothing runs after them); "collect" waits for
+#: every member and hands the failures on in place of their outputs.
+ON_FAILURE = ("fail", "collect")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A step of several jobs run side by side; the chain goes on when every one has ended, and
+    the next step gets their outputs in member order (`ctx.results`)."""
+
+    members: list[Step | dict[str, Any]]
+    on_failure: str = "fail"
 
 
 def new_job(step: Step, **fields: Any) -> Job:
@@ -135,23 +156,76 @@ def enqueue_many(steps: Iterable[Step]) -> list[Job]:
         return submit(jobs)
 
 
-def start_chain(steps: list[Step | dict[str, Any]]) -> Chain:
-    """Start a chain declared up front; every step's input is validated now, not when it runs."""
+def plan(steps: list[Step | Group | dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validate a chain's steps, each a Step, a Group or their JSON form, into the plan stored in
+    `Chain.steps`; errors name the field (`steps.1.group.0.input.width`)."""
     if not steps:
         raise registry.InvalidJob("a chain needs at least one step", {"steps": "must not be empty"})
-    parsed = [step if isinstance(step, Step) else Step(step.get("type", ""), step.get("input")) for step in steps]
-    plan = []
-    for index, step in enumerate(parsed):
-        try:
-            jt = registry.get(step.type)
-            plan.append({"type": jt.name, "input": jt.validate(step.input)})
-        except registry.InvalidJob as exc:
-            raise registry.InvalidJob(
-                f"step {index}: {exc}", {f"steps.{index}.{k}": v for k, v in exc.errors.items()}
-            ) from None
-    first = new_job(parsed[0])
+    return [plan_step(step, f"steps.{index}") for index, step in enumerate(steps)]
+
+
+def plan_step(step: Step | Group | dict[str, Any], field: str) -> dict[str, Any]:
+    """One planned step: `{"type", "input"}`, or `{"group": [...], "on_failure": ...}`."""
+    if isinstance(step, dict) and "group" in step:
+        extra = set(step) - {"group", "on_failure"}
+        if extra:
+            raise registry.InvalidJob(f"{field}: unknown field {sorted(extra)[0]!r}", {f"{field}.{sorted(extra)[0]}": "unknown field"})
+        step = Group(step["group"], step.get("on_failure", "fail"))
+    if not isinstance(step, Group):
+        return _plan_one(step, field)
+    if step.on_failure not in ON_FAILURE:
+        raise registry.InvalidJob(f"{field}: on_failure must be fail or collect", {f"{field}.on_failure": "must be fail or collect"})
+    members = step.members
+    if not isinstance(members, (list, tuple)) or not members:
+        raise registry.InvalidJob(f"{field}: a group needs at least one member", {f"{field}.group": "must not be empty"})
+    if len(members) > MAX_MEMBERS:
+        raise registry.InvalidJob(
+            f"{field}: a group has at most {MAX_MEMBERS} members", {f"{field}.group": f"at most {MAX_MEMBERS} members"}
+        )
+    planned = []
+    for index, member in enumerate(members):
+        where = f"{field}.group.{index}"
+        if isinstance(member, Group) or (isinstance(member, dict) and "group" in member):
+            raise registry.InvalidJob(f"{where}: a group's member is one job, not a group", {where: "must be one job, not a group"})
+        planned.append(_plan_one(member, where))
+    return {"group": planned, "on_failure": step.on_failure}
+
+
+def _plan_one(step: Step | dict[str, Any], field: str) -> dict[str, Any]:
+    if isinstance(step, dict):
+        step = Step(step.get("type", ""), step.get("input"))
+    if not isinstance(step, Step):
+        raise registry.InvalidJob(f"{field}: not a step", {field: "must be a Step or a Group"})
+    try:
+        jt = registry.get(step.type)
+        return {"type": jt.name, "input": jt.validate(step.input)}
+    except registry.InvalidJob as exc:
+        errors = {f"{field}.{k}": v for k, v in exc.errors.items()} or {f"{field}.type": str(exc)}
+        raise registry.InvalidJob(f"{field}: {exc}", errors) from None
+
+
+def step_jobs(planned: dict[str, Any], chain_id: int, index: int, **fields: Any) -> list[Job]:
+    """The unsaved rows of planned step `index`: one job, or one per member of a group (in member
+    order, `member` 0, 1, ...). `fields`: parent_id, and results (the group before it's outputs)."""
+    if "group" in planned:
+        return [
+            new_job(Step(m["type"], m["input"]), chain_id=chain_id, chain_index=index, member=n, **fields)
+            for n, m in enumerate(planned["group"])
+        ]
+    return [new_job(Step(planned["type"], planned["input"]), chain_id=chain_id, chain_index=index, **fields)]
+
+
+def start_chain(steps: list[Step | Group | dict[str, Any]]) -> Chain:
+    """Start a chain declared up front; every step's input is validated now, not when it runs.
+
+    A step is a Step (one job) or a Group of Steps run side by side:
+    `start_chain([Step("a"), Group([Step("b"), Step("c")]), Step("d")])`.
+    """
+    planned = plan(steps)
     with transaction.atomic():
-        chain = store.create_chain(plan)
-        first.chain, first.chain_index = chain, 0
-        submit([first])
+        chain = store.create_chain(planned)
+        if isinstance(steps[0], Step):  # the first job keeps its own settings (key, delay, priority)
+            submit([new_job(steps[0], chain_id=chain.pk, chain_index=0)])
+        else:
+            submit(step_jobs(planned[0], chain.pk, 0))
     return chain

@@ -13,13 +13,14 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Body, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
 from jobs import control, registry
-from jobs.creation import PLATFORM_KEY_PREFIX, Step, enqueue_step, start_chain
-from jobs.models import Chain, Job
+from jobs.creation import MAX_MEMBERS, PLATFORM_KEY_PREFIX, Group, Step, enqueue_step, start_chain
+from jobs.models import FINISHED, Chain, Job
+from jobs.models import Status as JobStatus
 
 router = Router(tags=["jobs"])
 chains = Router(tags=["chains"])
@@ -41,6 +42,11 @@ class JobOut(Schema):
     error: str
     chain: int | None = Field(None, alias="chain_id")
     chain_index: int | None
+    #: Its place in its step's group (0, 1, ...); null for a step that is one job.
+    member: int | None
+    #: What the group before its step handed on: the members' outputs in member order (a failed
+    #: member, in a group that collects failures: {"error", "status", "job"}); null otherwise.
+    results: Any
     progress: int
     progress_message: str
     #: A cancel was asked while the job ran: it stops at its next check of ctx.cancelled.
@@ -59,14 +65,31 @@ class JobPage(Schema):
     next: int | None
 
 
-class StepOut(Schema):
-    index: int
+class MemberOut(Schema):
+    member: int
     type: str
     status: str
     job: Optional[JobOut]
-    #: Seconds from the previous step's finish to this step's start (the handoff).
+    duration_seconds: float | None
+
+
+class StepOut(Schema):
+    index: int
+    #: The job type, or "group" for a group step (its members listed in `members`).
+    type: str
+    #: A group's: waiting (no member yet), pending, running, then succeeded when every member
+    #: did, else dead or cancelled (the worst member's end).
+    status: str
+    #: The step's job; null for a group step and for a step not reached yet.
+    job: Optional[JobOut]
+    #: Seconds from the previous step's finish (a group's: its last member's) to this step's
+    #: start (a group's: its first member's): the handoff.
     handoff_seconds: float | None
     duration_seconds: float | None
+    #: A group step's members in member order (null for a step that is one job).
+    members: list[MemberOut] | None = None
+    #: A group step's rule when a member ends badly: fail (the chain fails) or collect.
+    on_failure: str | None = None
 
 
 class ChainOut(Schema):
@@ -127,8 +150,28 @@ EnqueueIn = _union(EnqueueBase, "Enqueue")
 StepIn = _union(StepBase, "Step")
 
 
+class GroupIn(Strict):
+    """A group step: its members run side by side, and the next step gets their outputs."""
+
+    group: list[StepIn] = Field(min_length=1, max_length=MAX_MEMBERS)
+    #: When a member ends badly (dead, cancelled): fail the chain, or collect the failure in the
+    #: member's place in the next step's `results`.
+    on_failure: Literal["fail", "collect"] = "fail"
+
+
+def _kind(value: Any) -> str:
+    data = value if isinstance(value, dict) else getattr(value, "__dict__", {})
+    return "group step" if "group" in data else "job step"
+
+
+UNION_TAGS.update(("group step", "job step"))
+ChainStepIn = Annotated[
+    Union[Annotated[StepIn, Tag("job step")], Annotated[GroupIn, Tag("group step")]], Discriminator(_kind)
+]
+
+
 class ChainIn(Strict):
-    steps: list[StepIn] = Field(min_length=1, max_length=100)
+    steps: list[ChainStepIn] = Field(min_length=1, max_length=100)
 
 
 def _public(type_name: str, field: str) -> None:
@@ -221,9 +264,16 @@ def retry_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
 @chains.post("", response={201: ChainOut, **errors(400, 401, 403, 413)}, summary="Start a chain of steps")
 def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     payload = strict_body(request, ChainIn)
+    steps: list[Step | Group] = []
     for index, step in enumerate(payload.steps):
-        _public(step.type, f"steps.{index}.type")
-    chain = start_chain([Step(step.type, _input(step)) for step in payload.steps])
+        if isinstance(step, GroupIn):
+            for n, member in enumerate(step.group):
+                _public(member.type, f"steps.{index}.group.{n}.type")
+            steps.append(Group([Step(member.type, _input(member)) for member in step.group], step.on_failure))
+        else:
+            _public(step.type, f"steps.{index}.type")
+            steps.append(Step(step.type, _input(step)))
+    chain = start_chain(steps)
     return Status(201, chain_view(chain))
 
 
@@ -233,26 +283,28 @@ def get_chain(request: HttpRequest, chain_id: int = Path(..., ge=1, le=MAX_ID)):
 
 
 def chain_view(chain: Chain) -> dict[str, Any]:
-    """The chain with one entry per planned step: its latest job, timings and handoff."""
-    jobs = {job.chain_index: job for job in chain.jobs.order_by("chain_index", "id")}
+    """The chain with one entry per planned step: its latest job (a group step: each member's),
+    timings and handoff."""
+    latest: dict[tuple[int | None, int | None], Job] = {}
+    for job in chain.jobs.order_by("chain_index", "member", "id"):
+        latest[(job.chain_index, job.member)] = job  # a retried step's newest job
     steps = []
-    previous: Job | None = None
+    previous_end: dt.datetime | None = None
     for index, planned in enumerate(chain.steps):
-        job = jobs.get(index)
+        if "group" in planned:
+            step = _group_view(index, planned, latest)
+        else:
+            job = latest.get((index, None))
+            step = {"index": index, "type": planned["type"], "status": job.status if job else "waiting", "job": job,
+                    "start": job.started_at if job else None, "end": job.finished_at if job else None,
+                    "duration_seconds": job.duration if job else None}
         handoff = None
-        if job and previous and previous.finished_at and job.started_at:
-            handoff = (job.started_at - previous.finished_at).total_seconds()
-        steps.append(
-            {
-                "index": index,
-                "type": planned["type"],
-                "status": job.status if job else "waiting",
-                "job": job,
-                "handoff_seconds": handoff,
-                "duration_seconds": job.duration if job else None,
-            }
-        )
-        previous = job
+        if previous_end and step["start"]:
+            handoff = (step["start"] - previous_end).total_seconds()
+        step["handoff_seconds"] = handoff
+        previous_end = step.pop("end")
+        step.pop("start")
+        steps.append(step)
     return {
         "id": chain.pk,
         "status": chain.status,
@@ -261,6 +313,32 @@ def chain_view(chain: Chain) -> dict[str, Any]:
         "steps": steps,
     }
 
+
+def _group_view(index: int, planned: dict[str, Any], latest: dict[tuple[int | None, int | None], Job]) -> dict[str, Any]:
+    members = []
+    for n, member in enumerate(planned["group"]):
+        job = latest.get((index, n))
+        members.append({"member": n, "type": member["type"], "status": job.status if job else "waiting", "job": job,
+                        "duration_seconds": job.duration if job else None})
+    jobs = [m["job"] for m in members if m["job"] is not None]
+    statuses = {job.status for job in jobs}
+    if not jobs:
+        status = "waiting"
+    elif not statuses <= set(FINISHED):
+        status = "pending" if statuses == {JobStatus.PENDING} else "running"
+    elif statuses == {JobStatus.SUCCEEDED}:
+        status = "succeeded"
+    else:
+        status = JobStatus.DEAD if JobStatus.DEAD in statuses else JobStatus.CANCELLED
+    starts = [job.started_at for job in jobs if job.started_at]
+    ended = bool(jobs) and len(jobs) == len(members) and statuses <= set(FINISHED)
+    start = min(starts) if starts else None
+    end = max(job.finished_at for job in jobs if job.finished_at) if ended else None
+    return {
+        "index": index, "type": "group", "status": status, "job": None, "members": members,
+        "on_failure": planned.get("on_failure", "fail"), "start": start, "end": end,
+        "duration_seconds": (end - start).total_seconds() if start and end else None,
+    }
 
 
 # --- The catalog --------------------------------------------------------------------------------

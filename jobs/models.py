@@ -27,7 +27,8 @@ class ChainStatus(models.TextChoices):
 
 
 class Chain(models.Model):
-    #: The plan: [{"type": ..., "input": ...}, ...]; a handler's continue_with inserts into it.
+    #: The plan: [{"type": ..., "input": ...}, ...]; a group step is {"group": [{"type", "input"},
+    #: ...], "on_failure": "fail" | "collect"}. A handler's continue_with and fan_out insert into it.
     steps = models.JSONField(default=list)
     status = models.CharField(max_length=16, choices=ChainStatus.choices, default=ChainStatus.RUNNING)
     created_at = models.DateTimeField(default=timezone.now)
@@ -38,8 +39,16 @@ class Chain(models.Model):
         indexes = [models.Index(fields=["status", "-id"], name="chain_status_idx")]
 
     def __str__(self) -> str:
-        names = " -> ".join(step["type"] for step in self.steps)
-        return f"chain {self.pk}: {names}"
+        return f"chain {self.pk}: {' -> '.join(map(step_name, self.steps))}"
+
+
+def step_name(planned: dict) -> str:
+    """A planned step as a reader names it: its type, or `group(a, b, ...)`."""
+    if "group" in planned:
+        types = [member["type"] for member in planned["group"]]
+        shown = ", ".join(types[:3]) + (f", ... ({len(types)})" if len(types) > 3 else "")
+        return f"group({shown})"
+    return planned["type"]
 
 
 class Job(models.Model):
@@ -65,6 +74,12 @@ class Job(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
     chain = models.ForeignKey(Chain, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
     chain_index = models.PositiveIntegerField(null=True, blank=True)
+    #: Its place in its chain step's group (0, 1, ...); None for a step that is one job.
+    member = models.PositiveIntegerField(null=True, blank=True)
+    #: What the group before this step handed on: each member's output in member order (a member
+    #: that ended badly, in a group that collects failures: {"error", "status"}). Set when the
+    #: group's last member ended; None after a one-job step. The handler reads it as ctx.results.
+    results = models.JSONField(null=True, blank=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     progress = models.PositiveSmallIntegerField(default=0)
     progress_message = models.CharField(max_length=500, blank=True, default="")
@@ -85,6 +100,10 @@ class Job(models.Model):
             # Listing and the admin's filters.
             models.Index(fields=["status", "-id"], name="job_status_idx"),
             models.Index(fields=["type", "-id"], name="job_type_idx"),
+            # A group's fan-in: its members' ends, read by each member's outcome.
+            models.Index(
+                fields=["chain", "chain_index", "member"], name="job_member_idx", condition=Q(member__isnull=False)
+            ),
             # Retention cleanup of finished rows.
             models.Index(fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)),
         ]

@@ -110,20 +110,25 @@ def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
     view = chain_view(chain)
     start = chain.created_at
     end = chain.finished_at or now
-    for step in view["steps"]:
-        job = step["job"]
+    # A group step is one bar from its first member's start to its last member's end, with a
+    # bar of its own for each member under it.
+    bars = [bar for step in view["steps"] for bar in [step, *(step.get("members") or [])]]
+    for bar in bars:
+        job = bar["job"]
         if job and job.finished_at and job.finished_at > end:
             end = job.finished_at
     span = max((end - start).total_seconds(), 0.001)
-    for step in view["steps"]:
-        job = step["job"]
-        if job and job.started_at:
-            left = (job.started_at - start).total_seconds()
-            right = ((job.finished_at or now) - start).total_seconds()
-            step["left"] = round(100 * max(left, 0) / span, 2)
-            step["width"] = round(max(100 * (right - max(left, 0)) / span, 0.5), 2)
+    for bar in bars:
+        jobs = [bar["job"]] if bar["job"] else [m["job"] for m in bar.get("members") or [] if m["job"]]
+        began = [job.started_at for job in jobs if job.started_at]
+        if began:
+            left = (min(began) - start).total_seconds()
+            ends = [job.finished_at or now for job in jobs]
+            right = (max(ends) - start).total_seconds()
+            bar["left"] = round(100 * max(left, 0) / span, 2)
+            bar["width"] = round(max(100 * (right - max(left, 0)) / span, 0.5), 2)
         else:
-            step["left"] = step["width"] = None
+            bar["left"] = bar["width"] = None
     view["span"] = span
     return view
 

@@ -8,20 +8,32 @@ from __future__ import annotations
 
 from typing import Callable
 
-from jobs import registry, store
+from jobs import chains, registry, store
 from jobs.models import ChainStatus, Status
 
 
 def settle(ended: store.Ended) -> None:
     """A job that ended without success (dead, cancelled) ends its chain the same way, and its
-    type's on_finish hook runs (event deliveries: the next one of the key is released)."""
+    type's on_finish hook runs (event deliveries: the next one of the key is released).
+
+    A group's member ends its chain only when its group fails on failure; in a group that
+    collects failures its end counts toward the fan-in instead, under the chain's lock, and the
+    last member's end releases the next step (chains.member_ended)."""
     if ended.status not in (Status.DEAD, Status.CANCELLED):
         return
     if ended.chain_id is not None:
-        store.finish_chain(ended.chain_id, ChainStatus.FAILED if ended.status == Status.DEAD else ChainStatus.CANCELLED)
+        locked = store.lock_chain(ended.chain_id) if ended.member is not None else None
+        if locked is not None and _collects(locked[0], ended.chain_index):
+            chains.member_ended(ended.chain_id, ended.chain_index, locked[0], locked[1], ended.id)
+        else:
+            store.finish_chain(ended.chain_id, ChainStatus.FAILED if ended.status == Status.DEAD else ChainStatus.CANCELLED)
     hook = on_finish(ended.type)
     if hook:
         hook(ended.id, ended.status)
+
+
+def _collects(steps: list[dict], index: int | None) -> bool:
+    return index is not None and index < len(steps) and steps[index].get("on_failure") == "collect"
 
 
 def on_finish(type_name: str) -> Callable[[int, str], None] | None:

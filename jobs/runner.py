@@ -22,9 +22,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs import registry, store, telemetry
+from jobs import chains, registry, store, telemetry
 from jobs.context import Context
-from jobs.creation import Step, new_job, submit
 from jobs.models import ChainStatus, Status
 from jobs.outcome import settle
 from jobs.publish import HARD_LIMIT_GRACE
@@ -83,6 +82,8 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         chain_index=claimed.chain_index,
         parent_id=claimed.parent_id,
         idempotency_key=claimed.idempotency_key or f"conveyor-job-{claimed.id}",
+        member=claimed.member,
+        results=claimed.results,
     )
     # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
     with telemetry.running(claimed, worker) as run:
@@ -163,7 +164,7 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         if done is None:
             return _lost(ctx)
         if done.status == Status.CANCELLED:
-            settle(store.Ended(done.id, done.type, done.status, done.chain_id))
+            settle(store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member))
             return done.status
         if ctx.chain_id is not None or ctx.continuations:
             _continue_chain(ctx, done)
@@ -181,8 +182,13 @@ def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
     """Inside the outcome's transaction: insert the chain's next step, or finish the chain.
 
     `done` carries the chain's plan and status, read under its row lock (none for a lone job
-    that continued: it becomes step 0 of a new chain).
+    that continued: it becomes step 0 of a new chain). A group's member releases the next step
+    only when it is the group's last to end (chains.member_ended); a handler's continuations
+    (continue_with, fan_out) are spliced into the plan right after its own step.
     """
+    if ctx.member is not None:
+        chains.member_ended(ctx.chain_id, ctx.chain_index, done.chain_steps, done.chain_status, ctx.job_id)
+        return
     if ctx.chain_id is None:
         steps = [{"type": ctx.type, "input": done.input}, *ctx.continuations]
         chain_id, index, status = store.start_chain_from(ctx.job_id, steps), 0, ChainStatus.RUNNING
@@ -193,11 +199,8 @@ def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
             store.set_chain_steps(chain_id, steps)
     if status != ChainStatus.RUNNING:
         store.finish_chain(chain_id, status)
-    elif index + 1 >= len(steps):
-        store.finish_chain(chain_id, ChainStatus.SUCCEEDED)
     else:
-        step = steps[index + 1]
-        submit([new_job(Step(step["type"], step["input"]), chain_id=chain_id, chain_index=index + 1, parent_id=ctx.job_id)])
+        chains.advance(chain_id, index, steps, ctx.job_id)
 
 
 def _fail(ctx: Context, error: str, jt: registry.JobType | None) -> str:

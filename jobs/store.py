@@ -64,6 +64,10 @@ class Claimed(NamedTuple):
     queue: str
     #: Seconds from when the row was due (enqueued, or its delay or backoff ended) to this claim.
     waited: float
+    #: Its place in its chain step's group (None: a one-job step or no chain).
+    member: int | None = None
+    #: The outputs the group before this step handed on (ctx.results).
+    results: list[Any] | None = None
 
 
 class Beat(NamedTuple):
@@ -89,6 +93,19 @@ class Ended(NamedTuple):
     type: str
     status: str
     chain_id: int | None
+    chain_index: int | None = None
+    #: Its place in its chain step's group: its end counts toward the group's fan-in.
+    member: int | None = None
+
+
+class Member(NamedTuple):
+    """A group member's end, as the fan-in reads it."""
+
+    id: int
+    member: int
+    status: str
+    output: Any
+    error: str
 
 
 def _json(value: Any) -> Any:
@@ -141,17 +158,18 @@ def _messages(cursor: Any) -> list[Message]:
 
 INSERT_SQL = """
 INSERT INTO jobs_job (type, queue, input, priority, max_attempts, idempotency_key, chain_id,
-                      chain_index, parent_id, run_after, published_at, status, attempt, worker,
-                      progress, progress_message, cancel_requested, error, created_at, updated_at)
+                      chain_index, member, results, parent_id, run_after, published_at, status,
+                      attempt, worker, progress, progress_message, cancel_requested, error,
+                      created_at, updated_at)
 SELECT v.type, v.queue, v.input::jsonb, v.priority, v.max_attempts, v.key, v.chain_id,
-       v.chain_index, v.parent_id, COALESCE(v.run_after, now()),
+       v.chain_index, v.member, v.results::jsonb, v.parent_id, COALESCE(v.run_after, now()),
        -- Due now: its message is published after commit. Later: the relay publishes it when due.
        CASE WHEN COALESCE(v.run_after, now()) <= now() THEN now() END,
        'pending', 0, '', 0, '', false, '', now(), now()
   FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::bigint[],
-              %s::int[], %s::bigint[], %s::timestamptz[])
+              %s::int[], %s::int[], %s::text[], %s::bigint[], %s::timestamptz[])
        WITH ORDINALITY AS v(type, queue, input, priority, max_attempts, key, chain_id,
-                            chain_index, parent_id, run_after, n)
+                            chain_index, member, results, parent_id, run_after, n)
  ORDER BY v.n
     ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id, idempotency_key, run_after, published_at, created_at
@@ -176,6 +194,8 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
         [job.idempotency_key for job in jobs],
         [job.chain_id for job in jobs],
         [job.chain_index for job in jobs],
+        [job.member for job in jobs],
+        [None if job.results is None else json.dumps(job.results) for job in jobs],
         [job.parent_id for job in jobs],
         [job.run_after for job in jobs],
     ]
@@ -212,7 +232,7 @@ UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, star
               WHERE id = %s AND {RUNNABLE} AND run_after <= now()
               FOR UPDATE SKIP LOCKED)
 RETURNING id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
-          queue, EXTRACT(EPOCH FROM now() - run_after)::float8
+          queue, EXTRACT(EPOCH FROM now() - run_after)::float8, member, results
 """
 
 
@@ -224,7 +244,7 @@ def claim(job_id: int, worker: str, lease_seconds: float) -> Claimed | None:
     if row is None:
         return None
     claimed = Claimed._make(row)
-    return claimed._replace(input=_json(claimed.input))
+    return claimed._replace(input=_json(claimed.input), results=_json(claimed.results))
 
 
 # Fenced by attempt: a runner whose lease lapsed (and whose row another worker claimed since)
@@ -297,7 +317,7 @@ UPDATE jobs_job SET status = {ENDED.format(again="failed")},
        run_after = now() + make_interval(secs => %s), published_at = NULL,
        lease_expires_at = NULL, error = %s, updated_at = now()
  WHERE id = %s AND status = 'running' AND attempt = %s
-RETURNING id, type, status, chain_id
+RETURNING id, type, status, chain_id, chain_index, member
 """
 
 
@@ -364,7 +384,7 @@ UPDATE jobs_job SET status = {ENDED.format(again="pending")},
  WHERE id = (SELECT id FROM jobs_job
               WHERE id = %s AND status = 'running' AND lease_expires_at < now()
               FOR UPDATE SKIP LOCKED)
-RETURNING id, type, status, chain_id
+RETURNING id, type, status, chain_id, chain_index, member
 """
 
 
@@ -393,7 +413,7 @@ UPDATE jobs_job SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'p
        run_after = now(), updated_at = now(),
        error = 'handed back: worker ' || %s || ' stopped before finishing'
  WHERE status = 'running' AND worker LIKE %s
-RETURNING id, type, status, chain_id
+RETURNING id, type, status, chain_id, chain_index, member
 """
 
 
@@ -420,7 +440,7 @@ CANCEL_WAITING_SQL = """
 UPDATE jobs_job SET status = 'cancelled', cancel_requested = true, finished_at = now(),
        updated_at = now()
  WHERE id = %s AND status IN ('pending', 'failed')
-RETURNING id, type, status, chain_id
+RETURNING id, type, status, chain_id, chain_index, member
 """
 
 CANCEL_RUNNING_SQL = """
@@ -451,19 +471,22 @@ UPDATE jobs_job j SET status = 'pending', cancel_requested = false,
        published_at = CASE WHEN old.due <= now() THEN now() END,
        finished_at = NULL, updated_at = now()
   FROM old WHERE j.id = old.id
-RETURNING j.chain_id
+RETURNING j.chain_id, j.chain_index, j.member
 """
 
 
 def retry(job_id: int, retries: int) -> bool:
-    """Give an ended (or failed) row `retries` more attempts; reopen its chain."""
+    """Give an ended (or failed) row `retries` more attempts; reopen its chain, unless it is a
+    member of a group that has already handed its results on (one that collects failures): the
+    chain went on without waiting for it, and its new run changes nothing there."""
     with connections["default"].cursor() as cursor:
         cursor.execute(RETRY_SQL, [job_id, retries])
         row = cursor.fetchone()
     if row is None:
         return False
-    if row[0] is not None:
-        Chain.objects.filter(pk=row[0]).update(status=ChainStatus.RUNNING, finished_at=None)
+    chain_id, index, member = row
+    if chain_id is not None and not (member is not None and step_released(chain_id, index + 1)):
+        Chain.objects.filter(pk=chain_id).update(status=ChainStatus.RUNNING, finished_at=None)
     return True
 
 
@@ -477,6 +500,47 @@ def finish_chain(chain_id: int, status: str) -> None:
             "UPDATE jobs_chain SET status = %s, finished_at = now() WHERE id = %s AND status = 'running'",
             [status, chain_id],
         )
+
+
+def lock_chain(chain_id: int) -> tuple[list[dict[str, Any]], str] | None:
+    """Lock the chain's row until the transaction ends; return its plan and status (None: gone).
+
+    Every outcome of a chain's job takes this lock (store.succeed takes it in its own statement),
+    so the ends of one group's members are recorded one after the other: the last to take the
+    lock sees every other member's end, and releases the next step."""
+    with prepared() as cursor:
+        cursor.execute("SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE", [chain_id])
+        row = cursor.fetchone()
+    return None if row is None else (_json(row[0]), row[1])
+
+
+GROUP_OPEN_SQL = """
+SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'dead', 'cancelled')) FROM jobs_job
+ WHERE chain_id = %s AND chain_index = %s AND member IS NOT NULL
+"""
+GROUP_ENDS_SQL = """
+SELECT id, member, status, output, error FROM jobs_job
+ WHERE chain_id = %s AND chain_index = %s AND member IS NOT NULL ORDER BY member
+"""
+STEP_RELEASED_SQL = "SELECT EXISTS (SELECT 1 FROM jobs_job WHERE chain_id = %s AND chain_index = %s)"
+
+
+def group_ends(chain_id: int, index: int) -> list[Member] | None:
+    """The members of group step `index`, in member order, once every one has ended (succeeded,
+    dead or cancelled); None while one still may run. Read under the chain's lock (job_member_idx)."""
+    with prepared() as cursor:
+        cursor.execute(GROUP_OPEN_SQL, [chain_id, index])
+        if cursor.fetchone()[0]:
+            return None
+        cursor.execute(GROUP_ENDS_SQL, [chain_id, index])
+        return [Member(i, m, status, _json(output), error) for i, m, status, output, error in cursor.fetchall()]
+
+
+def step_released(chain_id: int, index: int) -> bool:
+    """Whether step `index` of the chain has a job already."""
+    with prepared() as cursor:
+        cursor.execute(STEP_RELEASED_SQL, [chain_id, index])
+        return cursor.fetchone()[0]
 
 
 def set_chain_steps(chain_id: int, steps: list[dict[str, Any]]) -> None:

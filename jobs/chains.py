@@ -1,0 +1,60 @@
+"""What a chain does when one of its steps is done: release the next step, or end.
+
+A step is one job or a group of jobs run side by side. Everything here runs inside the
+transaction that records a job's outcome, with the chain's row locked (store.succeed locks it in
+the same statement; outcome.settle through store.lock_chain), so the ends of one group's members
+are recorded one after the other. The member whose outcome takes the lock last sees every other
+member's end and releases the next step: no task polls for it, and the next step is inserted
+once whether two members end at the same instant on two workers, a member's message is
+duplicated, or a member's worker dies and its job runs again (a member counts by its row's
+status, not by how many times it ended). The next step's message goes out after the commit
+(creation.submit -> publish_on_commit).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from jobs import store
+from jobs.creation import step_jobs, submit
+from jobs.models import ChainStatus, Status
+
+
+def advance(chain_id: int, index: int, steps: list[dict[str, Any]], parent_id: int, results: list[Any] | None = None) -> None:
+    """Step `index` is done: insert step `index + 1` (handing it `results`), or, past the last
+    step, end the chain succeeded."""
+    if index + 1 >= len(steps):
+        store.finish_chain(chain_id, ChainStatus.SUCCEEDED)
+    else:
+        submit(step_jobs(steps[index + 1], chain_id, index + 1, parent_id=parent_id, results=results))
+
+
+def member_ended(chain_id: int, index: int, steps: list[dict[str, Any]], status: str, parent_id: int) -> None:
+    """A member of group step `index` has ended (its row written in this transaction): when it is
+    the last, hand the members' outputs, in member order, to the next step.
+
+    `status` is the chain's, read under its lock: a chain that failed or was cancelled releases
+    nothing (its other members were left to finish). In a group that fails on failure, a member
+    that ended badly fails the chain at once (outcome.settle), so only a chain reopened by a retry
+    gets here with one: it fails again. In a group that collects failures, each such member's
+    place holds {"error", "status", "job"} instead of an output."""
+    if status != ChainStatus.RUNNING:
+        return
+    ends = store.group_ends(chain_id, index)
+    if ends is None or store.step_released(chain_id, index + 1):
+        return  # a member may still run; or a member retried after the fan-in ended again
+    bad = [end for end in ends if end.status != Status.SUCCEEDED]
+    if bad and steps[index].get("on_failure") != "collect":
+        dead = any(end.status == Status.DEAD for end in bad)
+        store.finish_chain(chain_id, ChainStatus.FAILED if dead else ChainStatus.CANCELLED)
+        return
+    results = [
+        end.output if end.status == Status.SUCCEEDED else {"error": last_line(end.error), "status": end.status, "job": end.id}
+        for end in ends
+    ]
+    advance(chain_id, index, steps, parent_id, results)
+
+
+def last_line(error: str) -> str:
+    """A traceback's last line (the exception and its message)."""
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""

@@ -1,0 +1,449 @@
+"""Groups in a chain (fan-out and fan-in), in process on the session's real PostgreSQL and Redis:
+the plan's validation, POST /api/chains's 400s, and the fan-in: the last member's outcome
+transaction releases the next step, once, with the members' outputs in member order, whatever
+the order, concurrency, duplication or loss of the members' runs. The runner (`runner.execute`),
+the reaper and control are called directly; no worker process runs (tests/acceptance/
+test_chain_groups_live.py runs real workers).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection, connections, transaction
+
+from examples.models import Effect
+from jobs import Group, InvalidJob, Step, control, enqueue, recovery, runner, start_chain, store
+from jobs.creation import MAX_MEMBERS
+from jobs.models import Chain, ChainStatus, Job, Status
+from tests.support import redis_client, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+WORKER = "node@test/1"
+
+
+@pytest.fixture(autouse=True)
+def empty_redis():
+    redis_client().flushall()
+    yield
+    redis_client().flushall()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_the_heartbeats_connection(django_db_blocker):
+    """The runner's heartbeat thread keeps its `claims` connection open; end that backend so the
+    test database can be dropped (as tests/integration/test_store_transitions.py does)."""
+    yield
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
+            " AND query LIKE %s",
+            ["%UPDATE jobs_job j SET lease_expires_at%"],
+        )
+
+
+def members(chain: Chain, index: int) -> list[Job]:
+    return list(Job.objects.filter(chain=chain, chain_index=index).order_by("member"))
+
+
+def step_jobs(chain: Chain, index: int) -> list[Job]:
+    return list(Job.objects.filter(chain=chain, chain_index=index))
+
+
+def member_steps(count: int, **extra: Any) -> list[Step]:
+    return [Step("examples.member" if n % 2 == 0 else "examples.member-images", {"n": n, **extra}) for n in range(count)]
+
+
+def refused(steps: list[Any]) -> dict[str, str]:
+    with pytest.raises(InvalidJob) as caught:
+        start_chain(steps)
+    assert Chain.objects.count() == 0 and Job.objects.count() == 0
+    return caught.value.errors
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+
+def test_a_group_step_is_planned_with_its_members_and_its_failure_rule():
+    chain = start_chain([Step("examples.echo", {"a": 1}), Group(member_steps(2), on_failure="collect"), Step("examples.gather")])
+    assert Chain.objects.get(pk=chain.pk).steps == [
+        {"type": "examples.echo", "input": {"a": 1}},
+        {
+            "group": [
+                {"type": "examples.member", "input": {"n": 0, "sleep": 0.0, "fail": False}},
+                {"type": "examples.member-images", "input": {"n": 1, "sleep": 0.0, "fail": False}},
+            ],
+            "on_failure": "collect",
+        },
+        {"type": "examples.gather", "input": {}},
+    ]
+    assert str(chain) == f"chain {chain.pk}: examples.echo -> group(examples.member, examples.member-images) -> examples.gather"
+    # only the first step has a job yet
+    assert [(j.chain_index, j.member) for j in Job.objects.filter(chain=chain)] == [(0, None)]
+
+
+@pytest.mark.parametrize(
+    ("steps", "field"),
+    [
+        ([Step("examples.echo"), Group([])], "steps.1.group"),
+        ([Step("examples.echo"), Group(member_steps(MAX_MEMBERS + 1))], "steps.1.group"),
+        ([Step("examples.echo"), Group([Step("examples.echo"), Step("no.such-type")])], "steps.1.group.1.type"),
+        ([Group([Step("examples.sleep", {"seconds": -1})])], "steps.0.group.0.input.seconds"),
+        ([Step("examples.echo"), Group([Group([Step("examples.echo")])])], "steps.1.group.0"),
+        ([Group([Step("examples.echo")], on_failure="ignore")], "steps.0.on_failure"),
+        ([{"group": [{"type": "examples.echo"}], "then": 1}], "steps.0.then"),
+        ([{"group": []}], "steps.0.group"),
+    ],
+)
+def test_a_wrong_group_is_refused_naming_the_field_and_nothing_is_written(steps, field):
+    assert field in refused(steps)
+
+
+def test_a_chain_that_starts_with_a_group_inserts_and_publishes_every_member():
+    chain = start_chain([Group(member_steps(3)), Step("examples.gather")])
+    jobs = members(chain, 0)
+    assert [(j.member, j.type, j.queue, j.status) for j in jobs] == [
+        (0, "examples.member", "default", Status.PENDING),
+        (1, "examples.member-images", "images", Status.PENDING),
+        (2, "examples.member", "default", Status.PENDING),
+    ]
+    assert all(j.published_at is not None for j in jobs)
+    assert (queued("default"), queued("images")) == ([jobs[0].pk, jobs[2].pk], [jobs[1].pk])
+
+
+def queued(queue: str) -> list[int]:
+    """The job ids of the messages waiting in `queue`, over its priority lists."""
+    ids = []
+    for step in range(10):
+        for raw in redis_client().lrange(queue if step == 0 else f"{queue}:{step}", 0, -1):
+            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            ids.extend(body[0])
+    return sorted(ids)
+
+
+# --- POST /api/chains -----------------------------------------------------------------------------
+
+
+def test_http_chain_with_a_group_is_created_and_shown_as_one_step_with_its_members(api):
+    status, body = api("post", "/chains", {"steps": [
+        {"type": "examples.echo", "input": {"a": 1}},
+        {"group": [{"type": "examples.member", "input": {"n": 0}}, {"type": "examples.member-images", "input": {"n": 1}}],
+         "on_failure": "collect"},
+        {"type": "examples.gather"},
+    ]})
+    assert status == 201, body
+    assert [(s["index"], s["type"], s["status"]) for s in body["steps"]] == [
+        (0, "examples.echo", "pending"), (1, "group", "waiting"), (2, "examples.gather", "waiting"),
+    ]
+    group = body["steps"][1]
+    assert group["on_failure"] == "collect" and group["job"] is None
+    assert [(m["member"], m["type"], m["status"], m["job"]) for m in group["members"]] == [
+        (0, "examples.member", "waiting", None), (1, "examples.member-images", "waiting", None),
+    ]
+    assert body["steps"][0]["members"] is None
+
+
+@pytest.mark.parametrize(
+    ("step", "field"),
+    [
+        ({"group": []}, "steps.1.group"),
+        ({"group": [{"type": "examples.echo"}] * (MAX_MEMBERS + 1)}, "steps.1.group"),
+        ({"group": [{"type": "examples.echo"}, {"type": "no.such-type"}]}, "steps.1.group.1.type"),
+        ({"group": [{"type": "examples.sleep", "input": {"seconds": "x"}}]}, "steps.1.group.0.input.seconds"),
+        ({"group": [{"type": "examples.echo"}], "on_failure": "ignore"}, "steps.1.on_failure"),
+        ({"group": [{"type": "examples.echo"}], "extra": 1}, "steps.1.extra"),
+        ({"group": [{"group": [{"type": "examples.echo"}]}]}, "steps.1.group.0.type"),
+        ({"group": [{"type": "examples.nightly-report"}]}, "steps.1.group.0.type"),  # not public
+    ],
+)
+def test_http_wrong_group_is_400_naming_the_field(api, step, field):
+    status, body = api("post", "/chains", {"steps": [{"type": "examples.echo"}, step]})
+    assert status == 400, body
+    assert field in body["fields"], body
+    assert Chain.objects.count() == 0 and Job.objects.count() == 0
+
+
+# --- the fan-in -----------------------------------------------------------------------------------
+
+
+def test_the_last_member_to_end_releases_the_next_step_once_with_the_outputs_in_member_order():
+    # given a chain echo -> group of 4 -> gather, its first step done
+    chain = start_chain([Step("examples.echo"), Group(member_steps(4)), Step("examples.gather", {"g": 1})])
+    assert runner.execute(Job.objects.get(chain=chain, chain_index=0).pk, worker=WORKER) == "succeeded"
+    group = members(chain, 1)
+    assert [j.member for j in group] == [0, 1, 2, 3] and all(j.results is None for j in group)
+
+    # when the members end in reverse order
+    for job in reversed(group[1:]):
+        assert runner.execute(job.pk, worker=WORKER) == "succeeded"
+        assert step_jobs(chain, 2) == []  # not before the last
+    assert runner.execute(group[0].pk, worker=WORKER) == "succeeded"
+
+    # then the next step exists once, parented by the last member, with the outputs in member order
+    [gather] = step_jobs(chain, 2)
+    assert (gather.parent_id, gather.input, gather.results) == (group[0].pk, {"g": 1}, [{"n": n} for n in range(4)])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, xmin::text FROM jobs_job WHERE id IN (%s, %s)", [group[0].pk, gather.pk])
+        xmin = dict(cursor.fetchall())
+    assert xmin[group[0].pk] == xmin[gather.pk], "the last member's end and the next step were separate transactions"
+    # and the next step's handler reads them as ctx.results
+    assert runner.execute(gather.pk, worker=WORKER) == "succeeded"
+    assert Job.objects.get(pk=gather.pk).output == {"input": {"g": 1}, "results": [{"n": n} for n in range(4)]}
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED
+
+
+def test_a_group_as_the_last_step_ends_the_chain_when_its_last_member_ends():
+    chain = start_chain([Group(member_steps(2))])
+    first, second = members(chain, 0)
+    runner.execute(first.pk, worker=WORKER)
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.RUNNING
+    runner.execute(second.pk, worker=WORKER)
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED
+
+
+def test_two_members_ending_at_the_same_instant_on_two_connections_release_the_next_step_once():
+    """Both outcome transactions have written their member's end and wait for the chain's row lock
+    (held by a third connection); released together, exactly one of them must see both ends."""
+    for _ in range(5):
+        chain = start_chain([Group(member_steps(2)), Step("examples.gather")])
+        claimed = [store.claim(job.pk, WORKER, 30) for job in members(chain, 0)]
+        holding, release = threading.Event(), threading.Event()
+        errors: list[str] = []
+
+        def hold_chain_lock(chain_id: int = chain.pk) -> None:
+            try:
+                with transaction.atomic():
+                    store.lock_chain(chain_id)
+                    holding.set()
+                    release.wait(20)
+            finally:
+                connections.close_all()
+
+        def end_member(c: store.Claimed) -> None:
+            try:
+                ctx = runner.Context(c.id, c.type, c.attempt, c.max_attempts, c.chain_id, c.chain_index, c.parent_id,
+                                     "key", member=c.member)
+                jt = runner.registry.get(c.type)
+                result = runner._succeed(ctx, json.dumps({"n": c.member}), jt)
+                if result != "succeeded":
+                    errors.append(result)
+            except Exception as exc:  # reported by the test
+                errors.append(repr(exc))
+            finally:
+                connections.close_all()
+
+        locker = threading.Thread(target=hold_chain_lock, daemon=True)
+        locker.start()
+        assert holding.wait(10)
+        enders = [threading.Thread(target=end_member, args=(c,), daemon=True) for c in claimed]
+        for thread in enders:
+            thread.start()
+        # both wait on the chain's row (their member's row already written, not committed)
+        wait_for(lambda: waiting_on_locks() == 2, 10, interval=0.02, what="both outcomes to wait for the chain's lock")
+        release.set()
+        for thread in [locker, *enders]:
+            thread.join(20)
+            assert not thread.is_alive()
+        assert errors == []
+        [gather] = step_jobs(chain, 1)
+        assert gather.results == [{"n": 0}, {"n": 1}]
+
+
+def waiting_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_duplicate_message_and_a_lost_run_of_a_member_count_once():
+    chain = start_chain([Group(member_steps(2)), Step("examples.gather")])
+    first, second = members(chain, 0)
+    # the first member's message delivered twice: the second delivery claims nothing
+    assert runner.execute(first.pk, worker=WORKER) == "succeeded"
+    assert runner.execute(first.pk, worker=WORKER) == "skipped"
+    # the second member's first run loses its worker: its lease lapses, the reaper returns it
+    lost = store.claim(second.pk, "gone@test/9", 30)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs_job SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [second.pk])
+    assert recovery.reap() == 1
+    assert step_jobs(chain, 1) == []
+    # it runs again and succeeds; the lost run's late outcome is refused
+    assert runner.execute(second.pk, worker=WORKER) == "succeeded"
+    ctx = runner.Context(lost.id, lost.type, lost.attempt, lost.max_attempts, lost.chain_id, lost.chain_index, None, "k", member=1)
+    assert runner._succeed(ctx, json.dumps({"n": 99}), runner.registry.get(lost.type)) == "lost"
+    [gather] = step_jobs(chain, 1)
+    assert gather.results == [{"n": 0}, {"n": 1}]
+    assert sorted(Effect.objects.values_list("job_id", "attempt")) == [(first.pk, 1), (second.pk, 2)]
+
+
+def execute_until_ended(job_id: int) -> str:
+    """Run a failing job's attempts as each becomes due, until it ends."""
+    return wait_for(
+        lambda: (done := runner.execute(job_id, worker=WORKER)) in ("dead", "cancelled", "succeeded") and done,
+        15, interval=0.05, what=f"job {job_id} to end",
+    )
+
+
+def test_a_member_that_dies_fails_the_chain_at_once_and_the_others_release_nothing():
+    chain = start_chain([Group([Step("examples.member", {"n": 0}), Step("examples.member", {"n": 1, "fail": True}),
+                                Step("examples.member", {"n": 2})]), Step("examples.gather")])
+    ok, doomed, late = members(chain, 0)
+    runner.execute(ok.pk, worker=WORKER)
+    assert execute_until_ended(doomed.pk) == "dead"
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.FAILED  # before the last member ends
+    assert runner.execute(late.pk, worker=WORKER) == "succeeded"  # left to finish
+    assert step_jobs(chain, 1) == []
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.FAILED
+
+
+def test_a_group_that_collects_hands_the_failures_on_in_place():
+    chain = start_chain([
+        Group([Step("examples.member", {"n": 0}), Step("examples.member", {"n": 1, "fail": True}),
+               Step("examples.member", {"n": 2})], on_failure="collect"),
+        Step("examples.gather"),
+    ])
+    ok, doomed, cancelled = members(chain, 0)
+    runner.execute(ok.pk, worker=WORKER)
+    assert control.cancel(cancelled)
+    assert step_jobs(chain, 1) == []
+    assert execute_until_ended(doomed.pk) == "dead"  # the last to end
+    [gather] = step_jobs(chain, 1)
+    assert gather.results == [
+        {"n": 0},
+        {"error": "RuntimeError: examples.member 1: failing as asked", "status": "dead", "job": doomed.pk},
+        {"error": "", "status": "cancelled", "job": cancelled.pk},
+    ]
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.RUNNING
+
+
+def test_a_cancelled_member_cancels_a_chain_that_fails_on_failure():
+    chain = start_chain([Group(member_steps(2)), Step("examples.gather")])
+    assert control.cancel(members(chain, 0)[1])
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.CANCELLED
+
+
+def test_retrying_the_dead_member_reopens_the_chain_and_its_success_releases_the_next_step():
+    chain = start_chain([Group([Step("examples.member", {"n": 0}), Step("examples.fail", {"times": 3})]), Step("examples.gather")])
+    ok, flaky = members(chain, 0)
+    runner.execute(ok.pk, worker=WORKER)
+    with connection.cursor() as cursor:  # setup: its last attempt is the next one
+        cursor.execute("UPDATE jobs_job SET max_attempts = 1 WHERE id = %s", [flaky.pk])
+    assert runner.execute(flaky.pk, worker=WORKER) == "dead"
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.FAILED
+    assert control.retry(Job.objects.get(pk=flaky.pk))
+    assert execute_until_ended(flaky.pk) == "succeeded"
+    [gather] = step_jobs(chain, 1)
+    assert gather.results == [{"n": 0}, {"attempt": 4}]
+
+
+# --- dynamic fan-out ------------------------------------------------------------------------------
+
+
+def test_fan_out_in_a_chain_inserts_a_group_whose_outputs_the_next_step_collects():
+    chain = start_chain([Step("examples.fan-out", {"count": 3}), Step("examples.gather", {"after": "fan-out"})])
+    fan = Job.objects.get(chain=chain, chain_index=0)
+    assert runner.execute(fan.pk, worker=WORKER) == "succeeded"
+    plan = Chain.objects.get(pk=chain.pk).steps
+    assert [s.get("type", "group") for s in plan] == ["examples.fan-out", "group", "examples.gather"]
+    group = members(chain, 1)
+    assert [(j.member, j.type, j.parent_id) for j in group] == [
+        (0, "examples.member", fan.pk), (1, "examples.member-images", fan.pk), (2, "examples.member", fan.pk),
+    ]
+    for job in (group[2], group[0], group[1]):
+        runner.execute(job.pk, worker=WORKER)
+    [gather] = step_jobs(chain, 2)
+    assert runner.execute(gather.pk, worker=WORKER) == "succeeded"
+    assert Job.objects.get(pk=gather.pk).output == {"input": {"after": "fan-out"}, "results": [{"n": 0}, {"n": 1}, {"n": 2}]}
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED
+
+
+def test_fan_out_of_a_lone_job_starts_a_chain_that_ends_with_its_group():
+    job = enqueue("examples.fan-out", {"count": 2})
+    assert runner.execute(job.pk, worker=WORKER) == "succeeded"
+    job.refresh_from_db()
+    chain = Chain.objects.get(pk=job.chain_id)
+    assert job.chain_index == 0 and chain.status == ChainStatus.RUNNING
+    for member in members(chain, 1):
+        runner.execute(member.pk, worker=WORKER)
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED
+
+
+def test_a_member_cannot_fan_out_or_continue_its_attempt_fails():
+    chain = start_chain([Group([Step("examples.fan-out", {"count": 2})])])
+    [member] = members(chain, 0)
+    assert runner.execute(member.pk, worker=WORKER) == "failed"
+    job = Job.objects.get(pk=member.pk)
+    assert "is a member of a group" in job.error
+    assert Job.objects.count() == 1
+
+
+# --- shown as one step with its members ---------------------------------------------------------
+
+
+def test_the_api_admin_and_operations_page_show_a_group_as_one_step_with_its_members(api, admin_client):
+    # given a chain echo -> group of 3 (member 1 dead, collected) -> gather, the group ended
+    chain = start_chain([
+        Step("examples.echo"),
+        Group([Step("examples.member", {"n": 0}), Step("examples.member-images", {"n": 1, "fail": True}),
+               Step("examples.member", {"n": 2})], on_failure="collect"),
+        Step("examples.gather"),
+    ])
+    runner.execute(Job.objects.get(chain=chain, chain_index=0).pk, worker=WORKER)
+    ok, doomed, last = members(chain, 1)
+    runner.execute(ok.pk, worker=WORKER)
+    execute_until_ended(doomed.pk)
+    runner.execute(last.pk, worker=WORKER)
+
+    # then GET /api/chains/{id} has one step for the group, its members in order
+    status, body = api("get", f"/chains/{chain.pk}")
+    assert status == 200
+    assert [(s["index"], s["type"], s["status"]) for s in body["steps"]] == [
+        (0, "examples.echo", "succeeded"), (1, "group", "dead"), (2, "examples.gather", "pending"),
+    ]
+    group = body["steps"][1]
+    assert [(m["member"], m["type"], m["status"], m["job"]["id"]) for m in group["members"]] == [
+        (0, "examples.member", "succeeded", ok.pk), (1, "examples.member-images", "dead", doomed.pk),
+        (2, "examples.member", "succeeded", last.pk),
+    ]
+    assert "failing as asked" in group["members"][1]["job"]["error"]
+    assert group["duration_seconds"] > 0 and group["handoff_seconds"] is not None
+    assert body["steps"][2]["handoff_seconds"] is None  # not started yet
+    assert body["steps"][2]["job"]["results"][1]["status"] == "dead"
+
+    # and the admin's chain page: a row for the group, a row per member linking its job
+    html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
+    assert "group of 3 (on failure: collect)" in html
+    for job in (ok, doomed, last):
+        assert f'href="/admin/jobs/job/{job.pk}/change/"' in html
+    assert html.count('class="chain-member"') == 3
+
+    # and the operations page: the group as one step, each member under it with its own bar
+    page = admin_client.get("/admin/operations/fragment/").content.decode()
+    assert f'data-chain="{chain.pk}"' in page and "group of 3" in page
+    for job in (ok, doomed, last):
+        assert f'data-member="{job.member}"' in page and f'href="/admin/jobs/job/{job.pk}/change/"' in page
+
+
+def test_retrying_a_collected_member_after_the_fan_in_runs_it_again_and_leaves_the_chain_alone():
+    chain = start_chain([Group([Step("examples.member", {"n": 0}), Step("examples.fail", {"times": 1})], on_failure="collect"),
+                         Step("examples.echo")])
+    ok, flaky = members(chain, 0)
+    runner.execute(ok.pk, worker=WORKER)
+    with connection.cursor() as cursor:  # setup: its last attempt is the next one
+        cursor.execute("UPDATE jobs_job SET max_attempts = 1 WHERE id = %s", [flaky.pk])
+    assert runner.execute(flaky.pk, worker=WORKER) == "dead"
+    [echo] = step_jobs(chain, 1)
+    assert runner.execute(echo.pk, worker=WORKER) == "succeeded"
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED
+
+    assert control.retry(Job.objects.get(pk=flaky.pk))
+    assert execute_until_ended(flaky.pk) == "succeeded"
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED  # not reopened
+    assert step_jobs(chain, 1) == [echo]  # released once
