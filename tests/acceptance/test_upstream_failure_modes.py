@@ -2,9 +2,9 @@
 
 Real `manage.py start` workers (and the beat command `start` runs for its beat child) on the
 session's PostgreSQL and Redis, no eager mode and no mocks; tests.support.FAST: a lease lapses
-in 3 s, a lost message is sent again after 3 s. The other reports' tests live beside the code
-they test: /work/notes/regress16-list.md (and docs/architecture.md, "Guarantees") lists them
-all, report by report.
+in 3 s, a lost message is sent again after 3 s. docs/architecture.md ("Celery's known failure
+modes") lists the reports and what keeps each; django-celery-beat#194 (DST) is a unit test, in
+tests/unit/test_tick_time.py.
 
 A test that waits for a broker timeout does not wait an hour: where Redis's visibility timeout
 (at least 60 s, CONVEYOR_VISIBILITY_TIMEOUT) matters, the test moves kombu's own record of when a
