@@ -138,7 +138,7 @@ def test_delayed_job_past_the_visibility_timeout_runs_once_kombu_337(live):
         assert Job.objects.get(pk=job.pk).status == Status.PENDING
         restored.append(visibility_timeout_lapses())  # ... so the timeout passing gives nothing back
         time.sleep(0.2)
-    assert len(restored) >= 5 and not any(restored)
+    assert len(restored) >= 3 and not any(restored)
 
     # when it runs, and the visibility timeout passes for its message in the middle of the run
     wait_for(lambda: Job.objects.get(pk=job.pk).status == Status.RUNNING, 15, interval=0.05, what="the job to start")
