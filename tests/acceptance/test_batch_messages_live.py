@@ -72,6 +72,9 @@ def test_a_bulk_enqueue_goes_out_in_spread_messages_and_each_job_runs_once(live)
 
 
 def test_a_pool_process_killed_in_the_middle_of_a_batch_loses_nothing_and_runs_nothing_twice(live, monkeypatch):
+    """celery#3541 (a killed worker's running and prefetched tasks are lost), the pool-process
+    half: the ids of a batch message not yet started are prefetched work, and survive their pool
+    process's SIGKILL (the whole worker killed: tests/acceptance/test_upstream_failure_modes.py)."""
     # given eight half-second jobs in one message (SPREAD 1 for this publisher)
     monkeypatch.setattr(publish, "SPREAD", 1)
     ids = [job.pk for job in enqueue_many([Step("examples.count", {"sleep": 0.5}) for _ in range(8)])]

@@ -73,6 +73,9 @@ def stop(*processes: subprocess.Popen) -> None:
 
 
 def test_two_beats_fire_each_tick_once_and_the_standby_takes_over(live):
+    """celery#1495 (Failover for celerybeat), every second: no tick fired by both beats, the
+    standby takes over within the stated time; with a period longer than the take-over, not even
+    a tick is lost (tests/acceptance/test_upstream_failure_modes.py)."""
     # given an every-second schedule and two beat processes on the same Redis
     every_second()
     first, second = start_beat(live, "beat-a"), start_beat(live, "beat-b")

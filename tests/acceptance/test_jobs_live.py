@@ -144,6 +144,8 @@ def test_same_job_published_three_times_runs_and_completes_once(live):
 
 
 def test_job_of_a_worker_killed_mid_run_is_completed_by_another_and_its_chain_goes_on(live):
+    """celery#3541 (a killed worker's running tasks are lost): the whole worker killed with
+    SIGKILL mid-job, its job runs again elsewhere and its chain goes on."""
     # given a worker running the first step of a 2-step chain (a 4 s job that then records its run)
     [doomed] = start_workers(live, ("doomed", ("--concurrency", "1")))
     chain = start_chain([Step("examples.count", {"sleep": 4}), Step("examples.echo", {"after": "count"})])
@@ -179,6 +181,9 @@ def test_job_of_a_worker_killed_mid_run_is_completed_by_another_and_its_chain_go
 
 
 def test_every_chain_completes_when_redis_restarts_empty_in_the_middle_of_200_chains(live):
+    """celery#8030 (worker stops consuming tasks after a Redis reconnection), once, with 400
+    steps under way: the worker consumes again and the relay re-sends what Redis lost (three
+    restarts and /health/ready: tests/acceptance/test_upstream_failure_modes.py)."""
     if embedded_redis() is None:
         pytest.skip("needs the session's embedded Redis (REDIS_URL names an outside server)")
     # given a worker consuming every queue, and 200 chains examples.count -> examples.ping under way

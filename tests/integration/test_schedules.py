@@ -113,6 +113,8 @@ print(json.dumps({"now": now, "ticks": {entry.model.name: tick_time(entry).isofo
 
 
 def test_tick_time_is_the_same_for_every_beat():
+    """celery#1495 and django-celery-beat#194: every beat names the same tick (so a take-over
+    cannot fire one twice under two keys), a Paris crontab's included on the DST night."""
     from django_celery_beat.models import CrontabSchedule
 
     from tests.support import LiveEnv

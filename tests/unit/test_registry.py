@@ -47,6 +47,8 @@ def test_alias_of_an_existing_name_is_refused():
 
 
 def test_timeout_must_stay_under_the_visibility_timeout():
+    """kombu#337: Redis hands an unacked message to another worker after the visibility timeout,
+    so no job may run longer than it."""
     with pytest.raises(ImproperlyDeclared, match="VISIBILITY_TIMEOUT"):
         registry.add(JobType("t.too-long", handler, timeout=10**6))
 
