@@ -19,8 +19,10 @@ run: .venv
 	$(BIN)/python manage.py start
 
 # pytest exits 5 when it collects nothing: that is a failure here, as is any other non-zero code.
+# Two processes (pytest-xdist), a test file stays on one: live tests of one file share a worker
+# setup, and each process has its own embedded PostgreSQL and Redis.
 test: .venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: .venv
 	$(BIN)/python -m bench.jobs

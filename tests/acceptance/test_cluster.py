@@ -92,7 +92,11 @@ def test_a_killed_worker_is_restarted_and_its_jobs_complete(live):
     )
     jobs = enqueue_many([Step("examples.count", {"sleep": 3}) for _ in range(6)])
     wait_for(lambda: Job.objects.filter(status=Status.RUNNING).count() >= 4, 30, what="jobs to be running")
-    victim = next(c for c in status(live) if c["name"] == "worker-1/worker")
+    # (on a busy machine one worker may consume before the other: wait until the victim holds jobs)
+    victim = wait_for(
+        lambda: next((c for c in status(live) if c["name"] == "worker-1/worker" and c["jobs"]), None), 30,
+        what="worker-1 to be running jobs",
+    )
     assert victim["jobs"], "the worker to kill should be running jobs"
     # when the worker child is killed with SIGKILL
     os.kill(victim["pid"], signal.SIGKILL)

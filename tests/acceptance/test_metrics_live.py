@@ -27,7 +27,8 @@ def test_a_live_prefork_worker_s_workload_is_counted_exactly_by_type_and_outcome
     wait_for(lambda: status(sleeper.pk) == Status.RUNNING, 30, what="the sleep to run")
 
     # when it runs, the scrape shows it running
-    assert values(scrape()["conveyor_jobs_running"]) == {("default", "examples.sleep"): 1.0}
+    # (the other process may be running one of the others at that instant: only the sleep is sure)
+    assert values(scrape()["conveyor_jobs_running"]).get(("default", "examples.sleep")) == 1.0
     time.sleep(0.6)
     assert control.cancel(Job.objects.get(pk=sleeper.pk)) is True  # a running job: asked to stop
     wait_job(sleeper.pk, Status.CANCELLED, 20)

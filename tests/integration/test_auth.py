@@ -101,14 +101,25 @@ def test_bad_body_is_400_naming_the_field():
     assert "password" in response.json()["fields"]
 
 
-def test_eleventh_attempt_from_one_ip_in_a_minute_is_429_with_retry_after():
+@pytest.fixture
+def one_window(monkeypatch):
+    """The limit counts in fixed windows of a minute: a test that straddles a minute's end (ten
+    password checks on a loaded machine) would start counting again. An hour-long window keeps
+    every attempt of the test in one window; the counting itself is unchanged."""
+    from api import token_http
+
+    monkeypatch.setattr(token_http, "WINDOW", 3600)
+    return 3600
+
+
+def test_eleventh_attempt_from_one_ip_in_a_minute_is_429_with_retry_after(one_window):
     client = _client()
     emails = [f"nobody{time.time_ns()}-{n}@example.com" for n in range(12)]
     statuses = [_exchange(client, email, "wrong-password").status_code for email in emails[:10]]
     assert statuses == [401] * 10
     response = _exchange(client, emails[10])
     assert response.status_code == 429
-    assert 1 <= int(response["Retry-After"]) <= 60
+    assert 1 <= int(response["Retry-After"]) <= one_window
     assert "try again" in response.json()["detail"]
     # even the right password is refused until the window ends: the limit stops guessing
     user = _user()
@@ -116,7 +127,7 @@ def test_eleventh_attempt_from_one_ip_in_a_minute_is_429_with_retry_after():
     assert _exchange(_client(), user.email).status_code == 200  # another client is not limited
 
 
-def test_attempts_on_one_email_from_many_ips_are_limited_too():
+def test_attempts_on_one_email_from_many_ips_are_limited_too(one_window):
     user = _user()
     statuses = [_exchange(_client(), user.email, "wrong-password").status_code for _ in range(10)]
     assert statuses == [401] * 10
