@@ -15,8 +15,9 @@ each scope are counted, and the row is either
   leaves it alone), until a running job of the scope ends: that end's transaction releases the
   scope's oldest waiting row (`release`), published after commit, like the event bus's lanes; or
 - booked on the type's next rate slot (`held = 'rate'`, run_after = the slot) when the rate's
-  next free start is in the future: the relay publishes it when the slot comes, and its claim
-  then starts it without taking another slot.
+  next free slot is in the future: the relay publishes it when the slot comes, and its claim
+  then starts it on the slot it has (unless it comes so late that it would start in a burst
+  with others: it is booked again, `_rate_slot`).
 
 A running job ended by its worker's death frees its slot when recovery reaps or hands it back
 (`release` runs there too). A release that never came (its job of code without limits, a
@@ -25,9 +26,11 @@ SWEEP_SECONDS: a full scope wakes nobody, a scope with free slots releases as ma
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 
+from django.conf import settings
 from django.db import transaction
 
 from jobs import registry, store
@@ -72,12 +75,40 @@ def claim(job_id: int, worker: str, lease_seconds: float) -> store.Claimed | str
         if jt.concurrency is not None and store.running(row.type) >= jt.concurrency:
             store.hold(job_id, Held.CONCURRENCY)
             return Held.CONCURRENCY.value
-        if jt.rate_limit is not None and row.held != Held.RATE:  # a booked row has its slot
-            slot, now = store.book_rate_slot(row.type, jt.rate_limit.interval)
-            if not now:
+        if jt.rate_limit is not None:
+            slot = _rate_slot(row, jt.rate_limit)
+            if slot is not None:
                 store.hold(job_id, Held.RATE, run_after=slot)
                 return Held.RATE.value
         return store.claim_limited(job_id, worker, lease_seconds)
+
+
+def burst(rate: registry.Rate) -> float:
+    """How far (seconds) starts may run ahead of the rate: one interval, or the relay's period,
+    which publishes the booked rows that came due since its last pass together."""
+    return max(rate.interval, float(settings.CONVEYOR["RECOVERY_INTERVAL"]))
+
+
+def _rate_slot(row: store.LimitedRow, rate: registry.Rate) -> dt.datetime | None:
+    """Under the type's rate clocks (locked until commit): None to start now, or the slot to book.
+
+    Two GCRA clocks: `booked`, the next free slot, gives each row a slot one interval after the
+    last; `started`, the earliest next start counting the starts made, keeps starts from bunching
+    when booked rows are claimed late together (workers busy, messages queued behind others): a
+    booked row that would start more than `burst` ahead of it is booked again, on the next free
+    slot, its missed slot left unused, as a rate must."""
+    interval, tolerance = dt.timedelta(seconds=rate.interval), dt.timedelta(seconds=burst(rate))
+    booked, started, now = store.rate_clocks(row.type)
+    start = row.held == Held.RATE and started <= now + tolerance  # its slot, kept for it, has come
+    slot = None
+    if not start:
+        slot = max(booked, now, started - tolerance)
+        booked = slot + interval
+        start = slot <= now
+    if start:
+        started = max(started, now) + interval
+    store.set_rate_clocks(row.type, booked, started)
+    return None if start else slot
 
 
 def release(job_id: int, type_name: str) -> None:

@@ -135,11 +135,15 @@ class Job(models.Model):
 
 
 class RateSlot(models.Model):
-    """A rate-limited job type's next free start (GCRA's theoretical arrival time), advanced by
-    every claim of the type with PostgreSQL's clock (jobs.limits, jobs.store.book_rate_slot)."""
+    """A rate-limited job type's clocks (GCRA's theoretical arrival times), moved by its claims
+    with PostgreSQL's clock (jobs.limits, jobs.store.rate_clocks)."""
 
     type = models.CharField(max_length=200, primary_key=True)
+    #: The next slot a claim books: one interval after the last one booked (or now, if later).
     next_at = models.DateTimeField()
+    #: The earliest next start, counting the starts made: a booked row claimed so late that it
+    #: would start in a burst is booked again instead.
+    started_next = models.DateTimeField()
 
     def __str__(self) -> str:
         return f"{self.type}: next start at {self.next_at}"

@@ -295,25 +295,29 @@ def running(type_name: str, key: str | None = None, alias: str = CLAIMS) -> int:
         return cursor.fetchone()[0]
 
 
-# GCRA: the type's next free start advances by one interval per start; a start whose slot is in
-# the future is booked there (the row's run_after), so the slots handed out stay one interval
-# apart, whichever worker and host asks.
-BOOK_RATE_SLOT_SQL = """
-WITH c AS (SELECT clock_timestamp() AS t)
-INSERT INTO jobs_rateslot AS r (type, next_at)
-SELECT %s, c.t + make_interval(secs => %s) FROM c
-    ON CONFLICT (type) DO UPDATE
-   SET next_at = GREATEST(r.next_at, (SELECT t FROM c)) + make_interval(secs => %s)
-RETURNING r.next_at - make_interval(secs => %s), r.next_at - make_interval(secs => %s) <= (SELECT t FROM c)
+# A rate-limited type's two clocks, GCRA's theoretical arrival times (jobs.limits decides): the
+# next free slot to book (`next_at`), and the earliest next start once the starts so far are
+# counted (`started_next`). A first claim of the type starts both at PostgreSQL's clock. The row
+# stays locked (ON CONFLICT DO UPDATE) until the claim's transaction ends.
+RATE_CLOCKS_SQL = """
+INSERT INTO jobs_rateslot AS r (type, next_at, started_next)
+VALUES (%s, clock_timestamp(), clock_timestamp())
+    ON CONFLICT (type) DO UPDATE SET type = r.type
+RETURNING r.next_at, r.started_next, clock_timestamp()
 """
+SET_RATE_CLOCKS_SQL = "UPDATE jobs_rateslot SET next_at = %s, started_next = %s WHERE type = %s"
 
 
-def book_rate_slot(type_name: str, interval: float) -> tuple[dt.datetime, bool]:
-    """Take the type's next start slot: (its time, whether it is now)."""
+def rate_clocks(type_name: str) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
+    """Lock the type's rate clocks: (next free slot, earliest next start, PostgreSQL's now)."""
     with prepared(CLAIMS) as cursor:
-        cursor.execute(BOOK_RATE_SLOT_SQL, [type_name, interval, interval, interval, interval])
-        slot, now = cursor.fetchone()
-    return slot, now
+        cursor.execute(RATE_CLOCKS_SQL, [type_name])
+        return cursor.fetchone()
+
+
+def set_rate_clocks(type_name: str, next_at: dt.datetime, started_next: dt.datetime) -> None:
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(SET_RATE_CLOCKS_SQL, [next_at, started_next, type_name])
 
 
 HOLD_SQL = """
