@@ -491,7 +491,9 @@ def fail(job_id: int, attempt: int, error: str, delay: float) -> Ended | None:
 # --- Recovery: relay marks, the reaper, hand-back -------------------------------------------------
 
 # Due rows never published (delayed jobs, retries after backoff, reaped rows, booked rate slots),
-# through job_unpublished_idx; a row waiting for a concurrency slot is not due by time.
+# through job_unpublished_idx; a row waiting for a concurrency slot is not due by time. A booked
+# rate slot's message goes at priority 0, ahead of its queue's backlog: its row has waited its
+# turn already, and a slot missed behind other messages is lost (jobs.limits).
 RELAY_DUE_SQL = """
 WITH due AS (
   SELECT id FROM jobs_job
@@ -499,7 +501,8 @@ WITH due AS (
      AND NOT cancel_requested AND run_after <= now()
    ORDER BY run_after LIMIT %s FOR UPDATE SKIP LOCKED)
 UPDATE jobs_job j SET published_at = now() FROM due WHERE j.id = due.id
-RETURNING j.id, j.queue, j.priority, j.type, j.chain_id, j.chain_index
+RETURNING j.id, j.queue, CASE WHEN j.held = 'rate' THEN 0 ELSE j.priority END, j.type, j.chain_id,
+          j.chain_index
 """
 
 # Rows published long ago and still not claimed: their message may be lost (Redis restarted,

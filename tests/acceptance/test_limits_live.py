@@ -8,7 +8,6 @@ examples.one-per-key (concurrency_per_key=1) and examples.two-at-once (concurren
 from __future__ import annotations
 
 import datetime as dt
-import signal
 from collections import Counter, defaultdict
 
 import pytest
@@ -16,7 +15,7 @@ from django.db import connection
 
 from jobs import Step, enqueue_many
 from jobs.models import Job, Status
-from tests.support import start_workers, wait_for
+from tests.support import LiveEnv, start_workers, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -26,13 +25,19 @@ TWO_INSTANCES = (
 )
 
 
-@pytest.fixture(autouse=True)
-def stop_together(live):
-    """Drain for at most 5 s when a test ends, every process at once (as test_jobs_live)."""
-    live.grace = 5
-    yield
-    for proc in live.procs:
-        proc.signal(signal.SIGTERM)
+@pytest.fixture(scope="module")
+def instances(django_db_setup, django_db_blocker):
+    """Two worker instances of two prefork processes each, for the module (their start is most of
+    a test's time otherwise); drained for at most 5 s at the end, stopped by their pids."""
+    with django_db_blocker.unblock():
+        env = LiveEnv(grace=5)
+        env.flush_redis()
+        try:
+            start_workers(env, *TWO_INSTANCES)
+            yield env
+        finally:
+            env.stop_all()
+            env.flush_redis()
 
 
 def db_now() -> dt.datetime:
@@ -55,35 +60,8 @@ def all_succeeded(ids: list[int]) -> bool:
     return Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == len(ids)
 
 
-def test_a_rate_of_10_per_second_holds_over_two_instances_for_30_seconds(live):
+def test_concurrency_limits_hold_over_two_instances_per_key_and_per_type(instances):
     # given two worker instances of two prefork processes each
-    start_workers(live, *TWO_INSTANCES)
-
-    # when 360 jobs of a type limited to 10 starts a second are enqueued at once (36 s of starts)
-    ids = [job.pk for job in enqueue_many([Step("examples.rate-limited", {"seconds": 0.01}) for _ in range(360)])]
-
-    # then, over the 30 s from the first start, 300 started (within 10%), no second far above 10
-    first = wait_for(lambda: Job.objects.filter(pk__in=ids).exclude(started_at=None).order_by("started_at").first(), 15, what="a first start")
-    t0 = first.started_at
-    wait_for(lambda: db_now() >= t0 + dt.timedelta(seconds=31), 40, interval=0.5, what="31 s after the first start")
-    starts = [s for s in Job.objects.filter(pk__in=ids).exclude(started_at=None).values_list("started_at", flat=True)]
-    seconds = [(s - t0).total_seconds() for s in starts]
-    windows = Counter(int(x) for x in seconds if 0 <= x < 30)
-    total = sum(windows.values())
-    assert 270 <= total <= 330, f"{total} starts in 30 s; per second: {sorted(windows.items())}"
-    assert max(windows.values()) <= 15, f"a second far above 10 starts: {sorted(windows.items())}"
-    # and both instances started some: the limit is one for the whole deployment
-    nodes = Counter(w.split("@", 1)[0] for w in Job.objects.filter(pk__in=ids).exclude(started_at=None).values_list("worker", flat=True))
-    assert nodes["limits-a"] > 30 and nodes["limits-b"] > 30, nodes
-    # and every started job ran once (its first attempt) and the others wait, none lost or dead
-    assert set(Job.objects.filter(pk__in=ids).exclude(started_at=None).values_list("attempt", flat=True)) == {1}
-    assert not Job.objects.filter(pk__in=ids, status__in=(Status.DEAD, Status.FAILED, Status.CANCELLED)).exists()
-
-
-def test_concurrency_limits_hold_over_two_instances_per_key_and_per_type(live):
-    # given two worker instances of two prefork processes each
-    start_workers(live, *TWO_INSTANCES)
-
     # when 5 jobs of each of 4 keys (one running per key) and 12 jobs of a type allowing 2
     # running are enqueued at once, each running 0.3 s
     keyed = enqueue_many(
@@ -109,3 +87,25 @@ def test_concurrency_limits_hold_over_two_instances_per_key_and_per_type(live):
     assert most_overlapping(pairs) == 2
     # and both instances ran some of them
     assert {r.worker.split("@", 1)[0] for r in rows} == {"limits-a", "limits-b"}
+
+
+def test_a_rate_of_10_per_second_holds_over_two_instances_for_30_seconds(instances):
+    # given two worker instances of two prefork processes each
+    # when 360 jobs of a type limited to 10 starts a second are enqueued at once (36 s of starts)
+    ids = [job.pk for job in enqueue_many([Step("examples.rate-limited", {"seconds": 0.01}) for _ in range(360)])]
+
+    # then, over the 30 s from the first start, 300 started (within 10%), no second far above 10
+    started = Job.objects.filter(pk__in=ids).exclude(started_at=None)
+    t0 = wait_for(lambda: started.order_by("started_at").values_list("started_at", flat=True).first(), 15, what="a first start")
+    wait_for(lambda: db_now() >= t0 + dt.timedelta(seconds=31), 40, interval=0.5, what="31 s after the first start")
+    seconds = [(s - t0).total_seconds() for s in started.values_list("started_at", flat=True)]
+    windows = Counter(int(x) for x in seconds if 0 <= x < 30)
+    total = sum(windows.values())
+    assert 270 <= total <= 330, f"{total} starts in 30 s; per second: {sorted(windows.items())}"
+    assert max(windows.values()) <= 15, f"a second far above 10 starts: {sorted(windows.items())}"
+    # and both instances started some: the limit is one for the whole deployment
+    nodes = Counter(w.split("@", 1)[0] for w in started.values_list("worker", flat=True))
+    assert nodes["limits-a"] > 30 and nodes["limits-b"] > 30, nodes
+    # and every started job ran once (its first attempt) and the others wait, none lost or dead
+    assert set(started.values_list("attempt", flat=True)) == {1}
+    assert not Job.objects.filter(pk__in=ids, status__in=(Status.DEAD, Status.FAILED, Status.CANCELLED)).exists()
