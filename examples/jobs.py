@@ -177,7 +177,7 @@ def rate_limited(ctx: Context, data: Pause) -> dict:
     return _pause(data)
 
 
-@job_type("examples.one-per-key", queue="default", input=Pause, timeout=60, concurrency_per_key=1)
+@job_type("examples.one-per-key", queue="default", input=Pause, timeout=60, concurrency_per_key=1, public=True)
 def one_per_key(ctx: Context, data: Pause) -> dict:
     """One running job per `limit_key` (a customer's account, say), over every worker."""
     return _pause(data)

@@ -130,8 +130,11 @@ def release(job_id: int, type_name: str) -> None:
 
 
 def released(rows: list[store.Ended]) -> None:
-    """`release` for rows that were running and were just ended or returned to pending."""
-    for row in rows:
+    """`release` for rows that were running and were just ended or returned to pending (a
+    hand-back's), in the order of their scopes, (type, key): two transactions releasing the same
+    scopes take their locks in one order and never wait on each other."""
+    limited = [row for row in rows if (jt := _type(row.type)) is not None and jt.holds_slots]
+    for row in sorted(limited, key=lambda row: (row.type, store.limit_key(row.id) or "", row.id)):
         release(row.id, row.type)
 
 

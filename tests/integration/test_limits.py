@@ -274,6 +274,21 @@ def test_a_reaped_job_frees_its_slot_and_releases_the_next(declare, settings):
     assert row(first.pk).attempt == 2
 
 
+def test_a_handed_back_job_frees_its_key_and_releases_the_next_of_the_key(declare):
+    declare("t.handed-back", concurrency_per_key=1)
+    first, second = enqueue("t.handed-back", limit_key="k"), enqueue("t.handed-back", limit_key="k")
+    assert isinstance(limits.claim(first.pk, store.worker_name("gone@test", 7, "start-1"), 30), store.Claimed)
+    assert limits.claim(second.pk, WORKER, 30) == Held.KEY
+
+    # when the supervisor hands back the jobs of the worker it lost
+    assert recovery.hand_back("gone@test", "start-1") == 1
+
+    # then the key's next job is released, and the first waits behind it (pending, published)
+    assert (row(second.pk).held, row(first.pk).status) == ("", Status.PENDING)
+    assert runner.execute(second.pk, WORKER) == "succeeded"
+    assert runner.execute(first.pk, WORKER) == "succeeded"
+
+
 def test_the_sweep_releases_rows_no_end_released_and_none_while_the_scope_is_full(declare):
     declare("t.swept", concurrency=1)
     first, second, third = enqueue("t.swept"), enqueue("t.swept"), enqueue("t.swept")
@@ -395,3 +410,48 @@ def test_types_without_limits_claim_in_one_statement_as_before(declare):
     declare("t.some-limit", concurrency=1)
     assert runner.execute(job.pk, WORKER) == "succeeded"
     assert row(job.pk).limit_key is None  # not indexed among the limited running rows
+
+
+# --- Visible: the catalog, the API, the operations page ---------------------------------------------
+
+
+def test_the_catalog_lists_each_types_limits(api):
+    status, types = api("get", "/types")
+    assert status == 200
+    by_name = {t["name"]: t for t in types}
+    assert {k: by_name["examples.rate-limited"][k] for k in ("rate_limit", "concurrency", "concurrency_per_key")} == {
+        "rate_limit": "10/s", "concurrency": None, "concurrency_per_key": None
+    }
+    assert by_name["examples.two-at-once"]["concurrency"] == 2
+    assert by_name["examples.one-per-key"]["concurrency_per_key"] == 1
+    assert by_name["examples.echo"]["rate_limit"] is None and by_name["examples.echo"]["concurrency"] is None
+
+
+def test_http_enqueues_a_job_under_its_limit_key_only_for_a_type_limited_per_key(api):
+    status, job = api("post", "/jobs", {"type": "examples.one-per-key", "input": {"seconds": 0}, "limit_key": "customer-7"})
+    assert status == 201 and (job["limit_key"], job["held"]) == ("customer-7", "")
+    assert row(job["id"]).limit_key == "customer-7"
+    for body in ({"type": "examples.echo", "limit_key": "customer-7"}, {"type": "examples.one-per-key", "limit_key": ""}):
+        status, problem = api("post", "/jobs", body)
+        assert status == 400 and "limit_key" in problem["fields"], (body, problem)
+    assert Job.objects.count() == 1
+
+
+def test_the_operations_page_lists_limited_types_with_running_waiting_and_booked_jobs(admin_client, declare):
+    declare("t.ops-one", concurrency=1, rate_limit="1/h")
+    first, second, third = enqueue("t.ops-one"), enqueue("t.ops-one"), enqueue("t.ops-one")
+    assert isinstance(limits.claim(first.pk, WORKER, 30), store.Claimed)
+    assert limits.claim(second.pk, WORKER, 30) == Held.CONCURRENCY
+    with transaction.atomic():
+        store.succeed(first.pk, 1, "{}")
+        limits.release(first.pk, "t.ops-one")
+    assert limits.claim(second.pk, WORKER, 30) == Held.RATE  # the hour's start is taken
+    assert isinstance(limits.claim(third.pk, WORKER, 30), str)
+
+    page = admin_client.get("/admin/operations/fragment/")
+    assert page.status_code == 200
+    rows = {r["type"]: r for r in page.context["limits"]}
+    assert rows["t.ops-one"] == {"type": "t.ops-one", "limits": "1/h, 1 at once", "running": 0, "waiting": 0, "booked": 2}
+    assert rows["examples.two-at-once"]["limits"] == "2 at once"
+    html = page.content.decode()
+    assert 'id="ops-limits"' in html and 'data-type="t.ops-one"' in html
