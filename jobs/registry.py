@@ -148,6 +148,7 @@ class JobType:
 
 _types: dict[str, JobType] = {}
 _aliases: dict[str, str] = {}
+_limited: list[str] | None = None
 
 
 def job_type(
@@ -221,9 +222,11 @@ def add(jt: JobType) -> None:
             f"job type {jt.name!r}: timeout {jt.timeout}s must stay 60s under "
             f"CONVEYOR_VISIBILITY_TIMEOUT ({visibility}s)"
         )
+    global _limited
     _types[jt.name] = jt
     for alias in jt.aliases:
         _aliases[alias] = jt.name
+    _limited = None
 
 
 def _checked_limits(jt: JobType) -> JobType:
@@ -242,9 +245,11 @@ def _checked_limits(jt: JobType) -> JobType:
 
 def remove(name: str) -> None:
     """Forget a job type and its aliases (tests that declare a type of their own clean up)."""
+    global _limited
     jt = _types.pop(name, None)
     for alias in jt.aliases if jt else ():
         _aliases.pop(alias, None)
+    _limited = None
 
 
 class ImproperlyDeclared(Exception):
@@ -263,9 +268,13 @@ def all_types() -> list[JobType]:
 
 
 def limited() -> list[str]:
-    """Names (and aliases) of the types whose claims go through jobs.limits."""
-    names = [jt.name for jt in _types.values() if jt.limited]
-    return sorted(names + [alias for alias, name in _aliases.items() if _types[name].limited])
+    """Names (and aliases) of the types whose claims go through jobs.limits (asked by every
+    claim: computed once per change of the registry)."""
+    global _limited
+    if _limited is None:
+        names = [jt.name for jt in _types.values() if jt.limited]
+        _limited = sorted(names + [alias for alias, name in _aliases.items() if _types[name].limited])
+    return _limited
 
 
 def queues() -> list[str]:
