@@ -455,3 +455,27 @@ def test_the_operations_page_lists_limited_types_with_running_waiting_and_booked
     assert rows["examples.two-at-once"]["limits"] == "2 at once"
     html = page.content.decode()
     assert 'id="ops-limits"' in html and 'data-type="t.ops-one"' in html
+
+
+def test_the_limits_statements_run_on_django_cursors_too(declare, settings):
+    # given DATABASE_PREPARED=false (a pooler that cannot keep prepared statements)
+    settings.DATABASE_PREPARED = False
+    settings.CONVEYOR = {**settings.CONVEYOR, "RECOVERY_INTERVAL": 0.5}
+    for alias in ("default", store.CLAIMS):
+        connections[alias].close()
+    declare("t.unprepared-key", concurrency=2, concurrency_per_key=1)
+    declare("t.unprepared-rate", rate_limit="1/h")
+    first, second = (enqueue("t.unprepared-key", limit_key="k") for _ in range(2))
+    hourly, later = enqueue("t.unprepared-rate"), enqueue("t.unprepared-rate")
+
+    # then a claim, a hold for the key, a release, the sweep and a rate booking behave as ever
+    assert isinstance(limits.claim(first.pk, WORKER, 30), store.Claimed)
+    assert limits.claim(second.pk, WORKER, 30) == Held.KEY
+    assert limits.sweep() == 0
+    with transaction.atomic():
+        store.succeed(first.pk, 1, "{}")
+        limits.release(first.pk, "t.unprepared-key")
+    assert row(second.pk).held == "" and runner.execute(second.pk, WORKER) == "succeeded"
+    assert runner.execute(hourly.pk, WORKER) == "succeeded"
+    assert limits.claim(later.pk, WORKER, 30) == Held.RATE  # the hour's start is taken
+    assert row(later.pk).run_after - row(hourly.pk).started_at > dt.timedelta(minutes=59)
