@@ -206,3 +206,33 @@ def nightly_report(ctx: Context, data: dict) -> dict:
     since = timezone.now() - dt.timedelta(days=1)
     rows = Job.objects.filter(created_at__gte=since).values("type", "status").annotate(n=Count("id")).order_by("type", "status")
     return {"since": since.isoformat(), "counts": [dict(row) for row in rows]}
+
+
+# --- Limits across every worker and host (jobs.limits) ---------------------------------------------
+
+
+class Pause(BaseModel):
+    seconds: float = Field(0, ge=0, le=60)
+
+
+def _pause(data: Pause) -> dict:
+    time.sleep(data.seconds)
+    return {"paused": data.seconds}
+
+
+@job_type("examples.rate-limited", queue="default", input=Pause, timeout=60, rate_limit="10/s")
+def rate_limited(ctx: Context, data: Pause) -> dict:
+    """At most 10 starts a second, over every worker: a partner API's quota."""
+    return _pause(data)
+
+
+@job_type("examples.one-per-key", queue="default", input=Pause, timeout=60, concurrency_per_key=1, public=True)
+def one_per_key(ctx: Context, data: Pause) -> dict:
+    """One running job per `limit_key` (a customer's account, say), over every worker."""
+    return _pause(data)
+
+
+@job_type("examples.two-at-once", queue="default", input=Pause, timeout=60, concurrency=2)
+def two_at_once(ctx: Context, data: Pause) -> dict:
+    """At most two running at once, over every worker: a scarce licence or connection."""
+    return _pause(data)

@@ -87,7 +87,7 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
         "created_at_utc",
         "finished_at_utc",
     )
-    list_filter = ("status", "type", "queue")
+    list_filter = ("status", "held", "type", "queue")
     search_fields = ("=id", "type", "idempotency_key")
     actions = (retry_jobs, cancel_jobs)
     list_select_related = ("chain",)
@@ -108,6 +108,8 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
                     "progress_bar",
                     "progress_message",
                     "cancel_requested",
+                    "held",
+                    "limit_key",
                 )
             },
         ),

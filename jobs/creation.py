@@ -48,6 +48,8 @@ class Step:
     run_after: dt.datetime | None = None
     priority: int | None = None
     retries: int | None = None
+    #: The key its type's `concurrency_per_key` counts running jobs by (`customer-7`).
+    limit_key: str | None = None
 
 
 #: The most members a group may have (declared up front, over HTTP, or by ctx.fan_out).
@@ -88,6 +90,15 @@ def new_job(step: Step, **fields: Any) -> Job:
             run_after = run_after.astimezone(dt.timezone.utc)
         except OverflowError:
             raise registry.InvalidJob("run_after is out of range", {"run_after": "out of range"}) from None
+    limit_key = step.limit_key
+    if limit_key is not None:
+        if jt.concurrency_per_key is None:
+            raise registry.InvalidJob(
+                f"{jt.name} declares no concurrency_per_key: a limit_key would limit nothing",
+                {"limit_key": f"{jt.name} declares no concurrency_per_key"},
+            )
+        if not isinstance(limit_key, str) or not 1 <= len(limit_key) <= 255 or "\x00" in limit_key:
+            raise registry.InvalidJob("limit_key must be 1..255 characters", {"limit_key": "must be 1 to 255 characters, no NUL"})
     return Job(
         type=jt.name,
         queue=jt.queue,
@@ -96,6 +107,7 @@ def new_job(step: Step, **fields: Any) -> Job:
         max_attempts=retries + 1,
         run_after=run_after,  # None: now, by the database's clock
         idempotency_key=step.idempotency_key,
+        limit_key=limit_key,
         **fields,
     )
 
@@ -118,13 +130,17 @@ def enqueue(
     run_after: dt.datetime | None = None,
     priority: int | None = None,
     retries: int | None = None,
+    limit_key: str | None = None,
 ) -> Job:
     """Write a job row in the caller's transaction; its message is published after commit.
+
+    `limit_key`: for a type declaring `concurrency_per_key`, the key whose running jobs it counts
+    (at most that many jobs of one key run at once, over every worker).
 
     With an idempotency key already used for the same type and input, the existing job is
     returned and nothing is enqueued; for another type or input, IdempotencyConflict is raised.
     """
-    return enqueue_step(Step(type, input, idempotency_key, run_after, priority, retries))[0]
+    return enqueue_step(Step(type, input, idempotency_key, run_after, priority, retries, limit_key))[0]
 
 
 def enqueue_step(step: Step) -> tuple[Job, bool]:

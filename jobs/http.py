@@ -53,6 +53,12 @@ class JobOut(Schema):
     cancel_requested: bool
     worker: str
     idempotency_key: str | None
+    #: The key its type's `concurrency_per_key` counts it under ("" for a job of a type with other
+    #: limits, once claimed).
+    limit_key: str | None
+    #: Held back by its type's limits, waiting with no message: "rate" (it starts at run_after),
+    #: "concurrency" or "key" (until a running job of its type or key ends); "" when not held.
+    held: str
     run_after: dt.datetime
     created_at: dt.datetime
     started_at: dt.datetime | None
@@ -127,12 +133,17 @@ def _needs_input(jt: registry.JobType) -> bool:
 def _variant(jt: registry.JobType, base: type[BaseModel], prefix: str) -> type[BaseModel]:
     input_type = jt.input if jt.input is not None else JsonObject
     input_field = (input_type, ...) if _needs_input(jt) else (Optional[input_type], None)
+    # A type limited per key takes the key (only such types: another would refuse it).
+    keyed = {}
+    if base is EnqueueBase and jt.concurrency_per_key:
+        keyed["limit_key"] = (Optional[Text], Field(None, min_length=1, max_length=255))
     return create_model(
         prefix + re.sub(r"\W+", "_", jt.name).strip("_").title().replace("_", ""),
         __base__=base,
         __doc__=(jt.handler.__doc__ or "").strip().split("\n")[0] or None,
         type=(Literal[jt.name], ...),
         input=input_field,
+        **keyed,
     )
 
 
@@ -209,7 +220,8 @@ def create_job(request: HttpRequest, payload: EnqueueIn = Body(...)):  # noqa: A
         message = f"must not start with {PLATFORM_KEY_PREFIX!r} (the platform's own keys: schedule ticks, deliveries)"
         raise registry.InvalidJob(f"idempotency_key {message}", {"idempotency_key": message})
     job, created = enqueue_step(
-        Step(payload.type, _input(payload), payload.idempotency_key, payload.run_after, payload.priority, payload.retries)
+        Step(payload.type, _input(payload), payload.idempotency_key, payload.run_after, payload.priority, payload.retries,
+             getattr(payload, "limit_key", None))
     )
     return Status(201 if created else 200, job)
 
@@ -355,6 +367,11 @@ class TypeOut(Schema):
     public: bool
     #: The schedule declared in code (cron, every or at, with its timezone), if any.
     schedule: dict[str, Any] | None
+    #: Global limits over every worker (null: none): starts per second, minute or hour ("20/s"),
+    #: running jobs at once, and running jobs at once per `limit_key`.
+    rate_limit: str | None
+    concurrency: int | None
+    concurrency_per_key: int | None
     #: The JSON schema of its input.
     input_schema: dict[str, Any]
 
@@ -371,6 +388,9 @@ def list_types(request: HttpRequest):  # noqa: ANN201
             "aliases": list(jt.aliases),
             "public": jt.public,
             "schedule": jt.schedule.describe() if jt.schedule is not None else None,
+            "rate_limit": jt.rate_limit.text if jt.rate_limit is not None else None,
+            "concurrency": jt.concurrency,
+            "concurrency_per_key": jt.concurrency_per_key,
             "input_schema": jt.input_schema(),
         }
         for jt in registry.all_types()

@@ -16,6 +16,17 @@ class Status(models.TextChoices):
 
 
 RUNNABLE = (Status.PENDING, Status.FAILED)
+
+
+class Held(models.TextChoices):
+    NO = "", "not held"
+    RATE = "rate", "rate limit: starts at run_after"
+    CONCURRENCY = "concurrency", "concurrency: waits for a running job of its type"
+    KEY = "key", "concurrency per key: waits for a running job of its key"
+
+
+#: Held values of a row waiting for a slot (published when a running job ends, never by due time).
+WAITING_FOR_SLOT = (Held.CONCURRENCY, Held.KEY)
 FINISHED = (Status.SUCCEEDED, Status.DEAD, Status.CANCELLED)
 
 
@@ -84,6 +95,14 @@ class Job(models.Model):
     progress = models.PositiveSmallIntegerField(default=0)
     progress_message = models.CharField(max_length=500, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
+    #: The job type's `concurrency_per_key` counts running jobs per this key (jobs.limits); ''
+    #: for a job of a type with limits but no key (set at its claim): only such rows are indexed
+    #: among the running ones (job_running_idx), so jobs without limits pay nothing for it.
+    limit_key = models.CharField(max_length=255, null=True, blank=True)
+    #: Held back by its type's limits, waiting in the table with no message (jobs.limits): `rate`,
+    #: its start booked at run_after; `concurrency` or `key`, until a running job of its type or
+    #: key ends. Empty: not held.
+    held = models.CharField(max_length=16, choices=Held.choices, blank=True, default="", db_default="")
     error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -104,6 +123,22 @@ class Job(models.Model):
             models.Index(
                 fields=["chain", "chain_index", "member"], name="job_member_idx", condition=Q(member__isnull=False)
             ),
+            # The relay's due rows never published (delays, retries, reaped rows, booked rate slots):
+            # a row waiting for a concurrency slot is not due by time, and is not in it.
+            models.Index(
+                fields=["run_after"],
+                name="job_unpublished_idx",
+                condition=Q(status__in=RUNNABLE, published_at__isnull=True, held__in=["", "rate"]),
+            ),
+            # Limits: running jobs of limited types per type and key (a claim counts them), and the
+            # rows waiting for a slot, oldest first (a job's end releases the next one).
+            models.Index(
+                fields=["type", "limit_key"], name="job_running_idx", condition=Q(status="running", limit_key__isnull=False)
+            ),
+            models.Index(fields=["type", "id"], name="job_waiting_idx", condition=Q(status__in=RUNNABLE, held=Held.CONCURRENCY)),
+            models.Index(
+                fields=["type", "limit_key", "id"], name="job_waiting_key_idx", condition=Q(status__in=RUNNABLE, held=Held.KEY)
+            ),
             # Retention cleanup of finished rows.
             models.Index(fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)),
         ]
@@ -116,6 +151,21 @@ class Job(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class RateSlot(models.Model):
+    """A rate-limited job type's clocks (GCRA's theoretical arrival times), moved by its claims
+    with PostgreSQL's clock (jobs.limits, jobs.store.rate_clocks)."""
+
+    type = models.CharField(max_length=200, primary_key=True)
+    #: The next slot a claim books: one interval after the last one booked (or now, if later).
+    next_at = models.DateTimeField()
+    #: The earliest next start, counting the starts made: a booked row claimed so late that it
+    #: would start in a burst is booked again instead.
+    started_next = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.type}: next start at {self.next_at}"
 
 
 class ScheduleDeclaration(models.Model):

@@ -12,6 +12,8 @@ attempt in what the monitor shows:
 - cancelled: REVOKED (a `task-revoked` event, as Celery's own revoke sends), then `Ignore`, which
   Celery acks without a further event;
 - skipped (a duplicate or stale message: nothing claimed): SUCCESS, result "skipped", no query;
+- held by its type's limits (jobs.limits: it waits in the database): SUCCESS, result "job 12 held
+  by its type's limits (rate)";
 - lost (the run's lease lapsed; its outcome did not count): FAILURE, `JobFailed("job 12: ...
   lost its lease")`, logged by the runner;
 - a batch message (several jobs, jobs.publish): SUCCESS, the result one line per job, e.g. "job
@@ -55,6 +57,8 @@ def describe(job_id: int, status: str) -> str:
     """One job's line in a batch message's result."""
     if status == "skipped":
         return f"job {job_id} skipped"
+    if status == "held":
+        return _held(job_id, status)
     attempt_no, max_attempts = getattr(status, "attempt", None), getattr(status, "max_attempts", None)
     attempt = f" attempt {attempt_no}/{max_attempts}" if attempt_no is not None else ""
     if status in ("failed", "dead"):
@@ -66,6 +70,8 @@ def report(task: Task, job_id: int, status: str) -> str:
     """Return the task's result for a success; raise what makes the task FAILURE or REVOKED."""
     if status == "skipped":
         return status  # nothing was claimed: the same quiet line as ever
+    if status == "held":
+        return _held(job_id, status)
     if status == "lost":
         raise JobFailed(f"job {job_id}: this run lost its lease and the row; its outcome was not recorded")
     attempt_no, max_attempts = getattr(status, "attempt", None), getattr(status, "max_attempts", None)
@@ -97,6 +103,11 @@ def revoked(task: Task, summary: str) -> None:
     except Exception as exc:  # display only: the outcome is committed
         log.warning("%s; the task-revoked event was not sent: %s", summary, exc)
     log.info("%s", summary)
+
+
+def _held(job_id: int, status: str) -> str:
+    reason = getattr(status, "error", "")
+    return f"job {job_id} held by its type's limits ({reason}): it waits in the database"
 
 
 def _last_line(error: str) -> str:

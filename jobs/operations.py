@@ -1,5 +1,5 @@
-"""The admin's operations page (/admin/operations/): queues, throughput, workers, dead jobs,
-chains and events, live.
+"""The admin's operations page (/admin/operations/): queues, throughput, job types' limits,
+workers, dead jobs, chains and events, live.
 
 Server-rendered: the page is the fragment inside the admin's layout, and a small static script
 (jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
@@ -24,7 +24,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from jobs import control, publish, registry
-from jobs.models import RUNNABLE, Chain, Job, Status
+from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
 from subscribers.models import Delivery, Event
 
 WINDOW = dt.timedelta(minutes=5)
@@ -92,6 +92,31 @@ def throughput(now: dt.datetime) -> list[dict[str, Any]]:
     return rows
 
 
+def limit_rows() -> list[dict[str, Any]]:
+    """Every job type with limits (jobs.limits): its limits, its running jobs (job_running_idx),
+    the rows waiting for a slot (job_waiting_idx, job_waiting_key_idx) and those booked on a rate
+    slot (job_unpublished_idx)."""
+    types = [jt for jt in registry.all_types() if jt.limited]
+    if not types:
+        return []
+    names = [jt.name for jt in types]
+    running = Job.objects.filter(status=Status.RUNNING, limit_key__isnull=False, type__in=names)
+    held = Job.objects.filter(status__in=RUNNABLE, held__in=WAITING_FOR_SLOT, type__in=names)
+    booked = Job.objects.filter(status__in=RUNNABLE, published_at__isnull=True, held=Held.RATE, type__in=names)
+    counts: dict[tuple[str, str], int] = {}
+    for kind, rows in (("running", running), ("waiting", held), ("booked", booked)):
+        for name, n in rows.values("type").annotate(n=Count("id")).order_by().values_list("type", "n"):
+            counts[name, kind] = n
+    return [
+        {
+            "type": jt.name,
+            "limits": jt.describe_limits(),
+            **{kind: counts.get((jt.name, kind), 0) for kind in ("running", "waiting", "booked")},
+        }
+        for jt in types
+    ]
+
+
 def workers() -> list[dict[str, Any]]:
     """Running rows (job_lease_idx) grouped by the worker holding them."""
     running = Job.objects.filter(status=Status.RUNNING).order_by("worker", "id")[: LIMITS["workers"]]
@@ -156,6 +181,7 @@ def context(now: dt.datetime) -> dict[str, Any]:
         "now": now,
         "queues": queue_rows(),
         "throughput": throughput(now),
+        "limits": limit_rows(),
         "workers": workers(),
         "dead": dead_jobs(),
         "chains": [timeline(chain, now) for chain in chains],

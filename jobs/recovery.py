@@ -2,7 +2,8 @@
 
 - The relay publishes due rows never published (delays, retries after backoff, reaped rows) and
   re-sends rows published long ago and still unclaimed (their message may be lost).
-- The reaper settles running rows whose lease expired: their worker died.
+- The reaper settles running rows whose lease expired: their worker died (a job of a type with a
+  concurrency limit frees its slot then: jobs.limits.release).
 - Hand-back returns the running rows of a worker known to be gone (the supervisor killed its
   whole process tree) at once, without waiting for the leases.
 
@@ -18,7 +19,7 @@ from typing import Iterable
 from django.conf import settings
 from django.db import connections, transaction
 
-from jobs import registry, store, telemetry
+from jobs import limits, registry, store, telemetry
 from jobs.outcome import settle
 from jobs.publish import publish, queue_depths
 
@@ -39,6 +40,11 @@ def relay(batch: int = 500) -> int:
     if messages:
         publish(messages)
         telemetry.resent(resent)
+    try:
+        limits.sweep_due()  # rows waiting for a concurrency slot that no job's end released
+    except Exception as exc:  # logged; the next pass's sweep tries again
+        log.warning("relay: the limits' sweep failed: %s", exc)
+        limits.reset_sweep()
     return len(messages)
 
 
@@ -66,6 +72,7 @@ def reap(batch: int = 100) -> int:
                 row = store.reap(job_id)
                 if row is not None:
                     settle(row)
+                    limits.release(row.id, row.type)
         except Exception:
             log.exception("could not reap job %s; trying again next pass", job_id)
             continue
@@ -90,6 +97,7 @@ def hand_back(node: str, instance: str = "") -> int:
             rows = store.hand_back(node, instance)
             for row in rows:
                 settle(row)
+            limits.released(rows)
     except Exception as exc:  # the database is away: the reaper returns them when leases expire
         log.warning("could not hand back the jobs of %s (%s); their leases will expire", node, exc)
         for conn in connections.all():

@@ -1,9 +1,11 @@
 """Job types: declared in code per feature slice with @job_type, merged into one registry."""
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from django.conf import settings
 from pydantic import BaseModel, ValidationError
@@ -33,6 +35,37 @@ class Backoff:
         return raw * random.uniform(0.5, 1.0)
 
 
+class Rate(NamedTuple):
+    """A rate limit: at most `count` starts per `seconds`, spaced evenly (one every `interval`)."""
+
+    count: int
+    seconds: int
+    #: As declared (`"20/s"`), for listings.
+    text: str
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two starts (GCRA's emission interval)."""
+        return self.seconds / self.count
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600}
+_RATE = re.compile(r"([1-9][0-9]{0,8})/([smh])")
+
+
+def parse_rate(text: object) -> Rate:
+    """`"20/s"`, `"100/m"`, `"5/h"`: a whole number of starts per second, minute or hour.
+
+    Raises ValueError naming what is wrong (the declaration turns it into ImproperlyDeclared)."""
+    match = _RATE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(
+            f"rate_limit {text!r} is not '<count>/s', '<count>/m' or '<count>/h' "
+            "(a whole number of starts, at least 1, per second, minute or hour: e.g. '20/s')"
+        )
+    return Rate(int(match[1]), _PERIODS[match[2]], text)
+
+
 @dataclass(frozen=True)
 class JobType:
     #: Stable public name (`images.resize`), never a module path.
@@ -57,6 +90,31 @@ class JobType:
     #: Enqueueable over HTTP (`POST /api/jobs`, a chain's steps). Platform and delivery types
     #: are not: only code enqueues them.
     public: bool = False
+    #: Global limits, over every worker of every host (jobs.limits): at most `rate_limit` starts
+    #: (`"20/s"`, parsed into a Rate), `concurrency` running jobs of the type, and
+    #: `concurrency_per_key` running jobs of one `limit_key` (given at enqueue). None: no limit.
+    rate_limit: Rate | None = None
+    concurrency: int | None = None
+    concurrency_per_key: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Does a claim of this type go through jobs.limits?"""
+        return self.rate_limit is not None or self.holds_slots
+
+    @property
+    def holds_slots(self) -> bool:
+        """Does a running job of this type hold a concurrency slot (released at its end)?"""
+        return self.concurrency is not None or self.concurrency_per_key is not None
+
+    def describe_limits(self) -> str:
+        """The limits in a few words, for listings (`"10/s, 3 at once, 1 per key"`)."""
+        parts = [self.rate_limit.text] if self.rate_limit else []
+        if self.concurrency is not None:
+            parts.append(f"{self.concurrency} at once")
+        if self.concurrency_per_key is not None:
+            parts.append(f"{self.concurrency_per_key} per key")
+        return ", ".join(parts)
 
     def validate(self, data: Any) -> dict[str, Any]:
         """Validate `data` against the input schema; return the JSON form stored in the row."""
@@ -90,6 +148,7 @@ class JobType:
 
 _types: dict[str, JobType] = {}
 _aliases: dict[str, str] = {}
+_limited: list[str] | None = None
 
 
 def job_type(
@@ -104,11 +163,17 @@ def job_type(
     aliases: tuple[str, ...] = (),
     schedule: Any = None,
     public: bool = False,
+    rate_limit: str | None = None,
+    concurrency: int | None = None,
+    concurrency_per_key: int | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type: `@job_type("images.resize", queue="images", input=Resize)`.
 
     The handler is called as `handler(ctx, data)` and returns a JSON-serializable output (or None).
     `public=True` lets HTTP clients enqueue it (`POST /api/jobs`); code can enqueue any type.
+    Limits hold across every worker and host: `rate_limit="20/s"` (or `"100/m"`, `"5/h"`),
+    `concurrency=3` (running at once), `concurrency_per_key=1` (running at once per `limit_key`,
+    given at enqueue); a job held back by one waits in the database (docs/architecture.md, "Limits").
     """
 
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -125,6 +190,9 @@ def job_type(
                 aliases=tuple(aliases),
                 schedule=schedule,
                 public=public,
+                rate_limit=rate_limit,  # type: ignore[arg-type] - parsed by add()
+                concurrency=concurrency,
+                concurrency_per_key=concurrency_per_key,
             )
         )
         return handler
@@ -134,6 +202,7 @@ def job_type(
 
 def add(jt: JobType) -> None:
     """Register a job type; refuse a duplicate name or alias and impossible settings."""
+    jt = _checked_limits(jt)
     for taken in (jt.name, *jt.aliases):
         if taken in _types or taken in _aliases:
             owner = _types.get(taken) or _types[_aliases[taken]]
@@ -153,16 +222,34 @@ def add(jt: JobType) -> None:
             f"job type {jt.name!r}: timeout {jt.timeout}s must stay 60s under "
             f"CONVEYOR_VISIBILITY_TIMEOUT ({visibility}s)"
         )
+    global _limited
     _types[jt.name] = jt
     for alias in jt.aliases:
         _aliases[alias] = jt.name
+    _limited = None
+
+
+def _checked_limits(jt: JobType) -> JobType:
+    """The type with its rate limit parsed; a bad rate or concurrency refused with its name."""
+    if isinstance(jt.rate_limit, str) or (jt.rate_limit is not None and not isinstance(jt.rate_limit, Rate)):
+        try:
+            jt = dataclasses.replace(jt, rate_limit=parse_rate(jt.rate_limit))
+        except ValueError as exc:
+            raise ImproperlyDeclared(f"job type {jt.name!r}: {exc}") from None
+    for name in ("concurrency", "concurrency_per_key"):
+        value = getattr(jt, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ImproperlyDeclared(f"job type {jt.name!r}: {name} must be a whole number of at least 1 (or None), got {value!r}")
+    return jt
 
 
 def remove(name: str) -> None:
     """Forget a job type and its aliases (tests that declare a type of their own clean up)."""
+    global _limited
     jt = _types.pop(name, None)
     for alias in jt.aliases if jt else ():
         _aliases.pop(alias, None)
+    _limited = None
 
 
 class ImproperlyDeclared(Exception):
@@ -178,6 +265,16 @@ def get(name: str) -> JobType:
 
 def all_types() -> list[JobType]:
     return sorted(_types.values(), key=lambda jt: jt.name)
+
+
+def limited() -> list[str]:
+    """Names (and aliases) of the types whose claims go through jobs.limits (asked by every
+    claim: computed once per change of the registry)."""
+    global _limited
+    if _limited is None:
+        names = [jt.name for jt in _types.values() if jt.limited]
+        _limited = sorted(names + [alias for alias, name in _aliases.items() if _types[name].limited])
+    return _limited
 
 
 def queues() -> list[str]:

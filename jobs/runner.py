@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs import chains, registry, store, telemetry
+from jobs import chains, limits, registry, store, telemetry
 from jobs.context import Context
 from jobs.models import ChainStatus, Status
 from jobs.outcome import settle
@@ -49,7 +49,8 @@ class ClaimFailed(Exception):
 
 class Outcome(str):
     """What `execute` returns: the status ("succeeded", "failed", "dead", "cancelled", "lost",
-    "skipped"), a str as ever, with the attempt it belongs to and a failure's error, for what a
+    "skipped", or "held" by its type's limits, the reason as `error`), a str as ever, with the
+    attempt it belongs to and a failure's error, for what a
     monitor shows (jobs.monitoring) without reading the row again."""
 
     attempt: int | None
@@ -68,11 +69,16 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
     `own_time_limit`: the runner enforces the job's time limit even where the pool would (a batch
     message carries none for Celery to enforce)."""
     try:
-        claimed = store.claim(job_id, worker, lease_seconds())
+        limited = registry.limited()
+        claimed = store.claim(job_id, worker, lease_seconds(), limited)
+        if claimed is None and limited:  # perhaps a type with limits: its claim is theirs
+            claimed = limits.claim(job_id, worker, lease_seconds())
     except (OperationalError, InterfaceError, SoftTimeLimitExceeded) as exc:
         raise ClaimFailed(f"{type(exc).__name__}: {exc}".strip()) from exc
     if claimed is None:
         return Outcome("skipped")  # a duplicate or stale message: locked, finished or not yet due
+    if isinstance(claimed, str):
+        return Outcome("held", error=claimed)  # its limits hold it in the table; the message goes
     ctx = Context(
         job_id=claimed.id,
         type=claimed.type,
@@ -155,7 +161,7 @@ def _record(ctx: Context, write: Callable[[], str]) -> str:
 
 def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
     hook = jt.on_finish if ctx.finish_hook_needed else None
-    if not (ctx.chain_id is not None or ctx.continuations or hook):
+    if not (ctx.chain_id is not None or ctx.continuations or hook or jt.holds_slots):
         # The common case: one statement in autocommit.
         done = store.succeed(ctx.job_id, ctx.attempt, output_json)
         return done.status if done else _lost(ctx)
@@ -163,6 +169,8 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id)
         if done is None:
             return _lost(ctx)
+        if jt.holds_slots:  # the next job waiting for its concurrency slot goes after commit
+            limits.release(done.id, done.type)
         if done.status == Status.CANCELLED:
             settle(store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member))
             return done.status
@@ -211,6 +219,7 @@ def _fail(ctx: Context, error: str, jt: registry.JobType | None) -> str:
             log.warning("job %s attempt %s lost its lease before failing", ctx.job_id, ctx.attempt)
             return "lost"
         settle(ended)
+        limits.release(ended.id, ended.type)
     log.info("job %s attempt %s/%s %s", ctx.job_id, ctx.attempt, ctx.max_attempts, ended.status)
     return ended.status
 

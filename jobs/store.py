@@ -158,18 +158,18 @@ def _messages(cursor: Any) -> list[Message]:
 
 INSERT_SQL = """
 INSERT INTO jobs_job (type, queue, input, priority, max_attempts, idempotency_key, chain_id,
-                      chain_index, member, results, parent_id, run_after, published_at, status,
-                      attempt, worker, progress, progress_message, cancel_requested, error,
+                      chain_index, member, results, parent_id, limit_key, run_after, published_at,
+                      status, attempt, worker, progress, progress_message, cancel_requested, error,
                       created_at, updated_at)
 SELECT v.type, v.queue, v.input::jsonb, v.priority, v.max_attempts, v.key, v.chain_id,
-       v.chain_index, v.member, v.results::jsonb, v.parent_id, COALESCE(v.run_after, now()),
+       v.chain_index, v.member, v.results::jsonb, v.parent_id, v.limit_key, COALESCE(v.run_after, now()),
        -- Due now: its message is published after commit. Later: the relay publishes it when due.
        CASE WHEN COALESCE(v.run_after, now()) <= now() THEN now() END,
        'pending', 0, '', 0, '', false, '', now(), now()
   FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::bigint[],
-              %s::int[], %s::int[], %s::text[], %s::bigint[], %s::timestamptz[])
+              %s::int[], %s::int[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[])
        WITH ORDINALITY AS v(type, queue, input, priority, max_attempts, key, chain_id,
-                            chain_index, member, results, parent_id, run_after, n)
+                            chain_index, member, results, parent_id, limit_key, run_after, n)
  ORDER BY v.n
     ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id, idempotency_key, run_after, published_at, created_at
@@ -197,6 +197,7 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
         [job.member for job in jobs],
         [None if job.results is None else json.dumps(job.results) for job in jobs],
         [job.parent_id for job in jobs],
+        [job.limit_key for job in jobs],
         [job.run_after for job in jobs],
     ]
     with prepared() as cursor:
@@ -225,26 +226,203 @@ def create_chain(steps: list[dict[str, Any]]) -> Chain:
 
 # --- A run: claim, heartbeat, progress, outcome ---------------------------------------------------
 
+_CLAIMED = """id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
+          queue, EXTRACT(EPOCH FROM now() - run_after)::float8, member, results"""
+
+# A row of a type with limits (`limited`, the registry's names) is left to claim_limited.
 CLAIM_SQL = f"""
 UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, started_at = now(),
-       lease_expires_at = now() + make_interval(secs => %s), updated_at = now(), finished_at = NULL
+       lease_expires_at = now() + make_interval(secs => %s), updated_at = now(), finished_at = NULL,
+       held = ''
  WHERE id = (SELECT id FROM jobs_job
-              WHERE id = %s AND {RUNNABLE} AND run_after <= now()
+              WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND type <> ALL(%s::text[])
               FOR UPDATE SKIP LOCKED)
-RETURNING id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
-          queue, EXTRACT(EPOCH FROM now() - run_after)::float8, member, results
+RETURNING {_CLAIMED}
 """
 
 
-def claim(job_id: int, worker: str, lease_seconds: float) -> Claimed | None:
-    """Take the row for one attempt, or None: locked, finished, cancelled or not yet due."""
+def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = ()) -> Claimed | None:
+    """Take the row for one attempt, or None: locked, finished, cancelled, not yet due, or of
+    one of the `limited` types (whose claims go through jobs.limits and `claim_limited`)."""
     with prepared(CLAIMS) as cursor:
-        cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id])
+        cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _claimed(row)
+
+
+def _claimed(row: Sequence[Any]) -> Claimed:
     claimed = Claimed._make(row)
     return claimed._replace(input=_json(claimed.input), results=_json(claimed.results))
+
+
+# --- Limits: a claim of a limited type, its end releasing the next waiting job --------------------
+#
+# jobs.limits decides; these statements run in its transactions. A claim locks the row, then the
+# scope (an advisory lock per type, and per type and key), counts the running rows of the scope in
+# a statement of its own (after the lock: it sees every end committed before), and either claims,
+# holds the row (`held`, published_at NULL: the relay leaves it alone) or books a rate slot. A
+# job's end takes the same scope locks in its outcome's transaction and releases the oldest
+# waiting row. Times are `clock_timestamp()`: a claim that waited for a lock starts when it got it.
+
+LIMITED_ROW_SQL = f"""
+SELECT type, limit_key, held FROM jobs_job
+ WHERE id = %s AND {RUNNABLE} AND run_after <= now()
+   FOR UPDATE SKIP LOCKED
+"""
+
+
+class LimitedRow(NamedTuple):
+    type: str
+    limit_key: str | None
+    held: str
+
+
+def lock_limited(job_id: int) -> LimitedRow | None:
+    """In a transaction on CLAIMS: lock a runnable, due row (None: locked, finished or not due)."""
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(LIMITED_ROW_SQL, [job_id])
+        row = cursor.fetchone()
+    return None if row is None else LimitedRow._make(row)
+
+
+LOCK_SCOPE_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+def lock_scope(type_name: str, key: str | None = None, alias: str = "default") -> None:
+    """Hold the limit scope of a type (or of one key of it) until the transaction ends."""
+    scope = f"conveyor:limit:{type_name}" + ("" if key is None else f":key:{key}")
+    with prepared(alias) as cursor:
+        cursor.execute(LOCK_SCOPE_SQL, [scope])
+        cursor.fetchone()
+
+
+RUNNING_OF_TYPE_SQL = """
+SELECT count(*) FROM jobs_job WHERE type = %s AND status = 'running' AND limit_key IS NOT NULL
+"""
+RUNNING_OF_KEY_SQL = """
+SELECT count(*) FROM jobs_job WHERE type = %s AND limit_key = %s AND status = 'running'
+"""
+
+
+def running(type_name: str, key: str | None = None, alias: str = CLAIMS) -> int:
+    """Running jobs of a limited type (claimed through limits), or of one key of it."""
+    with prepared(alias) as cursor:
+        if key is None:
+            cursor.execute(RUNNING_OF_TYPE_SQL, [type_name])
+        else:
+            cursor.execute(RUNNING_OF_KEY_SQL, [type_name, key])
+        return cursor.fetchone()[0]
+
+
+# A rate-limited type's two clocks, GCRA's theoretical arrival times (jobs.limits decides): the
+# next free slot to book (`next_at`), and the earliest next start once the starts so far are
+# counted (`started_next`). A first claim of the type starts both at PostgreSQL's clock. The row
+# stays locked (ON CONFLICT DO UPDATE) until the claim's transaction ends.
+RATE_CLOCKS_SQL = """
+INSERT INTO jobs_rateslot AS r (type, next_at, started_next)
+VALUES (%s, clock_timestamp(), clock_timestamp())
+    ON CONFLICT (type) DO UPDATE SET type = r.type
+RETURNING r.next_at, r.started_next, clock_timestamp()
+"""
+SET_RATE_CLOCKS_SQL = "UPDATE jobs_rateslot SET next_at = %s, started_next = %s WHERE type = %s"
+
+
+def rate_clocks(type_name: str) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
+    """Lock the type's rate clocks: (next free slot, earliest next start, PostgreSQL's now)."""
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(RATE_CLOCKS_SQL, [type_name])
+        return cursor.fetchone()
+
+
+def set_rate_clocks(type_name: str, next_at: dt.datetime, started_next: dt.datetime) -> None:
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(SET_RATE_CLOCKS_SQL, [next_at, started_next, type_name])
+
+
+HOLD_SQL = """
+UPDATE jobs_job SET held = %s, published_at = NULL, run_after = COALESCE(%s, run_after),
+       updated_at = now()
+ WHERE id = %s
+"""
+
+
+def hold(job_id: int, held: str, run_after: dt.datetime | None = None) -> None:
+    """Hold a row locked by lock_limited: it waits in the table with no message (a booked rate
+    slot: until `run_after`, when the relay publishes it; a concurrency slot: until released)."""
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(HOLD_SQL, [held, run_after, job_id])
+
+
+CLAIM_LIMITED_SQL = f"""
+UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s,
+       started_at = clock_timestamp(),
+       lease_expires_at = clock_timestamp() + make_interval(secs => %s), updated_at = now(),
+       finished_at = NULL, held = '', limit_key = COALESCE(limit_key, '')
+ WHERE id = %s
+RETURNING {_CLAIMED}
+"""
+
+
+def claim_limited(job_id: int, worker: str, lease_seconds: float) -> Claimed:
+    """Claim a row locked by lock_limited whose limits let it start."""
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(CLAIM_LIMITED_SQL, [worker, lease_seconds, job_id])
+        return _claimed(cursor.fetchone())
+
+
+LIMIT_KEY_SQL = "SELECT limit_key FROM jobs_job WHERE id = %s"
+
+
+def limit_key(job_id: int) -> str | None:
+    with prepared() as cursor:
+        cursor.execute(LIMIT_KEY_SQL, [job_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+_RELEASED = "j.id, j.queue, j.priority, j.type, j.chain_id, j.chain_index"
+RELEASE_OF_TYPE_SQL = f"""
+WITH next AS (SELECT id FROM jobs_job
+               WHERE type = %s AND held = 'concurrency' AND {RUNNABLE}
+               ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE jobs_job j SET held = '', published_at = now(), updated_at = now() FROM next
+ WHERE j.id = next.id
+RETURNING {_RELEASED}
+"""
+RELEASE_OF_KEY_SQL = f"""
+WITH next AS (SELECT id FROM jobs_job
+               WHERE type = %s AND limit_key = %s AND held = 'key' AND {RUNNABLE}
+               ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE jobs_job j SET held = '', published_at = now(), updated_at = now() FROM next
+ WHERE j.id = next.id
+RETURNING {_RELEASED}
+"""
+
+
+def release_waiting(type_name: str, key: str | None, count: int) -> list[Message]:
+    """Under the scope's lock: mark up to `count` of its oldest waiting rows published now (no
+    longer held); return their messages, to publish after commit (their claims count again)."""
+    with prepared() as cursor:
+        if key is None:
+            cursor.execute(RELEASE_OF_TYPE_SQL, [type_name, count])
+        else:
+            cursor.execute(RELEASE_OF_KEY_SQL, [type_name, key, count])
+        return _messages(cursor)
+
+
+# Scopes with rows waiting for a slot (the limits' sweep checks each: a release that never came).
+WAITING_SCOPES_SQL = f"""
+(SELECT DISTINCT type, NULL::text FROM jobs_job WHERE held = 'concurrency' AND {RUNNABLE} LIMIT %s)
+UNION ALL
+(SELECT DISTINCT type, limit_key FROM jobs_job WHERE held = 'key' AND {RUNNABLE} LIMIT %s)
+"""
+
+
+def waiting_scopes(limit: int) -> list[tuple[str, str | None]]:
+    """(type, None) for types with rows waiting for a type slot; (type, key) for keys."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(WAITING_SCOPES_SQL, [limit, limit])
+        return [(row[0], row[1]) for row in cursor.fetchall()]
 
 
 # Fenced by attempt: a runner whose lease lapsed (and whose row another worker claimed since)
@@ -331,14 +509,19 @@ def fail(job_id: int, attempt: int, error: str, delay: float) -> Ended | None:
 
 # --- Recovery: relay marks, the reaper, hand-back -------------------------------------------------
 
-# Due rows never published (delayed jobs, retries after backoff, reaped rows).
-RELAY_DUE_SQL = f"""
+# Due rows never published (delayed jobs, retries after backoff, reaped rows, booked rate slots),
+# through job_unpublished_idx; a row waiting for a concurrency slot is not due by time. A booked
+# rate slot's message goes at priority 0, ahead of its queue's backlog: its row has waited its
+# turn already, and a slot missed behind other messages is lost (jobs.limits).
+RELAY_DUE_SQL = """
 WITH due AS (
   SELECT id FROM jobs_job
-   WHERE {RUNNABLE} AND published_at IS NULL AND run_after <= now()
+   WHERE status IN ('pending', 'failed') AND published_at IS NULL AND held IN ('', 'rate')
+     AND NOT cancel_requested AND run_after <= now()
    ORDER BY run_after LIMIT %s FOR UPDATE SKIP LOCKED)
 UPDATE jobs_job j SET published_at = now() FROM due WHERE j.id = due.id
-RETURNING j.id, j.queue, j.priority, j.type, j.chain_id, j.chain_index
+RETURNING j.id, j.queue, CASE WHEN j.held = 'rate' THEN 0 ELSE j.priority END, j.type, j.chain_id,
+          j.chain_index
 """
 
 # Rows published long ago and still not claimed: their message may be lost (Redis restarted,
@@ -466,7 +649,7 @@ RETRY_SQL = """
 WITH old AS (SELECT id, CASE WHEN status = 'cancelled' THEN GREATEST(run_after, now())
                              ELSE now() END AS due
                FROM jobs_job WHERE id = %s AND status IN ('dead', 'failed', 'cancelled') FOR UPDATE)
-UPDATE jobs_job j SET status = 'pending', cancel_requested = false,
+UPDATE jobs_job j SET status = 'pending', cancel_requested = false, held = '',
        max_attempts = attempt + %s + 1, run_after = old.due,
        published_at = CASE WHEN old.due <= now() THEN now() END,
        finished_at = NULL, updated_at = now()
