@@ -1,0 +1,114 @@
+"""Waiting for a job or a chain to end, without polling: PostgreSQL's LISTEN/NOTIFY.
+
+Celery users wait with `AsyncResult.get(timeout=...)`; here the row is the result, so a waiter
+listens on the channel that every statement ending a job or a chain notifies at its commit
+(`store.JOB_ENDED`, `store.CHAIN_ENDED`, payload: the id), on a connection of its own:
+
+1. LISTEN (autocommit: it takes effect at once);
+2. read the row once: it may have ended before the LISTEN (nothing would be heard then);
+3. wait for notifications until one names the id (then read the row again: a retry may have
+   reopened it meanwhile) or the time is up.
+
+One connection per wait, closed when it ends: no thread, nothing shared between the requests
+of a process. A waiting HTTP request holds its gunicorn sync worker for up to
+`CONVEYOR_WAIT_MAX_SECONDS`, as any slow request would.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from django.db import connections
+
+from jobs import store
+from jobs.models import Chain, Job
+
+#: Per kind: the channel its end is notified on, and the query telling whether the row has ended
+#: (no row: it does not exist, or the transaction that wrote it has not committed).
+JOB = (store.JOB_ENDED, "SELECT status IN ('succeeded', 'dead', 'cancelled') FROM jobs_job WHERE id = %s")
+CHAIN = (store.CHAIN_ENDED, "SELECT status <> 'running' FROM jobs_chain WHERE id = %s")
+
+
+class WaitTimeout(TimeoutError):
+    """The job or chain had not ended when the wait's time ran out (like Celery's
+    `celery.exceptions.TimeoutError`, a `TimeoutError`). `row` is it as it was then: a `Job` for
+    `wait`, a `Chain` for `wait_chain`."""
+
+    def __init__(self, message: str, row: Job | Chain) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+def wait(job: Job | int, timeout: float) -> Job:
+    """Block until the job has ended (succeeded, dead or cancelled) and return it, read again.
+
+    A job that fails an attempt and will be retried has not ended: the wait goes on through its
+    retries. Unlike Celery's `get()`, a dead job is returned, not raised: its `status` and `error`
+    say what happened. Raises `WaitTimeout` (its `row` is the job as it is then) after `timeout`
+    seconds, `Job.DoesNotExist` for an unknown id or for a job enqueued in a transaction not yet
+    committed (wait after the commit: no worker can run it before).
+    """
+    job_id = job.pk if isinstance(job, Job) else int(job)
+    if not ended(JOB, job_id, timeout):
+        current = Job.objects.get(pk=job_id)
+        raise WaitTimeout(f"job {job_id} is still {current.status} after {timeout:g}s", current)
+    return Job.objects.get(pk=job_id)
+
+
+def wait_chain(chain: Chain | int, timeout: float) -> Chain:
+    """Block until the chain has ended (succeeded; failed when a step died; cancelled) and return
+    it, read again; the same rules as `wait`. A chain that fails ends when its failing step dies,
+    in that step's outcome transaction: its steps are then read with `jobs.http.chain_view` or
+    `chain.jobs`."""
+    chain_id = chain.pk if isinstance(chain, Chain) else int(chain)
+    if not ended(CHAIN, chain_id, timeout):
+        current = Chain.objects.get(pk=chain_id)
+        raise WaitTimeout(f"chain {chain_id} is still {current.status} after {timeout:g}s", current)
+    return Chain.objects.get(pk=chain_id)
+
+
+def ended(kind: tuple[str, str], row_id: int, timeout: float) -> bool:
+    """Whether the row ended within `timeout` seconds (0: look once); returns as soon as it has.
+    Raises the model's `DoesNotExist` when there is no such (committed) row."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout >= 0):
+        raise ValueError(f"timeout must be a finite number of seconds, 0 or more (got {timeout!r})")
+    channel, check = kind
+    model = Job if kind is JOB else Chain
+    deadline = time.monotonic() + timeout
+    payload = str(row_id)
+    with _listening(channel) as pg:
+        while True:
+            row = pg.execute(check, [row_id]).fetchone()
+            if row is None:
+                raise model.DoesNotExist(f"{model.__name__.lower()} {row_id} does not exist (or is not committed yet)")
+            if row[0]:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Every ended job of the deployment is heard here: skip the others' ids. Out of this
+            # loop at the deadline (then read once more) or when ours is heard (read it again).
+            notes = pg.notifies(timeout=remaining)
+            try:
+                for note in notes:
+                    if note.payload == payload:
+                        break
+            finally:
+                notes.close()
+
+
+@contextmanager
+def _listening(channel: str) -> Iterator[psycopg.Connection]:
+    """A new autocommit connection to the default database, listening on `channel`; closed on
+    leaving, whatever happens."""
+    params = connections["default"].get_connection_params()
+    # Django's adapters and cursor class are for its own connections: this one reads a boolean.
+    for name in ("context", "cursor_factory", "prepare_threshold"):
+        params.pop(name, None)
+    params.setdefault("connect_timeout", 10)
+    with psycopg.connect(**params, autocommit=True) as pg:
+        pg.execute(f"LISTEN {channel}")
+        yield pg
