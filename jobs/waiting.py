@@ -6,8 +6,8 @@ listens on the channel that every statement ending a job or a chain notifies at 
 
 1. LISTEN (autocommit: it takes effect at once);
 2. read the row once: it may have ended before the LISTEN (nothing would be heard then);
-3. wait for notifications until one names the id (then read the row again: a retry may have
-   reopened it meanwhile) or the time is up.
+3. wait for notifications until one names the id or the time is up; then read the row (through
+   Django: the answer). A retry that reopened it meanwhile makes `wait` listen again.
 
 One connection per wait, closed when it ends: no thread, nothing shared between the requests
 of a process. A waiting HTTP request holds its gunicorn sync worker for up to
@@ -18,13 +18,15 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import psycopg
 from django.db import connections
 
 from jobs import store
-from jobs.models import Chain, Job
+from jobs.models import FINISHED, Chain, ChainStatus, Job
+
+M = TypeVar("M", Job, Chain)
 
 #: Per kind: the channel its end is notified on, and the query telling whether the row has ended
 #: (no row: it does not exist, or the transaction that wrote it has not committed).
@@ -52,10 +54,7 @@ def wait(job: Job | int, timeout: float) -> Job:
     committed (wait after the commit: no worker can run it before).
     """
     job_id = job.pk if isinstance(job, Job) else int(job)
-    if not ended(JOB, job_id, timeout):
-        current = Job.objects.get(pk=job_id)
-        raise WaitTimeout(f"job {job_id} is still {current.status} after {timeout:g}s", current)
-    return Job.objects.get(pk=job_id)
+    return _until(JOB, Job, job_id, timeout, lambda row: row.status in FINISHED)
 
 
 def wait_chain(chain: Chain | int, timeout: float) -> Chain:
@@ -64,40 +63,50 @@ def wait_chain(chain: Chain | int, timeout: float) -> Chain:
     in that step's outcome transaction: its steps are then read with `jobs.http.chain_view` or
     `chain.jobs`."""
     chain_id = chain.pk if isinstance(chain, Chain) else int(chain)
-    if not ended(CHAIN, chain_id, timeout):
-        current = Chain.objects.get(pk=chain_id)
-        raise WaitTimeout(f"chain {chain_id} is still {current.status} after {timeout:g}s", current)
-    return Chain.objects.get(pk=chain_id)
+    return _until(CHAIN, Chain, chain_id, timeout, lambda row: row.status != ChainStatus.RUNNING)
+
+
+def _until(kind: tuple[str, str], model: type[M], row_id: int, timeout: float, is_over: Callable[[M], bool]) -> M:
+    deadline = time.monotonic() + _seconds(timeout)
+    while True:
+        heard = ended(kind, row_id, max(0.0, deadline - time.monotonic()))
+        row = model.objects.get(pk=row_id)
+        if is_over(row):
+            return row
+        if not heard or time.monotonic() >= deadline:  # (heard, yet reopened since: a retry)
+            name = model.__name__.lower()
+            raise WaitTimeout(f"{name} {row_id} is still {row.status} after {timeout:g}s", row)
 
 
 def ended(kind: tuple[str, str], row_id: int, timeout: float) -> bool:
-    """Whether the row ended within `timeout` seconds (0: look once); returns as soon as it has.
-    Raises the model's `DoesNotExist` when there is no such (committed) row."""
-    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout >= 0):
-        raise ValueError(f"timeout must be a finite number of seconds, 0 or more (got {timeout!r})")
+    """Whether the row ended within `timeout` seconds (0: look once): True as soon as it is seen
+    ended or its end's commit is heard (the caller reads the row). Raises the model's
+    `DoesNotExist` when there is no such (committed) row."""
     channel, check = kind
     model = Job if kind is JOB else Chain
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + _seconds(timeout)
     payload = str(row_id)
     with _listening(channel) as pg:
-        while True:
-            row = pg.execute(check, [row_id]).fetchone()
-            if row is None:
-                raise model.DoesNotExist(f"{model.__name__.lower()} {row_id} does not exist (or is not committed yet)")
-            if row[0]:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            # Every ended job of the deployment is heard here: skip the others' ids. Out of this
-            # loop at the deadline (then read once more) or when ours is heard (read it again).
-            notes = pg.notifies(timeout=remaining)
-            try:
-                for note in notes:
-                    if note.payload == payload:
-                        break
-            finally:
-                notes.close()
+        row = pg.execute(check, [row_id]).fetchone()
+        if row is None:
+            raise model.DoesNotExist(f"{model.__name__.lower()} {row_id} does not exist (or is not committed yet)")
+        if row[0]:
+            return True
+        # Every ended job of the deployment is heard here: skip the others' ids.
+        notes = pg.notifies(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            for note in notes:
+                if note.payload == payload:
+                    return True
+        finally:
+            notes.close()
+        return False
+
+
+def _seconds(timeout: float) -> float:
+    if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout >= 0):
+        raise ValueError(f"timeout must be a finite number of seconds, 0 or more (got {timeout!r})")
+    return float(timeout)
 
 
 @contextmanager

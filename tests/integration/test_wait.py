@@ -118,6 +118,22 @@ def test_wait_goes_on_through_a_failed_attempt_that_will_be_retried():
     assert 0.55 <= time.monotonic() - started < 2.0
 
 
+def test_an_end_heard_after_a_retry_reopened_the_job_does_not_end_the_wait():
+    job = enqueue("examples.echo", {})
+
+    def cancel_and_retry() -> None:  # the NOTIFY is delivered, the row is pending again
+        with transaction.atomic():
+            store.cancel(job.pk)
+            store.retry(job.pk, 0)
+
+    _later(0.2, cancel_and_retry)
+    _later(0.7, lambda: store.cancel(job.pk))
+    started = time.monotonic()
+    done = jobs.wait(job, 10)
+    assert done.status == Status.CANCELLED
+    assert 0.65 <= time.monotonic() - started < 2.5
+
+
 def test_a_rolled_back_end_wakes_no_waiter():
     job = enqueue("examples.echo", {})
 
