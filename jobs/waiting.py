@@ -4,8 +4,10 @@ Celery users wait with `AsyncResult.get(timeout=...)`; here the row is the resul
 listens on the channel that every statement ending a job or a chain notifies at its commit
 (`store.JOB_ENDED`, `store.CHAIN_ENDED`, payload: the id), on a connection of its own:
 
-1. LISTEN (autocommit: it takes effect at once);
-2. read the row once: it may have ended before the LISTEN (nothing would be heard then);
+1. take a shared advisory lock on the id (`store.waiter_key`): the ending statement notifies only
+   while a waiter holds it, and an end committing at that moment is waited for;
+2. LISTEN (autocommit: it takes effect at once), then read the row once: it may have ended before
+   (nothing would be heard then);
 3. wait for notifications until one names the id or the time is up; then read the row (through
    Django: the answer). A retry that reopened it meanwhile makes `wait` listen again.
 
@@ -32,6 +34,8 @@ M = TypeVar("M", Job, Chain)
 #: (no row: it does not exist, or the transaction that wrote it has not committed).
 JOB = (store.JOB_ENDED, "SELECT status IN ('succeeded', 'dead', 'cancelled') FROM jobs_job WHERE id = %s")
 CHAIN = (store.CHAIN_ENDED, "SELECT status <> 'running' FROM jobs_chain WHERE id = %s")
+#: How long a waiter may wait for the shared lock: only an end being committed holds it.
+LOCK_TIMEOUT_MS = 10_000
 
 
 class WaitTimeout(TimeoutError):
@@ -86,7 +90,8 @@ def ended(kind: tuple[str, str], row_id: int, timeout: float) -> bool:
     model = Job if kind is JOB else Chain
     deadline = time.monotonic() + _seconds(timeout)
     payload = str(row_id)
-    with _listening(channel) as pg:
+    key = store.waiter_key("job" if kind is JOB else "chain", row_id)
+    with _listening(channel, key) as pg:
         row = pg.execute(check, [row_id]).fetchone()
         if row is None:
             raise model.DoesNotExist(f"{model.__name__.lower()} {row_id} does not exist (or is not committed yet)")
@@ -110,14 +115,16 @@ def _seconds(timeout: float) -> float:
 
 
 @contextmanager
-def _listening(channel: str) -> Iterator[psycopg.Connection]:
-    """A new autocommit connection to the default database, listening on `channel`; closed on
-    leaving, whatever happens."""
+def _listening(channel: str, key: int) -> Iterator[psycopg.Connection]:
+    """A new autocommit connection to the default database, holding advisory lock `key` shared
+    and listening on `channel`; closed on leaving, whatever happens (which releases the lock)."""
     params = connections["default"].get_connection_params()
     # Django's adapters and cursor class are for its own connections: this one reads a boolean.
     for name in ("context", "cursor_factory", "prepare_threshold"):
         params.pop(name, None)
     params.setdefault("connect_timeout", 10)
     with psycopg.connect(**params, autocommit=True) as pg:
+        pg.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+        pg.execute("SELECT pg_advisory_lock_shared(%s)", [key])
         pg.execute(f"LISTEN {channel}")
         yield pg

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import psycopg
 import pytest
@@ -40,20 +41,30 @@ def _later(seconds: float, action) -> threading.Thread:
     return thread
 
 
+class Listener:
+    """A connection listening on both channels, as a waiter does: `hold` takes waiters' shared
+    locks, `notes` drains what it heard."""
+
+    def __init__(self, pg: psycopg.Connection) -> None:
+        self.pg = pg
+
+    def hold(self, keys: list[int]) -> None:
+        for key in keys:
+            self.pg.execute("SELECT pg_advisory_lock_shared(%s)", [key])
+
+    def notes(self) -> list[tuple[str, str]]:
+        return [(n.channel, n.payload) for n in self.pg.notifies(timeout=0.3)]
+
+
 @pytest.fixture
 def listener():
-    """A connection listening on both channels, as a waiter does: notes() drains what it heard."""
     params = connections["default"].get_connection_params()
     for name in ("context", "cursor_factory", "prepare_threshold"):
         params.pop(name, None)
     with psycopg.connect(**params, autocommit=True) as pg:
         pg.execute(f"LISTEN {store.JOB_ENDED}")
         pg.execute(f"LISTEN {store.CHAIN_ENDED}")
-
-        def notes() -> list[tuple[str, str]]:
-            return [(n.channel, n.payload) for n in pg.notifies(timeout=0.3)]
-
-        yield notes
+        yield Listener(pg)
 
 
 # --- jobs.wait ------------------------------------------------------------------------------------
@@ -134,6 +145,28 @@ def test_an_end_heard_after_a_retry_reopened_the_job_does_not_end_the_wait():
     assert 0.65 <= time.monotonic() - started < 2.5
 
 
+def test_a_waiter_arriving_while_an_unwaited_end_commits_finds_it_ended():
+    # given an end written while nobody waited (no NOTIFY will be sent), its commit 0.6 s later
+    job = enqueue("examples.echo", {})
+    attempt = _claim(job).attempt
+    written = threading.Event()
+
+    def slow_commit() -> None:
+        with transaction.atomic():
+            store.succeed(job.pk, attempt, "{}")
+            written.set()
+            time.sleep(0.6)
+
+    _later(0, slow_commit)
+    assert written.wait(5)
+
+    # when a waiter comes before the commit: it waits for the end's lock, then reads the row
+    started = time.monotonic()
+    done = jobs.wait(job, 5)
+    assert done.status == Status.SUCCEEDED
+    assert 0.3 <= time.monotonic() - started < 2.0
+
+
 def test_a_rolled_back_end_wakes_no_waiter():
     job = enqueue("examples.echo", {})
 
@@ -186,45 +219,58 @@ def test_wait_chain_returns_the_chain_failed_when_its_step_dies():
 # --- Every statement that ends a job notifies, at commit -----------------------------------------
 
 
-def test_every_statement_that_ends_a_job_or_a_chain_notifies_its_id(listener):
+def _end_one_of_each(waited: Callable[[list[Job], Chain], None]) -> tuple[list[Job], Job, Chain]:
+    """Rows ended by each statement that ends a job (and one chain), after `waited(jobs, chain)`
+    was given them: the jobs that end, and one that fails an attempt and will be retried."""
     succeeded = enqueue("examples.echo", {})
-    store.succeed(succeeded.pk, _claim(succeeded).attempt, "{}")
-
     dead = enqueue("examples.fail", {"times": 9}, retries=0)
-    store.fail(dead.pk, _claim(dead).attempt, "boom", 0)
-
     retried = enqueue("examples.fail", {"times": 9}, retries=1)
-    store.fail(retried.pk, _claim(retried).attempt, "again later", 0)  # failed, not ended: silent
-
     cancelled = enqueue("examples.echo", {})
-    store.cancel(cancelled.pk)
-
     asked = enqueue("examples.echo", {})  # cancel asked while running: ends cancelled on success
+    handed = enqueue("examples.echo", {})
+    reaped = enqueue("examples.echo", {}, retries=0)
+    chain = start_chain([jobs.Step("examples.echo", {})])
+    step = Job.objects.get(chain=chain)
+    ended = [succeeded, dead, cancelled, asked, handed, reaped, step]
+    waited([*ended, retried], chain)
+
+    store.succeed(succeeded.pk, _claim(succeeded).attempt, "{}")
+    store.fail(dead.pk, _claim(dead).attempt, "boom", 0)
+    store.fail(retried.pk, _claim(retried).attempt, "again later", 0)  # failed, not ended: silent
+    store.cancel(cancelled.pk)
     attempt = _claim(asked).attempt
     store.cancel(asked.pk)
     store.succeed(asked.pk, attempt, "{}")
-
-    handed = enqueue("examples.echo", {})
     store.claim(handed.pk, "gone-node/1", 30)
     store.cancel(handed.pk)
     store.hand_back("gone-node")
-
-    reaped = enqueue("examples.echo", {}, retries=0)
     store.claim(reaped.pk, "lost/1", 0)
     assert store.reap(reaped.pk).status == Status.DEAD
-
-    chain = start_chain([jobs.Step("examples.echo", {})])
-    step = Job.objects.get(chain=chain)
     with transaction.atomic():
         store.succeed(step.pk, _claim(step).attempt, "{}", chain.pk)
         store.finish_chain(chain.pk, "succeeded")
+    return ended, retried, chain
 
-    heard = listener()
-    ended = [succeeded, dead, cancelled, asked, handed, reaped, step]
-    assert sorted(heard) == sorted(
-        [(store.JOB_ENDED, str(job.pk)) for job in ended] + [(store.CHAIN_ENDED, str(chain.pk))]
-    )
+
+def test_every_statement_that_ends_a_waited_job_or_chain_notifies_its_id(listener):
+    # given a waiter's shared lock on every job and the chain
+    def wait_on(rows: list[Job], chain: Chain) -> None:
+        listener.hold([store.waiter_key("job", job.pk) for job in rows] + [store.waiter_key("chain", chain.pk)])
+
+    # when each ending statement ends one of them
+    ended, retried, chain = _end_one_of_each(wait_on)
+
+    # then each end is heard, the retried attempt's is not
+    heard = listener.notes()
+    assert sorted(heard) == sorted([(store.JOB_ENDED, str(job.pk)) for job in ended] + [(store.CHAIN_ENDED, str(chain.pk))])
     assert (store.JOB_ENDED, str(retried.pk)) not in heard
+
+
+def test_ends_nobody_waits_for_send_no_notify(listener):
+    # A NOTIFY serializes the commits of every transaction sending one: none without a waiter.
+    ended, _, _ = _end_one_of_each(lambda rows, chain: None)
+    assert all(job.status in ("pending", "running") for job in ended)  # the objects as enqueued
+    assert listener.notes() == []
 
 
 # --- GET /api/jobs/{id}?wait= and GET /api/chains/{id}?wait= --------------------------------------
