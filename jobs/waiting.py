@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 import psycopg
+import psycopg.errors
 from django.db import connections
 
 from jobs import store
@@ -34,8 +35,6 @@ M = TypeVar("M", Job, Chain)
 #: (no row: it does not exist, or the transaction that wrote it has not committed).
 JOB = (store.JOB_ENDED, "SELECT status IN ('succeeded', 'dead', 'cancelled') FROM jobs_job WHERE id = %s")
 CHAIN = (store.CHAIN_ENDED, "SELECT status <> 'running' FROM jobs_chain WHERE id = %s")
-#: How long a waiter may wait for the shared lock: only an end being committed holds it.
-LOCK_TIMEOUT_MS = 10_000
 
 
 class WaitTimeout(TimeoutError):
@@ -91,7 +90,9 @@ def ended(kind: tuple[str, str], row_id: int, timeout: float) -> bool:
     deadline = time.monotonic() + _seconds(timeout)
     payload = str(row_id)
     key = store.waiter_key("job" if kind is JOB else "chain", row_id)
-    with _listening(channel, key) as pg:
+    with _listening(channel, key, deadline) as pg:
+        if pg is None:  # an end still committing at our deadline (or the caller's own)
+            return False
         row = pg.execute(check, [row_id]).fetchone()
         if row is None:
             raise model.DoesNotExist(f"{model.__name__.lower()} {row_id} does not exist (or is not committed yet)")
@@ -115,16 +116,25 @@ def _seconds(timeout: float) -> float:
 
 
 @contextmanager
-def _listening(channel: str, key: int) -> Iterator[psycopg.Connection]:
+def _listening(channel: str, key: int, deadline: float) -> Iterator[psycopg.Connection | None]:
     """A new autocommit connection to the default database, holding advisory lock `key` shared
-    and listening on `channel`; closed on leaving, whatever happens (which releases the lock)."""
+    and listening on `channel`; closed on leaving, whatever happens (which releases the lock).
+
+    Only the transaction of an end being committed holds `key` exclusively: waiting for it is
+    bounded by the deadline (then None is yielded), which also ends the wait of a caller whose
+    own open transaction ended the row."""
     params = connections["default"].get_connection_params()
     # Django's adapters and cursor class are for its own connections: this one reads a boolean.
     for name in ("context", "cursor_factory", "prepare_threshold"):
         params.pop(name, None)
     params.setdefault("connect_timeout", 10)
     with psycopg.connect(**params, autocommit=True) as pg:
-        pg.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-        pg.execute("SELECT pg_advisory_lock_shared(%s)", [key])
+        lock_ms = max(1, int((deadline - time.monotonic()) * 1000))  # 0 would mean no limit
+        pg.execute(f"SET lock_timeout = {lock_ms}")
+        try:
+            pg.execute("SELECT pg_advisory_lock_shared(%s)", [key])
+        except psycopg.errors.LockNotAvailable:
+            yield None
+            return
         pg.execute(f"LISTEN {channel}")
         yield pg

@@ -167,6 +167,18 @@ def test_a_waiter_arriving_while_an_unwaited_end_commits_finds_it_ended():
     assert 0.3 <= time.monotonic() - started < 2.0
 
 
+def test_a_wait_inside_the_transaction_that_ended_the_job_is_bounded_by_its_timeout():
+    # The end's lock is held by the caller's own open transaction: the waiter's connection cannot
+    # take it; the wait gives up at its timeout and answers what the caller's transaction sees.
+    job = enqueue("examples.echo", {})
+    with transaction.atomic():
+        control.cancel(job)
+        started = time.monotonic()
+        done = jobs.wait(job, 0.5)
+        assert 0.45 <= time.monotonic() - started < 2.0
+        assert done.status == Status.CANCELLED
+
+
 def test_a_rolled_back_end_wakes_no_waiter():
     job = enqueue("examples.echo", {})
 
