@@ -1,19 +1,24 @@
 """Jobs and chains: rows in PostgreSQL, claimed with SKIP LOCKED, carried by Celery messages.
 
 Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` (with `Step` and
-`Group`) from here; the event bus and the schedules make their jobs with `new_job` and `submit`,
-like everything else.
+`Group`) from here, and `wait` / `wait_chain` to block until a job or chain has ended
+(`WaitTimeout` past the timeout); the event bus and the schedules make their jobs with `new_job`
+and `submit`, like everything else.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["job_type", "enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Group", "Context", "InvalidJob"]
+__all__ = [
+    "job_type", "enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Group", "Context", "InvalidJob",
+    "wait", "wait_chain", "WaitTimeout",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from jobs.context import Context
     from jobs.creation import Group, Step, enqueue, enqueue_many, new_job, start_chain, submit
     from jobs.registry import InvalidJob, job_type
+    from jobs.waiting import WaitTimeout, wait, wait_chain
 
 
 def __getattr__(name: str) -> Any:
@@ -26,6 +31,10 @@ def __getattr__(name: str) -> Any:
         from jobs.context import Context
 
         return Context
+    if name in ("wait", "wait_chain", "WaitTimeout"):
+        from jobs import waiting
+
+        return getattr(waiting, name)
     if name in ("job_type", "InvalidJob"):
         from jobs import registry
 

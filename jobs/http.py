@@ -9,7 +9,8 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from django.http import HttpRequest
+from django.conf import settings
+from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Body, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
-from jobs import control, registry
+from jobs import control, registry, waiting
 from jobs.creation import MAX_MEMBERS, PLATFORM_KEY_PREFIX, Group, Step, enqueue_step, start_chain
 from jobs.models import FINISHED, Chain, Job
 from jobs.models import Status as JobStatus
@@ -27,6 +28,30 @@ chains = Router(tags=["chains"])
 catalog = Router(tags=["catalog"])
 
 JobId = Path(..., ge=1, le=MAX_ID)
+
+#: The longest `?wait=` (CONVEYOR_WAIT_MAX_SECONDS): a waiting request holds a server worker.
+WAIT_MAX = float(settings.CONVEYOR["WAIT_MAX_SECONDS"])
+
+
+def _wait_param(what: str, ends: str) -> Any:
+    return Query(
+        None,
+        ge=0,
+        le=WAIT_MAX,
+        allow_inf_nan=False,
+        description=f"Seconds to wait for the {what} to end ({ends}), at most {WAIT_MAX:g}: the answer comes as soon "
+        f"as it has ended, or after `wait` seconds with the {what} as it is then (still 200). Without it, at once.",
+    )
+
+
+def _wait(kind: tuple[str, str], row_id: int, seconds: float | None, what: str) -> None:
+    """Hold the request until the row ended or `seconds` passed (LISTEN/NOTIFY, jobs/waiting.py)."""
+    if not seconds:
+        return
+    try:
+        waiting.ended(kind, row_id, seconds)
+    except (Job.DoesNotExist, Chain.DoesNotExist):
+        raise Http404(f"no {what} {row_id}") from None
 
 
 class JobOut(Schema):
@@ -238,8 +263,18 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
     return page(jobs, filters)
 
 
-@router.get("/{int:job_id}", response={200: JobOut, **errors(400, 401, 404)}, summary="Get a job")
-def get_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
+@router.get(
+    "/{int:job_id}",
+    response={200: JobOut, **errors(400, 401, 404)},
+    summary="Get a job",
+    description="With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
+    "attempt that will be retried has not ended) and comes as soon as it has, or at the end of `wait` with the job as "
+    "it is then: check `status`. No polling: the server is told by PostgreSQL (LISTEN/NOTIFY).",
+)
+def get_job(  # noqa: ANN201
+    request: HttpRequest, job_id: int = JobId, wait: float | None = _wait_param("job", "succeeded, dead or cancelled")
+):
+    _wait(waiting.JOB, job_id, wait, "job")
     return get_object_or_404(Job, pk=job_id)
 
 
@@ -289,8 +324,19 @@ def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     return Status(201, chain_view(chain))
 
 
-@chains.get("/{int:chain_id}", response={200: ChainOut, **errors(400, 401, 404)}, summary="A chain and every step in order")
-def get_chain(request: HttpRequest, chain_id: int = Path(..., ge=1, le=MAX_ID)):  # noqa: ANN201
+@chains.get(
+    "/{int:chain_id}",
+    response={200: ChainOut, **errors(400, 401, 404)},
+    summary="A chain and every step in order",
+    description="With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
+    "cancelled) and comes as soon as it has, or at the end of `wait` with the chain as it is then.",
+)
+def get_chain(  # noqa: ANN201
+    request: HttpRequest,
+    chain_id: int = Path(..., ge=1, le=MAX_ID),
+    wait: float | None = _wait_param("chain", "succeeded, failed or cancelled"),
+):
+    _wait(waiting.CHAIN, chain_id, wait, "chain")
     return chain_view(get_object_or_404(Chain, pk=chain_id))
 
 

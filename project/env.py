@@ -67,6 +67,19 @@ def get_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def get_float(name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        fail(f"{name}={raw!r} is not a number")
+    if not minimum <= value <= maximum:  # NaN included
+        fail(f"{name}={raw!r} must be between {minimum:g} and {maximum:g}")
+    return value
+
+
 def get_list(name: str) -> list[str]:
     return [item.strip() for item in get(name).split(",") if item.strip()]
 

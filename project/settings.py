@@ -219,6 +219,9 @@ CONVEYOR = {
     "RETENTION_DAYS": env.get_int("CONVEYOR_RETENTION_DAYS", 7, minimum=1),
     # A beat that stops renewing its leader lock for this long is replaced by a standby.
     "BEAT_LOCK_SECONDS": env.get_int("CONVEYOR_BEAT_LOCK_SECONDS", 10, minimum=2),
+    # The longest `GET /api/jobs/{id}?wait=` (and chains'): a waiting request holds a gunicorn sync
+    # worker, and gunicorn kills a worker silent for 30 s (its default --timeout), hence at most 25.
+    "WAIT_MAX_SECONDS": env.get_float("CONVEYOR_WAIT_MAX_SECONDS", 20.0, minimum=0.0, maximum=25.0),
 }
 WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)

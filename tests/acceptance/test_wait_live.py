@@ -1,0 +1,154 @@
+"""Waiting for a job's result across real processes: a `manage.py start` instance (gunicorn and a
+Celery worker) runs the jobs; this process waits with `jobs.wait` and over HTTP with `?wait=`.
+
+Promptness is measured on PostgreSQL's clock alone: the outcome's time is the row's `finished_at`
+(the `now()` of the transaction that recorded it), the moment the wait returned is a
+`clock_timestamp()` read right after it, on the same server. No two hosts' clocks are compared.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+import jobs
+from jobs import Step, control, enqueue, start_chain
+from jobs.models import Chain, ChainStatus, Job, Status
+from tests.support import api_client, http_get
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+#: How soon after the outcome's commit a waiter must have its answer.
+PROMPT = 0.050
+
+
+@pytest.fixture(autouse=True)
+def stop_together(live):
+    live.grace = 5
+    yield
+    for proc in live.procs:
+        proc.signal(signal.SIGTERM)
+
+
+def _lag(model: type[Job] | type[Chain], row_id: int) -> float:
+    """Seconds from the row's finished_at to now, both on PostgreSQL's clock."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXTRACT(EPOCH FROM clock_timestamp() - finished_at)::float8 FROM {model._meta.db_table} WHERE id = %s",
+            [row_id],
+        )
+        return cursor.fetchone()[0]
+
+
+def _db_now():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def _bearer() -> dict[str, str]:
+    return {"Authorization": api_client().defaults["HTTP_AUTHORIZATION"]}
+
+
+def _serve(live, name: str):
+    """A shared instance (gunicorn + a worker) with one gunicorn worker process, warmed: a worker's
+    first request imports the API (about 0.5 s here), which is no part of what is measured."""
+    server = live.start("--no-beat", "--web-concurrency", "1", name=name)
+    assert http_get(server.url("/api/types"), timeout=30, headers=_bearer())[0] == 200
+    return server
+
+
+def test_python_and_http_waits_answer_within_50_ms_of_the_outcome(live):
+    # given a server and a worker
+    server = _serve(live, "waited")
+    headers = _bearer()
+
+    # when a job sleeping 0.5 s is waited on in Python
+    job = enqueue("examples.sleep", {"seconds": 0.5})
+    asked = _db_now()
+    done = jobs.wait(job, 30)
+    lag = python_lag = _lag(Job, job.pk)
+
+    # then the wait blocked while it ran and answered within 50 ms of its commit
+    assert done.status == Status.SUCCEEDED and done.output["slept"] == 0.5
+    ran_on = (done.finished_at - asked).total_seconds()
+    assert ran_on >= 0.3, f"the job ended {ran_on:.3f}s after the wait began: nothing was waited for"
+    assert 0 <= lag < PROMPT, f"jobs.wait answered {lag * 1000:.1f} ms after the outcome"
+
+    # and when another one is waited on over HTTP
+    job = enqueue("examples.sleep", {"seconds": 0.5})
+    asked = _db_now()
+    status, body = http_get(server.url(f"/api/jobs/{job.pk}?wait=20"), timeout=30, headers=headers)
+    lag = _lag(Job, job.pk)
+
+    # then the answer is the ended job, within 50 ms of its commit
+    assert status == 200, body
+    answer = json.loads(body)
+    assert answer["status"] == "succeeded"
+    ran_on = (Job.objects.get(pk=job.pk).finished_at - asked).total_seconds()
+    assert ran_on >= 0.3, f"the job ended {ran_on:.3f}s after the request: nothing was waited for"
+    assert 0 <= lag < PROMPT, f"?wait= answered {lag * 1000:.1f} ms after the outcome"
+    print(f"jobs.wait answered {python_lag * 1000:.1f} ms, ?wait= {lag * 1000:.1f} ms after the outcome")
+
+    # and a job that runs past the wait: the Python wait raises, the HTTP one answers it running
+    job = enqueue("examples.sleep", {"seconds": 5})
+    with pytest.raises(jobs.WaitTimeout) as raised:
+        jobs.wait(job, 1)
+    assert raised.value.row.status == Status.RUNNING
+    started = time.monotonic()
+    status, body = http_get(server.url(f"/api/jobs/{job.pk}?wait=0.5"), timeout=30, headers=headers)
+    assert status == 200 and json.loads(body)["status"] == "running"
+    assert 0.5 <= time.monotonic() - started < 2.0
+    control.cancel(job)  # the sleep stops at its next check (no drain to wait for)
+
+
+def test_chain_whose_middle_step_dies_ends_failed_with_its_error_and_its_waiters_answered_at_once(live):
+    """celery#3538, celery#6220: a chain whose step fails loses the error, and a waiter on the
+    chain hangs. Here the chain ends `failed` in the transaction that records its step dead, GET
+    /api/chains/{id} shows that step and its error, and waiters on the step's job (over HTTP)
+    and on the chain (in Python) both have the answer within 50 ms of that commit."""
+    server = _serve(live, "chained")
+    headers = _bearer()
+
+    # given a chain echo -> fail (always; examples.fail has 3 retries, 0.2 s backoff) -> ping
+    chain = start_chain([Step("examples.echo", {"n": 1}), Step("examples.fail", {"times": 100}), Step("examples.ping", {})])
+    first = Job.objects.get(chain=chain, chain_index=0)
+    assert jobs.wait(first, 30).status == Status.SUCCEEDED
+    middle = Job.objects.get(chain=chain, chain_index=1)  # inserted with the first step's success
+
+    # when one waiter waits on the middle step's job over HTTP and another on the chain in Python
+    answers: dict[str, object] = {}
+
+    def wait_over_http() -> None:
+        _db_now()  # this thread's database connection, opened before: no part of the lag
+        answers["http"] = http_get(server.url(f"/api/jobs/{middle.pk}?wait=20"), timeout=30, headers=headers)
+        answers["http_lag"] = _lag(Job, middle.pk)
+        connection.close()
+
+    waiter = threading.Thread(target=wait_over_http, daemon=True)
+    waiter.start()
+    done = jobs.wait_chain(chain, 30)
+    chain_lag = _lag(Chain, chain.pk)
+    waiter.join(30)
+
+    # then the chain failed, promptly known to both
+    assert done.status == ChainStatus.FAILED
+    assert 0 <= chain_lag < PROMPT, f"wait_chain answered {chain_lag * 1000:.1f} ms after the chain ended"
+    status, body = answers["http"]
+    step = json.loads(body)
+    assert status == 200 and step["status"] == "dead" and step["attempt"] == 4
+    assert 0 <= answers["http_lag"] < PROMPT, f"?wait= answered {answers['http_lag'] * 1000:.1f} ms after the step died"
+    print(f"wait_chain answered {chain_lag * 1000:.1f} ms, the step's ?wait= {answers['http_lag'] * 1000:.1f} ms after the end")
+
+    # and GET /api/chains/{id} shows the failing step, its error, and the step that never ran
+    status, body = http_get(server.url(f"/api/chains/{chain.pk}"), timeout=10, headers=headers)
+    view = json.loads(body)
+    assert status == 200 and view["status"] == "failed" and view["finished_at"]
+    assert [s["status"] for s in view["steps"]] == ["succeeded", "dead", "waiting"]
+    failed = view["steps"][1]
+    assert failed["type"] == "examples.fail" and failed["job"]["id"] == middle.pk
+    assert "RuntimeError: examples.fail: failing attempt 4" in failed["job"]["error"]
