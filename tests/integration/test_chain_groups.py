@@ -19,32 +19,14 @@ from examples.models import Effect
 from jobs import Group, InvalidJob, Step, control, enqueue, recovery, runner, start_chain, store
 from jobs.creation import MAX_MEMBERS
 from jobs.models import Chain, ChainStatus, Job, Status
+from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import redis_client, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+pytestmark = RUNNER_IN_PROCESS
 
 WORKER = "node@test/1"
 
 
-@pytest.fixture(autouse=True)
-def empty_redis():
-    redis_client().flushall()
-    yield
-    redis_client().flushall()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def release_the_heartbeats_connection(django_db_blocker):
-    """The runner's heartbeat thread keeps its `claims` connection open; end that backend so the
-    test database can be dropped (as tests/integration/test_store_transitions.py does)."""
-    yield
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
-            " AND query LIKE %s",
-            ["%UPDATE jobs_job j SET lease_expires_at%"],
-        )
 
 
 def members(chain: Chain, index: int) -> list[Job]:

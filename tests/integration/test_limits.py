@@ -20,32 +20,13 @@ from django.db import connection, connections, transaction
 from jobs import enqueue, limits, recovery, registry, runner, store
 from jobs.models import Held, Job, RateSlot, Status
 from jobs.registry import JobType
-from tests.support import redis_client
+from tests.integration.conftest import RUNNER_IN_PROCESS
 
-pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+pytestmark = RUNNER_IN_PROCESS
 
 WORKER = "node@test/1"
 
 
-@pytest.fixture(autouse=True)
-def empty_redis():
-    redis_client().flushall()
-    yield
-    redis_client().flushall()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def release_the_heartbeats_connection(django_db_blocker):
-    """The runner's heartbeat thread keeps its `claims` connection open once it has beaten: end
-    that backend so the test database can be dropped (as tests/integration/test_store_transitions)."""
-    yield
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
-            " AND query LIKE %s",
-            ["%UPDATE jobs_job j SET lease_expires_at%"],
-        )
 
 
 class Tracker:

@@ -19,9 +19,10 @@ from django.db import connection, connections
 from jobs import Step, enqueue, enqueue_many, start_chain, store
 from jobs import control, recovery, runner
 from jobs.models import Chain, ChainStatus, Job, Status
+from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import redis_client, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+pytestmark = RUNNER_IN_PROCESS
 
 WORKER = "node@test/1"
 LEASE = 30
@@ -34,26 +35,6 @@ def short_lease(settings):
     settings.CONVEYOR = {**settings.CONVEYOR, "LEASE_SECONDS": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def release_the_heartbeats_connection(django_db_blocker):
-    """The runner's heartbeat thread (one per process, never stopped) keeps its `claims`
-    connection open once it has beaten; end that backend so the test database can be dropped.
-    The thread closes its connection on its next failed beat, as after any database loss."""
-    yield
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'"
-            " AND query LIKE %s",
-            ["%UPDATE jobs_job j SET lease_expires_at%"],
-        )
-
-
-@pytest.fixture(autouse=True)
-def empty_redis():
-    redis_client().flushall()
-    yield
-    redis_client().flushall()
 
 
 # --- helpers ----------------------------------------------------------------------------------
