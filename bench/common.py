@@ -359,10 +359,11 @@ def redis_client() -> Any:
     """This process's one Redis client (closed before the embedded Redis is stopped)."""
     global _redis
     if _redis is None:
-        import redis
         from django.conf import settings
 
-        _redis = redis.Redis.from_url(settings.REDIS_URL)
+        from project.connections import redis_client
+
+        _redis = redis_client(settings.REDIS_URL)
     return _redis
 
 

@@ -244,11 +244,13 @@ def client():  # noqa: ANN201 - a redis.Redis
     if _client is None:
         with _lock:
             if _client is None:
-                import redis
                 from django.conf import settings
 
-                # Short timeouts: a Redis that hangs costs a job a second, not its worker.
-                _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+                from project.connections import redis_client
+
+                # Short timeouts: a Redis that hangs costs a job a second, not its worker. Any form
+                # of REDIS_URL, Sentinel's included (the master is asked for again after a failover).
+                _client = redis_client(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
     return _client
 
 

@@ -57,13 +57,9 @@ DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def _kombu_url(url: str) -> str:
-    """kombu names a Unix socket `redis+socket://PATH`; redis-py names it `unix://PATH`."""
-    return "redis+socket://" + url[len("unix://") :] if url.startswith("unix://") else url
-
-
-# Every process of every machine shares one cache (Django's built-in Redis backend).
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# Every process of every machine shares one cache (Django's built-in Redis backend; through the
+# sentinels for a sentinel:// REDIS_URL: project/connections.py).
+CACHES = {"default": connections.cache_settings(REDIS_URL)}
 
 # --- Django ---------------------------------------------------------------------------------
 # The demo slice (examples/: job types, subscribers, a schedule, their tables) is installed in
@@ -158,7 +154,8 @@ JWT_TTL_SECONDS = env.get_int("JWT_TTL_SECONDS", 900, minimum=30)
 AUTH_RATE_LIMIT = env.get_int("AUTH_RATE_LIMIT", 10, minimum=1)
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) ---------------
-CELERY_BROKER_URL = _kombu_url(REDIS_URL)
+# REDIS_URL as kombu reads it: a Unix socket, or Redis Sentinel (project/connections.py).
+CELERY_BROKER_URL = connections.broker_url(REDIS_URL)
 # rediss://: verify the server's certificate as redis-py does (project/connections.py).
 CELERY_BROKER_USE_SSL = connections.broker_ssl(REDIS_URL)
 # Jobs never use a result backend: the row in PostgreSQL is the result (nothing grows in Redis).
@@ -182,6 +179,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "queue_order_strategy": "priority",
     "priority_steps": list(range(10)),
     "sep": ":",
+    # sentinel:// REDIS_URL: the master's name, and how to reach the sentinels (a password).
+    **connections.broker_transport_options(REDIS_URL),
 }
 # Keep trying the broker on start-up and forever after a loss (celery#8030).
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
