@@ -49,7 +49,7 @@ class Plan:
     cut_seconds: float = 10.0
     #: Seconds between one fault and the next.
     spacing: float = 5.0
-    cpu_work: int = 200_000
+    cpu_work: int = 100_000
     io_sleep: float = 0.02
     w1_concurrency: int = 2
     w2_concurrency: int = 8

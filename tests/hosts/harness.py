@@ -372,8 +372,9 @@ class Topology:
             raise RuntimeError(f"manage.py {' '.join(args)} on {host} exited {done.returncode}:\n{output}")
         return done.stdout
 
-    def release(self) -> None:
-        self.manage("server", "release")
+    def release(self, host: str = "server") -> None:
+        """`manage.py release` (migrate, sync schedules) from a host, before anything starts."""
+        self.manage(host, "release")
 
     def start_server(self) -> Proc:
         ip = self.hosts["server"].ip

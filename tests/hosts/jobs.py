@@ -91,3 +91,25 @@ add(JobType(name="chaos.cpu", handler=cpu, queue="images", input=Work, timeout=6
 add(JobType(name="chaos.io", handler=io, queue="notifications", input=Work, timeout=60, on_finish=_done, public=True, **_retry))
 add(JobType(name="chaos.tick", handler=tick, queue="notifications", timeout=30, on_finish=_done,
             schedule=Schedule(every=2, name="chaos.tick", job="chaos.tick", description="the chaos run's beat probe"), **_retry))
+
+
+# The scale table's jobs (bench/scale.py): the same work as bare Celery's bench.burn and
+# bench.nap (bench/bare.py), nothing recorded, no hook: only the platform's own cost is added.
+class Burn(BaseModel):
+    work: int = Field(ge=0, le=10_000_000)
+
+
+class Nap(BaseModel):
+    seconds: float = Field(ge=0, le=10)
+
+
+def scale_cpu(ctx: Context, data: Burn) -> None:
+    burn(data.work)
+
+
+def scale_io(ctx: Context, data: Nap) -> None:
+    time.sleep(data.seconds)
+
+
+add(JobType(name="scale.cpu", handler=scale_cpu, queue="images", input=Burn, timeout=60))
+add(JobType(name="scale.io", handler=scale_io, queue="images", input=Nap, timeout=60))
