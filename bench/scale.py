@@ -52,6 +52,17 @@ class Cell:
     workers: float
     postgres: float
     redis: float
+    #: Fraction of the machine's cores busy during the run (every process: other tenants too).
+    machine: float = 0.0
+
+
+def machine_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far."""
+    import psutil
+
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
 def limit(kind: str, processes: int, cell: Cell, cores: int) -> str:
@@ -65,6 +76,8 @@ def limit(kind: str, processes: int, cell: Cell, cores: int) -> str:
         return f"Redis ({cell.redis:.1f} core)"
     if busy >= 0.75 * cores:
         return f"cores ({busy:.1f} of {cores} busy: workers {cell.workers:.1f}, PG {cell.postgres:.1f})"
+    if cell.machine >= 0.85:
+        return f"cores (machine {cell.machine:.0%} busy, this run's parts {busy:.1f} core)"
     if kind == "cpu" and cell.workers >= 0.75 * processes:
         return f"its {processes} process(es) ({cell.workers:.1f} core)"
     return f"per-job overhead ({busy:.1f} of {cores} cores busy)"
@@ -111,7 +124,7 @@ class Bench:
         def cpu() -> tuple[float, float, float]:
             return (sum(tree_cpu(p.pid) for p in workers), tree_cpu(self.net.pg.pid), tree_cpu(self.redis_master_pid()))
 
-        before = cpu()
+        before, machine_before = cpu(), machine_times()
         start = time.perf_counter()
         go()
         deadline = time.monotonic() + 120 + jobs
@@ -120,9 +133,10 @@ class Bench:
                 raise RuntimeError(f"{jobs} jobs not done in time:\n" + "\n".join(p.log(1500) for p in workers))
             time.sleep(0.02)
         seconds = time.perf_counter() - start
-        after = cpu()
+        after, machine_after = cpu(), machine_times()
         used = [(b - a) / seconds for a, b in zip(before, after)]
-        return Cell(jobs / seconds, seconds, *used)
+        machine = (machine_after[0] - machine_before[0]) / max(1e-9, machine_after[1] - machine_before[1])
+        return Cell(jobs / seconds, seconds, *used, machine=machine)
 
     def redis_master_pid(self) -> int:
         return self.net.redis_master.pid
@@ -191,7 +205,9 @@ def scale(folder: Path, configs: list[str], cpu_jobs: int, io_jobs: int, log: Ca
         ))
     header = ("jobs", "worker processes", "Conveyor jobs/s", "bare Celery jobs/s", "Conveyor/bare",
               "Conveyor limited by", "bare Celery limited by")
-    return [f"scale table: end to end, enqueue to done, {cores} cores; hosts are network namespaces of one machine",
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    return [f"scale table: end to end, enqueue to done; hosts are network namespaces of one machine with {cores} cores "
+            f"(load average at the end {load})",
             *table(header, rows)]
 
 
