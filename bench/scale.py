@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -218,6 +219,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--configs", default="1,2,4,hosts", help="comma-separated: 1, 2, 4, hosts")
     parser.add_argument("--output", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
+    # SIGTERM (a test's timeout, a CI cancel) unwinds like Ctrl-C: the hosts are torn down on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import fields
@@ -36,6 +37,8 @@ def main(argv: list[str]) -> int:
     for f in fields(chaos.Plan):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     args = parser.parse_args(argv)
+    # SIGTERM (a test's timeout, a CI cancel) unwinds like Ctrl-C: the hosts are torn down on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     reason = harness.unavailable()
     if reason:
         print(f"hosts: cannot run here: {reason}")

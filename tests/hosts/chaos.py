@@ -49,11 +49,11 @@ class Plan:
     cut_seconds: float = 10.0
     #: Seconds between one fault and the next.
     spacing: float = 5.0
-    cpu_work: int = 100_000
+    cpu_work: int = 20_000
     io_sleep: float = 0.02
     w1_concurrency: int = 2
     w2_concurrency: int = 8
-    drain_timeout: float = 300.0
+    drain_timeout: float = 600.0
     seed: int = 15
 
 
@@ -160,13 +160,14 @@ def worker_processes(proc: Proc) -> list[int]:
         return []
 
 
-def kill_random_worker(rng: random.Random, workers: list[Proc]) -> str:
+def kill_random_worker(rng: random.Random, proc: Proc) -> str:
+    """SIGKILL one of a worker host's Celery processes, chosen at random."""
     import psutil
 
-    candidates = [(proc, pid) for proc in workers for pid in worker_processes(proc)]
+    candidates = worker_processes(proc)
     if not candidates:
-        return "no worker process to kill"
-    proc, pid = rng.choice(candidates)
+        return f"no worker process on {proc.host} to kill"
+    pid = rng.choice(candidates)
     try:
         process = psutil.Process(pid)
         what = "pool process" if process.parent() and process.parent().pid != proc.pid else "worker main process"
@@ -211,9 +212,11 @@ def inject(net: Topology, run: Run, workers: list[Proc], beats: list[Proc], log:
         run.faults.append(Fault(name, round(at, 1), detail))
         log(f"chaos: t={at:5.1f}s {name}: {detail}")
 
-    def kill() -> None:
+    kills = iter(range(plan.kills))
+
+    def kill() -> None:  # the worker hosts in turn, a random process of the host
         at = run.now()
-        note("SIGKILL worker process", at, kill_random_worker(rng, workers))
+        note("SIGKILL worker process", at, kill_random_worker(rng, workers[next(kills) % len(workers)]))
 
     def restart_pg() -> None:
         at = run.now()
