@@ -6,8 +6,8 @@
 The hosts are network namespaces (tests/hosts/harness.py): a data host (PostgreSQL; the Redis
 master, its replica and two sentinels: REDIS_URL is `sentinel://`), worker hosts w1 and w2. This
 process, in the root namespace, is the client: it enqueues (Conveyor: `enqueue_many`, one
-transaction; bare Celery: `apply_async` one by one, bench/bare.py's app with Conveyor's Celery
-settings) and times from the first enqueue to the last job done (Conveyor: its row succeeded;
+transaction; bare Celery: `apply_async` one by one over one producer connection, bench/bare.py's
+app with Conveyor's Celery settings) and times from the first enqueue to the last job done (Conveyor: its row succeeded;
 bare: a Redis counter). Jobs: CPU-bound (`work` loop iterations, ~22 ms) and I/O-bound (a 50 ms
 sleep). Worker processes (prefork): 1, 2, 4 on w1, then 2 on w1 + 2 on w2. Both sides' workers of
 a configuration run side by side, one side measured at a time.
@@ -168,9 +168,10 @@ class Bench:
         client.set(bare.DONE_KEY, 0)
         task, args = (bare.burn, (CPU_WORK,)) if kind == "cpu" else (bare.nap, (IO_SLEEP,))
 
-        def go() -> None:
-            for _ in range(jobs):
-                task.apply_async(args, queue=QUEUE_BARE, routing_key=QUEUE_BARE)
+        def go() -> None:  # one producer connection for all, as Conveyor's enqueue_many publishes
+            with bare.app.producer_or_acquire() as producer:
+                for _ in range(jobs):
+                    task.apply_async(args, queue=QUEUE_BARE, routing_key=QUEUE_BARE, producer=producer)
 
         return self.measure(workers, go, lambda: int(client.get(bare.DONE_KEY) or 0) >= jobs, jobs)
 

@@ -380,6 +380,7 @@ def chaos(plan: Plan, folder: Path, log: Callable[[str], None] = print) -> dict[
         summary = summarize(net, run, [w1, w2])
         summary.update({
             "faults": [asdict(fault) for fault in run.faults], "drain_seconds": round(drain, 1),
+            "drained_at": round(last_fault + drain, 1),
             "load_seconds": round(submitted, 1), "total_seconds": round(run.now(), 1), "plan": asdict(plan),
             "server_alive": server.alive(),
         })
@@ -390,17 +391,19 @@ def report(summary: dict[str, Any]) -> str:
     """The summary as text: what went in, each fault and when, then the counts that must be 0."""
     lines = [
         f"chaos run: {summary['chains']} three-step chains (cpu on w1 -> io on w2 -> cpu on w1), "
-        f"{summary['events']} keyed events over {summary['keys']} keys; load in and faults done at "
+        f"{summary['events']} keyed events over {summary['keys']} keys, in over HTTP; all in and every fault done at "
         f"t={summary['load_seconds']}s",
         "faults (t = seconds since the load began):",
         *[f"  t={fault['at']:6.1f}s  {fault['name']}: {fault['detail']}" for fault in summary["faults"]],
         f"chains: {summary['chain_statuses']}; chain jobs succeeded: {summary['chain_jobs_succeeded']}; "
         f"deliveries: {summary['delivery_statuses']}",
         f"lost: {summary['lost']}",
-        f"run twice: {summary['run_twice']}" + (f" {summary['run_twice_by_effect']}" if summary["run_twice"] else ""),
+        f"run twice: {summary['run_twice']} (an effect written twice: one attempt run twice, or an outcome recorded twice)"
+        + (f" {summary['run_twice_by_effect']}" if summary["run_twice"] else ""),
         f"left running: {summary['left_running']}",
         f"keyed events out of order: {summary['out_of_order']}",
-        f"time to drain after the last fault: {summary['drain_seconds']}s",
+        f"time to drain after the last fault: {summary['drain_seconds']}s (drained at t={summary['drained_at']}s, "
+        f"{summary['drained_at'] - summary['load_seconds']:.1f}s after the last chain or event went in)",
         f"(allowed, at least once) jobs run again after a fault: {summary['rerun_after_fault']}; "
         f"leases lapsed and reaped: {summary['reaped']}; "
         f"late outcomes refused (attempt fencing): {summary['late_outcomes_refused']}; "
