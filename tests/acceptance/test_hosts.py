@@ -3,7 +3,7 @@
 The chaos run (scripts/hosts.py chaos --small: 200 three-step chains across the two worker
 hosts, 60 keyed events, while worker processes are SIGKILLed, PostgreSQL restarts, the Redis
 master is killed and Sentinel promotes the replica, a worker host is cut off the network for
-10 s and the leading beat is killed) must lose nothing, run nothing twice, leave nothing running
+10 s while it runs two slow jobs, and the leading beat is killed) must lose nothing, run nothing twice, leave nothing running
 and deliver every key in order; the standby beat must take over. The scale table's smoke run
 (bench.scale at tiny sizes) must measure both sides across the two worker hosts.
 
@@ -68,6 +68,9 @@ def test_chaos_across_hosts_loses_nothing(namespaces: None, tmp_path) -> None:
     assert summary["run_twice"] == 0, summary
     assert summary["left_running"] == 0, summary
     assert summary["out_of_order"] == 0, summary
+    # w1, cut off while running its slow jobs, lost them to w2's reaper and its late outcomes were refused
+    assert summary["faults"][5]["detail"].endswith("2 slow job(s) running there"), summary["faults"][5]
+    assert summary["reaped"] >= 2 and summary["late_outcomes_refused"] >= 1 and summary["rerun_after_fault"] >= 2, summary
     # the standby beat took over (after a PostgreSQL restart killed its idle connection)
     assert summary["beat_ticks_after_kill"] and summary["beat_ticks_after_kill"] > 0, summary
     assert done.returncode == 0, done.stdout[-6000:]

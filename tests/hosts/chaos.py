@@ -69,6 +69,8 @@ class Run:
     plan: Plan
     faults: list[Fault] = field(default_factory=list)
     chain_ids: list[int] = field(default_factory=list)
+    #: Lone jobs: the slow ones w1 runs when it is cut off.
+    job_ids: list[int] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
     http_retries: int = 0
     began: float = 0.0
@@ -203,7 +205,22 @@ def timeline_length(plan: Plan) -> int:
     return len(timeline_names(plan))
 
 
-def inject(net: Topology, run: Run, workers: list[Proc], beats: list[Proc], log: Callable[[str], None]) -> None:
+def slow_jobs_running(net: Topology, client: Client, run: Run, count: int, seconds: float, timeout: float = 30) -> int:
+    """Put `count` slow jobs (a `seconds` sleep) at the head of w1's queue (priority 0) and wait
+    until they run there: the network cut then catches them mid-run. Returns how many run."""
+    ids = [client.post("/api/jobs", {"type": "chaos.cpu", "input": {"sleep": seconds}, "priority": 0})["id"] for _ in range(count)]
+    run.job_ids += ids
+    deadline = time.monotonic() + timeout
+    running = 0
+    while time.monotonic() < deadline:
+        [(running,)] = query(net, "SELECT count(*) FROM jobs_job WHERE id = ANY(%s) AND status = 'running'", (ids,))
+        if running == count:
+            break
+        time.sleep(0.1)
+    return running
+
+
+def inject(net: Topology, client: Client, run: Run, workers: list[Proc], beats: list[Proc], log: Callable[[str], None]) -> None:
     """The faults, one every `spacing` seconds; random kills between the others."""
     plan = run.plan
     rng = random.Random(plan.seed)
@@ -238,11 +255,13 @@ def inject(net: Topology, run: Run, workers: list[Proc], beats: list[Proc], log:
         note("Redis master SIGKILLed", at, f"{old[0]}:{old[1]} -> Sentinel promoted {new[0]}:{new[1]} in {time.monotonic() - began:.1f}s")
 
     def cut() -> None:
+        slow = slow_jobs_running(net, client, run, plan.w1_concurrency, seconds=min(3.0, plan.cut_seconds / 2))
         at = run.now()
         net.cut("w1")
         time.sleep(plan.cut_seconds)
         net.heal("w1")
-        note("w1 cut off the network", at, f"veth {net.hosts['w1'].veth} down for {plan.cut_seconds:.0f}s")
+        note("w1 cut off the network", at, f"veth {net.hosts['w1'].veth} down for {plan.cut_seconds:.0f}s, "
+                                           f"{slow} slow job(s) running there")
 
     def kill_beat() -> None:
         at = run.now()
@@ -284,6 +303,18 @@ def drained(net: Topology, run: Run) -> bool:
     return chains_open == 0 and jobs_open == 0 and waiting == 0
 
 
+def standby_ticked(net: Topology, run: Run) -> bool:
+    """A beat tick's job made after the leading beat was killed (the standby took over)."""
+    if run.beat_killed_at is None:
+        return True
+    try:
+        [(ticks,)] = query(net, "SELECT count(*) FROM jobs_job WHERE type = 'chaos.tick' AND created_at > to_timestamp(%s)",
+                           (run.beat_killed_at,))
+    except Exception:
+        return False
+    return ticks > 0
+
+
 def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     chains = dict(query(net, "SELECT status, count(*) FROM jobs_chain WHERE id = ANY(%s) GROUP BY status", (run.chain_ids,)))
     deliveries = dict(query(net, """SELECT coalesce(j.status, 'no job'), count(*) FROM subscribers_delivery d
@@ -298,6 +329,9 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     [(unseen,)] = query(net, """SELECT count(*) FROM subscribers_delivery d WHERE d.event_id = ANY(%s) AND NOT EXISTS
                                 (SELECT 1 FROM chaos_effect e WHERE e.job_id = d.job_id AND e.effect LIKE 'seen:%%')""",
                         (run.event_ids,))
+    [(lone_lost,)] = query(net, """SELECT count(*) FROM jobs_job j WHERE j.id = ANY(%s) AND (j.status <> 'succeeded'
+                                   OR NOT EXISTS (SELECT 1 FROM chaos_effect e WHERE e.job_id = j.id AND e.effect = 'done'))""",
+                           (run.job_ids,))
     twice = query(net, "SELECT effect, count(*) FROM chaos_effect WHERE times > 1 GROUP BY 1")
     [(running,)] = query(net, "SELECT count(*) FROM jobs_job WHERE status = 'running'")
     [(reruns,)] = query(net, """SELECT count(*) FROM (SELECT job_id FROM chaos_effect WHERE effect LIKE 'run:%%' OR effect LIKE 'seen:%%'
@@ -315,9 +349,9 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     refused = sum(proc.log(10**8).count("lost its lease before completing") for proc in workers)
     reaped = sum(proc.log(10**8).count("lease expired, now pending") for proc in workers)
     lost = (sum(n for status, n in chains.items() if status != "succeeded") + (len(run.chain_ids) - sum(chains.values()))
-            + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen)
+            + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen + lone_lost)
     return {
-        "chains": len(run.chain_ids), "chain_statuses": chains, "chain_jobs_succeeded": steps_ok,
+        "chains": len(run.chain_ids), "chain_statuses": chains, "chain_jobs_succeeded": steps_ok, "slow_jobs": len(run.job_ids),
         "events": len(run.event_ids), "keys": keys_seen, "delivery_statuses": deliveries,
         "lost": lost, "run_twice": sum(n for _, n in twice), "run_twice_by_effect": dict(twice),
         "left_running": running, "out_of_order": out_of_order,
@@ -360,7 +394,7 @@ def chaos(plan: Plan, folder: Path, log: Callable[[str], None] = print) -> dict[
             return body
 
         threads = [threading.Thread(target=guarded(lambda: submit(client, run)), daemon=True),
-                   threading.Thread(target=guarded(lambda: inject(net, run, [w1, w2], beats, log)), daemon=True)]
+                   threading.Thread(target=guarded(lambda: inject(net, client, run, [w1, w2], beats, log)), daemon=True)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -377,6 +411,10 @@ def chaos(plan: Plan, folder: Path, log: Callable[[str], None] = print) -> dict[
                 break
             time.sleep(0.5)
         drain = run.now() - last_fault
+        # The standby beat takes the lock within CONVEYOR_BEAT_LOCK_SECONDS (+1 s) and fires.
+        beat_deadline = time.monotonic() + 20
+        while not standby_ticked(net, run) and time.monotonic() < beat_deadline:
+            time.sleep(0.5)
         summary = summarize(net, run, [w1, w2])
         summary.update({
             "faults": [asdict(fault) for fault in run.faults], "drain_seconds": round(drain, 1),
@@ -391,7 +429,8 @@ def report(summary: dict[str, Any]) -> str:
     """The summary as text: what went in, each fault and when, then the counts that must be 0."""
     lines = [
         f"chaos run: {summary['chains']} three-step chains (cpu on w1 -> io on w2 -> cpu on w1), "
-        f"{summary['events']} keyed events over {summary['keys']} keys, in over HTTP; all in and every fault done at "
+        f"{summary['events']} keyed events over {summary['keys']} keys and {summary['slow_jobs']} slow jobs for w1 to be "
+        f"running when it is cut off, in over HTTP; all in and every fault done at "
         f"t={summary['load_seconds']}s",
         "faults (t = seconds since the load began):",
         *[f"  t={fault['at']:6.1f}s  {fault['name']}: {fault['detail']}" for fault in summary["faults"]],
