@@ -346,7 +346,9 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     ticks = query(net, """SELECT count(*), count(*) FILTER (WHERE created_at > to_timestamp(%s)),
                           count(*) FILTER (WHERE status = 'succeeded') FROM jobs_job WHERE type = 'chaos.tick'""",
                   (beat_killed or time.time(),))[0]
-    refused = sum(proc.log(10**8).count("lost its lease before completing") for proc in workers)
+    # The runner's words for an outcome fenced off by its attempt ("... lost its lease before
+    # completing" or "... before failing": the handler's own late database write may fail too).
+    refused = sum(proc.log(10**8).count("lost its lease before") for proc in workers)
     reaped = sum(proc.log(10**8).count("lease expired, now pending") for proc in workers)
     lost = (sum(n for status, n in chains.items() if status != "succeeded") + (len(run.chain_ids) - sum(chains.values()))
             + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen + lone_lost)
