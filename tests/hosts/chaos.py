@@ -10,9 +10,9 @@ worker host (one leads). Chains `chaos.cpu -> chaos.io -> chaos.cpu` and `chaos.
 Faults, at times printed in the summary: worker processes SIGKILLed at random (a pool process or
 a Celery worker's main process on w1 or w2), PostgreSQL restarted once (fast shutdown), the Redis
 master SIGKILLed once (Sentinel promotes the replica), w1 cut off the network (its veth down) for
-`cut_seconds` (its leases lapse and w2's recovery loop reaps its jobs, which run again when it is
-back; its late outcomes are refused by attempt fencing), and the beat that leads SIGKILLed (the
-standby takes over).
+`cut_seconds` while two slow jobs put at the head of its queue run there (their leases lapse,
+w2's recovery loop reaps them, they run again when w1 is back, and w1's late outcomes are refused
+by attempt fencing), and the beat that leads SIGKILLed (the standby takes over).
 
 Then, once every chain and delivery has ended (the drain), the summary counts from the rows:
 lost (a chain or delivery not succeeded, a succeeded job without its effects), run twice (an
