@@ -70,7 +70,8 @@ def test_chaos_across_hosts_loses_nothing(namespaces: None, tmp_path) -> None:
     assert summary["out_of_order"] == 0, summary
     # w1, cut off while running its slow jobs, lost them to w2's reaper and its late outcomes were refused
     assert summary["faults"][5]["detail"].endswith("2 slow job(s) running there"), summary["faults"][5]
-    assert summary["reaped"] >= 2 and summary["late_outcomes_refused"] >= 1 and summary["rerun_after_fault"] >= 2, summary
+    assert summary["reaped"] >= 2 and summary["late_outcomes_refused"] >= 1, summary
+    assert len(summary["slow_job_attempts"]) == 2 and min(summary["slow_job_attempts"]) >= 2, summary  # they ran again
     # the standby beat took over (after a PostgreSQL restart killed its idle connection)
     assert summary["beat_ticks_after_kill"] and summary["beat_ticks_after_kill"] > 0, summary
     assert done.returncode == 0, done.stdout[-6000:]

@@ -332,6 +332,8 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     [(lone_lost,)] = query(net, """SELECT count(*) FROM jobs_job j WHERE j.id = ANY(%s) AND (j.status <> 'succeeded'
                                    OR NOT EXISTS (SELECT 1 FROM chaos_effect e WHERE e.job_id = j.id AND e.effect = 'done'))""",
                            (run.job_ids,))
+    slow_attempts = [attempt for (attempt,) in query(net, "SELECT attempt FROM jobs_job WHERE id = ANY(%s) ORDER BY id",
+                                                      (run.job_ids,))]
     twice = query(net, "SELECT effect, count(*) FROM chaos_effect WHERE times > 1 GROUP BY 1")
     [(running,)] = query(net, "SELECT count(*) FROM jobs_job WHERE status = 'running'")
     [(reruns,)] = query(net, """SELECT count(*) FROM (SELECT job_id FROM chaos_effect WHERE effect LIKE 'run:%%' OR effect LIKE 'seen:%%'
@@ -354,6 +356,7 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
             + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen + lone_lost)
     return {
         "chains": len(run.chain_ids), "chain_statuses": chains, "chain_jobs_succeeded": steps_ok, "slow_jobs": len(run.job_ids),
+        "slow_job_attempts": slow_attempts,
         "events": len(run.event_ids), "keys": keys_seen, "delivery_statuses": deliveries,
         "lost": lost, "run_twice": sum(n for _, n in twice), "run_twice_by_effect": dict(twice),
         "left_running": running, "out_of_order": out_of_order,
@@ -446,7 +449,7 @@ def report(summary: dict[str, Any]) -> str:
         f"time to drain after the last fault: {summary['drain_seconds']}s (drained at t={summary['drained_at']}s, "
         f"{summary['drained_at'] - summary['load_seconds']:.1f}s after the last chain or event went in)",
         f"(allowed, at least once) jobs run again after a fault: {summary['rerun_after_fault']}; "
-        f"leases lapsed and reaped: {summary['reaped']}; "
+        f"leases lapsed and reaped: {summary['reaped']} (the slow jobs' attempts: {summary['slow_job_attempts']}); "
         f"late outcomes refused (attempt fencing): {summary['late_outcomes_refused']}; "
         f"HTTP requests retried: {summary['http_retries']}",
         f"beat: {summary['beat_ticks']} ticks, {summary['beat_ticks_after_kill']} after the leader was killed",
