@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench chaos lint clean
 
 $(VENV)/.installed: requirements.txt bench/requirements.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or make PY=python3)"; exit 2; }
@@ -27,6 +27,12 @@ test: .venv
 bench: .venv
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.cluster
+
+# Hosts in network namespaces (root, iproute2, Debian's postgresql-15/redis-server/redis-sentinel):
+# the chaos run (2,000 chains and 500 keyed events under faults), then the scale table.
+chaos: .venv
+	$(BIN)/python scripts/hosts.py chaos
+	$(BIN)/python -m bench.scale
 
 lint: .venv
 	$(BIN)/ruff check .

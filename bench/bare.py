@@ -89,3 +89,18 @@ def hop_b(index: int) -> None:
     client = redis_client()
     client.hset(B_START_KEY, str(index), repr(started))
     client.incr(HOPS_DONE_KEY)
+
+
+# The scale table's tasks (bench/scale.py): the same work as Conveyor's scale.cpu and scale.io.
+@app.task(name="bench.burn", ignore_result=True)
+def burn(iterations: int) -> None:
+    total = 0
+    for i in range(iterations):
+        total += i * i % 7
+    redis_client().incr(DONE_KEY)
+
+
+@app.task(name="bench.nap", ignore_result=True)
+def nap(seconds: float) -> None:
+    time.sleep(seconds)
+    redis_client().incr(DONE_KEY)

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery.schedules import crontab, schedule as interval_schedule
 from django.conf import settings
+from django.db import DatabaseError, connections
 from django_celery_beat.clockedschedule import clocked
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
@@ -126,7 +127,17 @@ class LeaderScheduler(DatabaseScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if not self._hold_lock():
             return 1.0  # standby: try for the lock every second
-        delay = super().tick(*args, **kwargs)
+        try:
+            delay = super().tick(*args, **kwargs)
+        except DatabaseError as exc:
+            # PostgreSQL restarted or away (a standby's connection may have died while it waited):
+            # Celery's beat would exit on the error. Drop the connections, read every entry afresh
+            # in a second (the tick's platform key keeps a re-read from firing a tick twice).
+            log.warning("beat: PostgreSQL error (%s); reading the schedule again in 1 s", exc)
+            connections.close_all()
+            self._initial_read = True
+            self._heap = None
+            return 1.0
         return min(delay, self._lock_ttl / 3)
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:

@@ -1,0 +1,92 @@
+"""Conveyor across hosts (issue 15): network namespaces on one machine, made by tests/hosts/.
+
+The chaos run (scripts/hosts.py chaos --small: 200 three-step chains across the two worker
+hosts, 60 keyed events, while worker processes are SIGKILLed, PostgreSQL restarts, the Redis
+master is killed and Sentinel promotes the replica, a worker host is cut off the network for
+10 s while it runs two slow jobs, and the leading beat is killed) must lose nothing, run nothing twice, leave nothing running
+and deliver every key in order; the standby beat must take over. The scale table's smoke run
+(bench.scale at tiny sizes) must measure both sides across the two worker hosts.
+
+Both run as subprocesses (they build and remove their own hosts, PostgreSQL and Redis); where
+this machine cannot make namespaces (not root, no `ip`), both skip saying why.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.hosts.harness import unavailable
+from tests.support import ROOT
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def namespaces() -> None:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # SIGTERM: its `finally` tears the hosts down
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        pytest.fail(f"{argv[1]} ran past {timeout}s:\n{output[-6000:]}")
+    return subprocess.CompletedProcess(argv, process.returncode, output, "")
+
+
+def test_chaos_across_hosts_loses_nothing(namespaces: None, tmp_path) -> None:
+    # given hosts in namespaces, chains and keyed events going in, and every fault of the run
+    summary_path = tmp_path / "summary.json"
+    done = run([sys.executable, "scripts/hosts.py", "chaos", "--small", "--json", str(summary_path)], timeout=240)
+
+    # then every chain and delivery succeeded, once, in order, nothing left running
+    assert summary_path.exists(), done.stdout[-6000:]
+    summary = json.loads(summary_path.read_text())
+    print(done.stdout[-3000:])
+    assert [fault["name"] for fault in summary["faults"]] == [
+        "SIGKILL worker process", "PostgreSQL restarted", "SIGKILL worker process", "Redis master SIGKILLed",
+        "SIGKILL worker process", "w1 cut off the network", "active beat SIGKILLed",
+    ], summary["faults"]
+    assert "Sentinel promoted" in summary["faults"][3]["detail"], summary["faults"][3]
+    assert summary["chains"] == 200 and summary["chain_statuses"] == {"succeeded": 200}, summary
+    assert summary["chain_jobs_succeeded"] == 600, summary
+    assert summary["events"] == 60 and summary["delivery_statuses"] == {"succeeded": 60}, summary
+    assert summary["lost"] == 0, summary
+    assert summary["run_twice"] == 0, summary
+    assert summary["left_running"] == 0, summary
+    assert summary["out_of_order"] == 0, summary
+    # w1, cut off while running its slow jobs, lost them to w2's reaper and its late outcomes were refused
+    assert summary["faults"][5]["detail"].endswith("2 slow job(s) running there"), summary["faults"][5]
+    assert summary["reaped"] >= 2 and summary["late_outcomes_refused"] >= 1, summary
+    assert len(summary["slow_job_attempts"]) == 2 and min(summary["slow_job_attempts"]) >= 2, summary  # they ran again
+    # the standby beat took over (after a PostgreSQL restart killed its idle connection)
+    assert summary["beat_ticks_after_kill"] and summary["beat_ticks_after_kill"] > 0, summary
+    assert done.returncode == 0, done.stdout[-6000:]
+
+
+def test_scale_table_smoke_across_two_hosts(namespaces: None) -> None:
+    # when the scale table runs at tiny sizes on the two worker hosts
+    done = run([sys.executable, "-m", "bench.scale", "--cpu-jobs", "3", "--io-jobs", "3", "--configs", "hosts"], timeout=200)
+
+    # then both sides finished every job of both kinds, and each row says what bounded it
+    assert done.returncode == 0, done.stdout[-6000:]
+    rows = [line for line in done.stdout.splitlines() if "2 hosts x 2 processes" in line and ("CPU" in line or "I/O" in line)]
+    assert len(rows) == 2, done.stdout[-3000:]
+    for row in rows:
+        kind, workers, conveyor, bare, ratio, conveyor_limit, bare_limit = re.split(r"\s{2,}", row.strip())
+        assert float(conveyor) > 0 and float(bare) > 0 and ratio.endswith("x"), row
+        for bound in (conveyor_limit, bare_limit):
+            assert bound.startswith(("cores", "the sleep", "PostgreSQL", "Redis", "its ", "per-job overhead")), row
