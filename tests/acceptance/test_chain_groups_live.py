@@ -19,16 +19,9 @@ from jobs import Group, Step, start_chain
 from jobs.models import ChainStatus, Job, Status
 from tests.support import api_client, is_dead, start_workers, wait_chain, wait_for
 
-pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
 
 
-@pytest.fixture(autouse=True)
-def stop_together(live):
-    """Drain for at most 5 s when a test ends, every process at once (as test_jobs_live.py)."""
-    live.grace = 5
-    yield
-    for proc in live.procs:
-        proc.signal(signal.SIGTERM)
 
 
 def runs_per_job(job_ids: list[int]) -> dict[int, int]:

@@ -7,7 +7,6 @@ again after 3 s, and every worker runs the relay and the reaper every 200 ms.
 """
 from __future__ import annotations
 
-import signal
 import time
 
 import psutil
@@ -36,22 +35,12 @@ from tests.support import (
     wait_job,
 )
 
-pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def stop_together(live):
-    """Drain for at most 5 s when a test ends: after a few hundred jobs a prefork pool process may
-    wait up to 30 s in billiard's Worker._ensure_messages_consumed before it exits (a Celery/billiard
-    shutdown delay that none of these tests is about). At the end of a test, ask every process to
-    drain at once (the live fixture then waits for each)."""
-    live.grace = 5
-    yield
-    for proc in live.procs:
-        proc.signal(signal.SIGTERM)
 
 
 # --- 1. a chain hands off between specialized workers -------------------------------------------

@@ -8,7 +8,6 @@ Promptness is measured on PostgreSQL's clock alone: the outcome's time is the ro
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 
@@ -20,18 +19,12 @@ from jobs import Step, control, enqueue, start_chain
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.support import api_client, http_get
 
-pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
 
 #: How soon after the outcome's commit a waiter must have its answer.
 PROMPT = 0.050
 
 
-@pytest.fixture(autouse=True)
-def stop_together(live):
-    live.grace = 5
-    yield
-    for proc in live.procs:
-        proc.signal(signal.SIGTERM)
 
 
 def _lag(model: type[Job] | type[Chain], row_id: int) -> float:
