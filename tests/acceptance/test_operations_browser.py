@@ -23,7 +23,7 @@ import psutil
 import pytest
 from django.contrib.auth import get_user_model
 
-from jobs.creation import Step, enqueue_step, start_chain
+from jobs.creation import Group, Step, enqueue_step, start_chain
 from tests.support import wait_chain, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -162,6 +162,24 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     shoot(driver, tmp_path, "2b-chain-page")
     driver.back()
     wait_dom(driver, lambda d: d.find_elements(By.ID, "ops-queues"), 15, "the operations page again")
+
+    # when a chain with a group of three members on two queues runs
+    group_chain = start_chain([
+        Step("examples.echo", {"group": "before"}),
+        Group([Step("examples.member", {"n": 0}), Step("examples.member-images", {"n": 1}), Step("examples.member", {"n": 2})]),
+        Step("examples.echo", {"group": "after"}),
+    ])
+    wait_chain(group_chain.pk, "succeeded", 60)
+    # then the page shows the group as one step, its members under it in order, all succeeded
+    wait_dom(driver, lambda d: step_status(d, group_chain.pk, 2) == "succeeded", 15, f"chain {group_chain.pk}'s last step")
+    group_box = driver.find_element(By.CSS_SELECTOR, f'#operations [data-chain="{group_chain.pk}"]')
+    assert "group of 3" in group_box.find_element(By.CSS_SELECTOR, '.ops-group[data-step="1"]').text
+    members = group_box.find_elements(By.CSS_SELECTOR, '.ops-member[data-step="1"]')
+    assert [(m.get_attribute("data-member"), m.get_attribute("data-status")) for m in members] == [
+        ("0", "succeeded"), ("1", "succeeded"), ("2", "succeeded"),
+    ]
+    assert "examples.member-images" in members[1].text
+    shoot(driver, tmp_path, "2c-operations-group")
 
     # when two jobs die (one attempt each, failing it)
     job, _ = enqueue_step(Step("examples.fail", {"times": 1}, retries=0))
