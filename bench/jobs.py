@@ -126,6 +126,21 @@ def start_procrastinate_workers(procs: Procs, args: argparse.Namespace) -> list[
     return started
 
 
+def count(sql: str) -> int:
+    """One count(*) on this run's database (how every phase sees its work done)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+
+
+def succeeded_jobs() -> int:
+    from jobs.models import Job
+
+    return count(f"SELECT count(*) FROM {Job._meta.db_table} WHERE status = 'succeeded'")
+
+
 # --- Phases -------------------------------------------------------------------------------------
 
 
@@ -174,7 +189,6 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
 
     from bench import bare, procra
     from jobs import Step, enqueue, enqueue_many
-    from jobs.models import Job
 
     client = redis_client()
     started = time.perf_counter()
@@ -201,11 +215,6 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         done = wait_until(lambda: int(client.get(bare.DONE_KEY) or 0) >= n, timeout_for(n, args), f"{n} bare tasks", workers)
         return Throughput(n, done - start, published - start, cpu=meter.stop())
 
-    def count(sql: str) -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return cursor.fetchone()[0]
-
     def one_by_one(n: int) -> None:
         for i in range(n):
             enqueue("examples.echo", {"i": i})
@@ -224,7 +233,7 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         published = time.perf_counter()
         meter.published()
         done = wait_until(
-            lambda: count(f"SELECT count(*) FROM {Job._meta.db_table} WHERE status = 'succeeded'") >= n,
+            lambda: succeeded_jobs() >= n,
             timeout_for(n, args), f"{n} succeeded rows", [worker],
         )
         cpu = meter.stop()
@@ -487,11 +496,9 @@ def memory(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
     """Worker memory over a long run: RSS of the whole worker (main process and pool) after a
     tenth of --memory-jobs and after all of them, Conveyor (enqueue_many) and bare Celery with
     its defaults, each on a worker of its own; Redis' key count beside Conveyor's."""
-    from django.db import connection
 
     from bench import bare
     from jobs import Step, enqueue_many
-    from jobs.models import Job
 
     client = redis_client()
     bare_worker, worker = (
@@ -502,17 +509,12 @@ def memory(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
     checkpoints = sorted({max(1, total // 10), total})
     chunk = max(1, min(10_000, total // 10))
 
-    def succeeded() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM {Job._meta.db_table} WHERE status = 'succeeded'")
-            return cursor.fetchone()[0]
-
     def conveyor_upto(done_before: int, n: int) -> None:
         for first in range(done_before, n, chunk):
             last = min(n, first + chunk)
             for start in range(first, last, args.batch):
                 enqueue_many([Step("examples.echo", {"i": i}) for i in range(start, min(last, start + args.batch))])
-            wait_until(lambda: succeeded() >= last, timeout_for(chunk, args), f"{last} succeeded rows", [worker])
+            wait_until(lambda: succeeded_jobs() >= last, timeout_for(chunk, args), f"{last} succeeded rows", [worker])
 
     def bare_upto(done_before: int, n: int) -> None:
         for first in range(done_before, n, chunk):

@@ -111,14 +111,21 @@ def _rate_slot(row: store.LimitedRow, rate: registry.Rate) -> dt.datetime | None
     return None if start else slot
 
 
-def release(job_id: int, type_name: str) -> None:
+_UNREAD = object()  # release's `key` when the caller has not read it
+
+
+def release(job_id: int, type_name: str, key: object = _UNREAD) -> None:
     """Inside the transaction that ends a running job (its outcome, its reaping, its hand-back):
     release the oldest row waiting for the slot it held, in its key and in its type; their
-    messages go out after commit."""
+    messages go out after commit. `key`: the job's limit_key when the caller has read it."""
     jt = _type(type_name)
     if jt is None or not jt.holds_slots:
         return
-    key = (store.limit_key(job_id) or None) if jt.concurrency_per_key is not None else None
+    if jt.concurrency_per_key is None:
+        key = None
+    elif key is _UNREAD:
+        key = store.limit_key(job_id)
+    key = key or None
     if jt.concurrency is not None:
         store.lock_scope(type_name)
     if key is not None:
@@ -133,9 +140,9 @@ def released(rows: list[store.Ended]) -> None:
     """`release` for rows that were running and were just ended or returned to pending (a
     hand-back's), in the order of their scopes, (type, key): two transactions releasing the same
     scopes take their locks in one order and never wait on each other."""
-    limited = [row for row in rows if (jt := _type(row.type)) is not None and jt.holds_slots]
-    for row in sorted(limited, key=lambda row: (row.type, store.limit_key(row.id) or "", row.id)):
-        release(row.id, row.type)
+    limited = [(row, store.limit_key(row.id) or "") for row in rows if (jt := _type(row.type)) is not None and jt.holds_slots]
+    for row, key in sorted(limited, key=lambda pair: (pair[0].type, pair[1], pair[0].id)):
+        release(row.id, row.type, key)
 
 
 def sweep(limit: int = 100) -> int:
