@@ -198,7 +198,9 @@ INSERT INTO jobs_job (type, queue, input, priority, max_attempts, idempotency_ke
                       status, attempt, worker, progress, progress_message, cancel_requested, error,
                       created_at, updated_at)
 SELECT v.type, v.queue, v.input::jsonb, v.priority, v.max_attempts, v.key, v.chain_id,
-       v.chain_index, v.member, v.results::jsonb, v.parent_id, v.limit_key, COALESCE(v.run_after, now()),
+       -- A run_after in the past means now (GREATEST ignores a NULL): the row says when it became
+       -- due, which is what its queue wait is measured from, never a client's 1970.
+       v.chain_index, v.member, v.results::jsonb, v.parent_id, v.limit_key, GREATEST(v.run_after, now()),
        -- Due now: its message is published after commit. Later: the relay publishes it when due.
        CASE WHEN COALESCE(v.run_after, now()) <= now() THEN now() END,
        'pending', 0, '', 0, '', false, '', now(), now()
@@ -217,7 +219,8 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
     """Insert unsaved rows in one statement; return those inserted, with their ids and times.
 
     A row whose idempotency key is already taken is skipped (not returned), and so is a second
-    row with the same key in one call. `run_after` None means now, by the database's clock.
+    row with the same key in one call. `run_after` None, or in the past, means now, by the
+    database's clock (the row stores now).
     """
     if not jobs:
         return []
@@ -262,8 +265,10 @@ def create_chain(steps: list[dict[str, Any]]) -> Chain:
 
 # --- A run: claim, heartbeat, progress, outcome ---------------------------------------------------
 
+# The queue wait runs from when the row became due: its run_after, but never before the row
+# existed (a row stored with a past run_after before inserts clamped it would count decades).
 _CLAIMED = """id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
-          queue, EXTRACT(EPOCH FROM now() - run_after)::float8, member, results"""
+          queue, EXTRACT(EPOCH FROM now() - GREATEST(run_after, created_at))::float8, member, results"""
 
 # A row of a type with limits (`limited`, the registry's names) is left to claim_limited.
 CLAIM_SQL = f"""

@@ -19,6 +19,10 @@ class Event(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["name", "-id"], name="event_name_idx"),
+            # GET /api/events?key=: one key's events, newest first (`key = %s [AND id < before]
+            # ORDER BY id DESC LIMIT n`), a walk of the key's entries, not of the whole log. Unkeyed
+            # events are left out of it (a `key =` filter never matches them).
+            models.Index(fields=["key", "-id"], condition=Q(key__isnull=False), name="event_key_idx"),
             # Retention: the events older than the cutoff.
             models.Index(fields=["created_at"], name="event_created_idx"),
         ]

@@ -186,3 +186,36 @@ def test_unknown_event_id_is_404(api):
     status, body = api("get", "/events/987654")
     assert status == 404
     assert body["detail"]
+
+
+LOGGED_EVENTS = 20_000
+
+
+def test_listing_one_key_s_events_reads_the_key_index_not_the_whole_log(api):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given a long event log over many keys (and unkeyed events), with fresh statistics
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO subscribers_event (name, data, key, created_at)
+            SELECT 'order.placed', '{}'::jsonb, CASE WHEN i %% 4 = 0 THEN NULL ELSE 'customer-' || (i %% 2000) END, now()
+              FROM generate_series(1, %s) AS i
+            """,
+            [LOGGED_EVENTS],
+        )
+        cursor.execute("ANALYZE subscribers_event")
+    for query in ("key=customer-7", "key=customer-7&limit=3&before=10000"):
+        # when a client lists one key's events (a page, or the page before an id)
+        with CaptureQueriesContext(connection) as queries:
+            status, page = api("get", f"/events?{query}")
+        assert status == 200 and page["items"], page
+        assert {e["key"] for e in page["items"]} == {"customer-7"}
+        assert [e["id"] for e in page["items"]] == sorted((e["id"] for e in page["items"]), reverse=True)
+        # then PostgreSQL's plan for the list's query walks the key's index, not the table
+        [listing] = [q["sql"] for q in queries.captured_queries if 'FROM "subscribers_event"' in q["sql"]]
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + listing)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "event_key_idx" in plan and "Seq Scan" not in plan, plan

@@ -6,6 +6,7 @@ ids on log lines (JSON from a live worker's log file, and a handler's own lines 
 (A production server without the token: tests/acceptance/test_production.py.)"""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from typing import Any
@@ -16,7 +17,7 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs import control, enqueue, recovery, registry, runner, store
+from jobs import control, enqueue, recovery, registry, runner, store, telemetry
 from jobs.models import Job
 from project.logs import JobContext, JsonFormatter
 from tests.support import redis_client
@@ -185,6 +186,31 @@ def test_lease_expiries_relay_resends_hand_backs_and_operator_cancels_are_counte
         ("cancelled", "examples.sleep"): 1.0,
         ("cancelled", "examples.ping"): 1.0,
     }
+    redis_client().flushall()
+
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+@pytest.mark.parametrize("how", ["enqueued with it", "stored before inserts clamped it"])
+def test_a_run_after_in_1970_adds_seconds_of_queue_wait_not_decades(how):
+    redis_client().flushall()
+    # given a job due since 1970: enqueued so (it means now), or a row that already says so
+    job = enqueue("examples.echo", {}, run_after=EPOCH)
+    if how != "enqueued with it":
+        Job.objects.filter(pk=job.pk).update(run_after=EPOCH)
+    # when the runner runs it (a real claim on PostgreSQL) and its metrics reach Redis
+    assert runner.execute(job.pk, "waited@test/1") == "succeeded"
+    telemetry.runs.flush()
+    # then its queue wait is seconds (from its insert), not the 1.8e9 since 1970, and is never negative
+    wait = scrape()["conveyor_job_queue_wait_seconds"]
+    assert values(wait, "_count") == {("examples.echo",): 1.0}
+    assert 0.0 <= values(wait, "_sum")[("examples.echo",)] < 60.0
+    assert values(wait, "_bucket", le="60.0") == {("examples.echo",): 1.0}
+    if how == "enqueued with it":  # and the row says when it became due: its insert, not 1970
+        row = Job.objects.get(pk=job.pk)
+        assert row.run_after == row.created_at, (row.run_after, row.created_at)
     redis_client().flushall()
 
 
