@@ -23,6 +23,11 @@ if run_by_celery_command(sys.argv):
 
     embedded.start()
 
+# kombu's Redis transports with the closed-connection workaround (kombu#582): before any connection.
+from project import broker  # noqa: E402
+
+broker.install()
+
 app = Celery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # The runner's task lives in jobs.tasks; job types are discovered by the jobs app itself.

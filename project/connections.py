@@ -20,6 +20,10 @@ the sentinels for the current master and asks again after a failover: the broker
 `sentinel` transport (`broker_transport_options`: master_name, sentinel_kwargs), every redis-py
 client through `redis_client` / `SentinelPool` (Django's cache takes the pool as its
 `pool_class`).
+
+kombu's transport names (`redis`, `rediss`, `sentinel`) resolve to project/broker.py's subclasses
+of kombu's, whose channel leaves Redis alone once its connection was closed: a failover must not
+end a worker on kombu#582 (project/celery.py installs them).
 """
 from __future__ import annotations
 

@@ -2,6 +2,10 @@
 master and a replica, two redis-sentinel processes watching them, all on 127.0.0.1 at free ports
 in a temporary folder, started here with subprocess and stopped by their pids.
 
+kombu#582 (project/broker.py): a broker connection lost with a message unacked closes without
+raising, on a Redis server of its own killed under it; and a threads-pool worker with a job
+running across a failover lives through it (the same process runs the next job).
+
 A real worker (`manage.py start`, WORKER_MODE=worker) with REDIS_URL=sentinel://... runs a job
 published through the broker; the master is then SIGKILLed, Sentinel promotes the replica, and a
 job published after the failover runs in the same worker (kombu asked the sentinels for the new
@@ -12,9 +16,11 @@ The master and the sentinels ask for passwords (different ones), and the databas
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from kombu import Consumer, Exchange, Producer, Queue
 
 from examples.models import Effect
 from jobs.models import Job, Status
@@ -47,7 +54,8 @@ from django.test import Client
 from jobs import Step, new_job, store, telemetry
 from jobs.publish import Message, publish
 from project.services import redis_client
-[job] = store.insert([new_job(Step("examples.count", {}))])
+kind = json.loads(os.environ.get("PROBE_JOB") or '{"type": "examples.count", "input": {}}')
+[job] = store.insert([new_job(Step(kind["type"], kind["input"]))])
 sent = publish([Message(job.pk, job.queue, job.priority, job.type)])
 cache.set("sentinel-probe", os.environ["PROBE_TOKEN"], 300)
 lock = redis_client().lock("sentinel-probe-lock", timeout=5)
@@ -194,9 +202,10 @@ def sentinels():
         shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
-def probe(live, url: str, token: str) -> dict:
-    """PROBE in a process of its own with REDIS_URL=url (as every entry point reads it)."""
-    env = live.env(REDIS_URL=url, PROBE_TOKEN=token)
+def probe(live, url: str, token: str, job: dict | None = None) -> dict:
+    """PROBE in a process of its own with REDIS_URL=url (as every entry point reads it); it
+    publishes one `job` ({"type", "input"}; examples.count by default)."""
+    env = live.env(REDIS_URL=url, PROBE_TOKEN=token, PROBE_JOB=json.dumps(job) if job else "")
     done = subprocess.run([sys.executable, MANAGE, "shell", "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("PROBE "))
@@ -263,3 +272,105 @@ def test_a_worker_on_sentinel_runs_jobs_before_and_after_the_master_fails_over(s
     assert client.connection_pool.get_master_address() == ("127.0.0.1", sentinels.replica_port)
     assert new_master.get("lived-through-client") == b"after"
     assert Job.objects.filter(status=Status.SUCCEEDED, pk__in=[first.pk, second.pk]).count() == 2
+
+
+def test_a_threads_worker_lives_through_a_failover_with_a_job_running(sentinels, live):
+    """kombu#582's path in a threads pool: a job that was running when the master died ends
+    after the worker's broker connection was closed, on the old channel. Its ack (and the
+    channel's restore of its unacked messages) must not end the worker: the same process runs
+    the next job, and nothing restarts it."""
+    url = sentinels.url()
+    # given a threads-pool worker on the sentinel:// URL, which ran a job
+    worker = live.start("--pool", "threads", "--concurrency", "2", mode="worker", name="sentinel-threads",
+                        env={"REDIS_URL": url})
+    first = wait_job(probe(live, url, "before")["job"], Status.SUCCEEDED, 30)
+    # and runs a job across the failover
+    sleeper = probe(live, url, "sleeper", {"type": "examples.sleep", "input": {"seconds": 6}})["job"]
+    wait_for(lambda: Job.objects.filter(pk=sleeper, status=Status.RUNNING).exists(), 30, what="the sleeper to run")
+
+    # when the master dies and the sentinels promote its replica
+    sentinels.kill("master")
+    wait_for(lambda: sentinels.master_port_said() == {sentinels.replica_port}, 40, interval=0.2,
+             what="both sentinels to name the replica as the master")
+
+    # then the job that was running succeeds, and a job published after the failover runs in the
+    # same worker process (its pid is in the row's worker)
+    slept = wait_job(sleeper, Status.SUCCEEDED, 45)
+    second = wait_job(probe(live, url, "after")["job"], Status.SUCCEEDED, 45)
+    # (the supervisor restarted nothing: the worker never crashed)
+    log = worker.log()
+    assert worker.alive(), log[-4000:]
+    assert "Unrecoverable error" not in log and "restarted" not in log, log[-8000:]
+    assert "unacked message(s) not restored now (kombu#582)" in log, log[-8000:]  # the path was taken
+    assert (slept.worker, second.worker) == (first.worker, first.worker), (first.worker, slept.worker, second.worker)
+
+
+@pytest.fixture
+def lone_redis():
+    """A Redis server of our own on 127.0.0.1 (Debian's redis-server), to kill; stopped by its pid."""
+    try:
+        server = debian_tool("redis-server", "redis-server")
+    except AssertionError as exc:
+        pytest.skip(f"redis-server cannot be installed here: {' '.join(str(exc).split())[:300]}")
+    folder, port = Path(tempfile.mkdtemp(prefix="cv-redis-")), free_port()
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+                                "--appendonly", "no", "--daemonize", "no"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        wait_for(lambda: _pings(client), 20, interval=0.1, what="the Redis server to answer")
+        yield port, process
+    finally:
+        client.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def test_a_broker_connection_lost_with_a_message_unacked_closes_and_acks_without_raising(lone_redis, caplog):
+    """kombu#582, narrowly: Celery's consumer, when the broker goes away, collects the connection
+    (the transport forgets its client) and then closes it; closing the channel restores its unacked
+    messages, and kombu built a client from the forgotten one: AttributeError, no connection error,
+    so the worker died. The ack of a job that ends afterwards took the same path."""
+    from project.celery import app
+
+    port, server = lone_redis
+    # given a worker's broker connection (the app's, so the transport the app installs) consuming
+    # a queue and a broadcast queue (auto-deleted with its channel, as Celery's remote control's),
+    # with one message delivered and not acked (a job running)
+    conn = app.connection_for_read(f"redis://127.0.0.1:{port}/0")
+    channel = conn.default_channel
+    queue = Queue("kombu-582", Exchange("kombu-582"), "kombu-582")
+    broadcast = Queue("kombu-582-broadcast", Exchange("kombu-582-broadcast", type="fanout"), auto_delete=True)
+    Producer(channel).publish({"job": 1}, exchange=queue.exchange, routing_key="kombu-582", declare=[queue])
+    delivered: list = []
+    Consumer(channel, [queue, broadcast], callbacks=[lambda body, message: delivered.append(message)], accept=["json"]).consume()
+    conn.drain_events(timeout=5)
+    assert len(delivered) == 1 and len(channel.qos._delivered) == 1
+    try:  # and the consumer polls on (BRPOP and the broadcast's SUBSCRIBE in flight)
+        conn.drain_events(timeout=0.2)
+    except socket.timeout:
+        pass
+
+    # when the server dies, and the consumer does what Celery's does on a lost connection
+    # (celery.worker.consumer: on_connection_error_after_connected): collect, then close
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    with caplog.at_level(logging.WARNING, logger="conveyor.broker"):
+        conn.collect(socket_timeout=1)
+        conn.close()
+        # and the job running then ends: its message is acked on the closed channel
+        delivered[0].ack()
+
+    # then nothing raised (the channel's first close, in collect, failed deleting the broadcast
+    # queue; the second restored nothing), the channel holds nothing, and the log says so
+    assert channel.closed and not channel.qos._delivered
+    assert any("1 unacked message(s) not restored now (kombu#582)" in r.getMessage() for r in caplog.records), caplog.text
