@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,10 +257,12 @@ def test_production_flower_with_basic_auth_answers_401_without_credentials(live)
         # then it answers 401 without credentials, 200 with them
         assert wait_for(answers, 60, interval=0.2, what="flower to answer") == 401
         assert http_get(f"http://127.0.0.1:{port}/api/workers", headers=HEADERS)[0] == 200
-        # and it listens on loopback only (the same pid: manage.py flower became Flower)
+        # and it listens on loopback only (Flower is manage.py flower's child)
         import psutil
 
-        listening = {c.laddr.ip for c in psutil.Process(process.pid).net_connections() if c.status == psutil.CONN_LISTEN}
+        command = psutil.Process(process.pid)
+        listening = {c.laddr.ip for p in [command, *command.children(recursive=True)] for c in p.net_connections()
+                     if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}, listening
     finally:
         if process.poll() is None:
@@ -269,3 +272,46 @@ def test_production_flower_with_basic_auth_answers_401_without_credentials(live)
             except subprocess.TimeoutExpired:
                 kill_tree(process.pid)
                 process.wait(10)
+
+
+def test_stopping_flower_stops_the_embedded_servers_it_started():
+    """`manage.py flower` on a machine with no DATABASE_URL / REDIS_URL starts the embedded
+    servers (project/embedded.py). It used to exec Flower, whose exit never ran the handles'
+    release: the embedded PostgreSQL outlived it (and every later process of the folder)."""
+    import tempfile
+
+    from tests.acceptance.test_configuration import _stop_leftovers, embedded_env
+    from tests.unit.server_probe import server_traces
+
+    folder = tempfile.mkdtemp(prefix="cvf-", dir="/tmp")
+    port = free_port()
+    log_path = Path(folder) / "flower.log"
+    process = None
+    try:
+        # given Flower started by the Procfile's command on an empty data folder
+        with open(log_path, "wb") as out:
+            process = subprocess.Popen(procfile_command("flower"), cwd=ROOT, env={**embedded_env(folder), "FLOWER_PORT": str(port)},
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"flower exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+            return http_ok(f"http://127.0.0.1:{port}/healthcheck")
+        wait_for(up, 90, interval=0.2, what="flower to answer /healthcheck")
+        # and running on the embedded servers it started in that folder
+        assert any(f"{folder}/postgres" in cmdline for cmdline in server_traces(folder)["processes"])
+
+        # when it is stopped by its pid, as a supervisor stops it
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+
+        # then it ended as Flower does on SIGTERM, and the servers stopped with it, as their last holder
+        assert code in (0, -signal.SIGTERM), (code, log_path.read_text(errors="replace")[-3000:])
+        wait_for(lambda: not server_traces(folder)["processes"], 20, interval=0.2,
+                 what=f"the embedded servers of {folder} to stop")
+        assert not http_ok(f"http://127.0.0.1:{port}/healthcheck")  # and Flower with them
+    finally:
+        if process is not None and process.poll() is None:
+            kill_tree(process.pid)
+            process.wait(10)
+        _stop_leftovers(folder)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -4,10 +4,12 @@ type and subscriber, and only public job types are enqueueable over HTTP.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from jobs.models import Job
 from subscribers.models import Event
@@ -59,11 +61,22 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(client, path, bo
 
 
 def test_a_run_after_with_an_offset_postgresql_refuses_is_stored_in_utc(client):
-    # PostgreSQL takes offsets up to 15:59; Python (and RFC 3339) up to 23:59
+    # PostgreSQL takes offsets up to 15:59; Python (and RFC 3339) up to 23:59 (a time to come: a
+    # past one is stored as now)
     response = client.post(
-        "/api/jobs", {"type": "examples.echo", "run_after": "2026-01-01T00:00:00+23:59"}, content_type="application/json"
+        "/api/jobs", {"type": "examples.echo", "run_after": "2099-01-01T00:00:00+23:59"}, content_type="application/json"
     )
-    assert response.status_code == 201 and response.json()["run_after"] == "2025-12-31T00:01:00Z"
+    assert response.status_code == 201 and response.json()["run_after"] == "2098-12-31T00:01:00Z"
+
+
+def test_a_run_after_in_the_past_means_now_and_the_job_says_so(client):
+    before = timezone.now()
+    response = client.post(
+        "/api/jobs", {"type": "examples.echo", "run_after": "1970-01-01T00:00:00Z"}, content_type="application/json"
+    )
+    assert response.status_code == 201, response.content
+    job = response.json()
+    assert job["run_after"] == job["created_at"] and dt.datetime.fromisoformat(job["run_after"]) >= before - dt.timedelta(seconds=5)
 
 
 @pytest.mark.parametrize(

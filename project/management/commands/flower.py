@@ -7,12 +7,23 @@ shows every job's arguments and can revoke tasks. It listens on FLOWER_ADDRESS (
 127.0.0.1) and FLOWER_PORT (default 5555), keeping the last 10,000 tasks and forgetting workers
 offline for 5 minutes. Workers send task events only when asked (TASK_EVENTS, project.settings):
 the command asks the running ones at once, and Flower asks every 2 s (`--events_enable_interval`),
-so a worker started later shows its tasks within that time. The command then becomes `celery -A
-project flower` (exec: same pid).
+so a worker started later shows its tasks within that time.
+
+The command then runs `celery -A project flower` as its child and waits for it, rather than
+becoming it (exec): an exec'd process never runs this one's exit handlers, so the embedded
+servers' handles (project/embedded.py, development) were never released and the embedded
+PostgreSQL outlived everything. The child runs in a process group of its own, gets every stopping
+signal this process gets (SIGTERM, SIGINT, SIGHUP, SIGQUIT; a terminal's Ctrl-C reaches it once,
+through here) and SIGTERM if this process dies without a word (SIGKILL: Linux's parent-death
+signal). When it exits, the handles are released, and this process ends as it did: its exit code,
+or killed by the same signal, as the exec'd Flower would have been.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
 import sys
 
 from django.conf import settings
@@ -63,4 +74,48 @@ class Command(BaseCommand):
         argv = flower_argv()
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(argv[0], argv)
+        code = run_child(argv)
+        from project import embedded
+
+        embedded.stop()  # before a signal's death below, which runs no exit handler
+        if code < 0:  # Flower was killed by a signal: so is this process, as with exec
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        sys.exit(code if code >= 0 else 128 - code)
+
+
+#: The signals a supervisor or a terminal stops Flower with, passed on to it.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _dying_with(parent: int):  # noqa: ANN202 - a preexec_fn
+    def die_with_parent() -> None:
+        """In the child, before Flower starts: SIGTERM when `parent` dies (Linux's PR_SET_PDEATHSIG)."""
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # it died before that was set
+                os._exit(1)
+    return die_with_parent
+
+
+def run_child(argv: list[str]) -> int:
+    """Run `argv` in a process group of its own, pass it the stopping signals, wait for it:
+    its return code (negative: the signal that killed it)."""
+    child: subprocess.Popen | None = None
+    early: list[int] = []  # signals received before the child existed
+
+    def forward(signum: int, frame: object) -> None:
+        if child is None:
+            early.append(signum)
+        elif child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
+    try:
+        child = subprocess.Popen(argv, process_group=0, preexec_fn=_dying_with(os.getpid()))
+        for signum in early:
+            child.send_signal(signum)
+        return child.wait()  # PEP 475: wait() resumes after each forwarded signal
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
