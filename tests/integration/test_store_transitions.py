@@ -311,6 +311,40 @@ def test_heartbeat_naming_an_older_attempt_extends_nothing_and_leaves_that_run_o
     assert row(stale.pk).attempt == 2
 
 
+
+def context_of(claimed: store.Claimed) -> runner.Context:
+    return runner.Context(
+        job_id=claimed.id, type=claimed.type, attempt=claimed.attempt, max_attempts=claimed.max_attempts,
+        chain_id=None, chain_index=None, parent_id=None, idempotency_key=f"conveyor-job-{claimed.id}",
+    )
+
+
+def test_the_end_of_a_lost_run_leaves_the_heartbeat_of_the_jobs_live_rerun_beating():
+    # given: attempt 1 lost its row (reaped) but still runs in this process (a threads pool),
+    # and attempt 2 of the same job started beside it, both tracked by one heartbeat
+    job = enqueue("examples.echo", {})
+    live = second_attempt(job.pk)
+    heartbeat = runner.Heartbeat()
+    lost_run, live_run = context_of(live._replace(attempt=1)), context_of(live)
+    heartbeat.track(lost_run)
+    heartbeat.track(live_run)
+
+    try:
+        # when: the lost run ends
+        heartbeat.untrack(lost_run)
+
+        # then: the live run is still tracked ...
+        assert heartbeat.running() == [live_run]
+        # ... and a beat with its lease about to lapse extends it (3 s), not telling it it lost
+        sql("UPDATE jobs_job SET lease_expires_at = now() + interval '1 second' WHERE id = %s", [job.pk])
+        heartbeat.beat()
+        assert row(job.pk).lease_expires_at >= db_now() + dt.timedelta(seconds=2)
+        assert (live_run.lost, live_run.cancelled) == (False, False)
+        assert (row(job.pk).status, row(job.pk).attempt) == (Status.RUNNING, 2)
+    finally:
+        heartbeat.untrack(live_run)  # its thread beats nothing after the test
+
+
 # --- progress -------------------------------------------------------------------------------------
 
 
