@@ -618,15 +618,15 @@ def test_relay_leaves_a_row_not_yet_due_unpublished():
 # --- hand-back ------------------------------------------------------------------------------------
 
 
-def test_hand_back_returns_a_nodes_running_rows_to_pending_without_counting_the_attempt():
+def test_hand_back_of_a_drained_node_returns_its_running_rows_to_pending_without_counting_the_attempt():
     # given
     mine = enqueue("examples.echo", {})
     other = enqueue("examples.echo", {})
     store.claim(mine.pk, store.worker_name("node-a@test", 101), LEASE)
     store.claim(other.pk, store.worker_name("node-a@test2", 102), LEASE)
 
-    # when
-    handed = recovery.hand_back("node-a@test")
+    # when: the supervisor stopped the node on purpose (a drain past its grace period)
+    handed = recovery.hand_back("node-a@test", drained=True)
 
     # then
     assert handed == 1
@@ -639,6 +639,47 @@ def test_hand_back_returns_a_nodes_running_rows_to_pending_without_counting_the_
     untouched = row(other.pk)
     assert (untouched.status, untouched.attempt, untouched.max_attempts) == (Status.RUNNING, 1, 4)
     assert store.claim(mine.pk, WORKER, LEASE).attempt == 2
+
+
+def test_hand_back_after_a_crash_counts_the_attempt_and_the_last_ends_dead_saying_the_worker_died():
+    # given: a chain's first step with 2 attempts, on a worker whose process died by itself
+    chain = start_chain([Step("examples.echo", {}, retries=1), Step("examples.echo", {})])
+    job = Job.objects.get(chain=chain, chain_index=0)
+    store.claim(job.pk, store.worker_name("node-a@test", 101, "s1"), LEASE)
+
+    # when: the supervisor hands its jobs back (not drained: it crashed)
+    assert recovery.hand_back("node-a@test", "s1") == 1
+
+    # then: the attempt counted, nothing granted back; it runs again
+    saved = row(job.pk)
+    assert (saved.status, saved.attempt, saved.max_attempts, saved.crashes) == (Status.PENDING, 1, 2, 1)
+    assert saved.finished_at is None and saved.published_at is None
+    assert "worker process died while running this job (1 time;" in saved.error
+
+    # when: its second (last) attempt kills its worker too
+    assert store.claim(job.pk, store.worker_name("node-a@test", 102, "s2"), LEASE).attempt == 2
+    assert recovery.hand_back("node-a@test", "s2") == 1
+
+    # then: dead, saying the worker process died while running it, twice; its chain failed
+    saved = row(job.pk)
+    assert (saved.status, saved.attempt, saved.max_attempts, saved.crashes) == (Status.DEAD, 2, 2, 2)
+    assert saved.finished_at is not None
+    assert saved.error.startswith("worker process died while running this job (2 times; last: attempt 2 on node-a@test/102/s2)")
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.FAILED
+    assert store.claim(job.pk, WORKER, LEASE) is None
+
+
+def test_the_reaper_counts_a_lost_run_as_a_crash():
+    job = enqueue("examples.echo", {})
+    store.claim(job.pk, WORKER, LEASE)
+    expire_lease(job.pk)
+    assert recovery.reap() == 1
+    store.claim(job.pk, store.worker_name("node-a@test", 101), LEASE)
+
+    recovery.hand_back("node-a@test")
+
+    assert (row(job.pk).crashes, row(job.pk).attempt) == (2, 2)
+    assert "(2 times;" in row(job.pk).error
 
 
 def test_hand_back_of_a_running_row_whose_cancel_was_asked_ends_it_and_its_chain_cancelled():
