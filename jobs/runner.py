@@ -121,9 +121,10 @@ def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> 
     except SoftTimeLimitExceeded:
         error = f"timeout: the run took longer than {jt.timeout}s"
         return _record(ctx, lambda: _fail(ctx, error, jt)), error
-    except Exception:
+    except Exception as exc:
         error = traceback.format_exc(limit=20)
-        return _record(ctx, lambda: _fail(ctx, error, jt)), error
+        permanent = isinstance(exc, registry.Permanent)  # no retry can change it: its last attempt
+        return _record(ctx, lambda: _fail(ctx, error, jt, permanent)), error
     finally:
         heartbeat.untrack(ctx)
     try:
@@ -211,10 +212,11 @@ def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
         chains.advance(chain_id, index, steps, ctx.job_id)
 
 
-def _fail(ctx: Context, error: str, jt: registry.JobType | None) -> str:
+def _fail(ctx: Context, error: str, jt: registry.JobType | None, permanent: bool = False) -> str:
+    """Record a failed attempt; `permanent` (jobs.Permanent): dead now, whatever attempts are left."""
     delay = jt.backoff.delay(ctx.attempt) if jt is not None else 0.0
     with transaction.atomic(durable=True):
-        ended = store.fail(ctx.job_id, ctx.attempt, error, delay)
+        ended = store.fail(ctx.job_id, ctx.attempt, error, delay, permanent)
         if ended is None:
             log.warning("job %s attempt %s lost its lease before failing", ctx.job_id, ctx.attempt)
             return "lost"

@@ -17,7 +17,8 @@ import pytest
 from django.db import connection, connections
 
 from jobs import Step, enqueue, enqueue_many, start_chain, store
-from jobs import control, recovery, runner
+import jobs
+from jobs import control, recovery, registry, runner
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import redis_client, wait_for
@@ -533,6 +534,28 @@ def test_failure_of_the_last_attempt_is_dead_and_fails_the_chain():
     assert ended.status == ChainStatus.FAILED
     assert ended.finished_at is not None
     assert Job.objects.filter(chain=chain).count() == 1
+
+
+def test_a_handler_raising_permanent_is_dead_after_one_attempt_whatever_attempts_are_left():
+    # given a type of 4 attempts whose handler knows no retry can help
+    def handler(ctx, data: dict) -> dict:
+        raise jobs.Permanent("customer 7 was deleted: nothing to bill")
+
+    registry.add(registry.JobType("t.permanent", handler, retries=3))
+    try:
+        job = enqueue("t.permanent")
+
+        # when it runs
+        outcome = runner.execute(job.pk, worker=WORKER)
+    finally:
+        registry.remove("t.permanent")
+
+    # then it is dead after attempt 1, never published again, its error the handler's
+    saved = row(job.pk)
+    assert (outcome, saved.status, saved.attempt, saved.max_attempts) == ("dead", Status.DEAD, 1, 4)
+    assert saved.finished_at is not None and saved.published_at is None
+    assert saved.error.strip().endswith("jobs.registry.Permanent: customer 7 was deleted: nothing to bill")
+    assert runner.execute(job.pk, worker=WORKER) == "skipped"
 
 
 # --- reap -----------------------------------------------------------------------------------------
