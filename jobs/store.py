@@ -801,15 +801,41 @@ def start_chain_from(job_id: int, steps: list[dict[str, Any]]) -> int:
 
 
 # --- Retention ----------------------------------------------------------------------------------
+#
+# A job outside a chain goes once it ended before the cutoff. A chain's jobs go only with their
+# chain, once the chain has ended before the cutoff and none of its jobs may still run or ended
+# after it (a member left to finish after the chain failed, a member retried after its group
+# handed on): deleting a member of a chain that still runs would hand its group's next step short,
+# misaligned results (the fan-in reads the members' rows), and a chain's page would lose steps.
 
 
 def delete_finished(cutoff: dt.datetime, batch: int) -> int:
-    """Delete one batch of rows that ended before `cutoff`; return how many."""
+    """Delete one batch of rows outside any chain that ended before `cutoff`; return how many."""
     from jobs.models import FINISHED
 
-    ids = list(Job.objects.filter(status__in=FINISHED, finished_at__lt=cutoff).values_list("id", flat=True)[:batch])
+    ended = Job.objects.filter(chain__isnull=True, status__in=FINISHED, finished_at__lt=cutoff)
+    ids = list(ended.values_list("id", flat=True)[:batch])
     return Job.objects.filter(id__in=ids).delete()[0] if ids else 0
 
 
-def delete_empty_chains(cutoff: dt.datetime) -> int:
-    return Chain.objects.filter(finished_at__lt=cutoff, jobs__isnull=True).delete()[0]
+ENDED_CHAINS_SQL = """
+SELECT c.id FROM jobs_chain c
+ WHERE c.status <> 'running' AND c.finished_at < %s
+   AND NOT EXISTS (SELECT 1 FROM jobs_job j
+                    WHERE j.chain_id = c.id
+                      AND (j.status NOT IN ('succeeded', 'dead', 'cancelled')
+                           OR j.finished_at IS NULL OR j.finished_at >= %s))
+ ORDER BY c.finished_at LIMIT %s
+"""
+
+
+def delete_ended_chains(cutoff: dt.datetime, batch: int) -> tuple[int, int]:
+    """Delete one batch of chains that ended before `cutoff`, every job of theirs ended before it
+    too, with those jobs; return (chains, jobs) deleted."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(ENDED_CHAINS_SQL, [cutoff, cutoff, batch])
+        ids = [row[0] for row in cursor.fetchall()]
+    if not ids:
+        return 0, 0
+    _, deleted = Chain.objects.filter(id__in=ids).delete()  # its jobs with it (CASCADE)
+    return deleted.get("jobs.Chain", 0), deleted.get("jobs.Job", 0)
