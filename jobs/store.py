@@ -640,11 +640,10 @@ def reap(job_id: int) -> Ended | None:
 #   job may well be what killed it, so the attempt counts, as the reaper's would (ENDED), and the
 #   crash too (`crashes`): after its last attempt it is dead, saying so, never crash-looping.
 # Either way a row whose cancel was asked ends cancelled rather than waiting to run again.
-_CRASHED = "NOT p.drained"
 HAND_BACK_SQL = _notifying(f"""
 UPDATE jobs_job SET status = CASE WHEN p.drained AND NOT cancel_requested THEN 'pending'
                                   ELSE {ENDED.format(again="pending", last=LAST)} END,
-       finished_at = CASE WHEN cancel_requested OR ({_CRASHED} AND {LAST}) THEN now() END,
+       finished_at = CASE WHEN cancel_requested OR (NOT p.drained AND {LAST}) THEN now() END,
        max_attempts = max_attempts + CASE WHEN p.drained THEN 1 ELSE 0 END,
        crashes = crashes + CASE WHEN p.drained THEN 0 ELSE 1 END,
        lease_expires_at = NULL, published_at = NULL, run_after = now(), updated_at = now(),
