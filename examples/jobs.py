@@ -162,7 +162,7 @@ class FanOut(BaseModel):
     on_failure: Literal["fail", "collect"] = "fail"
 
 
-@job_type("examples.fan-out", queue="default", input=FanOut, timeout=30, public=True)
+@job_type("examples.fan-out", queue="default", input=FanOut, timeout=30, public=True, continues=True)
 def fan_out(ctx: Context, data: FanOut) -> dict:
     """Fans out `count` examples.member jobs, alternately on the default and images queues; the
     chain's next step gets their outputs in order (ctx.results)."""

@@ -60,10 +60,11 @@ class Context:
         self.continuations.append(plan_step(Group(list(steps), on_failure), "fan_out"))
 
     def _may_continue(self, what: str) -> None:
+        # Permanent: every attempt of a member would fail the same way (dead at once, not retried).
+        # A type that declares `continues` is refused as a member before it runs (creation.plan_step).
         if self.member is not None:
-            raise registry.InvalidJob(
-                f"{what}: job {self.job_id} is a member of a group; its chain goes on when every member has ended",
-                {what: "not from a group's member"},
+            raise registry.Permanent(
+                f"{what}: job {self.job_id} is a member of a group; its chain goes on when every member has ended"
             )
 
     def progress(self, percent: int, message: str = "") -> None:

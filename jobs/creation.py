@@ -204,6 +204,9 @@ def plan_step(step: Step | Group | dict[str, Any], field: str) -> dict[str, Any]
         if isinstance(member, Group) or (isinstance(member, dict) and "group" in member):
             raise registry.InvalidJob(f"{where}: a group's member is one job, not a group", {where: "must be one job, not a group"})
         planned.append(_plan_one(member, where))
+        if registry.get(planned[-1]["type"]).continues:
+            reason = "its type may continue_with or fan_out (continues=True); a group's member may not"
+            raise registry.InvalidJob(f"{where}.type: {reason}", {f"{where}.type": reason})
     return {"group": planned, "on_failure": step.on_failure}
 
 

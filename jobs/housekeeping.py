@@ -15,6 +15,8 @@ from jobs.schedules import Schedule
 def cleanup(ctx: Context, data: dict) -> dict:
     """Delete finished jobs and chains older than CONVEYOR_RETENTION_DAYS, in batches.
 
+    A chain's jobs only with the chain, once it has ended (store.delete_ended_chains): a member of
+    a chain that still runs is never deleted from under its group's fan-in.
     Old finished rows slow every scan of the jobs table (docs/architecture.md, "Guarantees").
     """
     from jobs import store
@@ -26,5 +28,11 @@ def cleanup(ctx: Context, data: dict) -> dict:
         if not batch:
             break
         deleted += batch
-    chains = store.delete_empty_chains(cutoff)
+    chains = 0
+    for _ in range(100):
+        ended, of_chains = store.delete_ended_chains(cutoff, 100)
+        if not ended:
+            break
+        chains += ended
+        deleted += of_chains
     return {"deleted_jobs": deleted, "deleted_chains": chains, "cutoff": cutoff.isoformat()}

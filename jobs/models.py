@@ -47,7 +47,11 @@ class Chain(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["status", "-id"], name="chain_status_idx")]
+        indexes = [
+            models.Index(fields=["status", "-id"], name="chain_status_idx"),
+            # Retention: chains that ended, oldest first (jobs.housekeeping).
+            models.Index(fields=["finished_at"], name="chain_finished_idx", condition=Q(finished_at__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         return f"chain {self.pk}: {' -> '.join(map(step_name, self.steps))}"
@@ -104,6 +108,10 @@ class Job(models.Model):
     #: key ends. Empty: not held.
     held = models.CharField(max_length=16, choices=Held.choices, blank=True, default="", db_default="")
     error = models.TextField(blank=True, default="")
+    #: Runs lost with their worker process while running this job (it died by itself, was killed,
+    #: or its lease lapsed): each one counted an attempt (store.hand_back after a crash, store.reap),
+    #: so a job that kills its worker ends dead instead of crash-looping it.
+    crashes = models.PositiveIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -5,7 +5,8 @@
 - The reaper settles running rows whose lease expired: their worker died (a job of a type with a
   concurrency limit frees its slot then: jobs.limits.release).
 - Hand-back returns the running rows of a worker known to be gone (the supervisor killed its
-  whole process tree) at once, without waiting for the leases.
+  whole process tree) at once, without waiting for the leases: the attempt given back when the
+  supervisor stopped it on purpose (a drain), counted when it crashed.
 
 Each statement claims rows with SKIP LOCKED, so every worker of every machine runs the loop: a
 deployment with no beat still recovers lost messages and dead workers' jobs.
@@ -83,9 +84,15 @@ def reap(batch: int = 100) -> int:
     return len(reaped)
 
 
-def hand_back(node: str, instance: str = "") -> int:
-    """Return `node`'s running jobs to pending, their interrupted attempt not counted; a job
-    whose cancel was asked ends cancelled (its chain and its key's next delivery with it).
+def hand_back(node: str, instance: str = "", drained: bool = False) -> int:
+    """Return `node`'s running jobs to pending at once; a job whose cancel was asked ends
+    cancelled (its chain and its key's next delivery with it).
+
+    `drained`: the supervisor stopped the worker on purpose (a shutdown or restart asked for, its
+    grace period exceeded): the interrupted attempt is not counted. Otherwise the worker's process
+    died by itself (a crash, the OOM killer, a handler's os._exit), perhaps because of the job: the
+    attempt counts, and a job on its last attempt ends dead ("worker process died while running
+    this job (N times)"), so a job that kills its worker cannot crash-loop it forever.
 
     Only for a worker whose processes are all dead: none of them can record an outcome later.
     `instance` narrows it to one start of the node (the supervisor's token for that start).
@@ -94,7 +101,7 @@ def hand_back(node: str, instance: str = "") -> int:
         return 0
     try:
         with transaction.atomic():
-            rows = store.hand_back(node, instance)
+            rows = store.hand_back(node, instance, drained)
             for row in rows:
                 settle(row)
             limits.released(rows)
@@ -104,7 +111,8 @@ def hand_back(node: str, instance: str = "") -> int:
             conn.close()
         return 0
     if rows:
-        log.warning("handed back %d running job(s) of %s", len(rows), node)
+        log.warning("handed back %d running job(s) of %s (%s)", len(rows), node,
+                    "drained: attempts given back" if drained else "its process died: attempts counted")
         telemetry.ended(rows)
     return len(rows)
 

@@ -23,6 +23,15 @@ class InvalidJob(BadInput):
     """
 
 
+class Permanent(Exception):
+    """A failure that no retry can change: the job is dead after this attempt, whatever attempts
+    it has left (the runner records it as its last: store.fail(permanent=True)).
+
+    A handler raises it for what it knows will fail again (`raise jobs.Permanent("customer 7 was
+    deleted")`); the platform raises it for a group's member that calls continue_with or fan_out.
+    """
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with jitter: base * 2**(attempt-1), capped, times 0.5..1.0."""
@@ -96,6 +105,10 @@ class JobType:
     rate_limit: Rate | None = None
     concurrency: int | None = None
     concurrency_per_key: int | None = None
+    #: Its handler may call ctx.continue_with or ctx.fan_out. Such a type cannot be a group's
+    #: member (a member's chain goes on only when every member has ended): refused when a chain is
+    #: planned or a group fanned out (400 naming the member), rather than dead after its run.
+    continues: bool = False
 
     @property
     def limited(self) -> bool:
@@ -166,6 +179,7 @@ def job_type(
     rate_limit: str | None = None,
     concurrency: int | None = None,
     concurrency_per_key: int | None = None,
+    continues: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type: `@job_type("images.resize", queue="images", input=Resize)`.
 
@@ -174,6 +188,9 @@ def job_type(
     Limits hold across every worker and host: `rate_limit="20/s"` (or `"100/m"`, `"5/h"`),
     `concurrency=3` (running at once), `concurrency_per_key=1` (running at once per `limit_key`,
     given at enqueue); a job held back by one waits in the database (docs/architecture.md, "Limits").
+    `continues=True`: the handler may call ctx.continue_with or ctx.fan_out, so the type is refused
+    as a group's member when the chain is planned (a member that continues anyway is dead after
+    its first attempt: jobs.Permanent).
     """
 
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,6 +210,7 @@ def job_type(
                 rate_limit=rate_limit,  # type: ignore[arg-type] - parsed by add()
                 concurrency=concurrency,
                 concurrency_per_key=concurrency_per_key,
+                continues=continues,
             )
         )
         return handler

@@ -121,9 +121,10 @@ def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> 
     except SoftTimeLimitExceeded:
         error = f"timeout: the run took longer than {jt.timeout}s"
         return _record(ctx, lambda: _fail(ctx, error, jt)), error
-    except Exception:
+    except Exception as exc:
         error = traceback.format_exc(limit=20)
-        return _record(ctx, lambda: _fail(ctx, error, jt)), error
+        permanent = isinstance(exc, registry.Permanent)  # no retry can change it: its last attempt
+        return _record(ctx, lambda: _fail(ctx, error, jt, permanent)), error
     finally:
         heartbeat.untrack(ctx)
     try:
@@ -211,10 +212,11 @@ def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
         chains.advance(chain_id, index, steps, ctx.job_id)
 
 
-def _fail(ctx: Context, error: str, jt: registry.JobType | None) -> str:
+def _fail(ctx: Context, error: str, jt: registry.JobType | None, permanent: bool = False) -> str:
+    """Record a failed attempt; `permanent` (jobs.Permanent): dead now, whatever attempts are left."""
     delay = jt.backoff.delay(ctx.attempt) if jt is not None else 0.0
     with transaction.atomic(durable=True):
-        ended = store.fail(ctx.job_id, ctx.attempt, error, delay)
+        ended = store.fail(ctx.job_id, ctx.attempt, error, delay, permanent)
         if ended is None:
             log.warning("job %s attempt %s lost its lease before failing", ctx.job_id, ctx.attempt)
             return "lost"
@@ -282,15 +284,19 @@ class TimeLimit:
 
 
 class Heartbeat:
+    """Runs are keyed by (job id, attempt), never by the job id alone: a run that lost its row
+    may still be running in this process beside the job's next attempt (a threads pool), and
+    its end must not stop the heartbeat of that live re-run."""
+
     def __init__(self) -> None:
-        self._running: dict[int, Context] = {}
+        self._running: dict[tuple[int, int], Context] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
 
     def track(self, ctx: Context) -> None:
         with self._lock:
-            self._running[ctx.job_id] = ctx
+            self._running[(ctx.job_id, ctx.attempt)] = ctx
             # After a fork the parent's thread is gone: start one in this process.
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
@@ -299,7 +305,7 @@ class Heartbeat:
 
     def untrack(self, ctx: Context) -> None:
         with self._lock:
-            self._running.pop(ctx.job_id, None)
+            self._running.pop((ctx.job_id, ctx.attempt), None)
 
     def running(self) -> list[Context]:
         with self._lock:
@@ -309,22 +315,27 @@ class Heartbeat:
         interval = max(0.5, lease_seconds() / 3)
         stop = threading.Event()
         while not stop.wait(interval):
-            now = time.monotonic()
-            contexts = {ctx.job_id: ctx for ctx in self.running() if ctx.lease_deadline > now}
-            if not contexts:
-                continue
-            try:
-                beats = store.heartbeat([(ctx.job_id, ctx.attempt) for ctx in contexts.values()], lease_seconds())
-                held = {beat.id: beat for beat in beats}
-                for job_id, ctx in contexts.items():
-                    beat = held.get(job_id)
-                    if beat is None:  # reaped or handed back: this run's outcome will be refused
-                        ctx.lost = ctx.cancelled = True
-                    elif beat.cancel_requested:
-                        ctx.cancelled = True
-            except Exception as exc:  # the database is away: keep trying, the lease may lapse
-                log.warning("heartbeat failed: %s", exc)
-                connections[store.CLAIMS].close()
+            self.beat()
+
+    def beat(self) -> None:
+        """Extend the leases of the runs still within their deadline; tell each run that lost
+        its row, or whose cancel was asked."""
+        now = time.monotonic()
+        contexts = {(ctx.job_id, ctx.attempt): ctx for ctx in self.running() if ctx.lease_deadline > now}
+        if not contexts:
+            return
+        try:
+            beats = store.heartbeat(list(contexts), lease_seconds())
+            held = {(beat.id, beat.attempt): beat for beat in beats}
+            for run, ctx in contexts.items():
+                beat = held.get(run)
+                if beat is None:  # reaped or handed back: this run's outcome will be refused
+                    ctx.lost = ctx.cancelled = True
+                elif beat.cancel_requested:
+                    ctx.cancelled = True
+        except Exception as exc:  # the database is away: keep trying, the lease may lapse
+            log.warning("heartbeat failed: %s", exc)
+            connections[store.CLAIMS].close()
 
 
 heartbeat = Heartbeat()

@@ -4,8 +4,8 @@ Two rules are written here once and used by every statement:
 - RUNNABLE: a row a worker may claim and the relay may publish (pending or failed, no cancel
   asked). A claim adds "due" (`run_after <= now()`).
 - ENDED: where a run that did not succeed goes: `cancelled` if a cancel was asked, `dead` after
-  its last attempt, otherwise back to run again (`failed` after an error, `pending` after a lost
-  worker).
+  its last attempt (or after a failure that no retry can change: `jobs.Permanent`), otherwise
+  back to run again (`failed` after an error, `pending` after a lost worker).
 
 Every time a statement compares or stamps comes from PostgreSQL's clock (`now()`), never from the
 caller's host, so hosts whose clocks disagree still agree on what is due.
@@ -52,11 +52,14 @@ from jobs.publish import Message
 CLAIMS = "claims"
 
 RUNNABLE = "status IN ('pending', 'failed') AND NOT cancel_requested"
-#: Where a run that did not succeed goes; `{again}` is the status of a row that will run again.
+#: Was the attempt just run the row's last one?
+LAST = "attempt >= max_attempts"
+#: Where a run that did not succeed goes; `{again}` is the status of a row that will run again,
+#: `{last}` says when it will not (LAST, or LAST widened by a failure that no retry can change).
 ENDED = """CASE WHEN cancel_requested THEN 'cancelled'
-                WHEN attempt < max_attempts THEN '{again}' ELSE 'dead' END"""
+                WHEN {last} THEN 'dead' ELSE '{again}' END"""
 #: Does the ENDED rule end the row (it will not run again)?
-ENDS = "(cancel_requested OR attempt >= max_attempts)"
+ENDS = "(cancel_requested OR {last})"
 
 #: The channels a commit that ends a job or a chain notifies, with its id as the payload.
 JOB_ENDED = "conveyor_job_ended"
@@ -532,20 +535,24 @@ def succeed(job_id: int, attempt: int, output_json: str, chain_id: int | None = 
     return done._replace(input=_json(done.input), chain_steps=_json(done.chain_steps))
 
 
+# `p.permanent`: the failure cannot change with a retry (jobs.Permanent): this attempt is the last.
+_FAILED_LAST = f"({LAST} OR p.permanent)"
 FAIL_SQL = _notifying(f"""
-UPDATE jobs_job SET status = {ENDED.format(again="failed")},
-       finished_at = CASE WHEN {ENDS} THEN now() END,
+UPDATE jobs_job SET status = {ENDED.format(again="failed", last=_FAILED_LAST)},
+       finished_at = CASE WHEN {ENDS.format(last=_FAILED_LAST)} THEN now() END,
        run_after = now() + make_interval(secs => %s), published_at = NULL,
        lease_expires_at = NULL, error = %s, updated_at = now()
+  FROM (SELECT %s::bool AS permanent) p
  WHERE id = %s AND status = 'running' AND attempt = %s
 RETURNING id, type, status, chain_id, chain_index, member
 """)
 
 
-def fail(job_id: int, attempt: int, error: str, delay: float) -> Ended | None:
-    """Record a failed attempt: retried after `delay` seconds, dead, or cancelled (ENDED)."""
+def fail(job_id: int, attempt: int, error: str, delay: float, permanent: bool = False) -> Ended | None:
+    """Record a failed attempt: retried after `delay` seconds, dead, or cancelled (ENDED).
+    `permanent`: no retry can change it (jobs.Permanent): dead now, whatever attempts are left."""
     with prepared() as cursor:
-        cursor.execute(FAIL_SQL, [delay, text(error)[-10_000:], job_id, attempt])
+        cursor.execute(FAIL_SQL, [delay, text(error)[-10_000:], permanent, job_id, attempt])
         row = cursor.fetchone()
     return None if row is None else Ended._make(row[:-1])
 
@@ -603,8 +610,8 @@ SELECT id FROM jobs_job WHERE status = 'running' AND lease_expires_at < now()
 
 # A running row whose lease expired: its worker died. Back to pending (or dead, or cancelled).
 REAP_SQL = _notifying(f"""
-UPDATE jobs_job SET status = {ENDED.format(again="pending")},
-       finished_at = CASE WHEN {ENDS} THEN now() END,
+UPDATE jobs_job SET status = {ENDED.format(again="pending", last=LAST)},
+       finished_at = CASE WHEN {ENDS.format(last=LAST)} THEN now() END, crashes = crashes + 1,
        error = 'lease expired: the worker running attempt ' || attempt || ' (' || worker || ') was lost',
        run_after = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
  WHERE id = (SELECT id FROM jobs_job
@@ -630,14 +637,26 @@ def reap(job_id: int) -> Ended | None:
     return None if row is None else Ended._make(row[:-1])
 
 
-# The interrupted attempt is not counted (one more is granted) and its number is not reused; a
-# row whose cancel was asked ends cancelled rather than waiting to run again.
-HAND_BACK_SQL = _notifying("""
-UPDATE jobs_job SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-       finished_at = CASE WHEN cancel_requested THEN now() END,
-       max_attempts = max_attempts + 1, lease_expires_at = NULL, published_at = NULL,
-       run_after = now(), updated_at = now(),
-       error = 'handed back: worker ' || %s || ' stopped before finishing'
+# Why a worker's running rows are handed back decides what their interrupted attempt costs:
+# - `drained`: the supervisor stopped the worker on purpose (a shutdown or restart the operator
+#   asked for, past its grace period): the attempt is not counted (one more is granted; its number
+#   is not reused);
+# - otherwise its process died by itself (a segfault, the OOM killer, a handler's os._exit): the
+#   job may well be what killed it, so the attempt counts, as the reaper's would (ENDED), and the
+#   crash too (`crashes`): after its last attempt it is dead, saying so, never crash-looping.
+# Either way a row whose cancel was asked ends cancelled rather than waiting to run again.
+HAND_BACK_SQL = _notifying(f"""
+UPDATE jobs_job SET status = CASE WHEN p.drained AND NOT cancel_requested THEN 'pending'
+                                  ELSE {ENDED.format(again="pending", last=LAST)} END,
+       finished_at = CASE WHEN cancel_requested OR (NOT p.drained AND {LAST}) THEN now() END,
+       max_attempts = max_attempts + CASE WHEN p.drained THEN 1 ELSE 0 END,
+       crashes = crashes + CASE WHEN p.drained THEN 0 ELSE 1 END,
+       lease_expires_at = NULL, published_at = NULL, run_after = now(), updated_at = now(),
+       error = CASE WHEN p.drained THEN 'handed back: worker ' || p.node || ' was stopped before finishing'
+                    ELSE 'worker process died while running this job (' || (crashes + 1)
+                         || CASE WHEN crashes = 0 THEN ' time' ELSE ' times' END
+                         || '; last: attempt ' || attempt || ' on ' || worker || ')' END
+  FROM (SELECT %s::bool AS drained, %s::text AS node) p
  WHERE status = 'running' AND worker LIKE %s
 RETURNING id, type, status, chain_id, chain_index, member
 """)
@@ -649,14 +668,15 @@ def worker_name(node: str, pid: int, instance: str = "") -> str:
     return f"{node}/{pid}/{instance}" if instance else f"{node}/{pid}"
 
 
-def hand_back(node: str, instance: str = "") -> list[Ended]:
+def hand_back(node: str, instance: str = "", drained: bool = False) -> list[Ended]:
     """Return the running rows of `node` (of that start of it, given its instance token) to
-    pending, or end them cancelled when a cancel was asked; the caller settles the ended ones."""
+    pending, or end them cancelled when a cancel was asked, or dead when the worker crashed
+    (not `drained`) during their last attempt; the caller settles the ended ones."""
     like = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
     if instance:
         like += "/" + instance.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     with connections["default"].cursor() as cursor:
-        cursor.execute(HAND_BACK_SQL, [node, like])
+        cursor.execute(HAND_BACK_SQL, [drained, node, like])
         return [Ended._make(row[:-1]) for row in cursor.fetchall()]
 
 
@@ -785,15 +805,41 @@ def start_chain_from(job_id: int, steps: list[dict[str, Any]]) -> int:
 
 
 # --- Retention ----------------------------------------------------------------------------------
+#
+# A job outside a chain goes once it ended before the cutoff. A chain's jobs go only with their
+# chain, once the chain has ended before the cutoff and none of its jobs may still run or ended
+# after it (a member left to finish after the chain failed, a member retried after its group
+# handed on): deleting a member of a chain that still runs would hand its group's next step short,
+# misaligned results (the fan-in reads the members' rows), and a chain's page would lose steps.
 
 
 def delete_finished(cutoff: dt.datetime, batch: int) -> int:
-    """Delete one batch of rows that ended before `cutoff`; return how many."""
+    """Delete one batch of rows outside any chain that ended before `cutoff`; return how many."""
     from jobs.models import FINISHED
 
-    ids = list(Job.objects.filter(status__in=FINISHED, finished_at__lt=cutoff).values_list("id", flat=True)[:batch])
+    ended = Job.objects.filter(chain__isnull=True, status__in=FINISHED, finished_at__lt=cutoff)
+    ids = list(ended.values_list("id", flat=True)[:batch])
     return Job.objects.filter(id__in=ids).delete()[0] if ids else 0
 
 
-def delete_empty_chains(cutoff: dt.datetime) -> int:
-    return Chain.objects.filter(finished_at__lt=cutoff, jobs__isnull=True).delete()[0]
+ENDED_CHAINS_SQL = """
+SELECT c.id FROM jobs_chain c
+ WHERE c.status <> 'running' AND c.finished_at < %s
+   AND NOT EXISTS (SELECT 1 FROM jobs_job j
+                    WHERE j.chain_id = c.id
+                      AND (j.status NOT IN ('succeeded', 'dead', 'cancelled')
+                           OR j.finished_at IS NULL OR j.finished_at >= %s))
+ ORDER BY c.finished_at LIMIT %s
+"""
+
+
+def delete_ended_chains(cutoff: dt.datetime, batch: int) -> tuple[int, int]:
+    """Delete one batch of chains that ended before `cutoff`, every job of theirs ended before it
+    too, with those jobs; return (chains, jobs) deleted."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(ENDED_CHAINS_SQL, [cutoff, cutoff, batch])
+        ids = [row[0] for row in cursor.fetchall()]
+    if not ids:
+        return 0, 0
+    _, deleted = Chain.objects.filter(id__in=ids).delete()  # its jobs with it (CASCADE)
+    return deleted.get("jobs.Chain", 0), deleted.get("jobs.Job", 0)

@@ -5,8 +5,10 @@ and for a cluster of instances. On SIGTERM, SIGINT or SIGHUP (the terminal went 
 child gets SIGTERM: gunicorn stops accepting and finishes in-flight requests; a Celery worker
 stops taking messages, gives its prefetched ones back and finishes its running jobs. A child
 still running after the grace period is killed with its whole process group, and the jobs its
-worker held are handed back (`pending`, one attempt granted back) at once rather than after their
-lease expires.
+worker held are handed back (`pending`, one attempt granted back: the drain was asked for) at
+once rather than after their lease expires. A worker that dies by itself (a crash, the OOM killer,
+a job calling os._exit) has its jobs handed back too, their interrupted attempt counted: a job
+that kills its worker ends dead after its last attempt instead of crash-looping it.
 
 A child that dies is restarted, after a backoff that doubles while it keeps dying soon after
 starting (capped at BACKOFF_MAX): a child that cannot start yet (beat while the database
@@ -86,14 +88,16 @@ class Supervisor:
         grace: float = 30.0,
         restart: bool = True,
         state_dir: Path | None = None,
-        on_killed: Callable[[Child], None] | None = None,
+        on_killed: Callable[[Child, bool], None] | None = None,
     ) -> None:
         self.children = children
         self.grace = grace
         self.restart = restart
         self.stopping = False
         self.state_file = state_dir / f"supervisor-{os.getpid()}.json" if state_dir else None
-        #: Called after a child was killed (crash or grace exceeded): hand its jobs back.
+        #: Called after a child died or was killed, as on_killed(child, drained): hand its jobs
+        #: back. `drained` is True only when this supervisor was stopping it on purpose (drain on a
+        #: signal, grace exceeded); a child that died by itself crashed (its jobs' attempts count).
         self.on_killed = on_killed
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -158,7 +162,7 @@ class Supervisor:
         # return to pending before it is replaced.
         child.kill_group()
         if self.on_killed:
-            self.on_killed(child)
+            self.on_killed(child, False)  # nobody asked it to stop: it crashed
         lived = now - child.started_at
         child.fast_crashes = child.fast_crashes + 1 if lived < FAST_CRASH_SECONDS else 0
         if not self.restart:
@@ -190,7 +194,7 @@ class Supervisor:
             if child.process:
                 child.process.wait()
             if child in alive and self.on_killed:
-                self.on_killed(child)
+                self.on_killed(child, True)  # stopped on purpose: a drain past its grace period
         sys.stdout.flush()
 
 

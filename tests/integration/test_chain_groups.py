@@ -16,7 +16,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 from examples.models import Effect
-from jobs import Group, InvalidJob, Step, control, enqueue, recovery, runner, start_chain, store
+from jobs import Group, InvalidJob, Step, control, enqueue, recovery, registry, runner, start_chain, store
 from jobs.creation import MAX_MEMBERS
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
@@ -80,6 +80,8 @@ def test_a_group_step_is_planned_with_its_members_and_its_failure_rule():
         ([Group([Step("examples.echo")], on_failure="ignore")], "steps.0.on_failure"),
         ([{"group": [{"type": "examples.echo"}], "then": 1}], "steps.0.then"),
         ([{"group": []}], "steps.0.group"),
+        # a type that declares it may continue_with or fan_out (continues=True) is never a member
+        ([Step("examples.echo"), Group([Step("examples.echo"), Step("examples.fan-out", {"count": 2})])], "steps.1.group.1.type"),
     ],
 )
 def test_a_wrong_group_is_refused_naming_the_field_and_nothing_is_written(steps, field):
@@ -141,6 +143,7 @@ def test_http_chain_with_a_group_is_created_and_shown_as_one_step_with_its_membe
         ({"group": [{"type": "examples.echo"}], "extra": 1}, "steps.1.extra"),
         ({"group": [{"group": [{"type": "examples.echo"}]}]}, "steps.1.group.0.type"),
         ({"group": [{"type": "examples.nightly-report"}]}, "steps.1.group.0.type"),  # not public
+        ({"group": [{"type": "examples.echo"}, {"type": "examples.fan-out", "input": {"count": 2}}]}, "steps.1.group.1.type"),
     ],
 )
 def test_http_wrong_group_is_400_naming_the_field(api, step, field):
@@ -357,13 +360,41 @@ def test_fan_out_of_a_lone_job_starts_a_chain_that_ends_with_its_group():
     assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED
 
 
-def test_a_member_cannot_fan_out_or_continue_its_attempt_fails():
-    chain = start_chain([Group([Step("examples.fan-out", {"count": 2})])])
-    [member] = members(chain, 0)
-    assert runner.execute(member.pk, worker=WORKER) == "failed"
-    job = Job.objects.get(pk=member.pk)
-    assert "is a member of a group" in job.error
-    assert Job.objects.count() == 1
+@pytest.fixture
+def continues_anyway():
+    """A type that calls ctx.continue_with or ctx.fan_out (as its input says) without declaring
+    `continues`: nothing refuses it as a member before it runs. 4 attempts."""
+
+    def handler(ctx, data: dict) -> dict:
+        if data["how"] == "continue_with":
+            ctx.continue_with("examples.echo", {})
+        else:
+            ctx.fan_out([Step("examples.echo")])
+        return {}
+
+    registry.add(registry.JobType("t.continues-anyway", handler, retries=3))
+    yield "t.continues-anyway"
+    registry.remove("t.continues-anyway")
+
+
+@pytest.mark.parametrize("how", ["continue_with", "fan_out"])
+def test_a_member_that_continues_is_dead_after_its_first_attempt_and_fails_its_chain(continues_anyway, how):
+    # given a group whose first member's handler calls continue_with (or fan_out)
+    chain = start_chain([Group([Step(continues_anyway, {"how": how}), Step("examples.echo")]), Step("examples.gather")])
+    first, second = members(chain, 0)
+
+    # when it runs
+    outcome = runner.execute(first.pk, worker=WORKER)
+
+    # then it is dead after attempt 1 of 4 (no retry can change it), saying why; the chain failed
+    job = Job.objects.get(pk=first.pk)
+    assert (outcome, job.status, job.attempt, job.max_attempts) == ("dead", Status.DEAD, 1, 4)
+    assert "Permanent" in job.error and "is a member of a group" in job.error
+    assert job.finished_at is not None and job.published_at is None
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.FAILED
+    # and nothing was continued: the other member only
+    runner.execute(second.pk, worker=WORKER)
+    assert Job.objects.filter(chain=chain).count() == 2
 
 
 # --- shown as one step with its members ---------------------------------------------------------

@@ -203,7 +203,7 @@ def test_a_stale_runner_cannot_extend_the_lease_of_the_next_attempt():
 def test_hand_back_never_reuses_an_attempt_number():
     job = enqueue("examples.echo", {})
     store.claim(job.pk, "node@test/1", 30)
-    recovery.hand_back("node@test")
+    recovery.hand_back("node@test", drained=True)
     claimed = store.claim(job.pk, "node@test/2", 30)
     assert claimed is not None and claimed.attempt == 2
     row = Job.objects.get(pk=job.pk)

@@ -17,7 +17,8 @@ import pytest
 from django.db import connection, connections
 
 from jobs import Step, enqueue, enqueue_many, start_chain, store
-from jobs import control, recovery, runner
+import jobs
+from jobs import control, recovery, registry, runner
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import redis_client, wait_for
@@ -311,6 +312,40 @@ def test_heartbeat_naming_an_older_attempt_extends_nothing_and_leaves_that_run_o
     assert row(stale.pk).attempt == 2
 
 
+
+def context_of(claimed: store.Claimed) -> runner.Context:
+    return runner.Context(
+        job_id=claimed.id, type=claimed.type, attempt=claimed.attempt, max_attempts=claimed.max_attempts,
+        chain_id=None, chain_index=None, parent_id=None, idempotency_key=f"conveyor-job-{claimed.id}",
+    )
+
+
+def test_the_end_of_a_lost_run_leaves_the_heartbeat_of_the_jobs_live_rerun_beating():
+    # given: attempt 1 lost its row (reaped) but still runs in this process (a threads pool),
+    # and attempt 2 of the same job started beside it, both tracked by one heartbeat
+    job = enqueue("examples.echo", {})
+    live = second_attempt(job.pk)
+    heartbeat = runner.Heartbeat()
+    lost_run, live_run = context_of(live._replace(attempt=1)), context_of(live)
+    heartbeat.track(lost_run)
+    heartbeat.track(live_run)
+
+    try:
+        # when: the lost run ends
+        heartbeat.untrack(lost_run)
+
+        # then: the live run is still tracked ...
+        assert heartbeat.running() == [live_run]
+        # ... and a beat with its lease about to lapse extends it (3 s), not telling it it lost
+        sql("UPDATE jobs_job SET lease_expires_at = now() + interval '1 second' WHERE id = %s", [job.pk])
+        heartbeat.beat()
+        assert row(job.pk).lease_expires_at >= db_now() + dt.timedelta(seconds=2)
+        assert (live_run.lost, live_run.cancelled) == (False, False)
+        assert (row(job.pk).status, row(job.pk).attempt) == (Status.RUNNING, 2)
+    finally:
+        heartbeat.untrack(live_run)  # its thread beats nothing after the test
+
+
 # --- progress -------------------------------------------------------------------------------------
 
 
@@ -501,6 +536,28 @@ def test_failure_of_the_last_attempt_is_dead_and_fails_the_chain():
     assert Job.objects.filter(chain=chain).count() == 1
 
 
+def test_a_handler_raising_permanent_is_dead_after_one_attempt_whatever_attempts_are_left():
+    # given a type of 4 attempts whose handler knows no retry can help
+    def handler(ctx, data: dict) -> dict:
+        raise jobs.Permanent("customer 7 was deleted: nothing to bill")
+
+    registry.add(registry.JobType("t.permanent", handler, retries=3))
+    try:
+        job = enqueue("t.permanent")
+
+        # when it runs
+        outcome = runner.execute(job.pk, worker=WORKER)
+    finally:
+        registry.remove("t.permanent")
+
+    # then it is dead after attempt 1, never published again, its error the handler's
+    saved = row(job.pk)
+    assert (outcome, saved.status, saved.attempt, saved.max_attempts) == ("dead", Status.DEAD, 1, 4)
+    assert saved.finished_at is not None and saved.published_at is None
+    assert saved.error.strip().endswith("jobs.registry.Permanent: customer 7 was deleted: nothing to bill")
+    assert runner.execute(job.pk, worker=WORKER) == "skipped"
+
+
 # --- reap -----------------------------------------------------------------------------------------
 
 
@@ -584,15 +641,15 @@ def test_relay_leaves_a_row_not_yet_due_unpublished():
 # --- hand-back ------------------------------------------------------------------------------------
 
 
-def test_hand_back_returns_a_nodes_running_rows_to_pending_without_counting_the_attempt():
+def test_hand_back_of_a_drained_node_returns_its_running_rows_to_pending_without_counting_the_attempt():
     # given
     mine = enqueue("examples.echo", {})
     other = enqueue("examples.echo", {})
     store.claim(mine.pk, store.worker_name("node-a@test", 101), LEASE)
     store.claim(other.pk, store.worker_name("node-a@test2", 102), LEASE)
 
-    # when
-    handed = recovery.hand_back("node-a@test")
+    # when: the supervisor stopped the node on purpose (a drain past its grace period)
+    handed = recovery.hand_back("node-a@test", drained=True)
 
     # then
     assert handed == 1
@@ -605,6 +662,47 @@ def test_hand_back_returns_a_nodes_running_rows_to_pending_without_counting_the_
     untouched = row(other.pk)
     assert (untouched.status, untouched.attempt, untouched.max_attempts) == (Status.RUNNING, 1, 4)
     assert store.claim(mine.pk, WORKER, LEASE).attempt == 2
+
+
+def test_hand_back_after_a_crash_counts_the_attempt_and_the_last_ends_dead_saying_the_worker_died():
+    # given: a chain's first step with 2 attempts, on a worker whose process died by itself
+    chain = start_chain([Step("examples.echo", {}, retries=1), Step("examples.echo", {})])
+    job = Job.objects.get(chain=chain, chain_index=0)
+    store.claim(job.pk, store.worker_name("node-a@test", 101, "s1"), LEASE)
+
+    # when: the supervisor hands its jobs back (not drained: it crashed)
+    assert recovery.hand_back("node-a@test", "s1") == 1
+
+    # then: the attempt counted, nothing granted back; it runs again
+    saved = row(job.pk)
+    assert (saved.status, saved.attempt, saved.max_attempts, saved.crashes) == (Status.PENDING, 1, 2, 1)
+    assert saved.finished_at is None and saved.published_at is None
+    assert "worker process died while running this job (1 time;" in saved.error
+
+    # when: its second (last) attempt kills its worker too
+    assert store.claim(job.pk, store.worker_name("node-a@test", 102, "s2"), LEASE).attempt == 2
+    assert recovery.hand_back("node-a@test", "s2") == 1
+
+    # then: dead, saying the worker process died while running it, twice; its chain failed
+    saved = row(job.pk)
+    assert (saved.status, saved.attempt, saved.max_attempts, saved.crashes) == (Status.DEAD, 2, 2, 2)
+    assert saved.finished_at is not None
+    assert saved.error.startswith("worker process died while running this job (2 times; last: attempt 2 on node-a@test/102/s2)")
+    assert Chain.objects.get(pk=chain.pk).status == ChainStatus.FAILED
+    assert store.claim(job.pk, WORKER, LEASE) is None
+
+
+def test_the_reaper_counts_a_lost_run_as_a_crash():
+    job = enqueue("examples.echo", {})
+    store.claim(job.pk, WORKER, LEASE)
+    expire_lease(job.pk)
+    assert recovery.reap() == 1
+    store.claim(job.pk, store.worker_name("node-a@test", 101), LEASE)
+
+    recovery.hand_back("node-a@test")
+
+    assert (row(job.pk).crashes, row(job.pk).attempt) == (2, 2)
+    assert "(2 times;" in row(job.pk).error
 
 
 def test_hand_back_of_a_running_row_whose_cancel_was_asked_ends_it_and_its_chain_cancelled():

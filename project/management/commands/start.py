@@ -97,7 +97,10 @@ class Command(BaseCommand):
             grace=float(opts["grace"]),
             state_dir=settings.DATA_DIR / "run",
             # That start's jobs only: another supervisor may run a worker with the same node name.
-            on_killed=lambda child: hand_back(str(child.info.get("node", "")), str(child.info.get("instance", ""))),
+            # Drained on purpose: the interrupted attempts are given back; crashed: they count.
+            on_killed=lambda child, drained: hand_back(
+                str(child.info.get("node", "")), str(child.info.get("instance", "")), drained=drained
+            ),
         )
         code = supervisor.run()
         sys.exit(code)
