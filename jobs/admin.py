@@ -14,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 
 from jobs import control
 from jobs.models import RUNNABLE, Chain, Job, Status
+from jobs.permissions import can_operate
 
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
 
@@ -55,6 +56,14 @@ class ReadOnly:
         return False
 
 
+class Operate:
+    """A ModelAdmin whose actions declare `permissions=["operate"]`: Django shows and runs such an
+    action only when `has_operate_permission` says yes (jobs.permissions)."""
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return can_operate(request)
+
+
 @admin.action(description="Retry selected jobs (dead, failed or cancelled)", permissions=["operate"])
 def retry_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
     done = sum(control.retry(job) for job in queryset)
@@ -72,7 +81,7 @@ CANCELLABLE = (*RUNNABLE, Status.RUNNING)
 
 
 @admin.register(Job)
-class JobAdmin(ReadOnly, admin.ModelAdmin):
+class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     list_display = (
         "id",
         "type",
@@ -144,15 +153,12 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
     lease_expires_at_utc = stamp("lease_expires_at", "lease expires at")
     updated_at_utc = stamp("updated_at", "updated at")
 
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("jobs.change_job")
-
-    @admin.display(description="duration")
     @admin.display(description="progress", ordering="progress")
     def progress_bar(self, job: Job) -> str:
         """ctx.progress as a bar, as on the operations page."""
         return format_html('<progress value="{}" max="100">{}%</progress> {}%', job.progress, job.progress, job.progress)
 
+    @admin.display(description="duration")
     def duration_text(self, job: Job) -> str:
         if job.duration is not None:
             return f"{job.duration:.3f} s"
