@@ -11,6 +11,7 @@ from typing import Literal
 
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.signals import user_logged_in
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import ValidationError
@@ -81,6 +82,9 @@ def token(request: HttpRequest, payload: TokenIn):  # noqa: ANN201
         return locked_out_json(request)
     if user is None:
         return Status(401, {"detail": "wrong email or password"})
+    # A login, as the admin's (which sends it from django.contrib.auth.login): axes forgets this
+    # pair's failures (AXES_RESET_ON_SUCCESS) and Django records the user's last_login.
+    user_logged_in.send(sender=user.__class__, request=request, user=user)
     return Status(200, {
         "access_token": issue_jwt(user, payload.scope),
         "token_type": "bearer",
