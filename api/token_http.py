@@ -73,10 +73,11 @@ def token(request: HttpRequest, payload: TokenIn):  # noqa: ANN201
     # django-axes keys its count on the username given to authenticate(). The account the lookup
     # found, not the email as typed: every spelling PostgreSQL's iexact (UPPER() = UPPER()) takes
     # for one account ('SIS@', 'ſis@' with a long s, for 'sis@') counts toward that account's
-    # limit. An email of no account: upper-cased as UPPER() compares it. That one still goes
-    # through authenticate(), which then hashes the password once anyway: the answer takes as
-    # long as for a known email (no telling which emails exist).
-    username = found.get_username() if found is not None else email.upper()
+    # limit. An email of no account: upper-cased as UPPER() compares it, cut to the 254
+    # characters of an email (upper-casing lengthens some: 'ß' is 'SS'; axes keeps 255). That one
+    # still goes through authenticate(), which then hashes the password once anyway: the answer
+    # takes as long as for a known email (no telling which emails exist).
+    username = found.get_username() if found is not None else email.upper()[:254]
     user = authenticate(request, username=username, password=payload.password)
     if getattr(request, "axes_locked_out", False):
         return locked_out_json(request)

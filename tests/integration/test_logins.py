@@ -164,3 +164,9 @@ def test_user_command_help_says_what_each_flag_grants():
     assert "A new user is neither staff nor superuser unless asked" in text
     assert "--superuser, --no-superuser every permission, and staff" in text
     assert "--staff, --no-staff logs in to /admin/, with only the permissions granted" in text
+
+
+def test_an_unknown_email_that_upper_cases_longer_is_a_401_not_a_500():
+    email = "ß" * 240 + "@example.com"  # 252 characters; upper-cased, 492
+    response = _token(_via_proxy("203.0.113.30"), email, "wrong")
+    assert response.status_code == 401, response.content
