@@ -276,9 +276,29 @@ from jobs.creation import platform_key  # noqa: E402
 from jobs.schedules import PREFIX  # noqa: E402
 
 
-class ScheduleAdmin(PeriodicTaskAdmin):
+def _permitted(name: str, *permissions: str) -> Callable[..., None]:
+    """django-celery-beat's action `name`, declaring the permissions it needs (it declares none:
+    Django would list and run it for anyone who may view schedules)."""
+    base = getattr(PeriodicTaskAdmin, name)
+
+    @admin.action(description=base.short_description, permissions=list(permissions))
+    def action(self: PeriodicTaskAdmin, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        base(self, request, queryset)
+
+    action.__name__ = name
+    return action
+
+
+class ScheduleAdmin(Operate, PeriodicTaskAdmin):
     list_display = ("name", "enabled", "scheduler", "next_run", "last_job", "last_run_utc", "total_run_count")
     last_run_utc = stamp("last_run_at", "last run at")
+
+    # Enabling, disabling and toggling edit the schedule (as its form does): change permission.
+    # Running one now enqueues its job at once: operating.
+    enable_tasks = _permitted("enable_tasks", "change")
+    disable_tasks = _permitted("disable_tasks", "change")
+    toggle_tasks = _permitted("toggle_tasks", "change")
+    run_tasks = _permitted("run_tasks", "operate")
 
     @admin.display(description="next run")
     def next_run(self, task: PeriodicTask) -> str:

@@ -120,3 +120,26 @@ def test_operations_page_needs_view_permission_and_shows_retry_only_to_operators
     jobs_only = _staff("jobs-only@example.com", ["jobs.view_job"])
     page = jobs_only.get("/admin/operations/").content.decode()
     assert 'id="ops-dead"' in page and 'id="ops-chains"' not in page and 'id="ops-events"' not in page
+
+
+def test_schedule_actions_need_change_or_operate_permission():
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    every = IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
+    task = PeriodicTask.objects.create(name="conveyor:demo", task="conveyor.tick", interval=every, enabled=True)
+    viewer = _staff("schedules-viewer@example.com", ["django_celery_beat.view_periodictask"])
+    listing = viewer.get("/admin/django_celery_beat/periodictask/").content.decode()
+    assert listing and not any(name in listing for name in ("run_tasks", "disable_tasks", "enable_tasks", "toggle_tasks"))
+    _action(viewer, "/admin/django_celery_beat/periodictask/", "disable_tasks", task.pk)
+    task.refresh_from_db()
+    assert task.enabled
+
+    editor = _staff("schedules-editor@example.com", ["django_celery_beat.view_periodictask", "django_celery_beat.change_periodictask"])
+    listing = editor.get("/admin/django_celery_beat/periodictask/").content.decode()
+    assert "disable_tasks" in listing and "run_tasks" not in listing
+    _action(editor, "/admin/django_celery_beat/periodictask/", "disable_tasks", task.pk)
+    task.refresh_from_db()
+    assert not task.enabled
+
+    operator = _staff("schedules-operator@example.com", ["django_celery_beat.view_periodictask", "jobs.operate"])
+    assert "run_tasks" in operator.get("/admin/django_celery_beat/periodictask/").content.decode()
