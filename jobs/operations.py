@@ -5,6 +5,10 @@ Server-rendered: the page is the fragment inside the admin's layout, and a small
 (jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
 query is bounded (LIMITs) or runs on a partial index whose rows are few (unfinished jobs), so the
 page stays fast however large the finished history is.
+
+Who sees what: the page needs jobs.view_job (it shows jobs and their errors), its chains and
+events sections their own view permissions, and retrying or cancelling jobs.operate
+(jobs.permissions), the Retry buttons shown only to those who have it.
 """
 from __future__ import annotations
 
