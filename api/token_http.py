@@ -1,18 +1,17 @@
 """`POST /auth/token`: a user's email and password for a short-lived JWT (api.auth.issue_jwt).
 
 Its own NinjaAPI under /auth/ (namespace "auth", document at /auth/openapi.json), without the
-bearer auth of /api/. Attempts are limited per client IP and per email in the shared cache
-(Redis): past AUTH_RATE_LIMIT in the current minute, 429 with Retry-After.
+bearer auth of /api/. Failed logins are counted by django-axes per (client address, account), as
+the admin's: LOGIN_FAILURE_LIMIT failures lock the pair out, 429 with Retry-After
+(project/logins.py).
 """
 from __future__ import annotations
 
-import hashlib
-import time
 from typing import Literal
 
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
-from django.core.cache import cache
+from django.contrib.auth.signals import user_logged_in
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import ValidationError
@@ -22,8 +21,7 @@ from api.auth import issue_jwt
 from api.models import WRITE
 from api.schemas import Strict, errors
 from api.validation import JsonParser, Text
-
-WINDOW = 60  # seconds
+from project.logins import locked_out_json
 
 auth_api = NinjaAPI(
     parser=JsonParser(),
@@ -51,12 +49,6 @@ class TokenOut(Schema):
     scope: Literal["read", "write"]
 
 
-class RateLimited(Exception):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("too many attempts")
-        self.retry_after = retry_after
-
-
 @auth_api.exception_handler(ValidationError)
 def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     from api.root import _field
@@ -65,56 +57,35 @@ def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse
     return auth_api.create_response(request, {"detail": "invalid request", "fields": fields}, status=400)
 
 
-@auth_api.exception_handler(RateLimited)
-def rate_limited(request: HttpRequest, exc: RateLimited) -> HttpResponse:
-    response = auth_api.create_response(
-        request, {"detail": f"too many attempts: try again in {exc.retry_after}s"}, status=429
-    )
-    response["Retry-After"] = str(exc.retry_after)
-    return response
-
-
-def _count(kind: str, value: str) -> tuple[int, int]:
-    """One more attempt for (kind, value) in this minute: (attempts so far, seconds left)."""
-    now = time.time()
-    window = int(now // WINDOW)
-    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
-    key = f"conveyor:auth-attempts:{kind}:{digest}:{window}"
-    cache.add(key, 0, timeout=WINDOW + 1)
-    try:
-        attempts = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.add(key, 1, timeout=WINDOW + 1)
-        attempts = 1
-    return attempts, max(1, int((window + 1) * WINDOW - now + 0.999))
-
-
-def check_rate(request: HttpRequest, email: str) -> None:
-    ip = request.META.get("REMOTE_ADDR") or "unknown"
-    counted = [_count("ip", ip), _count("email", email.strip().lower())]
-    over = [left for attempts, left in counted if attempts > settings.AUTH_RATE_LIMIT]
-    if over:
-        raise RateLimited(max(over))
-
-
 @auth_api.post(
     "/token",
     response={200: TokenOut, **errors(400, 401, 429)},
     summary="Exchange email and password for a JWT",
     description="A JWT (HS256) with claims sub, iat, exp and scope, valid JWT_TTL_SECONDS (15 min by "
     "default): use it as `Authorization: Bearer <jwt>` on /api/. 401 on a wrong email or password; 429 "
-    "(with Retry-After) past AUTH_RATE_LIMIT attempts a minute from one client IP or for one email.",
+    "(with Retry-After) once LOGIN_FAILURE_LIMIT logins of one account from one client address have failed "
+    "(for LOGIN_COOLOFF_SECONDS, the right password included).",
     auth=None,
 )
 def token(request: HttpRequest, payload: TokenIn):  # noqa: ANN201
-    check_rate(request, payload.email)
-    found = get_user_model().objects.filter(email__iexact=payload.email.strip()).first()
-    # An unknown email still goes through authenticate(), which then hashes the password once
-    # anyway: the answer takes as long as for a known one (no telling which emails exist).
-    username = found.get_username() if found is not None else payload.email
+    email = payload.email.strip()
+    found = get_user_model().objects.filter(email__iexact=email).first()
+    # django-axes keys its count on the username given to authenticate(). The account the lookup
+    # found, not the email as typed: every spelling PostgreSQL's iexact (UPPER() = UPPER()) takes
+    # for one account ('SIS@', 'ſis@' with a long s, for 'sis@') counts toward that account's
+    # limit. An email of no account: upper-cased as UPPER() compares it, cut to the 254
+    # characters of an email (upper-casing lengthens some: 'ß' is 'SS'; axes keeps 255). That one
+    # still goes through authenticate(), which then hashes the password once anyway: the answer
+    # takes as long as for a known email (no telling which emails exist).
+    username = found.get_username() if found is not None else email.upper()[:254]
     user = authenticate(request, username=username, password=payload.password)
+    if getattr(request, "axes_locked_out", False):
+        return locked_out_json(request)
     if user is None:
         return Status(401, {"detail": "wrong email or password"})
+    # A login, as the admin's (which sends it from django.contrib.auth.login): axes forgets this
+    # pair's failures (AXES_RESET_ON_SUCCESS) and Django records the user's last_login.
+    user_logged_in.send(sender=user.__class__, request=request, user=user)
     return Status(200, {
         "access_token": issue_jwt(user, payload.scope),
         "token_type": "bearer",

@@ -14,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 
 from jobs import control
 from jobs.models import RUNNABLE, Chain, Job, Status
+from jobs.permissions import can_operate
 
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
 
@@ -55,6 +56,14 @@ class ReadOnly:
         return False
 
 
+class Operate:
+    """A ModelAdmin whose actions declare `permissions=["operate"]`: Django shows and runs such an
+    action only when `has_operate_permission` says yes (jobs.permissions)."""
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return can_operate(request)
+
+
 @admin.action(description="Retry selected jobs (dead, failed or cancelled)", permissions=["operate"])
 def retry_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Job]) -> None:
     done = sum(control.retry(job) for job in queryset)
@@ -72,7 +81,7 @@ CANCELLABLE = (*RUNNABLE, Status.RUNNING)
 
 
 @admin.register(Job)
-class JobAdmin(ReadOnly, admin.ModelAdmin):
+class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     list_display = (
         "id",
         "type",
@@ -144,15 +153,12 @@ class JobAdmin(ReadOnly, admin.ModelAdmin):
     lease_expires_at_utc = stamp("lease_expires_at", "lease expires at")
     updated_at_utc = stamp("updated_at", "updated at")
 
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("jobs.change_job")
-
-    @admin.display(description="duration")
     @admin.display(description="progress", ordering="progress")
     def progress_bar(self, job: Job) -> str:
         """ctx.progress as a bar, as on the operations page."""
         return format_html('<progress value="{}" max="100">{}%</progress> {}%', job.progress, job.progress, job.progress)
 
+    @admin.display(description="duration")
     def duration_text(self, job: Job) -> str:
         if job.duration is not None:
             return f"{job.duration:.3f} s"
@@ -270,9 +276,29 @@ from jobs.creation import platform_key  # noqa: E402
 from jobs.schedules import PREFIX  # noqa: E402
 
 
-class ScheduleAdmin(PeriodicTaskAdmin):
+def _permitted(name: str, *permissions: str) -> Callable[..., None]:
+    """django-celery-beat's action `name`, declaring the permissions it needs (it declares none:
+    Django would list and run it for anyone who may view schedules)."""
+    base = getattr(PeriodicTaskAdmin, name)
+
+    @admin.action(description=base.short_description, permissions=list(permissions))
+    def action(self: PeriodicTaskAdmin, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        base(self, request, queryset)
+
+    action.__name__ = name
+    return action
+
+
+class ScheduleAdmin(Operate, PeriodicTaskAdmin):
     list_display = ("name", "enabled", "scheduler", "next_run", "last_job", "last_run_utc", "total_run_count")
     last_run_utc = stamp("last_run_at", "last run at")
+
+    # Enabling, disabling and toggling edit the schedule (as its form does): change permission.
+    # Running one now enqueues its job at once: operating.
+    enable_tasks = _permitted("enable_tasks", "change")
+    disable_tasks = _permitted("disable_tasks", "change")
+    toggle_tasks = _permitted("toggle_tasks", "change")
+    run_tasks = _permitted("run_tasks", "operate")
 
     @admin.display(description="next run")
     def next_run(self, task: PeriodicTask) -> str:

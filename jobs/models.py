@@ -119,6 +119,9 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Operating changes state (a retried job runs again, a replayed event's subscribers run
+        # their side effects again): its own permission, apart from viewing. jobs.admin.Operate.
+        permissions = [("operate", "Can retry and cancel jobs and replay events")]
         indexes = [
             # The relay: runnable rows by due time.
             models.Index(fields=["run_after"], name="job_runnable_idx", condition=Q(status__in=RUNNABLE)),

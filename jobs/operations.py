@@ -5,6 +5,10 @@ Server-rendered: the page is the fragment inside the admin's layout, and a small
 (jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
 query is bounded (LIMITs) or runs on a partial index whose rows are few (unfinished jobs), so the
 page stays fast however large the finished history is.
+
+Who sees what: the page needs jobs.view_job (it shows jobs and their errors), its chains and
+events sections their own view permissions, and retrying or cancelling jobs.operate
+(jobs.permissions), the Retry buttons shown only to those who have it.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from django.views.decorators.http import require_POST
 
 from jobs import control, publish, registry
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
+from jobs.permissions import OPERATE, can_operate
 from subscribers.models import Delivery, Event
 
 WINDOW = dt.timedelta(minutes=5)
@@ -172,11 +177,13 @@ def dead_jobs() -> list[Job]:
     return jobs
 
 
-def context(now: dt.datetime) -> dict[str, Any]:
-    chains = list(Chain.objects.order_by("-id")[: LIMITS["chains"]])
+def context(now: dt.datetime, can_view_chains: bool = True, can_view_events: bool = True,
+            **allowed: bool) -> dict[str, Any]:
+    """The page's data; a section the user may not view is not read at all."""
+    chains = list(Chain.objects.order_by("-id")[: LIMITS["chains"]]) if can_view_chains else []
     events = Event.objects.order_by("-id")[: LIMITS["events"]].prefetch_related(
         Prefetch("deliveries", queryset=Delivery.objects.select_related("job").order_by("id"))
-    )
+    ) if can_view_events else []
     return {
         "now": now,
         "queues": queue_rows(),
@@ -190,21 +197,37 @@ def context(now: dt.datetime) -> dict[str, Any]:
     }
 
 
+def _viewer(request: HttpRequest) -> dict[str, bool]:
+    """What this staff user may see and do on the page. The page is jobs (their errors'
+    tracebacks included): it needs jobs.view_job, else 403. Chains and events show only with
+    their own view permissions; the Retry buttons only with jobs.operate."""
+    user = request.user
+    if not user.has_perm("jobs.view_job"):
+        raise PermissionDenied("the operations page needs the jobs.view_job permission")
+    return {
+        "can_view_chains": user.has_perm("jobs.view_chain"),
+        "can_view_events": user.has_perm("subscribers.view_event"),
+        "can_operate": can_operate(request),
+    }
+
+
 @staff_member_required
 def page(request: HttpRequest) -> HttpResponse:
     from django.contrib import admin
 
+    allowed = _viewer(request)
     now = timezone.now()
     return render(
         request,
         "admin/operations.html",
-        {**admin.site.each_context(request), "title": "Operations", **context(now)},
+        {**admin.site.each_context(request), "title": "Operations", **context(now, **allowed), **allowed},
     )
 
 
 @staff_member_required
 def fragment(request: HttpRequest) -> HttpResponse:
-    return render(request, "admin/operations_fragment.html", context(timezone.now()))
+    allowed = _viewer(request)
+    return render(request, "admin/operations_fragment.html", {**context(timezone.now(), **allowed), **allowed})
 
 
 def _back(request: HttpRequest) -> HttpResponseRedirect:
@@ -215,8 +238,8 @@ def _back(request: HttpRequest) -> HttpResponseRedirect:
 
 
 def _operator(request: HttpRequest) -> None:
-    if not request.user.has_perm("jobs.change_job"):
-        raise PermissionDenied("retrying or cancelling a job needs the jobs.change_job permission")
+    if not can_operate(request):
+        raise PermissionDenied(f"retrying or cancelling a job needs the {OPERATE} permission")
 
 
 @require_POST

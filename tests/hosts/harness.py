@@ -358,7 +358,7 @@ class Topology:
         env.update({
             "DATABASE_URL": self.database_url(), "REDIS_URL": self.redis_url(), "CONVEYOR_ENV": "test",
             "CONVEYOR_TEST_APPS": "tests.hosts", "CONVEYOR_DATA": str(data), "CHAOS_HOST": host,
-            "PYTHONUNBUFFERED": "1", "JWT_TTL_SECONDS": "7200", "AUTH_RATE_LIMIT": "1000",
+            "PYTHONUNBUFFERED": "1", "JWT_TTL_SECONDS": "7200", "LOGIN_FAILURE_LIMIT": "1000",
         })
         env.update(extra)
         return env

@@ -79,7 +79,41 @@ def test_no_origins_configured_means_no_cors(settings):
         assert ALLOW not in preflight(paths[0], origin)
 
 
-def test_csrf_trusted_origins_come_from_admin_cors():
-    from project import settings as conf
+# A process of its own reads its settings from ADMIN_CORS and logs in to the admin by a POST that
+# says where it comes from (Origin), as a browser's does; Django's CSRF check decides.
+ADMIN_LOGIN = """
+import json, os, sys
+import django
+django.setup()
+from django.test import Client
+answers = {}
+for origin in sys.argv[1:]:
+    browser = Client(enforce_csrf_checks=True)
+    browser.get("/admin/login/")
+    form = {"username": "ops@example.com", "password": "a-long-password",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"].value, "next": "/admin/"}
+    answers[origin] = browser.post("/admin/login/", form, HTTP_ORIGIN=origin).status_code
+print(json.dumps(answers))
+"""
 
-    assert conf.CSRF_TRUSTED_ORIGINS is conf.ADMIN_CORS
+
+def test_a_cross_origin_admin_post_is_accepted_only_from_an_admin_cors_origin():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    from tests.support import ROOT, test_database_url
+
+    get_user_model().objects.create_superuser("ops@example.com", "ops@example.com", "a-long-password")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DATABASE_URL": test_database_url(),
+           "REDIS_URL": settings.REDIS_URL, "ADMIN_CORS": f"{ADMIN},https://second.example"}
+    done = subprocess.run([sys.executable, "-c", ADMIN_LOGIN, ADMIN, "https://second.example", STORE, "https://evil.example"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    # 302: logged in, to /admin/; 403: refused by the CSRF check (the origin is not trusted)
+    assert answers == {ADMIN: 302, "https://second.example": 302, STORE: 403, "https://evil.example": 403}

@@ -72,21 +72,46 @@ def test_operations_page_shows_queues_throughput_workers_dead_chains(admin_clien
     assert 'href="/admin/operations/"' in index
 
 
-def test_operations_queries_are_bounded(admin_client):
-    for _ in range(30):
-        make_job(status=Status.DEAD, finished_at=timezone.now())
-    with CaptureQueriesContext(connection) as queries:
-        assert admin_client.get("/admin/operations/fragment/").status_code == 200
-    job_queries = [q["sql"] for q in queries if "jobs_job" in q["sql"]]
-    for sql in job_queries:
-        # every job query is a LIMITed list, a count over an unfinished/dead status, a chain's
-        # jobs or the finished window
-        assert "LIMIT" in sql or "WHERE" in sql, sql
-    assert response_rows(admin_client) == 20
+def _history(n: int) -> None:
+    """n more of everything the page lists: dead jobs, running jobs, chains with a job, events
+    with two deliveries."""
+    now = timezone.now()
+    Job.objects.bulk_create(
+        [Job(type="examples.echo", queue="default", status=Status.DEAD, finished_at=now, error="E: boom") for _ in range(n)]
+        + [Job(type="examples.echo", queue="default", status=Status.RUNNING, worker=f"w{i % 3}@test", started_at=now)
+           for i in range(n)]
+    )
+    from subscribers.models import Delivery, Event
+
+    for _ in range(n):
+        chain = Chain.objects.create(steps=[{"type": "examples.echo", "input": {}}, {"type": "examples.echo", "input": {}}])
+        make_job(chain=chain, chain_index=0, status=Status.SUCCEEDED, started_at=now, finished_at=now)
+        event = Event.objects.create(name="orders.placed")
+        Delivery.objects.bulk_create([Delivery(event=event, subscriber=f"sub.{k}") for k in range(2)])
 
 
-def response_rows(admin_client: Client) -> int:
-    return len(admin_client.get("/admin/operations/fragment/").context["dead"])
+def test_operations_page_reads_a_bounded_number_of_rows_with_a_bounded_number_of_queries(admin_client):
+    from jobs.operations import LIMITS
+
+    # given more of every list than the page shows
+    _history(30)
+    with CaptureQueriesContext(connection) as before:
+        response = admin_client.get("/admin/operations/fragment/")
+    assert response.status_code == 200
+    # when the history doubles, the page runs the same number of queries (none per row)
+    _history(30)
+    with CaptureQueriesContext(connection) as after:
+        response = admin_client.get("/admin/operations/fragment/")
+    assert len(after) == len(before), [q["sql"] for q in after]
+    # and each list reads at most its LIMIT rows, in the statement itself
+    context = response.context
+    assert len(context["dead"]) == LIMITS["dead"] == 20
+    assert len(context["chains"]) == LIMITS["chains"] and len(list(context["events"])) == LIMITS["events"]
+    assert sum(len(w["jobs"]) for w in context["workers"]) == 60 <= LIMITS["workers"]
+    statements = [q["sql"] for q in after]
+    for table, limit in (("jobs_job", LIMITS["dead"]), ("jobs_job", LIMITS["workers"]), ("jobs_chain", LIMITS["chains"]),
+                         ("subscribers_event", LIMITS["events"])):
+        assert any(f'FROM "{table}"' in sql and sql.rstrip().endswith(f"LIMIT {limit}") for sql in statements), (table, limit)
 
 
 def test_retry_and_cancel_need_csrf_and_redirect_back(admin_user):

@@ -88,7 +88,7 @@ class Command(BaseCommand):
             self.stdout.write(f"conveyor: API {base}/api/docs, health {base}/health/ready, metrics {base}/metrics")
             if not settings.ADMIN_DISABLED:
                 self.stdout.write(
-                    f"conveyor: admin {base}/admin/ (make a login: python manage.py user --email you@example.com --password ...;"
+                    f"conveyor: admin {base}/admin/ (make a login: python manage.py user --email you@example.com --superuser;"
                     " an API token: python manage.py token --email you@example.com)"
                 )
         self.stdout.flush()

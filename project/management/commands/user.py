@@ -2,7 +2,13 @@
 
 The password comes from --password, else the CONVEYOR_USER_PASSWORD environment variable, else a
 prompt (getpass, twice) when stdin is a terminal: a password on the command line is seen by `ps`
-and kept in shell history. Staff (admin) by default; --no-staff makes an API-only user.
+and kept in shell history.
+
+What the user may do is said, never assumed (Django's own default, as `createuser` would): a new
+user is a plain one (API tokens and JWTs only) unless `--staff` (logs in to /admin/, sees and does
+what its permissions and groups grant) or `--superuser` (every permission; implies staff). On an
+existing user, a flag not given leaves that flag as it was (`--no-staff`, `--no-superuser` take
+it away), so re-running to change a password never changes a role.
 """
 from __future__ import annotations
 
@@ -20,7 +26,11 @@ PASSWORD_ENV = "CONVEYOR_USER_PASSWORD"
 
 
 class Command(BaseCommand):
-    help = "Create or update a user who can log in to /admin/ (staff) and get API tokens and JWTs."
+    help = (
+        "Create or update a user who gets API tokens and JWTs. A new user is neither staff nor superuser "
+        "unless asked: --staff logs in to /admin/ with only the permissions granted to it (or its groups); "
+        "--superuser has every permission (and is staff). On an existing user, a flag not given is left as it was."
+    )
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--email", required=True)
@@ -28,8 +38,13 @@ class Command(BaseCommand):
             "--password", help=f"the password (better: ${PASSWORD_ENV}, or the prompt when stdin is a terminal)"
         )
         parser.add_argument(
-            "--staff", action=argparse.BooleanOptionalAction, default=True,
-            help="staff and superuser: logs in to /admin/ (default); --no-staff: API only",
+            "--staff", action=argparse.BooleanOptionalAction, default=None,
+            help="logs in to /admin/, with only the permissions granted to the user or its groups "
+            "(a new user: not staff unless given; --no-staff takes it away)",
+        )
+        parser.add_argument(
+            "--superuser", action=argparse.BooleanOptionalAction, default=None,
+            help="every permission, and staff (a new user: not unless given; --no-superuser takes it away)",
         )
 
     def _password(self, given: str | None) -> str:
@@ -46,19 +61,37 @@ class Command(BaseCommand):
             f"no password: give --password, set {PASSWORD_ENV}, or run from a terminal to be asked", returncode=2
         )
 
-    def handle(self, *args: object, email: str, password: str | None, staff: bool, **options: object) -> None:
+    def handle(self, *args: object, email: str, password: str | None, staff: bool | None,
+               superuser: bool | None, **options: object) -> None:
         try:
             validate_email(email)
         except ValidationError:
             raise CommandError(f"--email {email!r} is not an e-mail address", returncode=2) from None
+        if superuser and staff is False:
+            raise CommandError("--superuser with --no-staff: a superuser is staff", returncode=2)
         password = self._password(password)
         if len(password) < 8:
             raise CommandError("the password must have at least 8 characters", returncode=2)
         User = get_user_model()
         user, created = User.objects.get_or_create(username=email, defaults={"email": email})
         user.email = email
-        user.is_staff = user.is_superuser = staff
+        if superuser is not None:
+            user.is_superuser = superuser
+        if staff is not None:
+            user.is_staff = staff
+        if superuser:
+            user.is_staff = True
         user.set_password(password)
         user.save()
-        role = "staff (admin)" if staff else "not staff (API only)"
-        self.stdout.write(f"{'created' if created else 'updated'} user {email}: {role}")
+        self.stdout.write(f"{'created' if created else 'updated'} user {email}: {role(user)}")
+
+
+def role(user: object) -> str:
+    """What the user may do, in the words of the command's output."""
+    if user.is_superuser and user.is_staff:
+        return "superuser (admin, every permission)"
+    if user.is_superuser:
+        return "superuser, not staff (every permission on the API; no admin login)"
+    if user.is_staff:
+        return "staff (admin, with the permissions granted to it)"
+    return "not staff (API only)"
