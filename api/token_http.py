@@ -1,7 +1,8 @@
 """`POST /auth/token`: a user's email and password for a short-lived JWT (api.auth.issue_jwt).
 
 Its own NinjaAPI under /auth/ (namespace "auth", document at /auth/openapi.json), without the
-bearer auth of /api/. Attempts are limited per client IP and per email in the shared cache
+bearer auth of /api/. The JWT's scopes (api.scopes) are those asked, each bounded by the user's
+permissions (a scope the user may not hold: 403 naming it). Attempts are limited per client IP and per email in the shared cache
 (Redis): past AUTH_RATE_LIMIT in the current minute, 429 with Retry-After.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import time
 from typing import Literal
 
+import jwt
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.core.cache import cache
@@ -18,8 +20,8 @@ from ninja import NinjaAPI, Schema, Status
 from ninja.errors import ValidationError
 from pydantic import Field
 
+from api import scopes
 from api.auth import issue_jwt
-from api.models import WRITE
 from api.schemas import Strict, errors
 from api.validation import JsonParser, Text
 
@@ -39,8 +41,13 @@ auth_api = NinjaAPI(
 class TokenIn(Strict):
     email: Text = Field(min_length=3, max_length=254)
     password: Text = Field(min_length=1, max_length=4096)
-    #: `write` includes `read`.
-    scope: Literal["read", "write"] = WRITE
+    scope: Text | None = Field(
+        None,
+        max_length=4000,
+        description="Space-separated scopes: events:emit, events:emit:<event name>, jobs:read, jobs:write, operate "
+        "(the names before issue 22: read = jobs:read, write = all four). Each needs its permission (a scope the user "
+        "may not hold: 403 naming it). Omitted: every scope the user's permissions allow.",
+    )
 
 
 class TokenOut(Schema):
@@ -48,7 +55,8 @@ class TokenOut(Schema):
     token_type: Literal["bearer"]
     #: Seconds from now.
     expires_in: int
-    scope: Literal["read", "write"]
+    #: The scopes granted, space-separated.
+    scope: str
 
 
 class RateLimited(Exception):
@@ -99,11 +107,12 @@ def check_rate(request: HttpRequest, email: str) -> None:
 
 @auth_api.post(
     "/token",
-    response={200: TokenOut, **errors(400, 401, 429)},
+    response={200: TokenOut, **errors(400, 401, 403, 429)},
     summary="Exchange email and password for a JWT",
     description="A JWT (HS256) with claims sub, iat, exp and scope, valid JWT_TTL_SECONDS (15 min by "
     "default): use it as `Authorization: Bearer <jwt>` on /api/. 401 on a wrong email or password; 429 "
-    "(with Retry-After) past AUTH_RATE_LIMIT attempts a minute from one client IP or for one email.",
+    "(with Retry-After) past AUTH_RATE_LIMIT attempts a minute from one client IP or for one email. `scope` asks "
+    "for scopes; 400 naming `scope` for an unknown one, 403 naming the scope the user's permissions do not allow.",
     auth=None,
 )
 def token(request: HttpRequest, payload: TokenIn):  # noqa: ANN201
@@ -115,9 +124,15 @@ def token(request: HttpRequest, payload: TokenIn):  # noqa: ANN201
     user = authenticate(request, username=username, password=payload.password)
     if user is None:
         return Status(401, {"detail": "wrong email or password"})
+    try:
+        token = issue_jwt(user, payload.scope)
+    except scopes.ScopeRefused as refused:
+        return Status(403, {"detail": str(refused), "fields": {"scope": f"{refused.scope or 'any scope'} needs {refused.permission}"}})
+    except scopes.ScopeError as error:
+        return Status(400, {"detail": str(error), "fields": {"scope": str(error)}})
     return Status(200, {
-        "access_token": issue_jwt(user, payload.scope),
+        "access_token": token,
         "token_type": "bearer",
         "expires_in": settings.JWT_TTL_SECONDS,
-        "scope": payload.scope,
+        "scope": jwt.decode(token, options={"verify_signature": False})["scope"],
     })

@@ -1,11 +1,23 @@
-"""Rows the tests need: an admin user with an API token."""
+"""Rows the tests need: an admin user with an API token; a user holding the permissions behind
+some token scopes (api.scopes)."""
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
+from api import scopes
 from api.auth import issue_token
 
 
 def api_token(email: str = "admin@example.com") -> str:
     user, _ = get_user_model().objects.get_or_create(username=email, defaults={"email": email, "is_staff": True, "is_superuser": True})
     return issue_token(user)
+
+
+def grant(user, *families: str):  # noqa: ANN001, ANN201 - the user model
+    """Give `user` the Django permissions behind `families` (api.scopes.PERMISSIONS); the user,
+    fetched again (Django caches a user's permissions on the object)."""
+    for name in families:
+        app_label, codename = scopes.PERMISSIONS[name].split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return get_user_model().objects.get(pk=user.pk)
