@@ -1,0 +1,263 @@
+"""Issue 22: token scopes per family, bounded by the user's Django permissions; the API-token hash
+key apart from the JWT signing key; a rotation window for the signing key. Real PostgreSQL and
+Redis, the Django test client."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import time
+
+import jwt
+import pytest
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.test import Client, override_settings
+
+from api import scopes
+from api.auth import issue_jwt, issue_token
+from api.models import ApiToken
+from jobs.models import Job
+from subscribers.models import Event
+from tests.factories import grant
+from tests.support import redis_client
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+PASSWORD = "a-long-password"
+OLD_KEY = "the-signing-key-before-the-rotation-" + "k" * 20
+NEW_KEY = "the-signing-key-after-the-rotation-" + "n" * 20
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis():
+    yield
+    redis_client().flushall()
+
+
+def _user(*families: str):
+    email = f"s{time.time_ns()}@example.com"
+    user = get_user_model().objects.create_user(username=email, email=email, password=PASSWORD)
+    return grant(user, *families)
+
+
+def _bearer(token: str) -> Client:
+    return Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+
+def _post(client: Client, path: str, body: object):
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+def _mint(user, scope: str | None = None):  # noqa: ANN001
+    body = {"email": user.email, "password": PASSWORD, **({"scope": scope} if scope is not None else {})}
+    return _post(Client(REMOTE_ADDR=f"10.22.{time.time_ns() % 250}.{time.time_ns() % 250}"), "/auth/token", body)
+
+
+def _refused(response, scope: str) -> None:
+    assert response.status_code == 403, response.content
+    assert scope in response.json()["detail"], response.json()
+
+
+# --- A storefront's token ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["api token", "jwt"])
+def test_storefront_token_emits_its_named_event_only_and_cannot_read_or_enqueue(kind):
+    # given a storefront user allowed to emit events only, and its token for order.placed
+    user = _user(scopes.EMIT)
+    job = Job.objects.create(type="examples.echo", queue="default", status="pending")
+    if kind == "api token":
+        token = issue_token(user, "events:emit:order.placed")
+    else:
+        minted = _mint(user, "events:emit:order.placed")
+        assert minted.status_code == 200, minted.content
+        assert minted.json()["scope"] == "events:emit:order.placed"
+        token = minted.json()["access_token"]
+    shop = _bearer(token)
+    # then it emits order.placed
+    emitted = _post(shop, "/api/events", {"name": "order.placed", "data": {"order": 1}})
+    assert emitted.status_code == 202, emitted.content
+    # and not another event: 403 naming the scope that would
+    _refused(_post(shop, "/api/events", {"name": "order.refunded", "data": {}}), "events:emit:order.refunded")
+    assert list(Event.objects.values_list("name", flat=True)) == ["order.placed"]
+    # and it reads nothing, enqueues nothing, operates nothing: 403 naming the scope needed
+    for path in ("/api/jobs", f"/api/jobs/{job.pk}", "/api/events", "/api/types", "/api/subscribers"):
+        _refused(shop.get(path), "jobs:read")
+    jobs_before = Job.objects.count()
+    _refused(_post(shop, "/api/jobs", {"type": "examples.echo", "input": {}}), "jobs:write")
+    _refused(_post(shop, "/api/chains", {"steps": [{"type": "examples.echo"}]}), "jobs:write")
+    _refused(_post(shop, f"/api/jobs/{job.pk}/cancel", {}), "operate")
+    assert Job.objects.count() == jobs_before
+
+
+def test_each_family_opens_its_own_routes_only():
+    user = _user(*scopes.FAMILIES)
+    job = Job.objects.create(type="examples.echo", queue="default", status="dead")
+    routes = {
+        scopes.EMIT: [("post", "/api/events", {"name": "order.placed"}, 202)],
+        scopes.READ: [("get", "/api/jobs", None, 200), ("get", f"/api/jobs/{job.pk}", None, 200), ("get", "/api/types", None, 200),
+                      ("get", "/api/events", None, 200), ("get", "/api/subscribers", None, 200)],
+        scopes.WRITE: [("post", "/api/jobs", {"type": "examples.echo", "input": {}}, 201),
+                       ("post", "/api/chains", {"steps": [{"type": "examples.echo"}]}, 201)],
+        scopes.OPERATE: [("post", f"/api/jobs/{job.pk}/retry", {}, 200)],
+    }
+    tokens = {name: _bearer(issue_token(user, name)) for name in scopes.FAMILIES}
+    for holder, client in tokens.items():
+        for family, calls in routes.items():
+            for method, path, body, ok in calls:
+                response = _post(client, path, body) if method == "post" else client.get(path)
+                if family == holder:
+                    assert response.status_code == ok, (holder, path, response.content)
+                else:
+                    _refused(response, f"needs the scope {family}")
+                if path.endswith("/retry") and family == holder:
+                    Job.objects.filter(pk=job.pk).update(status="dead")  # to retry again
+
+
+# --- Minting is bounded by the user's permissions ---------------------------------------------
+
+
+def test_a_user_without_the_permission_cannot_mint_jobs_write():
+    # given a user who may read jobs and emit events, but not enqueue
+    user = _user(scopes.READ, scopes.EMIT)
+    # then POST /auth/token refuses jobs:write with 403 naming the scope and the permission
+    response = _mint(user, "jobs:read jobs:write")
+    assert response.status_code == 403, response.content
+    assert "jobs:write" in response.json()["detail"] and "jobs.add_job" in response.json()["detail"]
+    assert "jobs:write" in response.json()["fields"]["scope"]
+    # and so does the old name that meant it
+    assert _mint(user, "write").status_code == 403
+    # and the token command, and the function
+    with pytest.raises(CommandError, match="jobs:write"):
+        call_command("token", "--email", user.email, "--scope", "jobs:write", stdout=io.StringIO())
+    with pytest.raises(scopes.ScopeRefused, match="jobs:write"):
+        issue_token(user, "jobs:write")
+    assert not ApiToken.objects.filter(user=user).exists()
+    # and without `scope` it gets what it may hold, nothing more
+    granted = _mint(user)
+    assert granted.status_code == 200 and granted.json()["scope"] == "events:emit jobs:read"
+    # and a user with no permission at all gets no token
+    assert _mint(_user()).status_code == 403
+
+
+def test_an_unknown_scope_is_400_naming_the_field():
+    user = _user(*scopes.FAMILIES)
+    for scope in ("admin", "events:emit:Not A Name", "jobs:read jobs:everything", ""):
+        response = _mint(user, scope)
+        assert response.status_code == 400, (scope, response.content)
+        assert "scope" in response.json()["fields"], response.json()
+
+
+def test_a_permission_taken_away_takes_the_scope_from_existing_tokens():
+    user = _user(scopes.READ, scopes.WRITE)
+    api = _bearer(issue_token(user, "jobs:read jobs:write"))
+    assert api.get("/api/jobs").status_code == 200
+    user.user_permissions.clear()
+    _refused(api.get("/api/jobs"), "jobs.view_job")
+
+
+def test_token_command_takes_the_new_scopes_and_grant_gives_their_permissions():
+    user = _user()
+    out = io.StringIO()
+    call_command("grant", "--email", user.email, "--scope", "events:emit:order.placed", "--scope", "jobs:read", stdout=out)
+    assert "events:emit, jobs:read granted" in out.getvalue()
+    out = io.StringIO()
+    call_command("token", "--email", user.email, "--scope", "events:emit:order.placed jobs:read", stdout=out)
+    assert ApiToken.objects.get(user=user).scope == "events:emit:order.placed jobs:read"
+    shop = _bearer(out.getvalue().strip())
+    assert shop.get("/api/jobs").status_code == 200
+    assert _post(shop, "/api/events", {"name": "order.placed"}).status_code == 202
+    call_command("grant", "--email", user.email, "--scope", "jobs:read", "--revoke", stdout=io.StringIO())
+    _refused(shop.get("/api/jobs"), "jobs.view_job")
+
+
+# --- The names before issue 22 ----------------------------------------------------------------
+
+
+def test_the_old_read_and_write_names_still_work_and_stored_tokens_are_migrated():
+    user = _user(*scopes.FAMILIES)
+    # a JWT minted before the upgrade (claim scope "write") still writes; "read" still only reads
+    now = int(time.time())
+    for scope, enqueue in (("write", 201), ("read", 403)):
+        old = jwt.encode({"sub": str(user.pk), "iat": now, "exp": now + 60, "scope": scope}, settings.JWT_SECRET, algorithm="HS256")
+        assert _bearer(old).get("/api/jobs").status_code == 200
+        assert _post(_bearer(old), "/api/jobs", {"type": "examples.echo", "input": {}}).status_code == enqueue
+    # and tokens stored with the old names are rewritten by the migration to what they allowed
+    import importlib
+
+    migration = importlib.import_module("api.migrations.0003_token_scopes_scopes22")
+    read = ApiToken.objects.create(user=user, key_hash="r" * 64, scope="read")
+    write = ApiToken.objects.create(user=user, key_hash="w" * 64, scope="write")
+    migration.forward(apps, None)
+    read.refresh_from_db(), write.refresh_from_db()
+    assert (read.scope, write.scope) == ("jobs:read", "events:emit jobs:read jobs:write operate")
+    migration.backward(apps, None)
+    read.refresh_from_db(), write.refresh_from_db()
+    assert (read.scope, write.scope) == ("read", "write")
+
+
+# --- The OpenAPI document ---------------------------------------------------------------------
+
+
+def test_the_openapi_document_states_each_operations_scope():
+    document = Client().get("/api/openapi.json").json()
+    found = {
+        (method, path): op["security"] for path, ops in document["paths"].items() for method, op in ops.items()
+    }
+    expected = {("post", "/api/events"): "events:emit", ("post", "/api/jobs"): "jobs:write", ("post", "/api/chains"): "jobs:write",
+                ("post", "/api/jobs/{job_id}/cancel"): "operate", ("post", "/api/jobs/{job_id}/retry"): "operate"}
+    assert len(found) == 12
+    for key, security in found.items():
+        assert security == [{"TokenAuth": [expected.get(key, "jobs:read")]}], (key, security)
+    scheme = document["components"]["securitySchemes"]["TokenAuth"]
+    assert all(name in scheme["description"] for name in (*scopes.FAMILIES, "events:emit:<name>", "jobs.add_job"))
+
+
+# --- Keys: the token hash key, the signing key's rotation -----------------------------------------
+
+
+def test_api_tokens_survive_a_jwt_secret_change():
+    user = _user(scopes.READ)
+    with override_settings(JWT_SECRET=OLD_KEY, TOKEN_HASH_KEY=OLD_KEY):
+        token = issue_token(user, "jobs:read")
+    # when JWT_SECRET is rotated, TOKEN_HASH_KEY keeping the old value
+    with override_settings(JWT_SECRET=NEW_KEY, TOKEN_HASH_KEY=OLD_KEY):
+        assert _bearer(token).get("/api/jobs").status_code == 200
+
+
+def test_tokens_hashed_before_the_upgrade_are_found_with_the_default_hash_key():
+    # without TOKEN_HASH_KEY (as here), the hash key is JWT_SECRET: a row stored by the code before
+    # issue 22 (its HMAC keyed by JWT_SECRET) still authenticates
+    assert settings.TOKEN_HASH_KEY == settings.JWT_SECRET
+    user = _user(scopes.READ)
+    token = "cvy_stored-before-the-upgrade"
+    old_hash = hmac.new(settings.JWT_SECRET.encode(), token.encode(), hashlib.sha256).hexdigest()
+    ApiToken.objects.create(user=user, key_hash=old_hash, scope="jobs:read")
+    assert _bearer(token).get("/api/jobs").status_code == 200
+
+
+def test_a_jwt_signed_with_the_previous_key_is_accepted_while_it_is_set_and_refused_after():
+    user = _user(scopes.READ)
+    with override_settings(JWT_SECRET=OLD_KEY):
+        before = issue_jwt(user, "jobs:read")
+    # during the rotation window: signed with the old key, still accepted
+    with override_settings(JWT_SECRET=NEW_KEY, JWT_PREVIOUS_SECRET=OLD_KEY):
+        assert _bearer(before).get("/api/jobs").status_code == 200
+        after = issue_jwt(user, "jobs:read")
+        # and new JWTs are signed with the current key only
+        jwt.decode(after, NEW_KEY, algorithms=["HS256"])
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(after, OLD_KEY, algorithms=["HS256"])
+    # once the previous key is unset, the old JWT is refused and the new one works
+    with override_settings(JWT_SECRET=NEW_KEY, JWT_PREVIOUS_SECRET=""):
+        assert _bearer(before).get("/api/jobs").status_code == 401
+        assert _bearer(after).get("/api/jobs").status_code == 200
+    # and an expired JWT of the previous key is not accepted either
+    now = int(time.time())
+    expired = jwt.encode({"sub": str(user.pk), "iat": now - 100, "exp": now - 10, "scope": "jobs:read"}, OLD_KEY, algorithm="HS256")
+    with override_settings(JWT_SECRET=NEW_KEY, JWT_PREVIOUS_SECRET=OLD_KEY):
+        assert _bearer(expired).get("/api/jobs").status_code == 401
