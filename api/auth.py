@@ -88,7 +88,7 @@ def _decode(token: str) -> dict[str, Any] | None:
     return None
 
 
-def _from_jwt(token: str) -> tuple[Any, tuple[str, ...]] | None:
+def _from_jwt(token: str, permission: str | None) -> tuple[Any, tuple[str, ...], bool] | None:
     claims = _decode(token)
     if claims is None or not isinstance(claims.get("scope"), str) or not str(claims["sub"]).isdigit():
         return None
@@ -96,19 +96,25 @@ def _from_jwt(token: str) -> tuple[Any, tuple[str, ...]] | None:
         granted = scoping.parse(claims["scope"])
     except scoping.ScopeError:
         return None
-    user = get_user_model().objects.filter(pk=int(claims["sub"])).first()
-    return (user, granted) if user is not None else None
+    users = get_user_model().objects.filter(pk=int(claims["sub"]))
+    if permission is not None:
+        users = users.annotate(holds=scoping.holding(permission, "pk"))
+    user = users.first()
+    return (user, granted, bool(getattr(user, "holds", False))) if user is not None else None
 
 
-def _from_api_token(token: str) -> tuple[Any, tuple[str, ...]] | None:
-    found = ApiToken.objects.select_related("user").filter(key_hash=_hash(token)).first()
+def _from_api_token(token: str, permission: str | None) -> tuple[Any, tuple[str, ...], bool] | None:
+    found = ApiToken.objects.select_related("user").filter(key_hash=_hash(token))
+    if permission is not None:
+        found = found.annotate(holds=scoping.holding(permission, "user_id"))
+    found = found.first()
     if found is None or found.expired:
         return None
     now = timezone.now()
     if found.last_used_at is None or found.last_used_at < now - TOUCH_EVERY:
         ApiToken.objects.filter(pk=found.pk).update(last_used_at=now)
     try:
-        return found.user, scoping.parse(found.scope)
+        return found.user, scoping.parse(found.scope), bool(getattr(found, "holds", False))
     except scoping.ScopeError:
         return None
 
@@ -122,21 +128,25 @@ class TokenAuth(HttpBearer):
             raise ValueError(f"family must be one of {scoping.FAMILIES}")
         super().__init__()
         self.family = family
+        self.permission = scoping.PERMISSIONS[family] if family is not None else None
 
     def authenticate(self, request: HttpRequest, token: str):  # noqa: ANN201
-        found = _from_jwt(token) if looks_like_jwt(token) else _from_api_token(token)
+        # The user's permission is read in the same query as the token (or the JWT's user).
+        lookup = _from_jwt if looks_like_jwt(token) else _from_api_token
+        found = lookup(token, self.permission)
         if found is None or not found[0].is_active:
             return None
-        user, granted = found
+        user, granted, holds = found
         request.user = user
         request.auth_scopes = granted
         if self.family is None:
             raise HttpError(403, "this route names no scope: no token may use it")
         if not scoping.allows(granted, self.family):
             raise HttpError(403, f"this route needs the scope {self.family}; this token has {scoping.render(granted)}")
-        permission = scoping.PERMISSIONS[self.family]
-        if not user.has_perm(permission):
-            raise HttpError(403, f"the scope {self.family} needs the permission {permission}, which this token's user no longer has")
+        if not (holds or user.is_superuser):
+            raise HttpError(
+                403, f"the scope {self.family} needs the permission {self.permission}, which this token's user no longer has"
+            )
         return user
 
 

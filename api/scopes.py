@@ -98,6 +98,18 @@ def bound(user: Any, scopes: Iterable[str]) -> None:
             raise ScopeRefused(scope)
 
 
+def holding(permission: str, user: str) -> Any:
+    """An EXISTS that says whether the user (the outer query's field `user`) holds `permission`
+    itself or through a group: ModelBackend's rule (a superuser holds everything: checked apart),
+    in the request's one lookup query instead of `has_perm`'s two more queries."""
+    from django.contrib.auth.models import Permission
+    from django.db.models import Exists, OuterRef, Q
+
+    app_label, codename = permission.split(".")
+    found = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    return Exists(found.filter(Q(user=OuterRef(user)) | Q(group__user=OuterRef(user))))
+
+
 def allows(scopes: Iterable[str], wanted: str) -> bool:
     """Whether the scopes open a route of family `wanted`."""
     return any(family(scope) == wanted for scope in scopes)

@@ -3,7 +3,7 @@ some token scopes (api.scopes)."""
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 
 from api import scopes
 from api.auth import issue_token
@@ -14,10 +14,11 @@ def api_token(email: str = "admin@example.com") -> str:
     return issue_token(user)
 
 
-def grant(user, *families: str):  # noqa: ANN001, ANN201 - the user model
-    """Give `user` the Django permissions behind `families` (api.scopes.PERMISSIONS); the user,
-    fetched again (Django caches a user's permissions on the object)."""
+def grant(holder, *families: str):  # noqa: ANN001, ANN201 - a user or a group
+    """Give `holder` (a user or a group) the Django permissions behind `families`
+    (api.scopes.PERMISSIONS); a user fetched again (Django caches a user's permissions on it)."""
+    held = holder.permissions if isinstance(holder, Group) else holder.user_permissions
     for name in families:
         app_label, codename = scopes.PERMISSIONS[name].split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return get_user_model().objects.get(pk=user.pk)
+        held.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return holder if isinstance(holder, Group) else get_user_model().objects.get(pk=holder.pk)

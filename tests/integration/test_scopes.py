@@ -118,6 +118,28 @@ def test_each_family_opens_its_own_routes_only():
                     Job.objects.filter(pk=job.pk).update(status="dead")  # to retry again
 
 
+def test_the_permission_is_read_in_the_token_s_own_query():
+    # a request's scope check costs no query of its own: the permission comes with the token row
+    # (the JWT's user row), for a user holding it directly, through a group, or as a superuser
+    from django.contrib.auth.models import Group
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    direct = _user(scopes.READ)
+    grouped = _user()
+    group = Group.objects.create(name=f"readers-{time.time_ns()}")
+    grant(group, scopes.READ)  # a group's permissions, as the admin gives them
+    grouped.groups.add(group)
+    boss = get_user_model().objects.create_superuser(f"b{time.time_ns()}", f"b{time.time_ns()}@example.com", PASSWORD)
+    for user in (direct, grouped, boss):
+        for token in (issue_token(user, "jobs:read"), issue_jwt(user, "jobs:read")):
+            client = _bearer(token)
+            assert client.get("/api/types").status_code == 200  # last_used_at written once
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get("/api/types").status_code == 200
+            assert len(queries) == 1, [q["sql"] for q in queries]
+
+
 # --- Minting is bounded by the user's permissions ---------------------------------------------
 
 
