@@ -61,14 +61,20 @@ def issue_token(user, scope: str | Iterable[str] | None = None, expires_in: dt.t
     return token
 
 
-def issue_jwt(user, scope: str | Iterable[str] | None = None, ttl: int | None = None) -> str:  # noqa: ANN001
-    """A JWT for `user`: claims sub (the user's id), iat, exp (JWT_TTL_SECONDS on) and scope
-    (space-separated; None: every family the user's permissions allow). Signed with JWT_SECRET."""
-    granted = _scopes_for(user, scope)
+def mint_jwt(user, scope: str | Iterable[str] | None = None, ttl: int | None = None) -> tuple[str, str]:  # noqa: ANN001
+    """A JWT for `user` and its scopes: claims sub (the user's id), iat, exp (JWT_TTL_SECONDS on)
+    and scope (space-separated; None: every family the user's permissions allow). Signed with
+    JWT_SECRET only."""
+    granted = scoping.render(_scopes_for(user, scope))
     now = int(timezone.now().timestamp())
     ttl = settings.JWT_TTL_SECONDS if ttl is None else ttl
-    claims = {"sub": str(user.pk), "iat": now, "exp": now + ttl, "scope": scoping.render(granted)}
-    return jwt.encode(claims, settings.JWT_SECRET, algorithm=ALGORITHM)
+    claims = {"sub": str(user.pk), "iat": now, "exp": now + ttl, "scope": granted}
+    return jwt.encode(claims, settings.JWT_SECRET, algorithm=ALGORITHM), granted
+
+
+def issue_jwt(user, scope: str | Iterable[str] | None = None, ttl: int | None = None) -> str:  # noqa: ANN001
+    """The JWT of `mint_jwt`."""
+    return mint_jwt(user, scope, ttl)[0]
 
 
 def looks_like_jwt(token: str) -> bool:
