@@ -14,7 +14,7 @@ def api_token(email: str = "admin@example.com") -> str:
     return issue_token(user)
 
 
-def grant(holder, *families: str):  # noqa: ANN001, ANN201 - a user or a group
+def grant(holder, *families: str):
     """Give `holder` (a user or a group) the Django permissions behind `families`
     (api.scopes.PERMISSIONS); a user fetched again (Django caches a user's permissions on it)."""
     held = holder.permissions if isinstance(holder, Group) else holder.user_permissions

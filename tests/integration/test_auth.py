@@ -108,7 +108,7 @@ def test_bad_body_is_400_naming_the_field():
 MINUTE = 60
 
 
-def in_one_minute(attempts):  # noqa: ANN001, ANN201 - a callable and what it returns
+def in_one_minute(attempts):
     """Run `attempts` (a test's sequence of attempts) inside one clock minute, the limit's window,
     which stays the real one: when a minute ended while it ran (its counters split over two
     windows, on a loaded machine), run it once more, from a fresh window with a minute ahead."""
@@ -120,7 +120,7 @@ def in_one_minute(attempts):  # noqa: ANN001, ANN201 - a callable and what it re
     pytest.fail("a minute ended during each of two runs of the attempts")
 
 
-def assert_a_minute_window(response, at: float) -> None:  # noqa: ANN001
+def assert_a_minute_window(response, at: float) -> None:
     """A 429 (answered at `at`) that sends the client to the end of that minute, and counters that
     Redis forgets within a minute: the limit is per minute, not longer."""
     assert response.status_code == 429

@@ -52,7 +52,7 @@ def _post(client: Client, path: str, body: object):
     return client.post(path, data=json.dumps(body), content_type="application/json")
 
 
-def _mint(user, scope: str | None = None):  # noqa: ANN001
+def _mint(user, scope: str | None = None):
     body = {"email": user.email, "password": PASSWORD, **({"scope": scope} if scope is not None else {})}
     return _post(Client(REMOTE_ADDR=f"10.22.{time.time_ns() % 250}.{time.time_ns() % 250}"), "/auth/token", body)
 
