@@ -200,7 +200,7 @@ def test_token_command_takes_the_new_scopes_and_grant_gives_their_permissions():
 # --- The names before issue 22 ----------------------------------------------------------------
 
 
-def test_the_old_read_and_write_names_still_work_and_stored_tokens_are_migrated():
+def test_the_old_read_and_write_names_still_work_in_jwts_minted_before_the_upgrade():
     user = _user(*scopes.FAMILIES)
     # a JWT minted before the upgrade (claim scope "write") still writes; "read" still only reads
     now = int(time.time())
@@ -208,18 +208,31 @@ def test_the_old_read_and_write_names_still_work_and_stored_tokens_are_migrated(
         old = jwt.encode({"sub": str(user.pk), "iat": now, "exp": now + 60, "scope": scope}, settings.JWT_SECRET, algorithm="HS256")
         assert _bearer(old).get("/api/jobs").status_code == 200
         assert _post(_bearer(old), "/api/jobs", {"type": "examples.echo", "input": {}}).status_code == enqueue
-    # and tokens stored with the old names are rewritten by the migration to what they allowed
+
+
+def test_the_migration_rewrites_stored_scopes_and_keeps_api_only_users_tokens_working():
     import importlib
 
     migration = importlib.import_module("api.migrations.0003_token_scopes_scopes22")
-    read = ApiToken.objects.create(user=user, key_hash="r" * 64, scope="read")
-    write = ApiToken.objects.create(user=user, key_hash="w" * 64, scope="write")
+    # given tokens stored before issue 22: an API-only user's (write), a staff user's (read)
+    api_only, staff = _user(), _user()
+    get_user_model().objects.filter(pk=staff.pk).update(is_staff=True)
+    write = issue_token(_user(*scopes.FAMILIES), "jobs:read")  # a token, its row rewritten below
+    ApiToken.objects.filter(key_hash=ApiToken.objects.latest("id").key_hash).update(user=api_only, scope="write")
+    read = ApiToken.objects.create(user=staff, key_hash="r" * 64, scope="read")
+    # when the migration runs
     migration.forward(apps, None)
-    read.refresh_from_db(), write.refresh_from_db()
-    assert (read.scope, write.scope) == ("jobs:read", "events:emit jobs:read jobs:write operate")
+    # then the scopes are the new names of what they allowed
+    rows = dict(ApiToken.objects.filter(user__in=[api_only, staff]).values_list("user_id", "scope"))
+    assert rows == {api_only.pk: "events:emit jobs:read jobs:write operate", staff.pk: "jobs:read"}
+    # and the API-only user was given the permissions behind them: its token still enqueues
+    assert scopes.permitted(get_user_model().objects.get(pk=api_only.pk)) == scopes.FAMILIES
+    assert _post(_bearer(write), "/api/jobs", {"type": "examples.echo", "input": {}}).status_code == 201
+    # and the staff user nothing (permissions would widen its admin): 403 naming the permission
+    assert scopes.permitted(get_user_model().objects.get(pk=staff.pk)) == ()
+    # and backwards, the old names again
     migration.backward(apps, None)
-    read.refresh_from_db(), write.refresh_from_db()
-    assert (read.scope, write.scope) == ("read", "write")
+    assert set(ApiToken.objects.filter(user__in=[api_only, staff]).values_list("scope", flat=True)) == {"write", "read"}
 
 
 # --- The OpenAPI document ---------------------------------------------------------------------
