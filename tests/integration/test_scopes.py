@@ -11,7 +11,6 @@ import time
 
 import jwt
 import pytest
-from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
@@ -210,29 +209,48 @@ def test_the_old_read_and_write_names_still_work_in_jwts_minted_before_the_upgra
         assert _post(_bearer(old), "/api/jobs", {"type": "examples.echo", "input": {}}).status_code == enqueue
 
 
-def test_the_migration_rewrites_stored_scopes_and_keeps_api_only_users_tokens_working():
-    import importlib
+def _migrate(target: list[tuple[str, str]]):
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
 
-    migration = importlib.import_module("api.migrations.0003_token_scopes_scopes22")
-    # given tokens stored before issue 22: an API-only user's (write), a staff user's (read)
+    MigrationExecutor(connection).migrate(target)
+    return MigrationExecutor(connection).loader.project_state(target).apps
+
+
+def test_the_migration_rewrites_stored_scopes_and_keeps_api_only_users_tokens_working():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    latest = [node for node in MigrationExecutor(connection).loader.graph.leaf_nodes() if node[0] == "api"]
     api_only, staff = _user(), _user()
     get_user_model().objects.filter(pk=staff.pk).update(is_staff=True)
-    write = issue_token(_user(*scopes.FAMILIES), "jobs:read")  # a token, its row rewritten below
-    ApiToken.objects.filter(key_hash=ApiToken.objects.latest("id").key_hash).update(user=api_only, scope="write")
-    read = ApiToken.objects.create(user=staff, key_hash="r" * 64, scope="read")
-    # when the migration runs
-    migration.forward(apps, None)
+    token = "cvy_stored-before-issue-22"
+    key_hash = hmac.new(settings.TOKEN_HASH_KEY.encode(), token.encode(), hashlib.sha256).hexdigest()
+    # given the schema before issue 22, and tokens stored then: an API-only user's (write), a staff user's (read)
+    old = _migrate([("api", "0002_scope_expiry")])
+    try:
+        OldToken = old.get_model("api", "ApiToken")
+        OldToken.objects.create(user_id=api_only.pk, key_hash=key_hash, scope="write")
+        OldToken.objects.create(user_id=staff.pk, key_hash="r" * 64, scope="read")
+    finally:
+        # when the release step migrates
+        _migrate(latest)
     # then the scopes are the new names of what they allowed
-    rows = dict(ApiToken.objects.filter(user__in=[api_only, staff]).values_list("user_id", "scope"))
+    rows = dict(ApiToken.objects.values_list("user_id", "scope"))
     assert rows == {api_only.pk: "events:emit jobs:read jobs:write operate", staff.pk: "jobs:read"}
     # and the API-only user was given the permissions behind them: its token still enqueues
     assert scopes.permitted(get_user_model().objects.get(pk=api_only.pk)) == scopes.FAMILIES
-    assert _post(_bearer(write), "/api/jobs", {"type": "examples.echo", "input": {}}).status_code == 201
-    # and the staff user nothing (permissions would widen its admin): 403 naming the permission
+    assert _post(_bearer(token), "/api/jobs", {"type": "examples.echo", "input": {}}).status_code == 201
+    # and the staff user nothing (permissions would widen what it may do in the admin)
     assert scopes.permitted(get_user_model().objects.get(pk=staff.pk)) == ()
     # and backwards, the old names again
-    migration.backward(apps, None)
-    assert set(ApiToken.objects.filter(user__in=[api_only, staff]).values_list("scope", flat=True)) == {"write", "read"}
+    old = _migrate([("api", "0002_scope_expiry")])
+    try:
+        assert dict(old.get_model("api", "ApiToken").objects.values_list("user_id", "scope")) == {
+            api_only.pk: "write", staff.pk: "read"
+        }
+    finally:
+        _migrate(latest)
 
 
 # --- The OpenAPI document ---------------------------------------------------------------------
