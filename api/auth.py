@@ -1,9 +1,15 @@
-"""Bearer authentication for /api/: an API token (random, stored as its HMAC keyed by JWT_SECRET)
-or a short-lived JWT from `POST /auth/token` (HS256, signed with JWT_SECRET).
+"""Bearer authentication for /api/: an API token (random, stored as its HMAC keyed by
+TOKEN_HASH_KEY) or a short-lived JWT from `POST /auth/token` (HS256, signed with JWT_SECRET).
 
 A bearer with three dot-separated parts is checked as a JWT; anything else as an API token.
-Each carries a scope, `read` or `write` (write includes read): a read-scoped bearer is refused
-with 403 on every method that writes (POST and the other unsafe methods).
+Each carries scopes (api.scopes): every route names the family it needs (`TokenAuth(family)`),
+and a bearer without it, or whose user no longer has the family's permission, is refused with a
+403 naming the scope, inside the authentication (before the body is read).
+
+Key rotation: a JWT is signed with JWT_SECRET only, and verified with JWT_SECRET, then with
+JWT_PREVIOUS_SECRET when it is set (the rotation window: until every JWT signed with the old key
+has expired). API tokens are keyed by TOKEN_HASH_KEY (JWT_SECRET when unset, as before issue 22),
+so rotating JWT_SECRET leaves them working once TOKEN_HASH_KEY holds the old value.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from typing import Any
+from typing import Any, Iterable
 
 import jwt
 from django.conf import settings
@@ -21,73 +27,134 @@ from django.utils import timezone
 from ninja.errors import HttpError
 from ninja.security import HttpBearer
 
-from api.models import READ, SCOPES, WRITE, ApiToken
+from api import scopes as scoping
+from api.models import ApiToken
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 ALGORITHM = "HS256"
 #: last_used_at is written at most this often per token.
 TOUCH_EVERY = dt.timedelta(minutes=1)
 
 
 def _hash(token: str) -> str:
-    return hmac.new(settings.JWT_SECRET.encode(), token.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(settings.TOKEN_HASH_KEY.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
-def issue_token(user, scope: str = WRITE, expires_in: dt.timedelta | None = None) -> str:  # noqa: ANN001 - the user model
-    """Create a token for `user` and return it; it cannot be shown again."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}")
+def _scopes_for(user, scope: str | Iterable[str] | None) -> tuple[str, ...]:  # noqa: ANN001 - the user model
+    """The scopes asked (None: every family the user may hold), bounded by the user's
+    permissions: ScopeError for an unknown one, ScopeRefused for one the user may not hold."""
+    wanted = scoping.permitted(user) if scope is None else scoping.parse(scope)
+    if not wanted:
+        if scope is None:
+            raise scoping.ScopeRefused(None)
+        raise scoping.ScopeError(f"no scope given: {scoping.HELP}")
+    scoping.bound(user, wanted)
+    return wanted
+
+
+def issue_token(user, scope: str | Iterable[str] | None = None, expires_in: dt.timedelta | None = None) -> str:  # noqa: ANN001
+    """Create a token for `user` and return it; it cannot be shown again. `scope`: space-separated
+    scopes (api.scopes), None for every family the user's permissions allow."""
+    granted = _scopes_for(user, scope)
     token = "cvy_" + secrets.token_urlsafe(32)
     expires_at = timezone.now() + expires_in if expires_in is not None else None
-    ApiToken.objects.create(user=user, key_hash=_hash(token), scope=scope, expires_at=expires_at)
+    ApiToken.objects.create(user=user, key_hash=_hash(token), scope=scoping.render(granted), expires_at=expires_at)
     return token
 
 
-def issue_jwt(user, scope: str = WRITE, ttl: int | None = None) -> str:  # noqa: ANN001 - the user model
-    """A JWT for `user`: claims sub (the user's id), iat, exp (JWT_TTL_SECONDS on) and scope."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}")
+def mint_jwt(user, scope: str | Iterable[str] | None = None, ttl: int | None = None) -> tuple[str, str]:  # noqa: ANN001
+    """A JWT for `user` and its scopes: claims sub (the user's id), iat, exp (JWT_TTL_SECONDS on)
+    and scope (space-separated; None: every family the user's permissions allow). Signed with
+    JWT_SECRET only."""
+    granted = scoping.render(_scopes_for(user, scope))
     now = int(timezone.now().timestamp())
     ttl = settings.JWT_TTL_SECONDS if ttl is None else ttl
-    claims = {"sub": str(user.pk), "iat": now, "exp": now + ttl, "scope": scope}
-    return jwt.encode(claims, settings.JWT_SECRET, algorithm=ALGORITHM)
+    claims = {"sub": str(user.pk), "iat": now, "exp": now + ttl, "scope": granted}
+    return jwt.encode(claims, settings.JWT_SECRET, algorithm=ALGORITHM), granted
+
+
+def issue_jwt(user, scope: str | Iterable[str] | None = None, ttl: int | None = None) -> str:  # noqa: ANN001
+    """The JWT of `mint_jwt`."""
+    return mint_jwt(user, scope, ttl)[0]
 
 
 def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and not token.startswith("cvy_")
 
 
-def _from_jwt(token: str) -> tuple[Any, str] | None:
+def _decode(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT signed with JWT_SECRET, or with JWT_PREVIOUS_SECRET while it is set."""
+    keys = [settings.JWT_SECRET] + ([settings.JWT_PREVIOUS_SECRET] if settings.JWT_PREVIOUS_SECRET else [])
+    for key in keys:
+        try:
+            return jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat", "scope"]})
+        except jwt.InvalidSignatureError:
+            continue  # perhaps signed with the previous key
+        except jwt.PyJWTError:  # expired, malformed, another algorithm, missing claims
+            return None
+    return None
+
+
+def _from_jwt(token: str, permission: str | None) -> tuple[Any, tuple[str, ...], bool] | None:
+    claims = _decode(token)
+    if claims is None or not isinstance(claims.get("scope"), str) or not str(claims["sub"]).isdigit():
+        return None
     try:
-        claims = jwt.decode(
-            token, settings.JWT_SECRET, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat", "scope"]}
-        )
-    except jwt.PyJWTError:  # expired, tampered, wrong key or algorithm, missing claims
+        granted = scoping.parse(claims["scope"])
+    except scoping.ScopeError:
         return None
-    if claims.get("scope") not in SCOPES or not str(claims["sub"]).isdigit():
-        return None
-    user = get_user_model().objects.filter(pk=int(claims["sub"])).first()
-    return (user, claims["scope"]) if user is not None else None
+    users = get_user_model().objects.filter(pk=int(claims["sub"]))
+    if permission is not None:
+        users = users.annotate(holds=scoping.holding(permission, "pk"))
+    user = users.first()
+    return (user, granted, bool(getattr(user, "holds", False))) if user is not None else None
 
 
-def _from_api_token(token: str) -> tuple[Any, str] | None:
-    found = ApiToken.objects.select_related("user").filter(key_hash=_hash(token)).first()
+def _from_api_token(token: str, permission: str | None) -> tuple[Any, tuple[str, ...], bool] | None:
+    found = ApiToken.objects.select_related("user").filter(key_hash=_hash(token))
+    if permission is not None:
+        found = found.annotate(holds=scoping.holding(permission, "user_id"))
+    found = found.first()
     if found is None or found.expired:
         return None
     now = timezone.now()
     if found.last_used_at is None or found.last_used_at < now - TOUCH_EVERY:
         ApiToken.objects.filter(pk=found.pk).update(last_used_at=now)
-    return found.user, found.scope
+    try:
+        return found.user, scoping.parse(found.scope), bool(getattr(found, "holds", False))
+    except scoping.ScopeError:
+        return None
 
 
 class TokenAuth(HttpBearer):
+    """The bearer of /api/, for routes of one scope family (`family`; see api.scopes). Without a
+    family (the API's default), every bearer is refused: a route must name the one it needs."""
+
+    def __init__(self, family: str | None = None) -> None:
+        if family is not None and family not in scoping.FAMILIES:
+            raise ValueError(f"family must be one of {scoping.FAMILIES}")
+        super().__init__()
+        self.family = family
+        self.permission = scoping.PERMISSIONS[family] if family is not None else None
+
     def authenticate(self, request: HttpRequest, token: str):  # noqa: ANN201
-        found = _from_jwt(token) if looks_like_jwt(token) else _from_api_token(token)
+        # The user's permission is read in the same query as the token (or the JWT's user).
+        lookup = _from_jwt if looks_like_jwt(token) else _from_api_token
+        found = lookup(token, self.permission)
         if found is None or not found[0].is_active:
             return None
-        user, scope = found
+        user, granted, holds = found
         request.user = user
-        request.auth_scope = scope
-        if scope == READ and request.method not in SAFE_METHODS:
-            raise HttpError(403, "this token's scope is read: writes need a write-scoped token")
+        request.auth_scopes = granted
+        if self.family is None:
+            raise HttpError(403, "this route names no scope: no token may use it")
+        if not scoping.allows(granted, self.family):
+            raise HttpError(403, f"this route needs the scope {self.family}; this token has {scoping.render(granted)}")
+        if not (holds or user.is_superuser):
+            raise HttpError(
+                403, f"the scope {self.family} needs the permission {self.permission}, which this token's user no longer has"
+            )
         return user
+
+
+#: One instance per family, for the routes' `auth=`.
+EMITS, READS, WRITES, OPERATES = (TokenAuth(name) for name in scoping.FAMILIES)

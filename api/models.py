@@ -5,16 +5,14 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-READ, WRITE = "read", "write"
-SCOPES = (READ, WRITE)
-
 
 class ApiToken(models.Model):
-    """A bearer token for /api/: only its keyed hash is stored. `write` includes `read`."""
+    """A bearer token for /api/: only its keyed hash (TOKEN_HASH_KEY) is stored, with its scopes
+    (api.scopes: space-separated, e.g. `events:emit:order.placed` or `jobs:read jobs:write`)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     key_hash = models.CharField(max_length=64, unique=True)
-    scope = models.CharField(max_length=8, choices=[(READ, "read"), (WRITE, "write (includes read)")], default=WRITE)
+    scope = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
     #: None: never expires.
     expires_at = models.DateTimeField(null=True, blank=True)

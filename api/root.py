@@ -7,16 +7,44 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
+from ninja.openapi.schema import OpenAPISchema
 
+from api import scopes
 from api.auth import TokenAuth
 from api.errors import BadInput, Conflict
 from api.validation import UNION_TAGS, JsonParser, constrain
 
 
+class ScopedSchema(OpenAPISchema):
+    """The document with each operation's scope in its security requirement
+    (`[{"TokenAuth": ["jobs:write"]}]`: OpenAPI 3.1 lets a non-OAuth scheme list the roles it
+    needs), and the scopes described once in the scheme."""
+
+    def operation_security(self, operation: Any) -> Any:
+        result = super().operation_security(operation)
+        families = [auth.family for auth in operation.auth_callbacks if isinstance(auth, TokenAuth) and auth.family]
+        if result and families:
+            result = [{name: families} for entry in result for name in entry]
+        for scheme in self.securitySchemes.values():
+            scheme.setdefault("description", SCOPES_DESCRIPTION)
+        return result
+
+
+SCOPES_DESCRIPTION = (
+    "An API token (`manage.py token`) or a JWT (`POST /auth/token`), each with scopes: each operation "
+    "names the one it needs in its security requirement, and a bearer without it gets 403 naming it. "
+    + "; ".join(f"`{name}` needs the user's permission `{perm}`" for name, perm in scopes.PERMISSIONS.items())
+    + ". `events:emit:<name>` emits only the event `<name>`."
+)
+
+
 class ConveyorAPI(NinjaAPI):
-    def get_openapi_schema(self, **kwargs: Any) -> Any:
-        # What the server refuses, the document says: storable strings, free JSON as JsonValue.
-        return constrain(super().get_openapi_schema(**kwargs))
+    def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None) -> Any:
+        # What the server refuses, the document says: storable strings, free JSON as JsonValue,
+        # and the scope each operation needs.
+        if path_prefix is None:
+            path_prefix = self.get_root_path(path_params or {})
+        return constrain(ScopedSchema(self, path_prefix))
 
 
 api = ConveyorAPI(

@@ -1,9 +1,10 @@
 """`POST /auth/token`: a user's email and password for a short-lived JWT (api.auth.issue_jwt).
 
 Its own NinjaAPI under /auth/ (namespace "auth", document at /auth/openapi.json), without the
-bearer auth of /api/. Failed logins are counted by django-axes per (client address, account), as
-the admin's: LOGIN_FAILURE_LIMIT failures lock the pair out, 429 with Retry-After
-(project/logins.py).
+bearer auth of /api/. The JWT's scopes (api.scopes) are those asked, each bounded by the user's
+permissions (a scope the user may not hold: 403 naming it). Failed logins are counted by
+django-axes per (client address, account), as the admin's: LOGIN_FAILURE_LIMIT failures lock the
+pair out, 429 with Retry-After (project/logins.py).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from ninja import NinjaAPI, Schema, Status
 from ninja.errors import ValidationError
 from pydantic import Field
 
-from api.auth import issue_jwt
-from api.models import WRITE
+from api import scopes
+from api.auth import mint_jwt
 from api.schemas import Strict, errors
 from api.validation import JsonParser, Text
 from project.logins import locked_out_json
@@ -37,8 +38,13 @@ auth_api = NinjaAPI(
 class TokenIn(Strict):
     email: Text = Field(min_length=3, max_length=254)
     password: Text = Field(min_length=1, max_length=4096)
-    #: `write` includes `read`.
-    scope: Literal["read", "write"] = WRITE
+    scope: Text | None = Field(
+        None,
+        max_length=4000,
+        description="Space-separated scopes: events:emit, events:emit:<event name>, jobs:read, jobs:write, operate "
+        "(the names before issue 22: read = jobs:read, write = all four). Each needs its permission (a scope the user "
+        "may not hold: 403 naming it). Omitted: every scope the user's permissions allow.",
+    )
 
 
 class TokenOut(Schema):
@@ -46,7 +52,8 @@ class TokenOut(Schema):
     token_type: Literal["bearer"]
     #: Seconds from now.
     expires_in: int
-    scope: Literal["read", "write"]
+    #: The scopes granted, space-separated.
+    scope: str
 
 
 @auth_api.exception_handler(ValidationError)
@@ -59,12 +66,14 @@ def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse
 
 @auth_api.post(
     "/token",
-    response={200: TokenOut, **errors(400, 401, 429)},
+    response={200: TokenOut, **errors(400, 401, 403, 429)},
     summary="Exchange email and password for a JWT",
     description="A JWT (HS256) with claims sub, iat, exp and scope, valid JWT_TTL_SECONDS (15 min by "
     "default): use it as `Authorization: Bearer <jwt>` on /api/. 401 on a wrong email or password; 429 "
     "(with Retry-After) once LOGIN_FAILURE_LIMIT logins of one account from one client address have failed "
-    "(for LOGIN_COOLOFF_SECONDS, the right password included).",
+    "(for LOGIN_COOLOFF_SECONDS, the right password included). "
+    "`scope` asks for scopes; 400 naming `scope` for an unknown one, 403 naming the scope the user's "
+    "permissions do not allow.",
     auth=None,
 )
 def token(request: HttpRequest, payload: TokenIn):  # noqa: ANN201
@@ -86,9 +95,16 @@ def token(request: HttpRequest, payload: TokenIn):  # noqa: ANN201
     # A login, as the admin's (which sends it from django.contrib.auth.login): axes forgets this
     # pair's failures (AXES_RESET_ON_SUCCESS) and Django records the user's last_login.
     user_logged_in.send(sender=user.__class__, request=request, user=user)
+    try:
+        token, granted = mint_jwt(user, payload.scope)
+    except scopes.ScopeRefused as refused:
+        needs = f"{refused.scope or 'any scope'} needs {refused.permission}"
+        return Status(403, {"detail": str(refused), "fields": {"scope": needs}})
+    except scopes.ScopeError as error:
+        return Status(400, {"detail": str(error), "fields": {"scope": str(error)}})
     return Status(200, {
-        "access_token": issue_jwt(user, payload.scope),
+        "access_token": token,
         "token_type": "bearer",
         "expires_in": settings.JWT_TTL_SECONDS,
-        "scope": payload.scope,
+        "scope": granted,
     })

@@ -479,8 +479,12 @@ def main(argv: list[str] | None = None) -> int:
 
         load_start = load_average()
         machine = context()
+        from django.core.management import call_command
+
         user, _ = get_user_model().objects.get_or_create(username="bench@example.com", defaults={"email": "bench@example.com"})
-        token = issue_token(user)
+        # the bench reads jobs: a token of that one scope, which the user needs the permission for
+        call_command("grant", "--email", "bench@example.com", "--scope", "jobs:read", stdout=io.StringIO())
+        token = issue_token(user, "jobs:read")
         job_seconds = calibrate(args)
         backlog = max(20, min(10_000, math.ceil(args.load_seconds * 2 / job_seconds)))
         print(f"{PROG}: one {RESIZE} job ~{job_seconds * 1000:.0f} ms here: backlog of {backlog} per loaded scenario", flush=True)

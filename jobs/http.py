@@ -16,6 +16,7 @@ from ninja import Body, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 
+from api.auth import OPERATES, READS, WRITES
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
 from jobs import control, registry, waiting
@@ -234,7 +235,8 @@ def _input(payload: Any) -> Any:
     "",
     response={201: JobOut, 200: JobOut, **errors(400, 401, 403, 409, 413)},
     summary="Enqueue a job",
-    description="201 with the new job; 200 with the existing one when `idempotency_key` was already "
+    auth=WRITES,
+    description="Scope `jobs:write`. 201 with the new job; 200 with the existing one when `idempotency_key` was already "
     "used for the same type and input; 409 when it was used for another type or input. `type` is one "
     "of the public job types (GET /api/types), and `input` follows that type's schema.",
 )
@@ -251,7 +253,7 @@ def create_job(request: HttpRequest, payload: EnqueueIn = Body(...)):  # noqa: A
     return Status(201 if created else 200, job)
 
 
-@router.get("", response={200: JobPage, **errors(400, 401)}, summary="List jobs, newest first")
+@router.get("", response={200: JobPage, **errors(400, 401, 403)}, summary="List jobs, newest first", auth=READS)
 def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
     jobs = Job.objects.all()
     if filters.status:
@@ -265,8 +267,9 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
 
 @router.get(
     "/{int:job_id}",
-    response={200: JobOut, **errors(400, 401, 404)},
+    response={200: JobOut, **errors(400, 401, 403, 404)},
     summary="Get a job",
+    auth=READS,
     description="With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
     "attempt that will be retried has not ended) and comes as soon as it has, or at the end of `wait` with the job as "
     "it is then: check `status`. No polling: the server is told by PostgreSQL (LISTEN/NOTIFY).",
@@ -282,7 +285,8 @@ def get_job(  # noqa: ANN201
     "/{int:job_id}/cancel",
     response={200: JobOut, 202: JobOut, **errors(400, 401, 403, 404, 409)},
     summary="Cancel a job",
-    description="200: a waiting job, cancelled at once. 202: a running job, asked to stop "
+    auth=OPERATES,
+    description="Scope `operate`. 200: a waiting job, cancelled at once. 202: a running job, asked to stop "
     "(`cancel_requested` is true; it ends `cancelled` when its handler returns). 409: already ended.",
 )
 def cancel_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
@@ -297,6 +301,8 @@ def cancel_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
     "/{int:job_id}/retry",
     response={200: JobOut, **errors(400, 401, 403, 404, 409)},
     summary="Retry a dead, failed or cancelled job",
+    description="Scope `operate`.",
+    auth=OPERATES,
 )
 def retry_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
     job = get_object_or_404(Job, pk=job_id)
@@ -308,7 +314,10 @@ def retry_job(request: HttpRequest, job_id: int = JobId):  # noqa: ANN201
 # --- Chains -------------------------------------------------------------------------------------
 
 
-@chains.post("", response={201: ChainOut, **errors(400, 401, 403, 413)}, summary="Start a chain of steps")
+@chains.post(
+    "", response={201: ChainOut, **errors(400, 401, 403, 413)}, summary="Start a chain of steps", description="Scope `jobs:write`.",
+    auth=WRITES,
+)
 def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     payload = strict_body(request, ChainIn)
     steps: list[Step | Group] = []
@@ -326,8 +335,9 @@ def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
 
 @chains.get(
     "/{int:chain_id}",
-    response={200: ChainOut, **errors(400, 401, 404)},
+    response={200: ChainOut, **errors(400, 401, 403, 404)},
     summary="A chain and every step in order",
+    auth=READS,
     description="With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
     "cancelled) and comes as soon as it has, or at the end of `wait` with the chain as it is then.",
 )
@@ -422,7 +432,9 @@ class TypeOut(Schema):
     input_schema: dict[str, Any]
 
 
-@catalog.get("/types", response={200: list[TypeOut], **errors(401)}, summary="Every job type, with its input schema")
+@catalog.get(
+    "/types", response={200: list[TypeOut], **errors(401, 403)}, summary="Every job type, with its input schema", auth=READS
+)
 def list_types(request: HttpRequest):  # noqa: ANN201
     return [
         {

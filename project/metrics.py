@@ -17,7 +17,9 @@ which the partial indexes `job_runnable_idx` and `job_lease_idx` cover, so a tab
 millions of finished jobs costs a scrape nothing more.
 
 Guarded by METRICS_TOKEN (`Authorization: Bearer <token>`): always in production, where an unset
-token makes /metrics answer 401 saying so; in development only when the token is set.
+token makes /metrics answer 401 saying so; in development only when the token is set. A token that
+is set has 32+ characters (the settings refuse a shorter one at boot). Prometheus scrapes over
+plain HTTP: /metrics is exempt from production's redirect to https (SECURE_REDIRECT_EXEMPT).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ ADMIN_DISABLED = env.get_bool("ADMIN_DISABLED") or WORKER_MODE == "worker"
 
 # --- Secrets --------------------------------------------------------------------------------
 SECRET_KEY = env.secret("COOKIE_SECRET", PRODUCTION)
-JWT_SECRET = env.secret("JWT_SECRET", PRODUCTION)  # keys the hashes of API tokens
+JWT_SECRET = env.secret("JWT_SECRET", PRODUCTION)  # signs JWTs (TOKEN_HASH_KEY, below, keys API tokens)
 if PRODUCTION and SECRET_KEY == JWT_SECRET:
     env.fail("COOKIE_SECRET and JWT_SECRET are the same value (production needs two different random values)")
 DEBUG = env.get_bool("DEBUG", default=False)
@@ -256,9 +256,30 @@ WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)
 WORKER_ID = env.get("WORKER_ID")
 PORT = env.get_int("PORT", 8000, minimum=1)
+
+# --- Token keys and /metrics --------------------------------------------------------------------
+# API tokens are stored as HMACs keyed by TOKEN_HASH_KEY, no longer by the JWT signing key, so a
+# leaked JWT_SECRET can be rotated without revoking every API token. Unset, it is JWT_SECRET (the
+# key before issue 22: stored tokens keep working after the upgrade); set TOKEN_HASH_KEY to the
+# current JWT_SECRET before the first rotation of JWT_SECRET. Set, production's secret rules apply.
+TOKEN_HASH_KEY = env.secret("TOKEN_HASH_KEY", PRODUCTION) if env.get("TOKEN_HASH_KEY") else JWT_SECRET
+# The JWT signing key being rotated out: JWTs it signed are still accepted while it is set (keep it
+# JWT_TTL_SECONDS after the rotation, then unset it). New JWTs are signed with JWT_SECRET only.
+JWT_PREVIOUS_SECRET = env.secret("JWT_PREVIOUS_SECRET", PRODUCTION) if env.get("JWT_PREVIOUS_SECRET") else ""
 # /metrics wants `Authorization: Bearer <METRICS_TOKEN>` when set; in production it is always
 # required (unset, /metrics answers 401 saying so), in development an unset token leaves it open.
+# Set, it must be a real secret, in every environment.
 METRICS_TOKEN = env.get("METRICS_TOKEN")
+METRICS_TOKEN_MIN_LENGTH = 32
+if METRICS_TOKEN and (len(METRICS_TOKEN) < METRICS_TOKEN_MIN_LENGTH or len(set(METRICS_TOKEN)) < env.MIN_SECRET_DISTINCT):
+    env.fail(
+        f"METRICS_TOKEN is too weak ({len(METRICS_TOKEN)} characters, {len(set(METRICS_TOKEN))} different; it needs "
+        f"{METRICS_TOKEN_MIN_LENGTH}+ characters, {env.MIN_SECRET_DISTINCT}+ different: a random value)"
+    )
+# Prometheus scrapes over plain HTTP inside the network, as a load balancer probes /health/: not
+# redirected to https (the bearer token still guards it).
+SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]
+# --- end of issue 22's token block ----------------------------------------------------------------
 
 # LOG_FORMAT=json: one JSON object per line (project/logs.py); otherwise plain text. Either way a
 # line written while a job runs carries its job, chain, type, queue, attempt and worker.

@@ -5,8 +5,11 @@ from typing import Any, Optional
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Path, Query, Router, Schema, Status
+from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
+from api import scopes
+from api.auth import EMITS, READS
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import JsonObject, Text, strict_body
 from subscribers import registry
@@ -57,14 +60,26 @@ class EventFilters(PageQuery):
     key: Optional[Text] = Field(None, max_length=200)
 
 
-@router.post("", response={202: EventOut, **errors(400, 401, 403, 413)}, summary="Emit an event")
+@router.post(
+    "",
+    response={202: EventOut, **errors(400, 401, 403, 413)},
+    summary="Emit an event",
+    description="Scope `events:emit` (any event), or `events:emit:<name>` for the event `<name>` only: a "
+    "storefront page's token. Another event's name is 403 naming the scope it needs.",
+    auth=EMITS,
+)
 def create_event(request: HttpRequest, payload: EmitIn):  # noqa: ANN201
     payload = strict_body(request, EmitIn)
+    if not scopes.may_emit(request.auth_scopes, payload.name):
+        raise HttpError(
+            403, f"emitting {payload.name} needs the scope {scopes.EMIT}:{payload.name} or {scopes.EMIT}; "
+            f"this token has {scopes.render(request.auth_scopes)}"
+        )
     event = emit(payload.name, payload.data, key=payload.key)
     return Status(202, Event.objects.prefetch_related("deliveries__job").get(pk=event.pk))
 
 
-@router.get("", response={200: EventPage, **errors(400, 401)}, summary="List events, newest first")
+@router.get("", response={200: EventPage, **errors(400, 401, 403)}, summary="List events, newest first", auth=READS)
 def list_events(request: HttpRequest, filters: Query[EventFilters]):  # noqa: ANN201
     events = Event.objects.all()
     if filters.name:
@@ -74,7 +89,10 @@ def list_events(request: HttpRequest, filters: Query[EventFilters]):  # noqa: AN
     return page(events.prefetch_related("deliveries__job"), filters)
 
 
-@router.get("/{int:event_id}", response={200: EventOut, **errors(400, 401, 404)}, summary="An event and each delivery's status")
+@router.get(
+    "/{int:event_id}", response={200: EventOut, **errors(400, 401, 403, 404)}, summary="An event and each delivery's status",
+    auth=READS,
+)
 def get_event(request: HttpRequest, event_id: int = Path(..., ge=1, le=MAX_ID)):  # noqa: ANN201
     return get_object_or_404(Event.objects.prefetch_related("deliveries__job"), pk=event_id)
 
@@ -88,7 +106,10 @@ class SubscriberOut(Schema):
     job_type: str
 
 
-@catalog.get("/subscribers", response={200: list[SubscriberOut], **errors(401)}, summary="Every subscriber and the events it follows")
+@catalog.get(
+    "/subscribers", response={200: list[SubscriberOut], **errors(401, 403)}, summary="Every subscriber and the events it follows",
+    auth=READS,
+)
 def list_subscribers(request: HttpRequest):  # noqa: ANN201
     return [
         {"name": sub.name, "pattern": sub.pattern, "queue": sub.queue, "job_type": sub.job_type}

@@ -61,6 +61,13 @@ def production_env(**overrides: str) -> dict[str, str]:
         ({"DEBUG": "true"}, "DEBUG"),
         ({"DEBUG": "1"}, "DEBUG"),
         ({"FORWARDED_PROTO_HEADER": "X-Forwarded-Proto: https"}, "FORWARDED_PROTO_HEADER"),
+        # a METRICS_TOKEN that is set must be a real secret (issue 22): 32+ characters, 5+ different
+        ({"METRICS_TOKEN": "x"}, "METRICS_TOKEN"),
+        ({"METRICS_TOKEN": "Ab3" * 10 + "c"}, "METRICS_TOKEN"),
+        ({"METRICS_TOKEN": "ab" * 20}, "METRICS_TOKEN"),
+        # the API-token hash key and the previous signing key follow the secrets' rules when set
+        ({"TOKEN_HASH_KEY": "short"}, "TOKEN_HASH_KEY"),
+        ({"JWT_PREVIOUS_SECRET": "changeme" * 7}, "JWT_PREVIOUS_SECRET"),
         ({"DATABASE_URL": None}, "DATABASE_URL"),
         ({"REDIS_URL": None}, "REDIS_URL"),
         # past gunicorn's 30 s worker timeout, negative, not a number
@@ -82,6 +89,20 @@ def test_production_refuses_to_boot_naming_the_variable(overrides, variable):
 def test_production_with_everything_set_passes_the_checks():
     result = run_manage("check", "--deploy", "--fail-level", "ERROR", env=production_env())
     assert result.returncode == 0, result.stderr
+
+
+def test_the_token_hash_key_defaults_to_jwt_secret_and_a_real_metrics_token_boots():
+    # given production with a 32-character METRICS_TOKEN and no TOKEN_HASH_KEY (an upgrade)
+    code = "from django.conf import settings as s; print('KEYS', s.TOKEN_HASH_KEY == s.JWT_SECRET, repr(s.JWT_PREVIOUS_SECRET))"
+    out = run_manage("shell", "-c", code, env=production_env(METRICS_TOKEN=COOKIE[:32]))
+    # then it boots, and API tokens are still keyed by JWT_SECRET, with no previous signing key
+    assert out.returncode == 0, out.stderr
+    assert "KEYS True ''" in out.stdout, out.stdout
+    # and with TOKEN_HASH_KEY set, it is that value
+    out = run_manage("shell", "-c", "from django.conf import settings as s; print('KEY', s.TOKEN_HASH_KEY[:8])",
+                     env=production_env(TOKEN_HASH_KEY=COOKIE[::-1]))
+    assert out.returncode == 0, out.stderr
+    assert f"KEY {COOKIE[::-1][:8]}" in out.stdout, out.stdout
 
 
 def test_equal_secrets_are_refused_naming_both():
@@ -114,7 +135,7 @@ def test_production_deploy_checks_are_clean_even_at_warning_level():
     out = run_manage("shell", "-c", code, env=env)
     line = next(line for line in out.stdout.splitlines() if line.startswith("SETTINGS"))
     assert line.split("|")[1:] == [
-        "31536000", "True", "True", "True", "['^health/']", "('HTTP_X_FORWARDED_PROTO', 'https')", "True", "True", "False"
+        "31536000", "True", "True", "True", "['^health/', '^metrics$']", "('HTTP_X_FORWARDED_PROTO', 'https')", "True", "True", "False"
     ], line
     # and each is configurable: a shorter HSTS without subdomains or preload, no redirect
     env.update(SECURE_HSTS_SECONDS="3600", SECURE_HSTS_INCLUDE_SUBDOMAINS="false", SECURE_HSTS_PRELOAD="false",
@@ -122,7 +143,7 @@ def test_production_deploy_checks_are_clean_even_at_warning_level():
     env.pop("FORWARDED_PROTO_HEADER")
     out = run_manage("shell", "-c", code, env=env)
     line = next(line for line in out.stdout.splitlines() if line.startswith("SETTINGS"))
-    assert line.split("|")[1:6] == ["3600", "False", "False", "False", "['^health/']"], line
+    assert line.split("|")[1:6] == ["3600", "False", "False", "False", "['^health/', '^metrics$']"], line
     assert line.split("|")[6] == "None", line
 
 

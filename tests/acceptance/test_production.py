@@ -36,7 +36,7 @@ def production_env(database_url: str | None = None, **extra: str) -> dict[str, s
         COOKIE_SECRET=COOKIE,
         ALLOWED_HOSTS="127.0.0.1",
         # These servers are reached over plain HTTP, with no proxy ending TLS in front: no redirect
-        # to https (test_production_redirects_plain_http_except_health turns it back on).
+        # to https (test_production_redirects_plain_http_except_health_and_metrics turns it back on).
         SECURE_SSL_REDIRECT="false",
         DATABASE_URL=database_url or support.test_database_url(),
         REDIS_URL=settings.REDIS_URL,
@@ -123,14 +123,18 @@ def get_unredirected(url: str, headers: dict[str, str] | None = None) -> tuple[i
         conn.close()
 
 
-def test_production_redirects_plain_http_except_health(production_server):
+def test_production_redirects_plain_http_except_health_and_metrics(production_server):
     start, ready = production_server
     # given a production server with its defaults (redirect to https, HSTS) behind a proxy ending TLS
-    server = ready(start(SECURE_SSL_REDIRECT="true", FORWARDED_PROTO_HEADER="X-Forwarded-Proto"))
+    server = ready(start(SECURE_SSL_REDIRECT="true", FORWARDED_PROTO_HEADER="X-Forwarded-Proto", METRICS_TOKEN=METRICS_TOKEN))
     # then a load balancer's plain-HTTP probe of the health endpoints is answered, not redirected
     for path in ("/health/live", "/health/ready"):
         status, headers = get_unredirected(server.url(path))
         assert status == 200, (path, status, headers)
+    # and so is Prometheus' plain-HTTP scrape with the token (without it: 401, not a redirect)
+    status, headers = get_unredirected(server.url("/metrics"), {"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert status == 200 and headers["content-type"].startswith("text/plain"), (status, headers)
+    assert get_unredirected(server.url("/metrics"))[0] == 401
     # and any other plain-HTTP request is sent to https
     status, headers = get_unredirected(server.url("/api/types"))
     assert status == 301 and headers["location"] == "https://127.0.0.1/api/types", (status, headers)

@@ -376,7 +376,9 @@ def chaos(plan: Plan, folder: Path, log: Callable[[str], None] = print) -> dict[
     with Topology.up(folder, log=log) as net:
         net.start_data()
         net.release()
-        net.manage("server", "user", "--email", EMAIL, "--no-staff", env={"CONVEYOR_USER_PASSWORD": PASSWORD})
+        net.manage("server", "user", "--email", EMAIL, env={"CONVEYOR_USER_PASSWORD": PASSWORD})
+        # an API-only user holds only the permissions behind the scopes it uses (issue 22)
+        net.manage("server", "grant", "--email", EMAIL, "--scope", "jobs:read jobs:write events:emit")
         server = net.start_server()
         w1 = net.start_worker("w1", "images", "prefork", plan.w1_concurrency)
         w2 = net.start_worker("w2", "notifications", "threads", plan.w2_concurrency)

@@ -16,8 +16,10 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
+from api import scopes
 from api.auth import issue_jwt, issue_token
 from api.models import ApiToken
+from tests.factories import grant
 from tests.support import redis_client
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -40,10 +42,11 @@ def _client() -> Client:
     return Client(REMOTE_ADDR=f"10.13.{int(time.time()) % 200}.{next(_ips)}")
 
 
-def _user(email: str | None = None, staff: bool = True):
+def _user(email: str | None = None, staff: bool = True, families: tuple[str, ...] = scopes.FAMILIES):
+    """A user holding the permissions behind `families` (every scope by default)."""
     email = email or f"u{time.time_ns()}@example.com"
     user = get_user_model().objects.create_user(username=email, email=email, password=PASSWORD, is_staff=staff)
-    return user
+    return grant(user, *families)
 
 
 def _exchange(client: Client, email: str, password: str = PASSWORD, **extra: object):
@@ -68,10 +71,11 @@ def test_token_exchange_gives_a_jwt_with_sub_exp_iat_scope_that_the_api_takes():
     response = _exchange(_client(), user.email)
     assert response.status_code == 200, response.content
     body = response.json()
-    assert body["token_type"] == "bearer" and body["scope"] == "write"
+    # without `scope`: every scope the user's permissions allow (here all four)
+    assert body["token_type"] == "bearer" and body["scope"] == "events:emit jobs:read jobs:write operate"
     assert body["expires_in"] == settings.JWT_TTL_SECONDS == 900
     claims = jwt.decode(body["access_token"], settings.JWT_SECRET, algorithms=["HS256"])
-    assert claims["sub"] == str(user.pk) and claims["scope"] == "write"
+    assert claims["sub"] == str(user.pk) and claims["scope"] == body["scope"]
     assert claims["exp"] - claims["iat"] == 900
     assert abs(claims["iat"] - time.time()) < 10
     assert jwt.get_unverified_header(body["access_token"])["alg"] == "HS256"
@@ -108,7 +112,7 @@ def test_bad_body_is_400_naming_the_field():
 def test_auth_openapi_document_names_the_route_and_its_answers():
     document = Client().get("/auth/openapi.json").json()
     operation = document["paths"]["/auth/token"]["post"]
-    assert set(operation["responses"]) == {"200", "400", "401", "429"}
+    assert set(operation["responses"]) == {"200", "400", "401", "403", "429"}
     assert "security" not in operation or not operation["security"]
 
 
@@ -153,12 +157,12 @@ def test_jwt_of_a_deactivated_user_is_401():
 
 def test_read_scoped_jwt_reads_but_cannot_write():
     user = _user()
-    response = _exchange(_client(), user.email, scope="read")
-    assert response.json()["scope"] == "read"
+    response = _exchange(_client(), user.email, scope="read")  # the name before issue 22
+    assert response.json()["scope"] == "jobs:read"
     api = _bearer(response.json()["access_token"])
     assert api.get("/api/jobs").status_code == 200
     refused = _enqueue(api)
-    assert refused.status_code == 403 and "read" in refused.json()["detail"]
+    assert refused.status_code == 403 and "needs the scope jobs:write" in refused.json()["detail"]
 
 
 # --- API tokens: scope and expiry ---------------------------------------------------------------
@@ -198,14 +202,13 @@ def test_last_used_is_recorded_once_a_minute():
     assert row.last_used_at == first
 
 
-def test_write_routes_document_403():
+def test_every_route_documents_403():
+    # every route needs a scope (a token without it: 403), reads included since issue 22
     document = Client().get("/api/openapi.json").json()
-    writes = [(path, op) for path, ops in document["paths"].items() for method, op in ops.items() if method == "post"]
-    assert len(writes) == 5
-    for path, op in writes:
+    operations = [(path, op) for path, ops in document["paths"].items() for op in ops.values()]
+    assert len(operations) == 12
+    for path, op in operations:
         assert "403" in op["responses"], path
-    reads = [op for ops in document["paths"].values() for method, op in ops.items() if method == "get"]
-    assert all("403" not in op["responses"] for op in reads)
 
 
 def test_token_command_scope_and_expiry():
@@ -214,14 +217,14 @@ def test_token_command_scope_and_expiry():
     call_command("token", "--email", user.email, "--scope", "read", "--expires-in", "3", stdout=out)
     token = out.getvalue().strip()
     row = ApiToken.objects.get(user=user)
-    assert row.scope == "read"
+    assert row.scope == "jobs:read"
     assert abs((row.expires_at - timezone.now()) - dt.timedelta(days=3)) < dt.timedelta(minutes=1)
     assert _bearer(token).get("/api/jobs").status_code == 200
     assert _enqueue(_bearer(token)).status_code == 403
     out = io.StringIO()
     call_command("token", "--email", user.email, stdout=out)
     newest = ApiToken.objects.filter(user=user).latest("id")
-    assert newest.scope == "write" and newest.expires_at is None
+    assert newest.scope == "events:emit jobs:read jobs:write operate" and newest.expires_at is None
     with pytest.raises(CommandError):
         call_command("token", "--email", user.email, "--expires-in", "0")
     with pytest.raises(CommandError):

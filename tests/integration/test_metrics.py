@@ -88,6 +88,20 @@ def test_production_without_a_token_refuses_every_scrape_saying_why():
         assert "METRICS_TOKEN is not set" in response.json()["detail"]
 
 
+def test_production_serves_metrics_over_plain_http_with_the_token_while_redirecting_the_rest():
+    # given production's redirect to https, with the exemptions the settings hold
+    with override_settings(PRODUCTION=True, METRICS_TOKEN=TOKEN, SECURE_SSL_REDIRECT=True):
+        scraper = Client(HTTP_AUTHORIZATION=f"Bearer {TOKEN}")  # a new client builds the middleware anew
+        # then Prometheus' plain-HTTP scrape is answered, not redirected, and still wants the token
+        response = scraper.get("/metrics")
+        assert response.status_code == 200, (response.status_code, response.get("Location"))
+        assert Client().get("/metrics").status_code == 401
+        # and the rest is still redirected (the exemption is /metrics, not a prefix of it)
+        for path in ("/api/types", "/metrics/", "/metricsx"):
+            redirected = scraper.get(path)
+            assert redirected.status_code == 301 and redirected["Location"].startswith("https://"), path
+
+
 FINISHED_ROWS = 20_000
 
 
