@@ -14,6 +14,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 
+from api import scopes
+from tests.factories import grant
+
 pytestmark = pytest.mark.django_db
 
 PASSWORD = "a-long-password"
@@ -29,7 +32,9 @@ def one_proxy(settings):
 
 
 def _user(email: str, **flags: bool):
-    return get_user_model().objects.create_user(username=email, email=email, password=PASSWORD, **flags)
+    """A user who may mint a jobs:read JWT (a login that gets past the lockout answers 200)."""
+    user = get_user_model().objects.create_user(username=email, email=email, password=PASSWORD, **flags)
+    return grant(user, scopes.READ)
 
 
 def _via_proxy(client_address: str, *, spoofed: str | None = None, proxy: str = PROXY) -> Client:
