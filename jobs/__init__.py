@@ -2,8 +2,9 @@
 
 Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` (with `Step` and
 `Group`) from here, and `wait` / `wait_chain` to block until a job or chain has ended
-(`WaitTimeout` past the timeout); a handler raises `Permanent` for a failure no retry can change; the event bus and the schedules make their jobs with `new_job`
-and `submit`, like everything else.
+(`WaitTimeout` past the timeout); a handler raises `Permanent` for a failure no retry can
+change; the event bus and the schedules make their jobs with `new_job` and `submit`, like
+everything else.
 """
 from __future__ import annotations
 
