@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 UNREACHABLE = (OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-def live(request: HttpRequest) -> JsonResponse:
+async def live(request: HttpRequest) -> JsonResponse:
+    """On the event loop under ASGI: no thread, no database, whatever else the process serves."""
     return JsonResponse({"status": "ok", "mode": settings.WORKER_MODE})
 
 
