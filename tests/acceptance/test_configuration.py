@@ -63,11 +63,12 @@ def production_env(**overrides: str) -> dict[str, str]:
         ({"FORWARDED_PROTO_HEADER": "X-Forwarded-Proto: https"}, "FORWARDED_PROTO_HEADER"),
         ({"DATABASE_URL": None}, "DATABASE_URL"),
         ({"REDIS_URL": None}, "REDIS_URL"),
-        # past gunicorn's 30 s worker timeout, negative, not a number
-        ({"CONVEYOR_WAIT_MAX_SECONDS": "30"}, "CONVEYOR_WAIT_MAX_SECONDS"),
+        # past a load balancer's usual 60 s idle timeout, negative, not a number
+        ({"CONVEYOR_WAIT_MAX_SECONDS": "60"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAIT_MAX_SECONDS": "-1"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAIT_MAX_SECONDS": "nan"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAIT_MAX_SECONDS": "ten"}, "CONVEYOR_WAIT_MAX_SECONDS"),
+        ({"CONVEYOR_WAITS_PER_TOKEN": "0"}, "CONVEYOR_WAITS_PER_TOKEN"),
     ],
 )
 def test_production_refuses_to_boot_naming_the_variable(overrides, variable):

@@ -302,7 +302,7 @@ def test_get_with_wait_answers_when_the_job_ends(api):
     attempt = _claim(job).attempt
     _later(0.3, lambda: store.succeed(job.pk, attempt, '{"ok": true}'))
     started = time.monotonic()
-    status, body = api("get", f"/jobs/{job.pk}?wait=10")
+    status, body = api("get", f"/jobs/{job.pk}?wait=8")
     assert (status, body["status"], body["output"]) == (200, "succeeded", {"ok": True})
     assert 0.25 <= time.monotonic() - started < 2.0
 
@@ -341,7 +341,7 @@ def test_get_chain_with_wait_answers_when_the_chain_ends(api):
 
     _later(0.3, succeed)
     started = time.monotonic()
-    status, body = api("get", f"/chains/{chain.pk}?wait=10")
+    status, body = api("get", f"/chains/{chain.pk}?wait=8")
     assert (status, body["status"], body["steps"][0]["status"]) == (200, "succeeded", "succeeded")
     assert 0.25 <= time.monotonic() - started < 2.0
 
