@@ -60,7 +60,7 @@ if ASGI_SERVER:
         "pool": {
             "min_size": 1,
             "max_size": env.get_int("CONVEYOR_WEB_DB_POOL", 4, minimum=1),
-            "timeout": 10,  # a request finding every connection busy this long: an error, not a hang
+            "timeout": 5,  # a request finding every connection busy this long: an error, not a hang
         },
     }
 # The same database through connections whose commits do not wait for the WAL flush: claims,
