@@ -10,6 +10,7 @@ waits still answer at the end of their row (a cancel) and at their timeout.
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import threading
 import time
@@ -164,3 +165,31 @@ def test_waits_over_the_per_token_bound_are_refused_with_429(live):
     assert all(json.loads(body)["status"] == "pending" for status, body in answers if status == 200)
     # without `wait`, the same token is never refused
     assert http_get(server.url(f"/api/jobs/{job.pk}"), timeout=10, headers=headers)[0] == 200
+
+
+def test_a_draining_server_answers_its_open_waits_at_once(live):
+    server = live.start("--no-beat", mode="server", name="drained")
+    headers = {"Authorization": f"Bearer {api_token()}"}
+    job = enqueue("examples.ping", {})
+    answers: list[tuple[int, bytes, float]] = []
+
+    def wait_on() -> None:
+        started = time.monotonic()
+        status, body = http_get(server.url(f"/api/jobs/{job.pk}?wait=8"), timeout=30, headers=headers)
+        answers.append((status, body, time.monotonic() - started))
+
+    thread = threading.Thread(target=wait_on)
+    thread.start()
+    wait_for(lambda: _waited_keys() >= 1, 5, interval=0.05, what="the wait to be open")
+
+    # when the server is asked to stop (SIGTERM to `manage.py start`, which drains its children)
+    stopping = time.monotonic()
+    server.signal(signal.SIGTERM)
+    thread.join(30)
+
+    # then the wait is answered at once (the row as it is), not at its deadline, and the server exits
+    assert answers, "the wait was never answered"
+    status, body, took = answers[0]
+    assert status == 200 and json.loads(body)["status"] == "pending", body
+    assert time.monotonic() - stopping < 3.0, f"the draining server held the wait {took:.1f}s"
+    assert server.stop(timeout=15) == 0
