@@ -68,8 +68,10 @@ async def _wait(request: HttpRequest, kind: tuple[str, str, str], row_id: int, s
         )
     _open_waits[bearer] += 1
     try:
-        # The request's thread (ninja ran the token check there) gives its connection back now.
-        await sync_to_async(close_old_connections)()
+        if settings.ASGI_SERVER:  # (elsewhere, a test's or runserver's connections stay as they are)
+            # The request's thread (ninja ran the token check there) gives its connection back
+            # to the pool now, not at the end of the wait.
+            await sync_to_async(close_old_connections)()
         await listener.hub().ended(kind, row_id, seconds)
     except (Job.DoesNotExist, Chain.DoesNotExist):
         raise Http404(f"no {what} {row_id}") from None

@@ -181,7 +181,7 @@ class Hub:
             raise
         except psycopg.OperationalError as exc:
             self._lost(exc)
-        except Exception:  # noqa: BLE001 - a reader must not die silently with waiters asleep
+        except Exception:
             log.exception("the wait listener's reader failed")
             self._lost(None)
 

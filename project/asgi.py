@@ -20,9 +20,9 @@ from typing import Any, Awaitable, Callable
 os.environ["CONVEYOR_ASGI"] = "1"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
-from project import embedded  # noqa: E402
+from project import embedded
 
 embedded.start()  # the embedded servers, unless DATABASE_URL / REDIS_URL name others
 django_application = get_asgi_application()

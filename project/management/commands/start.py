@@ -4,7 +4,8 @@
     manage.py start --queues images --pool prefork   a worker specialized on one queue
     manage.py start --cluster 4 --servers 25% --workers 75%
 
-Servers are gunicorn on PORT, with uvicorn's ASGI worker class (project/asgi_worker.py); workers are Celery workers; shared instances run both. Every
+Servers are gunicorn on PORT (uvicorn's ASGI worker class: project/asgi_worker.py); workers are
+Celery workers; shared instances run both. Every
 child joins the embedded PostgreSQL and Redis this process started (or the configured ones).
 """
 from __future__ import annotations
