@@ -355,3 +355,47 @@ def test_openapi_documents_wait_bounded_on_both_routes(api):
         types = param["schema"].get("anyOf", [param["schema"]])
         number = next(t for t in types if t.get("type") == "number")
         assert (number["minimum"], number["maximum"]) == (0, WAIT_MAX)
+
+
+# --- A server process's hub: one connection for every wait (jobs/listener.py) -------------------
+
+
+def _shared_locks() -> int:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted")
+        return cursor.fetchone()[0]
+
+
+def test_one_hub_holds_one_lock_per_row_for_many_waiters_and_wakes_each_at_its_end():
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    from jobs import listener
+
+    first, second = enqueue("examples.echo", {}), enqueue("examples.echo", {})
+    attempts = {job.pk: _claim(job).attempt for job in (first, second)}
+
+    async def scenario() -> tuple[list[bool], list[int]]:
+        hub = listener.Hub(keep_open=True)
+        # three waiters on the first job, one on the second, one on a job that has ended already
+        waits = [asyncio.create_task(hub.ended(listener.JOB, first.pk, 10)) for _ in range(3)]
+        waits.append(asyncio.create_task(hub.ended(listener.JOB, second.pk, 0.5)))
+        locks = []
+        while len(hub.holds) < 2 or sum(hub.holds.values()) < 4:
+            await asyncio.sleep(0.01)
+        locks.append(await sync_to_async(_shared_locks, thread_sensitive=False)())  # one per row, not per waiter
+        await sync_to_async(store.succeed, thread_sensitive=False)(first.pk, attempts[first.pk], "{}")
+        answers = await asyncio.gather(*waits)
+        await asyncio.sleep(0.1)  # the releases are tasks
+        locks.append(await sync_to_async(_shared_locks, thread_sensitive=False)())
+        ended = await hub.ended(listener.JOB, first.pk, 5)  # seen ended at once: the row is read after the lock
+        hub.close()
+        await hub.conn.close()
+        return [*answers, ended], locks
+
+    started = time.monotonic()
+    answers, locks = asyncio.run(scenario())
+    assert answers == [True, True, True, False, True]  # the second job's waiter timed out
+    assert locks == [2, 0], locks
+    assert time.monotonic() - started < 3.0
