@@ -213,6 +213,8 @@ USE_BOTH = (
 ENTRY_POINTS = {
     "manage.py": [MANAGE, "shell", "-c", USE_BOTH],
     "wsgi": ["-c", "from project.wsgi import application\n" + USE_BOTH],
+    # the servers' (gunicorn with uvicorn's worker class), with its pool of connections
+    "asgi": ["-c", "from project.asgi import application\n" + USE_BOTH],
     # Celery's own command on the broker: it answers only if project/celery.py started Redis.
     "celery": ["-m", "celery", "-A", "project", "purge", "-f"],
 }
