@@ -77,6 +77,8 @@ class Hub:
         """Whether the row ended within `timeout` seconds; raises the model's DoesNotExist for an
         unknown id, `WaitUnavailable` when the listening connection failed."""
         channel, check, what = kind
+        if self.closing:  # a draining server answers at once
+            return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         key = store.waiter_key(what, row_id)
@@ -103,9 +105,11 @@ class Hub:
             self.waiters[slot].discard(heard)
             if not self.waiters[slot]:
                 del self.waiters[slot]
+            if heard.done() and not heard.cancelled():
+                heard.exception()  # (retrieved: a failure it carries was answered already)
             if held:
                 # A task: a cancelled request (its client went away) still gives its hold back.
-                release = loop.create_task(self._command(lambda pg: self._release(pg, key)))
+                release = loop.create_task(self._quietly(lambda pg: self._release(pg, key)))
                 if not self.keep_open:  # this loop may end with the request: finish here
                     await release
 
@@ -116,6 +120,21 @@ class Hub:
             for future in futures:
                 if not future.done():
                     future.set_result(False)
+
+    async def aclose(self) -> None:
+        """`close`, then close the connection once the releases under way are done."""
+        self.close()
+        while self.pending:
+            await asyncio.sleep(0.01)
+        async with self.commanding:
+            if self.reader is not None:
+                self.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.reader
+                self.reader = None
+            if self.conn is not None:
+                conn, self.conn = self.conn, None
+                await conn.close()
 
     # --- the connection -------------------------------------------------------------------------
 
@@ -132,6 +151,8 @@ class Hub:
                     self.reader = None
                 try:
                     if self.conn is None or self.conn.closed:
+                        if self.closing and not self.waiters:
+                            raise WaitUnavailable("the server is shutting down")
                         self.conn = await self._connect()
                     return await run(self.conn)
                 except psycopg.OperationalError as exc:
@@ -141,6 +162,11 @@ class Hub:
             self.pending -= 1
             if self.pending == 0:
                 await self._after_commands()
+
+    async def _quietly(self, run: Callable[[psycopg.AsyncConnection], Awaitable[None]]) -> None:
+        """A release: a lost connection released everything already."""
+        with contextlib.suppress(WaitUnavailable):
+            await self._command(run)
 
     async def _after_commands(self) -> None:
         if self.conn is None or self.conn.closed:
@@ -238,3 +264,10 @@ def close_all() -> None:
     """Answer every open wait of this process now (a draining server)."""
     for each in list(_hubs.values()):
         each.close()
+
+
+async def aclose() -> None:
+    """Close the running loop's hub, if it has one (a server process's lifespan shutdown)."""
+    found = _hubs.get(asyncio.get_running_loop())
+    if found is not None:
+        await found.aclose()

@@ -53,7 +53,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                listener.close_all()
+                await listener.aclose()  # its waits were answered when the drain began
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if scope["type"] == "http" and _request_line(scope) > REQUEST_LINE_LIMIT:

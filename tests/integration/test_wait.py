@@ -360,6 +360,19 @@ def test_openapi_documents_wait_bounded_on_both_routes(api):
 # --- A server process's hub: one connection for every wait (jobs/listener.py) -------------------
 
 
+def _in_a_thread(action: Callable, *args: object) -> object:
+    """`action(*args)` from a coroutine, in a thread whose connections are closed after it."""
+    from asgiref.sync import sync_to_async
+
+    def run() -> object:
+        try:
+            return action(*args)
+        finally:
+            connections.close_all()
+
+    return sync_to_async(run, thread_sensitive=False)()
+
+
 def _shared_locks() -> int:
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted")
@@ -368,8 +381,6 @@ def _shared_locks() -> int:
 
 def test_one_hub_holds_one_lock_per_row_for_many_waiters_and_wakes_each_at_its_end():
     import asyncio
-
-    from asgiref.sync import sync_to_async
 
     from jobs import listener
 
@@ -384,14 +395,13 @@ def test_one_hub_holds_one_lock_per_row_for_many_waiters_and_wakes_each_at_its_e
         locks = []
         while len(hub.holds) < 2 or sum(hub.holds.values()) < 4:
             await asyncio.sleep(0.01)
-        locks.append(await sync_to_async(_shared_locks, thread_sensitive=False)())  # one per row, not per waiter
-        await sync_to_async(store.succeed, thread_sensitive=False)(first.pk, attempts[first.pk], "{}")
+        locks.append(await _in_a_thread(_shared_locks))  # one per row, not per waiter
+        await _in_a_thread(store.succeed, first.pk, attempts[first.pk], "{}")
         answers = await asyncio.gather(*waits)
         await asyncio.sleep(0.1)  # the releases are tasks
-        locks.append(await sync_to_async(_shared_locks, thread_sensitive=False)())
+        locks.append(await _in_a_thread(_shared_locks))
         ended = await hub.ended(listener.JOB, first.pk, 5)  # seen ended at once: the row is read after the lock
-        hub.close()
-        await hub.conn.close()
+        await hub.aclose()
         return [*answers, ended], locks
 
     started = time.monotonic()
@@ -399,3 +409,35 @@ def test_one_hub_holds_one_lock_per_row_for_many_waiters_and_wakes_each_at_its_e
     assert answers == [True, True, True, False, True]  # the second job's waiter timed out
     assert locks == [2, 0], locks
     assert time.monotonic() - started < 3.0
+
+
+def test_a_hub_whose_connection_is_lost_fails_its_open_waits_and_the_next_wait_reconnects():
+    import asyncio
+
+    from jobs import listener
+
+    job = enqueue("examples.echo", {})
+
+    def terminate(pid: int) -> None:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    async def scenario() -> tuple[type[BaseException] | None, bool]:
+        hub = listener.Hub(keep_open=True)
+        waiting = asyncio.create_task(hub.ended(listener.JOB, job.pk, 10))
+        while not hub.holds:
+            await asyncio.sleep(0.01)
+        await _in_a_thread(terminate, hub.conn.info.backend_pid)
+        try:
+            await waiting
+            failed = None
+        except listener.WaitUnavailable as exc:
+            failed = type(exc)
+        again = await hub.ended(listener.JOB, job.pk, 0.2)  # a new connection: still pending, timed out
+        await hub.aclose()
+        return failed, again
+
+    started = time.monotonic()
+    failed, again = asyncio.run(scenario())
+    assert failed is listener.WaitUnavailable and again is False
+    assert time.monotonic() - started < 5.0
