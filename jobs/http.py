@@ -6,10 +6,14 @@ OpenAPI document names every type a client may enqueue and what each one takes.
 """
 
 import datetime as dt
+import hashlib
 import re
+from collections import Counter
 from typing import Annotated, Any, Literal, Optional, Union
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Body, Path, Query, Router, Schema, Status
@@ -19,7 +23,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 from api.auth import OPERATES, READS, WRITES
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
-from jobs import control, registry, waiting
+from jobs import control, listener, registry
 from jobs.creation import MAX_MEMBERS, PLATFORM_KEY_PREFIX, Group, Step, enqueue_step, start_chain
 from jobs.models import FINISHED, Chain, Job
 from jobs.models import Status as JobStatus
@@ -30,8 +34,12 @@ catalog = Router(tags=["catalog"])
 
 JobId = Path(..., ge=1, le=MAX_ID)
 
-#: The longest `?wait=` (CONVEYOR_WAIT_MAX_SECONDS): a waiting request holds a server worker.
+#: The longest `?wait=` (CONVEYOR_WAIT_MAX_SECONDS). A waiting request holds no server worker and
+#: no database connection of its own (jobs/listener.py), but an HTTP client's patience is bounded.
 WAIT_MAX = float(settings.CONVEYOR["WAIT_MAX_SECONDS"])
+#: Open waits per bearer token in one server process (CONVEYOR_WAITS_PER_TOKEN); over it: 429.
+WAITS_PER_TOKEN = int(settings.CONVEYOR["WAITS_PER_TOKEN"])
+_open_waits: Counter[str] = Counter()  # by the bearer's digest; touched on the event loop only
 
 
 def _wait_param(what: str, ends: str) -> Any:
@@ -41,18 +49,39 @@ def _wait_param(what: str, ends: str) -> Any:
         le=WAIT_MAX,
         allow_inf_nan=False,
         description=f"Seconds to wait for the {what} to end ({ends}), at most {WAIT_MAX:g}: the answer comes as soon "
-        f"as it has ended, or after `wait` seconds with the {what} as it is then (still 200). Without it, at once.",
+        f"as it has ended, or after `wait` seconds with the {what} as it is then (still 200). Without it, at once. "
+        f"At most {WAITS_PER_TOKEN} waits open per token in each server process (429 over it).",
     )
 
 
-def _wait(kind: tuple[str, str], row_id: int, seconds: float | None, what: str) -> None:
-    """Hold the request until the row ended or `seconds` passed (LISTEN/NOTIFY, jobs/waiting.py)."""
+async def _wait(request: HttpRequest, kind: tuple[str, str, str], row_id: int, seconds: float | None) -> None:
+    """Hold the request until the row ended or `seconds` passed: the process's one listening
+    connection tells (jobs/listener.py). Nothing else is held meanwhile: the connection the
+    token's check used goes back first (to the pool: CONN_MAX_AGE=0 under ASGI)."""
     if not seconds:
         return
+    what = kind[2]
+    bearer = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()
+    if _open_waits[bearer] >= WAITS_PER_TOKEN:
+        raise HttpError(
+            429, f"this token already has {WAITS_PER_TOKEN} waits open on this server (CONVEYOR_WAITS_PER_TOKEN): "
+            "wait for one to answer, or ask without `wait`"
+        )
+    _open_waits[bearer] += 1
     try:
-        waiting.ended(kind, row_id, seconds)
+        if settings.ASGI_SERVER:  # (elsewhere, a test's or runserver's connections stay as they are)
+            # The request's thread (ninja ran the token check there) gives its connection back
+            # to the pool now, not at the end of the wait.
+            await sync_to_async(close_old_connections)()
+        await listener.hub().ended(kind, row_id, seconds)
     except (Job.DoesNotExist, Chain.DoesNotExist):
         raise Http404(f"no {what} {row_id}") from None
+    except listener.WaitUnavailable:
+        raise HttpError(503, "waiting is unavailable right now (the database connection failed): try again") from None
+    finally:
+        _open_waits[bearer] -= 1
+        if _open_waits[bearer] <= 0:
+            del _open_waits[bearer]
 
 
 class JobOut(Schema):
@@ -267,18 +296,18 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
 
 @router.get(
     "/{int:job_id}",
-    response={200: JobOut, **errors(400, 401, 403, 404)},
+    response={200: JobOut, **errors(400, 401, 403, 404, 429, 503)},
     summary="Get a job",
     auth=READS,
     description="With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
     "attempt that will be retried has not ended) and comes as soon as it has, or at the end of `wait` with the job as "
     "it is then: check `status`. No polling: the server is told by PostgreSQL (LISTEN/NOTIFY).",
 )
-def get_job(  # noqa: ANN201
+async def get_job(  # noqa: ANN201
     request: HttpRequest, job_id: int = JobId, wait: float | None = _wait_param("job", "succeeded, dead or cancelled")
 ):
-    _wait(waiting.JOB, job_id, wait, "job")
-    return get_object_or_404(Job, pk=job_id)
+    await _wait(request, listener.JOB, job_id, wait)
+    return await sync_to_async(get_object_or_404)(Job, pk=job_id)
 
 
 @router.post(
@@ -335,18 +364,22 @@ def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
 
 @chains.get(
     "/{int:chain_id}",
-    response={200: ChainOut, **errors(400, 401, 403, 404)},
+    response={200: ChainOut, **errors(400, 401, 403, 404, 429, 503)},
     summary="A chain and every step in order",
     auth=READS,
     description="With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
     "cancelled) and comes as soon as it has, or at the end of `wait` with the chain as it is then.",
 )
-def get_chain(  # noqa: ANN201
+async def get_chain(  # noqa: ANN201
     request: HttpRequest,
     chain_id: int = Path(..., ge=1, le=MAX_ID),
     wait: float | None = _wait_param("chain", "succeeded, failed or cancelled"),
 ):
-    _wait(waiting.CHAIN, chain_id, wait, "chain")
+    await _wait(request, listener.CHAIN, chain_id, wait)
+    return await sync_to_async(_chain_or_404)(chain_id)
+
+
+def _chain_or_404(chain_id: int) -> dict[str, Any]:
     return chain_view(get_object_or_404(Chain, pk=chain_id))
 
 

@@ -11,9 +11,9 @@ listens on the channel that every statement ending a job or a chain notifies at 
 3. wait for notifications until one names the id or the time is up; then read the row (through
    Django: the answer). A retry that reopened it meanwhile makes `wait` listen again.
 
-One connection per wait, closed when it ends: no thread, nothing shared between the requests
-of a process. A waiting HTTP request holds its gunicorn sync worker for up to
-`CONVEYOR_WAIT_MAX_SECONDS`, as any slow request would.
+One connection per wait, closed when it ends: for sync callers (a worker's code, a script), which
+wait one at a time. An HTTP server does not wait here: each of its processes waits for all its
+requests on one listening connection (jobs/listener.py), the same three steps per waiter.
 """
 from __future__ import annotations
 

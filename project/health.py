@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 import redis
 from django.conf import settings
 from django.db import OperationalError, connection
@@ -16,15 +17,28 @@ from project.services import redis_client
 
 logger = logging.getLogger(__name__)
 
-#: Failures that mean the service did not answer (refused, timed out, closed on us).
-UNREACHABLE = (OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
+#: Failures that mean the service did not answer (refused, timed out, closed on us; a server's
+#: pool that found no connection in time).
+UNREACHABLE = (OperationalError, psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-def live(request: HttpRequest) -> JsonResponse:
+async def live(request: HttpRequest) -> JsonResponse:
+    """On the event loop under ASGI: no thread, no database, whatever else the process serves."""
     return JsonResponse({"status": "ok", "mode": settings.WORKER_MODE})
 
 
+#: A server's pool (project/settings.py, ASGI_SERVER) keeps trying a database that does not answer:
+#: readiness waits for a connection this long, then says unreachable.
+POOL_WAIT_SECONDS = 2.0
+
+
 def _check_postgres() -> None:
+    pool = connection.pool if connection.settings_dict.get("OPTIONS", {}).get("pool") else None
+    if pool is not None:
+        pool.open()  # as Django does on a first connection (a no-op once open)
+        with pool.connection(timeout=POOL_WAIT_SECONDS) as pg:
+            pg.execute("SELECT 1")
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
 

@@ -8,6 +8,7 @@ servers' sockets in the data folder, and the entry points start those servers (p
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -45,6 +46,24 @@ DATABASE_URL = env.get("DATABASE_URL") or embedded.database_url(DATA_DIR)
 REDIS_URL = env.get("REDIS_URL") or embedded.redis_url(DATA_DIR)
 
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+# An ASGI server process (project/asgi.py says so before the settings load) runs each request's
+# sync code in a thread of that request's own (Django's ThreadSensitiveContext): a persistent
+# connection per thread would be one per request, never reused. There, a small psycopg pool per
+# process (Django's "pool" option; CONN_MAX_AGE must be 0: closing returns the connection) bounds
+# the process's connections, whatever the number of requests in flight; one more listens for
+# the waits (jobs/listener.py). Each connection names its process (pg_stat_activity).
+ASGI_SERVER = env.get("CONVEYOR_ASGI") == "1"
+if ASGI_SERVER:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
+        "application_name": f"conveyor-web-{os.getpid()}",
+        "pool": {
+            "min_size": 1,
+            "max_size": env.get_int("CONVEYOR_WEB_DB_POOL", 4, minimum=1),
+            "timeout": 5,  # a request finding every connection busy this long: an error, not a hang
+        },
+    }
 # The same database through connections whose commits do not wait for the WAL flush: claims,
 # heartbeats and relay marks, where a commit lost in a crash only means work is claimed again.
 DATABASES["claims"] = {
@@ -90,7 +109,7 @@ INSTALLED_APPS = [
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "project.static.WhiteNoise",  # whitenoise's, able to run on the event loop (async views)
     "corsheaders.middleware.CorsMiddleware",
     "api.middleware.json_errors",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -102,6 +121,7 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
+ASGI_APPLICATION = "project.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -248,9 +268,13 @@ CONVEYOR = {
     "RETENTION_DAYS": env.get_int("CONVEYOR_RETENTION_DAYS", 7, minimum=1),
     # A beat that stops renewing its leader lock for this long is replaced by a standby.
     "BEAT_LOCK_SECONDS": env.get_int("CONVEYOR_BEAT_LOCK_SECONDS", 10, minimum=2),
-    # The longest `GET /api/jobs/{id}?wait=` (and chains'): a waiting request holds a gunicorn sync
-    # worker, and gunicorn kills a worker silent for 30 s (its default --timeout), hence at most 25.
-    "WAIT_MAX_SECONDS": env.get_float("CONVEYOR_WAIT_MAX_SECONDS", 20.0, minimum=0.0, maximum=25.0),
+    # The longest `GET /api/jobs/{id}?wait=` (and chains'). A wait costs the server little (an
+    # asyncio future: jobs/listener.py), but its client waits: 8 s by default, under the 10 s many
+    # HTTP clients and fuzzers (schemathesis) give a request; at most 55, under the 60 s idle
+    # timeout of common load balancers.
+    "WAIT_MAX_SECONDS": env.get_float("CONVEYOR_WAIT_MAX_SECONDS", 8.0, minimum=0.0, maximum=55.0),
+    # Waits open at once per bearer token in one server process; one more is refused with 429.
+    "WAITS_PER_TOKEN": env.get_int("CONVEYOR_WAITS_PER_TOKEN", 100, minimum=1),
 }
 WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)

@@ -70,11 +70,12 @@ def production_env(**overrides: str) -> dict[str, str]:
         ({"JWT_PREVIOUS_SECRET": "changeme" * 7}, "JWT_PREVIOUS_SECRET"),
         ({"DATABASE_URL": None}, "DATABASE_URL"),
         ({"REDIS_URL": None}, "REDIS_URL"),
-        # past gunicorn's 30 s worker timeout, negative, not a number
-        ({"CONVEYOR_WAIT_MAX_SECONDS": "30"}, "CONVEYOR_WAIT_MAX_SECONDS"),
+        # past a load balancer's usual 60 s idle timeout, negative, not a number
+        ({"CONVEYOR_WAIT_MAX_SECONDS": "60"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAIT_MAX_SECONDS": "-1"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAIT_MAX_SECONDS": "nan"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAIT_MAX_SECONDS": "ten"}, "CONVEYOR_WAIT_MAX_SECONDS"),
+        ({"CONVEYOR_WAITS_PER_TOKEN": "0"}, "CONVEYOR_WAITS_PER_TOKEN"),
     ],
 )
 def test_production_refuses_to_boot_naming_the_variable(overrides, variable):
@@ -233,6 +234,8 @@ USE_BOTH = (
 ENTRY_POINTS = {
     "manage.py": [MANAGE, "shell", "-c", USE_BOTH],
     "wsgi": ["-c", "from project.wsgi import application\n" + USE_BOTH],
+    # the servers' (gunicorn with uvicorn's worker class), with its pool of connections
+    "asgi": ["-c", "from project.asgi import application\n" + USE_BOTH],
     # Celery's own command on the broker: it answers only if project/celery.py started Redis.
     "celery": ["-m", "celery", "-A", "project", "purge", "-f"],
 }

@@ -1,7 +1,7 @@
 """Production processes (CONVEYOR_ENV=production) on the test's PostgreSQL and Redis: /metrics
 refuses an anonymous scrape, and the demo slice is installed only with CONVEYOR_DEMO=true.
 
-The servers are gunicorn on project.wsgi, the command `manage.py start` runs for a server, bound
+The servers are gunicorn on project.asgi with uvicorn's worker class, the command `manage.py start` runs for a server, bound
 to 127.0.0.1 here (`start` binds 0.0.0.0 in production)."""
 from __future__ import annotations
 
@@ -48,13 +48,14 @@ def production_env(database_url: str | None = None, **extra: str) -> dict[str, s
 
 @pytest.fixture
 def production_server():
-    """start(**env) -> a gunicorn server of project.wsgi in production, ready; all stopped after."""
+    """start(**env) -> a gunicorn server of project.asgi in production, ready; all stopped after."""
     started: list[Proc] = []
 
     def start(**extra: str) -> Proc:
         port = free_port()
         log_path = Path(os.environ.get("CONVEYOR_DATA") or "/tmp") / f"production-{port}.log"
-        argv = [sys.executable, "-m", "gunicorn", "project.wsgi:application", "--bind", f"127.0.0.1:{port}",
+        argv = [sys.executable, "-m", "gunicorn", "project.asgi:application",
+                "--worker-class", "project.asgi_worker.ConveyorWorker", "--bind", f"127.0.0.1:{port}",
                 "--workers", "1", "--no-control-socket", "--access-logfile", "-"]
         with open(log_path, "wb") as out:
             process = subprocess.Popen(

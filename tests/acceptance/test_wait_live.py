@@ -75,7 +75,7 @@ def test_python_and_http_waits_answer_within_50_ms_of_the_outcome(live):
     # and when another one is waited on over HTTP
     job = enqueue("examples.sleep", {"seconds": 0.5})
     asked = _db_now()
-    status, body = http_get(server.url(f"/api/jobs/{job.pk}?wait=20"), timeout=30, headers=headers)
+    status, body = http_get(server.url(f"/api/jobs/{job.pk}?wait=8"), timeout=30, headers=headers)
     lag = _lag(Job, job.pk)
 
     # then the answer is the ended job, within 50 ms of its commit
@@ -118,7 +118,7 @@ def test_chain_whose_middle_step_dies_ends_failed_with_its_error_and_its_waiters
 
     def wait_over_http() -> None:
         _db_now()  # this thread's database connection, opened before: no part of the lag
-        answers["http"] = http_get(server.url(f"/api/jobs/{middle.pk}?wait=20"), timeout=30, headers=headers)
+        answers["http"] = http_get(server.url(f"/api/jobs/{middle.pk}?wait=8"), timeout=30, headers=headers)
         answers["http_lag"] = _lag(Job, middle.pk)
         connection.close()
 

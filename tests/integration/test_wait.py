@@ -302,7 +302,7 @@ def test_get_with_wait_answers_when_the_job_ends(api):
     attempt = _claim(job).attempt
     _later(0.3, lambda: store.succeed(job.pk, attempt, '{"ok": true}'))
     started = time.monotonic()
-    status, body = api("get", f"/jobs/{job.pk}?wait=10")
+    status, body = api("get", f"/jobs/{job.pk}?wait=8")
     assert (status, body["status"], body["output"]) == (200, "succeeded", {"ok": True})
     assert 0.25 <= time.monotonic() - started < 2.0
 
@@ -341,7 +341,7 @@ def test_get_chain_with_wait_answers_when_the_chain_ends(api):
 
     _later(0.3, succeed)
     started = time.monotonic()
-    status, body = api("get", f"/chains/{chain.pk}?wait=10")
+    status, body = api("get", f"/chains/{chain.pk}?wait=8")
     assert (status, body["status"], body["steps"][0]["status"]) == (200, "succeeded", "succeeded")
     assert 0.25 <= time.monotonic() - started < 2.0
 
@@ -355,3 +355,89 @@ def test_openapi_documents_wait_bounded_on_both_routes(api):
         types = param["schema"].get("anyOf", [param["schema"]])
         number = next(t for t in types if t.get("type") == "number")
         assert (number["minimum"], number["maximum"]) == (0, WAIT_MAX)
+
+
+# --- A server process's hub: one connection for every wait (jobs/listener.py) -------------------
+
+
+def _in_a_thread(action: Callable, *args: object) -> object:
+    """`action(*args)` from a coroutine, in a thread whose connections are closed after it."""
+    from asgiref.sync import sync_to_async
+
+    def run() -> object:
+        try:
+            return action(*args)
+        finally:
+            connections.close_all()
+
+    return sync_to_async(run, thread_sensitive=False)()
+
+
+def _shared_locks() -> int:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted")
+        return cursor.fetchone()[0]
+
+
+def test_one_hub_holds_one_lock_per_row_for_many_waiters_and_wakes_each_at_its_end():
+    import asyncio
+
+    from jobs import listener
+
+    first, second = enqueue("examples.echo", {}), enqueue("examples.echo", {})
+    attempts = {job.pk: _claim(job).attempt for job in (first, second)}
+
+    async def scenario() -> tuple[list[bool], list[int]]:
+        hub = listener.Hub(keep_open=True)
+        # three waiters on the first job, one on the second, one on a job that has ended already
+        waits = [asyncio.create_task(hub.ended(listener.JOB, first.pk, 10)) for _ in range(3)]
+        waits.append(asyncio.create_task(hub.ended(listener.JOB, second.pk, 0.5)))
+        locks = []
+        while len(hub.holds) < 2 or sum(hub.holds.values()) < 4:
+            await asyncio.sleep(0.01)
+        locks.append(await _in_a_thread(_shared_locks))  # one per row, not per waiter
+        await _in_a_thread(store.succeed, first.pk, attempts[first.pk], "{}")
+        answers = await asyncio.gather(*waits)
+        await asyncio.sleep(0.1)  # the releases are tasks
+        locks.append(await _in_a_thread(_shared_locks))
+        ended = await hub.ended(listener.JOB, first.pk, 5)  # seen ended at once: the row is read after the lock
+        await hub.aclose()
+        return [*answers, ended], locks
+
+    started = time.monotonic()
+    answers, locks = asyncio.run(scenario())
+    assert answers == [True, True, True, False, True]  # the second job's waiter timed out
+    assert locks == [2, 0], locks
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_hub_whose_connection_is_lost_fails_its_open_waits_and_the_next_wait_reconnects():
+    import asyncio
+
+    from jobs import listener
+
+    job = enqueue("examples.echo", {})
+
+    def terminate(pid: int) -> None:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    async def scenario() -> tuple[type[BaseException] | None, bool]:
+        hub = listener.Hub(keep_open=True)
+        waiting = asyncio.create_task(hub.ended(listener.JOB, job.pk, 10))
+        while not hub.holds:
+            await asyncio.sleep(0.01)
+        await _in_a_thread(terminate, hub.conn.info.backend_pid)
+        try:
+            await waiting
+            failed = None
+        except listener.WaitUnavailable as exc:
+            failed = type(exc)
+        again = await hub.ended(listener.JOB, job.pk, 0.2)  # a new connection: still pending, timed out
+        await hub.aclose()
+        return failed, again
+
+    started = time.monotonic()
+    failed, again = asyncio.run(scenario())
+    assert failed is listener.WaitUnavailable and again is False
+    assert time.monotonic() - started < 5.0

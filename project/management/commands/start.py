@@ -4,7 +4,8 @@
     manage.py start --queues images --pool prefork   a worker specialized on one queue
     manage.py start --cluster 4 --servers 25% --workers 75%
 
-Servers are gunicorn on PORT; workers are Celery workers; shared instances run both. Every
+Servers are gunicorn on PORT (uvicorn's ASGI worker class: project/asgi_worker.py); workers are
+Celery workers; shared instances run both. Every
 child joins the embedded PostgreSQL and Redis this process started (or the configured ones).
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--pool", default="prefork", choices=POOLS, help="Celery pool: prefork for CPU work, threads for I/O")
         parser.add_argument("--port", type=int, default=settings.PORT, help="HTTP port of servers (PORT, default 8000)")
-        parser.add_argument("--web-concurrency", type=int, default=2, help="gunicorn worker processes per server")
+        parser.add_argument("--web-concurrency", type=int, default=2, help="gunicorn (ASGI) worker processes per server")
         parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM before killing (default 30)")
         parser.add_argument("--cluster", nargs="?", type=int, const=-1, default=None, help="run N instances (no N: one per CPU)")
         parser.add_argument("--servers", default=None, help="how many instances serve HTTP only: a count or a percentage")
@@ -167,13 +168,15 @@ class Command(BaseCommand):
             env = {"WORKER_MODE": mode}
             if roles.serves_http(mode):
                 argv = [
-                    python, "-m", "gunicorn", "project.wsgi:application",
+                    # ASGI under uvicorn's worker class: `?wait=` waits on the event loop
+                    # (project/asgi.py), taking no worker; --timeout is then a heartbeat only.
+                    python, "-m", "gunicorn", "project.asgi:application",
+                    "--worker-class", "project.asgi_worker.ConveyorWorker",
                     "--bind", self._bind(int(opts["port"])),
                     "--reuse-port",  # every server instance of a cluster shares the one port
                     "--workers", str(opts["web_concurrency"]),
                     "--graceful-timeout", str(int(float(opts["grace"]))),
                     "--access-logfile", "-",
-                    "--limit-request-line", "8190",  # gunicorn's largest (api.validation: the 414)
                     # gunicorn's control socket has one default path: servers of a cluster would share it.
                     "--no-control-socket",
                     "--name", f"conveyor-{label}",

@@ -1,0 +1,65 @@
+"""ASGI entry point of the HTTP servers: gunicorn runs it with project.asgi_worker's worker class
+(uvicorn's, `manage.py start`).
+
+Why ASGI: a `GET /api/jobs/{id}?wait=` waits on the event loop (jobs/listener.py: one listening
+PostgreSQL connection per process for every wait), so open waits take no request slot and no
+database connection; every other view is sync and runs in a thread of its request's own
+(Django's ThreadSensitiveContext), its database connection from a small per-process pool
+(project/settings.py, ASGI_SERVER).
+
+Around Django's application: the request-line limit gunicorn enforced before (its
+`--limit-request-line`, the 414 the OpenAPI document names: uvicorn has none), and the ASGI
+lifespan messages (Django answers HTTP only).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Awaitable, Callable
+
+# Before the settings load: they give this process a connection pool (project/settings.py).
+os.environ["CONVEYOR_ASGI"] = "1"
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+from django.core.asgi import get_asgi_application
+
+from project import embedded
+
+embedded.start()  # the embedded servers, unless DATABASE_URL / REDIS_URL name others
+django_application = get_asgi_application()
+
+from api.validation import REQUEST_LINE_LIMIT  # noqa: E402 - after Django's setup
+from jobs import listener  # noqa: E402
+
+listener.KEEP_OPEN = True  # one server process, one loop: its listening connection stays
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+TOO_LONG = b"<html><body><h1>414 Request-URI Too Long</h1></body></html>"
+
+
+def _request_line(scope: Scope) -> int:
+    """`METHOD /path?query HTTP/1.1` in bytes, as the client sent it."""
+    target = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    return len(scope["method"]) + 1 + len(target) + (1 + len(query) if query else 0) + 9
+
+
+async def application(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await listener.aclose()  # its waits were answered when the drain began
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http" and _request_line(scope) > REQUEST_LINE_LIMIT:
+        await send({"type": "http.response.start", "status": 414,
+                    "headers": [(b"content-type", b"text/html"), (b"content-length", str(len(TOO_LONG)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": TOO_LONG})
+        return
+    await django_application(scope, receive, send)

@@ -1,0 +1,39 @@
+"""WhiteNoise's middleware, able to run on the event loop as well as in a thread.
+
+Under ASGI (project/asgi.py) a sync-only middleware makes Django run everything inside it,
+async views included, through a thread of the request's (async_to_sync): a `?wait=` would hold
+that thread for its whole wait. This one serves static files as WhiteNoise does (in a thread:
+file I/O) and hands every other request on without leaving the loop.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest
+from whitenoise.middleware import WhiteNoiseMiddleware
+
+
+class WhiteNoise(WhiteNoiseMiddleware):
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(get_response, *args, **kwargs)
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        if self.autorefresh:
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)
