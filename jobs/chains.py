@@ -9,6 +9,10 @@ once whether two members end at the same instant on two workers, a member's mess
 duplicated, or a member's worker dies and its job runs again (a member counts by its row's
 status, not by how many times it ended). The next step's message goes out after the commit
 (creation.submit -> publish_on_commit).
+
+What a group hands on is stored once for the next step (store.hand_on: `jobs_stepresult` rows,
+copied from the members' rows inside PostgreSQL), and each of the next step's rows holds only
+their count: a group of N after a group of N stores N entries, not N x N.
 """
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ from jobs.creation import step_jobs, submit
 from jobs.models import ChainStatus, Status
 
 
-def advance(chain_id: int, index: int, steps: list[dict[str, Any]], parent_id: int, results: list[Any] | None = None) -> None:
-    """Step `index` is done: insert step `index + 1` (handing it `results`), or, past the last
-    step, end the chain succeeded."""
+def advance(chain_id: int, index: int, steps: list[dict[str, Any]], parent_id: int, failures: dict[int, Any] | None = None) -> None:
+    """Step `index` is done: insert step `index + 1`, or, past the last step, end the chain
+    succeeded. `failures` (a group's step: its members' entries for those that did not succeed,
+    possibly none) hands the group's results on to the next step (store.hand_on)."""
     if index + 1 >= len(steps):
         store.finish_chain(chain_id, ChainStatus.SUCCEEDED)
-    else:
-        submit(step_jobs(steps[index + 1], chain_id, index + 1, parent_id=parent_id, results=results))
+        return
+    count = None if failures is None else store.hand_on(chain_id, index, failures)
+    submit(step_jobs(steps[index + 1], chain_id, index + 1, parent_id=parent_id, results_count=count))
 
 
 def member_ended(chain_id: int, index: int, steps: list[dict[str, Any]], status: str, parent_id: int) -> None:
@@ -47,11 +53,8 @@ def member_ended(chain_id: int, index: int, steps: list[dict[str, Any]], status:
         dead = any(end.status == Status.DEAD for end in bad)
         store.finish_chain(chain_id, ChainStatus.FAILED if dead else ChainStatus.CANCELLED)
         return
-    results = [
-        end.output if end.status == Status.SUCCEEDED else {"error": last_line(end.error), "status": end.status, "job": end.id}
-        for end in ends
-    ]
-    advance(chain_id, index, steps, parent_id, results)
+    failures = {end.member: {"error": last_line(end.error), "status": end.status, "job": end.id} for end in bad}
+    advance(chain_id, index, steps, parent_id, failures)
 
 
 def last_line(error: str) -> str:

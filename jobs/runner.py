@@ -89,7 +89,7 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         parent_id=claimed.parent_id,
         idempotency_key=claimed.idempotency_key or f"conveyor-job-{claimed.id}",
         member=claimed.member,
-        results=claimed.results,
+        results_count=claimed.results_count,
     )
     # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
     with telemetry.running(claimed, worker) as run:

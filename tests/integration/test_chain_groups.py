@@ -37,6 +37,12 @@ def step_jobs(chain: Chain, index: int) -> list[Job]:
     return list(Job.objects.filter(chain=chain, chain_index=index))
 
 
+def handed_on(job: Job) -> list[Any] | None:
+    """What the group before the job's step handed on, as its handler reads it (ctx.results)."""
+    ctx = runner.Context(job.pk, job.type, 1, 1, job.chain_id, job.chain_index, None, "k", results_count=job.results_count)
+    return ctx.results
+
+
 def member_steps(count: int, **extra: Any) -> list[Step]:
     return [Step("examples.member" if n % 2 == 0 else "examples.member-images", {"n": n, **extra}) for n in range(count)]
 
@@ -158,7 +164,7 @@ def test_the_last_member_to_end_releases_the_next_step_once_with_the_outputs_in_
     chain = start_chain([Step("examples.echo"), Group(member_steps(4)), Step("examples.gather", {"g": 1})])
     assert runner.execute(Job.objects.get(chain=chain, chain_index=0).pk, worker=WORKER) == "succeeded"
     group = members(chain, 1)
-    assert [j.member for j in group] == [0, 1, 2, 3] and all(j.results is None for j in group)
+    assert [j.member for j in group] == [0, 1, 2, 3] and all(j.results_count is None for j in group)
 
     # when the members end in reverse order
     for job in reversed(group[1:]):
@@ -168,7 +174,7 @@ def test_the_last_member_to_end_releases_the_next_step_once_with_the_outputs_in_
 
     # then the next step exists once, parented by the last member, with the outputs in member order
     [gather] = step_jobs(chain, 2)
-    assert (gather.parent_id, gather.input, gather.results) == (group[0].pk, {"g": 1}, [{"n": n} for n in range(4)])
+    assert (gather.parent_id, gather.input, handed_on(gather)) == (group[0].pk, {"g": 1}, [{"n": n} for n in range(4)])
     with connection.cursor() as cursor:
         cursor.execute("SELECT id, xmin::text FROM jobs_job WHERE id IN (%s, %s)", [group[0].pk, gather.pk])
         xmin = dict(cursor.fetchall())
@@ -233,7 +239,7 @@ def test_two_members_ending_at_the_same_instant_on_two_connections_release_the_n
             assert not thread.is_alive()
         assert errors == []
         [gather] = step_jobs(chain, 1)
-        assert gather.results == [{"n": 0}, {"n": 1}]
+        assert handed_on(gather) == [{"n": 0}, {"n": 1}]
 
 
 def waiting_on_locks() -> int:
@@ -261,7 +267,7 @@ def test_a_duplicate_message_and_a_lost_run_of_a_member_count_once():
     ctx = runner.Context(lost.id, lost.type, lost.attempt, lost.max_attempts, lost.chain_id, lost.chain_index, None, "k", member=1)
     assert runner._succeed(ctx, json.dumps({"n": 99}), runner.registry.get(lost.type)) == "lost"
     [gather] = step_jobs(chain, 1)
-    assert gather.results == [{"n": 0}, {"n": 1}]
+    assert handed_on(gather) == [{"n": 0}, {"n": 1}]
     assert sorted(Effect.objects.values_list("job_id", "attempt")) == [(first.pk, 1), (second.pk, 2)]
 
 
@@ -297,7 +303,7 @@ def test_a_group_that_collects_hands_the_failures_on_in_place():
     assert step_jobs(chain, 1) == []
     assert execute_until_ended(doomed.pk) == "dead"  # the last to end
     [gather] = step_jobs(chain, 1)
-    assert gather.results == [
+    assert handed_on(gather) == [
         {"n": 0},
         {"error": "RuntimeError: examples.member 1: failing as asked", "status": "dead", "job": doomed.pk},
         {"error": "", "status": "cancelled", "job": cancelled.pk},
@@ -322,7 +328,7 @@ def test_retrying_the_dead_member_reopens_the_chain_and_its_success_releases_the
     assert control.retry(Job.objects.get(pk=flaky.pk))
     assert execute_until_ended(flaky.pk) == "succeeded"
     [gather] = step_jobs(chain, 1)
-    assert gather.results == [{"n": 0}, {"attempt": 4}]
+    assert handed_on(gather) == [{"n": 0}, {"attempt": 4}]
 
 
 # --- dynamic fan-out ------------------------------------------------------------------------------
@@ -397,11 +403,15 @@ def test_the_api_admin_and_operations_page_show_a_group_as_one_step_with_its_mem
     assert "failing as asked" in group["members"][1]["job"]["error"]
     assert group["duration_seconds"] > 0 and group["handoff_seconds"] is not None
     assert body["steps"][2]["handoff_seconds"] is None  # not started yet
-    assert body["steps"][2]["job"]["results"][1]["status"] == "dead"
+    assert (group["member_count"], group["member_statuses"], group["members_next"]) == (3, {"succeeded": 2, "dead": 1}, None)
+    gather = body["steps"][2]["job"]
+    assert gather["results_count"] == 3
+    status, handed = api("get", f"/jobs/{gather['id']}/results")
+    assert status == 200 and handed["count"] == 3 and handed["items"][1]["status"] == "dead"
 
     # and the admin's chain page: a row for the group, a row per member linking its job
     html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
-    assert "group of 3 (on failure: collect)" in html
+    assert "group of 3 (on failure: collect; 2 succeeded, 1 dead)" in html
     for job in (ok, doomed, last):
         assert f'href="/admin/jobs/job/{job.pk}/change/"' in html
     assert html.count('class="chain-member"') == 3
