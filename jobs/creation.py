@@ -217,7 +217,7 @@ def _plan_one(step: Step | dict[str, Any], field: str) -> dict[str, Any]:
         return {"type": jt.name, "input": jt.validate(step.input)}
     except registry.InvalidJob as exc:
         errors = {f"{field}.{k}": v for k, v in exc.errors.items()} or {f"{field}.type": str(exc)}
-        raise registry.InvalidJob(f"{field}: {exc}", errors) from None
+        raise type(exc)(f"{field}: {exc}", errors) from None
 
 
 def step_jobs(planned: dict[str, Any], chain_id: int, index: int, **fields: Any) -> list[Job]:

@@ -134,6 +134,10 @@ def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> 
     if "\\u0000" in encoded:
         error = "the handler's output holds a NUL character, which PostgreSQL's JSON cannot store"
         return _record(ctx, lambda: _fail(ctx, error, jt)), error
+    if len(encoded) > registry.max_output_bytes():
+        error = (f"the handler's output is {len(encoded)} bytes of JSON, over the limit of "
+                 f"{registry.max_output_bytes()} (CONVEYOR_MAX_OUTPUT_BYTES)")
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
     return _record(ctx, lambda: _succeed(ctx, encoded, jt)), ""
 
 

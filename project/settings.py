@@ -228,6 +228,10 @@ CONVEYOR = {
     # The longest `GET /api/jobs/{id}?wait=` (and chains'): a waiting request holds a gunicorn sync
     # worker, and gunicorn kills a worker silent for 30 s (its default --timeout), hence at most 25.
     "WAIT_MAX_SECONDS": env.get_float("CONVEYOR_WAIT_MAX_SECONDS", 20.0, minimum=0.0, maximum=25.0),
+    # The largest input a job may be enqueued with, and output a run may return, in bytes of JSON:
+    # a group hands every member's output on to the next step, and every read of a job loads both.
+    "MAX_INPUT_BYTES": env.get_int("CONVEYOR_MAX_INPUT_BYTES", 1024 * 1024, minimum=1),
+    "MAX_OUTPUT_BYTES": env.get_int("CONVEYOR_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=1),
 }
 WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import threading
 from typing import Any
 
@@ -20,7 +21,7 @@ from jobs import Group, InvalidJob, Step, control, enqueue, recovery, runner, st
 from jobs.creation import MAX_MEMBERS
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
-from tests.support import redis_client, wait_for
+from tests.support import api_client, redis_client, wait_for
 
 pytestmark = RUNNER_IN_PROCESS
 
@@ -439,3 +440,79 @@ def test_retrying_a_collected_member_after_the_fan_in_runs_it_again_and_leaves_t
     assert execute_until_ended(flaky.pk) == "succeeded"
     assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED  # not reopened
     assert step_jobs(chain, 1) == [echo]  # released once
+
+
+# --- a group after a group: results stored once, reads bounded ------------------------------------
+
+
+def test_a_group_after_a_group_stores_the_results_once_and_every_read_of_the_chain_is_bounded(api, admin_client):
+    # given echo members of ~300 bytes each (random: TOAST cannot compress them away) -> a second
+    # group of as many (its first and last members gather what they were handed) -> gather
+    n = 100
+    pads = [secrets.token_hex(150) for _ in range(n)]
+    second = [Step("examples.gather" if m in (0, n - 1) else "examples.echo", {"m": m}) for m in range(n)]
+    chain = start_chain([Group([Step("examples.echo", {"n": m, "pad": pads[m]}) for m in range(n)]), Group(second),
+                         Step("examples.gather")])
+    for job in members(chain, 0):
+        assert runner.execute(job.pk, worker=WORKER) == "succeeded"
+
+    # then no row of the second group holds the first group's outputs: each is a few hundred bytes
+    handed = [{"n": m, "pad": pads[m]} for m in range(n)]
+    sizes = row_bytes(chain.pk, 1)
+    assert len(sizes) == n and max(sizes) < 1500, f"a row of the second group is {max(sizes)} bytes"
+    # and the outputs are stored once for the step: n entries in all (not n x n), about n outputs' bytes
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT step, count(*), sum(octet_length(value::text)) FROM jobs_stepresult WHERE chain_id = %s"
+                       " GROUP BY step", [chain.pk])
+        assert [(step, count) for step, count, _ in cursor.fetchall()] == [(1, n)]
+        cursor.execute("SELECT sum(octet_length(value::text)) FROM jobs_stepresult WHERE chain_id = %s", [chain.pk])
+        assert cursor.fetchone()[0] < n * 400
+    # and each member of the second group reads them in member order (its handler too)
+    group = members(chain, 1)
+    assert {j.results_count for j in group} == {n}
+    assert handed_on(group[0]) == handed_on(group[n - 1]) == handed
+    for job in group:
+        assert runner.execute(job.pk, worker=WORKER) == "succeeded"
+    assert Job.objects.get(pk=group[0].pk).output == {"input": {"m": 0}, "results": handed}
+    [last] = step_jobs(chain, 2)
+    assert handed_on(last)[1:3] == [{"m": 1}, {"m": 2}] and handed_on(last)[n - 1]["results"] == handed
+
+    # and GET /api/chains/{id} summarises each group: counts by status, one page of members
+    response = api_client().get(f"/api/chains/{chain.pk}")
+    assert response.status_code == 200 and len(response.content) < 80_000, len(response.content)
+    body = response.json()
+    first_group, second_group = body["steps"][0], body["steps"][1]
+    assert (second_group["member_count"], second_group["member_statuses"], second_group["members_next"]) == (
+        n, {"succeeded": n}, 20)
+    assert [m["member"] for m in second_group["members"]] == list(range(20))
+    assert second_group["members"][0]["job"]["results_count"] == n and "results" not in second_group["members"][0]["job"]
+    assert first_group["members"][3]["job"]["output"] == handed[3]
+    # and pages through the members
+    status, body = api("get", f"/chains/{chain.pk}?members_from=90&members_limit=20")
+    assert status == 200 and [m["member"] for m in body["steps"][1]["members"]] == list(range(90, 100))
+    assert body["steps"][1]["members_next"] is None
+    status, body = api("get", f"/chains/{chain.pk}?members_limit=101")
+    assert status == 400 and "members_limit" in body["fields"]
+    # and a job's results a page at a time
+    status, body = api("get", f"/jobs/{last.pk}/results?offset=98&limit=5")
+    assert status == 200 and body["count"] == n and body["next"] is None
+    assert body["items"][0] == {"m": 98} and body["items"][1]["results"] == handed
+    status, body = api("get", f"/jobs/{group[0].pk}/results?limit=2")
+    assert (body["items"], body["next"]) == (handed[:2], 2)
+
+    # and the admin's chain page and the operations page list a page of members with the counts
+    html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
+    assert len(html) < 150_000 and f"group of {n} (on failure: fail; {n} succeeded)" in html
+    assert html.count('class="chain-member"') == 2 * 50 and "?members_from=50" in html
+    html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/?members_from=50").content.decode()
+    assert f'<td>1.{n - 1}</td>' in html and '<td>1.0</td>' not in html
+    page = admin_client.get("/admin/operations/fragment/").content.decode()
+    assert len(page) < 100_000 and f"10 of {n} members shown" in page
+
+
+def row_bytes(chain_id: int, index: int) -> list[int]:
+    """The size of each job row of a chain step, as JSON text."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT octet_length(row_to_json(j)::text) FROM jobs_job j WHERE chain_id = %s AND chain_index = %s",
+                       [chain_id, index])
+        return [row[0] for row in cursor.fetchall()]
