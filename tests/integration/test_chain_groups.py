@@ -510,6 +510,17 @@ def test_a_group_after_a_group_stores_the_results_once_and_every_read_of_the_cha
     assert len(page) < 100_000 and f"10 of {n} members shown" in page
 
 
+def test_a_chain_read_lists_one_page_of_a_groups_members_and_counts_the_rest():
+    # given a chain that starts with a group of 100 members of ~300 bytes of input each
+    chain = start_chain([Group([Step("examples.echo", {"n": m, "pad": secrets.token_hex(150)}) for m in range(100)])])
+    # then GET /api/chains/{id} lists the first 20 members, counts all of them, and says where to go on
+    response = api_client().get(f"/api/chains/{chain.pk}?members_limit=20")
+    assert response.status_code == 200 and len(response.content) < 30_000, len(response.content)
+    group = response.json()["steps"][0]
+    assert [m["member"] for m in group["members"]] == list(range(20))
+    assert (group["member_count"], group["member_statuses"], group["members_next"]) == (100, {"pending": 100}, 20)
+
+
 def row_bytes(chain_id: int, index: int) -> list[int]:
     """The size of each job row of a chain step, as JSON text."""
     with connection.cursor() as cursor:
