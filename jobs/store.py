@@ -1,4 +1,4 @@
-"""The job store: every statement that writes `jobs_job` or `jobs_chain`, and nothing else does.
+"""The job store: every statement that writes `jobs_job`, `jobs_chain` or `jobs_stepresult`, and nothing else does.
 
 Two rules are written here once and used by every statement:
 - RUNNABLE: a row a worker may claim and the relay may publish (pending or failed, no cancel
