@@ -8,6 +8,7 @@ test_chain_groups_live.py runs real workers).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import secrets
 import threading
@@ -15,11 +16,12 @@ from typing import Any
 
 import pytest
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from examples.models import Effect
 from jobs import Group, InvalidJob, Step, control, enqueue, recovery, runner, start_chain, store
 from jobs.creation import MAX_MEMBERS
-from jobs.models import Chain, ChainStatus, Job, Status
+from jobs.models import Chain, ChainStatus, Job, Status, StepResult
 from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import api_client, redis_client, wait_for
 
@@ -508,6 +510,11 @@ def test_a_group_after_a_group_stores_the_results_once_and_every_read_of_the_cha
     assert f'<td>1.{n - 1}</td>' in html and '<td>1.0</td>' not in html
     page = admin_client.get("/admin/operations/fragment/").content.decode()
     assert len(page) < 100_000 and f"10 of {n} members shown" in page
+    # and the list of chains outlines each plan; the chain's jobs are a page of the job list
+    listed = admin_client.get("/admin/jobs/chain/").content.decode()
+    assert f"chain {chain.pk}: group of {n} -&gt; group of {n} -&gt; examples.gather" in listed
+    jobs = admin_client.get(f"/admin/jobs/job/?chain__exact={chain.pk}")
+    assert jobs.status_code == 200 and f'href="/admin/jobs/job/{last.pk}/change/' in jobs.content.decode()
 
 
 def test_a_chain_read_lists_one_page_of_a_groups_members_and_counts_the_rest():
@@ -519,6 +526,20 @@ def test_a_chain_read_lists_one_page_of_a_groups_members_and_counts_the_rest():
     group = response.json()["steps"][0]
     assert [m["member"] for m in group["members"]] == list(range(20))
     assert (group["member_count"], group["member_statuses"], group["members_next"]) == (100, {"pending": 100}, 20)
+
+
+def test_retention_deletes_a_finished_chain_with_what_its_groups_handed_on():
+    chain = start_chain([Group(member_steps(2)), Step("examples.gather")])
+    for job in members(chain, 0):
+        runner.execute(job.pk, worker=WORKER)
+    runner.execute(step_jobs(chain, 1)[0].pk, worker=WORKER)
+    assert StepResult.objects.filter(chain=chain).count() == 2
+    old = timezone.now() - dt.timedelta(days=30)
+    Job.objects.filter(chain=chain).update(finished_at=old)
+    Chain.objects.filter(pk=chain.pk).update(finished_at=old)
+    assert store.delete_finished(old + dt.timedelta(seconds=1), 100) == 3
+    assert store.delete_empty_chains(old + dt.timedelta(seconds=1)) >= 1
+    assert not Chain.objects.filter(pk=chain.pk).exists() and not StepResult.objects.exists()
 
 
 def row_bytes(chain_id: int, index: int) -> list[int]:
