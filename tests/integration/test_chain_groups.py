@@ -182,6 +182,9 @@ def test_the_last_member_to_end_releases_the_next_step_once_with_the_outputs_in_
         cursor.execute("SELECT id, xmin::text FROM jobs_job WHERE id IN (%s, %s)", [group[0].pk, gather.pk])
         xmin = dict(cursor.fetchall())
     assert xmin[group[0].pk] == xmin[gather.pk], "the last member's end and the next step were separate transactions"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT xmin::text FROM jobs_stepresult WHERE chain_id = %s", [chain.pk])
+        assert cursor.fetchall() == [(xmin[gather.pk],)], "the results were handed on in another transaction"
     # and the next step's handler reads them as ctx.results
     assert runner.execute(gather.pk, worker=WORKER) == "succeeded"
     assert Job.objects.get(pk=gather.pk).output == {"input": {"g": 1}, "results": [{"n": n} for n in range(4)]}
@@ -493,8 +496,9 @@ def test_a_group_after_a_group_stores_the_results_once_and_every_read_of_the_cha
     status, body = api("get", f"/chains/{chain.pk}?members_from=90&members_limit=20")
     assert status == 200 and [m["member"] for m in body["steps"][1]["members"]] == list(range(90, 100))
     assert body["steps"][1]["members_next"] is None
-    status, body = api("get", f"/chains/{chain.pk}?members_limit=101")
-    assert status == 400 and "members_limit" in body["fields"]
+    for wrong in ("members_limit=101", "members_limit=0", "members_from=-1", "members_from=x"):
+        status, body = api("get", f"/chains/{chain.pk}?{wrong}")
+        assert status == 400 and wrong.split("=")[0] in body["fields"], (wrong, body)
     # and a job's results a page at a time
     status, body = api("get", f"/jobs/{last.pk}/results?offset=98&limit=5")
     assert status == 200 and body["count"] == n and body["next"] is None
