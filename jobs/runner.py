@@ -170,7 +170,7 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         done = store.succeed(ctx.job_id, ctx.attempt, output_json)
         return done.status if done else _lost(ctx)
     with transaction.atomic(durable=True):
-        done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id)
+        done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
         if done is None:
             return _lost(ctx)
         if jt.holds_slots:  # the next job waiting for its concurrency slot goes after commit
@@ -199,7 +199,7 @@ def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
     (continue_with, fan_out) are spliced into the plan right after its own step.
     """
     if ctx.member is not None:
-        chains.member_ended(ctx.chain_id, ctx.chain_index, done.chain_steps, done.chain_status, ctx.job_id)
+        chains.member_ended(ctx.chain_id, ctx.chain_index, done.chain_status, ctx.job_id)
         return
     if ctx.chain_id is None:
         steps = [{"type": ctx.type, "input": done.input}, *ctx.continuations]

@@ -501,22 +501,26 @@ RETURNING id, type, status, chain_id, input
 """
 SUCCEED_SQL = _notifying(SUCCEED_UPDATE)
 
+# The plan is read only when asked for (`plan`): a group's member's outcome does without it (the
+# last one reads what it needs, chain_step), so N members do not read a plan of N inputs N times.
 SUCCEED_IN_CHAIN_SQL = f"""
 WITH done AS ({SUCCEED_UPDATE.strip()}),
-     chain AS (SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE)
+     chain AS (SELECT CASE WHEN %s THEN steps END AS steps, status FROM jobs_chain WHERE id = %s FOR UPDATE)
 SELECT done.*, chain.steps, chain.status, {NOTIFY_JOB} FROM done, chain
 """
 
 
-def succeed(job_id: int, attempt: int, output_json: str, chain_id: int | None = None) -> Succeeded | None:
+def succeed(
+    job_id: int, attempt: int, output_json: str, chain_id: int | None = None, plan: bool = True
+) -> Succeeded | None:
     """Record attempt `attempt`'s success, its output given as JSON text (None: the attempt lost
     its lease, nothing recorded). In a chain, the chain's row is locked in the same round trip
-    and its plan returned."""
+    and its status returned, with its plan unless `plan` is False (chain_steps None)."""
     with prepared() as cursor:
         if chain_id is None:
             cursor.execute(SUCCEED_SQL, [output_json, job_id, attempt])
         else:
-            cursor.execute(SUCCEED_IN_CHAIN_SQL, [output_json, job_id, attempt, chain_id])
+            cursor.execute(SUCCEED_IN_CHAIN_SQL, [output_json, job_id, attempt, plan, chain_id])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -730,13 +734,43 @@ def finish_chain(chain_id: int, status: str) -> None:
 def lock_chain(chain_id: int) -> tuple[list[dict[str, Any]], str] | None:
     """Lock the chain's row until the transaction ends; return its plan and status (None: gone).
 
-    Every outcome of a chain's job takes this lock (store.succeed takes it in its own statement),
-    so the ends of one group's members are recorded one after the other: the last to take the
-    lock sees every other member's end, and releases the next step."""
+    Every outcome of a chain's job takes this lock (succeed in its own statement, a member's end
+    outside a run through chain_step, which reads only what the fan-in needs), so the ends of one
+    group's members are recorded one after the other: the last to take the lock sees every other
+    member's end, and releases the next step."""
     with prepared() as cursor:
         cursor.execute("SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE", [chain_id])
         row = cursor.fetchone()
     return None if row is None else (_json(row[0]), row[1])
+
+
+class ChainStep(NamedTuple):
+    """What a group's fan-in reads of its chain's plan, rather than the whole plan."""
+
+    #: The group step's rule ("fail" or "collect").
+    on_failure: str
+    status: str
+    #: How many steps the plan has.
+    length: int
+    #: The plan of the step after it (None past the last).
+    next: dict[str, Any] | None
+
+
+CHAIN_STEP_SQL = """
+SELECT COALESCE(steps -> %s::int ->> 'on_failure', 'fail'), status, jsonb_array_length(steps),
+       CASE WHEN %s THEN steps -> (%s::int + 1) END
+  FROM jobs_chain WHERE id = %s
+"""
+
+
+def chain_step(chain_id: int, index: int, lock: bool = False, next_step: bool = True) -> ChainStep | None:
+    """Step `index` of the chain's plan as a group's fan-in reads it (None: the chain is gone),
+    with the plan of the step after it unless `next_step` is False; `lock` locks the chain's row
+    until the transaction ends."""
+    with prepared() as cursor:
+        cursor.execute(CHAIN_STEP_SQL + (" FOR UPDATE" if lock else ""), [index, next_step, index, chain_id])
+        row = cursor.fetchone()
+    return None if row is None else ChainStep(row[0], row[1], row[2], _json(row[3]))
 
 
 GROUP_OPEN_SQL = """
