@@ -2,7 +2,8 @@
 
 Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` (with `Step` and
 `Group`) from here, and `wait` / `wait_chain` to block until a job or chain has ended
-(`WaitTimeout` past the timeout); the event bus and the schedules make their jobs with `new_job`
+(`WaitTimeout` past the timeout). A bad input raises `InvalidJob` (`InputTooLarge` past
+CONVEYOR_MAX_INPUT_BYTES); the event bus and the schedules make their jobs with `new_job`
 and `submit`, like everything else.
 """
 from __future__ import annotations
@@ -11,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "job_type", "enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Group", "Context", "InvalidJob",
-    "wait", "wait_chain", "WaitTimeout",
+    "InputTooLarge", "wait", "wait_chain", "WaitTimeout",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from jobs.context import Context
     from jobs.creation import Group, Step, enqueue, enqueue_many, new_job, start_chain, submit
-    from jobs.registry import InvalidJob, job_type
+    from jobs.registry import InputTooLarge, InvalidJob, job_type
     from jobs.waiting import WaitTimeout, wait, wait_chain
 
 
@@ -35,7 +36,7 @@ def __getattr__(name: str) -> Any:
         from jobs import waiting
 
         return getattr(waiting, name)
-    if name in ("job_type", "InvalidJob"):
+    if name in ("job_type", "InvalidJob", "InputTooLarge"):
         from jobs import registry
 
         return getattr(registry, name)

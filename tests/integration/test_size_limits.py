@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import Group, InvalidJob, Step, enqueue, runner, start_chain
+from jobs import Group, InputTooLarge, InvalidJob, Step, enqueue, runner, start_chain
 from jobs.models import Chain, Job, Status
-from jobs.registry import InputTooLarge
 from tests.integration.conftest import RUNNER_IN_PROCESS
 
 pytestmark = RUNNER_IN_PROCESS
