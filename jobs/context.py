@@ -37,7 +37,7 @@ class Context:
     #: How many entries the group before this step handed on (None: the step before was one job,
     #: or there was none). The entries themselves are read by `results`, when first asked for.
     results_count: int | None = None
-    _results: list[Any] | None = field(default=None, repr=False)
+    _results: list[Any] | None = field(default=None, init=False, repr=False)
 
     @property
     def results(self) -> list[Any] | None:
