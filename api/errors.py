@@ -13,5 +13,9 @@ class BadInput(ValueError):
         self.errors = errors or {}
 
 
+class TooLarge(BadInput):
+    """A value over a stated size limit (a job's input over CONVEYOR_MAX_INPUT_BYTES): 413."""
+
+
 class Conflict(BadInput):
     """A request that contradicts what is already recorded: the HTTP API answers 409."""

@@ -11,7 +11,7 @@ from ninja.openapi.schema import OpenAPISchema
 
 from api import scopes
 from api.auth import TokenAuth
-from api.errors import BadInput, Conflict
+from api.errors import BadInput, Conflict, TooLarge
 from api.validation import UNION_TAGS, JsonParser, constrain
 
 
@@ -84,6 +84,11 @@ def conflict(request: HttpRequest, exc: Conflict) -> HttpResponse:
 @api.exception_handler(BadInput)
 def bad_input(request: HttpRequest, exc: BadInput) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc), "fields": exc.errors}, status=400)
+
+
+@api.exception_handler(TooLarge)
+def too_large(request: HttpRequest, exc: TooLarge) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc), "fields": exc.errors}, status=413)
 
 
 @api.exception_handler(AuthenticationError)

@@ -2,9 +2,9 @@
 
 Application code uses `job_type`, `enqueue`, `enqueue_many` and `start_chain` (with `Step` and
 `Group`) from here, and `wait` / `wait_chain` to block until a job or chain has ended
-(`WaitTimeout` past the timeout); a handler raises `Permanent` for a failure no retry can
-change; the event bus and the schedules make their jobs with `new_job` and `submit`, like
-everything else.
+(`WaitTimeout` past the timeout). A bad input raises `InvalidJob` (`InputTooLarge` past
+CONVEYOR_MAX_INPUT_BYTES); a handler raises `Permanent` for a failure no retry can change; the
+event bus and the schedules make their jobs with `new_job` and `submit`, like everything else.
 """
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "job_type", "enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Group", "Context", "InvalidJob",
-    "Permanent",
+    "InputTooLarge", "Permanent",
     "wait", "wait_chain", "WaitTimeout",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from jobs.context import Context
     from jobs.creation import Group, Step, enqueue, enqueue_many, new_job, start_chain, submit
-    from jobs.registry import InvalidJob, Permanent, job_type
+    from jobs.registry import InputTooLarge, InvalidJob, Permanent, job_type
     from jobs.waiting import WaitTimeout, wait, wait_chain
 
 
@@ -37,7 +37,7 @@ def __getattr__(name: str) -> Any:
         from jobs import waiting
 
         return getattr(waiting, name)
-    if name in ("job_type", "InvalidJob", "Permanent"):
+    if name in ("job_type", "InvalidJob", "InputTooLarge", "Permanent"):
         from jobs import registry
 
         return getattr(registry, name)

@@ -8,15 +8,20 @@ from typing import Any, Callable
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from jobs import control
+from jobs.chainview import chain_view
+from jobs.creation import MAX_MEMBERS
 from jobs.models import RUNNABLE, Chain, Job, Status
 from jobs.permissions import can_operate
 
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
+#: Members of each group listed on a chain's page at a time (`?members_from=` pages through).
+ADMIN_MEMBERS = 50
 
 
 def stamp_text(value: dt.datetime | None) -> str:
@@ -153,6 +158,10 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     lease_expires_at_utc = stamp("lease_expires_at", "lease expires at")
     updated_at_utc = stamp("updated_at", "updated at")
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        # A list of jobs shows neither input nor output: read them only on a job's own page.
+        return super().get_queryset(request).defer("input", "output")
+
     @admin.display(description="progress", ordering="progress")
     def progress_bar(self, job: Job) -> str:
         """ctx.progress as a bar, as on the operations page."""
@@ -186,52 +195,47 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
 
-class StepInline(admin.TabularInline):
-    """Every job the chain ran (a retried step shows each of its jobs)."""
-
-    model = Job
-    fk_name = "chain"
-    verbose_name_plural = "jobs"
-    fields = ("chain_index", "member", "type", "queue", "status", "attempt", "worker", "started", "finished", "duration", "error")
-    readonly_fields = fields
-    ordering = ("chain_index", "member", "id")
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    started = stamp("started_at", "started at")
-    finished = stamp("finished_at", "finished at")
-
-    @admin.display(description="seconds")
-    def duration(self, job: Job) -> str:
-        return f"{job.duration:.3f}" if job.duration is not None else "-"
+#: A chain's outline in the list of chains, made by PostgreSQL: each step's type, or a group's size
+#: (the plan's members, with their inputs, never leave the database).
+OUTLINE = """(SELECT string_agg(CASE WHEN s ? 'group' THEN 'group of ' || jsonb_array_length(s -> 'group')
+                                 ELSE s ->> 'type' END, ' -> ' ORDER BY n)
+               FROM jsonb_array_elements(jobs_chain.steps) WITH ORDINALITY AS e(s, n))"""
 
 
 @admin.register(Chain)
 class ChainAdmin(ReadOnly, admin.ModelAdmin):
-    list_display = ("id", "__str__", "status", "created_at_utc", "finished_at_utc")
+    list_display = ("id", "outline", "status", "created_at_utc", "finished_at_utc")
     list_filter = ("status",)
     show_full_result_count = False
     fields = ("status", "created_at_utc", "finished_at_utc", "plan")
     readonly_fields = fields
-    inlines = (StepInline,)
+    change_form_template = "admin/jobs/chain/change_form.html"
 
     created_at_utc = stamp("created_at", "created at")
     finished_at_utc = stamp("finished_at", "finished at")
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Chain]:
+        # The plan (every member's planned input) is never loaded: its outline comes from SQL.
+        return super().get_queryset(request).defer("steps").annotate(steps_outline=RawSQL(OUTLINE, []))
+
+    @admin.display(description="steps")
+    def outline(self, chain: Chain) -> str:
+        return f"chain {chain.pk}: {getattr(chain, 'steps_outline', '') or ''}"
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Chain | None:
+        chain = super().get_object(request, object_id, from_field)
+        if chain is not None:  # the page of each group's members the chain's page lists
+            try:
+                chain.members_from = max(0, min(int(request.GET.get("members_from", 0)), MAX_MEMBERS))
+            except ValueError:
+                chain.members_from = 0
+        return chain
+
     @admin.display(description="steps")
     def plan(self, chain: Chain) -> str:
-        """Every planned step, with or without a job yet, as jobs.http.chain_view computes it."""
-        # Not at the module's top: jobs.http builds its request schemas from the registry when
-        # first imported, which must come after every job type has registered (the admin loads
-        # earlier, during Django's setup).
-        from jobs.http import chain_view
+        """Every planned step, with or without a job yet, as jobs.chainview.chain_view computes it:
+        a group step with its members counted by status and one page of them (`?members_from=`)."""
+        members_from = getattr(chain, "members_from", 0)
 
         def seconds(value: float | None) -> str:
             return f"{value:.3f} s" if value is not None else "-"
@@ -243,15 +247,19 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
             return (link, job.queue, job.worker or "-", stamp_text(job.started_at), stamp_text(job.finished_at))
 
         rows = []
-        for step in chain_view(chain)["steps"]:
-            if step.get("members") is not None:  # a group: one row for the step, one per member
-                name = f"group of {len(step['members'])} (on failure: {step['on_failure']})"
+        pages = []
+        for step in chain_view(chain, members_from, ADMIN_MEMBERS, full_jobs=False)["steps"]:
+            if step.get("members") is not None:  # a group: one row for the step, one per member shown
+                counted = ", ".join(f"{n} {status}" for status, n in step["member_statuses"].items())
+                name = f"group of {step['member_count']} (on failure: {step['on_failure']}; {counted})"
                 rows.append(("chain-step chain-group", step["index"], name, "-", step["status"], "-", "-", "-", "-",
                              seconds(step["duration_seconds"]), seconds(step["handoff_seconds"])))
                 for member in step["members"]:
                     link, queue, worker, started, finished = job_cells(member["job"])
                     rows.append(("chain-member", f"{step['index']}.{member['member']}", member["type"], link, member["status"],
                                  queue, worker, started, finished, seconds(member["duration_seconds"]), ""))
+                if step["members_next"] is not None or members_from:
+                    pages.append(step["member_count"])
                 continue
             link, queue, worker, started, finished = job_cells(step["job"])
             rows.append(("chain-step", step["index"], step["type"], link, step["status"], queue, worker, started, finished,
@@ -260,11 +268,23 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
             "", '<tr class="{0}" data-status="{4}"><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6}</td>'
             "<td>{7}</td><td>{8}</td><td class=\"n\">{9}</td><td class=\"n\">{10}</td></tr>", rows,
         )
-        return format_html(
+        table = format_html(
             '<table class="chain-plan"><thead><tr><th>#</th><th>type</th><th>job</th><th>status</th><th>queue</th>'
             "<th>worker</th><th>started</th><th>finished</th><th>ran</th><th>handoff</th></tr></thead><tbody>{}</tbody></table>",
             body,
         )
+        jobs = reverse("admin:jobs_job_changelist") + f"?chain__exact={chain.pk}"
+        links = [format_html('<a href="{}">every job of the chain</a>', jobs)]
+        if pages:  # members are listed a page at a time
+            if members_from:
+                links.insert(0, format_html('<a class="chain-members-previous" href="?members_from={}">previous members</a>',
+                                            max(0, members_from - ADMIN_MEMBERS)))
+            if members_from + ADMIN_MEMBERS < max(pages):
+                links.insert(0, format_html('<a class="chain-members-next" href="?members_from={}">next members</a>',
+                                            members_from + ADMIN_MEMBERS))
+            links.insert(0, format_html("<span>members {} to {} of each group</span>", members_from,
+                                        members_from + ADMIN_MEMBERS - 1))
+        return format_html("{}<p class=\"chain-pages\">{}</p>", table, format_html_join(" | ", "{}", ((link,) for link in links)))
 
 
 # --- Schedules: django-celery-beat's admin, with each schedule's next run and last job ------------

@@ -34,10 +34,22 @@ class Context:
     finish_hook_needed: bool = True
     #: Its place in its chain step's group (0, 1, ...); None for a step that is one job.
     member: int | None = None
-    #: What the group before this step handed on: each member's output in member order (in a
-    #: group that collects failures, {"error", "status", "job"} in a failed member's place).
-    #: None when the step before was one job (or there was none).
-    results: list[Any] | None = None
+    #: How many entries the group before this step handed on (None: the step before was one job,
+    #: or there was none). The entries themselves are read by `results`, when first asked for.
+    results_count: int | None = None
+    _results: list[Any] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def results(self) -> list[Any] | None:
+        """What the group before this step handed on: each member's output in member order (in a
+        group that collects failures, {"error", "status", "job"} in a failed member's place).
+        None when the step before was one job (or there was none).
+
+        Stored once for the whole step (jobs_stepresult), read from there on first use, then kept
+        for the run: a handler that never asks reads nothing."""
+        if self._results is None and self.results_count is not None and self.chain_id is not None:
+            self._results = store.step_results(self.chain_id, self.chain_index or 0)
+        return self._results
 
     def continue_with(self, type: str, input: dict[str, Any] | None = None) -> None:  # noqa: A002 - the API's names
         """After this handler succeeds, run `type` as the next step of the chain.

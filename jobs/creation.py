@@ -220,12 +220,13 @@ def _plan_one(step: Step | dict[str, Any], field: str) -> dict[str, Any]:
         return {"type": jt.name, "input": jt.validate(step.input)}
     except registry.InvalidJob as exc:
         errors = {f"{field}.{k}": v for k, v in exc.errors.items()} or {f"{field}.type": str(exc)}
-        raise registry.InvalidJob(f"{field}: {exc}", errors) from None
+        raise type(exc)(f"{field}: {exc}", errors) from None
 
 
 def step_jobs(planned: dict[str, Any], chain_id: int, index: int, **fields: Any) -> list[Job]:
     """The unsaved rows of planned step `index`: one job, or one per member of a group (in member
-    order, `member` 0, 1, ...). `fields`: parent_id, and results (the group before it's outputs)."""
+    order, `member` 0, 1, ...). `fields`: parent_id, and results_count (how many entries the group
+    before it handed on)."""
     if "group" in planned:
         return [
             new_job(Step(m["type"], m["input"]), chain_id=chain_id, chain_index=index, member=n, **fields)

@@ -23,16 +23,18 @@ from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 from api.auth import OPERATES, READS, WRITES
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
-from jobs import control, listener, registry
+from jobs import control, listener, registry, store
+from jobs.chainview import MEMBERS_DEFAULT, MEMBERS_MAX, chain_view
 from jobs.creation import MAX_MEMBERS, PLATFORM_KEY_PREFIX, Group, Step, enqueue_step, start_chain
-from jobs.models import FINISHED, Chain, Job
-from jobs.models import Status as JobStatus
+from jobs.models import Chain, Job
 
 router = Router(tags=["jobs"])
 chains = Router(tags=["chains"])
 catalog = Router(tags=["catalog"])
 
 JobId = Path(..., ge=1, le=MAX_ID)
+#: Entries of a job's results per page, by default and at most.
+RESULTS_DEFAULT, RESULTS_MAX = 50, 200
 
 #: The longest `?wait=` (CONVEYOR_WAIT_MAX_SECONDS). A waiting request holds no server worker and
 #: no database connection of its own (jobs/listener.py), but an HTTP client's patience is bounded.
@@ -99,9 +101,10 @@ class JobOut(Schema):
     chain_index: int | None
     #: Its place in its step's group (0, 1, ...); null for a step that is one job.
     member: int | None
-    #: What the group before its step handed on: the members' outputs in member order (a failed
-    #: member, in a group that collects failures: {"error", "status", "job"}); null otherwise.
-    results: Any
+    #: How many entries the group before its step handed on (the members' outputs in member
+    #: order; a failed member, in a group that collects failures: {"error", "status", "job"}),
+    #: read page by page with GET /api/jobs/{id}/results; null after a one-job step.
+    results_count: int | None
     progress: int
     progress_message: str
     #: A cancel was asked while the job ran: it stops at its next check of ctx.cancelled.
@@ -134,6 +137,30 @@ class MemberOut(Schema):
     duration_seconds: float | None
 
 
+class ResultsPage(Schema):
+    #: Entries `offset` to `offset + limit - 1` of what the group before the job's step handed on,
+    #: in member order.
+    items: list[Any]
+    #: How many entries there are in all.
+    count: int
+    #: Pass as `offset` for the next page; null on the last page.
+    next: int | None
+
+
+class ResultsQuery(Strict):
+    offset: int = Field(0, ge=0, le=MAX_MEMBERS, description="the first entry (member) to return")
+    limit: int = Field(RESULTS_DEFAULT, ge=1, le=RESULTS_MAX, description=f"entries per page (at most {RESULTS_MAX})")
+
+
+class MembersQuery(Strict):
+    members_from: int = Field(
+        0, ge=0, le=MAX_MEMBERS, description="a group step's first member to list (its `members_next` for the next page)"
+    )
+    members_limit: int = Field(
+        MEMBERS_DEFAULT, ge=1, le=MEMBERS_MAX, description=f"members listed per group step (at most {MEMBERS_MAX})"
+    )
+
+
 class StepOut(Schema):
     index: int
     #: The job type, or "group" for a group step (its members listed in `members`).
@@ -147,8 +174,15 @@ class StepOut(Schema):
     #: start (a group's: its first member's): the handoff.
     handoff_seconds: float | None
     duration_seconds: float | None
-    #: A group step's members in member order (null for a step that is one job).
+    #: One page of a group step's members in member order (`members_from`, `members_limit`;
+    #: null for a step that is one job).
     members: list[MemberOut] | None = None
+    #: A group step's number of members.
+    member_count: int | None = None
+    #: A group step's members counted by status ("waiting": no job yet).
+    member_statuses: dict[str, int] | None = None
+    #: The `members_from` of the next page of members; null on the last page.
+    members_next: int | None = None
     #: A group step's rule when a member ends badly: fail (the chain fails) or collect.
     on_failure: str | None = None
 
@@ -310,6 +344,24 @@ async def get_job(  # noqa: ANN201
     return await sync_to_async(get_object_or_404)(Job, pk=job_id)
 
 
+@router.get(
+    "/{int:job_id}/results",
+    response={200: ResultsPage, **errors(400, 401, 403, 404)},
+    summary="What the group before a job's step handed on, a page at a time",
+    auth=READS,
+    description="The members' outputs in member order (a member that ended badly, in a group that collects failures: "
+    "{error, status, job}), as the job's handler reads them (ctx.results); stored once for the whole step. A job "
+    "whose step follows a one-job step has none (`count` 0).",
+)
+def job_results(request: HttpRequest, query: Query[ResultsQuery], job_id: int = JobId):  # noqa: ANN201
+    job = get_object_or_404(Job.objects.only("id", "chain_id", "chain_index", "results_count"), pk=job_id)
+    if job.results_count is None or job.chain_id is None:
+        return {"items": [], "count": 0, "next": None}
+    items = store.step_results(job.chain_id, job.chain_index or 0, query.offset, query.limit)
+    following = query.offset + len(items)
+    return {"items": items, "count": job.results_count, "next": following if following < job.results_count else None}
+
+
 @router.post(
     "/{int:job_id}/cancel",
     response={200: JobOut, 202: JobOut, **errors(400, 401, 403, 404, 409)},
@@ -368,78 +420,23 @@ def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     summary="A chain and every step in order",
     auth=READS,
     description="With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
-    "cancelled) and comes as soon as it has, or at the end of `wait` with the chain as it is then.",
+    "cancelled) and comes as soon as it has, or at the end of `wait` with the chain as it is then. A group step "
+    "lists one page of its members (`members_from`, `members_limit`, the same for every group step; its "
+    "`members_next` is the next page's `members_from`) beside its members counted by status (`member_statuses`).",
 )
 async def get_chain(  # noqa: ANN201
     request: HttpRequest,
+    page: Query[MembersQuery],
     chain_id: int = Path(..., ge=1, le=MAX_ID),
     wait: float | None = _wait_param("chain", "succeeded, failed or cancelled"),
 ):
     await _wait(request, listener.CHAIN, chain_id, wait)
-    return await sync_to_async(_chain_or_404)(chain_id)
+    return await sync_to_async(_chain_or_404)(chain_id, page.members_from, page.members_limit)
 
 
-def _chain_or_404(chain_id: int) -> dict[str, Any]:
-    return chain_view(get_object_or_404(Chain, pk=chain_id))
-
-
-def chain_view(chain: Chain) -> dict[str, Any]:
-    """The chain with one entry per planned step: its latest job (a group step: each member's),
-    timings and handoff."""
-    latest: dict[tuple[int | None, int | None], Job] = {}
-    for job in chain.jobs.order_by("chain_index", "member", "id"):
-        latest[(job.chain_index, job.member)] = job  # a retried step's newest job
-    steps = []
-    previous_end: dt.datetime | None = None
-    for index, planned in enumerate(chain.steps):
-        if "group" in planned:
-            step = _group_view(index, planned, latest)
-        else:
-            job = latest.get((index, None))
-            step = {"index": index, "type": planned["type"], "status": job.status if job else "waiting", "job": job,
-                    "start": job.started_at if job else None, "end": job.finished_at if job else None,
-                    "duration_seconds": job.duration if job else None}
-        handoff = None
-        if previous_end and step["start"]:
-            handoff = (step["start"] - previous_end).total_seconds()
-        step["handoff_seconds"] = handoff
-        previous_end = step.pop("end")
-        step.pop("start")
-        steps.append(step)
-    return {
-        "id": chain.pk,
-        "status": chain.status,
-        "created_at": chain.created_at,
-        "finished_at": chain.finished_at,
-        "steps": steps,
-    }
-
-
-def _group_view(index: int, planned: dict[str, Any], latest: dict[tuple[int | None, int | None], Job]) -> dict[str, Any]:
-    members = []
-    for n, member in enumerate(planned["group"]):
-        job = latest.get((index, n))
-        members.append({"member": n, "type": member["type"], "status": job.status if job else "waiting", "job": job,
-                        "duration_seconds": job.duration if job else None})
-    jobs = [m["job"] for m in members if m["job"] is not None]
-    statuses = {job.status for job in jobs}
-    if not jobs:
-        status = "waiting"
-    elif not statuses <= set(FINISHED):
-        status = "pending" if statuses == {JobStatus.PENDING} else "running"
-    elif statuses == {JobStatus.SUCCEEDED}:
-        status = "succeeded"
-    else:
-        status = JobStatus.DEAD if JobStatus.DEAD in statuses else JobStatus.CANCELLED
-    starts = [job.started_at for job in jobs if job.started_at]
-    ended = bool(jobs) and len(jobs) == len(members) and statuses <= set(FINISHED)
-    start = min(starts) if starts else None
-    end = max(job.finished_at for job in jobs if job.finished_at) if ended else None
-    return {
-        "index": index, "type": "group", "status": status, "job": None, "members": members,
-        "on_failure": planned.get("on_failure", "fail"), "start": start, "end": end,
-        "duration_seconds": (end - start).total_seconds() if start and end else None,
-    }
+def _chain_or_404(chain_id: int, members_from: int, members_limit: int) -> dict[str, Any]:
+    chain = get_object_or_404(Chain.objects.defer("steps"), pk=chain_id)
+    return chain_view(chain, members_from, members_limit)
 
 
 # --- The catalog --------------------------------------------------------------------------------

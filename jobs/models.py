@@ -54,6 +54,8 @@ class Chain(models.Model):
         ]
 
     def __str__(self) -> str:
+        if "steps" in self.get_deferred_fields():  # a page that left the plan unread (the admin's)
+            return f"chain {self.pk}"
         return f"chain {self.pk}: {' -> '.join(map(step_name, self.steps))}"
 
 
@@ -91,10 +93,11 @@ class Job(models.Model):
     chain_index = models.PositiveIntegerField(null=True, blank=True)
     #: Its place in its chain step's group (0, 1, ...); None for a step that is one job.
     member = models.PositiveIntegerField(null=True, blank=True)
-    #: What the group before this step handed on: each member's output in member order (a member
-    #: that ended badly, in a group that collects failures: {"error", "status"}). Set when the
-    #: group's last member ended; None after a one-job step. The handler reads it as ctx.results.
-    results = models.JSONField(null=True, blank=True)
+    #: How many entries the group before this step handed on (its members' outputs, stored once
+    #: for the step in `StepResult` rows keyed by this row's chain and chain_index, not copied into
+    #: each row); set when the group's last member ended; None after a one-job step. The handler
+    #: reads them as ctx.results, HTTP as GET /api/jobs/{id}/results.
+    results_count = models.PositiveIntegerField(null=True, blank=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     progress = models.PositiveSmallIntegerField(default=0)
     progress_message = models.CharField(max_length=500, blank=True, default="")
@@ -162,6 +165,25 @@ class Job(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class StepResult(models.Model):
+    """One entry of what a group handed on to the step after it: member `member`'s output (in a
+    group that collects failures, {"error", "status", "job"} for a member that ended badly).
+
+    Written once per chain step, by the outcome transaction of the group's last member (copied
+    from the members' rows inside PostgreSQL, jobs.store.hand_on), and read by every job of step
+    `step` (each member of a group after a group): N entries for N members, not N per job."""
+
+    pk = models.CompositePrimaryKey("chain", "step", "member")
+    chain = models.ForeignKey(Chain, on_delete=models.CASCADE, related_name="+", db_index=False)
+    #: The index of the step that receives them (the group's index + 1).
+    step = models.PositiveIntegerField()
+    member = models.PositiveIntegerField()
+    value = models.JSONField(null=True)
+
+    def __str__(self) -> str:
+        return f"chain {self.chain_id} step {self.step} result {self.member}"
 
 
 class RateSlot(models.Model):

@@ -28,12 +28,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from jobs import control, publish, registry
+from jobs.chainview import chain_view
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
 from jobs.permissions import OPERATE, can_operate
 from subscribers.models import Delivery, Event
 
 WINDOW = dt.timedelta(minutes=5)
-LIMITS = {"workers": 200, "dead": 20, "chains": 8, "events": 10, "deliveries": 20}
+LIMITS = {"workers": 200, "dead": 20, "chains": 8, "members": 10, "events": 10, "deliveries": 20}
 
 
 def redis_depths(queues: list[str]) -> dict[str, int | None]:
@@ -124,7 +125,7 @@ def limit_rows() -> list[dict[str, Any]]:
 
 def workers() -> list[dict[str, Any]]:
     """Running rows (job_lease_idx) grouped by the worker holding them."""
-    running = Job.objects.filter(status=Status.RUNNING).order_by("worker", "id")[: LIMITS["workers"]]
+    running = Job.objects.filter(status=Status.RUNNING).defer("input", "output").order_by("worker", "id")[: LIMITS["workers"]]
     grouped: dict[str, list[Job]] = {}
     for job in running:
         grouped.setdefault(job.worker or "(unknown)", []).append(job)
@@ -132,35 +133,39 @@ def workers() -> list[dict[str, Any]]:
 
 
 def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
-    """chain_view's steps (handoffs included) with each bar's place on the chain's time axis."""
-    # Not at the module's top: jobs.http builds its request schemas from the registry when first
-    # imported, which must come after every job type has registered.
-    from jobs.http import chain_view
-
-    view = chain_view(chain)
+    """chain_view's steps (handoffs included) with each bar's place on the chain's time axis: a
+    group step's bar, and one under it for each of its first LIMITS["members"] members (the rest
+    counted by status); no job's input or output is read."""
+    view = chain_view(chain, 0, LIMITS["members"], full_jobs=False)
     start = chain.created_at
     end = chain.finished_at or now
     # A group step is one bar from its first member's start to its last member's end, with a
-    # bar of its own for each member under it.
-    bars = [bar for step in view["steps"] for bar in [step, *(step.get("members") or [])]]
-    for bar in bars:
-        job = bar["job"]
-        if job and job.finished_at and job.finished_at > end:
-            end = job.finished_at
+    # bar of its own for each member shown under it.
+    for step in view["steps"]:
+        spans = [(step["start"], step["end"])]
+        spans += [(m["job"].started_at, m["job"].finished_at) for m in step.get("members") or [] if m["job"]]
+        for began, ended in spans:
+            if began and ended and ended > end:
+                end = ended
     span = max((end - start).total_seconds(), 0.001)
-    for bar in bars:
-        jobs = [bar["job"]] if bar["job"] else [m["job"] for m in bar.get("members") or [] if m["job"]]
-        began = [job.started_at for job in jobs if job.started_at]
-        if began:
-            left = (min(began) - start).total_seconds()
-            ends = [job.finished_at or now for job in jobs]
-            right = (max(ends) - start).total_seconds()
-            bar["left"] = round(100 * max(left, 0) / span, 2)
-            bar["width"] = round(max(100 * (right - max(left, 0)) / span, 0.5), 2)
-        else:
-            bar["left"] = bar["width"] = None
+    for step in view["steps"]:
+        _place(step, step["start"], step["end"], start, span, now)
+        for member in step.get("members") or []:
+            job = member["job"]
+            _place(member, job.started_at if job else None, job.finished_at if job else None, start, span, now)
     view["span"] = span
     return view
+
+
+def _place(bar: dict[str, Any], began: dt.datetime | None, ended: dt.datetime | None, start: dt.datetime, span: float,
+           now: dt.datetime) -> None:
+    if began is None:
+        bar["left"] = bar["width"] = None
+        return
+    left = (began - start).total_seconds()
+    right = ((ended or now) - start).total_seconds()
+    bar["left"] = round(100 * max(left, 0) / span, 2)
+    bar["width"] = round(max(100 * (right - max(left, 0)) / span, 0.5), 2)
 
 
 def last_line(error: str) -> str:
@@ -171,7 +176,7 @@ def last_line(error: str) -> str:
 
 def dead_jobs() -> list[Job]:
     """The newest dead jobs (job_status_idx: status, then id descending)."""
-    jobs = list(Job.objects.filter(status=Status.DEAD).order_by("-id")[: LIMITS["dead"]])
+    jobs = list(Job.objects.filter(status=Status.DEAD).defer("input", "output").order_by("-id")[: LIMITS["dead"]])
     for job in jobs:
         job.error_summary = last_line(job.error)
     return jobs
@@ -180,7 +185,7 @@ def dead_jobs() -> list[Job]:
 def context(now: dt.datetime, can_view_chains: bool = True, can_view_events: bool = True,
             **allowed: bool) -> dict[str, Any]:
     """The page's data; a section the user may not view is not read at all."""
-    chains = list(Chain.objects.order_by("-id")[: LIMITS["chains"]]) if can_view_chains else []
+    chains = list(Chain.objects.defer("steps").order_by("-id")[: LIMITS["chains"]]) if can_view_chains else []
     events = Event.objects.order_by("-id")[: LIMITS["events"]].prefetch_related(
         Prefetch("deliveries", queryset=Delivery.objects.select_related("job").order_by("id"))
     ) if can_view_events else []

@@ -22,18 +22,17 @@ def settle(ended: store.Ended) -> None:
     if ended.status not in (Status.DEAD, Status.CANCELLED):
         return
     if ended.chain_id is not None:
-        locked = store.lock_chain(ended.chain_id) if ended.member is not None else None
-        if locked is not None and _collects(locked[0], ended.chain_index):
-            chains.member_ended(ended.chain_id, ended.chain_index, locked[0], locked[1], ended.id)
+        locked = (
+            store.chain_step(ended.chain_id, ended.chain_index, lock=True, next_step=False)
+            if ended.member is not None and ended.chain_index is not None else None
+        )
+        if locked is not None and locked.on_failure == "collect":
+            chains.member_ended(ended.chain_id, ended.chain_index, locked.status, ended.id)
         else:
             store.finish_chain(ended.chain_id, ChainStatus.FAILED if ended.status == Status.DEAD else ChainStatus.CANCELLED)
     hook = on_finish(ended.type)
     if hook:
         hook(ended.id, ended.status)
-
-
-def _collects(steps: list[dict], index: int | None) -> bool:
-    return index is not None and index < len(steps) and steps[index].get("on_failure") == "collect"
 
 
 def on_finish(type_name: str) -> Callable[[int, str], None] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
-from api.errors import BadInput
+from api.errors import BadInput, TooLarge
 from api.validation import problems
 
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5  # 0 runs first, as in kombu's Redis transport
@@ -21,6 +22,24 @@ class InvalidJob(BadInput):
 
     `errors` maps a field path (`input.width`) to its message, for 400 responses.
     """
+
+
+class InputTooLarge(InvalidJob, TooLarge):
+    """An input whose JSON is over CONVEYOR_MAX_INPUT_BYTES (HTTP: 413 naming the field)."""
+
+
+def json_size(value: Any) -> int:
+    """The size a value is measured by against the limits: its JSON text as Conveyor sends it to
+    PostgreSQL (json.dumps: ASCII, so one character is one byte)."""
+    return len(json.dumps(value))
+
+
+def max_input_bytes() -> int:
+    return int(settings.CONVEYOR["MAX_INPUT_BYTES"])
+
+
+def max_output_bytes() -> int:
+    return int(settings.CONVEYOR["MAX_OUTPUT_BYTES"])
 
 
 class Permanent(Exception):
@@ -148,6 +167,10 @@ class JobType:
             stored = model.model_dump(mode="json")
         if found := problems(stored, "input"):
             raise InvalidJob("input holds what PostgreSQL cannot store", found)
+        size, limit = json_size(stored), max_input_bytes()
+        if size > limit:
+            message = f"{size} bytes of JSON, over the limit of {limit} (CONVEYOR_MAX_INPUT_BYTES)"
+            raise InputTooLarge(f"input is {message}", {"input": f"is {message}"})
         return stored
 
     def input_schema(self) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         parent_id=claimed.parent_id,
         idempotency_key=claimed.idempotency_key or f"conveyor-job-{claimed.id}",
         member=claimed.member,
-        results=claimed.results,
+        results_count=claimed.results_count,
     )
     # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
     with telemetry.running(claimed, worker) as run:
@@ -135,6 +135,10 @@ def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> 
     if "\\u0000" in encoded:
         error = "the handler's output holds a NUL character, which PostgreSQL's JSON cannot store"
         return _record(ctx, lambda: _fail(ctx, error, jt)), error
+    if len(encoded) > registry.max_output_bytes():
+        error = (f"the handler's output is {len(encoded)} bytes of JSON, over the limit of "
+                 f"{registry.max_output_bytes()} (CONVEYOR_MAX_OUTPUT_BYTES)")
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
     return _record(ctx, lambda: _succeed(ctx, encoded, jt)), ""
 
 
@@ -167,7 +171,7 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         done = store.succeed(ctx.job_id, ctx.attempt, output_json)
         return done.status if done else _lost(ctx)
     with transaction.atomic(durable=True):
-        done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id)
+        done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
         if done is None:
             return _lost(ctx)
         if jt.holds_slots:  # the next job waiting for its concurrency slot goes after commit
@@ -196,7 +200,7 @@ def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
     (continue_with, fan_out) are spliced into the plan right after its own step.
     """
     if ctx.member is not None:
-        chains.member_ended(ctx.chain_id, ctx.chain_index, done.chain_steps, done.chain_status, ctx.job_id)
+        chains.member_ended(ctx.chain_id, ctx.chain_index, done.chain_status, ctx.job_id)
         return
     if ctx.chain_id is None:
         steps = [{"type": ctx.type, "input": done.input}, *ctx.continuations]

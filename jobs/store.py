@@ -1,4 +1,4 @@
-"""The job store: every statement that writes `jobs_job` or `jobs_chain`, and nothing else does.
+"""The job store: every statement that writes `jobs_job`, `jobs_chain` or `jobs_stepresult`, and nothing else does.
 
 Two rules are written here once and used by every statement:
 - RUNNABLE: a row a worker may claim and the relay may publish (pending or failed, no cancel
@@ -105,8 +105,8 @@ class Claimed(NamedTuple):
     waited: float
     #: Its place in its chain step's group (None: a one-job step or no chain).
     member: int | None = None
-    #: The outputs the group before this step handed on (ctx.results).
-    results: list[Any] | None = None
+    #: How many entries the group before this step handed on (ctx.results reads them).
+    results_count: int | None = None
 
 
 class Beat(NamedTuple):
@@ -138,12 +138,12 @@ class Ended(NamedTuple):
 
 
 class Member(NamedTuple):
-    """A group member's end, as the fan-in reads it."""
+    """A group member's end, as the fan-in reads it (its output stays in PostgreSQL: hand_on
+    copies it there; the error only of a member that did not succeed)."""
 
     id: int
     member: int
     status: str
-    output: Any
     error: str
 
 
@@ -197,20 +197,20 @@ def _messages(cursor: Any) -> list[Message]:
 
 INSERT_SQL = """
 INSERT INTO jobs_job (type, queue, input, priority, max_attempts, idempotency_key, chain_id,
-                      chain_index, member, results, parent_id, limit_key, run_after, published_at,
+                      chain_index, member, results_count, parent_id, limit_key, run_after, published_at,
                       status, attempt, worker, progress, progress_message, cancel_requested, error,
                       created_at, updated_at)
 SELECT v.type, v.queue, v.input::jsonb, v.priority, v.max_attempts, v.key, v.chain_id,
        -- A run_after in the past means now (GREATEST ignores a NULL): the row says when it became
        -- due, which is what its queue wait is measured from, never a client's 1970.
-       v.chain_index, v.member, v.results::jsonb, v.parent_id, v.limit_key, GREATEST(v.run_after, now()),
+       v.chain_index, v.member, v.results_count, v.parent_id, v.limit_key, GREATEST(v.run_after, now()),
        -- Due now: its message is published after commit. Later: the relay publishes it when due.
        CASE WHEN COALESCE(v.run_after, now()) <= now() THEN now() END,
        'pending', 0, '', 0, '', false, '', now(), now()
   FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::bigint[],
-              %s::int[], %s::int[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[])
+              %s::int[], %s::int[], %s::int[], %s::bigint[], %s::text[], %s::timestamptz[])
        WITH ORDINALITY AS v(type, queue, input, priority, max_attempts, key, chain_id,
-                            chain_index, member, results, parent_id, limit_key, run_after, n)
+                            chain_index, member, results_count, parent_id, limit_key, run_after, n)
  ORDER BY v.n
     ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id, idempotency_key, run_after, published_at, created_at
@@ -237,7 +237,7 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
         [job.chain_id for job in jobs],
         [job.chain_index for job in jobs],
         [job.member for job in jobs],
-        [None if job.results is None else json.dumps(job.results) for job in jobs],
+        [job.results_count for job in jobs],
         [job.parent_id for job in jobs],
         [job.limit_key for job in jobs],
         [job.run_after for job in jobs],
@@ -271,7 +271,7 @@ def create_chain(steps: list[dict[str, Any]]) -> Chain:
 # The queue wait runs from when the row became due: its run_after, but never before the row
 # existed (a row stored with a past run_after before inserts clamped it would count decades).
 _CLAIMED = """id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
-          queue, EXTRACT(EPOCH FROM now() - GREATEST(run_after, created_at))::float8, member, results"""
+          queue, EXTRACT(EPOCH FROM now() - GREATEST(run_after, created_at))::float8, member, results_count"""
 
 # A row of a type with limits (`limited`, the registry's names) is left to claim_limited.
 CLAIM_SQL = f"""
@@ -296,7 +296,7 @@ def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str]
 
 def _claimed(row: Sequence[Any]) -> Claimed:
     claimed = Claimed._make(row)
-    return claimed._replace(input=_json(claimed.input), results=_json(claimed.results))
+    return claimed._replace(input=_json(claimed.input))
 
 
 # --- Limits: a claim of a limited type, its end releasing the next waiting job --------------------
@@ -509,22 +509,26 @@ RETURNING id, type, status, chain_id, input
 """
 SUCCEED_SQL = _notifying(SUCCEED_UPDATE)
 
+# The plan is read only when asked for (`plan`): a group's member's outcome does without it (the
+# last one reads what it needs, chain_step), so N members do not read a plan of N inputs N times.
 SUCCEED_IN_CHAIN_SQL = f"""
 WITH done AS ({SUCCEED_UPDATE.strip()}),
-     chain AS (SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE)
+     chain AS (SELECT CASE WHEN %s THEN steps END AS steps, status FROM jobs_chain WHERE id = %s FOR UPDATE)
 SELECT done.*, chain.steps, chain.status, {NOTIFY_JOB} FROM done, chain
 """
 
 
-def succeed(job_id: int, attempt: int, output_json: str, chain_id: int | None = None) -> Succeeded | None:
+def succeed(
+    job_id: int, attempt: int, output_json: str, chain_id: int | None = None, plan: bool = True
+) -> Succeeded | None:
     """Record attempt `attempt`'s success, its output given as JSON text (None: the attempt lost
     its lease, nothing recorded). In a chain, the chain's row is locked in the same round trip
-    and its plan returned."""
+    and its status returned, with its plan unless `plan` is False (chain_steps None)."""
     with prepared() as cursor:
         if chain_id is None:
             cursor.execute(SUCCEED_SQL, [output_json, job_id, attempt])
         else:
-            cursor.execute(SUCCEED_IN_CHAIN_SQL, [output_json, job_id, attempt, chain_id])
+            cursor.execute(SUCCEED_IN_CHAIN_SQL, [output_json, job_id, attempt, plan, chain_id])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -755,13 +759,43 @@ def finish_chain(chain_id: int, status: str) -> None:
 def lock_chain(chain_id: int) -> tuple[list[dict[str, Any]], str] | None:
     """Lock the chain's row until the transaction ends; return its plan and status (None: gone).
 
-    Every outcome of a chain's job takes this lock (store.succeed takes it in its own statement),
-    so the ends of one group's members are recorded one after the other: the last to take the
-    lock sees every other member's end, and releases the next step."""
+    Every outcome of a chain's job takes this lock (succeed in its own statement, a member's end
+    outside a run through chain_step, which reads only what the fan-in needs), so the ends of one
+    group's members are recorded one after the other: the last to take the lock sees every other
+    member's end, and releases the next step."""
     with prepared() as cursor:
         cursor.execute("SELECT steps, status FROM jobs_chain WHERE id = %s FOR UPDATE", [chain_id])
         row = cursor.fetchone()
     return None if row is None else (_json(row[0]), row[1])
+
+
+class ChainStep(NamedTuple):
+    """What a group's fan-in reads of its chain's plan, rather than the whole plan."""
+
+    #: The group step's rule ("fail" or "collect").
+    on_failure: str
+    status: str
+    #: How many steps the plan has.
+    length: int
+    #: The plan of the step after it (None past the last).
+    next: dict[str, Any] | None
+
+
+CHAIN_STEP_SQL = """
+SELECT COALESCE(steps -> %s::int ->> 'on_failure', 'fail'), status, jsonb_array_length(steps),
+       CASE WHEN %s THEN steps -> (%s::int + 1) END
+  FROM jobs_chain WHERE id = %s
+"""
+
+
+def chain_step(chain_id: int, index: int, lock: bool = False, next_step: bool = True) -> ChainStep | None:
+    """Step `index` of the chain's plan as a group's fan-in reads it (None: the chain is gone),
+    with the plan of the step after it unless `next_step` is False; `lock` locks the chain's row
+    until the transaction ends."""
+    with prepared() as cursor:
+        cursor.execute(CHAIN_STEP_SQL + (" FOR UPDATE" if lock else ""), [index, next_step, index, chain_id])
+        row = cursor.fetchone()
+    return None if row is None else ChainStep(row[0], row[1], row[2], _json(row[3]))
 
 
 GROUP_OPEN_SQL = """
@@ -769,7 +803,7 @@ SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'dead', 'cancelled')) 
  WHERE chain_id = %s AND chain_index = %s AND member IS NOT NULL
 """
 GROUP_ENDS_SQL = """
-SELECT id, member, status, output, error FROM jobs_job
+SELECT id, member, status, CASE WHEN status = 'succeeded' THEN '' ELSE error END FROM jobs_job
  WHERE chain_id = %s AND chain_index = %s AND member IS NOT NULL ORDER BY member
 """
 STEP_RELEASED_SQL = "SELECT EXISTS (SELECT 1 FROM jobs_job WHERE chain_id = %s AND chain_index = %s)"
@@ -783,7 +817,49 @@ def group_ends(chain_id: int, index: int) -> list[Member] | None:
         if cursor.fetchone()[0]:
             return None
         cursor.execute(GROUP_ENDS_SQL, [chain_id, index])
-        return [Member(i, m, status, _json(output), error) for i, m, status, output, error in cursor.fetchall()]
+        return [Member._make(row) for row in cursor.fetchall()]
+
+
+# The members' outputs are copied inside PostgreSQL (never through the worker), once for the step:
+# every job of step `index + 1` reads them there. A member that did not succeed (in a group that
+# collects failures) gets the entry the caller made for it.
+HAND_ON_SQL = """
+INSERT INTO jobs_stepresult (chain_id, step, member, value)
+SELECT j.chain_id, j.chain_index + 1, j.member,
+       CASE WHEN j.status = 'succeeded' THEN COALESCE(j.output, 'null'::jsonb) ELSE f.entry::jsonb END
+  FROM jobs_job j LEFT JOIN unnest(%s::int[], %s::text[]) AS f(member, entry) ON f.member = j.member
+ WHERE j.chain_id = %s AND j.chain_index = %s AND j.member IS NOT NULL
+    ON CONFLICT DO NOTHING
+"""
+
+
+def hand_on(chain_id: int, index: int, failures: dict[int, Any]) -> int:
+    """Store what group step `index` hands on to step `index + 1`: each member's output, in the
+    members' place (`failures`: the entry of each member that did not succeed); return how many
+    entries the step has. In the outcome transaction of the group's last member."""
+    members = list(failures)
+    with prepared() as cursor:
+        cursor.execute(HAND_ON_SQL, [members, [json.dumps(failures[m]) for m in members], chain_id, index])
+    return step_results_count(chain_id, index + 1)
+
+
+def step_results_count(chain_id: int, step: int) -> int:
+    with prepared() as cursor:
+        cursor.execute("SELECT count(*) FROM jobs_stepresult WHERE chain_id = %s AND step = %s", [chain_id, step])
+        return cursor.fetchone()[0]
+
+
+STEP_RESULTS_SQL = """
+SELECT value FROM jobs_stepresult WHERE chain_id = %s AND step = %s AND member >= %s ORDER BY member LIMIT %s
+"""
+
+
+def step_results(chain_id: int, step: int, offset: int = 0, limit: int | None = None) -> list[Any]:
+    """What the group before step `step` handed on, in member order (from entry `offset`, at most
+    `limit` of them; all by default)."""
+    with prepared() as cursor:
+        cursor.execute(STEP_RESULTS_SQL, [chain_id, step, offset, limit])
+        return [_json(row[0]) for row in cursor.fetchall()]
 
 
 def step_released(chain_id: int, index: int) -> bool:

@@ -275,6 +275,10 @@ CONVEYOR = {
     "WAIT_MAX_SECONDS": env.get_float("CONVEYOR_WAIT_MAX_SECONDS", 8.0, minimum=0.0, maximum=55.0),
     # Waits open at once per bearer token in one server process; one more is refused with 429.
     "WAITS_PER_TOKEN": env.get_int("CONVEYOR_WAITS_PER_TOKEN", 100, minimum=1),
+    # The largest input a job may be enqueued with, and output a run may return, in bytes of JSON:
+    # a group hands every member's output on to the next step, and every read of a job loads both.
+    "MAX_INPUT_BYTES": env.get_int("CONVEYOR_MAX_INPUT_BYTES", 1024 * 1024, minimum=1),
+    "MAX_OUTPUT_BYTES": env.get_int("CONVEYOR_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=1),
 }
 WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)

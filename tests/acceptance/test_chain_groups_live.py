@@ -16,7 +16,7 @@ from django.db.models import Count
 
 from examples.models import Effect
 from jobs import Group, Step, start_chain
-from jobs.models import ChainStatus, Job, Status
+from jobs.models import ChainStatus, Job, Status, StepResult
 from tests.support import api_client, is_dead, start_workers, wait_chain, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
@@ -75,23 +75,34 @@ def test_a_handler_that_fans_out_has_its_members_outputs_collected_by_the_next_s
     # given one worker on both queues
     start_workers(live, ("fan-worker", ("--queues", "default,images", "--concurrency", "4")))
 
-    # when a chain's first step fans out 12 members at run time, then gathers
-    chain = start_chain([Step("examples.fan-out", {"count": 12, "sleep": 0.1}), Step("examples.gather", {"after": "fan-out"})])
+    # when a chain's first step fans out 12 members at run time, then a group of two gathers each
+    # what they handed on, then a last step gathers those
+    chain = start_chain([
+        Step("examples.fan-out", {"count": 12, "sleep": 0.1}),
+        Group([Step("examples.gather", {"gatherer": 0}), Step("examples.gather", {"gatherer": 1})]),
+        Step("examples.gather", {"after": "fan-out"}),
+    ])
 
-    # then the plan holds the group it made, and the gather step got the 12 outputs in order
+    # then the plan holds the group it made, each gatherer got the 12 outputs in order (stored
+    # once for the step), and the last step got the gatherers' outputs in order
     wait_chain(chain.pk, ChainStatus.SUCCEEDED, 40)
     chain.refresh_from_db()
-    assert [s.get("type", "group") for s in chain.steps] == ["examples.fan-out", "group", "examples.gather"]
+    assert [s.get("type", "group") for s in chain.steps] == ["examples.fan-out", "group", "group", "examples.gather"]
     group = list(Job.objects.filter(chain=chain, chain_index=1).order_by("member"))
     assert [j.member for j in group] == list(range(12))
-    [gather] = Job.objects.filter(chain=chain, chain_index=2)
-    assert gather.output == {"input": {"after": "fan-out"}, "results": [{"n": n} for n in range(12)]}
+    outputs = [{"n": n} for n in range(12)]
+    gatherers = list(Job.objects.filter(chain=chain, chain_index=2).order_by("member"))
+    assert [j.output for j in gatherers] == [{"input": {"gatherer": g}, "results": outputs} for g in (0, 1)]
+    assert StepResult.objects.filter(chain=chain, step=2).count() == 12
+    [gather] = Job.objects.filter(chain=chain, chain_index=3)
+    assert gather.output == {"input": {"after": "fan-out"}, "results": [j.output for j in gatherers]}
     assert runs_per_job([j.pk for j in group]) == {j.pk: 1 for j in group}
 
-    # and GET /api/chains/{id} shows the fanned-out group as one step with its members
+    # and GET /api/chains/{id} shows each group as one step with its members
     body = api_client().get(f"/api/chains/{chain.pk}").json()
     assert [(s["type"], s["status"], len(s["members"] or [])) for s in body["steps"]] == [
-        ("examples.fan-out", "succeeded", 0), ("group", "succeeded", 12), ("examples.gather", "succeeded", 0),
+        ("examples.fan-out", "succeeded", 0), ("group", "succeeded", 12), ("group", "succeeded", 2),
+        ("examples.gather", "succeeded", 0),
     ]
 
 

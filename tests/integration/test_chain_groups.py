@@ -8,19 +8,22 @@ test_chain_groups_live.py runs real workers).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import secrets
 import threading
 from typing import Any
 
 import pytest
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from examples.models import Effect
 from jobs import Group, InvalidJob, Step, control, enqueue, recovery, registry, runner, start_chain, store
 from jobs.creation import MAX_MEMBERS
-from jobs.models import Chain, ChainStatus, Job, Status
+from jobs.models import Chain, ChainStatus, Job, Status, StepResult
 from tests.integration.conftest import RUNNER_IN_PROCESS
-from tests.support import redis_client, wait_for
+from tests.support import api_client, redis_client, wait_for
 
 pytestmark = RUNNER_IN_PROCESS
 
@@ -35,6 +38,12 @@ def members(chain: Chain, index: int) -> list[Job]:
 
 def step_jobs(chain: Chain, index: int) -> list[Job]:
     return list(Job.objects.filter(chain=chain, chain_index=index))
+
+
+def handed_on(job: Job) -> list[Any] | None:
+    """What the group before the job's step handed on, as its handler reads it (ctx.results)."""
+    ctx = runner.Context(job.pk, job.type, 1, 1, job.chain_id, job.chain_index, None, "k", results_count=job.results_count)
+    return ctx.results
 
 
 def member_steps(count: int, **extra: Any) -> list[Step]:
@@ -161,7 +170,7 @@ def test_the_last_member_to_end_releases_the_next_step_once_with_the_outputs_in_
     chain = start_chain([Step("examples.echo"), Group(member_steps(4)), Step("examples.gather", {"g": 1})])
     assert runner.execute(Job.objects.get(chain=chain, chain_index=0).pk, worker=WORKER) == "succeeded"
     group = members(chain, 1)
-    assert [j.member for j in group] == [0, 1, 2, 3] and all(j.results is None for j in group)
+    assert [j.member for j in group] == [0, 1, 2, 3] and all(j.results_count is None for j in group)
 
     # when the members end in reverse order
     for job in reversed(group[1:]):
@@ -171,11 +180,14 @@ def test_the_last_member_to_end_releases_the_next_step_once_with_the_outputs_in_
 
     # then the next step exists once, parented by the last member, with the outputs in member order
     [gather] = step_jobs(chain, 2)
-    assert (gather.parent_id, gather.input, gather.results) == (group[0].pk, {"g": 1}, [{"n": n} for n in range(4)])
+    assert (gather.parent_id, gather.input, handed_on(gather)) == (group[0].pk, {"g": 1}, [{"n": n} for n in range(4)])
     with connection.cursor() as cursor:
         cursor.execute("SELECT id, xmin::text FROM jobs_job WHERE id IN (%s, %s)", [group[0].pk, gather.pk])
         xmin = dict(cursor.fetchall())
     assert xmin[group[0].pk] == xmin[gather.pk], "the last member's end and the next step were separate transactions"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT xmin::text FROM jobs_stepresult WHERE chain_id = %s", [chain.pk])
+        assert cursor.fetchall() == [(xmin[gather.pk],)], "the results were handed on in another transaction"
     # and the next step's handler reads them as ctx.results
     assert runner.execute(gather.pk, worker=WORKER) == "succeeded"
     assert Job.objects.get(pk=gather.pk).output == {"input": {"g": 1}, "results": [{"n": n} for n in range(4)]}
@@ -236,7 +248,7 @@ def test_two_members_ending_at_the_same_instant_on_two_connections_release_the_n
             assert not thread.is_alive()
         assert errors == []
         [gather] = step_jobs(chain, 1)
-        assert gather.results == [{"n": 0}, {"n": 1}]
+        assert handed_on(gather) == [{"n": 0}, {"n": 1}]
 
 
 def waiting_on_locks() -> int:
@@ -264,7 +276,7 @@ def test_a_duplicate_message_and_a_lost_run_of_a_member_count_once():
     ctx = runner.Context(lost.id, lost.type, lost.attempt, lost.max_attempts, lost.chain_id, lost.chain_index, None, "k", member=1)
     assert runner._succeed(ctx, json.dumps({"n": 99}), runner.registry.get(lost.type)) == "lost"
     [gather] = step_jobs(chain, 1)
-    assert gather.results == [{"n": 0}, {"n": 1}]
+    assert handed_on(gather) == [{"n": 0}, {"n": 1}]
     assert sorted(Effect.objects.values_list("job_id", "attempt")) == [(first.pk, 1), (second.pk, 2)]
 
 
@@ -300,7 +312,7 @@ def test_a_group_that_collects_hands_the_failures_on_in_place():
     assert step_jobs(chain, 1) == []
     assert execute_until_ended(doomed.pk) == "dead"  # the last to end
     [gather] = step_jobs(chain, 1)
-    assert gather.results == [
+    assert handed_on(gather) == [
         {"n": 0},
         {"error": "RuntimeError: examples.member 1: failing as asked", "status": "dead", "job": doomed.pk},
         {"error": "", "status": "cancelled", "job": cancelled.pk},
@@ -325,7 +337,7 @@ def test_retrying_the_dead_member_reopens_the_chain_and_its_success_releases_the
     assert control.retry(Job.objects.get(pk=flaky.pk))
     assert execute_until_ended(flaky.pk) == "succeeded"
     [gather] = step_jobs(chain, 1)
-    assert gather.results == [{"n": 0}, {"attempt": 4}]
+    assert handed_on(gather) == [{"n": 0}, {"attempt": 4}]
 
 
 # --- dynamic fan-out ------------------------------------------------------------------------------
@@ -428,11 +440,15 @@ def test_the_api_admin_and_operations_page_show_a_group_as_one_step_with_its_mem
     assert "failing as asked" in group["members"][1]["job"]["error"]
     assert group["duration_seconds"] > 0 and group["handoff_seconds"] is not None
     assert body["steps"][2]["handoff_seconds"] is None  # not started yet
-    assert body["steps"][2]["job"]["results"][1]["status"] == "dead"
+    assert (group["member_count"], group["member_statuses"], group["members_next"]) == (3, {"succeeded": 2, "dead": 1}, None)
+    gather = body["steps"][2]["job"]
+    assert gather["results_count"] == 3
+    status, handed = api("get", f"/jobs/{gather['id']}/results")
+    assert status == 200 and handed["count"] == 3 and handed["items"][1]["status"] == "dead"
 
     # and the admin's chain page: a row for the group, a row per member linking its job
     html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
-    assert "group of 3 (on failure: collect)" in html
+    assert "group of 3 (on failure: collect; 2 succeeded, 1 dead)" in html
     for job in (ok, doomed, last):
         assert f'href="/admin/jobs/job/{job.pk}/change/"' in html
     assert html.count('class="chain-member"') == 3
@@ -460,3 +476,109 @@ def test_retrying_a_collected_member_after_the_fan_in_runs_it_again_and_leaves_t
     assert execute_until_ended(flaky.pk) == "succeeded"
     assert Chain.objects.get(pk=chain.pk).status == ChainStatus.SUCCEEDED  # not reopened
     assert step_jobs(chain, 1) == [echo]  # released once
+
+
+# --- a group after a group: results stored once, reads bounded ------------------------------------
+
+
+def test_a_group_after_a_group_stores_the_results_once_and_every_read_of_the_chain_is_bounded(api, admin_client):
+    # given echo members of ~300 bytes each (random: TOAST cannot compress them away) -> a second
+    # group of as many (its first and last members gather what they were handed) -> gather
+    n = 100
+    pads = [secrets.token_hex(150) for _ in range(n)]
+    second = [Step("examples.gather" if m in (0, n - 1) else "examples.echo", {"m": m}) for m in range(n)]
+    chain = start_chain([Group([Step("examples.echo", {"n": m, "pad": pads[m]}) for m in range(n)]), Group(second),
+                         Step("examples.gather")])
+    for job in members(chain, 0):
+        assert runner.execute(job.pk, worker=WORKER) == "succeeded"
+
+    # then no row of the second group holds the first group's outputs: each is a few hundred bytes
+    handed = [{"n": m, "pad": pads[m]} for m in range(n)]
+    sizes = row_bytes(chain.pk, 1)
+    assert len(sizes) == n and max(sizes) < 1500, f"a row of the second group is {max(sizes)} bytes"
+    # and the outputs are stored once for the step: n entries in all (not n x n), about n outputs' bytes
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT step, count(*), sum(octet_length(value::text)) FROM jobs_stepresult WHERE chain_id = %s"
+                       " GROUP BY step", [chain.pk])
+        assert [(step, count) for step, count, _ in cursor.fetchall()] == [(1, n)]
+        cursor.execute("SELECT sum(octet_length(value::text)) FROM jobs_stepresult WHERE chain_id = %s", [chain.pk])
+        assert cursor.fetchone()[0] < n * 400
+    # and each member of the second group reads them in member order (its handler too)
+    group = members(chain, 1)
+    assert {j.results_count for j in group} == {n}
+    assert handed_on(group[0]) == handed_on(group[n - 1]) == handed
+    for job in group:
+        assert runner.execute(job.pk, worker=WORKER) == "succeeded"
+    assert Job.objects.get(pk=group[0].pk).output == {"input": {"m": 0}, "results": handed}
+    [last] = step_jobs(chain, 2)
+    assert handed_on(last)[1:3] == [{"m": 1}, {"m": 2}] and handed_on(last)[n - 1]["results"] == handed
+
+    # and GET /api/chains/{id} summarises each group: counts by status, one page of members
+    response = api_client().get(f"/api/chains/{chain.pk}")
+    assert response.status_code == 200 and len(response.content) < 80_000, len(response.content)
+    body = response.json()
+    first_group, second_group = body["steps"][0], body["steps"][1]
+    assert (second_group["member_count"], second_group["member_statuses"], second_group["members_next"]) == (
+        n, {"succeeded": n}, 20)
+    assert [m["member"] for m in second_group["members"]] == list(range(20))
+    assert second_group["members"][0]["job"]["results_count"] == n and "results" not in second_group["members"][0]["job"]
+    assert first_group["members"][3]["job"]["output"] == handed[3]
+    # and pages through the members
+    status, body = api("get", f"/chains/{chain.pk}?members_from=90&members_limit=20")
+    assert status == 200 and [m["member"] for m in body["steps"][1]["members"]] == list(range(90, 100))
+    assert body["steps"][1]["members_next"] is None
+    for wrong in ("members_limit=101", "members_limit=0", "members_from=-1", "members_from=x"):
+        status, body = api("get", f"/chains/{chain.pk}?{wrong}")
+        assert status == 400 and wrong.split("=")[0] in body["fields"], (wrong, body)
+    # and a job's results a page at a time
+    status, body = api("get", f"/jobs/{last.pk}/results?offset=98&limit=5")
+    assert status == 200 and body["count"] == n and body["next"] is None
+    assert body["items"][0] == {"m": 98} and body["items"][1]["results"] == handed
+    status, body = api("get", f"/jobs/{group[0].pk}/results?limit=2")
+    assert (body["items"], body["next"]) == (handed[:2], 2)
+
+    # and the admin's chain page and the operations page list a page of members with the counts
+    html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
+    assert len(html) < 150_000 and f"group of {n} (on failure: fail; {n} succeeded)" in html
+    assert html.count('class="chain-member"') == 2 * 50 and "?members_from=50" in html
+    html = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/?members_from=50").content.decode()
+    assert f'<td>1.{n - 1}</td>' in html and '<td>1.0</td>' not in html
+    page = admin_client.get("/admin/operations/fragment/").content.decode()
+    assert len(page) < 100_000 and f"10 of {n} members shown" in page
+    # and the list of chains outlines each plan; the chain's jobs are a page of the job list
+    listed = admin_client.get("/admin/jobs/chain/").content.decode()
+    assert f"chain {chain.pk}: group of {n} -&gt; group of {n} -&gt; examples.gather" in listed
+    jobs = admin_client.get(f"/admin/jobs/job/?chain__exact={chain.pk}")
+    assert jobs.status_code == 200 and f'href="/admin/jobs/job/{last.pk}/change/' in jobs.content.decode()
+
+
+def test_a_chain_read_lists_one_page_of_a_groups_members_and_counts_the_rest():
+    # given a chain that starts with a group of 100 members of ~300 bytes of input each
+    chain = start_chain([Group([Step("examples.echo", {"n": m, "pad": secrets.token_hex(150)}) for m in range(100)])])
+    # then GET /api/chains/{id} lists the first 20 members, counts all of them, and says where to go on
+    response = api_client().get(f"/api/chains/{chain.pk}?members_limit=20")
+    assert response.status_code == 200 and len(response.content) < 30_000, len(response.content)
+    group = response.json()["steps"][0]
+    assert [m["member"] for m in group["members"]] == list(range(20))
+    assert (group["member_count"], group["member_statuses"], group["members_next"]) == (100, {"pending": 100}, 20)
+
+
+def test_retention_deletes_a_finished_chain_with_what_its_groups_handed_on():
+    chain = start_chain([Group(member_steps(2)), Step("examples.gather")])
+    for job in members(chain, 0):
+        runner.execute(job.pk, worker=WORKER)
+    runner.execute(step_jobs(chain, 1)[0].pk, worker=WORKER)
+    assert StepResult.objects.filter(chain=chain).count() == 2
+    old = timezone.now() - dt.timedelta(days=30)
+    Job.objects.filter(chain=chain).update(finished_at=old)
+    Chain.objects.filter(pk=chain.pk).update(finished_at=old)
+    assert store.delete_ended_chains(old + dt.timedelta(seconds=1), 100) == (1, 3)
+    assert not Chain.objects.filter(pk=chain.pk).exists() and not StepResult.objects.exists()
+
+
+def row_bytes(chain_id: int, index: int) -> list[int]:
+    """The size of each job row of a chain step, as JSON text."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT octet_length(row_to_json(j)::text) FROM jobs_job j WHERE chain_id = %s AND chain_index = %s",
+                       [chain_id, index])
+        return [row[0] for row in cursor.fetchall()]
