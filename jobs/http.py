@@ -236,8 +236,11 @@ def _variant(jt: registry.JobType, base: type[BaseModel], prefix: str) -> type[B
     )
 
 
-def _union(base: type[BaseModel], prefix: str) -> Any:
-    variants = [_variant(jt, base, prefix) for jt in registry.all_types() if jt.public]
+def _union(base: type[BaseModel], prefix: str, member: bool = False) -> Any:
+    """The request schema of a job (or chain step) of any public type, told apart by `type`; for
+    a group's member (`member`), only types that neither continue nor fan out (continues=False:
+    creation.plan refuses the others there, and the document must not offer them)."""
+    variants = [_variant(jt, base, prefix) for jt in registry.all_types() if jt.public and not (member and jt.continues)]
     UNION_TAGS.update(jt.name for jt in registry.all_types() if jt.public)
     if not variants:  # no public type (production without the demo): nothing to enqueue
         return create_model(prefix + "NoPublicType", __base__=base, type=(Literal["no public job type"], ...))
@@ -248,12 +251,13 @@ def _union(base: type[BaseModel], prefix: str) -> Any:
 
 EnqueueIn = _union(EnqueueBase, "Enqueue")
 StepIn = _union(StepBase, "Step")
+MemberIn = _union(StepBase, "Member", member=True)
 
 
 class GroupIn(Strict):
     """A group step: its members run side by side, and the next step gets their outputs."""
 
-    group: list[StepIn] = Field(min_length=1, max_length=MAX_MEMBERS)
+    group: list[MemberIn] = Field(min_length=1, max_length=MAX_MEMBERS)
     #: When a member ends badly (dead, cancelled): fail the chain, or collect the failure in the
     #: member's place in the next step's `results`.
     on_failure: Literal["fail", "collect"] = "fail"

@@ -31,7 +31,13 @@ class DrainingServer(Server):
 
 
 class ConveyorWorker(UvicornWorker):
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "asyncio", "http": "h11", "h11_max_incomplete_event_size": HEAD_LIMIT}
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For and -Proto from a loopback
+    # peer as the client's address and scheme. The client address is project.logins.client_ip's
+    # (TRUSTED_PROXY_HOPS), the scheme Django's SECURE_PROXY_SSL_HEADER (FORWARDED_PROTO_HEADER),
+    # as under gunicorn's sync workers before.
+    CONFIG_KWARGS: dict[str, Any] = {
+        "loop": "asyncio", "http": "h11", "h11_max_incomplete_event_size": HEAD_LIMIT, "proxy_headers": False,
+    }
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

@@ -53,7 +53,7 @@ class Migration(migrations.Migration):
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
         ("jobs", "0008_operate_permission"),
-        ("subscribers", "0004_lanes"),
+        ("subscribers", "0001_initial"),
     ]
 
     operations = [

@@ -138,7 +138,7 @@ def test_production_on_real_servers_loses_nothing_across_worker_and_redis_restar
         assert again.wait(180) == 0, again.stdout.read()
 
     # and a user with an API token, made by the management commands on that database
-    made = manage("user", "--email", "ops@example.com", "--password", "a-long-password-for-ops", env=env)
+    made = manage("user", "--email", "ops@example.com", "--password", "a-long-password-for-ops", "--superuser", env=env)
     assert made.returncode == 0, made.stderr
     token_out = manage("token", "--email", "ops@example.com", env=env)
     assert token_out.returncode == 0, token_out.stderr

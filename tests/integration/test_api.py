@@ -1,7 +1,6 @@
 """The HTTP API's contract: bad input is a 400/401/404/413 JSON answer naming the problem."""
 from __future__ import annotations
 
-
 import pytest
 from django.test import Client
 
@@ -11,6 +10,7 @@ from tests.support import queue_length
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
+@pytest.mark.usefixtures("empty_redis")  # the queue holds this test's message only
 def test_enqueue_writes_the_row_and_publishes_its_id(api):
     status, job = api("post", "/jobs", {"type": "examples.sleep", "input": {"seconds": 1}})
     assert status == 201
