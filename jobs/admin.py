@@ -142,12 +142,12 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
                 )
             },
         ),
-        ("Data", {"fields": ("input_json", "output_json", "error_text")}),
+        ("Data", {"fields": ("input_json", "output_json", "error_text", "errors_text")}),
         ("Links", {"fields": ("chain", "chain_index", "parent", "idempotency_key")}),
     )
     readonly_fields = (
         "created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "lease_expires_at_utc",
-        "updated_at_utc", "duration_text", "input_json", "output_json", "error_text", "progress_bar",
+        "updated_at_utc", "duration_text", "input_json", "output_json", "error_text", "errors_text", "progress_bar",
     )
 
     created_at_utc = stamp("created_at", "created at")
@@ -160,7 +160,7 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         # A list of jobs shows neither input nor output: read them only on a job's own page.
-        return super().get_queryset(request).defer("input", "output")
+        return super().get_queryset(request).defer("input", "output", "errors")
 
     @admin.display(description="progress", ordering="progress")
     def progress_bar(self, job: Job) -> str:
@@ -184,6 +184,10 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     @admin.display(description="error")
     def error_text(self, job: Job) -> str:
         return pre(job.error)
+
+    @admin.display(description="errors, one per failed attempt")
+    def errors_text(self, job: Job) -> str:
+        return pretty_json(job.errors) if job.errors else "-"
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
         job = self.get_object(request, object_id)

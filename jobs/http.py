@@ -97,6 +97,8 @@ class JobOut(Schema):
     input: Any
     output: Any
     error: str
+    #: One entry per attempt that did not succeed, oldest first: {"attempt", "error", "worker", "started_at", "at"}.
+    errors: list[dict[str, Any]]
     chain: int | None = Field(None, alias="chain_id")
     chain_index: int | None
     #: Its place in its step's group (0, 1, ...); null for a step that is one job.

@@ -111,6 +111,10 @@ class Job(models.Model):
     #: key ends. Empty: not held.
     held = models.CharField(max_length=16, choices=Held.choices, blank=True, default="", db_default="")
     error = models.TextField(blank=True, default="")
+    #: One entry per attempt that did not succeed, oldest first (`error` is the last one's):
+    #: {"attempt", "error", "worker", "started_at", "at"}, appended by the statements that end an attempt badly
+    #: (store.fail, store.reap, store.hand_back). A retry keeps them: the history stays whole.
+    errors = models.JSONField(default=list, db_default=[], blank=True)
     #: Runs lost with their worker process while running this job (it died by itself, was killed,
     #: or its lease lapsed): each one counted an attempt (store.hand_back after a crash, store.reap),
     #: so a job that kills its worker ends dead instead of crash-looping it.

@@ -6,7 +6,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from django.conf import settings
 from pydantic import BaseModel, ValidationError
@@ -297,8 +297,28 @@ class ImproperlyDeclared(Exception):
     """A job type declaration that cannot work (duplicate name, bad priority...)."""
 
 
+#: Called with a type name the registry does not know, in order, until one declares it: how an
+#: adapter declares types lazily (conveyor_tasks: a django.tasks task's module path, in the worker).
+_resolvers: list[Callable[[str], None]] = []
+
+
+def add_resolver(resolver: Callable[[str], None]) -> None:
+    """Register `resolver(name)`, asked to declare a type `get` does not know (once per process)."""
+    if resolver not in _resolvers:
+        _resolvers.append(resolver)
+
+
+def find(name: str) -> JobType | None:
+    """The type declared under `name` (or an alias), or None; asks no resolver."""
+    return _types.get(name) or _types.get(_aliases.get(name, ""))
+
+
 def get(name: str) -> JobType:
-    jt = _types.get(name) or _types.get(_aliases.get(name, ""))
+    jt = find(name)
+    if jt is None and _resolvers and isinstance(name, str):
+        for resolver in _resolvers:
+            resolver(name)
+        jt = _types.get(name) or _types.get(_aliases.get(name, ""))
     if jt is None:
         raise InvalidJob(f"unknown job type {name!r}", {"type": f"unknown job type {name!r}"})
     return jt
@@ -318,9 +338,19 @@ def limited() -> list[str]:
     return _limited
 
 
+#: Queues an adapter's jobs use beside its declared types' (conveyor_tasks: a tasks backend's
+#: QUEUES, whose job types are declared only when first met).
+_extra_queues: set[str] = set()
+
+
+def add_queues(names: Iterable[str]) -> None:
+    """Make `names` part of `queues()`: consumed by a default worker, accepted by --queues."""
+    _extra_queues.update(names)
+
+
 def queues() -> list[str]:
-    """Every queue some job type uses: the default list a worker consumes."""
-    return sorted({jt.queue for jt in _types.values()} | {"default"})
+    """Every queue some job type (or an adapter, add_queues) uses: the default list a worker consumes."""
+    return sorted({jt.queue for jt in _types.values()} | {"default"} | _extra_queues)
 
 
 def autodiscover() -> None:

@@ -82,6 +82,13 @@ NOTIFY_CHAIN = f"""CASE WHEN pg_try_advisory_xact_lock(-done.id) THEN NULL
                    ELSE pg_notify('{CHAIN_ENDED}', done.id::text) END"""
 
 
+def _error_entry(error_sql: str) -> str:
+    """`errors` with one more entry for the attempt just ended badly (SET ... errors = this): its
+    number, `error_sql` (an expression of the error text), its worker, its start and its end."""
+    return (f"errors = COALESCE(errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object("
+            f"'attempt', attempt, 'error', {error_sql}, 'worker', worker, 'started_at', started_at, 'at', now()))")
+
+
 def _notifying(update_sql: str) -> str:
     """`update_sql` (an UPDATE ... RETURNING) that also notifies for each row it ended."""
     return f"WITH done AS ({update_sql.strip()})\nSELECT done.*, {NOTIFY_JOB} FROM done"
@@ -545,8 +552,8 @@ FAIL_SQL = _notifying(f"""
 UPDATE jobs_job SET status = {ENDED.format(again="failed", last=_FAILED_LAST)},
        finished_at = CASE WHEN {ENDS.format(last=_FAILED_LAST)} THEN now() END,
        run_after = now() + make_interval(secs => %s), published_at = NULL,
-       lease_expires_at = NULL, error = %s, updated_at = now()
-  FROM (SELECT %s::bool AS permanent) p
+       lease_expires_at = NULL, error = p.error, {_error_entry("p.error")}, updated_at = now()
+  FROM (SELECT %s::text AS error, %s::bool AS permanent) p
  WHERE id = %s AND status = 'running' AND attempt = %s
 RETURNING id, type, status, chain_id, chain_index, member
 """)
@@ -556,7 +563,7 @@ def fail(job_id: int, attempt: int, error: str, delay: float, permanent: bool = 
     """Record a failed attempt: retried after `delay` seconds, dead, or cancelled (ENDED).
     `permanent`: no retry can change it (jobs.Permanent): dead now, whatever attempts are left."""
     with prepared() as cursor:
-        cursor.execute(FAIL_SQL, [delay, text(error)[-10_000:], permanent, job_id, attempt])
+        cursor.execute(FAIL_SQL, [delay, text(error)[-10_000:], permanent, job_id, attempt])  # (p: error, permanent)
         row = cursor.fetchone()
     return None if row is None else Ended._make(row[:-1])
 
@@ -612,11 +619,12 @@ SELECT id FROM jobs_job WHERE status = 'running' AND lease_expires_at < now()
  ORDER BY lease_expires_at LIMIT %s
 """
 
+_REAPED = "'lease expired: the worker running attempt ' || attempt || ' (' || worker || ') was lost'"
 # A running row whose lease expired: its worker died. Back to pending (or dead, or cancelled).
 REAP_SQL = _notifying(f"""
 UPDATE jobs_job SET status = {ENDED.format(again="pending", last=LAST)},
        finished_at = CASE WHEN {ENDS.format(last=LAST)} THEN now() END, crashes = crashes + 1,
-       error = 'lease expired: the worker running attempt ' || attempt || ' (' || worker || ') was lost',
+       error = {_REAPED}, {_error_entry(_REAPED)},
        run_after = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
  WHERE id = (SELECT id FROM jobs_job
               WHERE id = %s AND status = 'running' AND lease_expires_at < now()
@@ -649,6 +657,10 @@ def reap(job_id: int) -> Ended | None:
 #   job may well be what killed it, so the attempt counts, as the reaper's would (ENDED), and the
 #   crash too (`crashes`): after its last attempt it is dead, saying so, never crash-looping.
 # Either way a row whose cancel was asked ends cancelled rather than waiting to run again.
+_HANDED_BACK = """CASE WHEN p.drained THEN 'handed back: worker ' || p.node || ' was stopped before finishing'
+                    ELSE 'worker process died while running this job (' || (crashes + 1)
+                         || CASE WHEN crashes = 0 THEN ' time' ELSE ' times' END
+                         || '; last: attempt ' || attempt || ' on ' || worker || ')' END"""
 HAND_BACK_SQL = _notifying(f"""
 UPDATE jobs_job SET status = CASE WHEN p.drained AND NOT cancel_requested THEN 'pending'
                                   ELSE {ENDED.format(again="pending", last=LAST)} END,
@@ -656,10 +668,7 @@ UPDATE jobs_job SET status = CASE WHEN p.drained AND NOT cancel_requested THEN '
        max_attempts = max_attempts + CASE WHEN p.drained THEN 1 ELSE 0 END,
        crashes = crashes + CASE WHEN p.drained THEN 0 ELSE 1 END,
        lease_expires_at = NULL, published_at = NULL, run_after = now(), updated_at = now(),
-       error = CASE WHEN p.drained THEN 'handed back: worker ' || p.node || ' was stopped before finishing'
-                    ELSE 'worker process died while running this job (' || (crashes + 1)
-                         || CASE WHEN crashes = 0 THEN ' time' ELSE ' times' END
-                         || '; last: attempt ' || attempt || ' on ' || worker || ')' END
+       error = {_HANDED_BACK}, {_error_entry(_HANDED_BACK)}
   FROM (SELECT %s::bool AS drained, %s::text AS node) p
  WHERE status = 'running' AND worker LIKE %s
 RETURNING id, type, status, chain_id, chain_index, member

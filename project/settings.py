@@ -7,6 +7,8 @@ servers' sockets in the data folder, and the entry points start those servers (p
 """
 from __future__ import annotations
 
+import importlib.util
+
 import datetime as dt
 import os
 import re
@@ -104,9 +106,31 @@ INSTALLED_APPS = [
     "api",
     "jobs",
     "subscribers",
-    *(["examples"] if DEMO else []),
+    # django.tasks on Conveyor (conveyor_tasks: the backend; the backport's app on Django < 6).
+    *([] if importlib.util.find_spec("django.tasks") else ["django_tasks"]),
+    "conveyor_tasks",
+    *(["examples", "examples.djtasks"] if DEMO else []),
     *TEST_APPS,
 ]
+
+# django.tasks: every @task of every app is a durable Conveyor job (docs/django-tasks.md). QUEUES
+# are Conveyor queues a worker consumes (the default worker takes every job type's queue and
+# these). OPTIONS["TASKS"] states per task path what the framework has no words for.
+TASKS = {
+    "default": {
+        "BACKEND": "conveyor_tasks.backend.ConveyorBackend",
+        "QUEUES": env.get_list("CONVEYOR_TASK_QUEUES") or ["default", "emails", "notifications", "images"],
+        "OPTIONS": {
+            "RETRIES": 3,
+            "TASKS": {
+                "examples.djtasks.tasks.flaky": {"retries": 4, "backoff": 0.2, "backoff_cap": 1},
+                "examples.djtasks.tasks.slow_count": {"retries": 3, "timeout": 60},
+            } if DEMO else {},
+        },
+    }
+}
+EMAIL_BACKEND = env.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_FILE_PATH = env.get("EMAIL_FILE_PATH", "")
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "project.static.WhiteNoise",  # whitenoise's, able to run on the event loop (async views)

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class DjTasksConfig(AppConfig):
+    name = "examples.djtasks"
+    label = "djtasks"
+    verbose_name = "Examples (django.tasks)"
