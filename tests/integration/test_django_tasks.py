@@ -1,0 +1,184 @@
+"""The django.tasks backend (conveyor_tasks) in process, on the session's real PostgreSQL and
+Redis: enqueue in the caller's transaction, every TaskResult field read from the row, the
+priority mapping, refusals at enqueue, and each failed attempt's error kept (jobs.errors). Jobs are
+run by the runner in this process (`runner.execute`); tests/acceptance/test_django_tasks_live.py
+runs them on real workers."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from conveyor_tasks import compat, results, types
+from examples.djtasks import tasks
+from examples.djtasks.models import Run
+from jobs import recovery, registry, runner, store
+from jobs.models import Job, Status
+from tests.integration.conftest import RUNNER_IN_PROCESS
+
+pytestmark = RUNNER_IN_PROCESS
+WORKER = "node@test/1"
+READY, RUNNING, FAILED, SUCCESSFUL = (compat.TaskResultStatus.READY, compat.TaskResultStatus.RUNNING,
+                                      compat.TaskResultStatus.FAILED, compat.TaskResultStatus.SUCCESSFUL)
+
+
+def _run(result) -> str:
+    return runner.execute(int(result.id), WORKER)
+
+
+def test_a_task_enqueued_in_a_rolled_back_transaction_leaves_no_row_and_no_signal():
+    heard = []
+    compat.task_enqueued.connect(lambda sender, task_result, **kw: heard.append(task_result.id), weak=False, dispatch_uid="t24")
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            result = tasks.add.enqueue(1, 2)
+            assert Job.objects.filter(pk=int(result.id)).exists()  # the row is in the transaction
+            raise RuntimeError("roll back")
+        assert not Job.objects.filter(pk=int(result.id)).exists()
+        assert heard == []
+        committed = tasks.add.enqueue(1, 2)
+        assert heard == [committed.id]  # sent once committed
+    finally:
+        compat.task_enqueued.disconnect(dispatch_uid="t24")
+
+
+def test_a_task_is_a_job_type_named_by_its_module_path_on_its_queue_with_its_priority_mapped():
+    result = tasks.add.enqueue(2, 3)
+    job = Job.objects.get(pk=int(result.id))
+    assert job.type == "examples.djtasks.tasks.add" and job.queue == "default"
+    assert job.priority == types.priority(50) == 2
+    assert job.input == {"args": [2, 3], "kwargs": {}, "backend": "default", "priority": 50}
+    other = tasks.add.using(queue_name="emails", priority=-100).enqueue(1, 1)
+    row = Job.objects.get(pk=int(other.id))
+    assert (row.queue, row.priority) == ("emails", 9)
+    assert [types.priority(p) for p in (100, 80, 79, 1, 0, -1, -80, -81, -100)] == [0, 0, 1, 4, 4, 5, 8, 9, 9]
+
+
+def test_result_fields_follow_the_row_through_a_success():
+    result = tasks.add.enqueue(20, 22)
+    assert (result.status, result.enqueued_at is not None, result.started_at, result.finished_at) == (READY, True, None, None)
+    assert result.args == [20, 22] and result.kwargs == {} and result.errors == [] and result.worker_ids == []
+    assert _run(result) == "succeeded"
+    result.refresh()
+    assert result.status == SUCCESSFUL and result.return_value == 42 and result.attempts == 1
+    assert result.worker_ids == [WORKER]
+    assert result.enqueued_at <= result.started_at == result.last_attempted_at <= result.finished_at
+    again = tasks.add.get_result(result.id)
+    assert (again.status, again.return_value, again.args) == (SUCCESSFUL, 42, [20, 22])
+
+
+def test_each_failed_attempt_keeps_its_error_and_the_task_succeeds_on_attempt_3():
+    result = tasks.flaky.enqueue(failures=2)
+    for expected in ("failed", "failed", "succeeded"):
+        Job.objects.filter(pk=int(result.id)).update(run_after=timezone.now())  # its backoff, skipped
+        assert _run(result) == expected
+    result.refresh()
+    assert result.status == SUCCESSFUL and result.return_value == {"attempt": 3} and result.attempts == 3
+    assert [e.exception_class_path for e in result.errors] == ["builtins.RuntimeError"] * 2
+    assert "attempt 1 fails on purpose" in result.errors[0].traceback and "attempt 2" in result.errors[1].traceback
+    assert result.errors[0].exception_class is RuntimeError
+    job = Job.objects.get(pk=int(result.id))
+    assert [e["attempt"] for e in job.errors] == [1, 2] and all(e["worker"] == WORKER for e in job.errors)
+    assert result.started_at < result.last_attempted_at  # the first attempt's start, the last's
+
+
+def test_a_lost_worker_is_an_error_entry_of_its_attempt():
+    result = tasks.add.enqueue(1, 1)
+    store.claim(int(result.id), WORKER, 30)
+    with connection.cursor() as cursor:  # setup: the lease lapsed
+        cursor.execute("UPDATE jobs_job SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [int(result.id)])
+    recovery.reap()
+    result.refresh()
+    assert result.status == READY and len(result.errors) == 1
+    assert result.errors[0].exception_class_path == results.WORKER_LOST and "lease expired" in result.errors[0].traceback
+    assert _run(result) == "succeeded"
+    result.refresh()
+    assert result.status == SUCCESSFUL and result.attempts == 2 and result.worker_ids == [WORKER, WORKER]
+
+
+def test_a_cancelled_task_is_failed_and_its_row_says_cancelled():
+    result = tasks.add.using(run_after=timezone.now() + dt.timedelta(hours=1)).enqueue(1, 1)
+    assert compat.task_backends["default"].cancel(result) is True
+    result.refresh()
+    assert result.status == FAILED and result.is_finished
+    assert Job.objects.get(pk=int(result.id)).status == Status.CANCELLED
+
+
+def test_run_after_is_the_rows_and_the_task_is_not_claimed_before():
+    later = timezone.now() + dt.timedelta(hours=1)
+    result = tasks.add.using(run_after=later).enqueue(1, 1)
+    assert Job.objects.get(pk=int(result.id)).run_after == later
+    assert result.task.run_after == later
+    assert _run(result) == "skipped"
+
+
+def test_an_async_task_and_a_task_taking_context_run():
+    result = tasks.async_add.enqueue(4, 5)
+    assert _run(result) == "succeeded"
+    result.refresh()
+    assert result.return_value == 9
+    stamped = tasks.stamp.enqueue()
+    assert _run(stamped) == "succeeded"
+    assert Run.objects.get(result_id=stamped.id).attempt == 1
+
+
+def test_enqueue_refuses_a_queue_not_listed_and_arguments_json_would_change():
+    with pytest.raises(compat.InvalidTask, match="nowhere"):
+        tasks.add.using(queue_name="nowhere")
+    with pytest.raises(TypeError, match="args must be JSON"):
+        tasks.add.enqueue({1, 2}, 3)
+    with pytest.raises(ValueError, match="kwargs does not survive"):
+        tasks.flaky.enqueue(failures={1: "a"})
+    assert tasks.add.enqueue((1,), [2]).args == [[1], [2]]  # a tuple is a list, as JSON says
+
+
+def test_get_result_of_an_unknown_id_or_a_plain_job_does_not_exist():
+    backend = compat.task_backends["default"]
+    for bad in ("nope", "999999999", "-1"):
+        with pytest.raises(compat.TaskResultDoesNotExist):
+            backend.get_result(bad)
+    import jobs
+
+    plain = jobs.enqueue("examples.echo", {"a": 1})
+    with pytest.raises(compat.TaskResultDoesNotExist):
+        backend.get_result(str(plain.pk))
+
+
+def test_a_worker_declares_a_tasks_type_when_it_first_meets_its_name():
+    registry.remove("examples.djtasks.tasks.stamp")
+    jt = registry.get("examples.djtasks.tasks.stamp")  # the resolver imports the task
+    assert jt.queue == "default" and jt.retries == 3
+    assert registry.get("examples.djtasks.tasks.flaky").retries == 4  # OPTIONS["TASKS"]
+    with pytest.raises(registry.InvalidJob):
+        registry.get("examples.djtasks.tasks.no_such_task")
+
+
+def test_signals_fire_in_the_worker_around_the_call():
+    seen = []
+
+    def hear(signal_name):
+        return lambda sender, task_result, **kw: seen.append((signal_name, task_result.status))
+
+    started, finished = hear("started"), hear("finished")
+    compat.task_started.connect(started, weak=False, dispatch_uid="t24s")
+    compat.task_finished.connect(finished, weak=False, dispatch_uid="t24f")
+    try:
+        result = tasks.flaky.enqueue(failures=1)
+        _run(result)
+        Job.objects.filter(pk=int(result.id)).update(run_after=timezone.now())
+        _run(result)
+    finally:
+        compat.task_started.disconnect(dispatch_uid="t24s")
+        compat.task_finished.disconnect(dispatch_uid="t24f")
+    assert seen == [("started", RUNNING), ("finished", READY), ("started", RUNNING), ("finished", SUCCESSFUL)]
+
+
+def test_errors_are_in_the_api_job():
+    from tests.support import api_client
+
+    result = tasks.flaky.enqueue(failures=5)
+    _run(result)
+    body = api_client().get(f"/api/jobs/{result.id}").json()
+    assert len(body["errors"]) == 1 and body["errors"][0]["attempt"] == 1 and "RuntimeError" in body["errors"][0]["error"]
