@@ -182,3 +182,11 @@ def test_errors_are_in_the_api_job():
     _run(result)
     body = api_client().get(f"/api/jobs/{result.id}").json()
     assert len(body["errors"]) == 1 and body["errors"][0]["attempt"] == 1 and "RuntimeError" in body["errors"][0]["error"]
+
+
+def test_the_framework_is_djangos_own_from_django_6_and_the_backport_before():
+    import django
+
+    assert compat.BUILT_IN == (django.VERSION >= (6, 0))
+    assert compat.Task.__module__ == ("django.tasks.base" if compat.BUILT_IN else "django_tasks.base")
+    assert type(compat.task_backends["default"]).__name__ == "ConveyorBackend"
