@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench chaos lint clean
+.PHONY: run test test-dj6 bench chaos lint clean
 
 $(VENV)/.installed: requirements.txt bench/requirements.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or make PY=python3)"; exit 2; }
@@ -24,6 +24,11 @@ run: .venv
 test: .venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# The django.tasks backend's tests under Django 6.x (Python 3.12, .venv-dj6 built once; `make
+# test` runs a part of them there too: tests/acceptance/test_django6.py).
+test-dj6: .venv
+	$(BIN)/python scripts/django6.py
+
 bench: .venv
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.cluster
@@ -38,4 +43,4 @@ lint: .venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) .venv-dj6 var
