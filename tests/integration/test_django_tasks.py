@@ -190,3 +190,34 @@ def test_the_framework_is_djangos_own_from_django_6_and_the_backport_before():
     assert compat.BUILT_IN == (django.VERSION >= (6, 0))
     assert compat.Task.__module__ == ("django.tasks.base" if compat.BUILT_IN else "django_tasks.base")
     assert type(compat.task_backends["default"]).__name__ == "ConveyorBackend"
+
+
+def test_a_task_as_a_chain_step_and_group_member_runs_in_order():
+    import jobs
+
+    backend = compat.task_backends["default"]
+    chain = jobs.start_chain([backend.step(tasks.add, 1, 2), jobs.Group([backend.step(tasks.add, 3, 4), backend.step(tasks.async_add, 5, 6)]),
+                              backend.step(tasks.stamp)])
+    for _ in range(4):
+        for job in Job.objects.filter(chain=chain, status=Status.PENDING):
+            assert runner.execute(job.pk, WORKER) == "succeeded"
+    outputs = list(Job.objects.filter(chain=chain).order_by("chain_index", "member").values_list("output", flat=True))
+    assert outputs == [3, 7, 11, {"attempt": 1}]
+    assert backend.get_result(str(Job.objects.get(chain=chain, chain_index=0).pk)).return_value == 3
+
+
+def test_options_state_a_tasks_retries_timeout_limits_and_schedule(settings):
+    from conveyor_tasks.backend import ConveyorBackend
+
+    backend = ConveyorBackend("default", {"OPTIONS": {"RETRIES": 1, "TASKS": {"examples.djtasks.tasks.add": {
+        "retries": 7, "timeout": 30, "rate_limit": "5/s", "concurrency": 2, "backoff": 0.5,
+        "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Paris", "args": [1, 2]}}}}})
+    registry.remove("examples.djtasks.tasks.add")
+    try:
+        jt = types.declare(tasks.add, backend)
+        assert (jt.retries, jt.timeout, jt.rate_limit.text, jt.concurrency, jt.backoff.base) == (7, 30, "5/s", 2, 0.5)
+        assert jt.schedule.cron == "0 2 * * *" and jt.schedule.input == {"args": [1, 2], "kwargs": {}, "backend": "default"}
+        with pytest.raises(registry.ImproperlyDeclared, match="unknown option 'retry'"):
+            types.options(tasks.add, ConveyorBackend("default", {"OPTIONS": {"TASKS": {"examples.djtasks.tasks.add": {"retry": 1}}}}))
+    finally:
+        registry.remove("examples.djtasks.tasks.add")
