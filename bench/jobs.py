@@ -11,7 +11,8 @@ machine falls on all alike:
    published one by one to a `celery worker` of the bare app (bench/bare.py) with Celery's own
    defaults (only the broker URL: what a user would run instead, and the base of every ratio),
    and with Conveyor's Celery settings (prefetch 1, late acks, its transport options). Conveyor:
-   N `examples.echo` jobs (a durable row each) enqueued one by one with jobs.enqueue, then N with
+   N `examples.echo` jobs (a durable row each) enqueued one by one with jobs.enqueue, N django.tasks
+   tasks (examples/djtasks `add`) with the framework's `task.enqueue()` on ConveyorBackend, then N with
    jobs.enqueue_many (batches of --batch), run by `manage.py start` in WORKER_MODE=worker; done
    when COUNT(succeeded rows) = N. Procrastinate (bench/procra.py, pinned in
    bench/requirements.txt; skipped with a line when not installed): N no-op tasks deferred one
@@ -173,6 +174,7 @@ SYSTEMS = (
     ("defaults", "bare Celery, Celery's defaults"),
     ("bare", "bare Celery, Conveyor's configuration"),
     ("single", "Conveyor, enqueue one by one"),
+    ("tasks", "django.tasks on Conveyor, task.enqueue() one by one"),
     ("bulk", "Conveyor, enqueue_many"),
     ("procrastinate", "Procrastinate, defer one by one"),
     ("procrastinate_bulk", "Procrastinate, batch_defer"),
@@ -218,6 +220,13 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
     def one_by_one(n: int) -> None:
         for i in range(n):
             enqueue("examples.echo", {"i": i})
+
+    def task_by_task(n: int) -> None:
+        # The framework's API end to end: validation, the JSON check, the row, task_enqueued.
+        from examples.djtasks.tasks import add
+
+        for i in range(n):
+            add.enqueue(i, 1)
 
     def in_bulk(n: int) -> None:
         for first in range(0, n, args.batch):
@@ -269,6 +278,7 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         "defaults": lambda n: bare_run(n, bare.noop_defaults, bare.QUEUE_DEFAULTS, [defaults_worker]),
         "bare": lambda n: bare_run(n, bare.noop, bare.QUEUE, [bare_worker]),
         "single": lambda n: conveyor_run(n, one_by_one),
+        "tasks": lambda n: conveyor_run(n, task_by_task),
         "bulk": lambda n: conveyor_run(n, in_bulk),
     }
     if args.procrastinate:
