@@ -24,7 +24,8 @@ def handler(ctx: Context, data: dict[str, Any]) -> Any:
     task = types.load(ctx.type)
     if task is None:  # a row of a task removed from the code: fails, then dies after its attempts
         raise LookupError(f"{ctx.type} is no longer a @task function")
-    sender = type(types.backend_of(task) or compat.BaseTaskBackend)
+    backend = types.backend_of(task)
+    sender = type(backend) if backend is not None else compat.BaseTaskBackend
     running = results.from_row(Job.objects.get(pk=ctx.job_id), task)
     compat.task_started.send(sender=sender, task_result=running)
     args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))

@@ -221,3 +221,14 @@ def test_options_state_a_tasks_retries_timeout_limits_and_schedule(settings):
             types.options(tasks.add, ConveyorBackend("default", {"OPTIONS": {"TASKS": {"examples.djtasks.tasks.add": {"retry": 1}}}}))
     finally:
         registry.remove("examples.djtasks.tasks.add")
+
+
+def test_a_worker_handed_back_after_a_crash_or_a_drain_leaves_an_error_entry_each():
+    result = tasks.add.enqueue(1, 1)
+    for drained, expected in ((False, "worker process died"), (True, "handed back: worker")):
+        store.claim(int(result.id), store.worker_name("node@crash", 42, "start1"), 30)
+        assert len(store.hand_back("node@crash", "start1", drained=drained)) == 1
+        result.refresh()
+        assert expected in result.errors[-1].traceback and result.errors[-1].exception_class_path == results.WORKER_LOST
+    assert [e["attempt"] for e in Job.objects.get(pk=int(result.id)).errors] == [1, 2]
+    assert result.status == READY and result.attempts == 2
