@@ -196,8 +196,8 @@ def test_a_task_as_a_chain_step_and_group_member_runs_in_order():
     import jobs
 
     backend = compat.task_backends["default"]
-    chain = jobs.start_chain([backend.step(tasks.add, 1, 2), jobs.Group([backend.step(tasks.add, 3, 4), backend.step(tasks.async_add, 5, 6)]),
-                              backend.step(tasks.stamp)])
+    group = jobs.Group([backend.step(tasks.add, 3, 4), backend.step(tasks.async_add, 5, 6)])
+    chain = jobs.start_chain([backend.step(tasks.add, 1, 2), group, backend.step(tasks.stamp)])
     for _ in range(4):
         for job in Job.objects.filter(chain=chain, status=Status.PENDING):
             assert runner.execute(job.pk, WORKER) == "succeeded"
