@@ -104,6 +104,7 @@ INSTALLED_APPS = [
     "api",
     "jobs",
     "subscribers",
+    "conveyor_celery",  # Celery tasks made durable: every app's tasks module imported at start
     *(["examples"] if DEMO else []),
     *TEST_APPS,
 ]
@@ -251,7 +252,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Beat reads schedules from the database (editable in the admin), fires only while it holds the
 # leader lock, and saves each entry's last run at once so a standby takes over from fresh state.
-CELERY_BEAT_SCHEDULER = "jobs.beat:LeaderScheduler"
+CELERY_BEAT_SCHEDULER = "conveyor_celery.beat:Scheduler"  # jobs.beat.LeaderScheduler + durable Celery tasks
 CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = "UTC"
 
