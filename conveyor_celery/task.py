@@ -291,7 +291,7 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
         "root_id": extra.get("root_id") or str(ctx.job_id), "parent_id": str(ctx.parent_id) if ctx.parent_id else None,
         "group": f"group:{ctx.chain_id}" if ctx.member is not None else None, "expires": expires,
         "hostname": socket.gethostname(),
-        "ignore_result": task.ignore_result, "headers": {}, "reply_to": None, "correlation_id": str(ctx.job_id),
+        "ignore_result": bool(declared.get(name, {}).get("ignore_result")), "headers": {}, "reply_to": None, "correlation_id": str(ctx.job_id),
         "timelimit": (task.time_limit, task.soft_time_limit),
     }
     task.push_request(**request)
@@ -309,7 +309,9 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
         raise Permanent(f"{qualified}: {exc}") from exc
     finally:
         task.pop_request()
-    if task.ignore_result and ctx.chain_id is None:
+    # ignore_result as the task declares it (Conveyor's app sets task_ignore_result: no Celery
+    # result backend; the row is the result).
+    if declared.get(name, {}).get("ignore_result") and ctx.chain_id is None:
         return None
     return result
 

@@ -90,3 +90,9 @@ def sleep_then_remember(seconds, key):
 def legacy_remember(key, value):
     """Not converted yet: a plain Celery task, run by the same workers."""
     cache.set(key, value, 300)
+
+
+@shared_task
+def slow_add(x, y, seconds):
+    time.sleep(seconds)
+    return x + y

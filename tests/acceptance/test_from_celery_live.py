@@ -1,0 +1,173 @@
+"""The sample Celery project (examples/celery_django, "First steps with Django" layout) on real
+Conveyor workers: its tests are written as Celery users write them (`.delay().get()`, canvas,
+`AsyncResult`), and pass once its one line (`from conveyor_celery import shared_task`) is switched.
+
+Workers are real `manage.py start` processes with the sample app installed
+(CONVEYOR_TEST_APPS); no eager mode, no mocks.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+import pytest
+from celery import chain, chord, group
+from celery.exceptions import TaskRevokedError
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from django.core.cache import cache
+
+from conveyor_celery import AsyncResult, GroupResult
+from examples.celery_django.demoapp.tasks import (
+    add, charge, div, fetch, legacy_remember, mul, on_error, ping, resize, slow, slow_add, xsum,
+)
+from jobs.models import Job
+from tests.acceptance.test_upstream_failure_modes import visibility_timeout_lapses
+from tests.support import kill_tree, queue_length, start_workers, unacked_count, wait_for
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
+
+SAMPLE = {"CONVEYOR_TEST_APPS": "examples.celery_django.demoapp"}
+
+
+def celery_worker(live, name="celery-sample", queues="default,images", concurrency="4"):
+    """A Conveyor worker with the sample app installed (Celery's pytest plugin calls its own
+    fixture `celery_worker`)."""
+    [worker] = [live.start("--queues", queues, "--concurrency", concurrency, "--pool", "prefork", mode="worker", name=name, env=SAMPLE)]
+    return worker
+
+
+def test_calls_results_and_retries_as_celery_users_write_them(live):
+    celery_worker(live)
+
+    # delay / get, apply_async with args and kwargs, Celery's state names
+    assert add.delay(2, 2).get(timeout=20) == 4
+    result = mul.apply_async((3,), {"y": 5})
+    assert result.get(timeout=20) == 15
+    assert result.state == result.status == "SUCCESS" and result.ready() and result.successful() and not result.failed()
+    assert AsyncResult(result.id).get(timeout=5) == 15  # rebuilt from its id alone
+
+    # a task that raises: FAILURE, the exception re-raised by get(), or returned with propagate=False
+    failing = div.delay(1, 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.get(timeout=20)
+    assert failing.state == "FAILURE" and failing.failed()
+    assert isinstance(failing.get(propagate=False, timeout=5), ZeroDivisionError)
+    assert "ZeroDivisionError" in failing.traceback
+    assert Job.objects.get(pk=int(failing.id)).attempt == 1  # Celery does not retry a plain exception
+
+    # autoretry_for with backoff: two ConnectionErrors, then the answer, self.request filled in
+    fetched = fetch.delay("https://example.com", 2)
+    assert fetched.get(timeout=30) == {"url": "https://example.com", "id": fetched.id, "retries": 2}
+    # past max_retries (3): the last exception
+    with pytest.raises(ConnectionError):
+        fetch.delay("https://down.example.com", 10).get(timeout=40)
+
+    # self.retry(exc=..., countdown=...): one decline then paid; past max_retries=2 the exception
+    assert charge.delay(7, 1).get(timeout=20) == {"order": 7, "retries": 1}
+    with pytest.raises(ValueError, match="card declined for order 8"):
+        charge.delay(8, 5).get(timeout=20)
+
+    # queue and priority from the declaration: the job went to the images queue
+    resized = resize.delay(64)
+    assert resized.get(timeout=20) == {"width": 64, "queue": "images"}
+    assert Job.objects.get(pk=int(resized.id)).queue == "images"
+
+    # soft_time_limit: the task is stopped, FAILURE
+    with pytest.raises(Exception, match="SoftTimeLimitExceeded"):
+        slow.delay(5).get(timeout=30)
+
+    # get(timeout=) on a task not yet due: Celery's TimeoutError
+    later = add.apply_async((1, 1), countdown=30)
+    with pytest.raises(CeleryTimeoutError):
+        later.get(timeout=0.5)
+    assert later.state == "PENDING"
+    # revoke: Conveyor's cancel, REVOKED
+    later.revoke()
+    assert later.state == "REVOKED"
+    with pytest.raises(TaskRevokedError):
+        later.get(timeout=5)
+
+    # expires: a job not started in time ends REVOKED without running
+    expired = add.apply_async((1, 2), countdown=1, expires=0.5)
+    with pytest.raises(TaskRevokedError):
+        expired.get(timeout=20)
+
+    # rate_limit="2/s", global: four calls start at least ~1.5 s apart end to end
+    starts = sorted(r.get(timeout=30) for r in [ping.delay(n) for n in range(4)])
+    assert starts[-1] - starts[0] >= 1.2
+
+
+def test_canvas_chains_groups_chords_and_callbacks(live):
+    celery_worker(live)
+
+    # the canvas guide's examples
+    assert (add.s(2, 2) | mul.s(8)).delay().get(timeout=20) == 32
+    assert chain(add.s(4, 4), mul.s(8), add.si(1, 1)).apply_async().get(timeout=20) == 2  # .si ignores the result
+    assert chain(add.s(4), mul.s(8))(4).get(timeout=20) == 64  # partial arguments given at the call
+    res = group(add.s(i, i) for i in range(10))()
+    assert isinstance(res, GroupResult) and res.get(timeout=20) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert GroupResult.restore(res.id).get(timeout=5) == res.get(timeout=5)
+    assert chord((add.s(i, i) for i in range(10)), xsum.s())().get(timeout=30) == 90
+    assert chord(add.s(i, i) for i in range(10))(xsum.s()).get(timeout=30) == 90
+    assert (group(add.s(i, i) for i in range(5)) | xsum.s()).delay().get(timeout=30) == 20
+    assert (add.s(2, 2) | group(mul.s(i) for i in range(3))).delay().get(timeout=30) == [0, 4, 8]
+    assert add.s(1, 1).set(countdown=0.1).delay().get(timeout=20) == 2
+
+    # link: the callback gets the result; link_error: the errback gets the failed task's id
+    key = f"demo:errback:{uuid.uuid4().hex}"
+    linked = add.apply_async((2, 3), link=mul.s(10))
+    assert linked.get(timeout=20) == 5
+    assert wait_for(lambda: Job.objects.filter(chain_id=Job.objects.get(pk=int(linked.id)).chain_id, chain_index=1, status="succeeded").values_list("output", flat=True).first(), 20) == 50
+    failed = div.apply_async((1, 0), link_error=on_error.s(key))
+    with pytest.raises(ZeroDivisionError):
+        failed.get(timeout=20)
+    assert wait_for(lambda: cache.get(key), 20, what="the errback") == failed.id
+
+    # side by side: a task not converted runs as a plain Celery task on the same worker
+    plain = f"demo:plain:{uuid.uuid4().hex}"
+    legacy_remember.delay(plain, "plain celery")
+    assert wait_for(lambda: cache.get(plain), 20, what="the plain Celery task") == "plain celery"
+    assert not Job.objects.filter(type__endswith="legacy_remember").exists()
+
+
+def test_a_chord_whose_header_worker_is_sigkilled_completes_once_with_every_result(live):
+    # given a worker running a chord's six header members (1.5 s each)
+    doomed = celery_worker(live, name="celery-doomed", queues="default", concurrency="6")
+    result = chord(slow_add.s(i, i, 1.5) for i in range(6))(xsum.s())
+    chain_id = int(result.id.split(":")[1])
+    wait_for(lambda: Job.objects.filter(chain_id=chain_id, chain_index=0, status="running").count() >= 3, 30,
+             interval=0.05, what="the header to run")
+
+    # when the whole worker is killed with SIGKILL mid-run, and another worker starts
+    kill_tree(doomed.process.pid)
+    celery_worker(live, name="celery-rescue", queues="default", concurrency="6")
+
+    # then the body got every header result once: 0+2+...+10
+    assert result.get(timeout=60) == 30
+    body = Job.objects.filter(chain_id=chain_id, chain_index=1)
+    assert body.count() == 1 and body.get().attempt == 1
+    header = Job.objects.filter(chain_id=chain_id, chain_index=0)
+    assert sorted(header.values_list("output", flat=True)) == [0, 2, 4, 6, 8, 10]
+    assert any(j.attempt == 2 for j in header)  # some ran again after the kill
+
+
+def test_a_countdown_past_the_visibility_timeout_runs_once(live):
+    # given two workers
+    start_workers(live, *[(n, ("--queues", "default", "--concurrency", "1")) for n in ("celery-left", "celery-right")])
+    # when a task is called with a countdown
+    for proc in live.procs:
+        pass
+    due = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=4)
+    result = add.apply_async((20, 22), eta=due)
+    # then while it waits no message exists in Redis, so the visibility timeout passing gives nothing back
+    restored = []
+    while dt.datetime.now(dt.timezone.utc) < due - dt.timedelta(seconds=0.5):
+        assert queue_length("default") == 0 and unacked_count() == 0
+        restored.append(visibility_timeout_lapses())
+        time.sleep(0.2)
+    assert len(restored) >= 3 and not any(restored)
+    # and it runs once, not before its time
+    assert result.get(timeout=20) == 42
+    job = Job.objects.get(pk=int(result.id))
+    assert job.attempt == 1 and job.started_at >= due
