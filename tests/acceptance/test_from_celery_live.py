@@ -23,7 +23,7 @@ from examples.celery_django.demoapp.tasks import (
 )
 from jobs.models import Job
 from tests.acceptance.test_upstream_failure_modes import visibility_timeout_lapses
-from tests.support import kill_tree, queue_length, start_workers, unacked_count, wait_for
+from tests.support import kill_tree, queue_length, unacked_count, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
 
@@ -154,10 +154,11 @@ def test_a_chord_whose_header_worker_is_sigkilled_completes_once_with_every_resu
 
 def test_a_countdown_past_the_visibility_timeout_runs_once(live):
     # given two workers
-    start_workers(live, *[(n, ("--queues", "default", "--concurrency", "1")) for n in ("celery-left", "celery-right")])
-    # when a task is called with a countdown
-    for proc in live.procs:
-        pass
+    procs = [live.start("--queues", "default", "--concurrency", "1", mode="worker", name=n, env=SAMPLE, wait=False)
+             for n in ("celery-left", "celery-right")]
+    for proc in procs:
+        proc.wait_ready()
+    # when a task is called with an eta (a countdown) 4 s ahead
     due = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=4)
     result = add.apply_async((20, 22), eta=due)
     # then while it waits no message exists in Redis, so the visibility timeout passing gives nothing back
