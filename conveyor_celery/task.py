@@ -10,6 +10,7 @@ result as its first argument).
 """
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 import celery
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Retry, TaskRevokedError
 from celery.utils.imports import gen_task_name
 from kombu.exceptions import EncodeError
 
@@ -295,6 +296,7 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
         "timelimit": (task.time_limit, task.soft_time_limit),
     }
     task.push_request(**request)
+    stopper = Revoked(ctx)
     try:
         result = task.run(*args, **kwargs)
     except Retry as retry:
@@ -308,12 +310,43 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
         qualified = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         raise Permanent(f"{qualified}: {exc}") from exc
     finally:
+        stopper.stop()
         task.pop_request()
     # ignore_result as the task declares it (Conveyor's app sets task_ignore_result: no Celery
     # result backend; the row is the result).
     if declared.get(name, {}).get("ignore_result") and ctx.chain_id is None:
         return None
     return result
+
+
+class Revoked:
+    """Stops a run whose job was revoked (cancelled) while it runs, as Celery's
+    `revoke(terminate=True)` does, without killing the process: the heartbeat sets `ctx.cancelled`
+    (within a third of the lease), and this raises TaskRevokedError in the task's thread at its
+    next Python instruction (a call blocked in C finishes first). The row ends REVOKED."""
+
+    POLL_SECONDS = 0.2
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx, self.thread_id = ctx, threading.get_ident()
+        self._lock, self._done, self._fired = threading.Lock(), threading.Event(), False
+        self._thread = threading.Thread(target=self._watch, name=f"revoke-watch-{ctx.job_id}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_SECONDS):
+            if self.ctx.cancelled and not self.ctx.lost:
+                with self._lock:
+                    if not self._done.is_set():
+                        self._fired = True
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(TaskRevokedError))
+                return
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done.set()
+            if self._fired:  # raised after the task returned: drop it if still pending
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
 
 
 def task_queue(name: str) -> str:

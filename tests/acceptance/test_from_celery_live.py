@@ -19,7 +19,7 @@ from django.core.cache import cache
 
 from conveyor_celery import AsyncResult, GroupResult
 from examples.celery_django.demoapp.tasks import (
-    add, charge, div, fetch, legacy_remember, mul, on_error, ping, resize, slow, slow_add, xsum,
+    add, charge, div, fetch, legacy_remember, mul, on_error, ping, resize, slow, slow_add, sleep_then_remember, xsum,
 )
 from jobs.models import Job
 from tests.acceptance.test_upstream_failure_modes import visibility_timeout_lapses
@@ -87,6 +87,16 @@ def test_calls_results_and_retries_as_celery_users_write_them(live):
     assert later.state == "REVOKED"
     with pytest.raises(TaskRevokedError):
         later.get(timeout=5)
+
+    # revoke of a running task stops it (Celery's terminate=True, without killing the process)
+    key = f"demo:revoked:{uuid.uuid4().hex}"
+    running = sleep_then_remember.delay(8, key)
+    wait_for(lambda: running.state == "STARTED", 20, interval=0.05, what="the task to start")
+    started = time.monotonic()
+    running.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        running.get(timeout=10)
+    assert time.monotonic() - started < 5 and cache.get(key) is None
 
     # expires: a job not started in time ends REVOKED without running
     expired = add.apply_async((1, 2), countdown=1, expires=0.5)
