@@ -94,6 +94,12 @@ def apply_task(task: Any, args: Any, kwargs: Any, *, task_id: str | None = None,
     if serializer in tasks.REFUSED_SERIALIZERS:
         raise Unsupported(f"task {name!r}: serializer {serializer!r} is refused: arguments are stored as JSON")
     _check_queue(name, options.get("queue"))
+    header = getattr(task, "__header__", None)
+    if task.typing and header is not None:  # Celery's check of the arguments against the signature
+        try:
+            header(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            raise TypeError(f"{exc}") from None
     extra: dict[str, Any] = {}
     if (expires := _expires(options.get("expires") if options.get("expires") is not None else task.expires)) is not None:
         extra["expires"] = expires

@@ -86,6 +86,8 @@ def test_refused_with_a_clear_error():
         resize.apply_async((1,), queue="other")
     with pytest.raises(Unsupported, match="a chain inside a group"):
         group([add.s(1, 1) | mul.s(2)])()
+    with pytest.raises(TypeError):  # Celery's own check of the arguments (typing=True)
+        add.delay(1, 2, 3)
     with pytest.raises(Exception, match="must be JSON"):
         add.delay(object(), 1)
 
