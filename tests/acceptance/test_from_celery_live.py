@@ -182,3 +182,35 @@ def test_a_countdown_past_the_visibility_timeout_runs_once(live):
     assert result.get(timeout=20) == 42
     job = Job.objects.get(pk=int(result.id))
     assert job.attempt == 1 and job.started_at >= due
+
+
+def test_a_periodic_task_naming_a_converted_task_runs_one_job_per_tick_under_two_beats(live):
+    # given a django-celery-beat row naming the converted `add`, every second, two beats and a worker
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    from tests.support import ROOT
+
+    every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="add-every-second", task=add.name, interval=every, args=json.dumps([20, 22]))
+    celery_worker(live, queues="default", concurrency="2")
+    beats = []
+    try:
+        for n in range(2):
+            out = open(Path(live.env()["CONVEYOR_DATA"]) / f"celery-beat-{n}.log", "wb")
+            beats.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO"],
+                                          cwd=ROOT, env=live.env(CONVEYOR_BEAT_LOCK_SECONDS="3", **SAMPLE),
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        ticks = Job.objects.filter(type=add.name, idempotency_key__startswith="conveyor:schedule:celery:add-every-second:")
+        wait_for(lambda: ticks.filter(status="succeeded").count() >= 4, 40, what="four ticks to run")
+    finally:
+        for beat in beats:
+            kill_tree(beat.pid)
+    # then each tick is a job of the converted task (its key the tick's: two beats, one job), which
+    # ran add(20, 22); a tick sent as a Celery message instead would have made no row at all
+    assert set(ticks.filter(status="succeeded").values_list("output", flat=True)) == {42}
+    assert Job.objects.filter(type=add.name).exclude(idempotency_key__startswith="conveyor:schedule:celery:").count() == 0
