@@ -13,7 +13,7 @@ from typing import Any
 
 from jobs.beat import LeaderScheduler, enqueue_tick, tick_time
 
-from conveyor_celery import task as tasks
+from conveyor_celery import declarations as tasks
 
 log = logging.getLogger("conveyor.beat")
 

@@ -23,7 +23,7 @@ from typing import Any
 from celery import canvas as celery_canvas
 from celery.canvas import Signature, _chain, _chord, group
 
-from conveyor_celery import task as tasks
+from conveyor_celery import declarations as tasks
 from conveyor_celery.errors import Unsupported
 
 #: Options of a call or a signature that the adapter applies; others are Celery's routing and

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
-import json
 import logging
 import socket
 import threading
@@ -23,19 +22,15 @@ import celery
 from celery import Task
 from celery.exceptions import Retry, TaskRevokedError
 from celery.utils.imports import gen_task_name
-from kombu.exceptions import EncodeError
 
+from conveyor_celery.declarations import REFUSED_SERIALIZERS, declared, encode, task_queue
 from conveyor_celery.errors import Unsupported
 
 log = logging.getLogger("conveyor.celery")
 
-#: Serializers whose arguments are not JSON: refused where they are named (a job's input is JSON).
-REFUSED_SERIALIZERS = ("pickle", "yaml", "msgpack")
 #: Celery's default when a task says nothing (`Task.max_retries`); None there means "forever".
 UNLIMITED_RETRIES = 1_000_000
 
-#: Converted tasks by name: their options as declared (job types are registered from these).
-declared: dict[str, dict[str, Any]] = {}
 #: Task objects seen by name (DurableTask.bind): the handler runs these.
 _tasks: dict[str, Task] = {}
 #: The countdown a failed attempt asked for (self.retry / autoretry_for), read by the job type's
@@ -249,16 +244,6 @@ def task_named(name: str) -> Task:
     return task
 
 
-def encode(name: str, args: Any, kwargs: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A call's job input; arguments JSON cannot hold are refused as Celery's JSON serializer
-    refuses them (kombu's EncodeError), naming the task."""
-    data = {"args": list(args or ()), "kwargs": dict(kwargs or {}), "celery": extra or {}}
-    try:
-        return json.loads(json.dumps(data, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise EncodeError(f"task {name!r}: its arguments must be JSON (a durable task's arguments are stored as JSON): {exc}") from None
-
-
 # -- running --------------------------------------------------------------------------------
 
 
@@ -347,12 +332,6 @@ class Revoked:
             self._done.set()
             if self._fired:  # raised after the task returned: drop it if still pending
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
-
-
-def task_queue(name: str) -> str:
-    from jobs import registry
-
-    return registry.get(name).queue
 
 
 def _previous(ctx: Any) -> Any:
