@@ -11,6 +11,7 @@ result as its first argument).
 from __future__ import annotations
 
 import ctypes
+import fnmatch
 import datetime as dt
 import logging
 import socket
@@ -56,8 +57,8 @@ def _conf(name: str, default: Any = None) -> Any:
 
 
 def _route(name: str, options: dict[str, Any]) -> str:
-    """The queue of a task: its `queue=` option, else `task_routes` (a dict by name, or a list of
-    dicts), else the app's `task_default_queue`. Routers that are functions or globs are refused."""
+    """The queue of a task: its `queue=` option, else `task_routes` (a dict by name or glob, or a
+    list of such dicts), else the app's `task_default_queue`. Router functions are refused."""
     if options.get("queue"):
         queue = options["queue"]
         return queue if isinstance(queue, str) else queue.name
@@ -66,6 +67,8 @@ def _route(name: str, options: dict[str, Any]) -> str:
         if not isinstance(table, dict):
             raise Unsupported(f"task {name!r}: task_routes must be a dict of task names for durable tasks (got a router function)")
         route = table.get(name)
+        if route is None:  # Celery's glob keys ('feed.tasks.*'), first match in order
+            route = next((r for pattern, r in table.items() if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(name, pattern)), None)
         if route is not None:
             queue = route.get("queue") if isinstance(route, dict) else route
             if queue:

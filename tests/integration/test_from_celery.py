@@ -125,3 +125,36 @@ def test_a_beat_schedule_entry_of_the_settings_becomes_a_periodic_task_whose_tic
     job = Job.objects.get(pk=int(sent.id))
     assert (job.type, job.input["args"]) == (add.name, [16, 16])
     scheduler.close()
+
+
+def test_an_app_task_with_the_durable_base_is_a_job_type_too():
+    from conveyor_celery import DurableTask
+    from jobs import registry
+
+    @celery_app.task(base=DurableTask, name="demo.app-task", bind=True, max_retries=1)
+    def app_task(self, x):
+        return {"x": x, "id": self.request.id}
+
+    try:
+        result = app_task.delay(3)
+        assert registry.get("demo.app-task").retries == 1
+        job = run(result)
+        assert (job.status, job.output) == ("succeeded", {"x": 3, "id": result.id})
+    finally:
+        registry.remove("demo.app-task")
+        from conveyor_celery.declarations import declared
+
+        declared.pop("demo.app-task", None)
+
+
+def test_task_routes_by_name_and_by_glob_choose_the_queue(monkeypatch):
+    from conveyor_celery.task import _route
+
+    monkeypatch.setitem(celery_app.conf, "task_routes", {"billing.charge": {"queue": "payments"}, "feed.tasks.*": {"queue": "feeds"}})
+    assert _route("billing.charge", {}) == "payments"
+    assert _route("feed.tasks.import_feed", {}) == "feeds"
+    assert _route("other.task", {}) == "default"
+    assert _route("feed.tasks.x", {"queue": "mine"}) == "mine"
+    monkeypatch.setitem(celery_app.conf, "task_routes", ["proj.routers.route_task"])
+    with pytest.raises(Unsupported, match="router function"):
+        _route("other.task", {})
