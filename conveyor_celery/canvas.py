@@ -154,7 +154,9 @@ def durable(sig: Any) -> bool | None:
         return False
     if len(converted) != len(found):
         plain = sorted({s.task for s in found if s.task not in tasks.declared})
-        raise Unsupported(f"a canvas mixes durable tasks with plain Celery tasks ({', '.join(plain)}): convert them too, or keep the canvas plain")
+        raise Unsupported(
+            f"a canvas mixes durable tasks with plain Celery tasks ({', '.join(plain)}): convert them too, or keep the canvas plain"
+        )
     return True
 
 
@@ -178,7 +180,8 @@ def plan(sig: Any, args: tuple = (), kwargs: dict | None = None, first: bool = T
         for member in sig.tasks:
             member = celery_canvas.maybe_signature(member)
             if isinstance(member, (_chain, group, _chord)):
-                raise Unsupported(f"a group's member is one task here, not {type(member).__name__} ({member!r}): a chain inside a group is not supported")
+                kind = type(member).__name__
+                raise Unsupported(f"a group's member is one task here, not {kind} ({member!r}): a chain inside a group is not supported")
             members.append(_one(member, args, kwargs, first))
         return [Group(members)]
     return [_one(sig, args, kwargs, first)]
@@ -202,7 +205,9 @@ def _one(sig: Signature, args: tuple, kwargs: dict | None, first: bool) -> Any:
     full_kwargs = {**(kwargs or {}), **sig.kwargs} if not sig.immutable else dict(sig.kwargs)
     run_after = _when(options.get("countdown"), options.get("eta"))
     if run_after is not None and not first:
-        raise Unsupported(f"task {sig.task!r}: countdown/eta on a step after the first of a canvas (delay the whole canvas with apply_async(countdown=))")
+        raise Unsupported(
+            f"task {sig.task!r}: countdown/eta on a step after the first of a canvas (delay the whole canvas with apply_async(countdown=))"
+        )
     priority = options.get("priority")
     return Step(sig.task, tasks.encode(sig.task, full_args, full_kwargs, extra), run_after=run_after,
                 priority=None if priority is None else min(9, max(0, int(priority))))
@@ -226,7 +231,7 @@ def start(sig: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any
     run_after = _when(options.get("countdown"), options.get("eta"))
     if run_after is not None:
         if isinstance(steps[0], Group):
-            raise Unsupported("countdown/eta on a canvas that starts with a group: give each member its own countdown, or start with a task")
+            raise Unsupported("countdown/eta on a canvas that starts with a group: start it with a task, or delay each member")
         steps[0] = replace(steps[0], run_after=run_after)
     return result_of(start_chain(steps), steps)
 

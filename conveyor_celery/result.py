@@ -123,7 +123,8 @@ class AsyncResult:
         if self.id.startswith("chain:") and job.member is not None:  # a chain ending with a group
             from jobs.models import Job
 
-            return list(Job.objects.filter(chain_id=job.chain_id, chain_index=job.chain_index).order_by("member").values_list("output", flat=True))
+            members = Job.objects.filter(chain_id=job.chain_id, chain_index=job.chain_index).order_by("member")
+            return list(members.values_list("output", flat=True))
         return job.output
 
     @property

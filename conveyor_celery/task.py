@@ -24,7 +24,7 @@ from celery import Task
 from celery.exceptions import Retry, TaskRevokedError
 from celery.utils.imports import gen_task_name
 
-from conveyor_celery.declarations import REFUSED_SERIALIZERS, declared, encode, task_queue
+from conveyor_celery.declarations import REFUSED_SERIALIZERS, declared, task_queue
 from conveyor_celery.errors import Unsupported
 
 log = logging.getLogger("conveyor.celery")
@@ -68,7 +68,8 @@ def _route(name: str, options: dict[str, Any]) -> str:
             raise Unsupported(f"task {name!r}: task_routes must be a dict of task names for durable tasks (got a router function)")
         route = table.get(name)
         if route is None:  # Celery's glob keys ('feed.tasks.*'), first match in order
-            route = next((r for pattern, r in table.items() if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(name, pattern)), None)
+            globs = ((pattern, r) for pattern, r in table.items() if any(c in pattern for c in "*?["))
+            route = next((r for pattern, r in globs if fnmatch.fnmatchcase(name, pattern)), None)
         if route is not None:
             queue = route.get("queue") if isinstance(route, dict) else route
             if queue:
@@ -221,7 +222,7 @@ class DurableTask(Task):
         if not getattr(request, "conveyor_job", None):
             return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
         if args is not None or kwargs is not None:
-            raise Unsupported(f"task {self.name!r}: retry() with other args/kwargs (the job's input is fixed; retry with the same arguments)")
+            raise Unsupported(f"task {self.name!r}: retry() with other args/kwargs (the job's input is fixed: retry with the same ones)")
         limit = self.max_retries if max_retries is None else max_retries
         if limit is not None and request.retries >= limit:
             if exc is not None:
@@ -280,7 +281,8 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
         "root_id": extra.get("root_id") or str(ctx.job_id), "parent_id": str(ctx.parent_id) if ctx.parent_id else None,
         "group": f"group:{ctx.chain_id}" if ctx.member is not None else None, "expires": expires,
         "hostname": socket.gethostname(),
-        "ignore_result": bool(declared.get(name, {}).get("ignore_result")), "headers": {}, "reply_to": None, "correlation_id": str(ctx.job_id),
+        "ignore_result": bool(declared.get(name, {}).get("ignore_result")), "headers": {}, "reply_to": None,
+        "correlation_id": str(ctx.job_id),
         "timelimit": (task.time_limit, task.soft_time_limit),
     }
     task.push_request(**request)
