@@ -84,8 +84,6 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
             f"task {name!r}: serializer {serializer!r} is refused: a durable task's arguments are stored as JSON "
             "(use serializer='json' and pass ids instead of objects)"
         )
-    if options.get("typing") is False:
-        pass  # argument checking at call time: Celery's own, unchanged
 
 
 def rate_of(name: str, rate: Any) -> str | None:
@@ -168,7 +166,7 @@ def _class_options(cls: type) -> dict[str, Any]:
 class DurableTask(Task):
     """A Celery task whose calls are Conveyor jobs (rows in PostgreSQL), run by Conveyor's workers."""
 
-    #: Celery's own default of 3 retries, a 3-minute delay: kept.
+    # Celery's own defaults are kept: 3 retries, a 3-minute default_retry_delay.
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # `@app.task(base=DurableTask)` and Celery's task classes: the class Celery makes from the
