@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     # django.tasks on Conveyor (conveyor_tasks: the backend; the backport's app on Django < 6).
     *([] if importlib.util.find_spec("django.tasks") else ["django_tasks"]),
     "conveyor_tasks",
+    "conveyor_celery",  # Celery tasks made durable: every app's tasks module imported at start
     *(["examples", "examples.djtasks"] if DEMO else []),
     *TEST_APPS,
 ]
@@ -275,7 +276,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Beat reads schedules from the database (editable in the admin), fires only while it holds the
 # leader lock, and saves each entry's last run at once so a standby takes over from fresh state.
-CELERY_BEAT_SCHEDULER = "jobs.beat:LeaderScheduler"
+CELERY_BEAT_SCHEDULER = "conveyor_celery.beat:Scheduler"  # jobs.beat.LeaderScheduler + durable Celery tasks
 CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = "UTC"
 

@@ -1,0 +1,274 @@
+"""Calls and canvas as Conveyor jobs and chains.
+
+- a task's `apply_async` is one job (`jobs.enqueue`), or, with `link=`, a chain of the task and
+  its callbacks (`jobs.start_chain`);
+- `chain`, `group` and `chord` (and `|` between signatures) become one chain planned up front
+  with `Step` and `Group`: a chord is a group followed by its body, whose fan-in is the group's
+  own (the last member's outcome releases the body, in its transaction: no `chord_unlock`).
+
+Celery's argument passing is kept: a step whose signature is not immutable receives the previous
+step's result as its first argument (a chord's body the list of its header's results); the
+handler prepends it when it runs (`task.run`, the input's `celery.prev`).
+
+Celery's canvas classes call their own `apply_async`; `install` wraps those of `chain`, `group`
+and `chord` so that a canvas made only of durable tasks is planned here, and any other canvas
+runs as plain Celery (tasks not converted keep working, side by side). A canvas mixing both is
+refused, naming the tasks.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from celery import canvas as celery_canvas
+from celery.canvas import Signature, _chain, _chord, group
+
+from conveyor_celery import declarations as tasks
+from conveyor_celery.errors import Unsupported
+
+#: Options of a call or a signature that the adapter applies; others are Celery's routing and
+#: messaging details with no meaning for a row (exchange, routing_key, headers, retry_policy...).
+IGNORED = {"exchange", "routing_key", "headers", "retry", "retry_policy", "connection", "publisher", "router",
+           "add_to_parent", "reply_to", "time_limit", "soft_time_limit", "ignore_result", "compression",
+           "immediate", "mandatory", "producer", "result_cls", "group_id", "group_index", "root_id", "parent_id",
+           "chord", "stamped_headers", "stamps", "subtask_type", "serializer", "task_id", "use_link", "queue",
+           "priority", "countdown", "eta", "expires", "link", "link_error"}
+
+
+def _when(countdown: Any, eta: Any) -> dt.datetime | None:
+    if eta is not None:
+        if isinstance(eta, str):
+            eta = dt.datetime.fromisoformat(eta)
+        return eta if eta.tzinfo else eta.replace(tzinfo=dt.timezone.utc)
+    if countdown is not None:
+        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=float(countdown))
+    return None
+
+
+def _expires(expires: Any) -> str | None:
+    if expires is None:
+        return None
+    if isinstance(expires, (int, float)):
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=float(expires))
+    if isinstance(expires, str):
+        expires = dt.datetime.fromisoformat(expires)
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=dt.timezone.utc)
+    return expires.astimezone(dt.timezone.utc).isoformat()
+
+
+def _check_queue(name: str, queue: Any) -> None:
+    if queue is None:
+        return
+    queue = queue if isinstance(queue, str) else getattr(queue, "name", queue)
+    declared = tasks.task_queue(name)
+    if queue != declared:
+        raise Unsupported(
+            f"task {name!r}: queue={queue!r} at call time: a durable task runs on the queue it is declared with "
+            f"({declared!r}); declare it with queue= or task_routes"
+        )
+
+
+def _serializable_sigs(sigs: Any, what: str) -> list[dict[str, Any]]:
+    if sigs is None:
+        return []
+    found = sigs if isinstance(sigs, (list, tuple)) else [sigs]
+    out = []
+    for sig in found:
+        sig = celery_canvas.maybe_signature(sig)
+        if not isinstance(sig, Signature) or isinstance(sig, (_chain, group, _chord)) or sig.task not in tasks.declared:
+            raise Unsupported(f"{what}={sig!r}: a durable task's {what} must be a signature of one durable task")
+        out.append({"task": sig.task, "args": list(sig.args), "kwargs": dict(sig.kwargs), "immutable": bool(sig.immutable)})
+    return out
+
+
+def apply_task(task: Any, args: Any, kwargs: Any, *, task_id: str | None = None, link: Any = None,
+               link_error: Any = None, **options: Any) -> Any:
+    """One call of a durable task: its job row (or, with `link=`, a chain of it and its callbacks)."""
+    from jobs import Step, enqueue, start_chain
+
+    from conveyor_celery.result import AsyncResult
+
+    name = task.name
+    serializer = options.get("serializer")
+    if serializer in tasks.REFUSED_SERIALIZERS:
+        raise Unsupported(f"task {name!r}: serializer {serializer!r} is refused: arguments are stored as JSON")
+    _check_queue(name, options.get("queue"))
+    header = getattr(task, "__header__", None)
+    if task.typing and header is not None:  # Celery's check of the arguments against the signature
+        try:
+            header(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            raise TypeError(f"{exc}") from None
+    extra: dict[str, Any] = {}
+    if (expires := _expires(options.get("expires") if options.get("expires") is not None else task.expires)) is not None:
+        extra["expires"] = expires
+    if errbacks := _serializable_sigs(link_error, "link_error"):
+        extra["link_error"] = errbacks
+    data = tasks.encode(name, args, kwargs, extra)
+    priority = options.get("priority")
+    priority = None if priority is None else min(9, max(0, int(priority)))
+    key = f"celery:{task_id}" if task_id else None
+    run_after = _when(options.get("countdown"), options.get("eta"))
+    if link is None:
+        job = enqueue(name, data, idempotency_key=key, run_after=run_after, priority=priority)
+        return AsyncResult(str(job.pk))
+    callbacks = [_step(sig, prev=not sig["immutable"]) for sig in _serializable_sigs(link, "link")]
+    chain = start_chain([Step(name, data, idempotency_key=key, run_after=run_after, priority=priority), *callbacks])
+    return AsyncResult(str(chain.jobs.get(chain_index=0).pk))
+
+
+def _step(sig: dict[str, Any], prev: bool) -> Any:
+    from jobs import Step
+
+    return Step(sig["task"], tasks.encode(sig["task"], sig["args"], sig["kwargs"], {"prev": True} if prev else {}))
+
+
+def enqueue_callback(sig: dict[str, Any], task_id: str) -> None:
+    """A `link_error` callback of a dead job, enqueued in its outcome's transaction."""
+    from jobs import enqueue
+
+    args = sig["args"] if sig["immutable"] else [task_id, *sig["args"]]
+    enqueue(sig["task"], tasks.encode(sig["task"], args, sig["kwargs"]))
+
+
+# -- canvas -> plan ---------------------------------------------------------------------------
+
+
+def leaves(sig: Any) -> list[Signature]:
+    """Every task signature of a canvas, depth first."""
+    sig = celery_canvas.maybe_signature(sig)
+    if isinstance(sig, _chord):
+        header = sig.tasks if isinstance(sig.tasks, group) else group(list(sig.tasks))
+        return [*leaves(header), *(leaves(sig.body) if sig.body is not None else [])]
+    if isinstance(sig, (_chain, group)):
+        return [leaf for t in sig.tasks for leaf in leaves(t)]
+    return [sig]
+
+
+def durable(sig: Any) -> bool | None:
+    """True when every task of the canvas is durable, False when none is; refused when mixed."""
+    found = leaves(sig)
+    converted = [s.task for s in found if s.task in tasks.declared]
+    if not converted:
+        return False
+    if len(converted) != len(found):
+        plain = sorted({s.task for s in found if s.task not in tasks.declared})
+        raise Unsupported(
+            f"a canvas mixes durable tasks with plain Celery tasks ({', '.join(plain)}): convert them too, or keep the canvas plain"
+        )
+    return True
+
+
+def plan(sig: Any, args: tuple = (), kwargs: dict | None = None, first: bool = True) -> list[Any]:
+    """A canvas as a chain's steps (`Step` / `Group`). `args` are the partial arguments given to
+    the call (prepended to the first step's, or each member's of a first group)."""
+    from jobs import Group
+
+    sig = celery_canvas.maybe_signature(sig)
+    if isinstance(sig, _chord):
+        header = sig.tasks.tasks if isinstance(sig.tasks, group) else sig.tasks
+        body = kwargs.pop("body", None) if kwargs else None
+        return [*plan(group(list(header)), args, kwargs, first), *plan(body or sig.body, first=False)]
+    if isinstance(sig, _chain):
+        steps: list[Any] = []
+        for index, part in enumerate(sig.tasks):
+            steps += plan(part, args if index == 0 else (), kwargs if index == 0 else None, first and index == 0)
+        return steps
+    if isinstance(sig, group):
+        members = []
+        for member in sig.tasks:
+            member = celery_canvas.maybe_signature(member)
+            if isinstance(member, (_chain, group, _chord)):
+                kind = type(member).__name__
+                raise Unsupported(f"a group's member is one task here, not {kind} ({member!r}): a chain inside a group is not supported")
+            members.append(_one(member, args, kwargs, first))
+        return [Group(members)]
+    return [_one(sig, args, kwargs, first)]
+
+
+def _one(sig: Signature, args: tuple, kwargs: dict | None, first: bool) -> Any:
+    from jobs import Step
+
+    options = dict(sig.options)
+    _check_queue(sig.task, options.get("queue"))
+    extra: dict[str, Any] = {}
+    if not first and not sig.immutable:
+        extra["prev"] = True
+    if (expires := _expires(options.get("expires"))) is not None:
+        extra["expires"] = expires
+    if errbacks := _serializable_sigs(options.get("link_error"), "link_error"):
+        extra["link_error"] = errbacks
+    if options.get("link"):
+        raise Unsupported(f"task {sig.task!r}: link= on a signature inside a canvas: chain the callback instead (a | b)")
+    full_args = tuple(args) + tuple(sig.args) if (args and not sig.immutable) else tuple(sig.args)
+    full_kwargs = {**(kwargs or {}), **sig.kwargs} if not sig.immutable else dict(sig.kwargs)
+    run_after = _when(options.get("countdown"), options.get("eta"))
+    if run_after is not None and not first:
+        raise Unsupported(
+            f"task {sig.task!r}: countdown/eta on a step after the first of a canvas (delay the whole canvas with apply_async(countdown=))"
+        )
+    priority = options.get("priority")
+    return Step(sig.task, tasks.encode(sig.task, full_args, full_kwargs, extra), run_after=run_after,
+                priority=None if priority is None else min(9, max(0, int(priority))))
+
+
+def start(sig: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    """Start a durable canvas: one chain row, its first step's jobs in the caller's transaction."""
+    from dataclasses import replace
+
+    from jobs import Group, start_chain
+
+    from conveyor_celery.result import result_of
+
+    kwargs = dict(kwargs or {})
+    steps = plan(sig, tuple(args or ()), kwargs)
+    if options.get("link") or options.get("link_error"):
+        extra_links = _serializable_sigs(options.get("link_error"), "link_error")
+        if options.get("link"):
+            raise Unsupported("link= on a canvas: chain the callback instead (canvas | callback)")
+        steps = [_with_errbacks(step, extra_links) for step in steps]
+    run_after = _when(options.get("countdown"), options.get("eta"))
+    if run_after is not None:
+        if isinstance(steps[0], Group):
+            raise Unsupported("countdown/eta on a canvas that starts with a group: start it with a task, or delay each member")
+        steps[0] = replace(steps[0], run_after=run_after)
+    return result_of(start_chain(steps), steps)
+
+
+def _with_errbacks(step: Any, errbacks: list[dict[str, Any]]) -> Any:
+    from dataclasses import replace
+
+    from jobs import Group
+
+    if isinstance(step, Group):
+        return Group([_with_errbacks(m, errbacks) for m in step.members], step.on_failure)
+    data = dict(step.input)
+    data["celery"] = {**data.get("celery", {}), "link_error": [*data.get("celery", {}).get("link_error", []), *errbacks]}
+    return replace(step, input=data)
+
+
+# -- Celery's canvas classes, wrapped -----------------------------------------------------------
+
+_originals: dict[type, Any] = {}
+
+
+def install() -> None:
+    """Wrap `apply_async` of chain, group and chord (once): a canvas of durable tasks is started
+    here, any other runs as Celery runs it."""
+    for cls in (_chain, group, _chord):
+        if cls in _originals:
+            continue
+        _originals[cls] = original = cls.apply_async
+
+        def apply_async(self: Any, args: Any = None, kwargs: Any = None, *rest: Any, __original: Any = original, **options: Any) -> Any:
+            body = kwargs.get("body") if isinstance(self, _chord) and isinstance(kwargs, dict) else None
+            if not rest and durable(self if body is None else group([*leaves(self), *leaves(body)])):
+                if isinstance(self, _chord) and "task_id" in options:
+                    options.pop("task_id")
+                merged = {**self.options, **options}
+                return start(self, args, kwargs, **{k: v for k, v in merged.items() if k in ("countdown", "eta", "link", "link_error")})
+            return __original(self, args, kwargs, *rest, **options)
+
+        apply_async.__doc__ = original.__doc__
+        cls.apply_async = apply_async

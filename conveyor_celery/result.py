@@ -1,0 +1,286 @@
+"""Celery's result handles, backed by the rows: `AsyncResult`, `GroupResult`.
+
+An id is the job's id (`"42"`), `"chain:7"` for a chain (its last step's result) or
+`"group:7"` for a group started alone; a task called with `task_id=` has the id it was given (the
+job's idempotency key `celery:<id>`). `AsyncResult(id)` in any process reads the same row.
+`get()` waits with `jobs.wait` / `jobs.wait_chain` (LISTEN/NOTIFY: no polling).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterator
+
+from celery import states
+from celery.exceptions import TaskRevokedError, TimeoutError as CeleryTimeoutError
+
+from conveyor_celery.errors import exception_from
+
+#: A row's status as Celery's state.
+STATES = {
+    "pending": states.PENDING,
+    "running": states.STARTED,
+    "failed": states.RETRY,
+    "succeeded": states.SUCCESS,
+    "dead": states.FAILURE,
+    "cancelled": states.REVOKED,
+}
+#: The longest one `jobs.wait` is asked for; a longer get() waits again.
+WAIT_SLICE = 300.0
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic()) if math.isfinite(deadline) else WAIT_SLICE
+
+
+def _deadline(timeout: float | None) -> float:
+    return time.monotonic() + float(timeout) if timeout is not None else math.inf
+
+
+class AsyncResult:
+    """A task's result as Celery's `AsyncResult` shows it, read from its job's row."""
+
+    def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Any = None, parent: Any = None) -> None:  # noqa: A002 - Celery's name
+        self.id = str(id)
+        self.parent = parent
+
+    task_id = property(lambda self: self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        other_id = getattr(other, "id", other)
+        return isinstance(other_id, str) and other_id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- the row --------------------------------------------------------------------------
+
+    def _job(self) -> Any:
+        """The job row (None while it is unknown: not committed yet, or never made)."""
+        from jobs.models import Job
+
+        if self.id.startswith("chain:"):
+            return self._chain_job()
+        query = Job.objects.filter(pk=int(self.id)) if self.id.isdigit() else Job.objects.filter(idempotency_key=f"celery:{self.id}")
+        return query.first()
+
+    def _chain_job(self) -> Any:
+        """A chain's deciding job: its failed step's if it failed, else its last job."""
+        from jobs.models import Job
+
+        chain_id = int(self.id.split(":", 1)[1])
+        jobs = Job.objects.filter(chain_id=chain_id)
+        bad = jobs.filter(status__in=("dead", "cancelled")).order_by("chain_index", "member").first()
+        return bad or jobs.order_by("-chain_index", "-member", "-id").first()
+
+    def _chain_finished(self) -> bool | None:
+        from jobs.models import Chain
+
+        status = Chain.objects.filter(pk=int(self.id.split(":", 1)[1])).values_list("status", flat=True).first()
+        return None if status is None else status != "running"
+
+    @property
+    def state(self) -> str:
+        job = self._job()
+        if job is None:
+            return states.PENDING
+        if self.id.startswith("chain:") and job.status == "succeeded" and not self._chain_finished():
+            return states.STARTED
+        return STATES[job.status]
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value after SUCCESS; the exception after FAILURE or while it waits to RETRY."""
+        job = self._job()
+        return None if job is None else self._value(job)
+
+    info = result
+
+    def _value(self, job: Any) -> Any:
+        if job.status == "succeeded":
+            return self._output(job)
+        if job.status in ("dead", "failed") and job.error:
+            return exception_from(job.error)
+        if job.status == "cancelled":
+            return TaskRevokedError(f"task {self.id} was revoked")
+        return None
+
+    def _output(self, job: Any) -> Any:
+        if self.id.startswith("chain:") and job.member is not None:  # a chain ending with a group
+            from jobs.models import Job
+
+            members = Job.objects.filter(chain_id=job.chain_id, chain_index=job.chain_index).order_by("member")
+            return list(members.values_list("output", flat=True))
+        return job.output
+
+    @property
+    def traceback(self) -> str | None:
+        job = self._job()
+        return job.error if job is not None and job.status in ("dead", "failed") and job.error else None
+
+    @property
+    def date_done(self) -> Any:
+        job = self._job()
+        return job.finished_at if job is not None else None
+
+    @property
+    def name(self) -> str | None:
+        job = self._job()
+        return job.type if job is not None else None
+
+    @property
+    def retries(self) -> int:
+        job = self._job()
+        return max(0, job.attempt - 1) if job is not None else 0
+
+    @property
+    def args(self) -> list[Any] | None:
+        job = self._job()
+        return job.input.get("args") if job is not None else None
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        job = self._job()
+        return job.input.get("kwargs") if job is not None else None
+
+    # -- waiting and revoking ---------------------------------------------------------------
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, no_ack: bool = True,
+            follow_parents: bool = True, callback: Any = None, on_message: Any = None, on_interval: Any = None,
+            disable_sync_subtasks: bool = True, **more: Any) -> Any:
+        """Wait until the task is ready (SUCCESS, FAILURE or REVOKED) and return its result;
+        FAILURE and REVOKED are raised unless `propagate=False`. celery.exceptions.TimeoutError
+        after `timeout` seconds (None: wait as long as it takes)."""
+        job = self._wait(_deadline(timeout), timeout)
+        value = self._value(job)
+        if propagate and job.status in ("dead", "cancelled"):
+            raise value
+        return value
+
+    wait = get
+
+    def _wait(self, deadline: float, timeout: float | None) -> Any:
+        from jobs import WaitTimeout, wait, wait_chain
+
+        while True:
+            try:
+                if self.id.startswith("chain:"):
+                    wait_chain(int(self.id.split(":", 1)[1]), _remaining(deadline))
+                    return self._job()
+                job = self._job()
+                if job is None:
+                    raise ValueError(f"no task {self.id} (unknown, or its transaction has not committed yet)")
+                return wait(job, _remaining(deadline))
+            except WaitTimeout:
+                if time.monotonic() >= deadline:
+                    raise CeleryTimeoutError(f"The operation timed out ({timeout}s): task {self.id}") from None
+
+    def forget(self) -> None:
+        """Results live in the row until retention removes it: nothing to forget."""
+
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: Any = None, wait: bool = False,
+               timeout: float | None = None) -> None:
+        """Conveyor's cancel: a waiting job ends REVOKED at once, a running one is asked to stop
+        (its task sees it through `self.request`'s job: `jobs` ctx.cancelled) and ends REVOKED.
+        `wait=True` waits (up to `timeout`) until it has ended."""
+        from jobs import control
+        from jobs.models import Job
+
+        if self.id.startswith("chain:"):
+            chain_id = int(self.id.split(":", 1)[1])
+            for job in Job.objects.filter(chain_id=chain_id, status__in=("pending", "running", "failed")):
+                control.cancel(job)
+        else:
+            job = self._job()
+            if job is not None:
+                control.cancel(job)
+        if wait:
+            try:
+                self._wait(_deadline(timeout), timeout)
+            except CeleryTimeoutError:
+                pass
+
+
+class GroupResult:
+    """The results of a group's members, in member order; `id` is `group:<chain id>`."""
+
+    def __init__(self, id: str | None = None, results: list[AsyncResult] | None = None, **more: Any) -> None:  # noqa: A002
+        self.id = str(id)
+        self.results = list(results) if results is not None else self._members()
+
+    def _members(self) -> list[AsyncResult]:
+        from jobs.models import Job
+
+        chain_id = int(self.id.split(":", 1)[1])
+        ids = Job.objects.filter(chain_id=chain_id, chain_index=0).order_by("member").values_list("pk", flat=True)
+        return [AsyncResult(str(pk)) for pk in ids]
+
+    @classmethod
+    def restore(cls, id: str, backend: Any = None, app: Any = None) -> GroupResult:  # noqa: A002
+        return cls(id)
+
+    def save(self, backend: Any = None) -> GroupResult:
+        return self  # the rows are the result
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **more: Any) -> list[Any]:
+        """Every member's result in order (Celery's `join`): each waited for until the one deadline."""
+        deadline = _deadline(timeout)
+        out = []
+        for r in self.results:
+            left = None if timeout is None else max(0.0, deadline - time.monotonic())
+            out.append(r.get(timeout=left, propagate=propagate))
+        return out
+
+    join = get
+
+    def revoke(self, **options: Any) -> None:
+        for r in self.results:
+            r.revoke()
+
+
+def result_of(chain: Any, steps: list[Any]) -> Any:
+    """What starting a canvas returns: a group alone, its GroupResult; otherwise the chain's last
+    step's result (`chain:<id>`), as Celery returns the last task's AsyncResult."""
+    from jobs import Group
+
+    if len(steps) == 1 and isinstance(steps[0], Group):
+        return GroupResult(f"group:{chain.pk}")
+    return AsyncResult(f"chain:{chain.pk}")

@@ -1,0 +1,375 @@
+"""Celery tasks as Conveyor job types: `DurableTask`, and `shared_task` that makes one.
+
+A converted task is a job type named by its Celery task name. Calling it (`.delay()`,
+`.apply_async()`) writes a job row in the caller's transaction instead of sending a Celery
+message; a Conveyor worker runs the row through `handler`, which calls the task's own function
+with the row's args and kwargs and a Celery `self.request`. The row's input is
+`{"args": [...], "kwargs": {...}, "celery": {...}}` (`celery`: what the call asked besides the
+arguments: `expires`, `link_error`, and `prev` for a chain step that receives the previous
+result as its first argument).
+"""
+from __future__ import annotations
+
+import ctypes
+import fnmatch
+import datetime as dt
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import celery
+from celery import Task
+from celery.exceptions import Retry, TaskRevokedError
+from celery.utils.imports import gen_task_name
+
+from conveyor_celery.declarations import REFUSED_SERIALIZERS, declared, task_queue
+from conveyor_celery.errors import Unsupported
+
+log = logging.getLogger("conveyor.celery")
+
+#: Celery's default when a task says nothing (`Task.max_retries`); None there means "forever".
+UNLIMITED_RETRIES = 1_000_000
+
+#: Task objects seen by name (DurableTask.bind): the handler runs these.
+_tasks: dict[str, Task] = {}
+#: The countdown a failed attempt asked for (self.retry / autoretry_for), read by the job type's
+#: backoff in the same thread when the runner records the failure.
+_retry = threading.local()
+
+
+@dataclass(frozen=True)
+class RetryDelay:
+    """The job type's backoff (duck-typed as jobs.registry.Backoff): the countdown the task's
+    own `retry()` asked for, or `default_retry_delay` (a time limit, a lost worker)."""
+
+    default: float
+
+    def delay(self, attempt: int) -> float:
+        asked = getattr(_retry, "countdown", None)
+        _retry.countdown = None
+        return max(0.0, float(asked if asked is not None else self.default))
+
+
+def _conf(name: str, default: Any = None) -> Any:
+    return celery.current_app.conf.get(name, default)
+
+
+def _route(name: str, options: dict[str, Any]) -> str:
+    """The queue of a task: its `queue=` option, else `task_routes` (a dict by name or glob, or a
+    list of such dicts), else the app's `task_default_queue`. Router functions are refused."""
+    if options.get("queue"):
+        queue = options["queue"]
+        return queue if isinstance(queue, str) else queue.name
+    routes = _conf("task_routes") or {}
+    for table in routes if isinstance(routes, (list, tuple)) else [routes]:
+        if not isinstance(table, dict):
+            raise Unsupported(f"task {name!r}: task_routes must be a dict of task names for durable tasks (got a router function)")
+        route = table.get(name)
+        if route is None:  # Celery's glob keys ('feed.tasks.*'), first match in order
+            globs = ((pattern, r) for pattern, r in table.items() if any(c in pattern for c in "*?["))
+            route = next((r for pattern, r in globs if fnmatch.fnmatchcase(name, pattern)), None)
+        if route is not None:
+            queue = route.get("queue") if isinstance(route, dict) else route
+            if queue:
+                return queue if isinstance(queue, str) else queue.name
+    return _conf("task_default_queue") or "default"
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    serializer = options.get("serializer") or _conf("task_serializer")
+    if serializer in REFUSED_SERIALIZERS:
+        raise Unsupported(
+            f"task {name!r}: serializer {serializer!r} is refused: a durable task's arguments are stored as JSON "
+            "(use serializer='json' and pass ids instead of objects)"
+        )
+
+
+def rate_of(name: str, rate: Any) -> str | None:
+    """Celery's rate limit as Conveyor's: `"10/s"`, `"10/m"`, `"10/h"`, or a number per second."""
+    if rate in (None, "", 0):
+        return None
+    if isinstance(rate, (int, float)) and float(rate).is_integer():
+        return f"{int(rate)}/s"
+    if isinstance(rate, str) and rate.strip().isdigit():
+        return f"{int(rate)}/s"
+    if isinstance(rate, str):
+        return rate.strip()
+    raise Unsupported(f"task {name!r}: rate_limit {rate!r}: a whole number of starts per second, minute or hour ('10/s', '10/m', '10/h')")
+
+
+def job_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The job type a task's options make: queue, retries, backoff, time limit, priority, rate."""
+    _check_options(name, options)
+    max_retries = options.get("max_retries", Task.max_retries)
+    soft = options.get("soft_time_limit") or _conf("task_soft_time_limit")
+    hard = options.get("time_limit") or _conf("task_time_limit")
+    timeout = int(soft or hard or 300)
+    priority = options.get("priority")
+    if priority is None:
+        priority = _conf("task_default_priority")
+    if priority is None:
+        priority = 5
+    return {
+        "queue": _route(name, options),
+        "retries": UNLIMITED_RETRIES if max_retries is None else int(max_retries),
+        "backoff": RetryDelay(float(options.get("default_retry_delay", Task.default_retry_delay))),
+        "timeout": max(1, timeout),
+        "priority": min(9, max(0, int(priority))),
+        "rate_limit": rate_of(name, options.get("rate_limit")),
+    }
+
+
+def declare(name: str, options: dict[str, Any]) -> None:
+    """Register the job type of a converted task (once per name and process)."""
+    from jobs import registry
+
+    if name in declared:
+        return
+    made = job_options(name, options)
+    try:
+        registry.add(registry.JobType(name=name, handler=_handler_for(name), on_finish=_on_finish, **made))
+    except registry.ImproperlyDeclared as exc:
+        raise Unsupported(f"task {name!r}: {exc}") from None
+    declared[name] = options
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """`celery.shared_task` making a durable task: `from conveyor_celery import shared_task`.
+
+    The same forms as Celery's: `@shared_task`, `@shared_task(bind=True, ...)`. The job type is
+    registered now (every process that imports the module knows it); the task object is Celery's,
+    made by each app when it is finalized, with `DurableTask` as its base."""
+    def make(fun: Callable[..., Any]) -> Any:
+        options.setdefault("base", DurableTask)
+        if not (isinstance(options["base"], type) and issubclass(options["base"], DurableTask)):
+            raise Unsupported(f"task {fun.__qualname__}: base= must be a DurableTask subclass for a durable task")
+        name = options.get("name") or gen_task_name(celery.current_app, fun.__name__, fun.__module__)
+        declare(name, {**_class_options(options["base"]), **options})
+        return celery.shared_task(**options)(fun)
+
+    if len(args) == 1 and callable(args[0]):
+        return make(args[0])
+    if args:
+        raise TypeError("shared_task takes the function, or keyword options only")
+    return make
+
+
+def _class_options(cls: type) -> dict[str, Any]:
+    """Options a DurableTask subclass sets as class attributes (a base class's retry policy)."""
+    names = ("max_retries", "default_retry_delay", "rate_limit", "time_limit", "soft_time_limit", "priority",
+             "queue", "serializer", "ignore_result")
+    return {n: getattr(cls, n) for n in names if getattr(cls, n, None) is not None and n in vars(cls)}
+
+
+class DurableTask(Task):
+    """A Celery task whose calls are Conveyor jobs (rows in PostgreSQL), run by Conveyor's workers."""
+
+    # Celery's own defaults are kept: 3 retries, a 3-minute default_retry_delay.
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # `@app.task(base=DurableTask)` and Celery's task classes: the class Celery makes from the
+        # function carries its name and options; register it then (shared_task did already).
+        super().__init_subclass__(**kwargs)
+        name = vars(cls).get("name")
+        if name and "run" in vars(cls):
+            options = {k: v for k, v in vars(cls).items() if not k.startswith("_")}
+            declare(name, {**_class_options(cls), **options})
+
+    def bind(self, app: Any) -> Any:
+        bound = super().bind(app)
+        if self.name:
+            _tasks[self.name] = self
+        return bound
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def chunks(self, it: Any, n: int) -> Any:
+        from conveyor_celery.unsupported import chunks
+
+        return chunks(self.name)
+
+    def map(self, it: Any) -> Any:
+        from conveyor_celery.unsupported import xmap
+
+        return xmap(self.name)
+
+    def starmap(self, it: Any) -> Any:
+        from conveyor_celery.unsupported import xstarmap
+
+        return xstarmap(self.name)
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, producer: Any = None,
+                    link: Any = None, link_error: Any = None, shadow: Any = None, **options: Any) -> Any:
+        """Write the job row (in the caller's transaction); its message goes after commit."""
+        from conveyor_celery import canvas
+
+        return canvas.apply_task(self, args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True,
+              eta: dt.datetime | None = None, countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Any:
+        """Celery's `retry`: the job's next attempt runs after `countdown` (or at `eta`, or after
+        `default_retry_delay`), the same job row, its attempt counted. Past `max_retries` the
+        exception (or MaxRetriesExceededError) is raised: the job is dead."""
+        request = self.request
+        if not getattr(request, "conveyor_job", None):
+            return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        if args is not None or kwargs is not None:
+            raise Unsupported(f"task {self.name!r}: retry() with other args/kwargs (the job's input is fixed: retry with the same ones)")
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise self.MaxRetriesExceededError(f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}")
+        if eta is not None:
+            when: Any = eta
+            countdown = max(0.0, (eta - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        else:
+            countdown = self.default_retry_delay if countdown is None else countdown
+            when = countdown
+        ret = Retry(exc=exc, when=when)
+        ret.countdown = countdown  # type: ignore[attr-defined]
+        if throw:
+            raise ret
+        return ret
+
+
+def task_named(name: str) -> Task:
+    task = _tasks.get(name)
+    if task is None:
+        task = celery.current_app.tasks[name]  # finalizes the app: shared tasks are made now
+    return task
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def _handler_for(name: str) -> Callable[[Any, dict[str, Any]], Any]:
+    def handler(ctx: Any, data: dict[str, Any]) -> Any:
+        return run(name, ctx, data)
+
+    handler.__qualname__ = handler.__name__ = f"celery_task[{name}]"
+    return handler
+
+
+def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
+    """Run a converted task's function for one job: Celery's argument passing, request and retry."""
+    from jobs import Permanent
+
+    _retry.countdown = None
+    task = task_named(name)
+    extra = data.get("celery") or {}
+    args, kwargs = list(data.get("args") or ()), dict(data.get("kwargs") or {})
+    expires = extra.get("expires")
+    if expires and dt.datetime.fromisoformat(expires) <= dt.datetime.now(dt.timezone.utc):
+        _expire(ctx.job_id)
+        log.info("task %s[%s] expired at %s: not run (REVOKED)", name, ctx.job_id, expires)
+        return None
+    if extra.get("prev"):
+        args.insert(0, _previous(ctx))
+    request = {
+        "id": str(ctx.job_id), "retries": ctx.attempt - 1, "args": args, "kwargs": kwargs,
+        "is_eager": False, "called_directly": False, "conveyor_job": ctx.job_id, "task": name,
+        "delivery_info": {"routing_key": task_queue(name), "priority": None, "redelivered": ctx.attempt > 1},
+        "root_id": extra.get("root_id") or str(ctx.job_id), "parent_id": str(ctx.parent_id) if ctx.parent_id else None,
+        "group": f"group:{ctx.chain_id}" if ctx.member is not None else None, "expires": expires,
+        "hostname": socket.gethostname(),
+        "ignore_result": bool(declared.get(name, {}).get("ignore_result")), "headers": {}, "reply_to": None,
+        "correlation_id": str(ctx.job_id),
+        "timelimit": (task.time_limit, task.soft_time_limit),
+    }
+    task.push_request(**request)
+    stopper = Revoked(ctx)
+    try:
+        result = task.run(*args, **kwargs)
+    except Retry as retry:
+        _retry.countdown = getattr(retry, "countdown", None)
+        if isinstance(retry.exc, BaseException):
+            raise retry.exc from None
+        raise
+    except Exception as exc:
+        # Celery does not retry a task that raised (only retry() and autoretry_for do): its last attempt.
+        kind = type(exc)
+        qualified = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise Permanent(f"{qualified}: {exc}") from exc
+    finally:
+        stopper.stop()
+        task.pop_request()
+    # ignore_result as the task declares it (Conveyor's app sets task_ignore_result: no Celery
+    # result backend; the row is the result).
+    if declared.get(name, {}).get("ignore_result") and ctx.chain_id is None:
+        return None
+    return result
+
+
+class Revoked:
+    """Stops a run whose job was revoked (cancelled) while it runs, as Celery's
+    `revoke(terminate=True)` does, without killing the process: the heartbeat sets `ctx.cancelled`
+    (within a third of the lease), and this raises TaskRevokedError in the task's thread at its
+    next Python instruction (a call blocked in C finishes first). The row ends REVOKED."""
+
+    POLL_SECONDS = 0.2
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx, self.thread_id = ctx, threading.get_ident()
+        self._lock, self._done, self._fired = threading.Lock(), threading.Event(), False
+        self._thread = threading.Thread(target=self._watch, name=f"revoke-watch-{ctx.job_id}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_SECONDS):
+            if self.ctx.cancelled and not self.ctx.lost:
+                with self._lock:
+                    if not self._done.is_set():
+                        self._fired = True
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(TaskRevokedError))
+                return
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done.set()
+            if self._fired:  # raised after the task returned: drop it if still pending
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
+
+
+def _previous(ctx: Any) -> Any:
+    """The previous step's result (Celery's chain passing): a group's results as a list, else
+    the output of the job before (the row's parent)."""
+    from jobs.models import Job
+
+    if ctx.results_count is not None:
+        return ctx.results
+    if ctx.parent_id is None:
+        return None
+    return Job.objects.values_list("output", flat=True).get(pk=ctx.parent_id)
+
+
+def _expire(job_id: int) -> None:
+    """A job past its `expires` ends REVOKED (cancelled) without running: the cancel asked here
+    makes the runner record this run's end as cancelled."""
+    from jobs import control
+    from jobs.models import Job
+
+    control.cancel(Job.objects.get(pk=job_id))
+
+
+def _on_finish(job_id: int, status: str) -> None:
+    """In the transaction recording a job's final outcome: a dead job's `link_error` callbacks are
+    enqueued (in that transaction: they exist if and only if the failure is recorded), each called
+    with the failed task's id (Celery's errback form `errback(task_id)`)."""
+    if status != "dead":
+        return
+    from jobs.models import Job
+
+    data = Job.objects.values_list("input", flat=True).get(pk=job_id) or {}
+    errbacks = (data.get("celery") or {}).get("link_error") or []
+    if errbacks:
+        from conveyor_celery import canvas
+
+        for sig in errbacks:
+            canvas.enqueue_callback(sig, str(job_id))

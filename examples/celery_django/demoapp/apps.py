@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DemoappConfig(AppConfig):
+    name = "examples.celery_django.demoapp"
+    label = "demoapp"

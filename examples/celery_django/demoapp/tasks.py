@@ -1,0 +1,99 @@
+"""The sample's tasks, written as Celery's documentation writes them (the canvas guide's add, mul
+and xsum; a task with autoretry_for and backoff; bind=True and self.retry).
+
+The one line that makes them durable on Conveyor is the import below: it was
+`from celery import shared_task`.
+"""
+import time
+
+import celery
+from django.core.cache import cache
+
+from conveyor_celery import shared_task  # was: from celery import shared_task
+
+
+@shared_task
+def add(x, y):
+    return x + y
+
+
+@shared_task
+def mul(x, y):
+    return x * y
+
+
+@shared_task
+def xsum(numbers):
+    return sum(numbers)
+
+
+@shared_task
+def div(x, y):
+    return x / y
+
+
+@shared_task(bind=True, autoretry_for=(ConnectionError,), retry_backoff=1, retry_backoff_max=2,
+             retry_jitter=False, max_retries=3)
+def fetch(self, url, failures):
+    """Fails with ConnectionError `failures` times (a flaky service), then answers."""
+    if self.request.retries < failures:
+        raise ConnectionError(f"{url} is unreachable")
+    return {"url": url, "id": self.request.id, "retries": self.request.retries}
+
+
+@shared_task(bind=True, max_retries=2, default_retry_delay=1)
+def charge(self, order, declines):
+    """Retries itself with self.retry(exc=..., countdown=...) while the card is declined."""
+    try:
+        if self.request.retries < declines:
+            raise ValueError(f"card declined for order {order}")
+    except ValueError as exc:
+        raise self.retry(exc=exc, countdown=0.2)
+    return {"order": order, "retries": self.request.retries}
+
+
+@shared_task(name="demo.resize", queue="images", priority=3)
+def resize(width):
+    return {"width": width, "queue": "images"}
+
+
+@shared_task(soft_time_limit=1)
+def slow(seconds):
+    time.sleep(seconds)
+    return "finished"
+
+
+@shared_task(rate_limit="2/s")
+def ping(n):
+    return time.time()
+
+
+@shared_task(ignore_result=True)
+def remember(key, value):
+    cache.set(key, value, 300)
+
+
+@shared_task
+def on_error(task_id, key):
+    """An errback (Celery's `errback(task_id)` form): records the failed task's id."""
+    cache.set(key, task_id, 300)
+
+
+@shared_task
+def sleep_then_remember(seconds, key):
+    for _ in range(int(seconds * 10)):  # work in small steps (a revoke stops it between two)
+        time.sleep(0.1)
+    cache.set(key, "ran", 300)
+    return seconds
+
+
+@celery.shared_task
+def legacy_remember(key, value):
+    """Not converted yet: a plain Celery task, run by the same workers."""
+    cache.set(key, value, 300)
+
+
+@shared_task
+def slow_add(x, y, seconds):
+    time.sleep(seconds)
+    return x + y

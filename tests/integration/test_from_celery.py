@@ -1,0 +1,160 @@
+"""conveyor_celery's decisions, in this process on the real PostgreSQL and Redis (the runner run
+here, as a worker runs it): what a call writes, what a run records, what is refused, beat ticks.
+Real workers run the same tasks in tests/acceptance/test_from_celery_live.py."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from celery import chain, chord, group
+from django.db import transaction
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from conveyor_celery import AsyncResult, Unsupported, shared_task
+from conveyor_celery.beat import Scheduler
+from conveyor_celery.errors import exception_from
+from examples.celery_django.demoapp.tasks import add, charge, div, fetch, legacy_remember, mul, resize, xsum
+from jobs import runner
+from jobs.models import Chain, Job
+from project import celery_app
+from tests.integration.conftest import RUNNER_IN_PROCESS
+
+pytestmark = RUNNER_IN_PROCESS
+WORKER = "node@test/1"
+
+
+def run(result) -> Job:
+    runner.execute(int(result.id), worker=WORKER)
+    return Job.objects.get(pk=int(result.id))
+
+
+def test_a_call_writes_its_row_in_the_callers_transaction():
+    # when the caller's transaction rolls back, neither row nor result is left
+    with pytest.raises(RuntimeError), transaction.atomic():
+        rolled = add.delay(1, 2)
+        assert Job.objects.filter(pk=int(rolled.id)).exists()
+        raise RuntimeError("rollback")
+    assert not Job.objects.filter(pk=int(rolled.id)).exists()
+    # a committed call is a row of the task's job type, its arguments as JSON, due later with countdown
+    result = mul.apply_async((2,), {"y": 3}, countdown=60, priority=2)
+    job = Job.objects.get(pk=int(result.id))
+    assert (job.type, job.queue, job.priority, job.input["args"], job.input["kwargs"]) == (mul.name, "default", 2, [2], {"y": 3})
+    assert job.run_after > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=50)
+    assert AsyncResult(result.id).state == "PENDING"
+
+
+def test_retry_countdown_and_max_retries_are_the_rows_attempts_and_run_after():
+    # self.retry(countdown=0.2): the attempt failed, due again in about 0.2 s, state RETRY
+    result = charge.delay(1, 5)
+    job = run(result)
+    assert (job.status, job.attempt, job.max_attempts) == ("failed", 1, 3)
+    assert (job.run_after - job.finished_at if job.finished_at else job.run_after - job.updated_at) < dt.timedelta(seconds=1)
+    assert result.state == "RETRY" and isinstance(result.result, ValueError)
+    # a plain exception: FAILURE on its first attempt (Celery retries only on retry()/autoretry_for)
+    failed = div.delay(1, 0)
+    assert run(failed).status == "dead" and failed.state == "FAILURE"
+    assert isinstance(failed.result, ZeroDivisionError) and str(failed.result) == "division by zero"
+    # autoretry_for with retry_backoff=1, no jitter: 1 s after the first failure
+    flaky = fetch.delay("u", 5)
+    job = run(flaky)
+    assert job.status == "failed" and dt.timedelta(seconds=0.5) < job.run_after - job.updated_at < dt.timedelta(seconds=1.5)
+
+
+def test_a_chain_is_planned_up_front_with_celerys_argument_passing():
+    result = chain(add.s(2, 2), mul.s(4), add.si(1, 1))()
+    plan = Chain.objects.get(pk=int(result.id.split(":")[1])).steps
+    assert [s["type"] for s in plan] == [add.name, mul.name, add.name]
+    assert [s["input"]["celery"].get("prev", False) for s in plan] == [False, True, False]
+    # a chord is a group then its body
+    res = chord([add.s(1, 1), add.s(2, 2)], xsum.s())()
+    steps = Chain.objects.get(pk=int(res.id.split(":")[1])).steps
+    assert [m["type"] for m in steps[0]["group"]] == [add.name, add.name] and steps[1]["type"] == xsum.name
+
+
+def test_refused_with_a_clear_error():
+    with pytest.raises(Unsupported, match="serializer 'pickle' is refused"):
+        @shared_task(serializer="pickle")
+        def pickled(x):
+            return x
+    with pytest.raises(Unsupported, match="chunks is not supported"):
+        add.chunks(zip(range(10), range(10)), 2)
+    with pytest.raises(Unsupported, match="starmap"):
+        add.starmap([(1, 1)])
+    with pytest.raises(Unsupported, match="mixes durable tasks with plain Celery tasks"):
+        chain(add.s(1, 1), legacy_remember.s("k"))()
+    with pytest.raises(Unsupported, match="queue='other' at call time"):
+        resize.apply_async((1,), queue="other")
+    with pytest.raises(Unsupported, match="a chain inside a group"):
+        group([add.s(1, 1) | mul.s(2)])()
+    with pytest.raises(TypeError):  # Celery's own check of the arguments (typing=True)
+        add.delay(1, 2, 3)
+    with pytest.raises(Exception, match="must be JSON"):
+        add.delay(object(), 1)
+
+
+def test_exceptions_are_rebuilt_from_the_stored_traceback():
+    assert type(exception_from("Traceback...\nZeroDivisionError: division by zero")) is ZeroDivisionError
+    assert type(exception_from("...\njobs.registry.Permanent: KeyError: 'k'")) is KeyError
+    unknown = exception_from("...\nthirdparty.errors.PaymentDeclined: no funds")
+    assert type(unknown).__name__ == "PaymentDeclined" and str(unknown) == "no funds"
+
+
+def test_a_beat_entry_naming_a_durable_task_makes_one_job_per_tick():
+    every = IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="add-every-minute", task=add.name, interval=every, args="[2, 3]")
+    scheduler = Scheduler(app=celery_app, lazy=True)
+    entry = Scheduler.Entry(PeriodicTask.objects.get(name="add-every-minute"), app=celery_app)
+    first = scheduler.apply_async(entry, advance=False)
+    again = scheduler.apply_async(entry, advance=False)  # the same tick fired twice (two beats)
+    assert first.id == again.id
+    job = Job.objects.get(pk=int(first.id))
+    assert (job.type, job.input["args"]) == (add.name, [2, 3])
+    assert job.idempotency_key.startswith("conveyor:schedule:celery:add-every-minute:")
+
+
+def test_a_beat_schedule_entry_of_the_settings_becomes_a_periodic_task_whose_ticks_are_jobs():
+    # CELERY_BEAT_SCHEDULE, as Celery's documentation writes it
+    before = celery_app.conf.beat_schedule
+    celery_app.conf.beat_schedule = {"add-every-30-seconds": {"task": add.name, "schedule": 30.0, "args": (16, 16)}}
+    try:
+        scheduler = Scheduler(app=celery_app)  # django-celery-beat copies the entries into its table
+    finally:
+        celery_app.conf.beat_schedule = before
+    row = PeriodicTask.objects.get(name="add-every-30-seconds")
+    sent = scheduler.apply_async(Scheduler.Entry(row, app=celery_app), advance=False)
+    job = Job.objects.get(pk=int(sent.id))
+    assert (job.type, job.input["args"]) == (add.name, [16, 16])
+    scheduler.close()
+
+
+def test_an_app_task_with_the_durable_base_is_a_job_type_too():
+    from conveyor_celery import DurableTask
+    from jobs import registry
+
+    @celery_app.task(base=DurableTask, name="demo.app-task", bind=True, max_retries=1)
+    def app_task(self, x):
+        return {"x": x, "id": self.request.id}
+
+    try:
+        result = app_task.delay(3)
+        assert registry.get("demo.app-task").retries == 1
+        job = run(result)
+        assert (job.status, job.output) == ("succeeded", {"x": 3, "id": result.id})
+    finally:
+        registry.remove("demo.app-task")
+        from conveyor_celery.declarations import declared
+
+        declared.pop("demo.app-task", None)
+
+
+def test_task_routes_by_name_and_by_glob_choose_the_queue(monkeypatch):
+    from conveyor_celery.task import _route
+
+    monkeypatch.setitem(celery_app.conf, "task_routes", {"billing.charge": {"queue": "payments"}, "feed.tasks.*": {"queue": "feeds"}})
+    assert _route("billing.charge", {}) == "payments"
+    assert _route("feed.tasks.import_feed", {}) == "feeds"
+    assert _route("other.task", {}) == "default"
+    assert _route("feed.tasks.x", {"queue": "mine"}) == "mine"
+    monkeypatch.setitem(celery_app.conf, "task_routes", ["proj.routers.route_task"])
+    with pytest.raises(Unsupported, match="router function"):
+        _route("other.task", {})
