@@ -46,6 +46,7 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
+from jobs import decisions
 from jobs.models import Chain, ChainStatus, Job
 from jobs.publish import Message
 
@@ -700,7 +701,7 @@ UPDATE jobs_job SET cancel_requested = true, updated_at = now()
 
 
 def cancel(job_id: int) -> Ended | bool:
-    """Cancel a waiting row at once (returned, for the caller to settle), or ask a running one
+    """Cancel a waiting row at once (returned, for the caller to pass to ending.ended), or ask a running one
     to stop (True). False: the row had already finished."""
     with connections["default"].cursor() as cursor:
         cursor.execute(CANCEL_WAITING_SQL, [job_id])
@@ -735,7 +736,8 @@ def retry(job_id: int, retries: int) -> bool:
     if row is None:
         return False
     chain_id, index, member = row
-    if chain_id is not None and not (member is not None and step_released(chain_id, index + 1)):
+    released = chain_id is not None and member is not None and step_released(chain_id, index + 1)
+    if decisions.retry_reopens_chain(chain_id, member, released):
         Chain.objects.filter(pk=chain_id).update(status=ChainStatus.RUNNING, finished_at=None)
     return True
 
