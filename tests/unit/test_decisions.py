@@ -127,14 +127,26 @@ def test_a_booked_row_starts_on_its_slot_when_it_comes():
     assert decided.slot is None and decided.booked == at(2) and decided.started == at(2)
 
 
-def test_booked_rows_claimed_late_together_start_no_faster_than_the_rate_and_the_rest_are_booked_again():
-    # three rows booked on T0+1, +2, +3, all claimed at T0+10 (workers were busy): the first
-    # starts, the second within the burst, the third is booked again past the burst
-    booked, started, now = at(4), at(1), at(10)
+def test_booked_rows_claimed_late_together_start_no_faster_than_the_rate_allows_the_rest_booked_again():
+    # given a type allowing 2 starts a second (one every 500 ms; bursts of at most 500 ms ahead),
+    # four claims at T0: the first starts, three are booked on T0 + 0.5 s, + 1 s, + 1.5 s
+    booked = started = at(-100)
+    slots = []
+    for _ in range(4):
+        slot, booked, started = decisions.rate_slot(booked, started, T0, interval=0.5, burst=0.5, holds_slot=False)
+        slots.append(slot)
+    assert slots == [None, at(0.5), at(1.0), at(1.5)]
+    booked_until = booked
+
+    # when the three booked rows are claimed together at T0 + 2.5 s (their workers were busy)
     answers = []
     for _ in range(3):
-        slot, booked, started = decisions.rate_slot(booked, started, now, interval=1.0, burst=1.0, holds_slot=True)
+        slot, booked, started = decisions.rate_slot(booked, started, at(2.5), interval=0.5, burst=0.5, holds_slot=True)
         answers.append(slot)
+
+    # then two start (one in its turn, one within the burst) and the third is booked again, one
+    # interval after the first late start (past every slot booked before): missed slots are not
+    # made up
     assert answers[:2] == [None, None]
-    assert answers[2] == at(11)  # started reached now + 2: booked again on started - burst
-    assert started == at(12)
+    assert answers[2] == at(3.0) and answers[2] > booked_until
+    assert booked == at(3.5)  # the type's next free slot: one interval after the new booking
