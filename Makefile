@@ -36,6 +36,7 @@ chaos: .venv
 
 lint: .venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) var
