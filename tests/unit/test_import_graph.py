@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("api", "jobs", "subscribers", "project", "examples")
+PACKAGES = ("api", "jobs", "subscribers", "project", "examples", "hosts")
 
 
 def module_name(path: Path) -> str:
