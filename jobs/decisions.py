@@ -68,6 +68,12 @@ class GroupDecision(NamedTuple):
     failures: dict[int, dict[str, Any]]
 
 
+def counts_in_group(on_failure: str) -> bool:
+    """Whether a group's member that ended badly (dead, cancelled) counts toward its group's
+    fan-in like a success ("collect"), rather than ending its chain at once ("fail")."""
+    return on_failure == "collect"
+
+
 def group_end(ends: Iterable[MemberEnd], on_failure: str) -> GroupDecision:
     """Every member of a group has ended (`ends`): release the next step, or end the chain.
 
@@ -75,7 +81,7 @@ def group_end(ends: Iterable[MemberEnd], on_failure: str) -> GroupDecision:
     when only cancelled ones did not succeed; a group that collects ("collect") releases the next
     step, each bad member's place holding {"error", "status", "job"} instead of an output."""
     bad = [end for end in ends if end.status != SUCCEEDED]
-    if bad and on_failure != "collect":
+    if bad and not counts_in_group(on_failure):
         dead = any(end.status == DEAD for end in bad)
         return GroupDecision(GroupEnd.FAIL if dead else GroupEnd.CANCEL, {})
     failures = {end.member: {"error": last_line(end.error), "status": end.status, "job": end.id} for end in bad}

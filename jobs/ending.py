@@ -108,7 +108,7 @@ def _chain(row: store.Ended, success: Success | None) -> None:
         return
     if row.member is not None and row.chain_index is not None:
         locked = store.chain_step(row.chain_id, row.chain_index, lock=True, next_step=False)
-        if locked is not None and locked.on_failure == "collect":
+        if locked is not None and decisions.counts_in_group(locked.on_failure):
             chains.member_ended(row.chain_id, row.chain_index, locked.status, row.id)
             return
     store.finish_chain(row.chain_id, decisions.chain_status_after(row.status))

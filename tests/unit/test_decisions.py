@@ -60,6 +60,11 @@ def test_continuations_are_spliced_right_after_the_handlers_step_and_the_plan_is
 # --- a group's fan-in ---------------------------------------------------------------------------
 
 
+def test_a_bad_member_counts_in_its_group_only_when_the_group_collects():
+    assert decisions.counts_in_group("collect") is True
+    assert decisions.counts_in_group("fail") is False
+
+
 def test_a_group_whose_members_all_succeeded_releases_the_next_step_with_no_failures():
     decided = decisions.group_end([End(1, 0, "succeeded"), End(2, 1, "succeeded")], "fail")
     assert decided == (GroupEnd.RELEASE, {})
