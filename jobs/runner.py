@@ -173,7 +173,7 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         if done is None:
             return _lost(ctx)
         if done.status == Status.CANCELLED:  # cancelled while it ran: its type's hook runs
-            ended([store.Ended(done.id, done.type, done.status)], How.RAN, hook=hook)
+            ended([store.Ended(done.id, done.type, done.status, None)], How.RAN, hook=hook)
         return done.status
     with transaction.atomic(durable=True):
         done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)

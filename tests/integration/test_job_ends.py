@@ -127,6 +127,20 @@ def test_a_run_whose_cancel_was_asked_ends_cancelled_with_one_hook_call():
     assert finished == [(job.pk, "cancelled")]
 
 
+def test_a_run_of_a_type_without_hook_or_chain_whose_cancel_was_asked_ends_cancelled_in_one_statement():
+    # given a type with no hook, no chain, no limits: its success is one statement, no transaction
+    registry.add(JobType("t.ends-plain", handler))
+    try:
+        job = enqueue("t.ends-plain", {})
+        claimed = claim(job.pk)
+        assert control.cancel(Job.objects.get(pk=job.pk)) is True
+        # when its run returns, then it ends cancelled (and nothing after the row raises)
+        assert runner._succeed(_context(claimed), "{}", registry.get("t.ends-plain")) == "cancelled"
+        assert status(job.pk) == Status.CANCELLED
+    finally:
+        registry.remove("t.ends-plain")
+
+
 def _context(claimed: store.Claimed) -> Any:
     from jobs.context import Context
 
