@@ -41,6 +41,7 @@ chaos: .venv
 
 lint: .venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .venv-dj6 var

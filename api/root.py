@@ -1,4 +1,5 @@
-"""The JSON API under /api/: one NinjaAPI, a router per capability, errors as JSON with fields."""
+"""The JSON API under /api/: one NinjaAPI and its errors as JSON with fields; the routers of
+each capability are added by project/api.py (this layer imports neither jobs nor subscribers)."""
 from __future__ import annotations
 
 from typing import Any
@@ -102,12 +103,3 @@ def unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpResponse
 def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return api.create_response(request, {"detail": "request body over 1 MiB"}, status=413)
 
-
-from jobs import http as jobs_http  # noqa: E402 - routers after the handlers
-from subscribers import http as events_http  # noqa: E402
-
-api.add_router("/jobs", jobs_http.router)
-api.add_router("/chains", jobs_http.chains)
-api.add_router("/events", events_http.router)
-api.add_router("", jobs_http.catalog)
-api.add_router("", events_http.catalog)

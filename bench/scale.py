@@ -3,7 +3,7 @@
     python -m bench.scale                      the full table (make chaos runs it)
     python -m bench.scale --cpu-jobs 20 --io-jobs 20 --configs 1,hosts    a smoke run
 
-The hosts are network namespaces (tests/hosts/harness.py): a data host (PostgreSQL; the Redis
+The hosts are network namespaces (hosts/harness.py): a data host (PostgreSQL; the Redis
 master, its replica and two sentinels: REDIS_URL is `sentinel://`), worker hosts w1 and w2. This
 process, in the root namespace, is the client: it enqueues (Conveyor: `enqueue_many`, one
 transaction; bare Celery: `apply_async` one by one over one producer connection, bench/bare.py's
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.common import table, tree_cpu
-from tests.hosts.harness import REDIS_PORT, Proc, Topology, unavailable
+from hosts.harness import REDIS_PORT, Proc, Topology, unavailable
 
 CPU_WORK = 200_000  # loop iterations: ~22 ms of one core here
 IO_SLEEP = 0.05

@@ -2,7 +2,7 @@
 
 A step is one job or a group of jobs run side by side. Everything here runs inside the
 transaction that records a job's outcome, with the chain's row locked (store.succeed locks it in
-the same statement; outcome.settle through store.chain_step), so the ends of one group's members
+the same statement; jobs.ending through store.chain_step), so the ends of one group's members
 are recorded one after the other. The member whose outcome takes the lock last sees every other
 member's end and releases the next step: no task polls for it, and the next step is inserted
 once whether two members end at the same instant on two workers, a member's message is
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs import store
+from jobs import decisions, store
 from jobs.creation import step_jobs, submit
-from jobs.models import ChainStatus, Status
+from jobs.models import ChainStatus
 
 
 def advance(chain_id: int, index: int, steps: list[dict[str, Any]], parent_id: int) -> None:
@@ -48,7 +48,7 @@ def member_ended(chain_id: int, index: int, status: str, parent_id: int) -> None
 
     `status` is the chain's, read under its lock: a chain that failed or was cancelled releases
     nothing (its other members were left to finish). In a group that fails on failure, a member
-    that ended badly fails the chain at once (outcome.settle), so only a chain reopened by a retry
+    that ended badly fails the chain at once (jobs.ending), so only a chain reopened by a retry
     gets here with one: it fails again. In a group that collects failures, each such member's
     place holds {"error", "status", "job"} instead of an output."""
     if status != ChainStatus.RUNNING:
@@ -59,16 +59,8 @@ def member_ended(chain_id: int, index: int, status: str, parent_id: int) -> None
     step = store.chain_step(chain_id, index)
     if step is None:
         return
-    bad = [end for end in ends if end.status != Status.SUCCEEDED]
-    if bad and step.on_failure != "collect":
-        dead = any(end.status == Status.DEAD for end in bad)
-        store.finish_chain(chain_id, ChainStatus.FAILED if dead else ChainStatus.CANCELLED)
-        return
-    failures = {end.member: {"error": last_line(end.error), "status": end.status, "job": end.id} for end in bad}
-    release(chain_id, index, step.next, parent_id, failures)
-
-
-def last_line(error: str) -> str:
-    """A traceback's last line (the exception and its message)."""
-    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    decided = decisions.group_end(ends, step.on_failure)
+    if decided.action is decisions.GroupEnd.RELEASE:
+        release(chain_id, index, step.next, parent_id, decided.failures)
+    else:
+        store.finish_chain(chain_id, ChainStatus.FAILED if decided.action is decisions.GroupEnd.FAIL else ChainStatus.CANCELLED)

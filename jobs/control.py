@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from jobs import registry, store, telemetry
+from jobs import registry, store
+from jobs.ending import How, ended
 from jobs.models import Job
-from jobs.outcome import settle
 from jobs.publish import Message, publish_on_commit
 
 
@@ -17,8 +17,7 @@ def cancel(job: Job) -> bool:
     with transaction.atomic():
         result = store.cancel(job.pk)
         if isinstance(result, store.Ended):
-            settle(result)
-            transaction.on_commit(lambda: telemetry.ended([result]))
+            ended([result], How.CANCELLED)
             return True
         return result
 

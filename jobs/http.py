@@ -1,4 +1,4 @@
-"""HTTP API for jobs, chains and the job-type catalog (mounted by api.root under /api/).
+"""HTTP API for jobs, chains and the job-type catalog (mounted by project/api.py under /api/).
 
 The request schemas are built from the registry: `POST /api/jobs` and a chain's steps take a
 union of the public job types discriminated by `type`, each with its own input schema, so the

@@ -33,7 +33,7 @@ import time
 from django.conf import settings
 from django.db import transaction
 
-from jobs import registry, store
+from jobs import decisions, registry, store
 from jobs.models import Held
 from jobs.publish import publish_on_commit
 
@@ -90,25 +90,12 @@ def burst(rate: registry.Rate) -> float:
 
 
 def _rate_slot(row: store.LimitedRow, rate: registry.Rate) -> dt.datetime | None:
-    """Under the type's rate clocks (locked until commit): None to start now, or the slot to book.
-
-    Two GCRA clocks: `booked`, the next free slot, gives each row a slot one interval after the
-    last; `started`, the earliest next start counting the starts made, keeps starts from bunching
-    when booked rows are claimed late together (workers busy, messages queued behind others): a
-    booked row that would start more than `burst` ahead of it is booked again, on the next free
-    slot, its missed slot left unused, as a rate must."""
-    interval, tolerance = dt.timedelta(seconds=rate.interval), dt.timedelta(seconds=burst(rate))
+    """Under the type's rate clocks (locked until commit): None to start now, or the slot to book
+    (the arithmetic: decisions.rate_slot, two GCRA clocks)."""
     booked, started, now = store.rate_clocks(row.type)
-    start = row.held == Held.RATE and started <= now + tolerance  # its slot, kept for it, has come
-    slot = None
-    if not start:
-        slot = max(booked, now, started - tolerance)
-        booked = slot + interval
-        start = slot <= now
-    if start:
-        started = max(started, now) + interval
-    store.set_rate_clocks(row.type, booked, started)
-    return None if start else slot
+    decided = decisions.rate_slot(booked, started, now, rate.interval, burst(rate), row.held == Held.RATE)
+    store.set_rate_clocks(row.type, decided.booked, decided.started)
+    return decided.slot
 
 
 _UNREAD = object()  # release's `key` when the caller has not read it

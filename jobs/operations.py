@@ -13,13 +13,13 @@ events sections their own view permissions, and retrying or cancelling jobs.oper
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.db.models import Count, Prefetch
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
@@ -31,10 +31,27 @@ from jobs import control, publish, registry
 from jobs.chainview import chain_view
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
 from jobs.permissions import OPERATE, can_operate
-from subscribers.models import Delivery, Event
 
 WINDOW = dt.timedelta(minutes=5)
 LIMITS = {"workers": 200, "dead": 20, "chains": 8, "members": 10, "events": 10, "deliveries": 20}
+
+
+class Section(NamedTuple):
+    """Rows another app shows on the page: the permission that shows them, and a function giving
+    at most `limit` of them (read only for a user who has the permission)."""
+
+    permission: str
+    rows: Callable[[int], Any]
+
+
+#: The sections other apps add, by name. The event bus adds "events" (subscribers/apps.py:
+#: subscribers.operations.recent_events): the engine never imports subscribers' models.
+SECTIONS: dict[str, Section] = {}
+
+
+def add_section(name: str, permission: str, rows: Callable[[int], Any]) -> None:
+    """Show `rows(LIMITS[name])` on the page, as `name`, to users with `permission`."""
+    SECTIONS[name] = Section(permission, rows)
 
 
 def redis_depths(queues: list[str]) -> dict[str, int | None]:
@@ -186,9 +203,7 @@ def context(now: dt.datetime, can_view_chains: bool = True, can_view_events: boo
             **allowed: bool) -> dict[str, Any]:
     """The page's data; a section the user may not view is not read at all."""
     chains = list(Chain.objects.defer("steps").order_by("-id")[: LIMITS["chains"]]) if can_view_chains else []
-    events = Event.objects.order_by("-id")[: LIMITS["events"]].prefetch_related(
-        Prefetch("deliveries", queryset=Delivery.objects.select_related("job").order_by("id"))
-    ) if can_view_events else []
+    events = SECTIONS["events"].rows(LIMITS["events"]) if can_view_events and "events" in SECTIONS else []
     return {
         "now": now,
         "queues": queue_rows(),
@@ -211,7 +226,7 @@ def _viewer(request: HttpRequest) -> dict[str, bool]:
         raise PermissionDenied("the operations page needs the jobs.view_job permission")
     return {
         "can_view_chains": user.has_perm("jobs.view_chain"),
-        "can_view_events": user.has_perm("subscribers.view_event"),
+        "can_view_events": "events" in SECTIONS and user.has_perm(SECTIONS["events"].permission),
         "can_operate": can_operate(request),
     }
 

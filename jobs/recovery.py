@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from jobs import limits, registry, store, telemetry
-from jobs.outcome import settle
+from jobs.ending import How, ended
 from jobs.publish import publish, queue_depths
 
 log = logging.getLogger("conveyor.recovery")
@@ -72,15 +72,13 @@ def reap(batch: int = 100) -> int:
             with transaction.atomic():
                 row = store.reap(job_id)
                 if row is not None:
-                    settle(row)
-                    limits.release(row.id, row.type)
+                    ended([row], How.REAPED)
         except Exception:
             log.exception("could not reap job %s; trying again next pass", job_id)
             continue
         if row is not None:
             log.warning("reaped job %s: lease expired, now %s", row.id, row.status)
             reaped.append(row)
-    telemetry.reaped(reaped)
     return len(reaped)
 
 
@@ -102,9 +100,7 @@ def hand_back(node: str, instance: str = "", drained: bool = False) -> int:
     try:
         with transaction.atomic():
             rows = store.hand_back(node, instance, drained)
-            for row in rows:
-                settle(row)
-            limits.released(rows)
+            ended(rows, How.HANDED_BACK)
     except Exception as exc:  # the database is away: the reaper returns them when leases expire
         log.warning("could not hand back the jobs of %s (%s); their leases will expire", node, exc)
         for conn in connections.all():
@@ -113,7 +109,6 @@ def hand_back(node: str, instance: str = "", drained: bool = False) -> int:
     if rows:
         log.warning("handed back %d running job(s) of %s (%s)", len(rows), node,
                     "drained: attempts given back" if drained else "its process died: attempts counted")
-        telemetry.ended(rows)
     return len(rows)
 
 

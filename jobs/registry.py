@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple
@@ -12,6 +11,7 @@ from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
 from api.errors import BadInput, TooLarge
+from jobs import decisions
 from api.validation import problems
 
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5  # 0 runs first, as in kombu's Redis transport
@@ -59,8 +59,7 @@ class Backoff:
     cap: float = 300.0
 
     def delay(self, attempt: int) -> float:
-        raw = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
-        return raw * random.uniform(0.5, 1.0)
+        return decisions.backoff(attempt, self.base, self.cap)
 
 
 class Rate(NamedTuple):

@@ -22,10 +22,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs import chains, limits, registry, store, telemetry
+from jobs import limits, registry, store, telemetry
 from jobs.context import Context
-from jobs.models import ChainStatus, Status
-from jobs.outcome import settle
+from jobs.ending import How, Success, ended
+from jobs.models import Status
 from jobs.publish import HARD_LIMIT_GRACE
 
 log = logging.getLogger("conveyor.runner")
@@ -165,25 +165,23 @@ def _record(ctx: Context, write: Callable[[], str]) -> str:
 
 
 def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
-    hook = jt.on_finish if ctx.finish_hook_needed else None
+    """store.succeed, then ending.ended (the chain's next step, the slots, the hook)."""
+    hook = ctx.finish_hook_needed and jt.on_finish is not None
     if not (ctx.chain_id is not None or ctx.continuations or hook or jt.holds_slots):
-        # The common case: one statement in autocommit.
+        # The common case: one statement in autocommit, and nothing follows its end.
         done = store.succeed(ctx.job_id, ctx.attempt, output_json)
-        return done.status if done else _lost(ctx)
+        if done is None:
+            return _lost(ctx)
+        if done.status == Status.CANCELLED:  # cancelled while it ran: its type's hook runs
+            ended([store.Ended(done.id, done.type, done.status, None)], How.RAN, hook=hook)
+        return done.status
     with transaction.atomic(durable=True):
         done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
         if done is None:
             return _lost(ctx)
-        if jt.holds_slots:  # the next job waiting for its concurrency slot goes after commit
-            limits.release(done.id, done.type)
-        if done.status == Status.CANCELLED:
-            settle(store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member))
-            return done.status
-        if ctx.chain_id is not None or ctx.continuations:
-            _continue_chain(ctx, done)
-        if hook:
-            hook(ctx.job_id, Status.SUCCEEDED)
-    return "succeeded"
+        row = store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member)
+        ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
+    return done.status
 
 
 def _lost(ctx: Context) -> str:
@@ -191,43 +189,17 @@ def _lost(ctx: Context) -> str:
     return "lost"
 
 
-def _continue_chain(ctx: Context, done: store.Succeeded) -> None:
-    """Inside the outcome's transaction: insert the chain's next step, or finish the chain.
-
-    `done` carries the chain's plan and status, read under its row lock (none for a lone job
-    that continued: it becomes step 0 of a new chain). A group's member releases the next step
-    only when it is the group's last to end (chains.member_ended); a handler's continuations
-    (continue_with, fan_out) are spliced into the plan right after its own step.
-    """
-    if ctx.member is not None:
-        chains.member_ended(ctx.chain_id, ctx.chain_index, done.chain_status, ctx.job_id)
-        return
-    if ctx.chain_id is None:
-        steps = [{"type": ctx.type, "input": done.input}, *ctx.continuations]
-        chain_id, index, status = store.start_chain_from(ctx.job_id, steps), 0, ChainStatus.RUNNING
-    else:
-        chain_id, index, steps, status = ctx.chain_id, ctx.chain_index or 0, done.chain_steps, done.chain_status
-        if ctx.continuations:
-            steps[index + 1 : index + 1] = ctx.continuations
-            store.set_chain_steps(chain_id, steps)
-    if status != ChainStatus.RUNNING:
-        store.finish_chain(chain_id, status)
-    else:
-        chains.advance(chain_id, index, steps, ctx.job_id)
-
-
 def _fail(ctx: Context, error: str, jt: registry.JobType | None, permanent: bool = False) -> str:
     """Record a failed attempt; `permanent` (jobs.Permanent): dead now, whatever attempts are left."""
     delay = jt.backoff.delay(ctx.attempt) if jt is not None else 0.0
     with transaction.atomic(durable=True):
-        ended = store.fail(ctx.job_id, ctx.attempt, error, delay, permanent)
-        if ended is None:
+        row = store.fail(ctx.job_id, ctx.attempt, error, delay, permanent)
+        if row is None:
             log.warning("job %s attempt %s lost its lease before failing", ctx.job_id, ctx.attempt)
             return "lost"
-        settle(ended)
-        limits.release(ended.id, ended.type)
-    log.info("job %s attempt %s/%s %s", ctx.job_id, ctx.attempt, ctx.max_attempts, ended.status)
-    return ended.status
+        ended([row], How.RAN)
+    log.info("job %s attempt %s/%s %s", ctx.job_id, ctx.attempt, ctx.max_attempts, row.status)
+    return row.status
 
 
 # --- Time limits where the pool has none (threads, solo) ------------------------------------------

@@ -46,7 +46,8 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
-from jobs.models import Chain, ChainStatus, Job
+from jobs import decisions
+from jobs.models import Chain, Job
 from jobs.publish import Message
 
 CLAIMS = "claims"
@@ -574,11 +575,10 @@ def fail(job_id: int, attempt: int, error: str, delay: float, permanent: bool = 
 # through job_unpublished_idx; a row waiting for a concurrency slot is not due by time. A booked
 # rate slot's message goes at priority 0, ahead of its queue's backlog: its row has waited its
 # turn already, and a slot missed behind other messages is lost (jobs.limits).
-RELAY_DUE_SQL = """
+RELAY_DUE_SQL = f"""
 WITH due AS (
   SELECT id FROM jobs_job
-   WHERE status IN ('pending', 'failed') AND published_at IS NULL AND held IN ('', 'rate')
-     AND NOT cancel_requested AND run_after <= now()
+   WHERE {RUNNABLE} AND published_at IS NULL AND held IN ('', 'rate') AND run_after <= now()
    ORDER BY run_after LIMIT %s FOR UPDATE SKIP LOCKED)
 UPDATE jobs_job j SET published_at = now() FROM due WHERE j.id = due.id
 RETURNING j.id, j.queue, CASE WHEN j.held = 'rate' THEN 0 ELSE j.priority END, j.type, j.chain_id,
@@ -709,7 +709,7 @@ UPDATE jobs_job SET cancel_requested = true, updated_at = now()
 
 
 def cancel(job_id: int) -> Ended | bool:
-    """Cancel a waiting row at once (returned, for the caller to settle), or ask a running one
+    """Cancel a waiting row at once (returned, for the caller to pass to ending.ended), or ask a running one
     to stop (True). False: the row had already finished."""
     with connections["default"].cursor() as cursor:
         cursor.execute(CANCEL_WAITING_SQL, [job_id])
@@ -744,9 +744,15 @@ def retry(job_id: int, retries: int) -> bool:
     if row is None:
         return False
     chain_id, index, member = row
-    if chain_id is not None and not (member is not None and step_released(chain_id, index + 1)):
-        Chain.objects.filter(pk=chain_id).update(status=ChainStatus.RUNNING, finished_at=None)
+    released = chain_id is not None and member is not None and step_released(chain_id, index + 1)
+    if decisions.retry_reopens_chain(chain_id, member, released):
+        with connections["default"].cursor() as cursor:
+            cursor.execute(REOPEN_CHAIN_SQL, [chain_id])
     return True
+
+
+REOPEN_CHAIN_SQL = "UPDATE jobs_chain SET status = 'running', finished_at = NULL WHERE id = %s"
+
 
 
 # --- Chains -------------------------------------------------------------------------------------
@@ -878,8 +884,13 @@ def step_released(chain_id: int, index: int) -> bool:
         return cursor.fetchone()[0]
 
 
+SET_CHAIN_STEPS_SQL = "UPDATE jobs_chain SET steps = %s::jsonb WHERE id = %s"
+
+
 def set_chain_steps(chain_id: int, steps: list[dict[str, Any]]) -> None:
-    Chain.objects.filter(pk=chain_id).update(steps=steps)
+    """Write a chain's plan (a handler's continuations spliced in: decisions.spliced)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(SET_CHAIN_STEPS_SQL, [json.dumps(steps), chain_id])
 
 
 def start_chain_from(job_id: int, steps: list[dict[str, Any]]) -> int:

@@ -88,7 +88,7 @@ CACHES = {"default": connections.cache_settings(REDIS_URL)}
 # development and tests; in production only on request.
 DEMO = env.get_bool("CONVEYOR_DEMO", default=not PRODUCTION)
 # Test-only apps (their job types, subscribers and tables), named by the processes a test starts:
-# CONVEYOR_TEST_APPS=tests.hosts for the multi-host chaos run (tests/hosts/). Never in production.
+# CONVEYOR_TEST_APPS=hosts for the multi-host chaos run (hosts/). Never in production.
 TEST_APPS = env.get_list("CONVEYOR_TEST_APPS")
 if TEST_APPS and env.get("CONVEYOR_ENV", "development").lower() != "test":
     env.fail("CONVEYOR_TEST_APPS is for tests only (set CONVEYOR_ENV=test, or unset it)")

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from project import health, metrics
-from api.root import api
+from project.api import api
 from api.token_http import auth_api
 
 urlpatterns = [

@@ -8,7 +8,7 @@
 
 Needs root, `ip` (iproute2) and Debian's postgresql-15, redis-server and redis-sentinel (installed
 with apt-get when missing). The hosts, their processes and their network are removed at the end,
-even on failure. See tests/hosts/chaos.py for what the run does and what its summary counts.
+even on failure. See hosts/chaos.py for what the run does and what its summary counts.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.hosts import chaos, harness
+from hosts import chaos, harness
 
 SMALL = {"chains": 200, "events": 60, "keys": 6, "kills": 3, "spacing": 4.0, "drain_timeout": 120.0}
 

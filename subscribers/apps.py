@@ -6,7 +6,11 @@ class SubscribersConfig(AppConfig):
     verbose_name = "Events and subscribers"
 
     def ready(self) -> None:
+        from jobs import operations
         from subscribers import registry
+        from subscribers.operations import recent_events
 
         # Every installed app's `subscribers` module declares its subscribers.
         registry.autodiscover()
+        # The operations page shows recent events through this hook (jobs never imports us).
+        operations.add_section("events", "subscribers.view_event", recent_events)

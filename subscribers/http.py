@@ -1,4 +1,4 @@
-"""HTTP API for events and the subscriber catalog (mounted by api.root under /api/)."""
+"""HTTP API for events and the subscriber catalog (mounted by project/api.py under /api/)."""
 import datetime as dt
 from typing import Any, Optional
 

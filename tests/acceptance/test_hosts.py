@@ -1,4 +1,4 @@
-"""Conveyor across hosts (issue 15): network namespaces on one machine, made by tests/hosts/.
+"""Conveyor across hosts (issue 15): network namespaces on one machine, made by hosts/.
 
 The chaos run (scripts/hosts.py chaos --small: 200 three-step chains across the two worker
 hosts, 60 keyed events, while worker processes are SIGKILLed, PostgreSQL restarts, the Redis
@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from tests.hosts.harness import unavailable
+from hosts.harness import unavailable
 from tests.support import ROOT
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]

@@ -333,32 +333,6 @@ def test_rate_slots_are_booked_one_interval_apart_and_a_booked_row_starts_on_its
     assert isinstance(limits.claim(late.pk, WORKER, 30), store.Claimed)
 
 
-def test_booked_rows_claimed_late_together_start_no_faster_than_the_rate_allows_the_rest_booked_again(declare, settings):
-    # given a type allowing 2 starts a second (one every 500 ms; bursts of at most 500 ms ahead)
-    settings.CONVEYOR = {**settings.CONVEYOR, "RECOVERY_INTERVAL": 0.05}
-    declare("t.two-a-second", rate_limit="2/s")
-    jobs = [enqueue("t.two-a-second") for _ in range(4)]
-    assert isinstance(limits.claim(jobs[0].pk, WORKER, 30), store.Claimed)
-    assert [limits.claim(job.pk, WORKER, 30) for job in jobs[1:]] == [Held.RATE] * 3
-    slots = [row(job.pk).run_after for job in jobs[1:]]  # +0.5 s, +1 s, +1.5 s
-    booked_until = RateSlot.objects.get(type="t.two-a-second").next_at
-
-    # when all three are claimed together, long after their slots (their workers were busy)
-    while db_now() < slots[-1] + dt.timedelta(seconds=1):
-        time.sleep(0.05)
-    results = [limits.claim(job.pk, WORKER, 30) for job in jobs[1:]]
-
-    # then two start (one in its turn, one within the burst) and the third is booked again, one
-    # interval after the first of them (past every slot booked before): missed slots are not made up
-    assert [type(r) for r in results[:2]] == [store.Claimed, store.Claimed] and results[2] == Held.RATE
-    again = row(jobs[3].pk)
-    assert (again.status, again.held, again.published_at) == (Status.PENDING, Held.RATE, None)
-    first_late_start = row(jobs[1].pk).started_at
-    assert again.run_after > booked_until
-    assert first_late_start - dt.timedelta(milliseconds=100) <= again.run_after - dt.timedelta(milliseconds=500) <= first_late_start
-    assert RateSlot.objects.get(type="t.two-a-second").next_at == again.run_after + dt.timedelta(milliseconds=500)
-
-
 def test_a_rate_limited_type_and_a_full_concurrency_book_no_rate_slot(declare):
     declare("t.rate-and-one", rate_limit="1/h", concurrency=1)
     first, second = enqueue("t.rate-and-one"), enqueue("t.rate-and-one")

@@ -24,7 +24,8 @@ from django.db.models.functions import Now
 
 from jobs import Step, new_job, store
 from jobs.models import Job, Status
-from jobs.outcome import settle
+from jobs.ending import How
+from jobs.ending import ended as finished
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -109,7 +110,7 @@ def runner_loop(i: int, ledger: Ledger, stop: threading.Event) -> None:
             with transaction.atomic(durable=True):
                 ended = store.fail(claimed.id, claimed.attempt, f"run {run} failed", rng.uniform(0, 0.2))
                 if ended is not None:
-                    settle(ended)
+                    finished([ended], How.RAN)
             ledger.add("failed" if ended is not None else "refused", run)
         else:
             done = store.succeed(claimed.id, claimed.attempt, json.dumps({"attempt": claimed.attempt, "runner": i}))
@@ -153,7 +154,7 @@ def reaper_loop(ledger: Ledger, stop: threading.Event) -> None:
                 if row is None:
                     continue
                 runs = taken([row])
-                settle(row)
+                finished([row], How.REAPED)
             with ledger.lock:
                 ledger.reaped.extend(runs)
 
@@ -171,8 +172,7 @@ def hand_back_loop(ledger: Ledger, stop: threading.Event) -> None:
                 # here, and this test is about each attempt running once and one success.
                 ended = store.hand_back(node, instance, drained=True)
                 runs = taken(ended)
-                for row in ended:
-                    settle(row)
+                finished(ended, How.HANDED_BACK)
         except DatabaseError:  # a deadlock with the heartbeat: recovery.hand_back gives up too
             continue
         with ledger.lock:

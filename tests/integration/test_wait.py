@@ -15,7 +15,7 @@ import jobs
 from jobs import control, enqueue, start_chain, store
 from jobs.http import WAIT_MAX
 from jobs.models import Chain, Job, Status
-from jobs.outcome import settle
+from jobs.ending import How, ended
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -120,7 +120,7 @@ def test_wait_goes_on_through_a_failed_attempt_that_will_be_retried():
 
     def die() -> None:
         with transaction.atomic():
-            settle(store.fail(job.pk, _claim(job).attempt, "second", 0))
+            ended([store.fail(job.pk, _claim(job).attempt, "second", 0)], How.RAN)
 
     _later(0.6, die)
     started = time.monotonic()
@@ -216,7 +216,7 @@ def test_wait_chain_returns_the_chain_failed_when_its_step_dies():
 
     def die() -> None:
         with transaction.atomic():
-            settle(store.fail(first.pk, _claim(first).attempt, "boom", 0))
+            ended([store.fail(first.pk, _claim(first).attempt, "boom", 0)], How.RAN)
 
     _later(0.3, die)
     started = time.monotonic()

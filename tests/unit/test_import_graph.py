@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("api", "jobs", "subscribers", "project", "examples", "conveyor_celery", "conveyor_tasks")
+PACKAGES = ("api", "jobs", "subscribers", "project", "examples", "hosts", "conveyor_celery", "conveyor_tasks")
 
 
 def module_name(path: Path) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 MANAGE = str(ROOT / "manage.py")
 PG_PORT = 5432
 REDIS_PORT, REPLICA_PORT = 6379, 6380
@@ -357,7 +357,7 @@ class Topology:
         env.update(FAST)
         env.update({
             "DATABASE_URL": self.database_url(), "REDIS_URL": self.redis_url(), "CONVEYOR_ENV": "test",
-            "CONVEYOR_TEST_APPS": "tests.hosts", "CONVEYOR_DATA": str(data), "CHAOS_HOST": host,
+            "CONVEYOR_TEST_APPS": "hosts", "CONVEYOR_DATA": str(data), "CHAOS_HOST": host,
             "PYTHONUNBUFFERED": "1", "JWT_TTL_SECONDS": "7200", "LOGIN_FAILURE_LIMIT": "1000",
         })
         env.update(extra)

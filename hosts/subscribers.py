@@ -6,7 +6,7 @@ from __future__ import annotations
 from jobs import Context
 from jobs.registry import Backoff
 from subscribers import EventData, subscriber
-from tests.hosts.jobs import record
+from hosts.jobs import record
 
 
 @subscriber("chaos.order", name="chaos.audit", queue="notifications", retries=20, backoff=Backoff(0.2, 2.0))

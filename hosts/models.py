@@ -5,7 +5,7 @@ from django.db import models
 
 
 class Effect(models.Model):
-    """Written by the jobs themselves (tests/hosts/jobs.py), `INSERT ... ON CONFLICT (job_id,
+    """Written by the jobs themselves (hosts/jobs.py), `INSERT ... ON CONFLICT (job_id,
     effect) DO UPDATE SET times = times + 1`: a second write of the same effect is counted in
     `times`, never hidden. Effects: `run:<attempt>` (a handler ran that attempt), `done` (the
     outcome's transaction committed), `seen:<attempt>` (a keyed event's delivery ran)."""

@@ -1,4 +1,4 @@
-"""The chaos run's job types (tests only: installed by CONVEYOR_TEST_APPS=tests.hosts).
+"""The chaos run's job types (tests only: installed by CONVEYOR_TEST_APPS=hosts).
 
 Every run writes its side effect into `chaos_effect` itself, one row per (job, effect), and a
 second write of the same effect increments `times` instead of vanishing:

@@ -1,7 +1,7 @@
 """The chaos run: chains and keyed events across hosts while processes, PostgreSQL, the Redis
 master, a host's network and the active beat fail; then the ledger is read.
 
-Topology (tests/hosts/harness.py): a data host (PostgreSQL; Redis master, replica and two
+Topology (hosts/harness.py): a data host (PostgreSQL; Redis master, replica and two
 sentinels), a server host (`manage.py start`, WORKER_MODE=server: gunicorn), worker host w1
 (queue `images`, prefork) and worker host w2 (queue `notifications`, threads), a beat on each
 worker host (one leads). Chains `chaos.cpu -> chaos.io -> chaos.cpu` and `chaos.order` events
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.hosts.harness import HTTP_PORT, Proc, Topology
+from hosts.harness import HTTP_PORT, Proc, Topology
 
 EMAIL = "chaos@example.com"
 PASSWORD = "chaos-password-" + str(int(time.time()))

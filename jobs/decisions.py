@@ -1,0 +1,146 @@
+"""The engine's decisions, as pure functions over plain data: no database, no Redis, no clock.
+
+The store says *how* a row changes; what an end or a retry does to a chain, how long a retry
+waits and which rate slot a claim gets are decided here, where a unit test can call them with
+plain values (tests/unit/test_decisions.py). Their callers: jobs.ending (a job's end),
+jobs.chains (a group's fan-in), jobs.store.retry (a retry's chain), jobs.limits (rate slots),
+jobs.registry.Backoff (backoff).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import random
+from typing import Any, Iterable, NamedTuple, Protocol
+
+# Plain strings, as the rows hold them (jobs.models.Status / ChainStatus), so that this module
+# imports nothing of Django.
+SUCCEEDED, DEAD, CANCELLED = "succeeded", "dead", "cancelled"
+CHAIN_SUCCEEDED, CHAIN_FAILED, CHAIN_CANCELLED = "succeeded", "failed", "cancelled"
+
+
+# --- A job's end and its chain ------------------------------------------------------------------
+
+
+def is_last_attempt(attempt: int, max_attempts: int, permanent: bool = False) -> bool:
+    """Whether a failed attempt is the job's last (it ends dead): out of attempts, or a failure
+    no retry can change (jobs.Permanent). The store's statement says the same (store.LAST)."""
+    return permanent or attempt >= max_attempts
+
+
+def ends_chain(status: str) -> bool:
+    """Whether a job's end, other than a success, ends (or counts in) its chain: dead or
+    cancelled; a failed attempt with a retry left, or a row back to pending, does not."""
+    return status in (DEAD, CANCELLED)
+
+
+def chain_status_after(job_status: str) -> str:
+    """The status a chain ends with when one of its jobs ended without success."""
+    return CHAIN_FAILED if job_status == DEAD else CHAIN_CANCELLED
+
+
+def spliced(steps: list[dict[str, Any]], index: int, continuations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan with a handler's continuations inserted right after its own step `index`."""
+    return [*steps[: index + 1], *continuations, *steps[index + 1 :]]
+
+
+# --- A group's fan-in ---------------------------------------------------------------------------
+
+
+class MemberEnd(Protocol):
+    id: int
+    member: int
+    status: str
+    error: str
+
+
+class GroupEnd(enum.Enum):
+    """What the last member's end does to its group's chain."""
+
+    RELEASE = "release"  # the next step goes (with the failures' entries, when it collects)
+    FAIL = "fail"  # the chain ends failed
+    CANCEL = "cancel"  # the chain ends cancelled
+
+
+class GroupDecision(NamedTuple):
+    action: GroupEnd
+    #: For RELEASE: the entries of the members that did not succeed, by member.
+    failures: dict[int, dict[str, Any]]
+
+
+def counts_in_group(on_failure: str) -> bool:
+    """Whether a group's member that ended badly (dead, cancelled) counts toward its group's
+    fan-in like a success ("collect"), rather than ending its chain at once ("fail")."""
+    return on_failure == "collect"
+
+
+def group_end(ends: Iterable[MemberEnd], on_failure: str) -> GroupDecision:
+    """Every member of a group has ended (`ends`): release the next step, or end the chain.
+
+    A group that fails on failure ("fail") ends its chain failed when a member is dead, cancelled
+    when only cancelled ones did not succeed; a group that collects ("collect") releases the next
+    step, each bad member's place holding {"error", "status", "job"} instead of an output."""
+    bad = [end for end in ends if end.status != SUCCEEDED]
+    if bad and not counts_in_group(on_failure):
+        dead = any(end.status == DEAD for end in bad)
+        return GroupDecision(GroupEnd.FAIL if dead else GroupEnd.CANCEL, {})
+    failures = {end.member: {"error": last_line(end.error), "status": end.status, "job": end.id} for end in bad}
+    return GroupDecision(GroupEnd.RELEASE, failures)
+
+
+def last_line(error: str) -> str:
+    """A traceback's last line (the exception and its message)."""
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+# --- A retry ------------------------------------------------------------------------------------
+
+
+def retry_reopens_chain(chain_id: int | None, member: int | None, next_step_released: bool) -> bool:
+    """Whether an operator's retry of a job reopens its chain: yes for a chain's job, unless it is
+    a member of a group that has already handed its results on (one that collects failures): the
+    chain went on without waiting for it, and its new run changes nothing there."""
+    return chain_id is not None and not (member is not None and next_step_released)
+
+
+# --- Backoff ------------------------------------------------------------------------------------
+
+
+def backoff(attempt: int, base: float, cap: float, jitter: float | None = None) -> float:
+    """Seconds before attempt `attempt + 1`: base * 2**(attempt-1), capped, times a jitter in
+    0.5..1.0 (`jitter`: that factor, for a test; random otherwise)."""
+    raw = min(cap, base * (2 ** max(0, attempt - 1)))
+    return raw * (random.uniform(0.5, 1.0) if jitter is None else jitter)
+
+
+# --- Rate slots ---------------------------------------------------------------------------------
+
+
+class RateSlot(NamedTuple):
+    #: None: start now; otherwise the slot the row is booked on.
+    slot: dt.datetime | None
+    #: The type's clocks after this claim: the next free slot, the earliest next start.
+    booked: dt.datetime
+    started: dt.datetime
+
+
+def rate_slot(booked: dt.datetime, started: dt.datetime, now: dt.datetime, interval: float,
+              burst: float, holds_slot: bool) -> RateSlot:
+    """A claim under a type's rate (jobs.limits): start now, or the slot to book.
+
+    Two GCRA clocks: `booked`, the next free slot, gives each row a slot one interval after the
+    last; `started`, the earliest next start counting the starts made, keeps starts from bunching
+    when booked rows are claimed late together (workers busy, messages queued behind others): a
+    booked row (`holds_slot`) that would start more than `burst` seconds ahead of it is booked
+    again, on the next free slot, its missed slot left unused, as a rate must."""
+    step, tolerance = dt.timedelta(seconds=interval), dt.timedelta(seconds=burst)
+    start = holds_slot and started <= now + tolerance  # its slot, kept for it, has come
+    slot = None
+    if not start:
+        slot = max(booked, now, started - tolerance)
+        booked = slot + step
+        start = slot <= now
+    if start:
+        started = max(started, now) + step
+    return RateSlot(None if start else slot, booked, started)

@@ -1,0 +1,157 @@
+"""jobs.decisions: what an end, a retry, a backoff and a rate slot decide, over plain values.
+
+No server: each test calls a pure function and reads its answer (the statements that apply the
+answers are tested against PostgreSQL in tests/integration/)."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import NamedTuple
+
+import pytest
+
+from jobs import decisions
+from jobs.decisions import GroupEnd
+
+
+class End(NamedTuple):
+    id: int
+    member: int
+    status: str
+    error: str = ""
+
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+# --- the last attempt ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("attempt", "max_attempts", "permanent", "last"), [
+    (1, 3, False, False), (2, 3, False, False), (3, 3, False, True), (4, 3, False, True),
+    (1, 3, True, True), (1, 1, False, True),
+])
+def test_a_failed_attempt_is_the_last_when_out_of_attempts_or_permanent(attempt, max_attempts, permanent, last):
+    assert decisions.is_last_attempt(attempt, max_attempts, permanent) is last
+
+
+# --- a job's end and its chain ------------------------------------------------------------------
+
+
+def test_only_a_dead_or_cancelled_job_ends_its_chain_and_the_chain_says_which():
+    assert [s for s in ("succeeded", "failed", "pending", "running", "dead", "cancelled") if decisions.ends_chain(s)] == [
+        "dead", "cancelled"]
+    assert decisions.chain_status_after("dead") == "failed"
+    assert decisions.chain_status_after("cancelled") == "cancelled"
+
+
+def test_continuations_are_spliced_right_after_the_handlers_step_and_the_plan_is_not_changed_in_place():
+    plan = [{"type": "a"}, {"type": "b"}, {"type": "c"}]
+    assert decisions.spliced(plan, 1, [{"type": "x"}, {"type": "y"}]) == [
+        {"type": "a"}, {"type": "b"}, {"type": "x"}, {"type": "y"}, {"type": "c"}]
+    assert decisions.spliced(plan, 2, [{"type": "z"}])[-1] == {"type": "z"}
+    assert decisions.spliced(plan, 0, []) == plan
+    assert plan == [{"type": "a"}, {"type": "b"}, {"type": "c"}]
+
+
+# --- a group's fan-in ---------------------------------------------------------------------------
+
+
+def test_a_bad_member_counts_in_its_group_only_when_the_group_collects():
+    assert decisions.counts_in_group("collect") is True
+    assert decisions.counts_in_group("fail") is False
+
+
+def test_a_group_whose_members_all_succeeded_releases_the_next_step_with_no_failures():
+    decided = decisions.group_end([End(1, 0, "succeeded"), End(2, 1, "succeeded")], "fail")
+    assert decided == (GroupEnd.RELEASE, {})
+
+
+def test_a_group_that_fails_on_failure_fails_its_chain_when_a_member_is_dead():
+    ends = [End(1, 0, "succeeded"), End(2, 1, "cancelled"), End(3, 2, "dead")]
+    assert decisions.group_end(ends, "fail").action is GroupEnd.FAIL
+
+
+def test_a_group_that_fails_on_failure_cancels_its_chain_when_its_only_bad_members_were_cancelled():
+    ends = [End(1, 0, "succeeded"), End(2, 1, "cancelled")]
+    assert decisions.group_end(ends, "fail").action is GroupEnd.CANCEL
+
+
+def test_a_group_that_collects_hands_each_bad_members_last_error_line_in_its_place():
+    ends = [End(1, 0, "succeeded"), End(7, 1, "dead", "Traceback (most recent call last):\n  ...\nValueError: no\n\n"),
+            End(8, 2, "cancelled")]
+    decided = decisions.group_end(ends, "collect")
+    assert decided.action is GroupEnd.RELEASE
+    assert decided.failures == {1: {"error": "ValueError: no", "status": "dead", "job": 7},
+                                2: {"error": "", "status": "cancelled", "job": 8}}
+
+
+# --- a retry and its chain ----------------------------------------------------------------------
+
+
+def test_a_retry_reopens_its_chain_unless_its_group_has_already_handed_its_results_on():
+    assert decisions.retry_reopens_chain(None, None, False) is False  # a lone job
+    assert decisions.retry_reopens_chain(5, None, False) is True  # a step of one job
+    assert decisions.retry_reopens_chain(5, 2, False) is True  # a member, its group still waiting
+    assert decisions.retry_reopens_chain(5, 2, True) is False  # a collected member: the chain went on
+
+
+# --- backoff ------------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_per_attempt_up_to_its_cap_scaled_by_the_jitter():
+    assert [decisions.backoff(a, 1.0, 10.0, jitter=1.0) for a in (0, 1, 2, 3, 4, 5, 9)] == [1, 1, 2, 4, 8, 10, 10]
+    assert decisions.backoff(3, 1.0, 10.0, jitter=0.5) == 2.0
+    assert all(2.0 <= decisions.backoff(3, 1.0, 10.0) <= 4.0 for _ in range(50))
+
+
+# --- rate slots ---------------------------------------------------------------------------------
+
+
+def test_an_idle_rate_starts_now_and_sets_both_clocks_one_interval_ahead():
+    decided = decisions.rate_slot(booked=at(-100), started=at(-100), now=T0, interval=0.5, burst=1.0, holds_slot=False)
+    assert decided == (None, at(0.5), at(0.5))
+
+
+def test_claims_within_one_interval_are_booked_one_interval_apart():
+    booked = started = at(-100)
+    slots = []
+    for _ in range(4):  # four claims at the same instant, a rate of 2/s
+        slot, booked, started = decisions.rate_slot(booked, started, T0, interval=0.5, burst=0.5, holds_slot=False)
+        slots.append(slot)
+    assert slots == [None, at(0.5), at(1.0), at(1.5)]
+    assert booked == at(2.0)
+
+
+def test_a_booked_row_starts_on_its_slot_when_it_comes():
+    # one row started at T0, the next booked on T0 + 1; claimed at its slot
+    decided = decisions.rate_slot(booked=at(2), started=at(1), now=at(1), interval=1.0, burst=1.0, holds_slot=True)
+    assert decided.slot is None and decided.booked == at(2) and decided.started == at(2)
+
+
+def test_booked_rows_claimed_late_together_start_no_faster_than_the_rate_allows_the_rest_booked_again():
+    # given a type allowing 2 starts a second (one every 500 ms; bursts of at most 500 ms ahead),
+    # four claims at T0: the first starts, three are booked on T0 + 0.5 s, + 1 s, + 1.5 s
+    booked = started = at(-100)
+    slots = []
+    for _ in range(4):
+        slot, booked, started = decisions.rate_slot(booked, started, T0, interval=0.5, burst=0.5, holds_slot=False)
+        slots.append(slot)
+    assert slots == [None, at(0.5), at(1.0), at(1.5)]
+    booked_until = booked
+
+    # when the three booked rows are claimed together at T0 + 2.5 s (their workers were busy)
+    answers = []
+    for _ in range(3):
+        slot, booked, started = decisions.rate_slot(booked, started, at(2.5), interval=0.5, burst=0.5, holds_slot=True)
+        answers.append(slot)
+
+    # then two start (one in its turn, one within the burst) and the third is booked again, one
+    # interval after the first late start (past every slot booked before): missed slots are not
+    # made up
+    assert answers[:2] == [None, None]
+    assert answers[2] == at(3.0) and answers[2] > booked_until
+    assert booked == at(3.5)  # the type's next free slot: one interval after the new booking
