@@ -195,7 +195,7 @@ def purge_queues() -> None:
     """Drop the messages a stopped cluster left in Redis (their rows are truncated too)."""
     from django.conf import settings
 
-    from jobs import registry
+    from jobs.engine import registry
 
     options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
     sep, steps = options.get("sep", "\x06\x16"), options.get("priority_steps", [0])

@@ -3,7 +3,7 @@
 `beat_schedule` / `CELERY_BEAT_SCHEDULE` entries are copied into django-celery-beat's tables by
 its DatabaseScheduler (as ever), so they and the `PeriodicTask` rows made in the admin reach
 `apply_async` the same way. An entry whose task is durable becomes the tick's job row with the
-platform key of `jobs.beat.enqueue_tick` (`conveyor:schedule:celery:<entry>:<tick time>`): two
+platform key of `jobs.interfaces.beat.enqueue_tick` (`conveyor:schedule:celery:<entry>:<tick time>`): two
 beats, or a beat restarted mid-tick, make one job. Any other entry is sent as Celery sends it.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.beat import LeaderScheduler, enqueue_tick, tick_time
+from jobs.interfaces.beat import LeaderScheduler, enqueue_tick, tick_time
 
 from conveyor_celery import declarations as tasks
 
@@ -24,7 +24,7 @@ class _Sent:
 
 
 class Scheduler(LeaderScheduler):
-    """jobs.beat.LeaderScheduler, and durable Celery tasks' entries as job rows."""
+    """jobs.interfaces.beat.LeaderScheduler, and durable Celery tasks' entries as job rows."""
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         if entry.task not in tasks.declared:

@@ -23,6 +23,6 @@ def encode(name: str, args: Any, kwargs: Any, extra: dict[str, Any] | None = Non
 
 
 def task_queue(name: str) -> str:
-    from jobs import registry
+    from jobs.engine import registry
 
     return registry.get(name).queue

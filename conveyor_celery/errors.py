@@ -12,7 +12,7 @@ class Unsupported(Exception):
 
 #: How the handler marks a failure Celery would not retry (a plain exception): the runner sees
 #: `jobs.Permanent`, the row's error ends with this text, which `exception_from` reads back.
-PERMANENT_PREFIX = "jobs.registry.Permanent: "
+PERMANENT_PREFIX = "jobs.engine.registry.Permanent: "
 
 
 def exception_from(error: str) -> BaseException:

@@ -197,7 +197,7 @@ class AsyncResult:
         """Conveyor's cancel: a waiting job ends REVOKED at once, a running one is asked to stop
         (its task sees it through `self.request`'s job: `jobs` ctx.cancelled) and ends REVOKED.
         `wait=True` waits (up to `timeout`) until it has ended."""
-        from jobs import control
+        from jobs.engine import control
         from jobs.models import Job
 
         if self.id.startswith("chain:"):

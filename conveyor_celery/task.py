@@ -41,7 +41,7 @@ _retry = threading.local()
 
 @dataclass(frozen=True)
 class RetryDelay:
-    """The job type's backoff (duck-typed as jobs.registry.Backoff): the countdown the task's
+    """The job type's backoff (duck-typed as jobs.engine.registry.Backoff): the countdown the task's
     own `retry()` asked for, or `default_retry_delay` (a time limit, a lost worker)."""
 
     default: float
@@ -123,7 +123,7 @@ def job_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def declare(name: str, options: dict[str, Any]) -> None:
     """Register the job type of a converted task (once per name and process)."""
-    from jobs import registry
+    from jobs.engine import registry
 
     if name in declared:
         return
@@ -352,7 +352,7 @@ def _previous(ctx: Any) -> Any:
 def _expire(job_id: int) -> None:
     """A job past its `expires` ends REVOKED (cancelled) without running: the cancel asked here
     makes the runner record this run's end as cancelled."""
-    from jobs import control
+    from jobs.engine import control
     from jobs.models import Job
 
     control.cancel(Job.objects.get(pk=job_id))

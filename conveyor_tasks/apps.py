@@ -11,7 +11,7 @@ class ConveyorTasksConfig(AppConfig):
         # Every process (a worker above all) declares a task's job type when it first meets its
         # name: a worker knows no task module until a job of it arrives.
         from conveyor_tasks import types
-        from jobs import registry
+        from jobs.engine import registry
 
         registry.add_resolver(types.resolve)
         registry.add_queues(types.configured_queues())

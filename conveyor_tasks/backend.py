@@ -15,7 +15,7 @@ from django.db import transaction
 
 import jobs
 from conveyor_tasks import compat, results, types
-from jobs import control
+from jobs.engine import control
 from jobs.models import Job
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from conveyor_tasks import compat
-from jobs import registry
-from jobs.registry import Backoff
+from jobs.engine import registry
+from jobs.engine.registry import Backoff
 
 _lock = threading.Lock()
 
@@ -71,7 +71,7 @@ def declare(task: compat.Task, backend: Any) -> registry.JobType:
         opts = options(task, backend)
         schedule = None
         if opts["schedule"]:
-            from jobs.schedules import Schedule
+            from jobs.engine.schedules import Schedule
 
             when = dict(opts["schedule"])
             inputs = {"args": when.pop("args", []), "kwargs": when.pop("kwargs", {}), "backend": backend.alias}

@@ -16,7 +16,7 @@ from typing import Any
 from django.utils import timezone
 
 from conveyor_tasks import compat, results, types
-from jobs.context import Context
+from jobs.engine.context import Context
 from jobs.models import Job
 
 

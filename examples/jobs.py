@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from jobs import Context, Step, job_type
-from jobs.registry import Backoff
-from jobs.schedules import Schedule
+from jobs.engine.registry import Backoff
+from jobs.engine.schedules import Schedule
 
 
 #: An address as the schema can state it (a local part, @, a dotted domain): what is accepted is
@@ -208,7 +208,7 @@ def nightly_report(ctx: Context, data: dict) -> dict:
     return {"since": since.isoformat(), "counts": [dict(row) for row in rows]}
 
 
-# --- Limits across every worker and host (jobs.limits) ---------------------------------------------
+# --- Limits across every worker and host (jobs.engine.limits) ---------------------------------------------
 
 
 class Pause(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from jobs import Context, enqueue
-from jobs.registry import Backoff
+from jobs.engine.registry import Backoff
 from subscribers import EventData, subscriber
 
 

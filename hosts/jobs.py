@@ -24,8 +24,8 @@ from django.db import connection
 from pydantic import BaseModel, Field
 
 from jobs import Context
-from jobs.registry import Backoff, JobType, add
-from jobs.schedules import Schedule
+from jobs.engine.registry import Backoff, JobType, add
+from jobs.engine.schedules import Schedule
 
 HOST = os.environ.get("CHAOS_HOST") or socket.gethostname()
 

@@ -4,7 +4,7 @@ deliveries ran in the order the events were emitted."""
 from __future__ import annotations
 
 from jobs import Context
-from jobs.registry import Backoff
+from jobs.engine.registry import Backoff
 from subscribers import EventData, subscriber
 from hosts.jobs import record
 

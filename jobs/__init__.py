@@ -17,28 +17,28 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from jobs.context import Context
-    from jobs.creation import Group, Step, enqueue, enqueue_many, new_job, start_chain, submit
-    from jobs.registry import InputTooLarge, InvalidJob, Permanent, job_type
-    from jobs.waiting import WaitTimeout, wait, wait_chain
+    from jobs.engine.context import Context
+    from jobs.engine.creation import Group, Step, enqueue, enqueue_many, new_job, start_chain, submit
+    from jobs.engine.registry import InputTooLarge, InvalidJob, Permanent, job_type
+    from jobs.engine.waiting import WaitTimeout, wait, wait_chain
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing `jobs` must not import models before Django's app registry is ready.
     if name in ("enqueue", "enqueue_many", "start_chain", "new_job", "submit", "Step", "Group"):
-        from jobs import creation
+        from jobs.engine import creation
 
         return getattr(creation, name)
     if name == "Context":
-        from jobs.context import Context
+        from jobs.engine.context import Context
 
         return Context
     if name in ("wait", "wait_chain", "WaitTimeout"):
-        from jobs import waiting
+        from jobs.engine import waiting
 
         return getattr(waiting, name)
     if name in ("job_type", "InvalidJob", "InputTooLarge", "Permanent"):
-        from jobs import registry
+        from jobs.engine import registry
 
         return getattr(registry, name)
     raise AttributeError(name)

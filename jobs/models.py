@@ -49,7 +49,7 @@ class Chain(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["status", "-id"], name="chain_status_idx"),
-            # Retention: chains that ended, oldest first (jobs.housekeeping).
+            # Retention: chains that ended, oldest first (jobs.interfaces.housekeeping).
             models.Index(fields=["finished_at"], name="chain_finished_idx", condition=Q(finished_at__isnull=False)),
         ]
 
@@ -102,11 +102,11 @@ class Job(models.Model):
     progress = models.PositiveSmallIntegerField(default=0)
     progress_message = models.CharField(max_length=500, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
-    #: The job type's `concurrency_per_key` counts running jobs per this key (jobs.limits); ''
+    #: The job type's `concurrency_per_key` counts running jobs per this key (jobs.engine.limits); ''
     #: for a job of a type with limits but no key (set at its claim): only such rows are indexed
     #: among the running ones (job_running_idx), so jobs without limits pay nothing for it.
     limit_key = models.CharField(max_length=255, null=True, blank=True)
-    #: Held back by its type's limits, waiting in the table with no message (jobs.limits): `rate`,
+    #: Held back by its type's limits, waiting in the table with no message (jobs.engine.limits): `rate`,
     #: its start booked at run_after; `concurrency` or `key`, until a running job of its type or
     #: key ends. Empty: not held.
     held = models.CharField(max_length=16, choices=Held.choices, blank=True, default="", db_default="")
@@ -127,7 +127,7 @@ class Job(models.Model):
     class Meta:
         ordering = ["-id"]
         # Operating changes state (a retried job runs again, a replayed event's subscribers run
-        # their side effects again): its own permission, apart from viewing. jobs.admin.Operate.
+        # their side effects again): its own permission, apart from viewing. jobs.interfaces.admin.Operate.
         permissions = [("operate", "Can retry and cancel jobs and replay events")]
         indexes = [
             # The relay: runnable rows by due time.
@@ -176,7 +176,7 @@ class StepResult(models.Model):
     group that collects failures, {"error", "status", "job"} for a member that ended badly).
 
     Written once per chain step, by the outcome transaction of the group's last member (copied
-    from the members' rows inside PostgreSQL, jobs.store.hand_on), and read by every job of step
+    from the members' rows inside PostgreSQL, jobs.engine.store.hand_on), and read by every job of step
     `step` (each member of a group after a group): N entries for N members, not N per job."""
 
     pk = models.CompositePrimaryKey("chain", "step", "member")
@@ -192,7 +192,7 @@ class StepResult(models.Model):
 
 class RateSlot(models.Model):
     """A rate-limited job type's clocks (GCRA's theoretical arrival times), moved by its claims
-    with PostgreSQL's clock (jobs.limits, jobs.store.rate_clocks)."""
+    with PostgreSQL's clock (jobs.engine.limits, jobs.engine.store.rate_clocks)."""
 
     type = models.CharField(max_length=200, primary_key=True)
     #: The next slot a claim books: one interval after the last one booked (or now, if later).
@@ -206,7 +206,7 @@ class RateSlot(models.Model):
 
 
 class ScheduleDeclaration(models.Model):
-    """What the code declared for a schedule when it was last synced (see jobs.schedules)."""
+    """What the code declared for a schedule when it was last synced (see jobs.engine.schedules)."""
 
     name = models.CharField(max_length=200, unique=True)
     fingerprint = models.CharField(max_length=64)

@@ -16,13 +16,13 @@ from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.db import connections
 
-from jobs import runner, store
-from jobs.monitoring import JobFailed, reported
-from jobs.publish import TASK
+from jobs.engine import runner, store
+from jobs.interfaces.monitoring import JobFailed, reported
+from jobs.engine.publish import TASK
 
 log = logging.getLogger("conveyor.tasks")
 
-#: The supervisor's token for this start of the node (see jobs.store.worker_name).
+#: The supervisor's token for this start of the node (see jobs.engine.store.worker_name).
 INSTANCE = os.environ.get("CONVEYOR_INSTANCE", "")
 
 #: How long one delivery keeps trying its claim before giving its message back, at most; and at
@@ -31,7 +31,7 @@ CLAIM_PATIENCE_SECONDS = 60.0
 CLAIM_BACKOFF_START, CLAIM_BACKOFF_MAX = 0.2, 2.0
 
 
-# Monitors see the job (jobs.monitoring): its FAILURE (JobFailed, after the outcome is committed)
+# Monitors see the job (jobs.interfaces.monitoring): its FAILURE (JobFailed, after the outcome is committed)
 # is acked like a success, and logged by Celery at INFO without a traceback (`throws`).
 @shared_task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              acks_on_failure=True, throws=(JobFailed,))

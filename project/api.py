@@ -3,7 +3,7 @@ of each capability. Here, above them all, so that `api` imports neither jobs nor
 from __future__ import annotations
 
 from api.root import api
-from jobs import http as jobs_http
+from jobs.interfaces import http as jobs_http
 from subscribers import http as events_http
 
 api.add_router("/jobs", jobs_http.router)

@@ -1,7 +1,7 @@
 """ASGI entry point of the HTTP servers: gunicorn runs it with project.asgi_worker's worker class
 (uvicorn's, `manage.py start`).
 
-Why ASGI: a `GET /api/jobs/{id}?wait=` waits on the event loop (jobs/listener.py: one listening
+Why ASGI: a `GET /api/jobs/{id}?wait=` waits on the event loop (jobs/interfaces/listener.py: one listening
 PostgreSQL connection per process for every wait), so open waits take no request slot and no
 database connection; every other view is sync and runs in a thread of its request's own
 (Django's ThreadSensitiveContext), its database connection from a small per-process pool
@@ -28,7 +28,7 @@ embedded.start()  # the embedded servers, unless DATABASE_URL / REDIS_URL name o
 django_application = get_asgi_application()
 
 from api.validation import REQUEST_LINE_LIMIT  # noqa: E402 - after Django's setup
-from jobs import listener  # noqa: E402
+from jobs.interfaces import listener  # noqa: E402
 
 listener.KEEP_OPEN = True  # one server process, one loop: its listening connection stays
 

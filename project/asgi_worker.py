@@ -24,7 +24,7 @@ HEAD_LIMIT = 64 * 1024
 
 class DrainingServer(Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        from jobs import listener
+        from jobs.interfaces import listener
 
         listener.close_all()
         await super().shutdown(sockets=sockets)

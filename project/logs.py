@@ -1,7 +1,7 @@
 """Log lines: plain text or one JSON object per line (LOG_FORMAT=json), with the running job's ids.
 
 `JobContext` (a filter on the console handler) adds the job being run by this thread, if any
-(jobs.telemetry.current, set by the runner around each run), to every record: `job`, `chain`,
+(jobs.engine.telemetry.current, set by the runner around each run), to every record: `job`, `chain`,
 `job_type`, `queue`, `attempt`, `worker` as attributes, and `job_context` as the text
 ` [job=12 chain=3 type=examples.echo queue=default attempt=2 worker=...]` for plain lines.
 """
@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import logging
 
-from jobs.telemetry import current
+from jobs.engine.telemetry import current
 
 FIELDS = ("job", "chain", "job_type", "queue", "attempt", "worker")
 

@@ -10,7 +10,7 @@ every process of every host), queue depths (Redis), and unfinished jobs (Postgre
 - `conveyor_queue_depth{queue}`: messages waiting in the queue's Redis lists (every priority).
 - `conveyor_jobs{queue,type,status}` (unfinished rows) and `conveyor_jobs_running{queue,type}`.
 
-The counters and histograms are read from Redis hashes (jobs/telemetry.py) and rendered with
+The counters and histograms are read from Redis hashes (jobs/engine/telemetry.py) and rendered with
 custom collectors: correct across gunicorn workers, pool processes and hosts, at the cost of one
 Redis round trip per scrape. The one query counts unfinished rows only (pending, running, failed),
 which the partial indexes `job_runnable_idx` and `job_lease_idx` cover, so a table holding
@@ -33,8 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from jobs import telemetry
-from jobs.publish import queue_depths
+from jobs.engine import telemetry
+from jobs.engine.publish import queue_depths
 
 log = logging.getLogger("conveyor.metrics")
 
@@ -97,7 +97,7 @@ class RedisCollector(Collector):
     """Counters and histograms of every process and host, and queue depths, from Redis."""
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily | GaugeMetricFamily]:
-        from jobs.registry import queues as job_queues
+        from jobs.engine.registry import queues as job_queues
 
         queues = job_queues()
         try:

@@ -53,7 +53,7 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 # connection per thread would be one per request, never reused. There, a small psycopg pool per
 # process (Django's "pool" option; CONN_MAX_AGE must be 0: closing returns the connection) bounds
 # the process's connections, whatever the number of requests in flight; one more listens for
-# the waits (jobs/listener.py). Each connection names its process (pg_stat_activity).
+# the waits (jobs/interfaces/listener.py). Each connection names its process (pg_stat_activity).
 ASGI_SERVER = env.get("CONVEYOR_ASGI") == "1"
 if ASGI_SERVER:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -73,7 +73,7 @@ DATABASES["claims"] = {
     "OPTIONS": {**DATABASES["default"].get("OPTIONS", {}), "options": "-c synchronous_commit=off"},
     "TEST": {"MIRROR": "default"},
 }
-# The job store prepares the statements of every job's path (jobs/store.py); false behind a
+# The job store prepares the statements of every job's path (jobs/engine/store.py); false behind a
 # pooler that cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
 DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -236,7 +236,7 @@ CELERY_BROKER_USE_SSL = connections.broker_ssl(REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 # No result expiry either: with one set, beat installs a `celery.backend_cleanup` periodic task
-# (django-celery-beat persists it) that has no results to clean (jobs.schedules removes old rows).
+# (django-celery-beat persists it) that has no results to clean (jobs.engine.schedules removes old rows).
 CELERY_RESULT_EXPIRES = None
 # JSON only: a message is a job id, never a pickled object.
 CELERY_TASK_SERIALIZER = "json"
@@ -262,7 +262,7 @@ CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 # Redis lost mid-job: let it finish and record once (outcomes are fenced by attempt; its redelivery is skipped), not cancel and rerun it.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Keep each worker process's database connections across tasks (Celery's Django fixup closes
-# them around every task otherwise: a new PostgreSQL backend per job); jobs.signals drops the
+# them around every task otherwise: a new PostgreSQL backend per job); jobs.interfaces.signals drops the
 # broken or expired ones after each task, as Django does after each request.
 CELERY_DB_REUSE_MAX = 1_000_000
 # Task events (received, started, succeeded...) are for Flower, and cost every job a Redis publish:
@@ -276,7 +276,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Beat reads schedules from the database (editable in the admin), fires only while it holds the
 # leader lock, and saves each entry's last run at once so a standby takes over from fresh state.
-CELERY_BEAT_SCHEDULER = "conveyor_celery.beat:Scheduler"  # jobs.beat.LeaderScheduler + durable Celery tasks
+CELERY_BEAT_SCHEDULER = "conveyor_celery.beat:Scheduler"  # jobs.interfaces.beat.LeaderScheduler + durable Celery tasks
 CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = "UTC"
 
@@ -294,7 +294,7 @@ CONVEYOR = {
     # A beat that stops renewing its leader lock for this long is replaced by a standby.
     "BEAT_LOCK_SECONDS": env.get_int("CONVEYOR_BEAT_LOCK_SECONDS", 10, minimum=2),
     # The longest `GET /api/jobs/{id}?wait=` (and chains'). A wait costs the server little (an
-    # asyncio future: jobs/listener.py), but its client waits: 8 s by default, under the 10 s many
+    # asyncio future: jobs/interfaces/listener.py), but its client waits: 8 s by default, under the 10 s many
     # HTTP clients and fuzzers (schemathesis) give a request; at most 55, under the 60 s idle
     # timeout of common load balancers.
     "WAIT_MAX_SECONDS": env.get_float("CONVEYOR_WAIT_MAX_SECONDS", 8.0, minimum=0.0, maximum=55.0),

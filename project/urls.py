@@ -15,5 +15,5 @@ urlpatterns = [
     path("auth/", auth_api.urls),
 ]
 if not settings.ADMIN_DISABLED:
-    # The operations page (jobs.operations) before the admin's own URLs, under its prefix.
-    urlpatterns += [path("admin/operations/", include("jobs.operations")), path("admin/", admin.site.urls)]
+    # The operations page (jobs.interfaces.operations) before the admin's own URLs, under its prefix.
+    urlpatterns += [path("admin/operations/", include("jobs.interfaces.operations")), path("admin/", admin.site.urls)]

@@ -2,14 +2,14 @@
 
 Read-only pages (the bus writes these rows), with UTC timestamps to the second; deliveries filter
 by status (waiting, each job status, expired). Replaying runs subscribers' side effects again, so
-its actions need the jobs.operate permission (jobs.admin.Operate), not only view."""
+its actions need the jobs.operate permission (jobs.interfaces.admin.Operate), not only view."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from jobs.admin import Operate, ReadOnly, pre, pretty_json, stamp, stamp_text
+from jobs.interfaces.admin import Operate, ReadOnly, pre, pretty_json, stamp, stamp_text
 from jobs.models import Status
 from subscribers import bus
 from subscribers.models import Delivery, Event, Lane

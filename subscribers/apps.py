@@ -6,7 +6,7 @@ class SubscribersConfig(AppConfig):
     verbose_name = "Events and subscribers"
 
     def ready(self) -> None:
-        from jobs import operations
+        from jobs.interfaces import operations
         from subscribers import registry
         from subscribers.operations import recent_events
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from django.db import connection, transaction
 
 from jobs import Context, InvalidJob, Step, new_job, submit
-from jobs.creation import platform_key
+from jobs.engine.creation import platform_key
 from jobs.models import FINISHED, Job
 from subscribers.models import Delivery, Event, Lane
 

@@ -1,4 +1,4 @@
-"""The event bus's own job type: housekeeping of the event log (autodiscovered by jobs.registry).
+"""The event bus's own job type: housekeeping of the event log (autodiscovered by jobs.engine.registry).
 
 `subscribers.cleanup`, every minute like conveyor.cleanup (which keeps the jobs tables):
 - sets right keys left stuck (subscribers.delivery.unstick): a lane whose holder ended without
@@ -16,10 +16,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 from pydantic import BaseModel, Field
 
-from jobs.context import Context
+from jobs.engine.context import Context
 from jobs.models import FINISHED
-from jobs.registry import job_type
-from jobs.schedules import Schedule
+from jobs.engine.registry import job_type
+from jobs.engine.schedules import Schedule
 from subscribers import delivery
 
 #: An event none of whose deliveries waits, holds its key's lane, or has a job that has not ended

@@ -1,4 +1,4 @@
-"""The event bus's section of the admin's operations page (jobs.operations): recent events
+"""The event bus's section of the admin's operations page (jobs.interfaces.operations): recent events
 and their deliveries. Added to the page by subscribers/apps.py, so that jobs never imports the
 event bus's models."""
 from __future__ import annotations

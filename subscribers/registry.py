@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from api.errors import BadInput
-from jobs import registry as job_registry
-from jobs.registry import Backoff, JobType
+from jobs.engine import registry as job_registry
+from jobs.engine.registry import Backoff, JobType
 from subscribers import delivery
 from subscribers.delivery import EventData
 

@@ -1,4 +1,4 @@
-"""Many jobs of one type share Celery messages (jobs.publish.batches): a bulk enqueue goes out in
+"""Many jobs of one type share Celery messages (jobs.engine.publish.batches): a bulk enqueue goes out in
 SPREAD messages of several job ids each, which a real `manage.py start` worker runs one after the
 other. Each job still runs once, a pool process killed in the middle of a batch loses nothing,
 and each job's time limit holds inside a batch on the prefork pool (where the message carries no
@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 
 from examples.models import Effect
-from jobs import Step, enqueue_many, publish
+from jobs import Step, enqueue_many
+from jobs.engine import publish
 from jobs.models import Job, Status
 from tests.support import all_messages_consumed, redis_client, wait_for, wait_job
 

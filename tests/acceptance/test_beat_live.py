@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs import schedules
+from jobs.engine import schedules
 from jobs.models import Job
-from jobs.schedules import Schedule
+from jobs.engine.schedules import Schedule
 from tests.support import ROOT, kill_tree, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]

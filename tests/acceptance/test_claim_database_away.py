@@ -14,9 +14,10 @@ from django.db import connection, connections
 from django.db.models import Count
 
 from examples.models import Effect
-from jobs import Step, new_job, store
+from jobs import Step, new_job
+from jobs.engine import store
 from jobs.models import Job, Status
-from jobs.publish import Message, publish
+from jobs.engine.publish import Message, publish
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]

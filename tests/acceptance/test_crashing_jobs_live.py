@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import enqueue, registry
+from jobs import enqueue
+from jobs.engine import registry
 from jobs.models import Job, Status
 from tests.crashing.jobs import CRASH
 from tests.support import wait_for

@@ -2,7 +2,7 @@
 
 A keyed delivery runs in its key's order: one at a time per (subscriber, key), the next released
 only when the one before it has ended. An operator's retry of a dead delivery's job
-(jobs.control.retry, POST /api/jobs/{id}/retry) or a replay (subscribers.bus.replay) runs outside
+(jobs.engine.control.retry, POST /api/jobs/{id}/retry) or a replay (subscribers.bus.replay) runs outside
 that order: it must neither release the key's next delivery when it ends, nor keep the delivery it
 replays from releasing it.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from examples.models import Arrival
-from jobs import control
+from jobs.engine import control
 from jobs.models import FINISHED, Job, Status
 from subscribers import emit, replay
 from subscribers.models import Delivery, Event

@@ -27,9 +27,9 @@ from django.utils import timezone
 
 from examples.models import Arrival, AuditEntry, OutboxEmail
 from jobs import enqueue
-from jobs import registry as job_registry
+from jobs.engine import registry as job_registry
 from jobs.models import Chain, ChainStatus, Job, Status
-from jobs.publish import Message, publish
+from jobs.engine.publish import Message, publish
 from subscribers import emit
 from subscribers.models import Delivery, Event
 from tests.support import (

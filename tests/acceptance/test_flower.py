@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from jobs import Step, enqueue, start_chain
-from jobs.control import cancel
+from jobs.engine.control import cancel
 from jobs.models import Job, Status
-from jobs.publish import Message, publish
+from jobs.engine.publish import Message, publish
 from tests.support import ROOT, all_messages_consumed, free_port, http_get, http_ok, kill_tree, redis_client, wait_for, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]

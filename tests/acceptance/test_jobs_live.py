@@ -16,9 +16,10 @@ from django.db.models import Count
 from django.test import Client
 
 from examples.models import Effect, OutboxEmail
-from jobs import Step, enqueue, enqueue_many, new_job, start_chain, store
+from jobs import Step, enqueue, enqueue_many, new_job, start_chain
+from jobs.engine import store
 from jobs.models import Chain, ChainStatus, Job, Status
-from jobs.publish import Message, publish
+from jobs.engine.publish import Message, publish
 from tests.support import (
     all_messages_consumed,
     api_client,

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from jobs import Step, control, enqueue, registry, start_chain
+from jobs import Step, enqueue, start_chain
+from jobs.engine import control, registry
 from jobs.models import Job, Status
 from tests.integration.test_metrics import TOKEN, families, scrape, status, values  # noqa: F401
 from tests.support import wait_for, wait_job

@@ -23,7 +23,7 @@ import psutil
 import pytest
 from django.contrib.auth import get_user_model
 
-from jobs.creation import Group, Step, enqueue_step, start_chain
+from jobs.engine.creation import Group, Step, enqueue_step, start_chain
 from tests.support import wait_chain, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]

@@ -51,8 +51,9 @@ PROBE = """
 import json, os
 from django.core.cache import cache
 from django.test import Client
-from jobs import Step, new_job, store, telemetry
-from jobs.publish import Message, publish
+from jobs import Step, new_job
+from jobs.engine import store, telemetry
+from jobs.engine.publish import Message, publish
 from project.services import redis_client
 kind = json.loads(os.environ.get("PROBE_JOB") or '{"type": "examples.count", "input": {}}')
 [job] = store.insert([new_job(Step(kind["type"], kind["input"]))])

@@ -28,7 +28,8 @@ import pytest
 from django.conf import settings
 
 from examples.models import Effect
-from jobs import Step, enqueue, enqueue_many, publish
+from jobs import Step, enqueue, enqueue_many
+from jobs.engine import publish
 from jobs.models import Job, Status
 from tests.support import (
     ROOT,
@@ -209,7 +210,7 @@ TICK_LINE = re.compile(r"beat: schedule (\S+) tick (\S+) -> job (\d+)")
 
 def start_beat(live, name: str, lock_seconds: int) -> Proc:
     """The beat `manage.py start` runs as its beat child (`celery -A project beat`, with
-    jobs.beat.LeaderScheduler), on its own: ticks write job rows, no worker is needed to see them."""
+    jobs.interfaces.beat.LeaderScheduler), on its own: ticks write job rows, no worker is needed to see them."""
     log_path = Path(live.env()["CONVEYOR_DATA"]) / f"{name}.log"
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
@@ -243,7 +244,7 @@ def tick_jobs(schedule: str) -> list[tuple[dt.datetime, dict]]:
 def interval_schedule(name: str, every: int, data: dict):
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-    from jobs import schedules
+    from jobs.engine import schedules
 
     interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=IntervalSchedule.SECONDS)
     return PeriodicTask.objects.create(
@@ -257,7 +258,7 @@ def test_schedule_edited_while_beat_runs_makes_one_job_per_tick_django_celery_be
     changed" re-read gives an entry back an older last run, and beat sends it again): a schedule
     edited ten times while beat runs (as the admin saves it: the row read afresh, one field
     changed, the whole row saved), then given a new interval, makes one job per tick, each edit
-    taking effect. Should beat fire a tick twice, the tick's platform key (jobs.beat.enqueue_tick)
+    taking effect. Should beat fire a tick twice, the tick's platform key (jobs.interfaces.beat.enqueue_tick)
     gives it the same job: the log line names it."""
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
@@ -437,7 +438,7 @@ def test_worker_memory_and_redis_keys_stay_bounded_over_5000_jobs_celery_4843_fl
         wait_for(lambda: all_messages_consumed("default"), 15, what="every message to be acked")
 
     def sample() -> tuple[int, int]:
-        time.sleep(0.5)  # the last run's metrics are sent 250 ms after it (jobs.telemetry)
+        time.sleep(0.5)  # the last run's metrics are sent 250 ms after it (jobs.engine.telemetry)
         return tree_rss(worker.process.pid), client.dbsize()
 
     # when 1,000 jobs have run

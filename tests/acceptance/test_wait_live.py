@@ -15,7 +15,8 @@ import pytest
 from django.db import connection
 
 import jobs
-from jobs import Step, control, enqueue, start_chain
+from jobs import Step, enqueue, start_chain
+from jobs.engine import control
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.support import api_client, http_get
 

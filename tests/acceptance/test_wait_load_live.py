@@ -18,7 +18,8 @@ import time
 import pytest
 from django.db import connection
 
-from jobs import control, enqueue
+from jobs import enqueue
+from jobs.engine import control
 from jobs.models import Job, Status
 from tests.factories import api_token
 from tests.support import http_get, wait_for

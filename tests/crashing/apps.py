@@ -12,7 +12,7 @@ class CrashingConfig(AppConfig):
     verbose_name = "Crashing jobs (tests only)"
 
     def ready(self) -> None:
-        from jobs import registry
+        from jobs.engine import registry
         from tests.crashing.jobs import CRASH
 
         registry.add(CRASH)

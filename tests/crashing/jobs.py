@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from jobs import Context
-from jobs.registry import Backoff, JobType
+from jobs.engine.registry import Backoff, JobType
 
 
 def exit_now(ctx: Context, data: dict) -> None:

@@ -19,8 +19,9 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from examples.models import Effect
-from jobs import Group, InvalidJob, Step, control, enqueue, recovery, registry, runner, start_chain, store
-from jobs.creation import MAX_MEMBERS
+from jobs import Group, InvalidJob, Step, enqueue, start_chain
+from jobs.engine import control, recovery, registry, runner, store
+from jobs.engine.creation import MAX_MEMBERS
 from jobs.models import Chain, ChainStatus, Job, Status, StepResult
 from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import api_client, redis_client, wait_for

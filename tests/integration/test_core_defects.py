@@ -13,9 +13,10 @@ from django.db import connection, connections
 from django.test import Client
 from django.utils import timezone
 
-from jobs import Step, control, enqueue, enqueue_many, new_job, recovery, registry, runner, store
-from jobs.beat import enqueue_tick
-from jobs.creation import IdempotencyConflict
+from jobs import Step, enqueue, enqueue_many, new_job
+from jobs.engine import control, recovery, registry, runner, store
+from jobs.interfaces.beat import enqueue_tick
+from jobs.engine.creation import IdempotencyConflict
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.factories import api_token
 from tests.support import queue_length, redis_client

@@ -14,7 +14,7 @@ from django.utils import timezone
 from conveyor_tasks import compat, results, types
 from examples.djtasks import tasks
 from examples.djtasks.models import Run
-from jobs import recovery, registry, runner, store
+from jobs.engine import recovery, registry, runner, store
 from jobs.models import Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 

@@ -9,8 +9,8 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from jobs import registry
-from jobs.context import Context
+from jobs.engine import registry
+from jobs.engine.context import Context
 from jobs.models import Job, Status
 from subscribers import emit
 from subscribers.models import Delivery, Event, Lane

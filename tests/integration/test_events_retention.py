@@ -13,10 +13,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import registry
-from jobs.context import Context
+from jobs.engine import registry
+from jobs.engine.context import Context
 from jobs.models import FINISHED, Job, Status
-from jobs.schedules import declared
+from jobs.engine.schedules import declared
 from subscribers import emit, replay
 from subscribers.models import Delivery, Event
 from tests.support import redis_client

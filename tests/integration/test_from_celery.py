@@ -14,7 +14,7 @@ from conveyor_celery import AsyncResult, Unsupported, shared_task
 from conveyor_celery.beat import Scheduler
 from conveyor_celery.errors import exception_from
 from examples.celery_django.demoapp.tasks import add, charge, div, fetch, legacy_remember, mul, resize, xsum
-from jobs import runner
+from jobs.engine import runner
 from jobs.models import Chain, Job
 from project import celery_app
 from tests.integration.conftest import RUNNER_IN_PROCESS
@@ -94,7 +94,7 @@ def test_refused_with_a_clear_error():
 
 def test_exceptions_are_rebuilt_from_the_stored_traceback():
     assert type(exception_from("Traceback...\nZeroDivisionError: division by zero")) is ZeroDivisionError
-    assert type(exception_from("...\njobs.registry.Permanent: KeyError: 'k'")) is KeyError
+    assert type(exception_from("...\njobs.engine.registry.Permanent: KeyError: 'k'")) is KeyError
     unknown = exception_from("...\nthirdparty.errors.PaymentDeclined: no funds")
     assert type(unknown).__name__ == "PaymentDeclined" and str(unknown) == "no funds"
 
@@ -129,7 +129,7 @@ def test_a_beat_schedule_entry_of_the_settings_becomes_a_periodic_task_whose_tic
 
 def test_an_app_task_with_the_durable_base_is_a_job_type_too():
     from conveyor_celery import DurableTask
-    from jobs import registry
+    from jobs.engine import registry
 
     @celery_app.task(base=DurableTask, name="demo.app-task", bind=True, max_retries=1)
     def app_task(self, x):

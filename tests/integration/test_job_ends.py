@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from jobs import Step, control, enqueue, recovery, registry, runner, start_chain, store
+from jobs import Step, enqueue, start_chain
+from jobs.engine import control, recovery, registry, runner, store
 from jobs.models import Chain, ChainStatus, Job, Status
-from jobs.registry import Backoff, JobType, Permanent
+from jobs.engine.registry import Backoff, JobType, Permanent
 from tests.integration.conftest import RUNNER_IN_PROCESS
 
 pytestmark = RUNNER_IN_PROCESS
@@ -142,7 +143,7 @@ def test_a_run_of_a_type_without_hook_or_chain_whose_cancel_was_asked_ends_cance
 
 
 def _context(claimed: store.Claimed) -> Any:
-    from jobs.context import Context
+    from jobs.engine.context import Context
 
     return Context(job_id=claimed.id, type=claimed.type, attempt=claimed.attempt, max_attempts=claimed.max_attempts,
                    chain_id=claimed.chain_id, chain_index=claimed.chain_index, parent_id=claimed.parent_id,

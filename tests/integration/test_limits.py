@@ -1,4 +1,4 @@
-"""Limits per job type (jobs.limits), in process on the session's real PostgreSQL and Redis: claims
+"""Limits per job type (jobs.engine.limits), in process on the session's real PostgreSQL and Redis: claims
 through `runner.execute` from threads with their own connections, the relay, the reaper and the
 sweep called directly. What is checked is in the rows: a held row waits with no message and is
 not relayed, an end releases the next one, and rate slots are one interval apart by PostgreSQL's
@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from django.db import connection, connections, transaction
 
-from jobs import enqueue, limits, recovery, registry, runner, store
+from jobs import enqueue
+from jobs.engine import limits, recovery, registry, runner, store
 from jobs.models import Held, Job, RateSlot, Status
-from jobs.registry import JobType
+from jobs.engine.registry import JobType
 from tests.integration.conftest import RUNNER_IN_PROCESS
 
 pytestmark = RUNNER_IN_PROCESS

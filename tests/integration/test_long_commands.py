@@ -9,9 +9,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from jobs import Step, enqueue, enqueue_many, schedules
+from jobs import Step, enqueue, enqueue_many
+from jobs.engine import schedules
 from jobs.models import Job, Status
-from jobs.schedules import Schedule
+from jobs.engine.schedules import Schedule
 from tests.support import redis_client
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

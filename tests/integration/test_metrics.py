@@ -17,7 +17,8 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs import control, enqueue, recovery, registry, runner, store, telemetry
+from jobs import enqueue
+from jobs.engine import control, recovery, registry, runner, store, telemetry
 from jobs.models import Job
 from project.logs import JobContext, JsonFormatter
 from tests.support import redis_client

@@ -91,7 +91,7 @@ def _history(n: int) -> None:
 
 
 def test_operations_page_reads_a_bounded_number_of_rows_with_a_bounded_number_of_queries(admin_client):
-    from jobs.operations import LIMITS
+    from jobs.interfaces.operations import LIMITS
 
     # given more of every list than the page shows
     _history(30)
@@ -188,7 +188,7 @@ def test_sync_schedules_removes_celery_backend_cleanup():
     from django.conf import settings
     from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-    from jobs import schedules
+    from jobs.engine import schedules
     from project.celery import app
 
     assert settings.CELERY_RESULT_EXPIRES is None and app.conf.result_expires is None  # beat adds none

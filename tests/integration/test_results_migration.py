@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from jobs import store
+from jobs.engine import store
 from jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

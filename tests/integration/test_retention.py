@@ -1,4 +1,4 @@
-"""Retention of finished jobs and chains (`conveyor.cleanup`, jobs/housekeeping.py), in process on
+"""Retention of finished jobs and chains (`conveyor.cleanup`, jobs/interfaces/housekeeping.py), in process on
 the session's real PostgreSQL and Redis: the runner runs the cleanup job and the chains' jobs;
 rows are aged with raw SQL (setup: no public call makes a row 30 days old).
 """
@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from jobs import Group, Step, enqueue, runner, start_chain, store
+from jobs import Group, Step, enqueue, start_chain
+from jobs.engine import runner, store
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 

@@ -16,9 +16,9 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs import schedules
+from jobs.engine import schedules
 from jobs.models import Job
-from jobs.schedules import Schedule, ScheduleError
+from jobs.engine.schedules import Schedule, ScheduleError
 from tests.support import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -102,7 +102,7 @@ import json, sys, time
 import django
 django.setup()
 from django_celery_beat.models import PeriodicTask
-from jobs.beat import LeaderScheduler, tick_time
+from jobs.interfaces.beat import LeaderScheduler, tick_time
 from project.celery import app
 at = float(sys.argv[1])
 time.sleep(max(0.0, at - time.time()))

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import Group, InputTooLarge, InvalidJob, Step, enqueue, runner, start_chain
+from jobs import Group, InputTooLarge, InvalidJob, Step, enqueue, start_chain
+from jobs.engine import runner
 from jobs.models import Chain, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 

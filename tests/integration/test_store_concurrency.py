@@ -22,10 +22,11 @@ import pytest
 from django.db import DatabaseError, connections, transaction
 from django.db.models.functions import Now
 
-from jobs import Step, new_job, store
+from jobs import Step, new_job
+from jobs.engine import store
 from jobs.models import Job, Status
-from jobs.ending import How
-from jobs.ending import ended as finished
+from jobs.engine.ending import How
+from jobs.engine.ending import ended as finished
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -1,4 +1,4 @@
-"""The job path's statements are prepared on their connection (jobs.store.prepared), on the session's
+"""The job path's statements are prepared on their connection (jobs.engine.store.prepared), on the session's
 real PostgreSQL: planned once per connection, their errors Django's, inside Django's transactions;
 and DATABASE_PREPARED=false takes Django's own cursors."""
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from django.db import DataError, connections, transaction
 
-from jobs import enqueue, runner, store
+from jobs import enqueue
+from jobs.engine import runner, store
 from jobs.models import Job, Status
 from tests.support import redis_client
 

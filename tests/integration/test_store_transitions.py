@@ -1,6 +1,6 @@
 """Every state transition of a job row, one test each, in process on the session's real PostgreSQL
 and Redis: the runner (`runner.execute`), the reaper, the relay, hand-back and control are called
-directly, no worker process runs. Each test asserts on the rows the job store (jobs.store) wrote.
+directly, no worker process runs. Each test asserts on the rows the job store (jobs.engine.store) wrote.
 
 States a test needs that no public call makes at once (an expired lease, a row that became due)
 are set up with raw SQL on the row: that is setup, not the behaviour under test.
@@ -16,9 +16,10 @@ from typing import Any, Callable
 import pytest
 from django.db import connection, connections
 
-from jobs import Step, enqueue, enqueue_many, start_chain, store
+from jobs import Step, enqueue, enqueue_many, start_chain
+from jobs.engine import store
 import jobs
-from jobs import control, recovery, registry, runner
+from jobs.engine import control, recovery, registry, runner
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import redis_client, wait_for
@@ -554,7 +555,7 @@ def test_a_handler_raising_permanent_is_dead_after_one_attempt_whatever_attempts
     saved = row(job.pk)
     assert (outcome, saved.status, saved.attempt, saved.max_attempts) == ("dead", Status.DEAD, 1, 4)
     assert saved.finished_at is not None and saved.published_at is None
-    assert saved.error.strip().endswith("jobs.registry.Permanent: customer 7 was deleted: nothing to bill")
+    assert saved.error.strip().endswith("jobs.engine.registry.Permanent: customer 7 was deleted: nothing to bill")
     assert runner.execute(job.pk, worker=WORKER) == "skipped"
 
 

@@ -12,10 +12,11 @@ import pytest
 from django.db import connections, transaction
 
 import jobs
-from jobs import control, enqueue, start_chain, store
-from jobs.http import WAIT_MAX
+from jobs import enqueue, start_chain
+from jobs.engine import control, store
+from jobs.interfaces.http import WAIT_MAX
 from jobs.models import Chain, Job, Status
-from jobs.ending import How, ended
+from jobs.engine.ending import How, ended
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -357,7 +358,7 @@ def test_openapi_documents_wait_bounded_on_both_routes(api):
         assert (number["minimum"], number["maximum"]) == (0, WAIT_MAX)
 
 
-# --- A server process's hub: one connection for every wait (jobs/listener.py) -------------------
+# --- A server process's hub: one connection for every wait (jobs/interfaces/listener.py) -------------------
 
 
 def _in_a_thread(action: Callable, *args: object) -> object:
@@ -382,7 +383,7 @@ def _shared_locks() -> int:
 def test_one_hub_holds_one_lock_per_row_for_many_waiters_and_wakes_each_at_its_end():
     import asyncio
 
-    from jobs import listener
+    from jobs.interfaces import listener
 
     first, second = enqueue("examples.echo", {}), enqueue("examples.echo", {})
     attempts = {job.pk: _claim(job).attempt for job in (first, second)}
@@ -414,7 +415,7 @@ def test_one_hub_holds_one_lock_per_row_for_many_waiters_and_wakes_each_at_its_e
 def test_a_hub_whose_connection_is_lost_fails_its_open_waits_and_the_next_wait_reconnects():
     import asyncio
 
-    from jobs import listener
+    from jobs.interfaces import listener
 
     job = enqueue("examples.echo", {})
 

@@ -1,5 +1,5 @@
 """The admin modules load during Django's setup, before the job types register: they must not
-import jobs.http then (it builds the API's request schemas from the registry when imported)."""
+import jobs.interfaces.http then (it builds the API's request schemas from the registry when imported)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,7 @@ from tests.support import ROOT
 PROBE = """
 import django
 django.setup()
-from jobs import http
+from jobs.interfaces import http
 assert "EnqueueExamplesEcho" in repr(http.EnqueueIn), repr(http.EnqueueIn)[:500]
 print("ok")
 """

@@ -1,4 +1,4 @@
-"""What jobs.beat.LeaderScheduler relies on in the pinned Celery and django-celery-beat.
+"""What jobs.interfaces.beat.LeaderScheduler relies on in the pinned Celery and django-celery-beat.
 
 On taking the lead it sets two private attributes to force a full re-read of the schedule; if an
 upgrade renames them, the standby that takes over would fire from stale state. These tests fail
@@ -11,7 +11,7 @@ import inspect
 from celery import beat
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from jobs.beat import LeaderScheduler
+from jobs.interfaces.beat import LeaderScheduler
 
 
 def test_database_scheduler_rereads_every_entry_when_initial_read_is_set():

@@ -1,4 +1,4 @@
-"""jobs.decisions: what an end, a retry, a backoff and a rate slot decide, over plain values.
+"""jobs.engine.decisions: what an end, a retry, a backoff and a rate slot decide, over plain values.
 
 No server: each test calls a pure function and reads its answer (the statements that apply the
 answers are tested against PostgreSQL in tests/integration/)."""
@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import pytest
 
-from jobs import decisions
-from jobs.decisions import GroupEnd
+from jobs.engine import decisions
+from jobs.engine.decisions import GroupEnd
 
 
 class End(NamedTuple):

@@ -1,8 +1,8 @@
 """The project's modules import each other without a cycle, imports inside functions included.
 
 A cycle means two modules that cannot be understood, or loaded, one without the other; hiding one
-side of it inside a function only defers the problem (jobs.publish -> jobs.tasks -> jobs.runner ->
-jobs.publish was such a loop). Imports under `if TYPE_CHECKING:` are for type checkers only.
+side of it inside a function only defers the problem (jobs.engine.publish -> jobs.tasks -> jobs.engine.runner ->
+jobs.engine.publish was such a loop). Imports under `if TYPE_CHECKING:` are for type checkers only.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            # `from jobs import store` imports the submodule jobs.store when there is one.
+            # `from jobs.engine import store` imports the submodule jobs.engine.store when there is one.
             candidates = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue

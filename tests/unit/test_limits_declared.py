@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import registry
-from jobs.registry import ImproperlyDeclared, JobType, Rate, job_type, parse_rate
+from jobs.engine import registry
+from jobs.engine.registry import ImproperlyDeclared, JobType, Rate, job_type, parse_rate
 
 
 def handler(ctx, data):

@@ -1,7 +1,7 @@
-"""jobs.publish.batches: how jobs published together are grouped into Celery messages."""
+"""jobs.engine.publish.batches: how jobs published together are grouped into Celery messages."""
 from __future__ import annotations
 
-from jobs.publish import PER_MESSAGE, SPREAD, Message, batches
+from jobs.engine.publish import PER_MESSAGE, SPREAD, Message, batches
 
 
 def messages(n: int, type_name: str = "examples.echo", queue: str = "default", priority: int = 5, start: int = 1) -> list[Message]:

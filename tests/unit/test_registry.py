@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from jobs import registry
-from jobs.registry import Backoff, ImproperlyDeclared, InvalidJob, JobType
+from jobs.engine import registry
+from jobs.engine.registry import Backoff, ImproperlyDeclared, InvalidJob, JobType
 
 
 class Point(BaseModel):

@@ -1,7 +1,7 @@
 """The supervisor's decision when it hands a child's jobs back: drained on purpose, or crashed.
 
 Real child processes (a Python one-liner each), no database: what is checked is what the
-supervisor tells its `on_killed` (jobs.recovery.hand_back counts the attempts of a crash, and
+supervisor tells its `on_killed` (jobs.engine.recovery.hand_back counts the attempts of a crash, and
 gives them back only after a drain it asked for).
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from celery.schedules import crontab
 
-from jobs.beat import tick_time
+from jobs.interfaces.beat import tick_time
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -48,13 +48,13 @@ def test_crontab_tick_is_exact_to_the_second():
 def fires(hour: int, minute: int, start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
     """(moment fired, nominal tick) of a daily crontab at `hour:minute` in Paris, as beat would
     fire it between `start` and `end` (UTC): a schedule row (django-celery-beat's CrontabSchedule,
-    its TzAwareCrontab), beat's entry of it (jobs.beat.LeaderScheduler.Entry), asked whether it is
+    its TzAwareCrontab), beat's entry of it (jobs.interfaces.beat.LeaderScheduler.Entry), asked whether it is
     due on a clock that moves as beat sleeps (as long as the entry says, an hour at most); each
-    time it is due, the tick is written under jobs.beat.tick_time and the run recorded, as beat
+    time it is due, the tick is written under jobs.interfaces.beat.tick_time and the run recorded, as beat
     does."""
     from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-    from jobs.beat import LeaderScheduler
+    from jobs.interfaces.beat import LeaderScheduler
     from project import celery_app
 
     cron = CrontabSchedule(minute=str(minute), hour=str(hour), timezone="Europe/Paris")

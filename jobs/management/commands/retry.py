@@ -1,6 +1,6 @@
 """`manage.py retry --status dead [--type T] [--limit N]`: retry many ended jobs, showing progress.
 
-Each job is retried as from the admin or the API (jobs.control.retry: a fresh budget of attempts,
+Each job is retried as from the admin or the API (jobs.engine.control.retry: a fresh budget of attempts,
 its chain reopened), one transaction each, so an interrupted run leaves every job either retried
 or as it was.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import control
+from jobs.engine import control
 from jobs.models import Job, Status
-from jobs.progress import Progress
+from jobs.interfaces.progress import Progress
 
 RETRYABLE = (Status.DEAD, Status.FAILED, Status.CANCELLED)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import schedules
-from jobs.progress import Progress
+from jobs.engine import schedules
+from jobs.interfaces.progress import Progress
 
 
 class Command(BaseCommand):

@@ -18,8 +18,8 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import registry
-from jobs.recovery import hand_back
+from jobs.engine import registry
+from jobs.engine.recovery import hand_back
 from project import env as environment
 from project import release, roles
 from project.supervisor import Child, Supervisor

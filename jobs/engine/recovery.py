@@ -3,7 +3,7 @@
 - The relay publishes due rows never published (delays, retries after backoff, reaped rows) and
   re-sends rows published long ago and still unclaimed (their message may be lost).
 - The reaper settles running rows whose lease expired: their worker died (a job of a type with a
-  concurrency limit frees its slot then: jobs.limits.release).
+  concurrency limit frees its slot then: jobs.engine.limits.release).
 - Hand-back returns the running rows of a worker known to be gone (the supervisor killed its
   whole process tree) at once, without waiting for the leases: the attempt given back when the
   supervisor stopped it on purpose (a drain), counted when it crashed.
@@ -20,9 +20,9 @@ from typing import Iterable
 from django.conf import settings
 from django.db import connections, transaction
 
-from jobs import limits, registry, store, telemetry
-from jobs.ending import How, ended
-from jobs.publish import publish, queue_depths
+from jobs.engine import limits, registry, store, telemetry
+from jobs.engine.ending import How, ended
+from jobs.engine.publish import publish, queue_depths
 
 log = logging.getLogger("conveyor.recovery")
 

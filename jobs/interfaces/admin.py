@@ -13,11 +13,11 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from jobs import control
-from jobs.chainview import chain_view
-from jobs.creation import MAX_MEMBERS
+from jobs.engine import control
+from jobs.engine.chainview import chain_view
+from jobs.engine.creation import MAX_MEMBERS
 from jobs.models import RUNNABLE, Chain, Job, Status
-from jobs.permissions import can_operate
+from jobs.interfaces.permissions import can_operate
 
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
 #: Members of each group listed on a chain's page at a time (`?members_from=` pages through).
@@ -63,7 +63,7 @@ class ReadOnly:
 
 class Operate:
     """A ModelAdmin whose actions declare `permissions=["operate"]`: Django shows and runs such an
-    action only when `has_operate_permission` says yes (jobs.permissions)."""
+    action only when `has_operate_permission` says yes (jobs.interfaces.permissions)."""
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return can_operate(request)
@@ -237,7 +237,7 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
 
     @admin.display(description="steps")
     def plan(self, chain: Chain) -> str:
-        """Every planned step, with or without a job yet, as jobs.chainview.chain_view computes it:
+        """Every planned step, with or without a job yet, as jobs.engine.chainview.chain_view computes it:
         a group step with its members counted by status and one page of them (`?members_from=`)."""
         members_from = getattr(chain, "members_from", 0)
 
@@ -296,8 +296,8 @@ from django.utils import timezone  # noqa: E402
 from django_celery_beat.admin import PeriodicTaskAdmin  # noqa: E402
 from django_celery_beat.models import PeriodicTask  # noqa: E402
 
-from jobs.creation import platform_key  # noqa: E402
-from jobs.schedules import PREFIX  # noqa: E402
+from jobs.engine.creation import platform_key  # noqa: E402
+from jobs.engine.schedules import PREFIX  # noqa: E402
 
 
 def _permitted(name: str, *permissions: str) -> Callable[..., None]:

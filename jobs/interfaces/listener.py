@@ -1,6 +1,6 @@
 """Waiting for ends inside an HTTP server process: ONE PostgreSQL connection listens for all.
 
-`jobs/waiting.py` gives each sync caller (`jobs.wait` in a worker or a script) a connection of
+`jobs/engine/waiting.py` gives each sync caller (`jobs.wait` in a worker or a script) a connection of
 its own. A server cannot afford that: every open `?wait=` would hold a connection (and, under
 sync workers, the worker itself). Here each event loop (one per ASGI server process) has one
 `Hub`: one autocommit psycopg connection that
@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import psycopg
 from django.db import connections
 
-from jobs import store
+from jobs.engine import store
 from jobs.models import Chain, Job
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ page stays fast however large the finished history is.
 
 Who sees what: the page needs jobs.view_job (it shows jobs and their errors), its chains and
 events sections their own view permissions, and retrying or cancelling jobs.operate
-(jobs.permissions), the Retry buttons shown only to those who have it.
+(jobs.interfaces.permissions), the Retry buttons shown only to those who have it.
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from jobs import control, publish, registry
-from jobs.chainview import chain_view
+from jobs.engine import control, publish, registry
+from jobs.engine.chainview import chain_view
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
-from jobs.permissions import OPERATE, can_operate
+from jobs.interfaces.permissions import OPERATE, can_operate
 
 WINDOW = dt.timedelta(minutes=5)
 LIMITS = {"workers": 200, "dead": 20, "chains": 8, "members": 10, "events": 10, "deliveries": 20}
@@ -116,7 +116,7 @@ def throughput(now: dt.datetime) -> list[dict[str, Any]]:
 
 
 def limit_rows() -> list[dict[str, Any]]:
-    """Every job type with limits (jobs.limits): its limits, its running jobs (job_running_idx),
+    """Every job type with limits (jobs.engine.limits): its limits, its running jobs (job_running_idx),
     the rows waiting for a slot (job_waiting_idx, job_waiting_key_idx) and those booked on a rate
     slot (job_unpublished_idx)."""
     types = [jt for jt in registry.all_types() if jt.limited]

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from jobs import registry, store
-from jobs.ending import How, ended
+from jobs.engine import registry, store
+from jobs.engine.ending import How, ended
 from jobs.models import Job
-from jobs.publish import Message, publish_on_commit
+from jobs.engine.publish import Message, publish_on_commit
 
 
 def cancel(job: Job) -> bool:

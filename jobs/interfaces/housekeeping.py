@@ -6,9 +6,9 @@ import datetime as dt
 from django.conf import settings
 from django.utils import timezone
 
-from jobs.context import Context
-from jobs.registry import job_type
-from jobs.schedules import Schedule
+from jobs.engine.context import Context
+from jobs.engine.registry import job_type
+from jobs.engine.schedules import Schedule
 
 
 @job_type("conveyor.cleanup", queue="default", timeout=300, schedule=Schedule(every=60))
@@ -19,7 +19,7 @@ def cleanup(ctx: Context, data: dict) -> dict:
     a chain that still runs is never deleted from under its group's fan-in.
     Old finished rows slow every scan of the jobs table (docs/architecture.md, "Guarantees").
     """
-    from jobs import store
+    from jobs.engine import store
 
     cutoff = timezone.now() - dt.timedelta(days=int(settings.CONVEYOR["RETENTION_DAYS"]))
     deleted = 0

@@ -33,9 +33,9 @@ import time
 from django.conf import settings
 from django.db import transaction
 
-from jobs import decisions, registry, store
+from jobs.engine import decisions, registry, store
 from jobs.models import Held
-from jobs.publish import publish_on_commit
+from jobs.engine.publish import publish_on_commit
 
 log = logging.getLogger("conveyor.limits")
 

@@ -4,7 +4,7 @@ A worker that receives a job id claims the row (store.claim: SKIP LOCKED, runnab
 commits a lease; it runs the handler outside any transaction while the heartbeat extends the
 lease, then records the outcome and the chain's next step in one transaction, publishing after
 commit. An outcome names the attempt it belongs to: a run whose lease was taken over records
-nothing. Every statement is the job store's (jobs.store).
+nothing. Every statement is the job store's (jobs.engine.store).
 """
 from __future__ import annotations
 
@@ -22,18 +22,18 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs import limits, registry, store, telemetry
-from jobs.context import Context
-from jobs.ending import How, Success, ended
+from jobs.engine import limits, registry, store, telemetry
+from jobs.engine.context import Context
+from jobs.engine.ending import How, Success, ended
 from jobs.models import Status
-from jobs.publish import HARD_LIMIT_GRACE
+from jobs.engine.publish import HARD_LIMIT_GRACE
 
 log = logging.getLogger("conveyor.runner")
 
 #: How long an outcome is retried while PostgreSQL is away before the run gives up on recording
 #: it (the lease then lapses and the reaper runs the job again).
 OUTCOME_RETRY_SECONDS = 30.0
-#: True in a prefork pool process (set by jobs.signals on worker_process_init): Celery enforces
+#: True in a prefork pool process (set by jobs.interfaces.signals on worker_process_init): Celery enforces
 #: the time limits there. The threads and solo pools ignore them, so the runner enforces them.
 POOL_ENFORCES_TIME_LIMITS = False
 
@@ -51,7 +51,7 @@ class Outcome(str):
     """What `execute` returns: the status ("succeeded", "failed", "dead", "cancelled", "lost",
     "skipped", or "held" by its type's limits, the reason as `error`), a str as ever, with the
     attempt it belongs to and a failure's error, for what a
-    monitor shows (jobs.monitoring) without reading the row again."""
+    monitor shows (jobs.interfaces.monitoring) without reading the row again."""
 
     attempt: int | None
     max_attempts: int | None

@@ -19,13 +19,13 @@ from typing import Any, Iterable
 from django.db import transaction
 
 from api.errors import Conflict
-from jobs import registry, store
+from jobs.engine import registry, store
 from jobs.models import Chain, Job
-from jobs.publish import Message, publish_on_commit
+from jobs.engine.publish import Message, publish_on_commit
 
 
 #: Idempotency keys the platform makes itself (schedule ticks, event deliveries) start with this.
-#: An HTTP client's may not (jobs.http), so no client can take a key a tick or a delivery needs;
+#: An HTTP client's may not (jobs.interfaces.http), so no client can take a key a tick or a delivery needs;
 #: code may, to derive keys from `ctx.idempotency_key` (a delivery's handler enqueueing a job).
 PLATFORM_KEY_PREFIX = "conveyor:"
 

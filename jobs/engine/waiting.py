@@ -13,7 +13,7 @@ listens on the channel that every statement ending a job or a chain notifies at 
 
 One connection per wait, closed when it ends: for sync callers (a worker's code, a script), which
 wait one at a time. An HTTP server does not wait here: each of its processes waits for all its
-requests on one listening connection (jobs/listener.py), the same three steps per waiter.
+requests on one listening connection (jobs/interfaces/listener.py), the same three steps per waiter.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import psycopg
 import psycopg.errors
 from django.db import connections
 
-from jobs import store
+from jobs.engine import store
 from jobs.models import FINISHED, Chain, ChainStatus, Job
 
 M = TypeVar("M", Job, Chain)
@@ -63,7 +63,7 @@ def wait(job: Job | int, timeout: float) -> Job:
 def wait_chain(chain: Chain | int, timeout: float) -> Chain:
     """Block until the chain has ended (succeeded; failed when a step died; cancelled) and return
     it, read again; the same rules as `wait`. A chain that fails ends when its failing step dies,
-    in that step's outcome transaction: its steps are then read with `jobs.http.chain_view` or
+    in that step's outcome transaction: its steps are then read with `jobs.interfaces.http.chain_view` or
     `chain.jobs`."""
     chain_id = chain.pk if isinstance(chain, Chain) else int(chain)
     return _until(CHAIN, Chain, chain_id, timeout, lambda row: row.status != ChainStatus.RUNNING)

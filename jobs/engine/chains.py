@@ -2,7 +2,7 @@
 
 A step is one job or a group of jobs run side by side. Everything here runs inside the
 transaction that records a job's outcome, with the chain's row locked (store.succeed locks it in
-the same statement; jobs.ending through store.chain_step), so the ends of one group's members
+the same statement; jobs.engine.ending through store.chain_step), so the ends of one group's members
 are recorded one after the other. The member whose outcome takes the lock last sees every other
 member's end and releases the next step: no task polls for it, and the next step is inserted
 once whether two members end at the same instant on two workers, a member's message is
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs import decisions, store
-from jobs.creation import step_jobs, submit
+from jobs.engine import decisions, store
+from jobs.engine.creation import step_jobs, submit
 from jobs.models import ChainStatus
 
 
@@ -48,7 +48,7 @@ def member_ended(chain_id: int, index: int, status: str, parent_id: int) -> None
 
     `status` is the chain's, read under its lock: a chain that failed or was cancelled releases
     nothing (its other members were left to finish). In a group that fails on failure, a member
-    that ended badly fails the chain at once (jobs.ending), so only a chain reopened by a retry
+    that ended badly fails the chain at once (jobs.engine.ending), so only a chain reopened by a retry
     gets here with one: it fails again. In a group that collects failures, each such member's
     place holds {"error", "status", "job"} instead of an output."""
     if status != ChainStatus.RUNNING:

@@ -21,7 +21,7 @@ from django.db import DatabaseError, connections
 from django_celery_beat.clockedschedule import clocked
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
-from jobs.schedules import TASK
+from jobs.engine.schedules import TASK
 from project.services import redis_client
 
 log = logging.getLogger("conveyor.beat")
@@ -53,7 +53,7 @@ def tick_time(entry: Any) -> dt.datetime:
 
 def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt.datetime) -> Any:
     """Write the tick's job (or find the one already written for this tick)."""
-    from jobs.creation import Step, enqueue_step, platform_key
+    from jobs.engine.creation import Step, enqueue_step, platform_key
 
     key = platform_key("schedule", schedule_name, at.strftime("%Y-%m-%dT%H:%M:%SZ"))
     return enqueue_step(Step(job_type, data, idempotency_key=key))[0]

@@ -11,7 +11,7 @@ from django.conf import settings
 from pydantic import BaseModel, ValidationError
 
 from api.errors import BadInput, TooLarge
-from jobs import decisions
+from jobs.engine import decisions
 from api.validation import problems
 
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5  # 0 runs first, as in kombu's Redis transport
@@ -109,7 +109,7 @@ class JobType:
     timeout: int = 300
     priority: int = PRIORITY_DEFAULT
     aliases: tuple[str, ...] = ()
-    #: A jobs.schedules.Schedule: synced into django-celery-beat by `manage.py sync_schedules`.
+    #: A jobs.engine.schedules.Schedule: synced into django-celery-beat by `manage.py sync_schedules`.
     schedule: Any = None
     #: Called as on_finish(job_id, status) inside the transaction that records a final outcome
     #: (succeeded, dead or cancelled): the event bus uses it to release a key's next delivery.
@@ -117,7 +117,7 @@ class JobType:
     #: Enqueueable over HTTP (`POST /api/jobs`, a chain's steps). Platform and delivery types
     #: are not: only code enqueues them.
     public: bool = False
-    #: Global limits, over every worker of every host (jobs.limits): at most `rate_limit` starts
+    #: Global limits, over every worker of every host (jobs.engine.limits): at most `rate_limit` starts
     #: (`"20/s"`, parsed into a Rate), `concurrency` running jobs of the type, and
     #: `concurrency_per_key` running jobs of one `limit_key` (given at enqueue). None: no limit.
     rate_limit: Rate | None = None
@@ -130,7 +130,7 @@ class JobType:
 
     @property
     def limited(self) -> bool:
-        """Does a claim of this type go through jobs.limits?"""
+        """Does a claim of this type go through jobs.engine.limits?"""
         return self.rate_limit is not None or self.holds_slots
 
     @property
@@ -328,7 +328,7 @@ def all_types() -> list[JobType]:
 
 
 def limited() -> list[str]:
-    """Names (and aliases) of the types whose claims go through jobs.limits (asked by every
+    """Names (and aliases) of the types whose claims go through jobs.engine.limits (asked by every
     claim: computed once per change of the registry)."""
     global _limited
     if _limited is None:

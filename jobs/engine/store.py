@@ -23,7 +23,7 @@ cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
 Every statement that ends a job (succeeded, dead, cancelled) or a chain also sends
 `pg_notify('conveyor_job_ended' | 'conveyor_chain_ended', '<id>')` in the same statement
 (`NOTIFY_JOB`, `NOTIFY_CHAIN`) when someone waits for it: delivered at commit, dropped with a
-rollback, heard by `jobs/waiting.py`. A waiter holds a shared advisory lock on the id
+rollback, heard by `jobs/engine/waiting.py`. A waiter holds a shared advisory lock on the id
 (`waiter_key`); the ending statement notifies only when it cannot take that lock exclusively. A
 NOTIFY serializes the commits of every transaction that sends one (PostgreSQL holds a
 database-wide lock from the notify queue's insert until after the commit's WAL flush), so ends
@@ -46,9 +46,9 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
-from jobs import decisions
+from jobs.engine import decisions
 from jobs.models import Chain, Job
-from jobs.publish import Message
+from jobs.engine.publish import Message
 
 CLAIMS = "claims"
 
@@ -295,7 +295,7 @@ RETURNING {_CLAIMED}
 
 def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = ()) -> Claimed | None:
     """Take the row for one attempt, or None: locked, finished, cancelled, not yet due, or of
-    one of the `limited` types (whose claims go through jobs.limits and `claim_limited`)."""
+    one of the `limited` types (whose claims go through jobs.engine.limits and `claim_limited`)."""
     with prepared(CLAIMS) as cursor:
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()
@@ -309,7 +309,7 @@ def _claimed(row: Sequence[Any]) -> Claimed:
 
 # --- Limits: a claim of a limited type, its end releasing the next waiting job --------------------
 #
-# jobs.limits decides; these statements run in its transactions. A claim locks the row, then the
+# jobs.engine.limits decides; these statements run in its transactions. A claim locks the row, then the
 # scope (an advisory lock per type, and per type and key), counts the running rows of the scope in
 # a statement of its own (after the lock: it sees every end committed before), and either claims,
 # holds the row (`held`, published_at NULL: the relay leaves it alone) or books a rate slot. A
@@ -366,7 +366,7 @@ def running(type_name: str, key: str | None = None, alias: str = CLAIMS) -> int:
         return cursor.fetchone()[0]
 
 
-# A rate-limited type's two clocks, GCRA's theoretical arrival times (jobs.limits decides): the
+# A rate-limited type's two clocks, GCRA's theoretical arrival times (jobs.engine.limits decides): the
 # next free slot to book (`next_at`), and the earliest next start once the starts so far are
 # counted (`started_next`). A first claim of the type starts both at PostgreSQL's clock. The row
 # stays locked (ON CONFLICT DO UPDATE) until the claim's transaction ends.
@@ -574,7 +574,7 @@ def fail(job_id: int, attempt: int, error: str, delay: float, permanent: bool = 
 # Due rows never published (delayed jobs, retries after backoff, reaped rows, booked rate slots),
 # through job_unpublished_idx; a row waiting for a concurrency slot is not due by time. A booked
 # rate slot's message goes at priority 0, ahead of its queue's backlog: its row has waited its
-# turn already, and a slot missed behind other messages is lost (jobs.limits).
+# turn already, and a slot missed behind other messages is lost (jobs.engine.limits).
 RELAY_DUE_SQL = f"""
 WITH due AS (
   SELECT id FROM jobs_job

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import registry, store
-from jobs.creation import Group, Step, plan_step
+from jobs.engine import registry, store
+from jobs.engine.creation import Group, Step, plan_step
 
 
 @dataclass

@@ -29,7 +29,7 @@ The order, for each end:
    counted here (`telemetry.reaped`, `telemetry.ended`); a run's own (run time, queue wait) are
    counted by `runner.execute` when its outcome has committed (`telemetry.Run.done`).
 
-What each end does to a chain is decided by pure functions (jobs.decisions), unit-tested
+What each end does to a chain is decided by pure functions (jobs.engine.decisions), unit-tested
 without a server.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 from django.db import transaction
 
-from jobs import chains, decisions, limits, registry, store, telemetry
+from jobs.engine import chains, decisions, limits, registry, store, telemetry
 from jobs.models import ChainStatus, Status
 
 

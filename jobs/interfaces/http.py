@@ -23,9 +23,10 @@ from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 from api.auth import OPERATES, READS, WRITES
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
-from jobs import control, listener, registry, store
-from jobs.chainview import MEMBERS_DEFAULT, MEMBERS_MAX, chain_view
-from jobs.creation import MAX_MEMBERS, PLATFORM_KEY_PREFIX, Group, Step, enqueue_step, start_chain
+from jobs.engine import control, registry, store
+from jobs.interfaces import listener
+from jobs.engine.chainview import MEMBERS_DEFAULT, MEMBERS_MAX, chain_view
+from jobs.engine.creation import MAX_MEMBERS, PLATFORM_KEY_PREFIX, Group, Step, enqueue_step, start_chain
 from jobs.models import Chain, Job
 
 router = Router(tags=["jobs"])
@@ -37,7 +38,7 @@ JobId = Path(..., ge=1, le=MAX_ID)
 RESULTS_DEFAULT, RESULTS_MAX = 50, 200
 
 #: The longest `?wait=` (CONVEYOR_WAIT_MAX_SECONDS). A waiting request holds no server worker and
-#: no database connection of its own (jobs/listener.py), but an HTTP client's patience is bounded.
+#: no database connection of its own (jobs/interfaces/listener.py), but an HTTP client's patience is bounded.
 WAIT_MAX = float(settings.CONVEYOR["WAIT_MAX_SECONDS"])
 #: Open waits per bearer token in one server process (CONVEYOR_WAITS_PER_TOKEN); over it: 429.
 WAITS_PER_TOKEN = int(settings.CONVEYOR["WAITS_PER_TOKEN"])
@@ -58,7 +59,7 @@ def _wait_param(what: str, ends: str) -> Any:
 
 async def _wait(request: HttpRequest, kind: tuple[str, str, str], row_id: int, seconds: float | None) -> None:
     """Hold the request until the row ended or `seconds` passed: the process's one listening
-    connection tells (jobs/listener.py). Nothing else is held meanwhile: the connection the
+    connection tells (jobs/interfaces/listener.py). Nothing else is held meanwhile: the connection the
     token's check used goes back first (to the pool: CONN_MAX_AGE=0 under ASGI)."""
     if not seconds:
         return

@@ -2,9 +2,9 @@
 
 The store says *how* a row changes; what an end or a retry does to a chain, how long a retry
 waits and which rate slot a claim gets are decided here, where a unit test can call them with
-plain values (tests/unit/test_decisions.py). Their callers: jobs.ending (a job's end),
-jobs.chains (a group's fan-in), jobs.store.retry (a retry's chain), jobs.limits (rate slots),
-jobs.registry.Backoff (backoff).
+plain values (tests/unit/test_decisions.py). Their callers: jobs.engine.ending (a job's end),
+jobs.engine.chains (a group's fan-in), jobs.engine.store.retry (a retry's chain), jobs.engine.limits (rate slots),
+jobs.engine.registry.Backoff (backoff).
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ class RateSlot(NamedTuple):
 
 def rate_slot(booked: dt.datetime, started: dt.datetime, now: dt.datetime, interval: float,
               burst: float, holds_slot: bool) -> RateSlot:
-    """A claim under a type's rate (jobs.limits): start now, or the slot to book.
+    """A claim under a type's rate (jobs.engine.limits): start now, or the slot to book.
 
     Two GCRA clocks: `booked`, the next free slot, gives each row a slot one interval after the
     last; `started`, the earliest next start counting the starts made, keeps starts from bunching

@@ -11,7 +11,7 @@ Many jobs of one type published at once (enqueue_many, the relay) share messages
 arguments are then several job ids, `(id1, id2, ...)`, which one worker claims and runs one after
 the other (jobs.tasks). A batch is split over at least SPREAD messages, so that as many workers
 can take part, with at most PER_MESSAGE ids each. A batch message carries no Celery time limit:
-the runner enforces each job's own (jobs.runner.TimeLimit).
+the runner enforces each job's own (jobs.engine.runner.TimeLimit).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from django.db import transaction
 
-from jobs import registry
+from jobs.engine import registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from jobs.models import Job

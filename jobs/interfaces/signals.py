@@ -12,7 +12,7 @@ from celery.signals import (
 )
 from django.db import close_old_connections
 
-from jobs import recovery, runner, telemetry
+from jobs.engine import recovery, runner, telemetry
 
 
 @worker_ready.connect

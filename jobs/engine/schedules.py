@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import transaction
 
-#: The task name of Conveyor's beat rows. No Celery task has it: jobs.beat.LeaderScheduler writes
+#: The task name of Conveyor's beat rows. No Celery task has it: jobs.interfaces.beat.LeaderScheduler writes
 #: the tick's job row itself, and a beat run with another scheduler fails loudly on it.
 TASK = "conveyor.tick"
 PREFIX = "conveyor:"
@@ -63,7 +63,7 @@ def declared() -> list[Schedule]:
 
     from django.apps import apps
 
-    from jobs import registry
+    from jobs.engine import registry
 
     found: list[Schedule] = []
     for jt in registry.all_types():
@@ -93,7 +93,7 @@ def _crontab_fields(sched: Schedule) -> dict[str, str]:
 
 
 def validate(sched: Schedule) -> None:
-    from jobs import registry
+    from jobs.engine import registry
 
     if not sched.name:
         raise ScheduleError(f"a schedule of job {sched.job!r} has no name")

@@ -12,11 +12,11 @@ attempt in what the monitor shows:
 - cancelled: REVOKED (a `task-revoked` event, as Celery's own revoke sends), then `Ignore`, which
   Celery acks without a further event;
 - skipped (a duplicate or stale message: nothing claimed): SUCCESS, result "skipped", no query;
-- held by its type's limits (jobs.limits: it waits in the database): SUCCESS, result "job 12 held
+- held by its type's limits (jobs.engine.limits: it waits in the database): SUCCESS, result "job 12 held
   by its type's limits (rate)";
 - lost (the run's lease lapsed; its outcome did not count): FAILURE, `JobFailed("job 12: ...
   lost its lease")`, logged by the runner;
-- a batch message (several jobs, jobs.publish): SUCCESS, the result one line per job, e.g. "job
+- a batch message (several jobs, jobs.engine.publish): SUCCESS, the result one line per job, e.g. "job
   12 attempt 1/4 succeeded; job 13 skipped"; each job's failure is in its row and the log.
 
 The attempt and a failure's error come with the runner's Outcome: no second read of the row.
