@@ -13,6 +13,8 @@ class Unsupported(Exception):
 #: How the handler marks a failure Celery would not retry (a plain exception): the runner sees
 #: `jobs.Permanent`, the row's error ends with this text, which `exception_from` reads back.
 PERMANENT_PREFIX = "jobs.engine.registry.Permanent: "
+#: The same mark in rows failed before the engine moved to jobs/engine/ (jobs.registry then).
+PERMANENT_PREFIXES = (PERMANENT_PREFIX, "jobs.registry.Permanent: ")
 
 
 def exception_from(error: str) -> BaseException:
@@ -21,8 +23,10 @@ def exception_from(error: str) -> BaseException:
     name with its message; an exception class unknown here becomes a new class of the same name."""
     lines = [line for line in error.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "Exception: unknown error"
-    if last.startswith(PERMANENT_PREFIX):
-        last = last[len(PERMANENT_PREFIX):]
+    for prefix in PERMANENT_PREFIXES:
+        if last.startswith(prefix):
+            last = last[len(prefix):]
+            break
     name, _, message = last.partition(": ")
     if " " in name or not name:
         name, message = "Exception", last

@@ -158,3 +158,8 @@ def test_task_routes_by_name_and_by_glob_choose_the_queue(monkeypatch):
     monkeypatch.setitem(celery_app.conf, "task_routes", ["proj.routers.route_task"])
     with pytest.raises(Unsupported, match="router function"):
         _route("other.task", {})
+
+
+def test_a_permanent_failure_stored_before_the_engine_moved_is_rebuilt_as_its_exception():
+    # Rows failed before jobs/registry.py moved to jobs/engine/ name the old module.
+    assert type(exception_from("...\njobs.registry.Permanent: KeyError: 'k'")) is KeyError
