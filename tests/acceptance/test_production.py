@@ -147,7 +147,7 @@ def test_production_redirects_plain_http_except_health_and_metrics(production_se
 
 # What a process of this configuration knows: its apps, job types and subscribers of order.placed.
 KNOWN = (
-    "import json; from django.conf import settings; from jobs import registry; "
+    "import json; from django.conf import settings; from jobs.engine import registry; "
     "from subscribers.registry import matching; "
     "print('KNOWN', json.dumps({'apps': list(settings.INSTALLED_APPS), "
     "'types': [t.name for t in registry.all_types()], "
