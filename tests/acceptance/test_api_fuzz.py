@@ -24,6 +24,7 @@ def test_schemathesis_with_every_check_finds_nothing(live, tmp_path):
     # A `make run` instance as it comes (a server and a worker, every default): `?wait=` holds a
     # request until the job ends or the documented bound (8 s), under schemathesis' 10 s limit
     # on a response (ST112, and its request timeout): the fuzzer's waits cannot time it out.
+    live.grace = 3  # the fuzzer's jobs (sleeps among them) need no drain at the end: 20 s saved
     server = live.start("--no-beat", mode="shared", name="fuzzed")
     run = run_schemathesis(
         server.url("/api/openapi.json"), tmp_path, "--header", f"Authorization: Bearer {api_token()}",
