@@ -117,11 +117,14 @@ class Batch:
             _warn(f"metrics not recorded (Redis): {exc}")
 
 
-def ended(rows: Iterable[Any]) -> None:
+def ended(rows: Iterable[Any], lease_expired: bool = False) -> None:
     """Jobs that ended outside a run (an operator's cancel, a reaper's or hand-back's dead or
-    cancelled row): rows with `type` and `status`. Call after their commit."""
+    cancelled row): rows with `type` and `status`. Call after their commit. `lease_expired`: the
+    reaper's rows, each also counted as a lease that expired."""
     batch = Batch()
     for row in rows:
+        if lease_expired:
+            batch.count("lease_expired", row.type)
         if row.status in ("dead", "cancelled"):
             batch.count("jobs_finished", row.type, row.status)
     batch.send()
@@ -129,12 +132,7 @@ def ended(rows: Iterable[Any]) -> None:
 
 def reaped(rows: Iterable[Any]) -> None:
     """Rows the reaper settled (their lease expired), after their commits."""
-    batch = Batch()
-    for row in rows:
-        batch.count("lease_expired", row.type)
-        if row.status in ("dead", "cancelled"):
-            batch.count("jobs_finished", row.type, row.status)
-    batch.send()
+    ended(rows, lease_expired=True)
 
 
 def resent(messages: Iterable[Any]) -> None:
