@@ -12,6 +12,8 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
+from api.messages import no_route_detail
+
 
 def _as_json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     if (
@@ -23,7 +25,10 @@ def _as_json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
             reason = HTTPStatus(response.status_code).phrase
         except ValueError:
             reason = response.reason_phrase
-        replaced = JsonResponse({"detail": reason.lower()}, status=response.status_code)
+        detail = reason.lower()
+        if response.status_code == 404:  # a path that matches no route (a route's own 404 is JSON already)
+            detail = no_route_detail(request.path, "/auth/docs" if request.path.startswith("/auth/") else "/api/docs")
+        replaced = JsonResponse({"detail": detail}, status=response.status_code)
         for header in ("Allow", "WWW-Authenticate"):
             if header in response:
                 replaced[header] = response[header]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 from ninja.openapi.schema import OpenAPISchema
@@ -13,6 +13,7 @@ from ninja.openapi.schema import OpenAPISchema
 from api import scopes
 from api.auth import TokenAuth
 from api.errors import BadInput, Conflict, TooLarge
+from api.messages import field_message, invalid_detail, not_found_detail
 from api.validation import UNION_TAGS, JsonParser, constrain
 
 
@@ -71,10 +72,31 @@ def _field(error: dict[str, Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def invalid_fields(exc: ValidationError) -> dict[str, str]:
+    """Each wrong field, as the client named it, with its message in plain words (api.messages)."""
+    return {_field(err): field_message(err, UNION_TAGS) for err in exc.errors}
+
+
+def invalid_body(fields: dict[str, str]) -> dict[str, Any]:
+    """A 400's body (docs/errors.md): `detail` in a sentence, `fields` naming each wrong one."""
+    return {"detail": invalid_detail(fields), "fields": fields}
+
+
 @api.exception_handler(ValidationError)
 def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    fields = {_field(err): err.get("msg", "invalid") for err in exc.errors}
-    return api.create_response(request, {"detail": "invalid request", "fields": fields}, status=400)
+    return api.create_response(request, invalid_body(invalid_fields(exc)), status=400)
+
+
+def not_found_body(request: HttpRequest, exc: Http404) -> dict[str, str]:
+    """A 404's body, the same words for every route: `{"detail": "no job 12"}`."""
+    match = getattr(request, "resolver_match", None)
+    ids = [value for value in (match.kwargs.values() if match else ()) if isinstance(value, int)]
+    return {"detail": not_found_detail(str(exc), ids)}
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return api.create_response(request, not_found_body(request, exc), status=404)
 
 
 @api.exception_handler(Conflict)

@@ -23,8 +23,11 @@ class Strict(BaseModel):
 
 
 class Error(Schema):
+    """Every error answer (docs/errors.md): `detail`, a sentence; `fields`, only when fields are
+    at fault, each as the client named it with what is wrong (never `null`)."""
+
     detail: str
-    fields: dict[str, str] | None = None
+    fields: dict[str, str] | None = Field(None, exclude_if=lambda value: value is None)
 
 
 def errors(*codes: int) -> dict[int, type[Error]]:

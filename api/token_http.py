@@ -13,7 +13,7 @@ from typing import Literal
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.signals import user_logged_in
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import ValidationError
 from pydantic import Field
@@ -58,10 +58,16 @@ class TokenOut(Schema):
 
 @auth_api.exception_handler(ValidationError)
 def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    from api.root import _field
+    from api.root import invalid_body, invalid_fields
 
-    fields = {_field(err): err.get("msg", "invalid") for err in exc.errors}
-    return auth_api.create_response(request, {"detail": "invalid request", "fields": fields}, status=400)
+    return auth_api.create_response(request, invalid_body(invalid_fields(exc)), status=400)
+
+
+@auth_api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    from api.root import not_found_body
+
+    return auth_api.create_response(request, not_found_body(request, exc), status=404)
 
 
 @auth_api.post(

@@ -1,0 +1,81 @@
+"""Errors in plain words (issue 26), one shape everywhere (docs/errors.md): `detail`, a sentence,
+and `fields` only when fields are at fault, never `null`; the same 404 words on every route."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_unknown_job_type_is_named_with_its_close_matches_and_the_catalog(api):
+    # when a job of a type nobody declared is enqueued (a typo of examples.echo)
+    status, body = api("post", "/jobs", {"type": "examples.ecko", "input": {}})
+    # then the answer says so in words, with the close matches and where the list is
+    assert status == 400
+    assert body["detail"].startswith("unknown job type 'examples.ecko'; did you mean 'examples.echo'"), body
+    assert "GET /api/types" in body["detail"]
+    assert body["fields"] == {"type": body["detail"]}
+    assert "Input tag" not in json.dumps(body)
+
+
+def test_an_unknown_job_type_far_from_any_has_no_close_match_but_the_catalog(api):
+    status, body = api("post", "/jobs", {"type": "nope.nothing", "input": {}})
+    assert status == 400
+    assert body["detail"] == "unknown job type 'nope.nothing' (the job types: GET /api/types)"
+
+
+def test_an_unknown_step_type_in_a_chain_names_the_step(api):
+    status, body = api("post", "/chains", {"steps": [{"type": "examples.echo"}, {"type": "examples.pong"}]})
+    assert status == 400
+    assert body["fields"]["steps.1.type"].startswith("unknown job type 'examples.pong'; did you mean 'examples.ping'")
+    assert body["detail"].startswith("steps.1.type: unknown job type 'examples.pong'")
+
+
+def test_a_missing_type_says_the_field_type_is_required(api):
+    status, body = api("post", "/jobs", {"input": {}})
+    assert status == 400
+    assert body["fields"] == {"type": "the field `type` is required: the name of a job type (GET /api/types)"}
+    assert "discriminator" not in json.dumps(body)
+
+
+def test_a_type_that_fans_out_as_a_groups_member_is_not_called_unknown(api):
+    step = {"group": [{"type": "examples.fan-out", "input": {"n": 1}}]}
+    status, body = api("post", "/chains", {"steps": [step]})
+    assert status == 400
+    assert body["fields"]["steps.0.group.0.type"] == (
+        "job type 'examples.fan-out' cannot be used here (a group's member must not continue or fan out)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "detail"),
+    [("/api/jobs/987654321", "no job 987654321"), ("/api/chains/987654321", "no chain 987654321"),
+     ("/api/events/987654321", "no event 987654321")],
+)
+def test_a_missing_row_is_404_in_the_same_words_on_every_route(api, path, detail):
+    status, body = api("get", path.removeprefix("/api"))
+    assert (status, body) == (404, {"detail": detail})
+
+
+@pytest.mark.parametrize(("path", "docs"), [("/api/nope", "/api/docs"), ("/auth/nope", "/auth/docs")])
+def test_a_path_no_route_answers_is_404_naming_it_and_the_routes(api, path, docs):
+    response = Client().get(path)
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"not found: no route {path} (the routes: {docs})"}
+
+
+def test_auth_errors_carry_no_null_fields(django_user_model):
+    # given a user, and a wrong password for it
+    django_user_model.objects.create_user("plain@example.com", "plain@example.com", "a-good-password")
+    response = Client().post("/auth/token", {"email": "plain@example.com", "password": "wrong"}, content_type="application/json")
+    # then the 401 is the one error shape: a detail, no `fields` at all (never null)
+    assert response.status_code == 401
+    assert response.json() == {"detail": "wrong email or password"}
+    # and a 400 names its fields
+    missing = Client().post("/auth/token", {}, content_type="application/json")
+    assert missing.status_code == 400
+    assert set(missing.json()["fields"]) == {"email", "password"}
+    assert missing.json()["detail"] == "invalid request: 2 fields are wrong (email, password)"
