@@ -274,6 +274,8 @@ def setup_django(folder: Path) -> None:
     # paths), and the supervisors' state files.
     os.environ["CONVEYOR_DATA"] = str(folder / "data")
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    # The benchmarks' own subscribers (bench.fanout-*), here and in every process started from here.
+    os.environ["CONVEYOR_BENCH"] = "true"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
 

@@ -145,7 +145,9 @@ def succeeded_jobs() -> int:
 # --- Phases -------------------------------------------------------------------------------------
 
 
-SKIPPED = "s: 'skipped'"  # Celery's log line for a run_job that found nothing to claim
+# Celery's log line for a run_job that found nothing to claim (jobs.interfaces.monitoring.skipped:
+# `Ignore`, logged "Task examples.echo[<id>] ignored"; a cancel ends so too, none here).
+SKIPPED = "] ignored"
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from jobs import Context, enqueue
 from jobs.engine.registry import Backoff
 from subscribers import EventData, subscriber
@@ -74,6 +75,8 @@ def _noop(ctx: Context, event: EventData) -> None:
     return None
 
 
-# Three no-op subscribers of bench.fanout: the event benchmark's fan-out.
-for _n in (1, 2, 3):
-    subscriber("bench.fanout", name=f"bench.fanout-{_n}", queue="default")(_noop)
+# Three no-op subscribers of bench.fanout: the event benchmark's fan-out, declared only in the
+# benchmark's processes (CONVEYOR_BENCH, set by bench/common.py): not in the development catalog.
+if settings.BENCH:
+    for _n in (1, 2, 3):
+        subscriber("bench.fanout", name=f"bench.fanout-{_n}", queue="default")(_noop)

@@ -34,7 +34,7 @@ CLAIM_BACKOFF_START, CLAIM_BACKOFF_MAX = 0.2, 2.0
 # Monitors see the job (jobs.interfaces.monitoring): its FAILURE (JobFailed, after the outcome is committed)
 # is acked like a success, and logged by Celery at INFO without a traceback (`throws`).
 @shared_task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-             acks_on_failure=True, throws=(JobFailed,))
+             acks_on_failure=True, throws=(JobFailed,), Request="jobs.interfaces.monitoring:Request")
 @reported
 def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN001 - Celery's bound task
     """Run the job a message names; a batch message names several, run one after the other

@@ -87,6 +87,9 @@ CACHES = {"default": connections.cache_settings(REDIS_URL)}
 # The demo slice (examples/: job types, subscribers, a schedule, their tables) is installed in
 # development and tests; in production only on request.
 DEMO = env.get_bool("CONVEYOR_DEMO", default=not PRODUCTION)
+# The benchmarks' own subscribers (bench.fanout-1/2/3, examples/subscribers.py): declared only in the
+# processes a benchmark starts (bench/common.py sets CONVEYOR_BENCH), never in `make run`'s catalog.
+BENCH = env.get_bool("CONVEYOR_BENCH", default=False)
 # Test-only apps (their job types, subscribers and tables), named by the processes a test starts:
 # CONVEYOR_TEST_APPS=hosts for the multi-host chaos run (hosts/). Never in production.
 TEST_APPS = env.get_list("CONVEYOR_TEST_APPS")
@@ -136,6 +139,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "project.static.WhiteNoise",  # whitenoise's, able to run on the event loop (async views)
     "corsheaders.middleware.CorsMiddleware",
+    "api.middleware.pretty_json",  # outside json_errors: ?pretty indents error answers too
     "api.middleware.json_errors",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

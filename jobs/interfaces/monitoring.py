@@ -11,13 +11,22 @@ attempt in what the monitor shows:
   after a success: nothing is redelivered, nothing runs twice. The one ERROR line is this module's;
 - cancelled: REVOKED (a `task-revoked` event, as Celery's own revoke sends), then `Ignore`, which
   Celery acks without a further event;
-- skipped (a duplicate or stale message: nothing claimed): SUCCESS, result "skipped", no query;
+- skipped (a duplicate or stale message, or the message of a job cancelled before it ran: nothing
+  claimed): SKIPPED, never SUCCESS (Flower's "Succeeded" counts `task-succeeded` events: 1,887
+  "succeeded" cancelled jobs once read as work done). A `task-skipped` event (Celery's event state
+  takes an unknown event type as a state of that name, shown grey, counted in no column), then
+  `Ignore`, which Celery acks without a further event; no query;
 - held by its type's limits (jobs.engine.limits: it waits in the database): SUCCESS, result "job 12 held
   by its type's limits (rate)";
 - lost (the run's lease lapsed; its outcome did not count): FAILURE, `JobFailed("job 12: ...
   lost its lease")`, logged by the runner;
 - a batch message (several jobs, jobs.engine.publish): SUCCESS, the result one line per job, e.g. "job
-  12 attempt 1/4 succeeded; job 13 skipped"; each job's failure is in its row and the log.
+  12 attempt 1/4 succeeded; job 13 skipped"; each job's failure is in its row and the log; a
+  batch whose every job was skipped: SKIPPED.
+
+A FAILURE shows its run time as a SUCCESS does: Celery's `task-failed` event carries none (the
+worker's main process drops the pool's run time on a failure), so the task's Request class
+(`Request`, below) adds it.
 
 The attempt and a failure's error come with the runner's Outcome: no second read of the row.
 """
@@ -25,10 +34,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+import time
+from typing import Any, Callable
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.worker.request import Request as CeleryRequest
 
 log = logging.getLogger("conveyor.tasks")
 
@@ -48,7 +59,10 @@ def reported(run: Callable[..., str]) -> Callable[..., str]:
         outcome = run(self, job_id, *more_ids)
         if not more_ids:
             return report(self, int(job_id), outcome)
-        return "; ".join(describe(int(one), status) for one, status in zip((job_id, *more_ids), outcome, strict=True))
+        summary = "; ".join(describe(int(one), status) for one, status in zip((job_id, *more_ids), outcome, strict=True))
+        if all(status == "skipped" for status in outcome):
+            skipped(self, summary)
+        return summary
 
     return task
 
@@ -69,7 +83,7 @@ def describe(job_id: int, status: str) -> str:
 def report(task: Task, job_id: int, status: str) -> str:
     """Return the task's result for a success; raise what makes the task FAILURE or REVOKED."""
     if status == "skipped":
-        return status  # nothing was claimed: the same quiet line as ever
+        skipped(task, f"job {job_id} skipped: not runnable now (a duplicate message, or cancelled, ended or not yet due)")
     if status == "held":
         return _held(job_id, status)
     if status == "lost":
@@ -103,6 +117,30 @@ def revoked(task: Task, summary: str) -> None:
     except Exception as exc:  # display only: the outcome is committed
         log.warning("%s; the task-revoked event was not sent: %s", summary, exc)
     log.info("%s", summary)
+
+
+def skipped(task: Task, summary: str) -> None:
+    """End the task SKIPPED for a monitor: a `task-skipped` event, then Ignore (acked, no other
+    event). Nothing was claimed, so nothing is lost: the row is the record either way."""
+    if task.send_events:
+        try:
+            task.send_event("task-skipped", retry=False, result=summary)
+        except Exception as exc:  # display only
+            log.warning("%s; the task-skipped event was not sent: %s", summary, exc)
+    raise Ignore(summary)
+
+
+class Request(CeleryRequest):
+    """The worker's request of `conveyor.run`: its `task-failed` event carries the run time, as
+    `task-succeeded` does (Celery sends none with a failure: Flower's FAILURE rows had no runtime).
+
+    The time from the pool's acceptance of the task to its end, measured in the worker's main
+    process (the pool's own measure is not passed on for a failure)."""
+
+    def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
+        if type == "task-failed" and "runtime" not in fields and self.time_start:
+            fields["runtime"] = max(0.0, time.time() - self.time_start)
+        super().send_event(type, **fields)
 
 
 def _held(job_id: int, status: str) -> str:

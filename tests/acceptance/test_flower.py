@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.db import transaction
 
 from jobs import Step, enqueue, start_chain
 from jobs.engine.control import cancel
@@ -90,7 +91,7 @@ def final(base: str, job_id: int, state: str) -> dict:
     """The task of `job_id` that ran (not a skipped duplicate) once Flower shows it in `state`,
     read from /api/task/info."""
     def seen() -> dict | None:
-        found = [t for t in tasks_of(base, job_id) if t["state"] == state and t["result"] != "'skipped'"]
+        found = [t for t in tasks_of(base, job_id) if t["state"] == state]
         return found[0] if found else None
     task = wait_for(seen, 30, interval=0.2, what=f"flower to show job {job_id}'s task as {state}")
     return flower_json(f"{base}/api/task/info/{task['uuid']}")
@@ -133,6 +134,10 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     wait_job(flaky.pk, Status.SUCCEEDED, 30)
     # and a duplicate message of the succeeded job arrives (it claims nothing)
     assert publish([Message.of(Job.objects.get(pk=echo.pk))]) == 1
+    # and a job is cancelled before it ran: its message arrives after the cancel (on commit)
+    with transaction.atomic():
+        never = enqueue("examples.ping", {})
+        assert cancel(Job.objects.get(pk=never.pk)) is True
     # and a job is cancelled while it runs
     sleeper = enqueue("examples.sleep", {"seconds": 30})
     wait_for(lambda: Job.objects.filter(pk=sleeper.pk, status=Status.RUNNING).exists(), 30, what="examples.sleep to run")
@@ -160,9 +165,19 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     assert retried[0]["exception"].startswith(f"JobFailed('job {flaky.pk} attempt 1/2 failed (retried later): RuntimeError:")
     assert retried[1]["result"] == f"'job {flaky.pk} attempt 2/2 succeeded'"
 
+    # and a FAILURE shows its run time, as a SUCCESS does (issue 26: FAILURE rows had none)
+    assert isinstance(dead["runtime"], float) and 0 < dead["runtime"] < 30, dead["runtime"]
+
+    # and neither the duplicate message nor the cancelled job's reads as a success (issue 26): SKIPPED,
+    # counted in no column of Flower's (its "Succeeded" counts task-succeeded events)
     echo_runs = sorted(wait_for(lambda: len(tasks_of(flower, echo.pk)) == 2 and tasks_of(flower, echo.pk), 30,
                                 what="flower to show the duplicate message of the echo job"), key=lambda t: t["received"])
-    assert [(t["name"], t["state"], t["result"]) for t in echo_runs][1] == ("examples.echo", "SUCCESS", "'skipped'")
+    duplicate = echo_runs[1]
+    assert (duplicate["name"], duplicate["state"]) == ("examples.echo", "SKIPPED"), duplicate
+    assert duplicate["result"].startswith(f"job {echo.pk} skipped: not runnable now"), duplicate
+    assert final(flower, never.pk, "SKIPPED")["name"] == "examples.ping"
+    events = http_get(f"{flower}/metrics")[1].decode()
+    assert 'task="examples.echo",type="task-skipped"' in events.replace("'", '"') or "task-skipped" in events
 
     stopped = final(flower, sleeper.pk, "REVOKED")
     print("REVOKED", json.dumps(stopped, indent=1, sort_keys=True))

@@ -6,6 +6,7 @@ migrate once; a server or worker refuses to start with migrations pending, and s
 release step has run."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
@@ -75,7 +76,7 @@ def test_two_release_steps_at_once_both_succeed_and_migrate_once(empty_database)
     assert "another release holds the lock" not in first[1]
     assert "No migrations to apply." in second[0], second[0]
     # and it took the lock only once the first had recorded its last migration
-    took_at = float(re.search(r"lock taken after [0-9.]+s \(at ([0-9.]+)\)", second[1]).group(1))
+    took_at = dt.datetime.fromisoformat(re.search(r"lock taken after [0-9.]+s \(at ([^)]+)\)", second[1]).group(1)).timestamp()
     with psycopg.connect(empty_database) as conn:
         last_applied = conn.execute("SELECT extract(epoch FROM max(applied)) FROM django_migrations").fetchone()[0]
     assert took_at >= float(last_applied), (took_at, last_applied)

@@ -7,6 +7,8 @@ import json
 import pytest
 from django.test import Client
 
+from tests.support import api_client
+
 pytestmark = pytest.mark.django_db
 
 
@@ -79,3 +81,55 @@ def test_auth_errors_carry_no_null_fields(django_user_model):
     assert missing.status_code == 400
     assert set(missing.json()["fields"]) == {"email", "password"}
     assert missing.json()["detail"] == "invalid request: 2 fields are wrong (email, password)"
+
+
+# --- The first minutes: pretty JSON when asked, the development catalog, a pasteable login --------
+
+
+def test_pretty_indents_the_answer_and_a_strict_query_does_not_refuse_it():
+    # given a route whose query schema refuses unknown parameters
+    client = api_client()
+    # when a person asks for the list with ?pretty
+    response = client.get("/api/jobs?pretty&limit=2")
+    # then it answers, indented, the parameter taken off before the route saw it
+    assert response.status_code == 200, response.content
+    assert response.content.startswith(b'{\n  "items": [')
+    assert json.loads(response.content) == json.loads(client.get("/api/jobs?limit=2").content)
+    # and without it the answer stays one line (programs)
+    assert b"\n" not in client.get("/api/jobs?limit=2").content.strip()
+
+
+def test_a_browser_gets_indented_json_errors_too():
+    response = Client().get("/api/jobs", HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8")
+    assert response.status_code == 401
+    assert response.content.startswith(b'{\n  "detail": ')
+
+
+def test_the_development_catalog_lists_no_benchmark_subscriber(api):
+    status, subscribers = api("get", "/subscribers")
+    assert status == 200
+    names = [s["name"] for s in subscribers]
+    assert "shop.audit" in names
+    assert not [name for name in names if name.startswith("bench.")], names
+    status, types = api("get", "/types")
+    assert not [t["name"] for t in types if "bench." in t["name"]]
+
+
+def test_the_readmes_login_survives_a_paste_its_password_from_the_environment_or_stdin(monkeypatch):
+    import io
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    # given a password in the environment (the README's block), stdin not a terminal (a paste)
+    monkeypatch.setenv("CONVEYOR_USER_PASSWORD", "pasted-password")
+    monkeypatch.setattr("sys.stdin", io.StringIO("the next pasted line\n"))
+    call_command("user", "--email", "paste@example.com", "--superuser")
+    user = get_user_model().objects.get(username="paste@example.com")
+    assert user.check_password("pasted-password") and user.is_superuser
+    # and a script's password on stdin, never on the command line
+    monkeypatch.delenv("CONVEYOR_USER_PASSWORD")
+    monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin-pw\nignored\n"))
+    call_command("user", "--email", "paste@example.com", "--password-stdin")
+    assert get_user_model().objects.get(username="paste@example.com").check_password("from-stdin-pw")
+

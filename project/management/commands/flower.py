@@ -9,6 +9,11 @@ offline for 5 minutes. Workers send task events only when asked (TASK_EVENTS, pr
 the command asks the running ones at once, and Flower asks every 2 s (`--events_enable_interval`),
 so a worker started later shows its tasks within that time.
 
+In development (not production), a Flower with no auth on a loopback address also opens its HTTP
+API (`/api/...`, which its own pages' buttons use): Flower answers it 401 unless
+FLOWER_UNAUTHENTICATED_API is set, while the same Flower's pages are open. The command sets it for
+its child then, and says so in one line; with FLOWER_BASIC_AUTH the API asks for it, as the pages do.
+
 The command then runs `celery -A project flower` as its child and waits for it, rather than
 becoming it (exec): an exec'd process never runs this one's exit handlers, so the embedded
 servers' handles (project/embedded.py, development) were never released and the embedded
@@ -39,6 +44,19 @@ def flower_argv() -> list[str]:
     address = env.get("FLOWER_ADDRESS", "127.0.0.1") or "127.0.0.1"
     port = env.get_int("FLOWER_PORT", 5555, minimum=1)
     return [sys.executable, "-m", "celery", "-A", "project", "flower", f"--port={port}", f"--address={address}", *HISTORY, *EVENTS]
+
+
+LOOPBACK = ("127.", "localhost", "::1")
+
+
+def open_api_in_development(environ: dict[str, str], production: bool) -> dict[str, str]:
+    """The child's environment: in development, with no auth and a loopback address, Flower's
+    HTTP API opened (FLOWER_UNAUTHENTICATED_API=true) as its pages are; otherwise as given."""
+    has_auth = environ.get("FLOWER_BASIC_AUTH") or environ.get("FLOWER_AUTH_PROVIDER")
+    address = environ.get("FLOWER_ADDRESS") or "127.0.0.1"
+    if production or has_auth or "FLOWER_UNAUTHENTICATED_API" in environ or not address.startswith(LOOPBACK):
+        return dict(environ)
+    return {**environ, "FLOWER_UNAUTHENTICATED_API": "true"}
 
 
 def check_auth() -> None:
@@ -72,9 +90,13 @@ class Command(BaseCommand):
         check_auth()
         enable_task_events()
         argv = flower_argv()
+        child_env = open_api_in_development(dict(os.environ), settings.PRODUCTION)
+        if child_env.get("FLOWER_UNAUTHENTICATED_API") == "true" and "FLOWER_UNAUTHENTICATED_API" not in os.environ:
+            print("flower: development, no auth: its HTTP API (/api/...) is open on loopback as its pages are "
+                  "(FLOWER_UNAUTHENTICATED_API=true; set FLOWER_BASIC_AUTH=user:password to close both)", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        code = run_child(argv)
+        code = run_child(argv, child_env)
         from project import embedded
 
         embedded.stop()  # before a signal's death below, which runs no exit handler
@@ -98,7 +120,7 @@ def _dying_with(parent: int):  # noqa: ANN202 - a preexec_fn
     return die_with_parent
 
 
-def run_child(argv: list[str]) -> int:
+def run_child(argv: list[str], env: dict[str, str] | None = None) -> int:
     """Run `argv` in a process group of its own, pass it the stopping signals, wait for it:
     its return code (negative: the signal that killed it)."""
     child: subprocess.Popen | None = None
@@ -112,7 +134,7 @@ def run_child(argv: list[str]) -> int:
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
-        child = subprocess.Popen(argv, process_group=0, preexec_fn=_dying_with(os.getpid()))
+        child = subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_dying_with(os.getpid()))
         for signum in early:
             child.send_signal(signum)
         return child.wait()  # PEP 475: wait() resumes after each forwarded signal

@@ -6,7 +6,7 @@ Servers and workers never migrate (`manage.py start` refuses to start with migra
 """
 from __future__ import annotations
 
-import time
+import datetime as dt
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
@@ -23,7 +23,10 @@ class Command(BaseCommand):
             self.stderr.flush()
 
         with release.lock(on_wait=waiting) as waited:
-            self.stderr.write(f"release: lock taken after {waited:.2f}s (at {time.time():.6f}); migrating")
+            # The moment in words a person reads (UTC, to the microsecond: a test compares it with
+            # django_migrations.applied), not seconds since the epoch.
+            taken = dt.datetime.now(dt.timezone.utc).isoformat(sep=" ", timespec="microseconds")
+            self.stderr.write(f"release: lock taken after {waited:.2f}s (at {taken}); migrating")
             self.stderr.flush()
             verbosity = int(opts.get("verbosity", 1))
             # Their own output goes to this process's stdout and stderr, as when run alone.

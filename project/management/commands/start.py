@@ -21,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.engine import registry
 from jobs.engine.recovery import hand_back
 from project import env as environment
-from project import release, roles
+from project import hints, release, roles
 from project.supervisor import Child, Supervisor
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -88,10 +88,7 @@ class Command(BaseCommand):
             base = f"http://{self._bind(int(opts['port']))}"
             self.stdout.write(f"conveyor: API {base}/api/docs, health {base}/health/ready, metrics {base}/metrics")
             if not settings.ADMIN_DISABLED:
-                self.stdout.write(
-                    f"conveyor: admin {base}/admin/ (make a login: python manage.py user --email you@example.com --superuser;"
-                    " an API token: python manage.py token --email you@example.com)"
-                )
+                self.stdout.write(f"conveyor: admin {base}/admin/ ({hints.login_hint(hints.python_command())})")
         self.stdout.flush()
         supervisor = Supervisor(
             children,
@@ -121,7 +118,8 @@ class Command(BaseCommand):
             return
         if missing:
             raise CommandError(
-                f"{len(missing)} migration(s) not applied (first: {missing[0]}); run `python manage.py release` first",
+                f"{len(missing)} migration(s) not applied (first: {missing[0]}); "
+                f"run `{hints.python_command()} manage.py release` first",
                 returncode=2,
             )
 
@@ -174,6 +172,8 @@ class Command(BaseCommand):
                     "--worker-class", "project.asgi_worker.ConveyorWorker",
                     "--bind", self._bind(int(opts["port"])),
                     "--reuse-port",  # every server instance of a cluster shares the one port
+                    # gunicorn's logger, naming the address its master no longer binds (reuse-port)
+                    "--logger-class", "project.gunicorn_log.ConveyorLogger",
                     "--workers", str(opts["web_concurrency"]),
                     "--graceful-timeout", str(int(float(opts["grace"]))),
                     "--access-logfile", "-",

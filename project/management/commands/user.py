@@ -1,8 +1,10 @@
 """`manage.py user --email E`: create (or update) a user, like `medusa user`.
 
-The password comes from --password, else the CONVEYOR_USER_PASSWORD environment variable, else a
-prompt (getpass, twice) when stdin is a terminal: a password on the command line is seen by `ps`
-and kept in shell history.
+The password comes from --password, else --password-stdin (the first line of stdin: for scripts,
+`printf '%s\n' "$PW" | manage.py user ... --password-stdin`), else the CONVEYOR_USER_PASSWORD
+environment variable, else a prompt (getpass, twice) when stdin is a terminal: a password on the
+command line is seen by `ps` and kept in shell history. The README's block sets the variable, so
+that a whole pasted block runs (a prompt would read the next pasted lines as the password).
 
 What the user may do is said, never assumed (Django's own default, as `createuser` would): a new
 user is a plain one (API tokens and JWTs only) unless `--staff` (logs in to /admin/, sees and does
@@ -38,6 +40,10 @@ class Command(BaseCommand):
             "--password", help=f"the password (better: ${PASSWORD_ENV}, or the prompt when stdin is a terminal)"
         )
         parser.add_argument(
+            "--password-stdin", action="store_true",
+            help="read the password from the first line of stdin (scripts; nothing on the command line)",
+        )
+        parser.add_argument(
             "--staff", action=argparse.BooleanOptionalAction, default=None,
             help="logs in to /admin/, with only the permissions granted to the user or its groups "
             "(a new user: not staff unless given; --no-staff takes it away)",
@@ -47,9 +53,14 @@ class Command(BaseCommand):
             help="every permission, and staff (a new user: not unless given; --no-superuser takes it away)",
         )
 
-    def _password(self, given: str | None) -> str:
+    def _password(self, given: str | None, from_stdin: bool = False) -> str:
         if given:
             return given
+        if from_stdin:
+            line = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+            if not line:
+                raise CommandError("--password-stdin: stdin gave no password (its first line is read)", returncode=2)
+            return line
         if os.environ.get(PASSWORD_ENV):
             return os.environ[PASSWORD_ENV]
         if sys.stdin is not None and sys.stdin.isatty():
@@ -58,18 +69,20 @@ class Command(BaseCommand):
                 raise CommandError("the passwords differ", returncode=2)
             return first
         raise CommandError(
-            f"no password: give --password, set {PASSWORD_ENV}, or run from a terminal to be asked", returncode=2
+            f"no password: set {PASSWORD_ENV}, give --password-stdin, or run from a terminal to be asked", returncode=2
         )
 
     def handle(self, *args: object, email: str, password: str | None, staff: bool | None,
-               superuser: bool | None, **options: object) -> None:
+               superuser: bool | None, password_stdin: bool = False, **options: object) -> None:
         try:
             validate_email(email)
         except ValidationError:
             raise CommandError(f"--email {email!r} is not an e-mail address", returncode=2) from None
         if superuser and staff is False:
             raise CommandError("--superuser with --no-staff: a superuser is staff", returncode=2)
-        password = self._password(password)
+        if password and password_stdin:
+            raise CommandError("give --password or --password-stdin, not both", returncode=2)
+        password = self._password(password, password_stdin)
         if len(password) < 8:
             raise CommandError("the password must have at least 8 characters", returncode=2)
         User = get_user_model()
