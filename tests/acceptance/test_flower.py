@@ -323,6 +323,10 @@ def test_stopping_flower_stops_the_embedded_servers_it_started():
         wait_for(up, 90, interval=0.2, what="flower to answer /healthcheck")
         # and running on the embedded servers it started in that folder
         assert any(f"{folder}/postgres" in cmdline for cmdline in server_traces(folder)["processes"])
+        # and, in development with no auth on loopback, its HTTP API answers as its pages do (issue 26:
+        # it answered 401 asking for FLOWER_UNAUTHENTICATED_API), and the command said so
+        assert http_get(f"http://127.0.0.1:{port}/api/workers", timeout=10)[0] == 200
+        assert "FLOWER_UNAUTHENTICATED_API=true" in log_path.read_text(errors="replace")
 
         # when it is stopped by its pid, as a supervisor stops it
         process.send_signal(signal.SIGTERM)

@@ -60,6 +60,13 @@ def test_the_readmes_first_block_pasted_whole_answers_as_each_line_says(live):
     lines = commands(block)
     assert len(lines) >= 10 and "manage.py user" in lines[1], lines
 
+    # and its start-up says where it listens and how to make a login, with no password on the line
+    log = server.log()
+    assert f"Listening at: http://127.0.0.1:{server.port} (" in log, log[:3000]
+    [hint] = [line for line in log.splitlines() if line.startswith("conveyor: admin ")]
+    assert "manage.py user --email you@example.com --superuser (asks for the password)" in hint and "--password" not in hint
+    assert ".venv/bin/python manage.py" in hint or sys.executable in hint, hint
+
     # when it is pasted whole into a shell (each command followed by a marker with its status)
     paste = "".join(f"{line}\necho; echo {DONE} $?\n" for line in lines)
     env = {k: v for k, v in live.env().items() if k != "CONVEYOR_USER_PASSWORD"}
