@@ -81,7 +81,7 @@ def describe(job_id: int, status: str) -> str:
 
 
 def report(task: Task, job_id: int, status: str) -> str:
-    """Return the task's result for a success; raise what makes the task FAILURE or REVOKED."""
+    """Return the task's result for a success; raise what makes the task FAILURE, REVOKED or SKIPPED."""
     if status == "skipped":
         skipped(task, f"job {job_id} skipped: not runnable now (a duplicate message, or cancelled, ended or not yet due)")
     if status == "held":
