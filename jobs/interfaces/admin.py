@@ -13,18 +13,20 @@ from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from jobs.engine import control
 from jobs.engine.chainview import chain_view
 from jobs.engine.creation import MAX_MEMBERS
 from jobs.models import RUNNABLE, Chain, Job, Status
 from jobs.interfaces import attempts
-from jobs.interfaces.attempts import last_line
+from jobs.interfaces.attempts import last_line, short_worker
 from jobs.interfaces.permissions import can_operate
 
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
-#: A list's timestamps: the column's header says UTC (a list has no room to say it on each row).
-LIST_STAMP = "%Y-%m-%d %H:%M:%S"
+#: A list's timestamps: the column's header says UTC and the year (a list has no room to say them
+#: on each row); the whole timestamp on hover.
+LIST_STAMP = "%m-%d %H:%M:%S"
 
 # The admin is Conveyor's, not "Django administration" (login page, header, tab titles).
 admin.site.site_header = "Conveyor administration"
@@ -56,7 +58,11 @@ def list_stamp(field: str, description: str) -> Callable[[Any, Any], str]:
     @admin.display(description=f"{description} (UTC)", ordering=field)
     def show(self: Any, obj: Any) -> str:
         value = getattr(obj, field)
-        return format_html('<span class="cv-nowrap">{}</span>', value.astimezone(dt.timezone.utc).strftime(LIST_STAMP)) if value else "-"
+        if not value:
+            return "-"
+        utc = value.astimezone(dt.timezone.utc)
+        return format_html('<time class="cv-nowrap" datetime="{}" title="{}">{}</time>', utc.isoformat(), stamp_text(utc),
+                           utc.strftime(LIST_STAMP))
 
     show.__name__ = f"{field}_list"
     return show
@@ -70,12 +76,6 @@ def clock(value: dt.datetime | None) -> str:
     utc = value.astimezone(dt.timezone.utc)
     return format_html('<time class="cv-nowrap" datetime="{}" title="{}">{}</time>', utc.isoformat(), stamp_text(utc),
                        utc.strftime("%H:%M:%S"))
-
-
-def short_worker(worker: str) -> str:
-    """A worker as a list has room for: its Celery node and process (`node/pid`), without the
-    supervisor's start token that follows them (the job's page shows the whole name)."""
-    return "/".join(worker.split("/")[:2]) if worker else "-"
 
 
 def pre(text: str) -> str:
@@ -132,16 +132,15 @@ CANCELLABLE = (*RUNNABLE, Status.RUNNING)
 
 @admin.register(Job)
 class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
-    # Fits 1400 px beside the filters: attempts as "n/max", the worker without its start token,
-    # the chain as a link, timestamps in UTC without the zone on every row, the last error's
-    # last line for a failed or dead job (its page has the whole history).
+    # Fits 1400 px beside the filters, one line a job: attempts as "n/max", a running job's
+    # progress beside its status, the worker's node, the chain as a link, timestamps in UTC
+    # without the year and zone on every row, the last error's last line for a failed or dead job
+    # (its page has the whole history). The queue is a filter (and on the job's page).
     list_display = (
         "id",
         "type",
-        "queue",
-        "status",
+        "status_progress",
         "attempts",
-        "progress_small",
         "error_short",
         "worker_short",
         "chain_link",
@@ -232,25 +231,27 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     def attempts(self, job: Job) -> str:
         return f"{job.attempt}/{job.max_attempts}"
 
-    @admin.display(description="progress", ordering="progress")
-    def progress_small(self, job: Job) -> str:
-        return format_html('<progress class="cv-progress" value="{}" max="100">{}%</progress> {}%', job.progress,
-                           job.progress, job.progress)
+    @admin.display(description="status", ordering="status")
+    def status_progress(self, job: Job) -> str:
+        """The status; a running job's progress beside it (the only one whose progress changes)."""
+        if job.status != Status.RUNNING:
+            return job.get_status_display()
+        return format_html('{} <progress class="cv-progress" value="{}" max="100">{}%</progress> {}%', job.get_status_display(),
+                           job.progress, job.progress, job.progress)
 
     @admin.display(description="last error")
     def error_short(self, job: Job) -> str:
         """A failed or dead job's last error, its last line (the exception) cut to 80 characters."""
-        if job.status not in (Status.FAILED, Status.DEAD):
-            return ""
-        line = last_line(getattr(job, "error_tail", None) or job.error)
+        line = last_line(getattr(job, "error_tail", None) or job.error) if job.status in (Status.FAILED, Status.DEAD) else ""
         if not line:
-            return "-"
+            return mark_safe("<span></span>")  # not the admin's "-" on every row
         shown = line if len(line) <= 80 else line[:79] + "…"
         return format_html('<span class="cv-error" title="{}">{}</span>', line, shown)
 
     @admin.display(description="worker", ordering="worker")
     def worker_short(self, job: Job) -> str:
-        return format_html('<span class="cv-nowrap" title="{}">{}</span>', job.worker, short_worker(job.worker)) if job.worker else "-"
+        # The node only (its process and start token on hover): the job's page has the whole name.
+        return format_html('<span class="cv-nowrap" title="{}">{}</span>', job.worker, job.worker.split("/")[0]) if job.worker else "-"
 
     @admin.display(description="chain", ordering="chain")
     def chain_link(self, job: Job) -> str:
@@ -289,8 +290,8 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
             return "no attempt yet"
         body = format_html_join(
             "",
-            '<tr class="cv-attempt" data-attempt="{}" data-outcome="{}"><td class="n">{}</td><td title="{}">{}</td>'
-            '<td class="cv-nowrap">{}</td><td class="cv-nowrap">{}</td><td class="n">{}</td><td>{}</td><td>{}</td></tr>',
+            '<tr class="cv-attempt" data-attempt="{}" data-outcome="{}"><td class="n">{}</td><td class="cv-nowrap" title="{}">{}</td>'
+            '<td class="cv-nowrap">{}</td><td class="cv-nowrap">{}</td><td class="n">{}</td><td class="cv-outcome">{}</td><td>{}</td></tr>',
             (
                 (a.number, a.outcome, a.number, a.worker, short_worker(a.worker), stamp_text(a.started_at),
                  stamp_text(a.ended_at), f"{a.seconds:.3f} s" if a.seconds is not None else "-", a.outcome, _error_cell(a.error))

@@ -38,6 +38,12 @@ def last_line(error: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def short_worker(worker: str) -> str:
+    """A worker as a list has room for: its Celery node and process (`node/pid`), without the
+    supervisor's start token that follows them (a job's page shows the whole name)."""
+    return "/".join(worker.split("/")[:2]) if worker else "-"
+
+
 def _when(value: Any) -> dt.datetime | None:
     """An entry's timestamp (PostgreSQL's JSON text of a timestamptz) as an aware datetime."""
     if not value:

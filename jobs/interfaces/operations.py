@@ -30,7 +30,7 @@ from django.views.decorators.http import require_POST
 from jobs.engine import control, publish, registry
 from jobs.engine.chainview import chain_view
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
-from jobs.interfaces.attempts import last_line
+from jobs.interfaces.attempts import last_line, short_worker
 from jobs.interfaces.permissions import OPERATE, can_operate
 from jobs.interfaces.workers import live_workers
 
@@ -177,6 +177,9 @@ def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
     group step's bar, and one under it for each of its first LIMITS["members"] members (the rest
     counted by status); no job's input or output is read."""
     view = chain_view(chain, 0, LIMITS["members"], full_jobs=False)
+    for job in [s["job"] for s in view["steps"]] + [m["job"] for s in view["steps"] for m in s.get("members") or []]:
+        if job is not None:
+            job.worker_short = short_worker(job.worker)  # node/pid: a label has no room for the start token
     start = chain.created_at
     end = chain.finished_at or now
     # A group step is one bar from its first member's start to its last member's end, with a
