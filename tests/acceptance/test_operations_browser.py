@@ -29,7 +29,6 @@ import psutil
 import pytest
 from django.contrib.auth import get_user_model
 
-from jobs.engine import control
 from jobs.engine.creation import Group, Step, enqueue_step, start_chain
 from jobs.models import Job
 from tests.support import wait_chain, wait_job
