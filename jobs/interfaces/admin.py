@@ -1,5 +1,8 @@
-"""Admin for jobs and chains: read-only pages with UTC timestamps to the second, retry and cancel
-(bulk actions and buttons on a job's page), a chain's planned steps with timings and handoffs."""
+"""Admin for jobs and chains, branded Conveyor: read-only pages with UTC timestamps to the second,
+retry and cancel (bulk actions and buttons on a job's page), a jobs list that fits 1400 px with a
+failed job's last error, a job's attempts as a history (jobs.interfaces.attempts), a chain's
+planned steps with timings and handoffs; django-celery-beat's admin with each schedule's next run,
+its Clocked and Solar schedules listed only while used."""
 from __future__ import annotations
 
 import datetime as dt
@@ -315,7 +318,7 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     def output_json(self, job: Job) -> str:
         return pretty_json(job.output)
 
-    @admin.display(description="error")
+    @admin.display(description="last error")
     def error_text(self, job: Job) -> str:
         return pre(job.error)
 

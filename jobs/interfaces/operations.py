@@ -1,5 +1,5 @@
 """The admin's operations page (/admin/operations/): queues, throughput, job types' limits,
-workers, dead jobs, chains and events, live.
+every live worker (idle ones too: jobs.interfaces.workers), dead jobs, chains and events, live.
 
 Server-rendered: the page is the fragment inside the admin's layout, and a small static script
 (jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
