@@ -203,6 +203,10 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     ]
     assert "examples.member-images" in members[1].text
     shoot(driver, tmp_path, "2c-operations-group")
+    # and a group's members, a <details> open for a small group, stay as the user left them across
+    # the page's refreshes: closed here, checked closed once the dead jobs below have appeared
+    assert group_box.find_element(By.CSS_SELECTOR, "details.ops-members").get_attribute("open") is not None
+    group_box.find_element(By.CSS_SELECTOR, "details.ops-members > summary").click()
 
     # when two jobs die (one attempt each, failing it)
     job, _ = enqueue_step(Step("examples.fail", {"times": 1}, retries=0))
@@ -214,6 +218,8 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     dead_row = f'#ops-dead tr[data-job="{job.pk}"]'
     wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"{dead_row} button.ops-retry"), 10, f"dead job {job.pk}'s row")
     assert "RuntimeError: examples.fail: failing attempt 1" in driver.find_element(By.CSS_SELECTOR, dead_row).text
+    closed = driver.find_element(By.CSS_SELECTOR, f'#operations [data-chain="{group_chain.pk}"] details.ops-members')
+    assert closed.get_attribute("open") is None, "the group's members opened again when the page refreshed"
     shoot(driver, tmp_path, "3-operations-dead-job")
 
     # then the operations page's own Retry button (a POST with CSRF) brings one back
