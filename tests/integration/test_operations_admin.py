@@ -336,7 +336,8 @@ def test_a_big_group_is_summarised_on_the_operations_page_its_members_behind_det
     # then the group is one summary line; its first members are behind a closed <details>
     details = box[box.index("<details"):box.index("</details>")]
     assert f'data-keep="chain-{chain.pk}-step-0"' in details and " open" not in details.split(">")[0]
-    assert "98 members: 58 pending, 40 succeeded" in details
+    assert "group of 98" in box and "58 pending, 40 succeeded" in box  # the step's own line sums them up
+    assert "the first 10 of 98 members, one by one" in details
     assert details.count('class="ops-step ops-member"') == 10
 
 
