@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import time
 from typing import Any, NamedTuple
 
 from django.core.cache import cache
@@ -50,14 +51,19 @@ def parse(stats: dict[str, Any] | None, active_queues: dict[str, Any] | None) ->
     return found
 
 
-def ask(timeout: float = TIMEOUT) -> list[LiveWorker] | None:
-    """Ask every worker now (both questions at once); None when the broker cannot be reached."""
-    from project.celery import app
+def ask(timeout: float = TIMEOUT, app: Any = None) -> list[LiveWorker] | None:
+    """Ask every worker now (both questions at once); None when the broker cannot be reached.
+    `app`: the Celery app to ask through (Conveyor's)."""
+    if app is None:
+        from project.celery import app
 
     def question(name: str) -> dict[str, Any] | None:
         return getattr(app.control.inspect(timeout=timeout), name)()
 
     try:
+        # A broadcast to a broker that is away retries its publish for seconds: fail at once instead.
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=1)
         with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="conveyor-inspect") as pool:
             stats, queues = pool.map(question, ("stats", "active_queues"))
     except Exception as exc:  # Redis away: the page lists the workers its rows name
@@ -66,17 +72,24 @@ def ask(timeout: float = TIMEOUT) -> list[LiveWorker] | None:
     return parse(stats, queues)
 
 
+#: The last answer in this process, and until when it holds: when the cache (Redis too) is away,
+#: the page does not ask the workers on every refresh either.
+_memo: tuple[float, Any] = (0.0, None)
+
+
 def live_workers() -> list[LiveWorker] | None:
     """ask(), kept CACHE_SECONDS in Django's cache; None when the workers could not be asked."""
+    global _memo
     try:
         cached = cache.get(CACHE_KEY)
-    except Exception:  # the cache is Redis too
-        cached = None
-    if cached is not None:
-        return None if cached == "unreachable" else [LiveWorker(*w) for w in cached]
-    found = ask()
-    try:
-        cache.set(CACHE_KEY, "unreachable" if found is None else [tuple(w) for w in found], CACHE_SECONDS)
-    except Exception:
-        pass
-    return found
+    except Exception:  # the cache is Redis too: this process's last answer, while it holds
+        cached = _memo[1] if _memo[0] > time.monotonic() else None
+    if cached is None:
+        found = ask()
+        cached = "unreachable" if found is None else [tuple(w) for w in found]
+        _memo = (time.monotonic() + CACHE_SECONDS, cached)
+        try:
+            cache.set(CACHE_KEY, cached, CACHE_SECONDS)
+        except Exception:
+            pass
+    return None if cached == "unreachable" else [LiveWorker(*w) for w in cached]

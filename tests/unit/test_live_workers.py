@@ -1,7 +1,12 @@
 """What Celery's workers answer (inspect stats and active_queues) as the operations page lists them."""
 from __future__ import annotations
 
-from jobs.interfaces.workers import LiveWorker, parse
+import socket
+import time
+
+from celery import Celery
+
+from jobs.interfaces.workers import LiveWorker, ask, parse
 
 STATS = {
     "worker.1@host": {"pid": 10, "pool": {"implementation": "celery.concurrency.prefork:TaskPool", "max-concurrency": 2,
@@ -25,3 +30,16 @@ def test_each_worker_that_answered_with_its_sorted_queues_pool_and_processes():
 
 def test_no_answer_is_no_worker():
     assert parse(None, None) == [] and parse({}, {}) == []
+
+
+def test_a_broker_that_is_away_is_no_answer_at_once_not_after_the_publish_retries():
+    # given a broker address nothing listens on (a loopback port just closed)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = Celery("away", broker=f"redis://127.0.0.1:{port}/0")
+    # when the workers are asked through it
+    began = time.monotonic()
+    answer = ask(app=app)
+    # then the page hears "could not ask" in well under the seconds a broadcast's retries take
+    assert answer is None and time.monotonic() - began < 2
