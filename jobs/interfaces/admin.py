@@ -245,7 +245,10 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     @admin.display(description="last error")
     def error_short(self, job: Job) -> str:
         """A failed or dead job's last error, its last line (the exception) cut to 80 characters."""
-        line = last_line(getattr(job, "error_tail", None) or job.error) if job.status in (Status.FAILED, Status.DEAD) else ""
+        if job.status not in (Status.FAILED, Status.DEAD):
+            line = ""
+        else:  # the list's tail (the row's `error` is deferred there: reading it would cost a query)
+            line = last_line(job.error_tail if hasattr(job, "error_tail") else job.error)
         if not line:
             return mark_safe("<span></span>")  # not the admin's "-" on every row
         shown = line if len(line) <= 80 else line[:79] + "…"

@@ -267,6 +267,17 @@ def test_jobs_list_heads_each_column_by_what_it_shows_and_gives_a_dead_jobs_last
     assert f'href="/admin/jobs/chain/{chain.pk}/change/">#{chain.pk} step 0<' in page
     assert 'id="nav-sidebar"' not in page  # the list takes the page's width
 
+    # and the list reads no row's error, input or output one by one: the same queries for twice the rows
+    for _ in range(2):
+        make_job(status=Status.DEAD, error="", chain=chain, chain_index=0, member=None)
+    with CaptureQueriesContext(connection) as before:
+        admin_client.get("/admin/jobs/job/")
+    for _ in range(4):
+        make_job(status=Status.DEAD, error="", chain=chain, chain_index=0, member=None)
+    with CaptureQueriesContext(connection) as after:
+        admin_client.get("/admin/jobs/job/")
+    assert len(after) == len(before), [q["sql"] for q in after]
+
 
 def test_a_dead_jobs_page_shows_every_attempt_and_no_run_due_after_its_end(admin_client):
     # given a job dead after two attempts, its row holding the backoff of a retry that never comes
