@@ -28,9 +28,10 @@ from typing import Iterator
 import psutil
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from jobs.engine.creation import Group, Step, enqueue_step, start_chain
-from jobs.models import Job
+from jobs.models import Chain, Job
 from tests.support import wait_chain, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -290,12 +291,19 @@ def issue_26_pages(driver, server, tmp_path: Path, group_chain_id: int) -> None:
     wait_dom(driver, lambda d: "asked to stop" in d.find_element(By.CSS_SELECTOR, "ul.messagelist").text, 15, "the cancel's message")
     wait_chain(chain.pk, "cancelled", 20)
     wait_job(dead.pk, "dead", 20)
+    # (and a finished chain with a group of 98, as rows: its members ran nowhere, nothing to wait for)
+    big = Chain.objects.create(steps=[{"group": [{"type": "examples.member", "input": {"n": n}} for n in range(98)]}],
+                               status="succeeded", finished_at=timezone.now())
+    Job.objects.bulk_create([Job(type="examples.member", queue="default", chain=big, chain_index=0, member=n, status="succeeded",
+                                 started_at=timezone.now(), finished_at=timezone.now()) for n in range(98)])
 
     # then the operations page: the chain's unreached steps say so, the cancel is counted, and the
     # worker, idle now, is still listed with its queues and pool
     driver.get(server.url("/admin/operations/"))
     wait_dom(driver, lambda d: step_status(d, chain.pk, 2) == "not reached", 15, f"chain {chain.pk}'s group not reached")
     assert step_status(driver, chain.pk, 1) == "not reached" and step_status(driver, chain.pk, 0) == "cancelled"
+    summary = driver.find_element(By.CSS_SELECTOR, f'#operations [data-chain="{big.pk}"] details.ops-members')
+    assert summary.get_attribute("open") is None and "the first 10 of 98 members" in summary.text, summary.text
     headers = [th.text.lower() for th in driver.find_elements(By.CSS_SELECTOR, "#ops-throughput th")]
     assert "cancelled" in headers and "p95 run time" in headers, headers
     wait_dom(driver, lambda d: "idle" in d.find_element(By.ID, "ops-workers").text, 15, "the idle worker listed")
