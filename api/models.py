@@ -22,6 +22,8 @@ class ApiToken(models.Model):
     class Meta:
         # The table the jobs app created first; only the model moved (jobs 0004, api 0001).
         db_table = "jobs_apitoken"
+        verbose_name = "API token"
+        verbose_name_plural = "API tokens"
 
     def __str__(self) -> str:
         return f"token {self.pk} of {self.user}"

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.db.models import QuerySet
 
+from jobs.engine.decisions import unstarted_status
 from jobs.models import FINISHED, Chain, Job
 from jobs.models import Status as JobStatus
 
@@ -22,8 +23,9 @@ from jobs.models import Status as JobStatus
 MEMBERS_DEFAULT, MEMBERS_MAX = 20, 100
 
 
-#: The order a group's member counts are listed in: from not started to ended.
-STATUS_ORDER = ("waiting", *JobStatus.values)
+#: The order a group's member counts are listed in: from not started to ended ("not reached":
+#: no job, and its chain ended: decisions.unstarted_status).
+STATUS_ORDER = ("waiting", "not reached", *JobStatus.values)
 
 
 class Planned(NamedTuple):
@@ -114,12 +116,13 @@ def chain_view(
     counts = member_counts(chain.pk) if groups else {}
     steps = []
     previous_end: dt.datetime | None = None
+    unstarted = unstarted_status(chain.status)
     for step_plan in planned:
         if step_plan.size is not None:
-            step = _group_view(step_plan, latest, counts.get(step_plan.index), members_from)
+            step = _group_view(step_plan, latest, counts.get(step_plan.index), members_from, unstarted)
         else:
             job = latest.get((step_plan.index, None))
-            step = {"index": step_plan.index, "type": step_plan.type, "status": job.status if job else "waiting",
+            step = {"index": step_plan.index, "type": step_plan.type, "status": job.status if job else unstarted,
                     "job": job, "start": job.started_at if job else None, "end": job.finished_at if job else None,
                     "duration_seconds": job.duration if job else None}
         handoff = None
@@ -138,18 +141,19 @@ def chain_view(
 
 
 def _group_view(
-    planned: Planned, latest: dict[tuple[int | None, int | None], Job], counts: Counts | None, members_from: int
+    planned: Planned, latest: dict[tuple[int | None, int | None], Job], counts: Counts | None, members_from: int,
+    unstarted: str = "waiting",
 ) -> dict[str, Any]:
     members = []
     for n, member_type in enumerate(planned.member_types, start=members_from):
         job = latest.get((planned.index, n))
-        members.append({"member": n, "type": member_type, "status": job.status if job else "waiting", "job": job,
+        members.append({"member": n, "type": member_type, "status": job.status if job else unstarted, "job": job,
                         "duration_seconds": job.duration if job else None})
     by_status = dict(counts.by_status) if counts else {}
     inserted = sum(by_status.values())
     statuses = set(by_status)
     if not inserted:
-        status = "waiting"
+        status = unstarted
     elif not statuses <= set(FINISHED):
         status = "pending" if statuses == {JobStatus.PENDING} else "running"
     elif statuses == {JobStatus.SUCCEEDED}:
@@ -157,7 +161,7 @@ def _group_view(
     else:
         status = JobStatus.DEAD if JobStatus.DEAD in statuses else JobStatus.CANCELLED
     if planned.size > inserted:
-        by_status["waiting"] = planned.size - inserted
+        by_status[unstarted] = planned.size - inserted
     by_status = {name: by_status[name] for name in STATUS_ORDER if name in by_status}
     ended = bool(inserted) and inserted >= planned.size and statuses <= set(FINISHED)
     start = counts.started if counts else None

@@ -97,6 +97,13 @@ def last_line(error: str) -> str:
 # --- A retry ------------------------------------------------------------------------------------
 
 
+def unstarted_status(chain_status: str) -> str:
+    """What a chain's reader calls a planned step (or group member) that has no job yet: waiting
+    while its chain runs; once the chain has ended (failed or cancelled before it) it never will
+    run: not reached. A retry that reopens the chain makes it waiting again."""
+    return "waiting" if chain_status == "running" else "not reached"
+
+
 def retry_reopens_chain(chain_id: int | None, member: int | None, next_step_released: bool) -> bool:
     """Whether an operator's retry of a job reopens its chain: yes for a chain's job, unless it is
     a member of a group that has already handed its results on (one that collects failures): the

@@ -1,5 +1,8 @@
-"""Admin for jobs and chains: read-only pages with UTC timestamps to the second, retry and cancel
-(bulk actions and buttons on a job's page), a chain's planned steps with timings and handoffs."""
+"""Admin for jobs and chains, branded Conveyor: read-only pages with UTC timestamps to the second,
+retry and cancel (bulk actions and buttons on a job's page), a jobs list that fits 1400 px with a
+failed job's last error, a job's attempts as a history (jobs.interfaces.attempts), a chain's
+planned steps with timings and handoffs; django-celery-beat's admin with each schedule's next run,
+its Clocked and Solar schedules listed only while used."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,19 +10,31 @@ import json
 from typing import Any, Callable
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from jobs.engine import control
 from jobs.engine.chainview import chain_view
 from jobs.engine.creation import MAX_MEMBERS
 from jobs.models import RUNNABLE, Chain, Job, Status
+from jobs.interfaces import attempts
+from jobs.interfaces.attempts import last_line, short_worker
 from jobs.interfaces.permissions import can_operate
 
 STAMP = "%Y-%m-%d %H:%M:%S UTC"
+#: A list's timestamps: the column's header says UTC and the year (a list has no room to say them
+#: on each row); the whole timestamp on hover.
+LIST_STAMP = "%m-%d %H:%M:%S"
+
+# The admin is Conveyor's, not "Django administration" (login page, header, tab titles).
+admin.site.site_header = "Conveyor administration"
+admin.site.site_title = "Conveyor admin"
+admin.site.index_title = "Conveyor: jobs, chains, events and schedules"
 #: Members of each group listed on a chain's page at a time (`?members_from=` pages through).
 ADMIN_MEMBERS = 50
 
@@ -40,8 +55,41 @@ def stamp(field: str, description: str | None = None) -> Callable[[Any, Any], st
     return show
 
 
+def list_stamp(field: str, description: str) -> Callable[[Any, Any], str]:
+    """A list's column showing `field` to the second (its header says UTC), never wrapped."""
+
+    @admin.display(description=f"{description} (UTC)", ordering=field)
+    def show(self: Any, obj: Any) -> str:
+        value = getattr(obj, field)
+        if not value:
+            return "-"
+        utc = value.astimezone(dt.timezone.utc)
+        return format_html('<time class="cv-nowrap" datetime="{}" title="{}">{}</time>', utc.isoformat(), stamp_text(utc),
+                           utc.strftime(LIST_STAMP))
+
+    show.__name__ = f"{field}_list"
+    return show
+
+
+def clock(value: dt.datetime | None) -> str:
+    """A time of day to the second, UTC, on one line; the whole timestamp on hover (a chain's page
+    gives its date once, in its own "created at")."""
+    if not value:
+        return "-"
+    utc = value.astimezone(dt.timezone.utc)
+    return format_html('<time class="cv-nowrap" datetime="{}" title="{}">{}</time>', utc.isoformat(), stamp_text(utc),
+                       utc.strftime("%H:%M:%S"))
+
+
 def pre(text: str) -> str:
     return format_html('<pre class="conveyor-pre">{}</pre>', text) if text else "-"
+
+
+def _error_cell(error: str) -> str:
+    """An attempt's error: its last line, the whole traceback one click away."""
+    if not error:
+        return ""
+    return format_html('<details class="cv-error-details"><summary>{}</summary>{}</details>', last_line(error), pre(error))
 
 
 def pretty_json(value: Any) -> str:
@@ -87,25 +135,27 @@ CANCELLABLE = (*RUNNABLE, Status.RUNNING)
 
 @admin.register(Job)
 class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
+    # Fits 1400 px beside the filters, one line a job: attempts as "n/max", a running job's
+    # progress beside its status, the worker's node, the chain as a link, timestamps in UTC
+    # without the year and zone on every row, the last error's last line for a failed or dead job
+    # (its page has the whole history). The queue is a filter (and on the job's page).
     list_display = (
         "id",
         "type",
-        "queue",
-        "status",
-        "attempt",
-        "max_attempts",
-        "priority",
-        "progress_bar",
-        "worker",
-        "chain",
-        "created_at_utc",
-        "finished_at_utc",
+        "status_progress",
+        "attempts",
+        "error_short",
+        "worker_short",
+        "chain_link",
+        "created_at_list",
+        "finished_at_list",
     )
+    list_display_links = ("id", "type")
     list_filter = ("status", "held", "type", "queue")
     search_fields = ("=id", "type", "idempotency_key")
     actions = (retry_jobs, cancel_jobs)
-    list_select_related = ("chain",)
     show_full_result_count = False  # no COUNT(*) over a large table on every page
+    change_list_template = "admin/jobs/job/change_list.html"
     change_form_template = "admin/jobs/job/change_form.html"
     fieldsets = (
         (
@@ -142,36 +192,126 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
                 )
             },
         ),
-        ("Data", {"fields": ("input_json", "output_json", "error_text", "errors_text")}),
+        ("Attempts", {"fields": ("attempts_table",)}),
+        ("Data", {"fields": ("input_json", "output_json", "error_text")}),
         ("Links", {"fields": ("chain", "chain_index", "parent", "idempotency_key")}),
     )
     readonly_fields = (
         "created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "lease_expires_at_utc",
-        "updated_at_utc", "duration_text", "input_json", "output_json", "error_text", "errors_text", "progress_bar",
+        "updated_at_utc", "duration_text", "input_json", "output_json", "error_text", "attempts_table", "progress_bar",
     )
 
     created_at_utc = stamp("created_at", "created at")
-    run_after_utc = stamp("run_after", "run after")
-    published_at_utc = stamp("published_at", "published at")
+    created_at_list = list_stamp("created_at", "created")
+    finished_at_list = list_stamp("finished_at", "finished")
     started_at_utc = stamp("started_at", "started at")
     finished_at_utc = stamp("finished_at", "finished at")
     lease_expires_at_utc = stamp("lease_expires_at", "lease expires at")
     updated_at_utc = stamp("updated_at", "updated at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
-        # A list of jobs shows neither input nor output: read them only on a job's own page.
-        return super().get_queryset(request).defer("input", "output", "errors")
+        # A list of jobs shows neither input, output nor the attempts' history (a job's page reads
+        # them); of the last error only its tail, cut in PostgreSQL (a traceback may be 10 kB).
+        return super().get_queryset(request).defer("input", "output", "errors", "error").annotate(
+            error_tail=RawSQL("right(jobs_job.error, 400)", [])
+        )
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Job | None:
+        # The page reads the whole row: the list's deferrals and tail are not for it.
+        queryset = Job.objects.all()
+        model = queryset.model
+        field = model._meta.pk if from_field is None else model._meta.get_field(from_field)
+        try:
+            return queryset.get(**{field.name: field.to_python(object_id)})
+        except (model.DoesNotExist, ValueError, TypeError, ValidationError):
+            return None
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # The list needs the width: the app sidebar stays closed on it (the breadcrumbs lead back).
+        return super().changelist_view(request, {"is_nav_sidebar_enabled": False, **(extra_context or {})})
+
+    @admin.display(description="attempts", ordering="attempt")
+    def attempts(self, job: Job) -> str:
+        return f"{job.attempt}/{job.max_attempts}"
+
+    @admin.display(description="status", ordering="status")
+    def status_progress(self, job: Job) -> str:
+        """The status; a running job's progress beside it (the only one whose progress changes)."""
+        if job.status != Status.RUNNING:
+            return job.get_status_display()
+        return format_html('{} <progress class="cv-progress" value="{}" max="100">{}%</progress> {}%', job.get_status_display(),
+                           job.progress, job.progress, job.progress)
+
+    @admin.display(description="last error")
+    def error_short(self, job: Job) -> str:
+        """A failed or dead job's last error, its last line (the exception) cut to 80 characters."""
+        if job.status not in (Status.FAILED, Status.DEAD):
+            line = ""
+        else:  # the list's tail (the row's `error` is deferred there: reading it would cost a query)
+            line = last_line(job.error_tail if hasattr(job, "error_tail") else job.error)
+        if not line:
+            return mark_safe("<span></span>")  # not the admin's "-" on every row
+        shown = line if len(line) <= 80 else line[:79] + "…"
+        return format_html('<span class="cv-error" title="{}">{}</span>', line, shown)
+
+    @admin.display(description="worker", ordering="worker")
+    def worker_short(self, job: Job) -> str:
+        # The node only (its process and start token on hover): the job's page has the whole name.
+        return format_html('<span class="cv-nowrap" title="{}">{}</span>', job.worker, job.worker.split("/")[0]) if job.worker else "-"
+
+    @admin.display(description="chain", ordering="chain")
+    def chain_link(self, job: Job) -> str:
+        """The chain and the job's step in it, from the row's own columns (no join, no plan read)."""
+        if job.chain_id is None:
+            return "-"
+        step = f" step {job.chain_index}" + (f".{job.member}" if job.member is not None else "")
+        return format_html('<a class="cv-nowrap" href="{}">#{}{}</a>', reverse("admin:jobs_chain_change", args=[job.chain_id]),
+                           job.chain_id, step if job.chain_index is not None else "")
 
     @admin.display(description="progress", ordering="progress")
     def progress_bar(self, job: Job) -> str:
         """ctx.progress as a bar, as on the operations page."""
         return format_html('<progress value="{}" max="100">{}%</progress> {}%', job.progress, job.progress, job.progress)
 
-    @admin.display(description="duration")
+    @admin.display(description="ran for")
     def duration_text(self, job: Job) -> str:
+        """How long the last attempt ran (its start to its end)."""
         if job.duration is not None:
             return f"{job.duration:.3f} s"
         return "running" if job.status == Status.RUNNING else "-"
+
+    @admin.display(description="run after")
+    def run_after_utc(self, job: Job) -> str:
+        return attempts.run_after_text(job)
+
+    @admin.display(description="published at")
+    def published_at_utc(self, job: Job) -> str:
+        return attempts.published_text(job)
+
+    @admin.display(description="attempts")
+    def attempts_table(self, job: Job) -> str:
+        """Every attempt, oldest first: its worker, start, end, how long it ran, how it ended, its error."""
+        rows = attempts.history(job)
+        if not rows:
+            return "no attempt yet"
+        body = format_html_join(
+            "",
+            '<tr class="cv-attempt" data-attempt="{}" data-outcome="{}"><td class="n">{}</td><td class="cv-nowrap" title="{}">{}</td>'
+            '<td class="cv-nowrap">{}</td><td class="cv-nowrap">{}</td><td class="n">{}</td><td class="cv-outcome">{}</td><td>{}</td></tr>',
+            (
+                (a.number, a.outcome, a.number, a.worker, short_worker(a.worker), stamp_text(a.started_at),
+                 stamp_text(a.ended_at), f"{a.seconds:.3f} s" if a.seconds is not None else "-", a.outcome, _error_cell(a.error))
+                for a in rows
+            ),
+        )
+        note = ""
+        if rows[0].number > 1:
+            note = format_html('<p class="cv-muted">Attempts before {} were recorded before the history was kept.</p>', rows[0].number)
+        return format_html(
+            '<table class="cv-attempts"><thead><tr><th>#</th><th>worker</th><th>started (UTC)</th><th>ended (UTC)</th>'
+            "<th>ran</th><th>outcome</th><th>error</th></tr></thead><tbody>{}</tbody></table>{}",
+            body, note,
+        )
 
     @admin.display(description="input")
     def input_json(self, job: Job) -> str:
@@ -181,13 +321,9 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     def output_json(self, job: Job) -> str:
         return pretty_json(job.output)
 
-    @admin.display(description="error")
+    @admin.display(description="last error")
     def error_text(self, job: Job) -> str:
         return pre(job.error)
-
-    @admin.display(description="errors, one per failed attempt")
-    def errors_text(self, job: Job) -> str:
-        return pretty_json(job.errors) if job.errors else "-"
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
         job = self.get_object(request, object_id)
@@ -248,7 +384,8 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
             if job is None:
                 return ("-", "-", "-", "-", "-")
             link = format_html('<a href="{}">#{}</a>', reverse("admin:jobs_job_change", args=[job.pk]), job.pk)
-            return (link, job.queue, job.worker or "-", stamp_text(job.started_at), stamp_text(job.finished_at))
+            worker = format_html('<span title="{}">{}</span>', job.worker, short_worker(job.worker)) if job.worker else "-"
+            return (link, job.queue, worker, clock(job.started_at), clock(job.finished_at))
 
         rows = []
         pages = []
@@ -273,8 +410,9 @@ class ChainAdmin(ReadOnly, admin.ModelAdmin):
             "<td>{7}</td><td>{8}</td><td class=\"n\">{9}</td><td class=\"n\">{10}</td></tr>", rows,
         )
         table = format_html(
-            '<table class="chain-plan"><thead><tr><th>#</th><th>type</th><th>job</th><th>status</th><th>queue</th>'
-            "<th>worker</th><th>started</th><th>finished</th><th>ran</th><th>handoff</th></tr></thead><tbody>{}</tbody></table>",
+            '<div class="chain-plan-box"><table class="chain-plan"><thead><tr><th>#</th><th>type</th><th>job</th><th>status</th>'
+            "<th>queue</th><th>worker</th><th>started (UTC)</th><th>finished (UTC)</th><th>ran</th><th>handoff</th></tr></thead>"
+            "<tbody>{}</tbody></table></div>",
             body,
         )
         jobs = reverse("admin:jobs_job_changelist") + f"?chain__exact={chain.pk}"
@@ -347,3 +485,33 @@ class ScheduleAdmin(Operate, PeriodicTaskAdmin):
 
 admin.site.unregister(PeriodicTask)
 admin.site.register(PeriodicTask, ScheduleAdmin)
+
+
+# --- django-celery-beat's Clocked and Solar schedules: listed only when a row uses them ----------
+from django_celery_beat.admin import ClockedScheduleAdmin, SolarScheduleAdmin  # noqa: E402
+from django_celery_beat.models import ClockedSchedule, SolarSchedule  # noqa: E402
+
+
+class ListedWhenUsed:
+    """A model the admin's index and sidebar list only while it has a row: Conveyor's schedules
+    are crontabs and intervals, and one-off ones (`at=`) are the only clocked rows; solar ones
+    only someone adding them by hand has. Its pages stay reachable by URL."""
+
+    def get_model_perms(self, request: HttpRequest) -> dict[str, bool]:
+        perms = super().get_model_perms(request)  # type: ignore[misc]
+        if not self.model.objects.exists():  # type: ignore[attr-defined]
+            return dict.fromkeys(perms, False)
+        return perms
+
+
+class ClockedAdmin(ListedWhenUsed, ClockedScheduleAdmin):
+    pass
+
+
+class SolarAdmin(ListedWhenUsed, SolarScheduleAdmin):
+    pass
+
+
+for _model, _admin in ((ClockedSchedule, ClockedAdmin), (SolarSchedule, SolarAdmin)):
+    admin.site.unregister(_model)
+    admin.site.register(_model, _admin)

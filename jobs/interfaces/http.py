@@ -182,7 +182,8 @@ class StepOut(Schema):
     members: list[MemberOut] | None = None
     #: A group step's number of members.
     member_count: int | None = None
-    #: A group step's members counted by status ("waiting": no job yet).
+    #: A group step's members counted by status ("waiting": no job yet; "not reached": no job, and
+    #: the chain has ended).
     member_statuses: dict[str, int] | None = None
     #: The `members_from` of the next page of members; null on the last page.
     members_next: int | None = None

@@ -1,5 +1,5 @@
 """The admin's operations page (/admin/operations/): queues, throughput, job types' limits,
-workers, dead jobs, chains and events, live.
+every live worker (idle ones too: jobs.interfaces.workers), dead jobs, chains and events, live.
 
 Server-rendered: the page is the fragment inside the admin's layout, and a small static script
 (jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
@@ -30,7 +30,9 @@ from django.views.decorators.http import require_POST
 from jobs.engine import control, publish, registry
 from jobs.engine.chainview import chain_view
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
+from jobs.interfaces.attempts import last_line, short_worker
 from jobs.interfaces.permissions import OPERATE, can_operate
+from jobs.interfaces.workers import live_workers
 
 WINDOW = dt.timedelta(minutes=5)
 LIMITS = {"workers": 200, "dead": 20, "chains": 8, "members": 10, "events": 10, "deliveries": 20}
@@ -90,13 +92,20 @@ def queue_rows() -> list[dict[str, Any]]:
     ]
 
 
-THROUGHPUT_SQL = """
+# Run time is a run's: the last attempt of a job that succeeded or died at the end of its run
+# (its row's started_at is that attempt's start, its finished_at the attempt's end). A cancelled
+# row is left out: cancelled while waiting, its started_at is an earlier attempt's and
+# finished_at - started_at the retry's wait (or nothing ran at all); a run cut by a cancel is
+# not a run time either.
+RAN = "status IN ('succeeded', 'dead') AND started_at IS NOT NULL"
+THROUGHPUT_SQL = f"""
 SELECT type,
        count(*) AS finished,
        count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
        count(*) FILTER (WHERE status = 'dead') AS dead,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) AS p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) AS p95
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) FILTER (WHERE {RAN}) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) FILTER (WHERE {RAN}) AS p95
   FROM jobs_job
  WHERE finished_at IS NOT NULL AND finished_at >= %s
  GROUP BY type
@@ -105,7 +114,8 @@ SELECT type,
 
 
 def throughput(now: dt.datetime) -> list[dict[str, Any]]:
-    """Jobs finished in the last 5 minutes per type (job_finished_idx), with p50/p95 run time."""
+    """Jobs finished in the last 5 minutes per type (job_finished_idx), with p50/p95 run time of
+    those that ran to their end (RAN)."""
     with connection.cursor() as cursor:
         cursor.execute(THROUGHPUT_SQL, [now - WINDOW])
         names = [col[0] for col in cursor.description]
@@ -141,12 +151,25 @@ def limit_rows() -> list[dict[str, Any]]:
 
 
 def workers() -> list[dict[str, Any]]:
-    """Running rows (job_lease_idx) grouped by the worker holding them."""
-    running = Job.objects.filter(status=Status.RUNNING).defer("input", "output").order_by("worker", "id")[: LIMITS["workers"]]
+    """Every live worker (jobs.interfaces.workers: idle ones too, with its queues and pool), each
+    with its running rows (job_lease_idx; a row's `worker` is `node/pid/start`); then any worker
+    the rows name that did not answer (busy past the timeout, or gone: the reaper will tell)."""
+    running = Job.objects.filter(status=Status.RUNNING).defer("input", "output", "errors").order_by("worker", "id")[
+        : LIMITS["workers"]
+    ]
     grouped: dict[str, list[Job]] = {}
     for job in running:
-        grouped.setdefault(job.worker or "(unknown)", []).append(job)
-    return [{"name": name, "jobs": jobs} for name, jobs in grouped.items()]
+        node, _, rest = (job.worker or "(unknown)").partition("/")
+        job.process = rest.split("/")[0]
+        grouped.setdefault(node, []).append(job)
+    live = live_workers()
+    rows = [
+        {"name": w.name, "queues": w.queues, "pool": w.pool, "concurrency": w.concurrency, "answered": True,
+         "jobs": grouped.pop(w.name, [])}
+        for w in live or []
+    ]
+    rows += [{"name": name, "answered": False, "asked": live is not None, "jobs": jobs} for name, jobs in grouped.items()]
+    return rows
 
 
 def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
@@ -154,6 +177,9 @@ def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
     group step's bar, and one under it for each of its first LIMITS["members"] members (the rest
     counted by status); no job's input or output is read."""
     view = chain_view(chain, 0, LIMITS["members"], full_jobs=False)
+    for job in [s["job"] for s in view["steps"]] + [m["job"] for s in view["steps"] for m in s.get("members") or []]:
+        if job is not None:
+            job.worker_short = short_worker(job.worker)  # node/pid: a label has no room for the start token
     start = chain.created_at
     end = chain.finished_at or now
     # A group step is one bar from its first member's start to its last member's end, with a
@@ -183,12 +209,6 @@ def _place(bar: dict[str, Any], began: dt.datetime | None, ended: dt.datetime | 
     right = ((ended or now) - start).total_seconds()
     bar["left"] = round(100 * max(left, 0) / span, 2)
     bar["width"] = round(max(100 * (right - max(left, 0)) / span, 0.5), 2)
-
-
-def last_line(error: str) -> str:
-    """A traceback's last line (the exception and its message): what a list has room for."""
-    lines = [line for line in error.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 def dead_jobs() -> list[Job]:

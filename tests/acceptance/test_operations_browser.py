@@ -7,7 +7,13 @@ Chromium and chromedriver are Debian's `chromium` and `chromium-driver` packages
 fixtures install them with apt-get when missing and the tests run as root, and skip otherwise,
 saying why. chromedriver (and the Chromium it starts) runs in a process group of its own, killed
 as a group when the test ends; no process of the test's browser profile may survive it.
-Screenshots go to the test's tmp dir and are copied to /tmp/conveyor-screens/.
+Screenshots go to the test's tmp dir and are copied to /tmp/conveyor-screens/ (or the folder
+CONVEYOR_SCREENS names), which the test prints.
+
+Issue 26's pages, read at 1400 px: the jobs list (every column on screen, one line per job, a
+dead job's last error), a job's page with its attempt history, a chain's page with a group, the
+operations page during a run and after a cancel (unreached steps "not reached", every live
+worker listed, idle too); none overflows sideways.
 """
 from __future__ import annotations
 
@@ -22,13 +28,15 @@ from typing import Iterator
 import psutil
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from jobs.engine.creation import Group, Step, enqueue_step, start_chain
+from jobs.models import Chain, Job
 from tests.support import wait_chain, wait_job
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
-SCREENS = Path("/tmp/conveyor-screens")
+SCREENS = Path(os.environ.get("CONVEYOR_SCREENS", "/tmp/conveyor-screens"))
 PASSWORD = "a-long-browser-test-password"
 
 
@@ -42,9 +50,9 @@ def browser(chromium: str, chromedriver: str) -> Iterator[object]:
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
         "--no-first-run", "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--window-size=1400,1800", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--disable-sync", "--window-size=1400,900", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ):
         options.add_argument(arg)
     log = Path(profile).with_suffix(".chromedriver.log")
@@ -101,7 +109,21 @@ def shoot(driver, tmp_path: Path, name: str) -> Path:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     SCREENS.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, SCREENS / path.name)
+    print(f"screenshot: {SCREENS / path.name}")
     return path
+
+
+def fits_the_width(driver, what: str) -> None:
+    """Nothing of the page is off-screen sideways at 1400 px (no horizontal scroll), nor in a box
+    of its own that scrolls."""
+    wide, seen = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert wide <= seen, f"{what}: {wide} px wide in a {seen} px window"
+    hidden = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#content *')).filter(e => e.scrollWidth > e.clientWidth + 1"
+        " && ['auto', 'scroll', 'hidden'].includes(getComputedStyle(e).overflowX) && getComputedStyle(e).textOverflow !== 'ellipsis')"
+        ".map(e => `${e.className || e.tagName}: ${e.scrollWidth} > ${e.clientWidth}`)"
+    )
+    assert not hidden, f"{what}: content scrolls sideways in {hidden}"
 
 
 def step_status(driver, chain_id: int, index: int) -> str | None:
@@ -120,8 +142,9 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     server = live.start(mode="shared")
     get_user_model().objects.create_superuser("ops", "ops@example.com", PASSWORD)
 
-    # when the user logs in through the admin's form
+    # when the user logs in through the admin's form, Conveyor's (issue 26)
     driver.get(server.url("/admin/login/?next=/admin/"))
+    assert "Conveyor administration" in driver.find_element(By.ID, "site-name").text and "Django" not in driver.title
     driver.find_element(By.NAME, "username").send_keys("ops")
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
@@ -158,7 +181,8 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     chain_box.find_element(By.CSS_SELECTOR, f'a[href="/admin/jobs/chain/{chain.pk}/change/"]').click()
     rows = wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.chain-plan tr.chain-step"), 15, "the chain's steps")
     assert [row.get_attribute("data-status") for row in rows] == ["succeeded", "succeeded"]
-    assert rows[1].text.rstrip().endswith(" s") and "UTC" in rows[1].text, rows[1].text
+    assert rows[1].text.rstrip().endswith(" s"), rows[1].text
+    assert "STARTED (UTC)" in driver.find_element(By.CSS_SELECTOR, "table.chain-plan thead").text.upper()
     shoot(driver, tmp_path, "2b-chain-page")
     driver.back()
     wait_dom(driver, lambda d: d.find_elements(By.ID, "ops-queues"), 15, "the operations page again")
@@ -180,6 +204,10 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     ]
     assert "examples.member-images" in members[1].text
     shoot(driver, tmp_path, "2c-operations-group")
+    # and a group's members, a <details> open for a small group, stay as the user left them across
+    # the page's refreshes: closed here, checked closed once the dead jobs below have appeared
+    assert group_box.find_element(By.CSS_SELECTOR, "details.ops-members").get_attribute("open") is not None
+    group_box.find_element(By.CSS_SELECTOR, "details.ops-members > summary").click()
 
     # when two jobs die (one attempt each, failing it)
     job, _ = enqueue_step(Step("examples.fail", {"times": 1}, retries=0))
@@ -191,6 +219,8 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     dead_row = f'#ops-dead tr[data-job="{job.pk}"]'
     wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"{dead_row} button.ops-retry"), 10, f"dead job {job.pk}'s row")
     assert "RuntimeError: examples.fail: failing attempt 1" in driver.find_element(By.CSS_SELECTOR, dead_row).text
+    closed = driver.find_element(By.CSS_SELECTOR, f'#operations [data-chain="{group_chain.pk}"] details.ops-members')
+    assert closed.get_attribute("open") is None, "the group's members opened again when the page refreshed"
     shoot(driver, tmp_path, "3-operations-dead-job")
 
     # then the operations page's own Retry button (a POST with CSRF) brings one back
@@ -237,3 +267,82 @@ def test_operations_page_live_chain_and_retry_of_a_dead_job(live, browser, tmp_p
     wait_dom(driver, lambda d: d.find_elements(By.ID, "ops-dead"), 15, "the operations page")
     assert not driver.find_elements(By.CSS_SELECTOR, dead_row)
     shoot(driver, tmp_path, "6-operations-after-retry")
+
+    issue_26_pages(driver, server, tmp_path, group_chain.pk)
+
+
+def issue_26_pages(driver, server, tmp_path: Path, group_chain_id: int) -> None:
+    """Issue 26: the pages an operator reads, at 1400 px, after real runs."""
+    from selenium.webdriver.common.by import By
+
+    # given a job that dies after two attempts, and a chain (a sleep, an echo, a group) whose
+    # running first step is cancelled from its page
+    dead, _ = enqueue_step(Step("examples.fail", {"times": 5}, retries=1))
+    chain = start_chain([Step("examples.sleep", {"seconds": 20}), Step("examples.echo", {}),
+                         Group([Step("examples.member", {"n": 0}), Step("examples.member", {"n": 1})])])
+    wait_dom(driver, lambda d: step_status(d, chain.pk, 0) == "running", 20, f"chain {chain.pk}'s step 0 running")
+    worker = driver.find_element(By.CSS_SELECTOR, "#ops-workers .ops-worker")
+    assert "queues: default" in worker.text and "pool: prefork" in worker.text, worker.text
+    shoot(driver, tmp_path, "7-operations-during-a-run")
+    fits_the_width(driver, "the operations page during a run")
+    first = Job.objects.get(chain=chain, chain_index=0)
+    driver.get(server.url(f"/admin/jobs/job/{first.pk}/change/"))
+    driver.find_element(By.ID, "job-cancel").click()
+    wait_dom(driver, lambda d: "asked to stop" in d.find_element(By.CSS_SELECTOR, "ul.messagelist").text, 15, "the cancel's message")
+    wait_chain(chain.pk, "cancelled", 20)
+    wait_job(dead.pk, "dead", 20)
+    # (and a finished chain with a group of 98, as rows: its members ran nowhere, nothing to wait for)
+    big = Chain.objects.create(steps=[{"group": [{"type": "examples.member", "input": {"n": n}} for n in range(98)]}],
+                               status="succeeded", finished_at=timezone.now())
+    Job.objects.bulk_create([Job(type="examples.member", queue="default", chain=big, chain_index=0, member=n, status="succeeded",
+                                 started_at=timezone.now(), finished_at=timezone.now()) for n in range(98)])
+
+    # then the operations page: the chain's unreached steps say so, the cancel is counted, and the
+    # worker, idle now, is still listed with its queues and pool
+    driver.get(server.url("/admin/operations/"))
+    wait_dom(driver, lambda d: step_status(d, chain.pk, 2) == "not reached", 15, f"chain {chain.pk}'s group not reached")
+    assert step_status(driver, chain.pk, 1) == "not reached" and step_status(driver, chain.pk, 0) == "cancelled"
+    summary = driver.find_element(By.CSS_SELECTOR, f'#operations [data-chain="{big.pk}"] details.ops-members')
+    assert summary.get_attribute("open") is None and "the first 10 of 98 members" in summary.text, summary.text
+    headers = [th.text.lower() for th in driver.find_elements(By.CSS_SELECTOR, "#ops-throughput th")]
+    assert "cancelled" in headers and "p95 run time" in headers, headers
+    wait_dom(driver, lambda d: "idle" in d.find_element(By.ID, "ops-workers").text, 15, "the idle worker listed")
+    shoot(driver, tmp_path, "8-operations-after-a-cancel")
+    fits_the_width(driver, "the operations page after a cancel")
+
+    # and the dead job's page: two attempts, each with its worker, start, end and error
+    driver.get(server.url(f"/admin/jobs/job/{dead.pk}/change/"))
+    attempts = wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.cv-attempts tr.cv-attempt"), 15, "the attempts")
+    assert [(a.get_attribute("data-attempt"), a.get_attribute("data-outcome")) for a in attempts] == [("1", "failed"), ("2", "dead")]
+    assert "failing attempt 1" in attempts[0].text and "failing attempt 2" in attempts[1].text and "@" in attempts[1].text
+    assert "no run is due" in driver.find_element(By.CSS_SELECTOR, ".field-run_after_utc").text
+    assert driver.find_element(By.CSS_SELECTOR, ".field-duration_text label").text.startswith("Ran for")
+    shoot(driver, tmp_path, "9-job-attempt-history")
+    fits_the_width(driver, "a dead job's page")
+
+    # and the jobs list: every column on screen, one line a job, the dead job's last error
+    driver.get(server.url("/admin/jobs/job/"))
+    headers = [th.text.lower() for th in driver.find_elements(By.CSS_SELECTOR, "#result_list thead th")]
+    for name in ("status", "attempts", "last error", "worker", "chain", "created (utc)", "finished (utc)"):
+        assert name in headers, headers
+    row = driver.find_element(By.CSS_SELECTOR, f'#result_list input[value="{dead.pk}"]').find_element(By.XPATH, "./ancestor::tr")
+    assert "RuntimeError: examples.fail: failing attempt 2" in row.text and "Traceback" not in row.text
+    heights = driver.execute_script("return Array.from(document.querySelectorAll('#result_list tbody tr')).map(r => r.offsetHeight)")
+    assert max(heights) <= 40, heights
+    shoot(driver, tmp_path, "10-jobs-list")
+    fits_the_width(driver, "the jobs list")
+
+    # and a chain's page with a group: every column on screen, a timestamp on one line
+    driver.get(server.url(f"/admin/jobs/chain/{group_chain_id}/change/"))
+    rows = wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.chain-plan tbody tr"), 15, "the chain's steps")
+    assert len(rows) == 6 and all(r.size["height"] <= 48 for r in rows), [r.size for r in rows]
+    stamps = driver.execute_script("return Array.from(document.querySelectorAll('table.chain-plan time')).map(t => t.offsetHeight)")
+    assert stamps and max(stamps) <= 20, stamps  # a timestamp on one line
+    shoot(driver, tmp_path, "11-chain-page-with-a-group")
+    fits_the_width(driver, "a chain's page with a group")
+
+    # and the cancelled chain's page: its unreached steps and members say so
+    driver.get(server.url(f"/admin/jobs/chain/{chain.pk}/change/"))
+    statuses = [r.get_attribute("data-status") for r in driver.find_elements(By.CSS_SELECTOR, "table.chain-plan tbody tr")]
+    assert statuses == ["cancelled", "not reached", "not reached", "not reached", "not reached"], statuses
+    shoot(driver, tmp_path, "12-chain-page-cancelled")

@@ -142,7 +142,7 @@ def test_chain_whose_middle_step_dies_ends_failed_with_its_error_and_its_waiters
     status, body = http_get(server.url(f"/api/chains/{chain.pk}"), timeout=10, headers=headers)
     view = json.loads(body)
     assert status == 200 and view["status"] == "failed" and view["finished_at"]
-    assert [s["status"] for s in view["steps"]] == ["succeeded", "dead", "waiting"]
+    assert [s["status"] for s in view["steps"]] == ["succeeded", "dead", "not reached"]
     failed = view["steps"][1]
     assert failed["type"] == "examples.fail" and failed["job"]["id"] == middle.pk
     assert "RuntimeError: examples.fail: failing attempt 4" in failed["job"]["error"]

@@ -149,7 +149,7 @@ def test_job_page_is_read_only_with_utc_seconds_duration_pre_error_and_buttons(a
     assert 'id="job-cancel"' not in page  # a dead job cannot be cancelled
     assert 'name="_save"' not in page and "/delete/" not in page
     listing = admin_client.get("/admin/jobs/job/").content.decode()
-    assert "2026-03-04 05:06:08 UTC" in listing
+    assert "Finished (UTC)" in listing and 'title="2026-03-04 05:06:08 UTC">03-04 05:06:08<' in listing
 
     job.status = Status.PENDING
     job.save()
@@ -244,3 +244,126 @@ def test_the_page_reads_jobs_through_indexes_not_the_whole_table(admin_client):
     # and the counts, the window and the lists use the indexes made for them
     for index in ("job_runnable_idx", "job_lease_idx", "job_status_idx", "job_finished_idx"):
         assert any(index in plan for plan in plans), (index, plans)
+
+
+# --- Issue 26: pages that tell the truth ----------------------------------------------------------
+
+
+def test_jobs_list_heads_each_column_by_what_it_shows_and_gives_a_dead_jobs_last_error(admin_client):
+    # given a dead job with a traceback, a job of a chain, and a succeeded one
+    now = timezone.now()
+    chain = Chain.objects.create(steps=[{"type": "examples.echo", "input": {}}])
+    make_job(status=Status.DEAD, attempt=2, max_attempts=2, worker="shared-1@host/529/9ed5b1717673c8f4", finished_at=now,
+             error="Traceback (most recent call last):\n  File \"x\"\nRuntimeError: examples.fail: failing attempt 2")
+    make_job(status=Status.SUCCEEDED, chain=chain, chain_index=0, finished_at=now, error="")
+    # when the list is read
+    page = admin_client.get("/admin/jobs/job/").content.decode()
+    # then each column says what it is, a dead job's error is its exception line, a worker its node
+    for header in ("column-attempts", "column-status_progress", "column-error_short", "column-worker_short", "column-chain_link"):
+        assert header in page, header
+    assert ">Status</a>" in page and ">Last error<" in page and ">Duration" not in page
+    assert "RuntimeError: examples.fail: failing attempt 2" in page and "Traceback" not in page
+    assert 'title="shared-1@host/529/9ed5b1717673c8f4">shared-1@host<' in page and ">2/2<" in page
+    assert f'href="/admin/jobs/chain/{chain.pk}/change/">#{chain.pk} step 0<' in page
+    assert 'id="nav-sidebar"' not in page  # the list takes the page's width
+
+    # and the list reads no row's error, input or output one by one: the same queries for twice the rows
+    for _ in range(2):
+        make_job(status=Status.DEAD, error="", chain=chain, chain_index=0, member=None)
+    with CaptureQueriesContext(connection) as before:
+        admin_client.get("/admin/jobs/job/")
+    for _ in range(4):
+        make_job(status=Status.DEAD, error="", chain=chain, chain_index=0, member=None)
+    with CaptureQueriesContext(connection) as after:
+        admin_client.get("/admin/jobs/job/")
+    assert len(after) == len(before), [q["sql"] for q in after]
+
+
+def test_a_dead_jobs_page_shows_every_attempt_and_no_run_due_after_its_end(admin_client):
+    # given a job dead after two attempts, its row holding the backoff of a retry that never comes
+    t0 = dt.datetime(2026, 3, 4, 5, 6, 0, tzinfo=dt.timezone.utc)
+    errors = [
+        {"attempt": 1, "error": "Traceback\nRuntimeError: first", "worker": "w1@h/11/a", "started_at": t0.isoformat(),
+         "at": (t0 + dt.timedelta(seconds=1)).isoformat()},
+        {"attempt": 2, "error": "Traceback\nRuntimeError: second", "worker": "w2@h/22/b",
+         "started_at": (t0 + dt.timedelta(seconds=3)).isoformat(), "at": (t0 + dt.timedelta(seconds=4.5)).isoformat()},
+    ]
+    job = make_job(status=Status.DEAD, attempt=2, max_attempts=2, errors=errors, error="Traceback\nRuntimeError: second",
+                   started_at=t0 + dt.timedelta(seconds=3), finished_at=t0 + dt.timedelta(seconds=4.5),
+                   run_after=t0 + dt.timedelta(seconds=60), published_at=None, worker="w2@h/22/b")
+    # when its page is read
+    page = admin_client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    # then both attempts are rows: worker, start, end, run time, outcome and error
+    assert page.count('class="cv-attempt"') == 2
+    assert 'data-attempt="1" data-outcome="failed"' in page and 'data-attempt="2" data-outcome="dead"' in page
+    assert "RuntimeError: first" in page and "w1@h/11" in page and "2026-03-04 05:06:01 UTC" in page and "1.500 s" in page
+    # and the timing says what is true: no run is due after its end, no message waits
+    assert "2026-03-04 05:07:00 UTC" not in page
+    assert "- (dead: no run is due)" in page and "- (dead: no message waits for it)" in page
+    assert "Ran for:" in page and "Duration text" not in page
+
+
+def test_unreached_steps_of_a_cancelled_chain_read_not_reached_not_waiting(admin_client):
+    # given a cancelled chain whose first step was cancelled, a group and a step never reached
+    chain = Chain.objects.create(
+        steps=[{"type": "examples.sleep", "input": {}}, {"group": [{"type": "examples.member", "input": {}}] * 3},
+               {"type": "examples.echo", "input": {}}],
+        status="cancelled", finished_at=timezone.now(),
+    )
+    make_job(chain=chain, chain_index=0, status=Status.CANCELLED, finished_at=timezone.now())
+    # when its page and the operations page are read
+    page = admin_client.get(f"/admin/jobs/chain/{chain.pk}/change/").content.decode()
+    ops = admin_client.get("/admin/operations/fragment/").content.decode()
+    # then nothing of it reads "waiting"
+    assert 'data-status="waiting"><td>' not in page and page.count('data-status="not reached"><td>') == 5  # group, 3 members, step 2
+    assert "3 not reached" in page
+    box = ops[ops.index(f'data-chain="{chain.pk}"'):]
+    assert 'data-status="waiting"' not in box and 'data-status="not reached"' in box
+
+
+def test_throughput_run_time_counts_runs_only_and_cancelled_jobs_have_their_column(admin_client):
+    # given, in the window, two runs of 1 s and 2 s, and a job cancelled 600 s after an attempt started
+    now = timezone.now()
+    for seconds, status in ((1.0, Status.SUCCEEDED), (2.0, Status.DEAD), (600.0, Status.CANCELLED)):
+        make_job(type="examples.sleep", status=status, started_at=now - dt.timedelta(seconds=seconds), finished_at=now)
+    make_job(type="examples.sleep", status=Status.CANCELLED, finished_at=now)  # cancelled before it ever ran
+    # when the operations page is read
+    response = admin_client.get("/admin/operations/fragment/")
+    sleep = next(t for t in response.context["throughput"] if t["type"] == "examples.sleep")
+    # then p95 is of the two runs, and the cancelled ones are counted apart
+    assert (sleep["finished"], sleep["succeeded"], sleep["dead"], sleep["cancelled"]) == (4, 1, 1, 2)
+    assert sleep["p95"] == pytest.approx(1.95, abs=0.01) and sleep["p50"] == pytest.approx(1.5, abs=0.01)
+    assert "<th>cancelled</th>" in response.content.decode()
+
+
+def test_a_big_group_is_summarised_on_the_operations_page_its_members_behind_details(admin_client):
+    # given a running chain with a group of 98 members
+    chain = Chain.objects.create(steps=[{"group": [{"type": "examples.member", "input": {}}] * 98}])
+    Job.objects.bulk_create([Job(type="examples.member", queue="default", chain=chain, chain_index=0, member=n,
+                                 status=Status.SUCCEEDED if n < 40 else Status.PENDING) for n in range(98)])
+    # when the operations page is read
+    page = admin_client.get("/admin/operations/fragment/").content.decode()
+    box = page[page.index(f'data-chain="{chain.pk}"'):]
+    # then the group is one summary line; its first members are behind a closed <details>
+    details = box[box.index("<details"):box.index("</details>")]
+    assert f'data-keep="chain-{chain.pk}-step-0"' in details and " open" not in details.split(">")[0]
+    assert "group of 98" in box and "58 pending, 40 succeeded" in box  # the step's own line sums them up
+    assert "the first 10 of 98 members, one by one" in details
+    assert details.count('class="ops-step ops-member"') == 10
+
+
+def test_the_admin_is_branded_conveyor_and_lists_no_unused_beat_schedules(client, admin_client):
+    # when the login page and the index are read
+    login = client.get("/admin/login/").content.decode()
+    index = admin_client.get("/admin/").content.decode()
+    # then they say Conveyor, API tokens are spelled so, and unused Clocked/Solar schedules are not listed
+    assert "Conveyor administration" in login and "Django administration" not in login
+    assert "<title>Conveyor: jobs, chains, events and schedules | Conveyor admin</title>" in index
+    assert ">API tokens<" in index and "Api tokens" not in index
+    assert "/admin/django_celery_beat/clockedschedule/" not in index and "/admin/django_celery_beat/solarschedule/" not in index
+    assert "/admin/django_celery_beat/crontabschedule/" in index
+    # and a clocked schedule in use (a one-off schedule's) is listed
+    from django_celery_beat.models import ClockedSchedule
+
+    ClockedSchedule.objects.create(clocked_time=timezone.now())
+    assert "/admin/django_celery_beat/clockedschedule/" in admin_client.get("/admin/").content.decode()

@@ -155,3 +155,10 @@ def test_booked_rows_claimed_late_together_start_no_faster_than_the_rate_allows_
     assert answers[:2] == [None, None]
     assert answers[2] == at(3.0) and answers[2] > booked_until
     assert booked == at(3.5)  # the type's next free slot: one interval after the new booking
+
+
+def test_a_step_without_a_job_waits_while_its_chain_runs_and_is_not_reached_once_it_ended():
+    from jobs.engine.decisions import unstarted_status
+
+    assert unstarted_status("running") == "waiting"
+    assert [unstarted_status(s) for s in ("cancelled", "failed", "succeeded")] == ["not reached"] * 3

@@ -19,7 +19,14 @@
           return response.text();
         })
         .then(function (html) {
+          // A <details> the user opened (a big group's members) stays open across the swap.
+          var open = {};
+          box.querySelectorAll("details[data-keep]").forEach(function (d) { open[d.getAttribute("data-keep")] = d.open; });
           box.innerHTML = html;
+          box.querySelectorAll("details[data-keep]").forEach(function (d) {
+            var key = d.getAttribute("data-keep");
+            if (key in open) d.open = open[key];
+          });
           box.setAttribute("data-refreshed", String(Date.now()));
           if (status) status.textContent = "Refreshes every 2 s; last at " + new Date().toISOString().slice(11, 19) + " UTC.";
         })
