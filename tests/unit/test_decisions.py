@@ -155,3 +155,27 @@ def test_booked_rows_claimed_late_together_start_no_faster_than_the_rate_allows_
     assert answers[:2] == [None, None]
     assert answers[2] == at(3.0) and answers[2] > booked_until
     assert booked == at(3.5)  # the type's next free slot: one interval after the new booking
+
+
+# --- An atomic run ---------------------------------------------------------------------------------
+
+
+def test_an_atomic_run_commits_its_writes_only_with_its_own_success():
+    # the success's fenced statement found the row still this attempt's: writes and outcome commit
+    assert decisions.atomic_end("", recorded=True) is decisions.AtomicEnd.COMMIT
+
+
+def test_an_atomic_run_that_lost_its_row_rolls_its_writes_back_and_records_nothing():
+    # reaped, handed back or claimed again while it ran: the fenced statement found nothing
+    assert decisions.atomic_end("", recorded=False) is decisions.AtomicEnd.LOST
+
+
+def test_an_atomic_run_whose_output_cannot_be_stored_rolls_back_and_fails_the_attempt():
+    # its writes go with it, as a raising handler's do; the attempt is recorded as failed
+    assert decisions.atomic_end("the handler's output cannot be stored as JSON", recorded=False) is decisions.AtomicEnd.FAIL
+
+
+def test_an_atomic_transaction_is_bounded_in_postgresql_by_the_types_timeout_plus_the_grace():
+    assert decisions.transaction_bound_ms(timeout=60, grace=15) == 75_000
+    assert decisions.transaction_bound_ms(timeout=1, grace=0) == 1_000
+    assert decisions.transaction_bound_ms(timeout=0.2, grace=0) == 1_000  # never below a second
