@@ -14,10 +14,15 @@ master SIGKILLed once (Sentinel promotes the replica), w1 cut off the network (i
 w2's recovery loop reaps them, they run again when w1 is back, and w1's late outcomes are refused
 by attempt fencing), and the beat that leads SIGKILLed (the standby takes over).
 
+Beside them, lone jobs of the atomic types (`chaos.atomic` on w1, `chaos.atomic_io` on w2; one
+of w1's slow jobs is atomic too): each writes its effect, then works with its transaction open.
+
 Then, once every chain and delivery has ended (the drain), the summary counts from the rows:
 lost (a chain or delivery not succeeded, a succeeded job without its effects), run twice (an
 effect written twice: the same attempt run twice, or an outcome recorded twice), left running,
 keyed events out of order; and, allowed and shown: jobs run again after a fault (at least once).
+For the atomic jobs: how many had a run repeated after a fault, and their effects written twice,
+which must be 0 (exactly once), beside the non-atomic types' effects written again.
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ from hosts.harness import HTTP_PORT, Proc, Topology
 
 EMAIL = "chaos@example.com"
 PASSWORD = "chaos-password-" + str(int(time.time()))
-TYPES = ("chaos.cpu", "chaos.io")
+ATOMIC_TYPES = ("chaos.atomic", "chaos.atomic_io")
+TYPES = ("chaos.cpu", "chaos.io", *ATOMIC_TYPES)
 DELIVERY = "deliver:chaos.audit"
 
 
@@ -45,6 +51,10 @@ class Plan:
     chains: int = 2000
     events: int = 500
     keys: int = 50
+    #: Lone jobs of the atomic types, half on each worker host.
+    atomic: int = 500
+    #: Seconds an atomic job sleeps after its write, its transaction open.
+    atomic_sleep: float = 0.05
     kills: int = 8
     cut_seconds: float = 10.0
     #: Seconds between one fault and the next.
@@ -71,6 +81,8 @@ class Run:
     chain_ids: list[int] = field(default_factory=list)
     #: Lone jobs: the slow ones w1 runs when it is cut off.
     job_ids: list[int] = field(default_factory=list)
+    #: Lone jobs of the atomic types (the slow atomic one is in job_ids).
+    atomic_ids: list[int] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
     http_retries: int = 0
     began: float = 0.0
@@ -127,6 +139,12 @@ def submit(client: Client, run: Run) -> None:
         with lock:
             run.chain_ids.append(made["id"])
 
+    def atomic_job(index: int) -> None:
+        paced(index * window / max(1, plan.atomic))
+        made = client.post("/api/jobs", {"type": ATOMIC_TYPES[index % 2], "input": {"sleep": plan.atomic_sleep}})
+        with lock:
+            run.atomic_ids.append(made["id"])
+
     def key_events(key: int, count: int) -> None:
         for seq in range(1, count + 1):
             paced((seq - 1) * window / count)
@@ -145,6 +163,7 @@ def submit(client: Client, run: Run) -> None:
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(key_events, k, n) for k, n in enumerate(per_key) if n]
         futures += [pool.submit(chain, i) for i in range(plan.chains)]
+        futures += [pool.submit(atomic_job, i) for i in range(plan.atomic)]
         for future in futures:
             future.result()
 
@@ -207,8 +226,10 @@ def timeline_length(plan: Plan) -> int:
 
 def slow_jobs_running(net: Topology, client: Client, run: Run, count: int, seconds: float, timeout: float = 30) -> int:
     """Put `count` slow jobs (a `seconds` sleep) at the head of w1's queue (priority 0) and wait
-    until they run there: the network cut then catches them mid-run. Returns how many run."""
-    ids = [client.post("/api/jobs", {"type": "chaos.cpu", "input": {"sleep": seconds}, "priority": 0})["id"] for _ in range(count)]
+    until they run there: the network cut then catches them mid-run. Every second one is atomic
+    (`chaos.atomic`: cut off after its write, its transaction open). Returns how many run."""
+    types = ["chaos.cpu", "chaos.atomic"]
+    ids = [client.post("/api/jobs", {"type": types[i % 2], "input": {"sleep": seconds}, "priority": 0})["id"] for i in range(count)]
     run.job_ids += ids
     deadline = time.monotonic() + timeout
     running = 0
@@ -335,6 +356,7 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     slow_attempts = [attempt for (attempt,) in query(net, "SELECT attempt FROM jobs_job WHERE id = ANY(%s) ORDER BY id",
                                                       (run.job_ids,))]
     twice = query(net, "SELECT effect, count(*) FROM chaos_effect WHERE times > 1 GROUP BY 1")
+    atomic = atomic_counts(net, run)
     [(running,)] = query(net, "SELECT count(*) FROM jobs_job WHERE status = 'running'")
     [(reruns,)] = query(net, """SELECT count(*) FROM (SELECT job_id FROM chaos_effect WHERE effect LIKE 'run:%%' OR effect LIKE 'seen:%%'
                                 GROUP BY job_id HAVING count(*) > 1) x""")
@@ -353,7 +375,8 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     refused = sum(proc.log(10**8).count("lost its lease before") for proc in workers)
     reaped = sum(proc.log(10**8).count("lease expired, now pending") for proc in workers)
     lost = (sum(n for status, n in chains.items() if status != "succeeded") + (len(run.chain_ids) - sum(chains.values()))
-            + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen + lone_lost)
+            + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen + lone_lost
+            + atomic["atomic_lost"])
     return {
         "chains": len(run.chain_ids), "chain_statuses": chains, "chain_jobs_succeeded": steps_ok, "slow_jobs": len(run.job_ids),
         "slow_job_attempts": slow_attempts,
@@ -363,7 +386,28 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
         "rerun_after_fault": reruns, "ran_on_two_hosts": moved, "late_outcomes_refused": refused, "reaped": reaped,
         "beat_ticks": ticks[0], "beat_ticks_after_kill": ticks[1] if beat_killed else None,
         "http_retries": run.http_retries,
+        **atomic,
     }
+
+
+def atomic_counts(net: Topology, run: Run) -> dict[str, Any]:
+    """The atomic jobs' ledger (the lone ones and the slow atomic one): their statuses; how many
+    had a run repeated after a fault (attempt > 1); their effects written twice (must be 0) and
+    lost (succeeded without its effect, or an effect without its success: must be 0); beside
+    them, the non-atomic jobs' effects written again by their re-runs (at least once)."""
+    ids = run.atomic_ids + run.job_ids
+    statuses = dict(query(net, "SELECT status, count(*) FROM jobs_job WHERE id = ANY(%s) AND type = ANY(%s) GROUP BY 1",
+                          (ids, list(ATOMIC_TYPES))))
+    [(repeated, twice, lost)] = query(net, """
+        SELECT count(*) FILTER (WHERE j.attempt > 1),
+               count(*) FILTER (WHERE e.times > 1),
+               count(*) FILTER (WHERE (j.status = 'succeeded') <> (e.job_id IS NOT NULL))
+          FROM jobs_job j LEFT JOIN chaos_effect e ON e.job_id = j.id AND e.effect = 'atomic'
+         WHERE j.id = ANY(%s) AND j.type = ANY(%s)""", (ids, list(ATOMIC_TYPES)))
+    [(again,)] = query(net, """SELECT count(*) - count(DISTINCT job_id) FROM chaos_effect e JOIN jobs_job j ON j.id = e.job_id
+                               WHERE j.type IN ('chaos.cpu', 'chaos.io') AND (e.effect LIKE 'run:%%')""")
+    return {"atomic_jobs": sum(statuses.values()), "atomic_statuses": statuses, "atomic_repeated": repeated,
+            "atomic_written_twice": twice, "atomic_lost": lost, "nonatomic_effects_written_again": again}
 
 
 # --- The run ------------------------------------------------------------------------------------------
@@ -436,6 +480,7 @@ def report(summary: dict[str, Any]) -> str:
     """The summary as text: what went in, each fault and when, then the counts that must be 0."""
     lines = [
         f"chaos run: {summary['chains']} three-step chains (cpu on w1 -> io on w2 -> cpu on w1), "
+        f"{summary['atomic_jobs']} atomic jobs, "
         f"{summary['events']} keyed events over {summary['keys']} keys and {summary['slow_jobs']} slow jobs for w1 to be "
         f"running when it is cut off, in over HTTP; all in and every fault done at "
         f"t={summary['load_seconds']}s",
@@ -455,5 +500,9 @@ def report(summary: dict[str, Any]) -> str:
         f"late outcomes refused (attempt fencing): {summary['late_outcomes_refused']}; "
         f"HTTP requests retried: {summary['http_retries']}",
         f"beat: {summary['beat_ticks']} ticks, {summary['beat_ticks_after_kill']} after the leader was killed",
+        f"atomic jobs (atomic=True): {summary['atomic_jobs']} {summary['atomic_statuses']}; runs repeated after a fault: "
+        f"{summary['atomic_repeated']}; effects written twice: {summary['atomic_written_twice']} (exactly once); "
+        f"lost: {summary['atomic_lost']}; beside them, the non-atomic jobs' effects written again by their re-runs "
+        f"(at least once): {summary['nonatomic_effects_written_again']}",
     ]
     return "\n".join(lines)

@@ -13,6 +13,13 @@ second write of the same effect increments `times` instead of vanishing:
 `chaos.cpu` (queue `images`: a prefork host) burns `work` loop iterations; `chaos.io` (queue
 `notifications`: a threads host) sleeps `sleep` seconds. A chain cpu -> io -> cpu crosses both
 worker hosts twice. `chaos.tick` is beat's: every 2 s.
+
+`chaos.atomic` (queue `images`) and `chaos.atomic_io` (queue `notifications`) are atomic types
+(`atomic=True`): the handler writes its effect `atomic` first, with no attempt in its name, then
+works (burns, sleeps) with its transaction open, so that a fault meets it after its write and
+before its commit. The write commits with the outcome or not at all: however often a job's runs
+are repeated after faults, `atomic` is written once (times > 1 would be a write that survived a
+run whose outcome did not).
 """
 from __future__ import annotations
 
@@ -79,6 +86,16 @@ def io(ctx: Context, data: Work) -> dict:
     return _run(ctx, data)
 
 
+def atomic(ctx: Context, data: Work) -> dict:
+    """An atomic type's handler: its write first, then its work, in the transaction of its outcome."""
+    record(ctx.job_id, "atomic", seq=ctx.attempt)
+    if data.work:
+        burn(data.work)
+    if data.sleep:
+        time.sleep(data.sleep)
+    return {"host": HOST, "attempt": ctx.attempt}
+
+
 def tick(ctx: Context, data: dict) -> dict:
     record(ctx.job_id, f"run:{ctx.attempt}")
     return {"host": HOST}
@@ -89,6 +106,10 @@ def tick(ctx: Context, data: dict) -> dict:
 _retry = {"retries": 20, "backoff": Backoff(base=0.2, cap=2.0)}
 add(JobType(name="chaos.cpu", handler=cpu, queue="images", input=Work, timeout=60, on_finish=_done, public=True, **_retry))
 add(JobType(name="chaos.io", handler=io, queue="notifications", input=Work, timeout=60, on_finish=_done, public=True, **_retry))
+add(JobType(name="chaos.atomic", handler=atomic, queue="images", input=Work, timeout=60, on_finish=_done, public=True,
+            atomic=True, **_retry))
+add(JobType(name="chaos.atomic_io", handler=atomic, queue="notifications", input=Work, timeout=60, on_finish=_done,
+            public=True, atomic=True, **_retry))
 add(JobType(name="chaos.tick", handler=tick, queue="notifications", timeout=30, on_finish=_done,
             schedule=Schedule(every=2, name="chaos.tick", job="chaos.tick", description="the chaos run's beat probe"), **_retry))
 

@@ -4,7 +4,8 @@ A worker that receives a job id claims the row (store.claim: SKIP LOCKED, runnab
 commits a lease; it runs the handler outside any transaction while the heartbeat extends the
 lease, then records the outcome and the chain's next step in one transaction, publishing after
 commit. An outcome names the attempt it belongs to: a run whose lease was taken over records
-nothing. Every statement is the job store's (jobs.engine.store).
+nothing. An atomic type's handler runs inside its outcome's transaction instead (`_atomic`), so
+that its database writes share that fate. Every statement is the job store's (jobs.engine.store).
 """
 from __future__ import annotations
 
