@@ -214,3 +214,23 @@ def test_an_atomic_transaction_is_bounded_in_postgresql_by_the_types_timeout_and
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')")
         assert cursor.fetchone() == ("0", "0")
+
+
+def test_an_atomic_chain_step_commits_its_writes_its_success_and_the_next_step_together():
+    # given a chain whose first step is atomic; the handler looks, from another connection, for the
+    # next step while its transaction is open
+    from jobs import Step, start_chain
+
+    chain = start_chain([Step(TYPE, {}), Step("examples.echo", {"after": "atomic"})])
+    first = Job.objects.get(chain_id=chain.pk, chain_index=0)
+    meanwhile.append(lambda ctx: seen.update(next_outside=in_another_thread(
+        lambda: Job.objects.filter(chain_id=ctx.chain_id, chain_index=1).exists())))
+
+    # when the step runs
+    outcome = runner.execute(first.pk, WORKER)
+
+    # then its write and the chain's next step appeared together, at the commit
+    assert outcome == "succeeded"
+    assert seen["next_outside"] is False
+    assert effects(first.pk) == [1]
+    assert Job.objects.filter(chain_id=chain.pk, chain_index=1, type="examples.echo").count() == 1
