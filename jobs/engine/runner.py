@@ -121,7 +121,8 @@ def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> 
         error = f"timeout: the run took longer than {jt.timeout}s"
         return _record(ctx, lambda: _fail(ctx, error, jt)), error
     except _RolledBack as rolled_back:  # an atomic run's output that cannot be stored: writes undone
-        return _record(ctx, lambda: _fail(ctx, rolled_back.error, jt)), rolled_back.error
+        error = rolled_back.error
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
     except Exception as exc:
         error = traceback.format_exc(limit=20)
         permanent = isinstance(exc, registry.Permanent)  # no retry can change it: its last attempt

@@ -126,13 +126,17 @@ def test_an_atomic_handler_that_writes_then_raises_leaves_no_write_and_its_retry
     assert effects(job.pk) == [2]
 
 
-@pytest.mark.parametrize("taken_by", ["the reaper", "another claimant"])
+@pytest.mark.parametrize("taken_by", ["the reaper", "another claimant", "a hand-back"])
 def test_an_atomic_run_that_loses_its_row_mid_run_commits_none_of_its_writes(taken_by: str):
     # given an atomic job whose lease lapses while its handler runs, after the handler's write:
-    # the reaper settles the row (and, in the second case, another worker claims attempt 2)
+    # the reaper settles the row (and, in the second case, another worker claims attempt 2), or
+    # its worker's supervisor hands it back (a drain: the attempt given back)
     job = enqueue(TYPE)
 
     def taken(ctx: Any) -> None:
+        if taken_by == "a hand-back":
+            assert in_another_thread(lambda: recovery.hand_back(WORKER.split("/")[0], drained=True)) == 1
+            return
         in_another_thread(lambda: reap_now(ctx.job_id))
         if taken_by == "another claimant":
             assert in_another_thread(lambda: store.claim(ctx.job_id, "other@test/2", 30)).attempt == 2
@@ -146,7 +150,7 @@ def test_an_atomic_run_that_loses_its_row_mid_run_commits_none_of_its_writes(tak
     assert outcome == "lost"
     assert effects(job.pk) == []
     row = Job.objects.get(pk=job.pk)
-    assert (row.status, row.attempt) == ((Status.PENDING, 1) if taken_by == "the reaper" else (Status.RUNNING, 2))
+    assert (row.status, row.attempt) == ((Status.RUNNING, 2) if taken_by == "another claimant" else (Status.PENDING, 1))
 
     # when the job runs again (after the other claimant's lease lapses too, in the second case)
     meanwhile.clear()
