@@ -19,7 +19,8 @@ worker hosts twice. `chaos.tick` is beat's: every 2 s.
 works (burns, sleeps) with its transaction open, so that a fault meets it after its write and
 before its commit. The write commits with the outcome or not at all: however often a job's runs
 are repeated after faults, `atomic` is written once (times > 1 would be a write that survived a
-run whose outcome did not).
+run whose outcome did not). Their twins `chaos.plain` and `chaos.plain_io` run the same handler
+without `atomic` (effect `plain`): at least once, a run repeated after its write writes again.
 """
 from __future__ import annotations
 
@@ -86,9 +87,10 @@ def io(ctx: Context, data: Work) -> dict:
     return _run(ctx, data)
 
 
-def atomic(ctx: Context, data: Work) -> dict:
-    """An atomic type's handler: its write first, then its work, in the transaction of its outcome."""
-    record(ctx.job_id, "atomic", seq=ctx.attempt)
+def write_first(ctx: Context, data: Work) -> dict:
+    """Its write first, then its work: an atomic type's in the transaction of its outcome (effect
+    `atomic`), its non-atomic twin's committed at once (effect `plain`)."""
+    record(ctx.job_id, "atomic" if ctx.type.startswith("chaos.atomic") else "plain", seq=ctx.attempt)
     if data.work:
         burn(data.work)
     if data.sleep:
@@ -106,10 +108,11 @@ def tick(ctx: Context, data: dict) -> dict:
 _retry = {"retries": 20, "backoff": Backoff(base=0.2, cap=2.0)}
 add(JobType(name="chaos.cpu", handler=cpu, queue="images", input=Work, timeout=60, on_finish=_done, public=True, **_retry))
 add(JobType(name="chaos.io", handler=io, queue="notifications", input=Work, timeout=60, on_finish=_done, public=True, **_retry))
-add(JobType(name="chaos.atomic", handler=atomic, queue="images", input=Work, timeout=60, on_finish=_done, public=True,
-            atomic=True, **_retry))
-add(JobType(name="chaos.atomic_io", handler=atomic, queue="notifications", input=Work, timeout=60, on_finish=_done,
-            public=True, atomic=True, **_retry))
+for _name, _queue in (("atomic", "images"), ("atomic_io", "notifications")):
+    add(JobType(name=f"chaos.{_name}", handler=write_first, queue=_queue, input=Work, timeout=60, on_finish=_done,
+                public=True, atomic=True, **_retry))
+    add(JobType(name=f"chaos.{_name.replace('atomic', 'plain')}", handler=write_first, queue=_queue, input=Work, timeout=60,
+                on_finish=_done, public=True, **_retry))
 add(JobType(name="chaos.tick", handler=tick, queue="notifications", timeout=30, on_finish=_done,
             schedule=Schedule(every=2, name="chaos.tick", job="chaos.tick", description="the chaos run's beat probe"), **_retry))
 

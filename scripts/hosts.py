@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Conveyor across hosts on one machine (network namespaces): the chaos run (issue 15).
 
-    python scripts/hosts.py chaos            2,000 chains, 500 keyed events, 500 atomic jobs under faults (make chaos)
-    python scripts/hosts.py chaos --small    the suite's size: 200 chains, 60 events, 60 atomic jobs, 3 kills
+    python scripts/hosts.py chaos            2,000 chains, 500 keyed events, 500 atomic jobs (+ 500 twins) under faults
+    python scripts/hosts.py chaos --small    the suite's size: 200 chains, 60 events, 60 atomic jobs (+ 60 twins), 3 kills
     python scripts/hosts.py chaos --json F   also write the summary as JSON to F
     python scripts/hosts.py check            can this machine make namespaces? (one line; exit 0 or 3)
 
