@@ -238,3 +238,12 @@ def test_an_atomic_chain_step_commits_its_writes_its_success_and_the_next_step_t
     assert seen["next_outside"] is False
     assert effects(first.pk) == [1]
     assert Job.objects.filter(chain_id=chain.pk, chain_index=1, type="examples.echo").count() == 1
+
+
+def test_the_catalog_says_which_types_are_atomic():
+    from tests.support import api_client
+
+    types = {t["name"]: t for t in api_client().get("/api/types").json()}
+
+    assert types[TYPE]["atomic"] is True
+    assert types["examples.echo"]["atomic"] is False
