@@ -103,16 +103,21 @@ class AtomicEnd(str, enum.Enum):
     COMMIT = "commit"  # its writes and its success, together
     FAIL = "fail"  # roll its writes back, then record a failed attempt (its output cannot be stored)
     LOST = "lost"  # roll its writes back, record nothing: the row is no longer this attempt's
+    CANCEL = "cancel"  # roll its writes back, then end it cancelled (a cancel asked while it ran)
 
 
-def atomic_end(output_error: str, recorded: bool) -> AtomicEnd:
+def atomic_end(output_error: str, recorded: str) -> AtomicEnd:
     """After the handler returned: an output that cannot be stored fails the attempt (its writes
-    rolled back, as a raising handler's are); otherwise the success's fenced statement decides:
-    `recorded` False (the lease lapsed, the row reaped, handed back or claimed again) rolls the
-    writes back, so that only the attempt holding the row commits anything."""
+    rolled back, as a raising handler's are); otherwise the success's fenced statement decides by
+    the status it `recorded`: none ("", the lease lapsed, the row reaped, handed back or claimed
+    again) rolls the writes back, so that only the attempt holding the row commits anything;
+    "cancelled" (a cancel was asked while it ran) rolls them back too, and the job ends cancelled
+    with no effect; "succeeded" commits."""
     if output_error:
         return AtomicEnd.FAIL
-    return AtomicEnd.COMMIT if recorded else AtomicEnd.LOST
+    if not recorded:
+        return AtomicEnd.LOST
+    return AtomicEnd.CANCEL if recorded == CANCELLED else AtomicEnd.COMMIT
 
 
 def transaction_bound_ms(timeout: float, grace: float) -> int:

@@ -180,7 +180,9 @@ def _atomic(ctx: Context, claimed: store.Claimed, jt: registry.JobType, limit: T
     one whose worker froze or was cut off is ended by PostgreSQL past the type's timeout
     (`store.bound_transaction`). A handler that raises has its writes rolled back (the
     exception leaves the transaction), then its failure is recorded by `_run` as any other:
-    the retry starts from a clean slate. A database error at commit is recorded as a failure
+    the retry starts from a clean slate. A run whose cancel was asked meanwhile (the success's
+    statement ends it cancelled) is rolled back too and ends cancelled through `store.fail`:
+    a cancelled atomic job has no effect. A database error at commit is recorded as a failure
     too; were the commit in fact made, that failure's fenced statement records nothing.
     """
     try:
@@ -188,13 +190,17 @@ def _atomic(ctx: Context, claimed: store.Claimed, jt: registry.JobType, limit: T
             store.bound_transaction(decisions.transaction_bound_ms(jt.timeout, HARD_LIMIT_GRACE))
             encoded, error = _encoded(_handle(ctx, claimed, jt, limit))
             status = "" if error else _succeed_in(ctx, encoded, jt)
-            end = decisions.atomic_end(error, recorded=status not in ("", "lost"))
+            end = decisions.atomic_end(error, recorded="" if status == "lost" else status)
+            if end is decisions.AtomicEnd.CANCEL:
+                error = "cancelled while it ran: its writes were rolled back"
             if end is not decisions.AtomicEnd.COMMIT:
                 raise _RolledBack(end, error)
     except _RolledBack as rolled_back:
         if rolled_back.end is decisions.AtomicEnd.LOST:
             return "lost", ""
-        raise  # FAIL: `_run` records the failure, the transaction rolled back
+        # FAIL, CANCEL: `_run` records the attempt failed (`store.fail`, which ends it cancelled
+        # when a cancel was asked), the transaction rolled back
+        raise
     return status, ""
 
 

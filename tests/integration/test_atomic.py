@@ -247,3 +247,19 @@ def test_the_catalog_says_which_types_are_atomic():
 
     assert types[TYPE]["atomic"] is True
     assert types["examples.echo"]["atomic"] is False
+
+
+def test_an_atomic_run_whose_cancel_is_asked_while_it_runs_ends_cancelled_with_its_writes_rolled_back():
+    # given an atomic job cancelled by an operator while its handler runs, after its write
+    from jobs.engine import control
+
+    job = enqueue(TYPE)
+    meanwhile.append(lambda ctx: in_another_thread(lambda: control.cancel(Job.objects.get(pk=ctx.job_id))))
+
+    # when the handler returns
+    outcome = runner.execute(job.pk, WORKER)
+
+    # then the job ended cancelled, and its write went with the cancel
+    assert outcome == "cancelled"
+    assert Job.objects.get(pk=job.pk).status == Status.CANCELLED
+    assert effects(job.pk) == []
