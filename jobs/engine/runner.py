@@ -189,12 +189,15 @@ def _atomic(ctx: Context, claimed: store.Claimed, jt: registry.JobType, limit: T
         with transaction.atomic(durable=True):
             store.bound_transaction(decisions.transaction_bound_ms(jt.timeout, HARD_LIMIT_GRACE))
             encoded, error = _encoded(_handle(ctx, claimed, jt, limit))
-            status = "" if error else _succeed_in(ctx, encoded, jt)
-            end = decisions.atomic_end(error, recorded="" if status == "lost" else status)
+            done = None if error else store.succeed(ctx.job_id, ctx.attempt, encoded, ctx.chain_id, plan=ctx.member is None)
+            end = decisions.atomic_end(error, recorded=done.status if done is not None else "")
             if end is decisions.AtomicEnd.CANCEL:
                 error = "cancelled while it ran: its writes were rolled back"
+            elif end is decisions.AtomicEnd.LOST:
+                _lost(ctx)
             if end is not decisions.AtomicEnd.COMMIT:
                 raise _RolledBack(end, error)
+            status = _succeeded(ctx, done, jt)
     except _RolledBack as rolled_back:
         if rolled_back.end is decisions.AtomicEnd.LOST:
             return "lost", ""
@@ -244,10 +247,15 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
 def _succeed_in(ctx: Context, output_json: str, jt: registry.JobType) -> str:
     """The success in the caller's transaction: the row, then what follows its end; "lost" when
     the row is no longer this attempt's (nothing written)."""
-    hook = ctx.finish_hook_needed and jt.on_finish is not None
     done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
     if done is None:
         return _lost(ctx)
+    return _succeeded(ctx, done, jt)
+
+
+def _succeeded(ctx: Context, done: store.Succeeded, jt: registry.JobType) -> str:
+    """What follows a success's row, in its transaction (ending.ended: the chain, the slots, the hook)."""
+    hook = ctx.finish_hook_needed and jt.on_finish is not None
     row = store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member)
     ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
     return done.status

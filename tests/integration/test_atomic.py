@@ -29,6 +29,8 @@ WORKER = "atomic@test/1"
 meanwhile: list[Callable[[Any], None]] = []
 #: What each run saw of the job's earlier writes, by attempt.
 seen: dict[int, int] = {}
+#: (job id, status) of every on_finish call, in order.
+finished: list[tuple[int, str]] = []
 
 
 def write_once(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +51,9 @@ def write_once(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
 def atomic_type() -> Iterator[None]:
     meanwhile.clear()
     seen.clear()
-    registry.add(JobType(TYPE, write_once, retries=2, backoff=Backoff(0.0, 0.0), atomic=True))
+    finished.clear()
+    registry.add(JobType(TYPE, write_once, retries=2, backoff=Backoff(0.0, 0.0), atomic=True,
+                         on_finish=lambda job_id, status: finished.append((job_id, status))))
     yield
     registry.remove(TYPE)
 
@@ -102,6 +106,7 @@ def test_an_atomic_success_commits_the_handlers_writes_and_its_outcome_together(
     assert effects(job.pk) == [1]
     assert Job.objects.get(pk=job.pk).output == {"attempt": 1}
     assert Job.objects.filter(type="examples.echo", input={"from": job.pk}).count() == 1
+    assert finished == [(job.pk, "succeeded")]
 
 
 def test_an_atomic_handler_that_writes_then_raises_leaves_no_write_and_its_retry_sees_a_clean_slate():
@@ -259,7 +264,8 @@ def test_an_atomic_run_whose_cancel_is_asked_while_it_runs_ends_cancelled_with_i
     # when the handler returns
     outcome = runner.execute(job.pk, WORKER)
 
-    # then the job ended cancelled, and its write went with the cancel
+    # then the job ended cancelled, and its write went with the cancel; its hook ran once
     assert outcome == "cancelled"
     assert Job.objects.get(pk=job.pk).status == Status.CANCELLED
     assert effects(job.pk) == []
+    assert finished == [(job.pk, "cancelled")]
