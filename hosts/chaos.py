@@ -19,7 +19,8 @@ Beside them, lone jobs of the atomic types (`chaos.atomic` on w1, `chaos.atomic_
 writes its effect, then works with its transaction open; and as many of their non-atomic twins
 (`chaos.plain`, `chaos.plain_io`: the same handler). w1's two slow jobs are such twins, one of
 each: cut off after their write, reaped and run again, the plain one writes twice, the atomic
-one once.
+one once. Before each kill such a pair is put to run on the host about to lose a process, past
+its write: the kill meets it, or misses it (a random process of the host dies).
 
 Then, once every chain and delivery has ended (the drain), the summary counts from the rows:
 lost (a chain or delivery not succeeded, a succeeded job without its effects), run twice (an
@@ -90,6 +91,8 @@ class Run:
     #: Lone jobs of the atomic types (the slow atomic one is in job_ids).
     atomic_ids: list[int] = field(default_factory=list)
     plain_ids: list[int] = field(default_factory=list)
+    #: The write-first pairs (plain, atomic) running on a worker host when a kill comes.
+    kill_pair_ids: list[int] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
     http_retries: int = 0
     began: float = 0.0
@@ -233,15 +236,18 @@ def timeline_length(plan: Plan) -> int:
     return len(timeline_names(plan))
 
 
-def slow_jobs_running(net: Topology, client: Client, run: Run, count: int, seconds: float, timeout: float = 30) -> int:
-    """Put `count` slow jobs (a `seconds` sleep) at the head of w1's queue (priority 0) and wait
-    until they run there, their write made: the network cut then catches them mid-run, after it.
-    Twins, in turn: `chaos.plain` (its write committed at once: its run repeated after the cut
-    writes again, at least once) and `chaos.atomic` (its write in its transaction, still open:
-    written once). Returns how many run."""
-    types = ["chaos.plain", "chaos.atomic"]
+def slow_jobs_running(net: Topology, client: Client, into: list[int], count: int, seconds: float, timeout: float = 30,
+                      host: str = "w1") -> int:
+    """Put `count` slow jobs (a `seconds` sleep) at the head of a worker host's queue (priority 0)
+    and wait until they run there, their write made: the fault that follows (w1's network cut, a
+    kill) then catches them mid-run, after it. Twins, in turn: `chaos.plain` (its write committed
+    at once: its run repeated after the fault writes again, at least once) and `chaos.atomic`
+    (its write in its transaction, still open: written once); `_io` ones on w2. Returns how many
+    run; their ids go `into` the list given (the run's `job_ids` for the cut, `kill_pair_ids`)."""
+    suffix = "" if host == "w1" else "_io"
+    types = [f"chaos.plain{suffix}", f"chaos.atomic{suffix}"]
     ids = [client.post("/api/jobs", {"type": types[i % 2], "input": {"sleep": seconds}, "priority": 0})["id"] for i in range(count)]
-    run.job_ids += ids
+    into += ids
     plain = len(ids[::2])
     deadline = time.monotonic() + timeout
     running = 0
@@ -268,8 +274,11 @@ def inject(net: Topology, client: Client, run: Run, workers: list[Proc], beats: 
     kills = iter(range(plan.kills))
 
     def kill() -> None:  # the worker hosts in turn, a random process of the host
+        worker = workers[next(kills) % len(workers)]
+        # a write-first pair running there, past its write, for the kill to meet (or miss)
+        running = slow_jobs_running(net, client, run.kill_pair_ids, 2, seconds=2.0, timeout=10, host=worker.host)
         at = run.now()
-        note("SIGKILL worker process", at, kill_random_worker(rng, workers[next(kills) % len(workers)]))
+        note("SIGKILL worker process", at, f"{kill_random_worker(rng, worker)} ({running} of a write-first pair running there)")
 
     def restart_pg() -> None:
         at = run.now()
@@ -291,7 +300,7 @@ def inject(net: Topology, client: Client, run: Run, workers: list[Proc], beats: 
         note("Redis master SIGKILLed", at, f"{old[0]}:{old[1]} -> Sentinel promoted {new[0]}:{new[1]} in {time.monotonic() - began:.1f}s")
 
     def cut() -> None:
-        slow = slow_jobs_running(net, client, run, plan.w1_concurrency, seconds=min(3.0, plan.cut_seconds / 2))
+        slow = slow_jobs_running(net, client, run.job_ids, plan.w1_concurrency, seconds=min(3.0, plan.cut_seconds / 2))
         at = run.now()
         net.cut("w1")
         time.sleep(plan.cut_seconds)
@@ -372,8 +381,8 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
                                                       (run.job_ids,))]
     # The non-atomic twins' `plain` written twice is at least once at work, counted apart below.
     twice = query(net, "SELECT effect, count(*) FROM chaos_effect WHERE times > 1 AND effect <> 'plain' GROUP BY 1")
-    atomic = write_first_counts(net, run.atomic_ids + run.job_ids, ATOMIC_TYPES, "atomic")
-    plain = write_first_counts(net, run.plain_ids + run.job_ids, PLAIN_TYPES, "plain")
+    atomic = write_first_counts(net, run.atomic_ids + run.job_ids + run.kill_pair_ids, ATOMIC_TYPES, "atomic")
+    plain = write_first_counts(net, run.plain_ids + run.job_ids + run.kill_pair_ids, PLAIN_TYPES, "plain")
     [(running,)] = query(net, "SELECT count(*) FROM jobs_job WHERE status = 'running'")
     [(reruns,)] = query(net, """SELECT count(*) FROM (SELECT job_id FROM chaos_effect WHERE effect LIKE 'run:%%' OR effect LIKE 'seen:%%'
                                 GROUP BY job_id HAVING count(*) > 1) x""")
