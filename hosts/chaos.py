@@ -276,7 +276,7 @@ def inject(net: Topology, client: Client, run: Run, workers: list[Proc], beats: 
     def kill() -> None:  # the worker hosts in turn, a random process of the host
         worker = workers[next(kills) % len(workers)]
         # a write-first pair running there, past its write, for the kill to meet (or miss)
-        running = slow_jobs_running(net, client, run.kill_pair_ids, 2, seconds=2.0, timeout=10, host=worker.host)
+        running = slow_jobs_running(net, client, run.kill_pair_ids, 2, seconds=1.0, timeout=10, host=worker.host)
         at = run.now()
         note("SIGKILL worker process", at, f"{kill_random_worker(rng, worker)} ({running} of a write-first pair running there)")
 
