@@ -2,11 +2,12 @@
 
 The chaos run (scripts/hosts.py chaos --small: 200 three-step chains across the two worker
 hosts, 60 keyed events, 60 jobs of atomic types and 60 of their non-atomic twins (issue 27; a
-pair of them running past their write on the host of each kill and of the cut), while worker processes are SIGKILLed, PostgreSQL restarts, the Redis
-master is killed and Sentinel promotes the replica, a worker host is cut off the network for
-10 s while it runs two slow jobs, and the leading beat is killed) must lose nothing, run nothing twice, leave nothing running
-and deliver every key in order; the standby beat must take over; an atomic job's effect is
-written exactly once, even where its runs were repeated after a fault. The scale table's smoke run
+pair of them running past their write on the host of each kill and of the cut), while worker
+processes are SIGKILLed, PostgreSQL restarts, the Redis master is killed and Sentinel promotes
+the replica, a worker host is cut off the network for 10 s while it runs two slow jobs, and the
+leading beat is killed) must lose nothing, run nothing twice, leave nothing running and deliver
+every key in order; the standby beat must take over; an atomic job's effect is written exactly
+once, even where its runs were repeated after a fault. The scale table's smoke run
 (bench.scale at tiny sizes) must measure both sides across the two worker hosts.
 
 Both run as subprocesses (they build and remove their own hosts, PostgreSQL and Redis); where
