@@ -10,14 +10,25 @@ worker host (one leads). Chains `chaos.cpu -> chaos.io -> chaos.cpu` and `chaos.
 Faults, at times printed in the summary: worker processes SIGKILLed at random (a pool process or
 a Celery worker's main process on w1 or w2), PostgreSQL restarted once (fast shutdown), the Redis
 master SIGKILLed once (Sentinel promotes the replica), w1 cut off the network (its veth down) for
-`cut_seconds` while two slow jobs put at the head of its queue run there (their leases lapse,
-w2's recovery loop reaps them, they run again when w1 is back, and w1's late outcomes are refused
-by attempt fencing), and the beat that leads SIGKILLed (the standby takes over).
+`cut_seconds` while two slow jobs put at the head of its queue run there, past their write
+(their leases lapse, w2's recovery loop reaps them, they run again when w1 is back, and w1's late
+outcomes are refused by attempt fencing), and the beat that leads SIGKILLed (the standby takes
+over).
+
+Beside them, lone jobs of the atomic types (`chaos.atomic` on w1, `chaos.atomic_io` on w2): each
+writes its effect, then works with its transaction open; and as many of their non-atomic twins
+(`chaos.plain`, `chaos.plain_io`: the same handler). w1's two slow jobs are such twins, one of
+each: cut off after their write, reaped and run again, the plain one writes twice, the atomic
+one once. Before each kill such a pair is put to run on the host about to lose a process, past
+its write: the kill meets it, or misses it (a random process of the host dies).
 
 Then, once every chain and delivery has ended (the drain), the summary counts from the rows:
 lost (a chain or delivery not succeeded, a succeeded job without its effects), run twice (an
 effect written twice: the same attempt run twice, or an outcome recorded twice), left running,
 keyed events out of order; and, allowed and shown: jobs run again after a fault (at least once).
+For the atomic jobs: how many had a run repeated after a fault, and their effects written twice,
+which must be 0 (exactly once); beside them the same for their non-atomic twins, whose effects
+written twice are allowed (at least once) and left out of "run twice".
 """
 from __future__ import annotations
 
@@ -36,7 +47,9 @@ from hosts.harness import HTTP_PORT, Proc, Topology
 
 EMAIL = "chaos@example.com"
 PASSWORD = "chaos-password-" + str(int(time.time()))
-TYPES = ("chaos.cpu", "chaos.io")
+ATOMIC_TYPES = ("chaos.atomic", "chaos.atomic_io")
+PLAIN_TYPES = ("chaos.plain", "chaos.plain_io")  # their non-atomic twins
+TYPES = ("chaos.cpu", "chaos.io", *ATOMIC_TYPES, *PLAIN_TYPES)
 DELIVERY = "deliver:chaos.audit"
 
 
@@ -45,6 +58,10 @@ class Plan:
     chains: int = 2000
     events: int = 500
     keys: int = 50
+    #: Lone jobs of the atomic types, half on each worker host; as many of their non-atomic twins.
+    atomic: int = 500
+    #: Seconds an atomic job (and its twin) sleeps after its write, its transaction open.
+    atomic_sleep: float = 0.1
     kills: int = 8
     cut_seconds: float = 10.0
     #: Seconds between one fault and the next.
@@ -71,6 +88,11 @@ class Run:
     chain_ids: list[int] = field(default_factory=list)
     #: Lone jobs: the slow ones w1 runs when it is cut off.
     job_ids: list[int] = field(default_factory=list)
+    #: Lone jobs of the atomic types (the slow atomic one is in job_ids).
+    atomic_ids: list[int] = field(default_factory=list)
+    plain_ids: list[int] = field(default_factory=list)
+    #: The write-first pairs (plain, atomic) running on a worker host when a kill comes.
+    kill_pair_ids: list[int] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
     http_retries: int = 0
     began: float = 0.0
@@ -127,6 +149,14 @@ def submit(client: Client, run: Run) -> None:
         with lock:
             run.chain_ids.append(made["id"])
 
+    def atomic_job(index: int) -> None:
+        paced(index * window / max(1, plan.atomic))
+        made = client.post("/api/jobs", {"type": ATOMIC_TYPES[index % 2], "input": {"sleep": plan.atomic_sleep}})
+        twin = client.post("/api/jobs", {"type": PLAIN_TYPES[index % 2], "input": {"sleep": plan.atomic_sleep}})
+        with lock:
+            run.atomic_ids.append(made["id"])
+            run.plain_ids.append(twin["id"])
+
     def key_events(key: int, count: int) -> None:
         for seq in range(1, count + 1):
             paced((seq - 1) * window / count)
@@ -145,6 +175,7 @@ def submit(client: Client, run: Run) -> None:
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(key_events, k, n) for k, n in enumerate(per_key) if n]
         futures += [pool.submit(chain, i) for i in range(plan.chains)]
+        futures += [pool.submit(atomic_job, i) for i in range(plan.atomic)]
         for future in futures:
             future.result()
 
@@ -205,16 +236,27 @@ def timeline_length(plan: Plan) -> int:
     return len(timeline_names(plan))
 
 
-def slow_jobs_running(net: Topology, client: Client, run: Run, count: int, seconds: float, timeout: float = 30) -> int:
-    """Put `count` slow jobs (a `seconds` sleep) at the head of w1's queue (priority 0) and wait
-    until they run there: the network cut then catches them mid-run. Returns how many run."""
-    ids = [client.post("/api/jobs", {"type": "chaos.cpu", "input": {"sleep": seconds}, "priority": 0})["id"] for _ in range(count)]
-    run.job_ids += ids
+def slow_jobs_running(net: Topology, client: Client, into: list[int], count: int, seconds: float, timeout: float = 30,
+                      host: str = "w1") -> int:
+    """Put `count` slow jobs (a `seconds` sleep) at the head of a worker host's queue (priority 0)
+    and wait until they run there, their write made: the fault that follows (w1's network cut, a
+    kill) then catches them mid-run, after it. Twins, in turn: `chaos.plain` (its write committed
+    at once: its run repeated after the fault writes again, at least once) and `chaos.atomic`
+    (its write in its transaction, still open: written once); `_io` ones on w2. Returns how many
+    run; their ids go `into` the list given (the run's `job_ids` for the cut, `kill_pair_ids`)."""
+    suffix = "" if host == "w1" else "_io"
+    types = [f"chaos.plain{suffix}", f"chaos.atomic{suffix}"]
+    ids = [client.post("/api/jobs", {"type": types[i % 2], "input": {"sleep": seconds}, "priority": 0})["id"] for i in range(count)]
+    into += ids
+    plain = len(ids[::2])
     deadline = time.monotonic() + timeout
     running = 0
     while time.monotonic() < deadline:
-        [(running,)] = query(net, "SELECT count(*) FROM jobs_job WHERE id = ANY(%s) AND status = 'running'", (ids,))
-        if running == count:
+        [(running, written)] = query(net, """SELECT count(*) FILTER (WHERE status = 'running'),
+                                                    (SELECT count(*) FROM chaos_effect WHERE job_id = ANY(%s) AND effect = 'plain')
+                                               FROM jobs_job WHERE id = ANY(%s)""", (ids, ids))
+        if running == count and written == plain:
+            time.sleep(0.2)  # the atomic ones wrote as soon (a statement each, right after the claim)
             break
         time.sleep(0.1)
     return running
@@ -232,8 +274,11 @@ def inject(net: Topology, client: Client, run: Run, workers: list[Proc], beats: 
     kills = iter(range(plan.kills))
 
     def kill() -> None:  # the worker hosts in turn, a random process of the host
+        worker = workers[next(kills) % len(workers)]
+        # a write-first pair running there, past its write, for the kill to meet (or miss)
+        running = slow_jobs_running(net, client, run.kill_pair_ids, 2, seconds=1.0, timeout=10, host=worker.host)
         at = run.now()
-        note("SIGKILL worker process", at, kill_random_worker(rng, workers[next(kills) % len(workers)]))
+        note("SIGKILL worker process", at, f"{kill_random_worker(rng, worker)} ({running} of a write-first pair running there)")
 
     def restart_pg() -> None:
         at = run.now()
@@ -255,7 +300,7 @@ def inject(net: Topology, client: Client, run: Run, workers: list[Proc], beats: 
         note("Redis master SIGKILLed", at, f"{old[0]}:{old[1]} -> Sentinel promoted {new[0]}:{new[1]} in {time.monotonic() - began:.1f}s")
 
     def cut() -> None:
-        slow = slow_jobs_running(net, client, run, plan.w1_concurrency, seconds=min(3.0, plan.cut_seconds / 2))
+        slow = slow_jobs_running(net, client, run.job_ids, plan.w1_concurrency, seconds=min(3.0, plan.cut_seconds / 2))
         at = run.now()
         net.cut("w1")
         time.sleep(plan.cut_seconds)
@@ -334,7 +379,10 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
                            (run.job_ids,))
     slow_attempts = [attempt for (attempt,) in query(net, "SELECT attempt FROM jobs_job WHERE id = ANY(%s) ORDER BY id",
                                                       (run.job_ids,))]
-    twice = query(net, "SELECT effect, count(*) FROM chaos_effect WHERE times > 1 GROUP BY 1")
+    # The non-atomic twins' `plain` written twice is at least once at work, counted apart below.
+    twice = query(net, "SELECT effect, count(*) FROM chaos_effect WHERE times > 1 AND effect <> 'plain' GROUP BY 1")
+    atomic = write_first_counts(net, run.atomic_ids + run.job_ids + run.kill_pair_ids, ATOMIC_TYPES, "atomic")
+    plain = write_first_counts(net, run.plain_ids + run.job_ids + run.kill_pair_ids, PLAIN_TYPES, "plain")
     [(running,)] = query(net, "SELECT count(*) FROM jobs_job WHERE status = 'running'")
     [(reruns,)] = query(net, """SELECT count(*) FROM (SELECT job_id FROM chaos_effect WHERE effect LIKE 'run:%%' OR effect LIKE 'seen:%%'
                                 GROUP BY job_id HAVING count(*) > 1) x""")
@@ -353,7 +401,8 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     refused = sum(proc.log(10**8).count("lost its lease before") for proc in workers)
     reaped = sum(proc.log(10**8).count("lease expired, now pending") for proc in workers)
     lost = (sum(n for status, n in chains.items() if status != "succeeded") + (len(run.chain_ids) - sum(chains.values()))
-            + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen + lone_lost)
+            + sum(n for status, n in deliveries.items() if status != "succeeded") + no_run + no_done + unseen + lone_lost
+            + atomic["atomic_lost"] + plain["plain_lost"])
     return {
         "chains": len(run.chain_ids), "chain_statuses": chains, "chain_jobs_succeeded": steps_ok, "slow_jobs": len(run.job_ids),
         "slow_job_attempts": slow_attempts,
@@ -363,7 +412,25 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
         "rerun_after_fault": reruns, "ran_on_two_hosts": moved, "late_outcomes_refused": refused, "reaped": reaped,
         "beat_ticks": ticks[0], "beat_ticks_after_kill": ticks[1] if beat_killed else None,
         "http_retries": run.http_retries,
+        **atomic, **plain,
     }
+
+
+def write_first_counts(net: Topology, ids: list[int], types: tuple[str, ...], effect: str) -> dict[str, Any]:
+    """The ledger of the jobs that write first (`effect`: "atomic" for the atomic types, "plain"
+    for their twins), as `<effect>_...`: their statuses; how many had a run repeated after a fault
+    (attempt > 1); their effects written twice (0 for the atomic ones: exactly once); lost
+    (succeeded without its effect, or an effect without its success)."""
+    statuses = dict(query(net, "SELECT status, count(*) FROM jobs_job WHERE id = ANY(%s) AND type = ANY(%s) GROUP BY 1",
+                          (ids, list(types))))
+    [(repeated, twice, lost)] = query(net, """
+        SELECT count(*) FILTER (WHERE j.attempt > 1),
+               count(*) FILTER (WHERE e.times > 1),
+               count(*) FILTER (WHERE (j.status = 'succeeded') <> (e.job_id IS NOT NULL))
+          FROM jobs_job j LEFT JOIN chaos_effect e ON e.job_id = j.id AND e.effect = %s
+         WHERE j.id = ANY(%s) AND j.type = ANY(%s)""", (effect, ids, list(types)))
+    return {f"{effect}_jobs": sum(statuses.values()), f"{effect}_statuses": statuses, f"{effect}_repeated": repeated,
+            f"{effect}_written_twice": twice, f"{effect}_lost": lost}
 
 
 # --- The run ------------------------------------------------------------------------------------------
@@ -436,6 +503,7 @@ def report(summary: dict[str, Any]) -> str:
     """The summary as text: what went in, each fault and when, then the counts that must be 0."""
     lines = [
         f"chaos run: {summary['chains']} three-step chains (cpu on w1 -> io on w2 -> cpu on w1), "
+        f"{summary['atomic_jobs']} atomic jobs and {summary['plain_jobs']} non-atomic twins, "
         f"{summary['events']} keyed events over {summary['keys']} keys and {summary['slow_jobs']} slow jobs for w1 to be "
         f"running when it is cut off, in over HTTP; all in and every fault done at "
         f"t={summary['load_seconds']}s",
@@ -455,5 +523,11 @@ def report(summary: dict[str, Any]) -> str:
         f"late outcomes refused (attempt fencing): {summary['late_outcomes_refused']}; "
         f"HTTP requests retried: {summary['http_retries']}",
         f"beat: {summary['beat_ticks']} ticks, {summary['beat_ticks_after_kill']} after the leader was killed",
+        f"atomic jobs (atomic=True, write then work): {summary['atomic_jobs']} {summary['atomic_statuses']}; "
+        f"runs repeated after a fault: {summary['atomic_repeated']}; effects written twice: "
+        f"{summary['atomic_written_twice']} (exactly once); lost: {summary['atomic_lost']}",
+        f"(allowed, at least once) their non-atomic twins (the same handler): {summary['plain_jobs']} "
+        f"{summary['plain_statuses']}; runs repeated after a fault: {summary['plain_repeated']}; effects written twice: "
+        f"{summary['plain_written_twice']}; lost: {summary['plain_lost']}",
     ]
     return "\n".join(lines)

@@ -13,6 +13,14 @@ second write of the same effect increments `times` instead of vanishing:
 `chaos.cpu` (queue `images`: a prefork host) burns `work` loop iterations; `chaos.io` (queue
 `notifications`: a threads host) sleeps `sleep` seconds. A chain cpu -> io -> cpu crosses both
 worker hosts twice. `chaos.tick` is beat's: every 2 s.
+
+`chaos.atomic` (queue `images`) and `chaos.atomic_io` (queue `notifications`) are atomic types
+(`atomic=True`): the handler writes its effect `atomic` first, with no attempt in its name, then
+works (burns, sleeps) with its transaction open, so that a fault meets it after its write and
+before its commit. The write commits with the outcome or not at all: however often a job's runs
+are repeated after faults, `atomic` is written once (times > 1 would be a write that survived a
+run whose outcome did not). Their twins `chaos.plain` and `chaos.plain_io` run the same handler
+without `atomic` (effect `plain`): at least once, a run repeated after its write writes again.
 """
 from __future__ import annotations
 
@@ -79,6 +87,17 @@ def io(ctx: Context, data: Work) -> dict:
     return _run(ctx, data)
 
 
+def write_first(ctx: Context, data: Work) -> dict:
+    """Its write first, then its work: an atomic type's in the transaction of its outcome (effect
+    `atomic`), its non-atomic twin's committed at once (effect `plain`)."""
+    record(ctx.job_id, "atomic" if ctx.type.startswith("chaos.atomic") else "plain", seq=ctx.attempt)
+    if data.work:
+        burn(data.work)
+    if data.sleep:
+        time.sleep(data.sleep)
+    return {"host": HOST, "attempt": ctx.attempt}
+
+
 def tick(ctx: Context, data: dict) -> dict:
     record(ctx.job_id, f"run:{ctx.attempt}")
     return {"host": HOST}
@@ -89,6 +108,11 @@ def tick(ctx: Context, data: dict) -> dict:
 _retry = {"retries": 20, "backoff": Backoff(base=0.2, cap=2.0)}
 add(JobType(name="chaos.cpu", handler=cpu, queue="images", input=Work, timeout=60, on_finish=_done, public=True, **_retry))
 add(JobType(name="chaos.io", handler=io, queue="notifications", input=Work, timeout=60, on_finish=_done, public=True, **_retry))
+for _name, _queue in (("atomic", "images"), ("atomic_io", "notifications")):
+    add(JobType(name=f"chaos.{_name}", handler=write_first, queue=_queue, input=Work, timeout=60, on_finish=_done,
+                public=True, atomic=True, **_retry))
+    add(JobType(name=f"chaos.{_name.replace('atomic', 'plain')}", handler=write_first, queue=_queue, input=Work, timeout=60,
+                on_finish=_done, public=True, **_retry))
 add(JobType(name="chaos.tick", handler=tick, queue="notifications", timeout=30, on_finish=_done,
             schedule=Schedule(every=2, name="chaos.tick", job="chaos.tick", description="the chaos run's beat probe"), **_retry))
 

@@ -8,7 +8,8 @@ class Effect(models.Model):
     """Written by the jobs themselves (hosts/jobs.py), `INSERT ... ON CONFLICT (job_id,
     effect) DO UPDATE SET times = times + 1`: a second write of the same effect is counted in
     `times`, never hidden. Effects: `run:<attempt>` (a handler ran that attempt), `done` (the
-    outcome's transaction committed), `seen:<attempt>` (a keyed event's delivery ran)."""
+    outcome's transaction committed), `seen:<attempt>` (a keyed event's delivery ran), `atomic`
+    (an atomic type's write, committed with its outcome; `seq`: the attempt that wrote it)."""
 
     job_id = models.BigIntegerField()
     effect = models.CharField(max_length=64)

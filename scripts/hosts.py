@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Conveyor across hosts on one machine (network namespaces): the chaos run (issue 15).
 
-    python scripts/hosts.py chaos            2,000 chains and 500 keyed events under faults (make chaos)
-    python scripts/hosts.py chaos --small    the suite's size: 200 chains, 60 events, 3 kills
+    python scripts/hosts.py chaos            2,000 chains, 500 keyed events, 500 atomic jobs (+ 500 twins) under faults
+    python scripts/hosts.py chaos --small    the suite's size: 200 chains, 60 events, 60 atomic jobs (+ 60 twins), 3 kills
     python scripts/hosts.py chaos --json F   also write the summary as JSON to F
     python scripts/hosts.py check            can this machine make namespaces? (one line; exit 0 or 3)
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hosts import chaos, harness
 
-SMALL = {"chains": 200, "events": 60, "keys": 6, "kills": 3, "spacing": 4.0, "drain_timeout": 120.0}
+SMALL = {"chains": 200, "events": 60, "keys": 6, "atomic": 60, "kills": 3, "spacing": 4.0, "drain_timeout": 120.0}
 
 
 def main(argv: list[str]) -> int:
@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
     print(chaos.report(summary), flush=True)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str))
-    ok = summary["lost"] == summary["run_twice"] == summary["left_running"] == summary["out_of_order"] == 0
+    ok = (summary["lost"] == summary["run_twice"] == summary["left_running"] == summary["out_of_order"]
+          == summary["atomic_written_twice"] == 0)
     return 0 if ok else 1
 
 

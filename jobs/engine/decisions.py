@@ -94,6 +94,41 @@ def last_line(error: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
+# --- An atomic run (JobType.atomic) -------------------------------------------------------------
+
+
+class AtomicEnd(str, enum.Enum):
+    """What an atomic run's transaction does once its handler has returned."""
+
+    COMMIT = "commit"  # its writes and its success, together
+    FAIL = "fail"  # roll its writes back, then record a failed attempt (its output cannot be stored)
+    LOST = "lost"  # roll its writes back, record nothing: the row is no longer this attempt's
+    CANCEL = "cancel"  # roll its writes back, then end it cancelled (a cancel asked while it ran)
+
+
+def atomic_end(output_error: str, recorded: str) -> AtomicEnd:
+    """After the handler returned: an output that cannot be stored fails the attempt (its writes
+    rolled back, as a raising handler's are); otherwise the success's fenced statement decides by
+    the status it `recorded`: none ("", the lease lapsed, the row reaped, handed back or claimed
+    again) rolls the writes back, so that only the attempt holding the row commits anything;
+    "cancelled" (a cancel was asked while it ran) rolls them back too, and the job ends cancelled
+    with no effect; "succeeded" commits."""
+    if output_error:
+        return AtomicEnd.FAIL
+    if not recorded:
+        return AtomicEnd.LOST
+    return AtomicEnd.CANCEL if recorded == CANCELLED else AtomicEnd.COMMIT
+
+
+def transaction_bound_ms(timeout: float, grace: float) -> int:
+    """How long PostgreSQL lets an atomic run's transaction wait, in milliseconds: on one
+    statement (statement_timeout) or idle between two (idle_in_transaction_session_timeout). The
+    type's timeout plus the hard limit's grace: PostgreSQL itself ends a transaction that its
+    runner could not (a worker frozen, or cut off the network with its transaction open) soon
+    after the runner would have, so a lost run holds no lock and holds vacuum back no longer."""
+    return max(1000, int((timeout + grace) * 1000))
+
+
 # --- A retry ------------------------------------------------------------------------------------
 
 

@@ -127,6 +127,11 @@ class JobType:
     #: member (a member's chain goes on only when every member has ended): refused when a chain is
     #: planned or a group fanned out (400 naming the member), rather than dead after its run.
     continues: bool = False
+    #: The handler's database writes (Django's `default` connection) and its outcome commit in one
+    #: transaction, fenced by the attempt: a run that raised, lost its lease, was reaped, handed
+    #: back or killed leaves no write behind (jobs.engine.runner._atomic). Keep such handlers short:
+    #: the transaction stays open for the whole run (bounded by `timeout` in PostgreSQL too).
+    atomic: bool = False
 
     @property
     def limited(self) -> bool:
@@ -202,6 +207,7 @@ def job_type(
     concurrency: int | None = None,
     concurrency_per_key: int | None = None,
     continues: bool = False,
+    atomic: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type: `@job_type("images.resize", queue="images", input=Resize)`.
 
@@ -213,6 +219,10 @@ def job_type(
     `continues=True`: the handler may call ctx.continue_with or ctx.fan_out, so the type is refused
     as a group's member when the chain is planned (a member that continues anyway is dead after
     its first attempt: jobs.Permanent).
+    `atomic=True`: the handler's writes through Django's default connection commit with its
+    outcome, in one transaction fenced by the attempt, or not at all (a failed, lost or killed
+    run leaves none behind; the retry starts from a clean slate): exactly-once effects in the
+    database. Effects outside it still need `ctx.idempotency_key` (docs/atomic.md).
     """
 
     def register(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -233,6 +243,7 @@ def job_type(
                 concurrency=concurrency,
                 concurrency_per_key=concurrency_per_key,
                 continues=continues,
+                atomic=atomic,
             )
         )
         return handler
@@ -253,6 +264,8 @@ def add(jt: JobType) -> None:
             )
     if not PRIORITY_MIN <= jt.priority <= PRIORITY_MAX:
         raise ImproperlyDeclared(f"job type {jt.name!r}: priority must be 0..9, got {jt.priority}")
+    if not isinstance(jt.atomic, bool):
+        raise ImproperlyDeclared(f"job type {jt.name!r}: atomic must be True or False, got {jt.atomic!r}")
     if jt.retries < 0 or jt.timeout < 1:
         raise ImproperlyDeclared(f"job type {jt.name!r}: retries >= 0 and timeout >= 1 required")
     # Redis redelivers a message unacked for longer than the visibility timeout (kombu#337).

@@ -4,7 +4,8 @@ A worker that receives a job id claims the row (store.claim: SKIP LOCKED, runnab
 commits a lease; it runs the handler outside any transaction while the heartbeat extends the
 lease, then records the outcome and the chain's next step in one transaction, publishing after
 commit. An outcome names the attempt it belongs to: a run whose lease was taken over records
-nothing. Every statement is the job store's (jobs.engine.store).
+nothing. An atomic type's handler runs inside its outcome's transaction instead (`_atomic`), so
+that its database writes share that fate. Every statement is the job store's (jobs.engine.store).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import limits, registry, store, telemetry
+from jobs.engine import decisions, limits, registry, store, telemetry
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
 from jobs.models import Status
@@ -112,14 +113,15 @@ def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> 
     try:
         if jt is None:
             raise registry.InvalidJob(f"unknown job type {claimed.type!r}")
-        try:
-            output = jt.handler(ctx, jt.parse(claimed.input))
-        finally:
-            if limit is not None:
-                limit.stop()
-        output = output.model_dump(mode="json") if hasattr(output, "model_dump") else output
+        if jt.atomic:
+            # The heartbeat goes on (untracked below) until the transaction has ended.
+            return _atomic(ctx, claimed, jt, limit)
+        output = _handle(ctx, claimed, jt, limit)
     except SoftTimeLimitExceeded:
         error = f"timeout: the run took longer than {jt.timeout}s"
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
+    except _RolledBack as rolled_back:  # an atomic run's output that cannot be stored: writes undone
+        error = rolled_back.error
         return _record(ctx, lambda: _fail(ctx, error, jt)), error
     except Exception as exc:
         error = traceback.format_exc(limit=20)
@@ -127,19 +129,82 @@ def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> 
         return _record(ctx, lambda: _fail(ctx, error, jt, permanent)), error
     finally:
         heartbeat.untrack(ctx)
+    encoded, error = _encoded(output)
+    if error:
+        return _record(ctx, lambda: _fail(ctx, error, jt)), error
+    return _record(ctx, lambda: _succeed(ctx, encoded, jt)), ""
+
+
+def _handle(ctx: Context, claimed: store.Claimed, jt: registry.JobType, limit: TimeLimit | None) -> object:
+    """Call the handler; its output as JSON-ready values."""
+    try:
+        output = jt.handler(ctx, jt.parse(claimed.input))
+    finally:
+        if limit is not None:
+            limit.stop()
+    return output.model_dump(mode="json") if hasattr(output, "model_dump") else output
+
+
+def _encoded(output: object) -> tuple[str, str]:
+    """(the output as JSON text, ""), or ("", why it cannot be stored)."""
     try:
         encoded = json.dumps(output, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        error = f"the handler's output cannot be stored as JSON: {exc}"
-        return _record(ctx, lambda: _fail(ctx, error, jt)), error
+        return "", f"the handler's output cannot be stored as JSON: {exc}"
     if "\\u0000" in encoded:
-        error = "the handler's output holds a NUL character, which PostgreSQL's JSON cannot store"
-        return _record(ctx, lambda: _fail(ctx, error, jt)), error
+        return "", "the handler's output holds a NUL character, which PostgreSQL's JSON cannot store"
     if len(encoded) > registry.max_output_bytes():
-        error = (f"the handler's output is {len(encoded)} bytes of JSON, over the limit of "
-                 f"{registry.max_output_bytes()} (CONVEYOR_MAX_OUTPUT_BYTES)")
-        return _record(ctx, lambda: _fail(ctx, error, jt)), error
-    return _record(ctx, lambda: _succeed(ctx, encoded, jt)), ""
+        return "", (f"the handler's output is {len(encoded)} bytes of JSON, over the limit of "
+                    f"{registry.max_output_bytes()} (CONVEYOR_MAX_OUTPUT_BYTES)")
+    return encoded, ""
+
+
+class _RolledBack(Exception):
+    """Raised inside an atomic run's transaction to roll its writes back (decisions.AtomicEnd)."""
+
+    def __init__(self, end: decisions.AtomicEnd, error: str = "") -> None:
+        super().__init__(end.value)
+        self.end, self.error = end, error
+
+
+def _atomic(ctx: Context, claimed: store.Claimed, jt: registry.JobType, limit: TimeLimit | None) -> tuple[str, str]:
+    """An atomic type's run (JobType.atomic): the handler and its success in one transaction on
+    `default`, so the handler's writes commit with the outcome or not at all.
+
+    The fence is the success's own statement (`store.succeed`: `WHERE status = 'running' AND
+    attempt = %s`), run last, in the same transaction: a run whose row was reaped, handed back
+    or claimed again finds nothing and rolls back. The job's row is not locked before that
+    statement, so the heartbeat (another thread, the `claims` connection) and `ctx.progress`
+    (`claims`, committed at once) never wait for the handler; they wait only for the outcome's
+    commit, as after any run. A killed process's transaction is rolled back by PostgreSQL;
+    one whose worker froze or was cut off is ended by PostgreSQL past the type's timeout
+    (`store.bound_transaction`). A handler that raises has its writes rolled back (the
+    exception leaves the transaction), then its failure is recorded by `_run` as any other:
+    the retry starts from a clean slate. A run whose cancel was asked meanwhile (the success's
+    statement ends it cancelled) is rolled back too and ends cancelled through `store.fail`:
+    a cancelled atomic job has no effect. A database error at commit is recorded as a failure
+    too; were the commit in fact made, that failure's fenced statement records nothing.
+    """
+    try:
+        with transaction.atomic(durable=True):
+            store.bound_transaction(decisions.transaction_bound_ms(jt.timeout, HARD_LIMIT_GRACE))
+            encoded, error = _encoded(_handle(ctx, claimed, jt, limit))
+            done = None if error else store.succeed(ctx.job_id, ctx.attempt, encoded, ctx.chain_id, plan=ctx.member is None)
+            end = decisions.atomic_end(error, recorded=done.status if done is not None else "")
+            if end is decisions.AtomicEnd.CANCEL:
+                error = "cancelled while it ran: its writes were rolled back"
+            elif end is decisions.AtomicEnd.LOST:
+                _lost(ctx)
+            if end is not decisions.AtomicEnd.COMMIT:
+                raise _RolledBack(end, error)
+            status = _succeeded(ctx, done, jt)
+    except _RolledBack as rolled_back:
+        if rolled_back.end is decisions.AtomicEnd.LOST:
+            return "lost", ""
+        # FAIL, CANCEL: `_run` records the attempt failed (`store.fail`, which ends it cancelled
+        # when a cancel was asked), the transaction rolled back
+        raise
+    return status, ""
 
 
 def _record(ctx: Context, write: Callable[[], str]) -> str:
@@ -176,11 +241,23 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
             ended([store.Ended(done.id, done.type, done.status, None)], How.RAN, hook=hook)
         return done.status
     with transaction.atomic(durable=True):
-        done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
-        if done is None:
-            return _lost(ctx)
-        row = store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member)
-        ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
+        return _succeed_in(ctx, output_json, jt)
+
+
+def _succeed_in(ctx: Context, output_json: str, jt: registry.JobType) -> str:
+    """The success in the caller's transaction: the row, then what follows its end; "lost" when
+    the row is no longer this attempt's (nothing written)."""
+    done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
+    if done is None:
+        return _lost(ctx)
+    return _succeeded(ctx, done, jt)
+
+
+def _succeeded(ctx: Context, done: store.Succeeded, jt: registry.JobType) -> str:
+    """What follows a success's row, in its transaction (ending.ended: the chain, the slots, the hook)."""
+    hook = ctx.finish_hook_needed and jt.on_finish is not None
+    row = store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member)
+    ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
     return done.status
 
 

@@ -507,6 +507,21 @@ def progress(job_id: int, attempt: int, percent: int, message: str) -> None:
         cursor.execute(PROGRESS_SQL, [percent, message[:500], job_id, attempt])
 
 
+# An atomic run's transaction (runner._atomic), bounded in PostgreSQL for its duration only
+# (`is_local`): a statement that waits, or the session idle in it, past `ms` ends it.
+BOUND_TRANSACTION_SQL = """
+SELECT set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)
+"""
+
+
+def bound_transaction(ms: int) -> None:
+    """In the caller's transaction on `default`: PostgreSQL ends it past `ms` milliseconds of one
+    statement or of idleness (decisions.transaction_bound_ms)."""
+    with prepared() as cursor:
+        cursor.execute(BOUND_TRANSACTION_SQL, [str(ms), str(ms)])
+        cursor.fetchone()
+
+
 # A run that returns after a cancel was asked ends cancelled, its output kept.
 SUCCEED_UPDATE = """
 UPDATE jobs_job SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'succeeded' END,

@@ -466,6 +466,8 @@ class TypeOut(Schema):
     rate_limit: str | None
     concurrency: int | None
     concurrency_per_key: int | None
+    #: Its handler's database writes commit with its outcome, or not at all (`atomic=True`).
+    atomic: bool
     #: The JSON schema of its input.
     input_schema: dict[str, Any]
 
@@ -487,6 +489,7 @@ def list_types(request: HttpRequest):  # noqa: ANN201
             "rate_limit": jt.rate_limit.text if jt.rate_limit is not None else None,
             "concurrency": jt.concurrency,
             "concurrency_per_key": jt.concurrency_per_key,
+            "atomic": jt.atomic,
             "input_schema": jt.input_schema(),
         }
         for jt in registry.all_types()

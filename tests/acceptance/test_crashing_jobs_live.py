@@ -3,15 +3,22 @@
 A real `manage.py start` with a threads pool, whose Celery worker process dies with the job
 (`crashing.exit` calls os._exit): the supervisor restarts the worker and hands the job back with
 its attempt counted (a crash, not a drain it asked for).
+
+Issue 27: an atomic job's worker process SIGKILLed mid-transaction, after the handler's write and
+before its commit, leaves no write behind; the re-run writes exactly once.
 """
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
+from examples.models import Effect
 from jobs import enqueue
 from jobs.engine import registry
 from jobs.models import Job, Status
-from tests.crashing.jobs import CRASH
+from tests.crashing.jobs import ATOMIC, CRASH
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -51,3 +58,29 @@ def test_a_job_that_kills_its_worker_is_dead_after_its_attempts_and_the_worker_s
     assert wait_status(other.pk, Status.SUCCEEDED, 60).output == {"after": "the crashes"}
     assert worker.alive()
     assert worker.log().count("restarting in") == 2, worker.log()[-3000:]
+
+
+@pytest.fixture
+def atomic_type():
+    registry.add(ATOMIC)
+    yield ATOMIC
+    registry.remove(ATOMIC.name)
+
+
+def test_an_atomic_handler_sigkilled_mid_transaction_leaves_no_write_and_its_rerun_writes_once(live, atomic_type):
+    # given a threads-pool worker running an atomic job whose first attempt has written its row
+    # (its progress, committed on its own connection, says so) and holds its transaction open
+    live.start("--pool", "threads", "--concurrency", "1", mode="worker", name="atomic", env={"CONVEYOR_TEST_APPS": "tests.crashing"})
+    job = enqueue("crashing.atomic")
+    wait_for(lambda: Job.objects.filter(pk=job.pk, progress=50).exists(), 60, interval=0.1, what="the first attempt's write")
+    row = Job.objects.get(pk=job.pk)
+    assert (row.status, row.attempt) == (Status.RUNNING, 1)
+    assert not Effect.objects.filter(job_id=job.pk).exists()  # written, not committed
+
+    # when its worker process is SIGKILLed, mid-transaction
+    os.kill(int(row.worker.split("/")[1]), signal.SIGKILL)
+
+    # then the job runs again and succeeds; of the two writes only the re-run's exists, once
+    row = wait_status(job.pk, Status.SUCCEEDED, 60)
+    assert (row.attempt, row.crashes, row.output) == (2, 1, {"attempt": 2}), row.error
+    assert list(Effect.objects.filter(job_id=job.pk).values_list("attempt", flat=True)) == [2]

@@ -1,10 +1,13 @@
 """Conveyor across hosts (issue 15): network namespaces on one machine, made by hosts/.
 
 The chaos run (scripts/hosts.py chaos --small: 200 three-step chains across the two worker
-hosts, 60 keyed events, while worker processes are SIGKILLed, PostgreSQL restarts, the Redis
-master is killed and Sentinel promotes the replica, a worker host is cut off the network for
-10 s while it runs two slow jobs, and the leading beat is killed) must lose nothing, run nothing twice, leave nothing running
-and deliver every key in order; the standby beat must take over. The scale table's smoke run
+hosts, 60 keyed events, 60 jobs of atomic types and 60 of their non-atomic twins (issue 27; a
+pair of them running past their write on the host of each kill and of the cut), while worker
+processes are SIGKILLed, PostgreSQL restarts, the Redis master is killed and Sentinel promotes
+the replica, a worker host is cut off the network for 10 s while it runs two slow jobs, and the
+leading beat is killed) must lose nothing, run nothing twice, leave nothing running and deliver
+every key in order; the standby beat must take over; an atomic job's effect is written exactly
+once, even where its runs were repeated after a fault. The scale table's smoke run
 (bench.scale at tiny sizes) must measure both sides across the two worker hosts.
 
 Both run as subprocesses (they build and remove their own hosts, PostgreSQL and Redis); where
@@ -72,6 +75,14 @@ def test_chaos_across_hosts_loses_nothing(namespaces: None, tmp_path) -> None:
     assert summary["faults"][5]["detail"].endswith("2 slow job(s) running there"), summary["faults"][5]
     assert summary["reaped"] >= 2 and summary["late_outcomes_refused"] >= 1, summary
     assert len(summary["slow_job_attempts"]) == 2 and min(summary["slow_job_attempts"]) >= 2, summary  # they ran again
+    # the atomic jobs (60 lone ones, a slow one cut off after its write, one running at each of
+    # the 3 kills) all succeeded, each effect written exactly once though runs were repeated; their
+    # non-atomic twins (as many) succeeded too, the cut one's effect written again by its re-run
+    assert summary["atomic_jobs"] == 64 and summary["atomic_statuses"] == {"succeeded": 64}, summary
+    assert summary["atomic_written_twice"] == 0 and summary["atomic_lost"] == 0, summary
+    assert summary["atomic_repeated"] >= 1, summary  # at least the slow one, reaped during the cut
+    assert summary["plain_statuses"] == {"succeeded": 64} and summary["plain_lost"] == 0, summary
+    assert summary["plain_repeated"] >= 1 and summary["plain_written_twice"] >= 1, summary
     # the standby beat took over (after a PostgreSQL restart killed its idle connection)
     assert summary["beat_ticks_after_kill"] and summary["beat_ticks_after_kill"] > 0, summary
     assert done.returncode == 0, done.stdout[-6000:]

@@ -4,8 +4,9 @@ from django.apps import AppConfig
 
 
 class CrashingConfig(AppConfig):
-    """A job type whose handler ends its worker process (installed by CONVEYOR_TEST_APPS=tests.crashing
-    in the processes a test starts; the test declares it in its own process for the time it runs)."""
+    """Job types whose handler ends its worker process, or waits for the test to (installed by
+    CONVEYOR_TEST_APPS=tests.crashing in the processes a test starts; the test declares its type
+    in its own process for the time it runs)."""
 
     name = "tests.crashing"
     label = "crashing"
@@ -13,6 +14,7 @@ class CrashingConfig(AppConfig):
 
     def ready(self) -> None:
         from jobs.engine import registry
-        from tests.crashing.jobs import CRASH
+        from tests.crashing.jobs import ATOMIC, CRASH
 
         registry.add(CRASH)
+        registry.add(ATOMIC)

@@ -162,3 +162,32 @@ def test_a_step_without_a_job_waits_while_its_chain_runs_and_is_not_reached_once
 
     assert unstarted_status("running") == "waiting"
     assert [unstarted_status(s) for s in ("cancelled", "failed", "succeeded")] == ["not reached"] * 3
+
+
+# --- An atomic run ---------------------------------------------------------------------------------
+
+
+def test_an_atomic_run_commits_its_writes_only_with_its_own_success():
+    # the success's fenced statement found the row still this attempt's: writes and outcome commit
+    assert decisions.atomic_end("", recorded="succeeded") is decisions.AtomicEnd.COMMIT
+
+
+def test_an_atomic_run_that_lost_its_row_rolls_its_writes_back_and_records_nothing():
+    # reaped, handed back or claimed again while it ran: the fenced statement found nothing
+    assert decisions.atomic_end("", recorded="") is decisions.AtomicEnd.LOST
+
+
+def test_an_atomic_run_whose_output_cannot_be_stored_rolls_back_and_fails_the_attempt():
+    # its writes go with it, as a raising handler's do; the attempt is recorded as failed
+    assert decisions.atomic_end("the handler's output cannot be stored as JSON", recorded="") is decisions.AtomicEnd.FAIL
+
+
+def test_an_atomic_run_cancelled_while_it_ran_rolls_its_writes_back():
+    # the success's statement ended it cancelled (a cancel was asked): a cancelled job has no effect
+    assert decisions.atomic_end("", recorded="cancelled") is decisions.AtomicEnd.CANCEL
+
+
+def test_an_atomic_transaction_is_bounded_in_postgresql_by_the_types_timeout_plus_the_grace():
+    assert decisions.transaction_bound_ms(timeout=60, grace=15) == 75_000
+    assert decisions.transaction_bound_ms(timeout=1, grace=0) == 1_000
+    assert decisions.transaction_bound_ms(timeout=0.2, grace=0) == 1_000  # never below a second

@@ -73,3 +73,21 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
 
 def test_queues_come_from_the_registry():
     assert {"default", "images", "notifications"} <= set(registry.queues())
+
+
+def test_a_type_declared_atomic_says_so_and_others_are_not():
+    # given a type declared with @job_type(..., atomic=True) and one without
+    registry.job_type("t.atomic-declared", atomic=True)(handler)
+    registry.job_type("t.plain-declared")(handler)
+    try:
+        # then the registry knows which runs in one transaction with its outcome
+        assert registry.get("t.atomic-declared").atomic is True
+        assert registry.get("t.plain-declared").atomic is False
+    finally:
+        registry.remove("t.atomic-declared")
+        registry.remove("t.plain-declared")
+
+
+def test_atomic_must_be_a_boolean():
+    with pytest.raises(ImproperlyDeclared, match="atomic must be True or False"):
+        registry.add(JobType("t.atomic-typo", handler, atomic="yes"))  # type: ignore[arg-type]
