@@ -613,6 +613,22 @@ def why_row(job_id: int) -> WhyRow | None:
     return None if row is None else WhyRow(*row[:-1], _json(row[-1]))
 
 
+PAUSES_OF_SQL = """
+SELECT now(), COALESCE((SELECT json_agg(json_build_object('kind', p.kind, 'name', p.name, 'reason', p.reason,
+                                                     'by', p.paused_by, 'since', p.created_at) ORDER BY p.kind)
+                          FROM jobs_pause p
+                         WHERE (p.kind = 'queue' AND p.name = %s) OR (p.kind = 'type' AND p.name = %s)), '[]')
+"""
+
+
+def pauses_of(queue: str, type_name: str) -> tuple[dt.datetime, list[dict[str, Any]]]:
+    """PostgreSQL's now, and the pauses of a queue and a job type (as why_row gives them)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(PAUSES_OF_SQL, [queue, type_name])
+        now, found = cursor.fetchone()
+    return now, _json(found)
+
+
 # Runnable rows with a message, due, that a worker takes before this one: a lower priority number,
 # or the same one published earlier (Redis keeps each priority's list in publish order). Counted
 # up to a bound: "behind 10000+ jobs" says enough.

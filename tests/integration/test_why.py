@@ -1,0 +1,220 @@
+"""Why a job waits, pauses and the workers' heartbeats, in process on the session's real PostgreSQL
+and Redis: each statement (jobs.engine.store) and gathering (jobs.engine.why, jobs.engine.pauses,
+jobs.engine.consumers) against real rows; the claims through `runner.execute` and `limits.claim`."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from jobs import enqueue
+from jobs.engine import consumers, limits, pauses, runner, store, why
+from jobs.engine.registry import JobType, parse_rate
+from jobs.engine import registry
+from jobs.models import Job, Pause
+from tests.integration.conftest import RUNNER_IN_PROCESS
+from tests.support import redis_client
+
+pytestmark = RUNNER_IN_PROCESS
+
+WORKER = "node@test/1"
+
+
+def handler(ctx: Any, data: dict) -> dict:
+    return {}
+
+
+@pytest.fixture
+def declare():
+    names = []
+
+    def add(name: str, **options: Any) -> JobType:
+        registry.add(JobType(name, handler, **options))
+        names.append(name)
+        return registry.get(name)
+
+    yield add
+    for name in names:
+        registry.remove(name)
+
+
+@pytest.fixture
+def consumer():
+    """A worker's heartbeat for the given queues (as a worker's main process writes it)."""
+    consumers.clear_cache()
+
+    def beat(*queues: str) -> None:
+        consumers.beat("fake@test", queues)
+        consumers.clear_cache()
+
+    yield beat
+    consumers.clear_cache()
+
+
+def row(job_id: int) -> Job:
+    return Job.objects.get(pk=job_id)
+
+
+# --- pauses: the claim skips, the runner holds, the resume publishes ----------------------------
+
+
+def test_a_paused_queues_job_is_held_not_claimed_and_runs_after_the_resume(declare):
+    # given a job of queue q-pause whose queue is paused
+    declare("t.pause", queue="q-pause")
+    job = enqueue("t.pause", {})
+    pauses.pause("queue", "q-pause", "maintenance", "ann")
+    # when a worker takes its message
+    outcome = runner.execute(job.pk, WORKER)
+    # then it is held, with no message, and says why
+    assert (outcome, outcome.error) == ("held", "paused")
+    held = row(job.pk)
+    assert (held.status, held.held, held.published_at, held.attempt) == ("pending", "paused", None, 0)
+    answer = why.why(job.pk)
+    assert answer.code == "paused" and "maintenance" in answer.words and "ann" in answer.words
+    # and the relay leaves it alone
+    assert job.pk not in [m.job_id for m in store.mark_due(100)]
+    # when the queue is resumed, the row is published at once and runs
+    assert pauses.resume("queue", "q-pause") == 1
+    released = row(job.pk)
+    assert released.held == "" and released.published_at is not None
+    assert runner.execute(job.pk, WORKER) == "succeeded"
+
+
+def test_a_paused_limited_type_is_skipped_by_the_limits_claim_too(declare):
+    declare("t.pause-limited", concurrency=2)
+    job = enqueue("t.pause-limited", {})
+    pauses.pause("type", "t.pause-limited", "", "cli")
+    assert runner.execute(job.pk, WORKER).error == "paused"
+    assert row(job.pk).held == "paused"
+    pauses.resume("type", "t.pause-limited")
+    assert runner.execute(job.pk, WORKER) == "succeeded"
+
+
+def test_a_job_whose_queue_and_type_are_paused_waits_for_both_resumes(declare):
+    declare("t.pause-both", queue="q-both")
+    job = enqueue("t.pause-both", {})
+    pauses.pause("queue", "q-both")
+    pauses.pause("type", "t.pause-both")
+    runner.execute(job.pk, WORKER)
+    assert pauses.resume("queue", "q-both") == 0
+    assert row(job.pk).held == "paused"
+    assert pauses.resume("type", "t.pause-both") == 1
+    assert row(job.pk).held == ""
+
+
+def test_resuming_what_is_not_paused_says_so_and_unknown_names_are_refused():
+    assert pauses.resume("queue", "default") is None
+    with pytest.raises(pauses.UnknownTarget, match="no job type uses queue 'nope'"):
+        pauses.pause("queue", "nope")
+    with pytest.raises(pauses.UnknownTarget, match="unknown job type"):
+        pauses.pause("type", "nope.nope")
+
+
+def test_pausing_again_keeps_the_start_and_updates_the_reason():
+    first = pauses.pause("queue", "default", "one")
+    again = pauses.pause("queue", "default", "two")
+    assert first == again
+    assert [(p.name, p.reason, p.held) for p in pauses.paused()] == [("default", "two", 0)]
+    pauses.resume("queue", "default")
+
+
+# --- the why's facts, from real rows ---------------------------------------------------------------
+
+
+def test_a_delayed_job_is_scheduled_and_a_failed_one_waits_its_backoff(declare, consumer):
+    consumer("default")
+    later = enqueue("examples.echo", {}, run_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5))
+    assert why.why(later.pk).code == "scheduled"
+    failing = enqueue("examples.fail", {"times": 5})
+    Job.objects.filter(pk=failing.pk).update(published_at=dt.datetime.now(dt.timezone.utc))
+    with connection.cursor() as cursor:  # a longer backoff than the type's, as a long retry would have
+        runner.execute(failing.pk, WORKER)
+        cursor.execute("UPDATE jobs_job SET run_after = now() + interval '1 minute' WHERE id = %s", [failing.pk])
+    answer = why.why(failing.pk)
+    assert (answer.code, answer.details["attempt"]) == ("retry_backoff", 1)
+
+
+def test_a_job_held_by_concurrency_names_the_running_job_and_a_leaked_slot_the_sweep(declare, consumer):
+    consumer("default")
+    declare("t.one-at-once", concurrency=1)
+    first, second = enqueue("t.one-at-once", {}), enqueue("t.one-at-once", {})
+    assert isinstance(limits.claim(first.pk, WORKER, 30), store.Claimed)  # running (its handler not called)
+    assert limits.claim(second.pk, WORKER, 30) == "concurrency"
+    answer = why.why(second.pk)
+    assert (answer.code, answer.details["holders"], answer.details["slots"]) == ("concurrency", [first.pk], 1)
+    # when the holder ends without releasing (a release missed)
+    Job.objects.filter(pk=first.pk).update(status="dead")
+    answer = why.why(second.pk)
+    assert answer.code == "leaked_slot" and answer.details["sweep_seconds"] == limits.SWEEP_SECONDS
+
+
+def test_a_job_held_by_its_key_names_the_job_running_for_the_key(declare, consumer):
+    consumer("default")
+    declare("t.one-per-key", concurrency_per_key=1)
+    first = enqueue("t.one-per-key", {}, limit_key="k1")
+    second = enqueue("t.one-per-key", {}, limit_key="k1")
+    limits.claim(first.pk, WORKER, 30)
+    assert limits.claim(second.pk, WORKER, 30) == "key"
+    answer = why.why(second.pk)
+    assert (answer.code, answer.details["holders"], answer.details["key"]) == ("key", [first.pk], "k1")
+
+
+def test_a_job_booked_on_a_rate_slot_names_the_slot(declare, consumer):
+    consumer("default")
+    declare("t.slow-rate", rate_limit=parse_rate("1/m"))
+    first, second = enqueue("t.slow-rate", {}), enqueue("t.slow-rate", {})
+    limits.claim(first.pk, WORKER, 30)
+    assert limits.claim(second.pk, WORKER, 30) == "rate"
+    answer = why.why(second.pk)
+    assert answer.code == "rate"
+    assert dt.datetime.fromisoformat(answer.details["next_slot"]) == row(second.pk).run_after
+
+
+def test_a_due_job_counts_the_jobs_ahead_of_it_in_its_queue(consumer):
+    consumer("default")
+    jobs = [enqueue("examples.echo", {"n": n}) for n in range(3)]
+    urgent = enqueue("examples.echo", {"n": 9}, priority=0)
+    assert (why.why(jobs[2].pk).code, why.why(jobs[2].pk).details["ahead"]) == ("queue", 3)
+    assert why.why(urgent.pk).code == "next"
+    Job.objects.filter(pk=jobs[0].pk).update(published_at=None)
+    assert why.why(jobs[0].pk).code == "relay"
+
+
+def test_a_queue_without_a_heartbeat_is_no_consumer_and_an_alarm():
+    consumers.clear_cache()
+    job = enqueue("examples.echo", {})
+    answer = why.why(job.pk)
+    assert answer.code == "no_consumer" and answer.alarms
+    queues = {q["queue"]: q for q in why.queues()}
+    assert queues["default"]["alarm"] and queues["default"]["waiting"] == 1
+    assert queues["default"]["oldest_waiting_seconds"] >= 0
+
+
+def test_a_running_or_ended_job_is_not_waiting_and_an_unknown_one_is_refused():
+    job = enqueue("examples.echo", {})
+    runner.execute(job.pk, WORKER)
+    assert why.why(job.pk) is None
+    with pytest.raises(why.NoSuchJob):
+        why.why(10**12)
+
+
+# --- the workers' heartbeats ---------------------------------------------------------------------
+
+
+def test_heartbeats_count_consumers_per_queue_and_a_stopped_worker_leaves_at_once():
+    consumers.beat("a@test", ["default", "images"])
+    consumers.beat("b@test", ["default"])
+    consumers.clear_cache()
+    assert consumers.per_queue(["default", "images", "notifications"]) == {"default": 2, "images": 1, "notifications": 0}
+    consumers.gone("a@test")
+    assert consumers.per_queue(["images"]) == {"images": 0}
+
+
+def test_a_killed_workers_heartbeat_expires_and_its_name_is_dropped():
+    # given a node listed whose key expired (as after a SIGKILL, TTL_SECONDS later)
+    redis_client().sadd(consumers.NODES, "killed@test")
+    consumers.clear_cache()
+    assert consumers.read() == {}
+    assert not redis_client().sismember(consumers.NODES, "killed@test")
