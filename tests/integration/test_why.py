@@ -218,3 +218,48 @@ def test_a_killed_workers_heartbeat_expires_and_its_name_is_dropped():
     consumers.clear_cache()
     assert consumers.read() == {}
     assert not redis_client().sismember(consumers.NODES, "killed@test")
+
+
+# --- the HTTP API ----------------------------------------------------------------------------------
+
+
+def test_the_api_pauses_a_queue_its_job_says_paused_and_the_resume_releases_it(api):
+    status, job = api("post", "/jobs", {"type": "images.resize", "input": {"url": "http://x/y.png", "width": 10}})
+    assert status == 201
+    status, body = api("post", "/queues/images/pause", {"reason": "storage is down"})
+    assert (status, body["paused"], body["reason"], body["by"]) == (200, True, "storage is down", "admin@example.com")
+    runner.execute(job["id"], WORKER)  # a worker takes its message: held
+    status, body = api("get", f"/jobs/{job['id']}")
+    assert body["why"]["code"] == "paused" and "storage is down" in body["why"]["words"]
+    status, queues = api("get", "/queues")
+    assert {q["queue"]: q for q in queues}["images"]["paused"]["held"] == 1
+    status, body = api("post", "/queues/images/resume")
+    assert (status, body["released"]) == (200, 1)
+    assert api("post", "/queues/images/resume")[0] == 409
+
+
+def test_the_api_refuses_to_pause_an_unknown_queue_or_type_naming_it(api):
+    status, body = api("post", "/queues/nope/pause", {"reason": "x"})
+    assert status == 404 and "nope" in body["detail"]
+    status, body = api("post", "/types/nope.nope/pause")
+    assert status == 404 and "nope.nope" in body["detail"]
+    assert api("post", "/types/examples.echo/pause", {"colour": "red"})[0] == 400
+
+
+def test_a_token_without_operate_cannot_pause(api):
+    from django.test import Client
+
+    from api.auth import issue_token
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username="reader", defaults={"is_superuser": True})
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {issue_token(user, 'jobs:read')}")
+    assert client.post("/api/queues/default/pause").status_code == 403
+    assert client.get("/api/queues").status_code == 200
+
+
+def test_a_running_or_ended_jobs_why_is_null(api):
+    job = enqueue("examples.echo", {})
+    runner.execute(job.pk, WORKER)
+    status, body = api("get", f"/jobs/{job.pk}")
+    assert status == 200 and body["why"] is None
