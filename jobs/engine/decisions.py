@@ -240,6 +240,9 @@ def why(facts: WaitFacts) -> Why | None:
                    {"pauses": list(facts.pauses)}, alarms)
     if facts.lane is not None:
         lane = facts.lane
+        if lane.get("delivery") is None:
+            return Why(LANE, f"its event key's lane ({lane.get('key')!r}) is stuck: its holder ended without handing it on; "
+                             "the event bus's cleanup (every minute) sets it right", dict(lane), alarms)
         return Why(LANE, f"behind its event key's lane: delivery {lane['delivery']} (job {lane['job']}) of key "
                          f"{lane['key']!r} runs first; this one follows when it ends", dict(lane), alarms)
     if facts.held == "rate" and facts.run_after > facts.now:

@@ -9,7 +9,7 @@ with the lane's holder as `lane` (subscribers.why).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from django.conf import settings
 
@@ -54,6 +54,27 @@ def why(job_id: int) -> Why | None:
     if found is None:
         raise NoSuchJob(f"no job {job_id}")
     return decisions.why(found)
+
+
+#: Other things that wait and have no job yet, by name (`delivery`: the event bus registers it,
+#: subscribers/apps.py): fn(id) -> (status, Why or None), raising NoSuchJob.
+SOURCES: dict[str, Callable[[int], tuple[str, Why | None]]] = {}
+
+
+def add_source(kind: str, explain: Callable[[int], tuple[str, Why | None]]) -> None:
+    SOURCES[kind] = explain
+
+
+def explain(kind: str, row_id: int) -> tuple[str, Why | None]:
+    """(its status, why it waits) for a job (`kind` "job") or a registered source's row."""
+    if kind == "job":
+        found = facts(row_id)
+        if found is None:
+            raise NoSuchJob(f"no job {row_id}")
+        return found.status, decisions.why(found)
+    if kind not in SOURCES:
+        raise NoSuchJob(f"{kind!r} is not something that waits (job, {', '.join(SOURCES) or 'nothing else'})")
+    return SOURCES[kind](row_id)
 
 
 def lane_why(queue: str, type_name: str, lane: dict[str, Any]) -> Why:

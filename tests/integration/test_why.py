@@ -263,3 +263,53 @@ def test_a_running_or_ended_jobs_why_is_null(api):
     runner.execute(job.pk, WORKER)
     status, body = api("get", f"/jobs/{job.pk}")
     assert status == 200 and body["why"] is None
+
+
+# --- a delivery behind its key's lane, and the CLI -------------------------------------------------
+
+
+def test_a_delivery_behind_its_keys_lane_names_the_delivery_holding_it(consumer):
+    from subscribers import emit
+    from subscribers.models import Delivery
+
+    consumer("default")
+    first, second = emit("diagnostics.why", {}, key="k-lane"), emit("diagnostics.why", {}, key="k-lane")
+    holding = Delivery.objects.get(event=first, subscriber="diagnostics.record")
+    waiting = Delivery.objects.get(event=second, subscriber="diagnostics.record")
+    status, answer = why.explain("delivery", waiting.pk)
+    assert status == "waiting"
+    assert (answer.code, answer.details["delivery"], answer.details["job"]) == ("lane", holding.pk, holding.job_id)
+    # the holder itself has a job, which answers for it
+    assert why.explain("delivery", holding.pk)[1].code in ("queue", "next")
+
+
+def test_manage_py_why_says_the_reason_and_exits_2_for_an_unknown_id(consumer):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+    from io import StringIO
+
+    consumer("default")
+    job = enqueue("examples.echo", {}, run_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    out = StringIO()
+    call_command("why", str(job.pk), stdout=out)
+    assert "scheduled for later" in out.getvalue()
+    with pytest.raises(CommandError, match=f"no job {10**12}") as refused:
+        call_command("why", str(10**12))
+    assert refused.value.returncode == 2
+    with pytest.raises(CommandError, match="not a job id") as refused:
+        call_command("why", "abc")
+    assert refused.value.returncode == 2
+
+
+def test_manage_py_pause_and_resume_a_queue(consumer):
+    from django.core.management import call_command
+    from io import StringIO
+
+    out = StringIO()
+    call_command("pause", "queue", "notifications", "--reason", "smtp quota", stdout=out)
+    call_command("pause", "--list", stdout=out)
+    assert "queue notifications: paused since" in out.getvalue() and "smtp quota" in out.getvalue()
+    assert Pause.objects.filter(kind="queue", name="notifications").exists()
+    call_command("resume", "queue", "notifications", stdout=out)
+    assert "resumed: 0 held job(s) published" in out.getvalue()
+    assert not Pause.objects.exists()
