@@ -313,3 +313,23 @@ def test_manage_py_pause_and_resume_a_queue(consumer):
     call_command("resume", "queue", "notifications", stdout=out)
     assert "resumed: 0 held job(s) published" in out.getvalue()
     assert not Pause.objects.exists()
+
+
+def test_metrics_give_consumers_waiting_jobs_and_the_oldest_wait_per_queue(consumer):
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # given a worker consuming default only, and a job waiting in default and one in images
+    consumer("default")
+    enqueue("examples.echo", {})
+    enqueue("images.resize", {"url": "http://x/y.png", "width": 10})
+    Job.objects.update(created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60),
+                       run_after=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60))
+    response = Client().get("/metrics")
+    found = {f.name: {s.labels["queue"]: s.value for s in f.samples}
+             for f in text_string_to_metric_families(response.content.decode()) if f.name.startswith("conveyor_queue_")}
+    # then images waits with no consumer: the alarm's two numbers
+    assert found["conveyor_queue_consumers"]["default"] == 1 and found["conveyor_queue_consumers"]["images"] == 0
+    assert found["conveyor_queue_waiting"]["images"] == 1
+    assert 59 <= found["conveyor_queue_oldest_waiting_seconds"]["images"] < 120
+    assert found["conveyor_queue_oldest_waiting_seconds"]["notifications"] == 0
