@@ -333,3 +333,19 @@ def test_metrics_give_consumers_waiting_jobs_and_the_oldest_wait_per_queue(consu
     assert found["conveyor_queue_waiting"]["images"] == 1
     assert 59 <= found["conveyor_queue_oldest_waiting_seconds"]["images"] < 120
     assert found["conveyor_queue_oldest_waiting_seconds"]["notifications"] == 0
+
+
+def test_manage_py_status_shows_a_queue_with_waiting_jobs_and_no_consumer_as_an_alarm(consumer):
+    from django.core.management import call_command
+    from io import StringIO
+
+    consumer("default")
+    enqueue("examples.ping", {})  # queue notifications, no consumer
+    pauses.pause("queue", "images", "cdn down")
+    out = StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert "ALARM: no worker consumes queue 'notifications' and 1 job(s) wait" in text
+    assert "PAUSED: cdn down" in text
+    assert "ALARM: no worker consumes queue 'default'" not in text
+    pauses.resume("queue", "images")
