@@ -678,6 +678,20 @@ SELECT queue, count(*), EXTRACT(EPOCH FROM now() - min(GREATEST(run_after, creat
 """
 
 
+OLDEST_WAITING_SQL = f"""
+SELECT DISTINCT ON (queue) queue, id FROM jobs_job
+ WHERE {RUNNABLE} AND run_after <= now() AND held = ''
+ ORDER BY queue, GREATEST(run_after, created_at), id
+"""
+
+
+def oldest_waiting() -> dict[str, int]:
+    """{queue: the id of its job that has waited longest for a worker}."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(OLDEST_WAITING_SQL)
+        return dict(cursor.fetchall())
+
+
 def waiting_queues() -> dict[str, tuple[int, float]]:
     """{queue: (jobs due and waiting for a worker, seconds the oldest has waited)}."""
     with connections["default"].cursor() as cursor:

@@ -349,3 +349,44 @@ def test_manage_py_status_shows_a_queue_with_waiting_jobs_and_no_consumer_as_an_
     assert "PAUSED: cdn down" in text
     assert "ALARM: no worker consumes queue 'default'" not in text
     pauses.resume("queue", "images")
+
+
+# --- the admin and the operations page -------------------------------------------------------------
+
+
+def test_the_operations_page_shows_the_no_consumer_alarm_pauses_and_the_oldest_jobs_why(admin_client, consumer):
+    consumer("default")
+    ping = enqueue("examples.ping", {})  # notifications: no consumer
+    pauses.pause("type", "examples.echo", "bad deploy", "ann")
+    response = admin_client.get("/admin/operations/fragment/")
+    html = response.content.decode()
+    assert 'data-alarm-queue="notifications"' in html
+    assert 'data-alarm-queue="default"' not in html
+    notifications = next(q for q in response.context["waiting"]["queues"] if q["queue"] == "notifications")
+    assert (notifications["oldest_job"], notifications["why"].code, notifications["consumers"]) == (ping.pk, "no_consumer", 0)
+    assert 'data-pause="type:examples.echo"' in html and "bad deploy" in html
+    pauses.resume("type", "examples.echo")
+
+
+def test_the_admin_job_page_says_why_it_waits(admin_client, consumer):
+    consumer("default")
+    job = enqueue("examples.echo", {}, run_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
+    html = admin_client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert 'data-code="scheduled"' in html and "scheduled for later" in html
+
+
+def test_the_admin_pauses_and_resumes_a_queue_publishing_its_held_jobs(admin_client, declare):
+    declare("t.admin-pause", queue="q-admin")
+    response = admin_client.post("/admin/jobs/pause/add/", {"kind": "queue", "name": "q-admin", "reason": "audit"})
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    pause = Pause.objects.get(kind="queue", name="q-admin")
+    assert (pause.reason, pause.paused_by) == ("audit", "admin")
+    job = enqueue("t.admin-pause", {})
+    runner.execute(job.pk, WORKER)
+    assert row(job.pk).held == "paused"
+    response = admin_client.post("/admin/jobs/pause/", {"action": "resume_pauses", "_selected_action": [pause.pk]})
+    assert response.status_code == 302
+    assert not Pause.objects.exists() and row(job.pk).held == "" and row(job.pk).published_at is not None
+    # an unknown queue is refused, naming it
+    response = admin_client.post("/admin/jobs/pause/add/", {"kind": "queue", "name": "nope", "reason": ""})
+    assert response.status_code == 200 and "no job type uses queue" in response.content.decode()
