@@ -34,6 +34,8 @@ class WhyOut(Schema):
 
 
 class QueueOut(Schema):
+    #: The queue's name (as POST /api/queues/{name}/pause takes it; `queue` says the same).
+    name: str
     queue: str
     #: Jobs due and waiting for a worker (not held by a limit or a pause).
     waiting: int
@@ -71,7 +73,7 @@ def _pauses() -> dict[tuple[str, str], dict[str, Any]]:
             auth=READS)
 def list_queues(request: HttpRequest):  # noqa: ANN201
     paused = _pauses()
-    return [{**row, "paused": paused.get(("queue", row["queue"]))} for row in why.queues()]
+    return [{**row, "name": row["queue"], "paused": paused.get(("queue", row["queue"]))} for row in why.queues()]
 
 
 @router.get("/pauses", response={200: list[PauseOut], **errors(401, 403)}, summary="Paused queues and job types", auth=READS)
