@@ -299,7 +299,8 @@ RETURNING {_CLAIMED}
 
 def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = ()) -> Claimed | None:
     """Take the row for one attempt, or None: locked, finished, cancelled, not yet due, paused
-    (its queue or type: `hold_paused` then holds it), or of one of the `limited` types (whose claims go through jobs.engine.limits and `claim_limited`)."""
+    (its queue or type: `hold_paused` then holds it), or of one of the `limited` types (whose
+    claims go through jobs.engine.limits and `claim_limited`)."""
     with prepared(CLAIMS) as cursor:
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()

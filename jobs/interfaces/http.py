@@ -118,7 +118,8 @@ class JobOut(Schema):
     #: limits, once claimed).
     limit_key: str | None
     #: Held back by its type's limits, waiting with no message: "rate" (it starts at run_after),
-    #: "concurrency" or "key" (until a running job of its type or key ends); "" when not held.
+    #: "concurrency" or "key" (until a running job of its type or key ends); "paused" (its queue or
+    #: type is paused: until resumed); "" when not held.
     held: str
     run_after: dt.datetime
     created_at: dt.datetime
