@@ -283,6 +283,20 @@ def test_a_delivery_behind_its_keys_lane_names_the_delivery_holding_it(consumer)
     assert why.explain("delivery", holding.pk)[1].code in ("queue", "next")
 
 
+def test_the_event_api_says_why_a_delivery_waits_behind_its_lane(api, consumer):
+    from subscribers import emit
+    from subscribers.models import Delivery
+
+    consumer("default")
+    first, second = emit("diagnostics.why", {}, key="k-api"), emit("diagnostics.why", {}, key="k-api")
+    holding = Delivery.objects.get(event=first, subscriber="diagnostics.record")
+    status, body = api("get", f"/events/{second.pk}")
+    waiting = next(d for d in body["deliveries"] if d["subscriber"] == "diagnostics.record")
+    assert (waiting["status"], waiting["why"]["code"], waiting["why"]["details"]["delivery"]) == ("waiting", "lane", holding.pk)
+    status, body = api("get", "/events")
+    assert all(d["why"] is None for e in body["items"] for d in e["deliveries"])  # lists stay lean
+
+
 def test_manage_py_why_says_the_reason_and_exits_2_for_an_unknown_id(consumer):
     from django.core.management import call_command
     from django.core.management.base import CommandError
