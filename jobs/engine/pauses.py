@@ -10,6 +10,10 @@ and a job not yet claimed keeps its message in Redis (its claim will hold it).
 A resume deletes the pause, then publishes the rows held for it in batches (each batch's
 messages after its commit), so they are runnable at once. A row of a queue and a type both
 paused stays held until both are resumed.
+
+A claim that read the pause just before a resume committed skips its job without holding it (the
+hold re-reads the pause, locked FOR SHARE, and finds it gone): that job's message is acked, and
+the relay sends it again as a stale row (RELAY_STALE_SECONDS later). Nothing is lost either way.
 """
 from __future__ import annotations
 
