@@ -72,7 +72,7 @@ def read(client=None) -> dict[str, list[str]]:  # noqa: ANN001
     return alive
 
 
-_cache: tuple[float, dict[str, list[str]]] | None = None
+_cache: tuple[float, dict[str, list[str]] | None] | None = None
 
 
 def clear_cache() -> None:
@@ -81,16 +81,17 @@ def clear_cache() -> None:
 
 
 def nodes() -> dict[str, list[str]] | None:
-    """`read`, cached CACHE_SECONDS; None when Redis cannot be read."""
+    """`read`, cached CACHE_SECONDS; None when Redis cannot be read (cached too: a page asking
+    for several jobs' whys waits out Redis's timeout once, not once per job)."""
     global _cache
     now = time.monotonic()
     if _cache is not None and now - _cache[0] < CACHE_SECONDS:
         return _cache[1]
     try:
-        alive = read()
+        alive: dict[str, list[str]] | None = read()
     except Exception as exc:  # Redis away: unknown, not "none"
         log.warning("cannot read the workers' heartbeats: %s", exc)
-        return None
+        alive = None
     _cache = (now, alive)
     return alive
 
