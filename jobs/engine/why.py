@@ -42,7 +42,8 @@ def facts(job_id: int) -> WaitFacts | None:
         except registry.InvalidJob:
             slots = None
         key = (row.limit_key or "") if row.held == "key" else None
-        extra.update(holders=tuple(store.holders(row.type, key)), slots=slots)
+        # Every holder up to one past the slots: fewer holders than slots is a leaked slot.
+        extra.update(holders=tuple(store.holders(row.type, key, limit=max(50, (slots or 0) + 1))), slots=slots)
     elif row.published_at is not None and row.held == "" and row.run_after <= row.now and not row.pauses:
         extra["ahead"] = store.ahead(job_id, row.queue, row.priority, row.published_at)
     return base._replace(**extra)
