@@ -23,6 +23,7 @@ class Held(models.TextChoices):
     RATE = "rate", "rate limit: starts at run_after"
     CONCURRENCY = "concurrency", "concurrency: waits for a running job of its type"
     KEY = "key", "concurrency per key: waits for a running job of its key"
+    PAUSED = "paused", "paused: its queue or type is paused; runs when resumed"
 
 
 #: Held values of a row waiting for a slot (published when a running job ends, never by due time).
@@ -157,6 +158,8 @@ class Job(models.Model):
             models.Index(
                 fields=["type", "limit_key", "id"], name="job_waiting_key_idx", condition=Q(status__in=RUNNABLE, held=Held.KEY)
             ),
+            # Rows whose claim found their queue or type paused (Pause), released by a resume.
+            models.Index(fields=["id"], name="job_paused_idx", condition=Q(status__in=RUNNABLE, held="paused")),
             # Retention cleanup of finished rows.
             models.Index(fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)),
         ]
@@ -203,6 +206,31 @@ class RateSlot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type}: next start at {self.next_at}"
+
+
+class PauseKind(models.TextChoices):
+    QUEUE = "queue"
+    TYPE = "type"
+
+
+class Pause(models.Model):
+    """A paused queue or job type (jobs.engine.pauses): its jobs are not claimed while the row
+    exists. Read by every claim (an index probe of a table of a few rows); a claim that finds its
+    job paused holds the row (`held = 'paused'`, no message), and the resume publishes those."""
+
+    kind = models.CharField(max_length=8, choices=PauseKind.choices)
+    name = models.CharField(max_length=200)
+    reason = models.TextField(blank=True, default="")
+    #: Who paused it (a user name, a token's name, or "cli").
+    paused_by = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["kind", "name"]
+        constraints = [models.UniqueConstraint(fields=["kind", "name"], name="one_pause_per_queue_or_type")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} paused" + (f": {self.reason}" if self.reason else "")
 
 
 class ScheduleDeclaration(models.Model):

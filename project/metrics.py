@@ -9,6 +9,10 @@ every process of every host), queue depths (Redis), and unfinished jobs (Postgre
   (previous step's outcome to this step's first claim): histograms.
 - `conveyor_queue_depth{queue}`: messages waiting in the queue's Redis lists (every priority).
 - `conveyor_jobs{queue,type,status}` (unfinished rows) and `conveyor_jobs_running{queue,type}`.
+- `conveyor_queue_consumers{queue}` (workers consuming it: their heartbeats in Redis),
+  `conveyor_queue_waiting{queue}` and `conveyor_queue_oldest_waiting_seconds{queue}` (jobs due and
+  waiting for a worker, the oldest one's wait, from the same one query): a queue with jobs
+  waiting and no consumer is `conveyor_queue_waiting > 0 and conveyor_queue_consumers == 0`.
 
 The counters and histograms are read from Redis hashes (jobs/engine/telemetry.py) and rendered with
 custom collectors: correct across gunicorn workers, pool processes and hosts, at the cost of one
@@ -35,6 +39,7 @@ from prometheus_client.registry import Collector
 
 from jobs.engine import telemetry
 from jobs.engine.publish import queue_depths
+from jobs.engine.registry import queues as job_queues
 
 log = logging.getLogger("conveyor.metrics")
 
@@ -44,12 +49,21 @@ def unfinished_counts():  # noqa: ANN201 - a QuerySet of (queue, type, status, c
 
     Written as the two partial indexes' own predicates (runnable: pending or failed; running),
     so PostgreSQL reads them (a BitmapOr) rather than an index or a scan over every row."""
-    from django.db.models import Count, Q
+    from django.db.models import Count, DurationField, ExpressionWrapper, Min, Q
+    from django.db.models.functions import Greatest, Now
 
     from jobs.models import RUNNABLE, Job, Status
 
     unfinished = Q(status__in=RUNNABLE) | Q(status=Status.RUNNING)
-    return Job.objects.filter(unfinished).order_by().values_list("queue", "type", "status").annotate(n=Count("id"))
+    # In the same pass: the rows due and waiting for a worker (not held by a limit or a pause),
+    # and how long the oldest of them has waited, by PostgreSQL's clock.
+    due = Q(status__in=RUNNABLE, cancel_requested=False, run_after__lte=Now(), held="")
+    return (
+        Job.objects.filter(unfinished).order_by().values_list("queue", "type", "status")
+        .annotate(n=Count("id"), due=Count("id", filter=due),
+                  waited=ExpressionWrapper(Now() - Min(Greatest("run_after", "created_at"), filter=due),
+                                           output_field=DurationField()))
+    )
 
 
 class JobCollector(Collector):
@@ -60,12 +74,29 @@ class JobCollector(Collector):
             "conveyor_jobs", "Unfinished jobs (pending, running, failed) by queue, type and status", labels=["queue", "type", "status"]
         )
         running = GaugeMetricFamily("conveyor_jobs_running", "Jobs running now, by queue and type", labels=["queue", "type"])
-        for queue, type_name, status, count in unfinished_counts():
+        waiting: dict[str, int] = dict.fromkeys(job_queues(), 0)
+        oldest: dict[str, float] = dict.fromkeys(job_queues(), 0.0)
+        for queue, type_name, status, count, due, waited in unfinished_counts():
             jobs.add_metric([queue, type_name, status], count)
             if status == "running":
                 running.add_metric([queue, type_name], count)
+            waiting[queue] = waiting.get(queue, 0) + due
+            if waited is not None:
+                oldest[queue] = max(oldest.get(queue, 0.0), waited.total_seconds())
         yield jobs
         yield running
+        waiting_family = GaugeMetricFamily(
+            "conveyor_queue_waiting", "Jobs due and waiting for a worker (not held by a limit or a pause)", labels=["queue"]
+        )
+        oldest_family = GaugeMetricFamily(
+            "conveyor_queue_oldest_waiting_seconds", "Seconds the oldest job due and waiting for a worker has waited (0: none)",
+            labels=["queue"],
+        )
+        for queue in sorted(waiting):
+            waiting_family.add_metric([queue], waiting[queue])
+            oldest_family.add_metric([queue], oldest.get(queue, 0.0))
+        yield waiting_family
+        yield oldest_family
 
 
 COUNTER_HELP = {
@@ -122,9 +153,26 @@ class RedisCollector(Collector):
         yield depth
 
 
+class ConsumerCollector(Collector):
+    """Workers consuming each queue now: their heartbeats in Redis (jobs.engine.consumers, one
+    round trip, cached a few seconds). A queue with jobs waiting and no consumer is the alarm to
+    page on: `conveyor_queue_waiting > 0 and conveyor_queue_consumers == 0`."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from jobs.engine import consumers
+
+        counts = consumers.per_queue(job_queues())
+        family = GaugeMetricFamily("conveyor_queue_consumers", "Workers consuming the queue now (their heartbeats)", labels=["queue"])
+        for queue, count in counts.items():
+            if count is not None:  # Redis away: the family says so by missing its queues
+                family.add_metric([queue], count)
+        yield family
+
+
 registry = CollectorRegistry()
 registry.register(JobCollector())
 registry.register(RedisCollector())
+registry.register(ConsumerCollector())
 
 
 def _refusal(request: HttpRequest) -> JsonResponse | None:

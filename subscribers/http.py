@@ -15,6 +15,7 @@ from api.validation import JsonObject, Text, strict_body
 from subscribers import registry
 from subscribers.bus import EVENT_NAME, emit
 from subscribers.models import Event
+from subscribers.why import delivery_why
 
 router = Router(tags=["events"])
 catalog = Router(tags=["catalog"])
@@ -37,6 +38,9 @@ class DeliveryOut(Schema):
     error: str = ""
     replays: int
     finished_at: Optional[dt.datetime] = None
+    #: On GET /api/events/{id}, for a delivery not started: why it waits ({"code", "words",
+    #: "details", "alarms"}; "lane" names the delivery running for its key). Null otherwise.
+    why: Optional[dict[str, Any]] = None
 
 
 class EventOut(Schema):
@@ -92,9 +96,16 @@ def list_events(request: HttpRequest, filters: Query[EventFilters]):  # noqa: AN
 @router.get(
     "/{int:event_id}", response={200: EventOut, **errors(400, 401, 403, 404)}, summary="An event and each delivery's status",
     auth=READS,
+    description="A delivery not started says why it waits (`why`): behind its key's lane (the delivery running for the "
+    "key), paused, no consumer, ...",
 )
 def get_event(request: HttpRequest, event_id: int = Path(..., ge=1, le=MAX_ID)):  # noqa: ANN201
-    return get_object_or_404(Event.objects.prefetch_related("deliveries__job"), pk=event_id)
+    event = get_object_or_404(Event.objects.prefetch_related("deliveries__job"), pk=event_id)
+    for delivery in event.deliveries.all():  # a few subscribers: a few index probes each
+        if delivery.status in ("waiting", "pending", "failed"):
+            answer = delivery_why(delivery.pk)[1]
+            delivery.why = answer.as_dict() if answer is not None else None
+    return event
 
 
 class SubscriberOut(Schema):

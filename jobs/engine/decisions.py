@@ -186,3 +186,140 @@ def rate_slot(booked: dt.datetime, started: dt.datetime, now: dt.datetime, inter
     if start:
         started = max(started, now) + step
     return RateSlot(None if start else slot, booked, started)
+
+
+# --- Why a job waits ----------------------------------------------------------------------------
+
+#: The reasons a runnable job has not started, as `Why.code` says them.
+PAUSED, LANE, RATE, SCHEDULED, BACKOFF = "paused", "lane", "rate", "scheduled", "retry_backoff"
+KEY, CONCURRENCY, LEAKED_SLOT = "key", "concurrency", "leaked_slot"
+NO_CONSUMER, RELAY, QUEUE, NEXT = "no_consumer", "relay", "queue", "next"
+
+
+class WaitFacts(NamedTuple):
+    """What is known of a job that has not started (plain values, gathered by jobs.engine.why)."""
+
+    status: str
+    now: dt.datetime
+    run_after: dt.datetime
+    queue: str
+    type: str
+    #: Attempts started so far (a retry's backoff follows one).
+    attempt: int = 0
+    #: The row's `held` ("", "rate", "concurrency", "key", "paused").
+    held: str = ""
+    #: Its message was published (and not yet claimed).
+    published: bool = True
+    #: The pauses of its queue and its type: {"kind", "name", "reason", "by", "since"}.
+    pauses: tuple[dict[str, Any], ...] = ()
+    #: Workers consuming its queue now (None: unknown, e.g. Redis away).
+    consumers: int | None = None
+    #: Jobs of its queue a worker takes before it.
+    ahead: int = 0
+    #: For held "concurrency" / "key": the running jobs holding the slots, and how many slots the
+    #: type declares now (None: the limit is no longer declared).
+    holders: tuple[int, ...] = ()
+    slots: int | None = None
+    limit_key: str | None = None
+    #: How often the limits' sweep frees slots no end released (seconds).
+    sweep_seconds: float = 5.0
+    #: How often the relay publishes due rows (seconds).
+    relay_seconds: float = 0.5
+    #: For a delivery waiting for its key's lane: the delivery and the job that hold the lane.
+    lane: dict[str, Any] | None = None
+
+
+class Why(NamedTuple):
+    """Why a job has not started: a code (one of the constants above), plain words, details."""
+
+    code: str
+    words: str
+    details: dict[str, Any]
+    #: Conditions an operator must act on, whatever the reason (a queue no worker consumes).
+    alarms: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "words": self.words, "details": self.details, "alarms": list(self.alarms)}
+
+
+def _when(at: dt.datetime, now: dt.datetime) -> str:
+    seconds = max(0.0, (at - now).total_seconds())
+    return f"{at.isoformat(timespec='seconds')} (in {_duration(seconds)})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _ids(ids: tuple[int, ...], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def why(facts: WaitFacts) -> Why | None:
+    """Why the job has not started; None when it is not waiting (running or ended).
+
+    The first reason that holds it back, in the order a claim meets them: a pause (nothing of a
+    paused queue or type is claimed), its key's lane (a delivery), a booked rate slot, a time to
+    wait for (a delay, a retry's backoff), a concurrency slot (by key, then by type; a slot that
+    no running job holds has leaked, and the sweep frees it), then the queue itself: no worker
+    consumes it, its message not yet published, other jobs ahead of it, or next in line. A queue
+    that no worker consumes is also an alarm under any other reason."""
+    if facts.status not in ("pending", "failed") and facts.lane is None:
+        return None
+    alarms = ()
+    if facts.consumers == 0:
+        alarms = (f"no worker consumes queue {facts.queue!r}: its jobs will not start until one does",)
+    if facts.pauses:
+        pause = facts.pauses[0]
+        reason = f": {pause['reason']}" if pause.get("reason") else ""
+        by = f" by {pause['by']}" if pause.get("by") else ""
+        return Why(PAUSED, f"paused: its {pause['kind']} {pause['name']!r} was paused{by}{reason}; it starts when resumed",
+                   {"pauses": list(facts.pauses)}, alarms)
+    if facts.lane is not None:
+        lane = facts.lane
+        if lane.get("delivery") is None:
+            return Why(LANE, f"its event key's lane ({lane.get('key')!r}) is stuck: its holder ended without handing it on; "
+                             "the event bus's cleanup (every minute) sets it right", dict(lane), alarms)
+        return Why(LANE, f"behind its event key's lane: delivery {lane['delivery']} (job {lane['job']}) of key "
+                         f"{lane['key']!r} runs first; this one follows when it ends", dict(lane), alarms)
+    if facts.held == "rate" and facts.run_after > facts.now:
+        return Why(RATE, f"held by its type's rate limit: its start is booked for the next slot, {_when(facts.run_after, facts.now)}",
+                   {"next_slot": facts.run_after.isoformat()}, alarms)
+    if facts.run_after > facts.now and facts.held not in ("concurrency", "key"):
+        if facts.status == "failed":
+            return Why(BACKOFF, f"retry backoff after attempt {facts.attempt} failed: it runs again at {_when(facts.run_after, facts.now)}",
+                       {"until": facts.run_after.isoformat(), "attempt": facts.attempt}, alarms)
+        return Why(SCHEDULED, f"scheduled for later: {_when(facts.run_after, facts.now)}",
+                   {"until": facts.run_after.isoformat()}, alarms)
+    if facts.held in ("concurrency", "key"):
+        scope = f"key {facts.limit_key!r}" if facts.held == "key" else "type"
+        details = {"holders": list(facts.holders), "slots": facts.slots}
+        if facts.held == "key":
+            details["key"] = facts.limit_key
+        if facts.slots is None or len(facts.holders) < facts.slots:
+            slots = "no limit any more" if facts.slots is None else f"{len(facts.holders)} of {facts.slots} slots in use"
+            return Why(LEAKED_SLOT, f"waits for a slot of its {scope} that no running job holds ({slots}): a release was "
+                                    f"missed; the limits' sweep frees it within {facts.sweep_seconds:g} s",
+                       {**details, "sweep_seconds": facts.sweep_seconds}, alarms)
+        code = KEY if facts.held == "key" else CONCURRENCY
+        return Why(code, f"held by its {scope}'s concurrency limit ({facts.slots}): job(s) {_ids(facts.holders)} hold the slots; "
+                         "the first to end releases it", details, alarms)
+    if facts.consumers == 0:
+        return Why(NO_CONSUMER, f"no worker consumes its queue {facts.queue!r}: start a worker for it "
+                                f"(manage.py start --queues {facts.queue})", {"queue": facts.queue}, alarms)
+    if facts.held == "paused":  # its pause is gone: the resume (or the next one's sweep) publishes it
+        return Why(RELAY, "its pause was lifted: the resume publishes it now", {"queue": facts.queue}, alarms)
+    if not facts.published:
+        return Why(RELAY, f"due, its message not yet published: the relay sends it within {facts.relay_seconds:g} s",
+                   {"queue": facts.queue}, alarms)
+    if facts.ahead > 0:
+        more = "+" if facts.ahead >= 10_000 else ""
+        return Why(QUEUE, f"behind {facts.ahead}{more} job(s) of its queue {facts.queue!r}: the workers take them first",
+                   {"queue": facts.queue, "ahead": facts.ahead, "consumers": facts.consumers}, alarms)
+    return Why(NEXT, f"next in its queue {facts.queue!r}: a worker takes it as soon as one is free",
+               {"queue": facts.queue, "consumers": facts.consumers}, alarms)

@@ -26,7 +26,7 @@ from django.db import InterfaceError, OperationalError, connections, transaction
 from jobs.engine import decisions, limits, registry, store, telemetry
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
-from jobs.models import Status
+from jobs.models import Held, Status
 from jobs.engine.publish import HARD_LIMIT_GRACE
 
 log = logging.getLogger("conveyor.runner")
@@ -50,7 +50,7 @@ class ClaimFailed(Exception):
 
 class Outcome(str):
     """What `execute` returns: the status ("succeeded", "failed", "dead", "cancelled", "lost",
-    "skipped", or "held" by its type's limits, the reason as `error`), a str as ever, with the
+    "skipped", or "held" by its type's limits or a pause, the reason as `error`), a str as ever, with the
     attempt it belongs to and a failure's error, for what a
     monitor shows (jobs.interfaces.monitoring) without reading the row again."""
 
@@ -74,6 +74,10 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         claimed = store.claim(job_id, worker, lease_seconds(), limited)
         if claimed is None and limited:  # perhaps a type with limits: its claim is theirs
             claimed = limits.claim(job_id, worker, lease_seconds())
+        # Not claimed: perhaps its queue or type is paused. Held then, with no message, until a
+        # resume publishes it (jobs.engine.pauses); one more statement, for skipped claims only.
+        if claimed is None and store.hold_paused(job_id):
+            return Outcome("held", error=Held.PAUSED.value)
     except (OperationalError, InterfaceError, SoftTimeLimitExceeded) as exc:
         raise ClaimFailed(f"{type(exc).__name__}: {exc}".strip()) from exc
     if claimed is None:

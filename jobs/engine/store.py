@@ -53,6 +53,9 @@ from jobs.engine.publish import Message
 CLAIMS = "claims"
 
 RUNNABLE = "status IN ('pending', 'failed') AND NOT cancel_requested"
+#: A row whose queue or type is paused (jobs_pause, a table of a few rows: an index probe each).
+PAUSED = """EXISTS (SELECT 1 FROM jobs_pause p
+                    WHERE (p.kind = 'queue' AND p.name = jobs_job.queue) OR (p.kind = 'type' AND p.name = jobs_job.type))"""
 #: Was the attempt just run the row's last one?
 LAST = "attempt >= max_attempts"
 #: Where a run that did not succeed goes; `{again}` is the status of a row that will run again,
@@ -288,14 +291,16 @@ UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, star
        held = ''
  WHERE id = (SELECT id FROM jobs_job
               WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND type <> ALL(%s::text[])
+                AND NOT {PAUSED}
               FOR UPDATE SKIP LOCKED)
 RETURNING {_CLAIMED}
 """
 
 
 def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = ()) -> Claimed | None:
-    """Take the row for one attempt, or None: locked, finished, cancelled, not yet due, or of
-    one of the `limited` types (whose claims go through jobs.engine.limits and `claim_limited`)."""
+    """Take the row for one attempt, or None: locked, finished, cancelled, not yet due, paused
+    (its queue or type: `hold_paused` then holds it), or of one of the `limited` types (whose
+    claims go through jobs.engine.limits and `claim_limited`)."""
     with prepared(CLAIMS) as cursor:
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()
@@ -318,7 +323,7 @@ def _claimed(row: Sequence[Any]) -> Claimed:
 
 LIMITED_ROW_SQL = f"""
 SELECT type, limit_key, held FROM jobs_job
- WHERE id = %s AND {RUNNABLE} AND run_after <= now()
+ WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND NOT {PAUSED}
    FOR UPDATE SKIP LOCKED
 """
 
@@ -330,7 +335,7 @@ class LimitedRow(NamedTuple):
 
 
 def lock_limited(job_id: int) -> LimitedRow | None:
-    """In a transaction on CLAIMS: lock a runnable, due row (None: locked, finished or not due)."""
+    """In a transaction on CLAIMS: lock a runnable, due row (None: locked, finished, not due or paused)."""
     with prepared(CLAIMS) as cursor:
         cursor.execute(LIMITED_ROW_SQL, [job_id])
         row = cursor.fetchone()
@@ -475,6 +480,224 @@ def waiting_scopes(limit: int) -> list[tuple[str, str | None]]:
     with connections["default"].cursor() as cursor:
         cursor.execute(WAITING_SCOPES_SQL, [limit, limit])
         return [(row[0], row[1]) for row in cursor.fetchall()]
+
+
+# --- Pauses: a paused queue or type's rows are held, a resume publishes them ----------------------
+#
+# A claim skips a paused row (PAUSED in CLAIM_SQL and LIMITED_ROW_SQL); the runner then holds it
+# (`hold_paused`): no message, out of the relay's indexes, until `release_paused` publishes it. The
+# pause row is locked FOR SHARE while a row is held for it, so a resume's DELETE waits for that
+# hold to commit, and its release (a statement after the DELETE's commit) sees the held row.
+
+HOLD_PAUSED_SQL = f"""
+UPDATE jobs_job SET held = 'paused', published_at = NULL, updated_at = now()
+ WHERE id = (SELECT id FROM jobs_job
+              WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND held IN ('', 'rate')
+                AND EXISTS (SELECT 1 FROM jobs_pause p
+                             WHERE (p.kind = 'queue' AND p.name = jobs_job.queue)
+                                OR (p.kind = 'type' AND p.name = jobs_job.type)
+                               FOR SHARE)
+              FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
+
+
+def hold_paused(job_id: int) -> bool:
+    """A row its claim skipped: if its queue or type is paused, hold it (True): it waits in the
+    table with no message until a resume releases it."""
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(HOLD_PAUSED_SQL, [job_id])
+        return cursor.fetchone() is not None
+
+
+# Held rows no pause holds any more (job_paused_idx): due now, marked published, their messages
+# returned to publish after commit.
+RELEASE_PAUSED_SQL = f"""
+WITH next AS (SELECT id FROM jobs_job
+               WHERE held = 'paused' AND {RUNNABLE} AND NOT {PAUSED}
+               ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE jobs_job j SET held = '', published_at = now(), run_after = LEAST(j.run_after, now()),
+       updated_at = now() FROM next
+ WHERE j.id = next.id
+RETURNING {_RELEASED}
+"""
+
+
+def release_paused(batch: int) -> list[Message]:
+    """Up to `batch` rows held for a pause that is gone: no longer held, published now (their
+    messages returned, to send after commit)."""
+    with prepared() as cursor:
+        cursor.execute(RELEASE_PAUSED_SQL, [batch])
+        return _messages(cursor)
+
+
+PAUSE_SQL = """
+INSERT INTO jobs_pause (kind, name, reason, paused_by, created_at) VALUES (%s, %s, %s, %s, now())
+    ON CONFLICT (kind, name) DO UPDATE SET reason = EXCLUDED.reason, paused_by = EXCLUDED.paused_by
+RETURNING created_at
+"""
+RESUME_SQL = "DELETE FROM jobs_pause WHERE kind = %s AND name = %s RETURNING id"
+
+
+def pause(kind: str, name: str, reason: str, by: str) -> dt.datetime:
+    """Pause a queue or a job type (again: its reason updated, its start kept); return since when."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(PAUSE_SQL, [kind, name, text(reason), by])
+        return cursor.fetchone()[0]
+
+
+def resume(kind: str, name: str) -> bool:
+    """Remove a pause (False: it was not paused); its held rows are then `release_paused`'s."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(RESUME_SQL, [kind, name])
+        return cursor.fetchone() is not None
+
+
+class PauseRow(NamedTuple):
+    kind: str
+    name: str
+    reason: str
+    paused_by: str
+    created_at: dt.datetime
+    #: Rows held for it now (their claim found them paused).
+    held: int
+
+
+PAUSES_SQL = """
+SELECT p.kind, p.name, p.reason, p.paused_by, p.created_at,
+       (SELECT count(*) FROM jobs_job j WHERE j.held = 'paused' AND j.status IN ('pending', 'failed')
+           AND NOT j.cancel_requested AND (CASE p.kind WHEN 'queue' THEN j.queue ELSE j.type END) = p.name)
+  FROM jobs_pause p ORDER BY p.kind, p.name
+"""
+
+
+def pauses() -> list[PauseRow]:
+    """Every pause, with how many rows are held for it."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(PAUSES_SQL)
+        return [PauseRow._make(row) for row in cursor.fetchall()]
+
+
+# --- Why a job waits: the facts jobs.engine.why gathers for decisions.why -------------------------
+
+WHY_ROW_SQL = """
+SELECT j.type, j.queue, j.status, j.attempt, j.held, j.run_after, j.published_at, j.cancel_requested,
+       j.limit_key, j.priority, now(),
+       COALESCE((SELECT json_agg(json_build_object('kind', p.kind, 'name', p.name, 'reason', p.reason,
+                                                   'by', p.paused_by, 'since', p.created_at) ORDER BY p.kind)
+                   FROM jobs_pause p
+                  WHERE (p.kind = 'queue' AND p.name = j.queue) OR (p.kind = 'type' AND p.name = j.type)), '[]')
+  FROM jobs_job j WHERE j.id = %s
+"""
+
+
+class WhyRow(NamedTuple):
+    type: str
+    queue: str
+    status: str
+    attempt: int
+    held: str
+    run_after: dt.datetime
+    published_at: dt.datetime | None
+    cancel_requested: bool
+    limit_key: str | None
+    priority: int
+    now: dt.datetime
+    pauses: list[dict[str, Any]]
+
+
+def why_row(job_id: int) -> WhyRow | None:
+    """A job's row as the why reads it, with PostgreSQL's now and its queue's and type's pauses."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(WHY_ROW_SQL, [job_id])
+        row = cursor.fetchone()
+    return None if row is None else WhyRow(*row[:-1], _json(row[-1]))
+
+
+PAUSES_OF_SQL = """
+SELECT now(), COALESCE((SELECT json_agg(json_build_object('kind', p.kind, 'name', p.name, 'reason', p.reason,
+                                                     'by', p.paused_by, 'since', p.created_at) ORDER BY p.kind)
+                          FROM jobs_pause p
+                         WHERE (p.kind = 'queue' AND p.name = %s) OR (p.kind = 'type' AND p.name = %s)), '[]')
+"""
+
+
+def pauses_of(queue: str, type_name: str) -> tuple[dt.datetime, list[dict[str, Any]]]:
+    """PostgreSQL's now, and the pauses of a queue and a job type (as why_row gives them)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(PAUSES_OF_SQL, [queue, type_name])
+        now, found = cursor.fetchone()
+    return now, _json(found)
+
+
+# Runnable rows with a message, due, that a worker takes before this one: a lower priority number,
+# or the same one published earlier (Redis keeps each priority's list in publish order). Counted
+# up to a bound: "behind 10000+ jobs" says enough.
+AHEAD_SQL = f"""
+SELECT count(*) FROM (
+  SELECT 1 FROM jobs_job
+   WHERE queue = %(queue)s AND {RUNNABLE} AND held = '' AND run_after <= now() AND published_at IS NOT NULL
+     AND id <> %(id)s
+     AND (priority < %(priority)s OR (priority = %(priority)s AND (published_at, id) < (%(published)s, %(id)s)))
+   LIMIT %(bound)s) ahead
+"""
+
+
+def ahead(job_id: int, queue: str, priority: int, published_at: dt.datetime, bound: int = 10_000) -> int:
+    """How many runnable, published rows of `queue` a worker takes before this one (at most `bound`)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(AHEAD_SQL, {"queue": queue, "id": job_id, "priority": priority, "published": published_at,
+                                   "bound": bound})
+        return cursor.fetchone()[0]
+
+
+HOLDERS_OF_TYPE_SQL = """
+SELECT id FROM jobs_job WHERE type = %s AND status = 'running' AND limit_key IS NOT NULL ORDER BY id LIMIT %s
+"""
+HOLDERS_OF_KEY_SQL = """
+SELECT id FROM jobs_job WHERE type = %s AND limit_key = %s AND status = 'running' ORDER BY id LIMIT %s
+"""
+
+
+def holders(type_name: str, key: str | None = None, limit: int = 50) -> list[int]:
+    """The running jobs that hold a limited type's slots (or one key's), oldest first (job_running_idx)."""
+    with connections["default"].cursor() as cursor:
+        if key is None:
+            cursor.execute(HOLDERS_OF_TYPE_SQL, [type_name, limit])
+        else:
+            cursor.execute(HOLDERS_OF_KEY_SQL, [type_name, key, limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
+# Per queue: runnable rows due now (not held for a slot, a rate or a pause: they wait for a worker),
+# and how long the oldest of them has been due (job_runnable_idx).
+WAITING_QUEUES_SQL = f"""
+SELECT queue, count(*), EXTRACT(EPOCH FROM now() - min(GREATEST(run_after, created_at)))::float8
+  FROM jobs_job
+ WHERE {RUNNABLE} AND run_after <= now() AND held = ''
+ GROUP BY queue ORDER BY queue
+"""
+
+
+OLDEST_WAITING_SQL = f"""
+SELECT DISTINCT ON (queue) queue, id FROM jobs_job
+ WHERE {RUNNABLE} AND run_after <= now() AND held = ''
+ ORDER BY queue, GREATEST(run_after, created_at), id
+"""
+
+
+def oldest_waiting() -> dict[str, int]:
+    """{queue: the id of its job that has waited longest for a worker}."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(OLDEST_WAITING_SQL)
+        return dict(cursor.fetchall())
+
+
+def waiting_queues() -> dict[str, tuple[int, float]]:
+    """{queue: (jobs due and waiting for a worker, seconds the oldest has waited)}."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(WAITING_QUEUES_SQL)
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
 
 
 # Fenced by attempt: a runner whose lease lapsed (and whose row another worker claimed since)

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from jobs.engine import control
+from jobs.engine import control, why
 from jobs.engine.chainview import chain_view
 from jobs.engine.creation import MAX_MEMBERS
 from jobs.models import RUNNABLE, Chain, Job, Status
@@ -173,6 +173,7 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
                     "progress_message",
                     "cancel_requested",
                     "held",
+                    "why_text",
                     "limit_key",
                 )
             },
@@ -199,6 +200,7 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
     readonly_fields = (
         "created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "lease_expires_at_utc",
         "updated_at_utc", "duration_text", "input_json", "output_json", "error_text", "attempts_table", "progress_bar",
+        "why_text",
     )
 
     created_at_utc = stamp("created_at", "created at")
@@ -312,6 +314,19 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
             "<th>ran</th><th>outcome</th><th>error</th></tr></thead><tbody>{}</tbody></table>{}",
             body, note,
         )
+
+    @admin.display(description="why waiting")
+    def why_text(self, job: Job) -> str:
+        """Why a job that has not started waits (jobs.engine.why): the reason, its details, alarms."""
+        if job.status not in RUNNABLE:
+            return "-"
+        answer = why.why(job.pk)
+        if answer is None:
+            return "-"
+        details = format_html_join("", "<li>{}: {}</li>", ((name, value) for name, value in answer.details.items()))
+        alarms = format_html_join("", '<li class="conveyor-alarm"><strong>ALARM</strong>: {}</li>', ((a,) for a in answer.alarms))
+        return format_html('<span class="conveyor-why" data-code="{}"><strong>{}</strong>: {}</span><ul>{}{}</ul>',
+                           answer.code, answer.code, answer.words, details, alarms)
 
     @admin.display(description="input")
     def input_json(self, job: Job) -> str:

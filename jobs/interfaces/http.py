@@ -23,7 +23,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 from api.auth import OPERATES, READS, WRITES
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
-from jobs.engine import control, registry, store
+from jobs.engine import control, registry, store, why
 from jobs.interfaces import listener
 from jobs.engine.chainview import MEMBERS_DEFAULT, MEMBERS_MAX, chain_view
 from jobs.engine.creation import MAX_MEMBERS, PLATFORM_KEY_PREFIX, Group, Step, enqueue_step, start_chain
@@ -118,12 +118,19 @@ class JobOut(Schema):
     #: limits, once claimed).
     limit_key: str | None
     #: Held back by its type's limits, waiting with no message: "rate" (it starts at run_after),
-    #: "concurrency" or "key" (until a running job of its type or key ends); "" when not held.
+    #: "concurrency" or "key" (until a running job of its type or key ends); "paused" (its queue or
+    #: type is paused: until resumed); "" when not held.
     held: str
     run_after: dt.datetime
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+
+
+class JobDetail(JobOut):
+    #: Why it has not started (a job pending or failed, waiting to run again); null once it runs
+    #: or has ended: {"code", "words", "details", "alarms"} (jobs.engine.decisions.why).
+    why: Optional[dict[str, Any]] = None
 
 
 class JobPage(Schema):
@@ -338,10 +345,12 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
 
 @router.get(
     "/{int:job_id}",
-    response={200: JobOut, **errors(400, 401, 403, 404, 429, 503)},
+    response={200: JobDetail, **errors(400, 401, 403, 404, 429, 503)},
     summary="Get a job",
     auth=READS,
-    description="With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
+    description="A job that has not started says why in `why` (scheduled, retry_backoff, rate, concurrency, key, "
+    "leaked_slot, paused, no_consumer, relay, queue, next: a code, plain words, details, alarms). "
+    "With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
     "attempt that will be retried has not ended) and comes as soon as it has, or at the end of `wait` with the job as "
     "it is then: check `status`. No polling: the server is told by PostgreSQL (LISTEN/NOTIFY).",
 )
@@ -349,7 +358,16 @@ async def get_job(  # noqa: ANN201
     request: HttpRequest, job_id: int = JobId, wait: float | None = _wait_param("job", "succeeded, dead or cancelled")
 ):
     await _wait(request, listener.JOB, job_id, wait)
-    return await sync_to_async(get_object_or_404)(Job, pk=job_id)
+    return await sync_to_async(_job_detail)(job_id)
+
+
+def _job_detail(job_id: int) -> Job:
+    """The job, with why it waits when it has not started (a few index probes: jobs.engine.why)."""
+    job = get_object_or_404(Job, pk=job_id)
+    if job.status in ("pending", "failed"):
+        answer = why.why(job_id)
+        job.why = answer.as_dict() if answer is not None else None
+    return job
 
 
 @router.get(
@@ -427,7 +445,9 @@ def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     response={200: ChainOut, **errors(400, 401, 403, 404, 429, 503)},
     summary="A chain and every step in order",
     auth=READS,
-    description="With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
+    description="A job that has not started says why in `why` (scheduled, retry_backoff, rate, concurrency, key, "
+    "leaked_slot, paused, no_consumer, relay, queue, next: a code, plain words, details, alarms). "
+    "With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
     "cancelled) and comes as soon as it has, or at the end of `wait` with the chain as it is then. A group step "
     "lists one page of its members (`members_from`, `members_limit`, the same for every group step; its "
     "`members_next` is the next page's `members_from`) beside its members counted by status (`member_statuses`).",

@@ -145,6 +145,8 @@ class Request(CeleryRequest):
 
 def _held(job_id: int, status: str) -> str:
     reason = getattr(status, "error", "")
+    if reason == "paused":
+        return f"job {job_id} held: its queue or type is paused; it waits in the database until resumed"
     return f"job {job_id} held by its type's limits ({reason}): it waits in the database"
 
 

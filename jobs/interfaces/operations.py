@@ -1,5 +1,6 @@
-"""The admin's operations page (/admin/operations/): queues, throughput, job types' limits,
-every live worker (idle ones too: jobs.interfaces.workers), dead jobs, chains and events, live.
+"""The admin's operations page (/admin/operations/): queues, why jobs wait (consumers, pauses,
+the no-consumer alarm), throughput, job types' limits, every live worker (idle ones too:
+jobs.interfaces.workers), dead jobs, chains and events, live.
 
 Server-rendered: the page is the fragment inside the admin's layout, and a small static script
 (jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
@@ -27,7 +28,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from jobs.engine import control, publish, registry
+from jobs.engine import control, pauses, publish, registry, store, why
 from jobs.engine.chainview import chain_view
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
 from jobs.interfaces.attempts import last_line, short_worker
@@ -150,6 +151,21 @@ def limit_rows() -> list[dict[str, Any]]:
     ]
 
 
+def waiting_rows() -> dict[str, Any]:
+    """Why jobs wait, per queue (jobs.engine.why): jobs due and waiting for a worker, the oldest
+    one's wait and its reason, the workers consuming the queue (their heartbeats), its pause; a
+    queue with waiting jobs and no consumer is an alarm. And every pause, of queues and types."""
+    rows = why.queues()
+    oldest = store.oldest_waiting()
+    paused = {(p.kind, p.name): p for p in pauses.paused()}
+    for row in rows:
+        row["pause"] = paused.get(("queue", row["queue"]))
+        job_id = oldest.get(row["queue"])
+        row["oldest_job"] = job_id
+        row["why"] = why.why(job_id) if job_id is not None else None
+    return {"queues": rows, "pauses": list(paused.values()), "alarms": [r["queue"] for r in rows if r["alarm"]]}
+
+
 def workers() -> list[dict[str, Any]]:
     """Every live worker (jobs.interfaces.workers: idle ones too, with its queues and pool), each
     with its running rows (job_lease_idx; a row's `worker` is `node/pid/start`); then any worker
@@ -229,6 +245,7 @@ def context(now: dt.datetime, can_view_chains: bool = True, can_view_events: boo
         "queues": queue_rows(),
         "throughput": throughput(now),
         "limits": limit_rows(),
+        "waiting": waiting_rows(),
         "workers": workers(),
         "dead": dead_jobs(),
         "chains": [timeline(chain, now) for chain in chains],

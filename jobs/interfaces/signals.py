@@ -12,12 +12,25 @@ from celery.signals import (
 )
 from django.db import close_old_connections
 
-from jobs.engine import recovery, runner, telemetry
+from jobs.engine import consumers, recovery, runner, telemetry
 
 
 @worker_ready.connect
 def start_recovery(sender: object = None, **kwargs: object) -> None:
     recovery.start()
+
+
+@worker_ready.connect
+def start_consumer_heartbeat(sender: object = None, **kwargs: object) -> None:
+    """Say in Redis which queues this worker consumes (jobs.engine.consumers), read each beat from
+    its task consumer (a queue added or cancelled at run time shows at the next beat)."""
+    def queues() -> list[str]:
+        task_consumer = getattr(sender, "task_consumer", None)
+        if task_consumer is not None:
+            return [queue.name for queue in task_consumer.queues]
+        return list(sender.app.amqp.queues.consume_from)
+
+    consumers.start(sender.hostname, queues)
 
 
 @worker_process_init.connect
@@ -31,6 +44,7 @@ def in_a_prefork_pool_process(sender: object = None, **kwargs: object) -> None:
 
 @worker_shutting_down.connect
 def stop_recovery(sender: object = None, **kwargs: object) -> None:
+    consumers.stop()  # first: its queues show unconsumed at once, not after the key's expiry
     recovery.stop()
     telemetry.runs.flush()
 

@@ -35,8 +35,9 @@ class Command(BaseCommand):
                 child["supervisor"] = state["supervisor"]
                 child["jobs"] = [j["id"] for j in running if node and j["worker"].startswith(f"{node}/")]
                 instances.append(child)
+        queues = queue_states()
         if options["json"]:
-            self.stdout.write(json.dumps({"instances": instances, "running_jobs": len(running)}, indent=2))
+            self.stdout.write(json.dumps({"instances": instances, "running_jobs": len(running), "queues": queues}, indent=2))
             return
         if not instances:
             self.stdout.write("no Conveyor supervisor is running on this machine")
@@ -48,3 +49,26 @@ class Command(BaseCommand):
         self.stdout.write(f"running jobs, all machines: {len(running)}")
         for row in by_worker:
             self.stdout.write(f"  {row['worker']}: {row['n']}")
+        self.write_queues(queues)
+
+    def write_queues(self, queues: list[dict]) -> None:
+        """Every queue of every machine: jobs waiting, the oldest wait, its consumers, a pause; a
+        queue with jobs waiting and no consumer is an alarm (jobs.engine.why.queues)."""
+        self.stdout.write("queues, all machines:")
+        for q in queues:
+            consumers = "?" if q["consumers"] is None else q["consumers"]
+            oldest = f", oldest waited {q['oldest_waiting_seconds']:.0f} s" if q["oldest_waiting_seconds"] is not None else ""
+            paused = f"  PAUSED{': ' + q['paused'] if q['paused'] else ''}" if q["paused"] is not None else ""
+            line = f"  {q['queue']:<18} waiting {q['waiting']:<6} consumers {consumers}{oldest}{paused}"
+            self.stdout.write(line)
+            if q["alarm"]:
+                self.stdout.write(self.style.ERROR(f"  ALARM: no worker consumes queue {q['queue']!r} and {q['waiting']} job(s) wait: "
+                                                   f"start one (manage.py start --queues {q['queue']})"))
+
+
+def queue_states() -> list[dict]:
+    """jobs.engine.why.queues with each queue's pause reason ("" when paused without one; None: not paused)."""
+    from jobs.engine import pauses, why
+
+    paused = {p.name: p.reason for p in pauses.paused() if p.kind == "queue"}
+    return [{**q, "paused": paused.get(q["queue"])} for q in why.queues()]
