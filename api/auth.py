@@ -158,3 +158,20 @@ class TokenAuth(HttpBearer):
 
 #: One instance per family, for the routes' `auth=`.
 EMITS, READS, WRITES, OPERATES = (TokenAuth(name) for name in scoping.FAMILIES)
+
+
+class QueryTokenAuth(TokenAuth):
+    """TokenAuth that also takes the bearer from the query, `?access_token=` (RFC 6750, 2.3), when
+    no Authorization header is sent: a browser's `EventSource` cannot send one (the live streams,
+    jobs/interfaces/streams.py). Give it a short-lived JWT (`POST /auth/token`, scope jobs:read):
+    a URL may be written in a proxy's log."""
+
+    def __call__(self, request: HttpRequest):  # noqa: ANN204
+        if not request.headers.get(self.header):
+            token = request.GET.get("access_token")
+            if token:
+                return self.authenticate(request, token)
+        return super().__call__(request)
+
+
+STREAM_READS = QueryTokenAuth(scoping.READ)

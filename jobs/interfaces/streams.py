@@ -36,6 +36,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from ninja import Query
 from ninja.errors import HttpError
 
 from jobs.interfaces import listener, sse
@@ -50,6 +51,13 @@ HEARTBEAT_SECONDS = float(settings.CONVEYOR["STREAM_HEARTBEAT_SECONDS"])
 MAX_SECONDS = float(settings.CONVEYOR["STREAM_MAX_SECONDS"])
 #: Streams open at once per bearer token in one server process; one more is refused with 429.
 PER_TOKEN = int(settings.CONVEYOR["STREAMS_PER_TOKEN"])
+
+#: The query parameter a browser's EventSource authenticates with (api.auth.QueryTokenAuth reads it).
+ACCESS_TOKEN = Query(
+    None, max_length=4096,
+    description="The bearer, for a client that cannot send an Authorization header (a browser's EventSource): "
+    "better a short-lived JWT (POST /auth/token, scope jobs:read), as a URL may be logged.",
+)
 
 _open: Counter[str] = Counter()  # by the bearer's digest; touched on the event loop only
 
@@ -270,7 +278,8 @@ def open_streams() -> int:
 async def respond(request: HttpRequest, kind: Kind, row_id: int) -> HttpResponse:
     """The view's answer: 404 for no such row, 204 for an ended row whose last snapshot the client
     has (its Last-Event-ID), 429 over PER_TOKEN, else the stream."""
-    bearer = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()
+    credential = request.headers.get("Authorization") or request.GET.get("access_token", "")
+    bearer = hashlib.sha256(credential.encode()).hexdigest()
     if _open[bearer] >= PER_TOKEN:
         raise HttpError(
             429, f"this token already has {PER_TOKEN} streams open on this server (CONVEYOR_STREAMS_PER_TOKEN): "

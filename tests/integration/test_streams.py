@@ -190,3 +190,16 @@ async def test_streams_answer_404_for_unknown_rows_and_429_over_the_per_token_bo
     refused = await client.get(f"/api/jobs/{job.pk}/stream")
     assert refused.status_code == 429 and "CONVEYOR_STREAMS_PER_TOKEN" in refused.json()["detail"]
     await events.aclose()
+
+
+@in_loop
+async def test_a_browser_without_an_authorization_header_streams_with_access_token_in_the_query():
+    # given a token and a job (an EventSource sends no header: the bearer rides in the URL)
+    client = await _client()
+    job = await sync_to_async(enqueue)("examples.echo", {"n": 4})
+    # then the stream takes it from ?access_token=, and the job's ordinary GET does not
+    streamed = await client.client.get(f"/api/jobs/{job.pk}/stream?access_token={client.token}")
+    assert streamed.status_code == 200
+    assert (await _next(_events(streamed))).data["id"] == job.pk
+    assert (await client.client.get(f"/api/jobs/{job.pk}?access_token={client.token}")).status_code == 401
+    assert (await client.client.get(f"/api/jobs/{job.pk}/stream?access_token=nope")).status_code == 401
