@@ -187,3 +187,28 @@ def test_a_chain_stream_follows_it_to_its_end_across_a_worker_child_killed_mid_j
     # and a client reconnecting with the end's id is told there is nothing more (204)
     with Stream(url, headers=headers, last_event_id=end.id) as again:
         assert again.status == 204
+
+
+def test_bench_streams_smoke_50_streams_while_jobs_run_hold_no_connection_each(live):
+    """`python -m bench.streams` at a tiny size, on this module's kind of instance: 50 streams open
+    while a worker runs jobs, ordinary requests measured beside them; every stream opens and hears
+    its job, and the server's PostgreSQL connections stay its pool and its one listening connection."""
+    from bench import streams as bench_streams
+
+    server = _serve(live, "streams-bench")
+    args = bench_streams.parse_args(
+        ["--streams", "50", "--requests", "40", "--warmup", "5", "--clients", "2", "--job-seconds", "0.2",
+         "--concurrency", "1"]
+    )
+    pids = bench_streams.gunicorn_workers(server.process.pid)
+    assert len(pids) == 1, pids
+    token = api_client().defaults["HTTP_AUTHORIZATION"].split()[1]
+
+    phases, opened = bench_streams.run(server.port, token, args, pids)
+    print("\n".join(bench_streams.report(phases, opened, args)))
+
+    assert opened.errors == [] and opened.opened == 50, opened.errors[:3]
+    assert opened.events >= 50
+    assert all(phase.errors == 0 and len(phase.latencies) == 40 for phase in phases)
+    # one web process: at most its pool (CONVEYOR_WEB_DB_POOL, 4) and its listening connection
+    assert phases[-1].connections <= 5, phases[-1].connections
