@@ -52,7 +52,7 @@ MAX_SECONDS = float(settings.CONVEYOR["STREAM_MAX_SECONDS"])
 #: Streams open at once per bearer token in one server process; one more is refused with 429.
 PER_TOKEN = int(settings.CONVEYOR["STREAMS_PER_TOKEN"])
 
-#: The query parameter a browser's EventSource authenticates with (api.auth.QueryTokenAuth reads it).
+#: The query parameter a browser's EventSource authenticates with (api.auth.STREAM_READS reads it).
 ACCESS_TOKEN = Query(
     None, max_length=4096,
     description="The bearer, for a client that cannot send an Authorization header (a browser's EventSource): "

@@ -263,7 +263,7 @@ def test_the_openapi_document_states_each_operations_scope():
     }
     expected = {("post", "/api/events"): "events:emit", ("post", "/api/jobs"): "jobs:write", ("post", "/api/chains"): "jobs:write",
                 ("post", "/api/jobs/{job_id}/cancel"): "operate", ("post", "/api/jobs/{job_id}/retry"): "operate"}
-    assert len(found) == 13  # GET /api/jobs/{id}/results included
+    assert len(found) == 16  # GET /api/jobs/{id}/results included, and the three streams (issue 27)
     for key, security in found.items():
         assert security == [{"TokenAuth": [expected.get(key, "jobs:read")]}], (key, security)
     scheme = document["components"]["securitySchemes"]["TokenAuth"]
