@@ -156,10 +156,13 @@ class Watcher:
         follower = Follower(key, sent)
         self.followers[key].add(follower)
         known = self.latest.get(key)
-        if known is None or known.digest != first.digest:
-            self.latest[key] = first  # fresher than the last tick's: the others may not have it
-            for each in self.followers[key]:
-                each.wake.set()
+        if known is None:
+            self.latest[key] = first
+        elif known.digest != first.digest:
+            # Which of the two reads is newer is unknown: the next poll, at once, reads it again
+            # (no digest known: the state comes back) and wakes each follower it differs for.
+            del self.latest[key]
+            self.poke.set()
         kind, row_id = key
         if kind.ends is not None and key not in self.ends:
             self.ends[key] = asyncio.get_running_loop().create_task(self._hear_end(kind, row_id))
