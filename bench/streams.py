@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from bench.common import (
     MANAGE,
@@ -115,7 +114,7 @@ class Streams:
                         self.ends += 1
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - counted, reported
+        except Exception as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
         finally:
             if writer is not None:

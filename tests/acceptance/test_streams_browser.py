@@ -25,7 +25,7 @@ def _page_javascript() -> list[str]:
 
 
 @pytest.mark.timeout(900)  # the first run may install chromium and chromium-driver first
-def test_a_browsers_event_source_follows_a_chain_to_its_end_with_the_documented_javascript(live, browser):
+def test_a_browsers_event_source_follows_a_chain_to_its_end_with_the_documented_javascript(live, browser):  # noqa: F811
     driver = browser
     live.grace = 3  # nothing to drain at the end
     # given a server and a worker, a page of the same origin, and a short-lived jobs:read JWT
