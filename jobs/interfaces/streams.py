@@ -100,6 +100,21 @@ SELECT c.id, jsonb_build_object(
   FROM jobs_chain c WHERE c.id IN (SELECT id FROM w)""")
 
 
+# The operations page's signal (one row, id 0): what a refresh of the page would show changed.
+# Jobs enqueued (the newest id), chains started, and every running job's attempt, progress and
+# hold (claims, progress, ends, failed attempts, reaps: the running set changes); all on indexes,
+# bounded by the running jobs. What it misses (a waiting job cancelled, a dead one retried
+# elsewhere) the page's slow refresh still shows (jobs/static/jobs/operations.js).
+OPERATIONS_STATE_SQL = POLL.format(select="""
+SELECT w.id, jsonb_build_object(
+         'jobs', (SELECT max(id) FROM jobs_job), 'chains', (SELECT max(id) FROM jobs_chain),
+         'running', (SELECT count(*) FROM jobs_job WHERE status = 'running'),
+         'runs', (SELECT md5(COALESCE(string_agg(concat_ws(':', id, attempt, progress, held), ',' ORDER BY id), ''))
+                    FROM jobs_job WHERE status = 'running')) AS state,
+       false AS ended
+  FROM w WHERE w.id = 0""")
+
+
 @dataclass(frozen=True)
 class Kind:
     """What a stream follows: its name ("job"), its poll statement (POLL's shape), and the
@@ -112,6 +127,7 @@ class Kind:
 
 JOB = Kind("job", JOB_STATE_SQL, listener.JOB)
 CHAIN = Kind("chain", CHAIN_STATE_SQL, listener.CHAIN)
+OPERATIONS = Kind("operations", OPERATIONS_STATE_SQL)
 
 
 class Snapshot(NamedTuple):
@@ -278,10 +294,11 @@ def open_streams() -> int:
 # --- the response -------------------------------------------------------------------------------
 
 
-async def respond(request: HttpRequest, kind: Kind, row_id: int) -> HttpResponse:
+async def respond(request: HttpRequest, kind: Kind, row_id: int, who: str | None = None) -> HttpResponse:
     """The view's answer: 404 for no such row, 204 for an ended row whose last snapshot the client
-    has (its Last-Event-ID), 429 over PER_TOKEN, else the stream."""
-    credential = request.headers.get("Authorization") or request.GET.get("access_token", "")
+    has (its Last-Event-ID), 429 over PER_TOKEN, else the stream. `who` is counted against
+    PER_TOKEN (default: the bearer)."""
+    credential = who or request.headers.get("Authorization") or request.GET.get("access_token", "")
     bearer = hashlib.sha256(credential.encode()).hexdigest()
     if _open[bearer] >= PER_TOKEN:
         raise HttpError(

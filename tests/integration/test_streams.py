@@ -203,3 +203,35 @@ async def test_a_browser_without_an_authorization_header_streams_with_access_tok
     assert (await _next(_events(streamed))).data["id"] == job.pk
     assert (await client.client.get(f"/api/jobs/{job.pk}?access_token={client.token}")).status_code == 401
     assert (await client.client.get(f"/api/jobs/{job.pk}/stream?access_token=nope")).status_code == 401
+
+
+@in_loop
+async def test_the_operations_page_stream_signals_a_change_to_staff_with_view_job_only():
+    from django.contrib.auth import get_user_model
+
+    from tests.factories import grant
+
+    # given a staff user with jobs.view_job, and one without
+    make = get_user_model().objects.create_user
+    viewer = await sync_to_async(make)("viewer", "v@example.com", "pw-long-enough-1", is_staff=True)
+    viewer = await sync_to_async(grant)(viewer, "jobs:read")
+    bare = await sync_to_async(make)("bare", "b@example.com", "pw-long-enough-2", is_staff=True)
+    client, refused = AsyncClient(), AsyncClient()
+    await client.aforce_login(viewer)
+    await refused.aforce_login(bare)
+    assert (await refused.get("/admin/operations/stream/")).status_code == 403
+    assert (await AsyncClient().get("/admin/operations/stream/")).status_code == 403
+
+    # when the viewer's page listens, and a job is enqueued, then claimed
+    response = await client.get("/admin/operations/stream/")
+    assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
+    events = _events(response)
+    first = await _next(events)
+    job = await sync_to_async(enqueue)("examples.echo", {"n": 5})
+    enqueued = await _next(events)
+    await sync_to_async(_in_thread)(lambda: store.claim(job.pk, "test/1", 30))
+    claimed = await _next(events)
+
+    # then each is a new signal (the page fetches its fragment on each)
+    assert enqueued.data["jobs"] == job.pk and claimed.data["running"] == 1
+    assert len({first.id, enqueued.id, claimed.id}) == 3
