@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 
 from api.auth import mint_jwt
 from jobs import Step, start_chain
-from tests.acceptance.test_operations_browser import browser, wait_dom  # noqa: F401 - the fixture
+from tests.acceptance.test_operations_browser import browser, step_status, wait_dom  # noqa: F401 - the fixture
 from tests.support import ROOT
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -47,3 +47,16 @@ def test_a_browsers_event_source_follows_a_chain_to_its_end_with_the_documented_
     assert "0 examples.sleep: succeeded (attempt 1, 100%)" in shown, shown
     assert "1 examples.echo: succeeded (attempt 1, 100%)" in shown, shown
     assert 'chain succeeded: {"from":"browser"}' in shown, shown
+
+    # and the operations page, open in the same browser, refreshes from its own stream: a new
+    # chain shows within a second or two, while its 2 s timer is off (live) and the 30 s one far
+    from django.test import Client
+
+    staff = Client()
+    staff.force_login(user)
+    driver.add_cookie({"name": "sessionid", "value": staff.cookies["sessionid"].value, "path": "/"})
+    driver.get(server.url("/admin/operations/"))
+    status = lambda d: d.find_element("id", "operations-status").text  # noqa: E731
+    wait_dom(driver, lambda d: status(d).startswith("Live"), 15, "the operations page's stream to be live")
+    later = start_chain([Step("examples.echo", {"first": True}), Step("examples.echo", {"again": True})])
+    wait_dom(driver, lambda d: step_status(d, later.pk, 1) == "succeeded", 20, f"chain {later.pk} done on the page")
