@@ -235,3 +235,31 @@ async def test_the_operations_page_stream_signals_a_change_to_staff_with_view_jo
     # then each is a new signal (the page fetches its fragment on each)
     assert enqueued.data["jobs"] == job.pk and claimed.data["running"] == 1
     assert len({first.id, enqueued.id, claimed.id}) == 3
+
+
+@in_loop
+async def test_an_event_stream_shows_each_delivery_and_ends_when_every_delivery_has_ended():
+    from jobs.engine.runner import execute
+    from subscribers.bus import emit
+    from subscribers.models import Delivery
+
+    # given an event with one subscriber (diagnostics.record), followed
+    event = await sync_to_async(emit)("diagnostics.ping", {"seq": 1})
+    events = _events(await (await _client()).get(f"/api/events/{event.pk}/stream"))
+    first = await _next(events)
+    [delivery] = first.data["deliveries"]
+    assert (first.event, delivery["subscriber"], delivery["status"]) == ("state", "diagnostics.record", "pending")
+
+    # when its delivery's job runs (as a worker runs it)
+    def deliver() -> None:
+        execute(Delivery.objects.get(event_id=event.pk).job_id, "test/1")
+
+    await sync_to_async(_in_thread)(deliver)
+
+    # then the stream ends with the delivery succeeded
+    end = await _next(events)
+    while end.event != "end":
+        end = await _next(events)
+    assert [(d["subscriber"], d["status"], d["attempt"]) for d in end.data["deliveries"]] == [
+        ("diagnostics.record", "succeeded", 1)
+    ]
