@@ -19,7 +19,9 @@ a row read) paced at --rate per second from --clients threads (bench.cluster's c
 It reports the p50 and p99 of each phase and their ratio to the idle one (the target: phase 3's p99
 within 1.2x of phase 2's, i.e. the open streams cost the requests under 20%), the events the streams
 received, the PostgreSQL connections the servers held (pg_stat_activity: the pool and the listening
-connection, whatever the number of streams), and the servers' threads and memory.
+connection, whatever the number of streams), the servers' threads and memory, and the CPU of the
+servers and of PostgreSQL (seconds per second of the measurement: what the streams cost, whatever
+else loads the machine; phases 2 and 3 run the same jobs).
 
 With no DATABASE_URL / REDIS_URL it runs on embedded servers in a fresh folder under /tmp,
 stopped and removed at the end. Otherwise it uses the configured ones, and TRUNCATEs the jobs
@@ -46,6 +48,8 @@ from bench.common import (
     percentile,
     session,
     table,
+    postmaster_pid,
+    tree_cpu,
     truncate_jobs,
     wait_until,
 )
@@ -147,6 +151,8 @@ class Phase:
     connections: int  # the servers' PostgreSQL connections at the end of it
     threads: int  # the servers' threads
     rss_mb: float
+    web_cpu: float  # CPU seconds the servers used per second of the measurement
+    pg_cpu: float | None  # PostgreSQL's (None: not on this machine)
 
 
 def server_figures(server_pids: list[int]) -> tuple[int, int, float]:
@@ -197,9 +203,15 @@ def measure(label: str, port: int, token: str, job_id: int, args: argparse.Names
     path = f"/api/jobs/{job_id}"
     fire(port, path, headers, args.warmup, args)  # untimed
     before = finished_jobs()
+    postmaster = postmaster_pid()
+    cpu0 = sum(tree_cpu(pid) for pid in server_pids)
+    pg0 = tree_cpu(postmaster) if postmaster else 0.0
     fired = fire(port, path, headers, args.requests, args)
+    seconds = max(fired.seconds, 1e-9)
+    cpu = (sum(tree_cpu(pid) for pid in server_pids) - cpu0) / seconds
+    pg = (tree_cpu(postmaster) - pg0) / seconds if postmaster else None
     conns, threads, rss = server_figures(server_pids)
-    return Phase(label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss)
+    return Phase(label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg)
 
 
 def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int]) -> tuple[list[Phase], Streams]:
@@ -238,13 +250,13 @@ def report(phases: list[Phase], streams: Streams, args: argparse.Namespace) -> l
         rows.append((
             phase.label, str(len(phase.latencies)), f"{percentile(phase.latencies, 0.5):.1f}", f"{p99:.1f}",
             f"{p99 / idle:.2f}x", str(phase.errors), str(phase.jobs_done), str(phase.connections), str(phase.threads),
-            f"{phase.rss_mb:.0f}", "",
+            f"{phase.rss_mb:.0f}", f"{phase.web_cpu:.2f}", "-" if phase.pg_cpu is None else f"{phase.pg_cpu:.2f}", "",
         ))
     ratio = percentile(phases[2].latencies, 0.99) / loaded
     verdict = "within" if ratio <= TARGET else "OVER"
     lines = table(
         ("phase", "requests", "p50 ms", "p99 ms", "p99/idle", "errors", "jobs ended", "web PG conns",
-         "web threads", "web RSS MB", ""),
+         "web threads", "web RSS MB", "web CPU s/s", "PG CPU s/s", ""),
         rows,
     )
     lines.append("")
