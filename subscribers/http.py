@@ -101,19 +101,21 @@ def get_event(request: HttpRequest, event_id: int = Path(..., ge=1, le=MAX_ID)):
 # An event's stream: every delivery with its job's status (`waiting` while its key's lane holds it,
 # `expired` once retention removed its job); it ends when every delivery was released and its job
 # ended. No NOTIFY tells an event's end: the streams' tick does (jobs/interfaces/streams.py).
-EVENT_STATE_SQL = streams.POLL.format(select=f"""
-SELECT e.id, jsonb_build_object(
+_DELIVERIES = f"""{Delivery._meta.db_table} d LEFT JOIN jobs_job j ON j.id = d.job_id WHERE d.event_id = e.id"""
+EVENT_STATE_SQL = streams.poll(f"""
+SELECT e.id, (SELECT string_agg(concat_ws(':', d.id, d.released_at, d.job_id, d.replays, j.status, j.attempt,
+                                          j.updated_at), ',' ORDER BY d.id) FROM {_DELIVERIES}) AS fp,
+       NOT EXISTS (SELECT 1 FROM {_DELIVERIES}
+                    AND (d.released_at IS NULL OR j.status NOT IN {streams.FINISHED})) AS ended
+  FROM {Event._meta.db_table} e WHERE e.id IN (SELECT id FROM w)""", f"""
+SELECT jsonb_build_object(
          'id', e.id, 'name', e.name, 'key', e.key,
          'deliveries', COALESCE((SELECT jsonb_agg(jsonb_build_object(
              'id', d.id, 'subscriber', d.subscriber, 'job', d.job_id, 'replays', d.replays,
              'status', CASE WHEN d.released_at IS NULL THEN 'waiting' WHEN j.id IS NULL THEN 'expired' ELSE j.status END,
              'attempt', j.attempt, 'error', COALESCE(j.error, ''), 'finished_at', j.finished_at) ORDER BY d.id)
-           FROM {Delivery._meta.db_table} d LEFT JOIN jobs_job j ON j.id = d.job_id WHERE d.event_id = e.id), '[]'::jsonb)
-       ) AS state,
-       NOT EXISTS (SELECT 1 FROM {Delivery._meta.db_table} d LEFT JOIN jobs_job j ON j.id = d.job_id
-                    WHERE d.event_id = e.id
-                      AND (d.released_at IS NULL OR j.status NOT IN {streams.FINISHED})) AS ended
-  FROM {Event._meta.db_table} e WHERE e.id IN (SELECT id FROM w)""")
+           FROM {_DELIVERIES}), '[]'::jsonb))
+  FROM {Event._meta.db_table} e WHERE e.id = s.id""")
 EVENT = streams.Kind("event", EVENT_STATE_SQL)
 
 

@@ -4,8 +4,9 @@ database), used by jobs/interfaces/streams.py.
 A stream sends whole snapshots: every `state` event carries the row's entire state (a job's status,
 attempt, progress, errors of the attempts that failed, outcome; a chain's every job; an event's
 every delivery), and the last one is named `end`. So the latest snapshot holds every change a
-client missed, and an event's id need not number the changes: it is a digest of the snapshot it
-carries (computed by PostgreSQL: `md5` of the snapshot's jsonb text, whose keys jsonb orders).
+client missed, and an event's id need not number the changes: it is a digest of the row's version
+(computed by PostgreSQL: `md5` of the fields every change a client can see alters, its status,
+attempt, progress, `updated_at`...: jobs/interfaces/streams.py), the same for the same snapshot.
 A client that reconnects sends it back (`Last-Event-ID`, which `EventSource`
 does by itself) and `resume` decides: the same digest, nothing to send until the next change; a
 different one, the current snapshot at once; an ended row the client has already seen, 204 (which
