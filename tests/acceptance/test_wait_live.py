@@ -7,6 +7,7 @@ Promptness is measured on PostgreSQL's clock alone: the outcome's time is the ro
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -187,6 +188,16 @@ def test_a_chain_stream_follows_it_to_its_end_across_a_worker_child_killed_mid_j
     # and a client reconnecting with the end's id is told there is nothing more (204)
     with Stream(url, headers=headers, last_event_id=end.id) as again:
         assert again.status == 204
+
+    # and a draining server (SIGTERM) closes a stream still open at once, not at its 300 s bound
+    later = enqueue("examples.echo", {"later": True}, run_after=_db_now() + dt.timedelta(hours=1))
+    with Stream(server.url(f"/api/jobs/{later.pk}/stream"), headers=headers, timeout=30) as open_one:
+        events = open_one.events()
+        assert next(events).data["status"] == "pending"
+        asked = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert list(events) == []  # closed, nothing more said
+        assert time.monotonic() - asked < 3  # (the drain itself would wait 5 s: live.grace)
 
 
 def test_bench_streams_smoke_50_streams_while_jobs_run_hold_no_connection_each(live):
