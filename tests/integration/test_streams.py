@@ -263,3 +263,24 @@ async def test_an_event_stream_shows_each_delivery_and_ends_when_every_delivery_
     assert [(d["subscriber"], d["status"], d["attempt"]) for d in end.data["deliveries"]] == [
         ("diagnostics.record", "succeeded", 1)
     ]
+
+
+@in_loop
+async def test_a_quiet_stream_sends_keep_alive_comments_and_closes_at_its_lifetime_bound(monkeypatch):
+    # given short bounds: a comment every 0.1 s, a stream's life 0.5 s
+    monkeypatch.setattr(streams, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(streams, "MAX_SECONDS", 0.5)
+    job = await sync_to_async(enqueue)("examples.echo", {"n": 6})
+
+    # when a stream of a job nobody runs is read to its end
+    response = await (await _client()).get(f"/api/jobs/{job.pk}/stream")
+    chunks = []
+    async for chunk in response.streaming_content:
+        chunks.append(chunk.decode())
+    wire = "".join(chunks)
+
+    # then it said the job once, kept the line alive meanwhile, and closed on its own (the client
+    # reconnects with the id it has)
+    assert wire.startswith("retry: ") and wire.count("event: state") == 1
+    assert wire.count(": keep-alive\n\n") >= 2, wire
+    assert "event: end" not in wire
