@@ -129,12 +129,21 @@ class TokenAuth(HttpBearer):
     """The bearer of /api/, for routes of one scope family (`family`; see api.scopes). Without a
     family (the API's default), every bearer is refused: a route must name the one it needs."""
 
-    def __init__(self, family: str | None = None) -> None:
+    def __init__(self, family: str | None = None, query: bool = False) -> None:
         if family is not None and family not in scoping.FAMILIES:
             raise ValueError(f"family must be one of {scoping.FAMILIES}")
         super().__init__()
         self.family = family
         self.permission = scoping.PERMISSIONS[family] if family is not None else None
+        #: Also `?access_token=` when no Authorization header came (STREAM_READS below).
+        self.query = query
+
+    def __call__(self, request: HttpRequest):  # noqa: ANN204
+        if self.query and not request.headers.get(self.header):
+            token = request.GET.get("access_token")
+            if token:
+                return self.authenticate(request, token)
+        return super().__call__(request)
 
     def authenticate(self, request: HttpRequest, token: str):  # noqa: ANN201
         # The user's permission is read in the same query as the token (or the JWT's user).
@@ -158,3 +167,9 @@ class TokenAuth(HttpBearer):
 
 #: One instance per family, for the routes' `auth=`.
 EMITS, READS, WRITES, OPERATES = (TokenAuth(name) for name in scoping.FAMILIES)
+
+#: `jobs:read` for the live streams: TokenAuth that also takes the bearer from the query,
+#: `?access_token=` (RFC 6750, 2.3), when no Authorization header is sent: a browser's
+#: `EventSource` cannot send one (jobs/interfaces/streams.py). Give it a short-lived JWT
+#: (`POST /auth/token`, scope jobs:read): a URL may be written in a proxy's log.
+STREAM_READS = TokenAuth(scoping.READ, query=True)

@@ -1,5 +1,5 @@
 """gunicorn's worker class for the HTTP servers: uvicorn's (the `uvicorn-worker` package) on
-project.asgi, with a drain that answers the open waits at once.
+project.asgi, with a drain that answers the open waits and ends the open streams at once.
 
 A draining uvicorn stops accepting, then waits for every in-flight request: a `?wait=` would hold
 the drain up to its deadline (CONVEYOR_WAIT_MAX_SECONDS). Here the open waits are answered at the
@@ -24,9 +24,10 @@ HEAD_LIMIT = 64 * 1024
 
 class DrainingServer(Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        from jobs.interfaces import listener
+        from jobs.interfaces import listener, streams
 
         listener.close_all()
+        streams.close_all()  # (open streams too: each client reconnects, with its Last-Event-ID)
         await super().shutdown(sockets=sockets)
 
 

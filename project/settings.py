@@ -304,6 +304,14 @@ CONVEYOR = {
     "WAIT_MAX_SECONDS": env.get_float("CONVEYOR_WAIT_MAX_SECONDS", 8.0, minimum=0.0, maximum=55.0),
     # Waits open at once per bearer token in one server process; one more is refused with 429.
     "WAITS_PER_TOKEN": env.get_int("CONVEYOR_WAITS_PER_TOKEN", 100, minimum=1),
+    # Live streams (GET /api/jobs/{id}/stream, chains', events': jobs/interfaces/streams.py): every
+    # TICK seconds one read per server process of every streamed row; a keep-alive comment every
+    # HEARTBEAT seconds (under the 60 s idle timeout of common proxies); a stream closes after MAX
+    # seconds (its client reconnects with Last-Event-ID); at most PER_TOKEN open per token per process.
+    "STREAM_TICK_SECONDS": env.get_float("CONVEYOR_STREAM_TICK_SECONDS", 0.5, minimum=0.05, maximum=10.0),
+    "STREAM_HEARTBEAT_SECONDS": env.get_float("CONVEYOR_STREAM_HEARTBEAT_SECONDS", 15.0, minimum=0.1, maximum=55.0),
+    "STREAM_MAX_SECONDS": env.get_float("CONVEYOR_STREAM_MAX_SECONDS", 300.0, minimum=1.0, maximum=3600.0),
+    "STREAMS_PER_TOKEN": env.get_int("CONVEYOR_STREAMS_PER_TOKEN", 1000, minimum=1),
     # The largest input a job may be enqueued with, and output a run may return, in bytes of JSON:
     # a group hands every member's output on to the next step, and every read of a job loads both.
     "MAX_INPUT_BYTES": env.get_int("CONVEYOR_MAX_INPUT_BYTES", 1024 * 1024, minimum=1),

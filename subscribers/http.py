@@ -2,19 +2,20 @@
 import datetime as dt
 from typing import Any, Optional
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
 from api import scopes
-from api.auth import EMITS, READS
+from api.auth import EMITS, READS, STREAM_READS
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import JsonObject, Text, strict_body
+from jobs.interfaces import streams
 from subscribers import registry
 from subscribers.bus import EVENT_NAME, emit
-from subscribers.models import Event
+from subscribers.models import Delivery, Event
 from subscribers.why import delivery_why
 
 router = Router(tags=["events"])
@@ -106,6 +107,43 @@ def get_event(request: HttpRequest, event_id: int = Path(..., ge=1, le=MAX_ID)):
             answer = delivery_why(delivery.pk)[1]
             delivery.why = answer.as_dict() if answer is not None else None
     return event
+
+
+# An event's stream: every delivery with its job's status (`waiting` while its key's lane holds it,
+# `expired` once retention removed its job); it ends when every delivery was released and its job
+# ended. No NOTIFY tells an event's end: the streams' tick does (jobs/interfaces/streams.py).
+_DELIVERIES = f"""{Delivery._meta.db_table} d LEFT JOIN jobs_job j ON j.id = d.job_id WHERE d.event_id = e.id"""
+EVENT_STATE_SQL = streams.poll(f"""
+SELECT e.id, (SELECT string_agg(concat_ws(':', d.id, d.released_at, d.job_id, d.replays, j.status, j.attempt,
+                                          j.updated_at), ',' ORDER BY d.id) FROM {_DELIVERIES}) AS fp,
+       NOT EXISTS (SELECT 1 FROM {_DELIVERIES}
+                    AND (d.released_at IS NULL OR j.status NOT IN {streams.FINISHED})) AS ended
+  FROM {Event._meta.db_table} e WHERE e.id IN (SELECT id FROM w)""", f"""
+SELECT jsonb_build_object(
+         'id', e.id, 'name', e.name, 'key', e.key,
+         'deliveries', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+             'id', d.id, 'subscriber', d.subscriber, 'job', d.job_id, 'replays', d.replays,
+             'status', CASE WHEN d.released_at IS NULL THEN 'waiting' WHEN j.id IS NULL THEN 'expired' ELSE j.status END,
+             'attempt', j.attempt, 'error', COALESCE(j.error, ''), 'finished_at', j.finished_at) ORDER BY d.id)
+           FROM {_DELIVERIES}), '[]'::jsonb))
+  FROM {Event._meta.db_table} e WHERE e.id = s.id""")
+EVENT = streams.Kind("event", EVENT_STATE_SQL)
+
+
+@router.get(
+    "/{int:event_id}/stream",
+    response={**errors(400, 401, 403, 404, 429, 503)},
+    summary="Follow an event's deliveries live (Server-Sent Events) until every one has ended",
+    auth=STREAM_READS,
+    openapi_extra=streams.openapi("event"),
+    description="`state` events carry the event and each delivery's status, attempt and error each time one "
+    "changes; `end` the last state, once every delivery's job has ended. Resume with `Last-Event-ID`. See "
+    "docs/streams.md.",
+)
+async def stream_event(
+    request: HttpRequest, event_id: int = Path(..., ge=1, le=MAX_ID), access_token: str | None = streams.ACCESS_TOKEN
+) -> HttpResponse:
+    return await streams.respond(request, EVENT, event_id)
 
 
 class SubscriberOut(Schema):

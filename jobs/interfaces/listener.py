@@ -113,6 +113,13 @@ class Hub:
                 if not self.keep_open:  # this loop may end with the request: finish here
                     await release
 
+    async def read(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """Run one read on the listening connection (the streams' batched polls,
+        jobs/interfaces/streams.py: one statement per tick for every open stream of the process)."""
+        if self.closing:
+            raise WaitUnavailable("the server is shutting down")
+        return await self._command(lambda pg: _fetchall(pg, sql, params))
+
     def close(self) -> None:
         """Answer every open wait now (as at its timeout) and refuse to wait from now on."""
         self.closing = True
@@ -246,6 +253,10 @@ class Hub:
 
 async def _fetch(pg: psycopg.AsyncConnection, check: str, row_id: int) -> Any:
     return await (await pg.execute(check, [row_id])).fetchone()
+
+
+async def _fetchall(pg: psycopg.AsyncConnection, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    return await (await pg.execute(sql, params)).fetchall()
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

@@ -3,7 +3,9 @@ the no-consumer alarm), throughput, job types' limits, every live worker (idle o
 jobs.interfaces.workers), dead jobs, chains and events, live.
 
 Server-rendered: the page is the fragment inside the admin's layout, and a small static script
-(jobs/static/jobs/operations.js) fetches the fragment again every 2 s and swaps it in. Every
+(jobs/static/jobs/operations.js) fetches the fragment again and swaps it in: when the page's live
+stream (`stream`, Server-Sent Events) says something changed, and every 30 s besides; every 2 s
+where the browser has no EventSource. Every
 query is bounded (LIMITs) or runs on a partial index whose rows are few (unfinished jobs), so the
 page stays fast however large the finished history is.
 
@@ -287,6 +289,21 @@ def fragment(request: HttpRequest) -> HttpResponse:
     return render(request, "admin/operations_fragment.html", {**context(timezone.now(), **allowed), **allowed})
 
 
+async def stream(request: HttpRequest) -> HttpResponse:
+    """A live signal for the page (Server-Sent Events, jobs/interfaces/streams.py: OPERATIONS): an
+    event whenever what the page shows has changed, on which the page fetches its fragment; the
+    same staff user and jobs.view_job the page needs."""
+    from asgiref.sync import sync_to_async
+
+    from jobs.interfaces import streams
+
+    user = await request.auser()
+    if not (user.is_active and user.is_staff):
+        raise PermissionDenied("the operations page is for staff users")
+    await sync_to_async(_viewer)(request)
+    return await streams.respond(request, streams.OPERATIONS, 0, who=f"operations-user-{user.pk}")
+
+
 def _back(request: HttpRequest) -> HttpResponseRedirect:
     target = request.POST.get("next") or request.META.get("HTTP_REFERER") or ""
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
@@ -328,6 +345,7 @@ def cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 urlpatterns = [
     path("", page, name="operations"),
     path("fragment/", fragment, name="operations-fragment"),
+    path("stream/", stream, name="operations-stream"),
     path("jobs/<int:job_id>/retry/", retry, name="operations-retry"),
     path("jobs/<int:job_id>/cancel/", cancel, name="operations-cancel"),
 ]

@@ -7,7 +7,10 @@ Promptness is measured on PostgreSQL's clock alone: the outcome's time is the ro
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import signal
 import threading
 import time
 
@@ -16,7 +19,9 @@ from django.db import connection
 
 import jobs
 from jobs import Step, enqueue, start_chain
+from bench.sse_client import Stream
 from jobs.engine import control
+from jobs.interfaces import sse
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.support import api_client, http_get
 
@@ -146,3 +151,75 @@ def test_chain_whose_middle_step_dies_ends_failed_with_its_error_and_its_waiters
     failed = view["steps"][1]
     assert failed["type"] == "examples.fail" and failed["job"]["id"] == middle.pk
     assert "RuntimeError: examples.fail: failing attempt 4" in failed["job"]["error"]
+
+
+def test_a_chain_stream_follows_it_to_its_end_across_a_worker_child_killed_mid_job(live):
+    """GET /api/chains/{id}/stream (Server-Sent Events, jobs/interfaces/streams.py) on a real server:
+    the stream reports the step's run, the re-run after its worker process was SIGKILLed, and the
+    chain's end; a reconnect with the end's id is answered 204."""
+    server = _serve(live, "streamed")
+    headers = _bearer()
+    # given a chain count(sleep 1.5 s) -> echo, followed over one stream
+    chain = start_chain([Step("examples.count", {"sleep": 1.5}), Step("examples.echo", {"after": "count"})])
+    url = server.url(f"/api/chains/{chain.pk}/stream")
+    seen: list[sse.Event] = []
+    killed = None
+    with Stream(url, headers=headers, timeout=30) as stream:
+        assert stream.status == 200 and stream.content_type.startswith("text/event-stream")
+        for event in stream.events():
+            seen.append(event)
+            step = event.data["jobs"][0]
+            # when the pool process running the first step is killed with SIGKILL mid-run
+            if killed is None and (step["status"], step["attempt"]) == ("running", 1):
+                killed = int(Job.objects.get(pk=step["id"]).worker.split("/")[1])
+                os.kill(killed, signal.SIGKILL)
+            if event.event == "end":
+                break
+
+    # then the stream showed the step run again (attempt 2) and ended with the chain, succeeded
+    assert killed is not None, [e.data for e in seen]
+    runs = [(e.data["jobs"][0]["status"], e.data["jobs"][0]["attempt"]) for e in seen]
+    print(f"the stream said: {runs}")
+    assert ("running", 1) in runs and ("succeeded", 2) in runs, runs
+    end = seen[-1]
+    assert end.event == "end" and end.data["status"] == "succeeded" and end.data["output"] == {"after": "count"}
+    assert [(j["index"], j["status"], j["attempt"]) for j in end.data["jobs"]] == [(0, "succeeded", 2), (1, "succeeded", 1)]
+    assert len({e.id for e in seen}) == len(seen)  # each event a new state
+    # and a client reconnecting with the end's id is told there is nothing more (204)
+    with Stream(url, headers=headers, last_event_id=end.id) as again:
+        assert again.status == 204
+
+    # and a draining server (SIGTERM) closes a stream still open at once, not at its 300 s bound
+    later = enqueue("examples.echo", {"later": True}, run_after=_db_now() + dt.timedelta(hours=1))
+    with Stream(server.url(f"/api/jobs/{later.pk}/stream"), headers=headers, timeout=30) as open_one:
+        events = open_one.events()
+        assert next(events).data["status"] == "pending"
+        asked = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert list(events) == []  # closed, nothing more said
+        assert time.monotonic() - asked < 3  # (the drain itself would wait 5 s: live.grace)
+
+
+def test_bench_streams_smoke_50_streams_while_jobs_run_hold_no_connection_each(live):
+    """`python -m bench.streams` at a tiny size, on this module's kind of instance: 50 streams open
+    while a worker runs jobs, ordinary requests measured beside them; every stream opens and hears
+    its job, and the server's PostgreSQL connections stay its pool and its one listening connection."""
+    from bench import streams as bench_streams
+
+    server = _serve(live, "streams-bench")
+    args = bench_streams.parse_args(
+        ["--streams", "50", "--requests", "40", "--warmup", "5", "--clients", "2", "--job-seconds", "0.2",
+         "--concurrency", "1"]
+    )
+    pids = bench_streams.gunicorn_workers(server.process.pid)
+    assert len(pids) == 1, pids
+    token = api_client().defaults["HTTP_AUTHORIZATION"].split()[1]
+
+    phases, opened = bench_streams.run(server.port, token, args, pids)
+    print("\n".join(bench_streams.report(phases, opened, args)))
+
+    assert opened.errors == [] and opened.opened == 50, opened.errors[:3]
+    assert opened.events >= 50
+    assert all(phase.errors == 0 and len(phase.latencies) == 40 for phase in phases)
+    # one web process: at most its pool (CONVEYOR_WEB_DB_POOL, 4) and its listening connection
+    assert phases[-1].connections <= 5, phases[-1].connections

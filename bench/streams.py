@@ -1,0 +1,346 @@
+"""`python -m bench.streams`: 1,000 open live streams while the platform runs jobs, and what they
+cost the ordinary API requests.
+
+    python -m bench.streams                      1,000 streams, 600 requests per phase
+    python -m bench.streams --streams 50 --requests 100    a quick run
+
+One `manage.py start` instance (shared: gunicorn with --web-concurrency uvicorn workers, and a
+Celery worker with --concurrency processes, no beat) on a free port of 127.0.0.1, a bearer token of
+scope jobs:read, and three phases, each measuring --requests `GET /api/jobs/{id}` (a token check and
+a row read) paced at --rate per second from --clients threads (bench.cluster's client):
+
+1. idle: nothing runs, no stream is open;
+2. jobs: the worker runs a backlog of `examples.sleep` jobs (--job-seconds each), no stream is
+   open;
+3. jobs + streams: the same, with --streams open `GET /api/jobs/{id}/stream` on the backlog's
+   jobs (the next ones to run: each sees pending, running, progress, its end), held by one
+   asyncio thread of this process.
+
+It reports the p50 and p99 of each phase and their ratio to the idle one (the target: phase 3's p99
+within 1.2x of phase 2's, i.e. the open streams cost the requests under 20%), the events the streams
+received, the PostgreSQL connections the servers held (pg_stat_activity: the pool and the listening
+connection, whatever the number of streams), the servers' threads and memory, and the CPU of the
+servers and of PostgreSQL (seconds per second of the measurement: what the streams cost, whatever
+else loads the machine; phases 2 and 3 run the same jobs).
+
+With no DATABASE_URL / REDIS_URL it runs on embedded servers in a fresh folder under /tmp,
+stopped and removed at the end. Otherwise it uses the configured ones, and TRUNCATEs the jobs
+tables there: point it at a database you can empty.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from bench.common import (
+    MANAGE,
+    BenchError,
+    Proc,
+    Procs,
+    child_env,
+    context,
+    load_average,
+    percentile,
+    session,
+    table,
+    postmaster_pid,
+    tree_cpu,
+    truncate_jobs,
+    wait_until,
+)
+
+PROG = "bench.streams"
+TARGET = 1.2  # phase 3's p99 over phase 2's
+
+
+# --- The streams: one asyncio loop in a thread of this process ---------------------------------
+
+
+@dataclass
+class Streams:
+    """--streams open streams read by one event loop: counts of what they received."""
+
+    opened: int = 0  # answered 200 with a first event
+    events: int = 0
+    ends: int = 0
+    errors: list[str] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self, port: int, token: str, ids: list[int], connect_rate: float = 500.0) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            self.loop = asyncio.new_event_loop()
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="bench-streams")
+        self.thread.start()
+        ready.wait(5)
+        assert self.loop is not None
+
+        async def open_all() -> None:
+            for index, job_id in enumerate(ids):
+                self.tasks.append(asyncio.get_running_loop().create_task(self._follow(port, token, job_id)))
+                if connect_rate and index % 50 == 49:
+                    await asyncio.sleep(50 / connect_rate)  # not 1,000 connects in the same ms
+
+        asyncio.run_coroutine_threadsafe(open_all(), self.loop).result(60)
+
+    async def _follow(self, port: int, token: str, job_id: int) -> None:
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            writer.write(
+                f"GET /api/jobs/{job_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            status = await reader.readline()
+            if b" 200 " not in status:
+                self.errors.append(status.decode(errors="replace").strip())
+                return
+            counted = False
+            async for line in reader:
+                if line.startswith(b"event: "):
+                    self.events += 1
+                    if not counted:
+                        self.opened += 1
+                        counted = True
+                    if line.startswith(b"event: end"):
+                        self.ends += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def stop(self) -> None:
+        if self.loop is None:
+            return
+
+        async def cancel() -> None:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.thread is not None:
+            self.thread.join(10)
+
+
+# --- Measuring -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    label: str
+    latencies: list[float]
+    errors: int
+    jobs_done: int  # jobs that ended during the measurement
+    connections: int  # the servers' PostgreSQL connections at the end of it
+    threads: int  # the servers' threads
+    rss_mb: float
+    web_cpu: float  # CPU seconds the servers used per second of the measurement
+    pg_cpu: float | None  # PostgreSQL's (None: not on this machine)
+
+
+def server_figures(server_pids: list[int]) -> tuple[int, int, float]:
+    """(PostgreSQL connections of the HTTP servers, their threads, their resident MB)."""
+    import psutil
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'conveyor-web-%%'")
+        conns = cursor.fetchone()[0]
+    threads, rss = 0, 0
+    for pid in server_pids:
+        try:
+            process = psutil.Process(pid)
+            threads += process.num_threads()
+            rss += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return conns, threads, rss / 1e6
+
+
+def gunicorn_workers(root_pid: int) -> list[int]:
+    """The uvicorn worker processes under an instance (the children of its gunicorn arbiter)."""
+    import psutil
+
+    found = []
+    for member in psutil.Process(root_pid).children(recursive=True):
+        try:
+            cmdline = " ".join(member.cmdline())
+            parent = member.parent()
+        except psutil.Error:
+            continue
+        if "gunicorn" in cmdline and parent is not None and "gunicorn" in " ".join(parent.cmdline()):
+            found.append(member.pid)
+    return found
+
+
+def finished_jobs() -> int:
+    from jobs.models import Job
+
+    return Job.objects.filter(status__in=("succeeded", "dead", "cancelled")).count()
+
+
+def measure(label: str, port: int, token: str, job_id: int, args: argparse.Namespace, server_pids: list[int]) -> Phase:
+    from bench.cluster import fire
+
+    headers = {"Authorization": f"Bearer {token}"}
+    path = f"/api/jobs/{job_id}"
+    fire(port, path, headers, args.warmup, args)  # untimed
+    before = finished_jobs()
+    postmaster = postmaster_pid()
+    cpu0 = sum(tree_cpu(pid) for pid in server_pids)
+    pg0 = tree_cpu(postmaster) if postmaster else 0.0
+    fired = fire(port, path, headers, args.requests, args)
+    seconds = max(fired.seconds, 1e-9)
+    cpu = (sum(tree_cpu(pid) for pid in server_pids) - cpu0) / seconds
+    pg = (tree_cpu(postmaster) - pg0) / seconds if postmaster else None
+    conns, threads, rss = server_figures(server_pids)
+    return Phase(label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg)
+
+
+def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int]) -> tuple[list[Phase], Streams]:
+    """The three phases on a running instance (the bench's and the suite's smoke run's)."""
+    from jobs import Step, enqueue_many
+
+    [probe] = enqueue_many([Step("examples.echo", {"probe": 1})])
+    wait_until(lambda: finished_jobs() >= 1, 60, "the probe job to run")
+    phases = [measure("idle", port, token, probe.pk, args, server_pids)]
+
+    # the backlog: enough sleeps to keep the worker busy through phases 2 and 3
+    backlog = enqueue_many([Step("examples.sleep", {"seconds": args.job_seconds}) for _ in range(args.backlog)])
+    wait_until(lambda: finished_jobs() >= 2, 60, "the backlog to start running")
+    phases.append(measure("jobs", port, token, probe.pk, args, server_pids))
+
+    streams = Streams()
+    first = finished_jobs()
+    ids = [job.pk for job in backlog[first : first + args.streams]]  # the next ones to run, roughly
+    if len(ids) < args.streams:
+        raise BenchError(f"the backlog ran out: {len(ids)} jobs left to stream, --streams {args.streams}")
+    streams.start(port, token, ids)
+    try:
+        wait_until(lambda: streams.opened + len(streams.errors) >= len(ids), 120, f"{len(ids)} streams to open")
+        phases.append(measure(f"jobs + {len(ids)} streams", port, token, probe.pk, args, server_pids))
+    finally:
+        streams.stop()
+    return phases, streams
+
+
+def report(phases: list[Phase], streams: Streams, args: argparse.Namespace) -> list[str]:
+    idle = percentile(phases[0].latencies, 0.99)
+    loaded = percentile(phases[1].latencies, 0.99)
+    rows = []
+    for phase in phases:
+        p99 = percentile(phase.latencies, 0.99)
+        rows.append((
+            phase.label, str(len(phase.latencies)), f"{percentile(phase.latencies, 0.5):.1f}", f"{p99:.1f}",
+            f"{p99 / idle:.2f}x", str(phase.errors), str(phase.jobs_done), str(phase.connections), str(phase.threads),
+            f"{phase.rss_mb:.0f}", f"{phase.web_cpu:.2f}", "-" if phase.pg_cpu is None else f"{phase.pg_cpu:.2f}", "",
+        ))
+    ratio = percentile(phases[2].latencies, 0.99) / loaded
+    verdict = "within" if ratio <= TARGET else "OVER"
+    lines = table(
+        ("phase", "requests", "p50 ms", "p99 ms", "p99/idle", "errors", "jobs ended", "web PG conns",
+         "web threads", "web RSS MB", "web CPU s/s", "PG CPU s/s", ""),
+        rows,
+    )
+    lines.append("")
+    lines.append(
+        f"streams: {streams.opened} opened, {streams.events} events received, {streams.ends} ended with their job, "
+        f"{len(streams.errors)} errors{(': ' + streams.errors[0]) if streams.errors else ''}"
+    )
+    lines.append(f"p99 with the streams open / without them (same jobs running): {ratio:.2f}x ({verdict} the {TARGET}x target)")
+    return lines
+
+
+# --- The bench as a program -----------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=1000, help="streams open in phase 3 (default 1000)")
+    parser.add_argument("--requests", type=int, default=600, help="timed requests per phase (default 600)")
+    parser.add_argument("--rate", type=float, default=50.0, help="requests per second, paced (default 50)")
+    parser.add_argument("--clients", type=int, default=4, help="client threads (default 4)")
+    parser.add_argument("--warmup", type=int, default=40, help="untimed requests before each phase (default 40)")
+    parser.add_argument("--web-concurrency", type=int, default=2, help="uvicorn worker processes (default 2)")
+    parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes (default 2)")
+    parser.add_argument("--job-seconds", type=float, default=0.5, help="each backlog job's sleep (default 0.5)")
+    parser.add_argument("--backlog", type=int, default=0, help="backlog jobs (default: --streams plus what the phases run)")
+    parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds the instance may take to get ready")
+    args = parser.parse_args(argv)
+    if min(args.streams, args.requests, args.clients, args.warmup, args.web_concurrency, args.concurrency) < 1:
+        parser.error("--streams, --requests, --clients, --warmup and the concurrencies must be at least 1")
+    if args.rate <= 0 or args.job_seconds <= 0:
+        parser.error("--rate and --job-seconds must be positive")
+    if not args.backlog:
+        per_second = args.concurrency / args.job_seconds
+        args.backlog = args.streams + int(per_second * 3 * (args.requests + args.warmup) / args.rate) + 50
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def body(procs: Procs) -> str:
+        from django.contrib.auth import get_user_model
+        from django.core.management import call_command
+
+        from api.auth import issue_token
+        from bench.cluster import free_port, get
+
+        load_start = load_average()
+        machine = context()
+        user, _ = get_user_model().objects.get_or_create(username="bench@example.com", defaults={"email": "bench@example.com"})
+        call_command("grant", "--email", "bench@example.com", "--scope", "jobs:read", stdout=io.StringIO())
+        token = issue_token(user, "jobs:read")
+        truncate_jobs()
+        port = free_port()
+        argv = [
+            sys.executable, MANAGE, "start", "--port", str(port), "--no-beat", "--grace", "5",
+            "--web-concurrency", str(args.web_concurrency), "--concurrency", str(args.concurrency),
+        ]
+        # Streams per token per process: the bench's one token holds them all.
+        proc: Proc = procs.spawn("conveyor", argv, child_env(CONVEYOR_STREAMS_PER_TOKEN=str(args.streams + 100)))
+        procs.wait_ready(proc, args.timeout)
+
+        def answers() -> bool:
+            try:
+                return get(port, "/health/ready", {}, 2.0)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(answers, args.timeout, f"GET /health/ready on port {port}", [proc])
+        began = time.perf_counter()
+        print(f"{PROG}: {args.streams} streams, {args.requests} requests per phase at {args.rate:g}/s ...", flush=True)
+        phases, streams = run(port, token, args, gunicorn_workers(proc.process.pid))
+        lines = report(phases, streams, args)
+        truncate_jobs()
+        return "\n".join([
+            f"{PROG}: {machine}; load average {load_start} at the start; "
+            f"gunicorn x{args.web_concurrency} (uvicorn workers), Celery x{args.concurrency}; "
+            f"{time.perf_counter() - began:.0f}s",
+            *lines,
+        ])
+
+    return session(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
