@@ -32,6 +32,7 @@ test-dj6: .venv
 bench: .venv
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.cluster
+	$(BIN)/python -m bench.streams
 
 # Hosts in network namespaces (root, iproute2, Debian's postgresql-15/redis-server/redis-sentinel):
 # the chaos run (2,000 chains and 500 keyed events under faults), then the scale table.
