@@ -155,3 +155,38 @@ def test_booked_rows_claimed_late_together_start_no_faster_than_the_rate_allows_
     assert answers[:2] == [None, None]
     assert answers[2] == at(3.0) and answers[2] > booked_until
     assert booked == at(3.5)  # the type's next free slot: one interval after the new booking
+
+
+def test_a_rate_of_10_per_second_holds_over_30_seconds_of_claims_by_late_workers():
+    """The arithmetic of tests/acceptance/test_limits_live.py's rate, over 30 s (the live run is
+    shorter: it checks that two real instances share the clocks, not the arithmetic over time).
+
+    360 rows claimed at once (the relay's messages), the booked ones claimed again at their slot
+    by a busy worker, late by 0 to 0.3 s (a fixed pseudo-random sequence): every
+    row starts once, 300 start in the 30 s from the first start, no second holds more than 10
+    starts plus the burst (0.5 s of them: the relay's period, limits.burst)."""
+    import heapq
+    import random
+    from collections import Counter
+
+    interval, burst = 0.1, 0.5
+    late = random.Random(23)
+    booked = started = at(-100)
+    claims: list[tuple[dt.datetime, int, bool]] = [(T0, row, False) for row in range(360)]
+    heapq.heapify(claims)
+    starts: dict[int, dt.datetime] = {}
+    while claims:
+        now, row, holds_slot = heapq.heappop(claims)
+        slot, booked, started = decisions.rate_slot(booked, started, now, interval, burst, holds_slot)
+        if slot is None:
+            assert row not in starts, f"row {row} started twice"
+            starts[row] = now
+        else:  # booked: claimed again when its slot comes, by a worker late by up to 0.3 s
+            heapq.heappush(claims, (slot + dt.timedelta(seconds=late.uniform(0, 0.3)), row, True))
+
+    assert len(starts) == 360
+    first = min(starts.values())
+    seconds = Counter(int((s - first).total_seconds()) for s in starts.values())
+    in_30 = sum(seconds[i] for i in range(30))
+    assert 297 <= in_30 <= 300 + burst / interval, (in_30, sorted(seconds.items()))
+    assert max(seconds.values()) <= 10 + burst / interval, sorted(seconds.items())
