@@ -79,7 +79,8 @@ def test_chaos_across_hosts_loses_nothing(namespaces: None, tmp_path) -> None:
 
 def test_scale_table_smoke_across_two_hosts(namespaces: None) -> None:
     # when the scale table runs at tiny sizes on the two worker hosts
-    done = run([sys.executable, "-m", "bench.scale", "--cpu-jobs", "3", "--io-jobs", "3", "--configs", "hosts"], timeout=200)
+    done = run([sys.executable, "-m", "bench.scale", "--cpu-jobs", "3", "--io-jobs", "3", "--configs", "hosts", "--rounds", "1"],
+               timeout=200)
 
     # then both sides finished every job of both kinds, and each row says what bounded it
     assert done.returncode == 0, done.stdout[-6000:]
