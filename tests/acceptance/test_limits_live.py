@@ -28,7 +28,7 @@ TWO_INSTANCES = (
 @pytest.fixture(scope="module")
 def instances(django_db_setup, django_db_blocker):
     """Two worker instances of two prefork processes each, for the module (their start is most of
-    a test's time otherwise); drained for at most 5 s at the end, stopped by their pids."""
+    a test's time otherwise); killed at the end (LiveEnv.discard), by their pids."""
     with django_db_blocker.unblock():
         env = LiveEnv(grace=5)
         env.flush_redis()
@@ -36,7 +36,7 @@ def instances(django_db_setup, django_db_blocker):
             start_workers(env, *TWO_INSTANCES)
             yield env
         finally:
-            env.stop_all()
+            env.discard()
             env.flush_redis()
 
 
