@@ -20,9 +20,11 @@ run: .venv
 
 # pytest exits 5 when it collects nothing: that is a failure here, as is any other non-zero code.
 # Two processes (pytest-xdist), a test file stays on one: live tests of one file share a worker
-# setup, and each process has its own embedded PostgreSQL and Redis.
+# setup, and each process has its own embedded PostgreSQL and Redis. Files are handed out in
+# collection order (--no-loadscope-reorder), the slowest first (tests/conftest.py: SLOWEST_FIRST),
+# so that no long file starts last while the other process has nothing left to do.
 test: .venv dj6-venv
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The Django 6 virtualenv (Python 3.12) that tests/acceptance/test_django6.py runs in: built here,
 # before pytest (a few minutes on a clean clone, a second once built: a stamp of requirements.txt

@@ -17,6 +17,26 @@ import pytest
 from tests.support import LiveEnv, api_client, start_servers
 
 
+#: The longest files (a minute or two each, most in one test), run first: with `make test`'s
+#: `--dist loadfile --no-loadscope-reorder`, pytest-xdist hands files out in this order, so these
+#: start at once and the many short files fill in around them. (Its default reorder puts the
+#: files with the most tests first: these one-test files came last and left a process idle.)
+SLOWEST_FIRST = (
+    "tests/acceptance/test_hosts.py",
+    "tests/acceptance/test_api_fuzz.py",
+    "tests/acceptance/test_bench_smoke.py",
+    "tests/acceptance/test_real_servers.py",
+    "tests/acceptance/test_django6.py",
+    "tests/acceptance/test_upstream_failure_modes.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SLOWEST_FIRST's files first, then the rest in their order (acceptance, integration, unit)."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from project import embedded
 
