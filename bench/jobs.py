@@ -81,8 +81,9 @@ from bench.common import (  # noqa: F401 - re-exported: the helpers used to live
 # --- Workers ------------------------------------------------------------------------------------
 
 
-def start_conveyor_workers(procs: Procs, args: argparse.Namespace, **queues: str) -> list[Proc]:
-    """`manage.py start` in WORKER_MODE=worker, one per name=queue, started side by side."""
+def start_conveyor_workers(procs: Procs, args: argparse.Namespace, wait: bool = True, **queues: str) -> list[Proc]:
+    """`manage.py start` in WORKER_MODE=worker, one per name=queue, started side by side (ready
+    when it returns, unless `wait` is False: then `ready` waits for them with the others)."""
     started = []
     for name, queue in queues.items():
         argv = [
@@ -90,12 +91,10 @@ def start_conveyor_workers(procs: Procs, args: argparse.Namespace, **queues: str
             "--concurrency", str(args.concurrency), "--grace", "10",
         ]
         started.append(procs.spawn(name, argv, child_env(WORKER_MODE="worker", WORKER_ID=f"{name}@bench")))
-    for proc in started:
-        procs.wait_ready(proc)
-    return started
+    return ready(procs, started) if wait else started
 
 
-def start_bare_workers(procs: Procs, args: argparse.Namespace, defaults: bool = False, **queues: str) -> list[Proc]:
+def start_bare_workers(procs: Procs, args: argparse.Namespace, defaults: bool = False, wait: bool = True, **queues: str) -> list[Proc]:
     """Bare Celery workers, one per name=queue: the command line `manage.py start` builds, with
     Conveyor's Celery configuration, or with Celery's own defaults (`defaults`)."""
     from bench import bare
@@ -109,12 +108,10 @@ def start_bare_workers(procs: Procs, args: argparse.Namespace, defaults: bool = 
             "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]
         started.append(procs.spawn(name, argv, child_env(**{bare.CONFIG_ENV: json.dumps(config)})))
-    for proc in started:
-        procs.wait_ready(proc)
-    return started
+    return ready(procs, started) if wait else started
 
 
-def start_procrastinate_workers(procs: Procs, args: argparse.Namespace) -> list[Proc]:
+def start_procrastinate_workers(procs: Procs, args: argparse.Namespace, wait: bool = True) -> list[Proc]:
     """Procrastinate workers: one process per pool process of the other sides."""
     from bench import procra
 
@@ -122,8 +119,14 @@ def start_procrastinate_workers(procs: Procs, args: argparse.Namespace) -> list[
         procs.spawn(f"procrastinate-{i + 1}", procra.worker_argv(sys.executable), child_env())
         for i in range(args.concurrency)
     ]
+    return ready(procs, started, marker=procra.READY) if wait else started
+
+
+def ready(procs: Procs, started: list[Proc], marker: str = " ready.") -> list[Proc]:
+    """Wait until each of `started` is ready. A phase spawns all its workers first (wait=False),
+    then waits here: their start-ups overlap instead of adding up."""
     for proc in started:
-        procs.wait_ready(proc, marker=procra.READY)
+        procs.wait_ready(proc, marker=marker)
     return started
 
 
@@ -196,14 +199,17 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
 
     client = redis_client()
     started = time.perf_counter()
-    defaults_worker, bare_worker, worker = (
-        start_bare_workers(procs, args, defaults=True, **{"bare-defaults": bare.QUEUE_DEFAULTS})
-        + start_bare_workers(procs, args, **{"bare-worker": bare.QUEUE})
-        + start_conveyor_workers(procs, args, **{"conveyor-worker": "default"})
+    defaults_worker, bare_worker, worker = spawned = (
+        start_bare_workers(procs, args, defaults=True, wait=False, **{"bare-defaults": bare.QUEUE_DEFAULTS})
+        + start_bare_workers(procs, args, wait=False, **{"bare-worker": bare.QUEUE})
+        + start_conveyor_workers(procs, args, wait=False, **{"conveyor-worker": "default"})
     )
     procrastinate_workers: list[Proc] = []
     if args.procrastinate:
-        procrastinate_workers = start_procrastinate_workers(procs, args)
+        procrastinate_workers = start_procrastinate_workers(procs, args, wait=False)
+    ready(procs, spawned)
+    if args.procrastinate:
+        ready(procs, procrastinate_workers, marker=procra.READY)
         procra.app.open()
     print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
@@ -341,10 +347,10 @@ def events(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
     queues = sorted({sub.queue for sub in subs})
     client = redis_client()
     started = time.perf_counter()
-    bare_worker, worker = (
-        start_bare_workers(procs, args, defaults=True, **{"bare-events": bare.QUEUE_DEFAULTS})
-        + start_conveyor_workers(procs, args, **{"conveyor-events": ",".join(queues)})
-    )
+    bare_worker, worker = ready(procs, (
+        start_bare_workers(procs, args, defaults=True, wait=False, **{"bare-events": bare.QUEUE_DEFAULTS})
+        + start_conveyor_workers(procs, args, wait=False, **{"conveyor-events": ",".join(queues)})
+    ))
     print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
     def bare_run(n: int) -> Throughput:
@@ -448,9 +454,9 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
 
     client = redis_client()
     started = time.perf_counter()
-    workers = start_conveyor_workers(
-        procs, args, **{"conveyor-default": "default", "conveyor-notifications": "notifications"}
-    ) + start_bare_workers(procs, args, defaults=True, **{"bare-a": bare.QUEUE_A, "bare-b": bare.QUEUE_B})
+    workers = ready(procs, start_conveyor_workers(
+        procs, args, wait=False, **{"conveyor-default": "default", "conveyor-notifications": "notifications"}
+    ) + start_bare_workers(procs, args, defaults=True, wait=False, **{"bare-a": bare.QUEUE_A, "bare-b": bare.QUEUE_B}))
     conveyor_workers, bare_workers = workers[:2], workers[2:]
     print(f"bench.jobs:   workers ready in {time.perf_counter() - started:.1f}s", flush=True)
 
@@ -498,10 +504,37 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
                     f"bench.jobs:   {label}: {len(latencies)} in {time.perf_counter() - started:.1f}s, "
                     f"p50 {percentile(latencies, 0.5):.2f} ms", flush=True,
                 )
+        results["wait"] = wait_lags(min(args.chains, WAITS))
+        waits = results["wait"]
+        print(f"bench.jobs:   jobs.wait: {len(waits)} waits, p50 {percentile(waits, 0.5):.2f} ms after the end", flush=True)
         truncate_jobs()
         return results
     finally:
         procs.stop(*workers)
+
+
+#: Waits measured by the handoff phase (each on a job sleeping SLEPT seconds: one at a time).
+WAITS = 20
+SLEPT = 0.05
+
+
+def wait_lags(n: int) -> list[float]:
+    """ms from a job's end (its row's finished_at, the ending transaction's now()) to the moment
+    `jobs.wait`, blocked on it since before it ended, returned it: both on PostgreSQL's clock. The
+    figure tests/acceptance/test_wait_live.py no longer asserts (it proves the mechanism)."""
+    from django.db import connection
+
+    import jobs
+    from jobs import enqueue
+
+    lags = []
+    for _ in range(n):
+        job = enqueue("examples.sleep", {"seconds": SLEPT})
+        jobs.wait(job, 30)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp() - finished_at) * 1000 FROM jobs_job WHERE id = %s", [job.pk])
+            lags.append(float(cursor.fetchone()[0]))
+    return lags
 
 
 def memory(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
@@ -513,10 +546,10 @@ def memory(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
     from jobs import Step, enqueue_many
 
     client = redis_client()
-    bare_worker, worker = (
-        start_bare_workers(procs, args, defaults=True, **{"bare-memory": bare.QUEUE_DEFAULTS})
-        + start_conveyor_workers(procs, args, **{"conveyor-memory": "default"})
-    )
+    bare_worker, worker = ready(procs, (
+        start_bare_workers(procs, args, defaults=True, wait=False, **{"bare-memory": bare.QUEUE_DEFAULTS})
+        + start_conveyor_workers(procs, args, wait=False, **{"conveyor-memory": "default"})
+    ))
     total = args.memory_jobs
     checkpoints = sorted({max(1, total // 10), total})
     chunk = max(1, min(10_000, total // 10))
@@ -680,6 +713,12 @@ def report(args: argparse.Namespace, results: dict[str, Any], elapsed: float, co
         f"handoff: {args.chains:,} chains per round (examples.echo -> examples.ping, one started every {args.chain_interval:g} ms); "
         f"bare Celery: a task on queue A publishes one on queue B (Celery's defaults); samples bare {len(lat_b)}, Conveyor {len(lat_c)}",
     ]
+    if results["handoff"].get("wait"):
+        waits = results["handoff"]["wait"]
+        out.append(
+            f"wait: jobs.wait answered p50 {percentile(waits, 0.5):.2f} ms, max {max(waits):.2f} ms after the job's end "
+            f"({len(waits)} waits on a {SLEPT:g} s examples.sleep, one at a time; PostgreSQL's clock: finished_at to clock_timestamp())"
+        )
     if "events" in results:
         fanout = results["events"]["fanout"]
         out.append(

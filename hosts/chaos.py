@@ -443,13 +443,14 @@ def chaos(plan: Plan, folder: Path, log: Callable[[str], None] = print) -> dict[
     with Topology.up(folder, log=log) as net:
         net.start_data()
         net.release()
-        net.manage("server", "user", "--email", EMAIL, env={"CONVEYOR_USER_PASSWORD": PASSWORD})
-        # an API-only user holds only the permissions behind the scopes it uses (issue 22)
-        net.manage("server", "grant", "--email", EMAIL, "--scope", "jobs:read jobs:write events:emit")
-        server = net.start_server()
+        server = net.start_server(wait=False)  # every process starts at once; then each is waited for
         w1 = net.start_worker("w1", "images", "prefork", plan.w1_concurrency)
         w2 = net.start_worker("w2", "notifications", "threads", plan.w2_concurrency)
         beats = [net.start_beat("w1"), net.start_beat("w2")]
+        net.manage("server", "user", "--email", EMAIL, env={"CONVEYOR_USER_PASSWORD": PASSWORD})  # while they start
+        # an API-only user holds only the permissions behind the scopes it uses (issue 22)
+        net.manage("server", "grant", "--email", EMAIL, "--scope", "jobs:read jobs:write events:emit")
+        net.wait_server(server)
         for worker in (w1, w2):
             net.wait_ready(worker)
         log(f"chaos: hosts ready in {time.monotonic() - began:.0f}s; {plan.chains} chains, {plan.events} keyed events "

@@ -376,12 +376,17 @@ class Topology:
         """`manage.py release` (migrate, sync schedules) from a host, before anything starts."""
         self.manage(host, "release")
 
-    def start_server(self) -> Proc:
+    def start_server(self, wait: bool = True) -> Proc:
+        """The HTTP server on the server host; `wait=False`: started, not waited for (then
+        `wait_server`, after starting the workers: their start-ups overlap)."""
         ip = self.hosts["server"].ip
         proc = self.spawn("server", "server", [sys.executable, MANAGE, "start", "--port", str(HTTP_PORT), "--grace", "5",
                                                "--web-concurrency", "2"],
                           self.conveyor_env("server", WORKER_MODE="server", HOST=ip))
-        self.wait_port(ip, HTTP_PORT, timeout=90, proc=proc)
+        return self.wait_server(proc) if wait else proc
+
+    def wait_server(self, proc: Proc) -> Proc:
+        self.wait_port(self.hosts["server"].ip, HTTP_PORT, timeout=90, proc=proc)
         return proc
 
     def start_worker(self, host: str, queues: str, pool: str, concurrency: int, name: str | None = None, **extra: str) -> Proc:

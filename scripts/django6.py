@@ -1,6 +1,7 @@
 """Run the django.tasks backend's tests under Django 6.x (built-in `django.tasks`, Python 3.12+).
 
     python scripts/django6.py [pytest arguments]     # default: the backend's test modules
+    python scripts/django6.py --build-only           # build (or keep) .venv-dj6 and stop: `make test`'s setup
 
 Builds `.venv-dj6` (ignored by git) once: Python 3.12 (PYTHON312, `python3.12` on the PATH, or
 pyenv's), the newest Django 6.x, and the project's other requirements, each at its pin when it
@@ -85,11 +86,16 @@ def build(python: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    build_only = argv[:1] == ["--build-only"]
     python = python312()
     if python is None:
         print("django6: no Python 3.12 (set PYTHON312, or put python3.12 on the PATH): Django 6 needs it", file=sys.stderr)
-        return 77
+        # `make test`'s setup goes on: tests/acceptance/test_django6.py then skips, saying why
+        return 0 if build_only else 77
     venv_python = build(python)
+    if build_only:  # the build is `make test`'s setup step, not a part of the timed pytest run
+        print(f"django6: {VENV.name} ready", flush=True)
+        return 0
     version = subprocess.run([str(venv_python), "-c", "import django; print(django.get_version())"],
                              capture_output=True, text=True, check=True).stdout.strip()
     print(f"django6: Django {version} on {python}", flush=True)

@@ -17,6 +17,26 @@ import pytest
 from tests.support import LiveEnv, api_client, start_servers
 
 
+#: The longest files (a minute or two each, most in one test), run first: with `make test`'s
+#: `--dist loadfile --no-loadscope-reorder`, pytest-xdist hands files out in this order, so these
+#: start at once and the many short files fill in around them. (Its default reorder puts the
+#: files with the most tests first: these one-test files came last and left a process idle.)
+SLOWEST_FIRST = (
+    "tests/acceptance/test_hosts.py",
+    "tests/acceptance/test_api_fuzz.py",
+    "tests/acceptance/test_bench_smoke.py",
+    "tests/acceptance/test_real_servers.py",
+    "tests/acceptance/test_django6.py",
+    "tests/acceptance/test_upstream_failure_modes.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SLOWEST_FIRST's files first, then the rest in their order (acceptance, integration, unit)."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from project import embedded
 
@@ -40,11 +60,12 @@ def django_db_setup(servers: dict[str, str], django_db_setup: None) -> None:
 
 @pytest.fixture
 def live(transactional_db: None):  # committed rows: other processes must see them
-    """Start real Conveyor processes on the test database; everything is stopped afterwards."""
+    """Start real Conveyor processes on the test database; everything is killed afterwards, at
+    once (LiveEnv.discard: no drain, which proves nothing once the test is over)."""
     env = LiveEnv()
     env.flush_redis()
     yield env
-    env.stop_all()
+    env.discard()
     env.flush_redis()
 
 

@@ -2,8 +2,6 @@
 chromedriver, installed when missing."""
 from __future__ import annotations
 
-import signal
-
 import uuid
 
 import pytest
@@ -40,11 +38,10 @@ def chromedriver(chromium: str) -> str:
 
 @pytest.fixture
 def stop_together(live):
-    """Drain for at most 5 s when a test ends: after a few hundred jobs a prefork pool process may
-    wait up to 30 s in billiard's Worker._ensure_messages_consumed before it exits (a Celery/billiard
-    shutdown delay that none of these tests is about). At the end of a test, ask every process to
-    drain at once (the live fixture then waits for each). Used by name: usefixtures("stop_together")."""
+    """Drain for at most 5 s when a test stops its processes itself: after a few hundred jobs a
+    prefork pool process may wait up to 30 s in billiard's Worker._ensure_messages_consumed before
+    it exits (a Celery/billiard shutdown delay that none of these tests is about). At the end of a
+    test the live fixture kills them all at once (LiveEnv.discard). Used by name:
+    usefixtures("stop_together")."""
     live.grace = 5
     yield
-    for proc in live.procs:
-        proc.signal(signal.SIGTERM)

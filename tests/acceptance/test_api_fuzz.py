@@ -15,7 +15,11 @@ from tests.support import run_schemathesis
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
-MAX_EXAMPLES = 40
+#: Per operation, in the fuzzing and stateful phases (random, from SEED). The coverage phase,
+#: ~2,500 of the ~2,900 cases, is schemathesis' deterministic set of boundary and invalid values
+#: and is sent whatever this says. 40 added ~450 random cases (and ~25 s); the defects the fuzzer
+#: found are cases of tests/integration/test_api_contract.py.
+MAX_EXAMPLES = 15
 SEED = 20261123
 TIME_LIMIT = 240
 
@@ -33,6 +37,6 @@ def test_schemathesis_with_every_check_finds_nothing(live, tmp_path):
         "--exclude-path-regex", "/stream$",
         seed=SEED, max_examples=MAX_EXAMPLES, time_limit=TIME_LIMIT,
     )
-    # and it really exercised the API: every operation, hundreds of cases
-    assert run.tested == 19, run.output[-2000:]  # GET /api/jobs/{id}/results, the queues' and pauses' six included
-    assert run.generated >= 300, run.output[-2000:]
+    # and it really exercised the API: every operation, thousands of cases
+    assert run.tested == 19, run.output[-2000:]  # GET /api/jobs/{id}/results, the queues' and pauses' six included (streams excluded)
+    assert run.generated >= 2000, run.output[-2000:]

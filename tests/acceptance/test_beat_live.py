@@ -82,13 +82,13 @@ def test_two_beats_fire_each_tick_once_and_the_standby_takes_over(live):
     try:
         leader = wait_for(lambda: next((p for p in (first, second) if is_leader(p)), None), 30, what="a leader")
         standby = second if leader is first else first
-        wait_for(lambda: len(ticks_in(leader)) >= 8, 30, what="8 ticks from the leader")
+        wait_for(lambda: len(ticks_in(leader)) >= 4, 30, what="4 ticks from the leader")
         # when the leader is killed
         kill_tree(leader.pid)
         leader.wait(10)
         killed_at = time.monotonic()
         # then the standby takes over and keeps ticking
-        wait_for(lambda: len(ticks_in(standby)) >= 8, 30, what="8 ticks from the new leader")
+        wait_for(lambda: len(ticks_in(standby)) >= 4, 30, what="4 ticks from the new leader")
         assert time.monotonic() - killed_at < 20
     finally:
         stop(first, second)

@@ -208,6 +208,8 @@ def test_bench_jobs_runs_every_phase_at_tiny_sizes_and_prints_its_tables():
     for label, (bare, conveyor, ratio) in rows.items():
         assert NUMBER.match(bare) and NUMBER.match(conveyor) and RATIO.match(ratio), (label, bare, conveyor, ratio)
     assert "samples bare 3, Conveyor 3" in run.stdout, str(run)
+    # and the latency of a wait, measured (tests/acceptance/test_wait_live.py proves the mechanism)
+    assert re.search(r"wait: jobs\.wait answered p50 \d+\.\d\d ms, max \d+\.\d\d ms after the job's end \(3 waits", run.stdout), str(run)
 
     # Every target of issue 14 is judged in the run (met or MISSED at this size; HTTP: bench.cluster's)
     header, rows = parse_table(run.stdout, "target (issue 14)")

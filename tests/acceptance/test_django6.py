@@ -1,5 +1,6 @@
-"""The django.tasks backend under Django 6.x, from `make test`: scripts/django6.py builds (once)
-.venv-dj6 with Python 3.12 and the newest Django 6 the requirements allow, then runs the backend's
+"""The django.tasks backend under Django 6.x, from `make test`: scripts/django6.py builds (once;
+`make test` does it before pytest starts: `scripts/django6.py --build-only`) .venv-dj6 with
+Python 3.12 and the newest Django 6 the requirements allow, then runs the backend's
 in-process tests and the Django docs' examples on a real worker there, on Django's built-in
 `django.tasks`. The child session starts its own embedded servers (its test database cannot
 collide with this session's)."""
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The first run builds the venv (a few minutes); later runs take about a minute.
+#: A run that must build the venv first (pytest without `make`) takes a few minutes; later runs about 25 s.
 BOUND_SECONDS = 900
 LEAN = [
     "tests/integration/test_django_tasks.py",

@@ -28,7 +28,7 @@ TWO_INSTANCES = (
 @pytest.fixture(scope="module")
 def instances(django_db_setup, django_db_blocker):
     """Two worker instances of two prefork processes each, for the module (their start is most of
-    a test's time otherwise); drained for at most 5 s at the end, stopped by their pids."""
+    a test's time otherwise); killed at the end (LiveEnv.discard), by their pids."""
     with django_db_blocker.unblock():
         env = LiveEnv(grace=5)
         env.flush_redis()
@@ -36,7 +36,7 @@ def instances(django_db_setup, django_db_blocker):
             start_workers(env, *TWO_INSTANCES)
             yield env
         finally:
-            env.stop_all()
+            env.discard()
             env.flush_redis()
 
 
@@ -89,24 +89,27 @@ def test_concurrency_limits_hold_over_two_instances_per_key_and_per_type(instanc
     assert {r.worker.split("@", 1)[0] for r in rows} == {"limits-a", "limits-b"}
 
 
-def test_a_rate_of_10_per_second_holds_over_two_instances_for_30_seconds(instances):
+def test_a_rate_of_10_per_second_holds_over_two_instances_for_10_seconds(instances):
+    """The two instances share the type's clocks (PostgreSQL's rows): one rate for the deployment.
+    The arithmetic over a longer run (30 s of late claims) is a unit test:
+    tests/unit/test_decisions.py::test_a_rate_of_10_per_second_holds_over_30_seconds_of_claims_by_late_workers."""
     # given two worker instances of two prefork processes each
-    # when 360 jobs of a type limited to 10 starts a second are enqueued at once (36 s of starts)
-    ids = [job.pk for job in enqueue_many([Step("examples.rate-limited", {"seconds": 0.01}) for _ in range(360)])]
+    # when 130 jobs of a type limited to 10 starts a second are enqueued at once (13 s of starts)
+    ids = [job.pk for job in enqueue_many([Step("examples.rate-limited", {"seconds": 0.01}) for _ in range(130)])]
 
-    # then, over the 30 s from the first start, 300 started (within 10%), no second far above 10
+    # then, over the 10 s from the first start, 100 started (within 10%), no second far above 10
     started = Job.objects.filter(pk__in=ids).exclude(started_at=None)
     t0 = wait_for(lambda: started.order_by("started_at").values_list("started_at", flat=True).first(), 15, what="a first start")
-    wait_for(lambda: db_now() >= t0 + dt.timedelta(seconds=31), 40, interval=0.5, what="31 s after the first start")
+    wait_for(lambda: db_now() >= t0 + dt.timedelta(seconds=11), 25, interval=0.5, what="11 s after the first start")
     seconds = [(s - t0).total_seconds() for s in started.values_list("started_at", flat=True)]
-    windows = Counter(int(x) for x in seconds if 0 <= x < 30)
+    windows = Counter(int(x) for x in seconds if 0 <= x < 10)
     total = sum(windows.values())
-    print(f"rate 10/s over two instances: {total} starts in 30 s; per second: {[windows[i] for i in range(30)]}")
-    assert 270 <= total <= 330, f"{total} starts in 30 s; per second: {sorted(windows.items())}"
+    print(f"rate 10/s over two instances: {total} starts in 10 s; per second: {[windows[i] for i in range(10)]}")
+    assert 90 <= total <= 110, f"{total} starts in 10 s; per second: {sorted(windows.items())}"
     assert max(windows.values()) <= 15, f"a second far above 10 starts: {sorted(windows.items())}"
     # and both instances started some: the limit is one for the whole deployment
     nodes = Counter(w.split("@", 1)[0] for w in started.values_list("worker", flat=True))
-    assert nodes["limits-a"] > 30 and nodes["limits-b"] > 30, nodes
+    assert nodes["limits-a"] > 10 and nodes["limits-b"] > 10, nodes
     # and every started job ran once (its first attempt) and the others wait, none lost or dead
     assert set(started.values_list("attempt", flat=True)) == {1}
     assert not Job.objects.filter(pk__in=ids, status__in=(Status.DEAD, Status.FAILED, Status.CANCELLED)).exists()

@@ -60,10 +60,7 @@ def stop_at_once(live):
     already checked what it is about, and a pool process can take many seconds to drain after
     a few thousand jobs (billiard's Worker._ensure_messages_consumed). Killed by pid, tree first."""
     yield
-    for proc in live.procs:
-        if proc.alive():
-            kill_tree(proc.process.pid)
-            proc.process.wait(10)
+    live.discard()
 
 
 # --- helpers ----------------------------------------------------------------------------------

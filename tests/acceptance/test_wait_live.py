@@ -4,6 +4,12 @@ Celery worker) runs the jobs; this process waits with `jobs.wait` and over HTTP 
 Promptness is measured on PostgreSQL's clock alone: the outcome's time is the row's `finished_at`
 (the `now()` of the transaction that recorded it), the moment the wait returned is a
 `clock_timestamp()` read right after it, on the same server. No two hosts' clocks are compared.
+
+What is proved is the mechanism, not a speed (that is measured by `python -m bench.jobs`: its
+"wait" line): a waiter is woken by the end's notification. Nothing else could wake it before its
+bound: an end committed without the notification (a bare UPDATE of the row) is not seen until the
+wait's time is up (nothing polls). So an answer well under the bound (PROMPT, generous for a loaded
+machine; the bounds are 8 s over HTTP, 30 s in Python) is the notification's.
 """
 from __future__ import annotations
 
@@ -27,8 +33,10 @@ from tests.support import api_client, http_get
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
 
-#: How soon after the outcome's commit a waiter must have its answer.
-PROMPT = 0.050
+#: How soon after the outcome's commit a waiter must have its answer: far below the waits' bounds
+#: (8 s, 30 s), far above the notification's latency (a few ms idle; tens under load), so that a
+#: loaded machine cannot fail it and only a waiter the notification did not wake can.
+PROMPT = 1.0
 
 
 
@@ -61,7 +69,7 @@ def _serve(live, name: str):
     return server
 
 
-def test_python_and_http_waits_answer_within_50_ms_of_the_outcome(live):
+def test_python_and_http_waits_are_woken_by_the_outcome_s_notification_and_nothing_polls(live):
     # given a server and a worker
     server = _serve(live, "waited")
     headers = _bearer()
@@ -72,7 +80,7 @@ def test_python_and_http_waits_answer_within_50_ms_of_the_outcome(live):
     done = jobs.wait(job, 30)
     lag = python_lag = _lag(Job, job.pk)
 
-    # then the wait blocked while it ran and answered within 50 ms of its commit
+    # then the wait blocked while it ran and was answered at its commit, not at its bound
     assert done.status == Status.SUCCEEDED and done.output["slept"] == 0.5
     ran_on = (done.finished_at - asked).total_seconds()
     assert ran_on >= 0.3, f"the job ended {ran_on:.3f}s after the wait began: nothing was waited for"
@@ -84,7 +92,7 @@ def test_python_and_http_waits_answer_within_50_ms_of_the_outcome(live):
     status, body = http_get(server.url(f"/api/jobs/{job.pk}?wait=8"), timeout=30, headers=headers)
     lag = _lag(Job, job.pk)
 
-    # then the answer is the ended job, within 50 ms of its commit
+    # then the answer is the ended job, at its commit
     assert status == 200, body
     answer = json.loads(body)
     assert answer["status"] == "succeeded"
@@ -104,12 +112,34 @@ def test_python_and_http_waits_answer_within_50_ms_of_the_outcome(live):
     assert 0.5 <= time.monotonic() - started < 2.0
     control.cancel(job)  # the sleep stops at its next check (no drain to wait for)
 
+    # and an end committed without its notification (a bare UPDATE, as no statement of the store
+    # does) is not seen before the bound, in Python or over HTTP: no waiter polls the row
+    for wait_over in ("python", "http"):
+        job = enqueue("examples.echo", {}, run_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+        ender = threading.Timer(0.2, _end_silently, [job.pk])
+        ender.start()
+        started = time.monotonic()
+        if wait_over == "python":
+            assert jobs.wait(job, 0.8).status == Status.SUCCEEDED  # read once more at its bound
+        else:
+            status, body = http_get(server.url(f"/api/jobs/{job.pk}?wait=0.8"), timeout=30, headers=headers)
+            assert status == 200 and json.loads(body)["status"] in ("pending", "succeeded"), body  # as read at its bound
+        ender.join()
+        assert time.monotonic() - started >= 0.8, f"{wait_over}: the wait saw an end nobody notified: it polls"
+
+
+def _end_silently(job_id: int) -> None:
+    """Mark a pending job succeeded without the store's statement, hence without its NOTIFY."""
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs_job SET status = 'succeeded', finished_at = now() WHERE id = %s", [job_id])
+    connection.close()  # this thread's connection
+
 
 def test_chain_whose_middle_step_dies_ends_failed_with_its_error_and_its_waiters_answered_at_once(live):
     """celery#3538, celery#6220: a chain whose step fails loses the error, and a waiter on the
     chain hangs. Here the chain ends `failed` in the transaction that records its step dead, GET
     /api/chains/{id} shows that step and its error, and waiters on the step's job (over HTTP)
-    and on the chain (in Python) both have the answer within 50 ms of that commit."""
+    and on the chain (in Python) both have the answer at that commit (woken by its notification)."""
     server = _serve(live, "chained")
     headers = _bearer()
 

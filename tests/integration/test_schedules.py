@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import subprocess
 import sys
@@ -97,6 +98,8 @@ def test_schedule_admin_shows_next_run_and_last_job(admin_client):
 
 # Run in two processes: each builds its beat's entries from the rows at a moment of its own, as
 # two beat processes do, and prints the tick time it computes for each schedule at that moment.
+# It says "ready" once set up, then reads its moment on stdin (chosen when both are ready: no
+# margin for interpreters starting on a busy machine to wait out).
 TICK_PROBE = """
 import json, sys, time
 import django
@@ -104,9 +107,10 @@ django.setup()
 from django_celery_beat.models import PeriodicTask
 from jobs.interfaces.beat import LeaderScheduler, tick_time
 from project.celery import app
-at = float(sys.argv[1])
+print("ready", flush=True)
+at = float(sys.stdin.readline())
 time.sleep(max(0.0, at - time.time()))
-entries = [LeaderScheduler.Entry(task, app=app) for task in PeriodicTask.objects.filter(name__in=sys.argv[2:])]
+entries = [LeaderScheduler.Entry(task, app=app) for task in PeriodicTask.objects.filter(name__in=sys.argv[1:])]
 now = time.time()
 print(json.dumps({"now": now, "ticks": {entry.model.name: tick_time(entry).isoformat() for entry in entries}}))
 """
@@ -138,16 +142,23 @@ def test_tick_time_is_the_same_for_every_beat():
         last_run_at=dt.datetime(2026, 3, 29, 0, 55, 0, 700_000, tzinfo=dt.timezone.utc),
     )
     # when two processes compute them 3 s apart, within one period of the interval
-    start = (int(time.time() + 10) // period + 1) * period  # room for two interpreters to start on a busy machine
-    moments = (start + 1.0, start + 4.0)
     env = LiveEnv().env()
     argv = ["conveyor:every-10", "conveyor:five-minutes"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", TICK_PROBE, str(at), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", TICK_PROBE, *argv], cwd=ROOT, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        for at in moments
+        for _ in range(2)
     ]
+    for proc in procs:  # both set up
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-3000:]
+    # the first period whose second 1 is at least 0.5 s away (each probe then sleeps until its moment)
+    start = math.ceil((time.time() - 0.5) / period) * period
+    moments = (start + 1.0, start + 4.0)
+    for proc, at in zip(procs, moments):
+        proc.stdin.write(f"{at}\n")
+        proc.stdin.flush()
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)

@@ -191,3 +191,38 @@ def test_an_atomic_transaction_is_bounded_in_postgresql_by_the_types_timeout_plu
     assert decisions.transaction_bound_ms(timeout=60, grace=15) == 75_000
     assert decisions.transaction_bound_ms(timeout=1, grace=0) == 1_000
     assert decisions.transaction_bound_ms(timeout=0.2, grace=0) == 1_000  # never below a second
+
+
+def test_a_rate_of_10_per_second_holds_over_30_seconds_of_claims_by_late_workers():
+    """The arithmetic of tests/acceptance/test_limits_live.py's rate, over 30 s (the live run is
+    shorter: it checks that two real instances share the clocks, not the arithmetic over time).
+
+    360 rows claimed at once (the relay's messages), the booked ones claimed again at their slot
+    by a busy worker, late by 0 to 0.3 s (a fixed pseudo-random sequence): every
+    row starts once, 300 start in the 30 s from the first start, no second holds more than 10
+    starts plus the burst (0.5 s of them: the relay's period, limits.burst)."""
+    import heapq
+    import random
+    from collections import Counter
+
+    interval, burst = 0.1, 0.5
+    late = random.Random(23)
+    booked = started = at(-100)
+    claims: list[tuple[dt.datetime, int, bool]] = [(T0, row, False) for row in range(360)]
+    heapq.heapify(claims)
+    starts: dict[int, dt.datetime] = {}
+    while claims:
+        now, row, holds_slot = heapq.heappop(claims)
+        slot, booked, started = decisions.rate_slot(booked, started, now, interval, burst, holds_slot)
+        if slot is None:
+            assert row not in starts, f"row {row} started twice"
+            starts[row] = now
+        else:  # booked: claimed again when its slot comes, by a worker late by up to 0.3 s
+            heapq.heappush(claims, (slot + dt.timedelta(seconds=late.uniform(0, 0.3)), row, True))
+
+    assert len(starts) == 360
+    first = min(starts.values())
+    seconds = Counter(int((s - first).total_seconds()) for s in starts.values())
+    in_30 = sum(seconds[i] for i in range(30))
+    assert 297 <= in_30 <= 300 + burst / interval, (in_30, sorted(seconds.items()))
+    assert max(seconds.values()) <= 10 + burst / interval, sorted(seconds.items())
