@@ -300,7 +300,9 @@ def inject(net: Topology, client: Client, run: Run, workers: list[Proc], beats: 
         note("Redis master SIGKILLed", at, f"{old[0]}:{old[1]} -> Sentinel promoted {new[0]}:{new[1]} in {time.monotonic() - began:.1f}s")
 
     def cut() -> None:
-        slow = slow_jobs_running(net, client, run.job_ids, plan.w1_concurrency, seconds=min(3.0, plan.cut_seconds / 2))
+        # They sleep past the moment the cut comes (finding them running and written takes up to a few
+        # seconds on a loaded machine): a run that ended before the cut would never be reaped.
+        slow = slow_jobs_running(net, client, run.job_ids, plan.w1_concurrency, seconds=min(5.0, plan.cut_seconds * 0.75))
         at = run.now()
         net.cut("w1")
         time.sleep(plan.cut_seconds)
