@@ -9,7 +9,7 @@ from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
 from api import scopes
-from api.auth import EMITS, READS, STREAM_READS
+from api.auth import EMITS, READS
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import JsonObject, Text, strict_body
 from jobs.interfaces import streams
@@ -130,16 +130,12 @@ SELECT jsonb_build_object(
 EVENT = streams.Kind("event", EVENT_STATE_SQL)
 
 
-@router.get(
-    "/{int:event_id}/stream",
-    response={**errors(400, 401, 403, 404, 429, 503)},
-    summary="Follow an event's deliveries live (Server-Sent Events) until every one has ended",
-    auth=STREAM_READS,
-    openapi_extra=streams.openapi("event"),
-    description="`state` events carry the event and each delivery's status, attempt and error each time one "
+@router.get("/{int:event_id}/stream", **streams.route(
+    "event", "Follow an event's deliveries live (Server-Sent Events) until every one has ended",
+    "`state` events carry the event and each delivery's status, attempt and error each time one "
     "changes; `end` the last state, once every delivery's job has ended. Resume with `Last-Event-ID`. See "
     "docs/streams.md.",
-)
+))
 async def stream_event(
     request: HttpRequest, event_id: int = Path(..., ge=1, le=MAX_ID), access_token: str | None = streams.ACCESS_TOKEN
 ) -> HttpResponse:

@@ -20,7 +20,7 @@ from ninja import Body, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 
-from api.auth import OPERATES, READS, STREAM_READS, WRITES
+from api.auth import OPERATES, READS, WRITES
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
 from jobs.engine import control, registry, store, why
@@ -470,29 +470,21 @@ def _chain_or_404(chain_id: int, members_from: int, members_limit: int) -> dict[
 # --- Live streams (Server-Sent Events: jobs/interfaces/streams.py, docs/streams.md) ---------------
 
 
-@router.get(
-    "/{int:job_id}/stream",
-    response={**errors(400, 401, 403, 404, 429, 503)},
-    summary="Follow a job live (Server-Sent Events) until it ends",
-    auth=STREAM_READS,
-    openapi_extra=streams.openapi("job"),
-    description="`state` events carry the job (status, attempt, progress, errors of the failed attempts, output) "
+@router.get("/{int:job_id}/stream", **streams.route(
+    "job", "Follow a job live (Server-Sent Events) until it ends",
+    "`state` events carry the job (status, attempt, progress, errors of the failed attempts, output) "
     "each time it changes; `end` its last state. Resume with `Last-Event-ID`. See docs/streams.md.",
-)
+))
 async def stream_job(request: HttpRequest, job_id: int = JobId, access_token: str | None = streams.ACCESS_TOKEN):  # noqa: ANN201
     return await streams.respond(request, streams.JOB, job_id)
 
 
-@chains.get(
-    "/{int:chain_id}/stream",
-    response={**errors(400, 401, 403, 404, 429, 503)},
-    summary="Follow a chain live (Server-Sent Events) until it ends",
-    auth=STREAM_READS,
-    openapi_extra=streams.openapi("chain"),
-    description="`state` events carry the chain (status, number of steps, every job made so far with its status, "
+@chains.get("/{int:chain_id}/stream", **streams.route(
+    "chain", "Follow a chain live (Server-Sent Events) until it ends",
+    "`state` events carry the chain (status, number of steps, every job made so far with its status, "
     "attempt and progress) each time it changes; `end` its last state, with the last job's output when it "
     "succeeded. Resume with `Last-Event-ID`. See docs/streams.md.",
-)
+))
 async def stream_chain(  # noqa: ANN201
     request: HttpRequest, chain_id: int = Path(..., ge=1, le=MAX_ID), access_token: str | None = streams.ACCESS_TOKEN
 ):

@@ -39,6 +39,8 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from ninja import Query
 from ninja.errors import HttpError
 
+from api.auth import STREAM_READS
+from api.schemas import errors
 from jobs.interfaces import listener, sse
 
 log = logging.getLogger(__name__)
@@ -380,6 +382,18 @@ async def _follow(bearer: str, key: tuple[Kind, int], first: Snapshot, send_firs
         _open[bearer] -= 1
         if _open[bearer] <= 0:
             del _open[bearer]
+
+
+def route(what: str, summary: str, description: str) -> dict[str, Any]:
+    """The options of a stream's route (`@router.get(path, **streams.route(...))`): its answers, its
+    auth (a bearer header, or `?access_token=` for EventSource) and its OpenAPI description."""
+    return {
+        "response": {**errors(400, 401, 403, 404, 429, 503)},
+        "summary": summary,
+        "auth": STREAM_READS,
+        "openapi_extra": openapi(what),
+        "description": description,
+    }
 
 
 #: The OpenAPI description of a stream's answers (django-ninja documents JSON bodies; this one is
