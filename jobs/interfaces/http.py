@@ -343,14 +343,16 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
     return page(jobs, filters)
 
 
+#: What the answers of a job or a chain say of a job that has not started (jobs.engine.why).
+WHY_DOC = ("A job that has not started says why in `why` (scheduled, retry_backoff, rate, concurrency, key, "
+           "leaked_slot, paused, no_consumer, relay, queue, next: a code, plain words, details, alarms). ")
+
 @router.get(
     "/{int:job_id}",
     response={200: JobDetail, **errors(400, 401, 403, 404, 429, 503)},
     summary="Get a job",
     auth=READS,
-    description="A job that has not started says why in `why` (scheduled, retry_backoff, rate, concurrency, key, "
-    "leaked_slot, paused, no_consumer, relay, queue, next: a code, plain words, details, alarms). "
-    "With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
+    description=WHY_DOC + "With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
     "attempt that will be retried has not ended) and comes as soon as it has, or at the end of `wait` with the job as "
     "it is then: check `status`. No polling: the server is told by PostgreSQL (LISTEN/NOTIFY).",
 )
@@ -445,9 +447,7 @@ def create_chain(request: HttpRequest, payload: ChainIn):  # noqa: ANN201
     response={200: ChainOut, **errors(400, 401, 403, 404, 429, 503)},
     summary="A chain and every step in order",
     auth=READS,
-    description="A job that has not started says why in `why` (scheduled, retry_backoff, rate, concurrency, key, "
-    "leaked_slot, paused, no_consumer, relay, queue, next: a code, plain words, details, alarms). "
-    "With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
+    description=WHY_DOC + "With `?wait=SECONDS`, the answer waits for the chain to end (succeeded; failed when a step is dead; "
     "cancelled) and comes as soon as it has, or at the end of `wait` with the chain as it is then. A group step "
     "lists one page of its members (`members_from`, `members_limit`, the same for every group step; its "
     "`members_next` is the next page's `members_from`) beside its members counted by status (`member_statuses`).",
