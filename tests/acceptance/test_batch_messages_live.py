@@ -130,7 +130,8 @@ def test_one_by_one_messages_are_consumed_by_a_real_worker_in_priority_order_wit
     entries = {key: [json.loads(raw) for raw in client.lrange(key, 0, -1)] for key in ("default", "default:5", "default:9")}
     assert [len(entries[key]) for key in entries] == [1, 1, 1]
     headers = entries["default:5"][0]["headers"]
-    assert (headers["task"], headers["shadow"], headers["kwargsrepr"]) == ("conveyor.run", "examples.count", f"{{'chain': {chain.pk}, 'step': 0}}")
+    expected = ("conveyor.run", "examples.count", f"{{'chain': {chain.pk}, 'step': 0}}")
+    assert (headers["task"], headers["shadow"], headers["kwargsrepr"]) == expected
     assert entries["default:9"][0]["properties"]["priority"] == 9
 
     # when one worker process takes them one at a time
@@ -138,7 +139,8 @@ def test_one_by_one_messages_are_consumed_by_a_real_worker_in_priority_order_wit
 
     # then every job succeeds, the chain's second step too, in priority order, each message acked
     ids = [first.pk, middle.pk, last.pk]
-    wait_for(lambda: all_succeeded(ids) and Job.objects.filter(chain_id=chain.pk, status=Status.SUCCEEDED).count() == 2, 30, what="the jobs and the chain to succeed")
+    chain_done = lambda: Job.objects.filter(chain_id=chain.pk, status=Status.SUCCEEDED).count() == 2  # noqa: E731
+    wait_for(lambda: all_succeeded(ids) and chain_done(), 30, what="the jobs and the chain to succeed")
     ran = list(Effect.objects.filter(job_id__in=ids).order_by("pk").values_list("job_id", flat=True))
     assert ran == ids
     wait_for(all_messages_consumed, 10, what="every message to be acked")
