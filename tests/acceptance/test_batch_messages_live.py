@@ -111,3 +111,36 @@ def test_each_job_keeps_its_time_limit_inside_a_batch_on_the_prefork_pool(live, 
     assert dead.attempt == 1 and "timeout" in dead.error
     wait_job(after.pk, Status.SUCCEEDED, 20)
     assert Effect.objects.filter(job_id=hang.pk).count() == 1
+
+
+def test_one_by_one_messages_are_consumed_by_a_real_worker_in_priority_order_with_the_monitors_headers(live):
+    """issue 28: publish() LPUSHes the entry send_task would write (jobs.engine.envelope); a real
+    worker consumes it, its priority list first, and a chain's next step (published by the worker,
+    inside its task) runs too."""
+    from jobs import enqueue, start_chain
+
+    # given, before any worker runs, jobs enqueued one by one at priorities 9, 0 and a chain at 5
+    last = enqueue("examples.count", {}, priority=9)
+    first = enqueue("examples.count", {}, priority=0)
+    chain = start_chain([Step("examples.count", {}, priority=5), Step("examples.count", {})])
+    middle = Job.objects.get(chain_id=chain.pk, chain_index=0)
+
+    # then each waits in its priority's list, with Flower's headers (the type, the chain's step)
+    client = redis_client()
+    entries = {key: [json.loads(raw) for raw in client.lrange(key, 0, -1)] for key in ("default", "default:5", "default:9")}
+    assert [len(entries[key]) for key in entries] == [1, 1, 1]
+    headers = entries["default:5"][0]["headers"]
+    expected = ("conveyor.run", "examples.count", f"{{'chain': {chain.pk}, 'step': 0}}")
+    assert (headers["task"], headers["shadow"], headers["kwargsrepr"]) == expected
+    assert entries["default:9"][0]["properties"]["priority"] == 9
+
+    # when one worker process takes them one at a time
+    live.start(*GRACE, "--pool", "solo", mode="worker", name="priority-worker")
+
+    # then every job succeeds, the chain's second step too, in priority order, each message acked
+    ids = [first.pk, middle.pk, last.pk]
+    chain_done = lambda: Job.objects.filter(chain_id=chain.pk, status=Status.SUCCEEDED).count() == 2  # noqa: E731
+    wait_for(lambda: all_succeeded(ids) and chain_done(), 30, what="the jobs and the chain to succeed")
+    ran = list(Effect.objects.filter(job_id__in=ids).order_by("pk").values_list("job_id", flat=True))
+    assert ran == ids
+    wait_for(all_messages_consumed, 10, what="every message to be acked")

@@ -39,3 +39,14 @@ def test_types_queues_and_priorities_never_share_a_message():
     for group in batches(mixed):
         assert len({(m.type, m.queue, m.priority) for m in group}) == 1
     assert sorted(m.job_id for g in batches(mixed) for m in g) == sorted(m.job_id for m in mixed)
+
+
+def test_a_priority_goes_to_the_list_kombus_redis_transport_reads_for_it():
+    from jobs.engine.envelope import queue_key
+
+    steps = list(range(10))
+    assert queue_key("default", 0, steps, ":") == "default"  # step 0: the bare name
+    assert queue_key("default", 3, steps, ":") == "default:3"
+    assert queue_key("q", 9, steps, "\x06\x16") == "q\x06\x169"
+    # coarser steps: the highest step at or below the priority, as kombu's Channel.priority
+    assert [queue_key("q", p, [0, 3, 6, 9], ":") for p in (0, 2, 3, 5, 8, 9)] == ["q", "q", "q:3", "q:3", "q:6", "q:9"]
