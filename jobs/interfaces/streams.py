@@ -356,10 +356,13 @@ def release_request_thread() -> None:
     dropped and shut down without waiting (its thread is idle, it exits); a later sync call in the
     request (Django closing the response) makes a new one, shut down when the request ends.
     """
-    context = SyncToAsync.thread_sensitive_context.get(None)
-    if context is None:
+    # asgiref's own attributes (pinned 3.13): were they renamed, streams keep their thread, no more.
+    contexts = getattr(SyncToAsync, "thread_sensitive_context", None)
+    executors = getattr(SyncToAsync, "context_to_thread_executor", None)
+    context = contexts.get(None) if contexts is not None else None
+    if context is None or executors is None:
         return
-    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    executor = executors.pop(context, None)
     if executor is not None:
         executor.shutdown(wait=False)
 
