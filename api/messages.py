@@ -69,3 +69,13 @@ def not_found_detail(message: str, ids: Iterable[object] = ()) -> str:
 def no_route_detail(path: str, docs: str) -> str:
     """The `detail` of a 404 for a path no route answers."""
     return f"not found: no route {path} (the routes: {docs})"
+
+
+#: Seconds a client waits before trying again after a 503 (its `Retry-After`).
+RETRY_AFTER_SECONDS = 1
+
+
+def unavailable_detail(what: str = "the database") -> str:
+    """The `detail` of a 503: the store could not be reached or had no free connection in time
+    (the server's pool of CONVEYOR_WEB_DB_POOL connections all busy): nothing was done, try again."""
+    return f"{what} is unavailable or busy right now: nothing was done, try again in a moment"

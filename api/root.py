@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
@@ -13,7 +14,7 @@ from ninja.openapi.schema import OpenAPISchema
 from api import scopes
 from api.auth import TokenAuth
 from api.errors import BadInput, Conflict, TooLarge
-from api.messages import field_message, invalid_detail, not_found_detail
+from api.messages import RETRY_AFTER_SECONDS, field_message, invalid_detail, not_found_detail, unavailable_detail
 from api.validation import UNION_TAGS, JsonParser, constrain
 
 
@@ -125,3 +126,12 @@ def unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpResponse
 def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return api.create_response(request, {"detail": "request body over 1 MiB"}, status=413)
 
+
+
+@api.exception_handler(OperationalError)
+def database_unavailable(request: HttpRequest, exc: OperationalError) -> HttpResponse:
+    # PostgreSQL away, or every connection of the process's pool busy past its timeout (a burst of
+    # requests under load): the request did nothing, so 503 and a retry, not a 500 and a traceback.
+    response = api.create_response(request, {"detail": unavailable_detail()}, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
