@@ -16,8 +16,8 @@ process) has one `Watcher`, which learns of changes two ways, both on the hub's 
   (`Hub.ended`: the waiter's shared advisory lock makes the ending statement NOTIFY), then reads
   at once instead of at the next tick.
 
-Streams end with the row (`end` event), at `MAX_SECONDS` (the client reconnects with its
-`Last-Event-ID`), when the server drains (`close_all`), or when the listening connection fails
+Streams end with the row (`end` event), at `MAX_SECONDS` less up to a tenth at random (the client
+reconnects with its `Last-Event-ID`; streams opened together do not all reconnect at once), when the server drains (`close_all`), or when the listening connection fails
 (the client reconnects; a new connection is opened). A comment every `HEARTBEAT_SECONDS` keeps
 proxies from closing an idle stream.
 """
@@ -27,9 +27,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import weakref
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, NamedTuple
 
 from asgiref.sync import SyncToAsync, sync_to_async
@@ -51,6 +52,8 @@ TICK = float(settings.CONVEYOR["STREAM_TICK_SECONDS"])
 HEARTBEAT_SECONDS = float(settings.CONVEYOR["STREAM_HEARTBEAT_SECONDS"])
 #: The longest a stream stays open; the client reconnects with its Last-Event-ID.
 MAX_SECONDS = float(settings.CONVEYOR["STREAM_MAX_SECONDS"])
+#: Keep-alives and ends are sent within this many seconds of their time.
+BEAT_RESOLUTION = 0.05
 #: Streams open at once per bearer token in one server process; one more is refused with 429.
 PER_TOKEN = int(settings.CONVEYOR["STREAMS_PER_TOKEN"])
 
@@ -156,13 +159,38 @@ class Snapshot(NamedTuple):
 
 @dataclass(eq=False)
 class Follower:
-    """One open stream: the digest it sent last; `wake` set when its row's snapshot changed or it
-    must stop (`lost`: the row was deleted or the connection failed)."""
+    """One open stream: the digest it sent last, when it owes its client a keep-alive comment
+    (`beat_at`) and when it closes (`until`), both on the loop's clock; `wake` when its row's
+    snapshot changed, a comment or its end is due, or it must stop (`lost`: the row was deleted or
+    the connection failed).
+
+    Why a bare future and not `wait_for(event.wait(), HEARTBEAT_SECONDS)`: an idle stream's wait
+    then allocates one object, not a task, two coroutines, a future, a timer and a context copy
+    every heartbeat, objects that live long enough to reach the collector's oldest generation. With
+    1,000 streams those promotions brought a full collection (~70 ms, every request in flight
+    waiting) every few seconds (bench.streams, issue 27). The watcher's tick wakes whoever is due."""
 
     key: tuple[Kind, int]
     sent: str
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    beat_at: float
+    until: float
+    waiter: asyncio.Future[None] | None = None
+    woken: bool = False  # woken while not waiting (sending): the next wait returns at once
     lost: bool = False
+
+    def wake(self) -> None:
+        self.woken = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if not self.woken:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self.woken = False
 
 
 class Watcher:
@@ -186,8 +214,9 @@ class Watcher:
         row = (await self.read(kind, [row_id], [None])).get(row_id)
         return None if row is None else Snapshot(row[0], row[2], row[1])
 
-    def add(self, key: tuple[Kind, int], first: Snapshot, sent: str) -> Follower:
-        follower = Follower(key, sent)
+    def add(self, key: tuple[Kind, int], first: Snapshot, sent: str, until: float) -> Follower:
+        """Follow the row from `first` (read by `first()`), until `until` (the loop's clock)."""
+        follower = Follower(key, sent, beat_at=asyncio.get_running_loop().time() + HEARTBEAT_SECONDS, until=until)
         self.followers[key].add(follower)
         known = self.latest.get(key)
         if known is None:
@@ -220,7 +249,7 @@ class Watcher:
         for followers in self.followers.values():
             for each in followers:
                 each.lost = True
-                each.wake.set()
+                each.wake()
         self.poke.set()
 
     async def _hear_end(self, kind: Kind, row_id: int) -> None:
@@ -240,12 +269,21 @@ class Watcher:
                 return
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        polled = loop.time()
         while self.followers and not self.closing:
+            # Sleep to the next tick, or to the first keep-alive or end due before it (at most
+            # 1 / BEAT_RESOLUTION wakes a second, whatever the number of streams).
+            now = loop.time()
+            due = max(self._wake_due(now), now + BEAT_RESOLUTION)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.poke.wait(), TICK)
-            self.poke.clear()
+                await asyncio.wait_for(self.poke.wait(), max(0.0, min(polled + TICK, due) - now))
             if not self.followers or self.closing:
                 return
+            if not self.poke.is_set() and loop.time() < polled + TICK:
+                continue  # woken for a keep-alive only
+            self.poke.clear()
+            polled = loop.time()
             try:
                 await self._poll()
             except listener.WaitUnavailable:
@@ -253,6 +291,18 @@ class Watcher:
             except Exception:
                 log.exception("the streams' poll failed")
                 self._lose_all()
+
+    def _wake_due(self, now: float) -> float:
+        """Wake the streams whose keep-alive comment or end is due; the loop time of the next one."""
+        following = now + TICK
+        for followers in self.followers.values():
+            for each in followers:
+                due = min(each.beat_at, each.until)
+                if due <= now:
+                    each.wake()
+                else:
+                    following = min(following, due)
+        return following
 
     async def _poll(self) -> None:
         by_kind: dict[Kind, list[int]] = defaultdict(list)
@@ -274,12 +324,12 @@ class Watcher:
                     continue
                 self.latest[key] = Snapshot(digest, state, ended)
                 for each in self.followers[key]:
-                    each.wake.set()
+                    each.wake()
 
     def _lose(self, key: tuple[Kind, int]) -> None:
         for each in self.followers.get(key, ()):
             each.lost = True
-            each.wake.set()
+            each.wake()
 
     def _lose_all(self) -> None:
         for key in list(self.followers):
@@ -367,38 +417,40 @@ def release_request_thread() -> None:
         executor.shutdown(wait=False)
 
 
+def lifetime() -> float:
+    """A stream's life: MAX_SECONDS less up to a tenth, at random, so that streams opened together
+    (a deploy, a page of many tabs) do not all close and reconnect in the same second."""
+    return MAX_SECONDS * (1.0 - random.random() / 10)
+
+
 async def _follow(bearer: str, key: tuple[Kind, int], first: Snapshot, send_first: bool) -> AsyncIterator[bytes]:
     _open[bearer] += 1
     release_request_thread()
     follower: Follower | None = None
     try:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + MAX_SECONDS
         yield sse.retry()
         if send_first:
             yield sse.frame("end" if first.ended else "state", first.digest, first.state)
         if first.ended:
             return
         w = watcher()
-        follower = w.add(key, first, first.digest)
+        follower = w.add(key, first, first.digest, until=loop.time() + lifetime())
         while not follower.lost:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            await follower.wait()
+            now = loop.time()
+            if follower.lost or now >= follower.until:
                 return
-            try:
-                await asyncio.wait_for(follower.wake.wait(), min(HEARTBEAT_SECONDS, remaining))
-            except TimeoutError:
-                if loop.time() < deadline:
-                    yield sse.comment()
-                continue
-            follower.wake.clear()
             snapshot = w.latest.get(key)
-            if follower.lost or snapshot is None or snapshot.digest == follower.sent:
-                continue
-            follower.sent = snapshot.digest
-            yield sse.frame("end" if snapshot.ended else "state", snapshot.digest, snapshot.state)
-            if snapshot.ended:
-                return
+            if snapshot is not None and snapshot.digest != follower.sent:
+                follower.sent = snapshot.digest
+                follower.beat_at = now + HEARTBEAT_SECONDS
+                yield sse.frame("end" if snapshot.ended else "state", snapshot.digest, snapshot.state)
+                if snapshot.ended:
+                    return
+            elif now >= follower.beat_at:
+                follower.beat_at = now + HEARTBEAT_SECONDS
+                yield sse.comment()
     finally:
         if follower is not None:
             watcher().discard(follower)
@@ -429,7 +481,7 @@ def openapi(what: str) -> dict[str, Any]:
                 f"changes, the first one at once; `end` with its last state, then the stream closes. Each event's "
                 f"`id` is a digest of its state: reconnect with it in `Last-Event-ID` (EventSource does) and "
                 f"nothing already received is sent again. Comments every {HEARTBEAT_SECONDS:g} s keep proxies "
-                f"from closing it; it closes after {MAX_SECONDS:g} s (reconnect with Last-Event-ID).",
+                f"from closing it; it closes within {MAX_SECONDS:g} s (reconnect with Last-Event-ID).",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
             "204": {"description": f"The {what} has ended and `Last-Event-ID` is its last state: nothing more to send "
