@@ -74,8 +74,10 @@ async def _wait(request: HttpRequest, kind: tuple[str, str, str], row_id: int, s
     try:
         if settings.ASGI_SERVER:  # (elsewhere, a test's or runserver's connections stay as they are)
             # The request's thread (ninja ran the token check there) gives its connection back
-            # to the pool now, not at the end of the wait.
+            # to the pool now, not at the end of the wait, and ends: a wait needs no thread (the
+            # answer's read makes a new one). 200 open waits held 200 idle threads before.
             await sync_to_async(close_old_connections)()
+            streams.release_request_thread()
         await listener.hub().ended(kind, row_id, seconds)
     except (Job.DoesNotExist, Chain.DoesNotExist):
         raise Http404(f"no {what} {row_id}") from None

@@ -59,6 +59,19 @@ def _server_connections() -> dict[str, int]:
         return dict(cursor.fetchall())
 
 
+def _server_threads(root: int) -> int:
+    """Threads of the instance's processes (the supervisor, gunicorn and its workers)."""
+    import psutil
+
+    total = 0
+    for process in [psutil.Process(root), *psutil.Process(root).children(recursive=True)]:
+        try:
+            total += process.num_threads()
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def _waited_keys() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted")
@@ -100,6 +113,7 @@ def test_200_open_waits_leave_health_and_api_responsive_with_bounded_connections
     loaded_health, loaded_types = _latencies(live_url, {}), _latencies(types, tokens[0])
     still_open = _waited_keys()
     sessions = _server_connections()
+    threads_open = _server_threads(server.process.pid)
 
     # and half of the rows end (cancelled: an ending statement, NOTIFY to the waiters)
     ended = jobs[: WAITS // 2]
@@ -114,7 +128,7 @@ def test_200_open_waits_leave_health_and_api_responsive_with_bounded_connections
         f"{_p(idle_health, .99) * 1000:.1f} ms, with the waits {_p(loaded_health, .5) * 1000:.1f}/"
         f"{_p(loaded_health, .99) * 1000:.1f} ms; /api/types idle {_p(idle_types, .5) * 1000:.1f}/"
         f"{_p(idle_types, .99) * 1000:.1f} ms, with the waits {_p(loaded_types, .5) * 1000:.1f}/"
-        f"{_p(loaded_types, .99) * 1000:.1f} ms; server sessions {sessions}"
+        f"{_p(loaded_types, .99) * 1000:.1f} ms; server sessions {sessions}; threads of the servers' tree {threads_open}"
     )
     print(report)
 
@@ -128,6 +142,8 @@ def test_200_open_waits_leave_health_and_api_responsive_with_bounded_connections
     assert 1 <= len(listeners) <= 2 and all(sessions[name] == 1 for name in listeners), report
     assert all(count <= POOL for count in pools.values()), report
     assert sum(sessions.values()) <= 2 * (POOL + 1), report
+    # and no thread per open wait: the request's thread ended once its token was checked
+    assert threads_open < WAITS // 2, report
 
     # and every wait answered: the ended rows at their end, the others at the timeout, as they are
     assert len(answers) == WAITS, f"{WAITS - len(answers)} waits never answered"
