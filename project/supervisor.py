@@ -217,4 +217,6 @@ def describe(info: dict[str, object]) -> str:
         parts.append(f"node {info['node']}")
     if info.get("queues"):
         parts.append(f"queues {info['queues']}")
+    if info.get("nice"):
+        parts.append(f"nice {info['nice']}")
     return "  ".join(parts)

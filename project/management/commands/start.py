@@ -199,7 +199,11 @@ class Command(BaseCommand):
                 ]
                 if opts["concurrency"]:
                     argv += ["--concurrency", str(opts["concurrency"])]
-                children.append(Child(f"{label}/worker", argv, env, {"role": mode, "node": worker_id, "queues": ",".join(queues)}))
+                nice = roles.worker_nice(modes, settings.WORKER_NICE)
+                children.append(Child(
+                    f"{label}/worker", argv, {**env, "WORKER_NICE": str(nice)},
+                    {"role": mode, "node": worker_id, "queues": ",".join(queues), "nice": nice},
+                ))
         return children
 
 
