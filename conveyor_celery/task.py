@@ -100,7 +100,9 @@ def rate_of(name: str, rate: Any) -> str | None:
 
 
 def job_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The job type a task's options make: queue, retries, backoff, time limit, priority, rate."""
+    """The job type a task's options make: queue, retries, backoff, time limit, priority, rate,
+    and Conveyor's `atomic=True` (the task's database writes commit with its outcome, or not at all:
+    docs/atomic.md)."""
     _check_options(name, options)
     max_retries = options.get("max_retries", Task.max_retries)
     soft = options.get("soft_time_limit") or _conf("task_soft_time_limit")
@@ -118,6 +120,7 @@ def job_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         "timeout": max(1, timeout),
         "priority": min(9, max(0, int(priority))),
         "rate_limit": rate_of(name, options.get("rate_limit")),
+        "atomic": options.get("atomic", False),
     }
 
 

@@ -22,7 +22,7 @@ from jobs.engine.registry import Backoff
 _lock = threading.Lock()
 
 #: Per-task option names (OPTIONS["TASKS"][path]) and backend-wide defaults (OPTIONS).
-TASK_OPTIONS = {"retries", "backoff", "backoff_cap", "timeout", "rate_limit", "concurrency", "schedule"}
+TASK_OPTIONS = {"retries", "backoff", "backoff_cap", "timeout", "rate_limit", "concurrency", "schedule", "atomic"}
 
 
 def priority(task_priority: int) -> int:
@@ -57,6 +57,7 @@ def options(task: compat.Task, backend: Any) -> dict[str, Any]:
         "rate_limit": own.get("rate_limit"),
         "concurrency": own.get("concurrency"),
         "schedule": own.get("schedule"),
+        "atomic": own.get("atomic", False),
     }
 
 
@@ -88,6 +89,7 @@ def declare(task: compat.Task, backend: Any) -> registry.JobType:
             schedule=schedule,
             rate_limit=opts["rate_limit"],
             concurrency=opts["concurrency"],
+            atomic=opts["atomic"],
         )(handler)
         return registry.find(name)  # type: ignore[return-value]
 

@@ -232,3 +232,23 @@ def test_a_worker_handed_back_after_a_crash_or_a_drain_leaves_an_error_entry_eac
         assert expected in result.errors[-1].traceback and result.errors[-1].exception_class_path == results.WORKER_LOST
     assert [e["attempt"] for e in Job.objects.get(pk=int(result.id)).errors] == [1, 2]
     assert result.status == READY and result.attempts == 2
+
+
+def test_an_atomic_task_keeps_only_the_writes_of_its_attempt_that_succeeded():
+    """OPTIONS["TASKS"][path]["atomic"]: the task's database writes commit with its outcome, so the
+    attempts that failed left none (docs/atomic.md); `flaky` records a Run row, then fails twice."""
+    from conveyor_tasks.backend import ConveyorBackend
+
+    backend = ConveyorBackend("default", {"OPTIONS": {"TASKS": {"examples.djtasks.tasks.flaky": {
+        "atomic": True, "retries": 2, "backoff": 0}}}})
+    registry.remove("examples.djtasks.tasks.flaky")
+    try:
+        assert types.declare(tasks.flaky, backend).atomic is True
+        result = tasks.flaky.enqueue(2)
+        assert [_run(result) for _ in range(3)] == ["failed", "failed", "succeeded"]
+        assert list(Run.objects.filter(result_id=result.id).values_list("attempt", flat=True)) == [3]
+        result.refresh()
+        assert result.status == SUCCESSFUL and result.return_value == {"attempt": 3}
+        assert [e.traceback.count("fails on purpose") > 0 for e in result.errors] == [True, True]
+    finally:
+        registry.remove("examples.djtasks.tasks.flaky")

@@ -14,6 +14,7 @@ from conveyor_celery import AsyncResult, Unsupported, shared_task
 from conveyor_celery.beat import Scheduler
 from conveyor_celery.errors import exception_from
 from examples.celery_django.demoapp.tasks import add, charge, div, fetch, legacy_remember, mul, resize, xsum
+from examples.models import Effect
 from jobs.engine import runner
 from jobs.models import Chain, Job
 from project import celery_app
@@ -163,3 +164,24 @@ def test_task_routes_by_name_and_by_glob_choose_the_queue(monkeypatch):
 def test_a_permanent_failure_stored_before_the_engine_moved_is_rebuilt_as_its_exception():
     # Rows failed before jobs/registry.py moved to jobs/engine/ name the old module.
     assert type(exception_from("...\njobs.registry.Permanent: KeyError: 'k'")) is KeyError
+
+
+@shared_task(bind=True, atomic=True, max_retries=1)
+def record_then_retry(self, order):
+    """Written as Celery's documentation writes a retrying task, with Conveyor's `atomic=True`."""
+    Effect.objects.create(job_id=int(self.request.id), attempt=self.request.retries + 1, worker_pid=0)
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return {"order": order, "retries": self.request.retries}
+
+
+def test_an_atomic_task_keeps_only_the_writes_of_its_attempt_that_succeeded():
+    # given a task that writes a row, then retries itself once
+    result = record_then_retry.delay(7)
+    # when its first attempt runs: its write is rolled back with it
+    assert run(result).status == "failed"
+    assert not Effect.objects.filter(job_id=int(result.id)).exists()
+    # and its retry writes once and succeeds
+    assert run(result).status == "succeeded"
+    assert list(Effect.objects.filter(job_id=int(result.id)).values_list("attempt", flat=True)) == [2]
+    assert result.get(timeout=1) == {"order": 7, "retries": 1}
