@@ -142,6 +142,12 @@ def _instrument(role: str, provider: Any) -> None:
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     PsycopgInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
+    # The store's prepared statements open cursors of their own class (jobs.engine.store.prepared):
+    # the same instrumentation's traced class, over psycopg's server-binding cursor.
+    import psycopg
+    from opentelemetry.instrumentation.psycopg import _new_cursor_factory
+
+    tracing.statement_cursor = _new_cursor_factory(base_factory=psycopg.Cursor, tracer_provider=provider)
     if role == "web":
         from opentelemetry.instrumentation.django import DjangoInstrumentor
 

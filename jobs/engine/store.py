@@ -46,7 +46,7 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
-from jobs.engine import decisions
+from jobs.engine import decisions, tracing
 from jobs.models import Chain, Job
 from jobs.engine.publish import Message
 
@@ -184,7 +184,9 @@ def prepared(alias: str = "default") -> Iterator[Any]:
     pg = conn.connection
     if pg.prepare_threshold is None:  # Django turns preparing off: on only when asked (prepare=True)
         pg.prepare_threshold = 2**31 - 1
-    with conn.wrap_database_errors, psycopg.Cursor(pg) as cursor:
+    # Traced (project/tracing.py): the psycopg instrumentation's cursor class, so the claim's and
+    # the outcomes' statements are spans of the run they belong to; None while tracing is off.
+    with conn.wrap_database_errors, (tracing.statement_cursor or psycopg.Cursor)(pg) as cursor:
         yield _Prepared(cursor)
 
 

@@ -35,6 +35,9 @@ from opentelemetry import propagate, trace
 #: True once the SDK is set up in this process (project.tracing.setup); the hot path reads only this.
 on = False
 _tracer: trace.Tracer = trace.NoOpTracer()
+#: The psycopg instrumentation's cursor class for the store's prepared statements (set with the
+#: SDK by project.tracing; None: plain psycopg cursors).
+statement_cursor: type | None = None
 
 #: The headers a stored context may hold, and the longest value kept (W3C: a traceparent is 55
 #: characters; tracestate at most 32 members; baggage at most 8192 bytes).
@@ -51,8 +54,8 @@ def enable(provider: trace.TracerProvider) -> None:
 
 
 def disable() -> None:
-    global on, _tracer
-    on, _tracer = False, trace.NoOpTracer()
+    global on, _tracer, statement_cursor
+    on, _tracer, statement_cursor = False, trace.NoOpTracer(), None
 
 
 # --- The stored context: pure (de)serialisation ------------------------------------------------

@@ -10,6 +10,7 @@ Timings come from tests.support.FAST: a lost worker's lease lapses in 3 s.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -65,7 +66,7 @@ def test_a_request_its_chain_group_retry_and_killed_attempt_form_one_trace_acros
     with Receiver() as receiver:
         # given two workers, one per queue, exporting over OTLP to the test's receiver
         env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-               "OTEL_SERVICE_NAME": "shop", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+               "OTEL_SERVICE_NAME": "shop", "OTEL_BSP_SCHEDULE_DELAY": "100", "LOG_FORMAT": "json"}
         procs = [live.start("--queues", queue, "--concurrency", "2", mode="worker", name=f"trace-{queue}", wait=False, env=env)
                  for queue in ("default", "images")]
         for proc in procs:
@@ -145,3 +146,15 @@ def test_a_request_its_chain_group_retry_and_killed_attempt_form_one_trace_acros
     assert fan_in.name == "conveyor.handoff" and by_id[fan_in.parent_id] is runs[1]
     final = one(spans, "conveyor.run", **{"conveyor.job.id": gather.pk})
     assert final.parent_id == last.span_id and final.attributes["conveyor.outcome"] == "succeeded"
+
+    # and the outcome's statements are the run's children (psycopg instrumented); a statement
+    # outside any span (the heartbeat's, the relay's) is no trace of its own
+    statements = [s for s in spans if s.parent_id == failed.span_id and s.kind == 3]  # CLIENT
+    assert statements and all(s.attributes.get("db.system", s.attributes.get("db.system.name")) == "postgresql" for s in statements)
+    assert not [s for s in spans if s.kind == 3 and not s.parent_id]
+
+    # and the JSON log line of the failed attempt carries its trace and span beside the job's fields
+    lines = [json.loads(line) for line in procs[0].log().splitlines() if line.startswith("{")]
+    [logged] = [line for line in lines if line.get("job") == failed.attributes["conveyor.job.id"] and line.get("attempt") == 1
+                and "failed" in line["message"]]
+    assert (logged["trace_id"], logged["span_id"]) == (CLIENT_TRACE, failed.span_id)
