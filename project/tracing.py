@@ -121,13 +121,14 @@ def _sampler() -> Any:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import sampling
 
-    inner = sampling._get_from_env_or_default()  # OTEL_TRACES_SAMPLER(_ARG), as the SDK reads them
+    # OTEL_TRACES_SAMPLER(_ARG), read as the SDK's TracerProvider reads them by default.
+    inner = sampling._get_from_env_or_default()  # noqa: SLF001 - the SDK's own reading, not a copy of it
 
     class NoLoneStatements(sampling.Sampler):
         """The environment's sampler, but a root span of kind CLIENT (a database statement with
         no span around it: the heartbeat, the relay, the claim) is dropped."""
 
-        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):  # noqa: ANN001, ANN201
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None) -> sampling.SamplingResult:  # noqa: ANN001
             if kind == trace.SpanKind.CLIENT and not trace.get_current_span(parent_context).get_span_context().is_valid:
                 return sampling.SamplingResult(sampling.Decision.DROP)
             return inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)

@@ -101,3 +101,28 @@ def test_each_role_is_its_own_service():
 def test_off_the_environment_sets_nothing_up():
     assert setup.setup("worker", {}) is False
     assert not tracing.on
+
+
+# --- log lines ---------------------------------------------------------------------------------------
+
+
+def test_a_json_log_line_written_in_a_span_carries_its_trace_and_span_ids():
+    import logging
+
+    from project.logs import JobContext, JsonFormatter
+
+    provider = TracerProvider()
+    tracing.enable(provider)
+    try:
+        with provider.get_tracer("t").start_as_current_span("conveyor.run") as run:
+            record = logging.LogRecord("conveyor.runner", logging.INFO, __file__, 1, "job %s failed", (7,), None)
+            JobContext().filter(record)
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        tracing.disable()
+    context = run.get_span_context()
+    assert (line["trace_id"], line["span_id"]) == (format(context.trace_id, "032x"), format(context.span_id, "016x"))
+    # and off, a line has neither
+    record = logging.LogRecord("conveyor.runner", logging.INFO, __file__, 1, "job %s failed", (7,), None)
+    JobContext().filter(record)
+    assert "trace_id" not in json.loads(JsonFormatter().format(record))
