@@ -128,8 +128,9 @@ def _sampler() -> Any:
         """The environment's sampler, but a root span of kind CLIENT (a database statement with
         no span around it: the heartbeat, the relay, the claim) is dropped."""
 
-        def should_sample(  # noqa: ANN001 - the SDK's signature
-            self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None,
+        def should_sample(
+            self, parent_context: Any, trace_id: int, name: str, kind: Any = None, attributes: Any = None,
+            links: Any = None, trace_state: Any = None,
         ) -> sampling.SamplingResult:
             if kind == trace.SpanKind.CLIENT and not trace.get_current_span(parent_context).get_span_context().is_valid:
                 return sampling.SamplingResult(sampling.Decision.DROP)
