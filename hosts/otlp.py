@@ -72,6 +72,17 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                # `GET /count`: how many spans were received (a receiver in a process of its own).
+                if self.path != "/count":
+                    self.send_error(404)
+                    return
+                body = str(len(receiver.spans())).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
@@ -122,3 +133,18 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m hosts.otlp PORT [HOST]`: a receiver in a process of its own (a bench's, so that
+    decoding the spans costs the measured process nothing); `GET /count` answers how many."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    with Receiver(args[1] if len(args) > 1 else "127.0.0.1", int(args[0])) as receiver:
+        print(f"listening on {receiver.endpoint}", flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

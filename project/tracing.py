@@ -85,6 +85,18 @@ def setup(role: str, environ: Mapping[str, str] | None = None) -> bool:
         fail(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: Conveyor exports traces over http/protobuf only")
 
     from opentelemetry import trace
+
+    provider = provider_for(role, environ)
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    tracing.enable(provider)
+    _instrument(role, provider)
+    log.info("tracing on: %s, exporting to %s", service_name(environ, role), ", ".join(exporter_names(environ) or ["otlp"]))
+    return True
+
+
+def provider_for(role: str, environ: Mapping[str, str]) -> Any:
+    """The SDK's TracerProvider this process's role exports with (not made global here)."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -100,15 +112,23 @@ def setup(role: str, environ: Mapping[str, str] | None = None) -> bool:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+            base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+            if not endpoint and base:  # the SDK's rule: the base endpoint plus the signal's path
+                endpoint = base.rstrip("/") + "/v1/traces"
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint or None)))
         else:
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    trace.set_tracer_provider(provider)
-    _provider = provider
-    tracing.enable(provider)
-    _instrument(role, provider)
-    log.info("tracing on: %s, exporting to %s", service_name(environ, role), ", ".join(exporter_names(environ) or ["otlp"]))
-    return True
+    return provider
+
+
+def statement_cursor(provider: Any) -> type:
+    """The psycopg instrumentation's traced cursor class over psycopg's server-binding cursor, for
+    the store's prepared statements (jobs.engine.store.prepared opens cursors of its own class)."""
+    import psycopg
+    from opentelemetry.instrumentation.psycopg import _new_cursor_factory
+
+    return _new_cursor_factory(base_factory=psycopg.Cursor, tracer_provider=provider)
 
 
 def flush(timeout_ms: int = 5000) -> None:
@@ -146,12 +166,7 @@ def _instrument(role: str, provider: Any) -> None:
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     PsycopgInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
-    # The store's prepared statements open cursors of their own class (jobs.engine.store.prepared):
-    # the same instrumentation's traced class, over psycopg's server-binding cursor.
-    import psycopg
-    from opentelemetry.instrumentation.psycopg import _new_cursor_factory
-
-    tracing.statement_cursor = _new_cursor_factory(base_factory=psycopg.Cursor, tracer_provider=provider)
+    tracing.statement_cursor = statement_cursor(provider)
     if role == "web":
         from opentelemetry.instrumentation.django import DjangoInstrumentor
 
