@@ -34,6 +34,8 @@ class Received:
     end_ns: int = 0
     status_code: int = 0  # 0 unset, 1 ok, 2 error
     kind: int = 0
+    #: The resource's `host.name` (the hosts harness names each host's processes by it).
+    host: str = ""
 
 
 def _value(any_value: Any) -> Any:
@@ -57,7 +59,7 @@ def decode(body: bytes) -> list[Received]:
                     parent_id=span.parent_span_id.hex(), service=str(resource.get("service.name", "")),
                     attributes={a.key: _value(a.value) for a in span.attributes},
                     start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
-                    status_code=span.status.code, kind=span.kind,
+                    status_code=span.status.code, kind=span.kind, host=str(resource.get("host.name", "")),
                 ))
     return spans
 

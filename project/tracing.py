@@ -101,12 +101,10 @@ def provider_for(role: str, environ: Mapping[str, str]) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    resource = Resource.create({
-        "service.name": service_name(environ, role),
-        "conveyor.role": role,
-        "host.name": socket.gethostname(),
-        "process.pid": os.getpid(),
-    })
+    attributes = {"service.name": service_name(environ, role), "conveyor.role": role, "process.pid": os.getpid()}
+    if "host.name=" not in environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):  # one given there wins (a host in a namespace)
+        attributes["host.name"] = socket.gethostname()
+    resource = Resource.create(attributes)
     provider = TracerProvider(resource=resource, sampler=_sampler())
     for name in exporter_names(environ) or ["otlp"]:
         if name == "otlp":
