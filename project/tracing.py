@@ -129,12 +129,6 @@ def statement_cursor(provider: Any) -> type:
     return _new_cursor_factory(base_factory=psycopg.Cursor, tracer_provider=provider)
 
 
-def flush(timeout_ms: int = 5000) -> None:
-    """Send the spans still batched (a process about to end: a prefork pool process)."""
-    if _provider is not None:
-        _provider.force_flush(timeout_ms)
-
-
 def _sampler() -> Any:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import sampling

@@ -46,16 +46,25 @@ MAX_VALUE = 8192
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
+_provider: Any = None
+
+
 def enable(provider: trace.TracerProvider) -> None:
     """Trace with `provider` from now on in this process (project.tracing.setup; the tests)."""
-    global on, _tracer
-    _tracer = provider.get_tracer("conveyor")
+    global on, _tracer, _provider
+    _tracer, _provider = provider.get_tracer("conveyor"), provider
     on = True
 
 
 def disable() -> None:
-    global on, _tracer, statement_cursor
-    on, _tracer, statement_cursor = False, trace.NoOpTracer(), None
+    global on, _tracer, statement_cursor, _provider
+    on, _tracer, statement_cursor, _provider = False, trace.NoOpTracer(), None, None
+
+
+def flush(timeout_ms: int = 5000) -> None:
+    """Send the spans still batched now: a prefork pool process ends without atexit."""
+    if on and hasattr(_provider, "force_flush"):
+        _provider.force_flush(timeout_ms)
 
 
 # --- The stored context: pure (de)serialisation ------------------------------------------------
