@@ -126,7 +126,8 @@ def _traced(ctx: Context, claimed: store.Claimed, worker: str, own_time_limit: b
             run.done(status)
         span.set_attribute("conveyor.outcome", status)
         if status in ("failed", "dead"):
-            span.set_status(tracing.trace.Status(tracing.trace.StatusCode.ERROR, error.strip().splitlines()[-1][:500] if error else status))
+            # The error's last line (the exception), as a viewer shows a status.
+            span.set_status(tracing.trace.Status(tracing.trace.StatusCode.ERROR, (error.strip().splitlines() or [status])[-1][:500]))
     return Outcome(status, ctx.attempt, ctx.max_attempts, error)
 
 
