@@ -131,8 +131,15 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, context: ote
     if not on:
         yield None
         return
-    with _tracer.start_as_current_span(name, context=context, kind=kind, attributes=_clean(attributes)) as current:
-        yield current
+    # A restored context is made current, not only named as the parent: its baggage then goes on
+    # with the block (into the rows it enqueues), as the span does.
+    token = otel_context.attach(context) if context is not None else None
+    try:
+        with _tracer.start_as_current_span(name, context=context, kind=kind, attributes=_clean(attributes)) as current:
+            yield current
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 def past(name: str, start_ns: int, end_ns: int, attributes: Mapping[str, Any] | None = None,

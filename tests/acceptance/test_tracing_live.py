@@ -146,6 +146,9 @@ def test_a_request_its_chain_group_retry_and_killed_attempt_form_one_trace_acros
     assert fan_in.name == "conveyor.handoff" and by_id[fan_in.parent_id] is runs[1]
     final = one(spans, "conveyor.run", **{"conveyor.job.id": gather.pk})
     assert final.parent_id == last.span_id and final.attributes["conveyor.outcome"] == "succeeded"
+    # and the client's baggage crossed both workers with the trace: the last step's row, written by
+    # a worker under a run restored from a row, stores it
+    assert Job.objects.get(pk=gather.pk).trace_context == {"traceparent": f"00-{CLIENT_TRACE}-{last.span_id}-01", "baggage": "tenant=acme"}
 
     # and the outcome's statements are the run's children (psycopg instrumented); a statement
     # outside any span (the heartbeat's, the relay's) is no trace of its own

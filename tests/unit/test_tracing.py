@@ -126,3 +126,20 @@ def test_a_json_log_line_written_in_a_span_carries_its_trace_and_span_ids():
     record = logging.LogRecord("conveyor.runner", logging.INFO, __file__, 1, "job %s failed", (7,), None)
     JobContext().filter(record)
     assert "trace_id" not in json.loads(JsonFormatter().format(record))
+
+
+def test_a_block_under_a_restored_context_carries_its_baggage_into_what_it_captures():
+    # given a stored context with baggage, restored (as the runner does for a run)
+    provider = TracerProvider()
+    tracing.enable(provider)
+    try:
+        parent = tracing.parent({"traceparent": PARENT, "baggage": "tenant=acme"})
+        # when a span runs under it and captures the context (as an enqueue in the run does)
+        with tracing.span("conveyor.run", context=parent):
+            captured = tracing.capture()
+        after = tracing.capture()
+    finally:
+        tracing.disable()
+    # then the capture is the run's span in the same trace, with the baggage; after it, nothing
+    assert captured["traceparent"].split("-")[1] == PARENT.split("-")[1] and captured["baggage"] == "tenant=acme"
+    assert after is None
