@@ -42,6 +42,7 @@ bench: .venv
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.cluster
 	$(BIN)/python -m bench.streams
+	$(BIN)/python -m bench.tracing
 
 # Hosts in network namespaces (root, iproute2, Debian's postgresql-15/redis-server/redis-sentinel):
 # the chaos run (2,000 chains and 500 keyed events under faults), then the scale table.

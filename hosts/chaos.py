@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hosts.harness import HTTP_PORT, Proc, Topology
+from hosts.otlp import Received, Receiver
 
 EMAIL = "chaos@example.com"
 PASSWORD = "chaos-password-" + str(int(time.time()))
@@ -418,6 +419,28 @@ def summarize(net: Topology, run: Run, workers: list[Proc]) -> dict[str, Any]:
     }
 
 
+def traces(spans: list[Received], chain_ids: list[int]) -> dict[str, Any]:
+    """The chains as OpenTelemetry saw them (the spans carrying `conveyor.chain.id`): how many
+    chains have spans, how many of those are one trace (must be all: the context is in the rows,
+    whatever fault a step met), and how many of those traces hold spans from the server host and
+    both worker hosts (a span batched in a process that was SIGKILLed, or a host cut off past the
+    exporter's retries, is lost: most, not all)."""
+    wanted = set(chain_ids)
+    by_chain: dict[int, list[Received]] = {}
+    for span in spans:
+        chain = span.attributes.get("conveyor.chain.id")
+        if chain in wanted:
+            by_chain.setdefault(chain, []).append(span)
+    by_trace: dict[str, set[str]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, set()).add(span.host)
+    one_trace = [chain for chain, found in by_chain.items() if len({s.trace_id for s in found}) == 1]
+    three_hosts = [chain for chain in one_trace if {"server", "w1", "w2"} <= by_trace[by_chain[chain][0].trace_id]]
+    return {"spans": len(spans), "hosts": sorted({s.host for s in spans}), "chains_seen": len(by_chain),
+            "chains_one_trace": len(one_trace), "chains_on_three_hosts": len(three_hosts),
+            "names": sorted({s.name for s in spans if s.name.startswith("conveyor.")})}
+
+
 def write_first_counts(net: Topology, ids: list[int], types: tuple[str, ...], effect: str) -> dict[str, Any]:
     """The ledger of the jobs that write first (`effect`: "atomic" for the atomic types, "plain"
     for their twins), as `<effect>_...`: their statuses; how many had a run repeated after a fault
@@ -442,7 +465,10 @@ def chaos(plan: Plan, folder: Path, log: Callable[[str], None] = print) -> dict[
     """Build the hosts, run the load and the faults, wait for the drain, read the ledger; tear down."""
     run = Run(plan)
     began = time.monotonic()
-    with Topology.up(folder, log=log) as net:
+    with Topology.up(folder, log=log) as net, Receiver(net.ip(1)) as receiver:
+        # Traced: every Conveyor process exports its spans over OTLP to the harness (the bridge's
+        # address), each host naming itself; a chain's spans are read from there at the end.
+        net.otlp_endpoint = receiver.endpoint
         net.start_data()
         net.release()
         server = net.start_server(wait=False)  # every process starts at once; then each is waited for
@@ -493,6 +519,8 @@ def chaos(plan: Plan, folder: Path, log: Callable[[str], None] = print) -> dict[
         while not standby_ticked(net, run) and time.monotonic() < beat_deadline:
             time.sleep(0.5)
         summary = summarize(net, run, [w1, w2])
+        time.sleep(1.0)  # the processes' batched spans (sent every 200 ms)
+        summary["trace"] = traces(receiver.spans(), run.chain_ids)
         summary.update({
             "faults": [asdict(fault) for fault in run.faults], "drain_seconds": round(drain, 1),
             "drained_at": round(last_fault + drain, 1),
@@ -526,6 +554,9 @@ def report(summary: dict[str, Any]) -> str:
         f"late outcomes refused (attempt fencing): {summary['late_outcomes_refused']}; "
         f"HTTP requests retried: {summary['http_retries']}",
         f"beat: {summary['beat_ticks']} ticks, {summary['beat_ticks_after_kill']} after the leader was killed",
+        f"traces (OTLP from every process): {summary['trace']['spans']} spans from {', '.join(summary['trace']['hosts'])}; "
+        f"chains with spans: {summary['trace']['chains_seen']}, each one trace: {summary['trace']['chains_one_trace']}, "
+        f"holding spans of the server and both worker hosts: {summary['trace']['chains_on_three_hosts']}",
         f"atomic jobs (atomic=True, write then work): {summary['atomic_jobs']} {summary['atomic_statuses']}; "
         f"runs repeated after a fault: {summary['atomic_repeated']}; effects written twice: "
         f"{summary['atomic_written_twice']} (exactly once); lost: {summary['atomic_lost']}",

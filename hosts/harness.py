@@ -155,6 +155,8 @@ class Topology:
     procs: list[Proc] = field(default_factory=list)
     pg_password: str = field(default_factory=lambda: "c@os/" + secrets.token_hex(6))
     log: Callable[[str], None] = print
+    #: An OTLP/HTTP endpoint every Conveyor process exports its spans to (tracing on), or "".
+    otlp_endpoint: str = ""
 
     # --- The network -------------------------------------------------------------------------
 
@@ -360,6 +362,10 @@ class Topology:
             "CONVEYOR_TEST_APPS": "hosts", "CONVEYOR_DATA": str(data), "CHAOS_HOST": host,
             "PYTHONUNBUFFERED": "1", "JWT_TTL_SECONDS": "7200", "LOGIN_FAILURE_LIMIT": "1000",
         })
+        env = {key: value for key, value in env.items() if not key.startswith("OTEL_")}
+        if self.otlp_endpoint:  # traced (project/tracing.py): each host names itself in its spans
+            env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint, "OTEL_SERVICE_NAME": "chaos",
+                        "OTEL_RESOURCE_ATTRIBUTES": f"host.name={host}", "OTEL_BSP_SCHEDULE_DELAY": "200"})
         env.update(extra)
         return env
 

@@ -107,6 +107,10 @@ class Job(models.Model):
     #: for a job of a type with limits but no key (set at its claim): only such rows are indexed
     #: among the running ones (job_running_idx), so jobs without limits pay nothing for it.
     limit_key = models.CharField(max_length=255, null=True, blank=True)
+    #: The OpenTelemetry context it was created in (W3C `traceparent`, `tracestate`, `baggage`, as
+    #: the propagator writes them), restored as the parent of each of its attempts' spans
+    #: (jobs.engine.tracing); NULL when tracing was off. A retry is the same row: same parent.
+    trace_context = models.JSONField(null=True, blank=True)
     #: Held back by its type's limits, waiting in the table with no message (jobs.engine.limits): `rate`,
     #: its start booked at run_after; `concurrency` or `key`, until a running job of its type or
     #: key ends. Empty: not held.

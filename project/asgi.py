@@ -30,6 +30,9 @@ from django.urls import get_resolver
 from project import embedded
 
 embedded.start()  # the embedded servers, unless DATABASE_URL / REDIS_URL name others
+from project import tracing  # noqa: E402
+
+tracing.setup("web")  # OTEL_* asked for it: before Django loads its middleware (the Django instrumentation adds one)
 django_application = get_asgi_application()
 
 from api.validation import REQUEST_LINE_LIMIT  # noqa: E402 - after Django's setup

@@ -28,6 +28,12 @@ from project import broker  # noqa: E402
 
 broker.install()
 
+if run_by_celery_command(sys.argv) and ({"worker", "beat"} & set(sys.argv)):
+    # OTEL_* asked for tracing (project/tracing.py): set up before the pool forks.
+    from project import tracing
+
+    tracing.setup("worker" if "worker" in sys.argv else "beat")
+
 app = Celery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # The runner's task lives in jobs.tasks; job types are discovered by the jobs app itself.

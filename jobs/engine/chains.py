@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.engine import decisions, store
+from jobs.engine import decisions, store, tracing
 from jobs.engine.creation import step_jobs, submit
 from jobs.models import ChainStatus
 
@@ -37,8 +37,12 @@ def release(chain_id: int, index: int, following: dict[str, Any] | None, parent_
     if following is None:
         store.finish_chain(chain_id, ChainStatus.SUCCEEDED)
         return
-    count = None if failures is None else store.hand_on(chain_id, index, failures)
-    submit(step_jobs(following, chain_id, index + 1, parent_id=parent_id, results_count=count))
+    # Traced: the handoff is a span of the run that ended the step (a group's last member's),
+    # and the next step's rows are enqueued under it.
+    with tracing.span("conveyor.handoff", {"conveyor.chain.id": chain_id, "conveyor.chain.step": index + 1,
+                                           "conveyor.group": "group" in following, "conveyor.job.id": parent_id}):
+        count = None if failures is None else store.hand_on(chain_id, index, failures)
+        submit(step_jobs(following, chain_id, index + 1, parent_id=parent_id, results_count=count))
 
 
 def member_ended(chain_id: int, index: int, status: str, parent_id: int) -> None:

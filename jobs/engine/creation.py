@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from django.db import transaction
 
 from api.errors import Conflict
-from jobs.engine import registry, store
+from jobs.engine import registry, store, tracing
 from jobs.models import Chain, Job
 from jobs.engine.publish import Message, publish_on_commit
 
@@ -116,9 +116,35 @@ def submit(jobs: list[Job]) -> list[Job]:
     """Insert the rows in the caller's transaction; publish the due ones after it commits.
 
     Returns the rows inserted: one whose idempotency key is already taken is left out.
+
+    Traced (jobs.engine.tracing), the insert is a `conveyor.enqueue` span, and each row stores
+    its context: every attempt of every row runs as its child.
     """
+    if tracing.on and jobs:
+        return _traced_submit(jobs)
     inserted = store.insert(jobs)
     publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None])
+    return inserted
+
+
+def _traced_submit(jobs: list[Job]) -> list[Job]:
+    types, queues = sorted({job.type for job in jobs}), sorted({job.queue for job in jobs})
+    attributes = {
+        "conveyor.job.type": types[0] if len(types) == 1 else None,
+        "conveyor.job.types": types if len(types) > 1 else None,
+        "conveyor.queue": queues[0] if len(queues) == 1 else None,
+        "conveyor.queues": queues if len(queues) > 1 else None,
+        "conveyor.jobs": len(jobs),
+        "conveyor.chain.id": jobs[0].chain_id,
+        "conveyor.chain.step": jobs[0].chain_index,
+    }
+    with tracing.span("conveyor.enqueue", attributes, kind=tracing.trace.SpanKind.PRODUCER) as span:
+        carrier = tracing.capture()
+        for job in jobs:
+            job.trace_context = carrier
+        inserted = store.insert(jobs)
+        publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None])
+        span.set_attribute("conveyor.job.ids", [job.pk for job in inserted[:100]])
     return inserted
 
 

@@ -20,7 +20,7 @@ from typing import Iterable
 from django.conf import settings
 from django.db import connections, transaction
 
-from jobs.engine import limits, registry, store, telemetry
+from jobs.engine import limits, registry, store, telemetry, tracing
 from jobs.engine.ending import How, ended
 from jobs.engine.publish import publish, queue_depths
 
@@ -68,10 +68,12 @@ def reap(batch: int = 100) -> int:
     """
     reaped = []
     for job_id in store.expired(batch):
+        lost: list[store.LostAttempt] = []
         try:
             with transaction.atomic():
                 row = store.reap(job_id)
                 if row is not None:
+                    lost = store.lost_attempts([row.id]) if tracing.on else []
                     ended([row], How.REAPED)
         except Exception:
             log.exception("could not reap job %s; trying again next pass", job_id)
@@ -79,6 +81,7 @@ def reap(batch: int = 100) -> int:
         if row is not None:
             log.warning("reaped job %s: lease expired, now %s", row.id, row.status)
             reaped.append(row)
+            _trace_lost(lost, {row.id: row.status}, "reaper", "lease expired: its worker died or froze")
     return len(reaped)
 
 
@@ -97,19 +100,37 @@ def hand_back(node: str, instance: str = "", drained: bool = False) -> int:
     """
     if not node:
         return 0
+    lost: list[store.LostAttempt] = []
     try:
         with transaction.atomic():
             rows = store.hand_back(node, instance, drained)
+            if rows and tracing.on:
+                lost = store.lost_attempts([row.id for row in rows])
             ended(rows, How.HANDED_BACK)
     except Exception as exc:  # the database is away: the reaper returns them when leases expire
         log.warning("could not hand back the jobs of %s (%s); their leases will expire", node, exc)
         for conn in connections.all():
             conn.close()
         return 0
+    _trace_lost(lost, {row.id: row.status for row in rows}, "hand-back",
+                "handed back: its worker was stopped" if drained else "its worker process died")
     if rows:
         log.warning("handed back %d running job(s) of %s (%s)", len(rows), node,
                     "drained: attempts given back" if drained else "its process died: attempts counted")
     return len(rows)
+
+
+def _trace_lost(lost: list[store.LostAttempt], statuses: dict[int, str], by: str, why: str) -> None:
+    """The attempts a dead worker never ended, as `conveyor.run` spans in their rows' traces
+    (from the claim to now), so the trace shows the lost attempt beside its re-run."""
+    end = tracing.now_ns()
+    for attempt in lost:
+        started = int(attempt.started_at.timestamp() * 1e9) if attempt.started_at is not None else end
+        tracing.past("conveyor.run", started, end, {
+            "conveyor.job.id": attempt.id, "conveyor.job.type": attempt.type, "conveyor.queue": attempt.queue,
+            "conveyor.attempt": attempt.attempt, "conveyor.worker": attempt.worker,
+            "conveyor.outcome": "lost", "conveyor.recorded_by": by, "conveyor.status_after": statuses.get(attempt.id),
+        }, tracing.parent(attempt.trace_context), error=why)
 
 
 def recover_once() -> tuple[int, int]:

@@ -23,7 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import decisions, limits, registry, store, telemetry
+from jobs.engine import decisions, limits, registry, store, telemetry, tracing
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
 from jobs.models import Held, Status
@@ -69,6 +69,7 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
 
     `own_time_limit`: the runner enforces the job's time limit even where the pool would (a batch
     message carries none for Celery to enforce)."""
+    claim_started = tracing.now_ns() if tracing.on else 0
     try:
         limited = registry.limited()
         claimed = store.claim(job_id, worker, lease_seconds(), limited)
@@ -96,10 +97,37 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         member=claimed.member,
         results_count=claimed.results_count,
     )
+    if tracing.on:
+        return _traced(ctx, claimed, worker, own_time_limit, claim_started)
     # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
     with telemetry.running(claimed, worker) as run:
         status, error = _run(ctx, claimed, own_time_limit)
         run.done(status)
+    return Outcome(status, ctx.attempt, ctx.max_attempts, error)
+
+
+def _traced(ctx: Context, claimed: store.Claimed, worker: str, own_time_limit: bool, claim_started: int) -> Outcome:
+    """`execute`'s run under its row's trace (jobs.engine.tracing): the queue wait and the claim
+    as spans with their own times, then the attempt as `conveyor.run`, current while the handler
+    and the outcome run (so a chain's next step, and every log line, are its children)."""
+    parent = tracing.parent(claimed.trace_context)
+    claimed_at = tracing.now_ns()
+    attributes = {
+        "conveyor.job.id": claimed.id, "conveyor.job.type": claimed.type, "conveyor.queue": claimed.queue,
+        "conveyor.attempt": claimed.attempt, "conveyor.max_attempts": claimed.max_attempts,
+        "conveyor.worker": worker, "conveyor.chain.id": claimed.chain_id, "conveyor.chain.step": claimed.chain_index,
+        "conveyor.member": claimed.member,
+    }
+    tracing.past("conveyor.wait", claimed_at - int(max(0.0, claimed.waited) * 1e9), claimed_at, attributes, parent)
+    tracing.past("conveyor.claim", claim_started, claimed_at, attributes, parent)
+    with tracing.span("conveyor.run", attributes, context=parent, kind=tracing.trace.SpanKind.CONSUMER) as span:
+        with telemetry.running(claimed, worker) as run:
+            status, error = _run(ctx, claimed, own_time_limit)
+            run.done(status)
+        span.set_attribute("conveyor.outcome", status)
+        if status in ("failed", "dead"):
+            # The error's last line (the exception), as a viewer shows a status.
+            span.set_status(tracing.trace.Status(tracing.trace.StatusCode.ERROR, (error.strip().splitlines() or [status])[-1][:500]))
     return Outcome(status, ctx.attempt, ctx.max_attempts, error)
 
 

@@ -46,7 +46,7 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
-from jobs.engine import decisions
+from jobs.engine import decisions, tracing
 from jobs.models import Chain, Job
 from jobs.engine.publish import Message
 
@@ -118,6 +118,8 @@ class Claimed(NamedTuple):
     member: int | None = None
     #: How many entries the group before this step handed on (ctx.results reads them).
     results_count: int | None = None
+    #: The OpenTelemetry context the row was created in (jobs.engine.tracing), or None.
+    trace_context: dict[str, str] | None = None
 
 
 class Beat(NamedTuple):
@@ -182,7 +184,9 @@ def prepared(alias: str = "default") -> Iterator[Any]:
     pg = conn.connection
     if pg.prepare_threshold is None:  # Django turns preparing off: on only when asked (prepare=True)
         pg.prepare_threshold = 2**31 - 1
-    with conn.wrap_database_errors, psycopg.Cursor(pg) as cursor:
+    # Traced (project/tracing.py): the psycopg instrumentation's cursor class, so the claim's and
+    # the outcomes' statements are spans of the run they belong to; None while tracing is off.
+    with conn.wrap_database_errors, (tracing.statement_cursor or psycopg.Cursor)(pg) as cursor:
         yield _Prepared(cursor)
 
 
@@ -209,7 +213,7 @@ def _messages(cursor: Any) -> list[Message]:
 INSERT_SQL = """
 INSERT INTO jobs_job (type, queue, input, priority, max_attempts, idempotency_key, chain_id,
                       chain_index, member, results_count, parent_id, limit_key, run_after, published_at,
-                      status, attempt, worker, progress, progress_message, cancel_requested, error,
+                      trace_context, status, attempt, worker, progress, progress_message, cancel_requested, error,
                       created_at, updated_at)
 SELECT v.type, v.queue, v.input::jsonb, v.priority, v.max_attempts, v.key, v.chain_id,
        -- A run_after in the past means now (GREATEST ignores a NULL): the row says when it became
@@ -217,11 +221,12 @@ SELECT v.type, v.queue, v.input::jsonb, v.priority, v.max_attempts, v.key, v.cha
        v.chain_index, v.member, v.results_count, v.parent_id, v.limit_key, GREATEST(v.run_after, now()),
        -- Due now: its message is published after commit. Later: the relay publishes it when due.
        CASE WHEN COALESCE(v.run_after, now()) <= now() THEN now() END,
-       'pending', 0, '', 0, '', false, '', now(), now()
+       v.trace_context::jsonb, 'pending', 0, '', 0, '', false, '', now(), now()
   FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::bigint[],
-              %s::int[], %s::int[], %s::int[], %s::bigint[], %s::text[], %s::timestamptz[])
+              %s::int[], %s::int[], %s::int[], %s::bigint[], %s::text[], %s::timestamptz[], %s::text[])
        WITH ORDINALITY AS v(type, queue, input, priority, max_attempts, key, chain_id,
-                            chain_index, member, results_count, parent_id, limit_key, run_after, n)
+                            chain_index, member, results_count, parent_id, limit_key, run_after,
+                            trace_context, n)
  ORDER BY v.n
     ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id, idempotency_key, run_after, published_at, created_at
@@ -252,6 +257,8 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
         [job.parent_id for job in jobs],
         [job.limit_key for job in jobs],
         [job.run_after for job in jobs],
+        # The OpenTelemetry context (jobs.engine.tracing): NULL for every row while tracing is off.
+        [None if job.trace_context is None else json.dumps(job.trace_context) for job in jobs],
     ]
     with prepared() as cursor:
         cursor.execute(INSERT_SQL, columns)
@@ -282,7 +289,8 @@ def create_chain(steps: list[dict[str, Any]]) -> Chain:
 # The queue wait runs from when the row became due: its run_after, but never before the row
 # existed (a row stored with a past run_after before inserts clamped it would count decades).
 _CLAIMED = """id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
-          queue, EXTRACT(EPOCH FROM now() - GREATEST(run_after, created_at))::float8, member, results_count"""
+          queue, EXTRACT(EPOCH FROM now() - GREATEST(run_after, created_at))::float8, member, results_count,
+          trace_context"""
 
 # A row of a type with limits (`limited`, the registry's names) is left to claim_limited.
 CLAIM_SQL = f"""
@@ -309,7 +317,7 @@ def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str]
 
 def _claimed(row: Sequence[Any]) -> Claimed:
     claimed = Claimed._make(row)
-    return claimed._replace(input=_json(claimed.input))
+    return claimed._replace(input=_json(claimed.input), trace_context=_json(claimed.trace_context))
 
 
 # --- Limits: a claim of a limited type, its end releasing the next waiting job --------------------
@@ -1177,3 +1185,29 @@ def delete_ended_chains(cutoff: dt.datetime, batch: int) -> tuple[int, int]:
         return 0, 0
     _, deleted = Chain.objects.filter(id__in=ids).delete()  # its jobs with it (CASCADE)
     return deleted.get("jobs.Chain", 0), deleted.get("jobs.Job", 0)
+
+
+# --- Tracing: an attempt no worker ended (jobs.engine.tracing; read only while tracing is on) -----
+
+LOST_ATTEMPTS_SQL = """
+SELECT id, type, queue, attempt, worker, started_at, trace_context
+  FROM jobs_job WHERE id = ANY(%s::bigint[]) AND trace_context IS NOT NULL
+"""
+
+
+class LostAttempt(NamedTuple):
+    id: int
+    type: str
+    queue: str
+    attempt: int
+    worker: str
+    started_at: Any
+    trace_context: dict[str, str]
+
+
+def lost_attempts(job_ids: Sequence[int]) -> list[LostAttempt]:
+    """The traced rows among `job_ids` (just reaped or handed back): the attempt a dead worker
+    never ended, for its span (the recovery's, in its transaction)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(LOST_ATTEMPTS_SQL, [list(job_ids)])
+        return [LostAttempt(*row[:-1], _json(row[-1])) for row in cursor.fetchall()]

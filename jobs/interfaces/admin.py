@@ -22,7 +22,7 @@ from jobs.engine import control, why
 from jobs.engine.chainview import chain_view
 from jobs.engine.creation import MAX_MEMBERS
 from jobs.models import RUNNABLE, Chain, Job, Status
-from jobs.interfaces import attempts
+from jobs.interfaces import attempts, tracelinks
 from jobs.interfaces.attempts import last_line, short_worker
 from jobs.interfaces.permissions import can_operate
 
@@ -195,12 +195,12 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
         ),
         ("Attempts", {"fields": ("attempts_table",)}),
         ("Data", {"fields": ("input_json", "output_json", "error_text")}),
-        ("Links", {"fields": ("chain", "chain_index", "parent", "idempotency_key")}),
+        ("Links", {"fields": ("chain", "chain_index", "parent", "idempotency_key", "trace_link")}),
     )
     readonly_fields = (
         "created_at_utc", "run_after_utc", "published_at_utc", "started_at_utc", "finished_at_utc", "lease_expires_at_utc",
         "updated_at_utc", "duration_text", "input_json", "output_json", "error_text", "attempts_table", "progress_bar",
-        "why_text",
+        "why_text", "trace_link",
     )
 
     created_at_utc = stamp("created_at", "created at")
@@ -262,6 +262,17 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
         return format_html('<span class="cv-nowrap" title="{}">{}</span>', job.worker, job.worker.split("/")[0]) if job.worker else "-"
 
     @admin.display(description="chain", ordering="chain")
+    @admin.display(description="trace")
+    def trace_link(self, job: Job) -> str:
+        """Its trace in the viewer TRACE_VIEWER_URL names (its request, chain and every attempt), or
+        the trace's id alone when no viewer is set; "-" for a job created while tracing was off."""
+        from jobs.engine import tracing
+
+        link = tracelinks.url(job.trace_context)
+        if link:
+            return format_html('<a id="job-trace" href="{}">{}</a>', link, tracing.trace_id_of(job.trace_context))
+        return tracing.trace_id_of(job.trace_context) or "-"
+
     def chain_link(self, job: Job) -> str:
         """The chain and the job's step in it, from the row's own columns (no join, no plan read)."""
         if job.chain_id is None:
@@ -346,6 +357,7 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
         extra = {
             "can_retry": operate and job.status in RETRYABLE,
             "can_cancel": operate and job.status in CANCELLABLE,
+            "trace_url": tracelinks.url(job.trace_context) if job is not None else None,
         }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 

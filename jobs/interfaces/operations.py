@@ -35,6 +35,7 @@ from jobs.engine.chainview import chain_view
 from jobs.models import RUNNABLE, WAITING_FOR_SLOT, Chain, Held, Job, Status
 from jobs.interfaces.attempts import last_line, short_worker
 from jobs.interfaces.permissions import OPERATE, can_operate
+from jobs.interfaces import tracelinks
 from jobs.interfaces.workers import live_workers
 
 WINDOW = dt.timedelta(minutes=5)
@@ -176,6 +177,8 @@ def workers() -> list[dict[str, Any]]:
         : LIMITS["workers"]
     ]
     grouped: dict[str, list[Job]] = {}
+    running = list(running)
+    tracelinks.annotate(running)
     for job in running:
         node, _, rest = (job.worker or "(unknown)").partition("/")
         job.process = rest.split("/")[0]
@@ -215,6 +218,10 @@ def timeline(chain: Chain, now: dt.datetime) -> dict[str, Any]:
             job = member["job"]
             _place(member, job.started_at if job else None, job.finished_at if job else None, start, span, now)
     view["span"] = span
+    # The chain's trace: its first step's (every later step's is the same trace).
+    first = view["steps"][0] if view["steps"] else None
+    first_job = first and (first["job"] or next((m["job"] for m in first.get("members") or [] if m["job"]), None))
+    view["trace_url"] = tracelinks.url(first_job.trace_context) if first_job is not None else None
     return view
 
 
@@ -234,6 +241,7 @@ def dead_jobs() -> list[Job]:
     jobs = list(Job.objects.filter(status=Status.DEAD).defer("input", "output").order_by("-id")[: LIMITS["dead"]])
     for job in jobs:
         job.error_summary = last_line(job.error)
+    tracelinks.annotate(jobs)
     return jobs
 
 

@@ -16,7 +16,7 @@ from celery.signals import (
 from django.conf import settings
 from django.db import close_old_connections
 
-from jobs.engine import consumers, recovery, runner, telemetry
+from jobs.engine import consumers, recovery, runner, telemetry, tracing
 
 
 @worker_init.connect
@@ -65,8 +65,10 @@ def stop_recovery(sender: object = None, **kwargs: object) -> None:
 
 @worker_process_shutdown.connect
 def send_last_metrics(sender: object = None, **kwargs: object) -> None:
-    """A prefork pool process ends without atexit: its runs' last increments go now."""
+    """A prefork pool process ends without atexit: its runs' last increments go now, and its
+    last batched spans (tracing on)."""
     telemetry.runs.flush()
+    tracing.flush()
 
 
 @task_prerun.connect

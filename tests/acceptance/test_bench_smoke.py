@@ -259,3 +259,18 @@ def test_bench_cluster_runs_at_tiny_sizes_and_prints_its_table():
     assert list(rows) == ["HTTP p99 under saturated workers (split) <= 1.2x idle"], str(run)
     measured, verdict = rows["HTTP p99 under saturated workers (split) <= 1.2x idle"]
     assert re.match(r"^\d+\.\d\dx \(", measured) and verdict in ("met", "MISSED"), (measured, verdict)
+
+
+def test_bench_tracing_runs_at_tiny_sizes_and_prints_the_cost_off_and_on():
+    run = run_bench("bench.tracing", "--jobs", "5", "--rounds", "1")
+    assert run.returncode == 0, str(run)
+    assert "Traceback" not in run.stderr, str(run)
+    header, rows = parse_table(run.stdout, "spans per job")
+    assert header == ["tracing", "us per job", "CPU us per job", "on minus off", "cost of the off path", "spans per job"], header
+    assert list(rows) == ["off (default)", "on (OTLP/HTTP)"], str(run)
+    off, on = rows["off (default)"], rows["on (OTLP/HTTP)"]
+    assert all(NUMBER.match(cell) for cell in (off[0], off[1], on[0], on[1])), (off, on)
+    assert re.match(r"^\d[\d,]* ns of checks = \d+\.\d{3}% of a job's CPU$", off[3]), off
+    assert re.match(r"^[+-]\d[\d,]* us CPU \(\d+\.\d\dx\), [+-]\d[\d,]* us wall \(\d+\.\d\dx\)$", on[2]), on
+    # off exports nothing; on, every job's enqueue, wait, claim and run (and its statements) arrived
+    assert off[4] == "0" and float(on[4]) >= 4.0, (off, on)

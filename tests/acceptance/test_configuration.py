@@ -76,6 +76,8 @@ def production_env(**overrides: str) -> dict[str, str]:
         ({"CONVEYOR_WAIT_MAX_SECONDS": "nan"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAIT_MAX_SECONDS": "ten"}, "CONVEYOR_WAIT_MAX_SECONDS"),
         ({"CONVEYOR_WAITS_PER_TOKEN": "0"}, "CONVEYOR_WAITS_PER_TOKEN"),
+        # a trace viewer's URL names where the trace id goes (issue 30)
+        ({"TRACE_VIEWER_URL": "https://jaeger.example/trace/"}, "TRACE_VIEWER_URL"),
     ],
 )
 def test_production_refuses_to_boot_naming_the_variable(overrides, variable):

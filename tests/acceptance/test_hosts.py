@@ -74,6 +74,14 @@ def test_chaos_across_hosts_loses_nothing(namespaces: None, tmp_path) -> None:
     # w1, cut off while running its slow jobs, lost them to w2's reaper and its late outcomes were refused
     assert summary["faults"][5]["detail"].endswith("2 slow job(s) running there"), summary["faults"][5]
     assert summary["reaped"] >= 2 and summary["late_outcomes_refused"] >= 1, summary
+    # every process exported its spans over OTLP to the run's receiver (issue 30): each chain is one
+    # trace whatever fault its steps met, and (a span batched in a SIGKILLed process or on the cut
+    # host is lost) most chains' traces hold the server's request and both worker hosts' runs
+    trace = summary["trace"]
+    assert trace["hosts"] == ["server", "w1", "w2"], trace
+    assert trace["chains_seen"] == 100 and trace["chains_one_trace"] == 100, trace
+    assert trace["chains_on_three_hosts"] >= 80, trace
+    assert {"conveyor.enqueue", "conveyor.wait", "conveyor.claim", "conveyor.run", "conveyor.handoff"} <= set(trace["names"]), trace
     assert len(summary["slow_job_attempts"]) == 2 and min(summary["slow_job_attempts"]) >= 2, summary  # they ran again
     # the atomic jobs (36 lone ones, a slow one cut off after its write, one running at each of
     # the 3 kills) all succeeded, each effect written exactly once though runs were repeated; their

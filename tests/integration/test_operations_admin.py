@@ -367,3 +367,29 @@ def test_the_admin_is_branded_conveyor_and_lists_no_unused_beat_schedules(client
 
     ClockedSchedule.objects.create(clocked_time=timezone.now())
     assert "/admin/django_celery_beat/clockedschedule/" in admin_client.get("/admin/").content.decode()
+
+
+def test_with_a_trace_viewer_set_the_operations_page_and_a_jobs_page_link_to_its_trace(admin_client, settings):
+    # given jobs created in a trace (their rows store its context), and one created untraced
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    context = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    now = timezone.now()
+    chain = Chain.objects.create(steps=[{"type": "examples.echo", "input": {}}])
+    make_job(chain=chain, chain_index=0, status=Status.RUNNING, worker="w1@test/12/t", started_at=now, trace_context=context)
+    dead = make_job(status=Status.DEAD, attempt=1, max_attempts=1, error="boom", finished_at=now, trace_context=context)
+    untraced = make_job(status=Status.DEAD, attempt=1, max_attempts=1, error="boom", finished_at=now)
+    link = f'href="https://jaeger.example/trace/{trace_id}"'
+
+    # when no viewer is set: no link, the job's page shows the trace id alone
+    settings.TRACE_VIEWER_URL = ""
+    assert "ops-trace" not in admin_client.get("/admin/operations/fragment/").content.decode()
+    page = admin_client.get(f"/admin/jobs/job/{dead.pk}/change/").content.decode()
+    assert trace_id in page and "job-trace" not in page
+
+    # when a viewer is set: the running job, the dead one and the chain link to the trace
+    settings.TRACE_VIEWER_URL = "https://jaeger.example/trace/{trace_id}"
+    fragment = admin_client.get("/admin/operations/fragment/").content.decode()
+    assert fragment.count(link) == 3
+    # and the job's page links it twice (its field and the tool); an untraced job's page not at all
+    assert admin_client.get(f"/admin/jobs/job/{dead.pk}/change/").content.decode().count(link) == 2
+    assert "jaeger.example" not in admin_client.get(f"/admin/jobs/job/{untraced.pk}/change/").content.decode()
