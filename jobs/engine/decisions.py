@@ -388,17 +388,17 @@ def scale(wanted: int, state: ScaleState, low: int, high: int, now: float,
     if want > current:
         calm = state._replace(low_since=None, low_peak=0)
         if since_change < grow_cooldown:
-            return ScaleDecision(current, "cooldown", f"{wanted} wanted, {current} running: the last change was "
+            return ScaleDecision(current, "cooldown", f"{wanted} wanted, {current} worker(s): the last change was "
                                  f"{since_change:.1f}s ago (cooldown {grow_cooldown:g}s)", calm)
         return ScaleDecision(want, "grow", f"{wanted} wanted: {current} -> {want} worker(s)", ScaleState(want, now))
     if want == current:
-        return ScaleDecision(current, "steady", f"{wanted} wanted, {current} running",
+        return ScaleDecision(current, "steady", f"{wanted} wanted, {current} worker(s)",
                              state._replace(low_since=None, low_peak=0))
     low_since = now if state.low_since is None else state.low_since
     peak = want if state.low_since is None else max(state.low_peak, want)
     waited = min(now - low_since, since_change)
     if waited < shrink_after:
-        return ScaleDecision(current, "hold", f"{wanted} wanted, {current} running: shrinking after {shrink_after:g}s "
+        return ScaleDecision(current, "hold", f"{wanted} wanted, {current} worker(s): shrinking after {shrink_after:g}s "
                              f"low ({waited:.1f}s so far)", state._replace(low_since=low_since, low_peak=peak))
     return ScaleDecision(peak, "shrink", f"at most {peak} wanted for {waited:.1f}s: {current} -> {peak} worker(s)",
                          ScaleState(peak, now))

@@ -89,7 +89,8 @@ class Command(BaseCommand):
         self._refuse_pending_migrations()
         if any(map(roles.serves_http, modes)):
             self._refuse_busy_port(int(opts["port"]))
-        children = self._children(modes, queues, opts)
+        # An autoscaled cluster names its workers worker-<n> even when it starts with one instance.
+        children = self._children(modes, queues, opts, single=len(modes) == 1 and bounds is None)
         if bounds is not None:
             for child in children:
                 if child.info.get("role") == "worker":
@@ -227,10 +228,9 @@ class Command(BaseCommand):
                 reason = "already in use (another start or program serves it)" if exc.errno == errno.EADDRINUSE else exc.strerror
                 raise CommandError(f"port {port} on {host}: {reason}; stop it or choose another --port", returncode=2) from None
 
-    def _children(self, modes: list[str], queues: list[str], opts: dict) -> list[Child]:
+    def _children(self, modes: list[str], queues: list[str], opts: dict, single: bool) -> list[Child]:
         python = sys.executable
         children: list[Child] = []
-        single = len(modes) == 1
         for index, mode in enumerate(modes, start=1):
             label = mode if single else f"{mode}-{index}"
             env = {"WORKER_MODE": mode}
