@@ -2,6 +2,7 @@
 
     python -m bench.scale                      the full table (make chaos runs it)
     python -m bench.scale --cpu-jobs 20 --io-jobs 20 --configs 1,hosts    a smoke run
+    python -m bench.scale --configs auto       the autoscaled row only
 
 The hosts are network namespaces (hosts/harness.py): a data host (PostgreSQL; the Redis
 master, its replica and two sentinels: REDIS_URL is `sentinel://`), worker hosts w1 and w2. This
@@ -12,6 +13,13 @@ app with Conveyor's Celery settings) and times from the first enqueue to the las
 the best of each side kept. Jobs: CPU-bound (`work` loop iterations, ~22 ms) and I/O-bound (a
 50 ms sleep). Worker processes (prefork): 1, 2, 4 on w1, then 2 on w1 + 2 on w2. Both sides'
 workers of a configuration run side by side, one side measured at a time.
+
+`auto` (issue 29): one `manage.py start --cluster 1 --workers 1 --autoscale 1,4` on w1 (prefork, one
+process per worker instance), a burst of I/O jobs: when the supervisor decided to grow, when 4
+workers consumed, the burst's rate, and how long after its last job the workers were back to 1
+(--shrink-after 5 s); every job must have run once (checked: a shortfall fails the run). Printed
+under the table (no bare Celery side: Celery has no autoscaler of worker processes across queues'
+rows).
 
 Next to each rate, what bounded it, from the CPU seconds each part used during the run: the
 machine's cores (the run's busy cores near all of them), PostgreSQL or Redis (one of them near
@@ -32,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.common import table, tree_cpu
-from hosts.harness import REDIS_PORT, Proc, Topology, unavailable
+from hosts.harness import MANAGE, REDIS_PORT, Proc, Topology, unavailable
 
 CPU_WORK = 200_000  # loop iterations: ~22 ms of one core here
 IO_SLEEP = 0.05
@@ -43,6 +51,8 @@ CONFIGS = {
     "4": {"w1": 4},
     "hosts": {"w1": 2, "w2": 2},
 }
+#: The autoscaled phase: bounds, seconds between reads, seconds of less work before shrinking.
+AUTO_BOUNDS, AUTO_INTERVAL, AUTO_SHRINK_AFTER = (1, 4), 1.0, 5.0
 LABELS = {"1": "1 process (w1)", "2": "2 processes (w1)", "4": "4 processes (w1)", "hosts": "2 hosts x 2 processes"}
 
 
@@ -177,21 +187,81 @@ class Bench:
         return self.measure(workers, go, lambda: int(client.get(bare.DONE_KEY) or 0) >= jobs, jobs)
 
 
+    def autoscaled(self, jobs: int) -> str:
+        """The `auto` phase: a burst of `jobs` I/O jobs on an autoscaled cluster on w1; its line."""
+        from django.db import connection
+
+        from jobs import Step, enqueue_many
+
+        low, high = AUTO_BOUNDS
+        proc = self.net.spawn("w1", "conveyor-auto", [
+            sys.executable, MANAGE, "start", "--cluster", "1", "--workers", str(low), "--autoscale", f"{low},{high}",
+            "--autoscale-interval", str(AUTO_INTERVAL), "--shrink-after", str(AUTO_SHRINK_AFTER), "--queues", "images",
+            "--pool", "prefork", "--concurrency", "1", "--no-beat", "--grace", "5",
+        ], self.net.conveyor_env("w1", WORKER_MODE="worker", WORKER_ID=f"auto@{self.net.prefix}"))
+        try:
+            self.net.wait_ready(proc, workers=low)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT coalesce(max(id), 0) FROM jobs_job")
+                first = cursor.fetchone()[0]
+
+            def succeeded() -> int:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT count(*) FROM jobs_job WHERE id > %s AND status = 'succeeded'", [first])
+                    return cursor.fetchone()[0]
+
+            marks: dict[str, float] = {}
+            start = time.monotonic()
+            enqueue_many([Step("scale.io", {"seconds": IO_SLEEP})] * jobs)
+            deadline = start + 120 + jobs * IO_SLEEP
+            # Until every job is done, the pool has been at MAX, and it is back at MIN (drained).
+            while "shrunk" not in marks:
+                now, log = time.monotonic(), proc.log(10**7)
+                if "grow" not in marks and "autoscale: grow" in log:
+                    marks["grow"] = now
+                if "ready" not in marks and log.count(" ready.") >= high:
+                    marks["ready"] = now
+                if "done" not in marks and succeeded() >= jobs:
+                    marks["done"] = now
+                if "done" in marks and "ready" in marks and log.count("retired worker-") >= high - low:
+                    marks["shrunk"] = now
+                if now > deadline or not proc.alive():
+                    raise RuntimeError(f"autoscaled phase stuck ({sorted(marks)}):\n{proc.log()}")
+                time.sleep(0.05)
+            with connection.cursor() as cursor:  # every job once: one attempt each, none left
+                cursor.execute("SELECT count(*), count(*) FILTER (WHERE attempt <> 1) FROM jobs_job WHERE id > %s", [first])
+                total, repeated = cursor.fetchone()
+            if (total, repeated) != (jobs, 0):
+                raise RuntimeError(f"autoscaled phase: {total} rows for {jobs} jobs, {repeated} run more than once")
+        finally:
+            proc.stop()
+        self.log(f"bench.scale: auto: {marks}")
+        return (f"autoscaled {low}..{high} processes (w1), {jobs} I/O jobs (50 ms sleep) in one burst: grow decided "
+                f"{marks['grow'] - start:.1f}s after it, {high} workers consuming after {marks['ready'] - start:.1f}s, "
+                f"all done after {marks['done'] - start:.1f}s ({jobs / (marks['done'] - start):.1f} jobs/s); back to {low} "
+                f"worker {marks['shrunk'] - marks['done']:.1f}s after the last job (--shrink-after {AUTO_SHRINK_AFTER:g}s); "
+                "each job run once")
+
+
 def best(kept: Cell | None, new: Cell) -> Cell:
     return new if kept is None or new.rate > kept.rate else kept
 
 
 def scale(folder: Path, configs: list[str], cpu_jobs: int, io_jobs: int, rounds: int = 2,
-          log: Callable[[str], None] = print) -> list[str]:
+          log: Callable[[str], None] = print, auto_jobs: int = 400) -> list[str]:
     """Build the hosts, measure every configuration, return the table's lines."""
     cores = os.cpu_count() or 1
     results: list[tuple[str, str, Cell, Cell]] = []
+    auto_line = ""
     with Topology.up(folder, names=("data", "w1", "w2"), log=log) as net:
         net.start_data()
         net.release(host="w1")
         bench = Bench(net, log)
         bench.setup_django()
         for name in configs:
+            if name == "auto":
+                auto_line = bench.autoscaled(auto_jobs)
+                continue
             config = CONFIGS[name]
             workers = bench.start(config)
             conveyor = [p for p in workers if p.name.startswith("conveyor")]
@@ -219,25 +289,28 @@ def scale(folder: Path, configs: list[str], cpu_jobs: int, io_jobs: int, rounds:
     header = ("jobs", "worker processes", "Conveyor jobs/s", "bare Celery jobs/s", "Conveyor/bare",
               "Conveyor limited by", "bare Celery limited by")
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
-    return [f"scale table: end to end, enqueue to done, best of {rounds} interleaved rounds per side; hosts are network "
+    lines = [f"scale table: end to end, enqueue to done, best of {rounds} interleaved rounds per side; hosts are network "
             f"namespaces of one machine with {cores} cores (load average at the end {load})",
-            *table(header, rows)]
+            *(table(header, rows) if rows else [])]
+    # The autoscaled row: its figures (times to grow and shrink) do not fit the columns above.
+    return lines + ([auto_line] if auto_line else [])
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-jobs", type=int, default=60, help="CPU jobs per worker process in each run")
     parser.add_argument("--io-jobs", type=int, default=40, help="I/O jobs per worker process in each run")
-    parser.add_argument("--configs", default="1,2,4,hosts", help="comma-separated: 1, 2, 4, hosts")
+    parser.add_argument("--configs", default="1,2,4,hosts,auto", help="comma-separated: 1, 2, 4, hosts, auto")
+    parser.add_argument("--auto-jobs", type=int, default=400, help="I/O jobs in the autoscaled phase's burst")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per side; the best is kept")
     parser.add_argument("--output", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
     # SIGTERM (a test's timeout, a CI cancel) unwinds like Ctrl-C: the hosts are torn down on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
+    unknown = [c for c in configs if c not in CONFIGS and c != "auto"]
     if unknown:
-        print(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(CONFIGS)})", file=sys.stderr)
+        print(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(CONFIGS)}, auto)", file=sys.stderr)
         return 2
     reason = unavailable()
     if reason:
@@ -245,7 +318,8 @@ def main(argv: list[str]) -> int:
         return 3
     folder = Path(tempfile.mkdtemp(prefix="cvy-scale-", dir="/tmp"))
     try:
-        lines = scale(folder, configs, args.cpu_jobs, args.io_jobs, max(1, args.rounds), log=lambda line: print(line, flush=True))
+        lines = scale(folder, configs, args.cpu_jobs, args.io_jobs, max(1, args.rounds), log=lambda line: print(line, flush=True),
+                      auto_jobs=args.auto_jobs)
     except BaseException:
         print(f"bench.scale: failed; logs kept in {folder}", flush=True)
         raise

@@ -13,6 +13,11 @@ every process of every host), queue depths (Redis), and unfinished jobs (Postgre
   `conveyor_queue_waiting{queue}` and `conveyor_queue_oldest_waiting_seconds{queue}` (jobs due and
   waiting for a worker, the oldest one's wait, from the same one query): a queue with jobs
   waiting and no consumer is `conveyor_queue_waiting > 0 and conveyor_queue_consumers == 0`.
+- `conveyor_queue_running{queue}` (jobs running, zero-filled per queue) and
+  `conveyor_queue_desired_workers{queue}` (ceil((waiting + running) / WORKER_CONCURRENCY or the
+  CPUs), jobs.engine.decisions.workers_wanted): what an autoscaler reads (KEDA's prometheus
+  scaler: `sum(conveyor_queue_waiting{queue="q"}) + sum(conveyor_queue_running{queue="q"})` over
+  a threshold of the workers' concurrency; docs/deployment.md).
 
 The counters and histograms are read from Redis hashes (jobs/engine/telemetry.py) and rendered with
 custom collectors: correct across gunicorn workers, pool processes and hosts, at the cost of one
@@ -37,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from jobs.engine import telemetry
+from jobs.engine import decisions, scaling, telemetry
 from jobs.engine.publish import queue_depths
 from jobs.engine.registry import queues as job_queues
 
@@ -76,10 +81,12 @@ class JobCollector(Collector):
         running = GaugeMetricFamily("conveyor_jobs_running", "Jobs running now, by queue and type", labels=["queue", "type"])
         waiting: dict[str, int] = dict.fromkeys(job_queues(), 0)
         oldest: dict[str, float] = dict.fromkeys(job_queues(), 0.0)
+        running_per_queue: dict[str, int] = dict.fromkeys(job_queues(), 0)
         for queue, type_name, status, count, due, waited in unfinished_counts():
             jobs.add_metric([queue, type_name, status], count)
             if status == "running":
                 running.add_metric([queue, type_name], count)
+                running_per_queue[queue] = running_per_queue.get(queue, 0) + count
             waiting[queue] = waiting.get(queue, 0) + due
             if waited is not None:
                 oldest[queue] = max(oldest.get(queue, 0.0), waited.total_seconds())
@@ -92,11 +99,26 @@ class JobCollector(Collector):
             "conveyor_queue_oldest_waiting_seconds", "Seconds the oldest job due and waiting for a worker has waited (0: none)",
             labels=["queue"],
         )
-        for queue in sorted(waiting):
-            waiting_family.add_metric([queue], waiting[queue])
+        # Per queue and zero-filled (a PromQL sum over conveyor_jobs_running is empty, not 0, when
+        # nothing runs: an autoscaler's query would fail rather than scale down).
+        running_family = GaugeMetricFamily("conveyor_queue_running", "Jobs running now", labels=["queue"])
+        per_worker = scaling.per_worker_default()
+        desired_family = GaugeMetricFamily(
+            "conveyor_queue_desired_workers",
+            f"Workers the queue wants: ceil((waiting + running) / {per_worker}), {per_worker} jobs at once per worker "
+            "(WORKER_CONCURRENCY, else the CPUs)", labels=["queue"],
+        )
+        for queue in sorted(set(waiting) | set(running_per_queue)):
+            waiting_family.add_metric([queue], waiting.get(queue, 0))
             oldest_family.add_metric([queue], oldest.get(queue, 0.0))
+            running_family.add_metric([queue], running_per_queue.get(queue, 0))
+            desired_family.add_metric(
+                [queue], decisions.workers_wanted(waiting.get(queue, 0), running_per_queue.get(queue, 0), per_worker)
+            )
         yield waiting_family
         yield oldest_family
+        yield running_family
+        yield desired_family
 
 
 COUNTER_HELP = {

@@ -19,6 +19,12 @@ Each start of a child gets a fresh random instance token (CONVEYOR_INSTANCE in i
 that start only, never those of another supervisor whose worker has the same node name.
 
 Each supervisor writes its plan to CONVEYOR_DATA/run/supervisor-<pid>.json for `manage.py status`.
+
+With a `scaler` (`start --autoscale MIN,MAX`: project/autoscale.py), every `scale_interval` seconds
+the loop asks it what to do; it adds children (`add`) and retires them (`retire`): a retired child
+gets SIGTERM and drains as on a shutdown (a Celery worker finishes its running jobs and gives its
+prefetched messages back), is killed past the grace period with its jobs handed back (drained:
+their attempts given back), and is not restarted.
 """
 from __future__ import annotations
 
@@ -55,6 +61,8 @@ class Child:
     fast_crashes: int = 0
     restarts: int = 0
     restart_at: float | None = None
+    #: Retired (the autoscaler shrinks): drains until then, then is killed; never restarted.
+    retiring_until: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -89,6 +97,8 @@ class Supervisor:
         restart: bool = True,
         state_dir: Path | None = None,
         on_killed: Callable[[Child, bool], None] | None = None,
+        scaler: Callable[[Supervisor], None] | None = None,
+        scale_interval: float = 2.0,
     ) -> None:
         self.children = children
         self.grace = grace
@@ -99,6 +109,9 @@ class Supervisor:
         #: back. `drained` is True only when this supervisor was stopping it on purpose (drain on a
         #: signal, grace exceeded); a child that died by itself crashed (its jobs' attempts count).
         self.on_killed = on_killed
+        #: Called every `scale_interval` seconds as scaler(self): adds or retires children.
+        self.scaler = scaler
+        self.scale_interval = scale_interval
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if not self.stopping:
@@ -113,13 +126,22 @@ class Supervisor:
             child.start()
         self.print_plan()
         code = 0
+        next_scale = time.monotonic() + self.scale_interval
         try:
             while not self.stopping:
                 time.sleep(0.2)
-                for child in self.children:
-                    if self._check(child):
+                for child in list(self.children):
+                    if child.retiring_until is not None:
+                        self._check_retiring(child)
+                    elif self._check(child):
                         code = 1
                         self.stopping = True
+                if self.scaler is not None and not self.stopping and time.monotonic() >= next_scale:
+                    next_scale = time.monotonic() + self.scale_interval
+                    try:
+                        self.scaler(self)
+                    except Exception:  # a scaler's bug never takes the running instances down
+                        log.exception("the autoscaler failed; the workers stay as they are")
             self.shutdown()
         finally:
             if self.state_file:
@@ -178,10 +200,49 @@ class Supervisor:
         child.restart_at = now + delay
         return False
 
+    def add(self, child: Child) -> None:
+        """Start one more child (the autoscaler grows)."""
+        child.start()
+        self.children.append(child)
+        print(f"conveyor: {child.name:<18} pid {child.pid:<8} {describe(child.info)} (added)", flush=True)
+        self.write_state()
+
+    def retire(self, child: Child) -> None:
+        """Drain one child for good (the autoscaler shrinks): SIGTERM now, killed after the grace
+        period, its jobs handed back then (drained); not restarted. Idempotent."""
+        if child.retiring_until is not None:
+            return
+        child.retiring_until = time.monotonic() + self.grace
+        child.restart_at = None
+        child.info["retiring"] = True  # `status` shows it draining
+        if child.alive():
+            child.process.send_signal(signal.SIGTERM)
+        self.write_state()
+        log.info("retiring %s (pid %s): draining, at most %.0fs", child.name, child.pid, self.grace)
+
+    def _check_retiring(self, child: Child) -> None:
+        """A retired child that exited (drained) or outlived the grace period (killed) leaves the plan."""
+        drained = not child.alive()
+        if not drained and time.monotonic() < (child.retiring_until or 0.0):
+            return
+        if not drained:
+            log.warning("%s (pid %s) still draining after %.0fs: killing it", child.name, child.pid, self.grace)
+        child.kill_group()
+        if child.process:
+            child.process.wait()
+        # A clean drain leaves nothing running; after a kill its jobs go back at once (attempts given back).
+        if self.on_killed:
+            self.on_killed(child, True)
+        self.children.remove(child)
+        log.info("retired %s (pid %s): %s", child.name, child.pid, "drained" if drained else "killed, its jobs handed back")
+        self.write_state()
+
     def shutdown(self) -> None:
         """SIGTERM every child, wait up to the grace period, then kill what is left."""
         alive = [c for c in self.children if c.alive()]
         for child in alive:
+            if child.retiring_until is not None:
+                continue  # draining already (a second SIGTERM would tell Celery nothing new)
             child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace
         while alive and time.monotonic() < deadline:
@@ -219,4 +280,6 @@ def describe(info: dict[str, object]) -> str:
         parts.append(f"queues {info['queues']}")
     if info.get("nice"):
         parts.append(f"nice {info['nice']}")
+    if info.get("autoscaled"):
+        parts.append("autoscaled (retiring: draining)" if info.get("retiring") else "autoscaled")
     return "  ".join(parts)

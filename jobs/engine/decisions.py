@@ -323,3 +323,82 @@ def why(facts: WaitFacts) -> Why | None:
                    {"queue": facts.queue, "ahead": facts.ahead, "consumers": facts.consumers}, alarms)
     return Why(NEXT, f"next in its queue {facts.queue!r}: a worker takes it as soon as one is free",
                {"queue": facts.queue, "consumers": facts.consumers}, alarms)
+
+
+# --- Autoscaling: how many workers a pool should run ----------------------------------------------
+
+
+def workers_wanted(waiting: int, running: int, per_worker: int) -> int:
+    """The workers that would run every job due now at once: ceil((waiting + running) / per_worker),
+    `per_worker` being the jobs one worker runs at once (its concurrency). KEDA's and the HPA's own
+    arithmetic over an AverageValue target (desired = ceil(metric / target)), so the figure the
+    endpoint reports and the one a ScaledObject computes from `waiting + running` agree."""
+    if per_worker < 1:
+        raise ValueError(f"per_worker must be at least 1, not {per_worker}")
+    jobs = max(0, waiting) + max(0, running)
+    return -(-jobs // per_worker)
+
+
+class ScaleState(NamedTuple):
+    """What the autoscaler remembers between two decisions (times: a monotonic clock, seconds)."""
+
+    #: The workers it runs now (what the last decision set).
+    workers: int
+    #: When it last changed `workers` (grew or shrank); None: never.
+    changed_at: float | None = None
+    #: Since when the wanted count has stayed below `workers` (None: it is not below).
+    low_since: float | None = None
+    #: The highest wanted count seen since `low_since`: a shrink goes down to it, no lower.
+    low_peak: int = 0
+
+
+class ScaleDecision(NamedTuple):
+    #: The workers to run from now on.
+    workers: int
+    #: grow, shrink, bounds (brought within MIN..MAX), cooldown (would grow, too soon after the
+    #: last change), hold (would shrink, not yet: the wanted count must stay low `shrink_after`
+    #: seconds), steady.
+    action: str
+    #: The decision in words, for the log.
+    words: str
+    state: ScaleState
+
+
+def scale(wanted: int, state: ScaleState, low: int, high: int, now: float,
+          grow_cooldown: float = 0.0, shrink_after: float = 30.0) -> ScaleDecision:
+    """How many workers to run, given the workers wanted now (`workers_wanted`), between the bounds
+    `low` and `high`.
+
+    Growing is fast (a burst is work waiting: every worker added is a job started sooner): up to the
+    wanted count at once, unless the last change is less than `grow_cooldown` seconds old (the
+    workers just started may not consume yet). Shrinking is slow, so that a queue emptied between
+    two bursts does not flap: only once the wanted count has stayed below the workers for
+    `shrink_after` seconds (and the last change is that old), and then down to the highest count
+    wanted during that time (the HPA's scale-down stabilization window), never below `low`.
+    """
+    if not 0 <= low <= high or high < 1:
+        raise ValueError(f"bounds must be 0 <= MIN <= MAX and MAX >= 1, not {low},{high}")
+    want = min(high, max(low, wanted))
+    current = state.workers
+    if current < low or current > high:
+        target = min(high, max(low, current))
+        return ScaleDecision(target, "bounds", f"{current} worker(s) outside {low}..{high}: {target}",
+                             ScaleState(target, now))
+    since_change = float("inf") if state.changed_at is None else now - state.changed_at
+    if want > current:
+        calm = state._replace(low_since=None, low_peak=0)
+        if since_change < grow_cooldown:
+            return ScaleDecision(current, "cooldown", f"{wanted} wanted, {current} worker(s): the last change was "
+                                 f"{since_change:.1f}s ago (cooldown {grow_cooldown:g}s)", calm)
+        return ScaleDecision(want, "grow", f"{wanted} wanted: {current} -> {want} worker(s)", ScaleState(want, now))
+    if want == current:
+        return ScaleDecision(current, "steady", f"{wanted} wanted, {current} worker(s)",
+                             state._replace(low_since=None, low_peak=0))
+    low_since = now if state.low_since is None else state.low_since
+    peak = want if state.low_since is None else max(state.low_peak, want)
+    waited = min(now - low_since, since_change)
+    if waited < shrink_after:
+        return ScaleDecision(current, "hold", f"{wanted} wanted, {current} worker(s): shrinking after {shrink_after:g}s "
+                             f"low ({waited:.1f}s so far)", state._replace(low_since=low_since, low_peak=peak))
+    return ScaleDecision(peak, "shrink", f"at most {peak} wanted for {waited:.1f}s: {current} -> {peak} worker(s)",
+                         ScaleState(peak, now))

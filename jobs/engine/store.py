@@ -708,6 +708,30 @@ def waiting_queues() -> dict[str, tuple[int, float]]:
         return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
 
 
+#: Per queue, what an autoscaler reads: the jobs due and waiting for a worker (as
+#: WAITING_QUEUES_SQL counts them), the jobs running, and the oldest waiting one's wait, by
+#: PostgreSQL's clock. Written as the two partial indexes' predicates (runnable, running), so it
+#: reads them (a BitmapOr) whatever the size of the finished history.
+QUEUE_LOAD_SQL = f"""
+SELECT queue,
+       count(*) FILTER (WHERE {RUNNABLE} AND run_after <= now() AND held = ''),
+       count(*) FILTER (WHERE status = 'running'),
+       EXTRACT(EPOCH FROM now() - min(GREATEST(run_after, created_at))
+                     FILTER (WHERE {RUNNABLE} AND run_after <= now() AND held = ''))::float8
+  FROM jobs_job
+ WHERE status IN ('pending', 'failed') OR status = 'running'
+ GROUP BY queue ORDER BY queue
+"""
+
+
+def queue_load() -> dict[str, tuple[int, int, float | None]]:
+    """{queue: (jobs due and waiting for a worker, jobs running, seconds the oldest waiting one has
+    waited or None)} for each queue with an unfinished job."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(QUEUE_LOAD_SQL)
+        return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
+
+
 # Fenced by attempt: a runner whose lease lapsed (and whose row another worker claimed since)
 # extends nothing, and learns it lost the row.
 HEARTBEAT_SQL = """

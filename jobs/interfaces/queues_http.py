@@ -1,20 +1,20 @@
 """HTTP API for queues and pauses (mounted by project/api.py under /api/): which queues have
 waiting jobs and who consumes them, and pausing or resuming a queue or a job type (scope
-`operate`). A job's own answer to "why is it waiting?" is on GET /api/jobs/{id} (`why`)."""
+`operate`); the autoscaling signal (GET /api/queues/scale). A job's own answer to "why is it waiting?" is on GET /api/jobs/{id} (`why`)."""
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import Body, Path, Router, Schema
+from ninja import Body, Path, Query, Router, Schema
 from ninja.errors import HttpError
 from pydantic import Field
 
 from api.auth import OPERATES, READS
 from api.schemas import Strict, errors
 from api.validation import Text
-from jobs.engine import pauses, why
+from jobs.engine import decisions, pauses, scaling, why
 
 router = Router(tags=["queues"])
 
@@ -74,6 +74,64 @@ def _pauses() -> dict[tuple[str, str], dict[str, Any]]:
 def list_queues(request: HttpRequest):  # noqa: ANN201
     paused = _pauses()
     return [{**row, "name": row["queue"], "paused": paused.get(("queue", row["queue"]))} for row in why.queues()]
+
+
+class QueueScaleOut(Schema):
+    #: Jobs due and waiting for a worker (not held by a limit or a pause).
+    waiting: int
+    #: Jobs running now.
+    running: int
+    #: Seconds the oldest waiting job has waited (0: none waits).
+    oldest_waiting_seconds: float
+    #: Workers consuming the queue now (their heartbeats); null when Redis cannot be read.
+    consumers: int | None
+    #: ceil((waiting + running) / per_worker): the workers that would run all of it at once.
+    desired_workers: int
+
+
+class ScaleTotalOut(Schema):
+    waiting: int
+    running: int
+    oldest_waiting_seconds: float
+    #: For one pool of workers consuming every queue: ceil((all waiting + all running) / per_worker).
+    desired_workers: int
+
+
+class ScaleOut(Schema):
+    #: Jobs one worker runs at once, as the figures were computed with.
+    per_worker: int
+    #: The rule, in words.
+    rule: str
+    #: Every queue by name (KEDA's metrics-api scaler: valueLocation `queues.<name>.desired_workers`).
+    queues: dict[str, QueueScaleOut]
+    total: ScaleTotalOut
+
+
+SCALE_RULE = "desired_workers = ceil((waiting + running) / per_worker); 0 when nothing waits or runs"
+SCALE_DOC = (
+    "Scope `jobs:read`. What an autoscaler reads, per queue: jobs due and waiting, running, the oldest wait, the "
+    "workers consuming it and the workers it wants, " + SCALE_RULE + ". KEDA's metrics-api scaler reads one value "
+    "by its path (`valueLocation: queues.default.desired_workers`, `targetValue: \"1\"`); an HPA's external "
+    "metric the same figure. No hysteresis here: the autoscaler's own (HPA stabilization windows, KEDA's "
+    "cooldownPeriod) keeps it from flapping. `per_worker`: the workers' concurrency (default WORKER_CONCURRENCY, "
+    "else the server's CPUs)."
+)
+
+
+@router.get("/queues/scale", response={200: ScaleOut, **errors(400, 401, 403)}, summary="The autoscaling signal per queue",
+            description=SCALE_DOC, auth=READS)
+def queue_scale(  # noqa: ANN201
+    request: HttpRequest,
+    per_worker: int | None = Query(None, ge=1, le=100_000, description="jobs one worker runs at once (its concurrency)"),
+):
+    every_worker = per_worker or scaling.per_worker_default()
+    rows = scaling.queues(every_worker)
+    waiting = sum(row["waiting"] for row in rows.values())
+    running = sum(row["running"] for row in rows.values())
+    total = {"waiting": waiting, "running": running,
+             "oldest_waiting_seconds": max((row["oldest_waiting_seconds"] for row in rows.values()), default=0.0),
+             "desired_workers": decisions.workers_wanted(waiting, running, every_worker)}
+    return {"per_worker": every_worker, "rule": SCALE_RULE, "queues": rows, "total": total}
 
 
 @router.get("/pauses", response={200: list[PauseOut], **errors(401, 403)}, summary="Paused queues and job types", auth=READS)

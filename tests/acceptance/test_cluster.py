@@ -1,12 +1,14 @@
 """`manage.py start --cluster`: the split of roles, restarts, and draining on SIGTERM."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from django.db.models import Count
@@ -141,3 +143,58 @@ def test_sigterm_drains_within_grace_and_a_new_start_completes_every_job_once(li
     budgets = Job.objects.filter(pk__in=ids).values_list("attempt", "max_attempts")
     assert {max_attempts - attempt for attempt, max_attempts in budgets} == {3}
     assert Job.objects.filter(pk__in=ids, attempt=2, max_attempts=5).count() == handed_back
+
+
+def _stamp(log: str, marker: str, last: bool = False) -> float:
+    """The time (s since the epoch) of the first (last) log line containing `marker`."""
+    lines = [line for line in log.splitlines() if marker in line and line[:4].isdigit()]
+    assert lines, f"no log line says {marker!r}"
+    return dt.datetime.strptime((lines[-1] if last else lines[0])[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_autoscale_grows_workers_for_a_burst_and_shrinks_back_running_every_job_once(live):
+    # given a cluster whose worker instances autoscale between 1 and 3 (one job at once each),
+    # reading the queues every 0.5 s and shrinking after 2 s of less work
+    args = ("--cluster", "1", "--workers", "1", "--autoscale", "1,3", "--autoscale-interval", "0.5", "--shrink-after", "2",
+            "--pool", "threads", "--concurrency", "1", "--no-beat", "--grace", "10")
+    proc = start_cluster(live, *args, workers=1, http=False)
+    state = Path(live.env()["CONVEYOR_DATA"]) / "run" / f"supervisor-{proc.process.pid}.json"
+
+    def workers() -> list[str]:
+        """The pool as the supervisor's plan has it (retiring ones apart)."""
+        try:
+            children = json.loads(state.read_text())["children"]
+        except (FileNotFoundError, json.JSONDecodeError):  # (between its write and its rename)
+            return []
+        return sorted(c["name"] for c in children if c["role"] == "worker" and not c.get("retiring"))
+
+    assert workers() == ["worker-1/worker"]
+    # when a burst of 12 one-second jobs arrives
+    burst = time.time()
+    ids = [job.pk for job in enqueue_many([Step("examples.count", {"sleep": 1}) for _ in range(12)])]
+    # then the supervisor grows to MAX at once (3 workers), and the added ones take jobs
+    wait_for(lambda: len(workers()) == 3, 30, what="the workers to grow to 3")
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == 12, 60, what="the burst to succeed")
+    log = proc.log()
+    assert "autoscale: grow: 12 wanted: 1 -> 3 worker(s)" in log
+    assert log.count(" ready.") >= 3  # the added workers consumed
+    # (they took jobs, unless the burst was over before the first of them was ready: a very loaded machine)
+    added_ready = dt.datetime.fromtimestamp(
+        min(_stamp(log, f"worker-{n}@{proc.name}@test ready.") for n in (2, 3)), tz=dt.timezone.utc)
+    if Job.objects.filter(pk__in=ids, started_at__gt=added_ready + dt.timedelta(seconds=0.5)).count() >= 2:
+        assert len(set(Job.objects.filter(pk__in=ids).values_list("worker", flat=True))) >= 2  # not the first worker alone
+    # and once the queue stayed empty for --shrink-after, it shrinks back to MIN, draining the newest first
+    wait_for(lambda: workers() == ["worker-1/worker"] and "retired worker-2/worker" in proc.log(), 30,
+             what="the workers to shrink to 1, drained")
+    log = proc.log()
+    assert "autoscale: shrink" in log and "-> 1 worker(s)" in log
+    assert _stamp(log, "retiring worker-3/worker") <= _stamp(log, "retiring worker-2/worker")
+    assert "handed back" not in log  # drained: nothing was running, nothing to hand back
+    # and every job ran exactly once
+    runs = dict(Effect.objects.filter(job_id__in=ids).values_list("job_id").annotate(n=Count("id")))
+    assert runs == {i: 1 for i in ids}
+    # (the figures, from the log: decision, workers consuming, back to MIN)
+    decided, ready = _stamp(log, "autoscale: grow") - burst, _stamp(log, " ready.", last=True) - burst
+    shrunk = _stamp(log, "retired worker-2/worker") - _stamp(log, "examples.count", last=True)
+    print(f"\nautoscale: grow decided {decided:.1f}s after the burst, 3 workers consuming after {ready:.1f}s; "
+          f"back to 1 worker {shrunk:.1f}s after the last job (--shrink-after 2)")

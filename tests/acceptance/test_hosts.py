@@ -8,7 +8,9 @@ the replica, a worker host is cut off the network for 6 s while it runs two slow
 leading beat is killed) must lose nothing, run nothing twice, leave nothing running and deliver
 every key in order; the standby beat must take over; an atomic job's effect is written exactly
 once, even where its runs were repeated after a fault. The scale table's smoke run
-(bench.scale at tiny sizes, one round) must measure both sides across the two worker hosts.
+(bench.scale at tiny sizes, one round) must measure both sides across the two worker hosts, and
+its autoscaled phase (issue 29: `start --autoscale 1,4` on worker host w1, a burst) must grow to
+4 workers, shrink back to 1 and run each job once.
 
 Both run as subprocesses (they build and remove their own hosts, PostgreSQL and Redis); where
 this machine cannot make namespaces (not root, no `ip`), both skip saying why.
@@ -98,8 +100,8 @@ def test_chaos_across_hosts_loses_nothing(namespaces: None, tmp_path) -> None:
 
 def test_scale_table_smoke_across_two_hosts(namespaces: None) -> None:
     # when the scale table runs at tiny sizes on the two worker hosts
-    done = run([sys.executable, "-m", "bench.scale", "--cpu-jobs", "3", "--io-jobs", "3", "--configs", "hosts", "--rounds", "1"],
-               timeout=200)
+    done = run([sys.executable, "-m", "bench.scale", "--cpu-jobs", "3", "--io-jobs", "3", "--configs", "hosts,auto", "--rounds", "1",
+                "--auto-jobs", "40"], timeout=260)
 
     # then both sides finished every job of both kinds, and each row says what bounded it
     assert done.returncode == 0, done.stdout[-6000:]
@@ -110,3 +112,7 @@ def test_scale_table_smoke_across_two_hosts(namespaces: None) -> None:
         assert float(conveyor) > 0 and float(bare) > 0 and ratio.endswith("x"), row
         for bound in (conveyor_limit, bare_limit):
             assert bound.startswith(("cores", "the sleep", "PostgreSQL", "Redis", "its ", "per-job overhead")), row
+    # and the autoscaled cluster on w1 grew to 4 workers for the burst and shrank back to 1, each job run once
+    auto = [line for line in done.stdout.splitlines() if line.startswith("autoscaled 1..4 processes (w1)")]
+    assert len(auto) == 1, done.stdout[-3000:]
+    assert "4 workers consuming after" in auto[0] and "back to 1 worker" in auto[0] and auto[0].endswith("each job run once")

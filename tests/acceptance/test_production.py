@@ -103,6 +103,7 @@ def test_production_metrics_refuse_anonymous_scrapes(production_server):
         "conveyor_jobs", "conveyor_jobs_running", "conveyor_jobs_finished", "conveyor_lease_expired", "conveyor_relay_resent",
         "conveyor_job_run_seconds", "conveyor_job_queue_wait_seconds", "conveyor_chain_handoff_seconds", "conveyor_queue_depth",
         "conveyor_queue_consumers", "conveyor_queue_waiting", "conveyor_queue_oldest_waiting_seconds",
+        "conveyor_queue_running", "conveyor_queue_desired_workers",
     ]), names
 
     # and production serves /api/docs' own files too (no CDN, no collectstatic needed)

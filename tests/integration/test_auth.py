@@ -206,7 +206,7 @@ def test_every_route_documents_403():
     # every route needs a scope (a token without it: 403), reads included since issue 22
     document = Client().get("/api/openapi.json").json()
     operations = [(path, op) for path, ops in document["paths"].items() for op in ops.values()]
-    assert len(operations) == 22  # 13, the three live streams and the six of queues and pauses (issue 27)
+    assert len(operations) == 23  # 13, the three live streams, the six of queues and pauses (issue 27), the scale signal (issue 29)
     for path, op in operations:
         assert "403" in op["responses"], path
 

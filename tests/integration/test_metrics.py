@@ -141,6 +141,13 @@ def test_a_scrape_reads_the_unfinished_rows_through_indexes_not_the_whole_table(
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan" not in plan, plan
     assert "job_runnable_idx" in plan and "job_lease_idx" in plan, plan
+    # and so does the autoscaling signal's one statement (GET /api/queues/scale, start --autoscale)
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + store.QUEUE_LOAD_SQL)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Seq Scan" not in plan, plan
+    assert "job_runnable_idx" in plan and "job_lease_idx" in plan, plan
+    assert store.queue_load()["default"][1] == 1  # the running one
 
 
 # --- Counters and histograms of every process, from Redis --------------------------------------------

@@ -264,7 +264,7 @@ def test_the_openapi_document_states_each_operations_scope():
     expected = {("post", "/api/events"): "events:emit", ("post", "/api/jobs"): "jobs:write", ("post", "/api/chains"): "jobs:write",
                 ("post", "/api/jobs/{job_id}/cancel"): "operate", ("post", "/api/jobs/{job_id}/retry"): "operate",
                 **{("post", f"/api/{kind}/{{name}}/{verb}"): "operate" for kind in ("queues", "types") for verb in ("pause", "resume")}}
-    assert len(found) == 22  # GET /api/jobs/{id}/results, GET /api/queues and /api/pauses, pause and resume, the three streams
+    assert len(found) == 23  # /api/jobs/{id}/results, /api/queues, /api/queues/scale, /api/pauses, pause, resume, three streams
     for key, security in found.items():
         assert security == [{"TokenAuth": [expected.get(key, "jobs:read")]}], (key, security)
     scheme = document["components"]["securitySchemes"]["TokenAuth"]

@@ -4,10 +4,12 @@ jobs.engine.consumers) against real rows; the claims through `runner.execute` an
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 
 from jobs import enqueue
 from jobs.engine import consumers, limits, pauses, runner, store, why
@@ -403,3 +405,64 @@ def test_the_admin_pauses_and_resumes_a_queue_publishing_its_held_jobs(admin_cli
     # an unknown queue is refused, naming it
     response = admin_client.post("/admin/jobs/pause/add/", {"kind": "queue", "name": "nope", "reason": ""})
     assert response.status_code == 200 and "no job type uses queue" in response.content.decode()
+
+
+# --- The autoscaling signal (jobs.engine.scaling): GET /api/queues/scale and /metrics -------------
+
+
+def _scale_load(consumer) -> None:
+    """default: 3 due and waiting, 2 running, 1 scheduled later, 1 held by a pause; images: 1
+    waiting for 60 s and no consumer."""
+    consumer("default")
+    ids = [enqueue("examples.echo", {"n": n}).pk for n in range(5)]
+    Job.objects.filter(pk__in=ids[:2]).update(status="running")
+    enqueue("examples.echo", {}, run_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    Job.objects.filter(pk=enqueue("examples.echo", {}).pk).update(held="paused")
+    old = enqueue("images.resize", {"url": "http://x/y.png", "width": 10})
+    Job.objects.filter(pk=old.pk).update(created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60),
+                                         run_after=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60))
+
+
+def test_the_scale_signal_gives_each_queues_waiting_running_oldest_wait_consumers_and_workers_wanted(api, consumer):
+    # given work on two queues, some of it not due or held
+    _scale_load(consumer)
+    # when an autoscaler reads the signal for workers running 2 jobs at once
+    status, body = api("get", "/queues/scale?per_worker=2")
+    # then each queue counts only the jobs due (not later, not held), and wants ceil((waiting + running) / 2) workers
+    assert status == 200, body
+    assert body["per_worker"] == 2 and "ceil((waiting + running) / per_worker)" in body["rule"]
+    default, images = body["queues"]["default"], body["queues"]["images"]
+    assert (default["waiting"], default["running"], default["consumers"], default["desired_workers"]) == (3, 2, 1, 3)
+    assert (images["waiting"], images["running"], images["consumers"], images["desired_workers"]) == (1, 0, 0, 1)
+    assert 59 <= images["oldest_waiting_seconds"] < 120
+    # a queue with nothing to do is listed (a KEDA valueLocation always finds it), wanting no worker
+    assert body["queues"]["notifications"] == {"waiting": 0, "running": 0, "oldest_waiting_seconds": 0.0,
+                                               "consumers": 0, "desired_workers": 0}
+    # and one pool consuming every queue wants ceil(6 / 2)
+    assert body["total"]["desired_workers"] == 3 and body["total"]["waiting"] == 4
+    assert api("get", "/queues/scale?per_worker=4")[1]["queues"]["default"]["desired_workers"] == 2
+
+
+def test_the_scale_signal_refuses_a_bad_per_worker_naming_it(api):
+    for bad in ("0", "-1", "abc", "1000000"):
+        status, body = api("get", f"/queues/scale?per_worker={bad}")
+        assert status == 400 and "per_worker" in json.dumps(body), (bad, body)
+
+
+def test_the_scale_signal_needs_a_token(api):
+    from django.test import Client
+
+    assert Client().get("/api/queues/scale").status_code == 401
+
+
+def test_metrics_give_running_and_desired_workers_per_queue_zero_filled(consumer):
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _scale_load(consumer)
+    with override_settings(WORKER_CONCURRENCY=2):
+        text = Client().get("/metrics").content.decode()
+    found = {f.name: {s.labels["queue"]: s.value for s in f.samples}
+             for f in text_string_to_metric_families(text) if f.name.startswith("conveyor_queue_")}
+    for queue, running, desired in (("default", 2, 3), ("images", 0, 1), ("notifications", 0, 0)):
+        assert (found["conveyor_queue_running"][queue], found["conveyor_queue_desired_workers"][queue]) == (running, desired)

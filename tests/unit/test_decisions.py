@@ -226,3 +226,77 @@ def test_a_rate_of_10_per_second_holds_over_30_seconds_of_claims_by_late_workers
     in_30 = sum(seconds[i] for i in range(30))
     assert 297 <= in_30 <= 300 + burst / interval, (in_30, sorted(seconds.items()))
     assert max(seconds.values()) <= 10 + burst / interval, sorted(seconds.items())
+
+
+# --- Autoscaling -------------------------------------------------------------------------------
+
+
+def test_workers_wanted_is_the_jobs_due_or_running_over_a_workers_concurrency_rounded_up():
+    assert decisions.workers_wanted(0, 0, 4) == 0
+    assert decisions.workers_wanted(1, 0, 4) == 1
+    assert decisions.workers_wanted(5, 3, 4) == 2
+    assert decisions.workers_wanted(5, 4, 4) == 3
+    assert decisions.workers_wanted(-1, 2, 1) == 2  # a negative count (a race) counts as none
+    with pytest.raises(ValueError, match="per_worker"):
+        decisions.workers_wanted(1, 1, 0)
+
+
+def test_a_burst_grows_the_workers_at_once_up_to_max():
+    decision = decisions.scale(7, decisions.ScaleState(1, changed_at=0.0), low=1, high=4, now=100.0)
+    assert (decision.workers, decision.action) == (4, "grow")
+    assert decision.state == decisions.ScaleState(4, changed_at=100.0)
+    assert decisions.scale(3, decisions.ScaleState(1), 1, 4, now=1.0).workers == 3
+
+
+def test_growing_again_waits_out_the_cooldown_after_a_change():
+    state = decisions.ScaleState(2, changed_at=100.0)
+    held = decisions.scale(4, state, 1, 4, now=102.0, grow_cooldown=5.0)
+    assert (held.workers, held.action) == (2, "cooldown")
+    assert decisions.scale(4, held.state, 1, 4, now=105.0, grow_cooldown=5.0).workers == 4
+
+
+def test_a_drained_queue_shrinks_to_min_only_after_staying_low_for_shrink_after():
+    state = decisions.ScaleState(4, changed_at=0.0)
+    first = decisions.scale(0, state, 1, 4, now=100.0, shrink_after=10.0)
+    assert (first.workers, first.action) == (4, "hold")
+    later = decisions.scale(0, first.state, 1, 4, now=109.0, shrink_after=10.0)
+    assert later.workers == 4
+    done = decisions.scale(0, later.state, 1, 4, now=110.0, shrink_after=10.0)
+    assert (done.workers, done.action) == (1, "shrink")
+    assert done.state == decisions.ScaleState(1, changed_at=110.0)
+
+
+def test_a_shrink_goes_down_only_to_the_highest_count_wanted_while_low():
+    state = decisions.ScaleState(4, changed_at=0.0)
+    for now, wanted in ((100.0, 1), (103.0, 3), (106.0, 2)):
+        state = decisions.scale(wanted, state, 1, 4, now=now, shrink_after=10.0).state
+    decision = decisions.scale(1, state, 1, 4, now=110.0, shrink_after=10.0)
+    assert (decision.workers, decision.action) == (3, "shrink")
+
+
+def test_a_dip_shorter_than_shrink_after_does_not_flap():
+    state = decisions.ScaleState(4, changed_at=0.0)
+    state = decisions.scale(0, state, 1, 4, now=100.0, shrink_after=10.0).state
+    back = decisions.scale(4, state, 1, 4, now=105.0, shrink_after=10.0)
+    assert (back.workers, back.action) == (4, "steady")
+    # the low spell starts again from zero
+    again = decisions.scale(0, back.state, 1, 4, now=112.0, shrink_after=10.0)
+    assert (again.workers, again.action) == (4, "hold")
+
+
+def test_no_shrink_sooner_than_shrink_after_since_the_last_change():
+    grown = decisions.ScaleState(4, changed_at=100.0, low_since=90.0, low_peak=1)
+    decision = decisions.scale(1, grown, 1, 4, now=105.0, shrink_after=10.0)
+    assert (decision.workers, decision.action) == (4, "hold")
+
+
+def test_the_workers_stay_within_the_bounds():
+    assert decisions.scale(0, decisions.ScaleState(0), 2, 5, now=0.0).workers == 2
+    assert decisions.scale(9, decisions.ScaleState(7), 2, 5, now=0.0)[:2] == (5, "bounds")
+    assert decisions.scale(100, decisions.ScaleState(5, changed_at=0.0), 2, 5, now=50.0).action == "steady"
+    # scaling to zero is allowed (MIN 0), and a burst grows from zero
+    idle = decisions.scale(0, decisions.ScaleState(1, changed_at=0.0), 0, 3, now=100.0, shrink_after=0.0)
+    assert idle.workers == 0
+    assert decisions.scale(1, idle.state, 0, 3, now=101.0).workers == 1
+    with pytest.raises(ValueError, match="bounds"):
+        decisions.scale(1, decisions.ScaleState(1), 3, 2, now=0.0)

@@ -68,3 +68,49 @@ def test_a_child_that_finishes_its_drain_in_time_hands_nothing_back():
         assert calls == []
     finally:
         child.kill_group()
+
+
+def test_a_retired_child_past_its_grace_period_is_killed_handed_back_as_drained_and_not_restarted(tmp_path: Path):
+    # given an autoscaled worker child that ignores SIGTERM (its job outlasts the grace period)
+    ready = tmp_path / "ready"
+    stubborn = (
+        "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        f" pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
+    calls, on_killed = recorder()
+    child = Child("worker-2/worker", [sys.executable, "-c", stubborn], info={"autoscaled": True})
+    supervisor = Supervisor([child], grace=0.3, on_killed=on_killed)
+    child.start()
+    try:
+        wait_for(ready.exists, 10, interval=0.02, what="the child to ignore SIGTERM")
+        # when the autoscaler retires it, and the supervisor's loop checks it until it leaves the plan
+        supervisor.retire(child)
+        assert child.info["retiring"] and child in supervisor.children
+        wait_for(lambda: (supervisor._check_retiring(child), child not in supervisor.children)[1], 10, interval=0.05,
+                 what="the retired child to leave the plan")
+        # then it was killed after the grace period, its jobs handed back once as drained, and it is gone for good
+        assert calls == [("worker-2/worker", True)]
+        assert not child.alive() and child.restart_at is None
+    finally:
+        child.kill_group()
+
+
+def test_a_retired_child_that_drains_in_time_leaves_the_plan(tmp_path: Path):
+    # given a worker child that exits on SIGTERM (its jobs finished)
+    calls, on_killed = recorder()
+    child = Child("worker-2/worker", [sys.executable, "-c", "import time; time.sleep(60)"], info={"autoscaled": True})
+    web = Child("web", [sys.executable, "-c", "import time; time.sleep(60)"])
+    supervisor = Supervisor([web, child], grace=60, on_killed=on_killed)
+    child.start()
+    web.start()
+    try:
+        # when it is retired
+        supervisor.retire(child)
+        wait_for(lambda: (supervisor._check_retiring(child), child not in supervisor.children)[1], 10, interval=0.05,
+                 what="the retired child to leave the plan")
+        # then it left the plan at once (no wait for the grace period), the other child untouched
+        assert supervisor.children == [web] and web.alive()
+        assert calls == [("worker-2/worker", True)]  # (a drained worker has nothing left to hand back: a no-op)
+    finally:
+        child.kill_group()
+        web.kill_group()

@@ -3,6 +3,7 @@
     manage.py start                                  one instance, WORKER_MODE (default shared)
     manage.py start --queues images --pool prefork   a worker specialized on one queue
     manage.py start --cluster 4 --servers 25% --workers 75%
+    manage.py start --cluster 2 --servers 1 --workers 1 --autoscale 1,4   workers grow and shrink (project/autoscale.py)
 
 Servers are gunicorn on PORT (uvicorn's ASGI worker class: project/asgi_worker.py); workers are
 Celery workers; shared instances run both. Every
@@ -21,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.engine import registry
 from jobs.engine.recovery import hand_back
 from project import env as environment
-from project import hints, release, roles
+from project import autoscale, hints, release, roles
 from project.supervisor import Child, Supervisor
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -51,6 +52,16 @@ class Command(BaseCommand):
         parser.add_argument("--servers", default=None, help="how many instances serve HTTP only: a count or a percentage")
         parser.add_argument("--workers", default=None, help="how many instances only consume queues: a count or a percentage")
         parser.add_argument("--no-beat", action="store_true", help="run no beat scheduler in this start")
+        parser.add_argument(
+            "--autoscale", default=None, metavar="MIN,MAX",
+            help="with --cluster: grow and shrink the worker instances between MIN and MAX from the queues' work "
+            "(starting from --workers, within the bounds)",
+        )
+        parser.add_argument("--autoscale-interval", type=float, default=2.0, help="seconds between two reads of the queues (default 2)")
+        parser.add_argument(
+            "--shrink-after", type=float, default=30.0,
+            help="seconds fewer workers must be wanted before the autoscaler retires any (default 30)",
+        )
 
     def handle(self, *args: object, **opts: object) -> None:
         queues = self._queues(str(opts["queues"] or ""))
@@ -70,10 +81,22 @@ class Command(BaseCommand):
             if opts["servers"] is not None or opts["workers"] is not None:
                 raise CommandError("--servers and --workers need --cluster", returncode=2)
             modes = [settings.WORKER_MODE]
+        bounds = self._autoscale(opts)
+        if bounds is not None:
+            # The worker instances are the autoscaled pool: it starts from --workers, within the bounds.
+            count = min(bounds[1], max(bounds[0], modes.count("worker")))
+            modes = [mode for mode in modes if mode != "worker"] + ["worker"] * count
+        # Beside its own HTTP servers, a start's workers yield the CPU to them (WORKER_NICE unset).
+        opts["worker_nice"] = roles.worker_nice(modes, settings.WORKER_NICE)
         self._refuse_pending_migrations()
         if any(map(roles.serves_http, modes)):
             self._refuse_busy_port(int(opts["port"]))
-        children = self._children(modes, queues, opts)
+        # An autoscaled cluster names its workers worker-<n> even when it starts with one instance.
+        children = self._children(modes, queues, opts, single=len(modes) == 1 and bounds is None)
+        if bounds is not None:
+            for child in children:
+                if child.info.get("role") == "worker":
+                    child.info["autoscaled"] = True
         # One beat per start (shared mode or a cluster); more beats elsewhere wait as standbys.
         if not opts["no_beat"] and (opts["cluster"] is not None or modes == ["shared"]):
             beat = [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO"]
@@ -89,6 +112,14 @@ class Command(BaseCommand):
             self.stdout.write(f"conveyor: API {base}/api/docs, health {base}/health/ready, metrics {base}/metrics")
             if not settings.ADMIN_DISABLED:
                 self.stdout.write(f"conveyor: admin {base}/admin/ ({hints.login_hint(hints.python_command())})")
+        scaler = None
+        if bounds is not None:
+            scaler = self._scaler(bounds, queues, opts, first=len(modes) + 1)
+            self.stdout.write(
+                f"conveyor: autoscaling workers between {bounds[0]} and {bounds[1]} "
+                f"({scaler.per_worker} job(s) at once each; read every {opts['autoscale_interval']:g}s, "
+                f"shrinking after {opts['shrink_after']:g}s)"
+            )
         self.stdout.flush()
         supervisor = Supervisor(
             children,
@@ -99,9 +130,52 @@ class Command(BaseCommand):
             on_killed=lambda child, drained: hand_back(
                 str(child.info.get("node", "")), str(child.info.get("instance", "")), drained=drained
             ),
+            scaler=scaler,
+            scale_interval=float(opts["autoscale_interval"]),
         )
         code = supervisor.run()
         sys.exit(code)
+
+    def _autoscale(self, opts: dict) -> tuple[int, int] | None:
+        """(MIN, MAX) of --autoscale, or None; exit 2 naming what does not fit."""
+        if opts.get("autoscale") is None:
+            return None
+        if opts["cluster"] is None:
+            raise CommandError("--autoscale needs --cluster (the worker instances of a cluster are what it scales)", returncode=2)
+        try:
+            bounds = autoscale.parse(str(opts["autoscale"]))
+        except autoscale.AutoscaleError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        if not float(opts["autoscale_interval"]) > 0:
+            raise CommandError("--autoscale-interval must be above 0 seconds", returncode=2)
+        if not float(opts["shrink_after"]) >= 0:
+            raise CommandError("--shrink-after must not be negative", returncode=2)
+        return bounds
+
+    def _scaler(self, bounds: tuple[int, int], queues: list[str], opts: dict, first: int) -> autoscale.Autoscaler:
+        """The supervisor's autoscaler: reads the queues' work from the database, adds workers
+        named worker-<n> (n counting on from the cluster's instances, never reused)."""
+        from django.db import connections
+
+        from jobs.engine import scaling
+
+        per_worker = int(opts["concurrency"] or 0) or (os.cpu_count() or 1)
+        numbers = iter(range(first, 1 << 30))
+
+        def read() -> tuple[int, dict[str, int]]:
+            try:
+                return scaling.demand(queues, per_worker)
+            except Exception:
+                connections.close_all()  # a fresh connection on the next read (the database restarted)
+                raise
+
+        def make_worker() -> Child:
+            child = self._worker(f"worker-{next(numbers)}", "worker", queues, opts, single=False)
+            child.info["autoscaled"] = True
+            return child
+
+        return autoscale.Autoscaler(bounds[0], bounds[1], read, make_worker, shrink_after=float(opts["shrink_after"]),
+                                    per_worker=per_worker)
 
     def _refuse_pending_migrations(self) -> None:
         """Exit 2 when the database lacks migrations: servers and workers never migrate, the
@@ -156,11 +230,9 @@ class Command(BaseCommand):
                 reason = "already in use (another start or program serves it)" if exc.errno == errno.EADDRINUSE else exc.strerror
                 raise CommandError(f"port {port} on {host}: {reason}; stop it or choose another --port", returncode=2) from None
 
-    def _children(self, modes: list[str], queues: list[str], opts: dict) -> list[Child]:
-        host = socket.gethostname()
+    def _children(self, modes: list[str], queues: list[str], opts: dict, single: bool) -> list[Child]:
         python = sys.executable
         children: list[Child] = []
-        single = len(modes) == 1
         for index, mode in enumerate(modes, start=1):
             label = mode if single else f"{mode}-{index}"
             env = {"WORKER_MODE": mode}
@@ -183,28 +255,33 @@ class Command(BaseCommand):
                 ]
                 children.append(Child(f"{label}/web", argv, env, {"role": mode, "port": int(opts["port"])}))
             if roles.consumes(mode):
-                # Unique per supervisor: a node's running jobs are handed back by name when it dies.
-                if single:
-                    worker_id = settings.WORKER_ID or f"{mode}.{os.getpid()}@{host}"
-                else:
-                    worker_id = f"{label}@{settings.WORKER_ID}" if settings.WORKER_ID else f"{label}.{os.getpid()}@{host}"
-                argv = [
-                    python, "-m", "celery", "-A", "project", "worker",
-                    "--hostname", worker_id,
-                    "--queues", ",".join(queues),
-                    "--pool", str(opts["pool"]),
-                    "--loglevel", "INFO",
-                    # No start-up handshake or heartbeats between workers: nothing here uses them.
-                    "--without-mingle", "--without-gossip",
-                ]
-                if opts["concurrency"]:
-                    argv += ["--concurrency", str(opts["concurrency"])]
-                nice = roles.worker_nice(modes, settings.WORKER_NICE)
-                children.append(Child(
-                    f"{label}/worker", argv, {**env, "WORKER_NICE": str(nice)},
-                    {"role": mode, "node": worker_id, "queues": ",".join(queues), "nice": nice},
-                ))
+                children.append(self._worker(label, mode, queues, opts, single))
         return children
+
+    def _worker(self, label: str, mode: str, queues: list[str], opts: dict, single: bool) -> Child:
+        """The Celery worker child of one instance."""
+        host = socket.gethostname()
+        # Unique per supervisor: a node's running jobs are handed back by name when it dies.
+        if single:
+            worker_id = settings.WORKER_ID or f"{mode}.{os.getpid()}@{host}"
+        else:
+            worker_id = f"{label}@{settings.WORKER_ID}" if settings.WORKER_ID else f"{label}.{os.getpid()}@{host}"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "project", "worker",
+            "--hostname", worker_id,
+            "--queues", ",".join(queues),
+            "--pool", str(opts["pool"]),
+            "--loglevel", "INFO",
+            # No start-up handshake or heartbeats between workers: nothing here uses them.
+            "--without-mingle", "--without-gossip",
+        ]
+        if opts["concurrency"]:
+            argv += ["--concurrency", str(opts["concurrency"])]
+        nice = int(opts["worker_nice"])
+        return Child(
+            f"{label}/worker", argv, {"WORKER_MODE": mode, "WORKER_NICE": str(nice)},
+            {"role": mode, "node": worker_id, "queues": ",".join(queues), "nice": nice},
+        )
 
 
 def roles_order(modes: list[str]) -> list[str]:
