@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
 from jobs.engine import decisions, limits, registry, store, telemetry
+from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
 from jobs.models import Held, Status
@@ -302,14 +303,13 @@ class TimeLimit:
         self._lock = threading.Lock()
         self._done = False
         self._fired = False
-        self._timer = threading.Timer(seconds, self._soft)
-        self._timer.daemon = True
-        self._timer.start()
+        # The process's deadlines' thread, not a thread per run (jobs.engine.deadlines).
+        self._deadline = deadlines.after(seconds, self._soft)
 
     def stop(self) -> None:
         with self._lock:
             self._done = True
-            self._timer.cancel()
+            deadlines.cancel(self._deadline)
             if self._fired:  # raised too late to matter: drop it if it is still pending
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
 
@@ -320,9 +320,7 @@ class TimeLimit:
             log.warning("job %s attempt %s passed its time limit (%ss)", self.ctx.job_id, self.ctx.attempt, self.seconds)
             self._fired = True
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(SoftTimeLimitExceeded))
-            self._timer = threading.Timer(HARD_LIMIT_GRACE, self._hard)
-            self._timer.daemon = True
-            self._timer.start()
+            self._deadline = deadlines.after(HARD_LIMIT_GRACE, self._hard)
 
     def _hard(self) -> None:
         with self._lock:
