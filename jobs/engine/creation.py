@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from django.db import transaction
 
@@ -112,13 +112,16 @@ def new_job(step: Step, **fields: Any) -> Job:
     )
 
 
-def submit(jobs: list[Job]) -> list[Job]:
+def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None = None) -> list[Job]:
     """Insert the rows in the caller's transaction; publish the due ones after it commits.
 
     Returns the rows inserted: one whose idempotency key is already taken is left out.
+    `claim_here`: given the rows inserted, claims some for this worker in the same transaction
+    (jobs.engine.handoff.take) and returns their ids: no message is sent for those.
     """
     inserted = store.insert(jobs)
-    publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None])
+    claimed = claim_here(inserted) if claim_here is not None else set()
+    publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None and job.pk not in claimed])
     return inserted
 
 

@@ -10,6 +10,7 @@ that its database writes share that fate. Every statement is the job store's (jo
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import decisions, limits, registry, store, telemetry
+from jobs.engine import decisions, handoff, limits, registry, store, telemetry
 from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
@@ -58,6 +59,8 @@ class Outcome(str):
     attempt: int | None
     max_attempts: int | None
     error: str
+    #: The chain's next step this run's outcome claimed to run here next (jobs.engine.handoff).
+    handed: store.Claimed | None = None
 
     def __new__(cls, status: str, attempt: int | None = None, max_attempts: int | None = None, error: str = "") -> Outcome:
         outcome = super().__new__(cls, status)
@@ -85,6 +88,20 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         return Outcome("skipped")  # a duplicate or stale message: locked, finished or not yet due
     if isinstance(claimed, str):
         return Outcome("held", error=claimed)  # its limits hold it in the table; the message goes
+    # Where Celery enforces this message's time limit, the next step must not run under it.
+    runner_keeps_limits = own_time_limit or not POOL_ENFORCES_TIME_LIMITS
+    outcome = _execute(claimed, worker, own_time_limit, runner_keeps_limits, 0)
+    # The chain's next step, claimed here in the outcome's transaction (jobs.engine.handoff): run
+    # now, no message sent; each under the runner's own time limit.
+    handed, steps = outcome.handed, 0
+    while handed is not None:
+        steps += 1
+        handed = _execute(handed, worker, True, True, steps).handed
+    return outcome
+
+
+def _execute(claimed: store.Claimed, worker: str, own_time_limit: bool, runner_keeps_limits: bool, steps: int) -> Outcome:
+    """Run one claimed job and record its outcome."""
     ctx = Context(
         job_id=claimed.id,
         type=claimed.type,
@@ -97,11 +114,15 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         member=claimed.member,
         results_count=claimed.results_count,
     )
+    if handoff.LOCAL_QUEUES:  # a worker: its chain steps (continuations too) may go on here
+        ctx.offer = handoff.Offer(worker, lease_seconds(), runner_keeps_limits, steps)
     # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
     with telemetry.running(claimed, worker) as run:
         status, error = _run(ctx, claimed, own_time_limit)
         run.done(status)
-    return Outcome(status, ctx.attempt, ctx.max_attempts, error)
+    outcome = Outcome(status, ctx.attempt, ctx.max_attempts, error)
+    outcome.handed = ctx.handed if status == Status.SUCCEEDED else None
+    return outcome
 
 
 def _run(ctx: Context, claimed: store.Claimed, own_time_limit: bool = False) -> tuple[str, str]:
@@ -252,6 +273,7 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
 def _succeed_in(ctx: Context, output_json: str, jt: registry.JobType) -> str:
     """The success in the caller's transaction: the row, then what follows its end; "lost" when
     the row is no longer this attempt's (nothing written)."""
+    ctx.handed = None  # a claim of an earlier try of this outcome was rolled back with it
     done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
     if done is None:
         return _lost(ctx)
@@ -262,7 +284,10 @@ def _succeeded(ctx: Context, done: store.Succeeded, jt: registry.JobType) -> str
     """What follows a success's row, in its transaction (ending.ended: the chain, the slots, the hook)."""
     hook = ctx.finish_hook_needed and jt.on_finish is not None
     row = store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member)
-    ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
+    offer = None if ctx.offer is None else dataclasses.replace(ctx.offer)  # a fresh one per try
+    with handoff.offered(offer):
+        ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
+    ctx.handed = None if offer is None else offer.claimed
     return done.status
 
 
@@ -274,6 +299,7 @@ def _lost(ctx: Context) -> str:
 def _fail(ctx: Context, error: str, jt: registry.JobType | None, permanent: bool = False) -> str:
     """Record a failed attempt; `permanent` (jobs.Permanent): dead now, whatever attempts are left."""
     delay = jt.backoff.delay(ctx.attempt) if jt is not None else 0.0
+    ctx.handed = None  # an atomic success whose commit failed: its claim was rolled back with it
     with transaction.atomic(durable=True):
         row = store.fail(ctx.job_id, ctx.attempt, error, delay, permanent)
         if row is None:

@@ -297,11 +297,12 @@ RETURNING {_CLAIMED}
 """
 
 
-def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = ()) -> Claimed | None:
+def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = (), alias: str = CLAIMS) -> Claimed | None:
     """Take the row for one attempt, or None: locked, finished, cancelled, not yet due, paused
     (its queue or type: `hold_paused` then holds it), or of one of the `limited` types (whose
-    claims go through jobs.engine.limits and `claim_limited`)."""
-    with prepared(CLAIMS) as cursor:
+    claims go through jobs.engine.limits and `claim_limited`). `alias` "default": in the caller's
+    transaction (a chain's next step claimed with its previous step's outcome, jobs.engine.handoff)."""
+    with prepared(alias) as cursor:
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()
     return None if row is None else _claimed(row)

@@ -144,3 +144,31 @@ def test_one_by_one_messages_are_consumed_by_a_real_worker_in_priority_order_wit
     ran = list(Effect.objects.filter(job_id__in=ids).order_by("pk").values_list("job_id", flat=True))
     assert ran == ids
     wait_for(all_messages_consumed, 10, what="every message to be acked")
+
+
+def test_a_chain_runs_its_next_steps_on_the_worker_that_ended_each_step_with_no_message(live):
+    """issue 28, local handoff (jobs.engine.handoff): a prefork worker consuming both queues of a
+    chain claims each next step in the outcome's transaction and runs it in the same task; a
+    message sent for such a step anyway (the relay's, a duplicate) claims nothing."""
+    from jobs import start_chain
+    from jobs.engine.publish import Message, publish as send
+
+    # given a prefork worker consuming every queue (default and notifications among them)
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="handoff-worker")
+
+    # when a chain of three steps over two queues runs
+    chain = start_chain([Step("examples.count", {}), Step("examples.ping", {}), Step("examples.count", {})])
+    wait_for(lambda: Job.objects.filter(chain=chain, status=Status.SUCCEEDED).count() == 3, 30, what="the chain's steps")
+
+    # then each later step was claimed by the same worker process in its previous step's outcome
+    # transaction (its start is that outcome's end, one now()), each ran once
+    first, second, third = Job.objects.filter(chain=chain).order_by("chain_index")
+    assert first.worker == second.worker == third.worker
+    assert (second.started_at, third.started_at) == (first.finished_at, second.finished_at)
+    assert Counter(Effect.objects.filter(job_id__in=[first.pk, third.pk]).values_list("job_id", flat=True)) == {first.pk: 1, third.pk: 1}
+
+    # when a message for the second step arrives anyway, then it claims nothing: still one attempt
+    assert send([Message.of(second)]) == 1
+    wait_for(lambda: all_messages_consumed("notifications"), 15, what="the duplicate to be consumed")
+    again = Job.objects.get(pk=second.pk)
+    assert (again.status, again.attempt, again.worker, again.finished_at) == (Status.SUCCEEDED, 1, second.worker, second.finished_at)
