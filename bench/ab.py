@@ -35,7 +35,9 @@ def export(rev: str) -> Path:
 def start_worker(procs: Procs, args: argparse.Namespace, root: Path, name: str, queues: str) -> bj.Proc:
     argv = [sys.executable, str(root / "manage.py"), "start", "--queues", queues, "--pool", args.pool,
             "--concurrency", str(args.concurrency), "--grace", "10"]
-    proc = procs.spawn(name, argv, child_env(WORKER_MODE="worker", WORKER_ID=f"{name}@bench"))
+    # In that tree (cwd and PYTHONPATH): the supervisor's `python -m celery` children import from there.
+    env = child_env(WORKER_MODE="worker", WORKER_ID=f"{name}@bench", PYTHONPATH=str(root))
+    proc = procs.spawn(name, argv, env, cwd=root)
     procs.wait_ready(proc)
     return proc
 
