@@ -191,6 +191,14 @@ class _Prepared:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any]) -> None:
+        pg = self._cursor.connection
+        if not pg.autocommit and pg.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # The first statement of a transaction: psycopg would send its BEGIN alone, one round
+            # trip more; in pipeline mode the BEGIN and the statement go in one (an outcome's
+            # transaction: BEGIN + success or failure, then the rest, then COMMIT).
+            with pg.pipeline():
+                self._cursor.execute(sql, params, prepare=True)
+            return
         self._cursor.execute(sql, params, prepare=True)
 
     def fetchone(self) -> Any:
