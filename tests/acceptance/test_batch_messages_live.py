@@ -2,7 +2,9 @@
 SPREAD messages of several job ids each, which a real `manage.py start` worker runs one after the
 other. Each job still runs once, a pool process killed in the middle of a batch loses nothing,
 and each job's time limit holds inside a batch on the prefork pool (where the message carries no
-Celery time limit). The session's PostgreSQL and Redis; tests.support.FAST (leases of 3 s).
+Celery time limit). A chain's next step is handed off to the worker that ended the step before
+(jobs.engine.handoff): no message, and a kill in the middle of it loses nothing. The session's
+PostgreSQL and Redis; tests.support.FAST (leases of 3 s).
 """
 from __future__ import annotations
 
@@ -172,3 +174,27 @@ def test_a_chain_runs_its_next_steps_on_the_worker_that_ended_each_step_with_no_
     wait_for(lambda: all_messages_consumed("notifications"), 15, what="the duplicate to be consumed")
     again = Job.objects.get(pk=second.pk)
     assert (again.status, again.attempt, again.worker, again.finished_at) == (Status.SUCCEEDED, 1, second.worker, second.finished_at)
+
+
+def test_a_pool_process_killed_while_it_runs_a_handed_off_step_loses_nothing_and_runs_nothing_twice(live):
+    """Local handoff: the step claimed in its previous step's outcome is a running row like any
+    other; its process killed, the lease lapses, the reaper and the relay run it again, once."""
+    from jobs import start_chain
+
+    # given a prefork worker and a chain whose second step (handed off) sleeps before its effect
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="killed-handoff-worker")
+    chain = start_chain([Step("examples.count", {}), Step("examples.count", {"sleep": 2})])
+    wait_for(lambda: Job.objects.filter(chain=chain, chain_index=1, status=Status.RUNNING).exists(), 30, what="step 2 to run")
+    first, second = Job.objects.filter(chain=chain).order_by("chain_index")
+    assert second.started_at == first.finished_at  # handed off: claimed in step 1's outcome
+
+    # when its pool process is killed in the middle of it
+    os.kill(int(second.worker.split("/")[1]), signal.SIGKILL)
+
+    # then the chain succeeds: step 2 ran again (attempt 2) and wrote its effect once, step 1
+    # (whose message came back) ran nothing twice
+    wait_for(lambda: Job.objects.get(pk=second.pk).status == Status.SUCCEEDED, 40, what="step 2 to run again")
+    assert Job.objects.get(pk=second.pk).attempt == 2
+    effects = Counter(Effect.objects.filter(job_id__in=[first.pk, second.pk]).values_list("job_id", flat=True))
+    assert effects == Counter({first.pk: 1, second.pk: 1}), effects
+    wait_for(all_messages_consumed, 15, what="every message to be acked")
