@@ -54,11 +54,12 @@ class Procs:
     procs: list[Proc] = field(default_factory=list)  # running
     started: list[Proc] = field(default_factory=list)  # all, for their logs
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> Proc:
+        """`cwd`: the tree whose code the process imports (bench.ab starts another revision's)."""
         log_path = self.folder / f"{name}.log"
         with open(log_path, "wb") as out:
             process = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
         proc = Proc(name, process, log_path)

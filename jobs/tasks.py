@@ -42,7 +42,8 @@ def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN0
     when its message is redelivered or relayed)."""
     worker = store.worker_name(self.request.hostname, os.getpid(), INSTANCE)
     if not more_ids:
-        return claim_and_run(self, job_id, worker, own_time_limit=False)
+        # A message without Celery time limits (a chain step's: jobs.engine.publish): the runner's.
+        return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()))
     return [claim_and_run(self, one, worker, own_time_limit=True) for one in (job_id, *more_ids)]
 
 

@@ -8,7 +8,8 @@ member's end and releases the next step: no task polls for it, and the next step
 once whether two members end at the same instant on two workers, a member's message is
 duplicated, or a member's worker dies and its job runs again (a member counts by its row's
 status, not by how many times it ended). The next step's message goes out after the commit
-(creation.submit -> publish_on_commit).
+(creation.submit -> publish_on_commit), unless the worker claimed the step in that transaction to
+run it next (jobs.engine.handoff: a one-job step on a queue it consumes).
 
 What a group hands on is stored once for the next step (store.hand_on: `jobs_stepresult` rows,
 copied from the members' rows inside PostgreSQL), and each of the next step's rows holds only
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.engine import decisions, store, tracing
+from jobs.engine import decisions, handoff, store, tracing
 from jobs.engine.creation import step_jobs, submit
 from jobs.models import ChainStatus
 
@@ -42,7 +43,8 @@ def release(chain_id: int, index: int, following: dict[str, Any] | None, parent_
     with tracing.span("conveyor.handoff", {"conveyor.chain.id": chain_id, "conveyor.chain.step": index + 1,
                                            "conveyor.group": "group" in following, "conveyor.job.id": parent_id}):
         count = None if failures is None else store.hand_on(chain_id, index, failures)
-        submit(step_jobs(following, chain_id, index + 1, parent_id=parent_id, results_count=count))
+        # The worker whose outcome this is may claim the step to run it next (jobs.engine.handoff).
+        submit(step_jobs(following, chain_id, index + 1, parent_id=parent_id, results_count=count), claim_here=handoff.take)
 
 
 def member_ended(chain_id: int, index: int, status: str, parent_id: int) -> None:

@@ -38,6 +38,10 @@ class Context:
     #: or there was none). The entries themselves are read by `results`, when first asked for.
     results_count: int | None = None
     _results: list[Any] | None = field(default=None, init=False, repr=False)
+    #: The runner's: may this run's success claim the chain's next step here (jobs.engine.handoff),
+    #: and the step it claimed, once its outcome committed.
+    offer: Any = field(default=None, repr=False)
+    handed: Any = field(default=None, repr=False)
 
     @property
     def results(self) -> list[Any] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from django.db import transaction
 
@@ -112,22 +112,30 @@ def new_job(step: Step, **fields: Any) -> Job:
     )
 
 
-def submit(jobs: list[Job]) -> list[Job]:
+def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None = None) -> list[Job]:
     """Insert the rows in the caller's transaction; publish the due ones after it commits.
 
     Returns the rows inserted: one whose idempotency key is already taken is left out.
 
     Traced (jobs.engine.tracing), the insert is a `conveyor.enqueue` span, and each row stores
     its context: every attempt of every row runs as its child.
+
+    `claim_here`: given the rows inserted, claims some for this worker in the same transaction
+    (jobs.engine.handoff.take) and returns their ids: no message is sent for those.
     """
     if tracing.on and jobs:
-        return _traced_submit(jobs)
+        return _traced_submit(jobs, claim_here)
+    return _insert(jobs, claim_here)
+
+
+def _insert(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None) -> list[Job]:
     inserted = store.insert(jobs)
-    publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None])
+    claimed = claim_here(inserted) if claim_here is not None else set()
+    publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None and job.pk not in claimed])
     return inserted
 
 
-def _traced_submit(jobs: list[Job]) -> list[Job]:
+def _traced_submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None) -> list[Job]:
     types, queues = sorted({job.type for job in jobs}), sorted({job.queue for job in jobs})
     attributes = {
         "conveyor.job.type": types[0] if len(types) == 1 else None,
@@ -142,8 +150,7 @@ def _traced_submit(jobs: list[Job]) -> list[Job]:
         carrier = tracing.capture()
         for job in jobs:
             job.trace_context = carrier
-        inserted = store.insert(jobs)
-        publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None])
+        inserted = _insert(jobs, claim_here)
         span.set_attribute("conveyor.job.ids", [job.pk for job in inserted[:100]])
     return inserted
 

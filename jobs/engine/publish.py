@@ -11,7 +11,8 @@ Many jobs of one type published at once (enqueue_many, the relay) share messages
 arguments are then several job ids, `(id1, id2, ...)`, which one worker claims and runs one after
 the other (jobs.tasks). A batch is split over at least SPREAD messages, so that as many workers
 can take part, with at most PER_MESSAGE ids each. A batch message carries no Celery time limit:
-the runner enforces each job's own (jobs.engine.runner.TimeLimit).
+the runner enforces each job's own (jobs.engine.runner.TimeLimit); so does a chain step's message,
+as its worker may run the chain's next steps in the same task (jobs.engine.handoff).
 """
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ def publish(messages: Iterable[Message]) -> int:
             pipe = conn.default_channel.client.pipeline(transaction=False)
             for batch in grouped:
                 first = batch[0]
-                # One job: Celery's time limits are its own. Several: the runner keeps each one's.
-                timeout = _timeout(first.type) if len(batch) == 1 else None
+                # One job: Celery's time limits are its own. Several, or a chain's step (whose
+                # worker may run the next steps in the same task: jobs.engine.handoff): the
+                # runner keeps each one's.
+                timeout = _timeout(first.type) if len(batch) == 1 and first.chain_id is None else None
                 pipe.lpush(
                     envelope.queue_key(first.queue, first.priority, steps, sep),
                     envelope.entry(

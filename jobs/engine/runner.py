@@ -10,6 +10,7 @@ that its database writes share that fate. Every statement is the job store's (jo
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import decisions, limits, registry, store, telemetry, tracing
+from jobs.engine import decisions, handoff, limits, registry, store, telemetry, tracing
+from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
 from jobs.models import Held, Status
@@ -57,6 +59,8 @@ class Outcome(str):
     attempt: int | None
     max_attempts: int | None
     error: str
+    #: The chain's next step this run's outcome claimed to run here next (jobs.engine.handoff).
+    handed: store.Claimed | None = None
 
     def __new__(cls, status: str, attempt: int | None = None, max_attempts: int | None = None, error: str = "") -> Outcome:
         outcome = super().__new__(cls, status)
@@ -85,6 +89,22 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         return Outcome("skipped")  # a duplicate or stale message: locked, finished or not yet due
     if isinstance(claimed, str):
         return Outcome("held", error=claimed)  # its limits hold it in the table; the message goes
+    # Where Celery enforces this message's time limit, the next step must not run under it.
+    runner_keeps_limits = own_time_limit or not POOL_ENFORCES_TIME_LIMITS
+    outcome = _execute(claimed, worker, own_time_limit, runner_keeps_limits, 0, claim_started)
+    # The chain's next step, claimed here in the outcome's transaction (jobs.engine.handoff): run
+    # now, no message sent; each under the runner's own time limit.
+    handed, steps = outcome.handed, 0
+    while handed is not None:
+        steps += 1
+        handed = _execute(handed, worker, True, True, steps, tracing.now_ns() if tracing.on else 0).handed
+    return outcome
+
+
+def _execute(
+    claimed: store.Claimed, worker: str, own_time_limit: bool, runner_keeps_limits: bool, steps: int, claim_started: int
+) -> Outcome:
+    """Run one claimed job and record its outcome."""
     ctx = Context(
         job_id=claimed.id,
         type=claimed.type,
@@ -97,13 +117,18 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
         member=claimed.member,
         results_count=claimed.results_count,
     )
+    if handoff.LOCAL_QUEUES:  # a worker: its chain steps (continuations too) may go on here
+        ctx.offer = handoff.Offer(worker, lease_seconds(), runner_keeps_limits, steps)
     if tracing.on:
-        return _traced(ctx, claimed, worker, own_time_limit, claim_started)
-    # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
-    with telemetry.running(claimed, worker) as run:
-        status, error = _run(ctx, claimed, own_time_limit)
-        run.done(status)
-    return Outcome(status, ctx.attempt, ctx.max_attempts, error)
+        outcome = _traced(ctx, claimed, worker, own_time_limit, claim_started)
+    else:
+        # The run's ids on every log line written meanwhile; its metrics after the outcome's commit.
+        with telemetry.running(claimed, worker) as run:
+            status, error = _run(ctx, claimed, own_time_limit)
+            run.done(status)
+        outcome = Outcome(status, ctx.attempt, ctx.max_attempts, error)
+    outcome.handed = ctx.handed if outcome == Status.SUCCEEDED else None
+    return outcome
 
 
 def _traced(ctx: Context, claimed: store.Claimed, worker: str, own_time_limit: bool, claim_started: int) -> Outcome:
@@ -279,6 +304,7 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
 def _succeed_in(ctx: Context, output_json: str, jt: registry.JobType) -> str:
     """The success in the caller's transaction: the row, then what follows its end; "lost" when
     the row is no longer this attempt's (nothing written)."""
+    ctx.handed = None  # a claim of an earlier try of this outcome was rolled back with it
     done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
     if done is None:
         return _lost(ctx)
@@ -289,7 +315,10 @@ def _succeeded(ctx: Context, done: store.Succeeded, jt: registry.JobType) -> str
     """What follows a success's row, in its transaction (ending.ended: the chain, the slots, the hook)."""
     hook = ctx.finish_hook_needed and jt.on_finish is not None
     row = store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member)
-    ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
+    offer = None if ctx.offer is None else dataclasses.replace(ctx.offer)  # a fresh one per try
+    with handoff.offered(offer):
+        ended([row], How.RAN, success=Success(done, ctx.chain_index, ctx.member, ctx.continuations), hook=hook)
+    ctx.handed = None if offer is None else offer.claimed
     return done.status
 
 
@@ -301,6 +330,7 @@ def _lost(ctx: Context) -> str:
 def _fail(ctx: Context, error: str, jt: registry.JobType | None, permanent: bool = False) -> str:
     """Record a failed attempt; `permanent` (jobs.Permanent): dead now, whatever attempts are left."""
     delay = jt.backoff.delay(ctx.attempt) if jt is not None else 0.0
+    ctx.handed = None  # an atomic success whose commit failed: its claim was rolled back with it
     with transaction.atomic(durable=True):
         row = store.fail(ctx.job_id, ctx.attempt, error, delay, permanent)
         if row is None:
@@ -330,14 +360,13 @@ class TimeLimit:
         self._lock = threading.Lock()
         self._done = False
         self._fired = False
-        self._timer = threading.Timer(seconds, self._soft)
-        self._timer.daemon = True
-        self._timer.start()
+        # The process's deadlines' thread, not a thread per run (jobs.engine.deadlines).
+        self._deadline = deadlines.after(seconds, self._soft)
 
     def stop(self) -> None:
         with self._lock:
             self._done = True
-            self._timer.cancel()
+            deadlines.cancel(self._deadline)
             if self._fired:  # raised too late to matter: drop it if it is still pending
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
 
@@ -348,9 +377,7 @@ class TimeLimit:
             log.warning("job %s attempt %s passed its time limit (%ss)", self.ctx.job_id, self.ctx.attempt, self.seconds)
             self._fired = True
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(SoftTimeLimitExceeded))
-            self._timer = threading.Timer(HARD_LIMIT_GRACE, self._hard)
-            self._timer.daemon = True
-            self._timer.start()
+            self._deadline = deadlines.after(HARD_LIMIT_GRACE, self._hard)
 
     def _hard(self) -> None:
         with self._lock:

@@ -195,6 +195,14 @@ class _Prepared:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any]) -> None:
+        pg = self._cursor.connection
+        if not pg.autocommit and pg.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # The first statement of a transaction: psycopg would send its BEGIN alone, one round
+            # trip more; in pipeline mode the BEGIN and the statement go in one (an outcome's
+            # transaction: BEGIN + success or failure, then the rest, then COMMIT).
+            with pg.pipeline():
+                self._cursor.execute(sql, params, prepare=True)
+            return
         self._cursor.execute(sql, params, prepare=True)
 
     def fetchone(self) -> Any:
@@ -305,11 +313,12 @@ RETURNING {_CLAIMED}
 """
 
 
-def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = ()) -> Claimed | None:
+def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str] = (), alias: str = CLAIMS) -> Claimed | None:
     """Take the row for one attempt, or None: locked, finished, cancelled, not yet due, paused
     (its queue or type: `hold_paused` then holds it), or of one of the `limited` types (whose
-    claims go through jobs.engine.limits and `claim_limited`)."""
-    with prepared(CLAIMS) as cursor:
+    claims go through jobs.engine.limits and `claim_limited`). `alias` "default": in the caller's
+    transaction (a chain's next step claimed with its previous step's outcome, jobs.engine.handoff)."""
+    with prepared(alias) as cursor:
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()
     return None if row is None else _claimed(row)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -76,6 +77,13 @@ def bucket(seconds: float) -> str:
     return "+Inf"
 
 
+@functools.lru_cache(maxsize=4096)
+def _key(name: str, labels: tuple[str, ...]) -> tuple[str, str]:
+    """The hash and field of a metric's label values: written once per label set, not once per
+    increment (a run's increments used to encode eight JSON lists)."""
+    return PREFIX + name, json.dumps(list(labels))
+
+
 class Batch:
     """Increments gathered for one pipelined round trip."""
 
@@ -84,7 +92,7 @@ class Batch:
         self.floats: dict[tuple[str, str], float] = {}
 
     def count(self, name: str, *labels: str, n: int = 1) -> Batch:
-        key = (PREFIX + name, json.dumps(labels))
+        key = _key(name, labels)
         self.ints[key] = self.ints.get(key, 0) + n
         return self
 
@@ -92,7 +100,7 @@ class Batch:
         seconds = max(0.0, float(seconds))
         self.count(name, *labels, bucket(seconds))
         self.count(name, *labels, "count")
-        key = (PREFIX + name, json.dumps([*labels, "sum"]))
+        key = _key(name, (*labels, "sum"))
         self.floats[key] = self.floats.get(key, 0.0) + seconds
         return self
 

@@ -16,7 +16,7 @@ from celery.signals import (
 from django.conf import settings
 from django.db import close_old_connections
 
-from jobs.engine import consumers, recovery, runner, telemetry, tracing
+from jobs.engine import consumers, handoff, recovery, runner, telemetry, tracing
 
 
 @worker_init.connect
@@ -45,6 +45,15 @@ def start_consumer_heartbeat(sender: object = None, **kwargs: object) -> None:
         return list(sender.app.amqp.queues.consume_from)
 
     consumers.start(sender.hostname, queues)
+
+
+@worker_init.connect
+def local_handoff_queues(sender: object = None, **kwargs: object) -> None:
+    """The queues this worker was started with (its pool processes inherit them): a chain's next
+    step on one of them may run here, with no message (jobs.engine.handoff)."""
+    app = getattr(sender, "app", None)
+    if app is not None:
+        handoff.consuming(app.amqp.queues.consume_from)
 
 
 @worker_process_init.connect

@@ -2,7 +2,9 @@
 SPREAD messages of several job ids each, which a real `manage.py start` worker runs one after the
 other. Each job still runs once, a pool process killed in the middle of a batch loses nothing,
 and each job's time limit holds inside a batch on the prefork pool (where the message carries no
-Celery time limit). The session's PostgreSQL and Redis; tests.support.FAST (leases of 3 s).
+Celery time limit). A chain's next step is handed off to the worker that ended the step before
+(jobs.engine.handoff): no message, and a kill in the middle of it loses nothing. The session's
+PostgreSQL and Redis; tests.support.FAST (leases of 3 s).
 """
 from __future__ import annotations
 
@@ -144,3 +146,55 @@ def test_one_by_one_messages_are_consumed_by_a_real_worker_in_priority_order_wit
     ran = list(Effect.objects.filter(job_id__in=ids).order_by("pk").values_list("job_id", flat=True))
     assert ran == ids
     wait_for(all_messages_consumed, 10, what="every message to be acked")
+
+
+def test_a_chain_runs_its_next_steps_on_the_worker_that_ended_each_step_with_no_message(live):
+    """issue 28, local handoff (jobs.engine.handoff): a prefork worker consuming both queues of a
+    chain claims each next step in the outcome's transaction and runs it in the same task; a
+    message sent for such a step anyway (the relay's, a duplicate) claims nothing."""
+    from jobs import start_chain
+    from jobs.engine.publish import Message, publish as send
+
+    # given a prefork worker consuming every queue (default and notifications among them)
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="handoff-worker")
+
+    # when a chain of three steps over two queues runs
+    chain = start_chain([Step("examples.count", {}), Step("examples.ping", {}), Step("examples.count", {})])
+    wait_for(lambda: Job.objects.filter(chain=chain, status=Status.SUCCEEDED).count() == 3, 30, what="the chain's steps")
+
+    # then each later step was claimed by the same worker process in its previous step's outcome
+    # transaction (its start is that outcome's end, one now()), each ran once
+    first, second, third = Job.objects.filter(chain=chain).order_by("chain_index")
+    assert first.worker == second.worker == third.worker
+    assert (second.started_at, third.started_at) == (first.finished_at, second.finished_at)
+    assert Counter(Effect.objects.filter(job_id__in=[first.pk, third.pk]).values_list("job_id", flat=True)) == {first.pk: 1, third.pk: 1}
+
+    # when a message for the second step arrives anyway, then it claims nothing: still one attempt
+    assert send([Message.of(second)]) == 1
+    wait_for(lambda: all_messages_consumed("notifications"), 15, what="the duplicate to be consumed")
+    again = Job.objects.get(pk=second.pk)
+    assert (again.status, again.attempt, again.worker, again.finished_at) == (Status.SUCCEEDED, 1, second.worker, second.finished_at)
+
+
+def test_a_pool_process_killed_while_it_runs_a_handed_off_step_loses_nothing_and_runs_nothing_twice(live):
+    """Local handoff: the step claimed in its previous step's outcome is a running row like any
+    other; its process killed, the lease lapses, the reaper and the relay run it again, once."""
+    from jobs import start_chain
+
+    # given a prefork worker and a chain whose second step (handed off) sleeps before its effect
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="killed-handoff-worker")
+    chain = start_chain([Step("examples.count", {}), Step("examples.count", {"sleep": 2})])
+    wait_for(lambda: Job.objects.filter(chain=chain, chain_index=1, status=Status.RUNNING).exists(), 30, what="step 2 to run")
+    first, second = Job.objects.filter(chain=chain).order_by("chain_index")
+    assert second.started_at == first.finished_at  # handed off: claimed in step 1's outcome
+
+    # when its pool process is killed in the middle of it
+    os.kill(int(second.worker.split("/")[1]), signal.SIGKILL)
+
+    # then the chain succeeds: step 2 ran again (attempt 2) and wrote its effect once, step 1
+    # (whose message came back) ran nothing twice
+    wait_for(lambda: Job.objects.get(pk=second.pk).status == Status.SUCCEEDED, 40, what="step 2 to run again")
+    assert Job.objects.get(pk=second.pk).attempt == 2
+    effects = Counter(Effect.objects.filter(job_id__in=[first.pk, second.pk]).values_list("job_id", flat=True))
+    assert effects == Counter({first.pk: 1, second.pk: 1}), effects
+    wait_for(all_messages_consumed, 15, what="every message to be acked")

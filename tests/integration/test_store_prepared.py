@@ -61,3 +61,32 @@ def test_an_error_in_a_prepared_statement_is_django_s_and_rolls_back_its_transac
     assert Job.objects.get(pk=job.pk).status == Status.RUNNING
     assert store.succeed(job.pk, claimed.attempt, '{"ok": true}') is not None
     assert Job.objects.get(pk=job.pk).status == Status.SUCCEEDED
+
+
+def test_the_first_statement_of_a_transaction_goes_with_its_begin_in_one_round_trip(tmp_path):
+    """issue 28: psycopg sends a transaction's BEGIN alone and waits for it (a round trip); the
+    store's first statement of a transaction is pipelined with it instead."""
+    from psycopg import pq
+
+    job = enqueue("examples.echo", {})
+    claimed = store.claim(job.pk, "node@test/1", 30)
+    connections["default"].ensure_connection()
+    pgconn = connections["default"].connection.pgconn
+    trace = tmp_path / "libpq.trace"
+
+    # when an outcome's transaction runs, its messages traced by libpq
+    with open(trace, "w") as out:
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            with transaction.atomic():
+                assert store.succeed(job.pk, claimed.attempt, "{}") is not None
+        finally:
+            pgconn.untrace()
+
+    # then the statement was sent after the BEGIN without waiting for the server's answer to it
+    lines = [line.split("\t") for line in trace.read_text().splitlines() if line.strip()]
+    begin = next(i for i, line in enumerate(lines) if line[0] == "F" and "BEGIN" in line[-1])
+    statement = next(i for i, line in enumerate(lines) if i > begin and line[0] == "F" and line[2] in ("Bind", "Parse"))
+    assert [line[0] for line in lines[begin:statement]] == ["F"] * (statement - begin), lines[begin : statement + 1]
+    assert Job.objects.get(pk=job.pk).status == Status.SUCCEEDED

@@ -300,3 +300,25 @@ def test_the_workers_stay_within_the_bounds():
     assert decisions.scale(1, idle.state, 0, 3, now=101.0).workers == 1
     with pytest.raises(ValueError, match="bounds"):
         decisions.scale(1, decisions.ScaleState(1), 3, 2, now=0.0)
+
+
+# --- Local handoff (jobs.engine.handoff) ----------------------------------------------------------
+
+HANDOFF = dict(queue="default", consumed=frozenset({"default", "images"}), one_job=True, due=True, limited=False,
+               runner_keeps_limits=True, steps_so_far=0, max_steps=100)
+
+
+def test_a_due_one_job_step_without_limits_on_a_queue_consumed_here_is_handed_off_here():
+    assert decisions.hands_off_here(**HANDOFF)
+
+
+@pytest.mark.parametrize("change", [
+    {"queue": "notifications"},  # a queue this worker does not consume
+    {"one_job": False},  # a group: its members go to their queue, for several workers
+    {"due": False},  # delayed: the relay publishes it when due
+    {"limited": True},  # its type's limits claim it
+    {"runner_keeps_limits": False},  # Celery's time limit of the message would run out during it
+    {"steps_so_far": 100},  # the worker goes back to its queue
+])
+def test_a_next_step_goes_by_its_message_when(change):
+    assert not decisions.hands_off_here(**{**HANDOFF, **change})
