@@ -73,9 +73,38 @@ DATABASES["claims"] = {
     "OPTIONS": {**DATABASES["default"].get("OPTIONS", {}), "options": "-c synchronous_commit=off"},
     "TEST": {"MIRROR": "default"},
 }
-# The job store prepares the statements of every job's path (jobs/engine/store.py); false behind a
-# pooler that cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
-DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", True)
+# --- A transaction-mode pooler in front (PgBouncer; docs/deployment.md, "PgBouncer") ----------
+# DATABASE_DIRECT_URL names PostgreSQL itself; set, DATABASE_URL may be a pooler in transaction
+# mode, which hands each transaction to whichever server connection is free. What needs a
+# session of its own (LISTEN, session advisory locks, migrations: project/pooler.py) uses the
+# "direct" alias; enqueue, claims and outcomes go through DATABASE_URL. Unset, "direct" is
+# DATABASE_URL. `start` and `release` refuse a transaction-mode pooler at DATABASE_URL without it.
+DATABASE_DIRECT_URL = env.get("DATABASE_DIRECT_URL")
+if DATABASE_DIRECT_URL and not DATABASE_DIRECT_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
+    env.fail("DATABASE_DIRECT_URL must be a postgresql:// URL naming PostgreSQL itself (not the pooler)")
+DATABASES["direct"] = {
+    **dj_database_url.parse(DATABASE_DIRECT_URL or DATABASE_URL, conn_max_age=0),
+    "TEST": {"MIRROR": "default"},  # the same test database (a test may point it elsewhere)
+}
+if "application_name" in DATABASES["default"].get("OPTIONS", {}):
+    DATABASES["direct"]["OPTIONS"] = {
+        **DATABASES["direct"].get("OPTIONS", {}),
+        "application_name": DATABASES["default"]["OPTIONS"]["application_name"],
+    }
+if DATABASE_DIRECT_URL:
+    for _alias in ("default", "claims"):
+        # A server-side cursor (`.iterator()`) is declared WITH HOLD outside a transaction: it
+        # outlives the transaction, which the pooler has meanwhile given to another client.
+        DATABASES[_alias]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    # A startup parameter `options` is refused by PgBouncer before 1.20 (Debian 12 has 1.18), and
+    # later ones take only the settings they track: through the pooler, claims commit durably.
+    DATABASES["claims"]["OPTIONS"] = {
+        key: value for key, value in DATABASES["claims"]["OPTIONS"].items() if key != "options"
+    }
+# The job store prepares the statements of every job's path (jobs/engine/store.py): off by default
+# behind a pooler (DATABASE_DIRECT_URL set), which keeps them only from PgBouncer 1.21 on, with
+# max_prepared_statements > 0: set DATABASE_PREPARED=true there (`start` checks it keeps them).
+DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", not DATABASE_DIRECT_URL)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

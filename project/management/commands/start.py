@@ -21,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.engine import registry
 from jobs.engine.recovery import hand_back
 from project import env as environment
-from project import hints, release, roles
+from project import hints, pooler, release, roles
 from project.supervisor import Child, Supervisor
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -71,6 +71,7 @@ class Command(BaseCommand):
                 raise CommandError("--servers and --workers need --cluster", returncode=2)
             modes = [settings.WORKER_MODE]
         self._refuse_pending_migrations()
+        pooler.refuse_misconfigured()  # a transaction-mode pooler needs DATABASE_DIRECT_URL (exit 2)
         if any(map(roles.serves_http, modes)):
             self._refuse_busy_port(int(opts["port"]))
         children = self._children(modes, queues, opts)
