@@ -41,6 +41,29 @@ def params(alias: str = DIRECT) -> dict[str, Any]:
     return found
 
 
+def databases(databases: dict[str, dict[str, Any]], direct: dict[str, Any], pooled: bool) -> dict[str, dict[str, Any]]:
+    """Django's DATABASES with the "direct" alias (`direct`: DATABASE_DIRECT_URL's settings, or
+    DATABASE_URL's when unset) and, when a pooler may be in front (`pooled`: DATABASE_DIRECT_URL
+    set), the pooled aliases made safe for transaction pooling."""
+    result = {alias: {**settings, "OPTIONS": dict(settings.get("OPTIONS", {}))} for alias, settings in databases.items()}
+    options = dict(direct.get("OPTIONS", {}))
+    if "application_name" in result["default"]["OPTIONS"]:  # an ASGI server names its connections
+        options["application_name"] = result["default"]["OPTIONS"]["application_name"]
+    # In tests, the same test database (a test may point it elsewhere).
+    result[DIRECT] = {**direct, "OPTIONS": options, "TEST": {"MIRROR": "default"}}
+    if pooled:
+        for alias in ("default", "claims"):
+            if alias in result:
+                # A server-side cursor (`.iterator()`) is declared WITH HOLD outside a transaction:
+                # it outlives its transaction, whose server connection is meanwhile another client's.
+                result[alias]["DISABLE_SERVER_SIDE_CURSORS"] = True
+                # A startup parameter `options` (the claims' synchronous_commit=off) is refused by
+                # PgBouncer before 1.20 (Debian 12 has 1.18), and later ones take only the settings
+                # they track: through the pooler, claims commit durably, like outcomes.
+                result[alias]["OPTIONS"].pop("options", None)
+    return result
+
+
 @dataclass(frozen=True)
 class Observation:
     """What two clients of one URL saw: `first`, `second` and `during` are one client's backend

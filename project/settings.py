@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from project import connections, embedded, env
+from project import connections, embedded, env, pooler
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PRODUCTION = env.is_production()
@@ -82,25 +82,8 @@ DATABASES["claims"] = {
 DATABASE_DIRECT_URL = env.get("DATABASE_DIRECT_URL")
 if DATABASE_DIRECT_URL and not DATABASE_DIRECT_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
     env.fail("DATABASE_DIRECT_URL must be a postgresql:// URL naming PostgreSQL itself (not the pooler)")
-DATABASES["direct"] = {
-    **dj_database_url.parse(DATABASE_DIRECT_URL or DATABASE_URL, conn_max_age=0),
-    "TEST": {"MIRROR": "default"},  # the same test database (a test may point it elsewhere)
-}
-if "application_name" in DATABASES["default"].get("OPTIONS", {}):
-    DATABASES["direct"]["OPTIONS"] = {
-        **DATABASES["direct"].get("OPTIONS", {}),
-        "application_name": DATABASES["default"]["OPTIONS"]["application_name"],
-    }
-if DATABASE_DIRECT_URL:
-    for _alias in ("default", "claims"):
-        # A server-side cursor (`.iterator()`) is declared WITH HOLD outside a transaction: it
-        # outlives the transaction, which the pooler has meanwhile given to another client.
-        DATABASES[_alias]["DISABLE_SERVER_SIDE_CURSORS"] = True
-    # A startup parameter `options` is refused by PgBouncer before 1.20 (Debian 12 has 1.18), and
-    # later ones take only the settings they track: through the pooler, claims commit durably.
-    DATABASES["claims"]["OPTIONS"] = {
-        key: value for key, value in DATABASES["claims"]["OPTIONS"].items() if key != "options"
-    }
+_direct = dj_database_url.parse(DATABASE_DIRECT_URL or DATABASE_URL, conn_max_age=0)
+DATABASES = pooler.databases(DATABASES, _direct, pooled=bool(DATABASE_DIRECT_URL))
 # The job store prepares the statements of every job's path (jobs/engine/store.py): off by default
 # behind a pooler (DATABASE_DIRECT_URL set), which keeps them only from PgBouncer 1.21 on, with
 # max_prepared_statements > 0: set DATABASE_PREPARED=true there (`start` checks it keeps them).

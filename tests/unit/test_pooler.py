@@ -3,17 +3,11 @@ settings DATABASE_DIRECT_URL brings. The observations of a real PgBouncer:
 tests/integration/test_pooler.py; Conveyor running behind one: tests/acceptance/test_pooler_live.py."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 from django.test import override_settings
 
 from project import pooler
 from project.pooler import Observation
-from tests.support import ROOT
 
 POSTGRES = Observation(first=10, second=10, during=10, other=11)
 
@@ -54,43 +48,27 @@ def test_migrate_defaults_to_the_direct_connection_when_one_is_set():
         assert Command().create_parser("manage.py", "migrate").parse_args([]).database == "default"
 
 
-SHOW = """
-from django.conf import settings
-print(json.dumps({
-    alias: {"host": d["HOST"], "port": d["PORT"], "cursors": d["DISABLE_SERVER_SIDE_CURSORS"], "options": d.get("OPTIONS", {})}
-    for alias, d in settings.DATABASES.items()
-} | {"prepared": settings.DATABASE_PREPARED}))
-"""
-
-
-def _settings(*variants: dict[str, str]) -> list[dict]:
-    """The database settings a process gets from each variant's environment (one process each,
-    started together), DATABASE_URL naming a pooler."""
-    started = []
-    for variables in variants:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
-        env.update(DATABASE_URL="postgresql://conveyor@pgbouncer:6432/conveyor", DJANGO_SETTINGS_MODULE="project.settings", **variables)
-        code = "import json, django; django.setup()\n" + SHOW
-        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        started.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, **pipes))
-    seen = []
-    for process in started:
-        out, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err
-        seen.append(json.loads(out))
-    return seen
+PARSED = {"HOST": "pgbouncer", "PORT": 6432, "NAME": "conveyor", "DISABLE_SERVER_SIDE_CURSORS": False, "OPTIONS": {}}
+DATABASES = {
+    "default": {**PARSED, "OPTIONS": {"application_name": "conveyor-web-7"}},
+    "claims": {**PARSED, "OPTIONS": {"application_name": "conveyor-web-7", "options": "-c synchronous_commit=off"}},
+}
+DIRECT = {**PARSED, "HOST": "postgres", "PORT": 5432}
 
 
 def test_a_direct_url_makes_the_pooled_connections_safe_for_transaction_pooling():
-    direct = "postgresql://conveyor@postgres:5432/conveyor"
-    pooled, asked, plain = _settings({"DATABASE_DIRECT_URL": direct}, {"DATABASE_DIRECT_URL": direct, "DATABASE_PREPARED": "true"}, {})
     # with DATABASE_DIRECT_URL: the direct alias is PostgreSQL, the pooled ones hold no cursor
-    # across transactions, send no startup `options`, and prepare no statement unless asked
-    assert (pooled["direct"]["host"], pooled["direct"]["port"]) == ("postgres", 5432)
-    assert (pooled["default"]["host"], pooled["claims"]["port"]) == ("pgbouncer", 6432)
-    assert pooled["default"]["cursors"] is pooled["claims"]["cursors"] is True
-    assert "options" not in pooled["claims"]["options"]
-    assert pooled["prepared"] is False and asked["prepared"] is True
-    # without: as before (the direct alias is DATABASE_URL)
-    assert plain["direct"]["host"] == "pgbouncer" and plain["default"]["cursors"] is False
-    assert plain["claims"]["options"]["options"] == "-c synchronous_commit=off" and plain["prepared"] is True
+    # across transactions and send no startup `options`
+    pooled = pooler.databases(DATABASES, DIRECT, pooled=True)
+    assert (pooled["direct"]["HOST"], pooled["direct"]["PORT"]) == ("postgres", 5432)
+    assert pooled["direct"]["OPTIONS"] == {"application_name": "conveyor-web-7"}
+    assert pooled["direct"]["TEST"] == {"MIRROR": "default"}
+    assert (pooled["default"]["HOST"], pooled["claims"]["PORT"]) == ("pgbouncer", 6432)
+    assert pooled["default"]["DISABLE_SERVER_SIDE_CURSORS"] is pooled["claims"]["DISABLE_SERVER_SIDE_CURSORS"] is True
+    assert pooled["claims"]["OPTIONS"] == {"application_name": "conveyor-web-7"}
+    # without: as before, and the direct alias is DATABASE_URL's
+    plain = pooler.databases(DATABASES, PARSED, pooled=False)
+    assert plain["direct"]["HOST"] == "pgbouncer" and plain["default"]["DISABLE_SERVER_SIDE_CURSORS"] is False
+    assert plain["claims"]["OPTIONS"]["options"] == "-c synchronous_commit=off"
+    assert DATABASES["claims"]["OPTIONS"]["options"]  # the settings given are not changed
+
