@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, debian_tool
 
 pytestmark = pytest.mark.live
 
@@ -259,3 +259,20 @@ def test_bench_cluster_runs_at_tiny_sizes_and_prints_its_table():
     assert list(rows) == ["HTTP p99 under saturated workers (split) <= 1.2x idle"], str(run)
     measured, verdict = rows["HTTP p99 under saturated workers (split) <= 1.2x idle"]
     assert re.match(r"^\d+\.\d\dx \(", measured) and verdict in ("met", "MISSED"), (measured, verdict)
+
+
+def test_bench_pooler_runs_direct_and_through_pgbouncer_and_prints_its_table():
+    """`python -m bench.pooler` at a tiny size (issue 29: "through the pooler"): a worker on
+    PostgreSQL, then one through a real PgBouncer in transaction mode (Debian's, installed here
+    where missing); both run every job, and PgBouncer served the second's transactions."""
+    debian_tool("pgbouncer", "pgbouncer")
+    run = run_bench("bench.pooler", "--jobs", "20", "--rounds", "1", "--sides", "direct,pooler", "--concurrency", "1")
+    assert run.returncode == 0, str(run)
+    assert "Traceback" not in run.stderr, str(run)
+    header, rows = parse_table(run.stdout, "x direct")
+    assert header[:3] == ["workers' database", "jobs/s", "x direct"], header
+    assert list(rows) == ["direct to PostgreSQL", "through PgBouncer, transaction mode"], str(run)
+    for label, cells in rows.items():
+        assert NUMBER.match(cells[0]) and RATIO.match(cells[1]), (label, cells)
+    served = re.search(r"PgBouncer served (\d+\.\d) transactions per job", run.stdout)
+    assert served and float(served.group(1)) >= 1.0, str(run)
