@@ -70,8 +70,8 @@ class Command(BaseCommand):
             if opts["servers"] is not None or opts["workers"] is not None:
                 raise CommandError("--servers and --workers need --cluster", returncode=2)
             modes = [settings.WORKER_MODE]
-        self._refuse_pending_migrations()
-        pooler.refuse_misconfigured()  # a transaction-mode pooler needs DATABASE_DIRECT_URL (exit 2)
+        if self._refuse_pending_migrations():  # the database answered: is it behind a pooler?
+            pooler.refuse_misconfigured()  # a transaction-mode pooler needs DATABASE_DIRECT_URL (exit 2)
         if any(map(roles.serves_http, modes)):
             self._refuse_busy_port(int(opts["port"]))
         children = self._children(modes, queues, opts)
@@ -104,25 +104,27 @@ class Command(BaseCommand):
         code = supervisor.run()
         sys.exit(code)
 
-    def _refuse_pending_migrations(self) -> None:
+    def _refuse_pending_migrations(self) -> bool:
         """Exit 2 when the database lacks migrations: servers and workers never migrate, the
         release step does (`manage.py release`, under its lock). In development too: `make run`
         runs the release step first, and code ahead of its tables fails the same way everywhere.
 
         A database that does not answer is not a reason to refuse: the instance starts, its
         /health/ready says postgres is unreachable, and workers wait for it (as before this check).
+        Returns whether the database answered.
         """
         try:
             missing = release.pending()
         except release.Unreachable as exc:
             self.stderr.write(f"conveyor: could not check migrations (PostgreSQL did not answer: {exc}); starting anyway")
-            return
+            return False
         if missing:
             raise CommandError(
                 f"{len(missing)} migration(s) not applied (first: {missing[0]}); "
                 f"run `{hints.python_command()} manage.py release` first",
                 returncode=2,
             )
+        return True
 
     def _queues(self, raw: str) -> list[str]:
         known = registry.queues()
