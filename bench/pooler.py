@@ -9,6 +9,8 @@ Three sides, interleaved round by round, one side's worker up at a time (started
 few untimed jobs, measured, stopped), each `manage.py start` in WORKER_MODE=worker:
 - direct: DATABASE_URL is PostgreSQL (the statements prepared, claims committed without waiting
   for the WAL flush);
+- pooler settings but prepared, direct (`--sides` durable; not by default): as the next, with
+  DATABASE_PREPARED=true, which PgBouncer 1.21+ allows: the cost of durable claims alone;
 - pooler settings, direct: DATABASE_DIRECT_URL set to the same PostgreSQL, so the settings are
   those behind a pooler (nothing prepared, claims durable: project/pooler.py) without the hop;
 - through PgBouncer: DATABASE_URL is Debian's PgBouncer in transaction mode (pool of 20) in front
@@ -42,6 +44,7 @@ from bench.jobs import succeeded_jobs
 
 SIDES = (
     ("direct", "direct to PostgreSQL"),
+    ("durable", "pooler settings but prepared, direct (durable claims)"),
     ("settings", "pooler settings, direct (nothing prepared, durable claims)"),
     ("pooler", "through PgBouncer, transaction mode"),
 )
@@ -88,6 +91,7 @@ def pooler(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
         direct = settings.DATABASE_URL
         envs = {
             "direct": {"DATABASE_URL": direct},
+            "durable": {"DATABASE_URL": direct, "DATABASE_DIRECT_URL": direct, "DATABASE_PREPARED": "true"},
             "settings": {"DATABASE_URL": direct, "DATABASE_DIRECT_URL": direct},
             "pooler": {"DATABASE_URL": bouncer.url(), "DATABASE_DIRECT_URL": direct},
         }
@@ -136,12 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per run (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each side once a round; the median is shown (default 3)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--sides", default=",".join(key for key, _ in SIDES), help="which sides (default: direct,settings,pooler)")
+    parser.add_argument("--sides", default="direct,settings,pooler", help="which sides (default: direct,settings,pooler; also: durable)")
     args = parser.parse_args(argv)
     args.sides = [side.strip() for side in args.sides.split(",") if side.strip()]
     unknown = set(args.sides) - {key for key, _ in SIDES}
     if unknown or not {"direct", "pooler"} <= set(args.sides):
-        parser.error(f"--sides: direct and pooler, and optionally settings (not {', '.join(sorted(unknown)) or 'fewer'})")
+        parser.error(f"--sides: direct and pooler, and optionally settings, durable (not {', '.join(sorted(unknown)) or 'fewer'})")
     return args
 
 
