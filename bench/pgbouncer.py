@@ -126,7 +126,8 @@ def start(database: dict[str, Any], mode: str = "transaction", pool: int = 20, b
 
     def listening() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"pgbouncer exited with {process.returncode}:\n{bouncer.log()[-2000:]}")
+            output = (folder / "pgbouncer.out").read_text(errors="replace")[-1000:]
+            raise RuntimeError(f"pgbouncer exited with {process.returncode}:\n{bouncer.log()[-2000:]}\n{output}")
         return "listening on 127.0.0.1" in bouncer.log()
 
     deadline = time.monotonic() + 15
