@@ -26,6 +26,7 @@ from urllib.parse import quote
 INI = """\
 [databases]
 {name} = host={host} port={port} dbname={name} user={user}
+{name}_claims = host={host} port={port} dbname={name} user={user} connect_query='SET synchronous_commit = off'
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -49,9 +50,13 @@ class PgBouncer:
     user: str
     folder: Path
 
-    def url(self) -> str:
-        """DATABASE_URL through the pooler."""
-        return f"postgresql://{quote(self.user)}@127.0.0.1:{self.port}/{self.name}"
+    def url(self, entry: str = "") -> str:
+        """DATABASE_URL through the pooler; `claims_url()`: its entry `<name>_claims`, whose server
+        connections commit asynchronously (DATABASE_CLAIMS_URL)."""
+        return f"postgresql://{quote(self.user)}@127.0.0.1:{self.port}/{self.name}{entry}"
+
+    def claims_url(self) -> str:
+        return self.url("_claims")
 
     def params(self, **extra: Any) -> dict[str, Any]:
         """psycopg's keyword arguments for a client of the pooler."""
@@ -62,15 +67,19 @@ class PgBouncer:
         import psycopg
 
         # The console takes no transaction and no extended protocol: simple queries, autocommit.
+        # Both entries of the database counted; none before a client came (no pool, no row).
+        counts = {"total_xact_count": 0, "total_query_count": 0}
         with psycopg.connect(**{**self.params(), "dbname": "pgbouncer"}, autocommit=True) as admin:
             cursor = psycopg.ClientCursor(admin)
             cursor.execute("SHOW STATS")
             names = [column.name for column in cursor.description]
             for row in cursor.fetchall():
                 stat = dict(zip(names, row))
-                if stat["database"] == self.name:
-                    return {key: int(value) for key, value in stat.items() if key != "database"}
-        return {"total_xact_count": 0, "total_query_count": 0}  # no client yet: no pool, no row
+                if stat["database"] in (self.name, f"{self.name}_claims"):
+                    for key, value in stat.items():
+                        if key != "database":
+                            counts[key] = counts.get(key, 0) + int(value)
+        return counts
 
     def log(self) -> str:
         path = self.folder / "pgbouncer.log"

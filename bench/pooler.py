@@ -5,7 +5,7 @@ pooler").
     python -m bench.pooler                          2,000 jobs a run, 3 rounds
     python -m bench.pooler --jobs 20 --rounds 1 --sides direct,pooler    a smoke run
 
-Three sides, interleaved round by round, one side's worker up at a time (started, warmed with a
+Four sides, interleaved round by round, one side's worker up at a time (started, warmed with a
 few untimed jobs, measured, stopped), each `manage.py start` in WORKER_MODE=worker:
 - direct: DATABASE_URL is PostgreSQL (the statements prepared, claims committed without waiting
   for the WAL flush);
@@ -14,7 +14,9 @@ few untimed jobs, measured, stopped), each `manage.py start` in WORKER_MODE=work
 - pooler settings, direct: DATABASE_DIRECT_URL set to the same PostgreSQL, so the settings are
   those behind a pooler (nothing prepared, claims durable: project/pooler.py) without the hop;
 - through PgBouncer: DATABASE_URL is Debian's PgBouncer in transaction mode (pool of 20) in front
-  of it, DATABASE_DIRECT_URL PostgreSQL.
+  of it, DATABASE_DIRECT_URL PostgreSQL;
+- through PgBouncer, claims asynchronous: and DATABASE_CLAIMS_URL its database entry whose
+  connect_query sets synchronous_commit = off (bench/pgbouncer.py).
 This process enqueues N `examples.echo` jobs with enqueue_many (batches of 500, directly: the same
 for every side) and times from the first enqueue until N rows succeeded. With no DATABASE_URL, on
 embedded servers in a fresh folder under /tmp (bench/common.py), removed at the end. Needs
@@ -47,6 +49,7 @@ SIDES = (
     ("durable", "pooler settings but prepared, direct (durable claims)"),
     ("settings", "pooler settings, direct (nothing prepared, durable claims)"),
     ("pooler", "through PgBouncer, transaction mode"),
+    ("claims", "through PgBouncer, claims asynchronous (DATABASE_CLAIMS_URL)"),
 )
 BATCH = 500
 WARMUP = 20
@@ -94,6 +97,7 @@ def pooler(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
             "durable": {"DATABASE_URL": direct, "DATABASE_DIRECT_URL": direct, "DATABASE_PREPARED": "true"},
             "settings": {"DATABASE_URL": direct, "DATABASE_DIRECT_URL": direct},
             "pooler": {"DATABASE_URL": bouncer.url(), "DATABASE_DIRECT_URL": direct},
+            "claims": {"DATABASE_URL": bouncer.url(), "DATABASE_DIRECT_URL": direct, "DATABASE_CLAIMS_URL": bouncer.claims_url()},
         }
         sides = [(key, label) for key, label in SIDES if key in args.sides]
         rates: dict[str, list[float]] = {key: [] for key, _ in sides}
@@ -101,15 +105,17 @@ def pooler(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
         for round_ in range(args.rounds):
             order = sides if round_ % 2 == 0 else sides[::-1]  # neither side always first
             for key, label in order:
-                before = bouncer.stats()["total_xact_count"] if key == "pooler" else 0
+                through = key in ("pooler", "claims")
+                before = bouncer.stats()["total_xact_count"] if through else 0
                 rate = run_side(procs, args, key, envs[key])
-                if key == "pooler":
+                if through:
                     served += bouncer.stats()["total_xact_count"] - before
                 rates[key].append(rate)
                 print(f"bench.pooler:   round {round_ + 1}, {label}: {rate:,.0f} jobs/s", flush=True)
-        if served < args.rounds * args.jobs:
-            raise BenchError(f"PgBouncer served {served} transactions for {args.rounds * args.jobs} jobs: the workers bypassed it")
-        rates["served"] = [served / (args.rounds * (args.jobs + WARMUP))]
+        pooled_runs = args.rounds * sum(key in ("pooler", "claims") for key, _ in sides)
+        if served < pooled_runs * args.jobs:
+            raise BenchError(f"PgBouncer served {served} transactions for {pooled_runs * args.jobs} jobs: the workers bypassed it")
+        rates["served"] = [served / (pooled_runs * (args.jobs + WARMUP))]
         return rates
     finally:
         bouncer.stop()
@@ -140,12 +146,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per run (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each side once a round; the median is shown (default 3)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--sides", default="direct,settings,pooler", help="which sides (default: direct,settings,pooler; also: durable)")
+    parser.add_argument(
+        "--sides", default="direct,settings,pooler,claims", help="which sides (default: direct,settings,pooler,claims; also: durable)",
+    )
     args = parser.parse_args(argv)
     args.sides = [side.strip() for side in args.sides.split(",") if side.strip()]
     unknown = set(args.sides) - {key for key, _ in SIDES}
     if unknown or not {"direct", "pooler"} <= set(args.sides):
-        parser.error(f"--sides: direct and pooler, and optionally settings, durable (not {', '.join(sorted(unknown)) or 'fewer'})")
+        parser.error(f"--sides: direct and pooler, and optionally settings, durable, claims (not {', '.join(sorted(unknown)) or 'fewer'})")
     return args
 
 

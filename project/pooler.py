@@ -41,11 +41,18 @@ def params(alias: str = DIRECT) -> dict[str, Any]:
     return found
 
 
-def databases(databases: dict[str, dict[str, Any]], direct: dict[str, Any], pooled: bool) -> dict[str, dict[str, Any]]:
+def databases(
+    databases: dict[str, dict[str, Any]], direct: dict[str, Any], pooled: bool, claims: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Django's DATABASES with the "direct" alias (`direct`: DATABASE_DIRECT_URL's settings, or
     DATABASE_URL's when unset) and, when a pooler may be in front (`pooled`: DATABASE_DIRECT_URL
-    set), the pooled aliases made safe for transaction pooling."""
+    set), the pooled aliases made safe for transaction pooling; `claims`: DATABASE_CLAIMS_URL's
+    settings (where the claims connect instead of DATABASE_URL: a pooler's database entry whose
+    server connections commit asynchronously), when set."""
     result = {alias: {**settings, "OPTIONS": dict(settings.get("OPTIONS", {}))} for alias, settings in databases.items()}
+    if claims is not None and "claims" in result:
+        where = {key: claims[key] for key in ("NAME", "USER", "PASSWORD", "HOST", "PORT") if key in claims}
+        result["claims"] = {**result["claims"], **where, "OPTIONS": {**result["claims"]["OPTIONS"], **claims.get("OPTIONS", {})}}
     options = dict(direct.get("OPTIONS", {}))
     if "application_name" in result["default"]["OPTIONS"]:  # an ASGI server names its connections
         options["application_name"] = result["default"]["OPTIONS"]["application_name"]
@@ -59,7 +66,9 @@ def databases(databases: dict[str, dict[str, Any]], direct: dict[str, Any], pool
                 result[alias]["DISABLE_SERVER_SIDE_CURSORS"] = True
                 # A startup parameter `options` (the claims' synchronous_commit=off) is refused by
                 # PgBouncer before 1.20 (Debian 12 has 1.18), and later ones take only the settings
-                # they track: through the pooler, claims commit durably, like outcomes.
+                # they track: through the pooler, claims commit durably, like outcomes, unless
+                # DATABASE_CLAIMS_URL names a database entry of the pooler whose `connect_query`
+                # sets synchronous_commit = off (docs/deployment.md).
                 result[alias]["OPTIONS"].pop("options", None)
     return result
 

@@ -83,7 +83,13 @@ DATABASE_DIRECT_URL = env.get("DATABASE_DIRECT_URL")
 if DATABASE_DIRECT_URL and not DATABASE_DIRECT_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
     env.fail("DATABASE_DIRECT_URL must be a postgresql:// URL naming PostgreSQL itself (not the pooler)")
 _direct = dj_database_url.parse(DATABASE_DIRECT_URL or DATABASE_URL, conn_max_age=0)
-DATABASES = pooler.databases(DATABASES, _direct, pooled=bool(DATABASE_DIRECT_URL))
+# Optional, behind the pooler: where the claims connect (a pooler database entry whose server
+# connections run `SET synchronous_commit = off` once, PgBouncer's connect_query).
+DATABASE_CLAIMS_URL = env.get("DATABASE_CLAIMS_URL")
+if DATABASE_CLAIMS_URL and not DATABASE_DIRECT_URL:
+    env.fail("DATABASE_CLAIMS_URL is for a pooler in front (set DATABASE_DIRECT_URL too, or unset it)")
+_claims = dj_database_url.parse(DATABASE_CLAIMS_URL) if DATABASE_CLAIMS_URL else None
+DATABASES = pooler.databases(DATABASES, _direct, pooled=bool(DATABASE_DIRECT_URL), claims=_claims)
 # The job store prepares the statements of every job's path (jobs/engine/store.py): off by default
 # behind a pooler (DATABASE_DIRECT_URL set), which keeps them only from PgBouncer 1.21 on, with
 # max_prepared_statements > 0: set DATABASE_PREPARED=true there (`start` checks it keeps them).

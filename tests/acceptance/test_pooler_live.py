@@ -81,7 +81,8 @@ def test_start_and_release_refuse_a_transaction_pooler_without_a_direct_url(live
 
 
 def test_jobs_a_chain_a_wait_and_a_stream_run_through_pgbouncer_with_a_direct_url(live, bouncer):
-    env = {"DATABASE_URL": bouncer.url(), "DATABASE_DIRECT_URL": direct_url()}
+    # (the claims through the pooler's entry that commits them asynchronously: DATABASE_CLAIMS_URL)
+    env = {"DATABASE_URL": bouncer.url(), "DATABASE_DIRECT_URL": direct_url(), "DATABASE_CLAIMS_URL": bouncer.claims_url()}
     # given the release step run through the pooler (its lock and the migrations on the direct URL)
     done = _manage("release", env=live.env(**env))
     assert done.returncode == 0, done.stderr

@@ -92,3 +92,13 @@ def test_a_python_wait_and_the_release_lock_use_the_direct_connection():
         with release.lock(on_wait=lambda: None):
             pass
     assert connection.cursor()  # the default one was never in question
+
+
+def test_the_claims_entry_of_the_pooler_commits_asynchronously(bouncers):
+    """DATABASE_CLAIMS_URL's recipe (docs/deployment.md): a PgBouncer database entry whose
+    connect_query sets synchronous_commit = off on its server connections; the main entry's keep
+    the server's default. Each statement here may run on another server connection of its pool."""
+    bouncer = bouncers["transaction"]
+    for entry, expected in (("_claims", "off"), ("", "on")):
+        with psycopg.connect(**bouncer.params(dbname=bouncer.name + entry), autocommit=True) as conn:
+            assert [conn.execute("SHOW synchronous_commit").fetchone()[0] for _ in range(3)] == [expected] * 3

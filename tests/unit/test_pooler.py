@@ -72,3 +72,12 @@ def test_a_direct_url_makes_the_pooled_connections_safe_for_transaction_pooling(
     assert plain["claims"]["OPTIONS"]["options"] == "-c synchronous_commit=off"
     assert DATABASES["claims"]["OPTIONS"]["options"]  # the settings given are not changed
 
+
+
+def test_a_claims_url_moves_only_the_claims_keeping_their_options():
+    claims = {**PARSED, "NAME": "conveyor_claims", "OPTIONS": {}}
+    moved = pooler.databases(DATABASES, DIRECT, pooled=True, claims=claims)
+    assert (moved["claims"]["HOST"], moved["claims"]["PORT"], moved["claims"]["NAME"]) == ("pgbouncer", 6432, "conveyor_claims")
+    assert moved["claims"]["OPTIONS"] == {"application_name": "conveyor-web-7"}  # the name kept, no startup options
+    assert moved["claims"]["TEST"] == DATABASES["claims"].get("TEST")
+    assert moved["default"]["NAME"] == "conveyor"
