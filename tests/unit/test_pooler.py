@@ -79,5 +79,5 @@ def test_a_claims_url_moves_only_the_claims_keeping_their_options():
     moved = pooler.databases(DATABASES, DIRECT, pooled=True, claims=claims)
     assert (moved["claims"]["HOST"], moved["claims"]["PORT"], moved["claims"]["NAME"]) == ("pgbouncer", 6432, "conveyor_claims")
     assert moved["claims"]["OPTIONS"] == {"application_name": "conveyor-web-7"}  # the name kept, no startup options
-    assert moved["claims"]["TEST"] == DATABASES["claims"].get("TEST")
+    assert moved["claims"]["DISABLE_SERVER_SIDE_CURSORS"] is True
     assert moved["default"]["NAME"] == "conveyor"
