@@ -1,9 +1,10 @@
 """The release step's rules: one replica migrates at a time, and nothing else migrates.
 
 `manage.py release` migrates, then syncs schedules, holding a session-level PostgreSQL advisory
-lock (`RELEASE_LOCK`) on a connection of its own: replicas that run it together take turns, the
-first migrates, the next ones find nothing left to apply. A server or worker never migrates:
-`manage.py start` refuses to start while migrations are pending (`pending`).
+lock (`RELEASE_LOCK`) on a connection of its own (the direct one, as the migrations:
+DATABASE_DIRECT_URL): replicas that run it together take turns, the first migrates, the next ones
+find nothing left to apply. A server or worker never migrates: `manage.py start` refuses to start
+while migrations are pending (`pending`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Callable, Iterator
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
+
+from project import pooler
 
 # A fixed key for pg_advisory_lock: the bytes "convrel" (fits PostgreSQL's signed bigint).
 RELEASE_LOCK = int.from_bytes(b"convrel\0", "big")
@@ -26,7 +29,9 @@ def lock(on_wait: Callable[[], None]) -> Iterator[float]:
     is released when the block ends, or by PostgreSQL when this process dies (its session ends).
     `on_wait` is called once if another session holds it and this one has to wait.
     """
-    conn = connections.create_connection(DEFAULT_DB_ALIAS)
+    # The direct connection (DATABASE_DIRECT_URL): a transaction-mode pooler would keep the
+    # session's lock on a server connection this process no longer has (project/pooler.py).
+    conn = connections[pooler.DIRECT].copy()
     started = time.monotonic()
     try:
         with conn.cursor() as cursor:

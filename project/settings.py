@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from project import connections, embedded, env
+from project import connections, embedded, env, pooler
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PRODUCTION = env.is_production()
@@ -73,9 +73,27 @@ DATABASES["claims"] = {
     "OPTIONS": {**DATABASES["default"].get("OPTIONS", {}), "options": "-c synchronous_commit=off"},
     "TEST": {"MIRROR": "default"},
 }
-# The job store prepares the statements of every job's path (jobs/engine/store.py); false behind a
-# pooler that cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
-DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", True)
+# --- A transaction-mode pooler in front (PgBouncer; docs/deployment.md, "PgBouncer") ----------
+# DATABASE_DIRECT_URL names PostgreSQL itself; set, DATABASE_URL may be a pooler in transaction
+# mode, which hands each transaction to whichever server connection is free. What needs a
+# session of its own (LISTEN, session advisory locks, migrations: project/pooler.py) uses the
+# "direct" alias; enqueue, claims and outcomes go through DATABASE_URL. Unset, "direct" is
+# DATABASE_URL. `start` and `release` refuse a transaction-mode pooler at DATABASE_URL without it.
+DATABASE_DIRECT_URL = env.get("DATABASE_DIRECT_URL")
+if DATABASE_DIRECT_URL and not DATABASE_DIRECT_URL.startswith(("postgres://", "postgresql://", "pgsql://")):
+    env.fail("DATABASE_DIRECT_URL must be a postgresql:// URL naming PostgreSQL itself (not the pooler)")
+_direct = dj_database_url.parse(DATABASE_DIRECT_URL or DATABASE_URL, conn_max_age=0)
+# Optional, behind the pooler: where the claims connect (a pooler database entry whose server
+# connections run `SET synchronous_commit = off` once, PgBouncer's connect_query).
+DATABASE_CLAIMS_URL = env.get("DATABASE_CLAIMS_URL")
+if DATABASE_CLAIMS_URL and not DATABASE_DIRECT_URL:
+    env.fail("DATABASE_CLAIMS_URL is for a pooler in front (set DATABASE_DIRECT_URL too, or unset it)")
+_claims = dj_database_url.parse(DATABASE_CLAIMS_URL) if DATABASE_CLAIMS_URL else None
+DATABASES = pooler.databases(DATABASES, _direct, pooled=bool(DATABASE_DIRECT_URL), claims=_claims)
+# The job store prepares the statements of every job's path (jobs/engine/store.py): off by default
+# behind a pooler (DATABASE_DIRECT_URL set), which keeps them only from PgBouncer 1.21 on, with
+# max_prepared_statements > 0: set DATABASE_PREPARED=true there (`start` checks it keeps them).
+DATABASE_PREPARED = env.get_bool("DATABASE_PREPARED", not DATABASE_DIRECT_URL)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

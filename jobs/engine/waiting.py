@@ -24,7 +24,7 @@ from typing import Callable, Iterator, TypeVar
 
 import psycopg
 import psycopg.errors
-from django.db import connections
+from project import pooler
 
 from jobs.engine import store
 from jobs.models import FINISHED, Chain, ChainStatus, Job
@@ -123,14 +123,11 @@ def _listening(channel: str, key: int, deadline: float) -> Iterator[psycopg.Conn
     Only the transaction of an end being committed holds `key` exclusively: waiting for it is
     bounded by the deadline (then None is yielded), which also ends the wait of a caller whose
     own open transaction ended the row."""
-    params = connections["default"].get_connection_params()
-    # Django's adapters and cursor class are for its own connections: this one reads a boolean.
-    for name in ("context", "cursor_factory", "prepare_threshold"):
-        params.pop(name, None)
-    params.setdefault("connect_timeout", 10)
-    with psycopg.connect(**params, autocommit=True) as pg:
+    # The direct connection (DATABASE_DIRECT_URL): LISTEN and a session lock need a session of
+    # their own, which a transaction-mode pooler does not keep (project/pooler.py).
+    with psycopg.connect(**pooler.params(pooler.DIRECT), autocommit=True) as pg:
         lock_ms = max(1, int((deadline - time.monotonic()) * 1000))  # 0 would mean no limit
-        pg.execute(f"SET lock_timeout = {lock_ms}")
+        pg.execute(f"SET lock_timeout = {lock_ms}")  # this connection's own session: it ends with it
         try:
             pg.execute("SELECT pg_advisory_lock_shared(%s)", [key])
         except psycopg.errors.LockNotAvailable:

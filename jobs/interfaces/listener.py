@@ -3,7 +3,7 @@
 `jobs/engine/waiting.py` gives each sync caller (`jobs.wait` in a worker or a script) a connection of
 its own. A server cannot afford that: every open `?wait=` would hold a connection (and, under
 sync workers, the worker itself). Here each event loop (one per ASGI server process) has one
-`Hub`: one autocommit psycopg connection that
+`Hub`: one autocommit psycopg connection (the direct one: DATABASE_DIRECT_URL, project/pooler.py) that
 
 - LISTENs on both channels (`store.JOB_ENDED`, `store.CHAIN_ENDED`) from the moment it opens;
 - holds the waiters' shared advisory locks (`store.waiter_key`): once per key however many
@@ -36,7 +36,7 @@ from collections import defaultdict
 from typing import Any, Awaitable, Callable, TypeVar
 
 import psycopg
-from django.db import connections
+from project import pooler
 
 from jobs.engine import store
 from jobs.models import Chain, Job
@@ -190,11 +190,9 @@ class Hub:
                 await conn.close()
 
     async def _connect(self) -> psycopg.AsyncConnection:
-        params = dict(connections["default"].get_connection_params())
-        # Django's adapters, cursor class and pool settings are for its own connections.
-        for name in ("context", "cursor_factory", "prepare_threshold", "pool"):
-            params.pop(name, None)
-        params.setdefault("connect_timeout", 10)
+        # The direct connection (DATABASE_DIRECT_URL: PostgreSQL itself, not a transaction-mode
+        # pooler, which would hand LISTEN and the session locks to another client: project/pooler.py).
+        params = pooler.params(pooler.DIRECT)
         name = params.get("application_name") or "conveyor"
         params["application_name"] = f"{name}-listen"[:63]
         conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)

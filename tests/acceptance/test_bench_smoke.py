@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, debian_tool
 
 pytestmark = pytest.mark.live
 
@@ -274,3 +274,20 @@ def test_bench_tracing_runs_at_tiny_sizes_and_prints_the_cost_off_and_on():
     assert re.match(r"^[+-]\d[\d,]* us CPU \(\d+\.\d\dx\), [+-]\d[\d,]* us wall \(\d+\.\d\dx\)$", on[2]), on
     # off exports nothing; on, every job's enqueue, wait, claim and run (and its statements) arrived
     assert off[4] == "0" and float(on[4]) >= 4.0, (off, on)
+
+
+def test_bench_pooler_runs_direct_and_through_pgbouncer_and_prints_its_table():
+    """`python -m bench.pooler` at a tiny size (issue 29: "through the pooler"): a worker on
+    PostgreSQL, then one through a real PgBouncer in transaction mode (Debian's, installed here
+    where missing); both run every job, and PgBouncer served the second's transactions."""
+    debian_tool("pgbouncer", "pgbouncer")
+    run = run_bench("bench.pooler", "--jobs", "20", "--rounds", "1", "--sides", "direct,pooler", "--concurrency", "1")
+    assert run.returncode == 0, str(run)
+    assert "Traceback" not in run.stderr, str(run)
+    header, rows = parse_table(run.stdout, "x direct")
+    assert header[:3] == ["workers' database", "jobs/s", "x direct"], header
+    assert list(rows) == ["direct to PostgreSQL", "through PgBouncer, transaction mode"], str(run)
+    for label, cells in rows.items():
+        assert NUMBER.match(cells[0]) and RATIO.match(cells[1]), (label, cells)
+    served = re.search(r"PgBouncer served (\d+\.\d) transactions per job", run.stdout)
+    assert served and float(served.group(1)) >= 1.0, str(run)

@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.engine import registry
 from jobs.engine.recovery import hand_back
 from project import env as environment
-from project import autoscale, hints, release, roles
+from project import autoscale, hints, pooler, release, roles
 from project.supervisor import Child, Supervisor
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -88,7 +88,8 @@ class Command(BaseCommand):
             modes = [mode for mode in modes if mode != "worker"] + ["worker"] * count
         # Beside its own HTTP servers, a start's workers yield the CPU to them (WORKER_NICE unset).
         opts["worker_nice"] = roles.worker_nice(modes, settings.WORKER_NICE)
-        self._refuse_pending_migrations()
+        if self._refuse_pending_migrations():  # the database answered: is it behind a pooler?
+            pooler.refuse_misconfigured()  # a transaction-mode pooler needs DATABASE_DIRECT_URL (exit 2)
         if any(map(roles.serves_http, modes)):
             self._refuse_busy_port(int(opts["port"]))
         # An autoscaled cluster names its workers worker-<n> even when it starts with one instance.
@@ -177,25 +178,27 @@ class Command(BaseCommand):
         return autoscale.Autoscaler(bounds[0], bounds[1], read, make_worker, shrink_after=float(opts["shrink_after"]),
                                     per_worker=per_worker)
 
-    def _refuse_pending_migrations(self) -> None:
+    def _refuse_pending_migrations(self) -> bool:
         """Exit 2 when the database lacks migrations: servers and workers never migrate, the
         release step does (`manage.py release`, under its lock). In development too: `make run`
         runs the release step first, and code ahead of its tables fails the same way everywhere.
 
         A database that does not answer is not a reason to refuse: the instance starts, its
         /health/ready says postgres is unreachable, and workers wait for it (as before this check).
+        Returns whether the database answered.
         """
         try:
             missing = release.pending()
         except release.Unreachable as exc:
             self.stderr.write(f"conveyor: could not check migrations (PostgreSQL did not answer: {exc}); starting anyway")
-            return
+            return False
         if missing:
             raise CommandError(
                 f"{len(missing)} migration(s) not applied (first: {missing[0]}); "
                 f"run `{hints.python_command()} manage.py release` first",
                 returncode=2,
             )
+        return True
 
     def _queues(self, raw: str) -> list[str]:
         known = registry.queues()
