@@ -133,17 +133,18 @@ def transaction_bound_ms(timeout: float, grace: float) -> int:
 
 
 def hands_off_here(*, queue: str, consumed: frozenset[str] | set[str], one_job: bool, due: bool, limited: bool,
-                   runner_keeps_limits: bool, steps_so_far: int, max_steps: int) -> bool:
+                   runner_keeps_limits: bool, steps_so_far: int, max_steps: int, monitored: bool = False) -> bool:
     """Whether a worker that just succeeded a chain step claims the next step itself, in the
     outcome's transaction, and runs it next (jobs.engine.handoff), instead of sending its message.
 
     Only a next step that is one job (a group's members go to their queue: several workers run
     them side by side), due now, of a type without limits (its claim is the limits'), on a queue
     this worker consumes; only where the runner keeps the time limits (a message with a Celery
-    time limit would have it run out during the next step); and at most `max_steps` steps in a
-    row, after which the worker goes back to its queue."""
+    time limit would have it run out during the next step); at most `max_steps` steps in a
+    row, after which the worker goes back to its queue; and not while the worker sends task events
+    (`monitored`: Flower watching), where each step is a task of its own for the monitor to show."""
     return (one_job and due and not limited and queue in consumed and runner_keeps_limits
-            and steps_so_far < max_steps)
+            and steps_so_far < max_steps and not monitored)
 
 
 def unstarted_status(chain_status: str) -> str:

@@ -13,6 +13,9 @@ Nothing new can be lost or run twice:
 - a rolled-back outcome rolls the claim back too: the runner only runs a claim whose outcome
   committed (`Context.handed`, cleared before each outcome's attempt).
 
+A worker that sends task events (Flower turned them on) sends every step's message instead: a
+step run here would be no task of its own, and the monitor would not show it.
+
 The queues a worker consumes are those it was started with (`consuming`, set on `worker_init`
 by jobs.interfaces.signals); a queue added or cancelled at run time through Celery's remote
 control is not seen here (a queue that must stop taking jobs is paused: jobs.engine.pauses, which
@@ -23,7 +26,7 @@ from __future__ import annotations
 import contextvars
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from jobs.engine import decisions, registry, store
 
@@ -34,6 +37,17 @@ if TYPE_CHECKING:  # pragma: no cover
 LOCAL_QUEUES: frozenset[str] = frozenset()
 #: Steps of one chain a worker runs in a row before it goes back to its queue.
 MAX_STEPS = 100
+
+
+#: Whether the worker sends task events now (a monitor, Flower, turned them on): read from the
+#: worker's main process, which knows, through memory its pool processes share (`watch_events`).
+_events_on: Callable[[], bool] = lambda: False
+
+
+def watch_events(events_on: Callable[[], bool]) -> None:
+    """Say how to know whether the worker sends task events (jobs.interfaces.signals)."""
+    global _events_on
+    _events_on = events_on
 
 
 def consuming(queues: Iterable[str]) -> None:
@@ -78,6 +92,7 @@ def take(inserted: list[Job]) -> set[int]:
         queue=job.queue, consumed=LOCAL_QUEUES, one_job=len(inserted) == 1 and job.member is None,
         due=job.published_at is not None, limited=job.type in limited,
         runner_keeps_limits=offer.runner_keeps_limits, steps_so_far=offer.steps_so_far, max_steps=MAX_STEPS,
+        monitored=_events_on(),
     ):
         return set()
     claimed = store.claim(job.pk, offer.worker, offer.lease_seconds, limited, alias="default")

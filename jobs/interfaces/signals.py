@@ -2,7 +2,10 @@
 are checked around each task."""
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
+import time
 
 from celery.signals import (
     task_postrun,
@@ -47,13 +50,44 @@ def start_consumer_heartbeat(sender: object = None, **kwargs: object) -> None:
     consumers.start(sender.hostname, queues)
 
 
+#: 1 while the worker's main process sends task events: a byte of shared memory made before the
+#: pool starts, so its processes (forked) read what the main process writes (`watch_task_events`).
+_events_on = multiprocessing.RawValue("b", 0)
+EVENTS_CHECK_SECONDS = 1.0
+
+
 @worker_init.connect
 def local_handoff_queues(sender: object = None, **kwargs: object) -> None:
     """The queues this worker was started with (its pool processes inherit them): a chain's next
-    step on one of them may run here, with no message (jobs.engine.handoff)."""
+    step on one of them may run here, with no message (jobs.engine.handoff), unless the worker
+    sends task events."""
     app = getattr(sender, "app", None)
     if app is not None:
         handoff.consuming(app.amqp.queues.consume_from)
+        handoff.watch_events(lambda: bool(_events_on.value))
+
+
+@worker_ready.connect
+def watch_task_events(sender: object = None, **kwargs: object) -> None:
+    """Copy, every second, whether the worker sends task events (Flower turns them on and off in
+    the main process at run time, Celery's `enable_events`) to where the pool processes read it."""
+    dispatcher = getattr(sender, "event_dispatcher", None)
+    if dispatcher is None:
+        return
+
+    def sends_task_events() -> int:
+        # Celery's dispatcher is enabled for the worker's heartbeats alone, its groups then
+        # ["worker"]; `enable_events` adds "task" (groups None: every group, TASK_EVENTS=true).
+        groups = dispatcher.groups
+        return 1 if dispatcher.enabled and (not groups or "task" in groups) else 0
+
+    def copy() -> None:
+        while True:
+            _events_on.value = sends_task_events()
+            time.sleep(EVENTS_CHECK_SECONDS)
+
+    _events_on.value = sends_task_events()
+    threading.Thread(target=copy, name="conveyor-task-events", daemon=True).start()
 
 
 @worker_process_init.connect

@@ -319,6 +319,7 @@ def test_a_due_one_job_step_without_limits_on_a_queue_consumed_here_is_handed_of
     {"limited": True},  # its type's limits claim it
     {"runner_keeps_limits": False},  # Celery's time limit of the message would run out during it
     {"steps_so_far": 100},  # the worker goes back to its queue
+    {"monitored": True},  # Flower watching: each step a task of its own, shown as such
 ])
 def test_a_next_step_goes_by_its_message_when(change):
     assert not decisions.hands_off_here(**{**HANDOFF, **change})
