@@ -261,7 +261,6 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
         # The node only (its process and start token on hover): the job's page has the whole name.
         return format_html('<span class="cv-nowrap" title="{}">{}</span>', job.worker, job.worker.split("/")[0]) if job.worker else "-"
 
-    @admin.display(description="chain", ordering="chain")
     @admin.display(description="trace")
     def trace_link(self, job: Job) -> str:
         """Its trace in the viewer TRACE_VIEWER_URL names (its request, chain and every attempt), or
@@ -273,6 +272,7 @@ class JobAdmin(Operate, ReadOnly, admin.ModelAdmin):
             return format_html('<a id="job-trace" href="{}">{}</a>', link, tracing.trace_id_of(job.trace_context))
         return tracing.trace_id_of(job.trace_context) or "-"
 
+    @admin.display(description="chain", ordering="chain")
     def chain_link(self, job: Job) -> str:
         """The chain and the job's step in it, from the row's own columns (no join, no plan read)."""
         if job.chain_id is None:
