@@ -1156,6 +1156,52 @@ def delete_finished(cutoff: dt.datetime, batch: int) -> int:
     return Job.objects.filter(id__in=ids).delete()[0] if ids else 0
 
 
+# Retention at the rate of the work (issue 29): one batch of the oldest finished rows outside any
+# chain, by job_finished_idx from where the last batch stopped (`finished_at >= %s`: deleted index
+# entries are not walked again, even while a long transaction keeps them from being cleaned), rows
+# a concurrent statement holds skipped, not waited for.
+OLD_FINISHED_SQL = """
+SELECT id, finished_at FROM jobs_job
+ WHERE finished_at >= %s AND finished_at < %s AND chain_id IS NULL
+   AND status IN ('succeeded', 'dead', 'cancelled')
+ ORDER BY finished_at LIMIT %s
+   FOR UPDATE SKIP LOCKED
+"""
+DELETE_JOBS_SQL = "DELETE FROM jobs_job WHERE id = ANY(%s)"
+#: Where the first batch of a cleanup run starts.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def delete_finished_from(cutoff: dt.datetime, after: dt.datetime, batch: int) -> tuple[int, dt.datetime | None]:
+    """Delete one batch of rows outside any chain that ended in [after, cutoff), oldest first;
+    return (how many, the last one's finished_at: the next batch's `after`; None when none).
+
+    Two statements and no rows loaded into Python (Django's delete() loads each row to delete it):
+    the references to the rows a relation clears on delete (SET_NULL: a job's children, an event's
+    deliveries) are cleared by one UPDATE each, then one DELETE. A relation that would cascade or
+    protect falls back to Django's delete() for the batch."""
+    from django.db import models, transaction
+
+    with transaction.atomic():
+        with connections["default"].cursor() as cursor:
+            cursor.execute(OLD_FINISHED_SQL, [after, cutoff, batch])
+            rows = cursor.fetchall()
+        if not rows:
+            return 0, None
+        ids = [row[0] for row in rows]
+        last = max(row[1] for row in rows)
+        relations = [rel for rel in Job._meta.related_objects if rel.on_delete is not models.DO_NOTHING]
+        if any(rel.on_delete is not models.SET_NULL for rel in relations):
+            return Job.objects.filter(id__in=ids).delete()[0], last
+        for rel in relations:
+            rel.related_model._base_manager.filter(  # noqa: SLF001 - every row, as delete() updates them**{f"{rel.field.name}__in": ids}).exclude(
+                **({"pk__in": ids} if rel.related_model is Job else {})
+            ).update(**{rel.field.name: None})
+        with connections["default"].cursor() as cursor:
+            cursor.execute(DELETE_JOBS_SQL, [ids])
+            return cursor.rowcount, last
+
+
 ENDED_CHAINS_SQL = """
 SELECT c.id FROM jobs_chain c
  WHERE c.status <> 'running' AND c.finished_at < %s
