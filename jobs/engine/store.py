@@ -1190,13 +1190,20 @@ def delete_finished_from(cutoff: dt.datetime, after: dt.datetime, batch: int) ->
             return 0, None
         ids = [row[0] for row in rows]
         last = max(row[1] for row in rows)
-        relations = [rel for rel in Job._meta.related_objects if rel.on_delete is not models.DO_NOTHING]
+        # Every relation to a job, hidden ones too (related_name="+"), as Django's delete() finds them.
+        relations = [
+            rel for rel in Job._meta.get_fields(include_hidden=True)
+            if rel.auto_created and not rel.concrete and (rel.one_to_one or rel.one_to_many)
+            and rel.on_delete is not models.DO_NOTHING
+        ]
         if any(rel.on_delete is not models.SET_NULL for rel in relations):
             return Job.objects.filter(id__in=ids).delete()[0], last
         for rel in relations:
-            rel.related_model._base_manager.filter(  # noqa: SLF001 - every row, as delete() updates them**{f"{rel.field.name}__in": ids}).exclude(
-                **({"pk__in": ids} if rel.related_model is Job else {})
-            ).update(**{rel.field.name: None})
+            # _base_manager: every row, as delete() updates them (a default manager may filter).
+            referring = rel.related_model._base_manager.filter(**{f"{rel.field.name}__in": ids})  # noqa: SLF001
+            if rel.related_model is Job:
+                referring = referring.exclude(pk__in=ids)  # a child deleted in the same batch
+            referring.update(**{rel.field.name: None})
         with connections["default"].cursor() as cursor:
             cursor.execute(DELETE_JOBS_SQL, [ids])
             return cursor.rowcount, last
