@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.common import (
@@ -307,11 +307,10 @@ class Side:
     relay: list[float] = field(default_factory=list)
 
 
-def history_phase(procs: Procs, args: argparse.Namespace, dbs: Databases) -> dict[str, Side]:
+def history_phase(procs: Procs, args: argparse.Namespace, dbs: Databases, bare_worker: Proc) -> dict[str, Side]:
     from bench import bare
 
     client = redis_client()
-    (bare_worker,) = start_bare_workers(procs, args, defaults=True, **{"bare-defaults": bare.QUEUE_DEFAULTS})
     sides = {"bare": Side(), "empty": Side(), "history": Side()}
     timeout = args.timeout or 120 + args.jobs / 10
 
@@ -324,30 +323,27 @@ def history_phase(procs: Procs, args: argparse.Namespace, dbs: Databases) -> dic
         return n / (done - start)
 
     bare_run(args.warmup)
-    try:
-        for round_ in range(args.rounds):
-            for side in ("empty", "history"):
-                dbs.use(side)
-                (worker,) = _worker(procs, args, dbs, side, round_)
-                try:
-                    run_jobs(args.warmup, worker, timeout)
-                    rate = run_jobs(args.jobs, worker, timeout)
-                    claims = claim_latencies(args.claims)
-                    relay = [relay_scan_ms() for _ in range(5)]
-                finally:
-                    procs.stop(worker)
-                sides[side].rates.append(rate)
-                sides[side].claims += claims
-                sides[side].relay += relay
-                say(
-                    f"  round {round_ + 1} {side}: {rate:,.0f} jobs/s, claim p50 {percentile(claims, 0.5):.2f} ms "
-                    f"p99 {percentile(claims, 0.99):.2f} ms, relay scans {statistics.median(relay):.2f} ms"
-                )
-            rate = bare_run(args.jobs)
-            sides["bare"].rates.append(rate)
-            say(f"  round {round_ + 1} bare Celery (defaults): {rate:,.0f} tasks/s")
-    finally:
-        procs.stop(bare_worker)
+    for round_ in range(args.rounds):
+        for side in ("empty", "history"):
+            dbs.use(side)
+            (worker,) = _worker(procs, args, dbs, side, round_)
+            try:
+                run_jobs(args.warmup, worker, timeout)
+                rate = run_jobs(args.jobs, worker, timeout)
+                claims = claim_latencies(args.claims)
+                relay = [relay_scan_ms() for _ in range(5)]
+            finally:
+                procs.stop(worker)
+            sides[side].rates.append(rate)
+            sides[side].claims += claims
+            sides[side].relay += relay
+            say(
+                f"  round {round_ + 1} {side}: {rate:,.0f} jobs/s, claim p50 {percentile(claims, 0.5):.2f} ms "
+                f"p99 {percentile(claims, 0.99):.2f} ms, relay scans {statistics.median(relay):.2f} ms"
+            )
+        rate = bare_run(args.jobs)
+        sides["bare"].rates.append(rate)
+        say(f"  round {round_ + 1} bare Celery (defaults): {rate:,.0f} tasks/s")
     return sides
 
 
@@ -374,14 +370,16 @@ class Retention:
         return self.deleted / self.seconds if self.seconds else 0.0
 
 
-def retention_phase(procs: Procs, args: argparse.Namespace, dbs: Databases) -> list[Retention]:
-    """The cleanup's deletes beside a busy worker: before (Django's delete) and now, interleaved."""
+def retention_phase(args: argparse.Namespace, dbs: Databases) -> list[Retention]:
+    """The cleanup's deletes beside a busy worker: before (Django's delete) and now, interleaved;
+    each slice deletes at most an eighth of the history (the other deleter's share is left)."""
     import datetime as dt
 
     from jobs.engine import store
 
     dbs.use("history")
-    (worker,) = _worker(procs, args, dbs, "history", 99)
+    cap = max(1, args.history // 8)
+    batch = min(1000, cap)
     feeder = Feeder(args.backlog)
     cutoff = db_now() - dt.timedelta(days=7)
     first = next_id()
@@ -395,24 +393,67 @@ def retention_phase(procs: Procs, args: argparse.Namespace, dbs: Databases) -> l
             for key in ("before", "now"):
                 result = results[key]
                 t0, began, after = db_now(), time.perf_counter(), store.EPOCH
-                while time.perf_counter() - began < slice_:
+                deleted = 0
+                while time.perf_counter() - began < slice_ and deleted < cap:
                     if key == "before":
-                        n = store.delete_finished(cutoff, 1000)
+                        n = store.delete_finished(cutoff, batch)
                     else:
-                        n, last = store.delete_finished_from(cutoff, after, 1000)
+                        n, last = store.delete_finished_from(cutoff, after, batch)
                         after = last or after
                     if not n:
                         break
-                    result.deleted += n
+                    deleted += n
+                result.deleted += deleted
                 result.seconds += time.perf_counter() - began
                 result.jobs += finished_between(first, t0, db_now())
     finally:
         feeder.stop()
-        procs.stop(worker)
     for result in results.values():
         say(f"  {result.label}: {result.deleted:,} rows in {result.seconds:.1f}s, {result.rate:,.0f} rows/s; "
             f"the worker meanwhile {result.jobs / max(result.seconds, 1e-9):,.0f} jobs/s")
     return list(results.values())
+
+
+class BareFeeder(threading.Thread):
+    """Keeps `backlog` no-op tasks waiting for a bare Celery worker beside Conveyor's: its rate over
+    the same windows is the machine's load, not PostgreSQL's (bare Celery never touches it)."""
+
+    def __init__(self, backlog: int) -> None:
+        super().__init__(daemon=True)
+        self.backlog, self.stopping, self.error = backlog, threading.Event(), None
+
+    def run(self) -> None:
+        from bench import bare
+
+        try:
+            while not self.stopping.is_set():
+                if queue_length(bare.QUEUE_DEFAULTS) < self.backlog:
+                    for _ in range(100):
+                        bare.noop_defaults.apply_async(queue=bare.QUEUE_DEFAULTS, routing_key=bare.QUEUE_DEFAULTS)
+                else:
+                    time.sleep(0.05)
+        except Exception as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(30)
+        if self.error:
+            raise BenchError(f"the bare feeder failed: {self.error!r}")
+
+
+def bare_done() -> int:
+    from bench import bare
+
+    return int(redis_client().get(bare.DONE_KEY) or 0)
+
+
+# What PostgreSQL's backends of this database are doing, sampled: a wait event, or CPU.
+ACTIVITY_SQL = """
+SELECT COALESCE(wait_event_type || ':' || wait_event, 'CPU') || ' ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 40)
+  FROM pg_stat_activity
+ WHERE state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()
+"""
 
 
 @dataclass
@@ -424,40 +465,49 @@ class Part:
     relay: list[float]
     dead: int
     live: int
+    bare: float = 0.0  # bare Celery's tasks/s over the same window
+    activity: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
 
 
-def hold_phase(procs: Procs, args: argparse.Namespace, dbs: Databases) -> list[Part]:
-    """Before, during and after a transaction held open for --hold seconds, beside a busy worker."""
-    side = "history" if args.history else "empty"
+def hold_phase(args: argparse.Namespace, dbs: Databases, side: str) -> list[Part]:
+    """Before, during and after a transaction held open for --hold seconds, beside a busy worker
+    (and a busy bare Celery worker: the machine's load over the same windows)."""
+    from collections import Counter
+
     dbs.use(side)
-    (worker,) = _worker(procs, args, dbs, side, 100)
-    feeder = Feeder(args.backlog)
+    feeder, bare_feeder = Feeder(args.backlog), BareFeeder(args.backlog)
     first = next_id()
     parts: list[Part] = []
     feeder.start()
+    bare_feeder.start()
     holder = None
     try:
-        time.sleep(min(5.0, args.window / 4))  # the worker at speed
+        time.sleep(min(5.0, args.window / 4))  # the workers at speed
 
-        def part(label: str, seconds: float, between: Callable[[], None] | None = None) -> None:
+        def part(label: str, seconds: float) -> None:
             claims: list[float] = []
             relay: list[float] = []
-            t0, began = db_now(), time.perf_counter()
+            activity: Counter[str] = Counter()
+            t0, began, bare0 = db_now(), time.perf_counter(), bare_done()
             while time.perf_counter() - began < seconds:
                 tick = time.perf_counter()
                 claims += claim_latencies(5)
                 relay.append(relay_scan_ms())
+                activity.update(row[0] for row in sql(ACTIVITY_SQL))
                 time.sleep(max(0.0, 1.0 - (time.perf_counter() - tick)))
-            t1 = db_now()
+            t1, bare_rate = db_now(), (bare_done() - bare0) / (time.perf_counter() - began)
             dead, live = dead_tuples()
-            parts.append(Part(label, (t1 - t0).total_seconds(), finished_between(first, t0, t1), claims, relay, dead, live))
-            p = parts[-1]
-            say(f"  {label}: {p.rate:,.0f} jobs/s, claim p50 {percentile(claims, 0.5):.2f} ms p99 "
-                f"{percentile(claims, 0.99):.2f} ms, relay {statistics.median(relay):.2f} ms, dead tuples {dead:,}")
+            p = Part(label, (t1 - t0).total_seconds(), finished_between(first, t0, t1), claims, relay, dead, live,
+                     bare_rate, dict(activity))
+            parts.append(p)
+            top = ", ".join(f"{name} {count}" for name, count in activity.most_common(4))
+            say(f"  {label}: {p.rate:,.0f} jobs/s (bare Celery {bare_rate:,.0f}/s), claim p50 {percentile(claims, 0.5):.2f} ms p99 "
+                f"{percentile(claims, 0.99):.2f} ms, relay {statistics.median(relay):.2f} ms, dead tuples {dead:,}; "
+                f"PostgreSQL busy with (samples): {top or 'nothing'}")
 
         part("before", args.window)
         holder = open_transaction(dbs, side)
@@ -470,7 +520,7 @@ def hold_phase(procs: Procs, args: argparse.Namespace, dbs: Databases) -> list[P
         if holder is not None:
             holder.close()
         feeder.stop()
-        procs.stop(worker)
+        bare_feeder.stop()
     return parts
 
 
@@ -534,15 +584,22 @@ def report(args: argparse.Namespace, results: dict[str, Any], machine: str) -> s
         parts = results["hold"]
         before = parts[0]
         lines += ["", *table(
-            ("vacuum held back", "jobs/s", "x before", "claim p50 ms", "claim p99 ms", "relay scan ms", "dead tuples", ""),
-            [(p.label, f"{p.rate:,.0f}", ratio(p.rate, before.rate), f"{percentile(p.claims, 0.5):.2f}",
-              f"{percentile(p.claims, 0.99):.2f}", f"{statistics.median(p.relay):.2f}", f"{p.dead:,}", "") for p in parts],
+            ("vacuum held back", "jobs/s", "x before", "bare Celery/s", "bare x before", "claim p50 ms", "claim p99 ms",
+             "relay scan ms", "dead tuples", ""),
+            [(p.label, f"{p.rate:,.0f}", ratio(p.rate, before.rate), f"{p.bare:,.0f}", ratio(p.bare, before.bare),
+              f"{percentile(p.claims, 0.5):.2f}", f"{percentile(p.claims, 0.99):.2f}", f"{statistics.median(p.relay):.2f}",
+              f"{p.dead:,}", "") for p in parts],
         )]
+        lines += ["", "  (bare Celery beside it never touches PostgreSQL: its rate is the machine's load over the same window)"]
+
+        def held(p: Part) -> float:  # Conveyor's rate against before, over the machine's (bare Celery's)
+            return (p.rate / before.rate) / (p.bare / before.bare) if before.rate and before.bare and p.bare else 0.0
+
         during, after = parts[1], parts[2]
-        verdicts.append(("throughput loss under 10% while vacuum is held back", ratio(during.rate, before.rate),
-                         during.rate >= 0.9 * before.rate))
-        verdicts.append(("recovers at once (the window after within 10% of before)", ratio(after.rate, before.rate),
-                         after.rate >= 0.9 * before.rate))
+        verdicts.append(("throughput loss under 10% while vacuum is held back (x before, over bare's)",
+                         f"{during.rate / before.rate if before.rate else 0:.2f}x ({held(during):.2f}x)", held(during) >= 0.9))
+        verdicts.append(("recovers at once (after within 10% of before, over bare's)",
+                         f"{after.rate / before.rate if before.rate else 0:.2f}x ({held(after):.2f}x)", held(after) >= 0.9))
     lines += ["", *table(("target (issue 29)", "measured", ""), [(name, value, "met" if ok else "MISSED") for name, value, ok in verdicts])]
     return "\n".join(lines)
 
@@ -596,14 +653,21 @@ def main(argv: list[str] | None = None) -> int:
             dbs.use("history")
             say(f"filling: {args.history:,} finished + {args.pending:,} pending ...")
             results["fill"] = fill(args.history, args.pending, args.fill_batch)
+            # One bare Celery worker for the whole run: the base of the rounds, the machine's load
+            # beside the held transaction.
+            (bare_worker,) = start_bare_workers(procs, args, defaults=True, **{"bare-defaults": bare.QUEUE_DEFAULTS})
             say("history: rounds, empty and history databases interleaved ...")
-            results["history"] = history_phase(procs, args, dbs)
+            results["history"] = history_phase(procs, args, dbs, bare_worker)
+            side = "history" if args.history else "empty"
+            if (args.retention_seconds and args.history) or args.hold:
+                dbs.use(side)
+                _worker(procs, args, dbs, side, args.rounds)  # one worker for both phases
             if args.retention_seconds and args.history:
                 say("retention: the cleanup's deletes beside a busy worker ...")
-                results["retention"] = retention_phase(procs, args, dbs)
+                results["retention"] = retention_phase(args, dbs)
             if args.hold:
                 say(f"vacuum held back: a transaction open for {args.hold:g}s beside a busy worker ...")
-                results["hold"] = hold_phase(procs, args, dbs)
+                results["hold"] = hold_phase(args, dbs, side)
             return report(args, results, machine)
         finally:
             procs.stop_all()
