@@ -19,7 +19,7 @@ batches, the indexes built after the fill, then VACUUM ANALYZE (old history is a
    (store.delete_finished_from: by job_finished_idx from where the last batch stopped, SKIP
    LOCKED, no rows loaded), interleaved: rows deleted per second against --rate (1,000 jobs/s of
    new work need 1,000 deletes/s).
-3. Vacuum held back (history database, or empty with --history 0): a worker kept busy (a feeder
+3. Vacuum held back (history database): a worker kept busy (a feeder
    keeps a backlog), a REPEATABLE READ transaction opened and held for --hold seconds, then
    committed; --window seconds before and after. Per part: jobs/s (rows finished in it, by the
    database's clock), claim latency (a few timed claims a second), the relay's scans, and dead
@@ -307,7 +307,8 @@ class Side:
     relay: list[float] = field(default_factory=list)
 
 
-def history_phase(procs: Procs, args: argparse.Namespace, dbs: Databases, bare_worker: Proc) -> dict[str, Side]:
+def history_phase(procs: Procs, args: argparse.Namespace, dbs: Databases, bare_worker: Proc, keep: bool) -> dict[str, Side]:
+    """The rounds; `keep`: the last round's history worker is left running (the next phases' worker)."""
     from bench import bare
 
     client = redis_client()
@@ -333,7 +334,8 @@ def history_phase(procs: Procs, args: argparse.Namespace, dbs: Databases, bare_w
                 claims = claim_latencies(args.claims)
                 relay = [relay_scan_ms() for _ in range(5)]
             finally:
-                procs.stop(worker)
+                if not (keep and side == "history" and round_ == args.rounds - 1):
+                    procs.stop(worker, grace=5.0)  # idle: a warm shutdown is quick
             sides[side].rates.append(rate)
             sides[side].claims += claims
             sides[side].relay += relay
@@ -657,11 +659,9 @@ def main(argv: list[str] | None = None) -> int:
             # beside the held transaction.
             (bare_worker,) = start_bare_workers(procs, args, defaults=True, **{"bare-defaults": bare.QUEUE_DEFAULTS})
             say("history: rounds, empty and history databases interleaved ...")
-            results["history"] = history_phase(procs, args, dbs, bare_worker)
-            side = "history" if args.history else "empty"
-            if (args.retention_seconds and args.history) or args.hold:
-                dbs.use(side)
-                _worker(procs, args, dbs, side, args.rounds)  # one worker for both phases
+            # The last round's history worker runs on into the next phases (one worker for both).
+            results["history"] = history_phase(procs, args, dbs, bare_worker, keep=bool(args.retention_seconds or args.hold))
+            side = "history"
             if args.retention_seconds and args.history:
                 say("retention: the cleanup's deletes beside a busy worker ...")
                 results["retention"] = retention_phase(args, dbs)
@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["hold"] = hold_phase(args, dbs, side)
             return report(args, results, machine)
         finally:
-            procs.stop_all()
+            procs.stop(*procs.procs, grace=3.0)  # what is measured is over: no drain needed
             dbs.drop()
 
     return session(PROG, body)

@@ -264,7 +264,7 @@ def test_bench_cluster_runs_at_tiny_sizes_and_prints_its_table():
 HISTORY_ARGS = (
     "--history", "3000", "--pending", "300", "--fill-batch", "1000", "--jobs", "30", "--warmup", "5",
     "--claims", "10", "--rounds", "1", "--concurrency", "1", "--backlog", "20",
-    "--retention-seconds", "1", "--hold", "1.5", "--window", "1.5", "--timeout", "60",
+    "--retention-seconds", "1", "--hold", "1", "--window", "1", "--timeout", "60",
 )
 
 
@@ -295,16 +295,16 @@ def test_bench_history_runs_every_phase_at_tiny_sizes_and_prints_its_tables():
 
     # The held transaction: before, during, after, with the dead tuples counted
     header, rows = parse_table(run.stdout, "dead tuples")
-    assert list(rows) == ["before", "during (1.5s transaction open)", "after (committed)"], str(run)
-    for label, cells in rows.items():
-        assert all(NUMBER.match(cell) or RATIO.match(cell) for cell in cells), (label, cells)
+    assert list(rows) == ["before", "during (1s transaction open)", "after (committed)"], str(run)
+    for label, cells in rows.items():  # "-": a ratio to a window in which nothing finished (tiny windows, a loaded machine)
+        assert all(NUMBER.match(cell) or RATIO.match(cell) or cell == "-" for cell in cells), (label, cells)
 
     header, rows = parse_table(run.stdout, "target (issue 29)")
     assert list(rows) == [
         "throughput within 10% of an empty table",
         "claim p50 within 10% of an empty table",
         "retention keeps up with 1,000 jobs/s",
-        "throughput loss under 10% while vacuum is held back",
-        "recovers at once (the window after within 10% of before)",
+        "throughput loss under 10% while vacuum is held back (x before, over bare's)",
+        "recovers at once (after within 10% of before, over bare's)",
     ], str(run)
     assert all(cells[-1] in ("met", "MISSED") for cells in rows.values()), str(run)
