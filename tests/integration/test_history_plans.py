@@ -1,15 +1,20 @@
-"""The job store's periodic statements beside a large history (issue 29), on the session's real
-PostgreSQL: what PostgreSQL plans for them once the table holds many finished rows.
+"""The recovery loop's periodic statements beside a large history (issue 29), on the session's real
+PostgreSQL: what PostgreSQL plans for them once the table holds many finished rows, and how often
+the costly ones run.
 
 The figures are bench/history.py's (10M finished rows); here, a history large enough for the
 planner's estimates to go wrong the same way, read from EXPLAIN (the statement is not run).
 """
 from __future__ import annotations
 
-from django.db import connection
+import datetime as dt
 
-from jobs import Step, enqueue_many
-from jobs.engine import store
+from django.db import connection
+from django.utils import timezone
+
+from jobs import Step, enqueue, enqueue_many
+from jobs.engine import recovery, store
+from jobs.models import Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 
 pytestmark = RUNNER_IN_PROCESS
@@ -46,3 +51,28 @@ def test_the_relays_stale_scan_reads_its_own_index_in_publish_order_beside_a_lar
     # row, no parallel workers started (what it did beside 10M rows: 40-60 ms a pass)
     assert "job_stale_idx" in stale, stale
     assert "Sort" not in stale and "Gather" not in stale, stale
+
+
+def test_a_recovery_pass_between_slow_ones_publishes_due_rows_and_leaves_leases_and_stale_rows():
+    # given a dead worker's row (lease expired), a row published long ago and never claimed, and
+    # a delayed job now due
+    lost, stale = enqueue("examples.echo", {}), enqueue("examples.echo", {})
+    assert store.claim(lost.pk, "gone@test/1", 30) is not None
+    due = enqueue("examples.echo", {}, run_after=timezone.now() + dt.timedelta(hours=1))
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs_job SET lease_expires_at = now() - interval '1 s' WHERE id = %s", [lost.pk])
+        cursor.execute("UPDATE jobs_job SET published_at = now() - interval '1 hour' WHERE id = %s", [stale.pk])
+        cursor.execute("UPDATE jobs_job SET run_after = now() - interval '1 s' WHERE id = %s", [due.pk])
+
+    # when a pass between the slow ones runs (decisions.slow_scans_due said no)
+    recovery.recover_once(slow=False)
+
+    # then the due row is published, and neither the lease nor the stale row was looked at ...
+    assert Job.objects.get(pk=due.pk).published_at is not None
+    assert Job.objects.get(pk=lost.pk).status == Status.RUNNING
+    assert Job.objects.get(pk=stale.pk).published_at < timezone.now() - dt.timedelta(minutes=30)
+
+    # ... until a slow pass, which reaps the one and re-publishes the other
+    recovery.recover_once(slow=True)
+    assert Job.objects.get(pk=lost.pk).status == Status.PENDING
+    assert Job.objects.get(pk=stale.pk).published_at > timezone.now() - dt.timedelta(minutes=1)
