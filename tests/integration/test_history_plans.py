@@ -76,3 +76,24 @@ def test_a_recovery_pass_between_slow_ones_publishes_due_rows_and_leaves_leases_
     recovery.recover_once(slow=True)
     assert Job.objects.get(pk=lost.pk).status == Status.PENDING
     assert Job.objects.get(pk=stale.pk).published_at > timezone.now() - dt.timedelta(minutes=1)
+
+
+def test_an_outcome_and_a_heartbeat_find_their_row_by_the_primary_key_when_the_lease_index_looks_empty():
+    # given a table whose statistics say no row runs (a vacuum just found none): job_lease_idx
+    # looks empty, the cheapest thing to read in full
+    enqueue_many([Step("examples.echo", {"i": i}) for i in range(5)])
+    with connection.cursor() as cursor:
+        cursor.execute(HISTORY_SQL, [5_000])
+        cursor.execute("VACUUM ANALYZE jobs_job")
+
+    # when PostgreSQL plans a success, a failure and a heartbeat of one running row
+    plans = {
+        "succeed": plan(store.SUCCEED_SQL, ["{}", 1, 1]),
+        "fail": plan(store.FAIL_SQL, [1.0, "boom", False, 1, 1]),
+        "heartbeat": plan(store.HEARTBEAT_SQL, [30, [1], [1]]),
+    }
+
+    # then each reads the primary key, never the whole of job_lease_idx: under a held transaction
+    # that index keeps every dead entry, and each outcome would walk them all
+    for name, text in plans.items():
+        assert "jobs_job_pkey" in text and "job_lease_idx" not in text, (name, text)
