@@ -53,6 +53,8 @@ from jobs.engine.publish import Message
 CLAIMS = "claims"
 
 RUNNABLE = "status IN ('pending', 'failed') AND NOT cancel_requested"
+#: RUNNABLE for a row found by its id (see below: job_runnable_idx's predicate is not provable).
+RUNNABLE_BY_ID = "(status IN ('pending', 'failed')) IS TRUE AND NOT cancel_requested"
 # A running row found by its id says `(status = 'running') IS TRUE` (the same test: status is
 # never NULL), not `status = 'running'`: from the plain form PostgreSQL may prove job_lease_idx's
 # predicate and read that index, whose statistics, after a vacuum found no running row, say it is
@@ -298,7 +300,7 @@ UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, star
        lease_expires_at = now() + make_interval(secs => %s), updated_at = now(), finished_at = NULL,
        held = ''
  WHERE id = (SELECT id FROM jobs_job
-              WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND type <> ALL(%s::text[])
+              WHERE id = %s AND {RUNNABLE_BY_ID} AND run_after <= now() AND type <> ALL(%s::text[])
                 AND NOT {PAUSED}
               FOR UPDATE SKIP LOCKED)
 RETURNING {_CLAIMED}
@@ -331,7 +333,7 @@ def _claimed(row: Sequence[Any]) -> Claimed:
 
 LIMITED_ROW_SQL = f"""
 SELECT type, limit_key, held FROM jobs_job
- WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND NOT {PAUSED}
+ WHERE id = %s AND {RUNNABLE_BY_ID} AND run_after <= now() AND NOT {PAUSED}
    FOR UPDATE SKIP LOCKED
 """
 
@@ -500,7 +502,7 @@ def waiting_scopes(limit: int) -> list[tuple[str, str | None]]:
 HOLD_PAUSED_SQL = f"""
 UPDATE jobs_job SET held = 'paused', published_at = NULL, updated_at = now()
  WHERE id = (SELECT id FROM jobs_job
-              WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND held IN ('', 'rate')
+              WHERE id = %s AND {RUNNABLE_BY_ID} AND run_after <= now() AND held IN ('', 'rate')
                 AND EXISTS (SELECT 1 FROM jobs_pause p
                              WHERE (p.kind = 'queue' AND p.name = jobs_job.queue)
                                 OR (p.kind = 'type' AND p.name = jobs_job.type)

@@ -97,3 +97,18 @@ def test_an_outcome_and_a_heartbeat_find_their_row_by_the_primary_key_when_the_l
     # that index keeps every dead entry, and each outcome would walk them all
     for name, text in plans.items():
         assert "jobs_job_pkey" in text and "job_lease_idx" not in text, (name, text)
+
+
+def test_a_claim_finds_its_row_by_the_primary_key_when_the_runnable_index_looks_empty():
+    # given a table whose statistics say no row waits (a vacuum found none): job_runnable_idx
+    # looks empty
+    with connection.cursor() as cursor:
+        cursor.execute(HISTORY_SQL, [5_000])
+        cursor.execute("VACUUM ANALYZE jobs_job")
+
+    # when PostgreSQL plans a claim of one row
+    claim = plan(store.CLAIM_SQL, ["w", 30, 1, []])
+
+    # then it reads the primary key, never the whole of job_runnable_idx (every claimed row's
+    # dead entry stays there under a held transaction)
+    assert "jobs_job_pkey" in claim and "job_runnable_idx" not in claim, claim
