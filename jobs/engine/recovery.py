@@ -124,16 +124,21 @@ def recover_once(slow: bool = True) -> tuple[int, int]:
     `slow` False: the relay's due rows only, no reaper and no stale scan (decisions.slow_scans_due).
     """
     results = []
-    parts = (reap, relay) if slow else ((lambda: 0), (lambda: relay(stale_scan=False)))
+    parts = (reap, relay) if slow else (relay_due,)
     for part in parts:
         try:
             results.append(part())
         except Exception as exc:  # PostgreSQL or Redis away: try again next pass
-            log.warning("recovery: %s failed: %s", getattr(part, "__name__", "relay"), exc)
+            log.warning("recovery: %s failed: %s", part.__name__, exc)
             for conn in connections.all():
                 conn.close()
             results.append(-1)
-    return results[0], results[1]
+    return (results[0], results[1]) if slow else (0, results[0])
+
+
+def relay_due() -> int:
+    """The relay without its stale scan: a pass of the recovery loop between slow ones."""
+    return relay(stale_scan=False)
 
 
 # --- The loop: a thread in every worker's main process -------------------------------------------
