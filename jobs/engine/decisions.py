@@ -161,6 +161,20 @@ def retry_reopens_chain(chain_id: int | None, member: int | None, next_step_rele
     return chain_id is not None and not (member is not None and next_step_released)
 
 
+# --- Recovery's scans -----------------------------------------------------------------------------
+
+
+def slow_scans_due(last: float | None, now: float, interval: float, lease: float, stale: float) -> bool:
+    """Whether this pass of the recovery loop runs the reaper and the relay's stale scan (the relay's
+    due rows are read every pass): every tenth of the shortest of the lease and the stale age, and
+    never more often than the loop (`interval`). A lease or a stale message is found at most a
+    tenth later, and the scans cost a tenth as often: they walk every index entry of finished rows
+    that vacuum has not removed yet, which a long transaction keeps (issue 29: 35-42 ms a scan,
+    twice a second per worker, five minutes into a held transaction beside 10M rows). `last`:
+    when they last ran (None: never), on the same monotonic clock as `now`."""
+    return last is None or now - last >= max(interval, min(lease, stale) / 10)
+
+
 # --- Backoff ------------------------------------------------------------------------------------
 
 

@@ -15,28 +15,32 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Iterable
 
 from django.conf import settings
 from django.db import connections, transaction
 
-from jobs.engine import limits, registry, store, telemetry, tracing
+from jobs.engine import decisions, limits, registry, store, telemetry, tracing
 from jobs.engine.ending import How, ended
 from jobs.engine.publish import publish, queue_depths
 
 log = logging.getLogger("conveyor.recovery")
 
 
-def relay(batch: int = 500) -> int:
-    """Publish due rows that were never published, and stale ones whose message may be lost."""
+def relay(batch: int = 500, stale_scan: bool = True) -> int:
+    """Publish due rows that were never published, and stale ones whose message may be lost
+    (`stale_scan` False: only the due ones, the recovery loop's passes in between)."""
     stale = int(settings.CONVEYOR["RELAY_STALE_SECONDS"])
     messages = store.mark_due(batch)
-    try:
-        busy = sorted(backlogged(registry.queues()))
-    except Exception as exc:  # Redis away: publishing fails too; try again next pass
-        log.warning("relay cannot read queue lengths: %s", exc)
-        busy = []
-    resent = store.mark_stale(stale, busy, max(stale, int(settings.CONVEYOR["RELAY_BACKLOG_SECONDS"])), batch)
+    resent = []
+    if stale_scan:
+        try:
+            busy = sorted(backlogged(registry.queues()))
+        except Exception as exc:  # Redis away: publishing fails too; try again next pass
+            log.warning("relay cannot read queue lengths: %s", exc)
+            busy = []
+        resent = store.mark_stale(stale, busy, max(stale, int(settings.CONVEYOR["RELAY_BACKLOG_SECONDS"])), batch)
     messages += resent
     if messages:
         publish(messages)
@@ -133,14 +137,16 @@ def _trace_lost(lost: list[store.LostAttempt], statuses: dict[int, str], by: str
         }, tracing.parent(attempt.trace_context), error=why)
 
 
-def recover_once() -> tuple[int, int]:
+def recover_once(slow: bool = True) -> tuple[int, int]:
     """One pass of the reaper then the relay (the relay publishes what the reaper returned).
 
     Each runs even when the other fails: a reaper stuck on one row must not stop delayed jobs,
     retries and lost messages from being published. Returns (-1 for a part that failed).
+    `slow` False: the relay's due rows only, no reaper and no stale scan (decisions.slow_scans_due).
     """
     results = []
-    for part in (reap, relay):
+    parts = (reap, relay) if slow else (relay_due,)
+    for part in parts:
         try:
             results.append(part())
         except Exception as exc:  # PostgreSQL or Redis away: try again next pass
@@ -148,7 +154,12 @@ def recover_once() -> tuple[int, int]:
             for conn in connections.all():
                 conn.close()
             results.append(-1)
-    return results[0], results[1]
+    return (results[0], results[1]) if slow else (0, results[0])
+
+
+def relay_due() -> int:
+    """The relay without its stale scan: a pass of the recovery loop between slow ones."""
+    return relay(stale_scan=False)
 
 
 # --- The loop: a thread in every worker's main process -------------------------------------------
@@ -157,8 +168,15 @@ _stop = threading.Event()
 
 
 def loop(stop: threading.Event, interval: float) -> None:
+    last: float | None = None
     while not stop.wait(interval):
-        recover_once()
+        now = time.monotonic()
+        slow = decisions.slow_scans_due(
+            last, now, interval, float(settings.CONVEYOR["LEASE_SECONDS"]), float(settings.CONVEYOR["RELAY_STALE_SECONDS"])
+        )
+        if slow:
+            last = now
+        recover_once(slow)
 
 
 def start() -> None:

@@ -53,6 +53,16 @@ from jobs.engine.publish import Message
 CLAIMS = "claims"
 
 RUNNABLE = "status IN ('pending', 'failed') AND NOT cancel_requested"
+#: RUNNABLE for a row found by its id (see below: job_runnable_idx's predicate is not provable).
+RUNNABLE_BY_ID = "(status IN ('pending', 'failed')) IS TRUE AND NOT cancel_requested"
+# A running row found by its id says `(status = 'running') IS TRUE` (the same test: status is
+# never NULL), not `status = 'running'`: from the plain form PostgreSQL may prove job_lease_idx's
+# predicate and read that index, whose statistics, after a vacuum found no running row, say it is
+# empty, so that reading all of it looks cheaper than the primary key. It is not empty under a
+# held transaction: every entry of every row that ran since stays, and each outcome and heartbeat
+# walked all of them (issue 29: 0.2-0.3x throughput ten minutes into a held transaction,
+# bench/history.py). With IS TRUE no partial index is provable: the primary key is read, a
+# row's few versions whatever the table holds (tests/integration/test_history_plans.py).
 #: A row whose queue or type is paused (jobs_pause, a table of a few rows: an index probe each).
 PAUSED = """EXISTS (SELECT 1 FROM jobs_pause p
                     WHERE (p.kind = 'queue' AND p.name = jobs_job.queue) OR (p.kind = 'type' AND p.name = jobs_job.type))"""
@@ -306,7 +316,7 @@ UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, star
        lease_expires_at = now() + make_interval(secs => %s), updated_at = now(), finished_at = NULL,
        held = ''
  WHERE id = (SELECT id FROM jobs_job
-              WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND type <> ALL(%s::text[])
+              WHERE id = %s AND {RUNNABLE_BY_ID} AND run_after <= now() AND type <> ALL(%s::text[])
                 AND NOT {PAUSED}
               FOR UPDATE SKIP LOCKED)
 RETURNING {_CLAIMED}
@@ -340,7 +350,7 @@ def _claimed(row: Sequence[Any]) -> Claimed:
 
 LIMITED_ROW_SQL = f"""
 SELECT type, limit_key, held FROM jobs_job
- WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND NOT {PAUSED}
+ WHERE id = %s AND {RUNNABLE_BY_ID} AND run_after <= now() AND NOT {PAUSED}
    FOR UPDATE SKIP LOCKED
 """
 
@@ -509,7 +519,7 @@ def waiting_scopes(limit: int) -> list[tuple[str, str | None]]:
 HOLD_PAUSED_SQL = f"""
 UPDATE jobs_job SET held = 'paused', published_at = NULL, updated_at = now()
  WHERE id = (SELECT id FROM jobs_job
-              WHERE id = %s AND {RUNNABLE} AND run_after <= now() AND held IN ('', 'rate')
+              WHERE id = %s AND {RUNNABLE_BY_ID} AND run_after <= now() AND held IN ('', 'rate')
                 AND EXISTS (SELECT 1 FROM jobs_pause p
                              WHERE (p.kind = 'queue' AND p.name = jobs_job.queue)
                                 OR (p.kind = 'type' AND p.name = jobs_job.type)
@@ -746,7 +756,7 @@ def queue_load() -> dict[str, tuple[int, int, float | None]]:
 HEARTBEAT_SQL = """
 UPDATE jobs_job j SET lease_expires_at = now() + make_interval(secs => %s)
   FROM unnest(%s::bigint[], %s::int[]) AS h(id, attempt)
- WHERE j.id = h.id AND j.attempt = h.attempt AND j.status = 'running'
+ WHERE j.id = h.id AND j.attempt = h.attempt AND (j.status = 'running') IS TRUE
 RETURNING j.id, j.attempt, j.cancel_requested
 """
 
@@ -761,7 +771,7 @@ def heartbeat(runs: list[tuple[int, int]], lease_seconds: float) -> list[Beat]:
 
 PROGRESS_SQL = """
 UPDATE jobs_job SET progress = %s, progress_message = %s, updated_at = now()
- WHERE id = %s AND status = 'running' AND attempt = %s
+ WHERE id = %s AND (status = 'running') IS TRUE AND attempt = %s
 """
 
 
@@ -791,7 +801,7 @@ SUCCEED_UPDATE = """
 UPDATE jobs_job SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'succeeded' END,
        output = %s::jsonb, progress = 100, finished_at = now(), updated_at = now(),
        lease_expires_at = NULL, error = ''
- WHERE id = %s AND status = 'running' AND attempt = %s
+ WHERE id = %s AND (status = 'running') IS TRUE AND attempt = %s
 RETURNING id, type, status, chain_id, input
 """
 SUCCEED_SQL = _notifying(SUCCEED_UPDATE)
@@ -834,7 +844,7 @@ UPDATE jobs_job SET status = {ENDED.format(again="failed", last=_FAILED_LAST)},
        run_after = now() + make_interval(secs => %s), published_at = NULL,
        lease_expires_at = NULL, error = p.error, {_error_entry("p.error")}, updated_at = now()
   FROM (SELECT %s::text AS error, %s::bool AS permanent) p
- WHERE id = %s AND status = 'running' AND attempt = %s
+ WHERE id = %s AND (status = 'running') IS TRUE AND attempt = %s
 RETURNING id, type, status, chain_id, chain_index, member
 """)
 
@@ -906,7 +916,7 @@ UPDATE jobs_job SET status = {ENDED.format(again="pending", last=LAST)},
        error = {_REAPED}, {_error_entry(_REAPED)},
        run_after = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
  WHERE id = (SELECT id FROM jobs_job
-              WHERE id = %s AND status = 'running' AND lease_expires_at < now()
+              WHERE id = %s AND (status = 'running') IS TRUE AND lease_expires_at < now()
               FOR UPDATE SKIP LOCKED)
 RETURNING id, type, status, chain_id, chain_index, member
 """)
@@ -983,7 +993,7 @@ RETURNING id, type, status, chain_id, chain_index, member
 
 CANCEL_RUNNING_SQL = """
 UPDATE jobs_job SET cancel_requested = true, updated_at = now()
- WHERE id = %s AND status = 'running'
+ WHERE id = %s AND (status = 'running') IS TRUE
 """
 
 
@@ -1189,12 +1199,69 @@ def start_chain_from(job_id: int, steps: list[dict[str, Any]]) -> int:
 
 
 def delete_finished(cutoff: dt.datetime, batch: int) -> int:
-    """Delete one batch of rows outside any chain that ended before `cutoff`; return how many."""
+    """Delete one batch of rows outside any chain that ended before `cutoff`; return how many.
+
+    The cleanup's statement before issue 29 (Django's delete(): every row loaded, the batch found
+    again from the start of the table each time): `delete_finished_from` replaced it; kept as
+    bench/history.py's "before"."""
     from jobs.models import FINISHED
 
     ended = Job.objects.filter(chain__isnull=True, status__in=FINISHED, finished_at__lt=cutoff)
     ids = list(ended.values_list("id", flat=True)[:batch])
     return Job.objects.filter(id__in=ids).delete()[0] if ids else 0
+
+
+# Retention at the rate of the work (issue 29): one batch of the oldest finished rows outside any
+# chain, by job_finished_idx from where the last batch stopped (`finished_at >= %s`: deleted index
+# entries are not walked again, even while a long transaction keeps them from being cleaned), rows
+# a concurrent statement holds skipped, not waited for.
+OLD_FINISHED_SQL = """
+SELECT id, finished_at FROM jobs_job
+ WHERE finished_at >= %s AND finished_at < %s AND chain_id IS NULL
+   AND status IN ('succeeded', 'dead', 'cancelled')
+ ORDER BY finished_at LIMIT %s
+   FOR UPDATE SKIP LOCKED
+"""
+DELETE_JOBS_SQL = "DELETE FROM jobs_job WHERE id = ANY(%s)"
+#: Where the first batch of a cleanup run starts.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def delete_finished_from(cutoff: dt.datetime, after: dt.datetime, batch: int) -> tuple[int, dt.datetime | None]:
+    """Delete one batch of rows outside any chain that ended in [after, cutoff), oldest first;
+    return (how many, the last one's finished_at: the next batch's `after`; None when none).
+
+    Two statements and no rows loaded into Python (Django's delete() loads each row to delete it):
+    the references to the rows a relation clears on delete (SET_NULL: a job's children, an event's
+    deliveries) are cleared by one UPDATE each, then one DELETE. A relation that would cascade or
+    protect falls back to Django's delete() for the batch."""
+    from django.db import models, transaction
+
+    with transaction.atomic():
+        with connections["default"].cursor() as cursor:
+            cursor.execute(OLD_FINISHED_SQL, [after, cutoff, batch])
+            rows = cursor.fetchall()
+        if not rows:
+            return 0, None
+        ids = [row[0] for row in rows]
+        last = max(row[1] for row in rows)
+        # Every relation to a job, hidden ones too (related_name="+"), as Django's delete() finds them.
+        relations = [
+            rel for rel in Job._meta.get_fields(include_hidden=True)
+            if rel.auto_created and not rel.concrete and (rel.one_to_one or rel.one_to_many)
+            and rel.on_delete is not models.DO_NOTHING
+        ]
+        if any(rel.on_delete is not models.SET_NULL for rel in relations):
+            return Job.objects.filter(id__in=ids).delete()[0], last
+        for rel in relations:
+            # _base_manager: every row, as delete() updates them (a default manager may filter).
+            referring = rel.related_model._base_manager.filter(**{f"{rel.field.name}__in": ids})  # noqa: SLF001
+            if rel.related_model is Job:
+                referring = referring.exclude(pk__in=ids)  # a child deleted in the same batch
+            referring.update(**{rel.field.name: None})
+        with connections["default"].cursor() as cursor:
+            cursor.execute(DELETE_JOBS_SQL, [ids])
+            return cursor.rowcount, last
 
 
 ENDED_CHAINS_SQL = """

@@ -291,3 +291,52 @@ def test_bench_pooler_runs_direct_and_through_pgbouncer_and_prints_its_table():
         assert NUMBER.match(cells[0]) and RATIO.match(cells[1]), (label, cells)
     served = re.search(r"PgBouncer served (\d+\.\d) transactions per job", run.stdout)
     assert served and float(served.group(1)) >= 1.0, str(run)
+
+
+HISTORY_ARGS = (
+    "--history", "3000", "--pending", "300", "--fill-batch", "1000", "--jobs", "30", "--warmup", "5",
+    "--claims", "10", "--rounds", "1", "--concurrency", "1", "--backlog", "20",
+    "--retention-seconds", "1", "--hold", "1", "--window", "1", "--timeout", "60",
+)
+
+
+def test_bench_history_runs_every_phase_at_tiny_sizes_and_prints_its_tables():
+    run = run_bench("bench.history", *HISTORY_ARGS)
+    assert run.returncode == 0, str(run)
+    assert "Traceback" not in run.stderr, str(run)
+    assert "embedded PostgreSQL" in run.stdout and "embedded Redis" in run.stdout, str(run)
+    # the history was filled, in batches, in the run's own database (dropped with its folder)
+    assert "filled 3,000 of 3,000" in run.stdout and "filled 300 of 300" in run.stdout, str(run)
+
+    # Claims and throughput on the empty table and beside the history, bare Celery in the same run
+    header, rows = parse_table(run.stdout, "claim p50 ms")
+    assert header == ["history size", "jobs/s", "x empty", "claim p50 ms", "claim p99 ms", "relay scan ms"], header
+    assert list(rows) == [
+        "bare Celery (defaults), no-op tasks", "Conveyor, empty table", "Conveyor, 3,000 finished + 300 pending",
+    ], str(run)
+    assert NUMBER.match(rows["bare Celery (defaults), no-op tasks"][0]), str(run)
+    for label in ("Conveyor, empty table", "Conveyor, 3,000 finished + 300 pending"):
+        rate, ratio, p50, p99, relay = rows[label]
+        assert NUMBER.match(rate) and RATIO.match(ratio) and all(NUMBER.match(c) for c in (p50, p99, relay)), (label, rows[label])
+
+    # Retention before and now, against the rate of new work
+    header, rows = parse_table(run.stdout, "rows deleted/s")
+    assert list(rows) == ["Django delete() of 1,000 rows a batch (before)", "delete_finished_from, 1,000 a batch (now)"], str(run)
+    for label, (rate, ratio, jobs_rate) in rows.items():
+        assert NUMBER.match(rate) and RATIO.match(ratio) and NUMBER.match(jobs_rate), (label, rows[label])
+
+    # The held transaction: before, during, after, with the dead tuples counted
+    header, rows = parse_table(run.stdout, "dead tuples")
+    assert list(rows) == ["before", "during (1s transaction open)", "after (committed)"], str(run)
+    for label, cells in rows.items():  # "-": a ratio to a window in which nothing finished (tiny windows, a loaded machine)
+        assert all(NUMBER.match(cell) or RATIO.match(cell) or cell == "-" for cell in cells), (label, cells)
+
+    header, rows = parse_table(run.stdout, "target (issue 29)")
+    assert list(rows) == [
+        "throughput within 10% of an empty table",
+        "claim p50 within 10% of an empty table",
+        "retention keeps up with 1,000 jobs/s",
+        "throughput loss under 10% while vacuum is held back (x before, over bare's)",
+        "recovers at once (after within 10% of before, over bare's)",
+    ], str(run)
+    assert all(cells[-1] in ("met", "MISSED") for cells in rows.values()), str(run)

@@ -323,3 +323,23 @@ def test_a_due_one_job_step_without_limits_on_a_queue_consumed_here_is_handed_of
 ])
 def test_a_next_step_goes_by_its_message_when(change):
     assert not decisions.hands_off_here(**{**HANDOFF, **change})
+
+
+# --- Recovery's scans: the reaper and the relay's stale scan, a tenth of the lease ---------------
+
+
+def test_the_slow_scans_run_on_the_first_pass():
+    assert decisions.slow_scans_due(None, 100.0, 0.5, 30, 30)
+
+
+def test_the_slow_scans_wait_a_tenth_of_the_shorter_of_lease_and_stale_age():
+    # lease 30 s, stale 60 s: every 3 s, not every 0.5 s pass
+    assert not decisions.slow_scans_due(100.0, 102.9, 0.5, 30, 60)
+    assert decisions.slow_scans_due(100.0, 103.0, 0.5, 30, 60)
+    assert decisions.slow_scans_due(100.0, 101.0, 0.5, 60, 10)  # stale 10 s: every 1 s
+
+
+def test_the_slow_scans_never_wait_less_than_the_loop_and_run_every_pass_with_short_leases():
+    # the test settings' 3 s lease and stale age: a tenth is 0.3 s, under the 0.5 s loop
+    assert decisions.slow_scans_due(100.0, 100.5, 0.5, 3, 3)
+    assert not decisions.slow_scans_due(100.0, 100.4, 0.5, 3, 3)
