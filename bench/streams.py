@@ -14,7 +14,7 @@ a row read) paced at --rate per second from --clients threads (bench.cluster's c
    open;
 3. jobs + streams: the same, with --streams open `GET /api/jobs/{id}/stream` on the backlog's
    jobs (the next ones to run: each sees pending, running, progress, its end), held by one
-   asyncio thread of this process.
+   asyncio loop in a process of its own (forked: its reading takes nothing from the timed client).
 
 It reports the p50 and p99 of each phase and their ratio to the idle one (the target: phase 3's p99
 within 1.2x of phase 2's, i.e. the open streams cost the requests under 20%), the events the streams
@@ -32,10 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import multiprocessing
+import os
+import queue
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bench.common import (
     MANAGE,
@@ -58,85 +60,131 @@ PROG = "bench.streams"
 TARGET = 1.2  # phase 3's p99 over phase 2's
 
 
-# --- The streams: one asyncio loop in a thread of this process ---------------------------------
+# --- The streams: one asyncio loop in a process of their own -----------------------------------
 
 
-@dataclass
+OPENED, EVENTS, ENDS, ERRORS = range(4)
+#: Errors kept word for word (the rest only counted).
+KEPT_ERRORS = 20
+
+
 class Streams:
-    """--streams open streams read by one event loop: counts of what they received."""
+    """--streams open streams read by one event loop in a process of its own (forked): its reading
+    takes no CPU time and no GIL from this process's timed client threads, which would otherwise
+    count the client's own waits as the server's latency. Counts of what they received."""
 
-    opened: int = 0  # answered 200 with a first event
-    events: int = 0
-    ends: int = 0
-    errors: list[str] = field(default_factory=list)
-    loop: asyncio.AbstractEventLoop | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    thread: threading.Thread | None = None
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.counts = ctx.Array("q", 4)  # opened (answered 200 with a first event), events, ends, errors
+        self.kept = ctx.Queue()
+        self.stopping = ctx.Event()
+        self.ready = ctx.Event()
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._errors: list[str] = []
+        self._ctx = ctx
+
+    @property
+    def opened(self) -> int:
+        return self.counts[OPENED]
+
+    @property
+    def events(self) -> int:
+        return self.counts[EVENTS]
+
+    @property
+    def ends(self) -> int:
+        return self.counts[ENDS]
+
+    @property
+    def errors(self) -> list[str]:
+        while True:
+            try:
+                self._errors.append(self.kept.get_nowait())
+            except queue.Empty:
+                break
+        # Counted beyond those kept: the number stays right.
+        return self._errors + ["(more)"] * max(0, self.counts[ERRORS] - len(self._errors))
 
     def start(self, port: int, token: str, ids: list[int], connect_rate: float = 500.0) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            self.loop = asyncio.new_event_loop()
-            self.loop.call_soon(ready.set)
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True, name="bench-streams")
-        self.thread.start()
-        ready.wait(5)
-        assert self.loop is not None
-
-        async def open_all() -> None:
-            for index, job_id in enumerate(ids):
-                self.tasks.append(asyncio.get_running_loop().create_task(self._follow(port, token, job_id)))
-                if connect_rate and index % 50 == 49:
-                    await asyncio.sleep(50 / connect_rate)  # not 1,000 connects in the same ms
-
-        asyncio.run_coroutine_threadsafe(open_all(), self.loop).result(60)
-
-    async def _follow(self, port: int, token: str, job_id: int) -> None:
-        writer = None
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-            writer.write(
-                f"GET /api/jobs/{job_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-                f"Authorization: Bearer {token}\r\n\r\n".encode()
-            )
-            await writer.drain()
-            status = await reader.readline()
-            if b" 200 " not in status:
-                self.errors.append(status.decode(errors="replace").strip())
-                return
-            counted = False
-            async for line in reader:
-                if line.startswith(b"event: "):
-                    self.events += 1
-                    if not counted:
-                        self.opened += 1
-                        counted = True
-                    if line.startswith(b"event: end"):
-                        self.ends += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            if writer is not None:
-                writer.close()
+        self.process = self._ctx.Process(
+            target=_hold, args=(port, token, ids, connect_rate, self.counts, self.kept, self.ready, self.stopping),
+            name="bench-streams", daemon=True,
+        )
+        self.process.start()
+        if not self.ready.wait(60):
+            raise BenchError("the streams' process did not start opening them within 60 s")
 
     def stop(self) -> None:
-        if self.loop is None:
+        if self.process is None:
             return
+        self.stopping.set()
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
 
-        async def cancel() -> None:
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if self.thread is not None:
-            self.thread.join(10)
+def _hold(port: int, token: str, ids: list[int], connect_rate: float, counts, kept, ready, stopping) -> None:
+    """The streams' process: open every stream, read them until told to stop."""
+    code = 0
+    try:
+        asyncio.run(_hold_all(port, token, ids, connect_rate, counts, kept, ready, stopping))
+    except BaseException:  # (reported by the counts; the parent decides)
+        code = 1
+    finally:
+        os._exit(code)  # nothing of the parent's (its connections, its atexit) runs here
+
+
+async def _hold_all(port: int, token: str, ids: list[int], connect_rate: float, counts, kept, ready, stopping) -> None:
+    loop = asyncio.get_running_loop()
+    tasks = []
+    ready.set()
+    for index, job_id in enumerate(ids):
+        tasks.append(loop.create_task(_follow(port, token, job_id, counts, kept)))
+        if connect_rate and index % 50 == 49:
+            await asyncio.sleep(50 / connect_rate)  # not 1,000 connects in the same ms
+    while not stopping.is_set():
+        await asyncio.sleep(0.1)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
+    writer = None
+
+    def error(text: str) -> None:
+        counts[ERRORS] += 1
+        if counts[ERRORS] <= KEPT_ERRORS:
+            kept.put(text)
+
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        writer.write(
+            f"GET /api/jobs/{job_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status = await reader.readline()
+        if b" 200 " not in status:
+            error(status.decode(errors="replace").strip())
+            return
+        counted = False
+        async for line in reader:
+            if line.startswith(b"event: "):
+                counts[EVENTS] += 1
+                if not counted:
+                    counts[OPENED] += 1
+                    counted = True
+                if line.startswith(b"event: end"):
+                    counts[ENDS] += 1
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error(f"{type(exc).__name__}: {exc}")
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 # --- Measuring -----------------------------------------------------------------------------------
