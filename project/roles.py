@@ -11,24 +11,6 @@ import os
 from dataclasses import dataclass
 
 
-#: The niceness of the Celery workers a start runs beside its own HTTP servers (WORKER_NICE unset).
-WORKER_NICE_BESIDE_SERVERS = 10
-
-
-def worker_nice(modes: list[str], configured: int | None) -> int:
-    """The niceness of the worker processes of a start of these modes: WORKER_NICE when set, else
-    10 when the same start serves HTTP on this host (a shared instance, or a cluster with servers),
-    else 0.
-
-    On one host, CPU-bound jobs saturating every core took the servers' CPU: the p99 of
-    `GET /api/jobs/{id}` went to 1.62x idle (bench.cluster, split layout). A nice worker yields
-    the CPU to the servers when both want it and takes all of it when they are idle, so
-    throughput is kept and the API answers at once. A worker-only host has no one to yield to."""
-    if configured is not None:
-        return configured
-    return WORKER_NICE_BESIDE_SERVERS if any(serves_http(mode) for mode in modes) else 0
-
-
 def serves_http(mode: str) -> bool:
     return mode in ("shared", "server")
 

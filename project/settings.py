@@ -338,12 +338,6 @@ CONVEYOR = {
 WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)
 WORKER_ID = env.get("WORKER_ID")
-# The niceness of a Celery worker's processes, 0-19 (jobs.interfaces.signals: set at the worker's
-# start, inherited by its pool). Unset: `manage.py start` chooses (project.roles.worker_nice: 10
-# beside its own HTTP servers, else 0).
-WORKER_NICE: int | None = env.get_int("WORKER_NICE", None, minimum=0)  # type: ignore[arg-type]
-if WORKER_NICE is not None and WORKER_NICE > 19:
-    env.fail(f"WORKER_NICE={WORKER_NICE} must be between 0 and 19")
 PORT = env.get_int("PORT", 8000, minimum=1)
 
 # --- Token keys and /metrics --------------------------------------------------------------------

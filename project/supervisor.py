@@ -278,8 +278,6 @@ def describe(info: dict[str, object]) -> str:
         parts.append(f"node {info['node']}")
     if info.get("queues"):
         parts.append(f"queues {info['queues']}")
-    if info.get("nice"):
-        parts.append(f"nice {info['nice']}")
     if info.get("autoscaled"):
         parts.append("autoscaled (retiring: draining)" if info.get("retiring") else "autoscaled")
     return "  ".join(parts)

@@ -3,33 +3,20 @@ are checked around each task."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 import time
 
 from celery.signals import (
     task_postrun,
     task_prerun,
-    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutting_down,
 )
-from django.conf import settings
 from django.db import close_old_connections
 
 from jobs.engine import consumers, handoff, recovery, runner, telemetry, tracing
-
-
-@worker_init.connect
-def be_nice(sender: object = None, **kwargs: object) -> None:
-    """Lower the worker's priority to WORKER_NICE before its pool starts (the pool inherits it):
-    beside HTTP servers, jobs yield the CPU to requests (project.roles.worker_nice)."""
-    wanted = settings.WORKER_NICE or 0
-    current = os.nice(0)
-    if wanted > current:  # (raising it back would need privileges: a nicer parent stays so)
-        os.nice(wanted - current)
 
 
 @worker_ready.connect

@@ -46,18 +46,3 @@ def test_cluster_without_n_uses_the_cpus(monkeypatch):
 
 def test_modes_list_each_instance():
     assert Split(1, 2, 1).modes() == ["server", "worker", "worker", "shared"]
-
-
-@pytest.mark.parametrize(
-    ("modes", "configured", "nice"),
-    [
-        (["shared"], None, 10),  # make run: jobs yield the CPU to the API on the one host
-        (["server", "worker"], None, 10),  # --cluster 2 --servers 1 --workers 1 (bench.cluster's split)
-        (["worker"], None, 0),  # a worker-only host has no server to yield to
-        (["worker", "worker"], None, 0),
-        (["shared"], 0, 0),  # WORKER_NICE set wins, both ways
-        (["worker"], 5, 5),
-    ],
-)
-def test_workers_are_nice_beside_their_own_http_servers_unless_worker_nice_says(modes, configured, nice):
-    assert roles.worker_nice(modes, configured) == nice

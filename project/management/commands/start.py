@@ -86,8 +86,6 @@ class Command(BaseCommand):
             # The worker instances are the autoscaled pool: it starts from --workers, within the bounds.
             count = min(bounds[1], max(bounds[0], modes.count("worker")))
             modes = [mode for mode in modes if mode != "worker"] + ["worker"] * count
-        # Beside its own HTTP servers, a start's workers yield the CPU to them (WORKER_NICE unset).
-        opts["worker_nice"] = roles.worker_nice(modes, settings.WORKER_NICE)
         if self._refuse_pending_migrations():  # the database answered: is it behind a pooler?
             pooler.refuse_misconfigured()  # a transaction-mode pooler needs DATABASE_DIRECT_URL (exit 2)
         if any(map(roles.serves_http, modes)):
@@ -280,11 +278,7 @@ class Command(BaseCommand):
         ]
         if opts["concurrency"]:
             argv += ["--concurrency", str(opts["concurrency"])]
-        nice = int(opts["worker_nice"])
-        return Child(
-            f"{label}/worker", argv, {"WORKER_MODE": mode, "WORKER_NICE": str(nice)},
-            {"role": mode, "node": worker_id, "queues": ",".join(queues), "nice": nice},
-        )
+        return Child(f"{label}/worker", argv, {"WORKER_MODE": mode}, {"role": mode, "node": worker_id, "queues": ",".join(queues)})
 
 
 def roles_order(modes: list[str]) -> list[str]:
