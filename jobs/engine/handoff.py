@@ -41,7 +41,11 @@ MAX_STEPS = 100
 
 #: Whether the worker sends task events now (a monitor, Flower, turned them on): read from the
 #: worker's main process, which knows, through memory its pool processes share (`watch_events`).
-_events_on: Callable[[], bool] = lambda: False
+def _no_events() -> bool:
+    return False
+
+
+_events_on: Callable[[], bool] = _no_events
 
 
 def watch_events(events_on: Callable[[], bool]) -> None:

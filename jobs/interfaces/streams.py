@@ -17,8 +17,9 @@ process) has one `Watcher`, which learns of changes two ways, both on the hub's 
   at once instead of at the next tick.
 
 Streams end with the row (`end` event), at `MAX_SECONDS` less up to a tenth at random (the client
-reconnects with its `Last-Event-ID`; streams opened together do not all reconnect at once), when the server drains (`close_all`), or when the listening connection fails
-(the client reconnects; a new connection is opened). A comment every `HEARTBEAT_SECONDS` keeps
+reconnects with its `Last-Event-ID`; streams opened together do not all reconnect at once), when
+the server drains (`close_all`), or when the listening connection fails (the client reconnects; a
+new connection is opened). A comment every `HEARTBEAT_SECONDS` keeps
 proxies from closing an idle stream.
 """
 from __future__ import annotations
