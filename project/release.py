@@ -19,6 +19,8 @@ from project import pooler
 
 # A fixed key for pg_advisory_lock: the bytes "convrel" (fits PostgreSQL's signed bigint).
 RELEASE_LOCK = int.from_bytes(b"convrel\0", "big")
+#: How long a release waiting for another's lock sleeps between two tries.
+LOCK_RETRY_SECONDS = 0.2
 
 
 @contextmanager
@@ -34,11 +36,20 @@ def lock(on_wait: Callable[[], None]) -> Iterator[float]:
     conn = connections[pooler.DIRECT].copy()
     started = time.monotonic()
     try:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELEASE_LOCK])
-            if not cursor.fetchone()[0]:
+        waited = False
+        # Tried again and again, never waited for in a statement: a session blocked in
+        # pg_advisory_lock is a transaction in progress, and the migrating replica's CREATE INDEX
+        # CONCURRENTLY (0013) waits for every such one to end, while this one waits for its lock:
+        # both releases hung (test_release). Idle between tries, this session holds up nothing.
+        while True:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELEASE_LOCK])
+                if cursor.fetchone()[0]:
+                    break
+            if not waited:
                 on_wait()
-                cursor.execute("SELECT pg_advisory_lock(%s)", [RELEASE_LOCK])
+                waited = True
+            time.sleep(LOCK_RETRY_SECONDS)
         yield time.monotonic() - started
         with conn.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [RELEASE_LOCK])
