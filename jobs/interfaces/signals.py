@@ -3,12 +3,11 @@ are checked around each task."""
 from __future__ import annotations
 
 import multiprocessing
-import threading
-import time
 
 from celery.signals import (
     task_postrun,
     task_prerun,
+    task_received,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -38,44 +37,39 @@ def start_consumer_heartbeat(sender: object = None, **kwargs: object) -> None:
     consumers.start(sender.hostname, queues)
 
 
-#: 1 while the worker's main process sends task events: a byte of shared memory made before the
-#: pool starts, so its processes (forked) read what the main process writes (`watch_task_events`).
-_events_on = multiprocessing.RawValue("b", 0)
-EVENTS_CHECK_SECONDS = 1.0
+#: 1 while the worker sends task events (Flower turned them on, or TASK_EVENTS): a byte of shared
+#: memory made at import, in the worker's main process before its pool forks, written there as each
+#: task is received, before the pool runs it (`note_task_events`), read by the pool's processes: a
+#: chain's next step runs here with no message only while no monitor watches (jobs.engine.handoff),
+#: so that Flower shows every step as a task of its own.
+EVENTS_ON = multiprocessing.RawValue("b", 0)
+
+
+def sends_task_events() -> bool:
+    """Whether this worker sent task events when the task being run was received."""
+    return bool(EVENTS_ON.value)
 
 
 @worker_init.connect
 def local_handoff_queues(sender: object = None, **kwargs: object) -> None:
     """The queues this worker was started with (its pool processes inherit them): a chain's next
     step on one of them may run here, with no message (jobs.engine.handoff), unless the worker
-    sends task events."""
+    sends task events (a monitor watches: EVENTS_ON)."""
     app = getattr(sender, "app", None)
     if app is not None:
         handoff.consuming(app.amqp.queues.consume_from)
-        handoff.watch_events(lambda: bool(_events_on.value))
+        handoff.watch_events(sends_task_events)
 
 
-@worker_ready.connect
-def watch_task_events(sender: object = None, **kwargs: object) -> None:
-    """Copy, every second, whether the worker sends task events (Flower turns them on and off in
-    the main process at run time, Celery's `enable_events`) to where the pool processes read it."""
+@task_received.connect
+def note_task_events(sender: object = None, **kwargs: object) -> None:
+    """In the worker's main process, as each task is received, before its pool runs it: whether
+    the worker sends task events now (Flower turns them on at run time), for the pool to read.
+    Celery's dispatcher is enabled for the worker's heartbeats alone, its groups then ["worker"];
+    `enable_events` adds "task" (groups None: every group, TASK_EVENTS=true)."""
     dispatcher = getattr(sender, "event_dispatcher", None)
-    if dispatcher is None:
-        return
-
-    def sends_task_events() -> int:
-        # Celery's dispatcher is enabled for the worker's heartbeats alone, its groups then
-        # ["worker"]; `enable_events` adds "task" (groups None: every group, TASK_EVENTS=true).
-        groups = dispatcher.groups
-        return 1 if dispatcher.enabled and (not groups or "task" in groups) else 0
-
-    def copy() -> None:
-        while True:
-            _events_on.value = sends_task_events()
-            time.sleep(EVENTS_CHECK_SECONDS)
-
-    _events_on.value = sends_task_events()
-    threading.Thread(target=copy, name="conveyor-task-events", daemon=True).start()
+    groups = getattr(dispatcher, "groups", None)
+    EVENTS_ON.value = 1 if dispatcher is not None and dispatcher.enabled and (not groups or "task" in groups) else 0
 
 
 @worker_process_init.connect
