@@ -501,3 +501,22 @@ def debian_tool(command: str, package: str) -> str:
     found = shutil.which(command)
     assert found, f"apt-get installed {package} but {command} is not on the PATH"
     return found
+
+
+@contextmanager
+def traced_in_memory() -> Iterator[tuple[object, object]]:
+    """This process traced into an InMemorySpanExporter while inside: (exporter, provider); off again after."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from jobs.engine import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    try:
+        yield exporter, provider
+    finally:
+        tracing.disable()

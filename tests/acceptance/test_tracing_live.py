@@ -16,14 +16,11 @@ import signal
 
 import pytest
 from opentelemetry.instrumentation.django import DjangoInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hosts.otlp import Received, Receiver
-from jobs.engine import tracing
 from jobs.models import ChainStatus, Job, Status
-from tests.support import api_client, is_dead, wait_chain, wait_for
+from tests.support import api_client, is_dead, traced_in_memory, wait_chain, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
 
@@ -34,16 +31,12 @@ CLIENT_SPAN = "00f067aa0ba902b7"
 @pytest.fixture
 def traced():
     """This process traced into memory (and Django instrumented) for the test; off again after."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    DjangoInstrumentor().instrument(tracer_provider=provider)
-    try:
-        yield exporter
-    finally:
-        DjangoInstrumentor().uninstrument()
-        tracing.disable()
+    with traced_in_memory() as (exporter, provider):
+        DjangoInstrumentor().instrument(tracer_provider=provider)
+        try:
+            yield exporter
+        finally:
+            DjangoInstrumentor().uninstrument()
 
 
 def local(exporter: InMemorySpanExporter) -> list[Received]:

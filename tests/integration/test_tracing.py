@@ -10,17 +10,16 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from jobs import Step, enqueue, enqueue_many
-from jobs.engine import recovery, registry, runner, store, tracing
+from jobs.engine import recovery, registry, runner, store
 from jobs.engine.registry import Backoff, JobType
 from jobs.interfaces.beat import enqueue_tick
 from jobs.models import Job
 from subscribers import emit
 from tests.integration.conftest import RUNNER_IN_PROCESS
+from tests.support import traced_in_memory
 
 pytestmark = RUNNER_IN_PROCESS
 
@@ -44,15 +43,8 @@ def traced_type():
 @pytest.fixture
 def spans():
     """This process traced into memory for the test; the finished spans by name."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    tracer = provider.get_tracer("test")
-    try:
-        yield Spans(exporter, tracer)
-    finally:
-        tracing.disable()
+    with traced_in_memory() as (exporter, provider):
+        yield Spans(exporter, provider.get_tracer("test"))
 
 
 class Spans:
