@@ -13,6 +13,9 @@ the other (jobs.tasks). A batch is split over at least SPREAD messages, so that 
 can take part, with at most PER_MESSAGE ids each. A batch message carries no Celery time limit:
 the runner enforces each job's own (jobs.engine.runner.TimeLimit); so does a chain step's message,
 as its worker may run the chain's next steps in the same task (jobs.engine.handoff).
+
+Jobs enqueued one by one in one process may share messages too (`committed`, with
+CONVEYOR_PUBLISH_COALESCE_MS set: jobs.engine.coalesce), at most COALESCE_PER_MESSAGE ids each.
 """
 from __future__ import annotations
 
