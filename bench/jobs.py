@@ -14,7 +14,8 @@ machine falls on all alike:
    N `examples.echo` jobs (a durable row each) enqueued one by one with jobs.enqueue, N django.tasks
    tasks (examples/djtasks `add`) with the framework's `task.enqueue()` on ConveyorBackend, then N with
    jobs.enqueue_many (batches of --batch), run by `manage.py start` in WORKER_MODE=worker; done
-   when COUNT(succeeded rows) = N. Procrastinate (bench/procra.py, pinned in
+   when COUNT(succeeded rows) = N (`--coalesce-ms 0,5`: one more one-by-one row per window, this
+   process's publishes coalesced over it, 0 not at all: jobs.engine.coalesce). Procrastinate (bench/procra.py, pinned in
    bench/requirements.txt; skipped with a line when not installed): N no-op tasks deferred one
    by one, then with batch_defer, on the same PostgreSQL, one worker process per pool process.
 2. Events (--events N, default 2000; 0 skips it). Conveyor: N `bench.fanout` events emitted one
