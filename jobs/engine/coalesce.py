@@ -21,6 +21,7 @@ ids waiting at the fork are the parent's to send. At exit what waits is sent (at
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Callable, Hashable, Sequence, TypeVar
 
 from jobs.engine import decisions
 
+log = logging.getLogger("conveyor.publish")
 M = TypeVar("M")
 #: Kinds remembered before those idle for a window are forgotten (a worker's messages have its
 #: task as their parent: a kind per task).
@@ -138,7 +140,10 @@ class Coalescer:
                     continue
                 batches = self.due(now)
             for kind, batch in batches:
-                self._send(batch, kind)
+                try:
+                    self._send(batch, kind)
+                except Exception:  # the rows are committed: the relay sends them; keep the thread
+                    log.exception("coalesced publish of %d job(s) failed; the relay will send them", len(batch))
 
     def flush(self) -> int:
         """Send everything waiting now (at exit; tests). Returns how many ids were sent."""
