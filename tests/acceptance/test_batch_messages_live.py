@@ -202,28 +202,37 @@ def test_a_pool_process_killed_while_it_runs_a_handed_off_step_loses_nothing_and
 
 def test_jobs_enqueued_one_by_one_quickly_share_messages_and_each_runs_once(live, monkeypatch):
     """issue 28, coalescing (jobs.engine.coalesce): this process's one-by-one enqueues within a
-    window of the last publish of their kind go out together, in messages of several ids."""
+    window of the last publish of their kind go out together, in messages of several ids; a chain's
+    step never waits."""
     from django.conf import settings
 
-    from jobs import enqueue
+    from jobs import enqueue, start_chain
 
-    # given publishes coalesced over 200 ms (wide: the machine is loaded), at most 8 ids a message
-    monkeypatch.setitem(settings.CONVEYOR, "PUBLISH_COALESCE_MS", 200.0)
+    # given publishes coalesced over a second (wide: the machine is loaded), at most 8 ids a message
+    monkeypatch.setitem(settings.CONVEYOR, "PUBLISH_COALESCE_MS", 1000.0)
 
-    # when 30 jobs are enqueued one by one, each in its own transaction, before any worker runs
+    # when 30 jobs are enqueued one by one, each in its own transaction, before any worker runs,
+    # and then a chain of the same type
     ids = [enqueue("examples.count", {}).pk for _ in range(30)]
-    wait_for(lambda: sum(map(len, waiting_messages("default"))) == 30, 5, what="every id to be published")
+    assert publish._coalescer.waiting() > 0
+    chain = start_chain([Step("examples.count", {})])
+    step = Job.objects.get(chain_id=chain.pk).pk
+
+    # then the chain's step went out at once, alone, while ids of its kind still wait their window
+    assert (step,) in waiting_messages("default")
+    wait_for(lambda: sum(map(len, waiting_messages("default"))) == 31, 5, what="every id to be published")
 
     # then the first went out alone and the others shared messages: fewer messages than jobs,
     # every job in exactly one
-    messages = waiting_messages("default")
+    messages = [m for m in waiting_messages("default") if m != (step,)]
     assert sorted(i for m in messages for i in m) == ids
     assert (ids[0],) in messages
     assert len(messages) < len(ids) and max(map(len, messages)) <= publish.COALESCE_PER_MESSAGE, messages
 
     # when a prefork worker of two processes takes them, then each runs once, every message acked
     live.start(*GRACE, "--pool", "prefork", "--concurrency", "2", mode="worker", name="coalesced-worker")
-    wait_for(lambda: all_succeeded(ids), 60, what="the 30 jobs to succeed")
+    ids.append(step)
+    wait_for(lambda: all_succeeded(ids), 60, what="the 31 jobs to succeed")
     assert Counter(Effect.objects.filter(job_id__in=ids).values_list("job_id", flat=True)) == Counter({i: 1 for i in ids})
     assert set(Job.objects.filter(pk__in=ids).values_list("attempt", flat=True)) == {1}
     wait_for(all_messages_consumed, 10, what="every message to be acked")
