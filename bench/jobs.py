@@ -14,7 +14,8 @@ machine falls on all alike:
    N `examples.echo` jobs (a durable row each) enqueued one by one with jobs.enqueue, N django.tasks
    tasks (examples/djtasks `add`) with the framework's `task.enqueue()` on ConveyorBackend, then N with
    jobs.enqueue_many (batches of --batch), run by `manage.py start` in WORKER_MODE=worker; done
-   when COUNT(succeeded rows) = N. Procrastinate (bench/procra.py, pinned in
+   when COUNT(succeeded rows) = N (`--coalesce-ms 0,5`: one more one-by-one row per window, this
+   process's publishes coalesced over it, 0 not at all: jobs.engine.coalesce). Procrastinate (bench/procra.py, pinned in
    bench/requirements.txt; skipped with a line when not installed): N no-op tasks deferred one
    by one, then with batch_defer, on the same PostgreSQL, one worker process per pool process.
 2. Events (--events N, default 2000; 0 skips it). Conveyor: N `bench.fanout` events emitted one
@@ -186,6 +187,21 @@ SYSTEMS = (
 )
 
 
+def systems(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """SYSTEMS, with a one-by-one row per --coalesce-ms window after the configured one."""
+    out = []
+    for key, label in SYSTEMS:
+        out.append((key, label))
+        if key == "single":
+            out += [(coalesced_key(ms), f"{label}, coalesced {ms:g} ms" if ms else f"{label}, not coalesced")
+                    for ms in args.coalesce_ms]
+    return out
+
+
+def coalesced_key(ms: float) -> str:
+    return f"single@{ms:g}"
+
+
 def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Throughput]]:
     """Bare Celery (twice), Conveyor and Procrastinate side by side, runs interleaved round by round.
 
@@ -282,10 +298,25 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         )
         return Throughput(n, done - start, published - start, cpu=meter.stop())
 
+    def coalesced(ms: float) -> Callable[[int], None]:
+        """One by one with this process's publishes coalesced over `ms` (jobs.engine.coalesce)."""
+        from django.conf import settings
+
+        def enqueue_all(n: int) -> None:
+            configured = settings.CONVEYOR.get("PUBLISH_COALESCE_MS", 0.0)
+            settings.CONVEYOR["PUBLISH_COALESCE_MS"] = ms
+            try:
+                one_by_one(n)
+            finally:
+                settings.CONVEYOR["PUBLISH_COALESCE_MS"] = configured
+
+        return enqueue_all
+
     runs: dict[str, Callable[[int], Throughput]] = {
         "defaults": lambda n: bare_run(n, bare.noop_defaults, bare.QUEUE_DEFAULTS, [defaults_worker]),
         "bare": lambda n: bare_run(n, bare.noop, bare.QUEUE, [bare_worker]),
         "single": lambda n: conveyor_run(n, one_by_one),
+        **{coalesced_key(ms): (lambda n, ms=ms: conveyor_run(n, coalesced(ms))) for ms in args.coalesce_ms},
         "tasks": lambda n: conveyor_run(n, task_by_task),
         "bulk": lambda n: conveyor_run(n, in_bulk),
     }
@@ -299,7 +330,7 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         for round_ in range(args.rounds):
             if args.rounds > 1:
                 print(f"bench.jobs:   round {round_ + 1}/{args.rounds}", flush=True)
-            for key, label in SYSTEMS:
+            for key, label in systems(args):
                 if key not in runs:
                     continue
                 result = runs[key](args.jobs)
@@ -662,7 +693,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], elapsed: float, co
     tp = {key: median_run(runs) for key, runs in results["throughput"].items()}
     base = tp["defaults"]
     rows: list[tuple[str, ...]] = []
-    for key, label in SYSTEMS:
+    for key, label in systems(args):
         if key not in tp:
             rows.append((label, "-", "-", "-", "not run (pip install -r bench/requirements.txt)", ""))
             continue
@@ -767,7 +798,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="without the Procrastinate baseline (it also skips itself when bench/requirements.txt is not installed)",
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds each throughput run may take (default 120 + jobs/10)")
+    parser.add_argument(
+        "--coalesce-ms", default="", type=lambda raw: [float(ms) for ms in raw.split(",") if ms.strip()],
+        help="comma-separated windows (ms, 0: off): a one-by-one row each, the bench process's publishes coalesced over "
+             "it (CONVEYOR_PUBLISH_COALESCE_MS), beside the configured one (default none)",
+    )
     args = parser.parse_args(argv)
+    if any(ms < 0 for ms in args.coalesce_ms):
+        parser.error("--coalesce-ms must not be negative")
     for name in ("jobs", "chains", "concurrency", "batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")

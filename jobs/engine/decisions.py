@@ -431,3 +431,32 @@ def scale(wanted: int, state: ScaleState, low: int, high: int, now: float,
                              f"low ({waited:.1f}s so far)", state._replace(low_since=low_since, low_peak=peak))
     return ScaleDecision(peak, "shrink", f"at most {peak} wanted for {waited:.1f}s: {current} -> {peak} worker(s)",
                          ScaleState(peak, now))
+
+
+# --- Coalescing one-by-one publishes (jobs.engine.coalesce) --------------------------------------
+
+
+def coalesce_deadline(last_sent: float | None, now: float, window: float) -> float | None:
+    """When the message of a job committed alone goes out, Nagle-style (issue 28): None, at once,
+    when this process sent nothing of its (queue, priority, type) in the last `window` seconds (an
+    idle system waits for nothing); otherwise at the end of the window that send opened, with the
+    ids of that kind committed meanwhile in the same message. `last_sent` and `now` on one
+    monotonic clock; `window` 0 turns it off."""
+    if window <= 0 or last_sent is None or now - last_sent >= window:
+        return None
+    return last_sent + window
+
+
+def coalescable(in_commit: int, chain_id: int | None, window: float, spread: int) -> bool:
+    """Whether a committed job's message may wait to share one with the next commits': coalescing
+    on, a job outside any chain (a chain's next step and a group's members go at once: the handoff
+    must not wait), published by a commit of fewer than `spread` messages (more already share
+    messages: publish.batches)."""
+    return window > 0 and chain_id is None and in_commit < spread
+
+
+def coalesce_full(waiting: int, cap: int) -> bool:
+    """Whether the ids waiting for one message are as many as a coalesced message takes: send them
+    now. The cap bounds how many jobs run one after the other in one worker process while another
+    may be idle (a message's ids are not shared out: jobs.tasks)."""
+    return waiting >= cap

@@ -13,6 +13,9 @@ the other (jobs.tasks). A batch is split over at least SPREAD messages, so that 
 can take part, with at most PER_MESSAGE ids each. A batch message carries no Celery time limit:
 the runner enforces each job's own (jobs.engine.runner.TimeLimit); so does a chain step's message,
 as its worker may run the chain's next steps in the same task (jobs.engine.handoff).
+
+Jobs enqueued one by one in one process may share messages too (`committed`, with
+CONVEYOR_PUBLISH_COALESCE_MS set: jobs.engine.coalesce), at most COALESCE_PER_MESSAGE ids each.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ import logging
 import os
 from typing import TYPE_CHECKING, Iterable, NamedTuple
 
+from django.conf import settings
 from django.db import transaction
 
-from jobs.engine import envelope, registry
+from jobs.engine import coalesce, decisions, envelope, registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from jobs.models import Job
@@ -79,17 +83,28 @@ def publish(messages: Iterable[Message]) -> int:
     A failure is logged, not raised: the row is already committed, and the relay publishes it
     again once it is stale (Redis down, or a crash between commit and publish loses nothing).
     """
+    return send(batches(messages), *_parent())
+
+
+def _parent() -> tuple[str | None, str | None]:
+    """(parent_id, root_id) of the messages this thread publishes: a worker's task publishing (a
+    chain's next step), as Celery sets them; (None, None) elsewhere."""
     from project.celery import app
 
-    grouped = batches(messages)
+    parent = app.current_worker_task
+    if parent is None:
+        return None, None
+    return parent.request.id, parent.request.root_id or parent.request.id
+
+
+def send(grouped: list[list[Message]], parent_id: str | None = None, root_id: str | None = None) -> int:
+    """Send the messages `grouped` says (each list one Celery message of its ids) in one pipelined
+    round trip; return how many jobs were sent (0 on failure, logged: the relay sends them)."""
+    from project.celery import app
+
     if not grouped:
         return 0
     try:
-        parent_id = root_id = None
-        parent = app.current_worker_task  # a worker publishing (a chain's next step): as Celery does
-        if parent is not None:
-            parent_id = parent.request.id
-            root_id = parent.request.root_id or parent_id
         origin, reply_to = _origin(), app.thread_oid
         options = app.conf.broker_transport_options
         steps, sep = options.get("priority_steps", [0]), options.get("sep", ":")
@@ -141,9 +156,42 @@ def _origin() -> str:
 
 
 def publish_on_commit(messages: list[Message], using: str = "default") -> None:
-    """Publish after the current transaction commits (at once in autocommit)."""
+    """Publish after the current transaction commits (at once in autocommit); a job committed
+    alone may share a message with the next commits' (`committed`)."""
     if messages:
-        transaction.on_commit(lambda: publish(messages), using=using)
+        transaction.on_commit(lambda: committed(messages), using=using)
+
+
+#: The most job ids one coalesced message carries (jobs.engine.coalesce): they run one after the
+#: other in one worker process, so this bounds the jobs that wait behind a long one.
+COALESCE_PER_MESSAGE = 8
+
+
+def committed(messages: list[Message]) -> int:
+    """Publish a commit's messages: those coalescable (`decisions.coalescable`: a job outside a
+    chain, committed among few) go through this process's Coalescer, which sends each at once
+    when no message of its kind went out in the last CONVEYOR_PUBLISH_COALESCE_MS, and otherwise
+    with the others of its kind at the end of that window; the rest at once. Returns how many
+    jobs were sent now."""
+    window = float(settings.CONVEYOR.get("PUBLISH_COALESCE_MS", 0)) / 1000
+    held: list[Message] = []
+    at_once: list[Message] = []
+    for message in messages:
+        (held if decisions.coalescable(len(messages), message.chain_id, window, SPREAD) else at_once).append(message)
+    if not held:
+        return publish(messages)
+    parent = _parent()
+    at_once += _coalescer.add(held, lambda m: (m.queue, m.priority, m.type, parent), window, COALESCE_PER_MESSAGE)
+    return send(batches(at_once), *parent)
+
+
+def _send_coalesced(messages: list[Message], kind: tuple) -> None:
+    """The Coalescer's send: the waiting ids of one kind, in one message."""
+    send([messages], *kind[3])
+
+
+_coalescer = coalesce.Coalescer(_send_coalesced)
+coalesce.at_exit(_coalescer)
 
 
 def _timeout(type_name: str) -> int:

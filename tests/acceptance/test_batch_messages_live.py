@@ -198,3 +198,75 @@ def test_a_pool_process_killed_while_it_runs_a_handed_off_step_loses_nothing_and
     effects = Counter(Effect.objects.filter(job_id__in=[first.pk, second.pk]).values_list("job_id", flat=True))
     assert effects == Counter({first.pk: 1, second.pk: 1}), effects
     wait_for(all_messages_consumed, 15, what="every message to be acked")
+
+
+def test_jobs_enqueued_one_by_one_quickly_share_messages_and_each_runs_once(live, monkeypatch):
+    """issue 28, coalescing (jobs.engine.coalesce): this process's one-by-one enqueues within a
+    window of the last publish of their kind go out together, in messages of several ids; a chain's
+    step never waits."""
+    from django.conf import settings
+
+    from jobs import enqueue, start_chain
+
+    # given publishes coalesced over a second (wide: the machine is loaded), at most 8 ids a message
+    monkeypatch.setitem(settings.CONVEYOR, "PUBLISH_COALESCE_MS", 1000.0)
+
+    # when 30 jobs are enqueued one by one, each in its own transaction, before any worker runs,
+    # and then a chain of the same type
+    ids = [enqueue("examples.count", {}).pk for _ in range(30)]
+    assert publish._coalescer.waiting() > 0
+    chain = start_chain([Step("examples.count", {})])
+    step = Job.objects.get(chain_id=chain.pk).pk
+
+    # then the chain's step went out at once, alone, while ids of its kind still wait their window
+    assert (step,) in waiting_messages("default")
+    wait_for(lambda: sum(map(len, waiting_messages("default"))) == 31, 5, what="every id to be published")
+
+    # then the first went out alone and the others shared messages: fewer messages than jobs,
+    # every job in exactly one
+    messages = [m for m in waiting_messages("default") if m != (step,)]
+    assert sorted(i for m in messages for i in m) == ids
+    assert (ids[0],) in messages
+    assert len(messages) < len(ids) and max(map(len, messages)) <= publish.COALESCE_PER_MESSAGE, messages
+
+    # when a prefork worker of two processes takes them, then each runs once, every message acked
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "2", mode="worker", name="coalesced-worker")
+    ids.append(step)
+    wait_for(lambda: all_succeeded(ids), 60, what="the 31 jobs to succeed")
+    assert Counter(Effect.objects.filter(job_id__in=ids).values_list("job_id", flat=True)) == Counter({i: 1 for i in ids})
+    assert set(Job.objects.filter(pk__in=ids).values_list("attempt", flat=True)) == {1}
+    wait_for(all_messages_consumed, 10, what="every message to be acked")
+
+
+KILLED_BEFORE_FLUSH = """
+import os, signal, django
+django.setup()
+from jobs import enqueue
+ids = [enqueue("examples.count", {}).pk for _ in range(5)]
+print(" ".join(map(str, ids)), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # committed, the last four still waiting for their window
+"""
+
+
+def test_a_process_killed_between_its_commits_and_the_coalesced_publish_loses_no_job(live):
+    """The rows commit before any publish: ids that waited in a killed process's memory are
+    published again by the relay's stale scan (tests.support.FAST: after 3 s), and run once."""
+    import subprocess
+    import sys
+
+    # given a process coalescing over a second, killed right after enqueueing five jobs
+    env = live.env(CONVEYOR_PUBLISH_COALESCE_MS="1000", DJANGO_SETTINGS_MODULE="project.settings")
+    done = subprocess.run([sys.executable, "-c", KILLED_BEFORE_FLUSH], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    ids = [int(i) for i in done.stdout.split()]
+
+    # then its five rows are committed, and only the first one's message went out
+    assert len(ids) == 5 and statuses(ids) == Counter({Status.PENDING: 5})
+    assert waiting_messages("default") == [(ids[0],)]
+
+    # when a worker runs (its relay re-sends the rows whose message never came)
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="relay-worker")
+
+    # then every job succeeds, each run once
+    wait_for(lambda: all_succeeded(ids), 30, what=f"the five jobs to succeed ({statuses(ids)})")
+    assert Counter(Effect.objects.filter(job_id__in=ids).values_list("job_id", flat=True)) == Counter({i: 1 for i in ids})

@@ -343,3 +343,28 @@ def test_the_slow_scans_never_wait_less_than_the_loop_and_run_every_pass_with_sh
     # the test settings' 3 s lease and stale age: a tenth is 0.3 s, under the 0.5 s loop
     assert decisions.slow_scans_due(100.0, 100.5, 0.5, 3, 3)
     assert not decisions.slow_scans_due(100.0, 100.4, 0.5, 3, 3)
+
+
+# --- Coalescing one-by-one publishes ----------------------------------------------------------------
+
+
+def test_a_job_committed_alone_goes_out_at_once_when_nothing_of_its_kind_went_out_within_the_window():
+    assert decisions.coalesce_deadline(None, 100.0, 0.005) is None  # the process's first
+    assert decisions.coalesce_deadline(100.0, 100.006, 0.005) is None  # the window has passed
+    assert decisions.coalesce_deadline(100.0, 100.001, 0.0) is None  # coalescing off
+
+
+def test_a_job_committed_within_the_window_of_the_last_send_waits_for_that_windows_end():
+    assert decisions.coalesce_deadline(100.0, 100.002, 0.005) == pytest.approx(100.005)
+
+
+def test_only_jobs_outside_chains_committed_among_few_may_wait_to_share_a_message():
+    assert decisions.coalescable(1, None, 0.005, 16)
+    assert not decisions.coalescable(1, 7, 0.005, 16)  # a chain's step: the handoff must not wait
+    assert not decisions.coalescable(16, None, 0.005, 16)  # many at once already share messages
+    assert not decisions.coalescable(1, None, 0.0, 16)  # off
+
+
+def test_waiting_ids_go_out_once_they_fill_a_coalesced_message():
+    assert not decisions.coalesce_full(7, 8)
+    assert decisions.coalesce_full(8, 8)
