@@ -101,12 +101,16 @@ class Result:
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     split = ["--cluster", "2", "--servers", "1", "--workers", "1", "--web-concurrency", "2", "--concurrency", "2"]
     split_desc = "1 server (gunicorn x2) + 1 worker (Celery prefork x2)"
-    if args.shared == "cluster":
+    if args.shared == "none":
+        shared_layout: list[Scenario] = []
+    elif args.shared == "cluster":
         shared, shared_env, shared_workers = ["--cluster", "2", "--web-concurrency", "1", "--concurrency", "1"], {}, 2
         shared_desc = "2 shared instances, each gunicorn x1 + Celery prefork x1"
     else:
         shared, shared_env, shared_workers = ["--web-concurrency", "2", "--concurrency", "2"], {"WORKER_MODE": "shared"}, 1
         shared_desc = "1 shared instance (WORKER_MODE=shared), gunicorn x2 + Celery prefork x2"
+    if args.shared != "none":
+        shared_layout = [Scenario("shared", "loaded, shared", True, shared, shared_env, shared_workers, shared_desc)]
     loaded_split = []
     if args.split_policy in ("normal", "both"):
         loaded_split.append(Scenario("split", "loaded, split", True, split, {"WORKER_CPU_POLICY": "normal"}, 1, split_desc))
@@ -118,7 +122,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return [
         Scenario("idle", "idle, split", False, split, {}, 1, split_desc),
         *loaded_split,
-        Scenario("shared", "loaded, shared", True, shared, shared_env, shared_workers, shared_desc),
+        *shared_layout,
     ]
 
 
@@ -287,11 +291,29 @@ def fire(port: int, path: str, headers: dict[str, str], n: int, args: argparse.N
 # --- CPU ----------------------------------------------------------------------------------------
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the threads of a process have spent runnable, waiting for a core (the kernel's
+    schedstat: /proc/<pid>/task/<tid>/schedstat, its second field, in ns); 0 where unknown."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def cpu_by_kind(proc: Proc) -> dict[str, float]:
-    """CPU seconds (user + system) so far of the cluster's processes: gunicorn, Celery, other."""
+    """CPU seconds (user + system) so far of the cluster's processes: gunicorn, Celery, other;
+    and `web-wait`: the seconds gunicorn's processes waited for a core (run_delay)."""
     import psutil
 
-    totals = {"gunicorn": 0.0, "celery": 0.0}
+    totals = {"gunicorn": 0.0, "celery": 0.0, "web-wait": 0.0}
     try:
         members = psutil.Process(proc.process.pid).children(recursive=True)
     except psutil.Error:
@@ -305,6 +327,8 @@ def cpu_by_kind(proc: Proc) -> dict[str, float]:
         kind = "gunicorn" if "gunicorn" in cmdline else "celery" if "celery" in cmdline else None
         if kind:
             totals[kind] += times.user + times.system
+        if kind == "gunicorn":
+            totals["web-wait"] += run_delay(member.pid)
     return totals
 
 
@@ -395,6 +419,7 @@ def report(
             f"{result.jobs_rate:.1f}" if result.scenario.loaded else "-",
             f"{p50 / idle_p50:.1f}x", f"{p99 / idle_p99:.1f}x",
             f"{cpu.get('gunicorn', 0.0) / result.seconds:.2f} / {cpu.get('celery', 0.0) / result.seconds:.2f}",
+            f"{cpu.get('web-wait', 0.0) * 1000 / max(1, len(result.latencies) + result.errors):.1f}",
             f"{result.late}" if args.rate else "-",
             f"{result.errors}",
             "" if not result.scenario.loaded or result.backlog_left else "backlog ran out",
@@ -409,6 +434,7 @@ def report(
         "p50/idle",
         "p99/idle",
         "CPU cores web / worker",
+        "web wait ms/req",
         "late",
         "errors",
         "",
@@ -417,9 +443,12 @@ def report(
         "GET /api/jobs/{id} with a bearer token (token lookup + row read)" if args.endpoint == "job"
         else "GET /health/ready (PostgreSQL + Redis round trip)"
     )
-    split, shared = results[1].scenario, results[-1].scenario
+    split = results[1].scenario
+    shared = next((r.scenario for r in results if r.scenario.key == "shared"), None)
     targets = []
-    for result in results[1:-1]:  # the loaded split layouts: normal, idle jobs, or both
+    for result in results:  # the loaded split layouts: normal, idle jobs, or both
+        if not result.scenario.key.startswith("split"):
+            continue
         loaded_p99 = percentile(result.latencies, 0.99)
         ratio = loaded_p99 / idle_p99
         policy = result.scenario.env.get("WORKER_CPU_POLICY", "normal")
@@ -434,7 +463,7 @@ def report(
             round_idle = percentile(round_[0].latencies, 0.99)
             by_round.append((
                 f"round {number}", f"{round_idle:.1f}",
-                *(f"{percentile(r.latencies, 0.99) / round_idle:.2f}x" for r in round_[1:]),
+                *(f"{percentile(r.latencies, 0.99) / round_idle:.2f}x" for r in round_[1:]), "",
             ))
     interleaved = f" in each of {len(rounds)} interleaved rounds" if len(rounds) > 1 else ""
     out = [
@@ -446,7 +475,7 @@ def report(
         *table(header, rows),
         "",
         *(
-            [*table(("p99 per round", "idle ms", *(f"{r.scenario.label} / idle" for r in results[1:])), by_round), ""]
+            [*table(("p99 per round", "idle ms", *(f"{r.scenario.label} / idle" for r in results[1:]), ""), by_round), ""]
             if by_round else []
         ),
         *table(("target (issue 14)", "measured", ""), targets),
@@ -454,13 +483,17 @@ def report(
         f"idle, split and loaded, split: manage.py start --cluster 2 --servers 1 --workers 1 = {split.processes}",
         "idle jobs: the worker's job processes at SCHED_IDLE (WORKER_CPU_POLICY=idle, its heartbeat normal): "
         "the server's cores as if on a machine of their own",
-        f"loaded, shared: manage.py start {' '.join(shared.argv)}{' (WORKER_MODE=shared)' if shared.env else ''} = {shared.processes}: "
-        "as many gunicorn workers and Celery pool processes as split",
+        *(
+            [f"loaded, shared: manage.py start {' '.join(shared.argv)}{' (WORKER_MODE=shared)' if shared.env else ''} = "
+             f"{shared.processes}: as many gunicorn workers and Celery pool processes as split"]
+            if shared else []
+        ),
         f"load: {backlog} {RESIZE} jobs {resize_input(args)} queued before each loaded cluster starts "
         f"(~{job_seconds * 1000:.0f} ms of CPU each, measured here: ~{backlog * job_seconds / 2:.0f}s of work for 2 processes); "
         "jobs/s = resize jobs finished during the measurement",
         "CPU cores = CPU seconds used by the cluster's gunicorn and Celery processes during the measurement / its wall time "
-        f"(of {os.cpu_count()})",
+        f"(of {os.cpu_count()}); web wait = the time gunicorn's threads were runnable but waiting for a core "
+        "(the kernel's schedstat run_delay), per request",
         f"warm-up: {args.warmup} untimed requests per scenario; latency = connect to last byte; "
         "requests/s = successful requests / wall time"
         + (
@@ -487,7 +520,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="job: GET /api/jobs/{id} with a token (default); ready: GET /health/ready",
     )
     parser.add_argument(
-        "--shared", choices=("cluster", "single"), default="cluster", help="the shared layout: 2 instances x1 (default) or 1 instance x2"
+        "--shared", choices=("cluster", "single", "none"), default="cluster",
+        help="the shared layout: 2 instances x1 (default), 1 instance x2, or none (not run)"
     )
     parser.add_argument(
         "--load-seconds", type=float, default=90.0, help="seconds of resize work the backlog holds for 2 worker processes (default 90)"
