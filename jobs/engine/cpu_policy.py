@@ -72,3 +72,31 @@ def _name_thread(name: str) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME = 15
     except (OSError, AttributeError):
         pass
+
+
+AUTOGROUP_NICE = 19  # the lowest weight an autogroup can have (15, against 1024 at nice 0)
+
+
+def lower_own_autogroup(policy: str) -> bool:
+    """Under `idle`, in the worker's main process before its pool starts: when it leads a session
+    of its own (`manage.py start` makes each child one) and Linux's autogroup is on, give that
+    session's autogroup the lowest weight, so that the worker, as a whole, yields the cores to the
+    other sessions (the servers'). True when done.
+
+    Why: outside any cgroup of its own (a bare VM, the root cgroup), the kernel shares the CPU
+    between autogroups (one per session) equally, and a thread's policy (SCHED_IDLE, a niceness)
+    acts only inside its own. Inside a container's or a unit's cgroup there is no autogroup, and
+    this does nothing. The heartbeat and the main process are in that group too: at weight 15 it
+    still gets a core now and then, as a SCHED_IDLE thread does (weight 3)."""
+    if policy != "idle" or os.getsid(0) != os.getpid():
+        return False
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as enabled:
+            if enabled.read().strip() != "1":
+                return False
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(AUTOGROUP_NICE))
+        return True
+    except OSError as exc:
+        log.warning("WORKER_CPU_POLICY=idle: could not lower this worker's autogroup (%s)", exc)
+        return False

@@ -53,6 +53,13 @@ def sends_task_events() -> bool:
 
 
 @worker_init.connect
+def worker_cpu_policy(sender: object = None, **kwargs: object) -> None:
+    """In the worker's main process, before its pool starts: under WORKER_CPU_POLICY=idle, its
+    session's autogroup at the lowest weight (jobs.engine.cpu_policy.lower_own_autogroup)."""
+    cpu_policy.lower_own_autogroup(settings.WORKER_CPU_POLICY)
+
+
+@worker_init.connect
 def local_handoff_queues(sender: object = None, **kwargs: object) -> None:
     """The queues this worker was started with (its pool processes inherit them): a chain's next
     step on one of them may run here, with no message (jobs.engine.handoff), unless the worker

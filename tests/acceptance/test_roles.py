@@ -239,7 +239,11 @@ def test_idle_cpu_policy_runs_jobs_at_sched_idle_and_keeps_their_lease_while_the
         policies = thread_policies(pid)
         assert policies["main"] == os.SCHED_IDLE, policies
         assert policies["cv-heartbeat"] == os.SCHED_OTHER, policies
-        assert os.sched_getscheduler(psutil.Process(pid).ppid()) == os.SCHED_OTHER
+        main = psutil.Process(pid).ppid()
+        assert os.sched_getscheduler(main) == os.SCHED_OTHER
+        # and, where Linux's autogroup is on, the worker's session (its own) yields as a whole
+        if open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1":
+            assert open(f"/proc/{main}/autogroup").read().split()[-1] == "19"
         # and the lease never lapses: the job stays running, in its first attempt
         end = time.monotonic() + saturate - 0.5
         while time.monotonic() < end:
