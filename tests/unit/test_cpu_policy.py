@@ -89,3 +89,16 @@ def test_the_heartbeat_and_deadlines_threads_can_be_started_before_any_job():
     assert heartbeat._thread is not None and heartbeat._thread.is_alive()
     assert deadlines._thread is not None and deadlines._thread.is_alive()
     assert os.getpid() == heartbeat._pid
+
+
+def test_only_an_idle_worker_leading_its_own_session_lowers_its_autogroup():
+    def nice() -> str:
+        with open("/proc/self/autogroup") as group:
+            return group.read().split()[-1]
+
+    before = nice()
+    # normal: never; idle in a process that does not lead its session (pytest's): never
+    assert cpu_policy.lower_own_autogroup("normal") is False
+    if os.getsid(0) != os.getpid():
+        assert cpu_policy.lower_own_autogroup("idle") is False
+    assert nice() == before  # this session's group untouched
