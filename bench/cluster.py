@@ -3,6 +3,7 @@
     python -m bench.cluster                        500 requests per scenario, 4 client threads
     python -m bench.cluster --requests 200         a quicker run
     python -m bench.cluster --rate 0               requests back to back (the server's capacity)
+    python -m bench.cluster --rounds 3 --shared none   every split scenario 3 times, interleaved
 
 Three scenarios, each on a fresh `manage.py start` cluster (no beat) on a free port of 127.0.0.1:
 1. idle: `--cluster 2 --servers 1 --workers 1` (one server: gunicorn x2; one worker: Celery
@@ -10,6 +11,11 @@ Three scenarios, each on a fresh `manage.py start` cluster (no beat) on a free p
 2. loaded, split: the same cluster with a backlog of CPU-heavy `images.resize` jobs (512x512 out of
    a 2048x2048 source, ~0.3 s of CPU each), enough to keep both worker processes busy for the
    whole measurement (--load-seconds of work), queued before the cluster starts.
+2b. loaded, split, idle jobs: the same, the worker started with WORKER_CPU_POLICY=idle (its job
+   threads at SCHED_IDLE, its autogroup at nice 19 where autogroup applies: docs/deployment.md).
+   The split layout emulates separate machines, where the worker takes no CPU from the server;
+   on one machine `idle` is the nearest to it. --split-policy normal|idle|both (default both)
+   picks which loaded split runs, each judged against the target.
 3. loaded, shared: the same backlog on shared instances with as many processes of each kind as
    in 2: `--cluster 2` with gunicorn x1 and Celery x1 in each (default), or `--shared single`:
    one shared instance (WORKER_MODE=shared) with gunicorn x2 and Celery x2.
@@ -503,6 +509,14 @@ def report(
         ),
         f"total run {elapsed:.1f}s; load average at start {load_start}, at end {load_average()}",
     ]
+    busiest = max(float(load_start.split()[0]), os.getloadavg()[0])
+    if busiest > (os.cpu_count() or 1):
+        # Other processes then take the cores in every scenario: the idle run's tail is theirs,
+        # and the ratios move both ways from round to round.
+        out.append(
+            f"warning: the machine was busy (load average {busiest:.1f} over {os.cpu_count()} CPUs): "
+            "the tails, and so the ratios, mostly measure the other processes; re-run on a quiet machine"
+        )
     return "\n".join(out)
 
 
