@@ -108,10 +108,10 @@ def hang(ctx: Context, data: Hang) -> dict:
 
 class Burn(BaseModel):
     #: CPU seconds of this thread to spend (thread time, not wall time: a starved run takes longer).
-    cpu_seconds: float = Field(ge=0, le=60)
+    cpu_seconds: float = Field(ge=0, le=10)
 
 
-@job_type("examples.burn", queue="default", input=Burn, timeout=120, public=True)
+@job_type("examples.burn", queue="default", input=Burn, timeout=60)
 def burn(ctx: Context, data: Burn) -> dict:
     """Burns CPU in pure Python, holding the GIL, for `cpu_seconds` of its own thread's CPU time,
     and says under which scheduling policy it ran: for the checks of WORKER_CPU_POLICY."""
