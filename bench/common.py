@@ -374,7 +374,7 @@ def child_env(**extra: str) -> dict[str, str]:
     from django.conf import settings
 
     env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
-    for name in ("WORKER_QUEUES", "WORKER_CONCURRENCY", "WORKER_ID"):
+    for name in ("WORKER_QUEUES", "WORKER_CONCURRENCY", "WORKER_ID", "WORKER_CPU_POLICY"):
         env.pop(name, None)
     env["LOG_LEVEL"] = "INFO"
     env.update(extra)

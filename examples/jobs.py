@@ -106,6 +106,24 @@ def hang(ctx: Context, data: Hang) -> dict:
     return {"hung": data.seconds}
 
 
+class Burn(BaseModel):
+    #: CPU seconds of this thread to spend (thread time, not wall time: a starved run takes longer).
+    cpu_seconds: float = Field(ge=0, le=10)
+
+
+@job_type("examples.burn", queue="default", input=Burn, timeout=60)
+def burn(ctx: Context, data: Burn) -> dict:
+    """Burns CPU in pure Python, holding the GIL, for `cpu_seconds` of its own thread's CPU time,
+    and says under which scheduling policy it ran: for the checks of WORKER_CPU_POLICY."""
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+    until = time.thread_time() + data.cpu_seconds
+    total = 0
+    while time.thread_time() < until:
+        for i in range(10_000):
+            total += i * i % 7
+    return {"pid": os.getpid(), "policy": policy, "idle": policy == getattr(os, "SCHED_IDLE", -1)}
+
+
 class Fail(BaseModel):
     times: int = Field(ge=0, le=100)
 

@@ -98,6 +98,20 @@ def worker_mode() -> str:
     return mode
 
 
+CPU_POLICIES = ("normal", "idle")
+
+
+def worker_cpu_policy() -> str:
+    """WORKER_CPU_POLICY: the CPU policy of the threads that run jobs (jobs.engine.cpu_policy)."""
+    raw = os.environ.get("WORKER_CPU_POLICY")
+    policy = (raw or "").strip().lower() or "normal"
+    if policy not in CPU_POLICIES:
+        fail(f"WORKER_CPU_POLICY={raw!r} must be one of {', '.join(CPU_POLICIES)}")
+    if policy == "idle" and not hasattr(os, "SCHED_IDLE"):
+        fail("WORKER_CPU_POLICY=idle needs Linux's SCHED_IDLE, which this system lacks")
+    return policy
+
+
 def data_dir() -> Path:
     return Path(get("CONVEYOR_DATA", "var")).resolve()
 

@@ -343,6 +343,9 @@ CONVEYOR = {
 WORKER_QUEUES = env.get_list("WORKER_QUEUES")
 WORKER_CONCURRENCY = env.get_int("WORKER_CONCURRENCY", 0)
 WORKER_ID = env.get("WORKER_ID")
+# The CPU policy of the threads that run jobs: normal, or idle (SCHED_IDLE: where workers share
+# a machine with servers, the jobs yield every core to them; jobs.engine.cpu_policy).
+WORKER_CPU_POLICY = env.worker_cpu_policy()
 PORT = env.get_int("PORT", 8000, minimum=1)
 
 # --- Token keys and /metrics --------------------------------------------------------------------

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable
 
+from jobs.engine import cpu_policy
+
 log = logging.getLogger("conveyor.runner")
 
 
@@ -47,16 +49,25 @@ class Deadlines:
         """Call `callback` in `seconds` (monotonic), unless the returned Deadline is cancelled first."""
         deadline = Deadline(time.monotonic() + seconds, callback)
         with self._lock:
-            # After a fork the parent's thread is gone (and so are its deadlines' runs).
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._heap, self._cancelled, self._pid = [], 0, os.getpid()
-                self._thread = threading.Thread(target=self._loop, name="conveyor-deadlines", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
             earliest = self._heap[0][0] if self._heap else None
             heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
             if earliest is None or deadline.at < earliest:
                 self._lock.notify()  # the thread sleeps until a later time: wake it to sleep less
         return deadline
+
+    def start(self) -> None:
+        """Start this process's thread now, before its job threads lower their CPU policy
+        (WORKER_CPU_POLICY=idle, jobs.engine.cpu_policy): a thread inherits its creator's."""
+        with self._lock:
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        # After a fork the parent's thread is gone (and so are its deadlines' runs).
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._heap, self._cancelled, self._pid = [], 0, os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="conveyor-deadlines", daemon=True)
+            self._thread.start()
 
     def cancel(self, deadline: Deadline) -> None:
         with self._lock:
@@ -75,6 +86,7 @@ class Deadlines:
             return sum(1 for entry in self._heap if not entry[2].cancelled)
 
     def _loop(self) -> None:
+        cpu_policy.keep_normal("deadlines")  # a hard limit's kill must not wait for an idle core
         while True:
             due = []
             with self._lock:

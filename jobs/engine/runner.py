@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import decisions, handoff, limits, registry, store, telemetry, tracing
+from jobs.engine import cpu_policy, decisions, handoff, limits, registry, store, telemetry, tracing
 from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
@@ -409,11 +409,20 @@ class Heartbeat:
     def track(self, ctx: Context) -> None:
         with self._lock:
             self._running[(ctx.job_id, ctx.attempt)] = ctx
-            # After a fork the parent's thread is gone: start one in this process.
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._loop, name="conveyor-heartbeat", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
+
+    def start(self) -> None:
+        """Start this process's heartbeat thread now, before its job threads lower their CPU
+        policy (WORKER_CPU_POLICY=idle, jobs.engine.cpu_policy): a thread inherits its creator's."""
+        with self._lock:
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        # After a fork the parent's thread is gone: start one in this process.
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="conveyor-heartbeat", daemon=True)
+            self._thread.start()
 
     def untrack(self, ctx: Context) -> None:
         with self._lock:
@@ -424,6 +433,9 @@ class Heartbeat:
             return list(self._running.values())
 
     def _loop(self) -> None:
+        # The leases must not starve with the jobs: this thread runs at the normal policy even
+        # where the jobs' threads are SCHED_IDLE (WORKER_CPU_POLICY=idle).
+        cpu_policy.keep_normal("heartbeat")
         interval = max(0.5, lease_seconds() / 3)
         stop = threading.Event()
         while not stop.wait(interval):

@@ -14,9 +14,11 @@ from celery.signals import (
     worker_ready,
     worker_shutting_down,
 )
+from django.conf import settings
 from django.db import close_old_connections
 
-from jobs.engine import consumers, handoff, recovery, runner, telemetry, tracing
+from jobs.engine import consumers, cpu_policy, handoff, recovery, runner, telemetry, tracing
+from jobs.engine.deadlines import deadlines
 
 
 @worker_ready.connect
@@ -48,6 +50,13 @@ EVENTS_ON = multiprocessing.RawValue("b", 0)
 def sends_task_events() -> bool:
     """Whether this worker sent task events when the task being run was received."""
     return bool(EVENTS_ON.value)
+
+
+@worker_init.connect
+def worker_cpu_policy(sender: object = None, **kwargs: object) -> None:
+    """In the worker's main process, before its pool starts: under WORKER_CPU_POLICY=idle, its
+    session's autogroup at the lowest weight (jobs.engine.cpu_policy.lower_own_autogroup)."""
+    cpu_policy.lower_own_autogroup(settings.WORKER_CPU_POLICY)
 
 
 @worker_init.connect
@@ -94,6 +103,18 @@ def send_last_metrics(sender: object = None, **kwargs: object) -> None:
     last batched spans (tracing on)."""
     telemetry.runs.flush()
     tracing.flush()
+
+
+@task_prerun.connect
+def job_thread_cpu_policy(sender: object = None, **kwargs: object) -> None:
+    """In the thread about to run a task (a prefork pool process's, a threads pool's, the solo
+    worker's), once: WORKER_CPU_POLICY (jobs.engine.cpu_policy). The heartbeat's and the
+    deadlines' threads start first, at the normal policy: the leases never starve with the jobs."""
+    policy = settings.WORKER_CPU_POLICY
+    if cpu_policy.pending(policy):
+        runner.heartbeat.start()
+        deadlines.start()
+        cpu_policy.enter_job_thread(policy)
 
 
 @task_prerun.connect

@@ -329,3 +329,13 @@ def _stop_leftovers(folder: str) -> None:
             os.kill(int(postmaster.read_text().split()[0]), 15)
         except (ProcessLookupError, ValueError):
             pass
+
+
+def test_start_refuses_a_bad_worker_cpu_policy_naming_the_variable():
+    # given a worker whose WORKER_CPU_POLICY is not normal or idle
+    result = run_manage("start", "--no-beat", env=production_env(WORKER_MODE="worker", WORKER_CPU_POLICY="lowest"))
+    # then `manage.py start` stops at once with one line naming it, exit code 2, no traceback
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["conveyor: configuration error: WORKER_CPU_POLICY='lowest' must be one of normal, idle"], result.stderr
+    assert "Traceback" not in result.stderr

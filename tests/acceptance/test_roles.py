@@ -196,3 +196,67 @@ def test_ready_is_503_naming_the_part_that_does_not_answer_without_its_details(l
         wait_for(lambda: f"not ready: {part} unreachable (" in server.log(), 10, what=f"the {part} failure in the log")
         line = next(line for line in server.log().splitlines() if f"not ready: {part} unreachable (" in line)
         assert "WARNING" in line and ("refused" in line.lower() or "connect" in line.lower()), line
+
+
+def spin_processes(count: int, seconds: float) -> list[subprocess.Popen]:
+    """`count` normal-priority processes that keep a core busy for `seconds` each."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+
+
+def thread_policies(pid: int) -> dict[str, int]:
+    """The kernel's name of each thread of a process (/proc/<pid>/task/<tid>/comm) -> its scheduling policy
+    (the main thread under the name "main")."""
+    import os
+
+    policies = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = "main" if int(tid) == pid else open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+        policies[name] = os.sched_getscheduler(int(tid))
+    return policies
+
+
+def test_idle_cpu_policy_runs_jobs_at_sched_idle_and_keeps_their_lease_while_the_cpu_is_saturated(live):
+    import os
+
+    from django.conf import settings
+
+    from jobs import enqueue
+
+    lease = int(live.env()["CONVEYOR_LEASE_SECONDS"])
+    # given a worker whose job processes run at WORKER_CPU_POLICY=idle (one prefork process)
+    worker = live.start("--concurrency", "1", mode="worker", env={"WORKER_CPU_POLICY": "idle"})
+    # and a pure-Python CPU-bound job (it holds the GIL) running there
+    job = enqueue("examples.burn", {"cpu_seconds": 1.5})
+    running = wait_for(lambda: Job.objects.filter(pk=job.pk, status=Status.RUNNING).first(), 30, interval=0.02, what="the job to run")
+    pid = int(running.worker.split("/")[1])
+    # when normal-priority processes saturate every core for longer than the lease
+    saturate = lease + 1.5
+    spinners = spin_processes((os.cpu_count() or 1) + 1, saturate)
+    try:
+        # then the job's process runs it at SCHED_IDLE, its heartbeat thread at the normal policy,
+        # and the worker's main process (it takes the messages, reaps) stays normal
+        policies = thread_policies(pid)
+        assert policies["main"] == os.SCHED_IDLE, policies
+        assert policies["cv-heartbeat"] == os.SCHED_OTHER, policies
+        main = psutil.Process(pid).ppid()
+        assert os.sched_getscheduler(main) == os.SCHED_OTHER
+        # and, where Linux's autogroup is on, the worker's session (its own) yields as a whole
+        if open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1":
+            assert open(f"/proc/{main}/autogroup").read().split()[-1] == "19"
+        # and the lease never lapses: the job stays running, in its first attempt
+        end = time.monotonic() + saturate - 0.5
+        while time.monotonic() < end:
+            row = Job.objects.get(pk=job.pk)
+            assert row.status == Status.RUNNING and row.attempt == 1, (row.status, row.attempt)
+            time.sleep(0.2)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    # and it ends succeeded in its first attempt, having run under SCHED_IDLE
+    done = wait_for(lambda: Job.objects.filter(pk=job.pk).exclude(status=Status.RUNNING).first(), 30, what="the job to end")
+    assert (done.status, done.attempt) == (Status.SUCCEEDED, 1), (done.status, done.attempt, done.error)
+    assert done.output["idle"] is True and done.output["pid"] == pid, done.output
+    assert settings.WORKER_CPU_POLICY == "normal"  # the test process itself was never switched
+    assert worker.alive()

@@ -1,0 +1,102 @@
+"""The CPU policy of the threads that run jobs (WORKER_CPU_POLICY): `normal` or `idle`.
+
+It matters only where workers share a machine (its cores) with servers: CPU-bound jobs then
+delay the server's requests. Under `normal` (the default) a job thread is an ordinary process
+to the kernel's scheduler; lowering its nice value only lowers its share, and a server process
+woken by a request may still wait behind a running job. Under `idle` each thread that runs jobs
+switches itself to Linux's SCHED_IDLE once, before its first job: it runs only on a core that
+nothing else wants, a woken normal thread preempts it at once, and a core running only idle
+threads counts as idle when the kernel places a woken thread.
+
+The risk: a SCHED_IDLE thread starves while normal processes keep the cores busy (a saturated
+server). The jobs' leases must not starve with them: the heartbeat's and the deadlines' threads
+start before the job thread switches (a new thread inherits its creator's policy, and leaving
+SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE), and each asks for the normal policy again when it
+starts (`keep_normal`), in case it was created later. The worker's main process (it takes the
+messages, the recovery loop) is never switched in the prefork pool: only its pool processes run
+jobs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger("conveyor.runner")
+
+VARIABLE = "WORKER_CPU_POLICY"  # read and checked by project.env.worker_cpu_policy
+
+_thread = threading.local()
+
+
+def pending(policy: str) -> bool:
+    """Whether the calling thread has yet to take `policy` (it runs a job for the first time)."""
+    return policy == "idle" and not getattr(_thread, "done", False)
+
+
+def enter_job_thread(policy: str) -> None:
+    """In a thread about to run its first job: take the policy (SCHED_IDLE under `idle`), once.
+    Start the threads that must not starve (the heartbeat) before this."""
+    if not pending(policy):
+        return
+    _thread.done = True
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        log.warning("%s=idle: could not switch this job thread to SCHED_IDLE (%s); it stays normal", VARIABLE, exc)
+
+
+def is_idle(tid: int = 0) -> bool:
+    """Whether a thread (0: the calling one; else a thread id of this or another process) is SCHED_IDLE."""
+    return hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(tid) == os.SCHED_IDLE
+
+
+def keep_normal(name: str) -> None:
+    """First thing in a thread that must not starve (the heartbeat, the deadlines): name it for
+    the kernel (`cv-<name>` in /proc/<pid>/task/<tid>/comm, `top -H`), and leave SCHED_IDLE if it
+    was created by a job thread that had taken it. Root may; others need RLIMIT_NICE (logged)."""
+    _name_thread(f"cv-{name}")
+    if not is_idle():
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError as exc:
+        log.error("the %s thread was created SCHED_IDLE and cannot leave it (%s): leases may lapse under load", name, exc)
+
+
+def _name_thread(name: str) -> None:
+    """The calling thread's name as the kernel shows it (15 bytes at most; Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME = 15
+    except (OSError, AttributeError):
+        pass
+
+
+AUTOGROUP_NICE = 19  # the lowest weight an autogroup can have (15, against 1024 at nice 0)
+
+
+def lower_own_autogroup(policy: str) -> bool:
+    """Under `idle`, in the worker's main process before its pool starts: when it leads a session
+    of its own (`manage.py start` makes each child one) and Linux's autogroup is on, give that
+    session's autogroup the lowest weight, so that the worker, as a whole, yields the cores to the
+    other sessions (the servers'). True when done.
+
+    Why: outside any cgroup of its own (a bare VM, the root cgroup), the kernel shares the CPU
+    between autogroups (one per session) equally, and a thread's policy (SCHED_IDLE, a niceness)
+    acts only inside its own. Inside a container's or a unit's cgroup there is no autogroup, and
+    this does nothing. The heartbeat and the main process are in that group too: at weight 15 it
+    still gets a core now and then, as a SCHED_IDLE thread does (weight 3)."""
+    if policy != "idle" or os.getsid(0) != os.getpid():
+        return False
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as enabled:
+            if enabled.read().strip() != "1":
+                return False
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(AUTOGROUP_NICE))
+        return True
+    except OSError as exc:
+        log.warning("WORKER_CPU_POLICY=idle: could not lower this worker's autogroup (%s)", exc)
+        return False

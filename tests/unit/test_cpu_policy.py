@@ -1,0 +1,104 @@
+"""WORKER_CPU_POLICY: its parsing (a bad value stops the process naming the variable), and what a
+thread does with it (jobs.engine.cpu_policy), each in a thread of its own so this process's stay normal."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from jobs.engine import cpu_policy
+from project import env
+
+
+def in_a_thread(function):
+    """function() run in a new thread; its result (or its exception, raised here)."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = function()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.mark.parametrize(("raw", "policy"), [(None, "normal"), ("", "normal"), ("normal", "normal"), ("idle", "idle"), (" IDLE ", "idle")])
+def test_the_worker_cpu_policy_is_normal_unless_idle_is_asked(monkeypatch, raw, policy):
+    if raw is None:
+        monkeypatch.delenv("WORKER_CPU_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("WORKER_CPU_POLICY", raw)
+    assert env.worker_cpu_policy() == policy
+
+
+@pytest.mark.parametrize("raw", ["lowest", "nice", "batch", "0"])
+def test_a_bad_worker_cpu_policy_stops_the_process_naming_the_variable(monkeypatch, capsys, raw):
+    monkeypatch.setenv("WORKER_CPU_POLICY", raw)
+    with pytest.raises(env.ConfigError) as raised:
+        env.worker_cpu_policy()
+    assert raised.value.code == 2
+    assert str(raised.value) == f"WORKER_CPU_POLICY={raw!r} must be one of normal, idle"
+    assert "WORKER_CPU_POLICY" in capsys.readouterr().err
+
+
+def test_a_job_thread_takes_sched_idle_once_under_idle_and_nothing_under_normal():
+    def run(policy: str) -> tuple[bool, bool, bool]:
+        before = cpu_policy.pending(policy)
+        cpu_policy.enter_job_thread(policy)
+        return before, cpu_policy.is_idle(), cpu_policy.pending(policy)
+
+    assert in_a_thread(lambda: run("normal")) == (False, False, False)
+    assert in_a_thread(lambda: run("idle")) == (True, True, False)
+    assert not cpu_policy.is_idle()  # the thread's policy, not the process's
+
+
+def test_a_thread_that_must_not_starve_leaves_the_idle_policy_it_inherited():
+    # given a job thread at SCHED_IDLE that starts another thread (it inherits SCHED_IDLE)
+    def job_thread() -> tuple[bool, bool, str]:
+        cpu_policy.enter_job_thread("idle")
+        return in_a_thread(lambda: (cpu_policy.is_idle(), keep_normal_then_idle(), thread_name()))
+
+    def keep_normal_then_idle() -> bool:
+        cpu_policy.keep_normal("heartbeat")  # as the heartbeat's thread does first
+        return cpu_policy.is_idle()
+
+    # then that thread starts idle, and is normal (and named for the kernel) after keep_normal
+    assert in_a_thread(job_thread) == (True, False, "cv-heartbeat")
+
+
+def thread_name() -> str:
+    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
+        return comm.read().strip()
+
+
+def test_the_heartbeat_and_deadlines_threads_can_be_started_before_any_job():
+    # the signal handler starts them before the job thread lowers its policy (a thread inherits it)
+    from jobs.engine.deadlines import Deadlines
+    from jobs.engine.runner import Heartbeat
+
+    heartbeat, deadlines = Heartbeat(), Deadlines()
+    heartbeat.start()
+    deadlines.start()
+    assert heartbeat._thread is not None and heartbeat._thread.is_alive()
+    assert deadlines._thread is not None and deadlines._thread.is_alive()
+    assert os.getpid() == heartbeat._pid
+
+
+def test_only_an_idle_worker_leading_its_own_session_lowers_its_autogroup():
+    def nice() -> str:
+        with open("/proc/self/autogroup") as group:
+            return group.read().split()[-1]
+
+    before = nice()
+    # normal: never; idle in a process that does not lead its session (pytest's): never
+    assert cpu_policy.lower_own_autogroup("normal") is False
+    if os.getsid(0) != os.getpid():
+        assert cpu_policy.lower_own_autogroup("idle") is False
+    assert nice() == before  # this session's group untouched
