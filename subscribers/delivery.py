@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from jobs import Context, InvalidJob, Step, new_job, submit
 from jobs.engine.creation import platform_key
 from jobs.models import FINISHED, Job
+from subscribers import statements
 from subscribers.models import Delivery, Event, Lane
 
 JOB_PREFIX = "deliver:"
@@ -177,13 +178,14 @@ def handler(subscriber: Callable[..., Any], name: str) -> Callable[[Context, dic
     """The job handler of a subscriber's deliveries: load the event, call the subscriber."""
 
     def deliver(ctx: Context, data: dict[str, Any]) -> Any:
-        try:
-            event = Event.objects.get(pk=data["event"])
-        except Event.DoesNotExist:
-            raise LookupError(f"event {data['event']} no longer exists (deleted by retention?)") from None
+        # One prepared primary-key probe (no queryset built per delivery: issue 28).
+        found = statements.event(data["event"])
+        if found is None:
+            raise LookupError(f"event {data['event']} no longer exists (deleted by retention?)")
+        name, event_data, key = found
         # An unkeyed event's delivery never holds a lane: its success has nothing to hand on.
-        ctx.finish_hook_needed = event.key is not None
-        return subscriber(ctx, EventData(event.pk, event.name, event.data, event.key))
+        ctx.finish_hook_needed = key is not None
+        return subscriber(ctx, EventData(data["event"], name, event_data, key))
 
     deliver.__qualname__ = deliver.__name__ = f"deliver_{name}"
     deliver.__module__ = subscriber.__module__
