@@ -26,7 +26,7 @@ from jobs import Context, InvalidJob, Step, new_job, submit
 from jobs.engine.creation import platform_key
 from jobs.models import FINISHED, Job
 from subscribers import statements
-from subscribers.models import Delivery, Event, Lane
+from subscribers.models import Delivery, Lane
 
 JOB_PREFIX = "deliver:"
 
