@@ -65,7 +65,7 @@ def _emit(name: str, data: dict[str, Any], key: str | None, subs: list[registry.
 
     An unkeyed event is that one statement: atomic on its own, so no transaction is opened for it
     (in the caller's, if any). A keyed one first takes each subscriber's key lock and reads its
-    lane (`delivery.lane_taken`), in a transaction that the statement then joins.
+    lane (`delivery.lanes_taken`: two statements for all), in a transaction that the statement then joins.
     """
     # The job types exist (each declared with its subscriber); one removed from the code raises here.
     names, types = [sub.name for sub in subs], [job_registry.get(sub.job_type) for sub in subs]
@@ -73,7 +73,7 @@ def _emit(name: str, data: dict[str, Any], key: str | None, subs: list[registry.
         written = statements.emit_rows(name, data, None, names, types, [True] * len(subs))
     else:
         with transaction.atomic():
-            released = [not delivery.lane_taken(sub, key) for sub in names]
+            released = [not taken for taken in delivery.lanes_taken(names, key)]
             written = statements.emit_rows(name, data, key, names, types, released)
     # One publish (one pipelined round trip) for all the deliveries released now.
     publish_on_commit([

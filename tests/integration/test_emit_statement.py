@@ -10,6 +10,7 @@ import pytest
 from django.db import connection, transaction
 
 from jobs.engine import store
+from jobs.models import Job
 from subscribers import delivery, emit, statements
 from subscribers.models import Delivery, Event, Lane
 from tests.support import queue_length, redis_client
@@ -106,3 +107,24 @@ def test_a_delivery_reads_its_event_in_one_probe_and_a_deleted_one_is_none():
     assert statements.event(event.pk) == ("nobody.listens", {"a": [1, "b"]}, "k")
     Event.objects.filter(pk=event.pk).delete()
     assert statements.event(event.pk) is None
+
+
+def test_a_keyed_emit_reads_every_subscribers_lane_at_once_and_sets_a_stuck_one_right():
+    # given key k: shop.audit's lane stuck (its holder ended without handing it on, a delivery
+    # waiting behind it), the other two subscribers' lanes held by running jobs
+    first = emit("order.placed", {"order": 1}, key="k")
+    waiting = emit("order.placed", {"order": 2}, key="k")
+    audit = Delivery.objects.get(event=first, subscriber="shop.audit")
+    Job.objects.filter(pk=audit.job_id).update(status="succeeded")
+
+    # when a third event of k is emitted
+    third = emit("order.placed", {"order": 3}, key="k")
+
+    # then the stuck lane went to the waiting delivery (released now), the third waits everywhere
+    handed = Delivery.objects.get(event=waiting, subscriber="shop.audit")
+    assert handed.job_id and handed.released_at
+    assert Lane.objects.get(subscriber="shop.audit", key="k").delivery_id == handed.id
+    assert [d.released_at for d in Delivery.objects.filter(event=third)] == [None] * 3
+    # and the other subscribers' lanes stayed with their first jobs
+    for sub in ("shop.process-images", "shop.send-confirmation"):
+        assert Lane.objects.get(subscriber=sub, key="k").job_id == Delivery.objects.get(event=first, subscriber=sub).job_id
