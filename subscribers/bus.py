@@ -14,8 +14,10 @@ from django.db import transaction
 from api.validation import problems
 
 from jobs import submit
+from jobs.engine import registry as job_registry
 from jobs.engine import tracing
-from subscribers import delivery, registry
+from jobs.engine.publish import Message, publish_on_commit
+from subscribers import delivery, registry, statements
 from subscribers.models import Delivery, Event
 from subscribers.registry import InvalidEvent
 
@@ -37,11 +39,14 @@ def emit(name: str, data: dict[str, Any] | None = None, *, key: str | None = Non
         raise InvalidEvent("bad key", {"key": "a string of 1 to 200 characters"})
     if found := problems(data, "data") | problems(key, "key"):
         raise InvalidEvent("the event holds what PostgreSQL cannot store", found)
+    subs = registry.matching(name)
+    if not tracing.on:
+        return _emit(name, data, key, subs)
     # Traced: the emit is a span, each delivery's job is enqueued (and later runs) under it.
     with tracing.span("conveyor.event.emit", {"conveyor.event.name": name, "conveyor.event.key": key}) as span, \
             transaction.atomic():
         event = Event.objects.create(name=name, data=data, key=key)
-        deliveries = [Delivery(event=event, subscriber=sub.name, key=key) for sub in registry.matching(name)]
+        deliveries = [Delivery(event=event, subscriber=sub.name, key=key) for sub in subs]
         if span is not None:
             span.set_attributes({"conveyor.event.id": event.pk, "conveyor.deliveries": len(deliveries)})
         released = [d for d in deliveries if key is None or not delivery.lane_taken(d.subscriber, key)]
@@ -52,6 +57,32 @@ def emit(name: str, data: dict[str, Any] | None = None, *, key: str | None = Non
         Delivery.objects.bulk_create(deliveries)
         if key is not None:
             delivery.take_lanes(released)
+    return event
+
+
+def _emit(name: str, data: dict[str, Any], key: str | None, subs: list[registry.Subscriber]) -> Event:
+    """emit's rows in one statement (subscribers.statements.EMIT_SQL), its messages after commit.
+
+    An unkeyed event is that one statement: atomic on its own, so no transaction is opened for it
+    (in the caller's, if any). A keyed one first takes each subscriber's key lock and reads its
+    lane (`delivery.lanes_taken`: two statements for all), in a transaction that the statement then joins.
+    """
+    # The job types exist (each declared with its subscriber); one removed from the code raises here.
+    names, types = [sub.name for sub in subs], [job_registry.get(sub.job_type) for sub in subs]
+    if key is None:
+        written = statements.emit_rows(name, data, None, names, types, [True] * len(subs))
+    else:
+        with transaction.atomic():
+            released = [not taken for taken in delivery.lanes_taken(names, key)]
+            written = statements.emit_rows(name, data, key, names, types, released)
+    # One publish (one pipelined round trip) for all the deliveries released now.
+    publish_on_commit([
+        Message(job_id, jt.queue, jt.priority, jt.name)
+        for sub, jt in zip(names, types, strict=True)
+        if (job_id := written.deliveries[sub][1]) is not None
+    ])
+    event = Event(pk=written.event_id, name=name, data=data, key=key, created_at=written.created_at)
+    event._state.adding, event._state.db = False, "default"
     return event
 
 

@@ -23,9 +23,11 @@ from typing import Any, Callable
 from django.db import connection, transaction
 
 from jobs import Context, InvalidJob, Step, new_job, submit
+from jobs.engine import store
 from jobs.engine.creation import platform_key
 from jobs.models import FINISHED, Job
-from subscribers.models import Delivery, Event, Lane
+from subscribers import statements
+from subscribers.models import Delivery, Lane
 
 JOB_PREFIX = "deliver:"
 
@@ -68,20 +70,57 @@ SELECT l.id, j.status,
 """
 
 
+def lane_state(lane_id: int | None, holder_status: str | None, waiting: bool) -> str:
+    """A key's lane as read under its lock: `held` by an unfinished job, `free` (no lane, none
+    waiting), or `stuck`: a lane whose holder ended without handing it on (a job type whose hook
+    did not run) or is gone, or deliveries waiting with no lane (rows from before lanes)."""
+    if lane_id is not None and holder_status is not None and holder_status not in FINISHED:
+        return "held"
+    if lane_id is None and not waiting:
+        return "free"
+    return "stuck"
+
+
 def _lane(subscriber: str, key: str) -> tuple[int | None, str]:
-    """Take the key's lock for the rest of the transaction; return its lane's id and state:
-    `held` by an unfinished job, `free` (no lane, none waiting), or `stuck`: a lane whose holder
-    ended without handing it on (a job type whose hook did not run), or deliveries waiting with no
-    lane (rows from before lanes)."""
+    """Take the key's lock for the rest of the transaction; return its lane's id and state."""
     lock_key(subscriber, key)
     with connection.cursor() as cursor:
         cursor.execute(LANE_SQL, {"sub": subscriber, "key": key})
         lane_id, holder_status, waiting = cursor.fetchone()
-    if lane_id is not None and holder_status is not None and holder_status not in FINISHED:
-        return lane_id, "held"
-    if lane_id is None and not waiting:
-        return None, "free"
-    return lane_id, "stuck"
+    return lane_id, lane_state(lane_id, holder_status, waiting)
+
+
+# emit's keyed lanes for all its subscribers at once: the locks, in subscriber order as one at a
+# time took them (an ending job takes one), then, in a statement of its own (READ COMMITTED: its
+# snapshot is taken once it holds them), each lane as LANE_SQL reads it.
+LOCK_KEYS_SQL = "SELECT pg_advisory_xact_lock(hashtext(u.sub), hashtext(%(key)s)) FROM unnest(%(subs)s::text[]) AS u(sub)"
+LANES_SQL = """
+SELECT l.id, j.status,
+       EXISTS (SELECT 1 FROM subscribers_delivery w
+                WHERE w.subscriber = u.sub AND w.key = %(key)s AND w.released_at IS NULL)
+  FROM unnest(%(subs)s::text[]) WITH ORDINALITY AS u(sub, n)
+  LEFT JOIN subscribers_lane l ON l.subscriber = u.sub AND l.key = %(key)s
+  LEFT JOIN jobs_job j ON j.id = l.job_id
+ ORDER BY u.n
+"""
+
+
+def lanes_taken(subscribers: list[str], key: str) -> list[bool]:
+    """`lane_taken` for each of `subscribers` (emit's, in order), in two statements, not two per
+    subscriber: must each one's new delivery of the key wait?"""
+    if not subscribers:
+        return []
+    params = {"subs": list(subscribers), "key": key}
+    with store.prepared() as cursor:
+        cursor.execute(LOCK_KEYS_SQL, params)
+        cursor.fetchall()
+        cursor.execute(LANES_SQL, params)
+        lanes = cursor.fetchall()
+    taken = []
+    for subscriber, (lane_id, holder_status, waiting) in zip(subscribers, lanes, strict=True):
+        state = lane_state(lane_id, holder_status, waiting)
+        taken.append(_hand_on(subscriber, key, lane_id) if state == "stuck" else state == "held")
+    return taken
 
 
 def lane_taken(subscriber: str, key: str) -> bool:
@@ -177,13 +216,14 @@ def handler(subscriber: Callable[..., Any], name: str) -> Callable[[Context, dic
     """The job handler of a subscriber's deliveries: load the event, call the subscriber."""
 
     def deliver(ctx: Context, data: dict[str, Any]) -> Any:
-        try:
-            event = Event.objects.get(pk=data["event"])
-        except Event.DoesNotExist:
-            raise LookupError(f"event {data['event']} no longer exists (deleted by retention?)") from None
+        # One prepared primary-key probe (no queryset built per delivery: issue 28).
+        found = statements.event(data["event"])
+        if found is None:
+            raise LookupError(f"event {data['event']} no longer exists (deleted by retention?)")
+        name, event_data, key = found
         # An unkeyed event's delivery never holds a lane: its success has nothing to hand on.
-        ctx.finish_hook_needed = event.key is not None
-        return subscriber(ctx, EventData(event.pk, event.name, event.data, event.key))
+        ctx.finish_hook_needed = key is not None
+        return subscriber(ctx, EventData(data["event"], name, event_data, key))
 
     deliver.__qualname__ = deliver.__name__ = f"deliver_{name}"
     deliver.__module__ = subscriber.__module__
