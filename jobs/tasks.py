@@ -16,7 +16,7 @@ from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.db import connections
 
-from jobs.engine import runner, store
+from jobs.engine import early, runner, store
 from jobs.interfaces.monitoring import JobFailed, reported
 from jobs.engine.publish import TASK
 
@@ -43,16 +43,18 @@ def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN0
     worker = store.worker_name(self.request.hostname, os.getpid(), INSTANCE)
     if not more_ids:
         # A message without Celery time limits (a chain step's: jobs.engine.publish): the runner's.
-        return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()))
+        # One sent before its row's commit (jobs.engine.early) says so in a header.
+        return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()),
+                             published_early=bool(getattr(self.request, early.EARLY_HEADER, False)))
     return [claim_and_run(self, one, worker, own_time_limit=True) for one in (job_id, *more_ids)]
 
 
-def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool) -> str:  # noqa: ANN001 - Celery's bound task
+def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool, published_early: bool = False) -> str:  # noqa: ANN001 - Celery's bound task
     deadline = time.monotonic() + claim_patience(self.request.timelimit)
     delay, failures = CLAIM_BACKOFF_START, 0
     while True:
         try:
-            return runner.execute(int(job_id), worker, own_time_limit)
+            return runner.execute(int(job_id), worker, own_time_limit, published_early)
         except runner.ClaimFailed as exc:
             error = exc
         failures += 1

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from django.db import transaction
 
 from api.errors import Conflict
-from jobs.engine import registry, store, tracing
+from jobs.engine import early, registry, store, tracing
 from jobs.models import Chain, Job
 from jobs.engine.publish import Message, publish_on_commit
 
@@ -129,9 +129,16 @@ def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None =
 
 
 def _insert(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None) -> list[Job]:
-    inserted = store.insert(jobs)
+    # In a run's success (jobs.engine.early): the messages go out just before its COMMIT, each
+    # row's early lock held by the insert until the transaction ends.
+    collected = early.pending()
+    inserted = store.insert(jobs, early=collected is not None)
     claimed = claim_here(inserted) if claim_here is not None else set()
-    publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None and job.pk not in claimed])
+    messages = [Message.of(job) for job in inserted if job.published_at is not None and job.pk not in claimed]
+    if collected is not None:
+        collected.extend(messages)
+    else:
+        publish_on_commit(messages)
     return inserted
 
 

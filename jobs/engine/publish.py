@@ -69,8 +69,9 @@ def batches(messages: Iterable[Message]) -> list[list[Message]]:
     return out
 
 
-def publish(messages: Iterable[Message]) -> int:
+def publish(messages: Iterable[Message], headers: dict[str, object] | None = None) -> int:
     """Send the jobs' messages in one pipelined round trip; return how many jobs were sent.
+    `headers`: more message headers (jobs.engine.early's, for a message sent before its commit).
 
     Each message is the entry `app.send_task` would write (jobs.engine.envelope), LPUSHed to its
     queue's priority list over a connection of the Celery app's pool, with no per-message kombu
@@ -117,6 +118,7 @@ def publish(messages: Iterable[Message]) -> int:
                         reply_to=reply_to,
                         parent_id=parent_id,
                         root_id=root_id,
+                        headers=headers,
                     ),
                 )
             pipe.execute()

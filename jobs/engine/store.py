@@ -44,7 +44,7 @@ from typing import Iterator
 
 import psycopg
 from django.conf import settings
-from django.db import connections
+from django.db import OperationalError, connections
 
 from jobs.engine import decisions, tracing
 from jobs.models import Chain, Job
@@ -251,13 +251,25 @@ RETURNING id, idempotency_key, run_after, published_at, created_at
 """
 _INSERTED = ("run_after", "published_at", "created_at")
 
+# The same insert, holding each inserted row's early lock (decisions.early_lock_key) until the
+# transaction ends: its message goes out before the commit (jobs.engine.early), and a claim that
+# does not see the row yet waits on this lock (AWAIT_COMMIT_SQL) instead of dropping the message.
+# One statement still: the lock costs no round trip. (The extra column is the lock's void.)
+INSERT_EARLY_SQL = f"""
+WITH inserted AS ({INSERT_SQL.strip()})
+SELECT inserted.*, pg_advisory_xact_lock({decisions.EARLY_LOCK_SPACE},
+                                         ((inserted.id %% 2147483647) - 1073741823)::int4)
+  FROM inserted
+"""
 
-def insert(jobs: Sequence[Job]) -> list[Job]:
+
+def insert(jobs: Sequence[Job], early: bool = False) -> list[Job]:
     """Insert unsaved rows in one statement; return those inserted, with their ids and times.
 
     A row whose idempotency key is already taken is skipped (not returned), and so is a second
     row with the same key in one call. `run_after` None, or in the past, means now, by the
-    database's clock (the row stores now).
+    database's clock (the row stores now). `early`: hold each inserted row's early lock to the
+    end of the transaction (INSERT_EARLY_SQL), its message to be sent before the commit.
     """
     if not jobs:
         return []
@@ -279,7 +291,7 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
         [None if job.trace_context is None else json.dumps(job.trace_context) for job in jobs],
     ]
     with prepared() as cursor:
-        cursor.execute(INSERT_SQL, columns)
+        cursor.execute(INSERT_EARLY_SQL if early else INSERT_SQL, columns)
         rows = cursor.fetchall()
     # RETURNING follows the insert order; skipped rows are missing, known by their keys.
     keyed = {key: row for row in rows if (key := row[1]) is not None}
@@ -332,6 +344,32 @@ def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str]
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()
     return None if row is None else _claimed(row)
+
+
+# A claim that found nothing for a message sent before its row's commit (jobs.engine.early): wait
+# until the transaction that inserted the row (it holds the row's early lock: INSERT_EARLY_SQL)
+# has ended, committed or rolled back, at most `lock_timeout`; in autocommit the shared lock is
+# released with the statement. Set in the statement (set_config(..., true): this statement's
+# implicit transaction only), read when the lock wait begins: one round trip, nothing written.
+AWAIT_COMMIT_SQL = f"""
+SELECT CASE WHEN set_config('lock_timeout', %s, true) IS NOT NULL
+            THEN pg_advisory_xact_lock_shared({decisions.EARLY_LOCK_SPACE}, %s::int4) END
+"""
+
+
+def await_commit(job_id: int, timeout_ms: int) -> bool:
+    """Wait, on `claims`, for the transaction that inserted `job_id` early to end; False when it
+    still runs after `timeout_ms` (the message is then dropped: a row that commits later is
+    published again by the relay, once stale)."""
+    try:
+        with prepared(CLAIMS) as cursor:
+            cursor.execute(AWAIT_COMMIT_SQL, [str(timeout_ms), decisions.early_lock_key(job_id)[1]])
+            cursor.fetchone()
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available: the timeout
+            raise
+        return False
+    return True
 
 
 def _claimed(row: Sequence[Any]) -> Claimed:
