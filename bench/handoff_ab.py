@@ -41,6 +41,7 @@ def start_workers(procs: Procs, args: argparse.Namespace, root: Path, side: str)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.handoff_ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the git revision to compare this tree with")
+    parser.add_argument("--new", default=None, help="a git revision as the new side (default: this tree's files)")
     parser.add_argument("--chains", type=int, default=200)
     parser.add_argument("--chain-interval", type=float, default=50.0)
     parser.add_argument("--rounds", type=int, default=3)
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
     args = parser.parse_args(argv)
     base_root = export(args.base)
+    new_root = export(args.new) if args.new else ROOT
 
     def body(procs: Procs) -> str:
         from django.db import connection
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bare_run(20)
         for round_ in range(1, args.rounds + 1):
-            sides = (("new", ROOT), ("base", base_root)) if round_ % 2 else (("base", base_root), ("new", ROOT))
+            sides = (("new", new_root), ("base", base_root)) if round_ % 2 else (("base", base_root), ("new", new_root))
             for side, root in sides:
                 workers = start_workers(procs, args, root, side)
                 conveyor_run(workers, 20)  # warm-up: connections, imports, prepared statements
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench.handoff_ab:   round {round_} {side}: p50 {percentile(lat, 0.5):.2f} ms, "
                       f"bare Celery {percentile(bare_lat, 0.5):.2f} ms", flush=True)
         rows = []
-        for key, label in (("bare", "bare Celery task -> task"), ("base", f"Conveyor base ({args.base})"), ("new", "Conveyor new (this tree)")):
+        for key, label in (("bare", "bare Celery task -> task"), ("base", f"Conveyor base ({args.base})"), ("new", f"Conveyor new ({args.new or 'this tree'})")):
             values = samples[key]
             rows.append((label, f"{percentile(values, 0.5):.2f}", f"{percentile(values, 0.99):.2f}",
                          f"{percentile(values, 0.5) / percentile(samples['bare'], 0.5):.2f}x",
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return session("bench.handoff_ab", body)
     finally:
-        subprocess.run(["rm", "-rf", str(base_root)], check=False)
+        subprocess.run(["rm", "-rf", str(base_root)] + ([str(new_root)] if args.new else []), check=False)
 
 
 if __name__ == "__main__":

@@ -160,14 +160,6 @@ def early_lock_key(job_id: int) -> tuple[int, int]:
     return EARLY_LOCK_SPACE, (job_id % 2_147_483_647) - 1_073_741_823
 
 
-def claims_again_after_commit(claimed: bool, published_early: bool) -> bool:
-    """Whether a claim that found nothing waits for the row's outcome transaction to end and tries
-    once more: only for a message sent before that transaction committed (jobs.engine.early),
-    whose row may not be visible yet. Any other message that claims nothing is a duplicate or
-    stale one, dropped at once (no statement more)."""
-    return not claimed and published_early
-
-
 def unstarted_status(chain_status: str) -> str:
     """What a chain's reader calls a planned step (or group member) that has no job yet: waiting
     while its chain runs; once the chain has ended (failed or cancelled before it) it never will

@@ -8,11 +8,10 @@ before the COMMIT, that trip and the flush overlap (issue 28: the handoff across
 What keeps a message that arrives before its row is visible from being lost:
 - the insert holds each inserted row's early lock, a two-key advisory lock
   (`decisions.early_lock_key`, store.INSERT_EARLY_SQL), until its transaction ends;
-- the message carries the header EARLY_HEADER; a claim of such a message that finds nothing
-  waits for that lock (store.await_commit: the transaction has then committed or rolled back,
-  and its commit is visible to the next statement) and claims once more
-  (`decisions.claims_again_after_commit`; jobs.engine.runner.execute);
-- committed: the second claim takes the row, as it would have after a publish after commit;
+- the message carries the header EARLY_HEADER; its claim first waits for that lock, then claims
+  (store.claim_after_commit: both statements in one pipelined round trip; the claim's snapshot,
+  taken when it starts, sees the commit the wait ended on; jobs.engine.runner.execute);
+- committed: the claim takes the row, as it would have after a publish after commit;
 - rolled back (the commit failed, the worker died before it): there is no row, the message
   claims nothing and is dropped. The step whose outcome it was is still running in the table
   (its outcome is retried, or its lease lapses and it runs again), and its next step is inserted

@@ -73,13 +73,14 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False, published_ea
 
     `own_time_limit`: the runner enforces the job's time limit even where the pool would (a batch
     message carries none for Celery to enforce). `published_early`: the message was sent before
-    its row's transaction committed (jobs.engine.early): a claim that finds nothing waits for
-    that transaction to end and tries once more."""
+    its row's transaction committed (jobs.engine.early): the claim waits for that transaction to
+    end first (store.claim_after_commit)."""
     claim_started = tracing.now_ns() if tracing.on else 0
     try:
         limited = registry.limited()
-        claimed = store.claim(job_id, worker, lease_seconds(), limited)
-        if decisions.claims_again_after_commit(claimed is not None, published_early) and store.await_commit(job_id, early.AWAIT_MS):
+        if published_early:  # its row may not be committed yet: wait for it, then claim (one round trip)
+            claimed = store.claim_after_commit(job_id, worker, lease_seconds(), limited, early.AWAIT_MS)
+        else:
             claimed = store.claim(job_id, worker, lease_seconds(), limited)
         if claimed is None and limited:  # perhaps a type with limits: its claim is theirs
             claimed = limits.claim(job_id, worker, lease_seconds())

@@ -215,6 +215,13 @@ class _Prepared:
             return
         self._cursor.execute(sql, params, prepare=True)
 
+    def execute_after(self, first_sql: str, first_params: Sequence[Any], sql: str, params: Sequence[Any]) -> None:
+        """Two statements in one round trip (pipeline mode), `sql`'s result the cursor's; the
+        second runs only if the first succeeds (its error aborts the pipeline and is raised)."""
+        with self._cursor.connection.pipeline():
+            self._cursor.execute(first_sql, first_params, prepare=True)
+            self._cursor.execute(sql, params, prepare=True)
+
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
 
@@ -346,30 +353,36 @@ def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str]
     return None if row is None else _claimed(row)
 
 
-# A claim that found nothing for a message sent before its row's commit (jobs.engine.early): wait
-# until the transaction that inserted the row (it holds the row's early lock: INSERT_EARLY_SQL)
-# has ended, committed or rolled back, at most `lock_timeout`; in autocommit the shared lock is
-# released with the statement. Set in the statement (set_config(..., true): this statement's
-# implicit transaction only), read when the lock wait begins: one round trip, nothing written.
+# A claim of a message sent before its row's commit (jobs.engine.early) first waits until the
+# transaction that inserted the row (it holds the row's early lock: INSERT_EARLY_SQL) has ended,
+# committed or rolled back, at most `lock_timeout` (set for this implicit transaction only:
+# set_config(..., true)); then CLAIM_SQL, whose snapshot, taken when it starts (READ COMMITTED),
+# sees that commit. Both in one pipelined round trip; nothing written by the wait. A lock free
+# (the commit done already, the common case under no load) costs nothing more than the claim.
 AWAIT_COMMIT_SQL = f"""
 SELECT CASE WHEN set_config('lock_timeout', %s, true) IS NOT NULL
             THEN pg_advisory_xact_lock_shared({decisions.EARLY_LOCK_SPACE}, %s::int4) END
 """
 
 
-def await_commit(job_id: int, timeout_ms: int) -> bool:
-    """Wait, on `claims`, for the transaction that inserted `job_id` early to end; False when it
-    still runs after `timeout_ms` (the message is then dropped: a row that commits later is
-    published again by the relay, once stale)."""
+def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str], timeout_ms: int) -> Claimed | None:
+    """`claim`, once the transaction that inserted `job_id` early has ended; None as `claim`, or
+    when that transaction still runs after `timeout_ms` (the message is then dropped: the row, once
+    committed, is published again by the relay when stale, as a message lost after commit)."""
     try:
         with prepared(CLAIMS) as cursor:
-            cursor.execute(AWAIT_COMMIT_SQL, [str(timeout_ms), decisions.early_lock_key(job_id)[1]])
-            cursor.fetchone()
+            wait, claim_params = [str(timeout_ms), decisions.early_lock_key(job_id)[1]], [worker, lease_seconds, job_id, list(limited)]
+            if isinstance(cursor, _Prepared):
+                cursor.execute_after(AWAIT_COMMIT_SQL, wait, CLAIM_SQL, claim_params)
+            else:  # nothing prepared (a pooler): two round trips
+                cursor.execute(AWAIT_COMMIT_SQL, wait)
+                cursor.execute(CLAIM_SQL, claim_params)
+            row = cursor.fetchone()
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available: the timeout
             raise
-        return False
-    return True
+        return None
+    return None if row is None else _claimed(row)
 
 
 def _claimed(row: Sequence[Any]) -> Claimed:
