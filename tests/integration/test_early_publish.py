@@ -8,7 +8,6 @@ import json
 import threading
 import time
 
-import pytest
 from django.db import connections, transaction
 
 from jobs import Step, start_chain
@@ -129,13 +128,3 @@ def test_an_early_claim_waits_at_most_its_bound_and_the_row_stays_for_the_relay(
     job = Job.objects.get(pk=pending.job_id)
     assert (job.status, job.attempt, job.published_at is not None) == (Status.PENDING, 0, True)
 
-
-@pytest.mark.parametrize("job_id", [1, 2, 2_147_483_646, 2_147_483_647, 2**40 + 5, 2**62])
-def test_the_early_lock_of_any_job_id_fits_the_two_int4_keys_and_matches_the_inserts(job_id):
-    from jobs.engine import decisions
-
-    space, key = decisions.early_lock_key(job_id)
-    assert -(2**31) <= key < 2**31 and -(2**31) <= space < 2**31
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SELECT ((%s::bigint %% 2147483647) - 1073741823)::int4", [job_id])
-        assert cursor.fetchone()[0] == key
