@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import jobs as bj
@@ -100,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench.handoff_ab:   round {round_} {side}: p50 {percentile(lat, 0.5):.2f} ms, "
                       f"bare Celery {percentile(bare_lat, 0.5):.2f} ms", flush=True)
         rows = []
-        for key, label in (("bare", "bare Celery task -> task"), ("base", f"Conveyor base ({args.base})"), ("new", f"Conveyor new ({args.new or 'this tree'})")):
+        labels = (("bare", "bare Celery task -> task"), ("base", f"Conveyor base ({args.base})"),
+                  ("new", f"Conveyor new ({args.new or 'this tree'})"))
+        for key, label in labels:
             values = samples[key]
             rows.append((label, f"{percentile(values, 0.5):.2f}", f"{percentile(values, 0.99):.2f}",
                          f"{percentile(values, 0.5) / percentile(samples['bare'], 0.5):.2f}x",
