@@ -113,7 +113,8 @@ def new_job(step: Step, **fields: Any) -> Job:
 
 
 def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None = None) -> list[Job]:
-    """Insert the rows in the caller's transaction; publish the due ones after it commits.
+    """Insert the rows in the caller's transaction; publish the due ones after it commits (in a
+    run's success, just before: jobs.engine.early).
 
     Returns the rows inserted: one whose idempotency key is already taken is left out.
 
