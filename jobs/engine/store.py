@@ -365,6 +365,13 @@ SELECT CASE WHEN set_config('lock_timeout', %s, true) IS NOT NULL
 """
 
 
+# CLAIM_SQL after that wait, in the same implicit transaction (a pipeline without a Sync between
+# them): its times are the statement's (statement_timestamp(), when PostgreSQL took it up, after
+# the wait), not the transaction's now(), which began with the wait: a job's start is never before
+# its row was committed, and the handoff is measured from the real claim.
+CLAIM_AFTER_COMMIT_SQL = CLAIM_SQL.replace("now()", "statement_timestamp()")
+
+
 def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str], timeout_ms: int) -> Claimed | None:
     """`claim`, once the transaction that inserted `job_id` early has ended; None as `claim`, or
     when that transaction still runs after `timeout_ms` (the message is then dropped: the row, once
@@ -373,10 +380,10 @@ def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: 
         with prepared(CLAIMS) as cursor:
             wait, claim_params = [str(timeout_ms), decisions.early_lock_key(job_id)[1]], [worker, lease_seconds, job_id, list(limited)]
             if isinstance(cursor, _Prepared):
-                cursor.execute_after(AWAIT_COMMIT_SQL, wait, CLAIM_SQL, claim_params)
+                cursor.execute_after(AWAIT_COMMIT_SQL, wait, CLAIM_AFTER_COMMIT_SQL, claim_params)
             else:  # nothing prepared (a pooler): two round trips
                 cursor.execute(AWAIT_COMMIT_SQL, wait)
-                cursor.execute(CLAIM_SQL, claim_params)
+                cursor.execute(CLAIM_AFTER_COMMIT_SQL, claim_params)
             row = cursor.fetchone()
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available: the timeout

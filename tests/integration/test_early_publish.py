@@ -56,6 +56,9 @@ class Uncommitted:
                 self.job_id = job.pk
                 self.inserted.set()
                 time.sleep(self.after)
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT clock_timestamp()")
+                    self.ending_at = cursor.fetchone()[0]  # PostgreSQL's clock, just before the end
                 if not self.commit:
                     transaction.set_rollback(True)
         finally:
@@ -87,11 +90,13 @@ def test_a_claim_that_arrives_before_the_commit_waits_for_it_and_runs_the_job_on
         outcome = runner.execute(pending.job_id, worker=WORKER, published_early=True)
         waited = time.monotonic() - started
 
-    # then the claim waited for the commit (no drop), and the job ran once
+    # then the claim waited for the commit (no drop), and the job ran once, started (PostgreSQL's
+    # clock, what the handoff is measured with) after the commit, not when the claim arrived
     assert outcome == "succeeded"
     assert waited >= 0.2
     job = Job.objects.get(pk=pending.job_id)
     assert (job.status, job.attempt) == (Status.SUCCEEDED, 1)
+    assert job.started_at > pending.ending_at
 
 
 def test_a_message_not_sent_early_claims_nothing_before_the_commit():
