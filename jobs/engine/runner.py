@@ -303,13 +303,17 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
             ended([store.Ended(done.id, done.type, done.status, None)], How.RAN, hook=hook)
         return done.status
     with transaction.atomic(durable=True):
-        # What the outcome inserts (the chain's next step) is published just before the COMMIT,
-        # so that its message's trip overlaps the commit's WAL flush (jobs.engine.early: a claim
-        # that arrives first waits for the commit). A failed publish is the relay's, as after
-        # commit; a failed commit leaves messages that claim nothing.
+        # What the outcome inserts (the chain's next step) is published while its COMMIT is in
+        # flight: COMMIT sent, the messages published, then the COMMIT's result read, so that the
+        # message's trip overlaps the WAL flush (jobs.engine.early: a claim that arrives first
+        # waits for the commit). A failed publish is the relay's, as after commit; a failed
+        # COMMIT raises here, as it would at the block's end, and leaves messages that claim nothing.
         with early.collecting() as messages:
             status = _succeed_in(ctx, output_json, jt)
-        early.send(messages)
+        if messages:
+            committed = store.send_commit()
+            early.send(messages)
+            committed()
         return status
 
 

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg
+from psycopg import generators
 from django.conf import settings
 from django.db import OperationalError, connections
 
@@ -231,6 +232,30 @@ class _Prepared:
 
 def _messages(cursor: Any) -> list[Message]:
     return [Message._make(row) for row in cursor.fetchall()]
+
+
+def send_commit(alias: str = "default") -> Callable[[], None]:
+    """Send COMMIT for `alias`'s open transaction without waiting for it; return the function that
+    reads its result (raising its error as Django's: a failed COMMIT rolled the transaction back).
+
+    Between the two, the caller does what need not wait for the WAL flush (jobs.engine.early:
+    the next step's publish). Called last inside `transaction.atomic`: once the result is read,
+    the connection is idle and Django's own commit at the block's end has nothing left to send
+    (psycopg's commit() does nothing on an idle connection); on an error the block rolls back,
+    which is nothing more, and its on_commit callbacks are dropped."""
+    conn = connections[alias]
+    pg = conn.connection
+    with conn.wrap_database_errors:
+        pg.pgconn.send_query(b"COMMIT")
+        pg.wait(generators.send(pg.pgconn))
+
+    def result() -> None:
+        with conn.wrap_database_errors:
+            for res in pg.wait(generators.fetch_many(pg.pgconn)):
+                if res.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(res, encoding=pg.info.encoding)
+
+    return result
 
 
 # --- Insert -------------------------------------------------------------------------------------
