@@ -114,7 +114,7 @@ def new_job(step: Step, **fields: Any) -> Job:
 
 def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None = None) -> list[Job]:
     """Insert the rows in the caller's transaction; publish the due ones after it commits (in a
-    run's success, just before: jobs.engine.early).
+    run's success, while its COMMIT is in flight: jobs.engine.early).
 
     Returns the rows inserted: one whose idempotency key is already taken is left out.
 
@@ -130,7 +130,7 @@ def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None =
 
 
 def _insert(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None) -> list[Job]:
-    # In a run's success (jobs.engine.early): the messages go out just before its COMMIT, each
+    # In a run's success (jobs.engine.early): the messages go out while its COMMIT is in flight, each
     # row's early lock held by the insert until the transaction ends.
     collected = early.pending()
     inserted = store.insert(jobs, early=collected is not None)

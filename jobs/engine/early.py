@@ -1,9 +1,10 @@
-"""Early publish: a chain's next step's message goes out before its outcome's commit.
+"""Early publish: a chain's next step's message goes out while its outcome's COMMIT is in flight.
 
 The commit of a success that inserts the chain's next step waits for the WAL flush (it must: the
 outcome is durable). Sent after it, the next step's message starts its trip (Redis, the next
-worker's main process, its pool process, the claim) only once the flush is done. Sent just
-before the COMMIT, that trip and the flush overlap (issue 28: the handoff across workers).
+worker's main process, its pool process, the claim) only once the flush is done. The runner
+sends the COMMIT without waiting (store.send_commit), publishes, then reads the COMMIT's result:
+the flush, the publish and the message's trip overlap (issue 28: the handoff across workers).
 
 What keeps a message that arrives before its row is visible from being lost:
 - the insert holds each inserted row's early lock, a two-key advisory lock
@@ -24,8 +25,9 @@ Exactly once holds as before: a row is claimed by one claim (SKIP LOCKED, runnab
 the number of messages naming it, and an outcome is fenced by its attempt.
 
 Only the non-atomic success of a run publishes early (runner._succeed): what its transaction
-inserts (the chain's next step, a continuation, a job its on_finish hook enqueues) goes out just
-before its COMMIT. Everything else publishes after commit, as before.
+inserts (the chain's next step, a continuation, a job its on_finish hook enqueues) goes out once
+its COMMIT is sent, before its result is read; a COMMIT that failed raises there, as it would
+have at the end of the transaction block. Everything else publishes after commit, as before.
 """
 from __future__ import annotations
 
@@ -61,5 +63,5 @@ def pending() -> list[publish.Message] | None:
 
 
 def send(messages: list[publish.Message]) -> int:
-    """Publish the collected messages, still inside the transaction, just before its COMMIT."""
+    """Publish the collected messages, their transaction's COMMIT sent and not yet answered."""
     return publish.publish(messages, headers={EARLY_HEADER: 1}) if messages else 0
