@@ -41,12 +41,14 @@ def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN0
     (each claimed when its turn comes, so a job not yet started is still the others' to take
     when its message is redelivered or relayed)."""
     worker = store.worker_name(self.request.hostname, os.getpid(), INSTANCE)
+    # A message sent before its rows' commit (jobs.engine.early: a large fan-out's members come in
+    # batch messages too) says so in a header: each claim waits for that commit first.
+    published_early = bool(getattr(self.request, early.EARLY_HEADER, False))
     if not more_ids:
         # A message without Celery time limits (a chain step's: jobs.engine.publish): the runner's.
-        # One sent before its row's commit (jobs.engine.early) says so in a header.
         return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()),
-                             published_early=bool(getattr(self.request, early.EARLY_HEADER, False)))
-    return [claim_and_run(self, one, worker, own_time_limit=True) for one in (job_id, *more_ids)]
+                             published_early=published_early)
+    return [claim_and_run(self, one, worker, own_time_limit=True, published_early=published_early) for one in (job_id, *more_ids)]
 
 
 def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool, published_early: bool = False) -> str:  # noqa: ANN001 - Celery's bound task
