@@ -16,7 +16,7 @@ from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.db import connections
 
-from jobs.engine import runner, store
+from jobs.engine import early, runner, store
 from jobs.interfaces.monitoring import JobFailed, reported
 from jobs.engine.publish import TASK
 
@@ -41,18 +41,22 @@ def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN0
     (each claimed when its turn comes, so a job not yet started is still the others' to take
     when its message is redelivered or relayed)."""
     worker = store.worker_name(self.request.hostname, os.getpid(), INSTANCE)
+    # A message sent before its rows' commit (jobs.engine.early: a large fan-out's members come in
+    # batch messages too) says so in a header: each claim waits for that commit first.
+    published_early = bool(getattr(self.request, early.EARLY_HEADER, False))
     if not more_ids:
         # A message without Celery time limits (a chain step's: jobs.engine.publish): the runner's.
-        return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()))
-    return [claim_and_run(self, one, worker, own_time_limit=True) for one in (job_id, *more_ids)]
+        return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()),
+                             published_early=published_early)
+    return [claim_and_run(self, one, worker, own_time_limit=True, published_early=published_early) for one in (job_id, *more_ids)]
 
 
-def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool) -> str:  # noqa: ANN001 - Celery's bound task
+def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool, published_early: bool = False) -> str:  # noqa: ANN001 - Celery's bound task
     deadline = time.monotonic() + claim_patience(self.request.timelimit)
     delay, failures = CLAIM_BACKOFF_START, 0
     while True:
         try:
-            return runner.execute(int(job_id), worker, own_time_limit)
+            return runner.execute(int(job_id), worker, own_time_limit, published_early)
         except runner.ClaimFailed as exc:
             error = exc
         failures += 1

@@ -7,9 +7,10 @@ are recorded one after the other. The member whose outcome takes the lock last s
 member's end and releases the next step: no task polls for it, and the next step is inserted
 once whether two members end at the same instant on two workers, a member's message is
 duplicated, or a member's worker dies and its job runs again (a member counts by its row's
-status, not by how many times it ended). The next step's message goes out after the commit
-(creation.submit -> publish_on_commit), unless the worker claimed the step in that transaction to
-run it next (jobs.engine.handoff: a one-job step on a queue it consumes).
+status, not by how many times it ended). The next step's message goes out while the
+commit, in a run's success (jobs.engine.early; after it otherwise: creation.submit ->
+publish_on_commit), unless the worker claimed the step in that transaction to run it next
+(jobs.engine.handoff: a one-job step on a queue it consumes).
 
 What a group hands on is stored once for the next step (store.hand_on: `jobs_stepresult` rows,
 copied from the members' rows inside PostgreSQL), and each of the next step's rows holds only

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from django.db import transaction
 
 from api.errors import Conflict
-from jobs.engine import registry, store, tracing
+from jobs.engine import early, registry, store, tracing
 from jobs.models import Chain, Job
 from jobs.engine.publish import Message, publish_on_commit
 
@@ -113,7 +113,8 @@ def new_job(step: Step, **fields: Any) -> Job:
 
 
 def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None = None) -> list[Job]:
-    """Insert the rows in the caller's transaction; publish the due ones after it commits.
+    """Insert the rows in the caller's transaction; publish the due ones after it commits (in a
+    run's success, while its COMMIT is in flight: jobs.engine.early).
 
     Returns the rows inserted: one whose idempotency key is already taken is left out.
 
@@ -129,9 +130,16 @@ def submit(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None =
 
 
 def _insert(jobs: list[Job], claim_here: Callable[[list[Job]], set[int]] | None) -> list[Job]:
-    inserted = store.insert(jobs)
+    # In a run's success (jobs.engine.early): the messages go out while its COMMIT is in flight, each
+    # row's early lock held by the insert until the transaction ends.
+    collected = early.pending()
+    inserted = store.insert(jobs, early=collected is not None)
     claimed = claim_here(inserted) if claim_here is not None else set()
-    publish_on_commit([Message.of(job) for job in inserted if job.published_at is not None and job.pk not in claimed])
+    messages = [Message.of(job) for job in inserted if job.published_at is not None and job.pk not in claimed]
+    if collected is not None:
+        collected.extend(messages)
+    else:
+        publish_on_commit(messages)
     return inserted
 
 

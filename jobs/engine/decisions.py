@@ -147,6 +147,19 @@ def hands_off_here(*, queue: str, consumed: frozenset[str] | set[str], one_job: 
             and steps_so_far < max_steps and not monitored)
 
 
+#: The first key of the two-key advisory locks (a space of their own: waiters and limits use the
+#: one-key form) that an outcome's transaction holds on each job it inserts and publishes before
+#: its commit (jobs.engine.early): a message that arrives first waits on it, not on a timer.
+EARLY_LOCK_SPACE = 0x636F6E76  # "conv"
+
+
+def early_lock_key(job_id: int) -> tuple[int, int]:
+    """The two-key advisory lock of a job published before its row committed (jobs.engine.early):
+    (EARLY_LOCK_SPACE, the id folded into an int4). Two ids that share a key only make one
+    claim wait for the other's outcome to end: harmless."""
+    return EARLY_LOCK_SPACE, (job_id % 2_147_483_647) - 1_073_741_823
+
+
 def unstarted_status(chain_status: str) -> str:
     """What a chain's reader calls a planned step (or group member) that has no job yet: waiting
     while its chain runs; once the chain has ended (failed or cancelled before it) it never will

@@ -53,8 +53,10 @@ def entry(
     reply_to: str,
     parent_id: str | None = None,
     root_id: str | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> str:
-    """The JSON document `app.send_task("conveyor.run", job_ids, ...)` would push to Redis."""
+    """The JSON document `app.send_task("conveyor.run", job_ids, ...)` would push to Redis;
+    `headers`: more headers (a worker reads each as an attribute of its task's request)."""
     task_id = str(uuid.uuid4())
     args = list(job_ids)
     body = json.dumps([args, {}, _EMBED]).encode()
@@ -82,6 +84,7 @@ def entry(
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},
+            **(headers or {}),
         },
         "properties": {
             "correlation_id": task_id,

@@ -73,8 +73,9 @@ def batches(messages: Iterable[Message]) -> list[list[Message]]:
     return out
 
 
-def publish(messages: Iterable[Message]) -> int:
+def publish(messages: Iterable[Message], headers: dict[str, object] | None = None) -> int:
     """Send the jobs' messages in one pipelined round trip; return how many jobs were sent.
+    `headers`: more message headers (jobs.engine.early's, for a message sent before its commit).
 
     Each message is the entry `app.send_task` would write (jobs.engine.envelope), LPUSHed to its
     queue's priority list over a connection of the Celery app's pool, with no per-message kombu
@@ -83,7 +84,7 @@ def publish(messages: Iterable[Message]) -> int:
     A failure is logged, not raised: the row is already committed, and the relay publishes it
     again once it is stale (Redis down, or a crash between commit and publish loses nothing).
     """
-    return send(batches(messages), *_parent())
+    return send(batches(messages), *_parent(), headers=headers)
 
 
 def _parent() -> tuple[str | None, str | None]:
@@ -97,9 +98,13 @@ def _parent() -> tuple[str | None, str | None]:
     return parent.request.id, parent.request.root_id or parent.request.id
 
 
-def send(grouped: list[list[Message]], parent_id: str | None = None, root_id: str | None = None) -> int:
+def send(
+    grouped: list[list[Message]], parent_id: str | None = None, root_id: str | None = None,
+    headers: dict[str, object] | None = None,
+) -> int:
     """Send the messages `grouped` says (each list one Celery message of its ids) in one pipelined
-    round trip; return how many jobs were sent (0 on failure, logged: the relay sends them)."""
+    round trip; return how many jobs were sent (0 on failure, logged: the relay sends them).
+    `headers`: more message headers (see `publish`)."""
     from project.celery import app
 
     if not grouped:
@@ -132,6 +137,7 @@ def send(grouped: list[list[Message]], parent_id: str | None = None, root_id: st
                         reply_to=reply_to,
                         parent_id=parent_id,
                         root_id=root_id,
+                        headers=headers,
                     ),
                 )
             pipe.execute()

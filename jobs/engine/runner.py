@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import cpu_policy, decisions, handoff, limits, registry, store, telemetry, tracing
+from jobs.engine import cpu_policy, decisions, early, handoff, limits, registry, store, telemetry, tracing
 from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
@@ -68,15 +68,20 @@ class Outcome(str):
         return outcome
 
 
-def execute(job_id: int, worker: str, own_time_limit: bool = False) -> Outcome:
+def execute(job_id: int, worker: str, own_time_limit: bool = False, published_early: bool = False) -> Outcome:
     """Claim and run one job; return what happened (for logs, monitors and tests).
 
     `own_time_limit`: the runner enforces the job's time limit even where the pool would (a batch
-    message carries none for Celery to enforce)."""
+    message carries none for Celery to enforce). `published_early`: the message was sent before
+    its row's transaction committed (jobs.engine.early): the claim waits for that transaction to
+    end first (store.claim_after_commit)."""
     claim_started = tracing.now_ns() if tracing.on else 0
     try:
         limited = registry.limited()
-        claimed = store.claim(job_id, worker, lease_seconds(), limited)
+        if published_early:  # its row may not be committed yet: wait for it, then claim (one round trip)
+            claimed = store.claim_after_commit(job_id, worker, lease_seconds(), limited, early.AWAIT_MS)
+        else:
+            claimed = store.claim(job_id, worker, lease_seconds(), limited)
         if claimed is None and limited:  # perhaps a type with limits: its claim is theirs
             claimed = limits.claim(job_id, worker, lease_seconds())
         # Not claimed: perhaps its queue or type is paused. Held then, with no message, until a
@@ -298,7 +303,18 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
             ended([store.Ended(done.id, done.type, done.status, None)], How.RAN, hook=hook)
         return done.status
     with transaction.atomic(durable=True):
-        return _succeed_in(ctx, output_json, jt)
+        # What the outcome inserts (the chain's next step) is published while its COMMIT is in
+        # flight: COMMIT sent, the messages published, then the COMMIT's result read, so that the
+        # message's trip overlaps the WAL flush (jobs.engine.early: a claim that arrives first
+        # waits for the commit). A failed publish is the relay's, as after commit; a failed
+        # COMMIT raises here, as it would at the block's end, and leaves messages that claim nothing.
+        with early.collecting() as messages:
+            status = _succeed_in(ctx, output_json, jt)
+        if messages:
+            committed = store.send_commit()
+            early.send(messages)
+            committed()
+        return status
 
 
 def _succeed_in(ctx: Context, output_json: str, jt: registry.JobType) -> str:

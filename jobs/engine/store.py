@@ -37,14 +37,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg
+from psycopg import generators
 from django.conf import settings
-from django.db import connections
+from django.db import OperationalError, connections
 
 from jobs.engine import decisions, tracing
 from jobs.models import Chain, Job
@@ -215,6 +216,13 @@ class _Prepared:
             return
         self._cursor.execute(sql, params, prepare=True)
 
+    def execute_after(self, first_sql: str, first_params: Sequence[Any], sql: str, params: Sequence[Any]) -> None:
+        """Two statements in one round trip (pipeline mode), `sql`'s result the cursor's; the
+        second runs only if the first succeeds (its error aborts the pipeline and is raised)."""
+        with self._cursor.connection.pipeline():
+            self._cursor.execute(first_sql, first_params, prepare=True)
+            self._cursor.execute(sql, params, prepare=True)
+
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
 
@@ -224,6 +232,30 @@ class _Prepared:
 
 def _messages(cursor: Any) -> list[Message]:
     return [Message._make(row) for row in cursor.fetchall()]
+
+
+def send_commit(alias: str = "default") -> Callable[[], None]:
+    """Send COMMIT for `alias`'s open transaction without waiting for it; return the function that
+    reads its result (raising its error as Django's: a failed COMMIT rolled the transaction back).
+
+    Between the two, the caller does what need not wait for the WAL flush (jobs.engine.early:
+    the next step's publish). Called last inside `transaction.atomic`: once the result is read,
+    the connection is idle and Django's own commit at the block's end has nothing left to send
+    (psycopg's commit() does nothing on an idle connection); on an error the block rolls back,
+    which is nothing more, and its on_commit callbacks are dropped."""
+    conn = connections[alias]
+    pg = conn.connection
+    with conn.wrap_database_errors:
+        pg.pgconn.send_query(b"COMMIT")
+        pg.wait(generators.send(pg.pgconn))
+
+    def result() -> None:
+        with conn.wrap_database_errors:
+            for res in pg.wait(generators.fetch_many(pg.pgconn)):
+                if res.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(res, encoding=pg.info.encoding)
+
+    return result
 
 
 # --- Insert -------------------------------------------------------------------------------------
@@ -251,13 +283,25 @@ RETURNING id, idempotency_key, run_after, published_at, created_at
 """
 _INSERTED = ("run_after", "published_at", "created_at")
 
+# The same insert, holding each inserted row's early lock (decisions.early_lock_key) until the
+# transaction ends: its message goes out before the commit (jobs.engine.early), and a claim that
+# does not see the row yet waits on this lock (AWAIT_COMMIT_SQL) instead of dropping the message.
+# One statement still: the lock costs no round trip. (The extra column is the lock's void.)
+INSERT_EARLY_SQL = f"""
+WITH inserted AS ({INSERT_SQL.strip()})
+SELECT inserted.*, pg_advisory_xact_lock({decisions.EARLY_LOCK_SPACE},
+                                         ((inserted.id %% 2147483647) - 1073741823)::int4)
+  FROM inserted
+"""
 
-def insert(jobs: Sequence[Job]) -> list[Job]:
+
+def insert(jobs: Sequence[Job], early: bool = False) -> list[Job]:
     """Insert unsaved rows in one statement; return those inserted, with their ids and times.
 
     A row whose idempotency key is already taken is skipped (not returned), and so is a second
     row with the same key in one call. `run_after` None, or in the past, means now, by the
-    database's clock (the row stores now).
+    database's clock (the row stores now). `early`: hold each inserted row's early lock to the
+    end of the transaction (INSERT_EARLY_SQL), its message to be sent before the commit.
     """
     if not jobs:
         return []
@@ -279,7 +323,7 @@ def insert(jobs: Sequence[Job]) -> list[Job]:
         [None if job.trace_context is None else json.dumps(job.trace_context) for job in jobs],
     ]
     with prepared() as cursor:
-        cursor.execute(INSERT_SQL, columns)
+        cursor.execute(INSERT_EARLY_SQL if early else INSERT_SQL, columns)
         rows = cursor.fetchall()
     # RETURNING follows the insert order; skipped rows are missing, known by their keys.
     keyed = {key: row for row in rows if (key := row[1]) is not None}
@@ -331,6 +375,45 @@ def claim(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str]
     with prepared(alias) as cursor:
         cursor.execute(CLAIM_SQL, [worker, lease_seconds, job_id, list(limited)])
         row = cursor.fetchone()
+    return None if row is None else _claimed(row)
+
+
+# A claim of a message sent before its row's commit (jobs.engine.early) first waits until the
+# transaction that inserted the row (it holds the row's early lock: INSERT_EARLY_SQL) has ended,
+# committed or rolled back, at most `lock_timeout` (set for this implicit transaction only:
+# set_config(..., true)); then CLAIM_SQL, whose snapshot, taken when it starts (READ COMMITTED),
+# sees that commit. Both in one pipelined round trip; nothing written by the wait. A lock free
+# (the commit done already, the common case under no load) costs nothing more than the claim.
+AWAIT_COMMIT_SQL = f"""
+SELECT CASE WHEN set_config('lock_timeout', %s, true) IS NOT NULL
+            THEN pg_advisory_xact_lock_shared({decisions.EARLY_LOCK_SPACE}, %s::int4) END
+"""
+
+
+# CLAIM_SQL after that wait, in the same implicit transaction (a pipeline without a Sync between
+# them): its times are the statement's (statement_timestamp(), when PostgreSQL took it up, after
+# the wait), not the transaction's now(), which began with the wait: a job's start is never before
+# its row was committed, and the handoff is measured from the real claim.
+CLAIM_AFTER_COMMIT_SQL = CLAIM_SQL.replace("now()", "statement_timestamp()")
+
+
+def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str], timeout_ms: int) -> Claimed | None:
+    """`claim`, once the transaction that inserted `job_id` early has ended; None as `claim`, or
+    when that transaction still runs after `timeout_ms` (the message is then dropped: the row, once
+    committed, is published again by the relay when stale, as a message lost after commit)."""
+    try:
+        with prepared(CLAIMS) as cursor:
+            wait, claim_params = [str(timeout_ms), decisions.early_lock_key(job_id)[1]], [worker, lease_seconds, job_id, list(limited)]
+            if isinstance(cursor, _Prepared):
+                cursor.execute_after(AWAIT_COMMIT_SQL, wait, CLAIM_AFTER_COMMIT_SQL, claim_params)
+            else:  # nothing prepared (a pooler): two round trips
+                cursor.execute(AWAIT_COMMIT_SQL, wait)
+                cursor.execute(CLAIM_AFTER_COMMIT_SQL, claim_params)
+            row = cursor.fetchone()
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available: the timeout
+            raise
+        return None
     return None if row is None else _claimed(row)
 
 

@@ -270,3 +270,83 @@ def test_a_process_killed_between_its_commits_and_the_coalesced_publish_loses_no
     # then every job succeeds, each run once
     wait_for(lambda: all_succeeded(ids), 30, what=f"the five jobs to succeed ({statuses(ids)})")
     assert Counter(Effect.objects.filter(job_id__in=ids).values_list("job_id", flat=True)) == Counter({i: 1 for i in ids})
+
+
+def test_a_chain_across_two_workers_publishes_each_next_step_before_its_commit_and_runs_each_step_once(live):
+    """issue 28, early publish (jobs.engine.early): with one worker per queue, each next step's
+    message goes out before its outcome's COMMIT; the other worker's claim waits for that commit
+    and runs the step, once; nothing is left unacked."""
+    from jobs import start_chain
+    from tests.support import start_workers
+
+    # given one worker for `default` and one for `notifications` (no local handoff between them)
+    start_workers(live, ("early-default", (*GRACE, "--queues", "default", "--concurrency", "1")),
+                  ("early-notifications", (*GRACE, "--queues", "notifications", "--concurrency", "1")))
+
+    # when chains of three steps cross from one to the other and back
+    chains = [start_chain([Step("examples.count", {}), Step("examples.ping", {}), Step("examples.count", {})]) for _ in range(5)]
+    wait_for(lambda: Job.objects.filter(chain__in=chains, status=Status.SUCCEEDED).count() == 15, 30, what="the chains' steps")
+
+    # then every step ran once, on its first attempt, each on the worker of its queue
+    rows = Job.objects.filter(chain__in=chains)
+    assert rows.count() == 15 and set(rows.values_list("attempt", flat=True)) == {1}
+    assert {row.worker.split("@")[0] for row in rows.filter(chain_index=1)} == {"early-notifications"}
+    assert {row.worker.split("@")[0] for row in rows.exclude(chain_index=1)} == {"early-default"}
+    counted = [row.pk for row in rows.exclude(chain_index=1)]
+    assert Counter(Effect.objects.filter(job_id__in=counted).values_list("job_id", flat=True)) == Counter({i: 1 for i in counted})
+    wait_for(all_messages_consumed, 15, what="every message to be acked")
+
+
+FAIL_COMMIT_ONCE = """
+CREATE SEQUENCE test_early_commit_failures;
+CREATE FUNCTION test_early_fail_commit_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  -- a sequence is not transactional: only the first commit of this outcome fails
+  IF nextval('test_early_commit_failures') = 1 THEN RAISE EXCEPTION 'this COMMIT fails (a test)'; END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER test_early_fail_commit_once AFTER UPDATE ON jobs_job
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+  WHEN (NEW.chain_id = {chain} AND NEW.chain_index = 0 AND NEW.status = 'succeeded')
+  EXECUTE FUNCTION test_early_fail_commit_once();
+"""
+DROP_FAIL_COMMIT_ONCE = """
+DROP TRIGGER IF EXISTS test_early_fail_commit_once ON jobs_job;
+DROP FUNCTION IF EXISTS test_early_fail_commit_once();
+DROP SEQUENCE IF EXISTS test_early_commit_failures;
+"""
+
+
+def test_a_step_whose_outcome_commit_fails_after_its_early_publish_runs_its_next_step_once(live):
+    """The COMMIT of step 1's outcome fails after its next step's message went out (a deferred
+    trigger raises at commit, once): that message names a row that never existed, and claims
+    nothing; step 1 stays running, its lease lapses, it runs again, and that outcome inserts and
+    publishes step 2, which runs once."""
+    from django.db import connection
+
+    from jobs import start_chain
+    from tests.support import start_workers
+
+    chain = start_chain([Step("examples.count", {}), Step("examples.ping", {})])
+    with connection.cursor() as cursor:
+        cursor.execute(FAIL_COMMIT_ONCE.format(chain=int(chain.pk)))
+    try:
+        # given one worker per queue, and step 1's first outcome commit doomed to fail
+        start_workers(live, ("failing-default", (*GRACE, "--queues", "default", "--concurrency", "1")),
+                      ("failing-notifications", (*GRACE, "--queues", "notifications", "--concurrency", "1")))
+
+        # when the chain runs, then it succeeds
+        wait_for(lambda: Job.objects.filter(chain=chain, status=Status.SUCCEEDED).count() == 2, 40, what="the chain's steps")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(DROP_FAIL_COMMIT_ONCE)
+
+    # step 1 ran twice (its first outcome was rolled back: a handler that is not atomic runs at
+    # least once), step 2 exists once and ran once; the early message of the rolled-back row
+    # claimed nothing (skipped), and every message was acked
+    first, second = Job.objects.filter(chain=chain).order_by("chain_index")
+    assert (first.attempt, Effect.objects.filter(job_id=first.pk).count()) == (2, 2)
+    assert Job.objects.filter(chain=chain, chain_index=1).count() == 1
+    assert (second.status, second.attempt) == (Status.SUCCEEDED, 1)
+    assert second.pk > first.pk + 1  # the id of the rolled-back insert was used, and lost
+    wait_for(all_messages_consumed, 15, what="every message to be acked")

@@ -368,3 +368,20 @@ def test_only_jobs_outside_chains_committed_among_few_may_wait_to_share_a_messag
 def test_waiting_ids_go_out_once_they_fill_a_coalesced_message():
     assert not decisions.coalesce_full(7, 8)
     assert decisions.coalesce_full(8, 8)
+
+
+# --- Early publish: the lock a claim of an early message waits on (jobs.engine.early) -------------
+
+
+@pytest.mark.parametrize("job_id", [1, 2, 1_073_741_823, 2_147_483_646, 2_147_483_647, 2**40 + 5, 2**63 - 1])
+def test_an_early_lock_key_fits_postgresql_int4_keys_for_any_job_id(job_id):
+    space, key = decisions.early_lock_key(job_id)
+    assert space == decisions.EARLY_LOCK_SPACE
+    assert -(2**31) <= space < 2**31 and -(2**31) <= key < 2**31
+
+
+def test_neighbouring_jobs_have_different_early_lock_keys():
+    # a chain's next steps are inserted one after the other: consecutive ids never share a key
+    # (a shared key would only make one claim wait for another outcome: harmless, but slower)
+    keys = {decisions.early_lock_key(job_id)[1] for job_id in range(10_000, 20_000)}
+    assert len(keys) == 10_000
