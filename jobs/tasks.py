@@ -16,7 +16,7 @@ from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.db import connections
 
-from jobs.engine import early, runner, store
+from jobs.engine import decisions, early, publish, runner, store
 from jobs.interfaces.monitoring import JobFailed, reported
 from jobs.engine.publish import TASK
 
@@ -29,6 +29,9 @@ INSTANCE = os.environ.get("CONVEYOR_INSTANCE", "")
 #: most a quarter of the job's soft time limit (the wait comes out of the handler's time).
 CLAIM_PATIENCE_SECONDS = 60.0
 CLAIM_BACKOFF_START, CLAIM_BACKOFF_MAX = 0.2, 2.0
+#: A message of several ids (enqueue_many, coalesced publishes) that has run this long gives the
+#: ids it has not started back to the queue, for any idle worker (decisions.gives_back_rest).
+BATCH_HOLD_SECONDS = 0.1
 
 
 # Monitors see the job (jobs.interfaces.monitoring): its FAILURE (JobFailed, after the outcome is committed)
@@ -48,7 +51,24 @@ def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN0
         # A message without Celery time limits (a chain step's: jobs.engine.publish): the runner's.
         return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()),
                              published_early=published_early)
-    return [claim_and_run(self, one, worker, own_time_limit=True, published_early=published_early) for one in (job_id, *more_ids)]
+    return run_batch(self, [job_id, *more_ids], worker, published_early)
+
+
+def run_batch(self, ids: list[int], worker: str, published_early: bool) -> list[str]:  # noqa: ANN001 - Celery's bound task
+    """Run a message's ids one after the other; once it has taken BATCH_HOLD_SECONDS, give the
+    rest back to the queue as a message of their own (an idle worker takes them), unless that
+    publish fails (Redis away): then run them here. A duplicate of the given-back message (this
+    one redelivered after a crash) finds them claimed or done: nothing runs twice."""
+    started, outcomes = time.monotonic(), []
+    for index, one in enumerate(ids):
+        rest = ids[index:]
+        if index and decisions.gives_back_rest(time.monotonic() - started, len(rest), BATCH_HOLD_SECONDS):
+            messages = store.give_back(rest)
+            if publish.publish(messages) == len(messages):
+                log.info("gave %d job(s) of this message back to their queue after %.2fs", len(messages), time.monotonic() - started)
+                return outcomes
+        outcomes.append(claim_and_run(self, one, worker, own_time_limit=True, published_early=published_early))
+    return outcomes
 
 
 def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool, published_early: bool = False) -> str:  # noqa: ANN001 - Celery's bound task

@@ -12,6 +12,3 @@ import tempfile
 if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
     os.environ["CONVEYOR_DATA"] = tempfile.mkdtemp(prefix="cvt-", dir="/tmp")
 os.environ["CONVEYOR_ENV"] = "test"
-# The suite's tests read Redis right after one-by-one enqueues: publishes are not coalesced in
-# them (and the processes they start), except where a test turns it on (jobs.engine.coalesce).
-os.environ.setdefault("CONVEYOR_PUBLISH_COALESCE_MS", "0")

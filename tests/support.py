@@ -520,3 +520,24 @@ def traced_in_memory() -> Iterator[tuple[object, object]]:
         yield exporter, provider
     finally:
         tracing.disable()
+
+
+def published_job_ids(queue: str) -> list[int]:
+    """The job ids of the Celery messages waiting in `queue` (over its priority lists), as workers
+    would read them (a message's arguments: one id or several), after this process's coalesced
+    publishes that still wait for their window went out (jobs.engine.coalesce)."""
+    import base64
+    import json
+
+    from jobs.engine import publish
+
+    publish._coalescer.flush()
+    client = redis_client()
+    ids = []
+    for step in range(10):
+        for raw in client.lrange(queue if step == 0 else f"{queue}:{step}", 0, -1):
+            message = json.loads(raw)
+            assert message["headers"]["task"] == "conveyor.run"
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            ids.extend(args)
+    return sorted(ids)

@@ -468,6 +468,15 @@ def coalescable(in_commit: int, chain_id: int | None, window: float, spread: int
     return window > 0 and chain_id is None and in_commit < spread
 
 
+def gives_back_rest(elapsed: float, left: int, hold: float) -> bool:
+    """Whether a worker running a message of several job ids one after the other gives the ids it
+    has not started back to their queue (a new message, for any worker) instead of running them
+    itself: once the message has taken `hold` seconds. Short jobs (what coalescing and
+    enqueue_many batch for speed) still run in a row; long ones, enqueued together, spread over the
+    idle workers after one job's time instead of waiting in one process's turn."""
+    return left > 0 and elapsed >= hold
+
+
 def coalesce_full(waiting: int, cap: int) -> bool:
     """Whether the ids waiting for one message are as many as a coalesced message takes: send them
     now. The cap bounds how many jobs run one after the other in one worker process while another

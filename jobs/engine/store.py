@@ -971,6 +971,23 @@ RETURNING j.id, j.queue, j.priority, j.type, j.chain_id, j.chain_index
 """
 
 
+# Ids a worker gives back from a message it has not finished (jobs.tasks): those still to run,
+# marked published again (the relay's clock starts anew) for the new message.
+GIVE_BACK_SQL = f"""
+UPDATE jobs_job SET published_at = now()
+ WHERE id = ANY(%s) AND {RUNNABLE_BY_ID}
+RETURNING id, queue, priority, type, chain_id, chain_index
+"""
+
+
+def give_back(ids: list[int]) -> list[Message]:
+    """The messages of those of `ids` still to run, marked published now (jobs.tasks: a batch
+    message's rest, for another worker)."""
+    with connections[CLAIMS].cursor() as cursor:
+        cursor.execute(GIVE_BACK_SQL, [ids])
+        return sorted(_messages(cursor), key=lambda m: ids.index(m.job_id))
+
+
 def mark_due(batch: int) -> list[Message]:
     """Mark due, never-published rows as published now; return their messages to send."""
     with connections[CLAIMS].cursor() as cursor:

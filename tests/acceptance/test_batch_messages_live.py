@@ -350,3 +350,25 @@ def test_a_step_whose_outcome_commit_fails_after_its_early_publish_runs_its_next
     assert (second.status, second.attempt) == (Status.SUCCEEDED, 1)
     assert second.pk > first.pk + 1  # the id of the rolled-back insert was used, and lost
     wait_for(all_messages_consumed, 15, what="every message to be acked")
+
+
+def test_a_message_of_long_jobs_gives_the_ones_it_has_not_started_back_to_the_queue(live, monkeypatch):
+    """jobs.tasks.run_batch: a message of several ids that has run BATCH_HOLD_SECONDS gives the
+    rest back to the queue (an idle worker takes them) instead of running them in its turn."""
+    from django.conf import settings
+
+    from jobs import enqueue
+
+    # given three 0.4 s jobs enqueued one by one, the last two coalesced into one message
+    monkeypatch.setitem(settings.CONVEYOR, "PUBLISH_COALESCE_MS", 1000.0)
+    ids = [enqueue("examples.sleep", {"seconds": 0.4}).pk for _ in range(3)]
+    wait_for(lambda: sorted(waiting_messages("default")) == [(ids[0],), (ids[1], ids[2])], 5, what="the coalesced message")
+
+    # when a worker runs them
+    worker = live.start(*GRACE, "--pool", "prefork", "--concurrency", "2", mode="worker", name="give-back-worker")
+    wait_for(lambda: all_succeeded(ids), 30, what="the three jobs to succeed")
+
+    # then the message of two ran the first and gave the other back, which ran once
+    wait_for(lambda: "gave 1 job(s) of this message back to their queue" in worker.log(), 10, what="the give-back's log line")
+    assert set(Job.objects.filter(pk__in=ids).values_list("attempt", flat=True)) == {1}
+    wait_for(all_messages_consumed, 10, what="every message to be acked")

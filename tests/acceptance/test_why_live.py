@@ -16,6 +16,7 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.test import Client
 
@@ -76,8 +77,11 @@ def test_a_stopped_worker_leaves_its_queue_without_consumer_and_its_jobs_say_so(
     Job.objects.filter(pk=stuck.pk).update(status=Status.CANCELLED)  # nobody will run it here
 
 
-def test_jobs_held_by_a_limit_name_the_jobs_holding_the_slots(live_workers):
-    # given 3 jobs of a type allowing 2 running at once, and 2 of one key allowing 1, each 2 s long
+def test_jobs_held_by_a_limit_name_the_jobs_holding_the_slots(live_workers, monkeypatch):
+    # given 3 jobs of a type allowing 2 running at once, and 2 of one key allowing 1, each 2 s long,
+    # each in a message of its own (coalesced, the last ones would wait in one worker's turn,
+    # behind the others, not held by their limit: jobs.engine.coalesce)
+    monkeypatch.setitem(settings.CONVEYOR, "PUBLISH_COALESCE_MS", 0.0)
     pair = [enqueue("examples.two-at-once", {"seconds": 2}) for _ in range(3)]
     keyed = [enqueue("examples.one-per-key", {"seconds": 2}, limit_key="why-k") for _ in range(2)]
     # when the worker has taken them all

@@ -19,7 +19,7 @@ from jobs.interfaces.beat import enqueue_tick
 from jobs.engine.creation import IdempotencyConflict
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.factories import api_token
-from tests.support import queue_length, redis_client
+from tests.support import published_job_ids, queue_length, redis_client
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -245,7 +245,7 @@ def test_enqueue_many_with_idempotency_keys_returns_and_publishes_the_rows():
 
     assert [job.input for job in jobs] == [{"i": 1}, {"i": 2}, {}]
     assert all(job.pk and job.pk != taken.pk for job in jobs)
-    assert queue_length("default") == 3
+    assert published_job_ids("default") == sorted(job.pk for job in jobs)
 
 
 # --- 9. clock skew --------------------------------------------------------------------------------

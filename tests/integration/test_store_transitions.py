@@ -7,7 +7,6 @@ are set up with raw SQL on the row: that is setup, not the behaviour under test.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import threading
@@ -22,7 +21,7 @@ import jobs
 from jobs.engine import control, recovery, registry, runner
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
-from tests.support import redis_client, wait_for
+from tests.support import published_job_ids, wait_for
 
 pytestmark = RUNNER_IN_PROCESS
 
@@ -65,20 +64,6 @@ def sql(statement: str, params: list[Any]) -> None:
 
 def expire_lease(job_id: int) -> None:
     sql("UPDATE jobs_job SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [job_id])
-
-
-def queued_job_ids(queue: str) -> list[int]:
-    """The job ids of the Celery messages waiting in `queue` (over its priority lists), as a worker
-    would read them: the task's first argument."""
-    client = redis_client()
-    ids = []
-    for step in range(10):
-        for raw in client.lrange(queue if step == 0 else f"{queue}:{step}", 0, -1):
-            message = json.loads(raw)
-            assert message["headers"]["task"] == "conveyor.run"
-            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            ids.append(args[0])
-    return sorted(ids)
 
 
 def second_attempt(job_id: int, worker: str = "node@test/2") -> store.Claimed:
@@ -140,7 +125,7 @@ def test_enqueue_writes_a_pending_row_due_now_by_the_database_clock_and_publishe
     assert before <= saved.run_after <= after
     assert saved.published_at == saved.run_after == saved.created_at
     assert (job.run_after, job.published_at) == (saved.run_after, saved.published_at)
-    assert queued_job_ids("default") == [job.pk]
+    assert published_job_ids("default") == [job.pk]
 
 
 def test_enqueue_with_a_future_run_after_is_unpublished_and_cannot_be_claimed():
@@ -155,7 +140,7 @@ def test_enqueue_with_a_future_run_after_is_unpublished_and_cannot_be_claimed():
     assert saved.status == Status.PENDING
     assert saved.run_after == later
     assert saved.published_at is None
-    assert queued_job_ids("default") == []
+    assert published_job_ids("default") == []
     assert store.claim(job.pk, WORKER, LEASE) is None
     assert row(job.pk).status == Status.PENDING
     assert row(job.pk).attempt == 0
@@ -185,7 +170,7 @@ def test_enqueue_many_returns_the_inserted_rows_with_their_ids_and_skips_a_taken
         assert job.published_at == saved.published_at is not None
     assert row(taken.pk).input == {"n": 0}
     assert Job.objects.count() == 5
-    assert queued_job_ids("default") == sorted([taken.pk, *(job.pk for job in inserted)])
+    assert published_job_ids("default") == sorted([taken.pk, *(job.pk for job in inserted)])
 
 
 # --- claim ----------------------------------------------------------------------------------------
@@ -446,7 +431,7 @@ def test_success_of_a_chain_step_inserts_the_next_step_in_the_same_transaction()
     assert xmin[first.pk] == xmin[second.pk], "the success and the next step were written by different transactions"
     assert row(first.pk).finished_at == second.created_at  # now(): the start of one transaction
     assert Chain.objects.get(pk=chain.pk).status == ChainStatus.RUNNING
-    assert queued_job_ids("notifications") == [second.pk]
+    assert published_job_ids("notifications") == [second.pk]
 
 
 def test_success_of_the_last_step_ends_the_chain_succeeded():
@@ -487,7 +472,7 @@ def test_lone_job_that_continues_becomes_step_zero_of_a_new_chain():
     assert chain.steps[1]["input"]["to"] == "ops@example.com"
     nxt = Job.objects.get(chain=chain, chain_index=1)
     assert (nxt.type, nxt.queue, nxt.parent_id, nxt.status) == ("notifications.send-email", "notifications", job.pk, Status.PENDING)
-    assert queued_job_ids("notifications") == [nxt.pk]
+    assert published_job_ids("notifications") == [nxt.pk]
 
     # and when the continuation runs, the new chain ends succeeded
     assert runner.execute(nxt.pk, worker=WORKER) == "succeeded"
@@ -612,7 +597,7 @@ def test_relay_publishes_a_due_row_never_published():
     # given: a delayed row whose time has come
     job = enqueue("examples.echo", {}, run_after=db_now() + dt.timedelta(hours=1))
     sql("UPDATE jobs_job SET run_after = now() - interval '1 second' WHERE id = %s", [job.pk])
-    assert queued_job_ids("default") == []
+    assert published_job_ids("default") == []
     before = db_now()
 
     # when
@@ -623,7 +608,7 @@ def test_relay_publishes_a_due_row_never_published():
     saved = row(job.pk)
     assert before <= saved.published_at <= db_now()
     assert saved.status == Status.PENDING
-    assert queued_job_ids("default") == [job.pk]
+    assert published_job_ids("default") == [job.pk]
 
 
 def test_relay_leaves_a_row_not_yet_due_unpublished():
@@ -636,7 +621,7 @@ def test_relay_leaves_a_row_not_yet_due_unpublished():
     # then
     assert relayed == 0
     assert row(job.pk).published_at is None
-    assert queued_job_ids("default") == []
+    assert published_job_ids("default") == []
 
 
 # --- hand-back ------------------------------------------------------------------------------------
@@ -850,3 +835,16 @@ def test_cancel_of_a_running_row_asks_it_to_stop_and_the_heartbeat_tells_the_run
     assert ctx.lost is False
     thread.join(20)  # examples.sleep stops once cancelled
     assert not thread.is_alive()
+
+
+def test_give_back_returns_in_order_the_messages_of_the_ids_still_to_run_marked_published_again():
+    first, running, cancelled, last = (enqueue("examples.echo", {"i": i}) for i in range(4))
+    assert store.claim(running.pk, "node@test/1", 30) is not None
+    assert control.cancel(cancelled)
+    Job.objects.filter(pk__in=[first.pk, last.pk]).update(published_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+
+    messages = store.give_back([last.pk, running.pk, cancelled.pk, first.pk])
+
+    assert [(m.job_id, m.queue, m.type) for m in messages] == [(last.pk, "default", "examples.echo"),
+                                                               (first.pk, "default", "examples.echo")]
+    assert all(row.year > 2020 for row in Job.objects.filter(pk__in=[first.pk, last.pk]).values_list("published_at", flat=True))

@@ -385,3 +385,9 @@ def test_neighbouring_jobs_have_different_early_lock_keys():
     # (a shared key would only make one claim wait for another outcome: harmless, but slower)
     keys = {decisions.early_lock_key(job_id)[1] for job_id in range(10_000, 20_000)}
     assert len(keys) == 10_000
+
+
+def test_a_batch_message_gives_back_its_rest_once_it_has_run_its_hold_and_only_if_some_are_left():
+    assert not decisions.gives_back_rest(0.05, 3, 0.1)  # short jobs run in a row
+    assert decisions.gives_back_rest(0.1, 3, 0.1)
+    assert not decisions.gives_back_rest(5.0, 0, 0.1)  # nothing left
