@@ -6,15 +6,22 @@ A stream sends the row's whole state (jobs/interfaces/sse.py: snapshots, ids tha
 process) has one `Watcher`, which learns of changes two ways, both on the hub's connection
 (jobs/interfaces/listener.py):
 
-- every `TICK` seconds, ONE statement per kind reads every watched row of the process (`unnest`
-  of the ids and of the digests last seen): PostgreSQL computes each row's digest (of the fields
-  every visible change alters) and builds and sends its state only where the digest differs. So 1,000 streams cost one indexed read of
-  1,000 rows per tick, not 1,000 queries; running, progress, a failed attempt, a retry and a reap
-  show within a tick. Nothing is added to the statements of a job's path (no NOTIFY per claim or
-  progress: a NOTIFY serializes the commits of every transaction that sends one);
+- every `TICK` seconds, ONE statement per kind reads the watched rows of the process that can
+  have changed (`unnest` of the ids and of the digests last seen): PostgreSQL computes those rows'
+  digest (of the fields every visible change alters) and builds and sends their state only where
+  the digest differs. Read in full: the rows where something runs (a running or failed job, a
+  chain with one: progress may change any moment), the rows whose end was heard, and in turn a
+  tenth of the quiet ones (`SWEEP_TICKS`: each every 5 s). The other quiet rows (waiting jobs, a
+  chain between steps) go in as ids only, and the kind's `moved` finds on an index those that
+  started running (a claim) or, for a chain, had a job written: so 1,000 streams of waiting jobs
+  cost one index read of the running rows and ~100 digests per tick, not 1,000. Running,
+  progress, a failed attempt, a retry, a reap and a claim show within a tick; a change no index
+  tells (a waiting job held by a limit, a deletion) within a sweep. Nothing is added to the
+  statements of a job's path (no NOTIFY per claim or progress: a NOTIFY serializes the commits
+  of every transaction that sends one);
 - the end of a job or a chain is heard at once: the watcher waits for it as a `?wait=` does
   (`Hub.ended`: the waiter's shared advisory lock makes the ending statement NOTIFY), then reads
-  at once instead of at the next tick.
+  that row at once instead of at the next tick.
 
 Streams end with the row (`end` event), at `MAX_SECONDS` less up to a tenth at random (the client
 reconnects with its `Last-Event-ID`; streams opened together do not all reconnect at once), when
