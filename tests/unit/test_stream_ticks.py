@@ -68,3 +68,26 @@ def test_rows_of_unknown_state_and_kinds_without_a_quiet_read_are_read_in_full_e
     assert plans[OPERATIONS].ids == [0]
     # a chain with a job running is read in full
     assert CHAIN.active({"jobs": [{"status": "succeeded"}, {"status": "running"}]})
+
+
+def test_keep_alives_wake_only_the_due_streams_and_a_gone_stream_is_dropped():
+    # given three streams whose keep-alives are due at 1, 2 and 3 s, the third one closed since
+    watcher = Watcher()
+    followers = []
+    for beat in (1.0, 2.0, 3.0):
+        key = (JOB, int(beat))
+        follower = Follower(key, "d", beat_at=beat, until=100.0)
+        watcher.followers[key].add(follower)
+        watcher.beats.append((beat, int(beat), follower))
+        followers.append(follower)
+    watcher.discard(followers[2])
+
+    # when the watcher looks at 1.5 s: only the first is woken; the next due is the second's
+    assert watcher._wake_due(1.5) == 2.0
+    assert [f.woken for f in followers] == [True, False, False]
+
+    # and at 3.5 s the second is woken, the closed one is not, and the first comes up again a
+    # heartbeat after it was woken
+    assert watcher._wake_due(3.5) == min(3.5 + streams.TICK, 1.5 + streams.HEARTBEAT_SECONDS)
+    assert [f.woken for f in followers] == [True, True, False]
+    assert len(watcher.beats) == 2
