@@ -16,6 +16,11 @@ a row read) paced at --rate per second from --clients threads (bench.cluster's c
    jobs (the next ones to run: each sees pending, running, progress, its end), held by one
    asyncio loop in a process of its own (forked: its reading takes nothing from the timed client).
 
+Phases 2 and 3 alternate in --rounds rounds (3: 2, 3, 2, 3, 2, 3, each with --requests / --rounds
+requests; the streams opened anew on the next jobs each round and closed after it), each phase's
+figures over all its rounds: on a shared machine whose load drifts within minutes, one phase 2
+then one phase 3 compared two different machines (600 requests: 1.05x to 1.69x from run to run).
+
 It reports the p50 and p99 of each phase and their ratio to the idle one (the target: phase 3's p99
 within 1.2x of phase 2's, i.e. the open streams cost the requests under 20%), the events the streams
 received, the PostgreSQL connections the servers held (pg_stat_activity: the pool and the listening
@@ -262,8 +267,44 @@ def measure(label: str, port: int, token: str, job_id: int, args: argparse.Names
     return Phase(label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg)
 
 
-def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int]) -> tuple[list[Phase], Streams]:
-    """The three phases on a running instance (the bench's and the suite's smoke run's)."""
+def merge(label: str, parts: list[Phase]) -> Phase:
+    """One phase from its rounds: every latency, the counts summed, the CPU figures averaged (each
+    round timed the same number of requests), the servers' figures of the last round."""
+    last = parts[-1]
+    pg = [part.pg_cpu for part in parts if part.pg_cpu is not None]
+    return Phase(
+        label, [ms for part in parts for ms in part.latencies], sum(p.errors for p in parts),
+        sum(p.jobs_done for p in parts), last.connections, last.threads, last.rss_mb,
+        sum(p.web_cpu for p in parts) / len(parts), sum(pg) / len(pg) if pg else None,
+    )
+
+
+class Opened:
+    """What the streams of every round received, summed (the report's counts)."""
+
+    def __init__(self) -> None:
+        self.opened = self.events = self.ends = 0
+        self.errors: list[str] = []
+
+    def add(self, streams: Streams) -> None:
+        self.opened += streams.opened
+        self.events += streams.events
+        self.ends += streams.ends
+        self.errors += streams.errors
+
+
+def next_to_run(count: int) -> list[int]:
+    """The ids of the `count` waiting jobs the worker runs next (roughly: lowest ids first)."""
+    from jobs.models import Job
+
+    return list(Job.objects.filter(status="pending").order_by("id").values_list("id", flat=True)[:count])
+
+
+def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int]) -> tuple[list[Phase], Opened]:
+    """The three phases on a running instance (the bench's and the suite's smoke run's). Phases 2
+    and 3 alternate in --rounds rounds (each --requests / --rounds requests; the streams opened
+    anew on the next jobs to run, closed after): a machine whose load drifts during the run
+    weighs on both alike, and their p99s are over all the rounds' requests."""
     from jobs import Step, enqueue_many
 
     [probe] = enqueue_many([Step("examples.echo", {"probe": 1})])
@@ -271,25 +312,29 @@ def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int])
     phases = [measure("idle", port, token, probe.pk, args, server_pids)]
 
     # the backlog: enough sleeps to keep the worker busy through phases 2 and 3
-    backlog = enqueue_many([Step("examples.sleep", {"seconds": args.job_seconds}) for _ in range(args.backlog)])
+    enqueue_many([Step("examples.sleep", {"seconds": args.job_seconds}) for _ in range(args.backlog)])
     wait_until(lambda: finished_jobs() >= 2, 60, "the backlog to start running")
-    phases.append(measure("jobs", port, token, probe.pk, args, server_pids))
+    share = argparse.Namespace(**{**vars(args), "requests": max(1, args.requests // args.rounds)})
+    without, beside, opened = [], [], Opened()
+    label = f"jobs + {args.streams} streams"
+    for _ in range(args.rounds):
+        without.append(measure("jobs", port, token, probe.pk, share, server_pids))
+        ids = next_to_run(args.streams)
+        if len(ids) < args.streams:
+            raise BenchError(f"the backlog ran out: {len(ids)} jobs left to stream, --streams {args.streams}")
+        streams = Streams()
+        streams.start(port, token, ids)
+        try:
+            wait_until(lambda: streams.opened + len(streams.errors) >= len(ids), 120, f"{len(ids)} streams to open")
+            beside.append(measure(label, port, token, probe.pk, share, server_pids))
+        finally:
+            streams.stop()
+            opened.add(streams)
+    phases += [merge("jobs", without), merge(label, beside)]
+    return phases, opened
 
-    streams = Streams()
-    first = finished_jobs()
-    ids = [job.pk for job in backlog[first : first + args.streams]]  # the next ones to run, roughly
-    if len(ids) < args.streams:
-        raise BenchError(f"the backlog ran out: {len(ids)} jobs left to stream, --streams {args.streams}")
-    streams.start(port, token, ids)
-    try:
-        wait_until(lambda: streams.opened + len(streams.errors) >= len(ids), 120, f"{len(ids)} streams to open")
-        phases.append(measure(f"jobs + {len(ids)} streams", port, token, probe.pk, args, server_pids))
-    finally:
-        streams.stop()
-    return phases, streams
 
-
-def report(phases: list[Phase], streams: Streams, args: argparse.Namespace) -> list[str]:
+def report(phases: list[Phase], streams: Opened, args: argparse.Namespace) -> list[str]:
     idle = percentile(phases[0].latencies, 0.99)
     loaded = percentile(phases[1].latencies, 0.99)
     rows = []
@@ -323,6 +368,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1000, help="streams open in phase 3 (default 1000)")
     parser.add_argument("--requests", type=int, default=600, help="timed requests per phase (default 600)")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="phases 2 and 3 alternate this many times, --requests split between the rounds (default 3)",
+    )
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second, paced (default 50)")
     parser.add_argument("--clients", type=int, default=4, help="client threads (default 4)")
     parser.add_argument("--warmup", type=int, default=40, help="untimed requests before each phase (default 40)")
@@ -333,13 +382,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds the instance may take to get ready")
     args = parser.parse_args(argv)
-    if min(args.streams, args.requests, args.clients, args.warmup, args.web_concurrency, args.concurrency) < 1:
-        parser.error("--streams, --requests, --clients, --warmup and the concurrencies must be at least 1")
+    if min(args.streams, args.requests, args.rounds, args.clients, args.warmup, args.web_concurrency, args.concurrency) < 1:
+        parser.error("--streams, --requests, --rounds, --clients, --warmup and the concurrencies must be at least 1")
     if args.rate <= 0 or args.job_seconds <= 0:
         parser.error("--rate and --job-seconds must be positive")
     if not args.backlog:
         per_second = args.concurrency / args.job_seconds
-        args.backlog = args.streams + int(per_second * 3 * (args.requests + args.warmup) / args.rate) + 50
+        # the jobs run while phases 2 and 3 are timed, their warm-ups, and the streams' openings
+        timed = 2 * args.requests + 2 * args.rounds * args.warmup
+        args.backlog = args.streams + int(per_second * (timed / args.rate + 20 * args.rounds)) + 100
     return args
 
 

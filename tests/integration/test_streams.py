@@ -300,3 +300,57 @@ async def test_an_open_stream_gives_back_the_thread_its_request_started():
         # then that thread has ended, and a later sync part (Django closing the response) still runs
         assert all(t.ident != request_thread for t in threading.enumerate())
         assert await sync_to_async(lambda: 42)() == 42
+
+
+@in_loop
+async def test_a_tick_digests_only_the_quiet_rows_that_started_running_not_every_watched_row():
+    # given three waiting jobs whose snapshots the watcher holds
+    jobs = [await sync_to_async(enqueue)("examples.echo", {"n": n}) for n in (7, 8, 9)]
+    watcher = streams.watcher()
+    digests = [(await watcher.first(streams.JOB, job.pk)).digest for job in jobs]
+
+    # when one of them is claimed, and a tick reads the three as quiet rows (the other two given a
+    # digest that is not theirs: were they digested, they would come back as changed)
+    await sync_to_async(_in_thread)(lambda: store.claim(jobs[1].pk, "test/1", 30))
+    ids = [job.pk for job in jobs]
+    changed = await watcher.read(streams.JOB, [], [], ids, ["not-it", digests[1], "not-it"])
+
+    # then only the claimed one was read, with its new state
+    assert list(changed) == [jobs[1].pk] and changed[jobs[1].pk].state["status"] == "running"
+    assert changed[jobs[1].pk].active
+
+
+@in_loop
+async def test_a_quiet_chain_is_read_when_a_step_ran_whole_between_two_ticks():
+    from jobs.engine.runner import execute
+
+    # given two chains waiting for their first step, their snapshots held
+    chains = [await sync_to_async(start_chain)([Step("examples.echo", {"c": n}), Step("examples.echo", {})]) for n in (1, 2)]
+    watcher = streams.watcher()
+    digests = [(await watcher.first(streams.CHAIN, chain.pk)).digest for chain in chains]
+
+    # when the first chain's first step runs and ends before the next tick
+    def run_first() -> None:
+        execute(Job.objects.get(chain=chains[0], chain_index=0).pk, "test/1")
+
+    await sync_to_async(_in_thread)(run_first)
+    changed = await watcher.read(streams.CHAIN, [], [], [c.pk for c in chains], digests)
+
+    # then that chain comes back (a job of it was just written), the other one does not
+    assert list(changed) == [chains[0].pk]
+    assert [j["status"] for j in changed[chains[0].pk].state["jobs"]][:1] == ["succeeded"]
+
+
+@in_loop
+async def test_a_change_no_index_tells_of_a_waiting_job_shows_within_its_sweep():
+    # given a waiting job's stream (the tick 0.05 s here: a sweep every 0.5 s)
+    job = await sync_to_async(enqueue)("examples.echo", {"n": 10})
+    events = _events(await (await _client()).get(f"/api/jobs/{job.pk}/stream"))
+    first = await _next(events)
+
+    # when its type's limit holds it (it stays pending: no claim to find it by)
+    await sync_to_async(_in_thread)(lambda: store.hold(job.pk, "rate"))
+
+    # then the stream shows it within a sweep
+    held = await _next(events, timeout=streams.SWEEP_TICKS * streams.TICK + 2.0)
+    assert (first.data["held"], held.data["held"], held.data["status"]) == ("", "rate", "pending")
