@@ -14,6 +14,7 @@ import time
 
 from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import connections
 
 from jobs.engine import decisions, early, publish, runner, store
@@ -29,9 +30,6 @@ INSTANCE = os.environ.get("CONVEYOR_INSTANCE", "")
 #: most a quarter of the job's soft time limit (the wait comes out of the handler's time).
 CLAIM_PATIENCE_SECONDS = 60.0
 CLAIM_BACKOFF_START, CLAIM_BACKOFF_MAX = 0.2, 2.0
-#: A message of several ids (enqueue_many, coalesced publishes) that has run this long gives the
-#: ids it has not started back to the queue, for any idle worker (decisions.gives_back_rest).
-BATCH_HOLD_SECONDS = 0.1
 
 
 # Monitors see the job (jobs.interfaces.monitoring): its FAILURE (JobFailed, after the outcome is committed)
@@ -55,14 +53,14 @@ def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN0
 
 
 def run_batch(self, ids: list[int], worker: str, published_early: bool) -> list[str]:  # noqa: ANN001 - Celery's bound task
-    """Run a message's ids one after the other; once it has taken BATCH_HOLD_SECONDS, give the
+    """Run a message's ids one after the other; once it has taken CONVEYOR_BATCH_HOLD_SECONDS, give the
     rest back to the queue as a message of their own (an idle worker takes them), unless that
     publish fails (Redis away): then run them here. A duplicate of the given-back message (this
     one redelivered after a crash) finds them claimed or done: nothing runs twice."""
-    started, outcomes = time.monotonic(), []
+    started, outcomes, hold = time.monotonic(), [], settings.CONVEYOR["BATCH_HOLD_SECONDS"]
     for index, one in enumerate(ids):
         rest = ids[index:]
-        if index and decisions.gives_back_rest(time.monotonic() - started, len(rest), BATCH_HOLD_SECONDS):
+        if index and decisions.gives_back_rest(time.monotonic() - started, len(rest), hold):
             messages = store.give_back(rest)
             if publish.publish(messages) == len(messages):
                 log.info("gave %d job(s) of this message back to their queue after %.2fs", len(messages), time.monotonic() - started)

@@ -315,6 +315,9 @@ CONVEYOR = {
     # of that kind went out less than this long ago (an idle process publishes at once). 0: off.
     # 10 ms: bench.jobs' one by one 1.8x of not coalesced in the same rounds (README, Performance).
     "PUBLISH_COALESCE_MS": env.get_float("CONVEYOR_PUBLISH_COALESCE_MS", 10.0, minimum=0.0, maximum=1000.0),
+    # A message of several job ids (coalesced, enqueue_many's, the relay's) that has run this long
+    # gives the ids it has not started back to their queue, for any idle worker (jobs.tasks).
+    "BATCH_HOLD_SECONDS": env.get_float("CONVEYOR_BATCH_HOLD_SECONDS", 0.1, minimum=0.0, maximum=3600.0),
     # How often each worker's relay and reaper look for due and orphaned rows.
     "RECOVERY_INTERVAL": float(env.get_int("CONVEYOR_RECOVERY_INTERVAL_MS", 500, minimum=50)) / 1000,
     "RETENTION_DAYS": env.get_int("CONVEYOR_RETENTION_DAYS", 7, minimum=1),

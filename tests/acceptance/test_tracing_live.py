@@ -89,8 +89,13 @@ def test_a_request_its_chain_group_retry_and_killed_attempt_form_one_trace_acros
         wait_chain(chain_id, ChainStatus.SUCCEEDED, 45)
         assert Job.objects.get(pk=victim.pk).attempt == 2
         gather = Job.objects.get(chain_id=chain_id, chain_index=2)
-        wait_for(lambda: any(s.name == "conveyor.run" and s.attributes.get("conveyor.job.id") == gather.pk
-                             for s in receiver.spans()), 10, what="the last step's run to be exported")
+        # (each worker exports on its own schedule: the last step's worker may export first; and
+        # the member's run span ends after its outcome's commit, which the early publish of the
+        # last step does not wait for)
+        for job_id, what in ((gather.pk, "the last step's run"), (victim.pk, "the killed member's re-run")):
+            wait_for(lambda: any(s.name == "conveyor.run" and s.attributes.get("conveyor.job.id") == job_id
+                                 and s.attributes.get("conveyor.outcome") == "succeeded" for s in receiver.spans()),
+                     10, what=f"{what} to be exported")
         spans = local(traced) + receiver.spans()
 
     # and every span of the request and of its jobs is in the client's trace

@@ -161,8 +161,9 @@ def test_prefetched_and_running_jobs_survive_sigkill_of_the_worker_celery_3541(l
     a message of eight more, three of them not started: nobody hands anything back, and every
     job still completes, each exactly once."""
     # given a worker of two pool processes: one runs a 2.5 s job, the other a message of eight
-    # half-second jobs, one after the other (SPREAD 1: one message for the eight)
-    [doomed] = start_workers(live, ("doomed", (*GRACE, "--concurrency", "2")))
+    # half-second jobs, one after the other (SPREAD 1: one message for the eight; a hold of a
+    # minute: the worker keeps them all, not giving back those it has not started, jobs.tasks)
+    doomed = live.start(*GRACE, "--concurrency", "2", mode="worker", name="doomed", env={"CONVEYOR_BATCH_HOLD_SECONDS": "60"})
     long = enqueue("examples.count", {"sleep": 2.5})
     wait_job(long.pk, Status.RUNNING, 30)
     monkeypatch.setattr(publish, "SPREAD", 1)
