@@ -12,6 +12,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
     worker_shutting_down,
 )
 from django.conf import settings
@@ -54,9 +55,19 @@ def sends_task_events() -> bool:
 
 @worker_init.connect
 def worker_cpu_policy(sender: object = None, **kwargs: object) -> None:
-    """In the worker's main process, before its pool starts: under WORKER_CPU_POLICY=idle, its
-    session's autogroup at the lowest weight (jobs.engine.cpu_policy.lower_own_autogroup)."""
-    cpu_policy.lower_own_autogroup(settings.WORKER_CPU_POLICY)
+    """In the worker's main process, before its pool starts: under WORKER_CPU_POLICY=idle, where
+    no idle cgroup applies (jobs.engine.cpu_policy.idle_cgroup), its session's autogroup at the
+    lowest weight (jobs.engine.cpu_policy.lower_own_autogroup)."""
+    if cpu_policy.idle_cgroup() is None:  # else the job threads take the idle cgroup (enter_job_thread)
+        cpu_policy.lower_own_autogroup(settings.WORKER_CPU_POLICY)
+
+
+@worker_shutdown.connect
+def worker_idle_cgroup(sender: object = None, **kwargs: object) -> None:
+    """Under WORKER_CPU_POLICY=idle, at the worker's end: the idle cgroup its job threads took is
+    removed once empty (jobs.engine.cpu_policy.remove_idle_cgroup)."""
+    if settings.WORKER_CPU_POLICY == "idle":
+        cpu_policy.remove_idle_cgroup()
 
 
 @worker_init.connect

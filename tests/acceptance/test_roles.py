@@ -216,6 +216,22 @@ def thread_policies(pid: int) -> dict[str, int]:
     return policies
 
 
+def thread_ids(pid: int) -> dict[str, int]:
+    """The kernel's name of each thread of a process -> its thread id."""
+    import os
+
+    return {open(f"/proc/{pid}/task/{tid}/comm").read().strip(): int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def cpu_group(pid: int, tid: int) -> str:
+    """The cpu controller's cgroup of one thread (/proc/<pid>/task/<tid>/cgroup)."""
+    for line in open(f"/proc/{pid}/task/{tid}/cgroup"):
+        _, controllers, path = line.strip().split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    return "/"
+
+
 def test_idle_cpu_policy_runs_jobs_at_sched_idle_and_keeps_their_lease_while_the_cpu_is_saturated(live):
     import os
 
@@ -241,8 +257,16 @@ def test_idle_cpu_policy_runs_jobs_at_sched_idle_and_keeps_their_lease_while_the
         assert policies["cv-heartbeat"] == os.SCHED_OTHER, policies
         main = psutil.Process(pid).ppid()
         assert os.sched_getscheduler(main) == os.SCHED_OTHER
-        # and, where Linux's autogroup is on, the worker's session (its own) yields as a whole
-        if open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1":
+        # and, beside cgroup v1's cpu controller, the job thread (only it) is in the idle cgroup,
+        # so the worker yields to the other sessions' autogroups too; else, where autogroup is on,
+        # the worker's session yields as a whole
+        from jobs.engine import cpu_policy
+
+        if cpu_policy.idle_cgroup() is not None:
+            assert cpu_group(pid, pid) == "/" + cpu_policy.IDLE_CGROUP
+            assert open(f"{cpu_policy.idle_cgroup()}/cpu.idle").read().strip() == "1"
+            assert cpu_group(pid, thread_ids(pid)["cv-heartbeat"]) == "/" and cpu_group(main, main) == "/"
+        elif open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1":
             assert open(f"/proc/{main}/autogroup").read().split()[-1] == "19"
         # and the lease never lapses: the job stays running, in its first attempt
         end = time.monotonic() + saturate - 0.5
@@ -260,3 +284,14 @@ def test_idle_cpu_policy_runs_jobs_at_sched_idle_and_keeps_their_lease_while_the
     assert done.output["idle"] is True and done.output["pid"] == pid, done.output
     assert settings.WORKER_CPU_POLICY == "normal"  # the test process itself was never switched
     assert worker.alive()
+    # and once the worker has stopped, the idle cgroup is removed (unless another idle worker of
+    # the suite, bench.cluster's smoke, has threads in it)
+    from jobs.engine import cpu_policy
+
+    group = cpu_policy.idle_cgroup()
+    if group is not None:
+        worker.stop()
+
+        def removed_or_used_by_another() -> bool:
+            return not os.path.isdir(group) or bool(open(f"{group}/tasks").read().strip())
+        wait_for(removed_or_used_by_another, 10, what="the idle cgroup to be removed")

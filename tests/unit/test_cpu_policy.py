@@ -102,3 +102,17 @@ def test_only_an_idle_worker_leading_its_own_session_lowers_its_autogroup():
     if os.getsid(0) != os.getpid():
         assert cpu_policy.lower_own_autogroup("idle") is False
     assert nice() == before  # this session's group untouched
+
+
+def test_the_idle_cgroup_applies_only_beside_a_v1_cpu_controller_with_cpu_idle_and_from_its_root(tmp_path):
+    mount, own = tmp_path / "cpu", tmp_path / "cgroup"
+    mount.mkdir()
+    own.write_text("9:name=systemd:/\n4:cpu,cpuacct:/\n1:pids:/\n")
+    # no cpu.idle (an older kernel): none
+    assert cpu_policy.idle_cgroup(str(mount), str(own)) is None
+    (mount / "cpu.idle").write_text("0\n")
+    # this process in the root cpu cgroup: the shared idle cgroup beside it
+    assert cpu_policy.idle_cgroup(str(mount), str(own)) == str(mount / cpu_policy.IDLE_CGROUP)
+    # inside a container's or a unit's cgroup: none (the operator's setting decides)
+    own.write_text("4:cpu,cpuacct:/system.slice/worker.service\n")
+    assert cpu_policy.idle_cgroup(str(mount), str(own)) is None

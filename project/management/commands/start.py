@@ -133,6 +133,10 @@ class Command(BaseCommand):
             scale_interval=float(opts["autoscale_interval"]),
         )
         code = supervisor.run()
+        if settings.WORKER_CPU_POLICY == "idle":
+            from jobs.engine import cpu_policy
+
+            cpu_policy.remove_idle_cgroup()  # every child has ended: the idle cgroup is empty (unless another start's)
         sys.exit(code)
 
     def _autoscale(self, opts: dict) -> tuple[int, int] | None:
