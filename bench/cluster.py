@@ -599,7 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         purge_queues()
         return report(args, rounds, backlog, job_seconds, time.perf_counter() - began, machine, load_start)
 
-    return session(PROG, body)
+    try:
+        return session(PROG, body)
+    finally:
+        # The idle workers' cgroup (WORKER_CPU_POLICY=idle), should a worker's end have missed it.
+        from jobs.engine import cpu_policy
+
+        cpu_policy.remove_idle_cgroup()
 
 
 if __name__ == "__main__":

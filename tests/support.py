@@ -274,6 +274,11 @@ class LiveEnv:
         for proc in self.procs:
             proc.process.wait(10)
         self.procs.clear()
+        # A worker under WORKER_CPU_POLICY=idle killed without its drain leaves the idle cgroup
+        # behind (its `manage.py start` removes it on a normal end): removed once empty.
+        from jobs.engine import cpu_policy
+
+        cpu_policy.remove_idle_cgroup()
 
     def flush_redis(self) -> None:
         redis_client().flushall()
