@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 log = logging.getLogger("conveyor.runner")
 
@@ -99,17 +100,24 @@ def enter_idle_cgroup(directory: str | None = None) -> bool:
         return False
 
 
-def remove_idle_cgroup(directory: str | None = None) -> bool:
-    """At the worker's shutdown: remove the idle cgroup once no thread is left in it (another
-    worker's still there: it stays). True when removed."""
+def remove_idle_cgroup(directory: str | None = None, patience: float = 3.0) -> bool:
+    """Once a worker has ended: remove the idle cgroup when no thread is left in it, waiting up to
+    `patience` seconds for the threads of processes still exiting (a killed tree's); another
+    worker's still there, it stays. True when removed."""
     directory = directory or idle_cgroup()
     if directory is None or not os.path.isdir(directory):
         return False
-    try:
-        os.rmdir(directory)
-        return True
-    except OSError:
-        return False
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            os.rmdir(directory)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError:  # busy: threads still in it
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
 
 def is_idle(tid: int = 0) -> bool:
