@@ -14,11 +14,13 @@ tree's for both.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from bench import jobs as bj
 from bench.common import ROOT, Procs, child_env, percentile, queue_length, session, table, truncate_jobs, wait_until
@@ -30,6 +32,20 @@ def export(rev: str) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
+
+
+def alternating(round_: int, new: Path, base: Path) -> tuple[tuple[str, Path], ...]:
+    """The two sides in this round's order, swapped every round (a drifting load weighs on both)."""
+    return (("new", new), ("base", base)) if round_ % 2 else (("base", base), ("new", new))
+
+
+def session_removing(prog: str, body: Callable[[Procs], str], *folders: Path) -> str:
+    """`bench.common.session`, then the exported trees removed, whatever happened."""
+    try:
+        return session(prog, body)
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_worker(procs: Procs, args: argparse.Namespace, root: Path, name: str, queues: str) -> bj.Proc:
@@ -112,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 return [(float(row[0]), float(row[1])) for row in cursor.fetchall()]
 
         for round_ in range(args.rounds + 1):  # round 0 warms up, untimed
-            for side, root in (("new", ROOT), ("base", base_root)) if round_ % 2 else (("base", base_root), ("new", ROOT)):
+            for side, root in alternating(round_, ROOT, base_root):
                 worker = start_worker(procs, args, root, f"conveyor-{side}", queues)
                 conveyor_run(worker, 100, False)
                 rate = bare_run(args.jobs)
@@ -142,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return "\n".join([f"bench.ab: {args.jobs} jobs, {args.chains} chains ({chains}), x = / bare Celery's "
                           "defaults in the same round; CPU = the Conveyor worker's ms per job", *table(header, rows)])
 
-    try:
-        return session("bench.ab", body)
-    finally:
-        subprocess.run(["rm", "-rf", str(base_root)], check=False)
+    return session_removing("bench.ab", body, base_root)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import jobs as bj
-from bench.ab import export, start_worker
-from bench.common import ROOT, Procs, percentile, queue_length, session, table, wait_until
+from bench.ab import alternating, export, session_removing, start_worker
+from bench.common import ROOT, Procs, percentile, queue_length, table, wait_until
 
 
 def load_emit(root: Path) -> Callable[..., Any]:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return (cpu.client + cpu.workers + (cpu.postgres or 0.0) + cpu.redis) * 1000 / n
 
         for round_ in range(args.rounds + 1):  # round 0 warms up, untimed
-            for side, root in (("new", ROOT), ("base", base_root)) if round_ % 2 else (("base", base_root), ("new", ROOT)):
+            for side, root in alternating(round_, ROOT, base_root):
                 worker = start_worker(procs, args, root, f"conveyor-{side}", "default")
                 conveyor_run(side, worker, 50)
                 rate, bare_cpu = bare_run(args.events)
@@ -125,13 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                           "events/s / bare Celery's fan-out in the same round; CPU = ms per delivery (client: emit only)",
                           *table(header, rows)])
 
-    try:
-        return session("bench.ab_events", body)
-    finally:
-        import subprocess
-
-        subprocess.run(["rm", "-rf", str(base_root)], check=False)
-
+    return session_removing("bench.ab_events", body, base_root)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,13 +15,12 @@ only if this shows it; on a shared machine, compare inside one run.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 from bench import jobs as bj
-from bench.ab import export
-from bench.common import ROOT, Procs, child_env, percentile, session, table, truncate_jobs, wait_until
+from bench.ab import alternating, export, session_removing
+from bench.common import ROOT, Procs, child_env, percentile, table, truncate_jobs, wait_until
 
 
 def start_workers(procs: Procs, args: argparse.Namespace, root: Path, side: str) -> list[bj.Proc]:
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bare_run(20)
         for round_ in range(1, args.rounds + 1):
-            sides = (("new", new_root), ("base", base_root)) if round_ % 2 else (("base", base_root), ("new", new_root))
-            for side, root in sides:
+            for side, root in alternating(round_, new_root, base_root):
                 workers = start_workers(procs, args, root, side)
                 conveyor_run(workers, 20)  # warm-up: connections, imports, prepared statements
                 bare_lat = bare_run(args.chains)
@@ -110,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return "\n".join([f"bench.handoff_ab: {args.chains} chains per round and side, {args.rounds} rounds, "
                           f"one every {args.chain_interval:g} ms; load average {bj.load_average()}", *table(header, rows)])
 
-    try:
-        return session("bench.handoff_ab", body)
-    finally:
-        subprocess.run(["rm", "-rf", str(base_root)] + ([str(new_root)] if args.new else []), check=False)
-
+    return session_removing("bench.handoff_ab", body, base_root, *([new_root] if args.new else []))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -278,7 +278,7 @@ class LiveEnv:
         # behind (its `manage.py start` removes it on a normal end): removed once empty.
         from jobs.engine import cpu_policy
 
-        cpu_policy.remove_idle_cgroup()
+        cpu_policy.remove_idle_cgroup(patience=1.0)  # another test's idle worker may hold it: do not wait long
 
     def flush_redis(self) -> None:
         redis_client().flushall()
@@ -527,22 +527,30 @@ def traced_in_memory() -> Iterator[tuple[object, object]]:
         tracing.disable()
 
 
-def published_job_ids(queue: str) -> list[int]:
-    """The job ids of the Celery messages waiting in `queue` (over its priority lists), as workers
-    would read them (a message's arguments: one id or several), after this process's coalesced
-    publishes that still wait for their window went out (jobs.engine.coalesce)."""
+def waiting_messages(queue: str) -> list[tuple[int, ...]]:
+    """The job ids of each Celery message waiting in `queue`'s Redis lists (over its priority
+    lists; kombu's JSON envelope, the body base64-encoded JSON `[args, kwargs, embed]`)."""
     import base64
     import json
 
+    client = redis_client()
+    found = []
+    for priority in range(10):
+        for raw in client.lrange(queue if priority == 0 else f"{queue}:{priority}", 0, -1):
+            envelope = json.loads(raw)
+            assert envelope["headers"]["task"] == "conveyor.run"
+            body = envelope["body"]
+            if envelope["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args, _kwargs, _embed = json.loads(body)
+            found.append(tuple(args))
+    return found
+
+
+def published_job_ids(queue: str) -> list[int]:
+    """The job ids of the messages waiting in `queue`, as workers would read them, after this
+    process's coalesced publishes that still wait for their window went out (jobs.engine.coalesce)."""
     from jobs.engine import publish
 
     publish._coalescer.flush()
-    client = redis_client()
-    ids = []
-    for step in range(10):
-        for raw in client.lrange(queue if step == 0 else f"{queue}:{step}", 0, -1):
-            message = json.loads(raw)
-            assert message["headers"]["task"] == "conveyor.run"
-            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            ids.extend(args)
-    return sorted(ids)
+    return sorted(i for message in waiting_messages(queue) for i in message)

@@ -8,7 +8,6 @@ PostgreSQL and Redis; tests.support.FAST (leases of 3 s).
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -20,27 +19,11 @@ from examples.models import Effect
 from jobs import Step, enqueue_many
 from jobs.engine import publish
 from jobs.models import Job, Status
-from tests.support import all_messages_consumed, redis_client, wait_for, wait_job
+from tests.support import all_messages_consumed, redis_client, wait_for, wait_job, waiting_messages
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 GRACE = ("--grace", "5")
-
-
-def waiting_messages(queue: str) -> list[tuple[int, ...]]:
-    """The job ids of each message waiting in `queue`'s Redis lists (kombu's JSON envelope, the
-    body base64-encoded JSON `[args, kwargs, embed]`)."""
-    client = redis_client()
-    found = []
-    for priority in range(10):
-        for raw in client.lrange(queue if priority == 0 else f"{queue}:{priority}", 0, -1):
-            envelope = json.loads(raw)
-            body = envelope["body"]
-            if envelope["properties"].get("body_encoding") == "base64":
-                body = base64.b64decode(body)
-            args, _kwargs, _embed = json.loads(body)
-            found.append(tuple(args))
-    return found
 
 
 def statuses(ids: list[int]) -> Counter:

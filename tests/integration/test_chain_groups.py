@@ -7,7 +7,6 @@ test_chain_groups_live.py runs real workers).
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import secrets
@@ -24,7 +23,7 @@ from jobs.engine import control, recovery, registry, runner, store
 from jobs.engine.creation import MAX_MEMBERS
 from jobs.models import Chain, ChainStatus, Job, Status, StepResult
 from tests.integration.conftest import RUNNER_IN_PROCESS
-from tests.support import api_client, redis_client, wait_for
+from tests.support import api_client, published_job_ids, wait_for
 
 pytestmark = RUNNER_IN_PROCESS
 
@@ -107,17 +106,7 @@ def test_a_chain_that_starts_with_a_group_inserts_and_publishes_every_member():
         (2, "examples.member", "default", Status.PENDING),
     ]
     assert all(j.published_at is not None for j in jobs)
-    assert (queued("default"), queued("images")) == ([jobs[0].pk, jobs[2].pk], [jobs[1].pk])
-
-
-def queued(queue: str) -> list[int]:
-    """The job ids of the messages waiting in `queue`, over its priority lists."""
-    ids = []
-    for step in range(10):
-        for raw in redis_client().lrange(queue if step == 0 else f"{queue}:{step}", 0, -1):
-            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-            ids.extend(body[0])
-    return sorted(ids)
+    assert (published_job_ids("default"), published_job_ids("images")) == ([jobs[0].pk, jobs[2].pk], [jobs[1].pk])
 
 
 # --- POST /api/chains -----------------------------------------------------------------------------
