@@ -8,7 +8,7 @@ from jobs import Group, Step, start_chain
 from jobs.engine import handoff, runner
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
-from tests.integration.test_chain_groups import queued
+from tests.support import published_job_ids as queued
 
 pytestmark = RUNNER_IN_PROCESS
 WORKER = "handoff@test/1/x"
