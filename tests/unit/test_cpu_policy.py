@@ -93,8 +93,12 @@ def test_the_heartbeat_and_deadlines_threads_can_be_started_before_any_job():
 
 def test_only_an_idle_worker_leading_its_own_session_lowers_its_autogroup():
     def nice() -> str:
-        with open("/proc/self/autogroup") as group:
-            return group.read().split()[-1]
+        # "/autogroup-N nice K"; empty (or absent) where the kernel runs without autogroup (CI's)
+        try:
+            with open("/proc/self/autogroup") as group:
+                return group.read().strip()
+        except OSError:
+            return ""
 
     before = nice()
     # normal: never; idle in a process that does not lead its session (pytest's): never
