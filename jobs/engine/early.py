@@ -28,6 +28,16 @@ Only the non-atomic success of a run publishes early (runner._succeed): what its
 inserts (the chain's next step, a continuation, a job its on_finish hook enqueues) goes out once
 its COMMIT is sent, before its result is read; a COMMIT that failed raises there, as it would
 have at the end of the transaction block. Everything else publishes after commit, as before.
+
+One round trip before the publish (jobs.engine.continuing): the success of a chain's one-job step
+whose outcome has nothing else to do (no continuation, hook, slot, group or trace) records the
+success, locks the chain and inserts the next step (with its early lock) in ONE statement
+(store.SUCCEED_CONTINUING_SQL, sent with the transaction's BEGIN), instead of the success's
+statement, then the chain's Python path and the insert's own round trip. It inserts only what
+that path would have (a plan's next step of one job, on a queue this worker does not take
+itself); otherwise it has recorded the success alone and the general path goes on in the same
+transaction, with no round trip more than before. A fenced-out success (the lease lost) writes
+nothing and inserts nothing.
 """
 from __future__ import annotations
 

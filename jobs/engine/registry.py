@@ -189,6 +189,14 @@ class JobType:
 _types: dict[str, JobType] = {}
 _aliases: dict[str, str] = {}
 _limited: list[str] | None = None
+#: Bumped by every add and remove: a cache of something derived from the types keys on it.
+_version = 0
+
+
+def version() -> int:
+    """A number that changes whenever a type is added or removed (jobs.engine.early caches the
+    types' table of its statement on it)."""
+    return _version
 
 
 def job_type(
@@ -275,11 +283,12 @@ def add(jt: JobType) -> None:
             f"job type {jt.name!r}: timeout {jt.timeout}s must stay 60s under "
             f"CONVEYOR_VISIBILITY_TIMEOUT ({visibility}s)"
         )
-    global _limited
+    global _limited, _version
     _types[jt.name] = jt
     for alias in jt.aliases:
         _aliases[alias] = jt.name
     _limited = None
+    _version += 1
 
 
 def _checked_limits(jt: JobType) -> JobType:
@@ -298,11 +307,12 @@ def _checked_limits(jt: JobType) -> JobType:
 
 def remove(name: str) -> None:
     """Forget a job type and its aliases (tests that declare a type of their own clean up)."""
-    global _limited
+    global _limited, _version
     jt = _types.pop(name, None)
     for alias in jt.aliases if jt else ():
         _aliases.pop(alias, None)
     _limited = None
+    _version += 1
 
 
 class ImproperlyDeclared(Exception):

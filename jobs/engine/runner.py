@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import cpu_policy, decisions, early, handoff, limits, registry, store, telemetry, tracing
+from jobs.engine import continuing, cpu_policy, decisions, early, handoff, limits, registry, store, telemetry, tracing
 from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
@@ -321,6 +321,14 @@ def _succeed_in(ctx: Context, output_json: str, jt: registry.JobType) -> str:
     """The success in the caller's transaction: the row, then what follows its end; "lost" when
     the row is no longer this attempt's (nothing written)."""
     ctx.handed = None  # a claim of an earlier try of this outcome was rolled back with it
+    if continuing.applies(ctx, ctx.finish_hook_needed and jt.on_finish is not None, jt.holds_slots):
+        # One statement: the success and the chain's next step (jobs.engine.continuing); when it
+        # left the step to the general path, that goes on from the row in the same transaction.
+        continued = continuing.succeed(ctx, output_json)
+        if continued is None:
+            return _lost(ctx)
+        done, inserted = continued
+        return done.status if inserted else _succeeded(ctx, done, jt)
     done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
     if done is None:
         return _lost(ctx)

@@ -919,6 +919,76 @@ def succeed(
     return done._replace(input=_json(done.input), chain_steps=_json(done.chain_steps))
 
 
+# A chain step's success and the insert of its next step, in ONE statement (jobs.engine.early:
+# the outcome's one round trip before the next step's publish). SUCCEED_IN_CHAIN_SQL, then, when
+# the row succeeded (fenced by its attempt, no cancel asked) and the chain, locked, still runs and
+# plans one job of a known type next, that job is inserted, holding its early lock
+# (decisions.early_lock_key) to the transaction's end, as INSERT_EARLY_SQL does. The next job's
+# queue, priority and attempts are its type's (`@TYPES@`: the registry's table, (key, name,
+# queue, priority, max_attempts) for each name and alias, written into the statement once per
+# change of the registry), its input the plan's (validated when the chain was planned). A step
+# whose type's queue is one of `local` (the worker may claim it in the outcome's transaction,
+# jobs.engine.handoff), a group, the end of the plan, an unknown type (one an adapter declares
+# lazily), a cancelled row or a chain no longer running: nothing inserted, and the row comes back
+# as SUCCEED_IN_CHAIN_SQL's (with the plan when asked), for the general path to go on with in
+# the same transaction. A fenced-out row (lost lease): no row back, nothing written.
+SUCCEED_CONTINUING_SQL = f"""
+WITH done AS ({SUCCEED_UPDATE.strip()}),
+     chain AS (SELECT steps, status, steps -> (%s::int + 1) AS step FROM jobs_chain WHERE id = %s FOR UPDATE),
+     types (key, name, queue, priority, max_attempts) AS (VALUES @TYPES@),
+     following AS (
+       SELECT types.name, types.queue, types.priority, types.max_attempts, chain.step -> 'input' AS input
+         FROM done, chain, types
+        WHERE done.status = 'succeeded' AND chain.status = 'running' AND jsonb_typeof(chain.step) = 'object'
+          AND NOT chain.step ? 'group' AND types.key = chain.step ->> 'type' AND types.queue <> ALL(%s::text[])),
+     inserted AS (
+       INSERT INTO jobs_job (type, queue, input, priority, max_attempts, chain_id, chain_index, parent_id,
+                             run_after, published_at, status, attempt, worker, progress, progress_message,
+                             cancel_requested, error, created_at, updated_at)
+       SELECT f.name, f.queue, COALESCE(f.input, '{{}}'::jsonb), f.priority, f.max_attempts, done.chain_id,
+              %s::int + 1, done.id, now(), now(), 'pending', 0, '', 0, '', false, '', now(), now()
+         FROM following f, done
+       RETURNING id, queue, priority, type, chain_id, chain_index)
+SELECT done.id, done.type, done.status, done.chain_id, done.input,
+       CASE WHEN inserted.id IS NULL AND %s THEN chain.steps END, chain.status,
+       inserted.id, inserted.queue, inserted.priority, inserted.type, inserted.chain_id, inserted.chain_index,
+       CASE WHEN inserted.id IS NOT NULL THEN
+            pg_advisory_xact_lock({decisions.EARLY_LOCK_SPACE}, ((inserted.id %% 2147483647) - 1073741823)::int4) END,
+       {NOTIFY_JOB}
+  FROM done CROSS JOIN chain LEFT JOIN inserted ON true
+"""
+
+
+def succeed_continuing_sql(types: Sequence[tuple[str, str, str, int, int]]) -> str:
+    """SUCCEED_CONTINUING_SQL with the types' table written in: (key, name, queue, priority,
+    max_attempts) for each name and alias (at least one)."""
+    def literal(value: str) -> str:  # a string constant; % doubled for the placeholders' syntax
+        return "'" + value.replace("'", "''").replace("%", "%%") + "'"
+
+    rows = ", ".join(f"({literal(key)}, {literal(name)}, {literal(queue)}, {int(priority)}, {int(attempts)})"
+                     for key, name, queue, priority, attempts in types)
+    return SUCCEED_CONTINUING_SQL.replace("@TYPES@", rows)
+
+
+def succeed_continuing(
+    sql: str, job_id: int, attempt: int, output_json: str, chain_id: int, index: int, local: Sequence[str], plan: bool = True
+) -> tuple[Succeeded, Message | None] | None:
+    """Record the success of step `index` (one job) of chain `chain_id` and insert its next step
+    in the same statement (`sql`: succeed_continuing_sql's), in the caller's transaction on
+    `default`: (the row as `succeed` returns it, the next step's message, its early lock held to
+    the end of the transaction); the message None when nothing was inserted (the caller goes on
+    as after `succeed`). None: the attempt lost its lease, nothing written."""
+    with prepared() as cursor:
+        cursor.execute(sql, [output_json, job_id, attempt, index, chain_id, list(local), index, plan])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    done = Succeeded._make(row[:7])
+    done = done._replace(input=_json(done.input), chain_steps=_json(done.chain_steps))
+    message = None if row[7] is None else Message._make(row[7:13])
+    return done, message
+
+
 # `p.permanent`: the failure cannot change with a retry (jobs.Permanent): this attempt is the last.
 _FAILED_LAST = f"({LAST} OR p.permanent)"
 FAIL_SQL = _notifying(f"""

@@ -1,0 +1,73 @@
+"""A chain step's success and its next step in one statement: the outcome's one round trip.
+
+In a run's success (runner._succeed_in), the general path is the success's statement (which locks
+the chain), then `ending.ended` -> chains.advance -> creation.submit: the next step's row built in
+Python and inserted in a round trip of its own, before the COMMIT is sent and the message
+published (jobs.engine.early). Here, for the success of a chain's one-job step whose outcome does
+nothing but continue its chain (no continuation, no on_finish hook, no limit slot, no group
+member, no trace to write), the success, the chain's lock and the next step's insert, with its
+early lock, are ONE statement (store.SUCCEED_CONTINUING_SQL), sent with the transaction's BEGIN:
+one round trip before the publish instead of two, and none of the chain's Python path.
+
+It inserts only what the general path would have published: the plan's next step when it is one
+job of a declared type on a queue this worker does not take itself (jobs.engine.handoff claims
+such a step in the outcome's transaction: left to the general path). Otherwise (a group, the end
+of the plan, a cancelled row, a chain no longer running, a type an adapter declares lazily) it
+records the success alone and returns the row with the plan, and the general path goes on in the
+same transaction from there: no round trip more than before. A fenced-out success (its lease
+lost) writes and inserts nothing, as store.succeed.
+
+The next row's queue, priority and attempts are its type's (the registry's table, written into
+the statement once per change of the registry), its input the plan's, validated when the chain
+was planned (the general path validates it again: the same input, as the handler's parse runs
+on it anyway).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from jobs.engine import early, handoff, registry, store, tracing
+from jobs.engine.context import Context
+
+
+def applies(ctx: Context, hook: bool, holds_slots: bool) -> bool:
+    """Whether this success may take `succeed`: a chain's one-job step, inside
+    early.collecting, whose outcome does nothing but continue its chain."""
+    return (ctx.chain_id is not None and ctx.member is None and not ctx.continuations and not hook
+            and not holds_slots and not tracing.on and early.pending() is not None and _statement() is not None)
+
+
+def succeed(ctx: Context, output_json: str) -> tuple[store.Succeeded, bool] | None:
+    """Where `applies`: the success and, where it is one job the general path would publish, the
+    chain's next step, in one statement, its message collected for early.send. (The row as
+    store.succeed returns it, whether the next step was inserted: then nothing is left to do);
+    None: the lease was lost, nothing written."""
+    assert ctx.chain_id is not None
+    continued = store.succeed_continuing(_statement() or "", ctx.job_id, ctx.attempt, output_json, ctx.chain_id,
+                                         ctx.chain_index or 0, sorted(handoff.local_queues(ctx.offer)))
+    if continued is None:
+        return None
+    done, message = continued
+    if message is not None:
+        collected = early.pending()
+        assert collected is not None  # applies() checked it
+        collected.append(message)
+    return done, message is not None
+
+
+_statements: tuple[int, str | None] = (-1, None)
+
+
+def _statement() -> str | None:
+    """The statement with the registry's types written in, made once per change of the registry
+    (None: no type declared)."""
+    global _statements
+    version, sql = _statements
+    if version != registry.version():
+        version = registry.version()
+        types: Sequence[tuple[str, str, str, int, int]] = [
+            (key, jt.name, jt.queue, jt.priority, jt.retries + 1) for jt in registry.all_types() for key in (jt.name, *jt.aliases)
+        ]
+        sql = store.succeed_continuing_sql(types) if types else None
+        _statements = (version, sql)
+    return sql
