@@ -400,7 +400,16 @@ CLAIM_AFTER_COMMIT_SQL = CLAIM_SQL.replace("now()", "statement_timestamp()")
 def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: Sequence[str], timeout_ms: int) -> Claimed | None:
     """`claim`, once the transaction that inserted `job_id` early has ended; None as `claim`, or
     when that transaction still runs after `timeout_ms` (the message is then dropped: the row, once
-    committed, is published again by the relay when stale, as a message lost after commit)."""
+    committed, is published again by the relay when stale, as a message lost after commit).
+
+    The wait only when needed: the row is inserted (its early lock taken) before its message is
+    published, so a plain claim that finds it has found it committed (the common case: the
+    outcome's COMMIT is done before the message has crossed Redis and the next worker), in one
+    statement and no pipeline. Only a claim that finds nothing waits for the lock and claims again
+    (a duplicate message, or one that arrived before the commit: one round trip more)."""
+    claimed = claim(job_id, worker, lease_seconds, limited)
+    if claimed is not None:
+        return claimed
     try:
         with prepared(CLAIMS) as cursor:
             wait, claim_params = [str(timeout_ms), decisions.early_lock_key(job_id)[1]], [worker, lease_seconds, job_id, list(limited)]

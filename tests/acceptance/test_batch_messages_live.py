@@ -255,24 +255,34 @@ def test_a_process_killed_between_its_commits_and_the_coalesced_publish_loses_no
     assert Counter(Effect.objects.filter(job_id__in=ids).values_list("job_id", flat=True)) == Counter({i: 1 for i in ids})
 
 
-def test_a_chain_across_two_workers_publishes_each_next_step_before_its_commit_and_runs_each_step_once(live):
-    """issue 28, early publish (jobs.engine.early): with one worker per queue, each next step's
-    message goes out before its outcome's COMMIT; the other worker's claim waits for that commit
-    and runs the step, once; nothing is left unacked."""
+def test_chains_across_two_workers_publish_each_next_step_before_its_commit_and_run_each_step_once_across_a_sigkill(live):
+    """issue 28, early publish (jobs.engine.early): with one worker per queue, each next step is
+    inserted by its success's own statement (jobs.engine.continuing) and its message goes out
+    before the outcome's COMMIT; the other worker's claim waits for that commit and runs the
+    step, once. A pool process killed in the middle of a step loses no chain and runs no step
+    twice (the killed step runs again, once); nothing is left unacked."""
     from jobs import start_chain
     from tests.support import start_workers
 
-    # given one worker for `default` and one for `notifications` (no local handoff between them)
-    start_workers(live, ("early-default", (*GRACE, "--queues", "default", "--concurrency", "1")),
+    # given one worker for `default` (two pool processes) and one for `notifications` (no local
+    # handoff between them)
+    start_workers(live, ("early-default", (*GRACE, "--queues", "default", "--concurrency", "2")),
                   ("early-notifications", (*GRACE, "--queues", "notifications", "--concurrency", "1")))
 
-    # when chains of three steps cross from one to the other and back
-    chains = [start_chain([Step("examples.count", {}), Step("examples.ping", {}), Step("examples.count", {})]) for _ in range(5)]
-    wait_for(lambda: Job.objects.filter(chain__in=chains, status=Status.SUCCEEDED).count() == 15, 30, what="the chains' steps")
+    # when chains of three steps cross from one to the other and back, and the pool process
+    # running one chain's first step (asleep before its effect) is killed
+    chains = [start_chain([Step("examples.count", {"sleep": 0.5 if n == 0 else 0}), Step("examples.ping", {}),
+                           Step("examples.count", {})]) for n in range(5)]
+    wait_for(lambda: Job.objects.filter(chain=chains[0], chain_index=0, status=Status.RUNNING).exists(), 30, what="step 1 to run")
+    killed = Job.objects.get(chain=chains[0], chain_index=0)
+    os.kill(int(killed.worker.split("/")[1]), signal.SIGKILL)
 
-    # then every step ran once, on its first attempt, each on the worker of its queue
+    # then every chain ran its three steps, one row each, each on the worker of its queue; each
+    # step's effect once; only the killed step took a second attempt
+    wait_for(lambda: Job.objects.filter(chain__in=chains, status=Status.SUCCEEDED).count() == 15, 40, what="the chains' steps")
     rows = Job.objects.filter(chain__in=chains)
-    assert rows.count() == 15 and set(rows.values_list("attempt", flat=True)) == {1}
+    assert Counter((row.chain_id, row.chain_index) for row in rows) == Counter({(c.pk, i): 1 for c in chains for i in range(3)})
+    assert {(row.pk, row.attempt) for row in rows if row.attempt != 1} == {(killed.pk, 2)}
     assert {row.worker.split("@")[0] for row in rows.filter(chain_index=1)} == {"early-notifications"}
     assert {row.worker.split("@")[0] for row in rows.exclude(chain_index=1)} == {"early-default"}
     counted = [row.pk for row in rows.exclude(chain_index=1)]
