@@ -62,8 +62,10 @@ def succeed(first: Job, attempt: int = 1, local: list[str] | None = None) -> Any
                                     first.chain_index, local or [])
 
 
-def test_a_success_inserts_the_next_step_as_its_type_plans_it_holding_its_early_lock_until_commit():
-    # given a chain's first step claimed
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "behind a pooler"])
+def test_a_success_inserts_the_next_step_as_its_type_plans_it_holding_its_early_lock_until_commit(prepared, settings):
+    # given a chain's first step claimed (its statements prepared, or not: DATABASE_PREPARED)
+    settings.DATABASE_PREPARED = prepared
     chain, first = claimed_first([Step("examples.echo", {"i": 1}), Step("examples.ping", {})])
 
     # when its success and next step are recorded in one statement
