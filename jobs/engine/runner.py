@@ -328,7 +328,12 @@ def _succeed_in(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         if continued is None:
             return _lost(ctx)
         done, inserted = continued
-        return done.status if inserted else _succeeded(ctx, done, jt)
+        if not inserted:
+            return _succeeded(ctx, done, jt)
+        # The chain's step is done (its next step inserted by the statement): what else follows
+        # an end still passes through `ended`, with no `success` to continue the chain again.
+        ended([store.Ended(done.id, done.type, done.status, done.chain_id, ctx.chain_index, ctx.member)], How.RAN, hook=False)
+        return done.status
     done = store.succeed(ctx.job_id, ctx.attempt, output_json, ctx.chain_id, plan=ctx.member is None)
     if done is None:
         return _lost(ctx)
