@@ -402,14 +402,9 @@ def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: 
     when that transaction still runs after `timeout_ms` (the message is then dropped: the row, once
     committed, is published again by the relay when stale, as a message lost after commit).
 
-    The wait only when needed: the row is inserted (its early lock taken) before its message is
-    published, so a plain claim that finds it has found it committed (the common case: the
-    outcome's COMMIT is done before the message has crossed Redis and the next worker), in one
-    statement and no pipeline. Only a claim that finds nothing waits for the lock and claims again
-    (a duplicate message, or one that arrived before the commit: one round trip more)."""
-    claimed = claim(job_id, worker, lease_seconds, limited)
-    if claimed is not None:
-        return claimed
+    (Tried and not kept, issue 28: a plain claim first, the wait only when it finds nothing. It
+    saves about 0.05 ms of the claimer's CPU when the commit is done, costs a round trip when the
+    message outran the commit, and moved the handoff's p50 by under 2% in an interleaved A/B.)"""
     try:
         with prepared(CLAIMS) as cursor:
             wait, claim_params = [str(timeout_ms), decisions.early_lock_key(job_id)[1]], [worker, lease_seconds, job_id, list(limited)]
