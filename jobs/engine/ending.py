@@ -5,11 +5,14 @@ transaction ("store.X, then ended(...)"):
 
 | how (`How`)    | caller                          | the row (store)          | statuses it may leave      |
 |----------------|---------------------------------|--------------------------|----------------------------|
-| RAN, success   | runner._succeed (or _atomic)    | store.succeed, or store.succeed_continuing (jobs.engine.continuing: the chain's next step inserted by the same statement, then `ended` without `success`) | succeeded, cancelled |
+| RAN, success   | runner._succeed (or _atomic)    | store.succeed (*)        | succeeded, cancelled       |
 | RAN, failure   | runner._fail (TimeLimit too)    | store.fail               | failed (a retry left), dead (incl. Permanent), cancelled |
 | REAPED         | recovery.reap                   | store.reap               | pending, dead, cancelled   |
 | HANDED_BACK    | recovery.hand_back              | store.hand_back          | pending, dead (a crash on its last attempt), cancelled |
 | CANCELLED      | control.cancel (an operator's)  | store.cancel             | cancelled (a waiting job)  |
+
+(*) or store.succeed_continuing (jobs.engine.continuing), which inserts the chain's next step in
+the same statement: then `ended` is called without `success` (the chain's step is done).
 
 The order, for each end:
 
