@@ -26,15 +26,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from jobs.engine import early, handoff, registry, store, tracing
+from jobs.engine import decisions, early, handoff, registry, store, tracing
 from jobs.engine.context import Context
 
 
 def applies(ctx: Context, hook: bool, holds_slots: bool) -> bool:
-    """Whether this success may take `succeed`: a chain's one-job step, inside
-    early.collecting, whose outcome does nothing but continue its chain."""
-    return (ctx.chain_id is not None and ctx.member is None and not ctx.continuations and not hook
-            and not holds_slots and not tracing.on and early.pending() is not None and _statement() is not None)
+    """Whether this success may take `succeed` (decisions.continues_in_one_statement), with a
+    statement to take (a type declared)."""
+    return decisions.continues_in_one_statement(
+        in_chain=ctx.chain_id is not None, member=ctx.member is not None, continuations=bool(ctx.continuations),
+        hook=hook, holds_slots=holds_slots, traced=tracing.on, publishing_early=early.pending() is not None,
+    ) and _statement() is not None
 
 
 def succeed(ctx: Context, output_json: str) -> tuple[store.Succeeded, bool] | None:

@@ -147,6 +147,18 @@ def hands_off_here(*, queue: str, consumed: frozenset[str] | set[str], one_job: 
             and steps_so_far < max_steps and not monitored)
 
 
+def continues_in_one_statement(*, in_chain: bool, member: bool, continuations: bool, hook: bool, holds_slots: bool,
+                               traced: bool, publishing_early: bool) -> bool:
+    """Whether a run's success may be recorded with its chain's next step in one statement
+    (jobs.engine.continuing): a chain's step of one job (not a group's member), whose outcome does
+    nothing but continue its chain: no continuation to splice into the plan, no on_finish hook to
+    run, no limit slot to release, no trace to write (spans and the rows' trace context are the
+    general path's), inside a success that publishes early (the message goes while its COMMIT is
+    in flight). Whether the plan's next step is one the statement inserts is the statement's."""
+    return (in_chain and not member and not continuations and not hook and not holds_slots and not traced
+            and publishing_early)
+
+
 #: The first key of the two-key advisory locks (a space of their own: waiters and limits use the
 #: one-key form) that an outcome's transaction holds on each job it inserts and publishes before
 #: its commit (jobs.engine.early): a message that arrives first waits on it, not on a timer.

@@ -325,6 +325,29 @@ def test_a_next_step_goes_by_its_message_when(change):
     assert not decisions.hands_off_here(**{**HANDOFF, **change})
 
 
+# --- A chain step's success and its next step in one statement (jobs.engine.continuing) ----------
+
+CONTINUING = dict(in_chain=True, member=False, continuations=False, hook=False, holds_slots=False, traced=False,
+                  publishing_early=True)
+
+
+def test_a_chain_steps_success_with_nothing_else_to_do_continues_in_one_statement():
+    assert decisions.continues_in_one_statement(**CONTINUING)
+
+
+@pytest.mark.parametrize("change", [
+    {"in_chain": False},  # a lone job: nothing follows it
+    {"member": True},  # a group's member: its fan-in is the general path's
+    {"continuations": True},  # ctx.continue_with: the plan changes
+    {"hook": True},  # its type's on_finish runs in the transaction
+    {"holds_slots": True},  # its limit slot is released at its end
+    {"traced": True},  # the handoff's span, the row's trace context
+    {"publishing_early": False},  # an atomic run's success: published after commit
+])
+def test_a_success_takes_the_general_path_when(change):
+    assert not decisions.continues_in_one_statement(**{**CONTINUING, **change})
+
+
 # --- Recovery's scans: the reaper and the relay's stale scan, a tenth of the lease ---------------
 
 
