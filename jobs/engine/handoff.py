@@ -87,7 +87,7 @@ def offered(offer: Offer | None) -> Iterator[Offer | None]:
 def local_queues(offer: Offer | None) -> frozenset[str]:
     """The queues whose next step `offer` may take here (`take`, for a one-job step of a type
     without limits): none without an offer, past MAX_STEPS, without the runner's own time limits
-    or while the worker sends task events (jobs.engine.early: a next step on one of them is left
+    or while the worker sends task events (jobs.engine.continuing: a next step on one of them is left
     to the general path, which claims it)."""
     if offer is None or not offer.runner_keeps_limits or offer.steps_so_far >= MAX_STEPS or _events_on():
         return frozenset()

@@ -194,7 +194,7 @@ _version = 0
 
 
 def version() -> int:
-    """A number that changes whenever a type is added or removed (jobs.engine.early caches the
+    """A number that changes whenever a type is added or removed (jobs.engine.continuing caches the
     types' table of its statement on it)."""
     return _version
 
