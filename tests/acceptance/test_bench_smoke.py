@@ -192,6 +192,7 @@ def test_bench_jobs_runs_every_phase_at_tiny_sizes_and_prints_its_tables():
         "bare Celery, Conveyor's configuration",
         "Conveyor, enqueue one by one",
         "django.tasks on Conveyor, task.enqueue() one by one",
+        "Celery's .delay() on Conveyor, one by one",
         "Conveyor, enqueue_many",
         "Procrastinate, defer one by one",
         "Procrastinate, batch_defer",
