@@ -10,6 +10,7 @@ import builtins
 import dataclasses
 import datetime as dt
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from conveyor_tasks import compat
@@ -98,8 +99,23 @@ def from_row(job: Job, task: compat.Task) -> compat.TaskResult:
         "errors": errs,
         "worker_ids": worker_ids(job),
     }
-    names = {f.name for f in dataclasses.fields(compat.TaskResult) if f.init}
-    result = compat.TaskResult(**{k: v for k, v in fields.items() if k in names})
+    result = compat.TaskResult(**{k: v for k, v in fields.items() if k in _INIT_FIELDS})
     if job.status == Status.SUCCEEDED:
         object.__setattr__(result, "_return_value", job.output)
     return result
+
+
+#: The TaskResult fields its constructor takes (the backport's and Django 6's differ a little).
+_INIT_FIELDS = frozenset(f.name for f in dataclasses.fields(compat.TaskResult) if f.init)
+
+
+def from_claim(claimed: Any, task: compat.Task) -> compat.TaskResult:
+    """The TaskResult of a row its claim just took (RUNNING), from what the claim returned
+    (jobs.engine.store.Claimed): the same as `from_row` of the row read again after the claim, with
+    no statement. A worker's run builds its TaskResult so (conveyor_tasks.worker)."""
+    row = SimpleNamespace(
+        pk=claimed.id, input=claimed.input, queue=claimed.queue, status=Status.RUNNING, created_at=claimed.created_at,
+        started_at=claimed.started_at, finished_at=None, errors=list(claimed.errors), attempt=claimed.attempt,
+        worker=claimed.worker, output=None,
+    )
+    return from_row(row, task)  # type: ignore[arg-type]
