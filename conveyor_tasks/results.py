@@ -79,10 +79,13 @@ def from_row(job: Job, task: compat.Task) -> compat.TaskResult:
         changes["priority"] = data["priority"]
     if run_after := _parse(data.get("run_after")):
         changes["run_after"] = run_after
-    try:
-        task = task.using(**changes)
-    except compat.InvalidTask:  # settings changed since (a queue no longer listed): as declared
-        pass
+    # `using` copies and validates the task again (the backend's checks): only when the row says
+    # otherwise than the task as declared (a `task.using(...)` at enqueue), not for every result.
+    if any(getattr(task, name) != value for name, value in changes.items()):
+        try:
+            task = task.using(**changes)
+        except compat.InvalidTask:  # settings changed since (a queue no longer listed): as declared
+            pass
     errs = errors(job)
     started = _parse(job.errors[0].get("started_at")) if job.errors else None
     fields = {
