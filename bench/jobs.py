@@ -665,6 +665,9 @@ def targets(args: argparse.Namespace, results: dict[str, Any]) -> list[Target]:
             out.append(Target(what, "not run", None))
 
     ratio("durable jobs one by one >= 1.0x bare Celery defaults", "single", "defaults", 1.0)
+    # The same target on the two adapters' one-by-one paths (what `@task.enqueue()` and `.delay()` users take).
+    ratio("django.tasks task.enqueue() one by one >= 1.0x bare Celery defaults", "tasks", "defaults", 1.0)
+    ratio("Celery's .delay() on Conveyor one by one >= 1.0x bare Celery defaults", "delay", "defaults", 1.0)
     ratio(f"durable jobs enqueue_many x{args.batch} >= 2x bare Celery defaults", "bulk", "defaults", 2.0)
     if "events" in results:
         ev = results["events"]
