@@ -753,7 +753,8 @@ def report(args: argparse.Namespace, results: dict[str, Any], elapsed: float, co
         "Conveyor: examples.echo rows; bare Celery: a no-op task + INCR (defaults: only the broker URL; Conveyor's "
         "configuration: prefetch 1, late acks, its transport options); Procrastinate: a no-op task on the same PostgreSQL",
         f"runs (jobs/s): defaults {runs('defaults')}; Conveyor's configuration {runs('bare')}; one by one {runs('single')}; "
-        f"django.tasks {runs('tasks')}; .delay() {runs('delay')}; enqueue_many {runs('bulk')}; Procrastinate {runs('procrastinate') or '-'}, batch {runs('procrastinate_bulk') or '-'}; "
+        f"django.tasks {runs('tasks')}; .delay() {runs('delay')}; enqueue_many {runs('bulk')}; "
+        f"Procrastinate {runs('procrastinate') or '-'}, batch {runs('procrastinate_bulk') or '-'}; "
         f"duplicate messages seen by Conveyor (nothing to claim): {skipped}",
         f"handoff: {args.chains:,} chains per round (examples.echo -> examples.ping, one started every {args.chain_interval:g} ms); "
         f"bare Celery: a task on queue A publishes one on queue B (Celery's defaults); samples bare {len(lat_b)}, Conveyor {len(lat_c)}",

@@ -13,5 +13,5 @@ from conveyor_celery import shared_task  # was: from celery import shared_task
 if settings.BENCH:
 
     @shared_task
-    def add(x, y):
+    def add(x: int, y: int) -> int:
         return x + y
