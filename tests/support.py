@@ -566,6 +566,7 @@ def statements_sent(*aliases: str) -> Iterator[list[str]]:
     import tempfile
 
     from django.db import connections
+    from psycopg import pq
 
     found: list[str] = []
     with tempfile.TemporaryFile("w+b") as out:
@@ -574,7 +575,7 @@ def statements_sent(*aliases: str) -> Iterator[list[str]]:
             connections[alias].ensure_connection()
             pgconn = connections[alias].connection.pgconn
             pgconn.trace(out.fileno())
-            pgconn.set_trace_flags(psycopg_pq().Trace.SUPPRESS_TIMESTAMPS)
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
             traced.append(pgconn)
         try:
             yield found
@@ -600,9 +601,3 @@ def statements_sent(*aliases: str) -> Iterator[list[str]]:
                 last = names.get(match[1], match[1]) if match else ""
             elif kind == "Execute":
                 found.append(last)
-
-
-def psycopg_pq():
-    from psycopg import pq
-
-    return pq
