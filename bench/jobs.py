@@ -12,8 +12,9 @@ machine falls on all alike:
    defaults (only the broker URL: what a user would run instead, and the base of every ratio),
    and with Conveyor's Celery settings (prefetch 1, late acks, its transport options). Conveyor:
    N `examples.echo` jobs (a durable row each) enqueued one by one with jobs.enqueue, N django.tasks
-   tasks (examples/djtasks `add`) with the framework's `task.enqueue()` on ConveyorBackend, then N with
-   jobs.enqueue_many (batches of --batch), run by `manage.py start` in WORKER_MODE=worker; done
+   tasks (examples/djtasks `add`) with the framework's `task.enqueue()` on ConveyorBackend, N calls
+   of a Celery `@shared_task` (examples/tasks.py `add`, durable by `from conveyor_celery import
+   shared_task`) with `.delay()`, then N with jobs.enqueue_many (batches of --batch), run by `manage.py start` in WORKER_MODE=worker; done
    when COUNT(succeeded rows) = N (`--coalesce-ms 0,5`: one more one-by-one row per window, this
    process's publishes coalesced over it, 0 not at all: jobs.engine.coalesce). Procrastinate (bench/procra.py, pinned in
    bench/requirements.txt; skipped with a line when not installed): N no-op tasks deferred one
@@ -181,6 +182,7 @@ SYSTEMS = (
     ("bare", "bare Celery, Conveyor's configuration"),
     ("single", "Conveyor, enqueue one by one"),
     ("tasks", "django.tasks on Conveyor, task.enqueue() one by one"),
+    ("delay", "Celery's .delay() on Conveyor, one by one"),
     ("bulk", "Conveyor, enqueue_many"),
     ("procrastinate", "Procrastinate, defer one by one"),
     ("procrastinate_bulk", "Procrastinate, batch_defer"),
@@ -252,6 +254,14 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         for i in range(n):
             add.enqueue(i, 1)
 
+    def delay_by_delay(n: int) -> None:
+        # A `@shared_task` as Celery's docs write it, made durable by `from conveyor_celery import
+        # shared_task` (examples/tasks.py): `.delay()` writes its row through the adapter.
+        from examples.tasks import add
+
+        for i in range(n):
+            add.delay(i, 1)
+
     def in_bulk(n: int) -> None:
         for first in range(0, n, args.batch):
             enqueue_many([Step("examples.echo", {"i": i}) for i in range(first, min(n, first + args.batch))])
@@ -318,6 +328,7 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
         "single": lambda n: conveyor_run(n, one_by_one),
         **{coalesced_key(ms): (lambda n, ms=ms: conveyor_run(n, coalesced(ms))) for ms in args.coalesce_ms},
         "tasks": lambda n: conveyor_run(n, task_by_task),
+        "delay": lambda n: conveyor_run(n, delay_by_delay),
         "bulk": lambda n: conveyor_run(n, in_bulk),
     }
     if args.procrastinate:
@@ -654,6 +665,9 @@ def targets(args: argparse.Namespace, results: dict[str, Any]) -> list[Target]:
             out.append(Target(what, "not run", None))
 
     ratio("durable jobs one by one >= 1.0x bare Celery defaults", "single", "defaults", 1.0)
+    # The same target on the two adapters' one-by-one paths (what `@task.enqueue()` and `.delay()` users take).
+    ratio("django.tasks task.enqueue() one by one >= 1.0x bare Celery defaults", "tasks", "defaults", 1.0)
+    ratio("Celery's .delay() on Conveyor one by one >= 1.0x bare Celery defaults", "delay", "defaults", 1.0)
     ratio(f"durable jobs enqueue_many x{args.batch} >= 2x bare Celery defaults", "bulk", "defaults", 2.0)
     if "events" in results:
         ev = results["events"]
@@ -739,7 +753,8 @@ def report(args: argparse.Namespace, results: dict[str, Any], elapsed: float, co
         "Conveyor: examples.echo rows; bare Celery: a no-op task + INCR (defaults: only the broker URL; Conveyor's "
         "configuration: prefetch 1, late acks, its transport options); Procrastinate: a no-op task on the same PostgreSQL",
         f"runs (jobs/s): defaults {runs('defaults')}; Conveyor's configuration {runs('bare')}; one by one {runs('single')}; "
-        f"enqueue_many {runs('bulk')}; Procrastinate {runs('procrastinate') or '-'}, batch {runs('procrastinate_bulk') or '-'}; "
+        f"django.tasks {runs('tasks')}; .delay() {runs('delay')}; enqueue_many {runs('bulk')}; "
+        f"Procrastinate {runs('procrastinate') or '-'}, batch {runs('procrastinate_bulk') or '-'}; "
         f"duplicate messages seen by Conveyor (nothing to claim): {skipped}",
         f"handoff: {args.chains:,} chains per round (examples.echo -> examples.ping, one started every {args.chain_interval:g} ms); "
         f"bare Celery: a task on queue A publishes one on queue B (Celery's defaults); samples bare {len(lat_b)}, Conveyor {len(lat_c)}",

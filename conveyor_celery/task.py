@@ -265,6 +265,9 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
     from jobs import Permanent
 
     _retry.countdown = None
+    # The type's on_finish (`_on_finish`) acts on a dead end only (which runs it whatever this
+    # says): a success's outcome is then one statement in autocommit, no BEGIN ... COMMIT around it.
+    ctx.finish_hook_needed = False
     task = task_named(name)
     extra = data.get("celery") or {}
     args, kwargs = list(data.get("args") or ()), dict(data.get("kwargs") or {})
@@ -314,28 +317,36 @@ class Revoked:
     """Stops a run whose job was revoked (cancelled) while it runs, as Celery's
     `revoke(terminate=True)` does, without killing the process: the heartbeat sets `ctx.cancelled`
     (within a third of the lease), and this raises TaskRevokedError in the task's thread at its
-    next Python instruction (a call blocked in C finishes first). The row ends REVOKED."""
+    next Python instruction (a call blocked in C finishes first). The row ends REVOKED.
+
+    The check runs every POLL_SECONDS on the process's deadlines thread (jobs.engine.deadlines),
+    not on a thread of its own: a thread started per run cost more CPU than a no-op task's whole
+    run (issue 28); a run shorter than POLL_SECONDS schedules one check and cancels it."""
 
     POLL_SECONDS = 0.2
 
     def __init__(self, ctx: Any) -> None:
-        self.ctx, self.thread_id = ctx, threading.get_ident()
-        self._lock, self._done, self._fired = threading.Lock(), threading.Event(), False
-        self._thread = threading.Thread(target=self._watch, name=f"revoke-watch-{ctx.job_id}", daemon=True)
-        self._thread.start()
+        from jobs.engine.deadlines import deadlines
 
-    def _watch(self) -> None:
-        while not self._done.wait(self.POLL_SECONDS):
-            if self.ctx.cancelled and not self.ctx.lost:
-                with self._lock:
-                    if not self._done.is_set():
-                        self._fired = True
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(TaskRevokedError))
+        self.ctx, self.thread_id = ctx, threading.get_ident()
+        self._lock, self._done, self._fired = threading.Lock(), False, False
+        self._deadlines = deadlines
+        self._next = deadlines.after(self.POLL_SECONDS, self._check)
+
+    def _check(self) -> None:
+        with self._lock:
+            if self._done:
                 return
+            if self.ctx.cancelled and not self.ctx.lost:
+                self._fired = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(TaskRevokedError))
+                return
+            self._next = self._deadlines.after(self.POLL_SECONDS, self._check)
 
     def stop(self) -> None:
         with self._lock:
-            self._done.set()
+            self._done = True
+            self._deadlines.cancel(self._next)
             if self._fired:  # raised after the task returned: drop it if still pending
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
 

@@ -10,6 +10,7 @@ import builtins
 import dataclasses
 import datetime as dt
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from conveyor_tasks import compat
@@ -78,10 +79,13 @@ def from_row(job: Job, task: compat.Task) -> compat.TaskResult:
         changes["priority"] = data["priority"]
     if run_after := _parse(data.get("run_after")):
         changes["run_after"] = run_after
-    try:
-        task = task.using(**changes)
-    except compat.InvalidTask:  # settings changed since (a queue no longer listed): as declared
-        pass
+    # `using` copies and validates the task again (the backend's checks): only when the row says
+    # otherwise than the task as declared (a `task.using(...)` at enqueue), not for every result.
+    if any(getattr(task, name) != value for name, value in changes.items()):
+        try:
+            task = task.using(**changes)
+        except compat.InvalidTask:  # settings changed since (a queue no longer listed): as declared
+            pass
     errs = errors(job)
     started = _parse(job.errors[0].get("started_at")) if job.errors else None
     fields = {
@@ -98,8 +102,23 @@ def from_row(job: Job, task: compat.Task) -> compat.TaskResult:
         "errors": errs,
         "worker_ids": worker_ids(job),
     }
-    names = {f.name for f in dataclasses.fields(compat.TaskResult) if f.init}
-    result = compat.TaskResult(**{k: v for k, v in fields.items() if k in names})
+    result = compat.TaskResult(**{k: v for k, v in fields.items() if k in _INIT_FIELDS})
     if job.status == Status.SUCCEEDED:
         object.__setattr__(result, "_return_value", job.output)
     return result
+
+
+#: The TaskResult fields its constructor takes (the backport's and Django 6's differ a little).
+_INIT_FIELDS = frozenset(f.name for f in dataclasses.fields(compat.TaskResult) if f.init)
+
+
+def from_claim(claimed: Any, task: compat.Task) -> compat.TaskResult:
+    """The TaskResult of a row its claim just took (RUNNING), from what the claim returned
+    (jobs.engine.store.Claimed): the same as `from_row` of the row read again after the claim, with
+    no statement. A worker's run builds its TaskResult so (conveyor_tasks.worker)."""
+    row = SimpleNamespace(
+        pk=claimed.id, input=claimed.input, queue=claimed.queue, status=Status.RUNNING, created_at=claimed.created_at,
+        started_at=claimed.started_at, finished_at=None, errors=list(claimed.errors), attempt=claimed.attempt,
+        worker=claimed.worker, output=None,
+    )
+    return from_row(row, task)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The job type handler every task shares: in a worker, run the task its type names.
 
-The row is read once at the start (the TaskResult a task taking context receives, and the
-signals' argument: attempts, errors so far, workers); `task_started` goes before the call,
+The row as its claim returned it is the run's TaskResult (the one a task taking context receives,
+and the signals' argument: attempts, errors so far, workers): no statement reads it again
+(`results.from_claim`; a Context made by hand, without its claim, reads the row). `task_started` goes before the call,
 `task_finished` after it (SUCCESSFUL, or on an exception FAILED when it was the last attempt and
 READY when another will run), both before the outcome's commit, which the runner makes once the
 handler returns or raises. An `async def` task runs on an event loop of the worker's thread.
@@ -26,7 +27,11 @@ def handler(ctx: Context, data: dict[str, Any]) -> Any:
         raise LookupError(f"{ctx.type} is no longer a @task function")
     backend = types.backend_of(task)
     sender = type(backend) if backend is not None else compat.BaseTaskBackend
-    running = results.from_row(Job.objects.get(pk=ctx.job_id), task)
+    claimed = ctx.claimed
+    if claimed is not None and claimed.id == ctx.job_id and claimed.created_at is not None:
+        running = results.from_claim(claimed, task)
+    else:
+        running = results.from_row(Job.objects.get(pk=ctx.job_id), task)
     compat.task_started.send(sender=sender, task_result=running)
     args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
     try:

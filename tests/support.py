@@ -554,3 +554,50 @@ def published_job_ids(queue: str) -> list[int]:
 
     publish._coalescer.flush()
     return sorted(i for message in waiting_messages(queue) for i in message)
+
+
+@contextmanager
+def statements_sent(*aliases: str) -> Iterator[list[str]]:
+    """What this process sends PostgreSQL on `aliases`' connections meanwhile, as libpq traces the
+    wire (PQtrace): one entry per statement executed (a Query, or an Execute of a prepared or
+    unnamed statement, named by its text when it was parsed meanwhile), BEGIN and COMMIT included.
+    The list is filled when the block ends."""
+    import re as _re
+    import tempfile
+
+    from django.db import connections
+    from psycopg import pq
+
+    found: list[str] = []
+    with tempfile.TemporaryFile("w+b") as out:
+        traced = []
+        for alias in aliases:
+            connections[alias].ensure_connection()
+            pgconn = connections[alias].connection.pgconn
+            pgconn.trace(out.fileno())
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            traced.append(pgconn)
+        try:
+            yield found
+        finally:
+            for pgconn in traced:
+                pgconn.untrace()
+        out.seek(0)
+        names: dict[str, str] = {}
+        last = ""
+        for line in out.read().decode(errors="replace").splitlines():
+            parts = line.split("\t")
+            if len(parts) < 4 or parts[0] != "F":
+                continue
+            kind, rest = parts[2], parts[3]
+            if kind == "Query":
+                found.append(rest.strip().strip('"'))
+            elif kind == "Parse":
+                match = _re.match(r'\s*"([^"]*)"\s+"(.*?)"\s+\d', rest, _re.S)
+                if match:
+                    names[match[1]] = last = match[2]
+            elif kind == "Bind":
+                match = _re.match(r'\s*"[^"]*"\s+"([^"]*)"', rest)
+                last = names.get(match[1], match[1]) if match else ""
+            elif kind == "Execute":
+                found.append(last)

@@ -42,6 +42,10 @@ class Context:
     #: and the step it claimed, once its outcome committed.
     offer: Any = field(default=None, repr=False)
     handed: Any = field(default=None, repr=False)
+    #: The row as its claim returned it (store.Claimed), set by the runner: what a handler that
+    #: shows the run as a whole reads instead of the row again (conveyor_tasks.worker). None where
+    #: a Context is made by hand.
+    claimed: store.Claimed | None = field(default=None, repr=False)
 
     @property
     def results(self) -> list[Any] | None:

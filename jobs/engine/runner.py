@@ -121,6 +121,7 @@ def _execute(
         idempotency_key=claimed.idempotency_key or f"conveyor-job-{claimed.id}",
         member=claimed.member,
         results_count=claimed.results_count,
+        claimed=claimed,
     )
     if handoff.LOCAL_QUEUES:  # a worker: its chain steps (continuations too) may go on here
         ctx.offer = handoff.Offer(worker, lease_seconds(), runner_keeps_limits, steps)

@@ -131,6 +131,13 @@ class Claimed(NamedTuple):
     results_count: int | None = None
     #: The OpenTelemetry context the row was created in (jobs.engine.tracing), or None.
     trace_context: dict[str, str] | None = None
+    #: The row as this claim left it, for a handler that shows its run as a whole (the django.tasks
+    #: adapter's TaskResult: conveyor_tasks.worker) without reading it again: when it was created,
+    #: this attempt's start, the claiming worker, the errors of the attempts before.
+    created_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    worker: str = ""
+    errors: Sequence[dict[str, Any]] = ()
 
 
 class Beat(NamedTuple):
@@ -352,7 +359,7 @@ def create_chain(steps: list[dict[str, Any]]) -> Chain:
 # existed (a row stored with a past run_after before inserts clamped it would count decades).
 _CLAIMED = """id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
           queue, EXTRACT(EPOCH FROM now() - GREATEST(run_after, created_at))::float8, member, results_count,
-          trace_context"""
+          trace_context, created_at, started_at, worker, errors"""
 
 # A row of a type with limits (`limited`, the registry's names) is left to claim_limited.
 CLAIM_SQL = f"""
@@ -423,7 +430,7 @@ def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: 
 
 def _claimed(row: Sequence[Any]) -> Claimed:
     claimed = Claimed._make(row)
-    return claimed._replace(input=_json(claimed.input), trace_context=_json(claimed.trace_context))
+    return claimed._replace(input=_json(claimed.input), trace_context=_json(claimed.trace_context), errors=_json(claimed.errors))
 
 
 # --- Limits: a claim of a limited type, its end releasing the next waiting job --------------------

@@ -192,6 +192,7 @@ def test_bench_jobs_runs_every_phase_at_tiny_sizes_and_prints_its_tables():
         "bare Celery, Conveyor's configuration",
         "Conveyor, enqueue one by one",
         "django.tasks on Conveyor, task.enqueue() one by one",
+        "Celery's .delay() on Conveyor, one by one",
         "Conveyor, enqueue_many",
         "Procrastinate, defer one by one",
         "Procrastinate, batch_defer",
@@ -218,6 +219,8 @@ def test_bench_jobs_runs_every_phase_at_tiny_sizes_and_prints_its_tables():
     header, rows = parse_table(run.stdout, "target (issues 14, 28)")
     assert list(rows) == [
         "durable jobs one by one >= 1.0x bare Celery defaults",
+        "django.tasks task.enqueue() one by one >= 1.0x bare Celery defaults",
+        "Celery's .delay() on Conveyor one by one >= 1.0x bare Celery defaults",
         "durable jobs enqueue_many x5 >= 2x bare Celery defaults",
         "events end to end >= 1.0x bare Celery's fan-out",
         "emit's CPU per subscriber < 1 ms",

@@ -17,6 +17,7 @@ from examples.djtasks.models import Run
 from jobs.engine import recovery, registry, runner, store
 from jobs.models import Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
+from tests.support import statements_sent
 
 pytestmark = RUNNER_IN_PROCESS
 WORKER = "node@test/1"
@@ -173,6 +174,35 @@ def test_signals_fire_in_the_worker_around_the_call():
         compat.task_started.disconnect(dispatch_uid="t24s")
         compat.task_finished.disconnect(dispatch_uid="t24f")
     assert seen == [("started", RUNNING), ("finished", READY), ("started", RUNNING), ("finished", SUCCESSFUL)]
+
+
+def test_a_runs_task_result_is_its_row_as_the_claim_returned_it_and_nothing_reads_the_row_again():
+    # given a task whose first attempt fails, and a receiver of task_started reading the row itself
+    seen = []
+
+    def started(sender, task_result, **kw):
+        seen.append((task_result, compat.task_backends["default"].get_result(task_result.id)))
+
+    compat.task_started.connect(started, weak=False, dispatch_uid="t28s")
+    try:
+        result = tasks.flaky.enqueue(failures=1)
+        _run(result)
+        Job.objects.filter(pk=int(result.id)).update(run_after=timezone.now())
+        _run(result)
+    finally:
+        compat.task_started.disconnect(dispatch_uid="t28s")
+    # then each attempt's TaskResult is the row's, field for field: the second one with the
+    # first attempt's error and both attempts' workers
+    assert [given == read for given, read in seen] == [True, True], seen
+    second = seen[1][0]
+    assert second.status == RUNNING and len(second.errors) == 1 and second.worker_ids == [WORKER, WORKER]
+    assert second.started_at < second.last_attempted_at and second.enqueued_at <= second.started_at
+
+    # and a run sends PostgreSQL its claim and its outcome only: no statement reads the row again
+    plain = tasks.add.enqueue(1, 2)
+    with statements_sent("default", store.CLAIMS) as sent:
+        assert _run(plain) == "succeeded"
+    assert len(sent) == 2 and not any("SELECT" in statement.split("(")[0] for statement in sent), sent
 
 
 def test_errors_are_in_the_api_job():

@@ -148,6 +148,36 @@ def test_an_app_task_with_the_durable_base_is_a_job_type_too():
         declared.pop("demo.app-task", None)
 
 
+def test_a_success_is_its_outcome_statement_alone_and_the_run_starts_no_thread():
+    import threading
+
+    from conveyor_celery import DurableTask
+    from jobs.engine import registry, store
+    from tests.support import statements_sent
+
+    # given a converted task that says which threads run beside it
+    @celery_app.task(base=DurableTask, name="demo.threads")
+    def threads():
+        return sorted(thread.name for thread in threading.enumerate())
+
+    try:
+        result = threads.delay()
+        # when a worker runs it
+        with statements_sent("default", store.CLAIMS) as sent:
+            runner.execute(int(result.id), worker=WORKER)
+        job = Job.objects.get(pk=int(result.id))
+        # then it succeeded; its revoke watch is a deadline of the process's thread, not a thread
+        # of its own; and PostgreSQL got the claim and the success, no transaction around it
+        assert job.status == "succeeded"
+        assert not [name for name in job.output if name.startswith("revoke-watch")], job.output
+        assert len(sent) == 2 and not {"BEGIN", "COMMIT"} & {statement.strip().upper() for statement in sent}, sent
+    finally:
+        registry.remove("demo.threads")
+        from conveyor_celery.declarations import declared
+
+        declared.pop("demo.threads", None)
+
+
 def test_task_routes_by_name_and_by_glob_choose_the_queue(monkeypatch):
     from conveyor_celery.task import _route
 
