@@ -4,8 +4,8 @@ Each id of a message used to be claimed in a statement of its own and its succes
 another: two round trips and two commits per job. Here (jobs.tasks.run_batch):
 
 - the next ids are claimed in one statement (store.claim_many), a chunk of
-  decisions.claim_chunk(...) ids: 1 at first and after a slow job, doubling while jobs run fast,
-  at most decisions.BATCH_CHUNK_CAP, so that a job that turns out slow holds few ids claimed and
+  decisions.claim_chunk(...) ids: 1 at first (in a process) and after a slow job, doubling while
+  jobs run fast, at most decisions.BATCH_CHUNK_CAP (carried from one message to the next), so that a job that turns out slow holds few ids claimed and
   not started. Those are kept leased by the heartbeat until they run, and handed back
   (store.release_claimed) with the message's rest when it gives it back
   (decisions.gives_back_rest); an id claimed ahead is one with an attempt to spare (a crash
@@ -37,10 +37,13 @@ log = logging.getLogger("conveyor.tasks")
 
 #: How long the last run of each job type took in this process (seconds): what says a type is fast.
 LAST_RUN: dict[str, float] = {}
+#: The last chunk claimed in this process and how long its last job ran: a message starts from
+#: there (a process running short jobs claims a small message's ids at once), not from 1.
+CARRIED: list = [0, None]
 
 
 def run(ids: list[int], worker: str, fallback: Callable[[int], str]) -> list[str]:
-    """Run a message's ids in order; return their outcomes (fewer when the rest was given back)."""
+    """Run a message's ids in order; return their outcomes, one per id ("given back" for the rest given back)."""
     started, hold = time.monotonic(), settings.CONVEYOR["BATCH_HOLD_SECONDS"]
     fast, bound = settings.CONVEYOR["BATCH_FAST_SECONDS"], settings.CONVEYOR["BATCH_PENDING_SECONDS"]
     lease, limited = runner.lease_seconds(), registry.limited()
@@ -56,14 +59,15 @@ def run(ids: list[int], worker: str, fallback: Callable[[int], str]) -> list[str
             outcomes[index] = runner.Outcome(status, getattr(before, "attempt", None), getattr(before, "max_attempts", None))
 
     group.on_changed = changed
-    taken, chunk, last_run = 0, 0, None  # ids[:taken] are in slots or done
+    taken, (chunk, last_run) = 0, CARRIED  # ids[:taken] are in slots or done
     try:
         with grouped.collecting(group):
             while taken < len(ids) or slots:
                 left = len(ids) - taken + len(slots)
                 if outcomes and decisions.gives_back_rest(time.monotonic() - started, left, hold):
                     if _give_back(ids[taken:], slots, group, started):
-                        return outcomes
+                        # One outcome per id, as the monitors read them (jobs.interfaces.monitoring).
+                        return outcomes + [runner.Outcome("given back")] * (len(ids) - len(outcomes))
                     taken = len(ids)  # not published (Redis away): run them here, one by one
                 if not slots:
                     chunk = decisions.claim_chunk(chunk, last_run, len(ids) - taken, fast=fast)
@@ -91,6 +95,7 @@ def run(ids: list[int], worker: str, fallback: Callable[[int], str]) -> list[str
             group.flush()
     finally:
         _release_quietly(slots)
+        CARRIED[:] = [chunk, last_run]
     return outcomes
 
 

@@ -929,6 +929,7 @@ def test_a_batch_run_in_process_runs_each_id_once_groups_short_successes_and_end
     from jobs.engine import batchrun
 
     settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 60.0}  # no give-back on a loaded machine
+    monkeypatch.setattr(batchrun, "CARRIED", [0, None])  # this process's first message
 
     # given a message's ids: plain jobs, a chain's first step, an id already ended, a type with limits
     plain = [enqueue("examples.echo", {"i": i}).pk for i in range(6)]
@@ -973,8 +974,10 @@ def test_a_batch_run_in_process_runs_each_id_once_groups_short_successes_and_end
     assert set(alone) == {step, limited}
 
 
-def test_a_batch_that_gives_its_rest_back_releases_the_ids_it_claimed_ahead_unstarted(settings):
+def test_a_batch_that_gives_its_rest_back_releases_the_ids_it_claimed_ahead_unstarted(settings, monkeypatch):
     from jobs.engine import batchrun
+
+    monkeypatch.setattr(batchrun, "CARRIED", [0, None])  # this process's first message
 
     # given a message whose fourth job outlasts its hold, its jobs all "fast" (the chunks grow: 1, 2, 4)
     settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 1.0, "BATCH_FAST_SECONDS": 5.0}
@@ -987,7 +990,7 @@ def test_a_batch_that_gives_its_rest_back_releases_the_ids_it_claimed_ahead_unst
 
     # then it ran the first four, and gave the rest back: those it had claimed ahead (the chunk of
     # four: the sleep and three more) released, runnable, their attempt uncounted, and all published
-    assert [str(o) for o in outcomes] == ["succeeded"] * 4
+    assert [str(o) for o in outcomes] == ["succeeded"] * 4 + ["given back"] * 5
     rest = ids[4:]
     assert [(row(i).status, row(i).attempt) for i in rest] == [(Status.PENDING, 0)] * len(rest)
     assert sum(1 for i in rest[:3] if row(i).started_at is None and row(i).worker == WORKER) == 3
