@@ -149,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                 add(f"{side} handoff p50", percentile([h[0] for h in handoffs], 0.5))
                 add(f"{side} step 2 done p50", percentile([h[1] for h in handoffs], 0.5))
                 print(f"bench.ab:   round {round_} {side}: bare {rate:.0f}/s, one by one {single:.0f}/s "
-                      f"({single / rate:.2f}x, {single_cpu:.2f} ms CPU, PostgreSQL {single_pg:.2f}), enqueue_many {bulk:.0f}/s ({bulk / rate:.2f}x, "
-                      f"{bulk_cpu:.2f} ms CPU, PostgreSQL {bulk_pg:.2f}), handoff p50 {percentile([h[0] for h in handoffs], 0.5):.2f} ms, step 2 done "
+                      f"({single / rate:.2f}x, {single_cpu:.2f} ms CPU, PostgreSQL {single_pg:.2f}), "
+                      f"enqueue_many {bulk:.0f}/s ({bulk / rate:.2f}x, "
+                      f"{bulk_cpu:.2f} ms CPU, PostgreSQL {bulk_pg:.2f}), "
+                      f"handoff p50 {percentile([h[0] for h in handoffs], 0.5):.2f} ms, step 2 done "
                       f"{percentile([h[1] for h in handoffs], 0.5):.2f} ms after step 1", flush=True)
         rows = []
         for what in ("single/s", "single x", "single cpu", "single pg cpu", "bulk/s", "bulk x", "bulk cpu", "bulk pg cpu",
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         header = ("median of rounds", f"base ({args.base})", "new (this tree)", "new/base")
         chains = "same queue" if args.same_queue else "default -> notifications, one worker for both"
         return "\n".join([f"bench.ab: {args.jobs} jobs, {args.chains} chains ({chains}), x = / bare Celery's "
-                          "defaults in the same round; cpu = the Conveyor worker's ms per job, pg cpu = PostgreSQL's", *table(header, rows)])
+                          "defaults in the same round; cpu = the Conveyor worker's ms per job, "
+                          "pg cpu = PostgreSQL's", *table(header, rows)])
 
     return session_removing("bench.ab", body, base_root)
 

@@ -5,10 +5,10 @@ another: two round trips and two commits per job. Here (jobs.tasks.run_batch):
 
 - the next ids are claimed in one statement (store.claim_many), a chunk of
   decisions.claim_chunk(...) ids: 1 at first (in a process) and after a slow job, doubling while
-  jobs run fast, at most decisions.BATCH_CHUNK_CAP (carried from one message to the next), so that a job that turns out slow holds few ids claimed and
-  not started. Those are kept leased by the heartbeat until they run, and handed back
-  (store.release_claimed) with the message's rest when it gives it back
-  (decisions.gives_back_rest); an id claimed ahead is one with an attempt to spare (a crash
+  jobs run fast, at most decisions.BATCH_CHUNK_CAP (carried from one message to the next),
+  so that a job that turns out slow holds few ids claimed and not started. Those are kept
+  leased by the heartbeat until they run, and handed back (store.release_claimed) with the
+  message's rest when it gives it back (decisions.gives_back_rest); an id claimed ahead is one with an attempt to spare (a crash
   before it starts costs it one, as a reaped run);
 - the successes that nothing follows wait in a group (jobs.engine.grouped) and are committed
   with the next chunk's claim, in one round trip and one transaction; alone before a job of a
@@ -94,6 +94,11 @@ def run(ids: list[int], worker: str, fallback: Callable[[int], str]) -> list[str
                 last_run = LAST_RUN[one.type] = time.monotonic() - begun
             group.flush()
     finally:
+        if len(group):  # an error ended the message early: what ran is recorded if it can be
+            try:
+                group.flush()
+            except Exception as exc:  # their leases lapse: the reaper runs them again
+                log.warning("recording %d grouped outcome(s) failed: %s", len(group), exc)
         _release_quietly(slots)
         CARRIED[:] = [chunk, last_run]
     return outcomes
