@@ -30,7 +30,7 @@ from typing import Callable
 
 from django.conf import settings
 
-from jobs.engine import decisions, grouped, publish, registry, runner, store
+from jobs.engine import decisions, grouped, publish, registry, runner, store, tracing
 from jobs.engine.context import Context
 
 log = logging.getLogger("conveyor.tasks")
@@ -60,6 +60,7 @@ def run(ids: list[int], worker: str, fallback: Callable[[int], str]) -> list[str
 
     group.on_changed = changed
     taken, (chunk, last_run) = 0, CARRIED  # ids[:taken] are in slots or done
+    claim_started = 0
     try:
         with grouped.collecting(group):
             while taken < len(ids) or slots:
@@ -73,9 +74,10 @@ def run(ids: list[int], worker: str, fallback: Callable[[int], str]) -> list[str
                     chunk = decisions.claim_chunk(chunk, last_run, len(ids) - taken, fast=fast)
                     chunk_ids = ids[taken:taken + chunk]
                     taken += len(chunk_ids)
+                    claim_started = tracing.now_ns() if tracing.on else 0
                     claimed = {c.id: c for c in group.flush_and_claim(chunk_ids, worker, lease, limited)}
                     for job_id in chunk_ids:
-                        one = claimed.get(job_id)
+                        one = claimed.pop(job_id, None)  # an id twice in a message runs once
                         slots.append((job_id, one))
                         if one is not None:
                             runner.heartbeat.track(_placeholder(one))  # leased until it runs
@@ -90,7 +92,9 @@ def run(ids: list[int], worker: str, fallback: Callable[[int], str]) -> list[str
                 runner.heartbeat.untrack(_placeholder(one))  # the run tracks its own context
                 begun = time.monotonic()
                 place[job_id] = len(outcomes)
-                outcomes.append(runner.run_claimed(one, worker))
+                # Traced: the chunk's claim is its first job's span; the others' claim took no time of theirs.
+                started_ns, claim_started = claim_started or (tracing.now_ns() if tracing.on else 0), 0
+                outcomes.append(runner.run_claimed(one, worker, claim_started=started_ns))
                 last_run = LAST_RUN[one.type] = time.monotonic() - begun
             group.flush()
     finally:

@@ -996,3 +996,18 @@ def test_a_batch_that_gives_its_rest_back_releases_the_ids_it_claimed_ahead_unst
     assert sum(1 for i in rest[:3] if row(i).started_at is None and row(i).worker == WORKER) == 3
     assert Counter(published_job_ids("default")) - Counter(before) == Counter(rest)  # one new message each
     assert not [ctx for ctx in runner.heartbeat.running() if ctx.job_id in rest]
+
+
+def test_an_id_twice_in_a_batch_message_runs_once(monkeypatch, settings):
+    from jobs.engine import batchrun
+
+    # given a message naming one job twice in one chunk (the process claims two at once)
+    settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 60.0, "BATCH_FAST_SECONDS": 5.0}
+    monkeypatch.setattr(batchrun, "CARRIED", [1, 0.001])
+    twice, other = enqueue("examples.echo", {"n": 1}).pk, enqueue("examples.echo", {"n": 2}).pk
+
+    outcomes = batchrun.run([twice, twice, other], WORKER, lambda job_id: runner.execute(job_id, WORKER, own_time_limit=True))
+
+    # then it ran once: the second mention finds it done
+    assert [str(o) for o in outcomes] == ["succeeded", "skipped", "succeeded"]
+    assert [(row(i).status, row(i).attempt) for i in (twice, other)] == [(Status.SUCCEEDED, 1)] * 2
