@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             done = wait_until(lambda: int(client.get(bare.DONE_KEY) or 0) >= n, 300, "bare", [defaults_worker])
             return n / (done - start)
 
-        def conveyor_run(worker: bj.Proc, n: int, bulk: bool) -> tuple[float, float]:
+        def conveyor_run(worker: bj.Proc, n: int, bulk: bool) -> tuple[float, float, float]:
             truncate_jobs()
             meter = bj.CpuMeter([worker])
             meter.start()
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             done = wait_until(lambda: bj.succeeded_jobs() >= n, 300, f"{n} rows", [worker])
             cpu = meter.stop()
             wait_until(lambda: queue_length("default") == 0, 120, "drain", [worker])
-            return n / (done - start), cpu.workers * 1000 / n
+            return n / (done - start), cpu.workers * 1000 / n, (cpu.postgres or 0.0) * 1000 / n
 
         def chains_run(worker: bj.Proc, n: int) -> list[tuple[float, float]]:
             from django.db import connection
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 worker = start_worker(procs, args, root, f"conveyor-{side}", queues)
                 conveyor_run(worker, 100, False)
                 rate = bare_run(args.jobs)
-                single, single_cpu = conveyor_run(worker, args.jobs, False)
-                bulk, bulk_cpu = conveyor_run(worker, args.jobs, True)
+                single, single_cpu, single_pg = conveyor_run(worker, args.jobs, False)
+                bulk, bulk_cpu, bulk_pg = conveyor_run(worker, args.jobs, True)
                 handoffs = chains_run(worker, args.chains)
                 procs.stop(worker)
                 if round_ == 0:
@@ -142,21 +142,29 @@ def main(argv: list[str] | None = None) -> int:
                 add(f"{side} bulk x", bulk / rate)
                 add(f"{side} single cpu", single_cpu)
                 add(f"{side} bulk cpu", bulk_cpu)
+                add(f"{side} single/s", single)
+                add(f"{side} bulk/s", bulk)
+                add(f"{side} single pg cpu", single_pg)
+                add(f"{side} bulk pg cpu", bulk_pg)
                 add(f"{side} handoff p50", percentile([h[0] for h in handoffs], 0.5))
                 add(f"{side} step 2 done p50", percentile([h[1] for h in handoffs], 0.5))
                 print(f"bench.ab:   round {round_} {side}: bare {rate:.0f}/s, one by one {single:.0f}/s "
-                      f"({single / rate:.2f}x, {single_cpu:.2f} ms CPU), enqueue_many {bulk:.0f}/s ({bulk / rate:.2f}x, "
-                      f"{bulk_cpu:.2f} ms CPU), handoff p50 {percentile([h[0] for h in handoffs], 0.5):.2f} ms, step 2 done "
+                      f"({single / rate:.2f}x, {single_cpu:.2f} ms CPU, PostgreSQL {single_pg:.2f}), "
+                      f"enqueue_many {bulk:.0f}/s ({bulk / rate:.2f}x, "
+                      f"{bulk_cpu:.2f} ms CPU, PostgreSQL {bulk_pg:.2f}), "
+                      f"handoff p50 {percentile([h[0] for h in handoffs], 0.5):.2f} ms, step 2 done "
                       f"{percentile([h[1] for h in handoffs], 0.5):.2f} ms after step 1", flush=True)
         rows = []
-        for what in ("single x", "single cpu", "bulk x", "bulk cpu", "handoff p50", "step 2 done p50"):
+        for what in ("single/s", "single x", "single cpu", "single pg cpu", "bulk/s", "bulk x", "bulk cpu", "bulk pg cpu",
+                     "handoff p50", "step 2 done p50"):
             new, base = results[f"new {what}"], results[f"base {what}"]
             ratio = percentile(new, 0.5) / percentile(base, 0.5) if percentile(base, 0.5) else float("nan")
             rows.append((what, ", ".join(f"{v:.2f}" for v in base), ", ".join(f"{v:.2f}" for v in new), f"{ratio:.2f}"))
         header = ("median of rounds", f"base ({args.base})", "new (this tree)", "new/base")
         chains = "same queue" if args.same_queue else "default -> notifications, one worker for both"
         return "\n".join([f"bench.ab: {args.jobs} jobs, {args.chains} chains ({chains}), x = / bare Celery's "
-                          "defaults in the same round; CPU = the Conveyor worker's ms per job", *table(header, rows)])
+                          "defaults in the same round; cpu = the Conveyor worker's ms per job, "
+                          "pg cpu = PostgreSQL's", *table(header, rows)])
 
     return session_removing("bench.ab", body, base_root)
 

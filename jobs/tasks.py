@@ -17,7 +17,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
 
-from jobs.engine import decisions, early, publish, runner, store
+from jobs.engine import batchrun, decisions, early, publish, runner, store
 from jobs.interfaces.monitoring import JobFailed, reported
 from jobs.engine.publish import TASK
 
@@ -56,7 +56,14 @@ def run_batch(self, ids: list[int], worker: str, published_early: bool) -> list[
     """Run a message's ids one after the other; once it has taken CONVEYOR_BATCH_HOLD_SECONDS, give the
     rest back to the queue as a message of their own (an idle worker takes them), unless that
     publish fails (Redis away): then run them here. A duplicate of the given-back message (this
-    one redelivered after a crash) finds them claimed or done: nothing runs twice."""
+    one redelivered after a crash) finds them claimed or done: nothing runs twice.
+
+    jobs.engine.batchrun runs them (claims in chunks, short successes committed together); a
+    message sent before its rows' commit (jobs.engine.early) is run here, one claim per id, each
+    waiting for its row's commit."""
+    if not published_early:
+        # Claimed in chunks, short successes committed with the next claim (jobs.engine.batchrun).
+        return batchrun.run(ids, worker, lambda one: claim_and_run(self, one, worker, own_time_limit=True))
     started, outcomes, hold = time.monotonic(), [], settings.CONVEYOR["BATCH_HOLD_SECONDS"]
     for index, one in enumerate(ids):
         rest = ids[index:]

@@ -318,6 +318,11 @@ CONVEYOR = {
     # A message of several job ids (coalesced, enqueue_many's, the relay's) that has run this long
     # gives the ids it has not started back to their queue, for any idle worker (jobs.tasks).
     "BATCH_HOLD_SECONDS": env.get_float("CONVEYOR_BATCH_HOLD_SECONDS", 0.1, minimum=0.0, maximum=3600.0),
+    # In such a message (jobs.engine.batchrun): a job that ran at most BATCH_FAST_SECONDS is fast
+    # (the next claim takes more ids; short successes wait for the next round trip while a job of
+    # its type runs); a success waits uncommitted at most BATCH_PENDING_SECONDS before a job starts.
+    "BATCH_FAST_SECONDS": env.get_float("CONVEYOR_BATCH_FAST_SECONDS", 0.02, minimum=0.0, maximum=60.0),
+    "BATCH_PENDING_SECONDS": env.get_float("CONVEYOR_BATCH_PENDING_SECONDS", 0.05, minimum=0.0, maximum=60.0),
     # How often each worker's relay and reaper look for due and orphaned rows.
     "RECOVERY_INTERVAL": float(env.get_int("CONVEYOR_RECOVERY_INTERVAL_MS", 500, minimum=50)) / 1000,
     "RETENTION_DAYS": env.get_int("CONVEYOR_RETENTION_DAYS", 7, minimum=1),

@@ -494,3 +494,48 @@ def coalesce_full(waiting: int, cap: int) -> bool:
     now. The cap bounds how many jobs run one after the other in one worker process while another
     may be idle (a message's ids are not shared out: jobs.tasks)."""
     return waiting >= cap
+
+
+# --- A multi-id message: claims in chunks, outcomes committed together (jobs.engine.batchrun) ----
+
+#: A job that ran at most this long is "fast": the next claim may take more ids, and outcomes may
+#: wait for the next round trip while a job of its type runs.
+BATCH_FAST_SECONDS = 0.02
+#: The most ids one claim takes ahead of their run: a job that turns out slow holds at most this
+#: many minus one claimed and not started (kept leased by the heartbeat, given back with the rest).
+BATCH_CHUNK_CAP = 8
+#: The longest a successful outcome waits, uncommitted, for the round trip that carries it.
+BATCH_PENDING_SECONDS = 0.05
+
+
+def claim_chunk(previous: int, last_run_seconds: float | None, left: int,
+                cap: int = BATCH_CHUNK_CAP, fast: float = BATCH_FAST_SECONDS) -> int:
+    """How many of a message's next ids one claim takes (at least 1, at most `left`): 1 at first
+    and after a slow job, twice the previous chunk while the jobs run fast, at most `cap`."""
+    if left <= 0:
+        return 0
+    grown = 1 if last_run_seconds is None or last_run_seconds > fast else max(1, previous) * 2
+    return max(1, min(grown, cap, left))
+
+
+def outcome_deferrable(in_chain: bool, continued: bool, hook: bool, holds_slots: bool, atomic: bool) -> bool:
+    """Whether a success may wait (uncommitted, bounded by BATCH_PENDING_SECONDS) to be committed
+    with others and the next claim in one round trip: only the one-statement success, whose end
+    nothing follows. A chain's step (its next step is inserted by its outcome), a continuation,
+    an on_finish hook, a concurrency slot to free, and an atomic type (its writes commit with its
+    outcome) take the existing path, committed before the next job starts."""
+    return not (in_chain or continued or hook or holds_slots or atomic)
+
+
+def keeps_outcomes_pending(pending: int, oldest_age: float, next_type_last_run: float | None,
+                           cap: int = BATCH_CHUNK_CAP, bound: float = BATCH_PENDING_SECONDS,
+                           fast: float = BATCH_FAST_SECONDS) -> bool:
+    """Whether the deferred outcomes may stay uncommitted while the next claimed job runs: only
+    when that job's type last ran fast in this process (a job of unknown or slow duration never
+    starts with outcomes held), the oldest is younger than `bound` and fewer than `cap` wait.
+    Otherwise they are committed first."""
+    if pending <= 0:
+        return True
+    if next_type_last_run is None or next_type_last_run > fast:
+        return False
+    return pending < cap and oldest_age < bound

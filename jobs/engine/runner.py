@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import continuing, cpu_policy, decisions, early, handoff, limits, registry, store, telemetry, tracing
+from jobs.engine import continuing, cpu_policy, decisions, early, grouped, handoff, limits, registry, store, telemetry, tracing
 from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
@@ -94,6 +94,12 @@ def execute(job_id: int, worker: str, own_time_limit: bool = False, published_ea
         return Outcome("skipped")  # a duplicate or stale message: locked, finished or not yet due
     if isinstance(claimed, str):
         return Outcome("held", error=claimed)  # its limits hold it in the table; the message goes
+    return run_claimed(claimed, worker, own_time_limit, claim_started)
+
+
+def run_claimed(claimed: store.Claimed, worker: str, own_time_limit: bool = True, claim_started: int = 0) -> Outcome:
+    """Run a job this worker has claimed (`execute`, or a multi-id message's chunk claim:
+    jobs.engine.batchrun), then the chain steps its outcome hands on."""
     # Where Celery enforces this message's time limit, the next step must not run under it.
     runner_keeps_limits = own_time_limit or not POOL_ENFORCES_TIME_LIMITS
     outcome = _execute(claimed, worker, own_time_limit, runner_keeps_limits, 0, claim_started)
@@ -296,7 +302,11 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
     """store.succeed, then ending.ended (the chain's next step, the slots, the hook)."""
     hook = ctx.finish_hook_needed and jt.on_finish is not None
     if not (ctx.chain_id is not None or ctx.continuations or hook or jt.holds_slots):
-        # The common case: one statement in autocommit, and nothing follows its end.
+        # The common case: one statement in autocommit, and nothing follows its end. In a
+        # multi-id message, committed with others and the next claim (jobs.engine.grouped).
+        if grouped.defer(ctx.job_id, ctx.attempt, output_json, in_chain=False, continued=False, hook=hook,
+                         holds_slots=jt.holds_slots, atomic=jt.atomic):
+            return Status.SUCCEEDED
         done = store.succeed(ctx.job_id, ctx.attempt, output_json)
         if done is None:
             return _lost(ctx)

@@ -1492,3 +1492,131 @@ def lost_attempts(job_ids: Sequence[int]) -> list[LostAttempt]:
     with connections["default"].cursor() as cursor:
         cursor.execute(LOST_ATTEMPTS_SQL, [list(job_ids)])
         return [LostAttempt(*row[:-1], _json(row[-1])) for row in cursor.fetchall()]
+
+
+# --- A multi-id message: claims in chunks, outcomes together (jobs.engine.batchrun) ---------------
+#
+# A worker running a message of several ids claims the next few in one statement and commits the
+# successes of the short jobs it ran meanwhile in the same round trip (one implicit transaction on
+# `default`, durable), instead of a claim and an outcome per job. Fenced as the one-job statements
+# are: an outcome only for the attempt that ran (`attempt = o.attempt`, the row still running); a
+# claim only of runnable, due rows not locked by another claimer (SKIP LOCKED).
+
+# Only the first id of a chunk (the one about to run) is claimed on its last attempt: an id claimed
+# ahead of its run is charged an attempt by the reaper or a hand-back if this process dies before
+# it starts, so it is claimed ahead only when that charge leaves it an attempt to run.
+CLAIM_MANY_SQL = f"""
+UPDATE jobs_job SET status = 'running', attempt = attempt + 1, worker = %s, started_at = now(),
+       lease_expires_at = now() + make_interval(secs => %s), updated_at = now(), finished_at = NULL,
+       held = ''
+ WHERE id IN (SELECT id FROM jobs_job
+               WHERE id = ANY(%s::bigint[]) AND {RUNNABLE_BY_ID} AND run_after <= now()
+                 AND type <> ALL(%s::text[]) AND NOT {PAUSED} AND (id = %s OR attempt + 1 < max_attempts)
+               FOR UPDATE SKIP LOCKED)
+RETURNING {_CLAIMED}
+"""
+
+# SUCCEED_SQL for several runs at once (no chain: runner's one-statement success), each fenced by
+# its attempt; a run that asked nothing else and whose row was cancelled meanwhile ends cancelled.
+SUCCEED_MANY_SQL = _notifying("""
+UPDATE jobs_job j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'succeeded' END,
+       output = o.output::jsonb, progress = 100, finished_at = now(), updated_at = now(),
+       lease_expires_at = NULL, error = ''
+  FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS o(id, attempt, output)
+ WHERE j.id = o.id AND (j.status = 'running') IS TRUE AND j.attempt = o.attempt
+RETURNING j.id, j.type, j.status
+""")
+
+
+class Done(NamedTuple):
+    """A success recorded by `succeed_many`: succeeded, or cancelled (asked while it ran)."""
+
+    id: int
+    type: str
+    status: str
+
+
+def _in_order(ids: Sequence[int], rows: list[Any]) -> list[Claimed]:
+    place = {job_id: i for i, job_id in enumerate(ids)}
+    return sorted((_claimed(row) for row in rows), key=lambda c: place[c.id])
+
+
+def _claim_many_params(ids: Sequence[int], worker: str, lease_seconds: float, limited: Sequence[str]) -> list[Any]:
+    return [worker, lease_seconds, list(ids), list(limited), ids[0]]
+
+
+def _succeed_many_params(outcomes: Sequence[tuple[int, int, str]]) -> list[Any]:
+    return [[o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes]]
+
+
+def _done(rows: list[Any]) -> list[Done]:
+    return [Done._make(row[:3]) for row in rows]
+
+
+def claim_many(ids: Sequence[int], worker: str, lease_seconds: float, limited: Sequence[str] = ()) -> list[Claimed]:
+    """Claim those of `ids` that are runnable, due, not locked, not paused and not of a `limited`
+    type, in one statement on `claims`, in the order of `ids`; all but the first only when they
+    have an attempt to spare (CLAIM_MANY_SQL). The rest are left as they are."""
+    if not ids:
+        return []
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(CLAIM_MANY_SQL, _claim_many_params(ids, worker, lease_seconds, limited))
+        return _in_order(ids, cursor.fetchall())
+
+
+def succeed_many(outcomes: Sequence[tuple[int, int, str]]) -> list[Done]:
+    """Record the successes of these (job id, attempt, output JSON) runs in one statement on
+    `default` (durable); a run missing from the answer lost its row: nothing recorded for it."""
+    if not outcomes:
+        return []
+    with prepared() as cursor:
+        cursor.execute(SUCCEED_MANY_SQL, _succeed_many_params(outcomes))
+        return _done(cursor.fetchall())
+
+
+def succeed_many_and_claim(
+    outcomes: Sequence[tuple[int, int, str]], ids: Sequence[int], worker: str, lease_seconds: float, limited: Sequence[str] = ()
+) -> tuple[list[Done], list[Claimed]]:
+    """`succeed_many` and `claim_many` in one round trip and one transaction on `default`: both
+    statements pipelined with no Sync between them (an implicit transaction, committed durably
+    at the Sync): the outcomes and the claim commit together or not at all. Outside autocommit,
+    or with nothing prepared (a pooler), the two run one after the other."""
+    conn = connections["default"]
+    if not outcomes or not ids or not settings.DATABASE_PREPARED or conn.in_atomic_block:
+        return succeed_many(outcomes), claim_many(ids, worker, lease_seconds, limited)
+    conn.ensure_connection()
+    conn.validate_no_broken_transaction()
+    pg = conn.connection
+    if pg.prepare_threshold is None:  # as `prepared`: on only when asked (prepare=True)
+        pg.prepare_threshold = 2**31 - 1
+    cursor_class = tracing.statement_cursor or psycopg.Cursor
+    with conn.wrap_database_errors, cursor_class(pg) as done_cursor, cursor_class(pg) as claim_cursor:
+        with pg.pipeline():
+            done_cursor.execute(SUCCEED_MANY_SQL, _succeed_many_params(outcomes), prepare=True)
+            claim_cursor.execute(CLAIM_MANY_SQL, _claim_many_params(ids, worker, lease_seconds, limited), prepare=True)
+        return _done(done_cursor.fetchall()), _in_order(ids, claim_cursor.fetchall())
+
+
+# Ids claimed ahead of their run and not started, handed back (the message gives its rest back,
+# jobs.tasks): runnable again as they were, the attempt the claim counted given back, marked
+# published for the new message. One whose cancel was asked meanwhile is kept (it runs here and
+# ends cancelled, as a cancelled running job does).
+RELEASE_CLAIMED_SQL = """
+UPDATE jobs_job j SET status = CASE WHEN j.error <> '' THEN 'failed' ELSE 'pending' END,
+       attempt = j.attempt - 1, started_at = NULL, lease_expires_at = NULL, published_at = now(),
+       updated_at = now()
+  FROM unnest(%s::bigint[], %s::int[]) AS r(id, attempt)
+ WHERE j.id = r.id AND (j.status = 'running') IS TRUE AND j.attempt = r.attempt AND NOT j.cancel_requested
+RETURNING j.id, j.queue, j.priority, j.type, j.chain_id, j.chain_index
+"""
+
+
+def release_claimed(runs: Sequence[tuple[int, int]]) -> list[Message]:
+    """Hand back these (job id, attempt) claims not started; the messages of those released, in
+    the order of `runs`."""
+    if not runs:
+        return []
+    with prepared(CLAIMS) as cursor:
+        cursor.execute(RELEASE_CLAIMED_SQL, [[r[0] for r in runs], [r[1] for r in runs]])
+        order = {run[0]: i for i, run in enumerate(runs)}
+        return sorted(_messages(cursor), key=lambda m: order[m.job_id])

@@ -358,10 +358,72 @@ def test_a_message_of_long_jobs_gives_the_ones_it_has_not_started_back_to_the_qu
     wait_for(lambda: sorted(waiting_messages("default")) == [(ids[0],), (ids[1], ids[2])], 5, what="the coalesced message")
 
     # when a worker runs them
-    worker = live.start(*GRACE, "--pool", "prefork", "--concurrency", "2", mode="worker", name="give-back-worker")
+    # (the relay's stale scan off: a worker slow to start under load would otherwise send the
+    # message's rows again, and its other process take the id the message was to give back)
+    worker = live.start(*GRACE, "--pool", "prefork", "--concurrency", "2", mode="worker", name="give-back-worker",
+                        env={"CONVEYOR_RELAY_STALE_SECONDS": "600"})
     wait_for(lambda: all_succeeded(ids), 30, what="the three jobs to succeed")
 
     # then the message of two ran the first and gave the other back, which ran once
     wait_for(lambda: "gave 1 job(s) of this message back to their queue" in worker.log(), 10, what="the give-back's log line")
     assert set(Job.objects.filter(pk__in=ids).values_list("attempt", flat=True)) == {1}
     wait_for(all_messages_consumed, 10, what="every message to be acked")
+
+
+#: A worker whose batches keep successes uncommitted while the next job runs, whatever the load:
+#: every job counts as fast, a success may wait 30 s, and no give-back (jobs.engine.batchrun).
+GROUPING = {"CONVEYOR_BATCH_FAST_SECONDS": "5", "CONVEYOR_BATCH_PENDING_SECONDS": "30", "CONVEYOR_BATCH_HOLD_SECONDS": "60"}
+
+
+def grouped_batch(monkeypatch, sleep: float) -> list[int]:
+    """Three jobs in one message; the third sleeps `sleep` s. Claimed 1 then 2 at once, the second's
+    success waits, uncommitted, while the third runs (decisions.keeps_outcomes_pending)."""
+    monkeypatch.setattr(publish, "SPREAD", 1)
+    ids = [job.pk for job in enqueue_many([Step("examples.count", {}), Step("examples.count", {}),
+                                           Step("examples.count", {"sleep": sleep})])]
+    assert waiting_messages("default") == [tuple(ids)]
+    return ids
+
+
+def ran_but_not_recorded(job_id: int) -> bool:
+    return Effect.objects.filter(job_id=job_id).exists() and Job.objects.get(pk=job_id).status == Status.RUNNING
+
+
+def test_a_pool_process_killed_before_its_grouped_outcome_commits_reruns_that_job_which_completes_once(live, monkeypatch):
+    # given a message of three jobs, the second's success waiting for the round trip after the third
+    ids = grouped_batch(monkeypatch, sleep=30)
+    live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="grouped-kill-worker", env=GROUPING)
+
+    # when the pool process is killed while the third runs, the second's outcome not yet committed
+    wait_for(lambda: ran_but_not_recorded(ids[1]) and Job.objects.get(pk=ids[2]).status == Status.RUNNING, 30,
+             what="the second job to have run, its outcome waiting, while the third runs")
+    assert Job.objects.get(pk=ids[0]).status == Status.SUCCEEDED  # committed with the next claim
+    os.kill(Effect.objects.get(job_id=ids[1]).worker_pid, signal.SIGKILL)
+    Job.objects.filter(pk=ids[2]).update(input={"sleep": 0})  # its re-run is quick
+
+    # then the second runs again and its second run's outcome is the one recorded, once
+    wait_for(lambda: all_succeeded(ids), 60, what=f"the batch to succeed ({statuses(ids)})")
+    second = Job.objects.get(pk=ids[1])
+    assert (second.attempt, second.output) == (2, {"attempt": 2})
+    assert list(Effect.objects.filter(job_id=ids[1]).order_by("attempt").values_list("attempt", flat=True)) == [1, 2]
+    # and the first, committed before the kill, ran once
+    assert Effect.objects.filter(job_id=ids[0]).count() == 1
+    wait_for(all_messages_consumed, 15, what="every message to be acked")
+
+
+def test_a_grouped_outcome_of_a_run_that_lost_its_row_is_refused(live, monkeypatch):
+    # given a message of three jobs, the second's success waiting while the third runs 3 s
+    ids = grouped_batch(monkeypatch, sleep=3)
+    worker = live.start(*GRACE, "--pool", "prefork", "--concurrency", "1", mode="worker", name="grouped-lost-worker", env=GROUPING)
+    wait_for(lambda: ran_but_not_recorded(ids[1]), 30, what="the second job to have run, its outcome waiting")
+
+    # when its row is taken over meanwhile (as a reap and another worker's claim would: attempt 2)
+    Job.objects.filter(pk=ids[1], attempt=1).update(attempt=2, worker="other@host/1")
+
+    # then attempt 1's grouped success is refused: the row is still attempt 2's, running, no output
+    wait_for(lambda: f"job {ids[1]} attempt 1 lost its lease before completing" in worker.log(), 20, what="the refusal's log line")
+    second = Job.objects.get(pk=ids[1])
+    assert (second.status, second.attempt, second.worker, second.output) == (Status.RUNNING, 2, "other@host/1", None)
+    # and the others of the message were recorded
+    wait_for(lambda: Job.objects.get(pk=ids[2]).status == Status.SUCCEEDED, 10, what="the third job's outcome")
+    assert Job.objects.get(pk=ids[0]).status == Status.SUCCEEDED

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections import Counter
 from typing import Any, Callable
 
 import pytest
@@ -848,3 +849,165 @@ def test_give_back_returns_in_order_the_messages_of_the_ids_still_to_run_marked_
     assert [(m.job_id, m.queue, m.type) for m in messages] == [(last.pk, "default", "examples.echo"),
                                                                (first.pk, "default", "examples.echo")]
     assert all(row.year > 2020 for row in Job.objects.filter(pk__in=[first.pk, last.pk]).values_list("published_at", flat=True))
+
+
+# --- a multi-id message: chunk claims, grouped outcomes, released claims (jobs.engine.batchrun) ---
+
+
+def test_claim_many_takes_the_runnable_ids_in_their_order_and_ahead_only_those_with_an_attempt_to_spare():
+    # given five jobs: one already running elsewhere, one on its last attempt, one cancelled
+    first, taken, last_try, cancelled, fifth = (enqueue("examples.echo", {"i": i}) for i in range(5))
+    assert store.claim(taken.pk, "node@test/2", LEASE) is not None
+    sql("UPDATE jobs_job SET max_attempts = 1 WHERE id = %s", [last_try.pk])
+    assert control.cancel(cancelled)
+
+    # when one statement claims them all
+    claimed = store.claim_many([fifth.pk, first.pk, taken.pk, last_try.pk, cancelled.pk], WORKER, LEASE)
+
+    # then it took the runnable ones with an attempt to spare, in the order asked, for attempt 1
+    assert [(c.id, c.attempt, c.type) for c in claimed] == [(fifth.pk, 1, "examples.echo"), (first.pk, 1, "examples.echo")]
+    assert {row(i).status for i in (fifth.pk, first.pk)} == {Status.RUNNING}
+    assert (row(last_try.pk).status, row(taken.pk).worker) == (Status.PENDING, "node@test/2")
+    # and a row on its last attempt is claimed when it is the chunk's first (it runs at once)
+    assert [c.id for c in store.claim_many([last_try.pk], WORKER, LEASE)] == [last_try.pk]
+
+
+def test_succeed_many_records_each_attempts_success_and_refuses_an_attempt_that_lost_its_row():
+    # given two claimed jobs, the second's row taken over by attempt 2 since
+    mine = enqueue("examples.echo", {})
+    assert store.claim(mine.pk, WORKER, LEASE) is not None
+    lost = enqueue("examples.echo", {})
+    second_attempt(lost.pk)
+
+    # when the successes of attempt 1 of both are recorded together
+    done = store.succeed_many([(mine.pk, 1, '{"a": 1}'), (lost.pk, 1, '{"b": 2}')])
+
+    # then only the run that still held its row is recorded
+    assert done == [store.Done(mine.pk, "examples.echo", Status.SUCCEEDED)]
+    assert (row(mine.pk).status, row(mine.pk).output, row(mine.pk).lease_expires_at) == (Status.SUCCEEDED, {"a": 1}, None)
+    assert (row(lost.pk).status, row(lost.pk).attempt, row(lost.pk).output) == (Status.RUNNING, 2, None)
+
+
+def test_grouped_outcomes_and_the_next_claim_commit_together_in_one_transaction_or_not_at_all():
+    ran, after, next_ = (enqueue("examples.echo", {"i": i}) for i in range(3))
+    assert store.claim(ran.pk, WORKER, LEASE) is not None
+
+    # when the claim half of the round trip fails (a lease PostgreSQL cannot read)
+    with pytest.raises(Exception):
+        store.succeed_many_and_claim([(ran.pk, 1, "{}")], [after.pk], WORKER, "not a number")  # type: ignore[arg-type]
+    connections["default"].close()
+
+    # then the success sent with it was rolled back too
+    assert row(ran.pk).status == Status.RUNNING and row(after.pk).status == Status.PENDING
+
+    # when both succeed: the success recorded, the next ids claimed, in the order asked
+    done, claimed = store.succeed_many_and_claim([(ran.pk, 1, "{}")], [next_.pk, after.pk], WORKER, LEASE)
+    assert [d.id for d in done] == [ran.pk] and [c.id for c in claimed] == [next_.pk, after.pk]
+    assert [row(i).status for i in (ran.pk, after.pk, next_.pk)] == [Status.SUCCEEDED, Status.RUNNING, Status.RUNNING]
+
+
+def test_a_claim_released_unstarted_is_runnable_again_with_its_attempt_uncounted_unless_its_cancel_was_asked():
+    # given three jobs claimed ahead, one of them a retry (failed before), one asked to cancel
+    fresh, retry, cancelled = (enqueue("examples.echo", {"i": i}) for i in range(3))
+    sql("UPDATE jobs_job SET status = 'failed', attempt = 1, error = 'boom' WHERE id = %s", [retry.pk])
+    claimed = store.claim_many([fresh.pk, retry.pk, cancelled.pk], WORKER, LEASE)
+    assert [c.attempt for c in claimed] == [1, 2, 1]
+    assert control.cancel(cancelled) is not None
+
+    # when they are released (the message gives its rest back)
+    messages = store.release_claimed([(c.id, c.attempt) for c in claimed])
+
+    # then the two are runnable as before, published again, and the cancelled one is left to its lease
+    assert [m.job_id for m in messages] == [fresh.pk, retry.pk]
+    assert [(row(i).status, row(i).attempt) for i in (fresh.pk, retry.pk, cancelled.pk)] == [
+        (Status.PENDING, 0), (Status.FAILED, 1), (Status.RUNNING, 1)]
+    assert row(fresh.pk).lease_expires_at is None
+    assert store.claim(fresh.pk, WORKER, LEASE).attempt == 1
+
+
+def test_a_batch_run_in_process_runs_each_id_once_groups_short_successes_and_ends_a_chain_step_its_own_way(monkeypatch, settings):
+    from jobs.engine import batchrun
+
+    settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 60.0}  # no give-back on a loaded machine
+    monkeypatch.setattr(batchrun, "CARRIED", [0, None])  # this process's first message
+
+    # given a message's ids: plain jobs, a chain's first step, an id already ended, a type with limits
+    plain = [enqueue("examples.echo", {"i": i}).pk for i in range(6)]
+    chain = start_chain([Step("examples.echo", {"s": 0}), Step("examples.echo", {"s": 1})])
+    step = Job.objects.get(chain=chain, chain_index=0).pk
+    ended = enqueue("examples.echo", {}).pk
+    assert runner.execute(ended, WORKER) == "succeeded"
+    limited = enqueue("examples.two-at-once", {"seconds": 0}).pk
+    ids = [plain[0], step, *plain[1:3], ended, limited, *plain[3:]]
+    # (the outcomes' statements observed: which job ids each one recorded)
+    alone: list[int] = []
+    grouped: list[list[int]] = []
+    succeed, succeed_many = store.succeed, store.succeed_many
+
+    def spy_succeed(job_id, *args, **kwargs):
+        alone.append(job_id)
+        return succeed(job_id, *args, **kwargs)
+
+    def spy_succeed_many(outcomes):
+        grouped.append([o[0] for o in outcomes])
+        return succeed_many(outcomes)
+
+    monkeypatch.setattr(store, "succeed", spy_succeed)
+    monkeypatch.setattr(store, "succeed_many", spy_succeed_many)
+    together = store.succeed_many_and_claim
+    monkeypatch.setattr(store, "succeed_many_and_claim",
+                        lambda outcomes, *a: (grouped.append([o[0] for o in outcomes]), together(outcomes, *a))[1])
+
+    # when the batch runs them in this process
+    outcomes = batchrun.run(ids, WORKER, lambda job_id: runner.execute(job_id, WORKER, own_time_limit=True))
+
+    # then each ran once, in order, the ended one skipped
+    assert [str(o) for o in outcomes] == ["succeeded", "succeeded", "succeeded", "succeeded", "skipped",
+                                          "succeeded", "succeeded", "succeeded", "succeeded"]
+    assert all((row(i).status, row(i).attempt) == (Status.SUCCEEDED, 1) for i in [*plain, step, limited])
+    assert row(plain[0]).output == {"i": 0}
+    # and the chain went on (its step's outcome inserted the next step)
+    assert Job.objects.filter(chain=chain, chain_index=1).exists()
+    # and the plain jobs' successes were committed in grouped statements, each once; the chain's
+    # step and the limited type's their own way
+    assert sorted(i for ids_ in grouped for i in ids_) == sorted(plain)
+    assert set(alone) == {step, limited}
+
+
+def test_a_batch_that_gives_its_rest_back_releases_the_ids_it_claimed_ahead_unstarted(settings, monkeypatch):
+    from jobs.engine import batchrun
+
+    monkeypatch.setattr(batchrun, "CARRIED", [0, None])  # this process's first message
+
+    # given a message whose fourth job outlasts its hold, its jobs all "fast" (the chunks grow: 1, 2, 4)
+    settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 1.0, "BATCH_FAST_SECONDS": 5.0}
+    ids = [enqueue("examples.echo", {"i": i}).pk for i in range(3)]
+    ids += [enqueue("examples.sleep", {"seconds": 1.2}).pk] + [enqueue("examples.echo", {"i": i}).pk for i in range(3, 8)]
+    before = published_job_ids("default")  # the enqueues' own messages
+
+    # when the batch runs it
+    outcomes = batchrun.run(ids, WORKER, lambda job_id: runner.execute(job_id, WORKER, own_time_limit=True))
+
+    # then it ran the first four, and gave the rest back: those it had claimed ahead (the chunk of
+    # four: the sleep and three more) released, runnable, their attempt uncounted, and all published
+    assert [str(o) for o in outcomes] == ["succeeded"] * 4 + ["given back"] * 5
+    rest = ids[4:]
+    assert [(row(i).status, row(i).attempt) for i in rest] == [(Status.PENDING, 0)] * len(rest)
+    assert sum(1 for i in rest[:3] if row(i).started_at is None and row(i).worker == WORKER) == 3
+    assert Counter(published_job_ids("default")) - Counter(before) == Counter(rest)  # one new message each
+    assert not [ctx for ctx in runner.heartbeat.running() if ctx.job_id in rest]
+
+
+def test_an_id_twice_in_a_batch_message_runs_once(monkeypatch, settings):
+    from jobs.engine import batchrun
+
+    # given a message naming one job twice in one chunk (the process claims two at once)
+    settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 60.0, "BATCH_FAST_SECONDS": 5.0}
+    monkeypatch.setattr(batchrun, "CARRIED", [1, 0.001])
+    twice, other = enqueue("examples.echo", {"n": 1}).pk, enqueue("examples.echo", {"n": 2}).pk
+
+    outcomes = batchrun.run([twice, twice, other], WORKER, lambda job_id: runner.execute(job_id, WORKER, own_time_limit=True))
+
+    # then it ran once: the second mention finds it done
+    assert [str(o) for o in outcomes] == ["succeeded", "skipped", "succeeded"]
+    assert [(row(i).status, row(i).attempt) for i in (twice, other)] == [(Status.SUCCEEDED, 1)] * 2

@@ -115,6 +115,21 @@ def test_wait_returns_as_soon_as_another_connection_commits_the_end():
     assert 0.25 <= elapsed < 2.0, elapsed
 
 
+def test_wait_returns_when_a_grouped_success_commits_with_the_next_claim():
+    # given a running job whose success a batch commits with its next claim 0.3 s from now
+    job, following = enqueue("examples.echo", {}), enqueue("examples.echo", {})
+    attempt = _claim(job).attempt
+    _later(0.3, lambda: store.succeed_many_and_claim([(job.pk, attempt, "{}")], [following.pk], "test/1", 30))
+
+    # when waited on for up to 10 s
+    started = time.monotonic()
+    done = jobs.wait(job, 10)
+
+    # then the wait ends with that commit, not at its timeout
+    assert done.status == Status.SUCCEEDED
+    assert time.monotonic() - started < 2.0
+
+
 def test_wait_goes_on_through_a_failed_attempt_that_will_be_retried():
     job = enqueue("examples.fail", {"times": 5}, retries=1)
     _later(0.2, lambda: store.fail(job.pk, _claim(job).attempt, "first", 0))  # failed: retried later

@@ -414,3 +414,34 @@ def test_a_batch_message_gives_back_its_rest_once_it_has_run_its_hold_and_only_i
     assert not decisions.gives_back_rest(0.05, 3, 0.1)  # short jobs run in a row
     assert decisions.gives_back_rest(0.1, 3, 0.1)
     assert not decisions.gives_back_rest(5.0, 0, 0.1)  # nothing left
+
+
+# --- a multi-id message's chunked claims and grouped outcomes -----------------------------------
+
+
+def test_a_batch_claims_one_id_first_and_after_a_slow_job_and_doubles_while_jobs_run_fast_up_to_the_cap():
+    assert decisions.claim_chunk(0, None, 100) == 1
+    assert decisions.claim_chunk(1, 0.001, 100) == 2
+    assert decisions.claim_chunk(2, 0.001, 100) == 4
+    assert decisions.claim_chunk(4, 0.001, 100) == 8
+    assert decisions.claim_chunk(8, 0.001, 100) == decisions.BATCH_CHUNK_CAP == 8
+    assert decisions.claim_chunk(8, 0.5, 100) == 1  # a slow job: one at a time again
+    assert decisions.claim_chunk(4, 0.001, 3) == 3  # never more than the message has left
+    assert decisions.claim_chunk(4, 0.001, 0) == 0
+
+
+def test_only_a_success_that_nothing_follows_may_wait_to_be_committed_with_others():
+    assert decisions.outcome_deferrable(False, False, False, False, False)
+    for i in range(5):
+        flags = [False] * 5
+        flags[i] = True  # a chain step, a continuation, a hook, a slot, an atomic type
+        assert not decisions.outcome_deferrable(*flags)
+
+
+def test_outcomes_stay_uncommitted_only_while_a_job_of_a_type_known_fast_runs_and_within_the_bound():
+    assert decisions.keeps_outcomes_pending(0, 10.0, None)  # nothing pending: nothing to commit first
+    assert decisions.keeps_outcomes_pending(3, 0.01, 0.001)
+    assert not decisions.keeps_outcomes_pending(3, 0.01, None)  # a type not yet run here: commit first
+    assert not decisions.keeps_outcomes_pending(3, 0.01, 0.3)  # a type that ran slow
+    assert not decisions.keeps_outcomes_pending(3, decisions.BATCH_PENDING_SECONDS, 0.001)  # too old
+    assert not decisions.keeps_outcomes_pending(decisions.BATCH_CHUNK_CAP, 0.01, 0.001)  # too many
