@@ -12,8 +12,10 @@ import json
 import os
 import signal
 from collections import Counter
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from examples.models import Effect
 from jobs import Step, enqueue_many
@@ -418,7 +420,9 @@ def test_a_grouped_outcome_of_a_run_that_lost_its_row_is_refused(live, monkeypat
     wait_for(lambda: ran_but_not_recorded(ids[1]), 30, what="the second job to have run, its outcome waiting")
 
     # when its row is taken over meanwhile (as a reap and another worker's claim would: attempt 2)
-    Job.objects.filter(pk=ids[1], attempt=1).update(attempt=2, worker="other@host/1")
+    # (with that claim's own lease: the reaper must not take attempt 2 back while this test reads it)
+    Job.objects.filter(pk=ids[1], attempt=1).update(attempt=2, worker="other@host/1",
+                                                    lease_expires_at=timezone.now() + timedelta(minutes=5))
 
     # then attempt 1's grouped success is refused: the row is still attempt 2's, running, no output
     wait_for(lambda: f"job {ids[1]} attempt 1 lost its lease before completing" in worker.log(), 20, what="the refusal's log line")
