@@ -14,7 +14,10 @@ a row read) paced at --rate per second from --clients threads (bench.cluster's c
    open;
 3. jobs + streams: the same, with --streams open `GET /api/jobs/{id}/stream` on the backlog's
    jobs (the next ones to run: each sees pending, running, progress, its end), held by one
-   asyncio loop in a process of its own (forked: its reading takes nothing from the timed client).
+   asyncio loop in a process of its own (forked: its reading takes nothing from the timed client;
+   its CPU is reported, ~0.005 s/s: it takes next to nothing from the servers' 2 cores), measured
+   once the servers hold every open stream's end (their advisory locks, `holds()`): the phase is
+   of open streams, not of their opening. The next round's phase 2 waits for them to be given back.
 
 Phases 2 and 3 alternate in --rounds rounds (3: 2, 3, 2, 3, 2, 3, each with --requests / --rounds
 requests; the streams opened anew on the next jobs each round and closed after it), each phase's
@@ -43,6 +46,7 @@ import queue
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from bench.common import (
     MANAGE,
@@ -206,6 +210,7 @@ class Phase:
     rss_mb: float
     web_cpu: float  # CPU seconds the servers used per second of the measurement
     pg_cpu: float | None  # PostgreSQL's (None: not on this machine)
+    client_cpu: float | None = None  # the streams' own client process's (phase 3 only)
 
 
 def server_figures(server_pids: list[int]) -> tuple[int, int, float]:
@@ -249,7 +254,38 @@ def finished_jobs() -> int:
     return Job.objects.filter(status__in=("succeeded", "dead", "cancelled")).count()
 
 
-def measure(label: str, port: int, token: str, job_id: int, args: argparse.Namespace, server_pids: list[int]) -> Phase:
+def holds() -> int:
+    """The advisory locks the servers' listening connections hold: one per streamed row whose end
+    they wait for (jobs/interfaces/listener.py), taken after the stream's first event and given back
+    after it closes, each a round trip on the one connection."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND a.application_name LIKE 'conveyor-web-%%-listen'"
+        )
+        return cursor.fetchone()[0]
+
+
+def settled(condition: Callable[[], bool], what: str, seconds: float = 120.0) -> float:
+    """Wait until `condition` (the streams' holds taken, or given back), bounded; the seconds it
+    took. Without it a phase measured the tail of the streams' opening (phase 3) or of the last
+    round's closing (the next phase 2): 1,000 holds, then 1,000 releases, one round trip each on a
+    server's listening connection, which under load took the whole measurement."""
+    began = time.perf_counter()
+    wait_until(condition, seconds, what)
+    return time.perf_counter() - began
+
+
+def measure(
+    label: str, port: int, token: str, job_id: int, args: argparse.Namespace, server_pids: list[int],
+    client: int | None = None,
+) -> Phase:
+    """`client`: the streams' process, whose CPU is measured too (what it takes from the 2 cores
+    the servers share with it)."""
+    import psutil
+
     from bench.cluster import fire
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -259,12 +295,16 @@ def measure(label: str, port: int, token: str, job_id: int, args: argparse.Names
     postmaster = postmaster_pid()
     cpu0 = sum(tree_cpu(pid) for pid in server_pids)
     pg0 = tree_cpu(postmaster) if postmaster else 0.0
+    client0 = sum(psutil.Process(client).cpu_times()[:2]) if client else 0.0
     fired = fire(port, path, headers, args.requests, args)
     seconds = max(fired.seconds, 1e-9)
     cpu = (sum(tree_cpu(pid) for pid in server_pids) - cpu0) / seconds
     pg = (tree_cpu(postmaster) - pg0) / seconds if postmaster else None
+    client_cpu = (sum(psutil.Process(client).cpu_times()[:2]) - client0) / seconds if client else None
     conns, threads, rss = server_figures(server_pids)
-    return Phase(label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg)
+    return Phase(
+        label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg, client_cpu,
+    )
 
 
 def merge(label: str, parts: list[Phase]) -> Phase:
@@ -272,10 +312,12 @@ def merge(label: str, parts: list[Phase]) -> Phase:
     round timed the same number of requests), the servers' figures of the last round."""
     last = parts[-1]
     pg = [part.pg_cpu for part in parts if part.pg_cpu is not None]
+    client = [part.client_cpu for part in parts if part.client_cpu is not None]
     return Phase(
         label, [ms for part in parts for ms in part.latencies], sum(p.errors for p in parts),
         sum(p.jobs_done for p in parts), last.connections, last.threads, last.rss_mb,
         sum(p.web_cpu for p in parts) / len(parts), sum(pg) / len(pg) if pg else None,
+        sum(client) / len(client) if client else None,
     )
 
 
@@ -285,6 +327,8 @@ class Opened:
     def __init__(self) -> None:
         self.opened = self.events = self.ends = 0
         self.errors: list[str] = []
+        self.settling: list[float] = []  # seconds the holds took to be taken, per round
+        self.closing: list[float] = []  # and to be given back
 
     def add(self, streams: Streams) -> None:
         self.opened += streams.opened
@@ -326,10 +370,18 @@ def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int])
         streams.start(port, token, ids)
         try:
             wait_until(lambda: streams.opened + len(streams.errors) >= len(ids), 120, f"{len(ids)} streams to open")
-            beside.append(measure(label, port, token, probe.pk, share, server_pids))
+            # the open streams' holds all taken (their end heard at once): the measure is of open
+            # streams, not of their opening
+            opened.settling.append(settled(
+                lambda: holds() >= streams.opened - streams.ends, "the servers to hold every open stream's end",
+            ))
+            assert streams.process is not None
+            beside.append(measure(label, port, token, probe.pk, share, server_pids, streams.process.pid))
         finally:
             streams.stop()
             opened.add(streams)
+        # and given back, before the next round's phase 2 measures the same jobs without streams
+        opened.closing.append(settled(lambda: holds() == 0, "the servers to release the closed streams' holds"))
     phases += [merge("jobs", without), merge(label, beside)]
     return phases, opened
 
@@ -357,6 +409,17 @@ def report(phases: list[Phase], streams: Opened, args: argparse.Namespace) -> li
         f"streams: {streams.opened} opened, {streams.events} events received, {streams.ends} ended with their job, "
         f"{len(streams.errors)} errors{(': ' + streams.errors[0]) if streams.errors else ''}"
     )
+    if streams.settling:
+        lines.append(
+            "the streams' holds (one advisory lock per streamed row) taken in "
+            + ", ".join(f"{s:.1f}" for s in streams.settling) + " s after the last stream opened, given back in "
+            + ", ".join(f"{s:.1f}" for s in streams.closing) + " s after they closed (not measured: each phase waits)"
+        )
+    if phases[2].client_cpu is not None:
+        lines.append(
+            f"the streams' client process (1 asyncio loop, {args.streams} connections): {phases[2].client_cpu:.3f} CPU s/s "
+            "during phase 3, beside the servers' above"
+        )
     lines.append(f"p99 with the streams open / without them (same jobs running): {ratio:.2f}x ({verdict} the {TARGET}x target)")
     return lines
 
