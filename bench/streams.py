@@ -3,6 +3,7 @@ cost the ordinary API requests.
 
     python -m bench.streams                      1,000 streams, 600 requests per phase
     python -m bench.streams --streams 50 --requests 100    a quick run
+    python -m bench.streams --loop-cpu           and the servers' event loop CPU by callback
 
 One `manage.py start` instance (shared: gunicorn with --web-concurrency uvicorn workers, and a
 Celery worker with --concurrency processes, no beat) on a free port of 127.0.0.1, a bearer token of
@@ -43,9 +44,12 @@ import io
 import multiprocessing
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from bench.common import (
@@ -211,6 +215,7 @@ class Phase:
     web_cpu: float  # CPU seconds the servers used per second of the measurement
     pg_cpu: float | None  # PostgreSQL's (None: not on this machine)
     client_cpu: float | None = None  # the streams' own client process's (phase 3 only)
+    windows: tuple[tuple[float, float], ...] = ()  # (wall clock) when it was measured: --loop-cpu's
 
 
 def server_figures(server_pids: list[int]) -> tuple[int, int, float]:
@@ -296,7 +301,9 @@ def measure(
     cpu0 = sum(tree_cpu(pid) for pid in server_pids)
     pg0 = tree_cpu(postmaster) if postmaster else 0.0
     client0 = sum(psutil.Process(client).cpu_times()[:2]) if client else 0.0
+    began = time.time()
     fired = fire(port, path, headers, args.requests, args)
+    window = ((began, time.time()),)
     seconds = max(fired.seconds, 1e-9)
     cpu = (sum(tree_cpu(pid) for pid in server_pids) - cpu0) / seconds
     pg = (tree_cpu(postmaster) - pg0) / seconds if postmaster else None
@@ -304,6 +311,7 @@ def measure(
     conns, threads, rss = server_figures(server_pids)
     return Phase(
         label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg, client_cpu,
+        window,
     )
 
 
@@ -317,7 +325,7 @@ def merge(label: str, parts: list[Phase]) -> Phase:
         label, [ms for part in parts for ms in part.latencies], sum(p.errors for p in parts),
         sum(p.jobs_done for p in parts), last.connections, last.threads, last.rss_mb,
         sum(p.web_cpu for p in parts) / len(parts), sum(pg) / len(pg) if pg else None,
-        sum(client) / len(client) if client else None,
+        sum(client) / len(client) if client else None, tuple(w for part in parts for w in part.windows),
     )
 
 
@@ -424,6 +432,48 @@ def report(phases: list[Phase], streams: Opened, args: argparse.Namespace) -> li
     return lines
 
 
+# --- --loop-cpu: the servers' event loop CPU by callback (bench/loopcpu/sitecustomize.py) -------------
+
+LOOP_CPU = Path(__file__).resolve().parent / "loopcpu"
+
+
+def loop_cpu(folder: str, phase: Phase) -> dict[str, tuple[float, float]]:
+    """Per callback kind, (calls, CPU ms) per second of the phase's measurement, over every server."""
+    import glob
+
+    sums: dict[str, list[float]] = {}
+    for name in glob.glob(os.path.join(folder, "*.log")):
+        with open(name) as log:
+            for line in log:
+                stamp, calls, ms, key = line.rstrip("\n").split("\t", 3)
+                # a record is the second or so before its stamp: counted in the window its stamp is
+                # in (a window's edges err by up to a second each, alike in every phase)
+                if any(began < float(stamp) <= ended for began, ended in phase.windows):
+                    entry = sums.setdefault(key, [0.0, 0.0])
+                    entry[0] += float(calls)
+                    entry[1] += float(ms)
+    seconds = sum(ended - began for began, ended in phase.windows) or 1.0
+    return {key: (calls / seconds, ms / seconds) for key, (calls, ms) in sums.items()}
+
+
+def loop_cpu_report(folder: str, phases: list[Phase], top: int = 15) -> list[str]:
+    """What the servers' loops spent more per second with the streams open than without (phase 3 - 2)."""
+    without, beside = loop_cpu(folder, phases[1]), loop_cpu(folder, phases[2])
+    total = [sum(ms for _, ms in figures.values()) for figures in (without, beside)]
+    keys = sorted(set(without) | set(beside), key=lambda k: -(beside.get(k, (0, 0))[1] - without.get(k, (0, 0))[1]))
+    rows = [
+        (key[:90], f"{beside.get(key, (0, 0))[0]:.1f}", f"{without.get(key, (0, 0))[1]:.2f}",
+         f"{beside.get(key, (0, 0))[1]:.2f}", f"{beside.get(key, (0, 0))[1] - without.get(key, (0, 0))[1]:+.2f}")
+        for key in keys[:top]
+    ]
+    return [
+        "",
+        f"the servers' event loops, CPU ms per second (thread_time, every server): {total[0]:.1f} without the streams, "
+        f"{total[1]:.1f} with them; the callbacks that cost more with them:",
+        *table(("callback (a task's coroutine @ where it waited)", "calls/s", "ms/s jobs", "ms/s + streams", "more"), rows),
+    ]
+
+
 # --- The bench as a program -----------------------------------------------------------------------
 
 
@@ -444,6 +494,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int, default=0, help="backlog jobs (default: --streams plus what the phases run)")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds the instance may take to get ready")
+    parser.add_argument(
+        "--loop-cpu", action="store_true",
+        help="time every callback of the servers' event loops (bench/loopcpu) and report what costs more with the streams",
+    )
     args = parser.parse_args(argv)
     if min(args.streams, args.requests, args.rounds, args.clients, args.warmup, args.web_concurrency, args.concurrency) < 1:
         parser.error("--streams, --requests, --rounds, --clients, --warmup and the concurrencies must be at least 1")
@@ -479,7 +533,13 @@ def main(argv: list[str] | None = None) -> int:
             "--web-concurrency", str(args.web_concurrency), "--concurrency", str(args.concurrency),
         ]
         # Streams per token per process: the bench's one token holds them all.
-        proc: Proc = procs.spawn("conveyor", argv, child_env(CONVEYOR_STREAMS_PER_TOKEN=str(args.streams + 100)))
+        extra = {"CONVEYOR_STREAMS_PER_TOKEN": str(args.streams + 100)}
+        loop_folder = None
+        if args.loop_cpu:
+            loop_folder = tempfile.mkdtemp(prefix="cvb-loopcpu-")
+            extra["CONVEYOR_BENCH_LOOP_CPU"] = loop_folder
+            extra["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LOOP_CPU), os.environ.get("PYTHONPATH")]))
+        proc: Proc = procs.spawn("conveyor", argv, child_env(**extra))
         procs.wait_ready(proc, args.timeout)
 
         def answers() -> bool:
@@ -493,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {args.streams} streams, {args.requests} requests per phase at {args.rate:g}/s ...", flush=True)
         phases, streams = run(port, token, args, gunicorn_workers(proc.process.pid))
         lines = report(phases, streams, args)
+        if loop_folder:
+            lines += loop_cpu_report(loop_folder, phases)
+            shutil.rmtree(loop_folder, ignore_errors=True)
         truncate_jobs()
         return "\n".join([
             f"{PROG}: {machine}; load average {load_start} at the start; "
