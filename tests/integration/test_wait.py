@@ -442,3 +442,41 @@ def test_a_hub_whose_connection_is_lost_fails_its_open_waits_and_the_next_wait_r
     failed, again = asyncio.run(scenario())
     assert failed is listener.WaitUnavailable and again is False
     assert time.monotonic() - started < 5.0
+
+
+def test_a_waiter_holds_and_reads_its_row_in_one_command_and_a_cancelled_one_gives_its_hold_back():
+    import asyncio
+
+    from jobs.interfaces import listener
+
+    # (1,000 streams opening at once queued two commands each on the hub's one connection, each a
+    # turn of the connection and of its reader: bench.streams, issue 27)
+    job = enqueue("examples.echo", {})
+
+    async def scenario() -> tuple[int, int, int]:
+        hub = listener.Hub(keep_open=True)
+        commands = 0
+        command = hub._command
+
+        async def counted(run):  # noqa: ANN001, ANN202
+            nonlocal commands
+            commands += 1
+            return await command(run)
+
+        hub._command = counted
+        # given a waiter on a pending job, waiting (its hold taken and its row read)
+        waiting = asyncio.create_task(hub.ended(listener.JOB, job.pk, 10))
+        while not hub.holds:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        before_release = commands
+        # when its request goes away
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(0.1)  # the release is a task
+        locks = await _in_a_thread(_shared_locks)
+        await hub.aclose()
+        return before_release, len(hub.holds), locks
+
+    # then the hold and the read were one command, and the hold is given back
+    assert asyncio.run(scenario()) == (1, 0, 0)
