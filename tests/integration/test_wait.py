@@ -458,7 +458,7 @@ def test_a_waiter_holds_and_reads_its_row_in_one_command_and_a_cancelled_one_giv
         commands = 0
         command = hub._command
 
-        async def counted(run):  # noqa: ANN001, ANN202
+        async def counted(run):
             nonlocal commands
             commands += 1
             return await command(run)
