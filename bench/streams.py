@@ -76,7 +76,7 @@ TARGET = 1.2  # phase 3's p99 over phase 2's
 # --- The streams: one asyncio loop in a process of their own -----------------------------------
 
 
-OPENED, EVENTS, ENDS, ERRORS = range(4)
+OPENED, EVENTS, ENDS, ERRORS, CLOSED = range(5)
 #: Errors kept word for word (the rest only counted).
 KEPT_ERRORS = 20
 
@@ -88,7 +88,8 @@ class Streams:
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("fork")
-        self.counts = ctx.Array("q", 4)  # opened (answered 200 with a first event), events, ends, errors
+        # opened (answered 200 with a first event), events, ends, errors, closed by the server (an end or not)
+        self.counts = ctx.Array("q", 5)
         self.kept = ctx.Queue()
         self.stopping = ctx.Event()
         self.ready = ctx.Event()
@@ -107,6 +108,10 @@ class Streams:
     @property
     def ends(self) -> int:
         return self.counts[ENDS]
+
+    @property
+    def closed(self) -> int:
+        return self.counts[CLOSED]
 
     @property
     def errors(self) -> list[str]:
@@ -165,6 +170,7 @@ async def _hold_all(port: int, token: str, ids: list[int], connect_rate: float, 
 
 async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
     writer = None
+    counted = False  # opened: its first event came
 
     def error(text: str) -> None:
         counts[ERRORS] += 1
@@ -182,7 +188,6 @@ async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
         if b" 200 " not in status:
             error(status.decode(errors="replace").strip())
             return
-        counted = False
         async for line in reader:
             if line.startswith(b"event: "):
                 counts[EVENTS] += 1
@@ -191,10 +196,14 @@ async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
                     counted = True
                 if line.startswith(b"event: end"):
                     counts[ENDS] += 1
+        if counted:
+            counts[CLOSED] += 1  # the server closed it (its end, or a lost listening connection)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         error(f"{type(exc).__name__}: {exc}")
+        if counted:
+            counts[CLOSED] += 1
     finally:
         if writer is not None:
             writer.close()
@@ -381,7 +390,7 @@ def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int])
             # the open streams' holds all taken (their end heard at once): the measure is of open
             # streams, not of their opening
             opened.settling.append(settled(
-                lambda: holds() >= streams.opened - streams.ends, "the servers to hold every open stream's end",
+                lambda: holds() >= streams.opened - streams.closed, "the servers to hold every open stream's end",
             ))
             assert streams.process is not None
             beside.append(measure(label, port, token, probe.pk, share, server_pids, streams.process.pid))

@@ -85,19 +85,13 @@ class Hub:
         slot = (channel, str(row_id))
         heard: asyncio.Future[bool] = loop.create_future()
         self.waiters[slot].add(heard)  # before the lock and the read: nothing said after is missed
-        held = [False]  # set by _hold_and_fetch as soon as the key is held (a read cut short still gives it back)
+        held = False
         try:
-            while True:
-                # The hold, then the read, in ONE command: one turn of the connection (and of its
-                # reader) per waiter, not two; 1,000 streams opening at once queued 2,000 of them
-                # (bench.streams, issue 27). The read is still its own statement, after the hold.
-                attempt = await self._command(lambda pg: self._hold_and_fetch(pg, key, check, row_id, held))
-                if attempt is not None:
-                    row = attempt[0]
-                    break
+            while not (held := await self._command(lambda pg: self._hold(pg, key))):
                 if self.closing or loop.time() >= deadline:  # an end still committing at our deadline
                     return False
                 await asyncio.sleep(min(RETRY_LOCK_SECONDS, max(0.0, deadline - loop.time())))
+            row = await self._command(lambda pg: _fetch(pg, check, row_id))
             if row is None:
                 model = Job if what == "job" else Chain
                 raise model.DoesNotExist(f"{what} {row_id} does not exist (or is not committed yet)")
@@ -113,7 +107,7 @@ class Hub:
                 del self.waiters[slot]
             if heard.done() and not heard.cancelled():
                 heard.exception()  # (retrieved: a failure it carries was answered already)
-            if held[0]:
+            if held:
                 # A task: a cancelled request (its client went away) still gives its hold back.
                 release = loop.create_task(self._quietly(lambda pg: self._release(pg, key)))
                 if not self.keep_open:  # this loop may end with the request: finish here
@@ -243,17 +237,6 @@ class Hub:
             self.holds[key] = 1
             return True
         return False
-
-    async def _hold_and_fetch(
-        self, pg: psycopg.AsyncConnection, key: int, check: str, row_id: int, held: list[bool],
-    ) -> tuple[Any] | None:
-        """The key held (`held[0]` set at once: the waiter gives it back even if the read is cut
-        short, cancelled or failed), then the row read: (its row or None); None when the key could
-        not be held (an ending transaction holds it: the waiter tries again)."""
-        if not await self._hold(pg, key):
-            return None
-        held[0] = True
-        return (await _fetch(pg, check, row_id),)
 
     async def _release(self, pg: psycopg.AsyncConnection, key: int) -> None:
         count = self.holds.get(key)
