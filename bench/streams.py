@@ -88,7 +88,7 @@ class Streams:
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("fork")
-        # opened (answered 200 with a first event), events, ends, errors, closed by the server (an end or not)
+        # opened (answered 200 with a first event), events, ends, errors, over (an end event, or closed without)
         self.counts = ctx.Array("q", 5)
         self.kept = ctx.Queue()
         self.stopping = ctx.Event()
@@ -170,7 +170,7 @@ async def _hold_all(port: int, token: str, ids: list[int], connect_rate: float, 
 
 async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
     writer = None
-    counted = False  # opened: its first event came
+    counted = ended = False  # opened: its first event came; its end event came
 
     def error(text: str) -> None:
         counts[ERRORS] += 1
@@ -196,13 +196,17 @@ async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
                     counted = True
                 if line.startswith(b"event: end"):
                     counts[ENDS] += 1
-        if counted:
-            counts[CLOSED] += 1  # the server closed it (its end, or a lost listening connection)
+                    # over at its end event (the connection itself may stay open for the
+                    # keep-alive's 5 s: counted then, the wait below lagged the jobs' ends)
+                    counts[CLOSED] += 1
+                    ended = True
+        if counted and not ended:
+            counts[CLOSED] += 1  # closed with no end (a lost listening connection, a drain)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         error(f"{type(exc).__name__}: {exc}")
-        if counted:
+        if counted and not ended:
             counts[CLOSED] += 1
     finally:
         if writer is not None:
@@ -560,11 +564,14 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(answers, args.timeout, f"GET /health/ready on port {port}", [proc])
         began = time.perf_counter()
         print(f"{PROG}: {args.streams} streams, {args.requests} requests per phase at {args.rate:g}/s ...", flush=True)
-        phases, streams = run(port, token, args, gunicorn_workers(proc.process.pid))
-        lines = report(phases, streams, args)
-        if loop_folder:
-            lines += loop_cpu_report(loop_folder, phases)
-            shutil.rmtree(loop_folder, ignore_errors=True)
+        try:
+            phases, streams = run(port, token, args, gunicorn_workers(proc.process.pid))
+            lines = report(phases, streams, args)
+            if loop_folder:
+                lines += loop_cpu_report(loop_folder, phases)
+        finally:
+            if loop_folder:
+                shutil.rmtree(loop_folder, ignore_errors=True)
         truncate_jobs()
         return "\n".join([
             f"{PROG}: {machine}; load average {load_start} at the start; "
