@@ -3,6 +3,7 @@ cost the ordinary API requests.
 
     python -m bench.streams                      1,000 streams, 600 requests per phase
     python -m bench.streams --streams 50 --requests 100    a quick run
+    python -m bench.streams --loop-cpu           and the servers' event loop CPU by callback
 
 One `manage.py start` instance (shared: gunicorn with --web-concurrency uvicorn workers, and a
 Celery worker with --concurrency processes, no beat) on a free port of 127.0.0.1, a bearer token of
@@ -14,7 +15,10 @@ a row read) paced at --rate per second from --clients threads (bench.cluster's c
    open;
 3. jobs + streams: the same, with --streams open `GET /api/jobs/{id}/stream` on the backlog's
    jobs (the next ones to run: each sees pending, running, progress, its end), held by one
-   asyncio loop in a process of its own (forked: its reading takes nothing from the timed client).
+   asyncio loop in a process of its own (forked: its reading takes nothing from the timed client;
+   its CPU is reported, ~0.005 s/s: it takes next to nothing from the servers' 2 cores), measured
+   once the servers hold every open stream's end (their advisory locks, `holds()`): the phase is
+   of open streams, not of their opening. The next round's phase 2 waits for them to be given back.
 
 Phases 2 and 3 alternate in --rounds rounds (3: 2, 3, 2, 3, 2, 3, each with --requests / --rounds
 requests; the streams opened anew on the next jobs each round and closed after it), each phase's
@@ -40,9 +44,13 @@ import io
 import multiprocessing
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from bench.common import (
     MANAGE,
@@ -68,7 +76,7 @@ TARGET = 1.2  # phase 3's p99 over phase 2's
 # --- The streams: one asyncio loop in a process of their own -----------------------------------
 
 
-OPENED, EVENTS, ENDS, ERRORS = range(4)
+OPENED, EVENTS, ENDS, ERRORS, CLOSED = range(5)
 #: Errors kept word for word (the rest only counted).
 KEPT_ERRORS = 20
 
@@ -80,7 +88,8 @@ class Streams:
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("fork")
-        self.counts = ctx.Array("q", 4)  # opened (answered 200 with a first event), events, ends, errors
+        # opened (answered 200 with a first event), events, ends, errors, over (an end event, or closed without)
+        self.counts = ctx.Array("q", 5)
         self.kept = ctx.Queue()
         self.stopping = ctx.Event()
         self.ready = ctx.Event()
@@ -99,6 +108,10 @@ class Streams:
     @property
     def ends(self) -> int:
         return self.counts[ENDS]
+
+    @property
+    def closed(self) -> int:
+        return self.counts[CLOSED]
 
     @property
     def errors(self) -> list[str]:
@@ -157,6 +170,7 @@ async def _hold_all(port: int, token: str, ids: list[int], connect_rate: float, 
 
 async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
     writer = None
+    counted = ended = False  # opened: its first event came; its end event came
 
     def error(text: str) -> None:
         counts[ERRORS] += 1
@@ -174,7 +188,6 @@ async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
         if b" 200 " not in status:
             error(status.decode(errors="replace").strip())
             return
-        counted = False
         async for line in reader:
             if line.startswith(b"event: "):
                 counts[EVENTS] += 1
@@ -183,10 +196,18 @@ async def _follow(port: int, token: str, job_id: int, counts, kept) -> None:
                     counted = True
                 if line.startswith(b"event: end"):
                     counts[ENDS] += 1
+                    # over at its end event (the connection itself may stay open for the
+                    # keep-alive's 5 s: counted then, the wait below lagged the jobs' ends)
+                    counts[CLOSED] += 1
+                    ended = True
+        if counted and not ended:
+            counts[CLOSED] += 1  # closed with no end (a lost listening connection, a drain)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         error(f"{type(exc).__name__}: {exc}")
+        if counted and not ended:
+            counts[CLOSED] += 1
     finally:
         if writer is not None:
             writer.close()
@@ -206,6 +227,8 @@ class Phase:
     rss_mb: float
     web_cpu: float  # CPU seconds the servers used per second of the measurement
     pg_cpu: float | None  # PostgreSQL's (None: not on this machine)
+    client_cpu: float | None = None  # the streams' own client process's (phase 3 only)
+    windows: tuple[tuple[float, float], ...] = ()  # (wall clock) when it was measured: --loop-cpu's
 
 
 def server_figures(server_pids: list[int]) -> tuple[int, int, float]:
@@ -249,7 +272,38 @@ def finished_jobs() -> int:
     return Job.objects.filter(status__in=("succeeded", "dead", "cancelled")).count()
 
 
-def measure(label: str, port: int, token: str, job_id: int, args: argparse.Namespace, server_pids: list[int]) -> Phase:
+def holds() -> int:
+    """The advisory locks the servers' listening connections hold: one per streamed row whose end
+    they wait for (jobs/interfaces/listener.py), taken after the stream's first event and given back
+    after it closes, each a round trip on the one connection."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND a.application_name LIKE 'conveyor-web-%%-listen'"
+        )
+        return cursor.fetchone()[0]
+
+
+def settled(condition: Callable[[], bool], what: str, seconds: float = 120.0) -> float:
+    """Wait until `condition` (the streams' holds taken, or given back), bounded; the seconds it
+    took. Without it a phase measured the tail of the streams' opening (phase 3) or of the last
+    round's closing (the next phase 2): 1,000 holds, then 1,000 releases, one round trip each on a
+    server's listening connection, which under load took the whole measurement."""
+    began = time.perf_counter()
+    wait_until(condition, seconds, what)
+    return time.perf_counter() - began
+
+
+def measure(
+    label: str, port: int, token: str, job_id: int, args: argparse.Namespace, server_pids: list[int],
+    client: int | None = None,
+) -> Phase:
+    """`client`: the streams' process, whose CPU is measured too (what it takes from the 2 cores
+    the servers share with it)."""
+    import psutil
+
     from bench.cluster import fire
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -259,12 +313,19 @@ def measure(label: str, port: int, token: str, job_id: int, args: argparse.Names
     postmaster = postmaster_pid()
     cpu0 = sum(tree_cpu(pid) for pid in server_pids)
     pg0 = tree_cpu(postmaster) if postmaster else 0.0
+    client0 = sum(psutil.Process(client).cpu_times()[:2]) if client else 0.0
+    began = time.time()
     fired = fire(port, path, headers, args.requests, args)
+    window = ((began, time.time()),)
     seconds = max(fired.seconds, 1e-9)
     cpu = (sum(tree_cpu(pid) for pid in server_pids) - cpu0) / seconds
     pg = (tree_cpu(postmaster) - pg0) / seconds if postmaster else None
+    client_cpu = (sum(psutil.Process(client).cpu_times()[:2]) - client0) / seconds if client else None
     conns, threads, rss = server_figures(server_pids)
-    return Phase(label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg)
+    return Phase(
+        label, fired.latencies, len(fired.errors), finished_jobs() - before, conns, threads, rss, cpu, pg, client_cpu,
+        window,
+    )
 
 
 def merge(label: str, parts: list[Phase]) -> Phase:
@@ -272,10 +333,12 @@ def merge(label: str, parts: list[Phase]) -> Phase:
     round timed the same number of requests), the servers' figures of the last round."""
     last = parts[-1]
     pg = [part.pg_cpu for part in parts if part.pg_cpu is not None]
+    client = [part.client_cpu for part in parts if part.client_cpu is not None]
     return Phase(
         label, [ms for part in parts for ms in part.latencies], sum(p.errors for p in parts),
         sum(p.jobs_done for p in parts), last.connections, last.threads, last.rss_mb,
         sum(p.web_cpu for p in parts) / len(parts), sum(pg) / len(pg) if pg else None,
+        sum(client) / len(client) if client else None, tuple(w for part in parts for w in part.windows),
     )
 
 
@@ -285,6 +348,8 @@ class Opened:
     def __init__(self) -> None:
         self.opened = self.events = self.ends = 0
         self.errors: list[str] = []
+        self.settling: list[float] = []  # seconds the holds took to be taken, per round
+        self.closing: list[float] = []  # and to be given back
 
     def add(self, streams: Streams) -> None:
         self.opened += streams.opened
@@ -326,10 +391,18 @@ def run(port: int, token: str, args: argparse.Namespace, server_pids: list[int])
         streams.start(port, token, ids)
         try:
             wait_until(lambda: streams.opened + len(streams.errors) >= len(ids), 120, f"{len(ids)} streams to open")
-            beside.append(measure(label, port, token, probe.pk, share, server_pids))
+            # the open streams' holds all taken (their end heard at once): the measure is of open
+            # streams, not of their opening
+            opened.settling.append(settled(
+                lambda: holds() >= streams.opened - streams.closed, "the servers to hold every open stream's end",
+            ))
+            assert streams.process is not None
+            beside.append(measure(label, port, token, probe.pk, share, server_pids, streams.process.pid))
         finally:
             streams.stop()
             opened.add(streams)
+        # and given back, before the next round's phase 2 measures the same jobs without streams
+        opened.closing.append(settled(lambda: holds() == 0, "the servers to release the closed streams' holds"))
     phases += [merge("jobs", without), merge(label, beside)]
     return phases, opened
 
@@ -357,8 +430,61 @@ def report(phases: list[Phase], streams: Opened, args: argparse.Namespace) -> li
         f"streams: {streams.opened} opened, {streams.events} events received, {streams.ends} ended with their job, "
         f"{len(streams.errors)} errors{(': ' + streams.errors[0]) if streams.errors else ''}"
     )
+    if streams.settling:
+        lines.append(
+            "the streams' holds (one advisory lock per streamed row) taken in "
+            + ", ".join(f"{s:.1f}" for s in streams.settling) + " s after the last stream opened, given back in "
+            + ", ".join(f"{s:.1f}" for s in streams.closing) + " s after they closed (not measured: each phase waits)"
+        )
+    if phases[2].client_cpu is not None:
+        lines.append(
+            f"the streams' client process (1 asyncio loop, {args.streams} connections): {phases[2].client_cpu:.3f} CPU s/s "
+            "during phase 3, beside the servers' above"
+        )
     lines.append(f"p99 with the streams open / without them (same jobs running): {ratio:.2f}x ({verdict} the {TARGET}x target)")
     return lines
+
+
+# --- --loop-cpu: the servers' event loop CPU by callback (bench/loopcpu/sitecustomize.py) -------------
+
+LOOP_CPU = Path(__file__).resolve().parent / "loopcpu"
+
+
+def loop_cpu(folder: str, phase: Phase) -> dict[str, tuple[float, float]]:
+    """Per callback kind, (calls, CPU ms) per second of the phase's measurement, over every server."""
+    import glob
+
+    sums: dict[str, list[float]] = {}
+    for name in glob.glob(os.path.join(folder, "*.log")):
+        with open(name) as log:
+            for line in log:
+                stamp, calls, ms, key = line.rstrip("\n").split("\t", 3)
+                # a record is the second or so before its stamp: counted in the window its stamp is
+                # in (a window's edges err by up to a second each, alike in every phase)
+                if any(began < float(stamp) <= ended for began, ended in phase.windows):
+                    entry = sums.setdefault(key, [0.0, 0.0])
+                    entry[0] += float(calls)
+                    entry[1] += float(ms)
+    seconds = sum(ended - began for began, ended in phase.windows) or 1.0
+    return {key: (calls / seconds, ms / seconds) for key, (calls, ms) in sums.items()}
+
+
+def loop_cpu_report(folder: str, phases: list[Phase], top: int = 15) -> list[str]:
+    """What the servers' loops spent more per second with the streams open than without (phase 3 - 2)."""
+    without, beside = loop_cpu(folder, phases[1]), loop_cpu(folder, phases[2])
+    total = [sum(ms for _, ms in figures.values()) for figures in (without, beside)]
+    keys = sorted(set(without) | set(beside), key=lambda k: -(beside.get(k, (0, 0))[1] - without.get(k, (0, 0))[1]))
+    rows = [
+        (key[:90], f"{beside.get(key, (0, 0))[0]:.1f}", f"{without.get(key, (0, 0))[1]:.2f}",
+         f"{beside.get(key, (0, 0))[1]:.2f}", f"{beside.get(key, (0, 0))[1] - without.get(key, (0, 0))[1]:+.2f}")
+        for key in keys[:top]
+    ]
+    return [
+        "",
+        f"the servers' event loops, CPU ms per second (thread_time, every server): {total[0]:.1f} without the streams, "
+        f"{total[1]:.1f} with them; the callbacks that cost more with them:",
+        *table(("callback (a task's coroutine @ where it waited)", "calls/s", "ms/s jobs", "ms/s + streams", "more"), rows),
+    ]
 
 
 # --- The bench as a program -----------------------------------------------------------------------
@@ -381,6 +507,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int, default=0, help="backlog jobs (default: --streams plus what the phases run)")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds the instance may take to get ready")
+    parser.add_argument(
+        "--loop-cpu", action="store_true",
+        help="time every callback of the servers' event loops (bench/loopcpu) and report what costs more with the streams",
+    )
     args = parser.parse_args(argv)
     if min(args.streams, args.requests, args.rounds, args.clients, args.warmup, args.web_concurrency, args.concurrency) < 1:
         parser.error("--streams, --requests, --rounds, --clients, --warmup and the concurrencies must be at least 1")
@@ -416,7 +546,13 @@ def main(argv: list[str] | None = None) -> int:
             "--web-concurrency", str(args.web_concurrency), "--concurrency", str(args.concurrency),
         ]
         # Streams per token per process: the bench's one token holds them all.
-        proc: Proc = procs.spawn("conveyor", argv, child_env(CONVEYOR_STREAMS_PER_TOKEN=str(args.streams + 100)))
+        extra = {"CONVEYOR_STREAMS_PER_TOKEN": str(args.streams + 100)}
+        loop_folder = None
+        if args.loop_cpu:
+            loop_folder = tempfile.mkdtemp(prefix="cvb-loopcpu-")
+            extra["CONVEYOR_BENCH_LOOP_CPU"] = loop_folder
+            extra["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LOOP_CPU), os.environ.get("PYTHONPATH")]))
+        proc: Proc = procs.spawn("conveyor", argv, child_env(**extra))
         procs.wait_ready(proc, args.timeout)
 
         def answers() -> bool:
@@ -428,8 +564,14 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(answers, args.timeout, f"GET /health/ready on port {port}", [proc])
         began = time.perf_counter()
         print(f"{PROG}: {args.streams} streams, {args.requests} requests per phase at {args.rate:g}/s ...", flush=True)
-        phases, streams = run(port, token, args, gunicorn_workers(proc.process.pid))
-        lines = report(phases, streams, args)
+        try:
+            phases, streams = run(port, token, args, gunicorn_workers(proc.process.pid))
+            lines = report(phases, streams, args)
+            if loop_folder:
+                lines += loop_cpu_report(loop_folder, phases)
+        finally:
+            if loop_folder:
+                shutil.rmtree(loop_folder, ignore_errors=True)
         truncate_jobs()
         return "\n".join([
             f"{PROG}: {machine}; load average {load_start} at the start; "

@@ -354,3 +354,22 @@ async def test_a_change_no_index_tells_of_a_waiting_job_shows_within_its_sweep()
     # then the stream shows it within a sweep
     held = await _next(events, timeout=streams.SWEEP_TICKS * streams.TICK + 2.0)
     assert (first.data["held"], held.data["held"], held.data["status"]) == ("", "rate", "pending")
+
+
+@in_loop
+async def test_a_ticks_arrays_sent_as_literals_reach_postgresql_whole():
+    # given ids and digests as a tick sends them (one text literal each, not psycopg's list
+    # adaptation item by item: streams.int_array, text_array), with a NULL and the characters a
+    # literal must escape
+    ids, digests = [1, 9_007_199_254_740_993, 3], ["0a1b2c3d4e5f6789", None, 'q"u\\o{t,e} NULL']
+
+    # when PostgreSQL casts them as the poll statements do
+    [(got_ids, got_digests)] = await listener.hub().read(
+        "SELECT %(ids)s::bigint[], %(known)s::text[]",
+        {"ids": streams.int_array(ids), "known": streams.text_array(digests)},
+    )
+
+    # then they arrive as they were, empty arrays too
+    assert (got_ids, got_digests) == (ids, digests)
+    [(empty,)] = await listener.hub().read("SELECT %(ids)s::bigint[]", {"ids": streams.int_array([])})
+    assert empty == []
