@@ -38,8 +38,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from jobs.engine import cpu_policy
     from project import embedded
 
+    # The last remover of the idle cgroup (WORKER_CPU_POLICY=idle) in this run: its workers have all
+    # ended; only threads still leaving are waited for (another run's running worker keeps it).
+    cpu_policy.remove_idle_cgroup(patience=0)
     embedded.stop()
     data = os.environ.get("CONVEYOR_DATA", "")
     if os.path.basename(data).startswith("cvt-"):  # made by tests/bootstrap.py
