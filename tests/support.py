@@ -291,6 +291,22 @@ def start_workers(live: LiveEnv, *specs: tuple[str, tuple[str, ...]]) -> list[Pr
     return [proc.wait_ready() for proc in procs]
 
 
+@contextmanager
+def module_workers(django_db_blocker, *specs: tuple[str, tuple[str, ...]]) -> Iterator[list[Proc]]:
+    """Worker instances shared by a module's tests, for a module-scoped fixture: started once (as
+    `start_workers` does), killed at the module's end (LiveEnv.discard). A module-scoped fixture
+    lives from its first user to the module's end: in a module whose other tests start workers
+    of their own (`live`), its users come last, or its workers would take those tests' jobs."""
+    with django_db_blocker.unblock():
+        env = LiveEnv()
+        env.flush_redis()
+        try:
+            yield start_workers(env, *specs)
+        finally:
+            env.discard()
+            env.flush_redis()
+
+
 # --- Rows and the API, as the tests read them ----------------------------------------------------
 
 
