@@ -12,6 +12,19 @@ from jobs.engine import cpu_policy
 from project import env
 
 
+@pytest.fixture(autouse=True)
+def idle_cgroup_of_this_test(monkeypatch):
+    """The idle cgroup these tests' job threads enter (where the machine has one: cgroup v1's cpu
+    controller) is one of this process's, removed after the test: the shared `conveyor-idle` made
+    by a unit test was left behind, empty, by every suite (unit tests run last, after every live
+    test's teardown had removed it), and a unit test must not touch another run's workers' cgroup."""
+    monkeypatch.setattr(cpu_policy, "IDLE_CGROUP", f"conveyor-idle-test-{os.getpid()}")
+    yield
+    group = cpu_policy.idle_cgroup()
+    if group is not None and os.path.isdir(group):  # a job thread entered it: joined, its OS thread ends now
+        assert cpu_policy.remove_idle_cgroup(group, patience=2), f"{group} could not be removed"
+
+
 def in_a_thread(function):
     """function() run in a new thread; its result (or its exception, raised here)."""
     out: dict[str, object] = {}
