@@ -100,14 +100,47 @@ def enter_idle_cgroup(directory: str | None = None) -> bool:
         return False
 
 
-def remove_idle_cgroup(directory: str | None = None, patience: float = 3.0) -> bool:
-    """Once a worker has ended: remove the idle cgroup when no thread is left in it, waiting up to
-    `patience` seconds for the threads of processes still exiting (a killed tree's); another
-    worker's still there, it stays. True when removed."""
+#: How long a remover waits for threads already leaving (killed, or exiting) to leave the idle
+#: cgroup: a SCHED_IDLE thread in it gets a core only when nothing else wants one, so on a busy
+#: machine its exit (the kernel's work, done at its own priority) took 3 to 6 s, measured under load.
+LEAVING_PATIENCE = 30.0
+
+SIGKILL_BIT = 1 << 8  # SIGKILL (9) in /proc's SigPnd/ShdPnd masks
+PF_EXITING = 0x4  # the kernel's per-task flag, in /proc/<tid>/stat's 9th field
+
+
+def leaving(state: str, flags: int, pending: int) -> bool:
+    """Whether a thread, read from /proc (its State letter, its stat flags, its pending signals, the
+    thread's and its process's ORed), is on its way out: a zombie or dead, exiting, or killed."""
+    return state in ("Z", "X") or bool(flags & PF_EXITING) or bool(pending & SIGKILL_BIT)
+
+
+def _thread_leaving(tid: str) -> bool:
+    """`leaving` for a thread id listed in the cgroup's `tasks` (gone from /proc: left)."""
+    try:
+        with open(f"/proc/{tid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        state, flags = fields[0], int(fields[6])
+        pending = 0
+        with open(f"/proc/{tid}/status") as status:
+            for line in status:
+                if line.startswith(("SigPnd:", "ShdPnd:")):
+                    pending |= int(line.split()[1], 16)
+    except (OSError, IndexError, ValueError):
+        return True  # gone (or going) between the listing and the read
+    return leaving(state, flags, pending)
+
+
+def remove_idle_cgroup(directory: str | None = None, patience: float = 3.0, leaving_patience: float = LEAVING_PATIENCE) -> bool:
+    """Once a worker has ended: remove the idle cgroup when no thread is left in it. While a thread
+    of a live process is in it (another worker's, or this worker's pool still ending), wait up to
+    `patience` seconds, then keep it; while only threads already leaving hold it (a killed tree's,
+    starved of CPU at the idle priority), wait for them up to `leaving_patience`. True when removed;
+    the reason it was kept is logged."""
     directory = directory or idle_cgroup()
     if directory is None or not os.path.isdir(directory):
         return False
-    deadline = time.monotonic() + patience
+    began = time.monotonic()
     while True:
         try:
             os.rmdir(directory)
@@ -115,9 +148,18 @@ def remove_idle_cgroup(directory: str | None = None, patience: float = 3.0) -> b
         except FileNotFoundError:
             return False
         except OSError:  # busy: threads still in it
-            if time.monotonic() >= deadline:
+            try:
+                with open(os.path.join(directory, "tasks")) as tasks:
+                    tids = tasks.read().split()
+            except OSError:
+                tids = []
+            staying = [tid for tid in tids if not _thread_leaving(tid)]
+            waited = time.monotonic() - began
+            if waited >= (patience if staying else leaving_patience):
+                log.info("%s kept after %.1fs: threads %s %s", directory, waited,
+                         " ".join(staying or tids), "still running in it" if staying else "still leaving it")
                 return False
-            time.sleep(0.1)
+            time.sleep(0.05)
 
 
 def is_idle(tid: int = 0) -> bool:

@@ -67,7 +67,7 @@ def worker_idle_cgroup(sender: object = None, **kwargs: object) -> None:
     """Under WORKER_CPU_POLICY=idle, at the worker's end: the idle cgroup its job threads took is
     removed once empty (jobs.engine.cpu_policy.remove_idle_cgroup)."""
     if settings.WORKER_CPU_POLICY == "idle":
-        cpu_policy.remove_idle_cgroup(patience=0)  # no wait: its pool may still be ending (the supervisor tries after)
+        cpu_policy.remove_idle_cgroup(patience=0, leaving_patience=0)  # no wait: its pool may still be ending (the supervisor tries after)
 
 
 @worker_init.connect

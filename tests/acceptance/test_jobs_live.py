@@ -4,6 +4,10 @@ Redis, no eager mode and no mocks. Each test is one promise of docs/architecture
 
 Timings come from tests.support.FAST: a lost worker's lease lapses in 3 s, a lost message is sent
 again after 3 s, and every worker runs the relay and the reaper every 200 ms.
+
+The tests whose workers are specialised, killed or started after their jobs start their own; the
+others share the module's worker (`worker`: every queue, the default pool), and come last: it runs
+from its first user to the module's end.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from tests.support import (
     embedded_redis,
     is_dead,
     kill_tree,
+    module_workers,
     redis_up,
     start_embedded_redis,
     start_workers,
@@ -36,12 +41,14 @@ from tests.support import (
     wait_job,
 )
 
-pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
+@pytest.fixture(scope="module")
+def worker(django_db_setup, django_db_blocker):
+    """The module's worker (every queue, the default pool), for the tests after `# --- on the module's worker`."""
+    with module_workers(django_db_blocker, ("steady", ())) as [proc]:
+        yield proc
 
 
-# --- helpers ----------------------------------------------------------------------------------
-
-
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 
 # --- 1. a chain hands off between specialized workers -------------------------------------------
@@ -167,51 +174,6 @@ def test_job_of_a_worker_killed_mid_run_is_completed_by_another_and_its_chain_go
     assert steps[1].output == {"after": "count"}
 
 
-# --- 4. Redis restarted, its queued messages lost ---------------------------------------------------
-
-
-def test_every_chain_completes_when_redis_restarts_empty_in_the_middle_of_200_chains(live):
-    """celery#8030 (worker stops consuming tasks after a Redis reconnection), once, with 400
-    steps under way: the worker consumes again and the relay re-sends what Redis lost (three
-    restarts and /health/ready: tests/acceptance/test_upstream_failure_modes.py)."""
-    if embedded_redis() is None:
-        pytest.skip("needs the session's embedded Redis (REDIS_URL names an outside server)")
-    # given a worker consuming every queue, and 200 chains examples.count -> examples.ping under way
-    start_workers(live, ("steady", ()))
-    chains = [start_chain([Step("examples.count", {}), Step("examples.ping", {})]).pk for _ in range(200)]
-    jobs = Job.objects.filter(chain_id__in=chains)
-    wait_for(lambda: jobs.filter(status=Status.SUCCEEDED).count() >= 100, 60, interval=0.02, what="a quarter of the 400 steps to succeed")
-
-    try:
-        # when Redis is killed with SIGKILL mid-way and its append-only file deleted, so every
-        # queued and unacked message is lost, and it is started again a second later (same socket)
-        crash_embedded_redis(lose_data=True)
-        waiting_at_crash = jobs.filter(status=Status.PENDING).count()  # rows whose message is gone
-        time.sleep(1.0)
-    finally:
-        start_embedded_redis()
-    assert waiting_at_crash > 0, "no step was waiting for its message when Redis went away: nothing was tested"
-
-    # then every chain succeeds (the relay publishes the rows whose messages were lost)
-    succeeded = Chain.objects.filter(pk__in=chains, status=ChainStatus.SUCCEEDED)
-    wait_for(
-        lambda: succeeded.count() == 200,
-        90,
-        interval=0.2,
-        what=f"all 200 chains to succeed ({waiting_at_crash} steps had lost their message)",
-    )
-    # and every step ran and completed exactly once: two jobs per chain, one per index, attempt 1
-    assert jobs.count() == 400
-    per_step = jobs.values("chain_id", "chain_index").annotate(n=Count("id"))
-    assert {(row["chain_index"], row["n"]) for row in per_step} == {(0, 1), (1, 1)}
-    assert jobs.filter(status=Status.SUCCEEDED, attempt=1).count() == 400
-    # and the first steps' side effect happened once each
-    first_steps = set(jobs.filter(chain_index=0).values_list("id", flat=True))
-    assert Effect.objects.count() == 200
-    assert set(Effect.objects.values_list("job_id", flat=True)) == first_steps
-    assert redis_up()
-
-
 # --- 5. many jobs, two competing workers ------------------------------------------------------------
 
 
@@ -238,12 +200,28 @@ def test_two_workers_run_500_jobs_each_exactly_once(live):
     assert workers == {"left", "right"}
 
 
+# --- 7. priority, over a backlog that waits for its worker ------------------------------------------
+
+
+def test_priority_is_honoured_within_a_queue(live):
+    # given a backlog of ten low-priority jobs, then one urgent job, with no worker running yet
+    low = [enqueue("examples.count", {"sleep": 0.1}, priority=9) for _ in range(10)]
+    urgent = enqueue("examples.count", {"sleep": 0.1}, priority=0)
+    # when a worker taking one job at a time starts
+    live.start("--concurrency", "1", mode="worker", name="one-at-a-time")
+    ids = [job.pk for job in low] + [urgent.pk]
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == 11, 60, what="the backlog to drain")
+    # then the urgent job ran first, although it was enqueued last
+    order = list(Job.objects.filter(pk__in=ids).order_by("started_at").values_list("pk", flat=True))
+    assert order[0] == urgent.pk, order
+
+
+# --- on the module's worker (last: see the module's docstring; Redis's restart, the very last) ----
 # --- 6. retries, dead jobs, failed chains, and a retry through the API ------------------------------
 
 
-def test_failing_job_succeeds_on_its_third_attempt_within_its_retries(live):
-    # given a worker
-    start_workers(live, ("retrier", ()))
+def test_failing_job_succeeds_on_its_third_attempt_within_its_retries(worker):
+    # given the module's worker
 
     # when examples.fail, set to fail its first two attempts, is enqueued with 3 retries
     job = enqueue("examples.fail", {"times": 2}, retries=3)
@@ -255,9 +233,8 @@ def test_failing_job_succeeds_on_its_third_attempt_within_its_retries(live):
     assert job.error == ""
 
 
-def test_job_out_of_retries_is_dead_and_fails_its_chain_until_retried_through_the_api(live):
-    # given a worker
-    start_workers(live, ("retrier", ()))
+def test_job_out_of_retries_is_dead_and_fails_its_chain_until_retried_through_the_api(worker):
+    # given the module's worker
 
     # when a chain starts with examples.fail set to fail twice but allowed only 1 retry
     chain = start_chain([Step("examples.fail", {"times": 2}, retries=1), Step("examples.echo", {"after": "fail"})])
@@ -292,14 +269,45 @@ def test_job_out_of_retries_is_dead_and_fails_its_chain_until_retried_through_th
     assert api_client().post(f"/api/jobs/{first.pk}/retry").status_code == 409
 
 
-def test_priority_is_honoured_within_a_queue(live):
-    # given a backlog of ten low-priority jobs, then one urgent job, with no worker running yet
-    low = [enqueue("examples.count", {"sleep": 0.1}, priority=9) for _ in range(10)]
-    urgent = enqueue("examples.count", {"sleep": 0.1}, priority=0)
-    # when a worker taking one job at a time starts
-    live.start("--concurrency", "1", mode="worker", name="one-at-a-time")
-    ids = [job.pk for job in low] + [urgent.pk]
-    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == 11, 60, what="the backlog to drain")
-    # then the urgent job ran first, although it was enqueued last
-    order = list(Job.objects.filter(pk__in=ids).order_by("started_at").values_list("pk", flat=True))
-    assert order[0] == urgent.pk, order
+# --- 4. Redis restarted, its queued messages lost ---------------------------------------------------
+
+
+def test_every_chain_completes_when_redis_restarts_empty_in_the_middle_of_200_chains(worker):
+    """celery#8030 (worker stops consuming tasks after a Redis reconnection), once, with 400
+    steps under way: the worker consumes again and the relay re-sends what Redis lost (three
+    restarts and /health/ready: tests/acceptance/test_upstream_failure_modes.py)."""
+    if embedded_redis() is None:
+        pytest.skip("needs the session's embedded Redis (REDIS_URL names an outside server)")
+    # given the module's worker (it consumes every queue), and 200 chains examples.count -> examples.ping under way
+    chains = [start_chain([Step("examples.count", {}), Step("examples.ping", {})]).pk for _ in range(200)]
+    jobs = Job.objects.filter(chain_id__in=chains)
+    wait_for(lambda: jobs.filter(status=Status.SUCCEEDED).count() >= 100, 60, interval=0.02, what="a quarter of the 400 steps to succeed")
+
+    try:
+        # when Redis is killed with SIGKILL mid-way and its append-only file deleted, so every
+        # queued and unacked message is lost, and it is started again a second later (same socket)
+        crash_embedded_redis(lose_data=True)
+        waiting_at_crash = jobs.filter(status=Status.PENDING).count()  # rows whose message is gone
+        time.sleep(1.0)
+    finally:
+        start_embedded_redis()
+    assert waiting_at_crash > 0, "no step was waiting for its message when Redis went away: nothing was tested"
+
+    # then every chain succeeds (the relay publishes the rows whose messages were lost)
+    succeeded = Chain.objects.filter(pk__in=chains, status=ChainStatus.SUCCEEDED)
+    wait_for(
+        lambda: succeeded.count() == 200,
+        90,
+        interval=0.2,
+        what=f"all 200 chains to succeed ({waiting_at_crash} steps had lost their message)",
+    )
+    # and every step ran and completed exactly once: two jobs per chain, one per index, attempt 1
+    assert jobs.count() == 400
+    per_step = jobs.values("chain_id", "chain_index").annotate(n=Count("id"))
+    assert {(row["chain_index"], row["n"]) for row in per_step} == {(0, 1), (1, 1)}
+    assert jobs.filter(status=Status.SUCCEEDED, attempt=1).count() == 400
+    # and the first steps' side effect happened once each
+    first_steps = set(jobs.filter(chain_index=0).values_list("id", flat=True))
+    assert Effect.objects.count() == 200
+    assert set(Effect.objects.values_list("job_id", flat=True)) == first_steps
+    assert redis_up()

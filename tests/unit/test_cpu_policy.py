@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
 from jobs.engine import cpu_policy
 from project import env
+
+
+@pytest.fixture(autouse=True)
+def idle_cgroup_of_this_test(monkeypatch):
+    """The idle cgroup these tests' job threads enter (where the machine has one: cgroup v1's cpu
+    controller) is one of this process's, removed after the test: the shared `conveyor-idle` made
+    by a unit test was left behind, empty, by every suite (unit tests run last, after every live
+    test's teardown had removed it), and a unit test must not touch another run's workers' cgroup."""
+    monkeypatch.setattr(cpu_policy, "IDLE_CGROUP", f"conveyor-idle-test-{os.getpid()}")
+    yield
+    group = cpu_policy.idle_cgroup()
+    if group is not None and os.path.isdir(group):  # a job thread entered it: joined, its OS thread ends now
+        assert cpu_policy.remove_idle_cgroup(group, patience=2), f"{group} could not be removed"
 
 
 def in_a_thread(function):
@@ -120,3 +134,56 @@ def test_the_idle_cgroup_applies_only_beside_a_v1_cpu_controller_with_cpu_idle_a
     # inside a container's or a unit's cgroup: none (the operator's setting decides)
     own.write_text("4:cpu,cpuacct:/system.slice/worker.service\n")
     assert cpu_policy.idle_cgroup(str(mount), str(own)) is None
+
+
+def test_a_thread_is_leaving_once_a_zombie_exiting_or_killed_and_not_before():
+    assert cpu_policy.leaving("Z", 0, 0) and cpu_policy.leaving("X", 0, 0)
+    assert cpu_policy.leaving("R", cpu_policy.PF_EXITING, 0)  # in the kernel's exit
+    assert cpu_policy.leaving("R", 0, cpu_policy.SIGKILL_BIT)  # killed, not yet scheduled to die
+    assert not cpu_policy.leaving("S", 0x400040, 1 << 14)  # a live thread with a SIGTERM pending
+    assert not cpu_policy.leaving("R", 0, 0)
+
+
+def a_zombie():
+    """A child process killed and not yet reaped: its thread is listed, and leaving."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.send_signal(signal.SIGKILL)
+    while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    return child
+
+
+def test_the_idle_cgroup_is_removed_once_threads_already_leaving_have_left_however_long_they_take(tmp_path):
+    """The defect: a killed idle worker's job thread, starved of CPU at the idle priority, stayed
+    listed in the cgroup for seconds after the last remover's patience ran out, and the suite left
+    an empty conveyor-idle behind. A directory stands in for the cgroup: its `tasks` lists a
+    zombie's thread until the kernel would drop it (here: the file removed after 0.6 s)."""
+    import threading
+
+    group = tmp_path / "conveyor-idle"
+    group.mkdir()
+    zombie = a_zombie()
+    (group / "tasks").write_text(f"{zombie.pid}\n")
+    threading.Timer(0.6, (group / "tasks").unlink).start()
+    try:
+        # when a remover with 0.1 s of patience finds only that leaving thread, then it waits for it
+        assert cpu_policy.remove_idle_cgroup(str(group), patience=0.1) is True
+        assert not group.exists()
+    finally:
+        zombie.wait()
+
+
+def test_the_idle_cgroup_stays_while_a_running_thread_is_in_it_and_the_remover_says_so(tmp_path, caplog):
+    group = tmp_path / "conveyor-idle"
+    group.mkdir()
+    (group / "tasks").write_text(f"{os.getpid()}\n")  # this live process: another worker, say
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="conveyor.runner"):
+        assert cpu_policy.remove_idle_cgroup(str(group), patience=0.2) is False
+    assert time.monotonic() - started < 2  # its patience, not the leaving threads' 30 s
+    assert group.exists()
+    assert f"threads {os.getpid()} still running in it" in caplog.text
