@@ -19,7 +19,7 @@ import contextvars
 import logging
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections
 
@@ -28,8 +28,9 @@ from jobs.engine.ending import How, ended
 from jobs.models import Status
 
 log = logging.getLogger("conveyor.grouped")
+T = TypeVar("T")
 
-#: How long grouped outcomes are retried while PostgreSQL is away (as runner.OUTCOME_RETRY_SECONDS).
+#: How long an outcome's write is tried again while PostgreSQL is away (a restart, a failover).
 RETRY_SECONDS = 30.0
 
 
@@ -57,7 +58,7 @@ class Group:
     def flush(self) -> None:
         """Commit the waiting successes alone (one statement), retried while PostgreSQL is away."""
         if self.outcomes:
-            self._recorded(_retried(lambda: store.succeed_many(self.outcomes)))
+            self._recorded(retried(lambda: store.succeed_many(self.outcomes), f"{len(self.outcomes)} grouped outcome(s)"))
 
     def flush_and_claim(self, ids: Sequence[int], worker: str, lease_seconds: float, limited: Sequence[str]) -> list[store.Claimed]:
         """Commit the waiting successes and claim `ids` in one round trip. PostgreSQL away: the
@@ -88,8 +89,11 @@ class Group:
                 self.on_changed(job_id, row.status)
 
 
-def _retried(write: Callable[[], list[store.Done]]) -> list[store.Done]:
-    """As runner._record: fenced by attempt, so writing again after an unknown commit is safe."""
+def retried(write: Callable[[], T], what: str) -> T:
+    """Run an outcome's write until PostgreSQL takes it, for up to RETRY_SECONDS (runner._record's
+    and the grouped outcomes'). A handler that ran must not run again because its outcome met a
+    restarting database: every outcome is fenced by its attempt, so writing it again after an
+    unknown commit is safe (a second write finds the row ended and records nothing)."""
     deadline, delay = time.monotonic() + RETRY_SECONDS, 0.1
     while True:
         try:
@@ -97,7 +101,7 @@ def _retried(write: Callable[[], list[store.Done]]) -> list[store.Done]:
         except (OperationalError, InterfaceError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("recording grouped outcomes failed (%s); trying again", exc)
+            log.warning("%s: recording the outcome failed (%s); trying again", what, exc)
             _close()
             time.sleep(delay)
             delay = min(2.0, delay * 2)

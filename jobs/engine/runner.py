@@ -33,9 +33,6 @@ from jobs.engine.publish import HARD_LIMIT_GRACE
 
 log = logging.getLogger("conveyor.runner")
 
-#: How long an outcome is retried while PostgreSQL is away before the run gives up on recording
-#: it (the lease then lapses and the reaper runs the job again).
-OUTCOME_RETRY_SECONDS = 30.0
 #: True in a prefork pool process (set by jobs.interfaces.signals on worker_process_init): Celery enforces
 #: the time limits there. The threads and solo pools ignore them, so the runner enforces them.
 POOL_ENFORCES_TIME_LIMITS = False
@@ -277,25 +274,9 @@ def _atomic(ctx: Context, claimed: store.Claimed, jt: registry.JobType, limit: T
 
 
 def _record(ctx: Context, write: Callable[[], str]) -> str:
-    """Run an outcome transaction until PostgreSQL takes it, for up to OUTCOME_RETRY_SECONDS.
-
-    A handler that ran must not run again because its outcome met a restarting database: the
-    outcome is fenced by its attempt, so writing it again after an unknown commit is safe (a
-    second write finds the row ended and records nothing).
-    """
-    deadline = time.monotonic() + OUTCOME_RETRY_SECONDS
-    delay = 0.1
-    while True:
-        try:
-            return write()
-        except (OperationalError, InterfaceError) as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("job %s attempt %s: recording the outcome failed (%s); trying again", ctx.job_id, ctx.attempt, exc)
-            for alias in ("default", store.CLAIMS):
-                connections[alias].close()
-            time.sleep(delay)
-            delay = min(2.0, delay * 2)
+    """Run an outcome transaction until PostgreSQL takes it (grouped.retried: fenced by its
+    attempt, a write again after an unknown commit records nothing)."""
+    return grouped.retried(write, f"job {ctx.job_id} attempt {ctx.attempt}")
 
 
 def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
