@@ -58,16 +58,22 @@ def start_worker(procs: Procs, args: argparse.Namespace, root: Path, name: str, 
     return proc
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+def ab_parser(prog: str, doc: str, **counts: int) -> argparse.ArgumentParser:
+    """The A/B benches' common options: the base revision, `counts` (a name per count, its
+    default: --jobs 2000), the rounds and each side's worker."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the git revision to compare this tree with")
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--chains", type=int, default=40)
-    parser.add_argument("--chain-interval", type=float, default=50.0)
+    for name, default in counts.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ab_parser("bench.ab", __doc__ or "", jobs=2000, chains=40, batch=500)
+    parser.add_argument("--chain-interval", type=float, default=50.0)
     parser.add_argument("--same-queue", action="store_true", help="both chain steps on `default` (examples.echo twice)")
     args = parser.parse_args(argv)
     base_root = export(args.base)

@@ -15,14 +15,13 @@ column compares the paths, not the trees. N jobs a run; done when N rows succeed
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
 from typing import Callable
 
 from bench import jobs as bj
-from bench.ab import alternating, export, session_removing, start_worker
+from bench.ab import ab_parser, alternating, export, session_removing, start_worker
 from bench.common import ROOT, Procs, percentile, queue_length, table, truncate_jobs, wait_until
 
 PATHS = (
@@ -33,13 +32,7 @@ PATHS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ab_adapters", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the git revision to compare this tree with")
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
-    args = parser.parse_args(argv)
+    args = ab_parser("bench.ab_adapters", __doc__ or "", jobs=2000).parse_args(argv)
     args.timeout = None
     base_root = export(args.base)
     if not (base_root / "examples" / "tasks.py").exists():

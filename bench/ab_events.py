@@ -12,7 +12,6 @@ to three no-op subscribers; done when all 3N deliveries succeeded. CPU columns p
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import jobs as bj
-from bench.ab import alternating, export, session_removing, start_worker
+from bench.ab import ab_parser, alternating, export, session_removing, start_worker
 from bench.common import ROOT, Procs, percentile, queue_length, table, wait_until
 
 
@@ -33,13 +32,7 @@ def load_emit(root: Path) -> Callable[..., Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ab_events", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the git revision to compare this tree with")
-    parser.add_argument("--events", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
-    args = parser.parse_args(argv)
+    args = ab_parser("bench.ab_events", __doc__ or "", events=1000).parse_args(argv)
     args.timeout = None
     base_root = export(args.base)
 

@@ -29,6 +29,14 @@ def _run(result) -> str:
     return runner.execute(int(result.id), WORKER)
 
 
+def _run_a_failure_then_its_retry() -> None:
+    """tasks.flaky, failing once: its first attempt, then its retry run at once (not at its backoff)."""
+    result = tasks.flaky.enqueue(failures=1)
+    _run(result)
+    Job.objects.filter(pk=int(result.id)).update(run_after=timezone.now())
+    _run(result)
+
+
 def test_a_task_enqueued_in_a_rolled_back_transaction_leaves_no_row_and_no_signal():
     heard = []
     compat.task_enqueued.connect(lambda sender, task_result, **kw: heard.append(task_result.id), weak=False, dispatch_uid="t24")
@@ -166,10 +174,7 @@ def test_signals_fire_in_the_worker_around_the_call():
     compat.task_started.connect(started, weak=False, dispatch_uid="t24s")
     compat.task_finished.connect(finished, weak=False, dispatch_uid="t24f")
     try:
-        result = tasks.flaky.enqueue(failures=1)
-        _run(result)
-        Job.objects.filter(pk=int(result.id)).update(run_after=timezone.now())
-        _run(result)
+        _run_a_failure_then_its_retry()
     finally:
         compat.task_started.disconnect(dispatch_uid="t24s")
         compat.task_finished.disconnect(dispatch_uid="t24f")
@@ -185,10 +190,7 @@ def test_a_runs_task_result_is_its_row_as_the_claim_returned_it_and_nothing_read
 
     compat.task_started.connect(started, weak=False, dispatch_uid="t28s")
     try:
-        result = tasks.flaky.enqueue(failures=1)
-        _run(result)
-        Job.objects.filter(pk=int(result.id)).update(run_after=timezone.now())
-        _run(result)
+        _run_a_failure_then_its_retry()
     finally:
         compat.task_started.disconnect(dispatch_uid="t28s")
     # then each attempt's TaskResult is the row's, field for field: the second one with the
