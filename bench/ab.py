@@ -20,10 +20,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from bench import jobs as bj
-from bench.common import ROOT, Procs, child_env, percentile, queue_length, session, table, truncate_jobs, wait_until
+from bench.common import ROOT, Proc, Procs, child_env, percentile, queue_length, session, table, truncate_jobs, wait_until
 
 
 def export(rev: str) -> Path:
@@ -69,6 +69,22 @@ def ab_parser(prog: str, doc: str, **counts: int) -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
     return parser
+
+
+def bare_defaults_run(client: Any, worker: Proc, messages: int) -> tuple[float, bj.Cpu]:
+    """Bare Celery with its defaults: publish `messages` no-op tasks to `worker`, and return the
+    seconds from the first publish until all are done, with the worker's CPU meanwhile."""
+    from bench import bare
+
+    client.set(bare.DONE_KEY, 0)
+    meter = bj.CpuMeter([worker])
+    meter.start()
+    start = time.perf_counter()
+    for _ in range(messages):
+        bare.noop_defaults.apply_async(queue=bare.QUEUE_DEFAULTS, routing_key=bare.QUEUE_DEFAULTS)
+    meter.published()
+    done = wait_until(lambda: int(client.get(bare.DONE_KEY) or 0) >= messages, 300, "bare", [worker])
+    return done - start, meter.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 from bench import jobs as bj
-from bench.ab import ab_parser, alternating, export, session_removing, start_worker
+from bench.ab import ab_parser, alternating, bare_defaults_run, export, session_removing, start_worker
 from bench.common import ROOT, Procs, percentile, queue_length, table, truncate_jobs, wait_until
 
 PATHS = (
@@ -58,15 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(key, []).append(value)
 
         def bare_run(n: int) -> tuple[float, bj.Cpu]:
-            client.set(bare.DONE_KEY, 0)
-            meter = bj.CpuMeter([bare_worker])
-            meter.start()
-            start = time.perf_counter()
-            for _ in range(n):
-                bare.noop_defaults.apply_async(queue=bare.QUEUE_DEFAULTS, routing_key=bare.QUEUE_DEFAULTS)
-            meter.published()
-            done = wait_until(lambda: int(client.get(bare.DONE_KEY) or 0) >= n, 300, "bare", [bare_worker])
-            return n / (done - start), meter.stop()
+            seconds, cpu = bare_defaults_run(client, bare_worker, n)
+            return n / seconds, cpu
 
         def conveyor_run(worker: bj.Proc, path: str, n: int) -> tuple[float, bj.Cpu]:
             truncate_jobs()
