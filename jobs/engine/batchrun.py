@@ -135,9 +135,9 @@ def _give_back(rest: list[int], slots: deque[tuple[int, store.Claimed | None]], 
         # A claim not released (its cancel was asked) is left to its lease: the reaper ends it cancelled.
         slots.clear()
         return True
-    slots.extend([(job_id, None) for job_id in rest])
-    for i, (job_id, _) in enumerate(list(slots)):
-        slots[i] = (job_id, None)
+    unstarted = [job_id for job_id, _ in slots] + rest  # released or never claimed: claimed again one by one
+    slots.clear()
+    slots.extend((job_id, None) for job_id in unstarted)
     return False
 
 

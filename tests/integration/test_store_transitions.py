@@ -1002,6 +1002,25 @@ def test_a_batch_that_gives_its_rest_back_releases_the_ids_it_claimed_ahead_unst
     assert not [ctx for ctx in runner.heartbeat.running() if ctx.job_id in rest]
 
 
+def test_a_batch_whose_give_back_cannot_publish_runs_the_rest_here_each_once(settings, monkeypatch):
+    from jobs.engine import batchrun, publish
+
+    monkeypatch.setattr(batchrun, "CARRIED", [0, None])
+    # given the same message as above, and a publish that fails (Redis away: nothing sent)
+    settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 1.0, "BATCH_FAST_SECONDS": 5.0}
+    ids = [enqueue("examples.echo", {"i": i}).pk for i in range(3)]
+    ids += [enqueue("examples.sleep", {"seconds": 1.2}).pk] + [enqueue("examples.echo", {"i": i}).pk for i in range(3, 8)]
+    monkeypatch.setattr(publish, "publish", lambda messages: 0)
+
+    # when the batch runs it
+    outcomes = batchrun.run(ids, WORKER, lambda job_id: runner.execute(job_id, WORKER, own_time_limit=True))
+
+    # then the rest, released or never claimed, ran here one by one: every job once, succeeded
+    assert [str(o) for o in outcomes] == ["succeeded"] * 9
+    assert [(row(i).status, row(i).attempt) for i in ids] == [(Status.SUCCEEDED, 1)] * 9
+    assert not [ctx for ctx in runner.heartbeat.running() if ctx.job_id in ids]
+
+
 def test_an_id_twice_in_a_batch_message_runs_once(monkeypatch, settings):
     from jobs.engine import batchrun
 
