@@ -297,33 +297,35 @@ def fire(port: int, path: str, headers: dict[str, str], n: int, args: argparse.N
 # --- CPU ----------------------------------------------------------------------------------------
 
 
-def run_delay(pid: int) -> float:
-    """Seconds the threads of a process have spent runnable, waiting for a core (the kernel's
-    schedstat: /proc/<pid>/task/<tid>/schedstat, its second field, in ns); 0 where unknown."""
-    total = 0
+def run_delays(pid: int) -> dict[int, int]:
+    """Nanoseconds each thread of a process has spent runnable, waiting for a core (the kernel's
+    schedstat: /proc/<pid>/task/<tid>/schedstat, its second field), by thread id; {} where unknown."""
+    delays = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0.0
+        return delays
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-                total += int(stat.read().split()[1])
+                delays[int(tid)] = int(stat.read().split()[1])
         except (OSError, IndexError, ValueError):
             continue
-    return total / 1e9
+    return delays
 
 
-def cpu_by_kind(proc: Proc) -> dict[str, float]:
-    """CPU seconds (user + system) so far of the cluster's processes: gunicorn, Celery, other;
-    and `web-wait`: the seconds gunicorn's processes waited for a core (run_delay)."""
+def cpu_samples(proc: Proc) -> dict[tuple, float]:
+    """The cluster's counters so far, one per process or thread: ("gunicorn" | "celery", pid) -> CPU
+    seconds (user + system), and ("web-wait", pid, tid) -> seconds a gunicorn thread waited for a core.
+    Kept apart so that a process or thread that ends or starts between two samples cannot make a
+    difference negative (a sum over a process's live threads shrinks when one exits): see cpu_spent."""
     import psutil
 
-    totals = {"gunicorn": 0.0, "celery": 0.0, "web-wait": 0.0}
+    samples: dict[tuple, float] = {}
     try:
         members = psutil.Process(proc.process.pid).children(recursive=True)
     except psutil.Error:
-        return totals
+        return samples
     for member in members:
         try:
             cmdline = " ".join(member.cmdline())
@@ -332,9 +334,19 @@ def cpu_by_kind(proc: Proc) -> dict[str, float]:
             continue
         kind = "gunicorn" if "gunicorn" in cmdline else "celery" if "celery" in cmdline else None
         if kind:
-            totals[kind] += times.user + times.system
+            samples[(kind, member.pid)] = times.user + times.system
         if kind == "gunicorn":
-            totals["web-wait"] += run_delay(member.pid)
+            for tid, ns in run_delays(member.pid).items():
+                samples[("web-wait", member.pid, tid)] = ns / 1e9
+    return samples
+
+
+def cpu_spent(before: dict[tuple, float], after: dict[tuple, float]) -> dict[str, float]:
+    """Seconds spent between two cpu_samples by kind (gunicorn, celery, web-wait): what each process or
+    thread alive at the end spent since the first sample, or since it started."""
+    totals = {"gunicorn": 0.0, "celery": 0.0, "web-wait": 0.0}
+    for key, value in after.items():
+        totals[key[0]] += max(0.0, value - before.get(key, 0.0))
     return totals
 
 
@@ -366,9 +378,9 @@ def run_scenario(procs: Procs, scenario: Scenario, args: argparse.Namespace, bac
         if len(warm.errors) == args.warmup:
             raise BenchError(f"every warm-up request to {path} failed, e.g. {warm.errors[0]}")
         done_before, _ = resize_counts()
-        cpu_before = cpu_by_kind(proc)
+        cpu_before = cpu_samples(proc)
         fired = fire(port, path, headers, args.requests, args)
-        cpu_after = cpu_by_kind(proc)
+        cpu_after = cpu_samples(proc)
         done_after, left = resize_counts()
         if not fired.latencies:
             raise BenchError(f"every request to {path} failed, e.g. {fired.errors[0]}")
@@ -378,7 +390,7 @@ def run_scenario(procs: Procs, scenario: Scenario, args: argparse.Namespace, bac
             raise BenchError(f"{proc.name} exited during the measurement:\n{tail(proc.log())}")
         result = Result(
             scenario, fired.latencies, fired.seconds, len(fired.errors), fired.late, done_after - done_before, left,
-            {kind: cpu_after[kind] - cpu_before.get(kind, 0.0) for kind in cpu_after},
+            cpu_spent(cpu_before, cpu_after),
         )
         print(
             f"{PROG}:   {len(result.latencies)} requests in {result.seconds:.2f}s ({result.late} late), "
