@@ -266,7 +266,8 @@ def test_bench_cluster_runs_at_tiny_sizes_and_prints_its_table():
     target = "HTTP p99 under saturated workers (split, WORKER_CPU_POLICY=idle) <= 1.2x idle"
     assert list(rows) == [target], str(run)
     measured, verdict = rows[target]
-    assert re.match(r"^\d+\.\d\dx \(", measured) and verdict in ("met", "MISSED"), (measured, verdict)
+    # (" (busy machine)" beside it when other processes took cores during the measurements)
+    assert re.match(r"^\d+\.\d\dx \(", measured) and re.match(r"^(met|MISSED)( \(busy machine\))?$", verdict), (measured, verdict)
     assert re.search(r"; 90% interval \d+\.\d\d-\d+\.\d\dx\)$", measured), measured  # the ratio's spread
 
 

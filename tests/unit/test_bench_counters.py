@@ -3,7 +3,7 @@
 import os
 import random
 
-from bench.cluster import cpu_spent, machine_busy, others_spent, p99_ratio_interval
+from bench.cluster import Result, Scenario, busiest_for_others, cpu_spent, machine_busy, others_spent, p99_ratio_interval
 from bench.common import percentile
 
 
@@ -57,3 +57,12 @@ def test_the_ratio_interval_holds_the_ratio_and_narrows_with_more_requests():
 def test_the_ratio_interval_is_repeatable():
     idle, loaded = [float(i % 13) + 5 for i in range(300)], [float(i % 17) + 5 for i in range(300)]
     assert p99_ratio_interval(loaded, idle) == p99_ratio_interval(loaded, idle)
+
+
+def test_a_run_is_busy_when_other_processes_took_over_a_quarter_core_in_some_scenario():
+    def result(key: str, others: float) -> Result:
+        return Result(Scenario(key, key, False, [], {}, 1, ""), [10.0], 10.0, 0, 0, others=others)
+
+    quiet, noisy = result("idle", 1.0), result("split-idle", 3.0)  # 0.1 and 0.3 cores over 10 s
+    assert busiest_for_others([quiet, result("split", 2.5)]) is None  # 0.25 cores: not over
+    assert busiest_for_others([quiet, noisy]) is noisy
