@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import continuing, cpu_policy, decisions, early, grouped, handoff, limits, registry, store, telemetry, tracing
+from jobs.engine import continuing, cpu_policy, decisions, early, grouped, handoff, limits, registry, reserved, store, telemetry, tracing
 from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
@@ -65,17 +65,23 @@ class Outcome(str):
         return outcome
 
 
-def execute(job_id: int, worker: str, own_time_limit: bool = False, published_early: bool = False) -> Outcome:
+def execute(
+    job_id: int, worker: str, own_time_limit: bool = False, published_early: bool = False, after: tuple[int, int] | None = None
+) -> Outcome:
     """Claim and run one job; return what happened (for logs, monitors and tests).
 
     `own_time_limit`: the runner enforces the job's time limit even where the pool would (a batch
     message carries none for Celery to enforce). `published_early`: the message was sent before
     its row's transaction committed (jobs.engine.early): the claim waits for that transaction to
-    end first (store.claim_after_commit)."""
+    end first (store.claim_after_commit). `after` (step id, attempt): it was sent before the
+    statement of that step's outcome had answered: the claim waits for that outcome
+    (jobs.engine.reserved)."""
     claim_started = tracing.now_ns() if tracing.on else 0
     try:
         limited = registry.limited()
-        if published_early:  # its row may not be committed yet: wait for it, then claim (one round trip)
+        if after is not None:  # sent before its outcome's statement answered: wait for that outcome
+            claimed = reserved.claim(job_id, worker, lease_seconds(), limited, after)
+        elif published_early:  # its row may not be committed yet: wait for it, then claim (one round trip)
             claimed = store.claim_after_commit(job_id, worker, lease_seconds(), limited, early.AWAIT_MS)
         else:
             claimed = store.claim(job_id, worker, lease_seconds(), limited)
