@@ -74,7 +74,7 @@ def claim(job_id: int, worker: str, lease_seconds: float, limited: list[str], wa
     """Claim `job_id` once the outcome `waits_for` (step id, attempt) has committed, trying again
     while it has not (PATIENCE_MS at most); None: nothing to claim."""
     deadline = time.monotonic() + PATIENCE_MS / 1000
-    pause = 0.001
+    pause = 0.0005
     while True:
         claimed, pending = store.claim_after_outcome(job_id, worker, lease_seconds, limited, early.AWAIT_MS, waits_for)
         if claimed is not None or not pending or time.monotonic() + pause > deadline:

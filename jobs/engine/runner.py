@@ -300,6 +300,18 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         if done.status == Status.CANCELLED:  # cancelled while it ran: its type's hook runs
             ended([store.Ended(done.id, done.type, done.status, None)], How.RAN, hook=hook)
         return done.status
+    try:
+        return _succeed_early(ctx, output_json, jt)
+    except store.Declined:
+        # A success whose next step's id was reserved (its message out, its COMMIT pipelined) that
+        # inserted no next step: rolled back, the COMMIT skipped; recorded again without it, by the
+        # statement alone or the general path (jobs.engine.reserved).
+        ctx.claimed = None if ctx.claimed is None else ctx.claimed._replace(reserved=None)
+        return _succeed_early(ctx, output_json, jt)
+
+
+def _succeed_early(ctx: Context, output_json: str, jt: registry.JobType) -> str:
+    """A success that may continue its chain: its transaction, publishing what it inserts early."""
     with transaction.atomic(durable=True):
         # What the outcome inserts (the chain's next step) is published while its COMMIT is in
         # flight: COMMIT sent, the messages published, then the COMMIT's result read, so that the

@@ -45,7 +45,7 @@ from typing import Iterator
 import psycopg
 from psycopg import generators
 from django.conf import settings
-from django.db import OperationalError, connections
+from django.db import DataError, OperationalError, connections
 
 from jobs.engine import decisions, tracing
 from jobs.models import Chain, Job
@@ -226,12 +226,18 @@ class _Prepared:
             return
         self._cursor.execute(sql, params, prepare=True)
 
-    def execute_meanwhile(self, sql: str, params: Sequence[Any], meanwhile: Callable[[], object]) -> None:
+    def execute_meanwhile(self, sql: str, params: Sequence[Any], meanwhile: Callable[[], object], commit: bool = False) -> None:
         """`execute`, calling `meanwhile` once the statement (with the transaction's BEGIN, if it is
         the first) has been sent and before its answer is read: in pipeline mode the statement is
-        flushed to the server at once and its result read when the pipeline syncs."""
-        with self._cursor.connection.pipeline():
+        flushed to the server at once and its result read when the pipeline syncs. `commit`: the
+        transaction's COMMIT goes in the same pipeline, behind the statement (skipped if it fails:
+        the transaction is then to be rolled back); the connection is idle after it, and Django's
+        commit at the atomic block's end has nothing left to send (as after send_commit)."""
+        pg = self._cursor.connection
+        with pg.pipeline():
             self._cursor.execute(sql, params, prepare=True)
+            if commit:
+                pg.execute("COMMIT")
             meanwhile()
 
     def execute_after(self, first_sql: str, first_params: Sequence[Any], sql: str, params: Sequence[Any]) -> None:
@@ -1010,6 +1016,9 @@ def succeed(
 # statement runs), the next step is inserted with it when its planned type is the one reserved
 # for, and that id's early lock is taken whatever the statement decides (its message's claim then
 # waits for this transaction, and finds the row or nothing); a fenced-out row takes no lock.
+# `strict` (its COMMIT pipelined behind it): a success that inserts no next step raises
+# division_by_zero instead (a CASE no plan folds: it reads the insert's row), so that the
+# transaction rolls back and the general path records it anew (store.Declined).
 SUCCEED_CONTINUING_SQL = f"""
 WITH done AS ({SUCCEED_UPDATE.strip()}),
      chain AS (SELECT steps, status, steps -> (%s::int + 1) AS step FROM jobs_chain WHERE id = %s FOR UPDATE),
@@ -1031,6 +1040,7 @@ WITH done AS ({SUCCEED_UPDATE.strip()}),
 SELECT done.id, done.type, done.status, done.chain_id, done.input,
        CASE WHEN inserted.id IS NULL AND %s THEN chain.steps END, chain.status,
        inserted.id, inserted.queue, inserted.priority, inserted.type, inserted.chain_id, inserted.chain_index,
+       1 / CASE WHEN inserted.id IS NULL AND %s::bool THEN 0 ELSE 1 END,
        CASE WHEN COALESCE(inserted.id, %s::bigint) IS NOT NULL THEN
             pg_advisory_xact_lock({decisions.EARLY_LOCK_SPACE},
                                   ((COALESCE(inserted.id, %s::bigint) %% 2147483647) - 1073741823)::int4) END,
@@ -1065,21 +1075,37 @@ def succeed_continuing(
     before its answer is read (jobs.engine.reserved: the next step's message published while the
     statement runs)."""
     rid, rtype = reserved if reserved is not None else (None, None)
-    params = [output_json, job_id, attempt, index, chain_id, list(local), rtype, rid, index, plan, rid, rid]
-    with prepared() as cursor:
-        if meanwhile is not None and isinstance(cursor, _Prepared):
-            cursor.execute_meanwhile(sql, params, meanwhile)
-        else:
-            cursor.execute(sql, params)
-            if meanwhile is not None:
-                meanwhile()
-        row = cursor.fetchone()
+    try:
+        with prepared() as cursor:
+            # Prepared (pipeline mode): with a reservation, the COMMIT goes behind the statement, and
+            # a success that inserts no next step raises instead (Declined). Behind a pooler: the
+            # statement alone, after the publish.
+            strict = meanwhile is not None and isinstance(cursor, _Prepared)
+            params = [output_json, job_id, attempt, index, chain_id, list(local), rtype, rid, index, plan, strict, rid, rid]
+            if strict:
+                assert meanwhile is not None
+                cursor.execute_meanwhile(sql, params, meanwhile, commit=True)
+            else:
+                if meanwhile is not None:
+                    meanwhile()
+                cursor.execute(sql, params)
+            row = cursor.fetchone()
+    except DataError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "22012":  # division_by_zero: `strict` declined
+            raise Declined(job_id) from exc
+        raise
     if row is None:
         return None
     done = Succeeded._make(row[:7])
     done = done._replace(input=_json(done.input), chain_steps=_json(done.chain_steps))
     message = None if row[7] is None else Message._make(row[7:13])
     return done, message
+
+
+class Declined(Exception):
+    """A success with its next step's id reserved, its COMMIT pipelined behind it, that inserted no
+    next step (a cancel asked meanwhile, the plan changed): rolled back, to be recorded again by
+    the general path (runner._succeed)."""
 
 
 # `p.permanent`: the failure cannot change with a retry (jobs.Permanent): this attempt is the last.
