@@ -21,6 +21,10 @@ The next row's queue, priority and attempts are its type's (the registry's table
 the statement once per change of the registry), its input the plan's, validated when the chain
 was planned (the general path validates it again: the same input, as the handler's parse runs
 on it anyway).
+
+When the step's claim reserved the next step's id (jobs.engine.reserved), the statement inserts
+the step under it, and its message is published while the statement runs, its COMMIT pipelined
+behind it: the publish no longer waits for the statement's answer.
 """
 from __future__ import annotations
 
