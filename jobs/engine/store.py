@@ -481,9 +481,10 @@ def claim_after_outcome(
             claim_params = [worker, lease_seconds, job_id, list(limited)]
             if isinstance(cursor, _Prepared):
                 pg = cursor._cursor.connection
-                with pg.pipeline(), pg.cursor() as waited:
-                    waited.execute(AWAIT_OUTCOME_SQL, wait, prepare=True)
-                    cursor._cursor.execute(CLAIM_AFTER_COMMIT_SQL, claim_params, prepare=True)
+                with pg.cursor() as waited:
+                    with pg.pipeline():  # one round trip: both results read at its Sync
+                        waited.execute(AWAIT_OUTCOME_SQL, wait, prepare=True)
+                        cursor._cursor.execute(CLAIM_AFTER_COMMIT_SQL, claim_params, prepare=True)
                     row, pending = cursor.fetchone(), waited.fetchone()[1]
             else:  # nothing prepared (a pooler): two round trips
                 cursor.execute(AWAIT_OUTCOME_SQL, wait)
