@@ -74,10 +74,14 @@ def claim(job_id: int, worker: str, lease_seconds: float, limited: list[str], wa
     """Claim `job_id` once the outcome `waits_for` (step id, attempt) has committed, trying again
     while it has not (PATIENCE_MS at most); None: nothing to claim."""
     deadline = time.monotonic() + PATIENCE_MS / 1000
-    pause = 0.0005
+    # Tried again at once first: the outcome's statement, sent before the message, has most often
+    # begun by then (it may have queued behind this claim's wait: the lock is then held), and the
+    # claim waits on its lock; then with pauses, for an outcome that does not come (a crash).
+    pause = 0.0
     while True:
         claimed, pending = store.claim_after_outcome(job_id, worker, lease_seconds, limited, early.AWAIT_MS, waits_for)
         if claimed is not None or not pending or time.monotonic() + pause > deadline:
             return claimed
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+        if pause:
+            time.sleep(pause)
+        pause = min(pause * 2, 0.05) if pause else 0.0005
