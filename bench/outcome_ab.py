@@ -10,8 +10,7 @@ step 1 is run by `runner.execute` as a worker consuming neither queue runs it, a
 thread takes the early message off Redis as it arrives and claims and runs step 2
 (`published_early`, as the next worker's pool process does), often while step 1's COMMIT is in
 flight. The two sides alternate chain by chain ("general": `continuing.applies` answering False;
-"one statement": the next step's id not reserved; "reserved id": as shipped, jobs.engine.reserved:
-its message published while the statement runs), so a load that moves moves both. Per side: the handoff (step 2's
+"one statement": as shipped), so a load that moves moves both. Per side: the handoff (step 2's
 started_at - step 1's finished_at, PostgreSQL's clock, as bench.jobs measures it), the time from
 the outcome's start to its publish and to its COMMIT's result, and the outcome's CPU (its
 thread's) to the publish.
@@ -29,7 +28,7 @@ from typing import Any
 
 from bench.common import Procs, load_average, percentile, redis_client, session, table, truncate_jobs
 
-SIDES = ("general", "one statement", "reserved id")
+SIDES = ("general", "one statement")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,20 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         from django.db import connections
 
         from jobs import Step, start_chain
-        from jobs.engine import continuing, publish, reserved, runner
+        from jobs.engine import continuing, early, runner
         from jobs.models import Job
 
         started_load = load_average()
         side = {"now": SIDES[0]}
         marks: dict[str, float] = {}
-        shipped_applies, shipped_succeed, shipped_send = continuing.applies, runner._succeed, publish.publish
-        shipped_message = reserved.message
+        shipped_applies, shipped_succeed, shipped_send = continuing.applies, runner._succeed, early.send
 
         def applies(*a: Any, **k: Any) -> bool:
-            return side["now"] != SIDES[0] and shipped_applies(*a, **k)
-
-        def message(*a: Any, **k: Any) -> Any:
-            return shipped_message(*a, **k) if side["now"] == SIDES[2] else None
+            return side["now"] == SIDES[1] and shipped_applies(*a, **k)
 
         def first_step() -> bool:  # step 1's outcome (this thread), not the consumer's step 2
             return threading.current_thread() is threading.main_thread()
@@ -68,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
                 marks["end"] = time.perf_counter()
             return out
 
-        def send(messages: list[Any], headers: Any = None) -> int:
+        def send(messages: list[Any]) -> int:
             if first_step():
                 marks["publish"], marks["publish_cpu"] = time.perf_counter(), time.thread_time()
-            return shipped_send(messages, headers=headers)
+            return shipped_send(messages)
 
-        continuing.applies, runner._succeed, publish.publish, reserved.message = applies, succeed, send, message
+        continuing.applies, runner._succeed, early.send = applies, succeed, send
         keys = ["notifications"] + [f"notifications:{p}" for p in range(1, 10)]
         arrived: queue.Queue[int] = queue.Queue()
         stop = threading.Event()
@@ -90,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     if envelope["properties"].get("body_encoding") == "base64":
                         payload = base64.b64decode(payload)
                     (job_id, *_), _kwargs, _embed = json.loads(payload)
-                    after = envelope["headers"].get(reserved.AFTER_HEADER)
-                    runner.execute(int(job_id), worker="next@bench/2/x", published_early=True,
-                                   after=None if after is None else (int(after[0]), int(after[1])))
+                    runner.execute(int(job_id), worker="next@bench/2/x", published_early=True)
                     arrived.put(int(job_id))
             finally:
                 connections.close_all()
@@ -103,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for round_no in range(args.rounds):
                 truncate_jobs()
-                for n in range(len(SIDES) * args.chains):
-                    side["now"] = SIDES[n % len(SIDES)]
+                for n in range(2 * args.chains):
+                    side["now"] = SIDES[n % 2]
                     chain = start_chain([Step("examples.echo", {"n": n}), Step("examples.ping", {})])
                     first = Job.objects.get(chain=chain, chain_index=0)
                     marks.clear()
@@ -125,11 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, *(f"{percentile(list(c), 0.5):.2f}" for c in columns), f"{percentile(list(columns[0]), 0.99):.2f}"))
         base = percentile(list(list(zip(*results[SIDES[0]]))[0]), 0.5)
         new = percentile(list(list(zip(*results[SIDES[1]]))[0]), 0.5)
-        ahead = percentile(list(list(zip(*results[SIDES[2]]))[0]), 0.5)
         lines = table(("outcome of a chain step", "handoff p50 ms", "to publish p50 ms", "to COMMIT read p50 ms",
                        "CPU to publish p50 ms", "handoff p99 ms"), rows)
-        lines += ["", f"one statement / general, handoff p50: {new / base:.2f}x; reserved id / one statement: {ahead / new:.2f}x; "
-                      f"{args.chains} chains per side and round, "
+        lines += ["", f"one statement / general, handoff p50: {new / base:.2f}x; {args.chains} chains per side and round, "
                       f"{args.rounds} rounds, sides alternating chain by chain",
                   f"load average at start {started_load}, at end {load_average()}"]
         return "\n".join(lines)

@@ -17,7 +17,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connections
 
-from jobs.engine import batchrun, decisions, early, publish, reserved, runner, store
+from jobs.engine import batchrun, decisions, early, publish, runner, store
 from jobs.interfaces.monitoring import JobFailed, reported
 from jobs.engine.publish import TASK
 
@@ -47,9 +47,8 @@ def run_job(self, job_id: int, *more_ids: int) -> str | list[str]:  # noqa: ANN0
     published_early = bool(getattr(self.request, early.EARLY_HEADER, False))
     if not more_ids:
         # A message without Celery time limits (a chain step's: jobs.engine.publish): the runner's.
-        # One sent before its outcome's statement answered names that outcome (jobs.engine.reserved).
         return claim_and_run(self, job_id, worker, own_time_limit=not any(self.request.timelimit or ()),
-                             published_early=published_early, after=reserved.after(self.request))
+                             published_early=published_early)
     return run_batch(self, [job_id, *more_ids], worker, published_early)
 
 
@@ -77,13 +76,12 @@ def run_batch(self, ids: list[int], worker: str, published_early: bool) -> list[
     return outcomes
 
 
-def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool, published_early: bool = False,  # noqa: ANN001 - Celery's bound task
-                  after: tuple[int, int] | None = None) -> str:
+def claim_and_run(self, job_id: int, worker: str, own_time_limit: bool, published_early: bool = False) -> str:  # noqa: ANN001 - Celery's bound task
     deadline = time.monotonic() + claim_patience(self.request.timelimit)
     delay, failures = CLAIM_BACKOFF_START, 0
     while True:
         try:
-            return runner.execute(int(job_id), worker, own_time_limit, published_early, after)
+            return runner.execute(int(job_id), worker, own_time_limit, published_early)
         except runner.ClaimFailed as exc:
             error = exc
         failures += 1

@@ -1,7 +1,6 @@
 """What a handler receives besides its input: identity, continuation, progress, cancellation."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +46,6 @@ class Context:
     #: shows the run as a whole reads instead of the row again (conveyor_tasks.worker). None where
     #: a Context is made by hand.
     claimed: store.Claimed | None = field(default=None, repr=False)
-    #: time.monotonic() when the run began (jobs.engine.reserved: a short run may use the id its
-    #: claim reserved for its chain's next step).
-    began: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def results(self) -> list[Any] | None:

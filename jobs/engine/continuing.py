@@ -21,17 +21,12 @@ The next row's queue, priority and attempts are its type's (the registry's table
 the statement once per change of the registry), its input the plan's, validated when the chain
 was planned (the general path validates it again: the same input, as the handler's parse runs
 on it anyway).
-
-When the step's claim reserved the next step's id (jobs.engine.reserved), the statement inserts
-the step under it, and its message is published while the statement runs, its COMMIT pipelined
-behind it: the publish no longer waits for the statement's answer.
 """
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
-from jobs.engine import decisions, early, handoff, registry, reserved, store, tracing
+from jobs.engine import decisions, early, handoff, registry, store, tracing
 from jobs.engine.context import Context
 
 
@@ -50,18 +45,11 @@ def succeed(ctx: Context, output_json: str) -> tuple[store.Succeeded, bool] | No
     store.succeed returns it, whether the next step was inserted: then nothing is left to do);
     None: the lease was lost, nothing written."""
     assert ctx.chain_id is not None
-    # The next step's id reserved by the claim: its message goes out while the statement runs
-    # (jobs.engine.reserved), not after its answer.
-    ahead = reserved.message(ctx, ctx.claimed.reserved if ctx.claimed is not None else None, time.monotonic() - ctx.began)
-    continued = store.succeed_continuing(
-        _statement() or "", ctx.job_id, ctx.attempt, output_json, ctx.chain_id, ctx.chain_index or 0,
-        sorted(handoff.local_queues(ctx.offer)), reserved=None if ahead is None else (ahead.job_id, ahead.type),
-        meanwhile=None if ahead is None else reserved.send(ahead, ctx))
+    continued = store.succeed_continuing(_statement() or "", ctx.job_id, ctx.attempt, output_json, ctx.chain_id,
+                                         ctx.chain_index or 0, sorted(handoff.local_queues(ctx.offer)))
     if continued is None:
         return None
     done, message = continued
-    if message is not None and ahead is not None and message.job_id == ahead.job_id:
-        return done, True  # published already
     if message is not None:
         collected = early.pending()
         assert collected is not None  # applies() checked it

@@ -159,19 +159,6 @@ def continues_in_one_statement(*, in_chain: bool, member: bool, continuations: b
             and publishing_early)
 
 
-#: A step's run longer than this does not use the next step's id its claim reserved
-#: (jobs.engine.reserved): ids stay close to their rows' creation order.
-RESERVED_ID_FRESH_SECONDS = 1.0
-
-
-def reserved_id_usable(ran_seconds: float) -> bool:
-    """Whether a chain step's success may insert its next step under the id its claim reserved,
-    that step's message published before the outcome's statement answers (jobs.engine.reserved):
-    when the step ran briefly (a longer run's next row takes a fresh id, published after the
-    answer, as the rows created meanwhile have newer ids)."""
-    return 0 <= ran_seconds <= RESERVED_ID_FRESH_SECONDS
-
-
 #: The first key of the two-key advisory locks (a space of their own: waiters and limits use the
 #: one-key form) that an outcome's transaction holds on each job it inserts and publishes before
 #: its commit (jobs.engine.early): a message that arrives first waits on it, not on a timer.

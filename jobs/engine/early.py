@@ -37,8 +37,7 @@ statement, then the chain's Python path and the insert's own round trip. It inse
 that path would have (a plan's next step of one job, on a queue this worker does not take
 itself); otherwise it has recorded the success alone and the general path goes on in the same
 transaction, with no round trip more than before. A fenced-out success (the lease lost) writes
-nothing and inserts nothing. No round trip before the publish (jobs.engine.reserved): the next
-step's id reserved by the step's claim, the message goes out while that statement runs.
+nothing and inserts nothing.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
 
-from jobs.engine import continuing, cpu_policy, decisions, early, grouped, handoff, limits, registry, reserved, store, telemetry, tracing
+from jobs.engine import continuing, cpu_policy, decisions, early, grouped, handoff, limits, registry, store, telemetry, tracing
 from jobs.engine.deadlines import deadlines
 from jobs.engine.context import Context
 from jobs.engine.ending import How, Success, ended
@@ -65,23 +65,17 @@ class Outcome(str):
         return outcome
 
 
-def execute(
-    job_id: int, worker: str, own_time_limit: bool = False, published_early: bool = False, after: tuple[int, int] | None = None
-) -> Outcome:
+def execute(job_id: int, worker: str, own_time_limit: bool = False, published_early: bool = False) -> Outcome:
     """Claim and run one job; return what happened (for logs, monitors and tests).
 
     `own_time_limit`: the runner enforces the job's time limit even where the pool would (a batch
     message carries none for Celery to enforce). `published_early`: the message was sent before
     its row's transaction committed (jobs.engine.early): the claim waits for that transaction to
-    end first (store.claim_after_commit). `after` (step id, attempt): it was sent before the
-    statement of that step's outcome had answered: the claim waits for that outcome
-    (jobs.engine.reserved)."""
+    end first (store.claim_after_commit)."""
     claim_started = tracing.now_ns() if tracing.on else 0
     try:
         limited = registry.limited()
-        if after is not None:  # sent before its outcome's statement answered: wait for that outcome
-            claimed = reserved.claim(job_id, worker, lease_seconds(), limited, after)
-        elif published_early:  # its row may not be committed yet: wait for it, then claim (one round trip)
+        if published_early:  # its row may not be committed yet: wait for it, then claim (one round trip)
             claimed = store.claim_after_commit(job_id, worker, lease_seconds(), limited, early.AWAIT_MS)
         else:
             claimed = store.claim(job_id, worker, lease_seconds(), limited)
@@ -300,18 +294,6 @@ def _succeed(ctx: Context, output_json: str, jt: registry.JobType) -> str:
         if done.status == Status.CANCELLED:  # cancelled while it ran: its type's hook runs
             ended([store.Ended(done.id, done.type, done.status, None)], How.RAN, hook=hook)
         return done.status
-    try:
-        return _succeed_early(ctx, output_json, jt)
-    except store.Declined:
-        # A success whose next step's id was reserved (its message out, its COMMIT pipelined) that
-        # inserted no next step: rolled back, the COMMIT skipped; recorded again without it, by the
-        # statement alone or the general path (jobs.engine.reserved).
-        ctx.claimed = None if ctx.claimed is None else ctx.claimed._replace(reserved=None)
-        return _succeed_early(ctx, output_json, jt)
-
-
-def _succeed_early(ctx: Context, output_json: str, jt: registry.JobType) -> str:
-    """A success that may continue its chain: its transaction, publishing what it inserts early."""
     with transaction.atomic(durable=True):
         # What the outcome inserts (the chain's next step) is published while its COMMIT is in
         # flight: COMMIT sent, the messages published, then the COMMIT's result read, so that the

@@ -45,7 +45,7 @@ from typing import Iterator
 import psycopg
 from psycopg import generators
 from django.conf import settings
-from django.db import DataError, OperationalError, connections
+from django.db import OperationalError, connections
 
 from jobs.engine import decisions, tracing
 from jobs.models import Chain, Job
@@ -138,9 +138,6 @@ class Claimed(NamedTuple):
     started_at: dt.datetime | None = None
     worker: str = ""
     errors: Sequence[dict[str, Any]] = ()
-    #: The chain's next step's id, reserved by the claim, and its planned type: "<id> <type>"
-    #: (jobs.engine.reserved), or None.
-    reserved: str | None = None
 
 
 class Beat(NamedTuple):
@@ -225,20 +222,6 @@ class _Prepared:
                 self._cursor.execute(sql, params, prepare=True)
             return
         self._cursor.execute(sql, params, prepare=True)
-
-    def execute_meanwhile(self, sql: str, params: Sequence[Any], meanwhile: Callable[[], object], commit: bool = False) -> None:
-        """`execute`, calling `meanwhile` once the statement (with the transaction's BEGIN, if it is
-        the first) has been sent and before its answer is read: in pipeline mode the statement is
-        flushed to the server at once and its result read when the pipeline syncs. `commit`: the
-        transaction's COMMIT goes in the same pipeline, behind the statement (skipped if it fails:
-        the transaction is then to be rolled back); the connection is idle after it, and Django's
-        commit at the atomic block's end has nothing left to send (as after send_commit)."""
-        pg = self._cursor.connection
-        with pg.pipeline():
-            self._cursor.execute(sql, params, prepare=True)
-            if commit:
-                pg.execute("COMMIT")
-            meanwhile()
 
     def execute_after(self, first_sql: str, first_params: Sequence[Any], sql: str, params: Sequence[Any]) -> None:
         """Two statements in one round trip (pipeline mode), `sql`'s result the cursor's; the
@@ -374,20 +357,9 @@ def create_chain(steps: list[dict[str, Any]]) -> Chain:
 
 # The queue wait runs from when the row became due: its run_after, but never before the row
 # existed (a row stored with a past run_after before inserts clamped it would count decades).
-#
-# `reserved` (jobs.engine.reserved): a chain's one-job step whose plan goes on with one job of a
-# type gets the next step's id taken from the jobs' sequence now, "<id> <type>", so that its
-# success can publish that step's message before the outcome's statement has answered; NULL
-# otherwise (no chain, a group's member, a group or the end of the plan next). An id unused (the
-# step went on another way) is a gap in the sequence, nothing more.
-_RESERVED = """CASE WHEN chain_id IS NOT NULL AND member IS NULL THEN
-            (SELECT nextval(pg_get_serial_sequence('jobs_job', 'id'))::text || ' ' || (c.steps -> (chain_index + 1) ->> 'type')
-               FROM jobs_chain c
-              WHERE c.id = chain_id AND jsonb_typeof(c.steps -> (chain_index + 1)) = 'object'
-                AND (c.steps -> (chain_index + 1)) ? 'type') END"""
-_CLAIMED = f"""id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
+_CLAIMED = """id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
           queue, EXTRACT(EPOCH FROM now() - GREATEST(run_after, created_at))::float8, member, results_count,
-          trace_context, created_at, started_at, worker, errors, {_RESERVED}"""
+          trace_context, created_at, started_at, worker, errors"""
 
 # A row of a type with limits (`limited`, the registry's names) is left to claim_limited.
 CLAIM_SQL = f"""
@@ -454,48 +426,6 @@ def claim_after_commit(job_id: int, worker: str, lease_seconds: float, limited: 
             raise
         return None
     return None if row is None else _claimed(row)
-
-
-# The wait of a message published before its outcome's statement had answered (jobs.engine.reserved),
-# with that outcome's step (its id and attempt): AWAIT_COMMIT_SQL's wait, and whether that step
-# still runs the attempt, as a snapshot taken before the claim's sees it. The claim finding no row
-# while the step still ran: the outcome was not committed when the claim looked (its statement
-# perhaps not yet begun: the lock was not yet taken), so the claim is tried again; the step no
-# longer running it: its outcome committed without this row, or was fenced out: nothing to claim.
-AWAIT_OUTCOME_SQL = f"""
-SELECT CASE WHEN set_config('lock_timeout', %s, true) IS NOT NULL
-            THEN pg_advisory_xact_lock_shared({decisions.EARLY_LOCK_SPACE}, %s::int4) END,
-       EXISTS (SELECT 1 FROM jobs_job WHERE id = %s AND (status = 'running') IS TRUE AND attempt = %s)
-"""
-
-
-def claim_after_outcome(
-    job_id: int, worker: str, lease_seconds: float, limited: Sequence[str], timeout_ms: int, after: tuple[int, int]
-) -> tuple[Claimed | None, bool]:
-    """`claim_after_commit` of a message published before the statement of the outcome that
-    inserts `job_id` had answered (jobs.engine.reserved): (the claim, and when it is None, whether
-    the outcome of `after` (the step's id, attempt) was still to commit: then try again)."""
-    try:
-        with prepared(CLAIMS) as cursor:
-            wait = [str(timeout_ms), decisions.early_lock_key(job_id)[1], after[0], after[1]]
-            claim_params = [worker, lease_seconds, job_id, list(limited)]
-            if isinstance(cursor, _Prepared):
-                pg = cursor._cursor.connection
-                with pg.cursor() as waited:
-                    with pg.pipeline():  # one round trip: both results read at its Sync
-                        waited.execute(AWAIT_OUTCOME_SQL, wait, prepare=True)
-                        cursor._cursor.execute(CLAIM_AFTER_COMMIT_SQL, claim_params, prepare=True)
-                    row, pending = cursor.fetchone(), waited.fetchone()[1]
-            else:  # nothing prepared (a pooler): two round trips
-                cursor.execute(AWAIT_OUTCOME_SQL, wait)
-                pending = cursor.fetchone()[1]
-                cursor.execute(CLAIM_AFTER_COMMIT_SQL, claim_params)
-                row = cursor.fetchone()
-    except OperationalError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available: the timeout
-            raise
-        return None, False
-    return (None, bool(pending)) if row is None else (_claimed(row), False)
 
 
 def _claimed(row: Sequence[Any]) -> Claimed:
@@ -1013,13 +943,6 @@ def succeed(
 # lazily), a cancelled row or a chain no longer running: nothing inserted, and the row comes back
 # as SUCCEED_IN_CHAIN_SQL's (with the plan when asked), for the general path to go on with in
 # the same transaction. A fenced-out row (lost lease): no row back, nothing written.
-# With a reserved id (jobs.engine.reserved: taken by the claim, its message published while this
-# statement runs), the next step is inserted with it when its planned type is the one reserved
-# for, and that id's early lock is taken whatever the statement decides (its message's claim then
-# waits for this transaction, and finds the row or nothing); a fenced-out row takes no lock.
-# `strict` (its COMMIT pipelined behind it): a success that inserts no next step raises
-# division_by_zero instead (a CASE no plan folds: it reads the insert's row), so that the
-# transaction rolls back and the general path records it anew (store.Declined).
 SUCCEED_CONTINUING_SQL = f"""
 WITH done AS ({SUCCEED_UPDATE.strip()}),
      chain AS (SELECT steps, status, steps -> (%s::int + 1) AS step FROM jobs_chain WHERE id = %s FOR UPDATE),
@@ -1030,21 +953,18 @@ WITH done AS ({SUCCEED_UPDATE.strip()}),
         WHERE done.status = 'succeeded' AND chain.status = 'running' AND jsonb_typeof(chain.step) = 'object'
           AND NOT chain.step ? 'group' AND types.key = chain.step ->> 'type' AND types.queue <> ALL(%s::text[])),
      inserted AS (
-       INSERT INTO jobs_job (id, type, queue, input, priority, max_attempts, chain_id, chain_index, parent_id,
+       INSERT INTO jobs_job (type, queue, input, priority, max_attempts, chain_id, chain_index, parent_id,
                              run_after, published_at, status, attempt, worker, progress, progress_message,
                              cancel_requested, error, created_at, updated_at)
-       SELECT COALESCE(CASE WHEN f.name = %s THEN %s::bigint END, nextval(pg_get_serial_sequence('jobs_job', 'id'))),
-              f.name, f.queue, COALESCE(f.input, '{{}}'::jsonb), f.priority, f.max_attempts, done.chain_id,
+       SELECT f.name, f.queue, COALESCE(f.input, '{{}}'::jsonb), f.priority, f.max_attempts, done.chain_id,
               %s::int + 1, done.id, now(), now(), 'pending', 0, '', 0, '', false, '', now(), now()
          FROM following f, done
        RETURNING id, queue, priority, type, chain_id, chain_index)
 SELECT done.id, done.type, done.status, done.chain_id, done.input,
        CASE WHEN inserted.id IS NULL AND %s THEN chain.steps END, chain.status,
        inserted.id, inserted.queue, inserted.priority, inserted.type, inserted.chain_id, inserted.chain_index,
-       1 / CASE WHEN inserted.id IS NULL AND %s::bool THEN 0 ELSE 1 END,
-       CASE WHEN COALESCE(inserted.id, %s::bigint) IS NOT NULL THEN
-            pg_advisory_xact_lock({decisions.EARLY_LOCK_SPACE},
-                                  ((COALESCE(inserted.id, %s::bigint) %% 2147483647) - 1073741823)::int4) END,
+       CASE WHEN inserted.id IS NOT NULL THEN
+            pg_advisory_xact_lock({decisions.EARLY_LOCK_SPACE}, ((inserted.id %% 2147483647) - 1073741823)::int4) END,
        {NOTIFY_JOB}
   FROM done CROSS JOIN chain LEFT JOIN inserted ON true
 """
@@ -1062,51 +982,22 @@ def succeed_continuing_sql(types: Sequence[tuple[str, str, str, int, int]]) -> s
 
 
 def succeed_continuing(
-    sql: str, job_id: int, attempt: int, output_json: str, chain_id: int, index: int, local: Sequence[str], plan: bool = True,
-    reserved: tuple[int, str] | None = None, meanwhile: Callable[[], object] | None = None,
+    sql: str, job_id: int, attempt: int, output_json: str, chain_id: int, index: int, local: Sequence[str], plan: bool = True
 ) -> tuple[Succeeded, Message | None] | None:
     """Record the success of step `index` (one job) of chain `chain_id` and insert its next step
     in the same statement (`sql`: succeed_continuing_sql's), in the caller's transaction on
     `default`: (the row as `succeed` returns it, the next step's message, its early lock held to
     the end of the transaction); the message None when nothing was inserted (the caller goes on
-    as after `succeed`). None: the attempt lost its lease, nothing written.
-
-    `reserved` (id, type): the next step gets that id when its planned type is `type`, and the
-    id's early lock is held either way. `meanwhile` is called once the statement has been sent and
-    before its answer is read (jobs.engine.reserved: the next step's message published while the
-    statement runs)."""
-    rid, rtype = reserved if reserved is not None else (None, None)
-    try:
-        with prepared() as cursor:
-            # Prepared (pipeline mode): with a reservation, the COMMIT goes behind the statement, and
-            # a success that inserts no next step raises instead (Declined). Behind a pooler: the
-            # statement alone, after the publish.
-            strict = meanwhile is not None and isinstance(cursor, _Prepared)
-            params = [output_json, job_id, attempt, index, chain_id, list(local), rtype, rid, index, plan, strict, rid, rid]
-            if strict:
-                assert meanwhile is not None
-                cursor.execute_meanwhile(sql, params, meanwhile, commit=True)
-            else:
-                if meanwhile is not None:
-                    meanwhile()
-                cursor.execute(sql, params)
-            row = cursor.fetchone()
-    except DataError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == "22012":  # division_by_zero: `strict` declined
-            raise Declined(job_id) from exc
-        raise
+    as after `succeed`). None: the attempt lost its lease, nothing written."""
+    with prepared() as cursor:
+        cursor.execute(sql, [output_json, job_id, attempt, index, chain_id, list(local), index, plan])
+        row = cursor.fetchone()
     if row is None:
         return None
     done = Succeeded._make(row[:7])
     done = done._replace(input=_json(done.input), chain_steps=_json(done.chain_steps))
     message = None if row[7] is None else Message._make(row[7:13])
     return done, message
-
-
-class Declined(Exception):
-    """A success with its next step's id reserved, its COMMIT pipelined behind it, that inserted no
-    next step (a cancel asked meanwhile, the plan changed): rolled back, to be recorded again by
-    the general path (runner._succeed)."""
 
 
 # `p.permanent`: the failure cannot change with a retry (jobs.Permanent): this attempt is the last.

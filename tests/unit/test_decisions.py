@@ -445,9 +445,3 @@ def test_outcomes_stay_uncommitted_only_while_a_job_of_a_type_known_fast_runs_an
     assert not decisions.keeps_outcomes_pending(3, 0.01, 0.3)  # a type that ran slow
     assert not decisions.keeps_outcomes_pending(3, decisions.BATCH_PENDING_SECONDS, 0.001)  # too old
     assert not decisions.keeps_outcomes_pending(decisions.BATCH_CHUNK_CAP, 0.01, 0.001)  # too many
-
-
-@pytest.mark.parametrize("ran, usable", [(0.0, True), (0.002, True), (decisions.RESERVED_ID_FRESH_SECONDS, True),
-                                         (decisions.RESERVED_ID_FRESH_SECONDS + 0.01, False), (3600.0, False), (-1.0, False)])
-def test_only_a_short_run_inserts_its_next_step_under_the_id_its_claim_reserved(ran, usable):
-    assert decisions.reserved_id_usable(ran) is usable
