@@ -200,6 +200,12 @@ def systems(args: argparse.Namespace) -> list[tuple[str, str]]:
     return out
 
 
+#: Seconds a phase's workers get to drain when it ends: none. What the phase measures is over
+#: (every job done), and an idle worker's warm shutdown took 2-4 s a phase (a third of a smoke
+#: run): `Procs.stop` kills each tree at once (as bench.history's end does, with 3 s).
+PHASE_END_GRACE = 0.0
+
+
 def coalesced_key(ms: float) -> str:
     return f"single@{ms:g}"
 
@@ -352,7 +358,7 @@ def throughput(procs: Procs, args: argparse.Namespace) -> dict[str, list[Through
     finally:
         if args.procrastinate:
             procra.app.close()
-        procs.stop(defaults_worker, bare_worker, worker, *procrastinate_workers)
+        procs.stop(defaults_worker, bare_worker, worker, *procrastinate_workers, grace=PHASE_END_GRACE)
 
 
 FANOUT_EVENT = "bench.fanout"  # three no-op subscribers: examples/subscribers.py
@@ -472,7 +478,7 @@ def events(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
         truncate_events()
         return results
     finally:
-        procs.stop(bare_worker, worker)
+        procs.stop(bare_worker, worker, grace=PHASE_END_GRACE)
 
 
 def paced(n: int, interval: float, start_one: Callable[[int], None]) -> None:
@@ -552,7 +558,7 @@ def handoff(procs: Procs, args: argparse.Namespace) -> dict[str, list[float]]:
         truncate_jobs()
         return results
     finally:
-        procs.stop(*workers)
+        procs.stop(*workers, grace=PHASE_END_GRACE)
 
 
 #: Waits measured by the handoff phase (each on a job sleeping SLEPT seconds: one at a time).
@@ -632,7 +638,7 @@ def memory(procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
         truncate_jobs()
         return results
     finally:
-        procs.stop(bare_worker, worker)
+        procs.stop(bare_worker, worker, grace=PHASE_END_GRACE)
 
 
 # --- Report -------------------------------------------------------------------------------------

@@ -243,6 +243,18 @@ class Bench:
                 "each job run once")
 
 
+def stop_all(procs: list[Proc], timeout: float = 20.0) -> None:
+    """SIGTERM to every process first, so that their warm shutdowns (2-4 s each) overlap, then
+    each waited for and its group killed (Proc.stop, which signals only one still running)."""
+    for proc in procs:
+        proc.kill(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.stop(timeout=max(0.0, deadline - time.monotonic()))
+
+
 def best(kept: Cell | None, new: Cell) -> Cell:
     return new if kept is None or new.rate > kept.rate else kept
 
@@ -277,8 +289,7 @@ def scale(folder: Path, configs: list[str], cpu_jobs: int, io_jobs: int, rounds:
                 assert ours is not None and theirs is not None
                 results.append((kind, name, ours, theirs))
                 log(f"bench.scale: {kind} {LABELS[name]}: Conveyor {ours.rate:.1f}/s, bare Celery {theirs.rate:.1f}/s ({scaled} jobs)")
-            for proc in workers:
-                proc.stop()
+            stop_all(workers)
     rows = []
     for kind, name, ours, theirs in results:
         processes = sum(CONFIGS[name].values())

@@ -59,7 +59,8 @@ def database_unreachable() -> Iterator[int]:
 def start_claimer(live):
     """A worker whose relay cannot rescue a lost message during a test (stale after 300 s), which
     has run a job: its pool holds open connections, about to break."""
-    worker = live.start("--concurrency", "2", "--grace", "5", mode="worker", name="claimer", env={"CONVEYOR_RELAY_STALE_SECONDS": "300"})
+    worker = live.start("--concurrency", "2", "--grace", "5", mode="worker", name="claimer",
+                        env={"CONVEYOR_RELAY_STALE_SECONDS": "300", "CONVEYOR_TEST_APPS": "tests.crashing"})
     [warm] = store.insert([new_job(Step("examples.count", {}))])
     publish([Message.of(warm)])
     wait_for(lambda: Job.objects.filter(pk=warm.pk, status=Status.SUCCEEDED).exists(), 30, what="the warm-up job")
@@ -100,13 +101,25 @@ def test_postgresql_away_at_claim_time_drops_no_message(live):
         worker.signal(signal.SIGTERM)
 
 
-def test_postgresql_away_longer_than_the_claim_patience_gives_the_message_back(live):
+@pytest.fixture
+def short_limit():
+    """`crashing.short-limit` declared in this process too (its messages carry its time limit)."""
+    from jobs.engine import registry
+    from tests.crashing.jobs import SHORT_LIMIT
+
+    registry.add(SHORT_LIMIT)
+    yield SHORT_LIMIT
+    registry.remove(SHORT_LIMIT.name)
+
+
+def test_postgresql_away_longer_than_the_claim_patience_gives_the_message_back(live, short_limit):
     # given a worker (see start_claimer)
     worker = start_claimer(live)
     try:
-        # when PostgreSQL stays away longer than a delivery keeps its claim going (examples.echo:
-        # 30 s soft limit, so 7.5 s), while four jobs' messages arrive
-        ids = deliver_while_database_away([Step("examples.echo", {"n": i}) for i in range(4)], away=10.0)
+        # when PostgreSQL stays away longer than a delivery keeps its claim going (crashing.short-
+        # limit: 8 s soft limit, so 2 s; examples.echo's 7.5 s took 10 s away), while four jobs'
+        # messages arrive
+        ids = deliver_while_database_away([Step(short_limit.name, {"n": i}) for i in range(4)], away=5.0)
         # then every job completes once the database answers, on its first attempt
         done = Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED)
         wait_for(lambda: done.count() == 4, 30, interval=0.2, what=f"all 4 jobs to succeed (now {statuses(ids)})")

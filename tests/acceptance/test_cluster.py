@@ -116,10 +116,11 @@ def test_a_killed_worker_is_restarted_and_its_jobs_complete(live):
 
 
 def test_sigterm_drains_within_grace_and_a_new_start_completes_every_job_once(live):
-    # given 100 jobs of 2 s running on a cluster of two threaded workers
+    JOBS = 40  # twice the slots: running ones handed back, waiting ones never started (100 took 3 more waves of 2 s)
+    # given 40 jobs of 2 s on a cluster of two threaded workers (20 at once: as many wait behind them)
     args = ("--cluster", "2", "--workers", "2", "--pool", "threads", "--concurrency", "10", "--no-beat", "--grace", "1")
     proc = start_cluster(live, *args, workers=2, http=False)
-    ids = [job.pk for job in enqueue_many([Step("examples.count", {"sleep": 2}) for _ in range(100)])]
+    ids = [job.pk for job in enqueue_many([Step("examples.count", {"sleep": 2}) for _ in range(JOBS)])]
     wait_for(lambda: Job.objects.filter(status=Status.RUNNING).count() >= 10, 30, what="jobs to be running")
     # when it gets SIGTERM, with a grace period shorter than the jobs
     started = time.monotonic()
@@ -135,7 +136,7 @@ def test_sigterm_drains_within_grace_and_a_new_start_completes_every_job_once(li
     # when a new cluster starts, every job completes exactly once
     live.procs.remove(proc)
     start_cluster(live, *args[:-2], workers=2, http=False)
-    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == 100, 90, what="all 100 jobs to succeed")
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() == JOBS, 90, what=f"all {JOBS} jobs to succeed")
     runs = dict(Effect.objects.filter(job_id__in=ids).values_list("job_id").annotate(n=Count("id")))
     assert runs == {i: 1 for i in ids}
     # and a handed-back attempt was not counted against the budget (examples.count: 4 attempts,

@@ -174,7 +174,13 @@ client = cache._cache.get_client(write=True)
 if os.environ.get("PROBE_WRITE"):
     client.set("probe", os.environ["PROBE_WRITE"])
     client.save()
-import time; time.sleep(float(os.environ.get("PROBE_HOLD", "0")))
+import time
+if os.environ.get("PROBE_MEET"):  # both probes up before either goes on (and may end): a barrier of two files
+    meet = os.environ["PROBE_MEET"]
+    open(os.path.join(meet, os.environ["PROBE_WRITE"]), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(meet)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
 print("RESULT", started, client.info()["process_id"], rows, (client.get("probe") or b"").decode(), sep="|", flush=True)
 """
 
@@ -206,10 +212,13 @@ def result_of(process: subprocess.Popen) -> list[str]:
 
 def test_processes_on_one_data_folder_share_one_pair_of_servers_and_keep_data():
     folder = tempfile.mkdtemp(prefix="cvs-", dir="/tmp")
+    meet = tempfile.mkdtemp(prefix="cvs-meet-", dir="/tmp")
     probes: list[subprocess.Popen] = []
     try:
         # given two processes started together on one data folder
-        probes += [probe(folder, PROBE_WRITE="a", PROBE_HOLD="3"), probe(folder, PROBE_WRITE="b", PROBE_HOLD="3")]
+        # (each waits for the other before it reads the server's pid and ends: they overlap for
+        # sure, where a fixed 3 s hold each made it likely)
+        probes += [probe(folder, PROBE_WRITE="a", PROBE_MEET=meet), probe(folder, PROBE_WRITE="b", PROBE_MEET=meet)]
         a, b = map(result_of, probes)
         # then they used one PostgreSQL (same start time) and one Redis (same server pid)
         assert a[0] == b[0] and a[1] == b[1], (a, b)
@@ -226,6 +235,7 @@ def test_processes_on_one_data_folder_share_one_pair_of_servers_and_keep_data():
         end(probes)
         _stop_leftovers(folder)
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(meet, ignore_errors=True)
 
 
 # What each entry point's process then does with both servers.

@@ -4,9 +4,9 @@ from django.apps import AppConfig
 
 
 class CrashingConfig(AppConfig):
-    """Job types whose handler ends its worker process, or waits for the test to (installed by
-    CONVEYOR_TEST_APPS=tests.crashing in the processes a test starts; the test declares its type
-    in its own process for the time it runs)."""
+    """Job types whose handler ends its worker process, or waits for the test to, and one with a
+    short time limit (installed by CONVEYOR_TEST_APPS=tests.crashing in the processes a test
+    starts; the test declares its type in its own process for the time it runs)."""
 
     name = "tests.crashing"
     label = "crashing"
@@ -14,7 +14,8 @@ class CrashingConfig(AppConfig):
 
     def ready(self) -> None:
         from jobs.engine import registry
-        from tests.crashing.jobs import ATOMIC, CRASH
+        from tests.crashing.jobs import ATOMIC, CRASH, SHORT_LIMIT
 
         registry.add(CRASH)
         registry.add(ATOMIC)
+        registry.add(SHORT_LIMIT)

@@ -153,9 +153,16 @@ def test_tick_time_is_the_same_for_every_beat():
     ]
     for proc in procs:  # both set up
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-3000:]
-    # the first period whose second 1 is at least 0.5 s away (each probe then sleeps until its moment)
-    start = math.ceil((time.time() - 0.5) / period) * period
-    moments = (start + 1.0, start + 4.0)
+    # two moments 3 s apart, the first at least 0.5 s away, in one period with 3 s of it left after
+    # the second (for a probe late on a loaded machine): in this period if they fit, else from the
+    # next one's second 0.5 (each probe then sleeps until its moment). Waiting for the next period
+    # every time cost 1-11 s more.
+    earliest = time.time() + 0.5
+    start = math.floor(earliest / period) * period
+    if earliest + 3.0 > start + period - 3.0:
+        start += period
+        earliest = start + 0.5
+    moments = (earliest, earliest + 3.0)
     for proc, at in zip(procs, moments):
         proc.stdin.write(f"{at}\n")
         proc.stdin.flush()

@@ -30,10 +30,22 @@ WORKER = "node@test/1"
 LEASE = 30
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_heartbeat():
+    """A heartbeat of this module's own (the same class), its thread started by the module's first
+    run under `short_lease`, as the process's is by the first run in a process. The process's
+    thread keeps the interval of the lease in force when it started: in a whole run another module
+    has started it under the default 30 s lease (10 s between beats), and each test here waiting
+    on a beat took 7-20 s. One for the module, not per test: each thread keeps a connection."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "heartbeat", runner.Heartbeat())
+        yield
+
+
 @pytest.fixture(autouse=True)
 def short_lease(settings):
-    """A 3 s lease: the runner's heartbeat (started by the first run in this process) beats every
-    second, so a test waiting for it to notice something waits about a second."""
+    """A 3 s lease: this module's heartbeat (`own_heartbeat`) beats every second, so a test
+    waiting for it to notice something waits about a second."""
     settings.CONVEYOR = {**settings.CONVEYOR, "LEASE_SECONDS": 3}
 
 
