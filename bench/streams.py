@@ -469,6 +469,29 @@ def loop_cpu(folder: str, phase: Phase) -> dict[str, tuple[float, float]]:
     return {key: (calls / seconds, ms / seconds) for key, (calls, ms) in sums.items()}
 
 
+def collections_report(
+    without: dict[str, tuple[float, float]], beside: dict[str, tuple[float, float]], phases: list[Phase]
+) -> list[str]:
+    """The servers' collector passes by generation in phases 2 and 3 (bench/loopcpu times each with
+    the loop thread's CPU clock): how many, and their CPU ms, over the phase's measurement. A pass
+    of the oldest generation walks every object of the process (1,000 open streams: ~100,000) and
+    stalls every request in flight on that server: what set phase 3's p99 (docs/streams.md)."""
+    rows = []
+    for generation in (0, 1, 2):
+        key = f"gc: a pass of generation {generation}"
+        cells = []
+        for figures, phase in ((without, phases[0]), (beside, phases[1])):
+            seconds = sum(ended - began for began, ended in phase.windows)
+            calls, ms = figures.get(key, (0.0, 0.0))
+            cells += [f"{calls * seconds:.0f}", f"{ms * seconds:.0f}"]
+        rows.append((str(generation), *cells))
+    return [
+        "the servers' collector passes during the measurement (every server; CPU ms of the loop thread):",
+        *table(("generation", "passes, jobs", "ms, jobs", "passes, + streams", "ms, + streams"), rows),
+        "",
+    ]
+
+
 def loop_cpu_report(folder: str, phases: list[Phase], top: int = 15) -> list[str]:
     """What the servers' loops spent more per second with the streams open than without (phase 3 - 2)."""
     without, beside = loop_cpu(folder, phases[1]), loop_cpu(folder, phases[2])
@@ -481,6 +504,7 @@ def loop_cpu_report(folder: str, phases: list[Phase], top: int = 15) -> list[str
     ]
     return [
         "",
+        *collections_report(without, beside, phases[1:3]),
         f"the servers' event loops, CPU ms per second (thread_time, every server): {total[0]:.1f} without the streams, "
         f"{total[1]:.1f} with them; the callbacks that cost more with them:",
         *table(("callback (a task's coroutine @ where it waited)", "calls/s", "ms/s jobs", "ms/s + streams", "more"), rows),
