@@ -469,20 +469,21 @@ def loop_cpu(folder: str, phase: Phase) -> dict[str, tuple[float, float]]:
     return {key: (calls / seconds, ms / seconds) for key, (calls, ms) in sums.items()}
 
 
-def full_passes(folder: str) -> tuple[int, float]:
+def full_passes(folder: str) -> list[tuple[float, float, float]]:
     """The servers' passes of the oldest generation over the whole run (the streams' opening and
-    closing too, which the phases leave out): how many, their CPU ms."""
+    closing too, which the phases leave out, and each server's `gc.collect()` at its start): per
+    second that had any, (seconds since the servers' first record, passes, CPU ms)."""
     import glob
 
-    calls, ms = 0.0, 0.0
+    first, found = float("inf"), []
     for name in glob.glob(os.path.join(folder, "*.log")):
         with open(name) as log:
             for line in log:
-                _, count, spent, key = line.rstrip("\n").split("\t", 3)
+                stamp, count, spent, key = line.rstrip("\n").split("\t", 3)
+                first = min(first, float(stamp))
                 if key == "gc: a pass of generation 2":
-                    calls += float(count)
-                    ms += float(spent)
-    return int(calls), ms
+                    found.append((float(stamp), float(count), float(spent)))
+    return [(stamp - first, count, spent) for stamp, count, spent in sorted(found)]
 
 
 def collections_report(
@@ -521,8 +522,9 @@ def loop_cpu_report(folder: str, phases: list[Phase], top: int = 15) -> list[str
     return [
         "",
         *collections_report(without, beside, phases[1:3]),
-        "the servers' passes of the oldest generation over the whole run (the streams' openings and closings too): "
-        "{} passes, {:.0f} ms".format(*full_passes(folder)),
+        "the servers' passes of the oldest generation over the whole run (the streams' openings and closings too; "
+        "at +seconds from the servers' first record: passes, CPU ms): "
+        + (", ".join(f"+{at:.0f}s: {count:.0f}, {ms:.0f} ms" for at, count, ms in full_passes(folder)) or "none"),
         "",
         f"the servers' event loops, CPU ms per second (thread_time, every server): {total[0]:.1f} without the streams, "
         f"{total[1]:.1f} with them; the callbacks that cost more with them:",
