@@ -89,7 +89,7 @@ def release_connections() -> None:
     the request is over: a later query makes a new wrapper, as in a new thread.
 
     A wrapper still connected (a transaction left open) stays as it is: Django closes it."""
-    storage = connections._connections
+    storage = connections._connections  # noqa: SLF001 - Django keeps its per-thread wrappers there
     for alias in connections:
         wrapper = getattr(storage, alias, None)
         if wrapper is None or wrapper.connection is not None:
