@@ -469,6 +469,46 @@ def loop_cpu(folder: str, phase: Phase) -> dict[str, tuple[float, float]]:
     return {key: (calls / seconds, ms / seconds) for key, (calls, ms) in sums.items()}
 
 
+def full_passes(folder: str) -> list[tuple[float, float, float]]:
+    """The servers' passes of the oldest generation over the whole run (the streams' opening and
+    closing too, which the phases leave out, and each server's `gc.collect()` at its start): per
+    second that had any, (seconds since the servers' first record, passes, CPU ms)."""
+    import glob
+
+    first, found = float("inf"), []
+    for name in glob.glob(os.path.join(folder, "*.log")):
+        with open(name) as log:
+            for line in log:
+                stamp, count, spent, key = line.rstrip("\n").split("\t", 3)
+                first = min(first, float(stamp))
+                if key == "gc: a pass of generation 2":
+                    found.append((float(stamp), float(count), float(spent)))
+    return [(stamp - first, count, spent) for stamp, count, spent in sorted(found)]
+
+
+def collections_report(
+    without: dict[str, tuple[float, float]], beside: dict[str, tuple[float, float]], phases: list[Phase]
+) -> list[str]:
+    """The servers' collector passes by generation in phases 2 and 3 (bench/loopcpu times each with
+    the loop thread's CPU clock): how many, and their CPU ms, over the phase's measurement. A pass
+    of the oldest generation walks every object of the process (1,000 open streams: ~100,000) and
+    stalls every request in flight on that server: what set phase 3's p99 (docs/streams.md)."""
+    rows = []
+    for generation in (0, 1, 2):
+        key = f"gc: a pass of generation {generation}"
+        cells = []
+        for figures, phase in ((without, phases[0]), (beside, phases[1])):
+            seconds = sum(ended - began for began, ended in phase.windows)
+            calls, ms = figures.get(key, (0.0, 0.0))
+            cells += [f"{calls * seconds:.0f}", f"{ms * seconds:.0f}"]
+        rows.append((str(generation), *cells))
+    return [
+        "the servers' collector passes during the measurement (every server; CPU ms of the loop thread):",
+        *table(("generation", "passes, jobs", "ms, jobs", "passes, + streams", "ms, + streams"), rows),
+        "",
+    ]
+
+
 def loop_cpu_report(folder: str, phases: list[Phase], top: int = 15) -> list[str]:
     """What the servers' loops spent more per second with the streams open than without (phase 3 - 2)."""
     without, beside = loop_cpu(folder, phases[1]), loop_cpu(folder, phases[2])
@@ -480,6 +520,11 @@ def loop_cpu_report(folder: str, phases: list[Phase], top: int = 15) -> list[str
         for key in keys[:top]
     ]
     return [
+        "",
+        *collections_report(without, beside, phases[1:3]),
+        "the servers' passes of the oldest generation over the whole run (the streams' openings and closings too; "
+        "at +seconds from the servers' first record: passes, CPU ms): "
+        + (", ".join(f"+{at:.0f}s: {count:.0f}, {ms:.0f} ms" for at, count, ms in full_passes(folder)) or "none"),
         "",
         f"the servers' event loops, CPU ms per second (thread_time, every server): {total[0]:.1f} without the streams, "
         f"{total[1]:.1f} with them; the callbacks that cost more with them:",

@@ -51,6 +51,7 @@ from ninja import Query
 from ninja.errors import HttpError
 
 from api.auth import STREAM_READS
+from project.asgi_handler import release_connections
 from api.schemas import errors
 from jobs.interfaces import listener, sse
 
@@ -534,8 +535,10 @@ async def respond(request: HttpRequest, kind: Kind, row_id: int, who: str | None
         )
     if settings.ASGI_SERVER:
         # The request's thread (ninja ran the token check there) gives its connection back to the
-        # pool now: a stream holds none.
-        await sync_to_async(close_old_connections)()
+        # pool now: a stream holds none. And its database wrapper goes with it, its cycle broken:
+        # the thread is let go when the body starts (release_request_thread), and a wrapper left
+        # in its storage would be cyclic garbage for the collector's full passes.
+        await sync_to_async(_give_back_connections)()
     try:
         first = await watcher().first(kind, row_id)
     except listener.WaitUnavailable:
@@ -552,6 +555,11 @@ async def respond(request: HttpRequest, kind: Kind, row_id: int, who: str | None
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on as it comes
     return response
+
+
+def _give_back_connections() -> None:
+    close_old_connections()
+    release_connections()
 
 
 def release_request_thread() -> None:

@@ -1,0 +1,111 @@
+"""Django's ASGI handler, less the reference cycles it leaves per request (project/asgi.py serves it).
+
+Every request through Django's `ASGIHandler` under uvicorn left about 130 objects in reference
+cycles, which reference counting never frees: only the collector does, and once they reach its
+oldest generation, only a full pass (tens to hundreds of ms with 1,000 open streams, every request
+in flight stalled: bench.streams, issue 27; docs/streams.md). A stream's request lives long
+enough to get there; ordinary requests' cycles besides bring the passes on sooner. The cycles, found
+with `gc.DEBUG_SAVEALL` and the strongly connected components of the garbage, each broken here:
+
+- `handle()`'s disconnect listener ends by raising `RequestAborted`, which `handle()` re-raises to
+  ignore it (`task.result()`): the exception's traceback then holds `handle()`'s frame, whose
+  `tasks` list holds the task, which holds the exception. That frame holds everything of the
+  request (the request, the response, uvicorn's cycle, its send and receive, the contexts): ~105
+  of the ~130 objects. Here the listener returns instead (the same outcome: `handle()` ignores
+  the abort either way);
+- the request and what the middleware hang on it that refers back to it (the messages storages,
+  `request.auser`'s partial, a lazy `request.user`): ~50 objects. Cleared when Django closes the
+  request (the response's last closer; nothing reads the request after it);
+- the request's own `DatabaseWrapper` (Django's are per thread, and under ASGI each request's sync
+  parts run in a thread of the request's own; each of the wrapper's helpers, `ops`, `features`,
+  ..., refers back to it): ~15 objects. When the request has finished (Django's `request_finished`,
+  in that thread, after `close_old_connections` gave its connection back to the pool) the wrapper
+  leaves the thread's storage and, if nothing else holds it, its attributes are cleared. A stream
+  lets its thread go early (jobs/interfaces/streams.py): it does the same there.
+
+Left (Python's and Django's own, ~10 objects): asyncio's socket transport refers to itself (its read
+callback, a bound method) and the SQL compiler makes a self-referring closure per query.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.core.signals import request_finished
+from django.db import connections
+
+
+class ClosingASGIRequest(ASGIRequest):
+    """A request whose attributes go when Django closes it, and the cycles through it with them."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            # The last of the response's closers (BaseHandler.get_response appends it): nothing
+            # reads the request after it. `request.close()` again finds nothing to close.
+            self.__dict__.clear()
+            self._stream = _CLOSED
+
+
+class _Closed:
+    """The request's body stream, after the request: closing it again does nothing."""
+
+    def close(self) -> None:
+        pass
+
+
+_CLOSED = _Closed()
+
+
+class Handler(ASGIHandler):
+    """`django.core.asgi.get_asgi_application()`'s handler, its per-request cycles broken."""
+
+    request_class = ClosingASGIRequest
+
+    def __init__(self) -> None:
+        super().__init__()
+        # After Django's close_old_connections (connected when django.db was imported).
+        request_finished.connect(_release_connections, dispatch_uid="conveyor-release-connections")
+
+    async def listen_for_disconnect(self, receive: Any) -> None:
+        """Django's, returning on the disconnect instead of raising `RequestAborted` (which
+        `handle()` ignores: the same outcome, no traceback holding `handle()`'s frame)."""
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        # As Django's: this should never happen.
+        raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
+
+
+def _release_connections(**kwargs: Any) -> None:
+    release_connections()
+
+
+def release_connections() -> None:
+    """This thread's database wrappers whose connections are closed (back in the pool) out of its
+    storage, their cycles broken where nothing else holds them. Call it where the thread's work for
+    the request is over: a later query makes a new wrapper, as in a new thread.
+
+    A wrapper still connected (a transaction left open) stays as it is: Django closes it."""
+    storage = connections._connections  # noqa: SLF001 - Django keeps its per-thread wrappers there
+    for alias in connections:
+        wrapper = getattr(storage, alias, None)
+        if wrapper is None or wrapper.connection is not None:
+            continue
+        delattr(storage, alias)
+        if sys.getrefcount(wrapper) == 2 + _back_references(wrapper):  # this name, the call's argument
+            wrapper.__dict__.clear()
+        del wrapper
+
+
+def _back_references(wrapper: Any) -> int:
+    """How many of the wrapper's own helpers refer to it (`ops.connection`, the errors wrapper's
+    `wrapper`, ...): with none other, only its cycle holds it."""
+    count = 0
+    for value in wrapper.__dict__.values():
+        attributes = getattr(value, "__dict__", None)
+        if attributes:
+            count += sum(1 for each in attributes.values() if each is wrapper)
+    return count
