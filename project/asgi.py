@@ -7,7 +7,8 @@ database connection; every other view is sync and runs in a thread of its reques
 (Django's ThreadSensitiveContext), its database connection from a small per-process pool
 (project/settings.py, ASGI_SERVER).
 
-Around Django's application: the request-line limit gunicorn enforced before (its
+Django's ASGI handler with its sync middleware grouped: one thread hop each way for the run of
+them, not one per method (project/onehop.py). Around Django's application: the request-line limit gunicorn enforced before (its
 `--limit-request-line`, the 414 the OpenAPI document names: uvicorn has none), and the ASGI
 lifespan messages (Django answers HTTP only).
 """
@@ -21,7 +22,7 @@ from typing import Any, Awaitable, Callable
 os.environ["CONVEYOR_ASGI"] = "1"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from django.core.asgi import get_asgi_application
+import django
 from django.urls import get_resolver
 
 from project import embedded
@@ -30,7 +31,10 @@ embedded.start()  # the embedded servers, unless DATABASE_URL / REDIS_URL name o
 from project import tracing  # noqa: E402
 
 tracing.setup("web")  # OTEL_* asked for it: before Django loads its middleware (the Django instrumentation adds one)
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # what get_asgi_application() does, before its handler
+from project.asgi_handler import Handler  # noqa: E402
+
+django_application = Handler()
 
 from api.validation import REQUEST_LINE_LIMIT  # noqa: E402 - after Django's setup
 from jobs.interfaces import listener  # noqa: E402
