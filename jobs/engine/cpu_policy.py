@@ -170,14 +170,40 @@ def is_idle(tid: int = 0) -> bool:
 def keep_normal(name: str) -> None:
     """First thing in a thread that must not starve (the heartbeat, the deadlines): name it for
     the kernel (`cv-<name>` in /proc/<pid>/task/<tid>/comm, `top -H`), and leave SCHED_IDLE if it
-    was created by a job thread that had taken it. Root may; others need RLIMIT_NICE (logged)."""
+    was created by a job thread that had taken it (and its idle cgroup, which the new thread
+    inherited too: leave_idle_cgroup). Root may; others need RLIMIT_NICE (logged)."""
     _name_thread(f"cv-{name}")
+    leave_idle_cgroup()
     if not is_idle():
         return
     try:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError as exc:
         log.error("the %s thread was created SCHED_IDLE and cannot leave it (%s): leases may lapse under load", name, exc)
+
+
+def leave_idle_cgroup(mount: str = CGROUP_V1_CPU, own: str = "/proc/thread-self/cgroup") -> bool:
+    """Move the calling thread out of the idle cgroup, into the cpu controller's root, when it is in
+    it. True when moved.
+
+    Why: a thread starts in its creator's cgroup. One started by a job thread that had entered the
+    idle cgroup (the telemetry flush's timer, a deadlines thread started late) would leave
+    SCHED_IDLE in keep_normal and still run only on cores nothing else wants: the group itself is
+    idle (`cpu.idle` 1) to the kernel, whatever its threads' policy."""
+    try:
+        with open(own) as lines:
+            inside = any(
+                "cpu" in controllers.split(",") and path == "/" + IDLE_CGROUP
+                for _, controllers, path in (line.rstrip("\n").split(":", 2) for line in lines)
+            )
+        if not inside:
+            return False
+        with open(os.path.join(mount, "tasks"), "w") as tasks:
+            tasks.write(str(threading.get_native_id()))
+        return True
+    except (OSError, ValueError) as exc:
+        log.warning("%s=idle: could not move thread %s out of %s (%s)", VARIABLE, threading.get_native_id(), IDLE_CGROUP, exc)
+        return False
 
 
 def _name_thread(name: str) -> None:

@@ -187,3 +187,31 @@ def test_the_idle_cgroup_stays_while_a_running_thread_is_in_it_and_the_remover_s
     assert time.monotonic() - started < 2  # its patience, not the leaving threads' 30 s
     assert group.exists()
     assert f"threads {os.getpid()} still running in it" in caplog.text
+
+
+def cpu_cgroup() -> str:
+    """The calling thread's cgroup of the cpu controller ("/" for the root)."""
+    with open("/proc/thread-self/cgroup") as lines:
+        for line in lines:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if "cpu" in controllers.split(","):
+                return path
+    return ""
+
+
+def test_a_thread_that_must_not_starve_leaves_the_idle_cgroup_it_inherited():
+    if cpu_policy.idle_cgroup() is None:
+        pytest.skip("no cgroup v1 cpu controller with cpu.idle here (the idle cgroup does not apply)")
+
+    # given a job thread in the idle cgroup that starts another thread (it starts in that cgroup too)
+    def job_thread() -> tuple[str, str, str]:
+        cpu_policy.enter_job_thread("idle")
+        return cpu_cgroup(), *in_a_thread(lambda: (cpu_cgroup(), keep_normal_then_cgroup()))
+
+    def keep_normal_then_cgroup() -> str:
+        cpu_policy.keep_normal("deadlines")  # as the deadlines' and the heartbeat's threads do first
+        return cpu_cgroup()
+
+    # then that thread leaves it with keep_normal: the idle group would still give it only idle cores
+    group = "/" + cpu_policy.IDLE_CGROUP
+    assert in_a_thread(job_thread) == (group, group, "/")
