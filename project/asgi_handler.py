@@ -23,6 +23,9 @@ with `gc.DEBUG_SAVEALL` and the strongly connected components of the garbage, ea
   leaves the thread's storage and, if nothing else holds it, its attributes are cleared. A stream
   lets its thread go early (jobs/interfaces/streams.py): it does the same there.
 
+Its middleware chain: Django's, from the same MIDDLEWARE, with each run of plain sync middleware
+as one layer, one thread hop each way instead of one per method (project/onehop.py).
+
 Left (Python's and Django's own, ~10 objects): asyncio's socket transport refers to itself (its read
 callback, a bound method) and the SQL compiler makes a self-referring closure per query.
 """
@@ -34,6 +37,8 @@ from typing import Any
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.signals import request_finished
 from django.db import connections
+
+from project.onehop import OneHopMiddleware
 
 
 class ClosingASGIRequest(ASGIRequest):
@@ -59,8 +64,9 @@ class _Closed:
 _CLOSED = _Closed()
 
 
-class Handler(ASGIHandler):
-    """`django.core.asgi.get_asgi_application()`'s handler, its per-request cycles broken."""
+class Handler(OneHopMiddleware, ASGIHandler):
+    """`django.core.asgi.get_asgi_application()`'s handler, its per-request cycles broken and its
+    plain sync middleware run in one thread hop each way (project/onehop.py)."""
 
     request_class = ClosingASGIRequest
 
