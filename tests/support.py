@@ -630,3 +630,43 @@ def statements_sent(*aliases: str) -> Iterator[list[str]]:
                 last = names.get(match[1], match[1]) if match else ""
             elif kind == "Execute":
                 found.append(last)
+
+
+def in_server_loop(case: Callable[..., object]) -> Callable[..., None]:
+    """An async test run in an event loop of its own, as a server process's (the streams' watcher and
+    the listening connection belong to it): its streams and that connection end before the loop does."""
+    import asyncio
+    import functools
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from jobs.interfaces import listener, streams
+
+    async def closing(*args: object, **kwargs: object) -> None:
+        try:
+            await case(*args, **kwargs)
+        finally:  # streams left open by a case end, and the listening connection closes
+            streams.close_all()
+            await asyncio.sleep(0.05)
+            await listener.aclose()
+            await sync_to_async(connections.close_all)()  # (the thread that ran the sync parts)
+
+    @functools.wraps(case)
+    def run(*args: object, **kwargs: object) -> None:
+        asyncio.run(closing(*args, **kwargs))
+
+    return run
+
+
+@contextmanager
+def declared(job_type) -> Iterator[object]:
+    """A job type declared in this test process for the test's time (a test-only type whose messages
+    carry what the process must know: its limits, atomic, ...)."""
+    from jobs.engine import registry
+
+    registry.add(job_type)
+    try:
+        yield job_type
+    finally:
+        registry.remove(job_type.name)

@@ -18,7 +18,7 @@ from jobs import Step, new_job
 from jobs.engine import store
 from jobs.models import Job, Status
 from jobs.engine.publish import Message, publish
-from tests.support import wait_for
+from tests.support import declared, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -104,12 +104,10 @@ def test_postgresql_away_at_claim_time_drops_no_message(live):
 @pytest.fixture
 def short_limit():
     """`crashing.short-limit` declared in this process too (its messages carry its time limit)."""
-    from jobs.engine import registry
     from tests.crashing.jobs import SHORT_LIMIT
 
-    registry.add(SHORT_LIMIT)
-    yield SHORT_LIMIT
-    registry.remove(SHORT_LIMIT.name)
+    with declared(SHORT_LIMIT):
+        yield SHORT_LIMIT
 
 
 def test_postgresql_away_longer_than_the_claim_patience_gives_the_message_back(live, short_limit):

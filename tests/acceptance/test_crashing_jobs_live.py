@@ -19,7 +19,7 @@ from jobs import enqueue
 from jobs.engine import registry
 from jobs.models import Job, Status
 from tests.crashing.jobs import ATOMIC, CRASH
-from tests.support import wait_for
+from tests.support import declared, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -62,9 +62,8 @@ def test_a_job_that_kills_its_worker_is_dead_after_its_attempts_and_the_worker_s
 
 @pytest.fixture
 def atomic_type():
-    registry.add(ATOMIC)
-    yield ATOMIC
-    registry.remove(ATOMIC.name)
+    with declared(ATOMIC):
+        yield ATOMIC
 
 
 def test_an_atomic_handler_sigkilled_mid_transaction_leaves_no_write_and_its_rerun_writes_once(live, atomic_type):

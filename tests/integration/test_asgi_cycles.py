@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import gc
 from typing import Any, Awaitable, Callable
 
 import pytest
+
+from tests.support import in_server_loop
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished
@@ -23,7 +24,7 @@ from django.db import connections
 
 from jobs import enqueue
 from jobs.engine import store
-from jobs.interfaces import listener, streams
+from jobs.interfaces import listener
 from project.asgi_handler import Handler
 from tests.factories import api_token
 
@@ -110,24 +111,7 @@ async def _cyclic_garbage(app: Any, paths: list[str], token: str) -> collections
     return found
 
 
-def in_loop(case: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run `case` in an event loop of its own (a server process's), its streams and listening
-    connection ended before the loop is."""
-
-    async def closing(*args: Any, **kwargs: Any) -> None:
-        try:
-            await case(*args, **kwargs)
-        finally:
-            streams.close_all()
-            await asyncio.sleep(0.05)
-            await listener.aclose()
-            await sync_to_async(connections.close_all)()  # (the thread that ran the sync parts)
-
-    @functools.wraps(case)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(closing(*args, **kwargs))
-
-    return run
+in_loop = in_server_loop
 
 
 @in_loop

@@ -4,11 +4,12 @@ statements (no worker: here, in another thread, as a worker would write them).""
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from typing import Any, AsyncIterator, Callable
 
 import pytest
+
+from tests.support import in_server_loop
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import connections
 from django.test import AsyncClient
@@ -27,24 +28,7 @@ def fast_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streams, "TICK", 0.05)
 
 
-def in_loop(case: Callable[..., Any]) -> Callable[..., None]:
-    """An async test run in an event loop of its own (as a server process's: the streams' watcher and
-    the listening connection belong to it)."""
-
-    async def closing(*args: Any, **kwargs: Any) -> None:
-        try:
-            await case(*args, **kwargs)
-        finally:  # streams left open by a case end, and the listening connection closes
-            streams.close_all()
-            await asyncio.sleep(0.05)
-            await listener.aclose()
-            await sync_to_async(connections.close_all)()  # (the thread that ran the sync parts)
-
-    @functools.wraps(case)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(closing(*args, **kwargs))
-
-    return run
+in_loop = in_server_loop
 
 
 class _Client:
