@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.common import table, tree_cpu
-from hosts.harness import MANAGE, REDIS_PORT, Proc, Topology, unavailable
+from hosts.harness import MANAGE, REDIS_PORT, Proc, Topology, stop_together, unavailable
 
 CPU_WORK = 200_000  # loop iterations: ~22 ms of one core here
 IO_SLEEP = 0.05
@@ -243,18 +243,6 @@ class Bench:
                 "each job run once")
 
 
-def stop_all(procs: list[Proc], timeout: float = 20.0) -> None:
-    """SIGTERM to every process first, so that their warm shutdowns (2-4 s each) overlap, then
-    each waited for and its group killed (Proc.stop, which signals only one still running)."""
-    for proc in procs:
-        proc.kill(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        while proc.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.stop(timeout=max(0.0, deadline - time.monotonic()))
-
-
 def best(kept: Cell | None, new: Cell) -> Cell:
     return new if kept is None or new.rate > kept.rate else kept
 
@@ -289,7 +277,7 @@ def scale(folder: Path, configs: list[str], cpu_jobs: int, io_jobs: int, rounds:
                 assert ours is not None and theirs is not None
                 results.append((kind, name, ours, theirs))
                 log(f"bench.scale: {kind} {LABELS[name]}: Conveyor {ours.rate:.1f}/s, bare Celery {theirs.rate:.1f}/s ({scaled} jobs)")
-            stop_all(workers)
+            stop_together(workers, 20.0, log)
     rows = []
     for kind, name, ours, theirs in results:
         processes = sum(CONFIGS[name].values())

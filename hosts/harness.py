@@ -138,6 +138,24 @@ class Proc:
             pass
 
 
+def stop_together(procs: list[Proc], timeout: float, log: Callable[[str], None] = print) -> None:
+    """SIGTERM to every process first, so that their drains (2-4 s each) overlap, then each waited
+    for within `timeout` in all and its group killed (Proc.stop, which signals only one still running)."""
+    for proc in procs:
+        try:
+            proc.kill(signal.SIGTERM)
+        except Exception as exc:
+            log(f"hosts: stopping {proc.name}: {exc}")
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            proc.stop(timeout=max(0.0, deadline - time.monotonic()))  # past the deadline: killed
+        except Exception as exc:
+            log(f"hosts: stopping {proc.name}: {exc}")
+
+
 @dataclass
 class Host:
     name: str
@@ -219,20 +237,7 @@ class Topology:
         (10 s in all) and its group killed; their drains overlap (one after another, 2-4 s each, they
         were most of a run's teardown). Then the data host's servers by pid, newest first (the
         processes above use them while they drain)."""
-        users = [proc for proc in reversed(self.procs) if proc.host != "data"]
-        for proc in users:
-            try:
-                proc.kill(signal.SIGTERM)
-            except Exception as exc:
-                self.log(f"hosts: stopping {proc.name}: {exc}")
-        deadline = time.monotonic() + 10
-        for proc in users:
-            while proc.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            try:
-                proc.stop(timeout=max(0.0, deadline - time.monotonic()))  # past the deadline: killed
-            except Exception as exc:
-                self.log(f"hosts: stopping {proc.name}: {exc}")
+        stop_together([proc for proc in reversed(self.procs) if proc.host != "data"], 10, self.log)
         for proc in reversed(self.procs):
             if proc.host == "data":
                 try:

@@ -28,36 +28,23 @@ from typing import Any, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+from django.core.exceptions import MiddlewareNotUsed
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
-
-GROUPABLE = {"process_request", "process_view", "process_response"}
-
 
 def _never_called(request: HttpRequest) -> HttpResponseBase:
     raise AssertionError("a grouped middleware's own get_response is never called")
 
 
 def grouped_instances(paths: list[str]) -> list[Any]:
-    """The middleware named, made with a get_response they never call (only their process_*
-    methods run); ImproperlyConfigured for one that does more than those methods."""
+    """The middleware named (each `groupable`), made with a get_response they never call: only
+    their process_* methods run."""
     members = []
     for path in paths:
-        cls = import_string(path)
-        extra = [
-            name for name in ("process_exception", "process_template_response")
-            if hasattr(cls, name)
-        ]
-        if extra or "__call__" in vars(cls) or not any(hasattr(cls, name) for name in GROUPABLE):
-            raise ImproperlyConfigured(
-                f"MIDDLEWARE_IN_ONE_HOP: {path} cannot be grouped (it has {extra or 'its own __call__'}); "
-                "list it in MIDDLEWARE instead"
-            )
         try:
-            members.append(cls(_never_called))
+            members.append(import_string(path)(_never_called))
         except MiddlewareNotUsed:  # as Django does: left out of the chain
             continue
     return members
