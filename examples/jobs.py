@@ -7,6 +7,7 @@ import time
 
 from typing import Annotated, Literal
 
+from django.conf import settings
 from pydantic import BaseModel, Field
 
 from jobs import Context, Step, job_type
@@ -254,3 +255,20 @@ def one_per_key(ctx: Context, data: Pause) -> dict:
 def two_at_once(ctx: Context, data: Pause) -> dict:
     """At most two running at once, over every worker: a scarce licence or connection."""
     return _pause(data)
+
+
+# The handoff benchmark's two steps (bench.jobs' handoff phase), declared only in the benchmark's
+# processes (CONVEYOR_BENCH, set by bench/common.py): each says, on the worker's clock, when its
+# handler ended / began, as bare Celery's bench.hop_a / bench.hop_b do (bench/bare.py), so both
+# sides are measured from one handler to the next.
+if settings.BENCH:
+
+    @job_type("bench.hop-a", queue="default", timeout=30)
+    def hop_a(ctx: Context, data: dict) -> dict:
+        """Step 1: its last act is to read the clock."""
+        return {"ended": time.time()}
+
+    @job_type("bench.hop-b", queue="notifications", timeout=30)
+    def hop_b(ctx: Context, data: dict) -> dict:
+        """Step 2: its first act is to read the clock."""
+        return {"started": time.time()}

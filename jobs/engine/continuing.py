@@ -9,13 +9,17 @@ member, no trace to write), the success, the chain's lock and the next step's in
 early lock, are ONE statement (store.SUCCEED_CONTINUING_SQL), sent with the transaction's BEGIN:
 one round trip before the publish instead of two, and none of the chain's Python path.
 
-It inserts only what the general path would have published: the plan's next step when it is one
-job of a declared type on a queue this worker does not take itself (jobs.engine.handoff claims
-such a step in the outcome's transaction: left to the general path). Otherwise (a group, the end
-of the plan, a cancelled row, a chain no longer running, a type an adapter declares lazily) it
-records the success alone and returns the row with the plan, and the general path goes on in the
-same transaction from there: no round trip more than before. A fenced-out success (its lease
-lost) writes and inserts nothing, as store.succeed.
+It inserts what the general path would have: the plan's next step when it is one job of a
+declared type, published early when its queue is one this worker does not take itself, or, when
+it is (the local handoff, jobs.engine.handoff: decisions.hands_off_here), claimed for this worker
+in the same statement, with no message, and run next by the runner after the commit (`ctx.handed`):
+the success, the next row and its claim in one round trip, where the general path took three
+(succeed, insert, claim) and its Python. A step on such a queue whose type has limits or whose
+queue or type is paused, and everything else (a group, the end of the plan, a cancelled row, a
+chain no longer running, a type an adapter declares lazily), is left to the general path: the
+statement records the success alone and returns the row with the plan, and the general path goes
+on in the same transaction from there: no round trip more than before. A fenced-out success (its
+lease lost) writes and inserts nothing, as store.succeed.
 
 The next row's queue, priority and attempts are its type's (the registry's table, written into
 the statement once per change of the registry), its input the plan's, validated when the chain
@@ -45,16 +49,20 @@ def succeed(ctx: Context, output_json: str) -> tuple[store.Succeeded, bool] | No
     store.succeed returns it, whether the next step was inserted: then nothing is left to do);
     None: the lease was lost, nothing written."""
     assert ctx.chain_id is not None
-    continued = store.succeed_continuing(_statement() or "", ctx.job_id, ctx.attempt, output_json, ctx.chain_id,
-                                         ctx.chain_index or 0, sorted(handoff.local_queues(ctx.offer)))
+    offer = ctx.offer
+    continued = store.succeed_continuing(
+        _statement() or "", ctx.job_id, ctx.attempt, output_json, ctx.chain_id, ctx.chain_index or 0,
+        sorted(handoff.local_queues(offer)), worker=offer.worker if offer else "", lease_seconds=offer.lease_seconds if offer else 0.0,
+    )
     if continued is None:
         return None
-    done, message = continued
+    done, message, claimed = continued
     if message is not None:
         collected = early.pending()
         assert collected is not None  # applies() checked it
         collected.append(message)
-    return done, message is not None
+    ctx.handed = claimed  # run next by the runner once this transaction has committed
+    return done, message is not None or claimed is not None
 
 
 _statements: tuple[int, str | None] = (-1, None)
@@ -67,8 +75,9 @@ def _statement() -> str | None:
     version, sql = _statements
     if version != registry.version():
         version = registry.version()
-        types: Sequence[tuple[str, str, str, int, int]] = [
-            (key, jt.name, jt.queue, jt.priority, jt.retries + 1) for jt in registry.all_types() for key in (jt.name, *jt.aliases)
+        types: Sequence[tuple[str, str, str, int, int, bool]] = [
+            (key, jt.name, jt.queue, jt.priority, jt.retries + 1, jt.limited)
+            for jt in registry.all_types() for key in (jt.name, *jt.aliases)
         ]
         sql = store.succeed_continuing_sql(types) if types else None
         _statements = (version, sql)

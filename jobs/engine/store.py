@@ -943,61 +943,93 @@ def succeed(
 # lazily), a cancelled row or a chain no longer running: nothing inserted, and the row comes back
 # as SUCCEED_IN_CHAIN_SQL's (with the plan when asked), for the general path to go on with in
 # the same transaction. A fenced-out row (lost lease): no row back, nothing written.
+# The next step is claimed in the statement, for the worker named (`here`), when its queue is one
+# this worker takes itself (jobs.engine.handoff: the local handoff, decided as
+# decisions.hands_off_here) and neither a limit (the claim is then jobs.engine.limits') nor a pause
+# holds it: inserted running, its first attempt this worker's, as store.claim would have left it,
+# and no message, no early lock (nothing can claim it before the commit). A step on such a queue
+# that is limited or paused is not inserted here: the general path goes on with it.
 SUCCEED_CONTINUING_SQL = f"""
 WITH done AS ({SUCCEED_UPDATE.strip()}),
      chain AS (SELECT steps, status, steps -> (%s::int + 1) AS step FROM jobs_chain WHERE id = %s FOR UPDATE),
-     types (key, name, queue, priority, max_attempts) AS (VALUES @TYPES@),
+     here AS (SELECT %s::text[] AS queues, %s::text AS worker, %s::float8 AS lease),
+     types (key, name, queue, priority, max_attempts, limited) AS (VALUES @TYPES@),
      following AS (
-       SELECT types.name, types.queue, types.priority, types.max_attempts, chain.step -> 'input' AS input
-         FROM done, chain, types
+       SELECT types.name, types.queue, types.priority, types.max_attempts, chain.step -> 'input' AS input,
+              types.queue = ANY(here.queues) AS claimed
+         FROM done, chain, types, here
         WHERE done.status = 'succeeded' AND chain.status = 'running' AND jsonb_typeof(chain.step) = 'object'
-          AND NOT chain.step ? 'group' AND types.key = chain.step ->> 'type' AND types.queue <> ALL(%s::text[])),
+          AND NOT chain.step ? 'group' AND types.key = chain.step ->> 'type'
+          AND (types.queue <> ALL(here.queues)
+               OR (NOT types.limited AND NOT EXISTS (
+                     SELECT 1 FROM jobs_pause p
+                      WHERE (p.kind = 'queue' AND p.name = types.queue) OR (p.kind = 'type' AND p.name = types.name))))),
      inserted AS (
        INSERT INTO jobs_job (type, queue, input, priority, max_attempts, chain_id, chain_index, parent_id,
-                             run_after, published_at, status, attempt, worker, progress, progress_message,
-                             cancel_requested, error, created_at, updated_at)
+                             run_after, published_at, status, attempt, worker, started_at, lease_expires_at,
+                             progress, progress_message, cancel_requested, error, created_at, updated_at)
        SELECT f.name, f.queue, COALESCE(f.input, '{{}}'::jsonb), f.priority, f.max_attempts, done.chain_id,
-              %s::int + 1, done.id, now(), now(), 'pending', 0, '', 0, '', false, '', now(), now()
-         FROM following f, done
-       RETURNING id, queue, priority, type, chain_id, chain_index)
+              %s::int + 1, done.id, now(), now(),
+              CASE WHEN f.claimed THEN 'running' ELSE 'pending' END, CASE WHEN f.claimed THEN 1 ELSE 0 END,
+              CASE WHEN f.claimed THEN here.worker ELSE '' END, CASE WHEN f.claimed THEN now() END,
+              CASE WHEN f.claimed THEN now() + make_interval(secs => here.lease) END,
+              0, '', false, '', now(), now()
+         FROM following f, done, here
+       RETURNING id, queue, priority, type, chain_id, chain_index, status = 'running' AS claimed, input, attempt,
+                 max_attempts, parent_id, idempotency_key, member, results_count, trace_context, created_at,
+                 started_at, worker, errors)
 SELECT done.id, done.type, done.status, done.chain_id, done.input,
        CASE WHEN inserted.id IS NULL AND %s THEN chain.steps END, chain.status,
        inserted.id, inserted.queue, inserted.priority, inserted.type, inserted.chain_id, inserted.chain_index,
-       CASE WHEN inserted.id IS NOT NULL THEN
+       CASE WHEN inserted.id IS NOT NULL AND NOT inserted.claimed THEN
             pg_advisory_xact_lock({decisions.EARLY_LOCK_SPACE}, ((inserted.id %% 2147483647) - 1073741823)::int4) END,
-       {NOTIFY_JOB}
+       {NOTIFY_JOB},
+       inserted.claimed, inserted.input, inserted.attempt, inserted.max_attempts, inserted.parent_id,
+       inserted.idempotency_key, inserted.member, inserted.results_count, inserted.trace_context,
+       inserted.created_at, inserted.started_at, inserted.worker, inserted.errors
   FROM done CROSS JOIN chain LEFT JOIN inserted ON true
 """
 
 
-def succeed_continuing_sql(types: Sequence[tuple[str, str, str, int, int]]) -> str:
+def succeed_continuing_sql(types: Sequence[tuple[str, str, str, int, int, bool]]) -> str:
     """SUCCEED_CONTINUING_SQL with the types' table written in: (key, name, queue, priority,
-    max_attempts) for each name and alias (at least one)."""
+    max_attempts, limited) for each name and alias (at least one)."""
     def literal(value: str) -> str:  # a string constant; % doubled for the placeholders' syntax
         return "'" + value.replace("'", "''").replace("%", "%%") + "'"
 
-    rows = ", ".join(f"({literal(key)}, {literal(name)}, {literal(queue)}, {int(priority)}, {int(attempts)})"
-                     for key, name, queue, priority, attempts in types)
+    rows = ", ".join(f"({literal(key)}, {literal(name)}, {literal(queue)}, {int(priority)}, {int(attempts)}, {bool(limited)})"
+                     for key, name, queue, priority, attempts, limited in types)
     return SUCCEED_CONTINUING_SQL.replace("@TYPES@", rows)
 
 
 def succeed_continuing(
-    sql: str, job_id: int, attempt: int, output_json: str, chain_id: int, index: int, local: Sequence[str], plan: bool = True
-) -> tuple[Succeeded, Message | None] | None:
+    sql: str, job_id: int, attempt: int, output_json: str, chain_id: int, index: int, local: Sequence[str],
+    plan: bool = True, worker: str = "", lease_seconds: float = 0.0,
+) -> tuple[Succeeded, Message | None, Claimed | None] | None:
     """Record the success of step `index` (one job) of chain `chain_id` and insert its next step
     in the same statement (`sql`: succeed_continuing_sql's), in the caller's transaction on
     `default`: (the row as `succeed` returns it, the next step's message, its early lock held to
-    the end of the transaction); the message None when nothing was inserted (the caller goes on
-    as after `succeed`). None: the attempt lost its lease, nothing written."""
+    the end of the transaction, or, on one of the `local` queues, the next step claimed for
+    `worker` with a lease of `lease_seconds`, as `claim` returns it); neither when nothing was
+    inserted (the caller goes on as after `succeed`). None: the attempt lost its lease, nothing
+    written."""
     with prepared() as cursor:
-        cursor.execute(sql, [output_json, job_id, attempt, index, chain_id, list(local), index, plan])
+        cursor.execute(sql, [output_json, job_id, attempt, index, chain_id, list(local), worker, lease_seconds, index, plan])
         row = cursor.fetchone()
     if row is None:
         return None
     done = Succeeded._make(row[:7])
     done = done._replace(input=_json(done.input), chain_steps=_json(done.chain_steps))
-    message = None if row[7] is None else Message._make(row[7:13])
-    return done, message
+    if row[7] is None:
+        return done, None, None
+    if not row[15]:
+        return done, Message._make(row[7:13]), None
+    # (id, type, input, attempt, max_attempts, chain_id, chain_index, parent_id, idempotency_key,
+    #  queue, waited, member, results_count, trace_context, created_at, started_at, worker, errors)
+    inserted_id, queue, _, job_type, chain, chain_index = row[7:13]
+    input_, attempt_, max_attempts, parent_id, key, member, results_count, trace, created, started, by, errors = row[16:28]
+    return done, None, _claimed((inserted_id, job_type, input_, attempt_, max_attempts, chain, chain_index, parent_id, key,
+                                 queue, 0.0, member, results_count, trace, created, started, by, errors))
 
 
 # `p.permanent`: the failure cannot change with a retry (jobs.Permanent): this attempt is the last.

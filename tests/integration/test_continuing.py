@@ -10,7 +10,7 @@ import pytest
 from django.db import connections, transaction
 
 from jobs import Group, Step, start_chain
-from jobs.engine import continuing, decisions, handoff, registry, runner, store
+from jobs.engine import continuing, decisions, handoff, pauses, registry, runner, store
 from jobs.models import Chain, ChainStatus, Job, Status
 from tests.integration.conftest import RUNNER_IN_PROCESS
 from tests.support import published_job_ids
@@ -57,9 +57,15 @@ def claimed_first(steps: list[Any]) -> tuple[Chain, Job]:
     return chain, first
 
 
-def succeed(first: Job, attempt: int = 1, local: list[str] | None = None) -> Any:
-    return store.succeed_continuing(continuing._statement() or "", first.pk, attempt, '{"done": 1}', first.chain_id,
-                                    first.chain_index, local or [])
+def succeed(first: Job, attempt: int = 1) -> Any:
+    """The statement with no local queue: (the row, the next step's message) or None."""
+    continued = store.succeed_continuing(continuing._statement() or "", first.pk, attempt, '{"done": 1}', first.chain_id,
+                                         first.chain_index, [])
+    if continued is None:
+        return None
+    done, message, claimed = continued
+    assert claimed is None  # nothing is claimed for a worker that takes no queue
+    return done, message
 
 
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "behind a pooler"])
@@ -117,25 +123,66 @@ def test_a_rolled_back_outcome_leaves_no_row_and_its_early_message_claims_nothin
     assert runner.execute(message.job_id, worker="other@test/2/y", published_early=True) == "skipped"
 
 
-@pytest.mark.parametrize("case", ["last step", "a group next", "a queue taken here", "cancel asked"])
+@pytest.mark.parametrize("case", [
+    "last step", "a group next", "a queue taken here, paused", "a type taken here, paused", "a queue taken here, limited type",
+    "cancel asked",
+])
 def test_a_step_the_general_path_must_continue_is_recorded_alone_with_the_plan(case):
     # given a chain's step whose continuation is the general path's
     after = {"last step": [], "a group next": [Group([Step("examples.ping", {}), Step("examples.ping", {})])],
-             "a queue taken here": [Step("examples.ping", {})], "cancel asked": [Step("examples.ping", {})]}[case]
+             "a queue taken here, limited type": [Step("examples.two-at-once", {})]}.get(case, [Step("examples.ping", {})])
     chain, first = claimed_first([Step("examples.echo", {}), *after])
     if case == "cancel asked":
         Job.objects.filter(pk=first.pk).update(cancel_requested=True)
+    local = {"a queue taken here, limited type": ["default"]}.get(case, ["notifications"] if "taken here" in case else [])
 
     # when the statement records its success
     with transaction.atomic():
-        done, message = succeed(first, local=["notifications"] if case == "a queue taken here" else [])
+        if case == "a queue taken here, paused":
+            pauses.pause("queue", "notifications")
+        if case == "a type taken here, paused":
+            pauses.pause("type", "examples.ping")
+        done, message, claimed = store.succeed_continuing(
+            continuing._statement() or "", first.pk, 1, '{"done": 1}', first.chain_id, 0, local, worker=WORKER, lease_seconds=60,
+        )
         inserted = Job.objects.filter(chain=chain, chain_index=1).exists()
         transaction.set_rollback(True)
+    assert claimed is None
 
     # then it inserted nothing and gave back the row with the chain's plan, for the general path
     assert (message, inserted) == (None, False)
     assert done.status == (Status.CANCELLED if case == "cancel asked" else Status.SUCCEEDED)
     assert (done.chain_steps, done.chain_status) == (Chain.objects.get(pk=chain.pk).steps, ChainStatus.RUNNING)
+
+
+def test_a_step_on_a_queue_taken_here_is_inserted_claimed_for_this_worker_with_no_message_and_no_early_lock():
+    # given a chain's first step claimed by a worker that also takes the second step's queue
+    chain, first = claimed_first([Step("examples.echo", {"i": 1}), Step("examples.ping", {"p": 2})])
+
+    # when its success is recorded in one statement, the worker's queues named
+    with transaction.atomic():
+        done, message, claimed = store.succeed_continuing(
+            continuing._statement() or "", first.pk, 1, '{"done": 1}', first.chain_id, 0, ["default", "notifications"],
+            worker=WORKER, lease_seconds=60,
+        )
+        # then no message and no early lock: nothing can claim it before the commit but this worker
+        assert (done.status, message) == (Status.SUCCEEDED, None)
+        assert early_lock_free(claimed.id)
+
+    # and the next step is running, its first attempt this worker's, as store.claim leaves a row,
+    # with what the runner needs to run it (the claim's own columns)
+    second = Job.objects.get(chain=chain, chain_index=1)
+    ping = registry.get("examples.ping")
+    assert (second.pk, second.type, second.queue, second.status, second.attempt, second.worker) == (
+        claimed.id, "examples.ping", ping.queue, Status.RUNNING, 1, WORKER)
+    assert (second.max_attempts, second.priority, second.input, second.parent_id) == (ping.retries + 1, ping.priority, {"p": 2}, first.pk)
+    assert second.started_at == Job.objects.get(pk=first.pk).finished_at
+    assert 59 <= (second.lease_expires_at - second.started_at).total_seconds() <= 60
+    assert (claimed.type, claimed.input, claimed.attempt, claimed.max_attempts, claimed.chain_id, claimed.chain_index) == (
+        "examples.ping", {"p": 2}, 1, ping.retries + 1, chain.pk, 1)
+    assert (claimed.queue, claimed.worker, claimed.started_at, claimed.errors, claimed.waited) == (
+        ping.queue, WORKER, second.started_at, [], 0.0)
+    assert published_job_ids("notifications") == []
 
 
 def test_a_run_whose_step_goes_on_by_message_inserts_it_in_the_success_statement(monkeypatch):
@@ -164,10 +211,16 @@ def test_a_step_on_a_queue_the_worker_takes_is_still_handed_off_here(monkeypatch
     monkeypatch.setattr(handoff, "LOCAL_QUEUES", frozenset({"default", "notifications"}))
     chain = start_chain([Step("examples.echo", {}), Step("examples.ping", {})])
     first = Job.objects.get(chain=chain, chain_index=0)
+    general = []  # the general path's insert, and its claim in the outcome's transaction (on "default")
+    real_insert, real_claim = store.insert, store.claim
+    monkeypatch.setattr(store, "insert", lambda *a, **k: general.append(("insert", a)) or real_insert(*a, **k))
+    monkeypatch.setattr(store, "claim", lambda *a, **k: (k.get("alias") == "default" and general.append(("claim", a))) or real_claim(*a, **k))
 
     # when its first step runs
     assert runner.execute(first.pk, worker=WORKER) == "succeeded"
 
-    # then the second ran here with no message (the general path's claim in the outcome)
+    # then the second ran here with no message, claimed by the success's own statement: the
+    # general path's insert and claim never ran
     assert [(j.status, j.worker) for j in Job.objects.filter(chain=chain).order_by("chain_index")] == [(Status.SUCCEEDED, WORKER)] * 2
     assert published_job_ids("notifications") == []
+    assert general == []
