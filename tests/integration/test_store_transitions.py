@@ -969,7 +969,7 @@ def test_a_batch_run_in_process_runs_each_id_once_groups_short_successes_and_end
     # (a chain step's success that inserts its next step is one statement: jobs.engine.continuing)
     continuing = store.succeed_continuing
     monkeypatch.setattr(store, "succeed_continuing",
-                        lambda sql, job_id, *a: (alone.append(job_id), continuing(sql, job_id, *a))[1])
+                        lambda sql, job_id, *a, **k: (alone.append(job_id), continuing(sql, job_id, *a, **k))[1])
     together = store.succeed_many_and_claim
     monkeypatch.setattr(store, "succeed_many_and_claim",
                         lambda outcomes, *a: (grouped.append([o[0] for o in outcomes]), together(outcomes, *a))[1])
