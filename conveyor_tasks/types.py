@@ -94,9 +94,17 @@ def declare(task: compat.Task, backend: Any) -> registry.JobType:
         return registry.find(name)  # type: ignore[return-value]
 
 
+def importable(path: str) -> bool:
+    """Whether `path` is a dotted path of identifiers (`module.function`), the only names worth
+    importing: the name comes from a request too (`POST /api/types/{name}/pause`), and a leading
+    dot (`.x`) or `..` made `import_module` raise ValueError or TypeError, not ImportError (a 500)."""
+    parts = path.split(".")
+    return len(parts) >= 2 and all(part.isidentifier() for part in parts)
+
+
 def load(path: str) -> compat.Task | None:
     """The task at `path` (a module-level `@task` function), or None."""
-    if "." not in path:
+    if not importable(path):
         return None
     try:
         found = import_string(path)
