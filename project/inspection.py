@@ -29,7 +29,9 @@ _report = control.report
 def without_credentials(value: Any) -> Any:
     """`value` (a setting: text, or mappings and sequences of them) with each URL's password masked."""
     if isinstance(value, str):
-        return _PARAMETER.sub(rf"\g<1>{MASK}", _USERINFO.sub(rf"\g<1>:{MASK}@", value))
+        # str(): a lazy object posing as a str (a JSONSerializableLazyObject among the settings)
+        # passes isinstance but not re.sub
+        return _PARAMETER.sub(rf"\g<1>{MASK}", _USERINFO.sub(rf"\g<1>:{MASK}@", str(value)))
     if isinstance(value, dict):
         return {key: without_credentials(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

@@ -47,3 +47,6 @@ def test_inspect_conf_and_report_show_no_password_of_any_url():
     assert not [pw for pw in ("pw-one", "pw-two", "pw-three", "pw-four", "pw-five") if pw in answers], answers
     assert "rediss://default:********@redis.example:6380/0" in answers
     assert "sentinel_password=********&db=0" in answers and "CACHES" in answers
+    # and the platform's own configuration (lazy objects among its settings) is answered whole
+    own = Panel.data["conf"](SimpleNamespace(app=app))
+    assert "error" not in own and own["REDIS_URL"] == settings.REDIS_URL and own["SECRET_KEY"] == "********"
