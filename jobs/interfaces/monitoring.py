@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.utils.saferepr import saferepr
 from celery.worker.request import Request as CeleryRequest
 
 log = logging.getLogger("conveyor.tasks")
@@ -113,7 +114,8 @@ def revoked(task: Task, summary: str) -> None:
     if not task.send_events:
         return
     try:
-        task.send_event("task-revoked", retry=False, terminated=False, signum=None, expired=False, result=summary)
+        task.send_event("task-revoked", retry=False, terminated=False, signum=None, expired=False, result=summary,
+                        **shown(task.request))
     except Exception as exc:  # display only: the outcome is committed
         log.warning("%s; the task-revoked event was not sent: %s", summary, exc)
     log.info("%s", summary)
@@ -124,10 +126,27 @@ def skipped(task: Task, summary: str) -> None:
     event). Nothing was claimed, so nothing is lost: the row is the record either way."""
     if task.send_events:
         try:
-            task.send_event("task-skipped", retry=False, result=summary)
+            task.send_event("task-skipped", retry=False, result=summary, **shown(task.request))
         except Exception as exc:  # display only
             log.warning("%s; the task-skipped event was not sent: %s", summary, exc)
     raise Ignore(summary)
+
+
+def shown(request: Any) -> dict[str, str]:
+    """The task's name (its job type: the `shadow` header) and arguments as `task-received` shows
+    them, sent again with `task-skipped` and `task-revoked`: a monitor that missed the task's
+    receipt (its events turned on after the worker took the message; Flower started later) showed
+    these tasks named `null`, with no arguments."""
+    fields: dict[str, str] = {}
+    if name := getattr(request, "shadow", None):
+        fields["name"] = str(name)
+    args, kwargs = getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)
+    if args is None and getattr(request, "args", None) is not None:
+        args = saferepr(tuple(request.args))
+    if kwargs is None and getattr(request, "kwargs", None) is not None:
+        kwargs = saferepr(dict(request.kwargs))
+    fields.update({key: value for key, value in (("args", args), ("kwargs", kwargs)) if value is not None})
+    return fields
 
 
 class Request(CeleryRequest):
