@@ -151,7 +151,8 @@ def shown(request: Any) -> dict[str, str]:
 
 class Request(CeleryRequest):
     """The worker's request of `conveyor.run`: its `task-failed` event carries the run time, as
-    `task-succeeded` does (Celery sends none with a failure: Flower's FAILURE rows had no runtime).
+    `task-succeeded` does (Celery sends none with a failure: Flower's FAILURE rows had no runtime);
+    every event of the run carries its job type and arguments (`shown`, for the worker's events).
 
     The time from the pool's acceptance of the task to its end, measured in the worker's main
     process (the pool's own measure is not passed on for a failure)."""
@@ -159,7 +160,18 @@ class Request(CeleryRequest):
     def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
         if type == "task-failed" and "runtime" not in fields and self.time_start:
             fields["runtime"] = max(0.0, time.time() - self.time_start)
+        if type in NAMED_EVENTS:
+            # The job type and arguments with every event of the run, not only task-received: a
+            # monitor that missed the receipt (events turned on, or Flower started, after the
+            # worker took the message) showed the run named None, without arguments.
+            for key, value in (("name", self.name), ("args", self.argsrepr), ("kwargs", self.kwargsrepr)):
+                if value:
+                    fields.setdefault(key, value)
         super().send_event(type, **fields)
+
+
+#: The worker's events of a run that Celery sends without its name and arguments.
+NAMED_EVENTS = frozenset({"task-started", "task-succeeded", "task-failed", "task-retried"})
 
 
 def _held(job_id: int, status: str) -> str:

@@ -26,3 +26,34 @@ def test_a_skipped_run_whose_receipt_a_monitor_missed_shows_its_job_type_and_arg
 
 def test_without_the_messages_reprs_the_arguments_are_shown_as_celery_shows_them():
     assert shown(Context(args=[7, 8], kwargs={"jobs": 2})) == {"args": "(7, 8)", "kwargs": "{'jobs': 2}"}
+
+
+def test_a_runs_success_names_its_job_type_for_a_monitor_that_missed_its_receipt():
+    # Flower listed a SUCCESS named None: it got the run's task-succeeded (sent by the worker's
+    # main process) but not its task-received, which alone carries the name
+    from kombu import Message
+
+    from jobs.interfaces.monitoring import Request
+    from project.celery import app
+
+    headers = {"id": "u-9", "task": "conveyor.run", "shadow": "examples.echo", "argsrepr": "(12,)",
+               "kwargsrepr": "{'chain': 3, 'step': 1}", "lang": "py", "retries": 0, "timelimit": [None, None],
+               "root_id": "u-9", "parent_id": None, "group": None, "eta": None, "expires": None}
+    message = Message(body=b'[[12], {}, {}]', content_type="application/json", content_encoding="utf-8",
+                      headers=headers, delivery_info={"exchange": "", "routing_key": "default"}, properties={})
+    sent: list[tuple[str, dict]] = []
+
+    class Events:  # where the worker's event dispatcher would publish
+        enabled = True
+
+        def send(self, type_: str, **fields: object) -> None:
+            sent.append((type_, fields))
+
+    request = Request(message, app=app, task=app.tasks["conveyor.run"], hostname="w@test", eventer=Events())
+    request.send_event("task-succeeded", result="'job 12 attempt 1/4 succeeded'", runtime=0.01)
+    state = State()
+    for type_, fields in sent:
+        state.event({"type": type_, "hostname": "w@test", "timestamp": time.time(), "local_received": time.time(),
+                     "clock": 1, **fields})
+    task = state.tasks["u-9"]
+    assert (task.name, task.args, task.kwargs, task.state) == ("examples.echo", "(12,)", "{'chain': 3, 'step': 1}", "SUCCESS")
