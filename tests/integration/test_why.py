@@ -255,6 +255,17 @@ def test_a_type_name_that_is_no_dotted_path_is_refused_404_not_imported(api, nam
     assert status == 404 and "unknown job type" in body["detail"]
 
 
+def test_a_type_name_naming_a_module_outside_the_project_imports_nothing(api):
+    # `POST /api/types/this.x/pause` imported the standard library's `this` in the server (the
+    # django.tasks resolver imports a name to look for a task there): the Zen of Python in its log
+    import sys
+
+    assert "this" not in sys.modules
+    status, body = api("post", "/types/this.x/pause", {"reason": "x"})
+    assert status == 404 and "unknown job type 'this.x'" in body["detail"]
+    assert "this" not in sys.modules
+
+
 def test_a_token_without_operate_cannot_pause(api):
     from django.test import Client
 
