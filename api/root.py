@@ -14,7 +14,9 @@ from ninja.openapi.schema import OpenAPISchema
 from api import scopes
 from api.auth import TokenAuth
 from api.errors import BadInput, Conflict, TooLarge
-from api.messages import RETRY_AFTER_SECONDS, field_message, invalid_detail, not_found_detail, unavailable_detail
+from api.messages import (
+    RETRY_AFTER_SECONDS, field_message, invalid_detail, not_found_detail, unavailable_detail, without_nul,
+)
 from api.validation import UNION_TAGS, JsonParser, constrain
 
 
@@ -75,7 +77,7 @@ def _field(error: dict[str, Any]) -> str:
 
 def invalid_fields(exc: ValidationError) -> dict[str, str]:
     """Each wrong field, as the client named it, with its message in plain words (api.messages)."""
-    return {_field(err): field_message(err, UNION_TAGS) for err in exc.errors}
+    return {without_nul(_field(err)): without_nul(field_message(err, UNION_TAGS)) for err in exc.errors}
 
 
 def invalid_body(fields: dict[str, str]) -> dict[str, Any]:

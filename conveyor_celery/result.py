@@ -37,8 +37,26 @@ def _deadline(timeout: float | None) -> float:
     return time.monotonic() + float(timeout) if timeout is not None else math.inf
 
 
+class Rows:
+    """The result backend an `AsyncResult` names (`result.backend`): the job rows, where the result
+    is. Tools that ask a result for its backend before reading it (Flower's `/api/task/apply` and
+    `/api/task/async-apply`: a `DisabledBackend` means "no state to show", and `connection_errors`
+    what a wait may raise) found none and failed with AttributeError (a 500)."""
+
+    #: Waiting on a row raises what the row's reads raise: Flower answers them 503.
+    connection_errors: tuple[type[BaseException], ...] = ()
+
+    def __repr__(self) -> str:
+        return "<conveyor_celery.Rows: the job rows in PostgreSQL>"
+
+
+ROWS = Rows()
+
+
 class AsyncResult:
     """A task's result as Celery's `AsyncResult` shows it, read from its job's row."""
+
+    backend = ROWS
 
     def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Any = None, parent: Any = None) -> None:  # noqa: A002 - Celery's name
         self.id = str(id)

@@ -94,9 +94,48 @@ def declare(task: compat.Task, backend: Any) -> registry.JobType:
         return registry.find(name)  # type: ignore[return-value]
 
 
+def importable(path: str) -> bool:
+    """Whether `path` is a dotted path of identifiers (`module.function`), the only names worth
+    importing: the name comes from a request too (`POST /api/types/{name}/pause`), and a leading
+    dot (`.x`) or `..` made `import_module` raise ValueError or TypeError, not ImportError (a 500)."""
+    parts = path.split(".")
+    return len(parts) >= 2 and all(part.isidentifier() for part in parts)
+
+
+def ours(path: str) -> bool:
+    """Whether `path` lies in a package a task may live in: an installed app's, or the project's
+    own source tree (outside the virtualenv and the Python installation). Whatever else is
+    importable (the standard library, any installed distribution) is never imported because a
+    name said so: `POST /api/types/this.x/pause` imported `this` in the server, which printed the
+    Zen of Python into its log."""
+    import importlib.util
+    import site
+    import sys
+    from pathlib import Path
+
+    from django.apps import apps
+    from django.conf import settings
+
+    top = path.split(".", 1)[0]
+    if any(app.name.split(".", 1)[0] == top for app in apps.get_app_configs()):
+        return True
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: finds it, imports nothing
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    # A file's path ("frozen" and "built-in" are origins too: the standard library's, not ours)
+    places = [Path(place).resolve() for place in [spec.origin, *(spec.submodule_search_locations or [])]
+              if place and Path(place).is_absolute()]
+    installed = [Path(place).resolve() for place in {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}]
+    base = Path(settings.BASE_DIR).resolve()
+    return any(place.is_relative_to(base) and not any(place.is_relative_to(other) for other in installed) for place in places)
+
+
 def load(path: str) -> compat.Task | None:
     """The task at `path` (a module-level `@task` function), or None."""
-    if "." not in path:
+    if not importable(path) or not ours(path):
         return None
     try:
         found = import_string(path)

@@ -71,7 +71,9 @@ def run_batch(self, ids: list[int], worker: str, published_early: bool) -> list[
             messages = store.give_back(rest)
             if publish.publish(messages) == len(messages):
                 log.info("gave %d job(s) of this message back to their queue after %.2fs", len(messages), time.monotonic() - started)
-                return outcomes
+                # One outcome per id, as batchrun's: the monitor's summary pairs them strictly (a
+                # shorter list made the task fail with ValueError after the give-back).
+                return outcomes + [runner.Outcome("given back")] * len(rest)
         outcomes.append(claim_and_run(self, one, worker, own_time_limit=True, published_early=published_early))
     return outcomes
 

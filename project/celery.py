@@ -34,6 +34,11 @@ if run_by_celery_command(sys.argv) and ({"worker", "beat"} & set(sys.argv)):
 
     tracing.setup("worker" if "worker" in sys.argv else "beat")
 
+# `inspect conf` / `report` (and Flower's worker page) without the passwords in URLs (project/inspection.py).
+from project import inspection  # noqa: E402
+
+inspection.install()
+
 app = Celery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # The runner's task lives in jobs.tasks; job types are discovered by the jobs app itself.

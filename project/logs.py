@@ -39,6 +39,20 @@ class JobContext(logging.Filter):
         return True
 
 
+class RefusalsWithoutTraceback(logging.Filter):
+    """On `django.request`: a 403 from PermissionDenied (a staff user without the add permission
+    opening a model's add page) is logged as Django logs it, one WARNING line, but without the
+    traceback Django attaches (`exc_info`): a refusal is an answer, not a failure, and a traceback
+    in the server's log reads as a crash to whoever watches it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from django.core.exceptions import PermissionDenied
+
+        if record.exc_info and isinstance(record.exc_info[1], PermissionDenied):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, exception (the
     traceback's text, when there is one), process, and the running job's fields."""

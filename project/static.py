@@ -4,10 +4,15 @@ Under ASGI (project/asgi.py) a sync-only middleware makes Django run everything 
 async views included, through a thread of the request's (async_to_sync): a `?wait=` would hold
 that thread for its whole wait. This one serves static files as WhiteNoise does (in a thread:
 file I/O) and hands every other request on without leaving the loop.
+
+WhiteNoise's answer is a FileResponse, whose content is a synchronous iterator of 4 KiB blocks:
+Django's ASGI handler consumed it with a thread hop per block and logged, in every server
+process, "StreamingHttpResponse must consume synchronous iterators in order to serve them
+asynchronously". Served on the loop, the file is read in large blocks, one thread hop each.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest
@@ -35,5 +40,28 @@ class WhiteNoise(WhiteNoiseMiddleware):
         else:
             static_file = self.files.get(request.path_info)
         if static_file is not None:
-            return await sync_to_async(self.serve)(static_file, request)
+            response = await sync_to_async(self.serve)(static_file, request)
+            source = getattr(response, "file_to_stream", None)
+            if source is not None:
+                response.streaming_content = _blocks(source)
+            elif response.streaming and not response.is_async:  # a 304 or a HEAD: an empty body
+                response.streaming_content = _each(list(response.streaming_content))
+            return response
         return await self.get_response(request)
+
+
+#: Bytes read per thread hop when a static file is sent from the event loop.
+BLOCK = 256 * 1024
+
+
+async def _each(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _blocks(source: Any) -> AsyncIterator[bytes]:
+    """The file's bytes (or the range WhiteNoise sliced of it) read in BLOCK-sized reads, each in a
+    thread; the response closes the file when it is done, as with its own iterator."""
+    read = sync_to_async(source.read, thread_sensitive=False)
+    while block := await read(BLOCK):
+        yield block

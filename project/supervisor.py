@@ -68,10 +68,13 @@ class Child:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self) -> None:
+    def start(self, grace: float = 30.0) -> None:
         # A fresh token for this start: hand-back after it dies touches its own jobs only.
         self.info["instance"] = secrets.token_hex(8)
         env = {**os.environ, **self.env, "CONVEYOR_INSTANCE": str(self.info["instance"])}
+        # Who supervises it and its grace: a worker whose supervisor dies without a word (SIGKILL)
+        # drains on its own for that long at most, then ends itself (jobs.engine.orphan).
+        env.update({"CONVEYOR_SUPERVISOR_PID": str(os.getpid()), "CONVEYOR_GRACE": f"{grace:g}"})
         # Its own process group: the whole tree (gunicorn's or Celery's pool) can be killed at once.
         self.process = subprocess.Popen(self.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
@@ -123,7 +126,7 @@ class Supervisor:
         for signum in DRAIN_SIGNALS:
             signal.signal(signum, self._on_signal)
         for child in self.children:
-            child.start()
+            child.start(self.grace)
         self.print_plan()
         code = 0
         next_scale = time.monotonic() + self.scale_interval
@@ -170,7 +173,7 @@ class Supervisor:
         now = time.monotonic()
         if child.restart_at is not None:
             if now >= child.restart_at and not self.stopping:
-                child.start()
+                child.start(self.grace)
                 child.restarts += 1
                 log.warning("restarted %s as pid %s (restart %d)", child.name, child.pid, child.restarts)
                 self.write_state()
@@ -202,7 +205,7 @@ class Supervisor:
 
     def add(self, child: Child) -> None:
         """Start one more child (the autoscaler grows)."""
-        child.start()
+        child.start(self.grace)
         self.children.append(child)
         print(f"conveyor: {child.name:<18} pid {child.pid:<8} {describe(child.info)} (added)", flush=True)
         self.write_state()

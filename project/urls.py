@@ -3,11 +3,13 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
-from project import health, metrics
+from project import front, health, metrics
 from project.api import api
 from api.token_http import auth_api
 
 urlpatterns = [
+    path("", front.root, name="root"),
+    path("favicon.ico", front.favicon, name="favicon"),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     path("metrics", metrics.view, name="metrics"),

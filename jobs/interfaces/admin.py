@@ -35,6 +35,8 @@ LIST_STAMP = "%m-%d %H:%M:%S"
 admin.site.site_header = "Conveyor administration"
 admin.site.site_title = "Conveyor admin"
 admin.site.index_title = "Conveyor: jobs, chains, events and schedules"
+# No site stands behind this admin (Conveyor is a backend; `/` leads here): no "View site" link.
+admin.site.site_url = None
 #: Members of each group listed on a chain's page at a time (`?members_from=` pages through).
 ADMIN_MEMBERS = 50
 

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.utils.saferepr import saferepr
 from celery.worker.request import Request as CeleryRequest
 
 log = logging.getLogger("conveyor.tasks")
@@ -113,7 +114,8 @@ def revoked(task: Task, summary: str) -> None:
     if not task.send_events:
         return
     try:
-        task.send_event("task-revoked", retry=False, terminated=False, signum=None, expired=False, result=summary)
+        task.send_event("task-revoked", retry=False, terminated=False, signum=None, expired=False, result=summary,
+                        **shown(task.request))
     except Exception as exc:  # display only: the outcome is committed
         log.warning("%s; the task-revoked event was not sent: %s", summary, exc)
     log.info("%s", summary)
@@ -124,15 +126,33 @@ def skipped(task: Task, summary: str) -> None:
     event). Nothing was claimed, so nothing is lost: the row is the record either way."""
     if task.send_events:
         try:
-            task.send_event("task-skipped", retry=False, result=summary)
+            task.send_event("task-skipped", retry=False, result=summary, **shown(task.request))
         except Exception as exc:  # display only
             log.warning("%s; the task-skipped event was not sent: %s", summary, exc)
     raise Ignore(summary)
 
 
+def shown(request: Any) -> dict[str, str]:
+    """The task's name (its job type: the `shadow` header) and arguments as `task-received` shows
+    them, sent again with `task-skipped` and `task-revoked`: a monitor that missed the task's
+    receipt (its events turned on after the worker took the message; Flower started later) showed
+    these tasks named `null`, with no arguments."""
+    fields: dict[str, str] = {}
+    if name := getattr(request, "shadow", None):
+        fields["name"] = str(name)
+    args, kwargs = getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)
+    if args is None and getattr(request, "args", None) is not None:
+        args = saferepr(tuple(request.args))
+    if kwargs is None and getattr(request, "kwargs", None) is not None:
+        kwargs = saferepr(dict(request.kwargs))
+    fields.update({key: value for key, value in (("args", args), ("kwargs", kwargs)) if value is not None})
+    return fields
+
+
 class Request(CeleryRequest):
     """The worker's request of `conveyor.run`: its `task-failed` event carries the run time, as
-    `task-succeeded` does (Celery sends none with a failure: Flower's FAILURE rows had no runtime).
+    `task-succeeded` does (Celery sends none with a failure: Flower's FAILURE rows had no runtime);
+    every event of the run carries its job type and arguments (`shown`, for the worker's events).
 
     The time from the pool's acceptance of the task to its end, measured in the worker's main
     process (the pool's own measure is not passed on for a failure)."""
@@ -140,7 +160,18 @@ class Request(CeleryRequest):
     def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
         if type == "task-failed" and "runtime" not in fields and self.time_start:
             fields["runtime"] = max(0.0, time.time() - self.time_start)
+        if type in NAMED_EVENTS:
+            # The job type and arguments with every event of the run, not only task-received: a
+            # monitor that missed the receipt (events turned on, or Flower started, after the
+            # worker took the message) showed the run named None, without arguments.
+            for key, value in (("name", self.name), ("args", self.argsrepr), ("kwargs", self.kwargsrepr)):
+                if value:
+                    fields.setdefault(key, value)
         super().send_event(type, **fields)
+
+
+#: The worker's events of a run that Celery sends without its name and arguments.
+NAMED_EVENTS = frozenset({"task-started", "task-succeeded", "task-failed", "task-retried"})
 
 
 def _held(job_id: int, status: str) -> str:

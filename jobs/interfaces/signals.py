@@ -18,13 +18,20 @@ from celery.signals import (
 from django.conf import settings
 from django.db import close_old_connections
 
-from jobs.engine import consumers, cpu_policy, handoff, recovery, runner, telemetry, tracing
+from jobs.engine import consumers, cpu_policy, handoff, orphan, recovery, runner, telemetry, tracing
 from jobs.engine.deadlines import deadlines
 
 
 @worker_ready.connect
 def start_recovery(sender: object = None, **kwargs: object) -> None:
     recovery.start()
+
+
+@worker_ready.connect
+def watch_the_supervisor(sender: object = None, **kwargs: object) -> None:
+    """A supervisor killed outright leaves this worker draining alone: it ends itself past the
+    grace (jobs.engine.orphan)."""
+    orphan.watch(str(getattr(sender, "hostname", "") or ""))
 
 
 @worker_ready.connect

@@ -74,7 +74,9 @@ PER_TOKEN = int(settings.CONVEYOR["STREAMS_PER_TOKEN"])
 
 #: The query parameter a browser's EventSource authenticates with (api.auth.STREAM_READS reads it).
 ACCESS_TOKEN = Query(
-    None, max_length=4096,
+    # No NUL, as the OpenAPI document says of every string (api.validation.STORABLE): one given
+    # beside an Authorization header was ignored, not refused (schemathesis' ST201).
+    None, max_length=4096, pattern=r"^[^\x00]*$",
     description="The bearer, for a client that cannot send an Authorization header (a browser's EventSource): "
     "better a short-lived JWT (POST /auth/token, scope jobs:read), as a URL may be logged.",
 )
@@ -638,6 +640,20 @@ def route(what: str, summary: str, description: str) -> dict[str, Any]:
     }
 
 
+#: One event of a stream, as OpenAPI 3.1 describes a text/event-stream (its `schema` is each
+#: event's, fields as the SSE parser reads them; 3.2's `itemSchema` says the same): it was
+#: `{"type": "string"}`, which an outside client (schemathesis) checked each parsed event against.
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["state", "end"]},
+        "id": {"type": "string", "description": "a digest of the state: send it back in Last-Event-ID"},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "the state, a JSON object"},
+        "retry": {"type": "integer", "description": "milliseconds before a reconnection"},
+    },
+}
+
+
 #: The OpenAPI description of a stream's answers (django-ninja documents JSON bodies; this one is
 #: text/event-stream), merged into the operation by `openapi_extra`.
 def openapi(what: str) -> dict[str, Any]:
@@ -649,7 +665,7 @@ def openapi(what: str) -> dict[str, Any]:
                 f"`id` is a digest of its state: reconnect with it in `Last-Event-ID` (EventSource does) and "
                 f"nothing already received is sent again. Comments every {HEARTBEAT_SECONDS:g} s keep proxies "
                 f"from closing it; it closes within {MAX_SECONDS:g} s (reconnect with Last-Event-ID).",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
             },
             "204": {"description": f"The {what} has ended and `Last-Event-ID` is its last state: nothing more to send "
                     "(EventSource stops reconnecting)."},

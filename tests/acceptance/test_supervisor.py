@@ -77,6 +77,27 @@ def test_supervisor_drains_on_sighup(live):
     assert (job.status, job.attempt) == (Status.SUCCEEDED, 1)
 
 
+@LIVE_DB
+def test_a_worker_whose_supervisor_is_killed_ends_its_drain_within_the_grace(live):
+    # given a worker-mode start (grace 2 s) running a long job
+    proc = live.start("--concurrency", "1", "--grace", "2", mode="worker", name="orphaned")
+    job = enqueue("examples.sleep", {"seconds": 60})
+    wait_job(job.pk, Status.RUNNING, 30)
+    [celery] = celery_children(proc.process.pid)
+    pool = celery.children(recursive=True)
+    # when its supervisor is killed outright (honcho sends SIGKILL 5 s after its SIGTERM: the
+    # README's `honcho start` stopped with Ctrl-C; or kill -9): the worker gets SIGTERM
+    # (parent-death signal) and drains, with nobody left to end the drain at the grace
+    proc.process.send_signal(signal.SIGKILL)
+    # then it ends itself and its pool once the grace has passed, not when the 60 s job ends ...
+    _, alive = psutil.wait_procs([celery, *pool], timeout=20)
+    assert not alive, f"still running 20 s after the supervisor's end: {alive}\n{proc.log()[-2000:]}"
+    assert "its supervisor (pid" in proc.log() and "killed, its jobs handed back" in proc.log()
+    # ... and hands its job back as the supervisor would have: pending, the attempt given back
+    row = wait_job(job.pk, Status.PENDING, 10)
+    assert (row.crashes, row.max_attempts) == (0, job.max_attempts + 1), (row.crashes, row.max_attempts)
+
+
 # --- D. a child that keeps crashing -------------------------------------------------------------
 
 CRASHING = textwrap.dedent(

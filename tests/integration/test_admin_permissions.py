@@ -71,6 +71,18 @@ def test_view_only_staff_cannot_replay_events_or_deliveries(viewer):
     assert delivery.replays == 0 and Job.objects.count() == jobs  # no subscriber runs again
 
 
+def test_a_refused_admin_page_is_one_log_line_without_a_traceback(viewer, caplog):
+    # given a staff user who may view jobs but not add them (the admin links no add page; a
+    # bookmark or a typed URL still reaches it)
+    # when it opens the add page
+    with caplog.at_level("WARNING", logger="django.request"):
+        assert viewer.get("/admin/jobs/job/add/").status_code == 403
+    # then the server's log says so in one line, with no traceback (Django attaches one)
+    refused = [r for r in caplog.records if r.name == "django.request"]
+    assert [r.getMessage() for r in refused] == ["Forbidden (Permission denied): /admin/jobs/job/add/"]
+    assert refused[0].exc_info is None and "Traceback" not in caplog.text
+
+
 def test_view_only_staff_cannot_retry_or_cancel(viewer):
     dead, pending = _dead(), _job()
     assert "retry_jobs" not in viewer.get("/admin/jobs/job/").content.decode()

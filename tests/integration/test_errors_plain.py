@@ -154,3 +154,15 @@ def test_a_database_error_in_the_token_check_is_503_to_retry_not_a_500():
     assert response.json() == {
         "detail": "the database is unavailable or busy right now: nothing was done, try again in a moment"
     }
+
+
+def test_the_address_start_prints_leads_a_browser_somewhere_and_the_icon_is_served(admin_client):
+    # `make run` prints http://127.0.0.1:8000/: it was a bare 404, and every first admin page
+    # logged a 404 for /favicon.ico in the browser's console
+    root = Client().get("/")
+    assert (root.status_code, root["Location"]) == (302, "/admin/")
+    icon = Client().get("/favicon.ico")
+    assert icon.status_code == 200 and icon["Content-Type"] == "image/svg+xml" and b"<svg" in icon.content
+    # and the admin links no "View site" (there is none: it led to that 404)
+    page = admin_client.get("/admin/")
+    assert page.status_code == 200 and b"View site" not in page.content

@@ -215,3 +215,20 @@ def test_an_atomic_task_keeps_only_the_writes_of_its_attempt_that_succeeded():
     assert run(result).status == "succeeded"
     assert list(Effect.objects.filter(job_id=int(result.id)).values_list("attempt", flat=True)) == [2]
     assert result.get(timeout=1) == {"order": 7, "retries": 1}
+
+
+def test_flowers_apply_and_async_apply_read_a_calls_result_through_its_backend():
+    # Flower's /api/task/async-apply (and /apply) call the task, then ask the result for its
+    # backend (a DisabledBackend means "no state to show") and its connection_errors: our
+    # AsyncResult had no `backend`, and Flower answered 500 (AttributeError) after the job was made
+    from flower.api.tasks import BaseTaskHandler
+
+    # given a call of a durable task, as Flower's handler makes it (task.apply_async)
+    result = add.apply_async(args=[4, 5])
+    # then Flower finds a configured backend and reads the row's state through it
+    assert BaseTaskHandler.backend_configured(result) is True
+    assert BaseTaskHandler.backend_connection_errors(result) == ()
+    assert BaseTaskHandler.result_state(result) == "PENDING"
+    # and once the job ran, the state and result Flower shows are the row's
+    run(result)
+    assert (result.state, result.get(timeout=5, propagate=False)) == ("SUCCESS", 9)

@@ -179,3 +179,31 @@ def test_a_middleware_that_is_more_than_its_process_methods_is_not_grouped() -> 
     assert onehop.grouped(["django.middleware.csrf.CsrfViewMiddleware", "axes.middleware.AxesMiddleware"]) == [
         "django.middleware.csrf.CsrfViewMiddleware", "axes.middleware.AxesMiddleware",
     ]  # a run of one stays as it is
+
+
+def test_a_static_file_is_sent_from_the_loop_in_large_reads_without_djangos_sync_iterator_warning() -> None:
+    # A live server's log: "StreamingHttpResponse must consume synchronous iterators in order to
+    # serve them asynchronously" on the first static file of each process, and a thread hop per
+    # 4 KiB block of WhiteNoise's FileResponse (Swagger UI's bundle: hundreds of hops)
+    import warnings
+
+    from django.contrib.staticfiles import finders
+
+    from project.asgi_handler import Handler
+
+    path_ = "/static/ninja/swagger-ui-bundle.js"
+    expected = open(finders.find(path_.removeprefix("/static/")), "rb").read()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, headers, body, hops = _request(Handler(), path_)
+    assert (status, body) == (200, expected) and headers["content-length"] == str(len(expected))
+    assert not [w for w in caught if "synchronous iterators" in str(w.message)]
+    assert hops < 30, hops  # 13 here: 7 reads of 256 KiB and the request's own; one per 4 KiB block was ~380
+    # and a range is still the range, a revalidation a 304 with no body (and no warning either)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, _, body, _ = _request(Handler(), path_, headers=[(b"range", b"bytes=10-99")])
+        assert (status, body) == (206, expected[10:100])
+        status, _, body, _ = _request(Handler(), path_, headers=[(b"if-none-match", headers["etag"].encode())])
+        assert (status, body) == (304, b"")
+    assert not [w for w in caught if "synchronous iterators" in str(w.message)]

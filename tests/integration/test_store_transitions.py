@@ -1014,6 +1014,27 @@ def test_a_batch_that_gives_its_rest_back_releases_the_ids_it_claimed_ahead_unst
     assert not [ctx for ctx in runner.heartbeat.running() if ctx.job_id in rest]
 
 
+def test_a_message_sent_before_its_commit_that_gives_its_rest_back_names_an_outcome_per_id(settings):
+    # A live worker's log (schemathesis' fan-outs): a batch message published early (its rows not
+    # yet committed: jobs.engine.early) gave its rest back, then failed with "zip() argument 2 is
+    # shorter than argument 1": jobs.tasks.run_batch returned only the outcomes of the jobs it ran,
+    # and the monitor pairs ids and outcomes strictly.
+    from types import SimpleNamespace
+
+    from jobs import tasks
+    from jobs.interfaces.monitoring import describe
+
+    settings.CONVEYOR = {**settings.CONVEYOR, "BATCH_HOLD_SECONDS": 1.0}
+    ids = [enqueue("examples.sleep", {"seconds": 1.1}).pk] + [enqueue("examples.echo", {"i": i}).pk for i in range(3)]
+    # when a worker runs the message (the task's `self` as run_batch reads it: the request's time limits)
+    task = SimpleNamespace(request=SimpleNamespace(timelimit=(None, None)))
+    outcomes = tasks.run_batch(task, ids, WORKER, published_early=True)
+    # then there is an outcome per id: the first ran, the rest were given back, and the summary reads
+    assert [str(o) for o in outcomes] == ["succeeded"] + ["given back"] * 3
+    assert "; ".join(describe(i, o) for i, o in zip(ids, outcomes, strict=True)).endswith(f"job {ids[-1]} given back")
+    assert [row(i).status for i in ids[1:]] == [Status.PENDING] * 3
+
+
 def test_a_batch_whose_give_back_cannot_publish_runs_the_rest_here_each_once(settings, monkeypatch):
     from jobs.engine import batchrun, publish
 

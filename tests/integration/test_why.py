@@ -247,6 +247,25 @@ def test_the_api_refuses_to_pause_an_unknown_queue_or_type_naming_it(api):
     assert api("post", "/types/examples.echo/pause", {"colour": "red"})[0] == 400
 
 
+@pytest.mark.parametrize("name", [".x", "..", ".%5Cl%C3%9A%05%F0%9F%98%8D%7C0%C2%A7"])
+def test_a_type_name_that_is_no_dotted_path_is_refused_404_not_imported(api, name):
+    # schemathesis' case: a name with a leading dot made the django.tasks resolver's
+    # import_module raise ValueError (a 500 with a traceback) instead of "unknown job type"
+    status, body = api("post", f"/types/{name}/pause", {"reason": "x"})
+    assert status == 404 and "unknown job type" in body["detail"]
+
+
+def test_a_type_name_naming_a_module_outside_the_project_imports_nothing(api):
+    # `POST /api/types/this.x/pause` imported the standard library's `this` in the server (the
+    # django.tasks resolver imports a name to look for a task there): the Zen of Python in its log
+    import sys
+
+    assert "this" not in sys.modules
+    status, body = api("post", "/types/this.x/pause", {"reason": "x"})
+    assert status == 404 and "unknown job type 'this.x'" in body["detail"]
+    assert "this" not in sys.modules
+
+
 def test_a_token_without_operate_cannot_pause(api):
     from django.test import Client
 
