@@ -46,12 +46,12 @@ from typing import Any, AsyncIterator, Callable, Iterable, NamedTuple
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Query
 from ninja.errors import HttpError
 
 from api.auth import STREAM_READS
-from project.asgi_handler import release_connections
+from project.asgi_handler import DetachedStreamingResponse, release_connections
 from api.schemas import errors
 from jobs.interfaces import listener, sse
 
@@ -549,7 +549,9 @@ async def respond(request: HttpRequest, kind: Kind, row_id: int, who: str | None
     decision = sse.resume(last, first.digest, first.ended)
     if decision is sse.Resume.DONE:
         return HttpResponse(status=204)
-    response = StreamingHttpResponse(
+    # Detached (project/asgi_handler.py): once its headers are sent, the servers' handler ends the
+    # request and sends the body alone; an open stream holds the body's objects, not the request's.
+    response = DetachedStreamingResponse(
         _follow(bearer, (kind, row_id), first, decision is sse.Resume.SEND), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
