@@ -564,8 +564,9 @@ async def respond(request: HttpRequest, kind: Kind, row_id: int, who: str | None
     if settings.ASGI_SERVER:
         # The request's thread (ninja ran the token check there) gives its connection back to the
         # pool now: a stream holds none. And its database wrapper goes with it, its cycle broken:
-        # the thread is let go when the body starts (release_request_thread), and a wrapper left
-        # in its storage would be cyclic garbage for the collector's full passes.
+        # the thread is let go when the body starts (release_request_thread; under the servers'
+        # handler, with the request's context before the body), and a wrapper left in its storage
+        # would be cyclic garbage for the collector's full passes.
         await sync_to_async(_give_back_connections)()
     try:
         first = await watcher().first(kind, row_id)
