@@ -60,6 +60,17 @@ class WaitUnavailable(RuntimeError):
     """The hub's connection to PostgreSQL failed or the server is shutting down mid-wait."""
 
 
+class Watch:
+    """A wait for a row's end (`Hub.watch`): its slot among the waiters, its advisory lock key,
+    `heard` (the answer), whether the hold was taken, whether it is over."""
+
+    __slots__ = ("slot", "key", "heard", "held", "over")
+
+    def __init__(self, slot: tuple[str, str], key: int, heard: asyncio.Future[bool]) -> None:
+        self.slot, self.key, self.heard = slot, key, heard
+        self.held = self.over = False
+
+
 class Hub:
     def __init__(self, keep_open: bool) -> None:
         self.keep_open = keep_open
@@ -76,42 +87,81 @@ class Hub:
     async def ended(self, kind: tuple[str, str, str], row_id: int, timeout: float) -> bool:
         """Whether the row ended within `timeout` seconds; raises the model's DoesNotExist for an
         unknown id, `WaitUnavailable` when the listening connection failed."""
-        channel, check, what = kind
-        if self.closing:  # a draining server answers at once
-            return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        watch = await self.watch(kind, row_id, deadline)
+        if watch is None:  # a draining server, or the hold not taken by the deadline
+            return False
+        try:
+            # At the deadline `heard` is answered False (a timer, not `wait_for(shield(heard))`,
+            # whose objects every open wait kept: bench.streams, issue 27). Nothing else needs
+            # `heard` shielded: whoever answers it checks `done()` first.
+            timer = loop.call_at(deadline, _answer, watch.heard, False)
+            try:
+                return await watch.heard
+            finally:
+                timer.cancel()
+        finally:
+            release = self.unwatch(watch)
+            if release is not None and not self.keep_open:  # this loop may end with the request: finish here
+                await release
+
+    async def watch(self, kind: tuple[str, str, str], row_id: int, deadline: float) -> Watch | None:
+        """Begin to wait for the row's end: its waiter registered, the hold taken and the row read.
+        The watch's `heard` is answered True when the end is heard (at once if the row has ended
+        already), or fails with `WaitUnavailable` when the connection does; `unwatch` ends it (the
+        caller's to call). None: a draining server, or the hold not taken by `deadline` (the loop's
+        clock: an end still committing). Raises as `ended`.
+
+        What `ended` waits with, and what an open stream holds instead of a task parked in `ended`
+        for its whole life (a future and its callback: jobs/interfaces/streams.py)."""
+        channel, check, what = kind
+        if self.closing:  # a draining server answers at once
+            return None
+        loop = asyncio.get_running_loop()
         key = store.waiter_key(what, row_id)
-        slot = (channel, str(row_id))
-        heard: asyncio.Future[bool] = loop.create_future()
-        self.waiters[slot].add(heard)  # before the lock and the read: nothing said after is missed
-        held = False
+        watch = Watch((channel, str(row_id)), key, loop.create_future())
+        self.waiters[watch.slot].add(watch.heard)  # before the lock and the read: nothing said after is missed
         try:
             while not (held := await self._command(lambda pg: self._hold(pg, key))):
-                if self.closing or loop.time() >= deadline:  # an end still committing at our deadline
-                    return False
+                if self.closing or loop.time() >= deadline:
+                    self.unwatch(watch)
+                    return None
                 await asyncio.sleep(min(RETRY_LOCK_SECONDS, max(0.0, deadline - loop.time())))
+            watch.held = held
             row = await self._command(lambda pg: _fetch(pg, check, row_id))
             if row is None:
                 model = Job if what == "job" else Chain
                 raise model.DoesNotExist(f"{what} {row_id} does not exist (or is not committed yet)")
             if row[0]:
-                return True
-            try:
-                return await asyncio.wait_for(asyncio.shield(heard), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                return False
-        finally:
-            self.waiters[slot].discard(heard)
-            if not self.waiters[slot]:
-                del self.waiters[slot]
-            if heard.done() and not heard.cancelled():
-                heard.exception()  # (retrieved: a failure it carries was answered already)
-            if held:
-                # A task: a cancelled request (its client went away) still gives its hold back.
-                release = loop.create_task(self._quietly(lambda pg: self._release(pg, key)))
-                if not self.keep_open:  # this loop may end with the request: finish here
-                    await release
+                _answer(watch.heard, True)
+            return watch
+        except BaseException:
+            release = self.unwatch(watch)
+            if release is not None and not self.keep_open:
+                await release
+            raise
+
+    def unwatch(self, watch: Watch) -> asyncio.Task[None] | None:
+        """End a watch (again: nothing): out of the waiters, its hold given back by the task
+        returned (None: nothing held). Where this loop may end with the request (not keep_open),
+        the caller awaits it."""
+        if watch.over:
+            return None
+        watch.over = True
+        heard = watch.heard
+        waiting = self.waiters.get(watch.slot)
+        if waiting is not None:
+            waiting.discard(heard)
+            if not waiting:
+                del self.waiters[watch.slot]
+        if heard.done() and not heard.cancelled():
+            heard.exception()  # (retrieved: a failure it carries was answered already)
+        if watch.held:
+            # A task: a cancelled request (its client went away) still gives its hold back.
+            release = asyncio.get_running_loop().create_task(self._quietly(lambda pg: self._release(pg, watch.key)))
+            return release
+        return None
 
     async def read(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """Run one read on the listening connection (the streams' batched polls,
@@ -280,3 +330,9 @@ async def aclose() -> None:
     found = _hubs.get(asyncio.get_running_loop())
     if found is not None:
         await found.aclose()
+
+
+def _answer(future: asyncio.Future[bool], value: bool) -> None:
+    """A wait's answer, unless it has one (heard, failed or cancelled)."""
+    if not future.done():
+        future.set_result(value)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import hashlib
 import heapq
 import itertools
@@ -46,12 +48,12 @@ from typing import Any, AsyncIterator, Callable, Iterable, NamedTuple
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Query
 from ninja.errors import HttpError
 
 from api.auth import STREAM_READS
-from project.asgi_handler import release_connections
+from project.asgi_handler import DetachedStreamingResponse, release_connections
 from api.schemas import errors
 from jobs.interfaces import listener, sse
 
@@ -80,6 +82,10 @@ ACCESS_TOKEN = Query(
     description="The bearer, for a client that cannot send an Authorization header (a browser's EventSource): "
     "better a short-lived JWT (POST /auth/token, scope jobs:read), as a URL may be logged.",
 )
+
+#: The context a watch's callback runs in (none of the stream's: a callback copies the running
+#: context otherwise, one object more per open stream).
+_QUIET = contextvars.Context()
 
 _open: Counter[str] = Counter()  # by the bearer's digest; touched on the event loop only
 
@@ -294,7 +300,8 @@ class Watcher:
     def __init__(self) -> None:
         self.followers: dict[tuple[Kind, int], set[Follower]] = defaultdict(set)
         self.latest: dict[tuple[Kind, int], Snapshot] = {}
-        self.ends: dict[tuple[Kind, int], asyncio.Task[None]] = {}
+        # each followed row's end: the task taking its hold, then the watch hearing it
+        self.ends: dict[tuple[Kind, int], asyncio.Task[None] | listener.Watch] = {}
         self.dirty: set[tuple[Kind, int]] = set()  # read at once, in full
         self.sweep_at: dict[tuple[Kind, int], float] = {}  # a quiet row's next full read (the loop's clock)
         # (when, n, follower): at most when each follower owes a keep-alive or its end, soonest
@@ -358,9 +365,11 @@ class Watcher:
             self.latest.pop(key, None)
             self.sweep_at.pop(key, None)
             self.dirty.discard(key)
-            heard = self.ends.pop(key, None)
-            if heard is not None:
-                heard.cancel()  # (Hub.ended gives its hold back when cancelled)
+            ending = self.ends.pop(key, None)
+            if isinstance(ending, listener.Watch):
+                listener.hub().unwatch(ending)  # (its hold given back)
+            elif ending is not None:
+                ending.cancel()  # still taking its hold: Hub.watch gives it back when cancelled
 
     def close(self) -> None:
         """A draining server: every stream ends now (its client reconnects elsewhere)."""
@@ -377,21 +386,40 @@ class Watcher:
         self.poke.set()
 
     async def _hear_end(self, kind: Kind, row_id: int) -> None:
-        """Wait for the row's end as `?wait=` does, and read that row at once when it is heard."""
+        """Wait for the row's end as `?wait=` does, and read that row at once when it is heard.
+
+        This task ends once the hold is taken and the row read (`Hub.watch`): what hears the end
+        for the rest of the stream's life is the watch's future and a callback (`_heard`), not a
+        task parked in `Hub.ended` (its task, coroutines, timer and contexts were ~10 objects per
+        open stream for the collector to walk: bench.streams, issue 27)."""
         assert kind.ends is not None
         hub = listener.hub()
         key = (kind, row_id)
+        loop = asyncio.get_running_loop()
         while key in self.followers and not (self.closing or hub.closing):
             try:
-                if await hub.ended(kind.ends, row_id, MAX_SECONDS):
-                    self._dirty(key)
-                    return
+                watch = await hub.watch(kind.ends, row_id, loop.time() + MAX_SECONDS)
             except listener.WaitUnavailable:
                 self._dirty(key)  # the poll finds the connection gone too, and ends the streams
                 return
             except Exception:  # the row is gone (DoesNotExist): the poll says so
                 self._dirty(key)
                 return
+            if watch is None:
+                continue  # (the hold not taken in MAX_SECONDS: an end still committing; or draining)
+            if self.ends.get(key) is not asyncio.current_task():  # the streams of the row ended meanwhile
+                hub.unwatch(watch)
+                return
+            self.ends[key] = watch
+            watch.heard.add_done_callback(functools.partial(self._heard, key, watch), context=_QUIET)
+            return
+
+    def _heard(self, key: tuple[Kind, int], watch: listener.Watch, _: object) -> None:
+        """The row's end was heard (or the connection failed, or the watch ended): read it at once."""
+        if watch.over:
+            return  # (its streams ended: `discard` ended the watch)
+        listener.hub().unwatch(watch)
+        self._dirty(key)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -538,8 +566,9 @@ async def respond(request: HttpRequest, kind: Kind, row_id: int, who: str | None
     if settings.ASGI_SERVER:
         # The request's thread (ninja ran the token check there) gives its connection back to the
         # pool now: a stream holds none. And its database wrapper goes with it, its cycle broken:
-        # the thread is let go when the body starts (release_request_thread), and a wrapper left
-        # in its storage would be cyclic garbage for the collector's full passes.
+        # the thread is let go when the body starts (release_request_thread; under the servers'
+        # handler, with the request's context before the body), and a wrapper left in its storage
+        # would be cyclic garbage for the collector's full passes.
         await sync_to_async(_give_back_connections)()
     try:
         first = await watcher().first(kind, row_id)
@@ -551,7 +580,9 @@ async def respond(request: HttpRequest, kind: Kind, row_id: int, who: str | None
     decision = sse.resume(last, first.digest, first.ended)
     if decision is sse.Resume.DONE:
         return HttpResponse(status=204)
-    response = StreamingHttpResponse(
+    # Detached (project/asgi_handler.py): once its headers are sent, the servers' handler ends the
+    # request and sends the body alone; an open stream holds the body's objects, not the request's.
+    response = DetachedStreamingResponse(
         _follow(bearer, (kind, row_id), first, decision is sse.Resume.SEND), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"

@@ -24,7 +24,7 @@ from django.db import connections
 
 from jobs import enqueue
 from jobs.engine import store
-from jobs.interfaces import listener
+from jobs.interfaces import listener, streams
 from project.asgi_handler import Handler
 from tests.factories import api_token
 
@@ -162,3 +162,104 @@ def _ended_job() -> int:
     store.claim(job.pk, "test/1", 30)
     store.succeed(job.pk, 1, '{"n": 2}')
     return job.pk
+
+
+class _OpenStream:
+    """`GET path` through `app` as uvicorn sends it, held open: the client disconnects when told
+    (`disconnect()`), as a browser closing its tab."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], path: str, token: str) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.received = asyncio.Event()
+        self.gone = asyncio.Event()
+        self._requested = False
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
+        }
+        self.task = asyncio.ensure_future(app(scope, self._receive, self._send))
+
+    async def _receive(self) -> dict[str, Any]:
+        if not self._requested:
+            self._requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if not self.gone.is_set():  # (uvicorn drops what is sent after a disconnect)
+            self.messages.append(message)
+            self.received.set()
+
+    @property
+    def wire(self) -> str:
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body").decode()
+
+    async def until(self, text: str, seconds: float = 5.0) -> None:
+        async with asyncio.timeout(seconds):
+            while text not in self.wire:
+                self.received.clear()
+                await self.received.wait()
+
+    def disconnect(self) -> None:
+        self.gone.set()
+
+
+def _alive(*names: str) -> int:
+    return sum(1 for each in gc.get_objects() if type(each).__name__ in names)
+
+
+@in_loop
+async def test_an_open_stream_through_the_servers_handler_holds_neither_its_request_nor_its_response(
+    servers_handler, production_connections
+):
+    # given a waiting job and a token
+    token = await sync_to_async(api_token)()
+    job = await sync_to_async(enqueue)("examples.echo", {"n": 3})
+
+    # when the servers' handler has sent the job's stream's headers and first event
+    stream = _OpenStream(servers_handler(), f"/api/jobs/{job.pk}/stream", token)
+    await stream.until("event: state")
+
+    # then nothing of its request or response is alive while it is open...
+    assert _alive("ClosingASGIRequest", "ASGIRequest", "DetachedStreamingResponse") == 0
+    assert stream.messages[0]["status"] == 200
+    assert (b"Content-Type", b"text/event-stream") in stream.messages[0]["headers"]
+    # ...where Django's own handler (the control) holds both for as long as the stream is open
+    control = _OpenStream(ASGIHandler(), f"/api/jobs/{job.pk}/stream", token)
+    await control.until("event: state")
+    assert _alive("ASGIRequest", "DetachedStreamingResponse") == 2
+
+    # and when the job ends, the stream sends its end and completes the response
+    await sync_to_async(_end)(job.pk)
+    await stream.until("event: end")
+    await asyncio.wait_for(stream.task, 5)
+    assert stream.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    await asyncio.wait_for(control.task, 5)
+
+
+@in_loop
+async def test_a_detached_stream_ends_at_once_when_its_client_disconnects(servers_handler, production_connections):
+    # given a stream open through the servers' handler on a job that does not end
+    token = await sync_to_async(api_token)()
+    job = await sync_to_async(enqueue)("examples.echo", {"n": 5})
+    stream = _OpenStream(servers_handler(), f"/api/jobs/{job.pk}/stream", token)
+    await stream.until("event: state")
+    assert streams.open_streams() == 1
+
+    # when its client disconnects
+    stream.disconnect()
+
+    # then the handler returns at once (not at the next keep-alive): the stream is let go, the
+    # watcher no longer follows the row, and nothing more is sent
+    await asyncio.wait_for(stream.task, 1.0)
+    assert streams.open_streams() == 0
+    assert (streams.JOB, job.pk) not in streams.watcher().followers
+    assert stream.task.exception() is None
+
+
+def _end(job_id: int) -> None:
+    store.claim(job_id, "test/1", 30)
+    store.succeed(job_id, 1, '{"n": 3}')

@@ -392,3 +392,37 @@ def json_of(response: Any) -> Any:
     import json
 
     return json.loads(response.content)
+
+
+@in_loop
+async def test_an_open_streams_end_is_heard_by_its_watch_with_no_task_parked_and_its_hold_given_back(monkeypatch):
+    # given ticks too rare to tell anything within the test (only a heard end can end the stream)
+    # and a waiting job's stream
+    monkeypatch.setattr(streams, "TICK", 30.0)
+    job = await sync_to_async(enqueue)("examples.echo", {"n": 6})
+    response = await (await _client()).get(f"/api/jobs/{job.pk}/stream")
+    events = _events(response)
+    assert (await _next(events)).data["status"] == "pending"
+    following = asyncio.ensure_future(_next(events, timeout=10.0))  # (the body goes on, as a server drives it)
+
+    # when its hold is taken (the row's end is waited for as ?wait= does)
+    watcher, hub, key = streams.watcher(), listener.hub(), (streams.JOB, job.pk)
+    async with asyncio.timeout(5):
+        while not isinstance(watcher.ends.get(key), listener.Watch):
+            await asyncio.sleep(0.01)
+
+    # then nothing waits in a task for it (a future and its callback do), and the hold is held
+    parked = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") in ("Watcher._hear_end", "Hub.ended")]
+    assert parked == []
+    assert hub.holds == {watcher.ends[key].key: 1}
+
+    # and when the job ends, the stream sends its end within a second (heard, not ticked), and
+    # once it closed the hold is given back
+    await sync_to_async(_in_thread)(lambda: (store.claim(job.pk, "test/1", 30), store.succeed(job.pk, 1, "{}")))
+    end = await asyncio.wait_for(following, 1.0)
+    assert (end.event, end.data["status"]) == ("end", "succeeded")
+    with pytest.raises(StopAsyncIteration):
+        await _next(events)
+    async with asyncio.timeout(5):
+        while hub.holds or key in watcher.ends:
+            await asyncio.sleep(0.01)
