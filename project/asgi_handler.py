@@ -26,6 +26,13 @@ with `gc.DEBUG_SAVEALL` and the strongly connected components of the garbage, ea
 Its middleware chain: Django's, from the same MIDDLEWARE, with each run of plain sync middleware
 as one layer, one thread hop each way instead of one per method (project/onehop.py).
 
+In a server process (project/asgi.py calls `quiet_request_started`), Django's two receivers of
+`request_started` are disconnected: they act on the database connections of the thread they run
+in, which under this handler is the request's own new thread (Django's ThreadSensitiveContext:
+a new one per request), with none yet, so they have nothing to do, and sending the signal to sync
+receivers costs a thread hop per request. `request_finished` keeps its receivers (the
+connection goes back to the pool there).
+
 Left (Python's and Django's own, ~10 objects): asyncio's socket transport refers to itself (its read
 callback, a bound method) and the SQL compiler makes a self-referring closure per query.
 """
@@ -35,8 +42,8 @@ import sys
 from typing import Any
 
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
-from django.core.signals import request_finished
-from django.db import connections
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, connections, reset_queries
 
 from project.onehop import OneHopMiddleware
 
@@ -115,3 +122,20 @@ def _back_references(wrapper: Any) -> int:
         if attributes:
             count += sum(1 for each in attributes.values() if each is wrapper)
     return count
+
+
+def quiet_request_started() -> None:
+    """Disconnect Django's `request_started` receivers, which have nothing to do under this
+    handler: `close_old_connections` and `reset_queries` act on the calling thread's connections,
+    and the signal reaches them in the request's new thread, which has none (a connection left
+    by a request is closed by `request_finished`, in that request's thread, CONN_MAX_AGE being 0
+    in a server: project/settings.py). Sent to no sync receiver, the signal makes no thread hop
+    (Signal.asend). For the servers' process only: Django's test client and WSGI reuse a thread."""
+    request_started.disconnect(close_old_connections)
+    request_started.disconnect(reset_queries)
+
+
+def restore_request_started() -> None:
+    """The receivers `quiet_request_started` disconnected, back (tests)."""
+    request_started.connect(reset_queries)
+    request_started.connect(close_old_connections)

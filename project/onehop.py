@@ -18,6 +18,10 @@ semantics, those of nested `MiddlewareMixin`s each wrapped by `convert_exception
   (`response_for_exception`) and only the outer middleware's `process_response`s run on it;
 - `process_response`s innermost first, in one hop; `process_view`s in order, the first answer
   wins (Django collects them from the layer, one hop).
+A plain middleware known to do no I/O and nothing that blocks (`ON_LOOP`: Django's
+SecurityMiddleware, a few header checks and settings) runs on the event loop, no hop at all,
+whatever its neighbours; an exception it raises is its layer's answer as before (Django's
+`convert_exception_to_response` around the layer: in a thread, it may log and render).
 An async view (a `?wait=` answer, a stream) is awaited on the event loop between the two hops:
 no thread is held for its duration (a sync-only middleware would hold one per open stream).
 The sync handler (WSGI, Django's test client) is Django's, untouched.
@@ -50,6 +54,51 @@ def grouped_instances(paths: list[str]) -> list[Any]:
     return members
 
 
+#: Plain middleware whose process_request and process_response do no I/O and cannot block (the
+#: class itself at that path, not a subclass: read before adding one; each a layer of its own).
+ON_LOOP = frozenset({"django.middleware.security.SecurityMiddleware"})
+
+
+class OnLoop:
+    """One plain middleware of ON_LOOP, run on the event loop as Django's `MiddlewareMixin` runs it
+    in a thread (a subclass per middleware: see grouped)."""
+
+    sync_capable = True
+    async_capable = True
+    path = ""
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        members = grouped_instances([self.path])
+        if not members:
+            raise MiddlewareNotUsed
+        self.member = members[0]
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        response = self._request(request)
+        return self._response(request, response or self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        # MiddlewareMixin.__acall__ without its two sync_to_async. An exception is this layer's
+        # answer, as it is the member's there: Django wraps each layer of the chain, this one too,
+        # in convert_exception_to_response (which sends it to a thread: response_for_exception).
+        response = self._request(request)
+        return self._response(request, response or await self.get_response(request))
+
+    def _request(self, request: HttpRequest) -> HttpResponseBase | None:
+        return self.member.process_request(request) if hasattr(self.member, "process_request") else None
+
+    def _response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if hasattr(self.member, "process_response"):
+            return self.member.process_response(request, response)
+        return response
+
+
 class OneHop:
     """The middleware of `paths`, in that order, as one layer (a subclass per run: see groups)."""
 
@@ -63,9 +112,13 @@ class OneHop:
         if not self.members:
             raise MiddlewareNotUsed
         self.viewers = [member.process_view for member in self.members if hasattr(member, "process_view")]
+        #: For each viewer, when it does no I/O (None: never known): then the views run on the loop.
+        self.view_on_loop = [_view_on_loop(member) for member in self.members if hasattr(member, "process_view")]
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
+            # A coroutine function: Django awaits it as it is, no sync_to_async of its own.
+            self.process_view = self.aprocess_view  # type: ignore[method-assign]
 
     def requests(self, request: HttpRequest) -> tuple[HttpResponseBase | None, int]:
         """Every process_request in order: (an answer or None, how many members' process_response
@@ -99,6 +152,13 @@ class OneHop:
                 return response
         return None
 
+    async def aprocess_view(self, request: HttpRequest, view: Callable, args: tuple, kwargs: dict) -> HttpResponseBase | None:
+        """process_view in async mode: on the loop when every viewer is known to do no I/O for this
+        request and view (CSRF's for a safe method or an exempt view), else in one hop."""
+        if all(on_loop is not None and on_loop(request, view) for on_loop in self.view_on_loop):
+            return OneHop.process_view(self, request, view, args, kwargs)
+        return await sync_to_async(OneHop.process_view, thread_sensitive=True)(self, request, view, args, kwargs)
+
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
@@ -112,6 +172,30 @@ class OneHop:
         if response is None:
             response = await self.get_response(request)
         return await sync_to_async(self.responses, thread_sensitive=True)(request, response, ran)
+
+
+def _csrf_view_on_loop(request: HttpRequest, view: Callable) -> bool:
+    """CsrfViewMiddleware.process_view returns None, having only set an attribute, before it reads
+    the body, the session or anything else: for a request already accepted, an exempt view, a
+    safe method (Django 5.2's code: tests/integration/test_onehop.py compares the answers)."""
+    return (
+        getattr(request, "csrf_processing_done", False)
+        or getattr(view, "csrf_exempt", False)
+        or request.method in ("GET", "HEAD", "OPTIONS", "TRACE")
+    )
+
+
+#: Middleware (the class itself at that path) whose process_view does no I/O for some requests.
+VIEW_ON_LOOP: dict[str, Callable[[HttpRequest, Callable], bool]] = {
+    "django.middleware.csrf.CsrfViewMiddleware": _csrf_view_on_loop,
+}
+
+
+def _view_on_loop(member: Any) -> Callable[[HttpRequest, Callable], bool] | None:
+    for path, check in VIEW_ON_LOOP.items():
+        if type(member) is import_string(path):
+            return check
+    return None
 
 
 def groupable(path: str) -> bool:
@@ -129,24 +213,36 @@ def groupable(path: str) -> bool:
     )
 
 
+def on_loop(path: str) -> bool:
+    """One of ON_LOOP, as Django ships it: groupable and without a process_view."""
+    return path in ON_LOOP and groupable(path) and not hasattr(import_string(path), "process_view")
+
+
 def grouped(paths: list[str]) -> list[str]:
     """MIDDLEWARE with each run of two or more groupable middleware replaced by the path of a
-    OneHop subclass made for it (an attribute of this module, so that Django imports it by name)."""
+    OneHop subclass made for it, and each of ON_LOOP by an OnLoop subclass (attributes of this
+    module, so that Django imports them by name)."""
     out: list[str] = []
     run: list[str] = []
 
+    def made(base: type, **attributes: Any) -> str:
+        name = f"{base.__name__}_{len(GROUPS)}"
+        GROUPS[name] = type(name, (base,), {**attributes, "__module__": __name__})
+        globals()[name] = GROUPS[name]
+        return f"{__name__}.{name}"
+
     def close_run() -> None:
         if len(run) >= 2:
-            name = f"OneHop_{len(GROUPS)}"
-            GROUPS[name] = type(name, (OneHop,), {"paths": tuple(run), "__module__": __name__})
-            globals()[name] = GROUPS[name]
-            out.append(f"{__name__}.{name}")
+            out.append(made(OneHop, paths=tuple(run)))
         else:
             out.extend(run)
         run.clear()
 
     for path in paths:
-        if groupable(path):
+        if on_loop(path):
+            close_run()
+            out.append(made(OnLoop, path=path))
+        elif groupable(path):
             run.append(path)
         else:
             close_run()

@@ -161,7 +161,7 @@ def test_the_projects_middleware_take_half_the_hops_and_answer_the_same(settings
     }
     assert grouped_answer[2] == django_answer[2]
     assert grouped_answer[3] <= django_answer[3] - 8, (django_answer[3], grouped_answer[3])
-    grouped_runs = [group.paths for group in onehop.GROUPS.values()]
+    grouped_runs = [getattr(group, "paths", None) for group in onehop.GROUPS.values()]
     assert tuple(settings.MIDDLEWARE[5:11]) in grouped_runs, grouped_runs
 
 
