@@ -199,7 +199,10 @@ def loaded(request: HttpRequest) -> Any:
     """What the route's auth `load` returned for this request (None: nothing), or raise what it raised."""
     value, error = getattr(request, "_conveyor_loaded", (None, None))
     if error is not None:
-        raise error
+        try:
+            raise error
+        finally:
+            error = None  # (this frame, in the exception's traceback, would hold it: a cycle)
     return value
 
 
