@@ -41,10 +41,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, connections, reset_queries
 
+from project import request_threads
 from project.onehop import OneHopMiddleware
 
 
@@ -82,6 +84,24 @@ class Handler(OneHopMiddleware, ASGIHandler):
         # After Django's close_old_connections (connected when django.db was imported).
         request_finished.connect(_release_connections, dispatch_uid="conveyor-release-connections")
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Django's, its request's sync parts in a thread used again by later requests (project/request_threads.py)
+        instead of a new one per request."""
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        executor = request_threads.take()
+        context = ThreadSensitiveContext(executor=executor)
+        try:
+            async with context:
+                await self.handle(scope, receive, send)
+                # A stream that let the thread go (jobs/interfaces/streams.py) and a sync call after it
+                # left another executor in the context's place: asgiref leaves a given one's to its owner.
+                other = SyncToAsync.context_to_thread_executor.get(context)
+                if other is not None and other is not executor:
+                    other.shutdown(wait=False)
+        finally:
+            request_threads.give_back(executor)
+
     async def listen_for_disconnect(self, receive: Any) -> None:
         """Django's, returning on the disconnect instead of raising `RequestAborted` (which
         `handle()` ignores: the same outcome, no traceback holding `handle()`'s frame)."""
@@ -105,7 +125,10 @@ def release_connections() -> None:
     storage = connections._connections  # noqa: SLF001 - Django keeps its per-thread wrappers there
     for alias in connections:
         wrapper = getattr(storage, alias, None)
-        if wrapper is None or wrapper.connection is not None:
+        if wrapper is None:
+            continue
+        if wrapper.connection is not None:
+            request_threads.mark_dirty()  # this thread is not used for another request
             continue
         delattr(storage, alias)
         if sys.getrefcount(wrapper) == 2 + _back_references(wrapper):  # this name, the call's argument
