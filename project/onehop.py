@@ -114,17 +114,20 @@ class OneHop:
         self.viewers = [member.process_view for member in self.members if hasattr(member, "process_view")]
         #: For each viewer, when it does no I/O (None: never known): then the views run on the loop.
         self.view_on_loop = [_view_on_loop(member) for member in self.members if hasattr(member, "process_view")]
+        #: For each member, when its process_request / process_response does no I/O (None: never known).
+        self.request_on_loop = [_known(member, REQUEST_ON_LOOP) for member in self.members]
+        self.response_on_loop = [_known(member, RESPONSE_ON_LOOP) for member in self.members]
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
             # A coroutine function: Django awaits it as it is, no sync_to_async of its own.
             self.process_view = self.aprocess_view  # type: ignore[method-assign]
 
-    def requests(self, request: HttpRequest) -> tuple[HttpResponseBase | None, int]:
-        """Every process_request in order: (an answer or None, how many members' process_response
-        must run on the answer)."""
+    def requests(self, request: HttpRequest, start: int = 0) -> tuple[HttpResponseBase | None, int]:
+        """Every process_request in order (from the member `start` on): (an answer or None, how
+        many members' process_response must run on the answer)."""
         for index, member in enumerate(self.members):
-            if not hasattr(member, "process_request"):
+            if index < start or not hasattr(member, "process_request"):
                 continue
             try:
                 response = member.process_request(request)
@@ -168,10 +171,44 @@ class OneHop:
         return self.responses(request, response, ran)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        response, ran = await sync_to_async(self.requests, thread_sensitive=True)(request)
+        response, ran = await self.arequests(request)
         if response is None:
             response = await self.get_response(request)
-        return await sync_to_async(self.responses, thread_sensitive=True)(request, response, ran)
+        return await self.aresponses(request, response, ran)
+
+    async def arequests(self, request: HttpRequest) -> tuple[HttpResponseBase | None, int]:
+        """`requests` in async mode: on the loop while each member's process_request is known to
+        do no I/O at its turn (REQUEST_ON_LOOP), the rest from the first that is not in one hop."""
+        for index, member in enumerate(self.members):
+            if not hasattr(member, "process_request"):
+                continue
+            on_loop = self.request_on_loop[index]
+            if on_loop is None or not on_loop(request):
+                return await sync_to_async(self.requests, thread_sensitive=True)(request, index)
+            try:
+                response = member.process_request(request)
+            except Exception as exc:  # this member's answer, as in `requests` (its rendering in a thread)
+                return await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc), index
+            if response is not None:
+                return response, index + 1
+        return None, len(self.members)
+
+    async def aresponses(self, request: HttpRequest, response: HttpResponseBase, ran: int) -> HttpResponseBase:
+        """`responses` in async mode: innermost first, on the loop while each member's
+        process_response is known to do no I/O at its turn (RESPONSE_ON_LOOP: a session to save is
+        I/O), the rest from the first that is not in one hop."""
+        for index in reversed(range(ran)):
+            member = self.members[index]
+            if not hasattr(member, "process_response"):
+                continue
+            on_loop = self.response_on_loop[index]
+            if on_loop is None or not on_loop(request, response):
+                return await sync_to_async(self.responses, thread_sensitive=True)(request, response, index + 1)
+            try:
+                response = member.process_response(request, response)
+            except Exception as exc:
+                response = await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc)
+        return response
 
 
 def _csrf_view_on_loop(request: HttpRequest, view: Callable) -> bool:
@@ -192,10 +229,73 @@ VIEW_ON_LOOP: dict[str, Callable[[HttpRequest, Callable], bool]] = {
 
 
 def _view_on_loop(member: Any) -> Callable[[HttpRequest, Callable], bool] | None:
-    for path, check in VIEW_ON_LOOP.items():
+    return _known(member, VIEW_ON_LOOP)
+
+
+def _known(member: Any, table: dict[str, Callable[..., bool]]) -> Callable[..., bool] | None:
+    """The member's check in `table` (by the path of its very class, not a subclass'), or None."""
+    for path, check in table.items():
         if type(member) is import_string(path):
             return check
     return None
+
+
+# What Django 5.2's own plain middleware do at each step, read from their code (a new Django version:
+# read it again; tests/integration/test_onehop.py compares every answer with Django's handler's):
+# - SessionMiddleware: process_request makes the engine's SessionStore (no I/O in Django's own
+#   engines' constructors: the session loads when first read); process_response saves it (I/O)
+#   only when it was modified (or SESSION_SAVE_EVERY_REQUEST) and is not empty.
+# - CommonMiddleware: headers, the host, APPEND_SLASH's resolution of the path: no I/O.
+# - CsrfViewMiddleware: the secret from the cookie, or from the session (CSRF_USE_SESSIONS: I/O).
+# - AuthenticationMiddleware: request.user made lazy (the user's read happens where it is used).
+# - MessageMiddleware: makes its storage; process_response stores only messages added or read
+#   (`added_new`, `used`: the session's storage is a write, the cookie's a header).
+# - XFrameOptionsMiddleware: a header.
+_DJANGO_SESSION_ENGINES = frozenset(
+    f"django.contrib.sessions.backends.{name}" for name in ("db", "cache", "cached_db", "file", "signed_cookies")
+)
+
+
+def _session_request_on_loop(request: HttpRequest) -> bool:
+    return settings.SESSION_ENGINE in _DJANGO_SESSION_ENGINES
+
+
+def _session_response_on_loop(request: HttpRequest, response: HttpResponseBase) -> bool:
+    session = getattr(request, "session", None)
+    if session is None:
+        return True
+    return not ((session.modified or settings.SESSION_SAVE_EVERY_REQUEST) and not session.is_empty())
+
+
+def _csrf_on_loop(request: HttpRequest, *response: HttpResponseBase) -> bool:
+    return not settings.CSRF_USE_SESSIONS
+
+
+def _messages_response_on_loop(request: HttpRequest, response: HttpResponseBase) -> bool:
+    storage = getattr(request, "_messages", None)
+    return storage is None or not (getattr(storage, "used", True) or getattr(storage, "added_new", True))
+
+
+def _always(request: HttpRequest, *response: HttpResponseBase) -> bool:
+    return True
+
+
+#: Middleware (the class itself at that path) whose process_request does no I/O, when its check says so.
+REQUEST_ON_LOOP: dict[str, Callable[[HttpRequest], bool]] = {
+    "django.contrib.sessions.middleware.SessionMiddleware": _session_request_on_loop,
+    "django.middleware.common.CommonMiddleware": _always,
+    "django.middleware.csrf.CsrfViewMiddleware": _csrf_on_loop,
+    "django.contrib.auth.middleware.AuthenticationMiddleware": _always,
+    "django.contrib.messages.middleware.MessageMiddleware": _always,
+}
+#: Likewise for process_response, checked at the member's turn (an inner one may have changed what it reads).
+RESPONSE_ON_LOOP: dict[str, Callable[[HttpRequest, HttpResponseBase], bool]] = {
+    "django.contrib.sessions.middleware.SessionMiddleware": _session_response_on_loop,
+    "django.middleware.common.CommonMiddleware": _always,
+    "django.middleware.csrf.CsrfViewMiddleware": _csrf_on_loop,
+    "django.contrib.messages.middleware.MessageMiddleware": _messages_response_on_loop,
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": _always,
+}
 
 
 def groupable(path: str) -> bool:

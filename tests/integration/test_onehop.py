@@ -43,7 +43,28 @@ def _exempt_view(request: HttpRequest) -> HttpResponse:
 
 _exempt_view.csrf_exempt = True  # type: ignore[attr-defined]
 
-urlpatterns = [path("probe", _view), path("exempt", _exempt_view)]
+def _session_view(request: HttpRequest) -> HttpResponse:
+    request.session["seen"] = 1  # SessionMiddleware saves it: I/O
+    return HttpResponse("session")
+
+
+def _message_view(request: HttpRequest) -> HttpResponse:
+    from django.contrib import messages
+
+    messages.info(request, "stored")  # MessageMiddleware stores it
+    return HttpResponse("message")
+
+
+def _csrf_token_view(request: HttpRequest) -> HttpResponse:
+    from django.middleware.csrf import get_token
+
+    return HttpResponse(get_token(request)[:0] + "token")  # CSRF's cookie set on the way out
+
+
+urlpatterns = [
+    path("probe", _view), path("exempt", _exempt_view), path("session", _session_view), path("message", _message_view),
+    path("csrf", _csrf_token_view),
+]
 
 
 def _member(name: str) -> type:
@@ -289,7 +310,7 @@ def servers_handler() -> Any:
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
-def test_get_job_through_the_servers_handler_takes_four_thread_hops_and_answers_as_djangos(
+def test_get_job_through_the_servers_handler_takes_two_thread_hops_and_answers_as_djangos(
     servers_handler: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from django.db import connections
@@ -319,9 +340,9 @@ def test_get_job_through_the_servers_handler_takes_four_thread_hops_and_answers_
         assert ours[0] == djangos[0] == expected[name], (name, djangos, ours)
         assert ours[2] == djangos[2], (name, djangos, ours)
         if name == "found":
-            # the grouped middleware's two, the token's check with the row's read, the response's
-            # close: a hop more fails this (README, "HTTP under load")
-            assert ours[3] == 4, (djangos[3], ours[3])
+            # the token's check with the row's read, the response's close (the middleware on the
+            # loop): a hop more fails this (README, "HTTP under load")
+            assert ours[3] == 2, (djangos[3], ours[3])
             assert djangos[3] >= 14, djangos[3]  # (request_started quiet for both here)
     # with ?wait the row is read after the wait, in a hop of its own (the answer the same)
     waited = _request(servers_handler(), f"/api/jobs/{job}", "wait=0.01", [(b"authorization", f"Bearer {token}".encode())])
@@ -349,3 +370,47 @@ def test_a_token_auth_that_loads_refuses_a_sync_route() -> None:
     assert auth.is_async
     with pytest.raises(TypeError, match="async routes only"):
         auth(RequestFactory().get("/api/jobs/1", HTTP_AUTHORIZATION="Bearer x"))
+
+
+DJANGOS_RUN = [  # the servers' run of plain middleware (project/settings.py MIDDLEWARE)
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+#: view, settings: the thread hops beside those of a request whose middleware all stay on the loop
+WRITES = [
+    ("/probe", {}, 0),
+    ("/csrf", {}, 0),  # CSRF's cookie: a header
+    ("/session", {}, 1),  # the session saved: Session's process_response in a thread
+    ("/message", {}, 1),  # the message stored: Messages' (and Session's after it) in a thread
+    ("/probe", {"CSRF_USE_SESSIONS": True}, 2),  # CSRF reads the session: from it on, each way in a thread
+    ("/probe", {"SESSION_ENGINE": "tests.integration.test_onehop"}, 1),  # an engine not known: its making in a thread
+]
+SessionStore = __import__("django.contrib.sessions.backends.db", fromlist=["SessionStore"]).SessionStore
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("path_", "more", "extra_hops"), WRITES)
+def test_djangos_middleware_run_on_the_loop_until_one_must_read_or_write_and_answer_as_djangos(
+    path_: str, more: dict, extra_hops: int
+) -> None:
+    from django.contrib.sessions.models import Session
+
+    seen = {}
+    for name, handler_class, settings_ in (
+        ("django", ASGIHandler, more), ("grouped", Grouped, more), ("grouped, plain", Grouped, {}),
+    ):
+        with override_settings(MIDDLEWARE=DJANGOS_RUN, ROOT_URLCONF=__name__, DEBUG=False, **settings_):
+            status, headers, body, hops = _request(handler_class(), path_ if name != "grouped, plain" else "/exempt")
+        cookies = sorted(value.split("=")[0] for key, value in headers.items() if key == "set-cookie")
+        seen[name] = (status, cookies, body, hops, Session.objects.count())
+    django_answer, ours, plain = seen["django"], seen["grouped"], seen["grouped, plain"]
+    assert ours[:3] == django_answer[:3], seen
+    if path_ == "/session":
+        assert ours[4] == django_answer[4] + 1, seen  # saved by both
+    # Django: a hop per method of each; grouped: none but those a member needs
+    assert ours[3] == plain[3] + extra_hops, seen
+    assert plain[3] == 3  # request_started's (not quiet here), the view's (a sync view) and the close's
