@@ -18,6 +18,11 @@ semantics, those of nested `MiddlewareMixin`s each wrapped by `convert_exception
   (`response_for_exception`) and only the outer middleware's `process_response`s run on it;
 - `process_response`s innermost first, in one hop; `process_view`s in order, the first answer
   wins (Django collects them from the layer, one hop).
+Fewer still (issue 28): where Django's own middleware do no I/O, which their code says and tables
+below name (REQUEST_ON_LOOP, RESPONSE_ON_LOOP, VIEW_ON_LOOP: a class exactly, each with the check
+of when: a session to save, messages to store, CSRF's secret in the session, a POST's CSRF check
+are I/O), the group runs them on the event loop itself, and from the first member that must read
+or write, the rest in one hop as above. For `GET /api/jobs/{id}` that is every one of them.
 A plain middleware known to do no I/O and nothing that blocks (`ON_LOOP`: Django's
 SecurityMiddleware, a few header checks and settings) runs on the event loop, no hop at all,
 whatever its neighbours; an exception it raises is its layer's answer as before (Django's
