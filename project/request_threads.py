@@ -55,7 +55,8 @@ def take() -> RequestThread:
 
 def give_back(executor: RequestThread) -> None:
     """The request has ended: its thread waits for the next one, unless it cannot be used again."""
-    if not executor.closed and not _left_dirty(executor):
+    dirty = _left_dirty(executor)  # (first: it forgets the thread's mark either way)
+    if not executor.closed and not dirty:
         with _lock:
             if len(_idle) < KEEP:
                 _idle.append(executor)
