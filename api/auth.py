@@ -163,9 +163,9 @@ class TokenAuth(HttpBearer):
         user = self._check(request)
         if user:
             try:
-                request._conveyor_loaded = (self.load(request), None)  # type: ignore[attr-defined]
+                request.conveyor_loaded = (self.load(request), None)  # type: ignore[attr-defined]
             except Exception as exc:  # the view's to raise, as if it had read itself
-                request._conveyor_loaded = (None, exc)  # type: ignore[attr-defined]
+                request.conveyor_loaded = (None, exc)  # type: ignore[attr-defined]
         return user
 
     def _check(self, request: HttpRequest):  # noqa: ANN202
@@ -197,7 +197,7 @@ class TokenAuth(HttpBearer):
 
 def loaded(request: HttpRequest) -> Any:
     """What the route's auth `load` returned for this request (None: nothing), or raise what it raised."""
-    value, error = getattr(request, "_conveyor_loaded", (None, None))
+    value, error = getattr(request, "conveyor_loaded", (None, None))
     if error is not None:
         try:
             raise error
