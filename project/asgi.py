@@ -38,6 +38,13 @@ from project.asgi_handler import Handler, quiet_request_started  # noqa: E402 - 
 django_application = Handler()
 quiet_request_started()  # nothing for them to do in a request's new thread: one thread hop less per request
 
+from django.conf import settings  # noqa: E402
+from jobs.engine import cpu_policy  # noqa: E402
+
+# WORKER_CPU_POLICY=idle (the roles share this machine, the jobs yield to the servers): this server's
+# session weighs more than the others' where the kernel's autogroup applies (root only; elsewhere nothing).
+cpu_policy.favour_own_autogroup(settings.WORKER_CPU_POLICY)
+
 from api.validation import REQUEST_LINE_LIMIT  # noqa: E402 - after Django's setup
 from jobs.interfaces import listener  # noqa: E402
 
