@@ -28,8 +28,9 @@ as one layer, one thread hop each way instead of one per method (project/onehop.
 
 In a server process (project/asgi.py calls `quiet_request_started`), Django's two receivers of
 `request_started` are disconnected: they act on the database connections of the thread they run
-in, which under this handler is the request's own new thread (Django's ThreadSensitiveContext:
-a new one per request), with none yet, so they have nothing to do, and sending the signal to sync
+in, which under this handler is the request's own thread, holding none at its start (a new
+thread, or one whose last request left none: project/request_threads.py ends any other), so they
+have nothing to do, and sending the signal to sync
 receivers costs a thread hop per request. `request_finished` keeps its receivers (the
 connection goes back to the pool there).
 
@@ -150,7 +151,8 @@ def _back_references(wrapper: Any) -> int:
 def quiet_request_started() -> None:
     """Disconnect Django's `request_started` receivers, which have nothing to do under this
     handler: `close_old_connections` and `reset_queries` act on the calling thread's connections,
-    and the signal reaches them in the request's new thread, which has none (a connection left
+    and the signal reaches them in the request's thread, which has none (a new thread, or one
+    that project/request_threads.py gives again only when its last request left none; a connection left
     by a request is closed by `request_finished`, in that request's thread, CONN_MAX_AGE being 0
     in a server: project/settings.py). Sent to no sync receiver, the signal makes no thread hop
     (Signal.asend). For the servers' process only: Django's test client and WSGI reuse a thread."""
