@@ -17,9 +17,11 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from typing import Any, Iterable
+import asyncio
+from typing import Any, Callable, Iterable
 
 import jwt
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest
@@ -127,9 +129,16 @@ def _from_api_token(token: str, permission: str | None) -> tuple[Any, tuple[str,
 
 class TokenAuth(HttpBearer):
     """The bearer of /api/, for routes of one scope family (`family`; see api.scopes). Without a
-    family (the API's default), every bearer is refused: a route must name the one it needs."""
+    family (the API's default), every bearer is refused: a route must name the one it needs.
 
-    def __init__(self, family: str | None = None, query: bool = False) -> None:
+    `load` (async routes only): what the view will read first, done in the same thread hop as the
+    token's check, right after it succeeded (the check and the read each took a hop of their own
+    from the event loop to the request's thread: each hop a wake-up of a thread and of the loop,
+    README "HTTP under load"). `load(request)` returns the value (None: nothing loaded); the view
+    takes it with `loaded(request)`, which raises what `load` raised (a 404 stays the view's)."""
+
+    def __init__(self, family: str | None = None, query: bool = False,
+                 load: Callable[[HttpRequest], Any] | None = None) -> None:
         if family is not None and family not in scoping.FAMILIES:
             raise ValueError(f"family must be one of {scoping.FAMILIES}")
         super().__init__()
@@ -137,8 +146,29 @@ class TokenAuth(HttpBearer):
         self.permission = scoping.PERMISSIONS[family] if family is not None else None
         #: Also `?access_token=` when no Authorization header came (STREAM_READS below).
         self.query = query
+        self.load = load
+        #: django-ninja awaits what an `is_async` auth returns (a sync route would not: refused below).
+        self.is_async = load is not None
 
     def __call__(self, request: HttpRequest):  # noqa: ANN204
+        if self.load is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise TypeError("a TokenAuth with `load` is for async routes only") from None
+            return sync_to_async(self._check_and_load)(request)
+        return self._check(request)
+
+    def _check_and_load(self, request: HttpRequest) -> Any:
+        user = self._check(request)
+        if user:
+            try:
+                request.conveyor_loaded = (self.load(request), None)  # type: ignore[attr-defined]
+            except Exception as exc:  # the view's to raise, as if it had read itself
+                request.conveyor_loaded = (None, exc)  # type: ignore[attr-defined]
+        return user
+
+    def _check(self, request: HttpRequest):  # noqa: ANN202
         if self.query and not request.headers.get(self.header):
             token = request.GET.get("access_token")
             if token:
@@ -163,6 +193,17 @@ class TokenAuth(HttpBearer):
                 403, f"the scope {self.family} needs the permission {self.permission}, which this token's user no longer has"
             )
         return user
+
+
+def loaded(request: HttpRequest) -> Any:
+    """What the route's auth `load` returned for this request (None: nothing), or raise what it raised."""
+    value, error = getattr(request, "conveyor_loaded", (None, None))
+    if error is not None:
+        try:
+            raise error
+        finally:
+            error = None  # (this frame, in the exception's traceback, would hold it: a cycle)
+    return value
 
 
 #: One instance per family, for the routes' `auth=`.

@@ -32,10 +32,18 @@ from project import tracing  # noqa: E402
 
 tracing.setup("web")  # OTEL_* asked for it: before Django loads its middleware (the Django instrumentation adds one)
 django.setup(set_prefix=False)  # (as django.core.asgi.get_asgi_application, with the handler below)
-from project.asgi_handler import Handler  # noqa: E402 - after Django's setup
+from project.asgi_handler import Handler, quiet_request_started  # noqa: E402 - after Django's setup
 
 # Django's ASGIHandler less the reference cycles it leaves per request (project/asgi_handler.py).
 django_application = Handler()
+quiet_request_started()  # nothing for them to do in a request's new thread: one thread hop less per request
+
+from django.conf import settings  # noqa: E402
+from jobs.engine import cpu_policy  # noqa: E402
+
+# WORKER_CPU_POLICY=idle (the roles share this machine, the jobs yield to the servers): this server's
+# session weighs more than the others' where the kernel's autogroup applies (root only; elsewhere nothing).
+cpu_policy.favour_own_autogroup(settings.WORKER_CPU_POLICY)
 
 from api.validation import REQUEST_LINE_LIMIT  # noqa: E402 - after Django's setup
 from jobs.interfaces import listener  # noqa: E402

@@ -26,6 +26,14 @@ with `gc.DEBUG_SAVEALL` and the strongly connected components of the garbage, ea
 Its middleware chain: Django's, from the same MIDDLEWARE, with each run of plain sync middleware
 as one layer, one thread hop each way instead of one per method (project/onehop.py).
 
+In a server process (project/asgi.py calls `quiet_request_started`), Django's two receivers of
+`request_started` are disconnected: they act on the database connections of the thread they run
+in, which under this handler is the request's own thread, holding none at its start (a new
+thread, or one whose last request left none: project/request_threads.py ends any other), so they
+have nothing to do, and sending the signal to sync
+receivers costs a thread hop per request. `request_finished` keeps its receivers (the
+connection goes back to the pool there).
+
 Left (Python's and Django's own, ~10 objects): asyncio's socket transport refers to itself (its read
 callback, a bound method) and the SQL compiler makes a self-referring closure per query.
 
@@ -45,12 +53,13 @@ import asyncio
 import sys
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, connections, reset_queries
 from django.http import StreamingHttpResponse
-from django.core.signals import request_finished
-from django.db import connections
 
+from project import request_threads
 from project.onehop import OneHopMiddleware
 
 
@@ -111,12 +120,25 @@ class Handler(OneHopMiddleware, ASGIHandler):
     request_class = ClosingASGIRequest
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        """Django's, and then a detached stream's body (`send_response` left it)."""
+        """Django's, its request's sync parts in a thread used again by later requests
+        (project/request_threads.py) instead of a new one per request; and then a detached
+        stream's body (`send_response` left it), once the request and its thread are let go."""
         if scope["type"] != "http":  # (as Django's)
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         detaching = _Detaching(send)
-        async with ThreadSensitiveContext():
-            await self.handle(scope, receive, detaching)
+        executor = request_threads.take()
+        context = ThreadSensitiveContext(executor=executor)
+        try:
+            async with context:
+                await self.handle(scope, receive, detaching)
+                # A stream that let the thread go (jobs/interfaces/streams.py) and a sync call after it
+                # left another executor in the context's place: asgiref leaves a given one's to its owner.
+                other = SyncToAsync.context_to_thread_executor.get(context)
+                if other is not None and other is not executor:
+                    other.shutdown(wait=False)
+        finally:
+            request_threads.give_back(executor)
+        del context, executor
         body, charset = detaching.body, detaching.charset
         if body is not None:
             del detaching
@@ -201,7 +223,10 @@ def release_connections() -> None:
     storage = connections._connections  # noqa: SLF001 - Django keeps its per-thread wrappers there
     for alias in connections:
         wrapper = getattr(storage, alias, None)
-        if wrapper is None or wrapper.connection is not None:
+        if wrapper is None:
+            continue
+        if wrapper.connection is not None:
+            request_threads.mark_dirty()  # this thread is not used for another request
             continue
         delattr(storage, alias)
         if sys.getrefcount(wrapper) == 2 + _back_references(wrapper):  # this name, the call's argument
@@ -218,3 +243,21 @@ def _back_references(wrapper: Any) -> int:
         if attributes:
             count += sum(1 for each in attributes.values() if each is wrapper)
     return count
+
+
+def quiet_request_started() -> None:
+    """Disconnect Django's `request_started` receivers, which have nothing to do under this
+    handler: `close_old_connections` and `reset_queries` act on the calling thread's connections,
+    and the signal reaches them in the request's thread, which has none (a new thread, or one
+    that project/request_threads.py gives again only when its last request left none; a connection left
+    by a request is closed by `request_finished`, in that request's thread, CONN_MAX_AGE being 0
+    in a server: project/settings.py). Sent to no sync receiver, the signal makes no thread hop
+    (Signal.asend). For the servers' process only: Django's test client and WSGI reuse a thread."""
+    request_started.disconnect(close_old_connections)
+    request_started.disconnect(reset_queries)
+
+
+def restore_request_started() -> None:
+    """The receivers `quiet_request_started` disconnected, back (tests)."""
+    request_started.connect(reset_queries)
+    request_started.connect(close_old_connections)

@@ -3,7 +3,10 @@
 Under ASGI (project/asgi.py) a sync-only middleware makes Django run everything inside it,
 async views included, through a thread of the request's (async_to_sync): a `?wait=` would hold
 that thread for its whole wait. This one serves static files as WhiteNoise does (in a thread:
-file I/O) and hands every other request on without leaving the loop.
+file I/O) and hands every other request on without leaving the loop: with autorefresh (every
+setting but production's) WhiteNoise looks for the file on disk at each request, in a thread, but
+only a path under one of its prefixes can name a file, so any other (/api/, /admin/) goes on
+without that thread hop (a wake-up of a thread and of the loop: README, "HTTP under load").
 
 WhiteNoise's answer is a FileResponse, whose content is a synchronous iterator of 4 KiB blocks:
 Django's ASGI handler consumed it with a thread hop per block and logged, in every server
@@ -36,7 +39,8 @@ class WhiteNoise(WhiteNoiseMiddleware):
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if self.autorefresh:
-            static_file = await sync_to_async(self.find_file)(request.path_info)
+            url = request.path_info
+            static_file = await sync_to_async(self.find_file)(url) if self.may_be_file(url) else None
         else:
             static_file = self.files.get(request.path_info)
         if static_file is not None:
@@ -48,6 +52,12 @@ class WhiteNoise(WhiteNoiseMiddleware):
                 response.streaming_content = _each(list(response.streaming_content))
             return response
         return await self.get_response(request)
+
+    def may_be_file(self, url: str) -> bool:
+        """Whether find_file could find anything at `url` (False: it would look at no path)."""
+        if self.use_finders and url.startswith(self.static_prefix):
+            return True
+        return any(url.startswith(prefix) for _root, prefix in self.directories)
 
 
 #: Bytes read per thread hop when a static file is sent from the event loop.

@@ -20,7 +20,8 @@ from ninja import Body, Path, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 
-from api.auth import OPERATES, READS, WRITES
+from api.auth import OPERATES, READS, WRITES, TokenAuth, loaded
+from api.scopes import READ
 from api.schemas import MAX_ID, PageQuery, Strict, errors, page
 from api.validation import UNION_TAGS, JsonObject, Text, strict_body
 from jobs.engine import control, registry, store, why
@@ -345,6 +346,20 @@ def list_jobs(request: HttpRequest, filters: Query[JobFilters]):  # noqa: ANN201
     return page(jobs, filters)
 
 
+def _load_job(request: HttpRequest) -> Job | None:
+    """The job of `GET /api/jobs/{id}` without `?wait`, read right after the token's check, in
+    its thread hop (api.auth.TokenAuth's `load`): a hop less per request. With `wait`, or an id
+    out of bounds (the view's validation answers), nothing: the view reads."""
+    job_id = request.resolver_match.kwargs.get("job_id") if request.resolver_match else None
+    if request.GET.get("wait") or not isinstance(job_id, int) or not 1 <= job_id <= MAX_ID:
+        return None
+    return _job_detail(job_id)
+
+
+#: jobs:read, and the job read in the same thread hop (get_job).
+READS_AND_JOB = TokenAuth(READ, load=_load_job)
+
+
 #: What the answers of a job or a chain say of a job that has not started (jobs.engine.why).
 WHY_DOC = ("A job that has not started says why in `why` (scheduled, retry_backoff, rate, concurrency, key, "
            "leaked_slot, paused, no_consumer, relay, queue, next: a code, plain words, details, alarms). ")
@@ -353,7 +368,7 @@ WHY_DOC = ("A job that has not started says why in `why` (scheduled, retry_backo
     "/{int:job_id}",
     response={200: JobDetail, **errors(400, 401, 403, 404, 429, 503)},
     summary="Get a job",
-    auth=READS,
+    auth=READS_AND_JOB,
     description=WHY_DOC + "With `?wait=SECONDS`, the answer waits for the job to end (succeeded, dead or cancelled; a failed "
     "attempt that will be retried has not ended) and comes as soon as it has, or at the end of `wait` with the job as "
     "it is then: check `status`. No polling: the server is told by PostgreSQL (LISTEN/NOTIFY).",
@@ -361,6 +376,8 @@ WHY_DOC = ("A job that has not started says why in `why` (scheduled, retry_backo
 async def get_job(  # noqa: ANN201
     request: HttpRequest, job_id: int = JobId, wait: float | None = _wait_param("job", "succeeded, dead or cancelled")
 ):
+    if not wait and (job := loaded(request)) is not None:
+        return job  # read in the token check's thread hop (READS_AND_JOB)
     await _wait(request, listener.JOB, job_id, wait)
     return await sync_to_async(_job_detail)(job_id)
 

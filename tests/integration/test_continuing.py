@@ -214,7 +214,12 @@ def test_a_step_on_a_queue_the_worker_takes_is_still_handed_off_here(monkeypatch
     general = []  # the general path's insert, and its claim in the outcome's transaction (on "default")
     real_insert, real_claim = store.insert, store.claim
     monkeypatch.setattr(store, "insert", lambda *a, **k: general.append(("insert", a)) or real_insert(*a, **k))
-    monkeypatch.setattr(store, "claim", lambda *a, **k: (k.get("alias") == "default" and general.append(("claim", a))) or real_claim(*a, **k))
+
+    def claim(*a: Any, **k: Any) -> Any:
+        if k.get("alias") == "default":
+            general.append(("claim", a))
+        return real_claim(*a, **k)
+    monkeypatch.setattr(store, "claim", claim)
 
     # when its first step runs
     assert runner.execute(first.pk, worker=WORKER) == "succeeded"

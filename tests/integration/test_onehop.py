@@ -36,7 +36,35 @@ def _view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("view", headers={"X-Seen": ",".join(getattr(request, "seen", []))})
 
 
-urlpatterns = [path("probe", _view)]
+def _exempt_view(request: HttpRequest) -> HttpResponse:
+    CALLS.append("exempt view")
+    return HttpResponse("exempt")
+
+
+_exempt_view.csrf_exempt = True  # type: ignore[attr-defined]
+
+def _session_view(request: HttpRequest) -> HttpResponse:
+    request.session["seen"] = 1  # SessionMiddleware saves it: I/O
+    return HttpResponse("session")
+
+
+def _message_view(request: HttpRequest) -> HttpResponse:
+    from django.contrib import messages
+
+    messages.info(request, "stored")  # MessageMiddleware stores it
+    return HttpResponse("message")
+
+
+def _csrf_token_view(request: HttpRequest) -> HttpResponse:
+    from django.middleware.csrf import get_token
+
+    return HttpResponse(get_token(request)[:0] + "token")  # CSRF's cookie set on the way out
+
+
+urlpatterns = [
+    path("probe", _view), path("exempt", _exempt_view), path("session", _session_view), path("message", _message_view),
+    path("csrf", _csrf_token_view),
+]
 
 
 def _member(name: str) -> type:
@@ -73,6 +101,18 @@ def _member(name: str) -> type:
 A, B, C = _member("A"), _member("B"), _member("C")
 
 
+class NoView(MiddlewareMixin):
+    """A plain middleware without process_view (a group's only view check is then another's)."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        CALLS.append("NoView.request")
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        CALLS.append("NoView.response")
+        response["X-NoView"] = "1"
+        return response
+
+
 class WithExceptions(MiddlewareMixin):
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         return None
@@ -88,8 +128,9 @@ CASES = [
 ]
 
 
-def _request(app: Any, path_: str, query: str = "", headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict, bytes, int]:
-    """GET through `app` as a server sends it: status, headers, body and the sync_to_async calls made."""
+def _request(app: Any, path_: str, query: str = "", headers: list[tuple[bytes, bytes]] | None = None,
+             method: str = "GET", body_in: bytes = b"", host: bytes = b"localhost") -> tuple[int, dict, bytes, int]:
+    """A request through `app` as a server sends it: status, headers, body and the sync_to_async calls made."""
     calls = {"hops": 0}
     original = sync.SyncToAsync.__call__
 
@@ -98,14 +139,14 @@ def _request(app: Any, path_: str, query: str = "", headers: list[tuple[bytes, b
         return await original(self, *args, **kwargs)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
         "path": path_, "raw_path": path_.encode(), "query_string": query.encode(), "root_path": "",
-        "headers": [(b"host", b"localhost"), *(headers or [])], "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80),
+        "headers": [(b"host", host), *(headers or [])], "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80),
     }
 
     async def run() -> tuple[int, dict, bytes]:
         communicator = ApplicationCommunicator(app, scope)
-        await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+        await communicator.send_input({"type": "http.request", "body": body_in, "more_body": False})
         start = await communicator.receive_output(10)
         body = b""
         while True:
@@ -161,7 +202,7 @@ def test_the_projects_middleware_take_half_the_hops_and_answer_the_same(settings
     }
     assert grouped_answer[2] == django_answer[2]
     assert grouped_answer[3] <= django_answer[3] - 8, (django_answer[3], grouped_answer[3])
-    grouped_runs = [group.paths for group in onehop.GROUPS.values()]
+    grouped_runs = [getattr(group, "paths", None) for group in onehop.GROUPS.values()]
     assert tuple(settings.MIDDLEWARE[5:11]) in grouped_runs, grouped_runs
 
 
@@ -207,3 +248,197 @@ def test_a_static_file_is_sent_from_the_loop_in_large_reads_without_djangos_sync
         status, _, body, _ = _request(Handler(), path_, headers=[(b"if-none-match", headers["etag"].encode())])
         assert (status, body) == (304, b"")
     assert not [w for w in caught if "synchronous iterators" in str(w.message)]
+
+
+SECURITY_CASES = [
+    ("", {}),  # headers added on the way out (nosniff, referrer policy)
+    ("", {"SECURE_SSL_REDIRECT": True}),  # process_request answers: a redirect to https
+    ("", {"SECURE_SSL_REDIRECT": True, "ALLOWED_HOSTS": ["elsewhere"]}),  # get_host raises: Django's 400
+    ("answer=A.request", {"SECURE_HSTS_SECONDS": 60}),
+    ("raise=view", {}),
+]
+
+
+@pytest.mark.parametrize(("query", "more"), SECURITY_CASES)
+def test_security_middleware_runs_on_the_loop_and_answers_as_in_a_thread(query: str, more: dict) -> None:
+    middleware = ["django.middleware.security.SecurityMiddleware", *PROBE_MIDDLEWARE]
+    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__, DEBUG=False, **more):
+        seen = {}
+        for name, handler_class in (("django", ASGIHandler), ("grouped", Grouped)):
+            CALLS.clear()
+            status, headers, body, hops = _request(handler_class(), "/probe", query)
+            seen[name] = (status, {k: v for k, v in headers.items() if k not in ("date",)}, body, list(CALLS), hops)
+    django_answer, ours = seen["django"], seen["grouped"]
+    assert ours[:4] == django_answer[:4], seen
+    assert ours[4] <= django_answer[4] - 2 or django_answer[0] == 400, seen  # its two hops gone
+    assert any(isinstance(group, type) and issubclass(group, onehop.OnLoop) for group in onehop.GROUPS.values())
+
+
+CSRF_CASES = [
+    ("GET", "/probe", b""),  # a safe method: its process_view on the loop
+    ("POST", "/probe", b"x=1"),  # no token: CSRF's 403, decided in a thread (it reads the body)
+    ("POST", "/exempt", b"x=1"),  # an exempt view: on the loop
+]
+
+
+@pytest.mark.parametrize(("method", "path_", "body"), CSRF_CASES)
+def test_a_group_with_view_checks_not_known_to_read_nothing_runs_them_in_a_thread(
+    method: str, path_: str, body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    middleware = ["django.middleware.csrf.CsrfViewMiddleware", *PROBE_MIDDLEWARE]
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__, DEBUG=False):
+        seen = {}
+        for name, handler_class in (("django", ASGIHandler), ("grouped", Grouped), ("always a hop", Grouped)):
+            if name == "always a hop":  # CSRF's process_view not known to read nothing: in a thread
+                monkeypatch.setattr(onehop, "VIEW_ON_LOOP", {})
+            CALLS.clear()
+            status, headers, answer, hops = _request(handler_class(), path_, headers=form, method=method, body_in=body)
+            seen[name] = (status, {k: v for k, v in headers.items() if k.startswith("x-")}, answer, list(CALLS), hops)
+    django_answer, ours, hopping = seen["django"], seen["grouped"], seen["always a hop"]
+    assert ours[:4] == django_answer[:4] == hopping[:4], seen
+    assert django_answer[0] == (403 if path_ == "/probe" and method == "POST" else 200), seen
+    # the probe's members have a process_view of their own, not known to read nothing: a hop as before
+    assert ours[4] == hopping[4], seen
+
+
+@pytest.mark.parametrize(("method", "path_", "body"), CSRF_CASES)
+def test_a_group_whose_only_view_check_is_csrfs_takes_no_hop_for_it_where_csrf_reads_nothing(
+    method: str, path_: str, body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    middleware = ["django.middleware.csrf.CsrfViewMiddleware", f"{__name__}.NoView"]
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__, DEBUG=False):
+        seen = {}
+        for name, handler_class in (("django", ASGIHandler), ("grouped", Grouped), ("always a hop", Grouped)):
+            if name == "always a hop":
+                monkeypatch.setattr(onehop, "VIEW_ON_LOOP", {})
+            CALLS.clear()
+            status, headers, answer, hops = _request(handler_class(), path_, headers=form, method=method, body_in=body)
+            seen[name] = (status, {k: v for k, v in headers.items() if k.startswith("x-")}, answer, list(CALLS), hops)
+    django_answer, ours, hopping = seen["django"], seen["grouped"], seen["always a hop"]
+    assert ours[:4] == django_answer[:4] == hopping[:4], seen
+    rejected = path_ == "/probe" and method == "POST"
+    assert django_answer[0] == (403 if rejected else 200), seen
+    # a POST that CSRF must check (it reads the body) still goes to a thread; the others do not
+    assert ours[4] == hopping[4] - (0 if rejected else 1), seen
+
+
+@pytest.fixture
+def servers_handler() -> Any:
+    """The servers' handler as project/asgi.py sets it up (request_started quiet), undone after."""
+    from django.core.signals import request_finished
+
+    from project import asgi_handler
+
+    asgi_handler.quiet_request_started()
+    yield asgi_handler.Handler
+    asgi_handler.restore_request_started()
+    request_finished.disconnect(dispatch_uid="conveyor-release-connections")
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_get_job_through_the_servers_handler_takes_two_thread_hops_and_answers_as_djangos(
+    servers_handler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import connections
+
+    from api.auth import issue_token
+    from tests.factories import api_token as superuser_token
+
+    for alias in connections:  # as in a server (CONN_MAX_AGE 0)
+        monkeypatch.setitem(connections.settings[alias], "CONN_MAX_AGE", 0)
+    token = superuser_token()
+    from django.contrib.auth import get_user_model
+
+    emitter = issue_token(get_user_model().objects.get(username="admin@example.com"), "events:emit")
+    job = enqueue("examples.echo", {"n": 1}).id
+    cases = {  # path, bearer: the answers Django's own handler gives are the oracle
+        "found": (f"/api/jobs/{job}", token),
+        "unknown id": (f"/api/jobs/{job + 1000}", token),
+        "no token": (f"/api/jobs/{job}", None),
+        "wrong token": (f"/api/jobs/{job}", "cvy_nothing"),
+        "another scope": (f"/api/jobs/{job}", emitter),
+    }
+    expected = {"found": 200, "unknown id": 404, "no token": 401, "wrong token": 401, "another scope": 403}
+    for name, (path_, bearer) in cases.items():
+        auth = [(b"authorization", f"Bearer {bearer}".encode())] if bearer else []
+        djangos = _request(ASGIHandler(), path_, headers=auth)
+        ours = _request(servers_handler(), path_, headers=auth)
+        assert ours[0] == djangos[0] == expected[name], (name, djangos, ours)
+        assert ours[2] == djangos[2], (name, djangos, ours)
+        if name == "found":
+            # the token's check with the row's read, the response's close (the middleware on the
+            # loop): a hop more fails this (README, "HTTP under load")
+            assert ours[3] == 2, (djangos[3], ours[3])
+            assert djangos[3] >= 14, djangos[3]  # (request_started quiet for both here)
+    # with ?wait the row is read after the wait, in a hop of its own (the answer the same)
+    waited = _request(servers_handler(), f"/api/jobs/{job}", "wait=0.01", [(b"authorization", f"Bearer {token}".encode())])
+    assert waited[0] == 200 and waited[2] == _request(servers_handler(), f"/api/jobs/{job}", headers=[
+        (b"authorization", f"Bearer {token}".encode())])[2]
+
+
+def test_a_static_file_is_still_served_and_other_paths_take_no_whitenoise_hop(servers_handler: Any) -> None:
+    from project.static import WhiteNoise
+
+    whitenoise = WhiteNoise(lambda request: None)
+    assert whitenoise.autorefresh  # (as in the bench's servers: not production)
+    assert not whitenoise.may_be_file("/api/jobs/1") and not whitenoise.may_be_file("/admin/")
+    assert whitenoise.may_be_file("/static/admin/css/base.css")
+    status, headers, body, _ = _request(servers_handler(), "/static/admin/css/base.css")
+    assert status == 200 and b"{" in body and headers["content-type"].startswith("text/css")
+
+
+def test_a_token_auth_that_loads_refuses_a_sync_route() -> None:
+    from django.test import RequestFactory
+
+    from api.auth import TokenAuth
+
+    auth = TokenAuth("jobs:read", load=lambda request: None)
+    assert auth.is_async
+    with pytest.raises(TypeError, match="async routes only"):
+        auth(RequestFactory().get("/api/jobs/1", HTTP_AUTHORIZATION="Bearer x"))
+
+
+DJANGOS_RUN = [  # the servers' run of plain middleware (project/settings.py MIDDLEWARE)
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+#: view, settings: the thread hops beside those of a request whose middleware all stay on the loop
+WRITES = [
+    ("/probe", {}, 0),
+    ("/csrf", {}, 0),  # CSRF's cookie: a header
+    ("/session", {}, 1),  # the session saved: Session's process_response in a thread
+    ("/message", {}, 1),  # the message stored: Messages' (and Session's after it) in a thread
+    ("/probe", {"CSRF_USE_SESSIONS": True}, 2),  # CSRF reads the session: from it on, each way in a thread
+    ("/probe", {"SESSION_ENGINE": "tests.integration.test_onehop"}, 1),  # an engine not known: its making in a thread
+]
+SessionStore = __import__("django.contrib.sessions.backends.db", fromlist=["SessionStore"]).SessionStore
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("path_", "more", "extra_hops"), WRITES)
+def test_djangos_middleware_run_on_the_loop_until_one_must_read_or_write_and_answer_as_djangos(
+    path_: str, more: dict, extra_hops: int
+) -> None:
+    from django.contrib.sessions.models import Session
+
+    seen = {}
+    for name, handler_class, settings_ in (
+        ("django", ASGIHandler, more), ("grouped", Grouped, more), ("grouped, plain", Grouped, {}),
+    ):
+        with override_settings(MIDDLEWARE=DJANGOS_RUN, ROOT_URLCONF=__name__, DEBUG=False, **settings_):
+            status, headers, body, hops = _request(handler_class(), path_ if name != "grouped, plain" else "/exempt")
+        cookies = sorted(value.split("=")[0] for key, value in headers.items() if key == "set-cookie")
+        seen[name] = (status, cookies, body, hops, Session.objects.count())
+    django_answer, ours, plain = seen["django"], seen["grouped"], seen["grouped, plain"]
+    assert ours[:3] == django_answer[:3], seen
+    if path_ == "/session":
+        assert ours[4] == django_answer[4] + 1, seen  # saved by both
+    # Django: a hop per method of each; grouped: none but those a member needs
+    assert ours[3] == plain[3] + extra_hops, seen
+    assert plain[3] == 3  # request_started's (not quiet here), the view's (a sync view) and the close's

@@ -215,3 +215,37 @@ def test_a_thread_that_must_not_starve_leaves_the_idle_cgroup_it_inherited():
     # then that thread leaves it with keep_normal: the idle group would still give it only idle cores
     group = "/" + cpu_policy.IDLE_CGROUP
     assert in_a_thread(job_thread) == (group, group, "/")
+
+
+def _in_a_session_of_its_own(policy: str, enabled: str, group: str) -> bool:
+    """favour_own_autogroup's answer in a forked child that leads a new session (as `manage.py
+    start` makes a server's)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        os.setsid()
+        answer = cpu_policy.favour_own_autogroup(policy, enabled, group)
+        os.write(write, b"1" if answer else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    return answer == b"1"
+
+
+def test_an_idle_policy_server_leading_its_session_gives_its_autogroup_more_weight_and_fails_quietly(tmp_path):
+    enabled, group = tmp_path / "enabled", tmp_path / "autogroup"
+    enabled.write_text("1\n")
+    group.write_text("")
+    assert _in_a_session_of_its_own("idle", str(enabled), str(group)) is True
+    assert group.read_text() == str(cpu_policy.SERVER_AUTOGROUP_NICE) == "-10"
+    group.write_text("")
+    assert _in_a_session_of_its_own("normal", str(enabled), str(group)) is False  # only under idle
+    enabled.write_text("0\n")
+    assert _in_a_session_of_its_own("idle", str(enabled), str(group)) is False  # autogroup off
+    assert group.read_text() == ""
+    enabled.write_text("1\n")
+    # not permitted (here a folder in the file's place: an OSError, as EPERM would be): False, no raise
+    assert _in_a_session_of_its_own("idle", str(enabled), str(tmp_path)) is False
