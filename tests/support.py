@@ -670,3 +670,39 @@ def declared(job_type) -> Iterator[object]:
         yield job_type
     finally:
         registry.remove(job_type.name)
+
+
+async def asgi_get(app: Callable[..., object], path: str, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, bytes]:
+    """`GET path` through the ASGI `app` as uvicorn sends it: the request, then `http.disconnect`
+    once the response has ended; (status, body)."""
+    import asyncio
+
+    answered = asyncio.Event()
+    status: list[int] = []
+    body: list[bytes] = []
+    requested = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(int(message["status"]))  # type: ignore[call-overload]
+        else:
+            body.append(bytes(message.get("body", b"")))  # type: ignore[arg-type]
+            if not message.get("more_body", False):
+                answered.set()
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"testserver"), *(headers or [])], "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    await app(scope, receive, send)  # type: ignore[operator]
+    return status[0], b"".join(body)

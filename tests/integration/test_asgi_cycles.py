@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from tests.support import in_server_loop
+from tests.support import asgi_get, in_server_loop
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished
@@ -58,37 +58,8 @@ def servers_handler() -> Any:
 
 
 async def _get(app: Callable[..., Awaitable[None]], path: str, token: str) -> tuple[int, bytes]:
-    """`GET path` through `app` as uvicorn sends it: the request, then `http.disconnect` once the
-    response has ended."""
-    answered = asyncio.Event()
-    status: list[int] = []
-    body: list[bytes] = []
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await answered.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-        else:
-            body.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                answered.set()
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
-    }
-    await app(scope, receive, send)
-    return status[0], b"".join(body)
+    """`GET path` through `app` as uvicorn sends it, with the token."""
+    return await asgi_get(app, path, [(b"authorization", f"Bearer {token}".encode())])
 
 
 async def _cyclic_garbage(app: Any, paths: list[str], token: str) -> collections.Counter[str]:

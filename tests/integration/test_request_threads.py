@@ -23,6 +23,7 @@ from django.urls import path
 from jobs.interfaces import streams
 from project import request_threads
 from project.asgi_handler import Handler
+from tests.support import asgi_get
 
 
 _serials = itertools.count(1)
@@ -68,34 +69,7 @@ def handler(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _get(app: Any, path_: str) -> tuple[int, bytes]:
     """GET through `app` as uvicorn sends it (the disconnect after the response)."""
-    answered = asyncio.Event()
-    status: list[int] = []
-    body: list[bytes] = []
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await answered.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-        else:
-            body.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                answered.set()
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-        "path": path_, "raw_path": path_.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
-    }
-    asyncio.run(app(scope, receive, send))
-    return status[0], b"".join(body)
+    return asyncio.run(asgi_get(app, path_))
 
 
 def _request_threads() -> set[int]:
