@@ -281,25 +281,32 @@ CSRF_CASES = [
 ]
 
 
+def _three_ways(middleware: list[str], method: str, path_: str, body: bytes,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[tuple, tuple, tuple]:
+    """A form request through Django's handler, the grouped one, and the grouped one with CSRF's
+    process_view not known to read nothing (in a thread): (status, x- headers, body, calls, hops) each."""
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    seen = []
+    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__, DEBUG=False):
+        for handler_class, always_a_hop in ((ASGIHandler, False), (Grouped, False), (Grouped, True)):
+            if always_a_hop:
+                monkeypatch.setattr(onehop, "VIEW_ON_LOOP", {})
+            CALLS.clear()
+            status, headers, answer, hops = _request(handler_class(), path_, headers=form, method=method, body_in=body)
+            seen.append((status, {k: v for k, v in headers.items() if k.startswith("x-")}, answer, list(CALLS), hops))
+    return seen[0], seen[1], seen[2]
+
+
 @pytest.mark.parametrize(("method", "path_", "body"), CSRF_CASES)
 def test_a_group_with_view_checks_not_known_to_read_nothing_runs_them_in_a_thread(
     method: str, path_: str, body: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     middleware = ["django.middleware.csrf.CsrfViewMiddleware", *PROBE_MIDDLEWARE]
-    form = [(b"content-type", b"application/x-www-form-urlencoded")]
-    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__, DEBUG=False):
-        seen = {}
-        for name, handler_class in (("django", ASGIHandler), ("grouped", Grouped), ("always a hop", Grouped)):
-            if name == "always a hop":  # CSRF's process_view not known to read nothing: in a thread
-                monkeypatch.setattr(onehop, "VIEW_ON_LOOP", {})
-            CALLS.clear()
-            status, headers, answer, hops = _request(handler_class(), path_, headers=form, method=method, body_in=body)
-            seen[name] = (status, {k: v for k, v in headers.items() if k.startswith("x-")}, answer, list(CALLS), hops)
-    django_answer, ours, hopping = seen["django"], seen["grouped"], seen["always a hop"]
-    assert ours[:4] == django_answer[:4] == hopping[:4], seen
-    assert django_answer[0] == (403 if path_ == "/probe" and method == "POST" else 200), seen
+    django_answer, ours, hopping = _three_ways(middleware, method, path_, body, monkeypatch)
+    assert ours[:4] == django_answer[:4] == hopping[:4], (django_answer, ours, hopping)
+    assert django_answer[0] == (403 if path_ == "/probe" and method == "POST" else 200), (django_answer, ours, hopping)
     # the probe's members have a process_view of their own, not known to read nothing: a hop as before
-    assert ours[4] == hopping[4], seen
+    assert ours[4] == hopping[4], (django_answer, ours, hopping)
 
 
 @pytest.mark.parametrize(("method", "path_", "body"), CSRF_CASES)
@@ -307,21 +314,12 @@ def test_a_group_whose_only_view_check_is_csrfs_takes_no_hop_for_it_where_csrf_r
     method: str, path_: str, body: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     middleware = ["django.middleware.csrf.CsrfViewMiddleware", f"{__name__}.NoView"]
-    form = [(b"content-type", b"application/x-www-form-urlencoded")]
-    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__, DEBUG=False):
-        seen = {}
-        for name, handler_class in (("django", ASGIHandler), ("grouped", Grouped), ("always a hop", Grouped)):
-            if name == "always a hop":
-                monkeypatch.setattr(onehop, "VIEW_ON_LOOP", {})
-            CALLS.clear()
-            status, headers, answer, hops = _request(handler_class(), path_, headers=form, method=method, body_in=body)
-            seen[name] = (status, {k: v for k, v in headers.items() if k.startswith("x-")}, answer, list(CALLS), hops)
-    django_answer, ours, hopping = seen["django"], seen["grouped"], seen["always a hop"]
-    assert ours[:4] == django_answer[:4] == hopping[:4], seen
+    django_answer, ours, hopping = _three_ways(middleware, method, path_, body, monkeypatch)
+    assert ours[:4] == django_answer[:4] == hopping[:4], (django_answer, ours, hopping)
     rejected = path_ == "/probe" and method == "POST"
-    assert django_answer[0] == (403 if rejected else 200), seen
+    assert django_answer[0] == (403 if rejected else 200), (django_answer, ours, hopping)
     # a POST that CSRF must check (it reads the body) still goes to a thread; the others do not
-    assert ours[4] == hopping[4] - (0 if rejected else 1), seen
+    assert ours[4] == hopping[4] - (0 if rejected else 1), (django_answer, ours, hopping)
 
 
 @pytest.fixture
@@ -400,14 +398,16 @@ def test_a_token_auth_that_loads_refuses_a_sync_route() -> None:
         auth(RequestFactory().get("/api/jobs/1", HTTP_AUTHORIZATION="Bearer x"))
 
 
-DJANGOS_RUN = [  # the servers' run of plain middleware (project/settings.py MIDDLEWARE)
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-]
+def _djangos_run() -> list[str]:
+    """The servers' run of plain middleware (project/settings.py MIDDLEWARE: Session .. XFrameOptions)."""
+    from django.conf import settings
+
+    first = settings.MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware")
+    last = settings.MIDDLEWARE.index("django.middleware.clickjacking.XFrameOptionsMiddleware")
+    return settings.MIDDLEWARE[first:last + 1]
+
+
+DJANGOS_RUN = _djangos_run()
 #: view, settings: the thread hops beside those of a request whose middleware all stay on the loop
 WRITES = [
     ("/probe", {}, 0),
