@@ -134,7 +134,7 @@ class TokenAuth(HttpBearer):
     `load` (async routes only): what the view will read first, done in the same thread hop as the
     token's check, right after it succeeded (the check and the read each took a hop of their own
     from the event loop to the request's thread: each hop a wake-up of a thread and of the loop,
-    README "HTTP under load"). `load(request)` returns the value (None: nothing loaded); the view
+    docs/performance.md "HTTP under load"). `load(request)` returns the value (None: nothing loaded); the view
     takes it with `loaded(request)`, which raises what `load` raised (a 404 stays the view's)."""
 
     def __init__(self, family: str | None = None, query: bool = False,

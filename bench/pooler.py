@@ -1,5 +1,5 @@
 """`python -m bench.pooler`: end-to-end jobs/s with the workers' database through PgBouncer in
-transaction mode, next to PostgreSQL direct, in one run (the README's scale table: "through the
+transaction mode, next to PostgreSQL direct, in one run (docs/performance.md, "Through the
 pooler").
 
     python -m bench.pooler                          2,000 jobs a run, 3 rounds

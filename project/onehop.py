@@ -5,7 +5,7 @@ each in `sync_to_async` (a hop from the event loop to the request's thread and b
 project's MIDDLEWARE made 14 hops per request that way, plus one for CSRF's `process_view`. A
 hop is cheap alone, but each is a wake-up of a thread and of the loop, and on a machine whose
 cores are busy with jobs every wake-up may wait for a core (bench.cluster traced 18 hops per
-`GET /api/jobs/{id}`, 14 of them middleware: README "HTTP under load").
+`GET /api/jobs/{id}`, 14 of them middleware: docs/performance.md "HTTP under load").
 
 `OneHopMiddleware`, mixed into the server's ASGI handler, builds the same chain from the same
 MIDDLEWARE (so Django's and the admin's checks, which read that list, see what they expect), but

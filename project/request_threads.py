@@ -6,7 +6,7 @@ the response's close) in a thread of the request's own: its ThreadSensitiveConte
 new thread (asgiref 3.13). That is two thread starts per request, each a wait of the event loop
 for the new thread to run (`Thread.start` blocks until it has), then two exits and a wake-up of
 the loop: on a machine whose cores are busy with jobs, each such wait may last until the next
-scheduler tick (README, "HTTP under load"). Here a request borrows an idle executor (one thread)
+scheduler tick (docs/performance.md, "HTTP under load"). Here a request borrows an idle executor (one thread)
 from the process's few, through asgiref's own `ThreadSensitiveContext(executor=...)`, and gives
 it back when it ends; a thread is made only when none is idle, as before.
 

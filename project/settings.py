@@ -313,7 +313,7 @@ CONVEYOR = {
     # Jobs enqueued one by one in one process share Celery messages (jobs.engine.coalesce): a job's
     # message waits at most this long for others of its queue, priority and type, and only when one
     # of that kind went out less than this long ago (an idle process publishes at once). 0: off.
-    # 10 ms: bench.jobs' one by one 1.8x of not coalesced in the same rounds (README, Performance).
+    # 10 ms: bench.jobs' one by one 1.8x of not coalesced in the same rounds (docs/performance.md, "Coalesced publishes").
     "PUBLISH_COALESCE_MS": env.get_float("CONVEYOR_PUBLISH_COALESCE_MS", 10.0, minimum=0.0, maximum=1000.0),
     # A message of several job ids (coalesced, enqueue_many's, the relay's) that has run this long
     # gives the ids it has not started back to their queue, for any idle worker (jobs.tasks).

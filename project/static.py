@@ -6,7 +6,7 @@ that thread for its whole wait. This one serves static files as WhiteNoise does 
 file I/O) and hands every other request on without leaving the loop: with autorefresh (every
 setting but production's) WhiteNoise looks for the file on disk at each request, in a thread, but
 only a path under one of its prefixes can name a file, so any other (/api/, /admin/) goes on
-without that thread hop (a wake-up of a thread and of the loop: README, "HTTP under load").
+without that thread hop (a wake-up of a thread and of the loop: docs/performance.md, "HTTP under load").
 
 WhiteNoise's answer is a FileResponse, whose content is a synchronous iterator of 4 KiB blocks:
 Django's ASGI handler consumed it with a thread hop per block and logged, in every server

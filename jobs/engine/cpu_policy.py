@@ -256,7 +256,7 @@ def favour_own_autogroup(
     give that session's autogroup a higher weight than the other sessions'. True when done.
 
     Why: with the job threads in the idle cgroup, what was left of a request's wait behind them
-    (README, "HTTP under load") is the kernel's choice between the server's group and the idle
+    (docs/performance.md, "HTTP under load") is the kernel's choice between the server's group and the idle
     group when the server's has just run more than its share; a heavier group comes back to its
     share sooner. Measured (bench.cluster's split layout, the servers of the base and of this side
     by side, requests alternating): the loaded p99 53-76 ms against 125-199 without, the requests

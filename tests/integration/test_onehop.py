@@ -367,7 +367,7 @@ def test_get_job_through_the_servers_handler_takes_two_thread_hops_and_answers_a
         assert ours[2] == djangos[2], (name, djangos, ours)
         if name == "found":
             # the token's check with the row's read, the response's close (the middleware on the
-            # loop): a hop more fails this (README, "HTTP under load")
+            # loop): a hop more fails this (docs/performance.md, "HTTP under load")
             assert ours[3] == 2, (djangos[3], ours[3])
             assert djangos[3] >= 14, djangos[3]  # (request_started quiet for both here)
     # with ?wait the row is read after the wait, in a hop of its own (the answer the same)
