@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import celery
+import celery.states
+from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.exceptions import Retry, TaskRevokedError
 from celery.utils.imports import gen_task_name
@@ -145,9 +147,7 @@ def shared_task(*args: Any, **options: Any) -> Any:
     registered now (every process that imports the module knows it); the task object is Celery's,
     made by each app when it is finalized, with `DurableTask` as its base."""
     def make(fun: Callable[..., Any]) -> Any:
-        options.setdefault("base", DurableTask)
-        if not (isinstance(options["base"], type) and issubclass(options["base"], DurableTask)):
-            raise Unsupported(f"task {fun.__qualname__}: base= must be a DurableTask subclass for a durable task")
+        options["base"] = durable_base(options.get("base"), fun.__qualname__)
         name = options.get("name") or gen_task_name(celery.current_app, fun.__name__, fun.__module__)
         declare(name, {**_class_options(options["base"]), **options})
         return celery.shared_task(**options)(fun)
@@ -159,11 +159,36 @@ def shared_task(*args: Any, **options: Any) -> Any:
     return make
 
 
+#: DurableTask made from a project's own Celery task class (`base=MyTask`), one per class.
+_bases: dict[type, type] = {}
+
+
+def durable_base(base: Any, what: str) -> type:
+    """The task class of a durable task: DurableTask, a subclass of it, or, for a project's own
+    `celery.Task` subclass (Celery's `class MyTask(Task): def on_failure(...)` with
+    `@shared_task(base=MyTask)`), DurableTask mixed in before it (its handlers and attributes kept)."""
+    if base is None:
+        return DurableTask
+    if not (isinstance(base, type) and issubclass(base, Task)):
+        raise Unsupported(f"task {what}: base={base!r} must be a Celery Task class")
+    if issubclass(base, DurableTask):
+        return base
+    if base not in _bases:
+        _bases[base] = type(base.__name__, (DurableTask, base), {"__module__": base.__module__, "__qualname__": base.__qualname__})
+    return _bases[base]
+
+
 def _class_options(cls: type) -> dict[str, Any]:
-    """Options a DurableTask subclass sets as class attributes (a base class's retry policy)."""
+    """Options a task class sets as class attributes (a base class's retry policy), its own or its
+    bases' (not Celery's or DurableTask's defaults)."""
     names = ("max_retries", "default_retry_delay", "rate_limit", "time_limit", "soft_time_limit", "priority",
-             "queue", "serializer", "ignore_result")
-    return {n: getattr(cls, n) for n in names if getattr(cls, n, None) is not None and n in vars(cls)}
+             "queue", "serializer", "ignore_result", "autoretry_for", "retry_backoff")
+    found: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is DurableTask or not issubclass(klass, Task) or klass.__module__.startswith("celery."):
+            continue
+        found.update({n: vars(klass)[n] for n in names if vars(klass).get(n) is not None})
+    return found
 
 
 class DurableTask(Task):
@@ -188,20 +213,17 @@ class DurableTask(Task):
 
     # -- calls --------------------------------------------------------------------------------
 
-    def chunks(self, it: Any, n: int) -> Any:
-        from conveyor_celery.unsupported import chunks
+    # chunks / map / starmap are Celery's own (`Task.chunks`, `.map`, `.starmap`): their
+    # signatures run durably through canvas.install (a map is one job of this task).
 
-        return chunks(self.name)
-
-    def map(self, it: Any) -> Any:
-        from conveyor_celery.unsupported import xmap
-
-        return xmap(self.name)
-
-    def starmap(self, it: Any) -> Any:
-        from conveyor_celery.unsupported import xstarmap
-
-        return xstarmap(self.name)
+    def replace(self, sig: Any) -> Any:
+        """Refused: Celery's `self.replace(sig)` hands this task's place in its canvas (and its
+        result) to a new canvas sent from inside the run; a job's outcome and its chain's next step
+        are fixed when the job ends, so the replacement's result could not become this job's."""
+        raise Unsupported(
+            f"task {self.name!r}: self.replace() is not supported on durable tasks: return a value and chain the "
+            "rest (task.s() | next.s()), or start the new canvas and return its id"
+        )
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
@@ -278,6 +300,9 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
         return None
     if extra.get("prev"):
         args.insert(0, _previous(ctx))
+    if extra.get("errback_of"):  # Celery's errback(request, exc, traceback), of the failed job's row
+        args[:0] = _failure_of(int(extra["errback_of"]))
+    mapping = extra.get("map")
     request = {
         "id": str(ctx.job_id), "retries": ctx.attempt - 1, "args": args, "kwargs": kwargs,
         "is_eager": False, "called_directly": False, "conveyor_job": ctx.job_id, "task": name,
@@ -291,26 +316,76 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
     }
     task.push_request(**request)
     stopper = Revoked(ctx)
+    # Celery's handlers of the task's class (before_start, on_success, on_retry, on_failure,
+    # after_return), called as Celery's tracer calls them; a map's calls are the function's only.
+    handlers = not mapping
+    job_id = str(ctx.job_id)
     try:
-        result = task.run(*args, **kwargs)
+        if handlers:
+            task.before_start(job_id, args, kwargs)
+        if mapping:  # Celery's xmap / xstarmap: the function per item, in order, in this one job
+            star = mapping.get("star")
+            result = [task.run(*item) if star else task.run(item) for item in mapping.get("items") or ()]
+        else:
+            result = task.run(*args, **kwargs)
     except Retry as retry:
         _retry.countdown = getattr(retry, "countdown", None)
+        if handlers:
+            _handle(task, "on_retry", retry.exc if isinstance(retry.exc, BaseException) else retry, job_id, args, kwargs,
+                    ExceptionInfo())
+            _handle(task, "after_return", celery.states.RETRY, retry, job_id, args, kwargs, ExceptionInfo())
         if isinstance(retry.exc, BaseException):
             raise retry.exc from None
         raise
     except Exception as exc:
         # Celery does not retry a task that raised (only retry() and autoretry_for do): its last attempt.
+        if handlers and not isinstance(exc, TaskRevokedError):
+            einfo = ExceptionInfo()
+            _handle(task, "on_failure", exc, job_id, args, kwargs, einfo)
+            _handle(task, "after_return", celery.states.FAILURE, exc, job_id, args, kwargs, einfo)
         kind = type(exc)
         qualified = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         raise Permanent(f"{qualified}: {exc}") from exc
+    else:
+        if handlers:
+            _handle(task, "on_success", result, job_id, args, kwargs)
+            _handle(task, "after_return", celery.states.SUCCESS, result, job_id, args, kwargs, None)
     finally:
         stopper.stop()
         task.pop_request()
-    # ignore_result as the task declares it (Conveyor's app sets task_ignore_result: no Celery
-    # result backend; the row is the result).
-    if declared.get(name, {}).get("ignore_result") and ctx.chain_id is None:
+    # ignore_result as the call (else the task) asks (Conveyor's app sets task_ignore_result: no
+    # Celery result backend; the row is the result).
+    ignore = extra.get("ignore_result", declared.get(name, {}).get("ignore_result"))
+    if ignore and ctx.chain_id is None:
         return None
     return result
+
+
+def _handle(task: Task, handler: str, *args: Any) -> None:
+    """One of the task class's handlers; an exception from it is logged, as Celery's tracer logs
+    it, and does not change the outcome."""
+    try:
+        getattr(task, handler)(*args)
+    except Exception:
+        log.exception("task %s: its %s handler raised", task.name, handler)
+
+
+def _failure_of(job_id: int) -> list[Any]:
+    """What Celery passes an errback of the form `errback(request, exc, traceback)`: the failed
+    task's request (its id, name, args, kwargs), its exception (rebuilt from the stored traceback,
+    as `AsyncResult.result` is) and its traceback text."""
+    from celery.app.task import Context
+
+    from conveyor_celery.errors import exception_from
+    from jobs.models import Job
+
+    failed = Job.objects.values("type", "input", "error", "chain_id", "parent_id").get(pk=job_id)
+    data = failed["input"] or {}
+    request = Context(id=str(job_id), task=failed["type"], args=list(data.get("args") or ()),
+                      kwargs=dict(data.get("kwargs") or {}), root_id=(data.get("celery") or {}).get("root_id") or str(job_id),
+                      parent_id=str(failed["parent_id"]) if failed["parent_id"] else None,
+                      group=None, is_eager=False, called_directly=False)
+    return [request, exception_from(failed["error"]), failed["error"]]
 
 
 class Revoked:

@@ -13,7 +13,11 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from conveyor_celery import AsyncResult, Unsupported, shared_task
 from conveyor_celery.beat import Scheduler
 from conveyor_celery.errors import exception_from
-from examples.celery_django.demoapp.tasks import add, charge, div, fetch, legacy_remember, mul, resize, xsum
+from django.core.cache import cache
+
+from examples.celery_django.demoapp.tasks import (
+    add, charge, div, error_handler, fetch, legacy_remember, mul, my_task, resize, tsum, xsum,
+)
 from examples.models import Effect
 from jobs.engine import runner
 from jobs.models import Chain, Job
@@ -77,10 +81,10 @@ def test_refused_with_a_clear_error():
         @shared_task(serializer="pickle")
         def pickled(x):
             return x
-    with pytest.raises(Unsupported, match="chunks is not supported"):
-        add.chunks(zip(range(10), range(10)), 2)
-    with pytest.raises(Unsupported, match="starmap"):
-        add.starmap([(1, 1)])
+    with pytest.raises(Unsupported, match="starmap items must be sequences"):
+        add.starmap([1, 2]).apply_async()
+    with pytest.raises(Unsupported, match="link=/link_error= on a map/starmap"):
+        tsum.map([[1]]).apply_async(link=mul.s(2))
     with pytest.raises(Unsupported, match="mixes durable tasks with plain Celery tasks"):
         chain(add.s(1, 1), legacy_remember.s("k"))()
     with pytest.raises(Unsupported, match="queue='other' at call time"):
@@ -232,3 +236,86 @@ def test_flowers_apply_and_async_apply_read_a_calls_result_through_its_backend()
     # and once the job ran, the state and result Flower shows are the row's
     run(result)
     assert (result.state, result.get(timeout=5, propagate=False)) == ("SUCCESS", 9)
+
+
+def _run_chain_step(chain_id: int, index: int) -> list[Job]:
+    jobs = list(Job.objects.filter(chain_id=chain_id, chain_index=index).order_by("member"))
+    for job in jobs:
+        runner.execute(job.pk, worker=WORKER)
+    return [Job.objects.get(pk=job.pk) for job in jobs]
+
+
+def test_map_starmap_and_chunks_as_celerys_canvas_guide_writes_them():
+    # map: one job of the task, calling its function per item (the canvas guide's ~tsum.map(...))
+    mapped = tsum.map([list(range(10)), list(range(100))]).apply_async()
+    job = run(mapped)
+    assert (job.type, job.status, job.output) == (tsum.name, "succeeded", [45, 4950])
+    assert mapped.get(timeout=5) == [45, 4950]
+    # starmap, delayed as the guide delays it: one job, due in 10 s
+    later = add.starmap(zip(range(10), range(10))).apply_async(countdown=10)
+    assert Job.objects.get(pk=int(later.id)).run_after > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=8)
+    assert run(add.starmap(zip(range(10), range(10))).apply_async()).output == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    # chunks: a group of starmaps, one job per chunk; the result is the list of the chunks' lists
+    res = add.chunks(zip(range(100), range(100)), 10)()
+    chain_id = int(res.id.split(":")[1])
+    assert [j.status for j in _run_chain_step(chain_id, 0)] == ["succeeded"] * 10
+    assert res.get(timeout=5) == [[2 * (10 * c + i) for i in range(10)] for c in range(10)]
+    # a chunks inside a chord: its starmaps are the header, the body gets their lists
+    body = chord(add.chunks(zip(range(4), range(4)), 2), xsum.s())()
+    steps = Chain.objects.get(pk=int(body.id.split(":")[1])).steps
+    assert [m["input"]["celery"]["map"]["items"] for m in steps[0]["group"]] == [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]
+    assert steps[1]["type"] == xsum.name
+
+
+def test_a_list_of_links_each_gets_the_tasks_result():
+    # the calling guide: add.apply_async((2, 2), link=[add.s(16), other_task.s()]): every callback
+    # is called with the parent's return value (not one after the other)
+    result = add.apply_async((2, 2), link=[add.s(16), mul.s(10)])
+    assert run(result).output == 4
+    chain_id = Job.objects.get(pk=int(result.id)).chain_id
+    assert [j.output for j in _run_chain_step(chain_id, 1)] == [20, 40]
+
+
+def test_ignore_result_as_a_call_option():
+    # the calling guide: apply_async((1, 2), ignore_result=True).get() is None; False keeps it
+    ignored = add.apply_async((1, 2), ignore_result=True)
+    assert run(ignored).output is None and ignored.get(timeout=5) is None
+    kept = add.apply_async((1, 2), ignore_result=False)
+    assert run(kept).output == 3 and kept.get(timeout=5) == 3
+
+
+def test_an_errback_taking_request_exc_traceback_gets_them():
+    # the calling guide's error_handler(request, exc, traceback), linked with link_error=error_handler.s()
+    failed = div.apply_async((1, 0), link_error=error_handler.s())
+    assert run(failed).status == "dead"
+    errback = Job.objects.get(type=error_handler.name, input__celery__errback_of=int(failed.id))
+    runner.execute(errback.pk, worker=WORKER)
+    assert Job.objects.get(pk=errback.pk).status == "succeeded"
+    seen = cache.get(f"demo:error_handler:{failed.id}")
+    assert seen["id"] == failed.id and seen["exc"] == "ZeroDivisionError('division by zero')"
+    assert "ZeroDivisionError: division by zero" in seen["traceback"]
+
+
+def test_a_base_task_classs_handlers_are_called():
+    # the tasks guide's MyTask(Task) with before_start / on_success / on_failure / after_return,
+    # used as @shared_task(base=MyTask)
+    ok = my_task.delay(101, 2)
+    assert run(ok).output == 103
+    keys = ("before_start", "on_success", "on_failure", "after_return")
+    seen = {k: cache.get(f"demo:handlers:101:{k}") for k in keys}
+    assert seen == {"before_start": ok.id, "on_success": 103, "on_failure": None, "after_return": "SUCCESS"}
+    bad = my_task.delay(102, "x")
+    assert run(bad).status == "dead"
+    seen = {k: cache.get(f"demo:handlers:102:{k}") for k in keys}
+    assert seen["on_success"] is None and "TypeError" in seen["on_failure"] and seen["after_return"] == "FAILURE"
+
+
+@shared_task(bind=True, name="tests.from_celery.replacer")
+def replacer(self, x):
+    return self.replace(add.s(x, x))  # the tasks guide's self.replace(sig)
+
+
+def test_self_replace_fails_the_job_naming_it():
+    job = run(replacer.delay(2))
+    assert job.status == "dead" and "self.replace() is not supported on durable tasks" in job.error
+    assert not Job.objects.filter(type=add.name, input__args=[2, 2]).exists()  # no orphan canvas

@@ -97,3 +97,38 @@ def legacy_remember(key, value):
 def slow_add(x, y, seconds):
     time.sleep(seconds)
     return x + y
+
+
+@shared_task
+def tsum(numbers):
+    """The canvas guide's `tsum` (its map example: `~tsum.map([list(range(10)), list(range(100))])`)."""
+    return sum(numbers)
+
+
+@shared_task
+def error_handler(request, exc, traceback):
+    """The calling guide's error callback (`link_error=error_handler.s()`): Celery calls it with the
+    failed task's request, exception and traceback. It prints them there; here it records them."""
+    cache.set(f"demo:error_handler:{request.id}", {"id": request.id, "exc": repr(exc), "traceback": traceback}, 300)
+
+
+class MyTask(celery.Task):
+    """The tasks guide's handlers (`class MyTask(Task)` with `@app.task(base=MyTask)`): they print
+    there; here each records what it was given, under the task's first argument."""
+
+    def before_start(self, task_id, args, kwargs):
+        cache.set(f"demo:handlers:{args[0]}:before_start", task_id, 300)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        cache.set(f"demo:handlers:{args[0]}:on_success", retval, 300)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        cache.set(f"demo:handlers:{args[0]}:on_failure", repr(exc), 300)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        cache.set(f"demo:handlers:{args[0]}:after_return", status, 300)
+
+
+@shared_task(base=MyTask)
+def my_task(x, y):
+    return x + y
