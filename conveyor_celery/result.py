@@ -53,6 +53,18 @@ class Rows:
 ROWS = Rows()
 
 
+def _reported(job: Any) -> tuple[str, Any] | None:
+    """The state and meta a running task gave `update_state` (conveyor_celery.task.report_state)."""
+    import json
+
+    from conveyor_celery.task import STATE_MARK
+
+    if not job.progress_message.startswith(STATE_MARK):
+        return None
+    found = json.loads(job.progress_message[len(STATE_MARK):])
+    return found["state"], found["meta"]
+
+
 class AsyncResult:
     """A task's result as Celery's `AsyncResult` shows it, read from its job's row."""
 
@@ -107,6 +119,8 @@ class AsyncResult:
             return states.PENDING
         if self.id.startswith("chain:") and job.status == "succeeded" and not self._chain_finished():
             return states.STARTED
+        if job.status == "running" and (reported := _reported(job)) is not None:
+            return reported[0]
         return STATES[job.status]
 
     status = state
@@ -129,6 +143,8 @@ class AsyncResult:
     info = result
 
     def _value(self, job: Any) -> Any:
+        if job.status == "running" and (reported := _reported(job)) is not None:
+            return reported[1]  # update_state's meta, as Celery's `info` of a PROGRESS state
         if job.status == "succeeded":
             return self._output(job)
         if job.status in ("dead", "failed") and job.error:

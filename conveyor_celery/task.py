@@ -23,7 +23,7 @@ import celery
 import celery.states
 from billiard.einfo import ExceptionInfo
 from celery import Task
-from celery.exceptions import Retry, TaskRevokedError
+from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError
 from celery.utils.imports import gen_task_name
 
 from conveyor_celery.declarations import REFUSED_SERIALIZERS, declared, task_queue
@@ -225,6 +225,16 @@ class DurableTask(Task):
             "rest (task.s() | next.s()), or start the new canvas and return its id"
         )
 
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any) -> None:
+        """Celery's `update_state` (a custom state such as PROGRESS, with its meta) on the running
+        job's row: `AsyncResult.state` and `.info` show them while it runs (the row's progress
+        message holds them as JSON, its percent `meta`'s current/total when it has them). A
+        `state=SUCCESS` before `raise Ignore()` is the job's result."""
+        request = self.request
+        if not getattr(request, "conveyor_job", None) or (task_id is not None and str(task_id) != request.id):
+            return super().update_state(task_id, state, meta, **kwargs)
+        report_state(self.name, request.conveyor_job, request.retries + 1, state, meta)
+
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
@@ -264,6 +274,32 @@ class DurableTask(Task):
         return ret
 
 
+#: What `update_state` keeps in the row's progress message (its column holds 500 characters).
+STATE_MARK = "celery-state:"
+
+
+def report_state(name: str, job_id: int, attempt: int, state: Any, meta: Any) -> None:
+    """A custom state of the running job, on its row (`jobs.engine.store.progress`)."""
+    import json
+
+    from jobs.engine import store
+
+    state = state or celery.states.PENDING
+    try:
+        text = STATE_MARK + json.dumps({"state": str(state), "meta": meta}, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise Unsupported(f"task {name!r}: update_state(meta=...) must be JSON here: {exc}") from None
+    if len(text) > 500:
+        raise Unsupported(f"task {name!r}: update_state(meta=...) is {len(text)} characters as JSON; at most 500 "
+                          "are kept on a running job (report progress, return the data)")
+    percent = 0
+    if isinstance(meta, dict) and isinstance(meta.get("current"), (int, float)) and isinstance(meta.get("total"), (int, float)) \
+            and meta["total"] > 0:
+        percent = int(100 * meta["current"] / meta["total"])
+    store.progress(job_id, attempt, percent, text)
+    _retry.reported = (str(state), meta)
+
+
 def task_named(name: str) -> Task:
     task = _tasks.get(name)
     if task is None:
@@ -287,6 +323,7 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
     from jobs import Permanent
 
     _retry.countdown = None
+    _retry.reported = None
     # The type's on_finish (`_on_finish`) acts on a dead end only (which runs it whatever this
     # says): a success's outcome is then one statement in autocommit, no BEGIN ... COMMIT around it.
     ctx.finish_hook_needed = False
@@ -328,11 +365,20 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
             result = [task.run(*item) if star else task.run(item) for item in mapping.get("items") or ()]
         else:
             result = task.run(*args, **kwargs)
+    except Ignore:
+        # Celery's Ignore: the worker records nothing; the row must end, and ends SUCCESS with what
+        # the task reported as its success (update_state(state=SUCCESS, meta=...)), else None.
+        reported = getattr(_retry, "reported", None)
+        result = reported[1] if reported and reported[0] == celery.states.SUCCESS else None
+    except Reject as reject:
+        if reject.requeue:  # delivered again: the same row's next attempt, at once (counted)
+            _retry.countdown = 0
+            raise RuntimeError(f"Reject(requeue=True): {reject.reason!r}") from None
+        raise Permanent(f"celery.exceptions.Reject: {reject.reason!r}") from None
     except Retry as retry:
         _retry.countdown = getattr(retry, "countdown", None)
         if handlers:
-            _handle(task, "on_retry", retry.exc if isinstance(retry.exc, BaseException) else retry, job_id, args, kwargs,
-                    ExceptionInfo())
+            _handle(task, "on_retry", retry.exc, job_id, args, kwargs, ExceptionInfo())
             _handle(task, "after_return", celery.states.RETRY, retry, job_id, args, kwargs, ExceptionInfo())
         if isinstance(retry.exc, BaseException):
             raise retry.exc from None

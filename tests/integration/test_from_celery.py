@@ -16,7 +16,8 @@ from conveyor_celery.errors import exception_from
 from django.core.cache import cache
 
 from examples.celery_django.demoapp.tasks import (
-    add, charge, div, error_handler, fetch, legacy_remember, mul, my_task, resize, tsum, xsum,
+    add, charge, div, error_handler, fetch, get_tweets, legacy_remember, mul, my_task, requeues, resize, tsum,
+    upload_files, xsum,
 )
 from examples.models import Effect
 from jobs.engine import runner
@@ -319,3 +320,34 @@ def test_self_replace_fails_the_job_naming_it():
     job = run(replacer.delay(2))
     assert job.status == "dead" and "self.replace() is not supported on durable tasks" in job.error
     assert not Job.objects.filter(type=add.name, input__args=[2, 2]).exists()  # no orphan canvas
+
+
+def test_update_state_as_the_tasks_guide_writes_it(monkeypatch):
+    # update_state(state='PROGRESS', meta=...): the running row shows it (state, info, percent),
+    # read back after each report as another process reads it
+    from jobs.engine import store
+
+    progress = upload_files.delay(["a", "b", "c"])
+    seen = []
+    original = store.progress
+
+    def report_and_read(job_id, attempt, percent, message):
+        original(job_id, attempt, percent, message)
+        seen.append((AsyncResult(progress.id).state, AsyncResult(progress.id).info,
+                     Job.objects.values_list("progress", flat=True).get(pk=job_id)))
+
+    monkeypatch.setattr(store, "progress", report_and_read)
+    assert run(progress).output == 3
+    assert seen == [("PROGRESS", {"current": i, "total": 3}, 100 * i // 3) for i in range(3)]
+    assert progress.state == "SUCCESS"
+
+
+def test_ignore_and_reject_as_the_tasks_guide_writes_them():
+    # update_state(state=SUCCESS, meta=timeline) then raise Ignore(): SUCCESS with that result
+    tweets = get_tweets.delay("ann")
+    assert run(tweets).status == "succeeded" and tweets.get(timeout=5) == ["ann: hello", "ann: again"]
+    # Reject('no reason', requeue=True): delivered again at once, redelivered the second time
+    again = requeues.delay()
+    job = run(again)
+    assert (job.status, job.attempt) == ("failed", 1) and job.run_after <= dt.datetime.now(dt.timezone.utc)
+    assert run(again).output == "received two times" and again.state == "SUCCESS"

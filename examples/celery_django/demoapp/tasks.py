@@ -7,6 +7,8 @@ The one line that makes them durable on Conveyor is the import below: it was
 import time
 
 import celery
+import celery.exceptions
+import celery.states
 from django.core.cache import cache
 
 from conveyor_celery import shared_task  # was: from celery import shared_task
@@ -132,3 +134,31 @@ class MyTask(celery.Task):
 @shared_task(base=MyTask)
 def my_task(x, y):
     return x + y
+
+
+@shared_task(bind=True)
+def upload_files(self, filenames):
+    """The tasks guide's custom state: update_state(state='PROGRESS', meta={'current', 'total'})."""
+    for i, file in enumerate(filenames):
+        if not self.request.called_directly:
+            self.update_state(state='PROGRESS',
+                              meta={'current': i, 'total': len(filenames)})
+        time.sleep(0.3)  # the upload
+    return len(filenames)
+
+
+@shared_task(bind=True)
+def get_tweets(self, user):
+    """The tasks guide's result stored by hand: update_state(state=SUCCESS, meta=...) then Ignore."""
+    timeline = [f"{user}: hello", f"{user}: again"]  # twitter.get_timeline(user)
+    if not self.request.called_directly:
+        self.update_state(state=celery.states.SUCCESS, meta=timeline)
+    raise celery.exceptions.Ignore()
+
+
+@shared_task(bind=True, acks_late=True)
+def requeues(self):
+    """The tasks guide's Reject(requeue=True): runs again once, redelivered the second time."""
+    if not self.request.delivery_info['redelivered']:
+        raise celery.exceptions.Reject('no reason', requeue=True)
+    return 'received two times'
