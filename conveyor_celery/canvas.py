@@ -153,15 +153,16 @@ def _step(sig: dict[str, Any], prev: bool) -> Any:
     return Step(sig["task"], tasks.encode(sig["task"], sig["args"], sig["kwargs"], {"prev": True} if prev else {}))
 
 
-def enqueue_callback(sig: dict[str, Any], task_id: str) -> None:
+def enqueue_callback(sig: dict[str, Any], task_id: str, idempotency_key: str | None = None) -> None:
     """A `link_error` callback of a dead job, enqueued in its outcome's transaction."""
     from jobs import enqueue
 
     if sig.get("request"):  # errback(request, exc, traceback): built from the failed row when it runs
-        enqueue(sig["task"], tasks.encode(sig["task"], sig["args"], sig["kwargs"], {"errback_of": int(task_id)}))
-        return
-    args = sig["args"] if sig["immutable"] else [task_id, *sig["args"]]
-    enqueue(sig["task"], tasks.encode(sig["task"], args, sig["kwargs"]))
+        data = tasks.encode(sig["task"], sig["args"], sig["kwargs"], {"errback_of": int(task_id)})
+    else:
+        args = sig["args"] if sig["immutable"] else [task_id, *sig["args"]]
+        data = tasks.encode(sig["task"], args, sig["kwargs"])
+    enqueue(sig["task"], data, idempotency_key=idempotency_key)
 
 
 # -- canvas -> plan ---------------------------------------------------------------------------

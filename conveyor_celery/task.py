@@ -496,15 +496,43 @@ def _expire(job_id: int) -> None:
 def _on_finish(job_id: int, status: str) -> None:
     """In the transaction recording a job's final outcome: a dead job's `link_error` callbacks are
     enqueued (in that transaction: they exist if and only if the failure is recorded), each called
-    with the failed task's id (Celery's errback form `errback(task_id)`)."""
+    as Celery calls it (`errback(task_id)`, or `errback(request, exc, traceback)`); and when this
+    end failed a chord (a header member died), the body's own `link_error` callbacks, once (the
+    canvas guide's `group(...) | tsum.s().on_error(on_chord_error.s())`)."""
     if status != "dead":
         return
     from jobs.models import Job
 
-    data = Job.objects.values_list("input", flat=True).get(pk=job_id) or {}
-    errbacks = (data.get("celery") or {}).get("link_error") or []
-    if errbacks:
-        from conveyor_celery import canvas
+    from conveyor_celery import canvas
 
-        for sig in errbacks:
-            canvas.enqueue_callback(sig, str(job_id))
+    job = Job.objects.values("input", "chain_id", "chain_index", "member").get(pk=job_id)
+    data = job["input"] or {}
+    for sig in (data.get("celery") or {}).get("link_error") or []:
+        canvas.enqueue_callback(sig, str(job_id))
+    if job["member"] is not None and job["chain_id"] is not None:
+        _chord_errbacks(job_id, job["chain_id"], job["chain_index"])
+
+
+def _chord_errbacks(job_id: int, chain_id: int, index: int) -> None:
+    """A chord's body never runs once a header member died: its errbacks are enqueued by the end
+    that failed the chain (the chain's row, locked by every end of its jobs, was finished in this
+    transaction), each once (its key), called with the failed member's id (Celery: the body's)."""
+    from django.db import connection
+
+    from jobs.models import Job
+
+    from conveyor_celery import canvas
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT steps FROM jobs_chain WHERE id = %s AND status = 'failed' AND finished_at = now()", [chain_id])
+        row = cursor.fetchone()
+    if row is None:
+        return
+    steps = row[0] if isinstance(row[0], list) else __import__("json").loads(row[0])
+    body = steps[index + 1] if index + 1 < len(steps) else None
+    if not body or "group" in body:
+        return
+    for n, sig in enumerate(((body.get("input") or {}).get("celery") or {}).get("link_error") or []):
+        key = f"celery:chord-errback:{chain_id}:{n}"
+        if not Job.objects.filter(idempotency_key=key).exists():
+            canvas.enqueue_callback(sig, str(job_id), idempotency_key=key)

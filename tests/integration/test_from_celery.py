@@ -351,3 +351,20 @@ def test_ignore_and_reject_as_the_tasks_guide_writes_them():
     job = run(again)
     assert (job.status, job.attempt) == ("failed", 1) and job.run_after <= dt.datetime.now(dt.timezone.utc)
     assert run(again).output == "received two times" and again.state == "SUCCESS"
+
+
+def test_a_chord_bodys_errback_is_called_once_when_a_header_member_fails():
+    # the canvas guide: (group(...) | tsum.s().on_error(on_chord_error.s())).delay(), a header
+    # member raising: the body never runs; its errback is called once, with the failure
+    from examples.celery_django.demoapp.tasks import on_chord_error, raising_task
+
+    c = (group([add.s(4, 4), raising_task.s(), raising_task.s()]) | tsum.s().on_error(on_chord_error.s())).delay()
+    chain_id = int(c.id.split(":")[1])
+    members = _run_chain_step(chain_id, 0)
+    assert [m.status for m in members] == ["succeeded", "dead", "dead"]
+    errbacks = Job.objects.filter(type=on_chord_error.name)
+    assert errbacks.count() == 1  # two members died, the chord failed once
+    runner.execute(errbacks.get().pk, worker=WORKER)
+    assert cache.get(f"demo:on_chord_error:{members[1].pk}").startswith("KeyError(")
+    with pytest.raises(KeyError):
+        c.get(timeout=5)

@@ -162,3 +162,15 @@ def requeues(self):
     if not self.request.delivery_info['redelivered']:
         raise celery.exceptions.Reject('no reason', requeue=True)
     return 'received two times'
+
+
+@shared_task
+def raising_task():
+    """The canvas guide's failing chord member."""
+    raise KeyError("raising_task")
+
+
+@shared_task
+def on_chord_error(request, exc, traceback):
+    """The canvas guide's chord errback (`tsum.s().on_error(on_chord_error.s())`): prints there."""
+    cache.set(f"demo:on_chord_error:{request.id}", repr(exc), 300)
