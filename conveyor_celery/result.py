@@ -1,6 +1,7 @@
 """Celery's result handles, backed by the rows: `AsyncResult`, `GroupResult`.
 
-An id is the job's id (`"42"`), `"chain:7"` for a chain (its last step's result) or
+An id is the job's id (`"42"`), `"chain:7"` for a chain (its last step's result; `"chain:7:1"`
+its step 1's, what `res.parent` gives) or
 `"group:7"` for a group started alone; a task called with `task_id=` has the id it was given (the
 job's idempotency key `celery:<id>`). `AsyncResult(id)` in any process reads the same row.
 `get()` waits with `jobs.wait` / `jobs.wait_chain` (LISTEN/NOTIFY: no polling).
@@ -72,7 +73,30 @@ class AsyncResult:
 
     def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Any = None, parent: Any = None) -> None:  # noqa: A002 - Celery's name
         self.id = str(id)
-        self.parent = parent
+        self._parent = parent
+
+    def _chain_ref(self) -> tuple[int, int | None]:
+        """(chain id, step index) of a `chain:<id>` (None: the chain's last step) or `chain:<id>:<step>` id."""
+        parts = self.id.split(":")
+        return int(parts[1]), (int(parts[2]) if len(parts) > 2 else None)
+
+    @property
+    def parent(self) -> AsyncResult | None:
+        """A chain's previous step's result (Celery's `res.parent`, `res.parent.parent`): a
+        `chain:<id>:<step>` result; None for the first step and for a job called alone."""
+        if self._parent is not None or not self.id.startswith("chain:"):
+            return self._parent
+        from jobs.models import Chain
+
+        chain_id, step = self._chain_ref()
+        if step is None:
+            steps = Chain.objects.filter(pk=chain_id).values_list("steps", flat=True).first()
+            step = len(steps or ()) - 1
+        return AsyncResult(f"chain:{chain_id}:{step - 1}") if step > 0 else None
+
+    @parent.setter
+    def parent(self, value: Any) -> None:
+        self._parent = value
 
     task_id = property(lambda self: self.id)
 
@@ -98,18 +122,24 @@ class AsyncResult:
         return query.first()
 
     def _chain_job(self) -> Any:
-        """A chain's deciding job: its failed step's if it failed, else its last job."""
+        """A chain's deciding job: its failed step's if it failed, else its last job. For one step
+        (`chain:<id>:<step>`): a member that ended badly, else one not ended, else its last."""
         from jobs.models import Job
 
-        chain_id = int(self.id.split(":", 1)[1])
+        chain_id, step = self._chain_ref()
         jobs = Job.objects.filter(chain_id=chain_id)
+        if step is not None:
+            jobs = jobs.filter(chain_index=step)
+            unfinished = jobs.filter(status__in=("pending", "running", "failed")).order_by("member").first()
+            bad = jobs.filter(status__in=("dead", "cancelled")).order_by("member").first()
+            return bad or unfinished or jobs.order_by("-member", "-id").first()
         bad = jobs.filter(status__in=("dead", "cancelled")).order_by("chain_index", "member").first()
         return bad or jobs.order_by("-chain_index", "-member", "-id").first()
 
     def _chain_finished(self) -> bool | None:
         from jobs.models import Chain
 
-        status = Chain.objects.filter(pk=int(self.id.split(":", 1)[1])).values_list("status", flat=True).first()
+        status = Chain.objects.filter(pk=self._chain_ref()[0]).values_list("status", flat=True).first()
         return None if status is None else status != "running"
 
     @property
@@ -117,7 +147,7 @@ class AsyncResult:
         job = self._job()
         if job is None:
             return states.PENDING
-        if self.id.startswith("chain:") and job.status == "succeeded" and not self._chain_finished():
+        if self.id.startswith("chain:") and self._chain_ref()[1] is None and job.status == "succeeded" and not self._chain_finished():
             return states.STARTED
         if job.status == "running" and (reported := _reported(job)) is not None:
             return reported[0]
@@ -212,8 +242,21 @@ class AsyncResult:
 
         while True:
             try:
+                if self.id.startswith("chain:") and self._chain_ref()[1] is not None:
+                    job = self._job()
+                    if job is None or job.status in ("pending", "running", "failed"):
+                        # not made yet, or a member still running: wait for it, or the chain's end
+                        if job is None:
+                            wait_chain(self._chain_ref()[0], _remaining(deadline))
+                            job = self._job()
+                            if job is None:
+                                raise ValueError(f"no task {self.id}: its chain ended before this step ran")
+                            continue
+                        wait(job, _remaining(deadline))
+                        continue
+                    return job
                 if self.id.startswith("chain:"):
-                    wait_chain(int(self.id.split(":", 1)[1]), _remaining(deadline))
+                    wait_chain(self._chain_ref()[0], _remaining(deadline))
                     return self._job()
                 job = self._job()
                 if job is None:
@@ -235,8 +278,9 @@ class AsyncResult:
         from jobs.models import Job
 
         if self.id.startswith("chain:"):
-            chain_id = int(self.id.split(":", 1)[1])
-            for job in Job.objects.filter(chain_id=chain_id, status__in=("pending", "running", "failed")):
+            chain_id, step = self._chain_ref()
+            waiting = Job.objects.filter(chain_id=chain_id, status__in=("pending", "running", "failed"))
+            for job in waiting if step is None else waiting.filter(chain_index=step):
                 control.cancel(job)
         else:
             job = self._job()
@@ -294,6 +338,9 @@ class GroupResult:
     def completed_count(self) -> int:
         return sum(1 for r in self.results if r.successful())
 
+    def waiting(self) -> bool:
+        return any(not r.ready() for r in self.results)
+
     def get(self, timeout: float | None = None, propagate: bool = True, **more: Any) -> list[Any]:
         """Every member's result in order (Celery's `join`): each waited for until the one deadline."""
         deadline = _deadline(timeout)
@@ -304,6 +351,8 @@ class GroupResult:
         return out
 
     join = get
+
+    join = get  # Celery's join: the members' results in order
 
     def revoke(self, **options: Any) -> None:
         for r in self.results:

@@ -368,3 +368,21 @@ def test_a_chord_bodys_errback_is_called_once_when_a_header_member_fails():
     assert cache.get(f"demo:on_chord_error:{members[1].pk}").startswith("KeyError(")
     with pytest.raises(KeyError):
         c.get(timeout=5)
+
+
+def test_a_chains_parents_and_a_groups_waiting_and_join():
+    # the canvas guide: res = chain(add.s(4, 4), mul.s(8), mul.s(10))(); res.parent.get() -> 64
+    res = chain(add.s(4, 4), mul.s(8), mul.s(10))()
+    chain_id = int(res.id.split(":")[1])
+    assert res.parent.state == "PENDING" and not res.parent.ready()
+    for index in range(3):
+        _run_chain_step(chain_id, index)
+    assert res.get(timeout=5) == 640
+    assert res.parent.get(timeout=5) == 64 and res.parent.parent.get(timeout=5) == 8
+    assert res.parent.parent.parent is None
+    assert AsyncResult(res.id).parent.get(timeout=5) == 64  # rebuilt from the id alone
+    # a group's result: waiting() while a member has not run, join() its results in order
+    result = group([add.s(2, 2), add.s(4, 4)]).apply_async()
+    assert result.waiting() and not result.ready()
+    _run_chain_step(int(result.id.split(":")[1]), 0)
+    assert not result.waiting() and result.join(timeout=5) == [4, 8]
