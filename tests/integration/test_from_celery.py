@@ -386,3 +386,28 @@ def test_a_chains_parents_and_a_groups_waiting_and_join():
     assert result.waiting() and not result.ready()
     _run_chain_step(int(result.id.split(":")[1]), 0)
     assert not result.waiting() and result.join(timeout=5) == [4, 8]
+
+
+def test_a_beat_entrys_crontab_kwargs_and_options_as_the_periodic_tasks_guide_writes_them():
+    # the guide's crontab entry with kwargs, and options: expires (seconds) and priority, applied
+    # to the tick's job (expires counted from the tick's time: two beats write the same job)
+    from celery.schedules import crontab
+
+    before = celery_app.conf.beat_schedule
+    celery_app.conf.beat_schedule = {
+        "add-every-monday-morning": {"task": add.name, "schedule": crontab(hour=7, minute=30, day_of_week=1),
+                                     "args": (16,), "kwargs": {"y": 16},
+                                     "options": {"expire_seconds": 10, "priority": 2}},
+    }
+    try:
+        scheduler = Scheduler(app=celery_app)
+    finally:
+        celery_app.conf.beat_schedule = before
+    entry = Scheduler.Entry(PeriodicTask.objects.get(name="add-every-monday-morning"), app=celery_app)
+    sent = scheduler.apply_async(entry, advance=False)
+    again = scheduler.apply_async(entry, advance=False)
+    job = Job.objects.get(pk=int(sent.id))
+    assert again.id == sent.id and (job.input["args"], job.input["kwargs"], job.priority) == ([16], {"y": 16}, 2)
+    tick = dt.datetime.fromisoformat(job.idempotency_key.split("add-every-monday-morning:")[1].replace("Z", "+00:00"))
+    assert dt.datetime.fromisoformat(job.input["celery"]["expires"]) == tick + dt.timedelta(seconds=10)
+    scheduler.close()
