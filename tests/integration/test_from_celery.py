@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import celery
 import pytest
 from celery import chain, chord, group
 from django.db import transaction
@@ -411,3 +412,22 @@ def test_a_beat_entrys_crontab_kwargs_and_options_as_the_periodic_tasks_guide_wr
     tick = dt.datetime.fromisoformat(job.idempotency_key.split("add-every-monday-morning:")[1].replace("Z", "+00:00"))
     assert dt.datetime.fromisoformat(job.input["celery"]["expires"]) == tick + dt.timedelta(seconds=10)
     scheduler.close()
+
+
+class BaseTaskWithRetry(celery.Task):  # the tasks guide's class-based retry options, verbatim
+    autoretry_for = (TypeError,)
+    max_retries = 5
+    retry_backoff = True
+    retry_backoff_max = 700
+    retry_jitter = False
+
+
+@shared_task(base=BaseTaskWithRetry, name="tests.from_celery.with_base_retry")
+def with_base_retry(x):
+    raise TypeError(f"not yet: {x}")
+
+
+def test_a_base_class_with_retry_options_retries_as_it_declares():
+    job = run(with_base_retry.delay(1))
+    assert (job.status, job.attempt, job.max_attempts) == ("failed", 1, 6)  # max_retries = 5, from the class
+    assert dt.timedelta(seconds=0.5) < job.run_after - job.updated_at < dt.timedelta(seconds=1.5)  # backoff 1 s
