@@ -229,13 +229,39 @@ class AsyncResult:
         """Wait until the task is ready (SUCCESS, FAILURE or REVOKED) and return its result;
         FAILURE and REVOKED are raised unless `propagate=False`. celery.exceptions.TimeoutError
         after `timeout` seconds (None: wait as long as it takes)."""
-        job = self._wait(_deadline(timeout), timeout)
+        if on_message is not None:
+            job = self._watch(on_message, _deadline(timeout), timeout, interval)
+        else:
+            job = self._wait(_deadline(timeout), timeout)
         value = self._value(job)
         if propagate and job.status in ("dead", "cancelled"):
             raise value
         return value
 
     wait = get
+
+    def _watch(self, on_message: Any, deadline: float, timeout: float | None, interval: float) -> Any:
+        """`get(on_message=...)` (the calling guide's "On message"): each state the task goes
+        through (`update_state`'s PROGRESS and its meta, then its end) is handed to `on_message` as
+        Celery's result messages are, read from the row every `interval` seconds while it runs (a
+        state shorter than that may be missed; its end is still heard at once: the wait is the same)."""
+        last = None
+        while True:
+            step = min(deadline, time.monotonic() + max(0.05, float(interval)))
+            try:
+                job, done = self._wait(step, timeout), True
+            except CeleryTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                job, done = self._job(), False
+            state = self.state
+            message = {"task_id": self.id, "status": state, "result": self._value(job) if job is not None else None,
+                       "traceback": self.traceback if state == states.FAILURE else None, "children": []}
+            if (state, repr(message["result"])) != last:
+                last = (state, repr(message["result"]))
+                on_message(message)
+            if done:
+                return job
 
     def _wait(self, deadline: float, timeout: float | None) -> Any:
         from jobs import WaitTimeout, wait, wait_chain

@@ -20,7 +20,7 @@ from django.core.cache import cache
 from conveyor_celery import AsyncResult, GroupResult
 from examples.celery_django.demoapp import tests as sample_tests
 from examples.celery_django.demoapp.tasks import (
-    add, div, error_handler, fetch, get_tweets, legacy_remember, mul, my_task, on_chord_error, on_error, ping, requeues,
+    add, div, error_handler, fetch, get_tweets, hello, legacy_remember, mul, my_task, on_chord_error, on_error, ping, requeues,
     resize, slow, slow_add, sleep_then_remember, tsum, upload_files, xsum,
 )
 from jobs.models import Job
@@ -110,6 +110,18 @@ def test_calls_results_and_retries_as_rows(live):
     uploading = upload_files.delay(["a", "b", "c", "d"])
     wait_for(lambda: uploading.state == "PROGRESS", 20, interval=0.05, what="the PROGRESS state")
     assert uploading.info["total"] == 4 and uploading.get(timeout=20) == 4
+    # the calling guide's "On message": each state change handed to on_message, then the result
+    messages = []
+
+    def on_raw_message(body):
+        messages.append(body)
+
+    a, b = 1, 1
+    r = hello.apply_async(args=(a, b))
+    # (the row is read every `interval` s while it runs: a state shorter than that may be missed)
+    assert r.get(on_message=on_raw_message, propagate=False, timeout=20, interval=0.1) == "hello world: 2"
+    assert [(m["status"], m["result"]) for m in messages if m["status"] != "STARTED"][-3:] == [
+        ("PROGRESS", {"progress": 50}), ("PROGRESS", {"progress": 90}), ("SUCCESS", "hello world: 2")]
     assert get_tweets.delay("ann").get(timeout=20) == ["ann: hello", "ann: again"]
     assert requeues.delay().get(timeout=20) == "received two times"
 

@@ -174,3 +174,15 @@ def raising_task():
 def on_chord_error(request, exc, traceback):
     """The canvas guide's chord errback (`tsum.s().on_error(on_chord_error.s())`): prints there."""
     cache.set(f"demo:on_chord_error:{request.id}", repr(exc), 300)
+
+
+@shared_task(bind=True)
+def hello(self, a, b):
+    """The calling guide's "On message" task (its sleeps of 1 s halved), read with
+    `r.get(on_message=on_raw_message, propagate=False)`."""
+    time.sleep(0.5)
+    self.update_state(state="PROGRESS", meta={'progress': 50})
+    time.sleep(0.5)
+    self.update_state(state="PROGRESS", meta={'progress': 90})
+    time.sleep(0.5)
+    return 'hello world: %i' % (a+b)
