@@ -107,6 +107,11 @@ def job_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     docs/atomic.md)."""
     _check_options(name, options)
     max_retries = options.get("max_retries", Task.max_retries)
+    # autoretry_for's retry_kwargs={'max_retries': 5} (the tasks guide's form) is what its retry()
+    # calls ask: the row must allow that many attempts, above the task's own max_retries.
+    asked = (options.get("retry_kwargs") or {}).get("max_retries", max_retries)
+    if max_retries is not None:
+        max_retries = None if asked is None else max(int(max_retries), int(asked))
     soft = options.get("soft_time_limit") or _conf("task_soft_time_limit")
     hard = options.get("time_limit") or _conf("task_time_limit")
     timeout = int(soft or hard or 300)
@@ -182,7 +187,7 @@ def _class_options(cls: type) -> dict[str, Any]:
     """Options a task class sets as class attributes (a base class's retry policy), its own or its
     bases' (not Celery's or DurableTask's defaults)."""
     names = ("max_retries", "default_retry_delay", "rate_limit", "time_limit", "soft_time_limit", "priority",
-             "queue", "serializer", "ignore_result", "autoretry_for", "retry_backoff")
+             "queue", "serializer", "ignore_result", "autoretry_for", "retry_backoff", "retry_kwargs")
     found: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         if klass is DurableTask or not issubclass(klass, Task) or klass.__module__.startswith("celery."):

@@ -431,3 +431,21 @@ def test_a_base_class_with_retry_options_retries_as_it_declares():
     job = run(with_base_retry.delay(1))
     assert (job.status, job.attempt, job.max_attempts) == ("failed", 1, 6)  # max_retries = 5, from the class
     assert dt.timedelta(seconds=0.5) < job.run_after - job.updated_at < dt.timedelta(seconds=1.5)  # backoff 1 s
+
+
+class FailWhaleError(Exception):
+    pass
+
+
+@shared_task(autoretry_for=(FailWhaleError,), retry_kwargs={'max_retries': 5}, name="tests.from_celery.refresh_timeline")
+def refresh_timeline(user):  # the tasks guide's automatic retry with retry_kwargs
+    raise FailWhaleError(user)
+
+
+def test_retry_kwargs_max_retries_is_the_rows_attempts():
+    job = run(refresh_timeline.delay("ann"))
+    assert (job.status, job.max_attempts) == ("failed", 6)  # max_retries 5 from retry_kwargs, above the default 3
+    for _ in range(5):
+        Job.objects.filter(pk=job.pk).update(run_after=dt.datetime.now(dt.timezone.utc))
+        job = run(AsyncResult(str(job.pk)))
+    assert (job.status, job.attempt) == ("dead", 6) and "FailWhaleError" in job.error
