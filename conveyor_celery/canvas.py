@@ -20,12 +20,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from celery import Celery
 from celery import canvas as celery_canvas
+from celery.app.base import _OMITTED
 from celery.canvas import Signature, _basemap, _chain, _chord, group
 
 from conveyor_celery import declarations as tasks
 from conveyor_celery.errors import Unsupported
 
+#: `app.send_task` options a durable task's call applies (the others are IGNORED below).
+SEND_TASK_OPTIONS = {"countdown", "eta", "task_id", "expires", "link", "link_error", "priority", "queue", "ignore_result",
+                     "serializer"}
 #: Options of a call or a signature that the adapter applies; others are Celery's routing and
 #: messaging details with no meaning for a row (exchange, routing_key, headers, retry_policy...).
 IGNORED = {"exchange", "routing_key", "headers", "retry", "retry_policy", "connection", "publisher", "router",
@@ -361,6 +366,20 @@ _originals: dict[type, Any] = {}
 def install() -> None:
     """Wrap `apply_async` of chain, group and chord (once): a canvas of durable tasks is started
     here, any other runs as Celery runs it."""
+    if Celery not in _originals:  # app.send_task(name) of a durable task: its job, as task.apply_async
+        _originals[Celery] = send_original = Celery.send_task
+
+        def send_task(self: Any, name: str, args: Any = None, kwargs: Any = None, *rest: Any,
+                      __original: Any = send_original, **options: Any) -> Any:
+            if rest or name not in tasks.declared:
+                return __original(self, name, args, kwargs, *rest, **options)
+            from conveyor_celery.task import task_named
+
+            asked = {k: v for k, v in options.items() if k in SEND_TASK_OPTIONS and v is not None and v is not _OMITTED}
+            return task_named(name).apply_async(args, kwargs, **asked)
+
+        send_task.__doc__ = send_original.__doc__
+        Celery.send_task = send_task
     if _basemap not in _originals:  # task.map(it) / task.starmap(it) (a chunks is a group of starmaps)
         _originals[_basemap] = map_original = _basemap.apply_async
 

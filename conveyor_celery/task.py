@@ -221,6 +221,20 @@ class DurableTask(Task):
     # chunks / map / starmap are Celery's own (`Task.chunks`, `.map`, `.starmap`): their
     # signatures run durably through canvas.install (a map is one job of this task).
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A direct call runs the function here, as Celery's does. A Celery message of this task
+        run by a worker (`app.send_task(name)` from a process that does not know the task is
+        durable, or sent before it was) becomes its job instead, keyed by the message's id (a
+        redelivered message finds the same job; `AsyncResult(id)` finds it by that id), and the
+        message is acked once the row is written: the call is durable from there on."""
+        request = self.request_stack.top
+        if request is not None and request.called_directly is False and not request.is_eager \
+                and not getattr(request, "conveyor_job", None) and request.id:
+            self.apply_async(args, kwargs, task_id=request.id)
+            log.info("task %s[%s]: a Celery message of a durable task, made its job", self.name, request.id)
+            return None
+        return super().__call__(*args, **kwargs)
+
     def replace(self, sig: Any) -> Any:
         """Refused: Celery's `self.replace(sig)` hands this task's place in its canvas (and its
         result) to a new canvas sent from inside the run; a job's outcome and its chain's next step

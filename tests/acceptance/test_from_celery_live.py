@@ -173,6 +173,18 @@ def test_canvas_chains_groups_chords_and_callbacks(live):
     assert failing.get(timeout=20) == 6
     assert wait_for(lambda: Job.objects.filter(type=on_chord_error.name, status="succeeded").count(), 20, what="the chord errback") == 1
 
+    # app.send_task by name: here, the job at once; a Celery message of a durable task (sent by a
+    # process that does not know it is durable: Celery's own send_task) becomes its job on the worker
+    from celery import Celery
+
+    from conveyor_celery.canvas import _originals
+    from project import celery_app
+
+    assert celery_app.send_task(add.name, args=[2, 2]).get(timeout=20) == 4
+    message = _originals[Celery](celery_app, add.name, args=[20, 22])
+    assert wait_for(lambda: Job.objects.filter(idempotency_key=f"celery:{message.id}").exists(), 20, what="the message's job")
+    assert AsyncResult(message.id).get(timeout=20) == 42
+
     # side by side: a task not converted runs as a plain Celery task on the same worker
     plain = f"demo:plain:{uuid.uuid4().hex}"
     legacy_remember.delay(plain, "plain celery")

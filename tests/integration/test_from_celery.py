@@ -449,3 +449,22 @@ def test_retry_kwargs_max_retries_is_the_rows_attempts():
         Job.objects.filter(pk=job.pk).update(run_after=dt.datetime.now(dt.timezone.utc))
         job = run(AsyncResult(str(job.pk)))
     assert (job.status, job.attempt) == ("dead", 6) and "FailWhaleError" in job.error
+
+
+def test_send_task_by_name_of_a_durable_task_makes_its_job():
+    # the calling guide's tip: app.send_task('tasks.add', ...) for a task not imported here
+    sent = celery_app.send_task(add.name, args=[2, 2], countdown=60)
+    job = Job.objects.get(pk=int(sent.id))
+    assert (job.type, job.input["args"]) == (add.name, [2, 2]) and job.run_after > dt.datetime.now(dt.timezone.utc)
+    # a Celery message of the durable task run by a worker (sent by a process that did not know):
+    # its job, keyed by the message's id; the message again (redelivered) finds the same job
+    for _ in range(2):  # as Celery's tracer calls it: its request pushed, then the task
+        add.push_request(id="msg-1", args=[20, 22], kwargs={}, called_directly=False, is_eager=False)
+        try:
+            assert add(20, 22) is None
+        finally:
+            add.pop_request()
+    [job] = Job.objects.filter(idempotency_key="celery:msg-1")
+    runner.execute(job.pk, worker=WORKER)
+    assert AsyncResult("msg-1").get(timeout=5) == 42
+    assert add(1, 2) == 3  # a direct call still runs the function here
