@@ -99,11 +99,9 @@ def _takes_request(sig: Signature) -> bool:
 
     from celery.utils.functional import arity_greater
 
-    from conveyor_celery.task import task_named
-
     if sig.immutable:
         return False
-    header = getattr(task_named(sig.task), "__header__", None)
+    header = getattr(sig.type, "__header__", None)
     if header is None or isinstance(header, partial):
         return False
     try:
@@ -189,7 +187,7 @@ def leaves(sig: Any) -> list[Signature]:
 def _unchunk(sig: Any) -> Any:
     """`task.chunks(it, n)` inside a canvas is what Celery sends for it: its group of starmaps."""
     if isinstance(sig, Signature) and sig.task == "celery.chunks" and "task" in sig.kwargs:
-        return celery_canvas.chunks(sig.kwargs["task"], sig.kwargs["it"], sig.kwargs["n"], app=sig._app).group()
+        return celery_canvas.chunks(sig.kwargs["task"], sig.kwargs["it"], sig.kwargs["n"], app=sig.app).group()
     return sig
 
 
@@ -238,7 +236,9 @@ def start_map(sig: Signature, **options: Any) -> Any:
     merged = {**sig.options, **{k: v for k, v in options.items() if v is not None}}
     _check_queue(mapped[0].task, merged.get("queue"))
     if merged.get("link") or merged.get("link_error"):
-        raise Unsupported(f"task {mapped[0].task!r}: link=/link_error= on a map/starmap: chain the callback instead (task.map(it) | callback)")
+        raise Unsupported(
+            f"task {mapped[0].task!r}: link=/link_error= on a map/starmap: chain the callback instead (task.map(it) | callback)"
+        )
     step = _map_step(sig, mapped, _when(merged.get("countdown"), merged.get("eta")), merged.get("priority"))
     job = enqueue(step.type, step.input, run_after=step.run_after, priority=step.priority)
     return AsyncResult(str(job.pk))
@@ -373,10 +373,8 @@ def install() -> None:
                       __original: Any = send_original, **options: Any) -> Any:
             if rest or name not in tasks.declared:
                 return __original(self, name, args, kwargs, *rest, **options)
-            from conveyor_celery.task import task_named
-
             asked = {k: v for k, v in options.items() if k in SEND_TASK_OPTIONS and v is not None and v is not _OMITTED}
-            return task_named(name).apply_async(args, kwargs, **asked)
+            return self.tasks[name].apply_async(args, kwargs, **asked)
 
         send_task.__doc__ = send_original.__doc__
         Celery.send_task = send_task

@@ -58,7 +58,7 @@ def _reported(job: Any) -> tuple[str, Any] | None:
     """The state and meta a running task gave `update_state` (conveyor_celery.task.report_state)."""
     import json
 
-    from conveyor_celery.task import STATE_MARK
+    from conveyor_celery.declarations import STATE_MARK
 
     if not job.progress_message.startswith(STATE_MARK):
         return None

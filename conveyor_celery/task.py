@@ -26,7 +26,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError
 from celery.utils.imports import gen_task_name
 
-from conveyor_celery.declarations import REFUSED_SERIALIZERS, declared, task_queue
+from conveyor_celery.declarations import REFUSED_SERIALIZERS, STATE_MARK, declared, task_queue
 from conveyor_celery.errors import Unsupported
 
 log = logging.getLogger("conveyor.celery")
@@ -291,10 +291,6 @@ class DurableTask(Task):
         if throw:
             raise ret
         return ret
-
-
-#: What `update_state` keeps in the row's progress message (its column holds 500 characters).
-STATE_MARK = "celery-state:"
 
 
 def report_state(name: str, job_id: int, attempt: int, state: Any, meta: Any) -> None:
