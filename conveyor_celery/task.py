@@ -252,7 +252,7 @@ class DurableTask(Task):
         request = self.request
         if not getattr(request, "conveyor_job", None) or (task_id is not None and str(task_id) != request.id):
             return super().update_state(task_id, state, meta, **kwargs)
-        report_state(self.name, request.conveyor_job, request.retries + 1, state, meta)
+        report_state(self.name, request.conveyor_ctx, state, meta)
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
@@ -293,11 +293,9 @@ class DurableTask(Task):
         return ret
 
 
-def report_state(name: str, job_id: int, attempt: int, state: Any, meta: Any) -> None:
-    """A custom state of the running job, on its row (`jobs.engine.store.progress`)."""
+def report_state(name: str, ctx: Any, state: Any, meta: Any) -> None:
+    """A custom state of the running job, on its row (the job's `ctx.progress`)."""
     import json
-
-    from jobs.engine import store
 
     state = state or celery.states.PENDING
     try:
@@ -311,7 +309,7 @@ def report_state(name: str, job_id: int, attempt: int, state: Any, meta: Any) ->
     if isinstance(meta, dict) and isinstance(meta.get("current"), (int, float)) and isinstance(meta.get("total"), (int, float)) \
             and meta["total"] > 0:
         percent = int(100 * meta["current"] / meta["total"])
-    store.progress(job_id, attempt, percent, text)
+    ctx.progress(percent, text)
     _retry.reported = (str(state), meta)
 
 
@@ -357,7 +355,7 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
     mapping = extra.get("map")
     request = {
         "id": str(ctx.job_id), "retries": ctx.attempt - 1, "args": args, "kwargs": kwargs,
-        "is_eager": False, "called_directly": False, "conveyor_job": ctx.job_id, "task": name,
+        "is_eager": False, "called_directly": False, "conveyor_job": ctx.job_id, "conveyor_ctx": ctx, "task": name,
         "delivery_info": {"routing_key": task_queue(name), "priority": None, "redelivered": ctx.attempt > 1},
         "root_id": extra.get("root_id") or str(ctx.job_id), "parent_id": str(ctx.parent_id) if ctx.parent_id else None,
         "group": f"group:{ctx.chain_id}" if ctx.member is not None else None, "expires": expires,
