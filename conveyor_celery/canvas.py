@@ -382,7 +382,7 @@ def install() -> None:
         _originals[_basemap] = map_original = _basemap.apply_async
 
         def map_apply_async(self: Any, args: Any = None, kwargs: Any = None, __original: Any = map_original, **options: Any) -> Any:
-            if durable(self):
+            if not self.app.conf.task_always_eager and durable(self):
                 return start_map(self, **options)
             return __original(self, args, kwargs, **options)
 
@@ -395,7 +395,8 @@ def install() -> None:
 
         def apply_async(self: Any, args: Any = None, kwargs: Any = None, *rest: Any, __original: Any = original, **options: Any) -> Any:
             body = kwargs.get("body") if isinstance(self, _chord) and isinstance(kwargs, dict) else None
-            if not rest and durable(self if body is None else group([*leaves(self), *leaves(body)])):
+            if not rest and not self.app.conf.task_always_eager \
+                    and durable(self if body is None else group([*leaves(self), *leaves(body)])):
                 if isinstance(self, _chord) and "task_id" in options:
                     options.pop("task_id")
                 merged = {**self.options, **options}

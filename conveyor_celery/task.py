@@ -259,8 +259,12 @@ class DurableTask(Task):
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, producer: Any = None,
                     link: Any = None, link_error: Any = None, shadow: Any = None, **options: Any) -> Any:
-        """Write the job row (in the caller's transaction); its message goes after commit."""
+        """Write the job row (in the caller's transaction); its message goes after commit. Under
+        `task_always_eager` (a project's test settings), Celery's: run here, now, no row."""
         from conveyor_celery import canvas
+
+        if self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
 
         return canvas.apply_task(self, args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
 

@@ -468,3 +468,18 @@ def test_send_task_by_name_of_a_durable_task_makes_its_job():
     runner.execute(job.pk, worker=WORKER)
     assert AsyncResult("msg-1").get(timeout=5) == 42
     assert add(1, 2) == 3  # a direct call still runs the function here
+
+
+def test_task_always_eager_runs_calls_here_as_celery_does():
+    # a project's test settings (CELERY_TASK_ALWAYS_EAGER = True): calls run at once in the
+    # caller's process, as Celery runs them, and write no row
+    before = Job.objects.count()
+    add.app.conf.task_always_eager = True
+    try:
+        assert add.delay(2, 2).get() == 4
+        assert chain(add.s(4, 4), mul.s(8))().get() == 64
+        assert group(add.s(i, i) for i in range(3))().get() == [0, 2, 4]
+        assert ~tsum.map([[1, 2], [3]]) == [3, 3]
+    finally:
+        add.app.conf.task_always_eager = False
+    assert Job.objects.count() == before
