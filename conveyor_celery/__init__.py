@@ -10,7 +10,9 @@ from conveyor_celery.canvas import install as _install
 from conveyor_celery.errors import Unsupported
 from conveyor_celery.result import AsyncResult, GroupResult
 from conveyor_celery.task import DurableTask, shared_task
-from conveyor_celery.unsupported import chunks, starmap, xmap, xstarmap
+from celery import chunks, xmap, xstarmap  # durable for durable tasks (canvas.install)
+
+starmap = xstarmap
 
 __all__ = ["shared_task", "DurableTask", "AsyncResult", "GroupResult", "Unsupported", "chunks", "starmap", "xmap", "xstarmap"]
 

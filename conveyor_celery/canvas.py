@@ -20,12 +20,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from celery import Celery
 from celery import canvas as celery_canvas
-from celery.canvas import Signature, _chain, _chord, group
+from celery.app.base import _OMITTED
+from celery.canvas import Signature, _basemap, _chain, _chord, group
 
 from conveyor_celery import declarations as tasks
 from conveyor_celery.errors import Unsupported
 
+#: `app.send_task` options a durable task's call applies (the others are IGNORED below).
+SEND_TASK_OPTIONS = {"countdown", "eta", "task_id", "expires", "link", "link_error", "priority", "queue", "ignore_result",
+                     "serializer"}
 #: Options of a call or a signature that the adapter applies; others are Celery's routing and
 #: messaging details with no meaning for a row (exchange, routing_key, headers, retry_policy...).
 IGNORED = {"exchange", "routing_key", "headers", "retry", "retry_policy", "connection", "publisher", "router",
@@ -78,14 +83,37 @@ def _serializable_sigs(sigs: Any, what: str) -> list[dict[str, Any]]:
         sig = celery_canvas.maybe_signature(sig)
         if not isinstance(sig, Signature) or isinstance(sig, (_chain, group, _chord)) or sig.task not in tasks.declared:
             raise Unsupported(f"{what}={sig!r}: a durable task's {what} must be a signature of one durable task")
-        out.append({"task": sig.task, "args": list(sig.args), "kwargs": dict(sig.kwargs), "immutable": bool(sig.immutable)})
+        entry = {"task": sig.task, "args": list(sig.args), "kwargs": dict(sig.kwargs), "immutable": bool(sig.immutable)}
+        if what == "link_error" and _takes_request(sig):
+            entry["request"] = True
+        out.append(entry)
     return out
+
+
+def _takes_request(sig: Signature) -> bool:
+    """Whether Celery would call this errback `errback(request, exc, traceback)` (the form of
+    Celery's calling guide) rather than `errback(task_id)`: its function takes more than one
+    argument besides those the signature holds, and it is not `bind=True`
+    (celery.backends.base.Backend._call_task_errbacks)."""
+    from functools import partial
+
+    from celery.utils.functional import arity_greater
+
+    if sig.immutable:
+        return False
+    header = getattr(sig.type, "__header__", None)
+    if header is None or isinstance(header, partial):
+        return False
+    try:
+        return arity_greater(partial(header, *sig.args, **sig.kwargs) if (sig.args or sig.kwargs) else header, 1)
+    except (TypeError, ValueError):
+        return arity_greater(header, 1)
 
 
 def apply_task(task: Any, args: Any, kwargs: Any, *, task_id: str | None = None, link: Any = None,
                link_error: Any = None, **options: Any) -> Any:
     """One call of a durable task: its job row (or, with `link=`, a chain of it and its callbacks)."""
-    from jobs import Step, enqueue, start_chain
+    from jobs import Group, Step, enqueue, start_chain
 
     from conveyor_celery.result import AsyncResult
 
@@ -105,6 +133,8 @@ def apply_task(task: Any, args: Any, kwargs: Any, *, task_id: str | None = None,
         extra["expires"] = expires
     if errbacks := _serializable_sigs(link_error, "link_error"):
         extra["link_error"] = errbacks
+    if options.get("ignore_result") is not None:  # the call's, over the task's
+        extra["ignore_result"] = bool(options["ignore_result"])
     data = tasks.encode(name, args, kwargs, extra)
     priority = options.get("priority")
     priority = None if priority is None else min(9, max(0, int(priority)))
@@ -113,7 +143,9 @@ def apply_task(task: Any, args: Any, kwargs: Any, *, task_id: str | None = None,
     if link is None:
         job = enqueue(name, data, idempotency_key=key, run_after=run_after, priority=priority)
         return AsyncResult(str(job.pk))
-    callbacks = [_step(sig, prev=not sig["immutable"]) for sig in _serializable_sigs(link, "link")]
+    callbacks: list[Any] = [_step(sig, prev=not sig["immutable"]) for sig in _serializable_sigs(link, "link")]
+    if len(callbacks) > 1:  # link=[a.s(), b.s()]: each gets the task's result (Celery's), side by side
+        callbacks = [Group(callbacks)]
     chain = start_chain([Step(name, data, idempotency_key=key, run_after=run_after, priority=priority), *callbacks])
     return AsyncResult(str(chain.jobs.get(chain_index=0).pk))
 
@@ -124,12 +156,16 @@ def _step(sig: dict[str, Any], prev: bool) -> Any:
     return Step(sig["task"], tasks.encode(sig["task"], sig["args"], sig["kwargs"], {"prev": True} if prev else {}))
 
 
-def enqueue_callback(sig: dict[str, Any], task_id: str) -> None:
+def enqueue_callback(sig: dict[str, Any], task_id: str, idempotency_key: str | None = None) -> None:
     """A `link_error` callback of a dead job, enqueued in its outcome's transaction."""
     from jobs import enqueue
 
-    args = sig["args"] if sig["immutable"] else [task_id, *sig["args"]]
-    enqueue(sig["task"], tasks.encode(sig["task"], args, sig["kwargs"]))
+    if sig.get("request"):  # errback(request, exc, traceback): built from the failed row when it runs
+        data = tasks.encode(sig["task"], sig["args"], sig["kwargs"], {"errback_of": int(task_id)})
+    else:
+        args = sig["args"] if sig["immutable"] else [task_id, *sig["args"]]
+        data = tasks.encode(sig["task"], args, sig["kwargs"])
+    enqueue(sig["task"], data, idempotency_key=idempotency_key)
 
 
 # -- canvas -> plan ---------------------------------------------------------------------------
@@ -137,13 +173,75 @@ def enqueue_callback(sig: dict[str, Any], task_id: str) -> None:
 
 def leaves(sig: Any) -> list[Signature]:
     """Every task signature of a canvas, depth first."""
-    sig = celery_canvas.maybe_signature(sig)
+    sig = _unchunk(celery_canvas.maybe_signature(sig))
     if isinstance(sig, _chord):
         header = sig.tasks if isinstance(sig.tasks, group) else group(list(sig.tasks))
         return [*leaves(header), *(leaves(sig.body) if sig.body is not None else [])]
     if isinstance(sig, (_chain, group)):
         return [leaf for t in sig.tasks for leaf in leaves(t)]
+    if (mapped := _mapped(sig)) is not None:
+        return [mapped[0]]
     return [sig]
+
+
+def _unchunk(sig: Any) -> Any:
+    """`task.chunks(it, n)` inside a canvas is what Celery sends for it: its group of starmaps."""
+    if isinstance(sig, Signature) and sig.task == "celery.chunks" and "task" in sig.kwargs:
+        return celery_canvas.chunks(sig.kwargs["task"], sig.kwargs["it"], sig.kwargs["n"], app=sig.app).group()
+    return sig
+
+
+#: Celery's built-in tasks behind `task.map()` / `task.starmap()` (`xmap`, `xstarmap`; a
+#: `chunks` is a group of `xstarmap`): whether each item is spread as the arguments.
+MAP_TASKS = {"celery.map": False, "celery.starmap": True}
+
+
+def _mapped(sig: Any) -> tuple[Signature, bool, list[Any]] | None:
+    """A `map` / `starmap` signature's task signature, whether it is a starmap, and its items
+    (the iterator read now, as Celery reads it when the message is sent); None for another."""
+    if not isinstance(sig, Signature) or sig.task not in MAP_TASKS or "task" not in sig.kwargs:
+        return None
+    inner = celery_canvas.maybe_signature(sig.kwargs["task"])
+    items = sig.kwargs.get("it") or []
+    items = items if isinstance(items, list) else list(items)
+    sig.kwargs["it"] = items  # an iterator is read once: keep what was read
+    return inner, MAP_TASKS[sig.task], items
+
+
+def _map_step(sig: Signature, mapped: tuple[Signature, bool, list[Any]], run_after: Any, priority: Any) -> Any:
+    """A `map` / `starmap` as one job of the mapped task (Celery: one `celery.map` message run by
+    one worker, calling the task's function per item in order). The job runs on the task's queue,
+    under its limits; its result is the list of the calls' results (docs/from-celery.md)."""
+    from jobs import Step
+
+    inner, star, items = mapped
+    name = inner.task
+    if inner.args or inner.kwargs:
+        raise Unsupported(f"task {name!r}: map/starmap of a signature with arguments ({inner!r}): map task.s() itself")
+    if star and not all(isinstance(item, (list, tuple)) for item in items):
+        raise Unsupported(f"task {name!r}: starmap items must be sequences of arguments (got {items[:3]!r}...)")
+    extra = {"map": {"star": star, "items": [list(i) if star else i for i in items]}}
+    return Step(name, tasks.encode(name, [], {}, extra), run_after=run_after,
+                priority=None if priority is None else min(9, max(0, int(priority))))
+
+
+def start_map(sig: Signature, **options: Any) -> Any:
+    """`task.map(it).apply_async()` / `task.starmap(it)`, alone: one job; its AsyncResult."""
+    from jobs import enqueue
+
+    from conveyor_celery.result import AsyncResult
+
+    mapped = _mapped(sig)
+    assert mapped is not None
+    merged = {**sig.options, **{k: v for k, v in options.items() if v is not None}}
+    _check_queue(mapped[0].task, merged.get("queue"))
+    if merged.get("link") or merged.get("link_error"):
+        raise Unsupported(
+            f"task {mapped[0].task!r}: link=/link_error= on a map/starmap: chain the callback instead (task.map(it) | callback)"
+        )
+    step = _map_step(sig, mapped, _when(merged.get("countdown"), merged.get("eta")), merged.get("priority"))
+    job = enqueue(step.type, step.input, run_after=step.run_after, priority=step.priority)
+    return AsyncResult(str(job.pk))
 
 
 def durable(sig: Any) -> bool | None:
@@ -165,7 +263,7 @@ def plan(sig: Any, args: tuple = (), kwargs: dict | None = None, first: bool = T
     the call (prepended to the first step's, or each member's of a first group)."""
     from jobs import Group
 
-    sig = celery_canvas.maybe_signature(sig)
+    sig = _unchunk(celery_canvas.maybe_signature(sig))
     if isinstance(sig, _chord):
         header = sig.tasks.tasks if isinstance(sig.tasks, group) else sig.tasks
         body = kwargs.pop("body", None) if kwargs else None
@@ -177,8 +275,7 @@ def plan(sig: Any, args: tuple = (), kwargs: dict | None = None, first: bool = T
         return steps
     if isinstance(sig, group):
         members = []
-        for member in sig.tasks:
-            member = celery_canvas.maybe_signature(member)
+        for member in [m for t in sig.tasks for m in _members(t)]:
             if isinstance(member, (_chain, group, _chord)):
                 kind = type(member).__name__
                 raise Unsupported(f"a group's member is one task here, not {kind} ({member!r}): a chain inside a group is not supported")
@@ -187,10 +284,23 @@ def plan(sig: Any, args: tuple = (), kwargs: dict | None = None, first: bool = T
     return [_one(sig, args, kwargs, first)]
 
 
+def _members(sig: Any) -> list[Any]:
+    """A group's member as members: a chunks' starmaps, else itself."""
+    sig = celery_canvas.maybe_signature(sig)
+    unchunked = _unchunk(sig)
+    return list(unchunked.tasks) if unchunked is not sig else [sig]
+
+
 def _one(sig: Signature, args: tuple, kwargs: dict | None, first: bool) -> Any:
     from jobs import Step
 
     options = dict(sig.options)
+    if (mapped := _mapped(sig)) is not None:  # immutable, as Celery's: it takes no previous result
+        run_after = _when(options.get("countdown"), options.get("eta"))
+        if run_after is not None and not first:
+            raise Unsupported(f"task {mapped[0].task!r}: countdown/eta on a map/starmap after the first step of a canvas")
+        _check_queue(mapped[0].task, options.get("queue"))
+        return _map_step(sig, mapped, run_after, options.get("priority"))
     _check_queue(sig.task, options.get("queue"))
     extra: dict[str, Any] = {}
     if not first and not sig.immutable:
@@ -256,6 +366,28 @@ _originals: dict[type, Any] = {}
 def install() -> None:
     """Wrap `apply_async` of chain, group and chord (once): a canvas of durable tasks is started
     here, any other runs as Celery runs it."""
+    if Celery not in _originals:  # app.send_task(name) of a durable task: its job, as task.apply_async
+        _originals[Celery] = send_original = Celery.send_task
+
+        def send_task(self: Any, name: str, args: Any = None, kwargs: Any = None, *rest: Any,
+                      __original: Any = send_original, **options: Any) -> Any:
+            if rest or name not in tasks.declared:
+                return __original(self, name, args, kwargs, *rest, **options)
+            asked = {k: v for k, v in options.items() if k in SEND_TASK_OPTIONS and v is not None and v is not _OMITTED}
+            return self.tasks[name].apply_async(args, kwargs, **asked)
+
+        send_task.__doc__ = send_original.__doc__
+        Celery.send_task = send_task
+    if _basemap not in _originals:  # task.map(it) / task.starmap(it) (a chunks is a group of starmaps)
+        _originals[_basemap] = map_original = _basemap.apply_async
+
+        def map_apply_async(self: Any, args: Any = None, kwargs: Any = None, __original: Any = map_original, **options: Any) -> Any:
+            if not self.app.conf.task_always_eager and durable(self):
+                return start_map(self, **options)
+            return __original(self, args, kwargs, **options)
+
+        map_apply_async.__doc__ = map_original.__doc__
+        _basemap.apply_async = map_apply_async
     for cls in (_chain, group, _chord):
         if cls in _originals:
             continue
@@ -263,7 +395,8 @@ def install() -> None:
 
         def apply_async(self: Any, args: Any = None, kwargs: Any = None, *rest: Any, __original: Any = original, **options: Any) -> Any:
             body = kwargs.get("body") if isinstance(self, _chord) and isinstance(kwargs, dict) else None
-            if not rest and durable(self if body is None else group([*leaves(self), *leaves(body)])):
+            if not rest and not self.app.conf.task_always_eager \
+                    and durable(self if body is None else group([*leaves(self), *leaves(body)])):
                 if isinstance(self, _chord) and "task_id" in options:
                     options.pop("task_id")
                 merged = {**self.options, **options}

@@ -8,6 +8,9 @@ from kombu.exceptions import EncodeError
 
 #: Serializers whose arguments are not JSON: refused where they are named (a job's input is JSON).
 REFUSED_SERIALIZERS = ("pickle", "yaml", "msgpack")
+#: What a task's `update_state` keeps in its running row's progress message (500 characters at
+#: most), read back by `AsyncResult.state` / `.info`.
+STATE_MARK = "celery-state:"
 #: Converted tasks by name: their options as declared (their job types are registered from these).
 declared: dict[str, dict[str, Any]] = {}
 

@@ -1,6 +1,7 @@
 """Celery's result handles, backed by the rows: `AsyncResult`, `GroupResult`.
 
-An id is the job's id (`"42"`), `"chain:7"` for a chain (its last step's result) or
+An id is the job's id (`"42"`), `"chain:7"` for a chain (its last step's result; `"chain:7:1"`
+its step 1's, what `res.parent` gives) or
 `"group:7"` for a group started alone; a task called with `task_id=` has the id it was given (the
 job's idempotency key `celery:<id>`). `AsyncResult(id)` in any process reads the same row.
 `get()` waits with `jobs.wait` / `jobs.wait_chain` (LISTEN/NOTIFY: no polling).
@@ -53,6 +54,18 @@ class Rows:
 ROWS = Rows()
 
 
+def _reported(job: Any) -> tuple[str, Any] | None:
+    """The state and meta a running task gave `update_state` (conveyor_celery.task.report_state)."""
+    import json
+
+    from conveyor_celery.declarations import STATE_MARK
+
+    if not job.progress_message.startswith(STATE_MARK):
+        return None
+    found = json.loads(job.progress_message[len(STATE_MARK):])
+    return found["state"], found["meta"]
+
+
 class AsyncResult:
     """A task's result as Celery's `AsyncResult` shows it, read from its job's row."""
 
@@ -60,7 +73,30 @@ class AsyncResult:
 
     def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Any = None, parent: Any = None) -> None:  # noqa: A002 - Celery's name
         self.id = str(id)
-        self.parent = parent
+        self._parent = parent
+
+    def _chain_ref(self) -> tuple[int, int | None]:
+        """(chain id, step index) of a `chain:<id>` (None: the chain's last step) or `chain:<id>:<step>` id."""
+        parts = self.id.split(":")
+        return int(parts[1]), (int(parts[2]) if len(parts) > 2 else None)
+
+    @property
+    def parent(self) -> AsyncResult | None:
+        """A chain's previous step's result (Celery's `res.parent`, `res.parent.parent`): a
+        `chain:<id>:<step>` result; None for the first step and for a job called alone."""
+        if self._parent is not None or not self.id.startswith("chain:"):
+            return self._parent
+        from jobs.models import Chain
+
+        chain_id, step = self._chain_ref()
+        if step is None:
+            steps = Chain.objects.filter(pk=chain_id).values_list("steps", flat=True).first()
+            step = len(steps or ()) - 1
+        return AsyncResult(f"chain:{chain_id}:{step - 1}") if step > 0 else None
+
+    @parent.setter
+    def parent(self, value: Any) -> None:
+        self._parent = value
 
     task_id = property(lambda self: self.id)
 
@@ -86,18 +122,24 @@ class AsyncResult:
         return query.first()
 
     def _chain_job(self) -> Any:
-        """A chain's deciding job: its failed step's if it failed, else its last job."""
+        """A chain's deciding job: its failed step's if it failed, else its last job. For one step
+        (`chain:<id>:<step>`): a member that ended badly, else one not ended, else its last."""
         from jobs.models import Job
 
-        chain_id = int(self.id.split(":", 1)[1])
+        chain_id, step = self._chain_ref()
         jobs = Job.objects.filter(chain_id=chain_id)
+        if step is not None:
+            jobs = jobs.filter(chain_index=step)
+            unfinished = jobs.filter(status__in=("pending", "running", "failed")).order_by("member").first()
+            bad = jobs.filter(status__in=("dead", "cancelled")).order_by("member").first()
+            return bad or unfinished or jobs.order_by("-member", "-id").first()
         bad = jobs.filter(status__in=("dead", "cancelled")).order_by("chain_index", "member").first()
         return bad or jobs.order_by("-chain_index", "-member", "-id").first()
 
     def _chain_finished(self) -> bool | None:
         from jobs.models import Chain
 
-        status = Chain.objects.filter(pk=int(self.id.split(":", 1)[1])).values_list("status", flat=True).first()
+        status = Chain.objects.filter(pk=self._chain_ref()[0]).values_list("status", flat=True).first()
         return None if status is None else status != "running"
 
     @property
@@ -105,8 +147,10 @@ class AsyncResult:
         job = self._job()
         if job is None:
             return states.PENDING
-        if self.id.startswith("chain:") and job.status == "succeeded" and not self._chain_finished():
+        if self.id.startswith("chain:") and self._chain_ref()[1] is None and job.status == "succeeded" and not self._chain_finished():
             return states.STARTED
+        if job.status == "running" and (reported := _reported(job)) is not None:
+            return reported[0]
         return STATES[job.status]
 
     status = state
@@ -129,6 +173,8 @@ class AsyncResult:
     info = result
 
     def _value(self, job: Any) -> Any:
+        if job.status == "running" and (reported := _reported(job)) is not None:
+            return reported[1]  # update_state's meta, as Celery's `info` of a PROGRESS state
         if job.status == "succeeded":
             return self._output(job)
         if job.status in ("dead", "failed") and job.error:
@@ -183,7 +229,10 @@ class AsyncResult:
         """Wait until the task is ready (SUCCESS, FAILURE or REVOKED) and return its result;
         FAILURE and REVOKED are raised unless `propagate=False`. celery.exceptions.TimeoutError
         after `timeout` seconds (None: wait as long as it takes)."""
-        job = self._wait(_deadline(timeout), timeout)
+        if on_message is not None:
+            job = self._watch(on_message, _deadline(timeout), timeout, interval)
+        else:
+            job = self._wait(_deadline(timeout), timeout)
         value = self._value(job)
         if propagate and job.status in ("dead", "cancelled"):
             raise value
@@ -191,13 +240,49 @@ class AsyncResult:
 
     wait = get
 
+    def _watch(self, on_message: Any, deadline: float, timeout: float | None, interval: float) -> Any:
+        """`get(on_message=...)` (the calling guide's "On message"): each state the task goes
+        through (`update_state`'s PROGRESS and its meta, then its end) is handed to `on_message` as
+        Celery's result messages are, read from the row every `interval` seconds while it runs (a
+        state shorter than that may be missed; its end is still heard at once: the wait is the same)."""
+        last = None
+        while True:
+            step = min(deadline, time.monotonic() + max(0.05, float(interval)))
+            try:
+                job, done = self._wait(step, timeout), True
+            except CeleryTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                job, done = self._job(), False
+            state = self.state
+            message = {"task_id": self.id, "status": state, "result": self._value(job) if job is not None else None,
+                       "traceback": self.traceback if state == states.FAILURE else None, "children": []}
+            if (state, repr(message["result"])) != last:
+                last = (state, repr(message["result"]))
+                on_message(message)
+            if done:
+                return job
+
     def _wait(self, deadline: float, timeout: float | None) -> Any:
         from jobs import WaitTimeout, wait, wait_chain
 
         while True:
             try:
+                if self.id.startswith("chain:") and self._chain_ref()[1] is not None:
+                    job = self._job()
+                    if job is None or job.status in ("pending", "running", "failed"):
+                        # not made yet, or a member still running: wait for it, or the chain's end
+                        if job is None:
+                            wait_chain(self._chain_ref()[0], _remaining(deadline))
+                            job = self._job()
+                            if job is None:
+                                raise ValueError(f"no task {self.id}: its chain ended before this step ran")
+                            continue
+                        wait(job, _remaining(deadline))
+                        continue
+                    return job
                 if self.id.startswith("chain:"):
-                    wait_chain(int(self.id.split(":", 1)[1]), _remaining(deadline))
+                    wait_chain(self._chain_ref()[0], _remaining(deadline))
                     return self._job()
                 job = self._job()
                 if job is None:
@@ -219,8 +304,9 @@ class AsyncResult:
         from jobs.models import Job
 
         if self.id.startswith("chain:"):
-            chain_id = int(self.id.split(":", 1)[1])
-            for job in Job.objects.filter(chain_id=chain_id, status__in=("pending", "running", "failed")):
+            chain_id, step = self._chain_ref()
+            waiting = Job.objects.filter(chain_id=chain_id, status__in=("pending", "running", "failed"))
+            for job in waiting if step is None else waiting.filter(chain_index=step):
                 control.cancel(job)
         else:
             job = self._job()
@@ -278,6 +364,9 @@ class GroupResult:
     def completed_count(self) -> int:
         return sum(1 for r in self.results if r.successful())
 
+    def waiting(self) -> bool:
+        return any(not r.ready() for r in self.results)
+
     def get(self, timeout: float | None = None, propagate: bool = True, **more: Any) -> list[Any]:
         """Every member's result in order (Celery's `join`): each waited for until the one deadline."""
         deadline = _deadline(timeout)
@@ -288,6 +377,8 @@ class GroupResult:
         return out
 
     join = get
+
+    join = get  # Celery's join: the members' results in order
 
     def revoke(self, **options: Any) -> None:
         for r in self.results:

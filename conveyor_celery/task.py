@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import celery
+import celery.states
+from billiard.einfo import ExceptionInfo
 from celery import Task
-from celery.exceptions import Retry, TaskRevokedError
+from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError
 from celery.utils.imports import gen_task_name
 
-from conveyor_celery.declarations import REFUSED_SERIALIZERS, declared, task_queue
+from conveyor_celery.declarations import REFUSED_SERIALIZERS, STATE_MARK, declared, task_queue
 from conveyor_celery.errors import Unsupported
 
 log = logging.getLogger("conveyor.celery")
@@ -105,6 +107,11 @@ def job_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     docs/atomic.md)."""
     _check_options(name, options)
     max_retries = options.get("max_retries", Task.max_retries)
+    # autoretry_for's retry_kwargs={'max_retries': 5} (the tasks guide's form) is what its retry()
+    # calls ask: the row must allow that many attempts, above the task's own max_retries.
+    asked = (options.get("retry_kwargs") or {}).get("max_retries", max_retries)
+    if max_retries is not None:
+        max_retries = None if asked is None else max(int(max_retries), int(asked))
     soft = options.get("soft_time_limit") or _conf("task_soft_time_limit")
     hard = options.get("time_limit") or _conf("task_time_limit")
     timeout = int(soft or hard or 300)
@@ -145,9 +152,7 @@ def shared_task(*args: Any, **options: Any) -> Any:
     registered now (every process that imports the module knows it); the task object is Celery's,
     made by each app when it is finalized, with `DurableTask` as its base."""
     def make(fun: Callable[..., Any]) -> Any:
-        options.setdefault("base", DurableTask)
-        if not (isinstance(options["base"], type) and issubclass(options["base"], DurableTask)):
-            raise Unsupported(f"task {fun.__qualname__}: base= must be a DurableTask subclass for a durable task")
+        options["base"] = durable_base(options.get("base"), fun.__qualname__)
         name = options.get("name") or gen_task_name(celery.current_app, fun.__name__, fun.__module__)
         declare(name, {**_class_options(options["base"]), **options})
         return celery.shared_task(**options)(fun)
@@ -159,11 +164,36 @@ def shared_task(*args: Any, **options: Any) -> Any:
     return make
 
 
+#: DurableTask made from a project's own Celery task class (`base=MyTask`), one per class.
+_bases: dict[type, type] = {}
+
+
+def durable_base(base: Any, what: str) -> type:
+    """The task class of a durable task: DurableTask, a subclass of it, or, for a project's own
+    `celery.Task` subclass (Celery's `class MyTask(Task): def on_failure(...)` with
+    `@shared_task(base=MyTask)`), DurableTask mixed in before it (its handlers and attributes kept)."""
+    if base is None:
+        return DurableTask
+    if not (isinstance(base, type) and issubclass(base, Task)):
+        raise Unsupported(f"task {what}: base={base!r} must be a Celery Task class")
+    if issubclass(base, DurableTask):
+        return base
+    if base not in _bases:
+        _bases[base] = type(base.__name__, (DurableTask, base), {"__module__": base.__module__, "__qualname__": base.__qualname__})
+    return _bases[base]
+
+
 def _class_options(cls: type) -> dict[str, Any]:
-    """Options a DurableTask subclass sets as class attributes (a base class's retry policy)."""
+    """Options a task class sets as class attributes (a base class's retry policy), its own or its
+    bases' (not Celery's or DurableTask's defaults)."""
     names = ("max_retries", "default_retry_delay", "rate_limit", "time_limit", "soft_time_limit", "priority",
-             "queue", "serializer", "ignore_result")
-    return {n: getattr(cls, n) for n in names if getattr(cls, n, None) is not None and n in vars(cls)}
+             "queue", "serializer", "ignore_result", "autoretry_for", "retry_backoff", "retry_kwargs")
+    found: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is DurableTask or not issubclass(klass, Task) or klass.__module__.startswith("celery."):
+            continue
+        found.update({n: vars(klass)[n] for n in names if vars(klass).get(n) is not None})
+    return found
 
 
 class DurableTask(Task):
@@ -188,28 +218,53 @@ class DurableTask(Task):
 
     # -- calls --------------------------------------------------------------------------------
 
-    def chunks(self, it: Any, n: int) -> Any:
-        from conveyor_celery.unsupported import chunks
+    # chunks / map / starmap are Celery's own (`Task.chunks`, `.map`, `.starmap`): their
+    # signatures run durably through canvas.install (a map is one job of this task).
 
-        return chunks(self.name)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A direct call runs the function here, as Celery's does. A Celery message of this task
+        run by a worker (`app.send_task(name)` from a process that does not know the task is
+        durable, or sent before it was) becomes its job instead, keyed by the message's id (a
+        redelivered message finds the same job; `AsyncResult(id)` finds it by that id), and the
+        message is acked once the row is written: the call is durable from there on."""
+        request = self.request_stack.top
+        if request is not None and request.called_directly is False and not request.is_eager \
+                and not getattr(request, "conveyor_job", None) and request.id:
+            self.apply_async(args, kwargs, task_id=request.id)
+            log.info("task %s[%s]: a Celery message of a durable task, made its job", self.name, request.id)
+            return None
+        return super().__call__(*args, **kwargs)
 
-    def map(self, it: Any) -> Any:
-        from conveyor_celery.unsupported import xmap
+    def replace(self, sig: Any) -> Any:
+        """Refused: Celery's `self.replace(sig)` hands this task's place in its canvas (and its
+        result) to a new canvas sent from inside the run; a job's outcome and its chain's next step
+        are fixed when the job ends, so the replacement's result could not become this job's."""
+        raise Unsupported(
+            f"task {self.name!r}: self.replace() is not supported on durable tasks: return a value and chain the "
+            "rest (task.s() | next.s()), or start the new canvas and return its id"
+        )
 
-        return xmap(self.name)
-
-    def starmap(self, it: Any) -> Any:
-        from conveyor_celery.unsupported import xstarmap
-
-        return xstarmap(self.name)
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any) -> None:
+        """Celery's `update_state` (a custom state such as PROGRESS, with its meta) on the running
+        job's row: `AsyncResult.state` and `.info` show them while it runs (the row's progress
+        message holds them as JSON, its percent `meta`'s current/total when it has them). A
+        `state=SUCCESS` before `raise Ignore()` is the job's result."""
+        request = self.request
+        if not getattr(request, "conveyor_job", None) or (task_id is not None and str(task_id) != request.id):
+            return super().update_state(task_id, state, meta, **kwargs)
+        report_state(self.name, request.conveyor_ctx, state, meta)
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, producer: Any = None,
                     link: Any = None, link_error: Any = None, shadow: Any = None, **options: Any) -> Any:
-        """Write the job row (in the caller's transaction); its message goes after commit."""
+        """Write the job row (in the caller's transaction); its message goes after commit. Under
+        `task_always_eager` (a project's test settings), Celery's: run here, now, no row."""
         from conveyor_celery import canvas
+
+        if self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
 
         return canvas.apply_task(self, args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
 
@@ -242,6 +297,26 @@ class DurableTask(Task):
         return ret
 
 
+def report_state(name: str, ctx: Any, state: Any, meta: Any) -> None:
+    """A custom state of the running job, on its row (the job's `ctx.progress`)."""
+    import json
+
+    state = state or celery.states.PENDING
+    try:
+        text = STATE_MARK + json.dumps({"state": str(state), "meta": meta}, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise Unsupported(f"task {name!r}: update_state(meta=...) must be JSON here: {exc}") from None
+    if len(text) > 500:
+        raise Unsupported(f"task {name!r}: update_state(meta=...) is {len(text)} characters as JSON; at most 500 "
+                          "are kept on a running job (report progress, return the data)")
+    percent = 0
+    if isinstance(meta, dict) and isinstance(meta.get("current"), (int, float)) and isinstance(meta.get("total"), (int, float)) \
+            and meta["total"] > 0:
+        percent = int(100 * meta["current"] / meta["total"])
+    ctx.progress(percent, text)
+    _retry.reported = (str(state), meta)
+
+
 def task_named(name: str) -> Task:
     task = _tasks.get(name)
     if task is None:
@@ -265,6 +340,7 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
     from jobs import Permanent
 
     _retry.countdown = None
+    _retry.reported = None
     # The type's on_finish (`_on_finish`) acts on a dead end only (which runs it whatever this
     # says): a success's outcome is then one statement in autocommit, no BEGIN ... COMMIT around it.
     ctx.finish_hook_needed = False
@@ -278,9 +354,12 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
         return None
     if extra.get("prev"):
         args.insert(0, _previous(ctx))
+    if extra.get("errback_of"):  # Celery's errback(request, exc, traceback), of the failed job's row
+        args[:0] = _failure_of(int(extra["errback_of"]))
+    mapping = extra.get("map")
     request = {
         "id": str(ctx.job_id), "retries": ctx.attempt - 1, "args": args, "kwargs": kwargs,
-        "is_eager": False, "called_directly": False, "conveyor_job": ctx.job_id, "task": name,
+        "is_eager": False, "called_directly": False, "conveyor_job": ctx.job_id, "conveyor_ctx": ctx, "task": name,
         "delivery_info": {"routing_key": task_queue(name), "priority": None, "redelivered": ctx.attempt > 1},
         "root_id": extra.get("root_id") or str(ctx.job_id), "parent_id": str(ctx.parent_id) if ctx.parent_id else None,
         "group": f"group:{ctx.chain_id}" if ctx.member is not None else None, "expires": expires,
@@ -291,26 +370,85 @@ def run(name: str, ctx: Any, data: dict[str, Any]) -> Any:
     }
     task.push_request(**request)
     stopper = Revoked(ctx)
+    # Celery's handlers of the task's class (before_start, on_success, on_retry, on_failure,
+    # after_return), called as Celery's tracer calls them; a map's calls are the function's only.
+    handlers = not mapping
+    job_id = str(ctx.job_id)
     try:
-        result = task.run(*args, **kwargs)
+        if handlers:
+            task.before_start(job_id, args, kwargs)
+        if mapping:  # Celery's xmap / xstarmap: the function per item, in order, in this one job
+            star = mapping.get("star")
+            result = [task.run(*item) if star else task.run(item) for item in mapping.get("items") or ()]
+        else:
+            result = task.run(*args, **kwargs)
+    except Ignore:
+        # Celery's Ignore: the worker records nothing; the row must end, and ends SUCCESS with what
+        # the task reported as its success (update_state(state=SUCCESS, meta=...)), else None.
+        reported = getattr(_retry, "reported", None)
+        result = reported[1] if reported and reported[0] == celery.states.SUCCESS else None
+    except Reject as reject:
+        if reject.requeue:  # delivered again: the same row's next attempt, at once (counted)
+            _retry.countdown = 0
+            raise RuntimeError(f"Reject(requeue=True): {reject.reason!r}") from None
+        raise Permanent(f"celery.exceptions.Reject: {reject.reason!r}") from None
     except Retry as retry:
         _retry.countdown = getattr(retry, "countdown", None)
+        if handlers:
+            _handle(task, "on_retry", retry.exc, job_id, args, kwargs, ExceptionInfo())
+            _handle(task, "after_return", celery.states.RETRY, retry, job_id, args, kwargs, ExceptionInfo())
         if isinstance(retry.exc, BaseException):
             raise retry.exc from None
         raise
     except Exception as exc:
         # Celery does not retry a task that raised (only retry() and autoretry_for do): its last attempt.
+        if handlers and not isinstance(exc, TaskRevokedError):
+            einfo = ExceptionInfo()
+            _handle(task, "on_failure", exc, job_id, args, kwargs, einfo)
+            _handle(task, "after_return", celery.states.FAILURE, exc, job_id, args, kwargs, einfo)
         kind = type(exc)
         qualified = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         raise Permanent(f"{qualified}: {exc}") from exc
+    else:
+        if handlers:
+            _handle(task, "on_success", result, job_id, args, kwargs)
+            _handle(task, "after_return", celery.states.SUCCESS, result, job_id, args, kwargs, None)
     finally:
         stopper.stop()
         task.pop_request()
-    # ignore_result as the task declares it (Conveyor's app sets task_ignore_result: no Celery
-    # result backend; the row is the result).
-    if declared.get(name, {}).get("ignore_result") and ctx.chain_id is None:
+    # ignore_result as the call (else the task) asks (Conveyor's app sets task_ignore_result: no
+    # Celery result backend; the row is the result).
+    ignore = extra.get("ignore_result", declared.get(name, {}).get("ignore_result"))
+    if ignore and ctx.chain_id is None:
         return None
     return result
+
+
+def _handle(task: Task, handler: str, *args: Any) -> None:
+    """One of the task class's handlers; an exception from it is logged, as Celery's tracer logs
+    it, and does not change the outcome."""
+    try:
+        getattr(task, handler)(*args)
+    except Exception:
+        log.exception("task %s: its %s handler raised", task.name, handler)
+
+
+def _failure_of(job_id: int) -> list[Any]:
+    """What Celery passes an errback of the form `errback(request, exc, traceback)`: the failed
+    task's request (its id, name, args, kwargs), its exception (rebuilt from the stored traceback,
+    as `AsyncResult.result` is) and its traceback text."""
+    from celery.app.task import Context
+
+    from conveyor_celery.errors import exception_from
+    from jobs.models import Job
+
+    failed = Job.objects.values("type", "input", "error", "chain_id", "parent_id").get(pk=job_id)
+    data = failed["input"] or {}
+    request = Context(id=str(job_id), task=failed["type"], args=list(data.get("args") or ()),
+                      kwargs=dict(data.get("kwargs") or {}), root_id=(data.get("celery") or {}).get("root_id") or str(job_id),
+                      parent_id=str(failed["parent_id"]) if failed["parent_id"] else None,
+                      group=None, is_eager=False, called_directly=False)
+    return [request, exception_from(failed["error"]), failed["error"]]
 
 
 class Revoked:
@@ -375,15 +513,43 @@ def _expire(job_id: int) -> None:
 def _on_finish(job_id: int, status: str) -> None:
     """In the transaction recording a job's final outcome: a dead job's `link_error` callbacks are
     enqueued (in that transaction: they exist if and only if the failure is recorded), each called
-    with the failed task's id (Celery's errback form `errback(task_id)`)."""
+    as Celery calls it (`errback(task_id)`, or `errback(request, exc, traceback)`); and when this
+    end failed a chord (a header member died), the body's own `link_error` callbacks, once (the
+    canvas guide's `group(...) | tsum.s().on_error(on_chord_error.s())`)."""
     if status != "dead":
         return
     from jobs.models import Job
 
-    data = Job.objects.values_list("input", flat=True).get(pk=job_id) or {}
-    errbacks = (data.get("celery") or {}).get("link_error") or []
-    if errbacks:
-        from conveyor_celery import canvas
+    from conveyor_celery import canvas
 
-        for sig in errbacks:
-            canvas.enqueue_callback(sig, str(job_id))
+    job = Job.objects.values("input", "chain_id", "chain_index", "member").get(pk=job_id)
+    data = job["input"] or {}
+    for sig in (data.get("celery") or {}).get("link_error") or []:
+        canvas.enqueue_callback(sig, str(job_id))
+    if job["member"] is not None and job["chain_id"] is not None:
+        _chord_errbacks(job_id, job["chain_id"], job["chain_index"])
+
+
+def _chord_errbacks(job_id: int, chain_id: int, index: int) -> None:
+    """A chord's body never runs once a header member died: its errbacks are enqueued by the end
+    that failed the chain (the chain's row, locked by every end of its jobs, was finished in this
+    transaction), each once (its key), called with the failed member's id (Celery: the body's)."""
+    from django.db import connection
+
+    from jobs.models import Job
+
+    from conveyor_celery import canvas
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT steps FROM jobs_chain WHERE id = %s AND status = 'failed' AND finished_at = now()", [chain_id])
+        row = cursor.fetchone()
+    if row is None:
+        return
+    steps = row[0] if isinstance(row[0], list) else __import__("json").loads(row[0])
+    body = steps[index + 1] if index + 1 < len(steps) else None
+    if not body or "group" in body:
+        return
+    for n, sig in enumerate(((body.get("input") or {}).get("celery") or {}).get("link_error") or []):
+        key = f"celery:chord-errback:{chain_id}:{n}"
+        if not Job.objects.filter(idempotency_key=key).exists():
+            canvas.enqueue_callback(sig, str(job_id), idempotency_key=key)

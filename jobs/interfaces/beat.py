@@ -51,7 +51,7 @@ def tick_time(entry: Any) -> dt.datetime:
     return now.replace(microsecond=0)
 
 
-def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt.datetime) -> Any:
+def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt.datetime, priority: int | None = None) -> Any:
     """Write the tick's job (or find the one already written for this tick)."""
     from jobs.engine import tracing
     from jobs.engine.creation import Step, enqueue_step, platform_key
@@ -60,7 +60,7 @@ def enqueue_tick(schedule_name: str, job_type: str, data: dict[str, Any], at: dt
     # Traced: each tick starts a trace of its own, its job enqueued (and run) under it.
     with tracing.span("conveyor.schedule.tick", {"conveyor.schedule": schedule_name, "conveyor.job.type": job_type,
                                                  "conveyor.tick": at.isoformat()}):
-        return enqueue_step(Step(job_type, data, idempotency_key=key))[0]
+        return enqueue_step(Step(job_type, data, idempotency_key=key, priority=priority))[0]
 
 
 class AlignedInterval(interval_schedule):

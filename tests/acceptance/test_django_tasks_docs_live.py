@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from django.db import transaction
+
 from conveyor_tasks import compat
+from examples.djtasks.models import Run as Thing
 from jobs.models import Job
-from tests.djtasks_docs import basic, queued, with_context
+from tests.djtasks_docs import basic, queued, results, with_context
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True, databases="__all__"), pytest.mark.usefixtures("stop_together")]
 TaskResultStatus = compat.TaskResultStatus
@@ -73,3 +78,38 @@ def test_the_docs_tasks_topic_examples_run_on_conveyor(worker):
     awaited = async_to_sync(_aenqueue)()
     assert async_to_sync(basic.email_users.aget_result)(awaited.id).id == awaited.id
     assert _finished(awaited).return_value == 1
+
+    # "Modifying Tasks": email_users.priority is 0, email_users.using(priority=10).priority 10
+    assert (basic.email_users.priority, basic.email_users.using(priority=10).priority) == (0, 10)
+
+    # "Enqueueing Tasks": arguments are JSON; a tuple comes back a list, and the task fails on it
+    with pytest.raises(TypeError, match="datetime"):
+        results.process_data.enqueue(datetime.now())
+    doubled = results.double_dictionary.enqueue((1, 2, 3))
+    with pytest.raises(ValueError):  # "Task has not finished yet" (or has failed)
+        doubled.return_value
+    assert _finished(doubled).status == TaskResultStatus.FAILED
+    assert "TypeError: unhashable type: 'list'" in doubled.errors[0].traceback
+    assert doubled.errors[0].exception_class is TypeError
+
+    # "Transactions": the row is written in the caller's transaction, so both forms see the Thing
+    with transaction.atomic():
+        Thing.objects.create(task="docs", result_id="t1", attempt=1, pid=990001)
+        inside = results.my_task.enqueue(thing_num=990001)
+    with transaction.atomic():
+        Thing.objects.create(task="docs", result_id="t2", attempt=1, pid=990002)
+        transaction.on_commit(partial(results.my_task.enqueue, thing_num=990002))
+    assert _finished(inside).status == TaskResultStatus.SUCCESSFUL
+    [later] = Job.objects.filter(type=inside.task.module_path, input__kwargs__thing_num=990002)
+    try:
+        from django.tasks import default_task_backend
+    except ImportError:  # Django < 6: the backport
+        from django_tasks import default_task_backend
+    got = default_task_backend.get_result(str(later.pk))  # "regardless of which kind of Task"
+    assert _finished(got).status == TaskResultStatus.SUCCESSFUL
+
+    # "Updating results": refresh(), or await arefresh()
+    async def arefreshed():
+        await got.arefresh()
+        return got.status
+    assert async_to_sync(arefreshed)() == TaskResultStatus.SUCCESSFUL

@@ -20,7 +20,8 @@ from django.core.cache import cache
 from conveyor_celery import AsyncResult, GroupResult
 from examples.celery_django.demoapp import tests as sample_tests
 from examples.celery_django.demoapp.tasks import (
-    add, div, fetch, legacy_remember, mul, on_error, ping, resize, slow, slow_add, sleep_then_remember, xsum,
+    add, div, error_handler, fetch, get_tweets, hello, legacy_remember, mul, my_task, on_chord_error, on_error, ping, requeues,
+    resize, slow, slow_add, sleep_then_remember, tsum, upload_files, xsum,
 )
 from jobs.models import Job
 from tests.acceptance.test_upstream_failure_modes import visibility_timeout_lapses
@@ -101,6 +102,29 @@ def test_calls_results_and_retries_as_rows(live):
     starts = sorted(r.get(timeout=30) for r in [ping.delay(n) for n in range(4)])
     assert starts[-1] - starts[0] >= 1.2
 
+    # the tasks guide, on a worker: a base class's handlers; update_state('PROGRESS') seen from
+    # here while it runs; update_state(SUCCESS) + Ignore; Reject(requeue=True) delivered again
+    handled = my_task.delay(7, 3)
+    assert handled.get(timeout=20) == 10
+    assert [cache.get(f"demo:handlers:7:{k}") for k in ("before_start", "on_success", "after_return")] == [handled.id, 10, "SUCCESS"]
+    uploading = upload_files.delay(["a", "b", "c", "d"])
+    wait_for(lambda: uploading.state == "PROGRESS", 20, interval=0.05, what="the PROGRESS state")
+    assert uploading.info["total"] == 4 and uploading.get(timeout=20) == 4
+    # the calling guide's "On message": each state change handed to on_message, then the result
+    messages = []
+
+    def on_raw_message(body):
+        messages.append(body)
+
+    a, b = 1, 1
+    r = hello.apply_async(args=(a, b))
+    # (the row is read every `interval` s while it runs: a state shorter than that may be missed)
+    assert r.get(on_message=on_raw_message, propagate=False, timeout=20, interval=0.1) == "hello world: 2"
+    assert [(m["status"], m["result"]) for m in messages if m["status"] != "STARTED"][-3:] == [
+        ("PROGRESS", {"progress": 50}), ("PROGRESS", {"progress": 90}), ("SUCCESS", "hello world: 2")]
+    assert get_tweets.delay("ann").get(timeout=20) == ["ann: hello", "ann: again"]
+    assert requeues.delay().get(timeout=20) == "received two times"
+
 
 def test_canvas_chains_groups_chords_and_callbacks(live):
     celery_worker(live)
@@ -126,6 +150,40 @@ def test_canvas_chains_groups_chords_and_callbacks(live):
     with pytest.raises(ZeroDivisionError):
         failed.get(timeout=20)
     assert wait_for(lambda: cache.get(key), 20, what="the errback") == failed.id
+
+    # the calling guide: link=[...] gives each callback the result; error_handler(request, exc, traceback)
+    listed = add.apply_async((2, 2), link=[add.s(16), mul.s(10)])
+    assert listed.get(timeout=20) == 4
+    step = Job.objects.filter(chain_id=Job.objects.get(pk=int(listed.id)).chain_id, chain_index=1, status="succeeded")
+    assert wait_for(lambda: sorted(step.values_list("output", flat=True)) if step.count() == 2 else None, 20) == [20, 40]
+    handled = div.apply_async((1, 0), link_error=error_handler.s())
+    with pytest.raises(ZeroDivisionError):
+        handled.get(timeout=20)
+    seen = wait_for(lambda: cache.get(f"demo:error_handler:{handled.id}"), 20, what="the three-argument errback")
+    assert seen["exc"] == "ZeroDivisionError('division by zero')" and "ZeroDivisionError" in seen["traceback"]
+    # the canvas guide: res.parent; map, starmap, chunks; a chord body's errback
+    res = chain(add.s(4, 4), mul.s(8), mul.s(10))()
+    assert res.get(timeout=20) == 640 and res.parent.get(timeout=5) == 64 and res.parent.parent.get(timeout=5) == 8
+    assert ~tsum.map([list(range(10)), list(range(100))]) == [45, 4950]
+    assert ~add.starmap(zip(range(10), range(10))) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert add.chunks(zip(range(100), range(100)), 10)().get(timeout=30) == [[2 * (10 * c + i) for i in range(10)] for c in range(10)]
+    failing = (group(add.s(i, i) for i in range(3)) | tsum.s().on_error(on_chord_error.s())).delay()
+    with pytest.raises(ZeroDivisionError):
+        (group([add.s(1, 1), div.s(1, 0)]) | tsum.s().on_error(on_chord_error.s())).delay().get(timeout=20)
+    assert failing.get(timeout=20) == 6
+    assert wait_for(lambda: Job.objects.filter(type=on_chord_error.name, status="succeeded").count(), 20, what="the chord errback") == 1
+
+    # app.send_task by name: here, the job at once; a Celery message of a durable task (sent by a
+    # process that does not know it is durable: Celery's own send_task) becomes its job on the worker
+    from celery import Celery
+
+    from conveyor_celery.canvas import _originals
+    from project import celery_app
+
+    assert celery_app.send_task(add.name, args=[2, 2]).get(timeout=20) == 4
+    message = _originals[Celery](celery_app, add.name, args=[20, 22])
+    assert wait_for(lambda: Job.objects.filter(idempotency_key=f"celery:{message.id}").exists(), 20, what="the message's job")
+    assert AsyncResult(message.id).get(timeout=20) == 42
 
     # side by side: a task not converted runs as a plain Celery task on the same worker
     plain = f"demo:plain:{uuid.uuid4().hex}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import celery
 import pytest
 from celery import chain, chord, group
 from django.db import transaction
@@ -13,7 +14,12 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from conveyor_celery import AsyncResult, Unsupported, shared_task
 from conveyor_celery.beat import Scheduler
 from conveyor_celery.errors import exception_from
-from examples.celery_django.demoapp.tasks import add, charge, div, fetch, legacy_remember, mul, resize, xsum
+from django.core.cache import cache
+
+from examples.celery_django.demoapp.tasks import (
+    add, charge, div, error_handler, fetch, get_tweets, legacy_remember, mul, my_task, requeues, resize, tsum,
+    upload_files, xsum,
+)
 from examples.models import Effect
 from jobs.engine import runner
 from jobs.models import Chain, Job
@@ -77,10 +83,10 @@ def test_refused_with_a_clear_error():
         @shared_task(serializer="pickle")
         def pickled(x):
             return x
-    with pytest.raises(Unsupported, match="chunks is not supported"):
-        add.chunks(zip(range(10), range(10)), 2)
-    with pytest.raises(Unsupported, match="starmap"):
-        add.starmap([(1, 1)])
+    with pytest.raises(Unsupported, match="starmap items must be sequences"):
+        add.starmap([1, 2]).apply_async()
+    with pytest.raises(Unsupported, match="link=/link_error= on a map/starmap"):
+        tsum.map([[1]]).apply_async(link=mul.s(2))
     with pytest.raises(Unsupported, match="mixes durable tasks with plain Celery tasks"):
         chain(add.s(1, 1), legacy_remember.s("k"))()
     with pytest.raises(Unsupported, match="queue='other' at call time"):
@@ -232,3 +238,248 @@ def test_flowers_apply_and_async_apply_read_a_calls_result_through_its_backend()
     # and once the job ran, the state and result Flower shows are the row's
     run(result)
     assert (result.state, result.get(timeout=5, propagate=False)) == ("SUCCESS", 9)
+
+
+def _run_chain_step(chain_id: int, index: int) -> list[Job]:
+    jobs = list(Job.objects.filter(chain_id=chain_id, chain_index=index).order_by("member"))
+    for job in jobs:
+        runner.execute(job.pk, worker=WORKER)
+    return [Job.objects.get(pk=job.pk) for job in jobs]
+
+
+def test_map_starmap_and_chunks_as_celerys_canvas_guide_writes_them():
+    # map: one job of the task, calling its function per item (the canvas guide's ~tsum.map(...))
+    mapped = tsum.map([list(range(10)), list(range(100))]).apply_async()
+    job = run(mapped)
+    assert (job.type, job.status, job.output) == (tsum.name, "succeeded", [45, 4950])
+    assert mapped.get(timeout=5) == [45, 4950]
+    # starmap, delayed as the guide delays it: one job, due in 10 s
+    later = add.starmap(zip(range(10), range(10))).apply_async(countdown=10)
+    assert Job.objects.get(pk=int(later.id)).run_after > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=8)
+    assert run(add.starmap(zip(range(10), range(10))).apply_async()).output == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    # chunks: a group of starmaps, one job per chunk; the result is the list of the chunks' lists
+    res = add.chunks(zip(range(100), range(100)), 10)()
+    chain_id = int(res.id.split(":")[1])
+    assert [j.status for j in _run_chain_step(chain_id, 0)] == ["succeeded"] * 10
+    assert res.get(timeout=5) == [[2 * (10 * c + i) for i in range(10)] for c in range(10)]
+    # a chunks inside a chord: its starmaps are the header, the body gets their lists
+    body = chord(add.chunks(zip(range(4), range(4)), 2), xsum.s())()
+    steps = Chain.objects.get(pk=int(body.id.split(":")[1])).steps
+    assert [m["input"]["celery"]["map"]["items"] for m in steps[0]["group"]] == [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]
+    assert steps[1]["type"] == xsum.name
+
+
+def test_a_list_of_links_each_gets_the_tasks_result():
+    # the calling guide: add.apply_async((2, 2), link=[add.s(16), other_task.s()]): every callback
+    # is called with the parent's return value (not one after the other)
+    result = add.apply_async((2, 2), link=[add.s(16), mul.s(10)])
+    assert run(result).output == 4
+    chain_id = Job.objects.get(pk=int(result.id)).chain_id
+    assert [j.output for j in _run_chain_step(chain_id, 1)] == [20, 40]
+
+
+def test_ignore_result_as_a_call_option():
+    # the calling guide: apply_async((1, 2), ignore_result=True).get() is None; False keeps it
+    ignored = add.apply_async((1, 2), ignore_result=True)
+    assert run(ignored).output is None and ignored.get(timeout=5) is None
+    kept = add.apply_async((1, 2), ignore_result=False)
+    assert run(kept).output == 3 and kept.get(timeout=5) == 3
+
+
+def test_an_errback_taking_request_exc_traceback_gets_them():
+    # the calling guide's error_handler(request, exc, traceback), linked with link_error=error_handler.s()
+    failed = div.apply_async((1, 0), link_error=error_handler.s())
+    assert run(failed).status == "dead"
+    errback = Job.objects.get(type=error_handler.name, input__celery__errback_of=int(failed.id))
+    runner.execute(errback.pk, worker=WORKER)
+    assert Job.objects.get(pk=errback.pk).status == "succeeded"
+    seen = cache.get(f"demo:error_handler:{failed.id}")
+    assert seen["id"] == failed.id and seen["exc"] == "ZeroDivisionError('division by zero')"
+    assert "ZeroDivisionError: division by zero" in seen["traceback"]
+
+
+def test_a_base_task_classs_handlers_are_called():
+    # the tasks guide's MyTask(Task) with before_start / on_success / on_failure / after_return,
+    # used as @shared_task(base=MyTask)
+    ok = my_task.delay(101, 2)
+    assert run(ok).output == 103
+    keys = ("before_start", "on_success", "on_failure", "after_return")
+    seen = {k: cache.get(f"demo:handlers:101:{k}") for k in keys}
+    assert seen == {"before_start": ok.id, "on_success": 103, "on_failure": None, "after_return": "SUCCESS"}
+    bad = my_task.delay(102, "x")
+    assert run(bad).status == "dead"
+    seen = {k: cache.get(f"demo:handlers:102:{k}") for k in keys}
+    assert seen["on_success"] is None and "TypeError" in seen["on_failure"] and seen["after_return"] == "FAILURE"
+
+
+@shared_task(bind=True, name="tests.from_celery.replacer")
+def replacer(self, x):
+    return self.replace(add.s(x, x))  # the tasks guide's self.replace(sig)
+
+
+def test_self_replace_fails_the_job_naming_it():
+    job = run(replacer.delay(2))
+    assert job.status == "dead" and "self.replace() is not supported on durable tasks" in job.error
+    assert not Job.objects.filter(type=add.name, input__args=[2, 2]).exists()  # no orphan canvas
+
+
+def test_update_state_as_the_tasks_guide_writes_it(monkeypatch):
+    # update_state(state='PROGRESS', meta=...): the running row shows it (state, info, percent),
+    # read back after each report as another process reads it
+    from jobs.engine import store
+
+    progress = upload_files.delay(["a", "b", "c"])
+    seen = []
+    original = store.progress
+
+    def report_and_read(job_id, attempt, percent, message):
+        original(job_id, attempt, percent, message)
+        seen.append((AsyncResult(progress.id).state, AsyncResult(progress.id).info,
+                     Job.objects.values_list("progress", flat=True).get(pk=job_id)))
+
+    monkeypatch.setattr(store, "progress", report_and_read)
+    assert run(progress).output == 3
+    assert seen == [("PROGRESS", {"current": i, "total": 3}, 100 * i // 3) for i in range(3)]
+    assert progress.state == "SUCCESS"
+
+
+def test_ignore_and_reject_as_the_tasks_guide_writes_them():
+    # update_state(state=SUCCESS, meta=timeline) then raise Ignore(): SUCCESS with that result
+    tweets = get_tweets.delay("ann")
+    assert run(tweets).status == "succeeded" and tweets.get(timeout=5) == ["ann: hello", "ann: again"]
+    # Reject('no reason', requeue=True): delivered again at once, redelivered the second time
+    again = requeues.delay()
+    job = run(again)
+    assert (job.status, job.attempt) == ("failed", 1) and job.run_after <= dt.datetime.now(dt.timezone.utc)
+    assert run(again).output == "received two times" and again.state == "SUCCESS"
+
+
+def test_a_chord_bodys_errback_is_called_once_when_a_header_member_fails():
+    # the canvas guide: (group(...) | tsum.s().on_error(on_chord_error.s())).delay(), a header
+    # member raising: the body never runs; its errback is called once, with the failure
+    from examples.celery_django.demoapp.tasks import on_chord_error, raising_task
+
+    c = (group([add.s(4, 4), raising_task.s(), raising_task.s()]) | tsum.s().on_error(on_chord_error.s())).delay()
+    chain_id = int(c.id.split(":")[1])
+    members = _run_chain_step(chain_id, 0)
+    assert [m.status for m in members] == ["succeeded", "dead", "dead"]
+    errbacks = Job.objects.filter(type=on_chord_error.name)
+    assert errbacks.count() == 1  # two members died, the chord failed once
+    runner.execute(errbacks.get().pk, worker=WORKER)
+    assert cache.get(f"demo:on_chord_error:{members[1].pk}").startswith("KeyError(")
+    with pytest.raises(KeyError):
+        c.get(timeout=5)
+
+
+def test_a_chains_parents_and_a_groups_waiting_and_join():
+    # the canvas guide: res = chain(add.s(4, 4), mul.s(8), mul.s(10))(); res.parent.get() -> 64
+    res = chain(add.s(4, 4), mul.s(8), mul.s(10))()
+    chain_id = int(res.id.split(":")[1])
+    assert res.parent.state == "PENDING" and not res.parent.ready()
+    for index in range(3):
+        _run_chain_step(chain_id, index)
+    assert res.get(timeout=5) == 640
+    assert res.parent.get(timeout=5) == 64 and res.parent.parent.get(timeout=5) == 8
+    assert res.parent.parent.parent is None
+    assert AsyncResult(res.id).parent.get(timeout=5) == 64  # rebuilt from the id alone
+    # a group's result: waiting() while a member has not run, join() its results in order
+    result = group([add.s(2, 2), add.s(4, 4)]).apply_async()
+    assert result.waiting() and not result.ready()
+    _run_chain_step(int(result.id.split(":")[1]), 0)
+    assert not result.waiting() and result.join(timeout=5) == [4, 8]
+
+
+def test_a_beat_entrys_crontab_kwargs_and_options_as_the_periodic_tasks_guide_writes_them():
+    # the guide's crontab entry with kwargs, and options: expires (seconds) and priority, applied
+    # to the tick's job (expires counted from the tick's time: two beats write the same job)
+    from celery.schedules import crontab
+
+    before = celery_app.conf.beat_schedule
+    celery_app.conf.beat_schedule = {
+        "add-every-monday-morning": {"task": add.name, "schedule": crontab(hour=7, minute=30, day_of_week=1),
+                                     "args": (16,), "kwargs": {"y": 16},
+                                     "options": {"expire_seconds": 10, "priority": 2}},
+    }
+    try:
+        scheduler = Scheduler(app=celery_app)
+    finally:
+        celery_app.conf.beat_schedule = before
+    entry = Scheduler.Entry(PeriodicTask.objects.get(name="add-every-monday-morning"), app=celery_app)
+    sent = scheduler.apply_async(entry, advance=False)
+    again = scheduler.apply_async(entry, advance=False)
+    job = Job.objects.get(pk=int(sent.id))
+    assert again.id == sent.id and (job.input["args"], job.input["kwargs"], job.priority) == ([16], {"y": 16}, 2)
+    tick = dt.datetime.fromisoformat(job.idempotency_key.split("add-every-monday-morning:")[1].replace("Z", "+00:00"))
+    assert dt.datetime.fromisoformat(job.input["celery"]["expires"]) == tick + dt.timedelta(seconds=10)
+    scheduler.close()
+
+
+class BaseTaskWithRetry(celery.Task):  # the tasks guide's class-based retry options, verbatim
+    autoretry_for = (TypeError,)
+    max_retries = 5
+    retry_backoff = True
+    retry_backoff_max = 700
+    retry_jitter = False
+
+
+@shared_task(base=BaseTaskWithRetry, name="tests.from_celery.with_base_retry")
+def with_base_retry(x):
+    raise TypeError(f"not yet: {x}")
+
+
+def test_a_base_class_with_retry_options_retries_as_it_declares():
+    job = run(with_base_retry.delay(1))
+    assert (job.status, job.attempt, job.max_attempts) == ("failed", 1, 6)  # max_retries = 5, from the class
+    assert dt.timedelta(seconds=0.5) < job.run_after - job.updated_at < dt.timedelta(seconds=1.5)  # backoff 1 s
+
+
+class FailWhaleError(Exception):
+    pass
+
+
+@shared_task(autoretry_for=(FailWhaleError,), retry_kwargs={'max_retries': 5}, name="tests.from_celery.refresh_timeline")
+def refresh_timeline(user):  # the tasks guide's automatic retry with retry_kwargs
+    raise FailWhaleError(user)
+
+
+def test_retry_kwargs_max_retries_is_the_rows_attempts():
+    job = run(refresh_timeline.delay("ann"))
+    assert (job.status, job.max_attempts) == ("failed", 6)  # max_retries 5 from retry_kwargs, above the default 3
+    for _ in range(5):
+        Job.objects.filter(pk=job.pk).update(run_after=dt.datetime.now(dt.timezone.utc))
+        job = run(AsyncResult(str(job.pk)))
+    assert (job.status, job.attempt) == ("dead", 6) and "FailWhaleError" in job.error
+
+
+def test_send_task_by_name_of_a_durable_task_makes_its_job():
+    # the calling guide's tip: app.send_task('tasks.add', ...) for a task not imported here
+    sent = celery_app.send_task(add.name, args=[2, 2], countdown=60)
+    job = Job.objects.get(pk=int(sent.id))
+    assert (job.type, job.input["args"]) == (add.name, [2, 2]) and job.run_after > dt.datetime.now(dt.timezone.utc)
+    # a Celery message of the durable task run by a worker (sent by a process that did not know):
+    # its job, keyed by the message's id; the message again (redelivered) finds the same job
+    for _ in range(2):  # as Celery's tracer calls it: its request pushed, then the task
+        add.push_request(id="msg-1", args=[20, 22], kwargs={}, called_directly=False, is_eager=False)
+        try:
+            assert add(20, 22) is None
+        finally:
+            add.pop_request()
+    [job] = Job.objects.filter(idempotency_key="celery:msg-1")
+    runner.execute(job.pk, worker=WORKER)
+    assert AsyncResult("msg-1").get(timeout=5) == 42
+    assert add(1, 2) == 3  # a direct call still runs the function here
+
+
+def test_task_always_eager_runs_calls_here_as_celery_does():
+    # a project's test settings (CELERY_TASK_ALWAYS_EAGER = True): calls run at once in the
+    # caller's process, as Celery runs them, and write no row
+    before = Job.objects.count()
+    add.app.conf.task_always_eager = True
+    try:
+        assert add.delay(2, 2).get() == 4
+        assert chain(add.s(4, 4), mul.s(8))().get() == 64
+        assert group(add.s(i, i) for i in range(3))().get() == [0, 2, 4]
+        assert ~tsum.map([[1, 2], [3]]) == [3, 3]
+    finally:
+        add.app.conf.task_always_eager = False
+    assert Job.objects.count() == before

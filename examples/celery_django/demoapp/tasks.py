@@ -7,6 +7,8 @@ The one line that makes them durable on Conveyor is the import below: it was
 import time
 
 import celery
+import celery.exceptions
+import celery.states
 from django.core.cache import cache
 
 from conveyor_celery import shared_task  # was: from celery import shared_task
@@ -97,3 +99,90 @@ def legacy_remember(key, value):
 def slow_add(x, y, seconds):
     time.sleep(seconds)
     return x + y
+
+
+@shared_task
+def tsum(numbers):
+    """The canvas guide's `tsum` (its map example: `~tsum.map([list(range(10)), list(range(100))])`)."""
+    return sum(numbers)
+
+
+@shared_task
+def error_handler(request, exc, traceback):
+    """The calling guide's error callback (`link_error=error_handler.s()`): Celery calls it with the
+    failed task's request, exception and traceback. It prints them there; here it records them."""
+    cache.set(f"demo:error_handler:{request.id}", {"id": request.id, "exc": repr(exc), "traceback": traceback}, 300)
+
+
+class MyTask(celery.Task):
+    """The tasks guide's handlers (`class MyTask(Task)` with `@app.task(base=MyTask)`): they print
+    there; here each records what it was given, under the task's first argument."""
+
+    def before_start(self, task_id, args, kwargs):
+        cache.set(f"demo:handlers:{args[0]}:before_start", task_id, 300)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        cache.set(f"demo:handlers:{args[0]}:on_success", retval, 300)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        cache.set(f"demo:handlers:{args[0]}:on_failure", repr(exc), 300)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        cache.set(f"demo:handlers:{args[0]}:after_return", status, 300)
+
+
+@shared_task(base=MyTask)
+def my_task(x, y):
+    return x + y
+
+
+@shared_task(bind=True)
+def upload_files(self, filenames):
+    """The tasks guide's custom state: update_state(state='PROGRESS', meta={'current', 'total'})."""
+    for i, file in enumerate(filenames):
+        if not self.request.called_directly:
+            self.update_state(state='PROGRESS',
+                              meta={'current': i, 'total': len(filenames)})
+        time.sleep(0.3)  # the upload
+    return len(filenames)
+
+
+@shared_task(bind=True)
+def get_tweets(self, user):
+    """The tasks guide's result stored by hand: update_state(state=SUCCESS, meta=...) then Ignore."""
+    timeline = [f"{user}: hello", f"{user}: again"]  # twitter.get_timeline(user)
+    if not self.request.called_directly:
+        self.update_state(state=celery.states.SUCCESS, meta=timeline)
+    raise celery.exceptions.Ignore()
+
+
+@shared_task(bind=True, acks_late=True)
+def requeues(self):
+    """The tasks guide's Reject(requeue=True): runs again once, redelivered the second time."""
+    if not self.request.delivery_info['redelivered']:
+        raise celery.exceptions.Reject('no reason', requeue=True)
+    return 'received two times'
+
+
+@shared_task
+def raising_task():
+    """The canvas guide's failing chord member."""
+    raise KeyError("raising_task")
+
+
+@shared_task
+def on_chord_error(request, exc, traceback):
+    """The canvas guide's chord errback (`tsum.s().on_error(on_chord_error.s())`): prints there."""
+    cache.set(f"demo:on_chord_error:{request.id}", repr(exc), 300)
+
+
+@shared_task(bind=True)
+def hello(self, a, b):
+    """The calling guide's "On message" task (its sleeps of 1 s halved), read with
+    `r.get(on_message=on_raw_message, propagate=False)`."""
+    time.sleep(0.5)
+    self.update_state(state="PROGRESS", meta={'progress': 50})
+    time.sleep(0.5)
+    self.update_state(state="PROGRESS", meta={'progress': 90})
+    time.sleep(0.5)
+    return 'hello world: %i' % (a+b)
