@@ -12,7 +12,9 @@ import time
 from typing import Any, Iterator
 
 from celery import states
+from celery.backends.base import BaseBackend
 from celery.exceptions import TaskRevokedError, TimeoutError as CeleryTimeoutError
+from django.db import DatabaseError
 
 from conveyor_celery.errors import exception_from
 
@@ -51,6 +53,59 @@ class Rows:
 
 
 ROWS = Rows()
+
+
+class RowsBackend(BaseBackend):
+    """The Celery app's result backend (`CELERY_RESULT_BACKEND`): reads a task's state and result
+    from its job's row, stores nothing (the runner writes the row; nothing grows in Redis).
+
+    What reads results by id through the app, not through a task's call, finds the job: Flower's
+    `/api/task/result/<id>` (it answered 503, "result backend is not configured"), `celery result
+    <id>`, `celery.result.AsyncResult("42").state`. An id is what `AsyncResult` above takes: a job's
+    id (also the task id of its message, jobs.engine.envelope), `chain:<id>`, or a `task_id=` given
+    to a durable task's call; any other id is PENDING, as Celery answers for an id it never saw."""
+
+    #: A database away: Flower answers 503 ("result backend unavailable"), not 500.
+    connection_errors = (DatabaseError,)
+
+    def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, url=url, **kwargs)
+
+    def as_uri(self, include_password: bool = False) -> str:
+        return "conveyor-rows://"
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        pending = {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
+        if task_id.startswith("chain:") and not task_id[6:].isdigit():
+            return pending
+        if task_id.isdigit() and int(task_id) > 2**63 - 1:
+            return pending
+        result = AsyncResult(task_id)
+        job = result._job()
+        if job is None:
+            return pending
+        return {"task_id": task_id, "status": result.state, "result": result._value(job), "traceback": result.traceback,
+                "children": [], "date_done": job.finished_at, "name": job.type}
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
+                     **kwargs: Any) -> Any:
+        return result  # the row is the record: the runner wrote it
+
+    def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
+                      **kwargs: Any) -> Any:
+        return result
+
+    def _forget(self, task_id: str) -> None:
+        """Results live in the row until retention removes it: nothing to forget."""
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        return result
+
+    def _restore_group(self, group_id: str) -> Any:
+        return None
+
+    def _delete_group(self, group_id: str) -> None:
+        return None
 
 
 class AsyncResult:
