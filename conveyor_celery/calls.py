@@ -6,7 +6,8 @@ project's own `app.send_task`. Celery knows no Conveyor job type (`examples.echo
 run by `conveyor.run`), so such a message was unregistered on every worker and discarded: nothing
 durable, nothing run. Here, a name that is a job type (and not a Celery task) makes the job, with
 `kwargs` as its input; a durable task (conveyor_celery) is called as `apply_async` calls it; any
-other name is left to Celery. What is returned is a result over the row (`AsyncResult`, the job's
+name that is neither (nor one of Celery's own, `celery.*`) is refused: every worker would discard
+its message as unregistered. What is returned is a result over the row (`AsyncResult`, the job's
 id as its id): Flower's answer's `task-id` is the job's id, and its state is the row's.
 """
 from __future__ import annotations
@@ -40,7 +41,11 @@ def job_call(name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> Any:
     from jobs.engine import registry
 
     if registry.find(name) is None:
-        return None
+        if name.startswith("celery."):
+            return None  # Celery's own tasks
+        # Neither a Celery task this app knows nor a job type: every Conveyor worker would discard
+        # the message as unregistered (an ERROR in its log), the call lost.
+        raise RefusedCall(f"no job type or task named {name!r} (GET /api/types lists the job types)")
     if args:
         if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
             kwargs = args[0]
@@ -55,8 +60,12 @@ def job_call(name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> Any:
 
     run_after = _when(options.get("countdown"), options.get("eta"))
     task_id = options.get("task_id")
-    job = enqueue(name, dict(kwargs or {}), run_after=run_after, priority=options.get("priority"),
-                  idempotency_key=f"celery:{task_id}" if task_id else None)
+    try:
+        job = enqueue(name, dict(kwargs or {}), run_after=run_after, priority=options.get("priority"),
+                      idempotency_key=f"celery:{task_id}" if task_id else None)
+    except registry.InvalidJob as exc:  # name the fields at fault, as the HTTP API's 400 does
+        errors = getattr(exc, "errors", None) or {}
+        raise RefusedCall(f"{name}: {exc}" + "".join(f"; {field}: {message}" for field, message in errors.items())) from None
     return AsyncResult(str(job.pk))
 
 

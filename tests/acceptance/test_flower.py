@@ -229,6 +229,8 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     # and a call it cannot make is refused, no job made (Flower answers any such error 500)
     before = Job.objects.count()
     assert http_post_json(f"{flower}/api/task/send-task/examples.echo", {"args": [1, 2]})[0] == 500
+    # and so is a name no worker knows (its message was sent, and discarded as unregistered)
+    assert http_post_json(f"{flower}/api/task/send-task/examples.nosuch", {"kwargs": {}})[0] == 500
     assert Job.objects.count() == before
 
     # and Flower's filters and counts go by job type
@@ -253,6 +255,7 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     assert any(f"job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail" in line for line in errors), errors
     assert any(f"job {flaky.pk} attempt 1/2 failed (retried later)" in line for line in errors), errors
     assert "Traceback" not in worker_log, worker_log[-3000:]
+    assert "unregistered task" not in worker_log, worker_log[-3000:]
 
 
 def test_a_killed_pool_process_still_gives_its_message_back(live):

@@ -232,3 +232,30 @@ def test_flowers_apply_and_async_apply_read_a_calls_result_through_its_backend()
     # and once the job ran, the state and result Flower shows are the row's
     run(result)
     assert (result.state, result.get(timeout=5, propagate=False)) == ("SUCCESS", 9)
+
+
+def test_a_call_by_name_of_a_job_type_makes_its_job_and_refuses_what_it_cannot_make():
+    # Celery's send_task by name (Flower's send-task, `celery call`): a job type's name sent a
+    # Celery message that every worker discarded as unregistered
+    from celery.result import AsyncResult as CeleryAsyncResult
+
+    from conveyor_celery.calls import RefusedCall
+
+    # when a job type is called by name with its input as kwargs
+    result = celery_app.send_task("examples.echo", kwargs={"by": "name"}, countdown=60)
+    # then its job is made, due later, and the result's id is the job's id
+    job = Job.objects.get(pk=int(result.id))
+    assert (job.type, job.input, job.status) == ("examples.echo", {"by": "name"}, "pending")
+    assert job.run_after > job.created_at + dt.timedelta(seconds=50)
+    # and the app's own result backend reads its row by that id (Flower's /api/task/result/<id>)
+    assert CeleryAsyncResult(result.id, app=celery_app).state == "PENDING"
+    now = celery_app.send_task("examples.echo", args=[{"one": "object"}])
+    run(now)
+    assert CeleryAsyncResult(now.id, app=celery_app).get(timeout=5) == {"one": "object"}
+    # and an input the type refuses is refused naming the field; so is a name that is no job type
+    with pytest.raises(RefusedCall, match=r"input\.seconds"):
+        celery_app.send_task("examples.sleep", kwargs={"seconds": "x"})
+    with pytest.raises(RefusedCall, match="no job type or task named 'examples.nosuch'"):
+        celery_app.send_task("examples.nosuch")
+    with pytest.raises(RefusedCall, match="not supported for a job"):
+        celery_app.send_task("examples.echo", kwargs={}, queue="images")
