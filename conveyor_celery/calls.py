@@ -15,10 +15,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from conveyor_celery.result import AsyncResult
+from conveyor_celery.result import AsyncResult, django_ready
 
-#: The options of a call by name that a job honours; others (a queue, an exchange, ...) are refused
-#: rather than silently dropped: a job type's queue is its own.
+#: The options of a call by name that a job honours; others given a value (a queue, an exchange,
+#: ...) are refused rather than silently dropped: a job type's queue is its own. (`celery call`
+#: passes every option it has, most of them None.)
 JOB_OPTIONS = frozenset({"countdown", "eta", "priority", "task_id"})
 #: Options Celery itself adds to a call by name, with nothing to say for a job.
 IGNORED = frozenset({"producer", "connection", "router", "result_cls", "add_to_parent", "retries", "reply_to",
@@ -32,12 +33,7 @@ class RefusedCall(ValueError):
 def job_call(name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> Any:
     """The job a call by name of `name` makes, as an `AsyncResult`; None when `name` is no job type
     (Celery sends the call itself)."""
-    from django.apps import apps
-
-    if not apps.ready:  # a process that only built the Celery app (Flower, `celery call`)
-        import django
-
-        django.setup()
+    django_ready()
     from jobs.engine import registry
 
     if registry.find(name) is None:
@@ -52,7 +48,8 @@ def job_call(name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> Any:
         else:
             raise RefusedCall(f"{name}: a job type takes its input as keyword arguments (kwargs), "
                               f"or one object in args, not {len(args)} positional argument(s)")
-    unknown = sorted(set(options) - JOB_OPTIONS - IGNORED)
+    unknown = sorted(key for key, value in options.items()
+                     if value is not None and key not in JOB_OPTIONS | IGNORED and (key, value) != ("serializer", "json"))
     if unknown:
         raise RefusedCall(f"{name}: option(s) {', '.join(unknown)} not supported for a job "
                           f"(supported: {', '.join(sorted(JOB_OPTIONS))})")

@@ -55,6 +55,17 @@ class Rows:
 ROWS = Rows()
 
 
+def django_ready() -> None:
+    """Set Django up in a process that only built the Celery app (`celery result`, `celery call`,
+    Flower): the rows are read through its models."""
+    from django.apps import apps
+
+    if not apps.ready:
+        import django
+
+        django.setup()
+
+
 class RowsBackend(BaseBackend):
     """The Celery app's result backend (`CELERY_RESULT_BACKEND`): reads a task's state and result
     from its job's row, stores nothing (the runner writes the row; nothing grows in Redis).
@@ -80,6 +91,7 @@ class RowsBackend(BaseBackend):
             return pending
         if task_id.isdigit() and int(task_id) > 2**63 - 1:
             return pending
+        django_ready()
         result = AsyncResult(task_id)
         job = result._job()
         if job is None:

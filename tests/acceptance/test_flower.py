@@ -233,6 +233,17 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     assert http_post_json(f"{flower}/api/task/send-task/examples.nosuch", {"kwargs": {}})[0] == 500
     assert Job.objects.count() == before
 
+    # and Celery's own commands find the job by its id and call a job type by name, in a process
+    # that only built the Celery app (`celery result` failed: Django's apps not loaded)
+    if pool == "prefork":
+        celery = [sys.executable, "-m", "celery", "-A", "project"]
+        shown = subprocess.run([*celery, "result", str(made.pk)], cwd=ROOT, env=live.env(), capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "'sent': 'by flower'" in shown.stdout, (shown.stdout, shown.stderr[-2000:])
+        called = subprocess.run([*celery, "call", "examples.echo", "--kwargs", '{"called": "by celery"}'], cwd=ROOT, env=live.env(),
+                                capture_output=True, text=True, timeout=60)
+        assert called.returncode == 0 and called.stdout.strip().isdigit(), (called.stdout, called.stderr[-2000:])
+        assert wait_job(int(called.stdout.strip()), Status.SUCCEEDED, 30).input == {"called": "by celery"}
+
     # and Flower's filters and counts go by job type
     failed = flower_json(f"{flower}/api/tasks?taskname=examples.fail&state=FAILURE")
     assert sorted(t["args"] for t in failed.values()) == [f"({doomed.pk},)"]

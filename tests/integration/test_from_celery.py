@@ -259,3 +259,5 @@ def test_a_call_by_name_of_a_job_type_makes_its_job_and_refuses_what_it_cannot_m
         celery_app.send_task("examples.nosuch")
     with pytest.raises(RefusedCall, match="not supported for a job"):
         celery_app.send_task("examples.echo", kwargs={}, queue="images")
+    # and options given no value, as `celery call` passes all of its own, are no refusal
+    assert celery_app.send_task("examples.echo", kwargs={}, queue=None, exchange=None, serializer=None).id.isdigit()
