@@ -8,6 +8,7 @@ REVOKED (a job cancelled while it ran), while PostgreSQL keeps the record.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import secrets
 import json
 import os
@@ -243,6 +244,14 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
                                 capture_output=True, text=True, timeout=60)
         assert called.returncode == 0 and called.stdout.strip().isdigit(), (called.stdout, called.stderr[-2000:])
         assert wait_job(int(called.stdout.strip()), Status.SUCCEEDED, 30).input == {"called": "by celery"}
+
+    # and Flower's revoke of a job's task id discards the message it meets, once: the relay's next
+    # message of the job runs it (the id is the job's: kept revoked, every message of it was discarded)
+    if pool == "prefork":
+        later = enqueue("examples.ping", {}, run_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2))
+        assert http_post_json(f"{flower}/api/task/revoke/{later.pk}", {})[0] == 200
+        wait_job(later.pk, Status.SUCCEEDED, 30)
+        assert f"Discarding revoked task: examples.ping[{later.pk}]" in live.procs[0].log()
 
     # and Flower's filters and counts go by job type
     failed = flower_json(f"{flower}/api/tasks?taskname=examples.fail&state=FAILURE")
