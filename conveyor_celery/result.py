@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from celery import states
 from celery.backends.base import BaseBackend
+from celery.contrib.abortable import ABORTED
 from celery.exceptions import TaskRevokedError, TimeoutError as CeleryTimeoutError
 from django.db import DatabaseError
 
@@ -55,6 +56,17 @@ class Rows:
 ROWS = Rows()
 
 
+def _of_job(task_id: str) -> AsyncResult | None:
+    """The row-backed result of an id that can name a job or a chain (None for one that cannot:
+    a `chain:` id without a number, a number past PostgreSQL's bigint), Django set up."""
+    if task_id.startswith("chain:") and not task_id[6:].isdigit():
+        return None
+    if task_id.isdigit() and int(task_id) > 2**63 - 1:
+        return None
+    django_ready()
+    return AsyncResult(task_id)
+
+
 def django_ready() -> None:
     """Set Django up in a process that only built the Celery app (`celery result`, `celery call`,
     Flower): the rows are read through its models."""
@@ -87,13 +99,8 @@ class RowsBackend(BaseBackend):
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         pending = {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
-        if task_id.startswith("chain:") and not task_id[6:].isdigit():
-            return pending
-        if task_id.isdigit() and int(task_id) > 2**63 - 1:
-            return pending
-        django_ready()
-        result = AsyncResult(task_id)
-        job = result._job()
+        result = _of_job(task_id)
+        job = result._job() if result is not None else None
         if job is None:
             return pending
         return {"task_id": task_id, "status": result.state, "result": result._value(job), "traceback": result.traceback,
@@ -101,7 +108,16 @@ class RowsBackend(BaseBackend):
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
                      **kwargs: Any) -> Any:
-        return result  # the row is the record: the runner wrote it
+        """Nothing is stored (the runner wrote the row), but for an abort: Celery's
+        `AbortableAsyncResult.abort()` (Flower's `POST /api/task/abort/<id>`) stores the state
+        ABORTED for the task to notice; a job's is Conveyor's cancel (a waiting job ends cancelled,
+        a running one is asked to stop: `ctx.cancelled`). Flower answered "Aborted" and nothing
+        happened."""
+        if state == ABORTED:
+            job = _of_job(task_id)
+            if job is not None:
+                job.revoke()
+        return result
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
                       **kwargs: Any) -> Any:

@@ -261,3 +261,16 @@ def test_a_call_by_name_of_a_job_type_makes_its_job_and_refuses_what_it_cannot_m
         celery_app.send_task("examples.echo", kwargs={}, queue="images")
     # and options given no value, as `celery call` passes all of its own, are no refusal
     assert celery_app.send_task("examples.echo", kwargs={}, queue=None, exchange=None, serializer=None).id.isdigit()
+
+
+def test_an_abort_through_the_apps_backend_cancels_the_job():
+    # Celery's AbortableAsyncResult.abort() (Flower's /api/task/abort/<id>) stores ABORTED in the
+    # backend for the task to notice: the rows backend stored nothing, and the job ran on
+    from celery.contrib.abortable import AbortableAsyncResult
+
+    job = Job.objects.create(type="examples.echo", queue="default", status="pending", input={})
+    AbortableAsyncResult(str(job.pk), app=celery_app).abort()
+    assert Job.objects.get(pk=job.pk).status == "cancelled"
+    # and an id that names no job is no error
+    AbortableAsyncResult("99999999999999999999", app=celery_app).abort()
+    AbortableAsyncResult("chain:x", app=celery_app).abort()
