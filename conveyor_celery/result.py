@@ -13,7 +13,10 @@ import time
 from typing import Any, Iterator
 
 from celery import states
+from celery.backends.base import BaseBackend
+from celery.contrib.abortable import ABORTED
 from celery.exceptions import TaskRevokedError, TimeoutError as CeleryTimeoutError
+from django.db import DatabaseError
 
 from conveyor_celery.errors import exception_from
 
@@ -64,6 +67,86 @@ def _reported(job: Any) -> tuple[str, Any] | None:
         return None
     found = json.loads(job.progress_message[len(STATE_MARK):])
     return found["state"], found["meta"]
+
+
+def _of_job(task_id: str) -> AsyncResult | None:
+    """The row-backed result of an id that can name a job or a chain (None for one that cannot:
+    a `chain:` id without a number, a number past PostgreSQL's bigint), Django set up."""
+    if task_id.startswith("chain:") and not task_id[6:].isdigit():
+        return None
+    if task_id.isdigit() and int(task_id) > 2**63 - 1:
+        return None
+    django_ready()
+    return AsyncResult(task_id)
+
+
+def django_ready() -> None:
+    """Set Django up in a process that only built the Celery app (`celery result`, `celery call`,
+    Flower): the rows are read through its models."""
+    from django.apps import apps
+
+    if not apps.ready:
+        import django
+
+        django.setup()
+
+
+class RowsBackend(BaseBackend):
+    """The Celery app's result backend (`CELERY_RESULT_BACKEND`): reads a task's state and result
+    from its job's row, stores nothing (the runner writes the row; nothing grows in Redis).
+
+    What reads results by id through the app, not through a task's call, finds the job: Flower's
+    `/api/task/result/<id>` (it answered 503, "result backend is not configured"), `celery result
+    <id>`, `celery.result.AsyncResult("42").state`. An id is what `AsyncResult` above takes: a job's
+    id (also the task id of its message, jobs.engine.envelope), `chain:<id>`, or a `task_id=` given
+    to a durable task's call; any other id is PENDING, as Celery answers for an id it never saw."""
+
+    #: A database away: Flower answers 503 ("result backend unavailable"), not 500.
+    connection_errors = (DatabaseError,)
+
+    def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, url=url, **kwargs)
+
+    def as_uri(self, include_password: bool = False) -> str:
+        return "conveyor-rows://"
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        pending = {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
+        result = _of_job(task_id)
+        job = result._job() if result is not None else None
+        if job is None:
+            return pending
+        return {"task_id": task_id, "status": result.state, "result": result._value(job), "traceback": result.traceback,
+                "children": [], "date_done": job.finished_at, "name": job.type}
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
+                     **kwargs: Any) -> Any:
+        """Nothing is stored (the runner wrote the row), but for an abort: Celery's
+        `AbortableAsyncResult.abort()` (Flower's `POST /api/task/abort/<id>`) stores the state
+        ABORTED for the task to notice; a job's is Conveyor's cancel (a waiting job ends cancelled,
+        a running one is asked to stop: `ctx.cancelled`). Flower answered "Aborted" and nothing
+        happened."""
+        if state == ABORTED:
+            job = _of_job(task_id)
+            if job is not None:
+                job.revoke()
+        return result
+
+    def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
+                      **kwargs: Any) -> Any:
+        return result
+
+    def _forget(self, task_id: str) -> None:
+        """Results live in the row until retention removes it: nothing to forget."""
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        return result
+
+    def _restore_group(self, group_id: str) -> Any:
+        return None
+
+    def _delete_group(self, group_id: str) -> None:
+        return None
 
 
 class AsyncResult:

@@ -39,7 +39,27 @@ from project import inspection  # noqa: E402
 
 inspection.install()
 
-app = Celery("conveyor")
+class ConveyorCelery(Celery):
+    """Celery's app, whose call by name of a job type makes the job: Flower's `POST
+    /api/task/send-task/<job type>`, `celery call`, a project's `send_task`.
+
+    The call is `settings.CONVEYOR_CALL_BY_NAME` (`conveyor_celery.calls:job_call`), named, as
+    Celery names its result backend, so that this module (which the engine imports to publish)
+    imports nothing above the engine; it returns a result, or None for a name that is no job type
+    (Celery sends that call itself)."""
+
+    def send_task(self, name, args=None, kwargs=None, **options):  # noqa: ANN001, ANN201 - Celery's signature
+        if name not in self.tasks:
+            from celery.utils.imports import symbol_by_name
+            from django.conf import settings
+
+            result = symbol_by_name(settings.CONVEYOR_CALL_BY_NAME)(name, args, kwargs, options)
+            if result is not None:
+                return result
+        return super().send_task(name, args, kwargs, **options)
+
+
+app = ConveyorCelery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # The runner's task lives in jobs.tasks; job types are discovered by the jobs app itself.
 app.autodiscover_tasks(["jobs"])

@@ -102,7 +102,37 @@ def start(folder: Path | None = None) -> dict[str, str]:
         started["DATABASE_URL"] = start_database(folder)
     if not env.get("REDIS_URL"):
         started["REDIS_URL"] = start_redis(folder)
+    if started:
+        watchdog(folder)
     return started
+
+
+def watchdog(folder: Path) -> None:
+    """Start the folder's watchdog unless it runs (project/embedded_watch.py): the servers stop
+    once their last user is gone, a user killed outright (SIGKILL) too."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from project import embedded_watch
+
+    folder = Path(folder).resolve()
+    with _folder_lock(folder):
+        pidfile = folder / embedded_watch.PIDFILE
+        try:
+            pid = int(pidfile.read_text().strip())
+            if "project.embedded_watch" in " ".join(psutil.Process(pid).cmdline()):
+                return
+        except (OSError, ValueError, psutil.Error):
+            pass
+        with open(folder / "embedded-watch.log", "ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "project.embedded_watch", str(folder)],
+                cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
+        pidfile.write_text(str(process.pid))
 
 
 def is_embedded(kind: str) -> bool:
@@ -151,7 +181,12 @@ def start_database(folder: Path) -> str:
     from pgserver import postgres_server
 
     postgres_server.find_suitable_socket_dir = _pgserver_socket_dir
+    from project import embedded_watch
+
     with _folder_lock(folder):
+        # pgserver never forgets a holder killed outright (SIGKILL: no exit handler): with its pid
+        # left in the list, no later process saw itself as the last, and PostgreSQL never stopped.
+        embedded_watch.prune(folder / "postgres" / ".handle_pids.json")
         server = pgserver.get_server(folder / "postgres", cleanup_mode="stop")
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
         if "(1 row)" not in exists:

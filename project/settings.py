@@ -254,8 +254,12 @@ AXES_HTTP_RESPONSE_CODE = 429
 CELERY_BROKER_URL = connections.broker_url(REDIS_URL)
 # rediss://: verify the server's certificate as redis-py does (project/connections.py).
 CELERY_BROKER_USE_SSL = connections.broker_ssl(REDIS_URL)
-# Jobs never use a result backend: the row in PostgreSQL is the result (nothing grows in Redis).
-CELERY_RESULT_BACKEND = None
+# The row in PostgreSQL is the result (nothing grows in Redis): the backend reads rows and stores
+# nothing, so that what reads a result by id (Flower's /api/task/result/<job id>, `celery result`)
+# finds the job's (conveyor_celery.result.RowsBackend).
+CELERY_RESULT_BACKEND = "conveyor_celery.result:RowsBackend"
+# `app.send_task(<a job type>)` (Flower's send-task, `celery call`) makes the job (project/celery.py).
+CONVEYOR_CALL_BY_NAME = "conveyor_celery.calls:job_call"
 CELERY_TASK_IGNORE_RESULT = True
 # No result expiry either: with one set, beat installs a `celery.backend_cleanup` periodic task
 # (django-celery-beat persists it) that has no results to clean (jobs.engine.schedules removes old rows).

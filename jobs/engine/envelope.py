@@ -11,7 +11,7 @@ that jobs.engine.publish can push every message of a transaction in one pipeline
 
 What the entry holds (Celery's task protocol 2 in kombu's virtual-transport envelope):
 - `body`: base64 of the JSON `[args, {}, embed]`, args being the job ids;
-- `headers`: the task name, its id (also `root_id`, and `correlation_id` in the properties),
+- `headers`: the task name, its id (the job's id for a message of one job; also `root_id`, and `correlation_id` in the properties),
   `shadow` and `kwargsrepr` for monitors (Flower), `timelimit` [hard, soft] (null for a batch:
   the runner enforces each job's own), `parent_id`/`root_id` from the worker's current task when
   a worker publishes (a chain's next step), as Celery sets them;
@@ -55,9 +55,14 @@ def entry(
     root_id: str | None = None,
     headers: dict[str, Any] | None = None,
 ) -> str:
-    """The JSON document `app.send_task("conveyor.run", job_ids, ...)` would push to Redis;
-    `headers`: more headers (a worker reads each as an attribute of its task's request)."""
-    task_id = str(uuid.uuid4())
+    """The JSON document `app.send_task("conveyor.run", job_ids, ..., task_id=...)` would push to
+    Redis; `headers`: more headers (a worker reads each as an attribute of its task's request).
+
+    The task id of a message of one job is the job's id (`"12"`), the id the API, the admin and
+    conveyor_celery's `AsyncResult` know it by: a monitor (Flower's `/api/task/info/12`, `celery
+    inspect query_task 12`) finds the job by it, and shows its runs as one task, as Celery shows a
+    task's retries. A message of several jobs has a fresh uuid."""
+    task_id = str(job_ids[0]) if len(job_ids) == 1 else str(uuid.uuid4())
     args = list(job_ids)
     body = json.dumps([args, {}, _EMBED]).encode()
     message = {

@@ -821,6 +821,21 @@ def waiting_queues() -> dict[str, tuple[int, float]]:
         return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
 
 
+HELD_BY_PAUSE_SQL = f"""
+SELECT queue, count(*) FROM jobs_job
+ WHERE {RUNNABLE} AND held = 'paused'
+ GROUP BY queue ORDER BY queue
+"""
+
+
+def held_by_pause() -> dict[str, int]:
+    """{queue: jobs held because their queue or type is paused} (they wait in the database, and
+    are not counted as waiting for a worker: no worker may take them)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(HELD_BY_PAUSE_SQL)
+        return dict(cursor.fetchall())
+
+
 #: Per queue, what an autoscaler reads: the jobs due and waiting for a worker (as
 #: WAITING_QUEUES_SQL counts them), the jobs running, and the oldest waiting one's wait, by
 #: PostgreSQL's clock. Written as the two partial indexes' predicates (runnable, running), so it

@@ -90,13 +90,15 @@ def lane_why(queue: str, type_name: str, lane: dict[str, Any]) -> Why:
 def queues() -> list[dict[str, Any]]:
     """Each queue with jobs due and waiting for a worker, or with a worker: how many wait, how long
     the oldest has waited, how many workers consume it (None: unknown) and whether that is an alarm
-    (waiting jobs, no consumer)."""
+    (waiting jobs, no consumer); and how many jobs a pause (of the queue or of a type in it) holds
+    in the database (`held_by_pause`: not counted as waiting, no worker may take them)."""
     waiting = store.waiting_queues()
-    names = sorted(set(registry.queues()) | set(waiting))
+    held = store.held_by_pause()
+    names = sorted(set(registry.queues()) | set(waiting) | set(held))
     counts = consumers.per_queue(names)
     rows = []
     for name in names:
         jobs, oldest = waiting.get(name, (0, None))
         rows.append({"queue": name, "waiting": jobs, "oldest_waiting_seconds": oldest, "consumers": counts[name],
-                     "alarm": jobs > 0 and counts[name] == 0})
+                     "alarm": jobs > 0 and counts[name] == 0, "held_by_pause": held.get(name, 0)})
     return rows

@@ -6,6 +6,7 @@ its Clocked and Solar schedules listed only while used."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from typing import Any, Callable
 
@@ -37,6 +38,33 @@ admin.site.site_title = "Conveyor admin"
 admin.site.index_title = "Conveyor: jobs, chains, events and schedules"
 # No site stands behind this admin (Conveyor is a backend; `/` leads here): no "View site" link.
 admin.site.site_url = None
+
+
+def _refusing_nul(admin_view: Callable[..., Callable[..., HttpResponse]]) -> Callable[..., Callable[..., HttpResponse]]:
+    """The site's `admin_view`, each view refusing a query parameter with a NUL character.
+
+    PostgreSQL can neither store nor compare a NUL in text: a list filter or lookup carrying one
+    (`/admin/jobs/job/?status=%00`, `?type=`, `?queue=`, any app's changelist, Django's own and the
+    third-party admins too) failed with a 500 (psycopg's DataError) instead of a clear error."""
+
+    def wrap(view: Callable[..., HttpResponse], cacheable: bool = False) -> Callable[..., HttpResponse]:
+        wrapped = admin_view(view, cacheable)
+
+        def refusing(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            for key, values in request.GET.lists():
+                if "\x00" in key or any("\x00" in value for value in values):
+                    name = key.replace("\x00", "\\u0000")
+                    return HttpResponse(f"Bad request: the query parameter '{name}' contains the NUL character (\\u0000), "
+                                        "which no field can hold; remove it from the address.\n",
+                                        status=400, content_type="text/plain; charset=utf-8")
+            return wrapped(request, *args, **kwargs)
+
+        return functools.update_wrapper(refusing, wrapped)
+
+    return wrap
+
+
+admin.site.admin_view = _refusing_nul(admin.site.admin_view)  # type: ignore[method-assign]
 #: Members of each group listed on a chain's page at a time (`?members_from=` pages through).
 ADMIN_MEMBERS = 50
 

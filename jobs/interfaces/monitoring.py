@@ -46,10 +46,17 @@ log = logging.getLogger("conveyor.tasks")
 
 
 class JobFailed(Exception):
-    """Celery's FAILURE for a job's attempt that failed, a dead job, or a run that lost its row.
+    """Celery's FAILURE for a dead job, or a run that lost its row.
 
     Raised after the outcome is in PostgreSQL: the row is the record, this is only what a monitor
     shows."""
+
+
+class JobRetried(JobFailed):
+    """A job's attempt that failed and runs again later: the worker's `task-failed` event for it
+    goes out as `task-retried` (Celery's RETRY), so that a monitor, which knows every run of a job
+    by the job's id, shows the next run's states after it (a FAILURE would stay until the next
+    run's end)."""
 
 
 def reported(run: Callable[..., str]) -> Callable[..., str]:
@@ -97,7 +104,7 @@ def report(task: Task, job_id: int, status: str) -> str:
         if reason:
             message += f": {reason}"
         log.error("%s", message)
-        raise JobFailed(message)
+        raise (JobRetried if status == "failed" else JobFailed)(message)
     if status == "cancelled":
         revoked(task, f"job {job_id}{attempt} cancelled")
         raise Ignore()
@@ -123,10 +130,15 @@ def revoked(task: Task, summary: str) -> None:
 
 def skipped(task: Task, summary: str) -> None:
     """End the task SKIPPED for a monitor: a `task-skipped` event, then Ignore (acked, no other
-    event). Nothing was claimed, so nothing is lost: the row is the record either way."""
+    event). Nothing was claimed, so nothing is lost: the row is the record either way.
+
+    The event carries no `result`: a monitor knows every run of a job by the job's id, and a
+    duplicate message's skip after the job's run would replace that run's result (Celery's event
+    state keeps the ended state but takes the later event's fields). Why it was skipped is in the
+    worker's log line (`Task ... ignored`, with `summary`)."""
     if task.send_events:
         try:
-            task.send_event("task-skipped", retry=False, result=summary, **shown(task.request))
+            task.send_event("task-skipped", retry=False, **shown(task.request))
         except Exception as exc:  # display only
             log.warning("%s; the task-skipped event was not sent: %s", summary, exc)
     raise Ignore(summary)
@@ -157,8 +169,22 @@ class Request(CeleryRequest):
     The time from the pool's acceptance of the task to its end, measured in the worker's main
     process (the pool's own measure is not passed on for a failure)."""
 
+    def revoked(self) -> bool:
+        """Celery's check that this message's task id was revoked (Flower's Revoke): the message is
+        acked unrun, as Celery does, and the id forgotten, so that the job's next message (the relay
+        publishes the row again: its id is the job's id) runs. Revoking a message never cancels
+        its job (the admin and the API do)."""
+        gone = super().revoked()
+        if gone:
+            from celery.worker.state import revoked as revoked_ids
+
+            revoked_ids.discard(self.id)
+        return gone
+
     def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
-        if type == "task-failed" and "runtime" not in fields and self.time_start:
+        if type == "task-failed" and str(fields.get("exception", "")).startswith(f"{JobRetried.__name__}("):
+            type = "task-retried"  # Celery's RETRY: the job runs again (JobRetried)
+        if type in ("task-failed", "task-retried") and "runtime" not in fields and self.time_start:
             fields["runtime"] = max(0.0, time.time() - self.time_start)
         if type in NAMED_EVENTS:
             # The job type and arguments with every event of the run, not only task-received: a

@@ -288,6 +288,33 @@ def test_each_entry_point_starts_the_embedded_servers_and_they_stop_when_it_exit
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_the_embedded_servers_stop_by_themselves_when_their_last_user_is_killed_outright():
+    """A user killed with SIGKILL (`kill -9`, honcho 5 s after Ctrl-C) runs no exit handler: the
+    servers outlived it, and pgserver kept its pid as a holder, so that no later process saw itself
+    as the last one and PostgreSQL never stopped again. The folder's watchdog stops them."""
+    folder = tempfile.mkdtemp(prefix="cvk-", dir="/tmp")
+    try:
+        # given a process that started the embedded servers and used them, then is killed outright
+        kill = USE_BOTH + "; import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+        out = subprocess.run([sys.executable, MANAGE, "shell", "-c", kill], cwd=ROOT, env=embedded_env(folder),
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == -9 and "USED 42 True" in out.stdout, (out.returncode, out.stdout, out.stderr[-3000:])
+        # then the servers stop by themselves (and their watchdog with them), within seconds
+        wait_for(lambda: not server_traces(folder)["processes"], 30, interval=0.2,
+                 what=f"the servers of {folder} to stop after their only user was killed")
+        assert "stopped: their last user ended without stopping them" in (Path(folder) / "embedded-watch.log").read_text()
+        # and the next user starts them again, is counted alone, and stops them at its exit
+        done = subprocess.run([sys.executable, MANAGE, "shell", "-c", USE_BOTH], cwd=ROOT, env=embedded_env(folder),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "USED 42 True" in done.stdout, done.stderr[-3000:]
+        wait_for(lambda: not server_traces(folder)["processes"], 30, interval=0.2, what=f"the servers of {folder} to stop")
+    finally:
+        import shutil
+
+        _stop_leftovers(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 SETUP_THEN_START = """
 import json, os, django
 django.setup()

@@ -8,6 +8,7 @@ REVOKED (a job cancelled while it ran), while PostgreSQL keeps the record.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import secrets
 import json
 import os
@@ -18,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,6 +76,16 @@ def procfile_command(process: str, **variables: str) -> list[str]:
             argv = shlex.split(command)
             return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
     raise AssertionError(f"no {process!r} line in the Procfile")
+
+
+def http_post_json(url: str, document: object) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST",
+                                     headers={**HEADERS, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def flower_json(url: str) -> object:
@@ -148,7 +161,9 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     # and a job is cancelled while it runs
     sleeper = enqueue("examples.sleep", {"seconds": 30})
     wait_for(lambda: Job.objects.filter(pk=sleeper.pk, status=Status.RUNNING).exists(), 30, what="examples.sleep to run")
-    assert cancel(Job.objects.get(pk=sleeper.pk)) is True
+    # (by Flower's Abort, which is Conveyor's cancel: it answered "Aborted" and nothing happened)
+    status, body = http_post_json(f"{flower}/api/task/abort/{sleeper.pk}", {})
+    assert (status, json.loads(body)) == (200, {"message": f"Aborted '{sleeper.pk}'"}), (status, body)
     wait_job(sleeper.pk, Status.CANCELLED, 30)
 
     # then Flower names each task by its job type, shows the job id and its chain in the
@@ -159,33 +174,40 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     assert (ok["args"], ok["kwargs"]) == (f"({echo.pk},)", f"{{'chain': {chain.pk}, 'step': 0}}")
     assert ok["result"] == f"'job {echo.pk} attempt 1/{echo.max_attempts} succeeded'"
     assert ok["worker"] == "flower-worker@test"
+    # known by the job's id: /api/task/info/<job id> answers (it was 404: a message had a fresh uuid)
+    assert ok["uuid"] == str(echo.pk)
+    # and /api/task/result/<job id> reads the row (it answered 503: no result backend)
+    assert flower_json(f"{flower}/api/task/result/{echo.pk}") == {"task-id": str(echo.pk), "state": "SUCCESS", "result": {"hello": "flower"}}
 
     dead = final(flower, doomed.pk, "FAILURE")
     print("FAILURE", json.dumps(dead, indent=1, sort_keys=True))
     assert dead["name"] == "examples.fail"
     assert (dead["args"], dead["kwargs"]) == (f"({doomed.pk},)", "{}")
     assert dead["exception"].startswith(f"JobFailed('job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail: failing attempt 1")
+    failure = flower_json(f"{flower}/api/task/result/{doomed.pk}")
+    assert (failure["task-id"], failure["state"]) == (str(doomed.pk), "FAILURE"), failure
+    assert "examples.fail: failing attempt 1" in failure["result"] and "RuntimeError" in failure["traceback"], failure
 
-    retried = sorted(wait_for(lambda: len(tasks_of(flower, flaky.pk)) == 2 and tasks_of(flower, flaky.pk), 30,
-                              what="flower to show both runs of the flaky job"), key=lambda t: t["received"])
-    assert [(t["name"], t["state"]) for t in retried] == [("examples.fail", "FAILURE"), ("examples.fail", "SUCCESS")]
-    assert retried[0]["exception"].startswith(f"JobFailed('job {flaky.pk} attempt 1/2 failed (retried later): RuntimeError:")
-    assert retried[1]["result"] == f"'job {flaky.pk} attempt 2/2 succeeded'"
+    # and a job's runs are one task, known by the job's id, as Celery shows a task's retries: the
+    # flaky job's failed attempt was RETRY (task-retried), its second run's SUCCESS came after it
+    wait_for(lambda: final(flower, flaky.pk, "SUCCESS"), 30, what="flower to show the flaky job's second run")
+    [again] = tasks_of(flower, flaky.pk)
+    assert (again["uuid"], again["name"], again["state"]) == (str(flaky.pk), "examples.fail", "SUCCESS"), again
+    assert again["result"] == f"'job {flaky.pk} attempt 2/2 succeeded'"
+    assert events_counted(flower, "examples.fail", "task-retried") == 1  # the flaky job's first attempt
+    assert events_counted(flower, "examples.fail", "task-failed") == 1  # the dead job's only attempt
 
     # and a FAILURE shows its run time, as a SUCCESS does (issue 26: FAILURE rows had none)
     assert isinstance(dead["runtime"], float) and 0 < dead["runtime"] < 30, dead["runtime"]
 
     # and neither the duplicate message nor the cancelled job's reads as a success (issue 26): SKIPPED,
-    # counted in no column of Flower's (its "Succeeded" counts task-succeeded events)
-    echo_runs = sorted(wait_for(lambda: len(tasks_of(flower, echo.pk)) == 2 and tasks_of(flower, echo.pk), 30,
-                                what="flower to show the duplicate message of the echo job"), key=lambda t: t["received"])
-    duplicate = echo_runs[1]
-    assert (duplicate["name"], duplicate["state"]) == ("examples.echo", "SKIPPED"), duplicate
-    assert duplicate["result"].startswith(f"job {echo.pk} skipped: not runnable now"), duplicate
-    assert final(flower, never.pk, "SKIPPED")["name"] == "examples.ping"
-    # and Flower's counts: the echo job's one run succeeded, its duplicate is counted as skipped
+    # counted in no column of Flower's (its "Succeeded" counts task-succeeded events); the
+    # duplicate's skip leaves the job's task as its run ended it (state and result)
+    wait_for(lambda: events_counted(flower, "examples.echo", "task-skipped") == 1, 30,
+             what="flower to count the duplicate message of the echo job as skipped")
     assert events_counted(flower, "examples.echo", "task-succeeded") == 1
-    assert events_counted(flower, "examples.echo", "task-skipped") == 1
+    assert [(t["uuid"], t["state"], t["result"]) for t in tasks_of(flower, echo.pk)] == [(str(echo.pk), "SUCCESS", ok["result"])]
+    assert final(flower, never.pk, "SKIPPED")["name"] == "examples.ping"
 
     stopped = final(flower, sleeper.pk, "REVOKED")
     print("REVOKED", json.dumps(stopped, indent=1, sort_keys=True))
@@ -198,9 +220,44 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     step = final(flower, ping.pk, "SUCCESS")
     assert (step["name"], step["kwargs"]) == ("examples.ping", f"{{'chain': {chain.pk}, 'step': 1}}")
 
+    # and Flower's send-task with a job type's name makes the durable job (its input the kwargs): the
+    # answer's task-id is the job's id, its state the row's (it sent a Celery message no worker knew)
+    status, body = http_post_json(f"{flower}/api/task/send-task/examples.echo", {"kwargs": {"sent": "by flower"}})
+    assert status == 200, (status, body)
+    sent = json.loads(body)
+    assert sent["task-id"].isdigit() and sent["state"] in ("PENDING", "STARTED", "SUCCESS"), sent
+    made = wait_job(int(sent["task-id"]), Status.SUCCEEDED, 30)
+    assert (made.type, made.input, made.output) == ("examples.echo", {"sent": "by flower"}, {"sent": "by flower"})
+    assert final(flower, made.pk, "SUCCESS")["uuid"] == sent["task-id"]
+    # and a call it cannot make is refused, no job made (Flower answers any such error 500)
+    before = Job.objects.count()
+    assert http_post_json(f"{flower}/api/task/send-task/examples.echo", {"args": [1, 2]})[0] == 500
+    # and so is a name no worker knows (its message was sent, and discarded as unregistered)
+    assert http_post_json(f"{flower}/api/task/send-task/examples.nosuch", {"kwargs": {}})[0] == 500
+    assert Job.objects.count() == before
+
+    # and Celery's own commands find the job by its id and call a job type by name, in a process
+    # that only built the Celery app (`celery result` failed: Django's apps not loaded)
+    if pool == "prefork":
+        celery = [sys.executable, "-m", "celery", "-A", "project"]
+        shown = subprocess.run([*celery, "result", str(made.pk)], cwd=ROOT, env=live.env(), capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "'sent': 'by flower'" in shown.stdout, (shown.stdout, shown.stderr[-2000:])
+        called = subprocess.run([*celery, "call", "examples.echo", "--kwargs", '{"called": "by celery"}'], cwd=ROOT, env=live.env(),
+                                capture_output=True, text=True, timeout=60)
+        assert called.returncode == 0 and called.stdout.strip().isdigit(), (called.stdout, called.stderr[-2000:])
+        assert wait_job(int(called.stdout.strip()), Status.SUCCEEDED, 30).input == {"called": "by celery"}
+
+    # and Flower's revoke of a job's task id discards the message it meets, once: the relay's next
+    # message of the job runs it (the id is the job's: kept revoked, every message of it was discarded)
+    if pool == "prefork":
+        later = enqueue("examples.ping", {}, run_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2))
+        assert http_post_json(f"{flower}/api/task/revoke/{later.pk}", {})[0] == 200
+        wait_job(later.pk, Status.SUCCEEDED, 30)
+        assert f"Discarding revoked task: examples.ping[{later.pk}]" in live.procs[0].log()
+
     # and Flower's filters and counts go by job type
     failed = flower_json(f"{flower}/api/tasks?taskname=examples.fail&state=FAILURE")
-    assert sorted(t["args"] for t in failed.values()) == sorted([f"({doomed.pk},)", f"({flaky.pk},)"])
+    assert sorted(t["args"] for t in failed.values()) == [f"({doomed.pk},)"]
     types = flower_json(f"{flower}/api/task/types")
     assert {"examples.echo", "examples.ping", "examples.fail", "examples.sleep"} <= set(types["task-types"])
     assert "conveyor.run" not in types["task-types"]
@@ -220,6 +277,7 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     assert any(f"job {doomed.pk} attempt 1/1 dead: RuntimeError: examples.fail" in line for line in errors), errors
     assert any(f"job {flaky.pk} attempt 1/2 failed (retried later)" in line for line in errors), errors
     assert "Traceback" not in worker_log, worker_log[-3000:]
+    assert "unregistered task" not in worker_log, worker_log[-3000:]
 
 
 def test_a_killed_pool_process_still_gives_its_message_back(live):

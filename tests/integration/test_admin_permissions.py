@@ -155,3 +155,18 @@ def test_schedule_actions_need_change_or_operate_permission():
 
     operator = _staff("schedules-operator@example.com", ["django_celery_beat.view_periodictask", "jobs.operate"])
     assert "run_tasks" in operator.get("/admin/django_celery_beat/periodictask/").content.decode()
+
+
+@pytest.mark.parametrize("path", [
+    "/admin/jobs/job/?status=%00", "/admin/jobs/job/?type=x%00y", "/admin/jobs/job/?queue=%00", "/admin/jobs/chain/?status=%00",
+    "/admin/subscribers/event/?name=%00", "/admin/subscribers/delivery/?subscriber=%00", "/admin/jobs/pause/?kind=%00",
+    "/admin/axes/accessattempt/?ip_address=%00", "/admin/django_celery_beat/periodictask/?task=%00", "/admin/jobs/job/?%00=1",
+])
+def test_a_nul_in_an_admin_query_parameter_is_a_400_naming_it(admin_client, path):
+    # A list filter or lookup with a NUL (which PostgreSQL cannot compare) failed with a 500
+    response = admin_client.get(path)
+    assert response.status_code == 400, (response.status_code, response.content[:300])
+    name = path.split("?")[1].split("=")[0].replace("%00", "\\u0000")
+    assert f"the query parameter '{name}' contains the NUL character" in response.content.decode()
+    # and the same list without it answers
+    assert admin_client.get(path.split("?")[0]).status_code == 200

@@ -18,7 +18,7 @@ from tests.support import redis_client
 
 pytestmark = pytest.mark.usefixtures("empty_redis")
 
-FRESH = {"id", "root_id", "correlation_id", "delivery_tag"}
+FRESH = {"delivery_tag"}
 
 
 def send_task(messages: list[Message]) -> None:
@@ -30,7 +30,7 @@ def send_task(messages: list[Message]) -> None:
             # examples.echo's; a chain step's message carries none (the runner keeps it: jobs.engine.handoff)
             timeout = 30 if message.chain_id is None else None
             app.send_task(
-                TASK, (message.job_id,), shadow=message.type, kwargsrepr=message.display(),
+                TASK, (message.job_id,), task_id=str(message.job_id), shadow=message.type, kwargsrepr=message.display(),
                 queue=message.queue, routing_key=message.queue, priority=message.priority,
                 soft_time_limit=timeout, time_limit=timeout and timeout + HARD_LIMIT_GRACE, producer=producer, retry=False,
             )
@@ -72,6 +72,8 @@ def test_a_published_message_is_the_entry_send_task_writes(message, key):
     limits = [30 + HARD_LIMIT_GRACE, 30] if message.chain_id is None else [None, None]
     assert ours["headers"]["timelimit"] == limits
     assert ours["headers"]["root_id"] == ours["headers"]["id"] == ours["properties"]["correlation_id"]
+    # and the task id is the job's id (a monitor finds the job by it: Flower's /api/task/info/<job id>)
+    assert ours["headers"]["id"] == str(message.job_id)
 
 
 def test_a_message_published_inside_a_worker_task_names_it_as_parent_as_celery_does():
@@ -102,3 +104,5 @@ def test_a_batch_message_carries_the_job_ids_and_no_celery_time_limit(monkeypatc
     entry = pop("default:5")
     assert entry["headers"]["timelimit"] == [None, None] and entry["headers"]["kwargsrepr"] == "{'jobs': 2}"
     assert json.loads(base64.b64decode(entry["body"]))[0] == [50, 51]
+    # and a fresh task id (no one job's)
+    assert entry["headers"]["id"] not in ("50", "51") and len(entry["headers"]["id"]) == 36

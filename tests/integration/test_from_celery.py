@@ -483,3 +483,45 @@ def test_task_always_eager_runs_calls_here_as_celery_does():
     finally:
         add.app.conf.task_always_eager = False
     assert Job.objects.count() == before
+
+
+def test_a_call_by_name_of_a_job_type_makes_its_job_and_refuses_what_it_cannot_make():
+    # Celery's send_task by name (Flower's send-task, `celery call`): a job type's name sent a
+    # Celery message that every worker discarded as unregistered
+    from celery.result import AsyncResult as CeleryAsyncResult
+
+    from conveyor_celery.calls import RefusedCall
+
+    # when a job type is called by name with its input as kwargs
+    result = celery_app.send_task("examples.echo", kwargs={"by": "name"}, countdown=60)
+    # then its job is made, due later, and the result's id is the job's id
+    job = Job.objects.get(pk=int(result.id))
+    assert (job.type, job.input, job.status) == ("examples.echo", {"by": "name"}, "pending")
+    assert job.run_after > job.created_at + dt.timedelta(seconds=50)
+    # and the app's own result backend reads its row by that id (Flower's /api/task/result/<id>)
+    assert CeleryAsyncResult(result.id, app=celery_app).state == "PENDING"
+    now = celery_app.send_task("examples.echo", args=[{"one": "object"}])
+    run(now)
+    assert CeleryAsyncResult(now.id, app=celery_app).get(timeout=5) == {"one": "object"}
+    # and an input the type refuses is refused naming the field; so is a name that is no job type
+    with pytest.raises(RefusedCall, match=r"input\.seconds"):
+        celery_app.send_task("examples.sleep", kwargs={"seconds": "x"})
+    with pytest.raises(RefusedCall, match="no job type or task named 'examples.nosuch'"):
+        celery_app.send_task("examples.nosuch")
+    with pytest.raises(RefusedCall, match="not supported for a job"):
+        celery_app.send_task("examples.echo", kwargs={}, queue="images")
+    # and options given no value, as `celery call` passes all of its own, are no refusal
+    assert celery_app.send_task("examples.echo", kwargs={}, queue=None, exchange=None, serializer=None).id.isdigit()
+
+
+def test_an_abort_through_the_apps_backend_cancels_the_job():
+    # Celery's AbortableAsyncResult.abort() (Flower's /api/task/abort/<id>) stores ABORTED in the
+    # backend for the task to notice: the rows backend stored nothing, and the job ran on
+    from celery.contrib.abortable import AbortableAsyncResult
+
+    job = Job.objects.create(type="examples.echo", queue="default", status="pending", input={})
+    AbortableAsyncResult(str(job.pk), app=celery_app).abort()
+    assert Job.objects.get(pk=job.pk).status == "cancelled"
+    # and an id that names no job is no error
+    AbortableAsyncResult("99999999999999999999", app=celery_app).abort()
+    AbortableAsyncResult("chain:x", app=celery_app).abort()

@@ -385,6 +385,30 @@ def test_manage_py_status_shows_a_queue_with_waiting_jobs_and_no_consumer_as_an_
     pauses.resume("queue", "images")
 
 
+def test_manage_py_status_counts_the_jobs_a_pause_holds_and_says_the_queue_is_paused(declare):
+    from django.core.management import call_command
+    from io import StringIO
+
+    # given a paused queue whose jobs a worker took and found paused (held in the database)
+    declare("t.status-pause", queue="q-status")
+    pauses.pause("queue", "q-status", "audit")
+    jobs = [enqueue("t.status-pause", {}) for _ in range(3)]
+    for job in jobs:
+        runner.execute(job.pk, WORKER)
+    assert {row(job.pk).held for job in jobs} == {"paused"}
+    # when status is asked
+    out = StringIO()
+    call_command("status", stdout=out)
+    [line] = [line for line in out.getvalue().splitlines() if line.strip().startswith("q-status ")]
+    # then the queue says it is paused and counts the jobs its pause holds (it said "waiting 0" alone)
+    assert "PAUSED: audit" in line and "held by a pause 3" in line, line
+    out = StringIO()
+    call_command("status", "--json", stdout=out)
+    [queue] = [q for q in json.loads(out.getvalue())["queues"] if q["queue"] == "q-status"]
+    assert (queue["waiting"], queue["held_by_pause"], queue["paused"]) == (0, 3, "audit")
+    pauses.resume("queue", "q-status")
+
+
 # --- the admin and the operations page -------------------------------------------------------------
 
 

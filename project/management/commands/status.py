@@ -59,6 +59,9 @@ class Command(BaseCommand):
             consumers = "?" if q["consumers"] is None else q["consumers"]
             oldest = f", oldest waited {q['oldest_waiting_seconds']:.0f} s" if q["oldest_waiting_seconds"] is not None else ""
             paused = f"  PAUSED{': ' + q['paused'] if q['paused'] else ''}" if q["paused"] is not None else ""
+            held = q.get("held_by_pause", 0)
+            if held:  # they wait in the database for the resume: no worker may take them
+                paused += f"  held by a pause {held}" + ("" if q["paused"] is not None else " (a type of this queue is paused)")
             line = f"  {q['queue']:<18} waiting {q['waiting']:<6} consumers {consumers}{oldest}{paused}"
             self.stdout.write(line)
             if q["alarm"]:
