@@ -113,10 +113,10 @@ class RowsBackend(BaseBackend):
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         pending = {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
         result = _of_job(task_id)
-        job = result._job() if result is not None else None
+        job = result._job() if result is not None else None  # noqa: SLF001 - this module's own class
         if job is None:
             return pending
-        return {"task_id": task_id, "status": result.state, "result": result._value(job), "traceback": result.traceback,
+        return {"task_id": task_id, "status": result.state, "result": result._value(job), "traceback": result.traceback,  # noqa: SLF001
                 "children": [], "date_done": job.finished_at, "name": job.type}
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
