@@ -48,7 +48,7 @@ class ConveyorCelery(Celery):
     imports nothing above the engine; it returns a result, or None for a name that is no job type
     (Celery sends that call itself)."""
 
-    def send_task(self, name, args=None, kwargs=None, **options):  # noqa: ANN001, ANN201 - Celery's signature
+    def send_task(self, name, args=None, kwargs=None, **options):  # noqa: ANN001, ANN003, ANN201 - Celery's signature
         if name not in self.tasks:
             from celery.utils.imports import symbol_by_name
             from django.conf import settings

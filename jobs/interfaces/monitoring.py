@@ -183,7 +183,7 @@ class Request(CeleryRequest):
 
     def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
         if type == "task-failed" and str(fields.get("exception", "")).startswith(f"{JobRetried.__name__}("):
-            type = "task-retried"  # Celery's RETRY: the job runs again (JobRetried)
+            type = "task-retried"  # noqa: A001 - Celery's RETRY: the job runs again (JobRetried)
         if type in ("task-failed", "task-retried") and "runtime" not in fields and self.time_start:
             fields["runtime"] = max(0.0, time.time() - self.time_start)
         if type in NAMED_EVENTS:

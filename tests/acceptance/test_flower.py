@@ -177,7 +177,8 @@ def test_flower_names_each_job_by_type_and_shows_success_failure_and_revoked(liv
     # known by the job's id: /api/task/info/<job id> answers (it was 404: a message had a fresh uuid)
     assert ok["uuid"] == str(echo.pk)
     # and /api/task/result/<job id> reads the row (it answered 503: no result backend)
-    assert flower_json(f"{flower}/api/task/result/{echo.pk}") == {"task-id": str(echo.pk), "state": "SUCCESS", "result": {"hello": "flower"}}
+    expected = {"task-id": str(echo.pk), "state": "SUCCESS", "result": {"hello": "flower"}}
+    assert flower_json(f"{flower}/api/task/result/{echo.pk}") == expected
 
     dead = final(flower, doomed.pk, "FAILURE")
     print("FAILURE", json.dumps(dead, indent=1, sort_keys=True))
