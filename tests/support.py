@@ -129,7 +129,9 @@ class Proc:
                 except OSError:
                     return False
             return True
-        wait_for(ready, timeout, interval=0.2, what=f"{self.name} to be ready")
+        # Read every 50 ms (its log, then one GET): a start is 2-4 s, every live test waits for
+        # one or more, and a 200 ms poll lost 100 ms a start on average.
+        wait_for(ready, timeout, interval=0.05, what=f"{self.name} to be ready")
         return self
 
     log_markers: int = 0
