@@ -31,9 +31,9 @@ def test_schemathesis_with_every_check_finds_nothing(live, tmp_path):
     live.grace = 3  # the fuzzer's jobs (sleeps among them) need no drain at the end: 20 s saved
     # The live streams (text/event-stream) answer until their job or chain ends, up to
     # CONVEYOR_STREAM_MAX_SECONDS (300 by default; then the client resumes with Last-Event-ID):
-    # bounded at 2 s here, a stream of a job that never ends (examples.hang) is read whole within
+    # bounded at 1 s here (its least), a stream of a job that never ends (examples.hang) is read whole within
     # the fuzzer's 10 s, and the streams are fuzzed like every other route.
-    server = live.start("--no-beat", mode="shared", name="fuzzed", env={"CONVEYOR_STREAM_MAX_SECONDS": "2"})
+    server = live.start("--no-beat", mode="shared", name="fuzzed", env={"CONVEYOR_STREAM_MAX_SECONDS": "1"})
     run = run_schemathesis(
         server.url("/api/openapi.json"), tmp_path, "--header", f"Authorization: Bearer {api_token()}",
         seed=SEED, max_examples=MAX_EXAMPLES, time_limit=TIME_LIMIT,
