@@ -343,6 +343,9 @@ def issue_26_pages(driver, server, tmp_path: Path, group_chain_id: int) -> None:
 
     # and the cancelled chain's page: its unreached steps and members say so
     driver.get(server.url(f"/admin/jobs/chain/{chain.pk}/change/"))
-    statuses = [r.get_attribute("data-status") for r in driver.find_elements(By.CSS_SELECTOR, "table.chain-plan tbody tr")]
+    # (waited for, as every other page here: a clean clone's run once read no row at once; on a
+    # timeout the page's source is in the failure)
+    rows = wait_dom(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.chain-plan tbody tr"), 15, "the cancelled chain's steps")
+    statuses = [r.get_attribute("data-status") for r in rows]
     assert statuses == ["cancelled", "not reached", "not reached", "not reached", "not reached"], statuses
     shoot(driver, tmp_path, "12-chain-page-cancelled")
